@@ -1,0 +1,29 @@
+# The two entry points of the README. Each installs what it needs first.
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install lint db-start db-stop airflow-stop clean
+
+demo: install
+	$(BIN)/cbm demo run
+
+test: install
+	$(BIN)/cbm db start
+	$(BIN)/ruff check cbm_tasks dags plugins tests benchmarks
+	$(BIN)/pytest -q
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml scripts/install.sh
+	bash scripts/install.sh
+	touch $@
+
+lint: install
+	$(BIN)/ruff check cbm_tasks dags plugins tests benchmarks
+	$(BIN)/mypy cbm_tasks
+
+db-start: install
+	$(BIN)/cbm db start
+
+db-stop:
+	$(BIN)/cbm db stop

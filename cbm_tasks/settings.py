@@ -1,0 +1,47 @@
+"""Where the command line finds the database and the local cluster.
+
+Read at call time from the environment, never at import time. Airflow tasks do not use
+this module: ``dags/cbm_conn.py`` builds the same values from Airflow connections.
+
+Environment:
+    CBM_DATABASE_URL  libpq URL of an existing PostGIS (production); unset = local cluster
+    CBM_PG_ROOT       folder of the project-local cluster (default: var/pg, see cluster.default_root)
+    CBM_PG_PORT       its port (default 55432)
+    CBM_DB_NAME       database of the local cluster (default cbm)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cbm_tasks.cluster import DEFAULT_PORT, ClusterConfig, default_root
+from cbm_tasks.errors import ConfigError
+
+__all__ = ["database_name", "database_url", "local_cluster", "project_dir"]
+
+
+def project_dir() -> Path:
+    """Return the checkout this package runs from (holds sql/, dags/, plugins/)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def local_cluster() -> ClusterConfig:
+    """Return the project-local cluster's settings."""
+    root = os.environ.get("CBM_PG_ROOT")
+    port_text = os.environ.get("CBM_PG_PORT", str(DEFAULT_PORT))
+    try:
+        port = int(port_text)
+    except ValueError as err:
+        raise ConfigError(f"CBM_PG_PORT must be an integer, got {port_text!r}") from err
+    return ClusterConfig(root=Path(root) if root else default_root(project_dir()), port=port)
+
+
+def database_name() -> str:
+    """Return the name of the CbM database in the local cluster."""
+    return os.environ.get("CBM_DB_NAME", "cbm")
+
+
+def database_url() -> str:
+    """Return the libpq URL of the CbM database: CBM_DATABASE_URL, else the local cluster's."""
+    return os.environ.get("CBM_DATABASE_URL") or local_cluster().url(database_name())

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install everything the project needs on a fresh Debian/Ubuntu machine; safe to run again.
+#   system: PostgreSQL + PostGIS (the distribution's versions), Chromium for UI checks
+#   python: .venv with the pinned requirements (uv), the project in editable mode
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need_apt=()
+pg_version() {  # major version of the distribution's default PostgreSQL
+  apt-cache depends postgresql 2>/dev/null | sed -n 's/.*Depends: postgresql-\([0-9][0-9]*\)$/\1/p' | head -1
+}
+if ! ls /usr/share/postgresql/*/extension/postgis.control >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  ver="$(pg_version)"
+  if [ -z "$ver" ]; then echo "install.sh: cannot tell the distribution's PostgreSQL version" >&2; exit 1; fi
+  need_apt+=("postgresql-$ver" "postgresql-$ver-postgis-3")
+fi
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  [ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock | head -1)" ] || $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" \
+    || { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+         --no-install-recommends "${need_apt[@]}"; }
+fi
+# the Debian package starts a cluster of its own on 5432; ours runs beside it and needs none
+if command -v pg_lsclusters >/dev/null 2>&1 && [ -n "$(pg_lsclusters -h 2>/dev/null)" ]; then
+  pg_lsclusters -h | while read -r v name _; do $SUDO pg_ctlcluster "$v" "$name" stop 2>/dev/null || true; done
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip --version >/dev/null 2>&1 || .venv/bin/python -m ensurepip -q
+[ -x .venv/bin/uv ] || .venv/bin/python -m pip install -q --disable-pip-version-check "uv==0.13.8"
+.venv/bin/uv pip install -q --python .venv/bin/python -r requirements.txt
+.venv/bin/uv pip install -q --python .venv/bin/python --no-deps -e .
+echo "install.sh: ready (.venv, PostgreSQL/PostGIS, Chromium)"
