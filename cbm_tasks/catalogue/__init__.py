@@ -1,0 +1,1 @@
+"""Image catalogues: remote (CDSE OData, CDSE STAC), local, and the database registry."""
