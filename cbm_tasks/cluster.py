@@ -123,7 +123,8 @@ def default_root(project_dir: Path) -> Path:
     if not _as_root() or _service_can_reach(local):
         return local
     digest = hashlib.sha1(str(project_dir.resolve()).encode()).hexdigest()[:10]  # noqa: S324 - a name, not security
-    return Path("/var/tmp") / f"cbm-pg-{digest}"
+    # a fixed name in a shared folder: _prepare_dirs refuses one owned by another user
+    return Path("/var/tmp") / f"cbm-pg-{digest}"  # noqa: S108
 
 
 def find_bindir() -> Path:
@@ -160,6 +161,10 @@ def _bindir(cfg: ClusterConfig) -> Path:
 
 
 def _prepare_dirs(cfg: ClusterConfig) -> None:
+    if cfg.root.exists():
+        allowed = {os.geteuid(), pwd.getpwnam(SERVICE_USER).pw_uid if _as_root() else os.geteuid()}
+        if cfg.root.stat().st_uid not in allowed:
+            raise ClusterError(f"cluster folder {cfg.root} belongs to another user (uid {cfg.root.stat().st_uid})")
     for folder in (cfg.root, cfg.socket_dir):
         folder.mkdir(parents=True, exist_ok=True)
     if _as_root():

@@ -108,7 +108,7 @@ def migrate(conn: psycopg.Connection, sql_dir: Path = SQL_DIR) -> list[str]:
             t0 = time.perf_counter()
             try:
                 with conn.transaction():
-                    conn.execute(migration.path.read_text())  # type: ignore[arg-type]  # our own file
+                    conn.execute(migration.path.read_text().encode())  # our own file, no parameters
                     conn.execute(
                         "INSERT INTO public.schema_migrations (version, checksum) VALUES (%s, %s)",
                         (migration.version, migration.checksum),

@@ -1,0 +1,282 @@
+"""The catalogue in the database: product records and their work state per AOI.
+
+A product is inserted once (unique ``uid``) and gets one status row per AOI it covers:
+
+    new -> processing -> ready -> extracting -> extracted
+                                             -> failed   (after max_attempts, or bad input)
+                                             -> skipped  (nothing to extract, e.g. no parcel inside)
+
+S2 L2A and ready-made CARD products enter as ``ready``; raw Sentinel-1 products enter as
+``new`` and become ``ready`` once their CARD products exist. Workers take work with
+:func:`claim`, which uses ``FOR UPDATE SKIP LOCKED`` so that two workers never take the same
+image, and reclaims claims older than ``stale_after`` (the worker died).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from cbm_tasks.catalogue.product import CARD_TYPES, Product
+from cbm_tasks.errors import NotFoundError, ProductNotFoundError
+
+__all__ = [
+    "STATUSES",
+    "aoi_id",
+    "claim",
+    "ensure_aoi",
+    "get_product",
+    "initial_status",
+    "mark_done",
+    "mark_failed",
+    "register",
+    "reset",
+    "status_counts",
+]
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("new", "processing", "ready", "extracting", "extracted", "failed", "skipped")
+_READY_TYPES = ("S2MSI2A", *CARD_TYPES)
+
+
+def initial_status(product_type: str) -> str:
+    """Return the status a newly found product starts in: ``ready`` unless it needs processing."""
+    return "ready" if product_type in _READY_TYPES else "new"
+
+
+def ensure_aoi(conn: psycopg.Connection, name: str, *, description: str | None = None) -> int:
+    """Return the id of AOI *name*, creating it when absent."""
+    row = conn.execute(
+        "INSERT INTO cbm.aoi (name, description) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING RETURNING aoi_id",
+        (name, description),
+    ).fetchone()
+    if row is not None:
+        log.info("created aoi=%s aoi_id=%d", name, row[0])
+        return int(row[0])
+    return aoi_id(conn, name)
+
+
+def aoi_id(conn: psycopg.Connection, name: str) -> int:
+    """Return the id of AOI *name*.
+
+    Raises:
+        NotFoundError: no such AOI.
+    """
+    row = conn.execute("SELECT aoi_id FROM cbm.aoi WHERE name = %s", (name,)).fetchone()
+    if row is None:
+        known = [r[0] for r in conn.execute("SELECT name FROM cbm.aoi ORDER BY name").fetchall()]
+        raise NotFoundError(f"AOI {name!r} does not exist; known AOIs: {', '.join(known) or 'none'}")
+    return int(row[0])
+
+
+_INSERT_PRODUCT = """
+INSERT INTO cbm.product (uid, name, catalogue, collection, product_type, platform, acquired_at,
+                         relative_orbit, orbit_direction, tile, processing_baseline, footprint,
+                         location, checksum, size_bytes, attributes)
+VALUES (%(uid)s, %(name)s, %(catalogue)s, %(collection)s, %(product_type)s, %(platform)s, %(acquired_at)s,
+        %(relative_orbit)s, %(orbit_direction)s, %(tile)s, %(processing_baseline)s,
+        ST_Multi(ST_GeomFromText(%(footprint_wkt)s, 4326)),
+        %(location)s, %(checksum)s, %(size_bytes)s, %(attributes)s)
+ON CONFLICT (uid) DO NOTHING
+RETURNING product_id
+"""
+
+
+def _product_params(product: Product) -> dict[str, Any]:
+    return {
+        "uid": product.uid,
+        "name": product.name,
+        "catalogue": product.catalogue,
+        "collection": product.collection,
+        "product_type": product.product_type,
+        "platform": product.platform,
+        "acquired_at": product.acquired_at,
+        "relative_orbit": product.relative_orbit,
+        "orbit_direction": product.orbit_direction,
+        "tile": product.tile,
+        "processing_baseline": product.processing_baseline,
+        "footprint_wkt": product.footprint_wkt,
+        "location": product.location,
+        "checksum": product.checksum,
+        "size_bytes": product.size_bytes,
+        "attributes": json.dumps(product.attributes, sort_keys=True, default=str),
+    }
+
+
+def register(conn: psycopg.Connection, products: Iterable[Product], *, aoi: str) -> list[int]:
+    """Insert products and their status rows for *aoi*; return the ids new to this AOI.
+
+    Idempotent: a product already known by ``uid`` is not inserted again (its record is
+    kept as first seen), and a product already registered for the AOI keeps its status.
+    All rows go in one transaction.
+    """
+    new_ids: list[int] = []
+    n_seen = 0
+    with conn.transaction():
+        target_aoi = ensure_aoi(conn, aoi)
+        for product in products:
+            n_seen += 1
+            row = conn.execute(_INSERT_PRODUCT, _product_params(product)).fetchone()
+            if row is None:
+                row = conn.execute("SELECT product_id FROM cbm.product WHERE uid = %s", (product.uid,)).fetchone()
+            assert row is not None  # inserted or already there, inside our transaction
+            product_id = int(row[0])
+            status_row = conn.execute(
+                "INSERT INTO cbm.product_status (product_id, aoi_id, status) VALUES (%s, %s, %s) "
+                "ON CONFLICT (product_id, aoi_id) DO NOTHING RETURNING product_id",
+                (product_id, target_aoi, initial_status(product.product_type)),
+            ).fetchone()
+            if status_row is not None:
+                new_ids.append(product_id)
+    log.info("registered aoi=%s products=%d new=%d", aoi, n_seen, len(new_ids))
+    return new_ids
+
+
+_CLAIM = """
+WITH picked AS (
+    SELECT s.product_id
+    FROM cbm.product_status s
+    JOIN cbm.product p ON p.product_id = s.product_id
+    WHERE s.aoi_id = %(aoi_id)s
+      AND (s.status = %(from)s
+           OR (s.status = %(to)s AND s.claimed_at < now() - %(stale_after)s::interval))
+    ORDER BY p.acquired_at, s.product_id
+    LIMIT %(limit)s
+    FOR UPDATE OF s SKIP LOCKED
+)
+UPDATE cbm.product_status s
+SET status = %(to)s, claimed_by = %(worker)s, claimed_at = now(), attempts = s.attempts + 1, updated_at = now()
+FROM picked
+WHERE s.product_id = picked.product_id AND s.aoi_id = %(aoi_id)s
+RETURNING s.product_id
+"""
+
+
+def claim(
+    conn: psycopg.Connection,
+    *,
+    aoi: str,
+    worker: str,
+    status: str = "ready",
+    to: str = "extracting",
+    limit: int = 100,
+    stale_after: timedelta = timedelta(hours=2),
+) -> list[int]:
+    """Claim up to *limit* products of *aoi* in *status*, moving them to *to*; return their ids.
+
+    Two concurrent claimers never get the same product (``SKIP LOCKED``). A product left in
+    *to* for longer than *stale_after* (its worker died) is claimed again. Each claim counts
+    as an attempt. Oldest acquisitions first.
+    """
+    for value in (status, to):
+        if value not in STATUSES:
+            raise ValueError(f"unknown product status {value!r}; valid: {', '.join(STATUSES)}")
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    with conn.transaction():
+        rows = conn.execute(
+            _CLAIM,
+            {"aoi_id": aoi_id(conn, aoi), "from": status, "to": to, "worker": worker, "limit": limit,
+             "stale_after": stale_after},
+        ).fetchall()
+    ids = sorted(int(r[0]) for r in rows)
+    log.info("claimed aoi=%s worker=%s status=%s to=%s products=%d", aoi, worker, status, to, len(ids))
+    return ids
+
+
+def _update_status(conn: psycopg.Connection, product_id: int, aoi: str, query: str, params: dict[str, Any]) -> None:
+    with conn.transaction():
+        params = {**params, "product_id": product_id, "aoi_id": aoi_id(conn, aoi)}
+        if conn.execute(query, params).rowcount != 1:
+            raise ProductNotFoundError(f"product {product_id} is not registered for AOI {aoi!r}")
+
+
+def mark_done(conn: psycopg.Connection, product_id: int, *, aoi: str, status: str = "extracted") -> None:
+    """Set the final *status* (``extracted``, ``skipped`` or ``ready`` after processing) and release the claim."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown product status {status!r}; valid: {', '.join(STATUSES)}")
+    _update_status(
+        conn, product_id, aoi,
+        "UPDATE cbm.product_status SET status = %(status)s, claimed_by = NULL, claimed_at = NULL, "
+        "last_error = NULL, updated_at = now() WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s",
+        {"status": status},
+    )
+
+
+def mark_failed(
+    conn: psycopg.Connection,
+    product_id: int,
+    *,
+    aoi: str,
+    error: str,
+    retry_status: str = "ready",
+    max_attempts: int = 3,
+    permanent: bool = False,
+) -> str:
+    """Record a failed attempt; return the new status.
+
+    The product goes back to *retry_status* for another claim, or to ``failed`` once it has
+    been attempted *max_attempts* times or when *permanent* (bad input: retrying cannot help).
+    """
+    with conn.transaction():
+        row = conn.execute(
+            "UPDATE cbm.product_status SET "
+            "status = CASE WHEN %(permanent)s OR attempts >= %(max_attempts)s THEN 'failed' ELSE %(retry)s END, "
+            "last_error = %(error)s, claimed_by = NULL, claimed_at = NULL, updated_at = now() "
+            "WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s RETURNING status",
+            {"permanent": permanent, "max_attempts": max_attempts, "retry": retry_status, "error": error[-4000:],
+             "product_id": product_id, "aoi_id": aoi_id(conn, aoi)},
+        ).fetchone()
+    if row is None:
+        raise ProductNotFoundError(f"product {product_id} is not registered for AOI {aoi!r}")
+    log.warning("failed product=%s aoi=%s status=%s error=%s", product_id, aoi, row[0], error[-500:])
+    return str(row[0])
+
+
+def reset(conn: psycopg.Connection, product_id: int, *, aoi: str, status: str = "ready") -> None:
+    """Put a product back to *status* with no attempts, e.g. to force its re-extraction."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown product status {status!r}; valid: {', '.join(STATUSES)}")
+    _update_status(
+        conn, product_id, aoi,
+        "UPDATE cbm.product_status SET status = %(status)s, attempts = 0, last_error = NULL, claimed_by = NULL, "
+        "claimed_at = NULL, updated_at = now() WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s",
+        {"status": status},
+    )
+
+
+def status_counts(conn: psycopg.Connection, *, aoi: str) -> dict[str, int]:
+    """Return the number of products per status for *aoi*."""
+    rows = conn.execute(
+        "SELECT status, count(*) FROM cbm.product_status WHERE aoi_id = %s GROUP BY status",
+        (aoi_id(conn, aoi),),
+    ).fetchall()
+    return {str(status): int(n) for status, n in rows}
+
+
+def get_product(conn: psycopg.Connection, product_id: int) -> Product:
+    """Return the catalogue record of *product_id*.
+
+    Raises:
+        ProductNotFoundError: no such product.
+    """
+    row = conn.execute(
+        "SELECT uid, name, catalogue, collection, product_type, acquired_at, location, platform, relative_orbit, "
+        "orbit_direction, tile, processing_baseline, ST_AsText(footprint), checksum, size_bytes, attributes "
+        "FROM cbm.product WHERE product_id = %s",
+        (product_id,),
+    ).fetchone()
+    if row is None:
+        raise ProductNotFoundError(f"product {product_id} is not in the catalogue (cbm.product)")
+    return Product(
+        uid=row[0], name=row[1], catalogue=row[2], collection=row[3], product_type=row[4], acquired_at=row[5],
+        location=row[6], platform=row[7], relative_orbit=row[8], orbit_direction=row[9], tile=row[10],
+        processing_baseline=row[11], footprint_wkt=row[12], checksum=row[13], size_bytes=row[14],
+        attributes=dict(row[15]),
+    )
