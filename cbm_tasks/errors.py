@@ -22,6 +22,7 @@ __all__ = [
     "NotFoundError",
     "ParcelImportError",
     "ProductNotFoundError",
+    "ServiceError",
     "SnapError",
     "StoreError",
     "TransientError",
@@ -90,3 +91,7 @@ class ClusterError(CbmError):
 
 class SnapError(CbmError):
     """ESA SNAP gpt failed on a graph."""
+
+
+class ServiceError(CbmError):
+    """A local service (an Airflow component) cannot be started, reached or stopped."""
