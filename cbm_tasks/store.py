@@ -53,6 +53,7 @@ ACCEPTED_URI_FORMS = (
     "or s3://bucket/key (S3 store only)"
 )
 _KINDS = ("local", "s3")
+_OPTIONAL_FIELDS = ("bucket", "endpoint_url", "access_key", "secret_key", "region", "scratch_dir")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,9 @@ class StoreConfig:
         region: S3 region (CDSE: ``default``); None = boto3's default.
         scratch_dir: parent folder of ``local_copy`` scratch folders;
             None = ``tempfile.gettempdir()/cbm-scratch``.
+
+    An empty string in an optional field means "not given" (None), as an unset variable
+    interpolated into a connection's extras gives "".
     """
 
     kind: str = "local"
@@ -84,6 +88,10 @@ class StoreConfig:
     scratch_dir: str | None = None
 
     def __post_init__(self) -> None:
+        # Connection extras set from unset environment variables arrive as "": same as not given.
+        for name in _OPTIONAL_FIELDS:
+            if getattr(self, name) == "":
+                object.__setattr__(self, name, None)
         if self.kind not in _KINDS:
             raise ConfigError(f"store kind must be one of {', '.join(_KINDS)}, got {self.kind!r}")
         if self.endpoint_url is not None:

@@ -86,6 +86,13 @@ def test_config_unknown_key_is_a_type_error() -> None:
         StoreConfig(**{"kind": "s3", "endpoint": "https://x"})  # misspelt connection extra
 
 
+def test_config_empty_strings_mean_not_given() -> None:
+    cfg = StoreConfig(kind="local", root="/data", bucket="", endpoint_url="", access_key="", secret_key="",
+                      region="", scratch_dir="")
+    assert (cfg.bucket, cfg.endpoint_url, cfg.access_key, cfg.region, cfg.scratch_dir) == (None,) * 5
+    assert cfg.scratch_root().name == "cbm-scratch"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"kind": "gcs"}, "'gcs'"), ({"kind": "s3", "endpoint_url": "eodata.dataspace.copernicus.eu"}, "https://host"),
