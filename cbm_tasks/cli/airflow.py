@@ -1,0 +1,86 @@
+"""``cbm airflow``: start, stop and watch the local Airflow deployment (see cbm_tasks.airflow_ctl)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cbm_tasks import airflow_ctl, cluster, settings
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``cbm airflow ...`` to the command line."""
+    parser = subparsers.add_parser("airflow", help="the local Airflow deployment (scheduler, UI, ...)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="ACTION")
+    start = commands.add_parser(
+        "start", help="start PostGIS if needed, migrate Airflow's database, start the Airflow components"
+    )
+    start.add_argument("--timeout", type=float, default=300, help="seconds to wait for health (default 300)")
+    start.set_defaults(func=_start)
+    commands.add_parser("stop", help="stop every Airflow component and all it started").set_defaults(func=_stop)
+    commands.add_parser("status", help="state of each component, UI URL and login").set_defaults(func=_status)
+    commands.add_parser(
+        "env", help="print the export lines for running `airflow ...` by hand (eval \"$(cbm airflow env)\")"
+    ).set_defaults(func=_env)
+    for sub in commands.choices.values():
+        sub.add_argument("--port", type=int, default=None,
+                         help="API server (UI) port on 127.0.0.1 (default: $CBM_AIRFLOW_PORT or 8080)")
+
+
+def _login_lines(cfg: airflow_ctl.AirflowConfig) -> list[str]:
+    return [
+        f"UI:       {cfg.url}/",
+        f"login:    {airflow_ctl.ADMIN_USER} / {airflow_ctl.admin_password(cfg)}  (stored in {cfg.passwords_file})",
+    ]
+
+
+def _start(args: argparse.Namespace) -> int:
+    cfg = airflow_ctl.default_config(port=args.port)
+    cluster.start(cfg.cluster)
+    cluster.ensure_database(cfg.cluster, settings.database_name())
+    airflow_ctl.start(cfg, timeout_s=args.timeout)
+    lines = ["airflow running", *_login_lines(cfg), "stop it:  cbm airflow stop"]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    cfg = airflow_ctl.default_config(port=args.port)
+    stopped = airflow_ctl.stop(cfg)
+    sys.stdout.write(f"stopped: {', '.join(stopped)}\n" if stopped else "airflow was not running\n")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    cfg = airflow_ctl.default_config(port=args.port)
+    states = airflow_ctl.status(cfg)
+    lines = [
+        f"{s.component:<14} {'running' if s.running else 'stopped':<8} "
+        f"{'pid ' + str(s.pid) if s.running else '':<11} log {s.log_file}"
+        for s in states
+    ]
+    all_running = all(s.running for s in states)
+    if all_running:
+        answer = airflow_ctl.health(cfg)
+        lines.append(f"health:   {'unreachable' if answer is None else _health_summary(answer)}")
+    lines += _login_lines(cfg)
+    lines.append(f"AIRFLOW_HOME={cfg.home}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0 if all_running else 3
+
+
+def _health_summary(answer: dict[str, object]) -> str:
+    parts = []
+    for name, value in answer.items():
+        state = value.get("status") if isinstance(value, dict) else None
+        parts.append(f"{name}={state}")
+    return " ".join(parts)
+
+
+def _env(args: argparse.Namespace) -> int:
+    cfg = airflow_ctl.default_config(port=args.port)
+    airflow_ctl.write_config(cfg)
+    sys.stdout.write("\n".join(airflow_ctl.export_lines(cfg)) + "\n")
+    return 0
