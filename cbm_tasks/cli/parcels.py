@@ -1,0 +1,93 @@
+"""``cbm parcels``: import parcel registers and list the parcel sets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cbm_tasks import db, settings
+from cbm_tasks.parcel import import_parcels, list_parcel_sets
+from cbm_tasks.parcel_columns import NO_COLUMN
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``cbm parcels ...`` to the command line."""
+    parser = subparsers.add_parser("parcels", help="parcel registers (one parcel set per AOI and year)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="ACTION")
+    imp = commands.add_parser(
+        "import",
+        help="import a parcel register (GeoPackage, shapefile/zip, GeoJSON, FlatGeobuf, GeoParquet)",
+        description="Replace the parcel set of an AOI and year with the parcels of FILE, in one transaction. "
+        "Parcel keys of parcel ids already known are kept.",
+    )
+    imp.add_argument("file", type=Path, metavar="FILE")
+    imp.add_argument("--aoi", required=True, help="AOI name, lower case (created when new)")
+    imp.add_argument("--year", required=True, type=int, help="campaign year")
+    imp.add_argument("--id-column", help="parcel id column, or several comma-separated (default: detect)")
+    imp.add_argument("--crop-code-column", help=f"crop code column (default: detect; {NO_COLUMN!r}: the file has none)")
+    imp.add_argument("--crop-name-column", help=f"crop name column (default: detect; {NO_COLUMN!r}: the file has none)")
+    imp.add_argument("--layer", help="layer to read when the file has several")
+    imp.add_argument("--srid", type=int, help="EPSG code of the coordinates when the file declares no CRS")
+    imp.add_argument("--reject-report", type=Path, metavar="FILE.csv", help="write rejected features to this CSV")
+    imp.add_argument("--strict", action="store_true", help="fail when any feature is rejected")
+    imp.set_defaults(func=_import)
+    listing = commands.add_parser("list", help="parcel sets per AOI and year")
+    listing.add_argument("--aoi", help="only this AOI")
+    listing.set_defaults(func=_list)
+
+
+def _import(args: argparse.Namespace) -> int:
+    with db.connect(settings.database_url()) as conn:
+        report = import_parcels(
+            conn,
+            args.file,
+            aoi=args.aoi,
+            year=args.year,
+            id_column=args.id_column,
+            crop_code_column=args.crop_code_column,
+            crop_name_column=args.crop_name_column,
+            layer=args.layer,
+            srid=args.srid,
+            strict=args.strict,
+            reject_report=args.reject_report,
+        )
+    sys.stdout.write(
+        f"parcel set {report.parcel_set_id} ({report.aoi} {report.year}) version {report.version}, "
+        f"EPSG:{report.srid}: {report.n_imported} of {report.n_read} parcels imported, "
+        f"{report.n_repaired} repaired, {report.n_rejected} rejected; "
+        f"{report.n_new} new, {report.n_changed} changed, {report.n_removed} removed\n"
+    )
+    for r in report.rejections[:20]:
+        sys.stdout.write(f"  rejected feature {r.source_fid} ({r.parcel_id or 'no id'}): {r.reason}\n")
+    if report.n_rejected > 20:
+        sys.stdout.write(f"  ... {report.n_rejected - 20} more (see --reject-report)\n")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    with db.connect(settings.database_url()) as conn:
+        sets = list_parcel_sets(conn, aoi=args.aoi)
+    header = ("aoi", "year", "set", "parcels", "srid", "version", "imported_at", "source")
+    rows = [
+        (
+            s.aoi,
+            str(s.year),
+            str(s.parcel_set_id),
+            str(s.n_parcels),
+            str(s.srid),
+            str(s.version),
+            s.imported_at.strftime("%Y-%m-%d %H:%M:%S%z"),
+            s.source_file + (f" [{s.source_layer}]" if s.source_layer else ""),
+        )
+        for s in sets
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        sys.stdout.write("  ".join([*cells, row[-1]]) + "\n")
+    if not rows:
+        sys.stdout.write("no parcel sets\n")
+    return 0

@@ -1,0 +1,352 @@
+"""Parcel sets in PostGIS: import a register for one AOI and year, list the sets.
+
+An import replaces the AOI/year set in ONE transaction: either the whole new set is
+visible or the old one stays (a crash, a failed COPY or a rejected ``strict`` import leave
+it untouched). Parcel keys (1..n, the label value in rasterised masks and the key of every
+time-series row) are stable: a parcel id present before keeps its key, a new id gets
+``max(key) + 1``. Time-series rows (``cbm.parcel_obs``, ``cbm.parcel_class_counts``) of
+parcels that disappeared or whose geometry changed are deleted, since they describe a
+polygon that no longer exists; those of unchanged parcels stay valid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import shapely
+from psycopg.rows import TupleRow
+
+from cbm_tasks.catalogue.registry import ensure_aoi
+from cbm_tasks.errors import ParcelImportError
+from cbm_tasks.parcel_geometry import geometry_md5
+from cbm_tasks.parcel_io import ParcelTable, Rejection, read_parcels, write_reject_report
+
+__all__ = [
+    "ImportReport",
+    "KeyPlan",
+    "ParcelSetInfo",
+    "import_parcels",
+    "list_parcel_sets",
+    "load_parcels",
+    "plan_keys",
+]
+
+log = logging.getLogger(__name__)
+
+_AOI_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # as the CHECK on cbm.aoi.name
+_YEARS = range(2014, 2101)  # as the CHECK on cbm.parcel_set.year
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    """What one import did."""
+
+    parcel_set_id: int
+    aoi: str
+    year: int
+    srid: int
+    n_read: int
+    n_imported: int
+    n_repaired: int
+    n_rejected: int
+    rejections: tuple[Rejection, ...]
+    version: int = 1
+    import_id: int = 0
+    n_new: int = 0  # parcel ids not in the previous set
+    n_changed: int = 0  # kept ids whose geometry changed
+    n_removed: int = 0  # ids of the previous set absent now
+    n_stale_rows: int = 0  # time-series rows deleted (removed and changed parcels)
+
+
+@dataclass(frozen=True, slots=True)
+class ParcelSetInfo:
+    """One parcel set as listed by :func:`list_parcel_sets`."""
+
+    parcel_set_id: int
+    aoi: str
+    year: int
+    srid: int
+    version: int
+    n_parcels: int
+    source_file: str
+    source_layer: str | None
+    imported_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPlan:
+    """Parcel keys of a new set relative to the stored one (see :func:`plan_keys`)."""
+
+    keys: np.ndarray  # int32 key of each new parcel, aligned with the new ids
+    stale_keys: tuple[int, ...]  # keys whose time series must go: removed or changed parcels
+    n_new: int
+    n_changed: int
+    n_removed: int
+
+
+def plan_keys(old: Sequence[tuple[str, int, str]], new_ids: Sequence[str], new_md5: Sequence[str]) -> KeyPlan:
+    """Assign parcel keys: kept ids keep theirs, new ids get max(old keys) + 1, + 2, ...
+
+    Args:
+        old: (parcel_id, parcel_key, geometry md5) of the stored set; empty for a new set.
+        new_ids: the parcel ids being imported (unique).
+        new_md5: md5 of each new geometry, as :func:`cbm_tasks.parcel_geometry.geometry_md5`.
+    """
+    old_key = {pid: key for pid, key, _ in old}
+    old_md5 = {pid: digest for pid, _, digest in old}
+    next_key = max(old_key.values(), default=0) + 1
+    keys = np.empty(len(new_ids), dtype=np.int32)
+    stale: list[int] = []
+    n_new = n_changed = 0
+    for i, (pid, digest) in enumerate(zip(new_ids, new_md5, strict=True)):
+        key = old_key.get(pid)
+        if key is None:
+            key, next_key, n_new = next_key, next_key + 1, n_new + 1
+        elif old_md5[pid] != digest:
+            stale.append(key)
+            n_changed += 1
+        keys[i] = key
+    kept = set(new_ids)
+    removed = [key for pid, key, _ in old if pid not in kept]
+    return KeyPlan(keys, tuple(sorted(stale + removed)), n_new, n_changed, len(removed))
+
+
+def import_parcels(
+    conn: psycopg.Connection,
+    path: str | Path,
+    *,
+    aoi: str,
+    year: int,
+    id_column: str | None = None,
+    crop_code_column: str | None = None,
+    crop_name_column: str | None = None,
+    layer: str | None = None,
+    srid: int | None = None,
+    strict: bool = False,
+    reject_report: str | Path | None = None,
+) -> ImportReport:
+    """Read a parcel register and make it the parcel set of *aoi* and *year*.
+
+    Args:
+        conn: PostGIS connection; the import runs in one transaction (a savepoint when the
+            caller has one open).
+        path: the register (see :func:`cbm_tasks.parcel_io.read_parcels` for the formats).
+        aoi: AOI name (created when new), e.g. "nl_brp".
+        year: campaign year, 2014..2100.
+        id_column: see :func:`cbm_tasks.parcel_io.read_parcels`.
+        crop_code_column: see ``read_parcels``.
+        crop_name_column: see ``read_parcels``.
+        layer: see ``read_parcels``.
+        srid: see ``read_parcels``.
+        strict: fail the whole import when any feature is rejected.
+        reject_report: CSV file to write the rejections to (written also when strict fails).
+
+    Returns:
+        The import report.
+
+    Raises:
+        ParcelImportError: the file cannot be imported (see ``read_parcels``), a rejection
+            under *strict*, no parcel left, a bad AOI name or year, an SRID unknown to PostGIS.
+    """
+    _check_target(aoi, year)
+    table = read_parcels(
+        path,
+        layer=layer,
+        id_column=id_column,
+        crop_code_column=crop_code_column,
+        crop_name_column=crop_name_column,
+        srid=srid,
+    )
+    if reject_report is not None:
+        write_reject_report(reject_report, table.rejections)
+    return load_parcels(conn, table, aoi=aoi, year=year, strict=strict)
+
+
+def _check_target(aoi: str, year: int) -> None:
+    if not _AOI_NAME.match(aoi):
+        raise ParcelImportError(f"AOI name {aoi!r} is invalid: expected lower-case [a-z][a-z0-9_]*, at most 63 chars")
+    if year not in _YEARS:
+        raise ParcelImportError(f"year {year} is outside {_YEARS.start}..{_YEARS.stop - 1}")
+
+
+def load_parcels(
+    conn: psycopg.Connection, table: ParcelTable, *, aoi: str, year: int, strict: bool = False
+) -> ImportReport:
+    """Replace the parcel set of *aoi*/*year* with *table*, atomically.
+
+    Raises:
+        ParcelImportError: see :func:`import_parcels`.
+    """
+    t0 = time.perf_counter()
+    _check_target(aoi, year)
+    source = table.source_file
+    if strict and table.rejections:
+        shown = "; ".join(f"feature {r.source_fid} ({r.parcel_id}): {r.reason}" for r in table.rejections[:5])
+        raise ParcelImportError(
+            f"{source}: {len(table.rejections)} of {table.n_read} features rejected and strict is set: {shown}"
+        )
+    if table.n_parcels == 0:
+        raise ParcelImportError(f"{source}: no importable parcel ({table.n_read} features read, all rejected)")
+    digests = geometry_md5(table.geometries)
+    with conn.transaction(), conn.cursor() as cur:
+        if cur.execute("SELECT 1 FROM spatial_ref_sys WHERE srid = %s", (table.srid,)).fetchone() is None:
+            raise ParcelImportError(f"{source}: SRID {table.srid} is not in PostGIS spatial_ref_sys")
+        set_id, version, created = _lock_set(cur, ensure_aoi(conn, aoi), year, table)
+        old = cur.execute(
+            "SELECT parcel_id, parcel_key, md5(ST_AsBinary(geom, 'NDR')) || ':' || ST_SRID(geom) "
+            "FROM cbm.parcel WHERE parcel_set_id = %s",
+            (set_id,),
+        ).fetchall()
+        plan = plan_keys(old, table.parcel_ids, [f"{d}:{table.srid}" for d in digests])
+        cur.execute("DELETE FROM cbm.parcel WHERE parcel_set_id = %s", (set_id,))
+        _copy_parcels(cur, set_id, table, plan.keys)
+        n_stale = _delete_stale_rows(cur, set_id, plan.stale_keys)
+        version = 1 if created else version + 1
+        _update_set(cur, set_id, version, table)
+        import_id = _record_import(cur, set_id, table, strict=strict)
+    report = ImportReport(
+        parcel_set_id=set_id,
+        aoi=aoi,
+        year=year,
+        srid=table.srid,
+        n_read=table.n_read,
+        n_imported=table.n_parcels,
+        n_repaired=table.n_repaired,
+        n_rejected=len(table.rejections),
+        rejections=table.rejections,
+        version=version,
+        import_id=import_id,
+        n_new=plan.n_new,
+        n_changed=plan.n_changed,
+        n_removed=plan.n_removed,
+        n_stale_rows=n_stale,
+    )
+    log.info(
+        "imported parcels aoi=%s year=%d parcel_set=%d version=%d srid=%d read=%d imported=%d repaired=%d "
+        "rejected=%d new=%d changed=%d removed=%d stale_rows=%d file=%s seconds=%.2f",
+        aoi, year, set_id, version, table.srid, table.n_read, table.n_parcels, table.n_repaired,
+        len(table.rejections), plan.n_new, plan.n_changed, plan.n_removed, n_stale, source,
+        time.perf_counter() - t0,
+    )  # fmt: skip
+    return report
+
+
+def _lock_set(cur: psycopg.Cursor[TupleRow], aoi_id: int, year: int, table: ParcelTable) -> tuple[int, int, bool]:
+    """Return (parcel_set_id, version, created) with the set's row locked until commit."""
+    row = cur.execute(
+        "INSERT INTO cbm.parcel_set (aoi_id, year, srid, source_file, source_layer) VALUES (%s, %s, %s, %s, %s) "
+        "ON CONFLICT (aoi_id, year) DO NOTHING RETURNING parcel_set_id",
+        (aoi_id, year, table.srid, table.source_file, table.layer),
+    ).fetchone()
+    created = row is not None
+    locked = cur.execute(
+        "SELECT parcel_set_id, version FROM cbm.parcel_set WHERE aoi_id = %s AND year = %s FOR UPDATE",
+        (aoi_id, year),
+    ).fetchone()
+    assert locked is not None  # inserted above or already there
+    set_id, version = int(locked[0]), int(locked[1])
+    if created:
+        cur.execute("SELECT cbm.ensure_parcel_set_partitions(%s::smallint)", (set_id,))
+    return set_id, version, created
+
+
+def _copy_parcels(cur: psycopg.Cursor[TupleRow], set_id: int, table: ParcelTable, keys: np.ndarray) -> None:
+    # hex EWKB carries the SRID: cbm.parcel.geom has no type modifier, one column serves every CRS
+    ewkb = shapely.to_wkb(shapely.set_srid(table.geometries, table.srid), hex=True, include_srid=True, byte_order=1)
+    columns = zip(
+        keys.tolist(), table.parcel_ids, table.crop_codes, table.crop_names, table.areas_m2.tolist(), ewkb, strict=True
+    )
+    with cur.copy(
+        "COPY cbm.parcel (parcel_set_id, parcel_key, parcel_id, crop_code, crop_name, area_m2, geom) FROM STDIN"
+    ) as copy:
+        for key, pid, code, name, area, geom in columns:
+            copy.write_row((set_id, key, pid, code, name, area, geom))
+
+
+def _delete_stale_rows(cur: psycopg.Cursor[TupleRow], set_id: int, stale_keys: Sequence[int]) -> int:
+    if not stale_keys:
+        return 0
+    n = 0
+    for statement in (
+        "DELETE FROM cbm.parcel_obs WHERE parcel_set_id = %s AND parcel_key = ANY(%s)",
+        "DELETE FROM cbm.parcel_class_counts WHERE parcel_set_id = %s AND parcel_key = ANY(%s)",
+    ):
+        n += cur.execute(statement, (set_id, list(stale_keys))).rowcount
+    return n
+
+
+_UPDATE_SET = """
+UPDATE cbm.parcel_set s
+SET srid = %(srid)s, version = %(version)s, source_file = %(source_file)s, source_layer = %(layer)s,
+    n_parcels = %(n)s, imported_at = now(),
+    -- the envelope is densified before the transform: a projected box's edges are curves in lon/lat
+    extent = (SELECT ST_Envelope(ST_Transform(ST_Segmentize(box,
+                     greatest(ST_XMax(box) - ST_XMin(box), ST_YMax(box) - ST_YMin(box)) / 32), 4326))
+              FROM (SELECT ST_SetSRID(ST_Extent(geom)::geometry, %(srid)s) AS box
+                    FROM cbm.parcel WHERE parcel_set_id = %(id)s) b)
+WHERE parcel_set_id = %(id)s
+"""
+
+
+def _update_set(cur: psycopg.Cursor[TupleRow], set_id: int, version: int, table: ParcelTable) -> None:
+    cur.execute(
+        _UPDATE_SET,
+        {
+            "srid": table.srid,
+            "version": version,
+            "source_file": table.source_file,
+            "layer": table.layer,
+            "n": table.n_parcels,
+            "id": set_id,
+        },
+    )
+
+
+def _record_import(cur: psycopg.Cursor[TupleRow], set_id: int, table: ParcelTable, *, strict: bool) -> int:
+    options = {
+        "id_column": list(table.columns.id),
+        "crop_code_column": table.columns.crop_code,
+        "crop_name_column": table.columns.crop_name,
+        "srid": table.srid,
+        "strict": strict,
+    }
+    row = cur.execute(
+        "INSERT INTO cbm.parcel_import (parcel_set_id, source_file, source_layer, options, n_read, n_imported, "
+        "n_repaired, n_rejected) VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s) RETURNING import_id",
+        (
+            set_id,
+            table.source_file,
+            table.layer,
+            json.dumps(options),
+            table.n_read,
+            table.n_parcels,
+            table.n_repaired,
+            len(table.rejections),
+        ),
+    ).fetchone()
+    assert row is not None
+    import_id = int(row[0])
+    with cur.copy("COPY cbm.parcel_rejection (import_id, source_fid, parcel_id, reason) FROM STDIN") as copy:
+        for r in table.rejections:
+            copy.write_row((import_id, r.source_fid, r.parcel_id, r.reason))
+    return import_id
+
+
+def list_parcel_sets(conn: psycopg.Connection, *, aoi: str | None = None) -> list[ParcelSetInfo]:
+    """Return the parcel sets, by AOI name and year; only those of *aoi* when given."""
+    rows = conn.execute(
+        "SELECT s.parcel_set_id, a.name, s.year, s.srid, s.version, s.n_parcels, s.source_file, s.source_layer, "
+        "s.imported_at FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) "
+        "WHERE %(aoi)s::text IS NULL OR a.name = %(aoi)s ORDER BY a.name, s.year",
+        {"aoi": aoi},
+    ).fetchall()
+    return [ParcelSetInfo(*row) for row in rows]
