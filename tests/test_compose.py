@@ -1,0 +1,243 @@
+"""The docker-compose deployment: valid, pinned, healthy by construction, no secret in clear.
+
+The compose file is resolved with the real ``docker compose config`` (or Debian's
+``docker-compose``) when one is installed; that is a client-side command, no engine needed.
+Without either, the same checks run on the file resolved by ``_interpolate`` below, which
+implements the compose rules the file uses (``${VAR}``, ``${VAR:-default}``, ``${VAR:?message}``,
+``$$``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from cbm_tasks.store import StoreConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / "docker" / ".env.example"
+AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                    "airflow-triggerer", "airflow-worker")
+LONG_RUNNING = ("postgis", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                "airflow-triggerer", "redis", "airflow-worker")
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?)([-?])([^}]*))?\}")
+
+
+def _required_secrets() -> list[str]:
+    """Names given with an empty value in .env.example: the secrets every site must set."""
+    return [m.group(1) for m in re.finditer(r"^([A-Z_]+)=$", ENV_EXAMPLE.read_text(), re.MULTILINE)]
+
+
+def _dummy_env(**overrides: str) -> dict[str, str]:
+    env = {name: f"dummy-{name.lower()}" for name in _required_secrets()}
+    env.update(overrides)
+    return env
+
+
+def _interpolate(value: Any, env: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {key: _interpolate(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(item, env) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, colon, op, arg = match.groups()
+        current = env.get(name)
+        missing = current is None or (colon == ":" and current == "")
+        if op == "?" and missing:
+            raise ValueError(f"required variable {name} is missing a value: {arg}")
+        if op == "-" and missing:
+            return str(arg)
+        return current or ""
+
+    return _VAR.sub(substitute, value)
+
+
+def _compose_cli() -> list[str] | None:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, check=False)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def _write_env(folder: Path, env: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".env"
+    path.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
+    return path
+
+
+def _run_cli(cli: list[str], env_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [*cli, "--project-directory", str(ROOT), "--env-file", str(env_file), "-f", str(COMPOSE),
+            "--profile", "celery", *args]
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120, cwd=ROOT)
+
+
+def _resolved(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
+    """The compose model with variables substituted: by the real CLI when there is one."""
+    cli = _compose_cli()
+    if cli is None:
+        resolved: dict[str, Any] = _interpolate(yaml.safe_load(COMPOSE.read_text()), env)
+        return resolved
+    result = _run_cli(cli, _write_env(tmp_path, env), "config")
+    assert result.returncode == 0, result.stderr
+    model: dict[str, Any] = yaml.safe_load(result.stdout)
+    return model
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):  # the list form KEY=VALUE
+        env = dict(item.split("=", 1) for item in env)
+    return {key: str(value) for key, value in env.items()}
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> dict[str, Any]:
+    return _resolved(tmp_path, _dummy_env())
+
+
+def test_cli_validates_the_file_when_installed(tmp_path: Path) -> None:
+    cli = _compose_cli()
+    env = _dummy_env()
+    by_python = _interpolate(yaml.safe_load(COMPOSE.read_text()), env)
+    assert set(by_python["services"]) == {*LONG_RUNNING, "airflow-init"}
+    if cli is None:  # no compose CLI on this machine: the other tests check the Python resolution
+        return
+    result = _run_cli(cli, _write_env(tmp_path, env), "config", "-q")
+    assert result.returncode == 0, result.stderr
+    by_cli = _resolved(tmp_path, env)
+    for name, service in by_cli["services"].items():  # the fallback resolves as compose does
+        assert _environment(service) == _environment(by_python["services"][name]), name
+
+
+@pytest.mark.parametrize("secret", ["POSTGRES_PASSWORD", "AIRFLOW_FERNET_KEY", "_AIRFLOW_WWW_USER_PASSWORD",
+                                    "CBM_DB_PASSWORD", "AIRFLOW_JWT_SECRET"])
+def test_missing_secret_is_refused(tmp_path: Path, secret: str) -> None:
+    env = _dummy_env(**{secret: ""})
+    cli = _compose_cli()
+    if cli is None:
+        with pytest.raises(ValueError, match=secret):
+            _interpolate(yaml.safe_load(COMPOSE.read_text()), env)
+        return
+    result = _run_cli(cli, _write_env(tmp_path, env), "config", "-q")
+    assert result.returncode != 0 and secret in result.stderr
+
+
+def test_env_example_has_placeholders_only() -> None:
+    secrets = _required_secrets()
+    assert {"POSTGRES_PASSWORD", "AIRFLOW_FERNET_KEY", "_AIRFLOW_WWW_USER_PASSWORD", "AIRFLOW_DB_PASSWORD",
+            "CBM_DB_PASSWORD", "CBM_DB_OWNER_PASSWORD", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_JWT_SECRET"} <= set(secrets)
+    set_lines = [line for line in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z_]+=.", line)]
+    assert set_lines == [], "the example sets values; secrets must be left empty, others commented out"
+    # every required variable of the compose file is listed in the example
+    required = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?", COMPOSE.read_text()))
+    assert required == set(secrets)
+
+
+def test_every_service_is_pinned_and_checked(model: dict[str, Any]) -> None:
+    services = model["services"]
+    assert set(services) == {*LONG_RUNNING, "airflow-init"}
+    for name, service in services.items():
+        image = service["image"]
+        assert re.search(r":[^:/]*\d", image) and not image.endswith(":latest"), f"{name}: unpinned {image}"
+        if name in LONG_RUNNING:
+            test = service["healthcheck"]["test"]
+            assert test[0] in ("CMD", "CMD-SHELL") and len(" ".join(test)) > 15, name
+    assert services["postgis"]["image"].startswith("postgis/postgis:15-3.")
+    assert services["airflow-apiserver"]["healthcheck"]["test"][-1].endswith("/api/v2/monitor/health")
+    assert "--job-type SchedulerJob" in services["airflow-scheduler"]["healthcheck"]["test"][-1]
+    assert "pg_isready" in services["postgis"]["healthcheck"]["test"][-1]
+    assert services["redis"]["profiles"] == ["celery"] and services["airflow-worker"]["profiles"] == ["celery"]
+
+
+def test_ports_on_loopback_only(model: dict[str, Any]) -> None:
+    published = {name: service.get("ports", []) for name, service in model["services"].items()}
+    assert {name for name, ports in published.items() if ports} == {"airflow-apiserver"}
+    for port in published["airflow-apiserver"]:
+        host_ip = port["host_ip"] if isinstance(port, dict) else str(port).split(":")[0]
+        assert host_ip == "127.0.0.1"
+
+
+def test_no_secret_in_clear(model: dict[str, Any]) -> None:
+    """With every secret set to a dummy, each password and key found must be that dummy."""
+    found = 0
+    for name, service in model["services"].items():
+        for key, value in _environment(service).items():
+            if key.startswith("AIRFLOW_CONN_"):
+                value = json.loads(value).get("password") or "dummy-"
+            elif "://" in value:
+                value = urlsplit(value).password or "dummy-"
+            elif not re.search(r"PASSWORD|SECRET|FERNET|_KEY$", key) or key.endswith("_FILE"):
+                continue
+            assert value.startswith("dummy-"), f"{name}: {key} holds a value that is not from .env"
+            found += 1
+    assert found > 20
+
+
+def test_airflow_settings_match_the_deployment(model: dict[str, Any]) -> None:
+    services = model["services"]
+    envs = {name: _environment(services[name]) for name in AIRFLOW_SERVICES}
+    for name, env in envs.items():
+        assert env["AIRFLOW__CORE__PARALLELISM"] == "4", name
+        assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False", name
+        assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/cbm/dags", name
+        assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == "/opt/cbm/plugins", name
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:"), name
+        assert "AIRFLOW_CONN_CBM_POSTGIS" in env and "AIRFLOW_CONN_CBM_STORE" in env, name
+        # all components must share the keys, or tokens and encrypted values do not verify
+        for shared in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY"):
+            assert env[shared] == envs["airflow-apiserver"][shared], (name, shared)
+        volumes = [str(v["target"] if isinstance(v, dict) else v.split(":")[1]) for v in services[name]["volumes"]]
+        assert {"/opt/cbm/dags", "/opt/cbm/plugins", "/opt/airflow/logs", "/opt/cbm/var"} <= set(volumes), name
+    assert envs["airflow-scheduler"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert envs["airflow-worker"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    postgis = json.loads(envs["airflow-scheduler"]["AIRFLOW_CONN_CBM_POSTGIS"])
+    assert (postgis["conn_type"], postgis["host"], postgis["port"], postgis["schema"]) == ("postgres", "postgis", 5432,
+                                                                                          "cbm")
+    assert "cbm db migrate" in " ".join(services["airflow-init"]["command"])
+    assert "airflow db migrate" in " ".join(services["airflow-init"]["command"])
+
+
+def test_store_connection_builds_a_store_config(tmp_path: Path) -> None:
+    local = _environment(_resolved(tmp_path / "a", _dummy_env())["services"]["airflow-scheduler"])
+    conn = json.loads(local["AIRFLOW_CONN_CBM_STORE"])
+    cfg = StoreConfig(access_key=conn["login"], secret_key=conn["password"], **conn["extra"])
+    assert (cfg.kind, cfg.root, cfg.endpoint_url, cfg.access_key) == ("local", "/opt/cbm/var/store", None, None)
+
+    cdse = _dummy_env(CBM_STORE_KIND="s3", CBM_STORE_ENDPOINT_URL="https://eodata.dataspace.copernicus.eu",
+                      CBM_STORE_REGION="default", CBM_STORE_BUCKET="eodata", CBM_STORE_ROOT="",
+                      CBM_STORE_ACCESS_KEY="ak", CBM_STORE_SECRET_KEY="sk")
+    worker = _resolved(tmp_path / "b", cdse)["services"]["airflow-worker"]
+    conn = json.loads(_environment(worker)["AIRFLOW_CONN_CBM_STORE"])
+    cfg = StoreConfig(access_key=conn["login"], secret_key=conn["password"], **conn["extra"])
+    assert (cfg.kind, cfg.bucket, cfg.endpoint_url, cfg.region) == (
+        "s3", "eodata", "https://eodata.dataspace.copernicus.eu", "default")
+    assert "sk" not in repr(cfg)
+
+
+def test_dockerfile_pins_the_airflow_of_requirements() -> None:
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    base = re.search(r"^ARG AIRFLOW_IMAGE=apache/airflow:(\S+)-python(\d+\.\d+)$", dockerfile, re.MULTILINE)
+    assert base, "the base image must be a pinned apache/airflow:<version>-python<x.y>"
+    pinned = re.search(r"^apache-airflow==(\S+)$", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+    assert pinned and base.group(1) == pinned.group(1)
+    assert "requirements.txt" in dockerfile and "-e /opt/cbm" in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text()
+    assert "\n**\n" in ignored and "!cbm_tasks/**" in ignored and "!sql/**" in ignored  # allow-list
