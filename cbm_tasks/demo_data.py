@@ -1,0 +1,278 @@
+"""The built-in demo: a local catalogue (STAC items + COGs) and a parcel file from the real 31UDS cube.
+
+Layout written by :func:`build_demo` (the local catalogue format of CONTRACTS.md)::
+
+    OUT/catalogue/sentinel-2-l2a/S2_31UDS_20180405/{S2_31UDS_20180405.json, B02.tif, ..., SCL.tif}
+    OUT/catalogue/sentinel-1-card-bs/S1_CARD-BS_31UDS_20180405T173236/{<id>.json, VV.tif, VH.tif}
+    OUT/parcels/demo_parcels_2018.gpkg
+
+Files are written atomically and only when their content changes (:mod:`cbm_tasks.demo_writer`);
+an item is written after its band files, so a reader never sees an item whose assets are missing.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cbm_tasks import settings
+from cbm_tasks.demo_cube import CUBE_FILES, SensorCube, open_sensor_cube, polygonise_crop_types, read_parcel_raster
+from cbm_tasks.demo_writer import SCL_CLASSES, raster_asset, stac_item, write_cog, write_json, write_parcels
+from cbm_tasks.errors import ConfigError, CorruptProductError
+
+__all__ = ["DemoLayout", "build_demo", "db_to_linear", "default_cube_dir"]
+
+log = logging.getLogger(__name__)
+
+S2_10M = ("B02", "B03", "B04", "B08")
+S2_20M = ("B05", "B06", "B07", "B8A", "B11", "B12")
+S1_POLS = ("VV", "VH")
+
+
+@dataclass(frozen=True, slots=True)
+class DemoLayout:
+    """Where a built demo lives, and what it holds.
+
+    Attributes:
+        catalogue_root: root of the local catalogue (``cbm_tasks.catalogue.local`` reads it).
+        parcels_file: the parcel GeoPackage (EPSG:32631) for ``cbm parcels import``.
+        aoi: AOI name to register the products and parcels under.
+        year: parcel year.
+        n_s2: Sentinel-2 L2A products in the catalogue.
+        n_s1: Sentinel-1 CARD-BS products in the catalogue.
+        n_parcels: parcels in ``parcels_file``.
+        ground_truth_file: CSV of known events (synthetic AOI only).
+    """
+
+    catalogue_root: Path
+    parcels_file: Path
+    aoi: str = "demo"
+    year: int = 2018
+    n_s2: int = 0
+    n_s1: int = 0
+    n_parcels: int = 0
+    ground_truth_file: Path | None = None
+
+
+def default_cube_dir() -> Path:
+    """Return ``<project>/../shared/data/worldcereal_31UDS``, where the real cube lives."""
+    return settings.project_dir().parent / "shared" / "data" / "worldcereal_31UDS"
+
+
+def _source(cube: SensorCube, index: int, *, note: str) -> dict[str, Any]:
+    return {
+        "dataset": "WorldCereal training cube, location 00002806639B424A (tile 31UDS)",
+        "origin": "WorldCereal/worldcereal-classification commit 5db1e24, tests/worldcerealtests/"
+        "testresources/worldcerealtraining/00002806639B424A (MIT)",
+        "file": cube.path.name,
+        "time_index": index,
+        "upstream_source": cube.attrs.get("source", ""),
+        "note": note,
+    }
+
+
+def _s2_items(s2_10: SensorCube, s2_20: SensorCube, root: Path, indices: range) -> tuple[int, int]:
+    written = 0
+    for index in indices:
+        acquired_at = s2_10.times[index]
+        item_id = f"S2_31UDS_{acquired_at:%Y%m%d}"
+        folder = root / "sentinel-2-l2a" / item_id
+        assets: dict[str, dict[str, Any]] = {}
+        for cube, names in ((s2_10, S2_10M), (s2_20, (*S2_20M, "SCL"))):
+            grid = cube.grid
+            for band in names:
+                categorical = band == "SCL"
+                values = cube.bands[band][index]
+                nodata = cube.nodata[band]
+                scale = 1.0 if categorical else 0.0001
+                written += write_cog(
+                    folder / f"{band}.tif",
+                    values,
+                    transform=grid.transform,
+                    epsg=grid.epsg,
+                    nodata=nodata,
+                    scale=scale,
+                    band_name=band,
+                )
+                assets[band] = raster_asset(
+                    f"{band}.tif",
+                    title=band,
+                    nodata=int(nodata),
+                    scale=scale,
+                    offset=0.0,
+                    data_type=values.dtype.name,
+                    resolution_m=grid.transform.a,
+                    shape=values.shape,
+                    transform=grid.transform,
+                    classes=SCL_CLASSES if categorical else None,
+                )
+        scl = s2_20.bands["SCL"][index]
+        valid = scl != 0
+        cloudy = np.isin(scl, (8, 9, 10)) & valid
+        angles = {name: float(values[index]) for name, values in s2_20.per_time.items()}
+        properties = {
+            "cbm:collection": "SENTINEL-2",
+            "cbm:product_type": "S2MSI2A",
+            "constellation": "sentinel-2",
+            "instruments": ["msi"],
+            "grid:code": "MGRS-31UDS",
+            "processing:level": "L2A",
+            # Chip-level share of SCL cloud classes, not the granule's cloud cover.
+            "eo:cloud_cover": round(100.0 * cloudy.sum() / max(int(valid.sum()), 1), 2),
+            "view:sun_azimuth": round(angles["sunAzimuthAngles"], 4),
+            "view:sun_elevation": round(90.0 - angles["sunZenithAngles"], 4),
+            "view:azimuth": round(angles["viewAzimuthMean"], 4),
+            "view:incidence_angle": round(angles["viewZenithMean"], 4),
+            "cbm:source": _source(
+                s2_10,
+                index,
+                note="DN = 10000 x surface reflectance; acquired before "
+                "processing baseline 04.00, so no BOA offset (scale 0.0001, offset 0)",
+            ),
+        }
+        item = stac_item(
+            item_id,
+            acquired_at=acquired_at,
+            bounds=s2_10.grid.bounds,
+            epsg=s2_10.grid.epsg,
+            properties=properties,
+            assets=assets,
+            extensions=("projection", "raster", "classification", "eo", "view", "grid", "processing"),
+        )
+        written += write_json(folder / f"{item_id}.json", item)
+        log.debug("demo S2 product=%s", item_id)
+    return len(indices), written
+
+
+def _s1_items(s1: SensorCube, root: Path, indices: range) -> tuple[int, int]:
+    written = 0
+    grid = s1.grid
+    for index in indices:
+        acquired_at = s1.times[index]
+        item_id = f"S1_CARD-BS_31UDS_{acquired_at:%Y%m%dT%H%M%S}"
+        folder = root / "sentinel-1-card-bs" / item_id
+        assets: dict[str, dict[str, Any]] = {}
+        for pol in S1_POLS:
+            stored = s1.bands[pol][index]
+            linear = db_to_linear(stored, nodata=s1.nodata[pol])
+            written += write_cog(
+                folder / f"{pol}.tif",
+                linear,
+                transform=grid.transform,
+                epsg=grid.epsg,
+                nodata=float("nan"),
+                band_name=pol,
+            )
+            assets[pol] = raster_asset(
+                f"{pol}.tif",
+                title=f"{pol} backscatter, linear power",
+                nodata="nan",
+                scale=1.0,
+                offset=0.0,
+                data_type="float32",
+                resolution_m=grid.transform.a,
+                shape=linear.shape,
+                transform=grid.transform,
+            )
+        properties = {
+            "cbm:collection": "SENTINEL-1",
+            "cbm:product_type": "CARD-BS",
+            "constellation": "sentinel-1",
+            "instruments": ["c-sar"],
+            "sar:instrument_mode": "IW",
+            "sar:frequency_band": "C",
+            "sar:polarizations": list(S1_POLS),
+            "sar:product_type": "GRD",
+            "sat:orbit_state": "ascending",
+            "grid:code": "MGRS-31UDS",
+            "cbm:source": _source(
+                s1,
+                index,
+                note="cube stores backscatter as dB x 10000 (int32, 0 = no data); "
+                "written as linear power 10 ** (value / 100000), no data as NaN",
+            ),
+        }
+        item = stac_item(
+            item_id,
+            acquired_at=acquired_at,
+            bounds=grid.bounds,
+            epsg=grid.epsg,
+            properties=properties,
+            assets=assets,
+            extensions=("projection", "raster", "sat", "sar", "grid"),
+        )
+        written += write_json(folder / f"{item_id}.json", item)
+        log.debug("demo S1 product=%s", item_id)
+    return len(indices), written
+
+
+def db_to_linear(stored: np.ndarray, *, nodata: float) -> np.ndarray:
+    """Return linear backscatter (float32) from dB x 10000 integers; ``nodata`` becomes NaN."""
+    linear: np.ndarray = np.power(10.0, stored.astype(np.float64) / 100000.0).astype(np.float32)
+    linear[stored == nodata] = np.nan
+    return linear
+
+
+def _parcels(cube_dir: Path, out_dir: Path) -> tuple[Path, int]:
+    grid, crop_types, land_cover, _ = read_parcel_raster(cube_dir / CUBE_FILES["POLY"])
+    parcels = polygonise_crop_types(crop_types, land_cover, transform=grid.transform)
+    path = out_dir / "parcels" / "demo_parcels_2018.gpkg"
+    columns = {
+        "parcel_id": np.array([p.parcel_id for p in parcels], dtype=object),
+        "crop_code": np.array([p.crop_code for p in parcels], dtype=np.int32),
+        "crop_name": np.array([p.crop_name for p in parcels], dtype=object),
+        "lc_code": np.array([p.lc_code for p in parcels], dtype=np.int32),
+        "lc_name": np.array([p.lc_name for p in parcels], dtype=object),
+        "area_m2": np.array([p.geometry.area for p in parcels], dtype=np.float64),
+    }
+    write_parcels(
+        path, layer="demo_parcels_2018", geometries=[p.geometry for p in parcels], columns=columns, epsg=grid.epsg
+    )
+    return path, len(parcels)
+
+
+def build_demo(out_dir: Path, *, cube_dir: Path | None = None, max_products: int | None = None) -> DemoLayout:
+    """Build the demo AOI from the real WorldCereal 31UDS cube: local catalogue and parcel file.
+
+    One S2 L2A product per date of the S2 cubes (118: B02-B12 and SCL as COGs) and one
+    Sentinel-1 CARD-BS product per date of the ascending GRD cube (159: VV, VH linear power), plus
+    the 2018 parcels polygonised from the crop-type raster. Idempotent: unchanged files are kept.
+
+    Args:
+        out_dir: folder to build in (``catalogue/`` and ``parcels/`` are created below it).
+        cube_dir: folder of the cube NetCDF files; default :func:`default_cube_dir`.
+        max_products: only the first N dates of each sensor (quick runs, tests); None = all.
+
+    Returns:
+        The layout of what was built.
+
+    Raises:
+        CorruptProductError: a cube file is missing or unreadable.
+        ConfigError: ``max_products`` is below 1.
+    """
+    if max_products is not None and max_products < 1:
+        raise ConfigError(f"max_products must be at least 1 or None, got {max_products}")
+    started = time.perf_counter()
+    cube_dir = cube_dir or default_cube_dir()
+    root = out_dir / "catalogue"
+    s2_10 = open_sensor_cube(cube_dir / CUBE_FILES["S2_10m"], bands=S2_10M)
+    s2_20 = open_sensor_cube(cube_dir / CUBE_FILES["S2_20m"], bands=(*S2_20M, "SCL"))
+    if s2_10.times != s2_20.times:
+        raise CorruptProductError(f"{cube_dir}: the 10 m and 20 m Sentinel-2 cubes have different dates")
+    s1 = open_sensor_cube(cube_dir / CUBE_FILES["S1_GRD_ASC"], bands=S1_POLS)
+    n_s2, s2_written = _s2_items(s2_10, s2_20, root, range(len(s2_10.times))[:max_products])
+    n_s1, s1_written = _s1_items(s1, root, range(len(s1.times))[:max_products])
+    parcels_file, n_parcels = _parcels(cube_dir, out_dir)
+    log.info(
+        "demo built out=%s s2=%d s1=%d parcels=%d files_written=%d seconds=%.2f",
+        out_dir,
+        n_s2,
+        n_s1,
+        n_parcels,
+        s2_written + s1_written,
+        time.perf_counter() - started,
+    )
+    return DemoLayout(catalogue_root=root, parcels_file=parcels_file, n_s2=n_s2, n_s1=n_s1, n_parcels=n_parcels)
