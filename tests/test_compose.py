@@ -10,16 +10,22 @@ implements the compose rules the file uses (``${VAR}``, ``${VAR:-default}``, ``$
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 import yaml
+from psycopg.conninfo import make_conninfo
 
+from cbm_tasks import cluster, db
 from cbm_tasks.store import StoreConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,3 +247,56 @@ def test_dockerfile_pins_the_airflow_of_requirements() -> None:
     assert "requirements.txt" in dockerfile and "-e /opt/cbm" in dockerfile
     ignored = (ROOT / ".dockerignore").read_text()
     assert "\n**\n" in ignored and "!cbm_tasks/**" in ignored and "!sql/**" in ignored  # allow-list
+
+
+# --- the PostGIS init script, run against a throwaway cluster (roles are cluster-wide) ------------
+
+
+@pytest.fixture(scope="module")
+def scratch_cluster() -> Iterator[cluster.ClusterConfig]:
+    # /var/tmp: as root the cluster runs as the postgres user, who cannot enter pytest's 0700 folders
+    parent = "/var/tmp" if os.geteuid() == 0 else None  # noqa: S108
+    cfg = cluster.ClusterConfig(root=Path(tempfile.mkdtemp(prefix="cbm-initdb-", dir=parent)), port=55440)
+    try:
+        cluster.start(cfg)
+        yield cfg
+    finally:
+        cluster.remove(cfg)
+
+
+def _as(cfg: cluster.ClusterConfig, dbname: str, user: str) -> str:
+    return make_conninfo(cfg.url(dbname), user=user)
+
+
+def test_postgis_init_script_then_migrations_as_owner(scratch_cluster: cluster.ClusterConfig) -> None:
+    cfg = scratch_cluster
+    names = {"AIRFLOW_DB_NAME": "airflow_meta", "AIRFLOW_DB_USER": "airflow_svc", "CBM_DB_NAME": "cbm_prod",
+             "CBM_DB_OWNER": "cbm_owner", "CBM_DB_USER": "cbm_task"}
+    env = {**os.environ, **names, "POSTGRES_USER": cluster.SUPERUSER, "PGHOST": str(cfg.socket_dir),
+           "PGPORT": str(cfg.port), "PATH": f"{cluster.find_bindir()}:{os.environ['PATH']}",
+           "AIRFLOW_DB_PASSWORD": "pw'a", "CBM_DB_OWNER_PASSWORD": "pw-o", "CBM_DB_PASSWORD": "pw-c"}
+    script = ROOT / "docker" / "postgis-init" / "10-cbm-databases.sh"
+    for _run in range(2):  # a second run changes nothing and does not fail
+        result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120,
+                                check=False)
+        assert result.returncode == 0, result.stderr
+
+    with db.connect(_as(cfg, "cbm_prod", "cbm_owner")) as conn:
+        applied = db.migrate(conn)
+    assert applied[:2] == ["000_schema_migrations", "001_extensions"] and len(applied) == len(db.list_migrations())
+
+    with psycopg.connect(_as(cfg, "cbm_prod", "cbm_task")) as conn:  # the pipeline: rows yes, DDL no
+        aoi_id = conn.execute("INSERT INTO cbm.aoi (name) VALUES ('demo') RETURNING aoi_id").fetchone()
+        assert aoi_id is not None and aoi_id[0] >= 1
+        conn.commit()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE TABLE cbm.rogue (i int)")
+
+    with psycopg.connect(_as(cfg, "airflow_meta", "airflow_svc"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE alembic_probe (i int)")  # airflow db migrate creates its tables
+        owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'airflow_meta'")
+        assert owner.fetchone() == ("airflow_svc",)
+    with psycopg.connect(cfg.url("postgres")) as conn:  # a quote in a password goes in as a literal
+        rows = conn.execute("SELECT rolname, rolpassword LIKE 'SCRAM-SHA-256$%', rolsuper FROM pg_authid"
+                            " WHERE rolname IN ('airflow_svc', 'cbm_owner', 'cbm_task') ORDER BY rolname").fetchall()
+    assert rows == [("airflow_svc", True, False), ("cbm_owner", True, False), ("cbm_task", True, False)]
