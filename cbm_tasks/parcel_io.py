@@ -196,7 +196,13 @@ def resolve_srid(crs: str | dict[str, Any] | None, *, srid: int | None, source: 
                 "parcels are never reprojected: drop --srid or reproject the file"
             )
         if epsg is None:
-            log.warning("file=%s crs=%r has no EPSG code; using the given srid=%d", source, declared.name, srid)
+            # an ESRI .prj often misses the EPSG id; accept srid only when PROJ sees the same CRS
+            if not (declared.equals(user, ignore_axis_order=True) or declared.to_epsg(min_confidence=20) == srid):
+                raise ParcelImportError(
+                    f"{source}: the layer's CRS ({declared.name}) is not EPSG:{srid} ({user.name}); "
+                    "parcels are never reprojected: reproject the file or give its real EPSG code"
+                )
+            log.warning("file=%s crs=%r has no EPSG code; PROJ matches it to srid=%d", source, declared.name, srid)
         return srid, user
     if epsg is None:
         raise ParcelImportError(
@@ -240,6 +246,8 @@ def _open(path: Path, layer: str | None) -> _Source:
         raise ParcelImportError(f"{path}: layer {layer!r} has no geometry column")
     fields = tuple(str(f) for f in info["fields"])
     fid_column = str(info.get("fid_column") or "") or None
+    if fid_column in fields:  # GeoJSON reports a property "id" as fid column too
+        fid_column = None
     if fid_column is not None:  # a GeoPackage primary key is a real, stored column
         fields = (fid_column, *fields)
     return _Source(path, layer, fields, info["crs"], fid_column)
