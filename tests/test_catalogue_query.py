@@ -21,7 +21,7 @@ JUNE = datetime(2024, 6, 1, tzinfo=UTC)
 
 
 def test_odata_filter_is_the_documented_expression() -> None:
-    query = SearchQuery("SENTINEL-2", "S2MSI2A", AOI, MAY, JUNE)
+    query = SearchQuery(collection="SENTINEL-2", product_type="S2MSI2A", aoi_wkt=AOI, start=MAY, end=JUNE)
     assert odata_filter(query) == (
         "Collection/Name eq 'SENTINEL-2' and "
         "Attributes/OData.CSC.StringAttribute/any(att:att/Name eq 'productType' and "
@@ -33,7 +33,13 @@ def test_odata_filter_is_the_documented_expression() -> None:
 
 def test_times_are_normalised_to_utc() -> None:
     cest = timezone(timedelta(hours=2))
-    query = SearchQuery("SENTINEL-1", "IW_GRDH_1S", AOI, datetime(2024, 5, 1, 2, 0, tzinfo=cest), JUNE)
+    query = SearchQuery(
+        collection="SENTINEL-1",
+        product_type="IW_GRDH_1S",
+        aoi_wkt=AOI,
+        start=datetime(2024, 5, 1, 2, 0, tzinfo=cest),
+        end=JUNE,
+    )
     assert query.start == MAY and query.start.tzinfo == UTC
 
 

@@ -13,7 +13,8 @@ from conftest import shared_data
 
 from cbm_tasks.catalogue.http import RetryPolicy, make_session
 from cbm_tasks.catalogue.query import SearchQuery
-from cbm_tasks.catalogue.stac import CdseStacCatalogue
+from cbm_tasks.catalogue.stac import CdseStacCatalogue, product_from_stac
+from cbm_tasks.catalogue.stac_assets import normalise_platform
 from cbm_tasks.errors import CatalogueResponseError, TransientError
 
 EARTH_SEARCH = "https://earth-search.aws.element84.com"
@@ -198,3 +199,68 @@ def test_unknown_product_type_and_bad_settings_are_rejected(session: requests.Se
     )
     with pytest.raises(ValueError, match="CARD-BS"):
         next(CdseStacCatalogue(session).search(query))
+
+
+def test_stac_1_1_item_with_per_resolution_assets() -> None:
+    """A crafted item shaped like CDSE STAC v1 (STAC 1.1 ``bands``, one asset per band and resolution)."""
+    safe = "s3://eodata/Sentinel-2/MSI/L2A/2024/05/01/S2B_MSIL2A_20240501T103619_N0510_R008_T31UDS_20240501T131045.SAFE"
+    granule = f"{safe}/GRANULE/L2A_T31UDS_A037323_20240501T104021/IMG_DATA"
+
+    def band_asset(name: str, resolution: int, **extra: object) -> dict[str, object]:
+        return {
+            "href": f"{granule}/R{resolution}m/T31UDS_20240501T103619_{name}_{resolution}m.jp2",
+            "roles": ["data", "reflectance"],
+            "bands": [{"name": name}],
+            "gsd": resolution,
+            "nodata": 0,
+            **extra,
+        }
+
+    item = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": "S2B_MSIL2A_20240501T103619_N0510_R008_T31UDS_20240501T131045",
+        "collection": "sentinel-2-l2a",
+        "geometry": {"type": "Polygon", "coordinates": [[[3, 51], [4, 51], [4, 52], [3, 52], [3, 51]]]},
+        "properties": {
+            "datetime": "2024-05-01T10:36:19.024000Z",
+            "product:type": "S2MSI2A",
+            "processing:version": "05.10",
+            "platform": "sentinel-2b",
+            "sat:relative_orbit": 8,
+            "sat:orbit_state": "descending",
+            "grid:code": "MGRS-31UDS",
+        },
+        "assets": {
+            "B02_10m": band_asset("B02", 10, **{"raster:scale": 0.0001, "raster:offset": -0.1}),
+            "B02_20m": band_asset("B02", 20, **{"raster:scale": 0.0001, "raster:offset": -0.1}),
+            "SCL_20m": band_asset("SCL", 20),
+            "SCL_60m": band_asset("SCL", 60),
+            "safe_manifest": {"href": f"{safe}/manifest.safe", "roles": ["metadata"]},
+        },
+        "links": [],
+    }
+    product = product_from_stac(item, url="https://stac.example/v1", collection="SENTINEL-2")
+    assert product.location == safe + "/"
+    assert (product.platform, product.relative_orbit, product.orbit_direction, product.tile) == (
+        "S2B",
+        8,
+        "DESCENDING",
+        "31UDS",
+    )
+    assert (product.product_type, product.processing_baseline) == ("S2MSI2A", "05.10")
+    bands = {band["name"]: band for band in product.attributes["bands"]}
+    assert sorted(bands) == ["B02", "SCL"]
+    assert bands["B02"]["href"].endswith("/R10m/T31UDS_20240501T103619_B02_10m.jp2")
+    assert (bands["B02"]["scale"], bands["B02"]["offset"], bands["B02"]["nodata"]) == (0.0001, -0.1, 0)
+    assert bands["SCL"]["href"].endswith("_SCL_20m.jp2") and bands["SCL"]["n_classes"] == 12
+
+
+def test_platform_names_are_normalised() -> None:
+    assert [normalise_platform(v) for v in ("sentinel-2a", "Sentinel-1B", "S2C", "landsat-8", None)] == [
+        "S2A",
+        "S1B",
+        "S2C",
+        "landsat-8",
+        None,
+    ]

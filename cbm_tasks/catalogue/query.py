@@ -39,7 +39,7 @@ KNOWN_PRODUCT_TYPES: dict[str, str] = {
 _PRODUCT_TYPE_RE = re.compile(r"^[A-Z0-9][A-Z0-9_-]{1,31}$")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SearchQuery:
     """One catalogue search: products of one type over an AOI in a time window.
 
