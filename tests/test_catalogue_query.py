@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import requests
+import shapely
 
 from cbm_tasks.catalogue.clients import CatalogueConfig, open_catalogue
 from cbm_tasks.catalogue.local import LocalCatalogue
-from cbm_tasks.catalogue.odata import CdseODataCatalogue, odata_filter
+from cbm_tasks.catalogue.odata import MAX_AOI_WKT_CHARS, CdseODataCatalogue, odata_filter, search_area_wkt
 from cbm_tasks.catalogue.query import Catalogue, SearchQuery
 from cbm_tasks.catalogue.stac import CdseStacCatalogue
 from cbm_tasks.errors import ConfigError, GeometryError
@@ -29,6 +30,20 @@ def test_odata_filter_is_the_documented_expression() -> None:
         "OData.CSC.Intersects(area=geography'SRID=4326;POLYGON ((3 50.9, 3.2 50.9, 3.2 51, 3 51, 3 50.9))') and "
         "ContentDate/Start ge 2024-05-01T00:00:00.000Z and ContentDate/Start lt 2024-06-01T00:00:00.000Z"
     )
+
+
+def test_long_aoi_outlines_are_searched_by_their_convex_hull() -> None:
+    circle = shapely.Point(4.35, 50.85).buffer(0.2, quad_segs=256)  # 1025 vertices
+    query = SearchQuery(collection="SENTINEL-2", product_type="S2MSI2A", aoi_wkt=circle.wkt, start=MAY, end=JUNE)
+    assert len(query.aoi_wkt) > MAX_AOI_WKT_CHARS
+    sent = shapely.from_wkt(search_area_wkt(query))  # the hull of a circle is as long: its bounding rectangle
+    assert sent.covers(shapely.from_wkt(query.aoi_wkt))
+    assert len(sent.exterior.coords) == 5
+    assert sent.area == pytest.approx(0.4 * 0.4, rel=1e-3)
+    assert len(odata_filter(query)) < 600
+    concave = shapely.Polygon([(3 + i / 2000, 51 + 0.01 * (i % 2)) for i in range(400)] + [(3.2, 50.9), (3.0, 50.9)])
+    query = SearchQuery(collection="SENTINEL-2", product_type="S2MSI2A", aoi_wkt=concave.wkt, start=MAY, end=JUNE)
+    assert shapely.from_wkt(search_area_wkt(query)).equals(concave.convex_hull)
 
 
 def test_times_are_normalised_to_utc() -> None:

@@ -34,7 +34,14 @@ from cbm_tasks.catalogue.product import Product
 from cbm_tasks.catalogue.query import SearchQuery
 from cbm_tasks.errors import CatalogueResponseError
 
-__all__ = ["CDSE_ODATA_URL", "CdseODataCatalogue", "odata_filter", "product_from_odata"]
+__all__ = [
+    "CDSE_ODATA_URL",
+    "MAX_AOI_WKT_CHARS",
+    "CdseODataCatalogue",
+    "odata_filter",
+    "product_from_odata",
+    "search_area_wkt",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,10 @@ CDSE_ODATA_URL = "https://catalogue.dataspace.copernicus.eu/odata/v1/Products"
 
 _FOOTPRINT_RE = re.compile(r"^geography'SRID=4326;(?P<wkt>.+)'$", re.DOTALL)
 _BASELINE_IN_NAME_RE = re.compile(r"_N(\d{2})(\d{2})_")
+# The filter travels in the URL; long AOI outlines (a parcel-set union) would exceed URL
+# limits (HTTP 414). Beyond this length the convex hull is searched instead: a superset,
+# which is safe because images that miss every parcel are skipped at extraction.
+MAX_AOI_WKT_CHARS = 4000
 
 
 def odata_filter(query: SearchQuery) -> str:
@@ -52,10 +63,24 @@ def odata_filter(query: SearchQuery) -> str:
             "Attributes/OData.CSC.StringAttribute/any(att:att/Name eq 'productType' and "
             f"att/OData.CSC.StringAttribute/Value eq '{query.product_type}')"
         )
-    parts.append(f"OData.CSC.Intersects(area=geography'SRID=4326;{query.aoi_wkt}')")
+    parts.append(f"OData.CSC.Intersects(area=geography'SRID=4326;{search_area_wkt(query)}')")
     parts.append(f"ContentDate/Start ge {_odata_time(query.start)}")
     parts.append(f"ContentDate/Start lt {_odata_time(query.end)}")
     return " and ".join(parts)
+
+
+def search_area_wkt(query: SearchQuery) -> str:
+    """Return the AOI as sent to OData: as given while short enough, else a covering outline.
+
+    Tried in order until one fits MAX_AOI_WKT_CHARS: the AOI, its convex hull, its minimum
+    rotated rectangle (both cover the AOI).
+    """
+    wkt = query.aoi_wkt
+    for cover in (shapely.convex_hull, shapely.oriented_envelope):
+        if len(wkt) <= MAX_AOI_WKT_CHARS:
+            break
+        wkt = str(shapely.to_wkt(cover(query.aoi), rounding_precision=6, trim=True))
+    return wkt
 
 
 def _odata_time(when: datetime) -> str:
@@ -129,6 +154,7 @@ class CdseODataCatalogue:
             shown = url if params is None else requests.Request("GET", url, params=params).prepare().url or url
             if not isinstance(page, dict) or not isinstance(page.get("value"), list):
                 raise CatalogueResponseError(f"GET {shown}: page {page_no} has no 'value' list")
+            log.debug("page url=%s number=%d products=%d", shown, page_no, len(page["value"]))
             yield shown, page["value"]
             next_link = page.get("@odata.nextLink")
             if not next_link or not page["value"]:
