@@ -56,7 +56,8 @@ _DENIED_CODES = frozenset({"AccessDenied", "403", "InvalidAccessKeyId", "Signatu
 # Two cores are shared by every task on a worker: a few parallel parts are enough.
 _TRANSFER = TransferConfig(max_concurrency=4, multipart_threshold=64 * 1024 * 1024)
 # GDAL opens only these through /vsis3/; others fail fast instead of costing HTTP probes.
-_GDAL_EXTENSIONS = ".tif,.tiff,.TIF,.jp2,.xml,.vrt,.nc,.json,.safe,.SAFE"
+# (.img/.hdr/.dim: SNAP's BEAM-DIMAP output of the CARD processing; .ovr: external overviews.)
+_GDAL_EXTENSIONS = ".tif,.tiff,.jp2,.xml,.vrt,.nc,.json,.safe,.img,.hdr,.dim,.ovr"
 
 
 def make_client(cfg: StoreConfig) -> Any:
