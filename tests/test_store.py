@@ -254,6 +254,9 @@ def test_rasterio_reads_a_cog_through_vsis3(store: S3Store, s3: MotoServer, buck
     np.testing.assert_array_equal(window, values[260:270, 300:320])
     ranged = [line for line in s3.requests() if "/cbm/S2/B08.tif HTTP/1.1\" 206" in line]
     assert ranged, "GDAL should read the COG with ranged GETs (HTTP 206)"
+    store.upload(tmp_path / "B08.tif", "S2/B08.TIF")  # allowed extensions match whatever the case
+    with rasterio.Env(**env), rasterio.open(store.gdal_path("S2/B08.TIF")) as src:
+        assert src.read(1, window=Window(0, 0, 2, 1)).tolist() == [values[0, :2].tolist()]
 
 
 def test_local_uris_through_the_s3_store(store: S3Store, tmp_path: Path) -> None:
