@@ -20,7 +20,7 @@ import numpy as np
 
 from cbm_tasks import settings
 from cbm_tasks.demo_cube import CUBE_FILES, SensorCube, open_sensor_cube, polygonise_crop_types, read_parcel_raster
-from cbm_tasks.demo_writer import SCL_CLASSES, raster_asset, stac_item, write_cog, write_json, write_parcels
+from cbm_tasks.demo_writer import SCL_CLASSES, BandFile, write_parcels, write_product
 from cbm_tasks.errors import ConfigError, CorruptProductError
 
 __all__ = ["DemoLayout", "build_demo", "db_to_linear", "default_cube_dir"]
@@ -74,109 +74,79 @@ def _source(cube: SensorCube, index: int, *, note: str) -> dict[str, Any]:
     }
 
 
+def _s2_properties(s2_10: SensorCube, s2_20: SensorCube, index: int) -> dict[str, Any]:
+    scl = s2_20.bands["SCL"][index]
+    valid = scl != 0
+    cloudy = np.isin(scl, (8, 9, 10)) & valid
+    angles = {name: float(values[index]) for name, values in s2_20.per_time.items()}
+    return {
+        "cbm:collection": "SENTINEL-2",
+        "cbm:product_type": "S2MSI2A",
+        "constellation": "sentinel-2",
+        "instruments": ["msi"],
+        "grid:code": "MGRS-31UDS",
+        "processing:level": "L2A",
+        # Chip-level share of SCL cloud classes, not the granule's cloud cover.
+        "eo:cloud_cover": round(100.0 * cloudy.sum() / max(int(valid.sum()), 1), 2),
+        "view:sun_azimuth": round(angles["sunAzimuthAngles"], 4),
+        "view:sun_elevation": round(90.0 - angles["sunZenithAngles"], 4),
+        "view:azimuth": round(angles["viewAzimuthMean"], 4),
+        "view:incidence_angle": round(angles["viewZenithMean"], 4),
+        "cbm:source": _source(
+            s2_10,
+            index,
+            note="DN = 10000 x surface reflectance; acquired before processing baseline 04.00, "
+            "so no BOA offset (scale 0.0001, offset 0)",
+        ),
+    }
+
+
 def _s2_items(s2_10: SensorCube, s2_20: SensorCube, root: Path, indices: range) -> tuple[int, int]:
     written = 0
     for index in indices:
         acquired_at = s2_10.times[index]
         item_id = f"S2_31UDS_{acquired_at:%Y%m%d}"
-        folder = root / "sentinel-2-l2a" / item_id
-        assets: dict[str, dict[str, Any]] = {}
-        for cube, names in ((s2_10, S2_10M), (s2_20, (*S2_20M, "SCL"))):
-            grid = cube.grid
-            for band in names:
-                categorical = band == "SCL"
-                values = cube.bands[band][index]
-                nodata = cube.nodata[band]
-                scale = 1.0 if categorical else 0.0001
-                written += write_cog(
-                    folder / f"{band}.tif",
-                    values,
-                    transform=grid.transform,
-                    epsg=grid.epsg,
-                    nodata=nodata,
-                    scale=scale,
-                    band_name=band,
-                )
-                assets[band] = raster_asset(
-                    f"{band}.tif",
-                    title=band,
-                    nodata=int(nodata),
-                    scale=scale,
-                    offset=0.0,
-                    data_type=values.dtype.name,
-                    resolution_m=grid.transform.a,
-                    shape=values.shape,
-                    transform=grid.transform,
-                    classes=SCL_CLASSES if categorical else None,
-                )
-        scl = s2_20.bands["SCL"][index]
-        valid = scl != 0
-        cloudy = np.isin(scl, (8, 9, 10)) & valid
-        angles = {name: float(values[index]) for name, values in s2_20.per_time.items()}
-        properties = {
-            "cbm:collection": "SENTINEL-2",
-            "cbm:product_type": "S2MSI2A",
-            "constellation": "sentinel-2",
-            "instruments": ["msi"],
-            "grid:code": "MGRS-31UDS",
-            "processing:level": "L2A",
-            # Chip-level share of SCL cloud classes, not the granule's cloud cover.
-            "eo:cloud_cover": round(100.0 * cloudy.sum() / max(int(valid.sum()), 1), 2),
-            "view:sun_azimuth": round(angles["sunAzimuthAngles"], 4),
-            "view:sun_elevation": round(90.0 - angles["sunZenithAngles"], 4),
-            "view:azimuth": round(angles["viewAzimuthMean"], 4),
-            "view:incidence_angle": round(angles["viewZenithMean"], 4),
-            "cbm:source": _source(
-                s2_10,
-                index,
-                note="DN = 10000 x surface reflectance; acquired before "
-                "processing baseline 04.00, so no BOA offset (scale 0.0001, offset 0)",
-            ),
-        }
-        item = stac_item(
+        bands = [
+            BandFile(
+                band,
+                cube.bands[band][index],
+                cube.grid.transform,
+                nodata=cube.nodata[band],
+                scale=1.0 if band == "SCL" else 0.0001,
+                classes=SCL_CLASSES if band == "SCL" else None,
+            )
+            for cube, names in ((s2_10, S2_10M), (s2_20, (*S2_20M, "SCL")))
+            for band in names
+        ]
+        written += write_product(
+            root / "sentinel-2-l2a" / item_id,
             item_id,
+            bands=bands,
             acquired_at=acquired_at,
-            bounds=s2_10.grid.bounds,
             epsg=s2_10.grid.epsg,
-            properties=properties,
-            assets=assets,
+            bounds=s2_10.grid.bounds,
+            properties=_s2_properties(s2_10, s2_20, index),
             extensions=("projection", "raster", "classification", "eo", "view", "grid", "processing"),
         )
-        written += write_json(folder / f"{item_id}.json", item)
         log.debug("demo S2 product=%s", item_id)
     return len(indices), written
 
 
 def _s1_items(s1: SensorCube, root: Path, indices: range) -> tuple[int, int]:
     written = 0
-    grid = s1.grid
     for index in indices:
         acquired_at = s1.times[index]
         item_id = f"S1_CARD-BS_31UDS_{acquired_at:%Y%m%dT%H%M%S}"
-        folder = root / "sentinel-1-card-bs" / item_id
-        assets: dict[str, dict[str, Any]] = {}
-        for pol in S1_POLS:
-            stored = s1.bands[pol][index]
-            linear = db_to_linear(stored, nodata=s1.nodata[pol])
-            written += write_cog(
-                folder / f"{pol}.tif",
-                linear,
-                transform=grid.transform,
-                epsg=grid.epsg,
+        bands = [
+            BandFile(
+                pol,
+                db_to_linear(s1.bands[pol][index], nodata=s1.nodata[pol]),
+                s1.grid.transform,
                 nodata=float("nan"),
-                band_name=pol,
-            )
-            assets[pol] = raster_asset(
-                f"{pol}.tif",
                 title=f"{pol} backscatter, linear power",
-                nodata="nan",
-                scale=1.0,
-                offset=0.0,
-                data_type="float32",
-                resolution_m=grid.transform.a,
-                shape=linear.shape,
-                transform=grid.transform,
             )
+            for pol in S1_POLS
+        ]
         properties = {
             "cbm:collection": "SENTINEL-1",
             "cbm:product_type": "CARD-BS",
@@ -195,16 +165,16 @@ def _s1_items(s1: SensorCube, root: Path, indices: range) -> tuple[int, int]:
                 "written as linear power 10 ** (value / 100000), no data as NaN",
             ),
         }
-        item = stac_item(
+        written += write_product(
+            root / "sentinel-1-card-bs" / item_id,
             item_id,
+            bands=bands,
             acquired_at=acquired_at,
-            bounds=grid.bounds,
-            epsg=grid.epsg,
+            epsg=s1.grid.epsg,
+            bounds=s1.grid.bounds,
             properties=properties,
-            assets=assets,
             extensions=("projection", "raster", "sat", "sar", "grid"),
         )
-        written += write_json(folder / f"{item_id}.json", item)
         log.debug("demo S1 product=%s", item_id)
     return len(indices), written
 

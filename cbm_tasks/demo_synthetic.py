@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -29,15 +28,7 @@ from rasterio import features
 from shapely.geometry import MultiPolygon, Polygon
 
 from cbm_tasks.demo_data import DemoLayout
-from cbm_tasks.demo_writer import (
-    SCL_CLASSES,
-    raster_asset,
-    stac_item,
-    write_cog,
-    write_json,
-    write_parcels,
-    write_text,
-)
+from cbm_tasks.demo_writer import SCL_CLASSES, BandFile, write_parcels, write_product, write_text
 from cbm_tasks.errors import ConfigError
 
 __all__ = ["CROPS", "SyntheticParcel", "build_synthetic", "vegetation_fraction"]
@@ -248,91 +239,48 @@ def build_synthetic(
     root = out_dir / "catalogue"
     bounds = (ORIGIN[0], ORIGIN[1] - 10.0 * height, ORIGIN[0] + 10.0 * width, ORIGIN[1])
     s2_cover, s1_cover = _cover(parcels, s2_dates), _cover(parcels, s1_dates)
+    common = {"grid:code": "MGRS-31UDS", "cbm:synthetic": True, "cbm:seed": seed}
     for index, when in enumerate(s2_dates):
         b04, b08, scl = _s2_image(labels, s2_cover[index], np.random.default_rng([seed, 2, index]))
         item_id = f"SYNTH_S2_{when:%Y%m%d}"
-        folder = root / "sentinel-2-l2a" / item_id
-        assets: dict[str, dict[str, Any]] = {}
-        for band, values, transform, scale in (
-            ("B04", b04, transform10, 0.0001),
-            ("B08", b08, transform10, 0.0001),
-            ("SCL", scl, transform20, 1.0),
-        ):
-            write_cog(
-                folder / f"{band}.tif", values, transform=transform, epsg=EPSG, nodata=0, scale=scale, band_name=band
-            )
-            assets[band] = raster_asset(
-                f"{band}.tif",
-                title=band,
-                nodata=0,
-                scale=scale,
-                offset=0.0,
-                data_type=values.dtype.name,
-                resolution_m=transform.a,
-                shape=values.shape,
-                transform=transform,
-                classes=SCL_CLASSES if band == "SCL" else None,
-            )
-        properties = {
-            "cbm:collection": "SENTINEL-2",
-            "cbm:product_type": "S2MSI2A",
-            "grid:code": "MGRS-31UDS",
-            "constellation": "sentinel-2",
-            "cbm:synthetic": True,
-            "cbm:seed": seed,
-        }
-        write_json(
-            folder / f"{item_id}.json",
-            stac_item(
-                item_id,
-                acquired_at=when,
-                bounds=bounds,
-                epsg=EPSG,
-                properties=properties,
-                assets=assets,
-                extensions=("projection", "raster", "classification", "grid"),
-            ),
+        bands = [
+            BandFile("B04", b04, transform10, nodata=0, scale=0.0001),
+            BandFile("B08", b08, transform10, nodata=0, scale=0.0001),
+            BandFile("SCL", scl, transform20, nodata=0, classes=SCL_CLASSES),
+        ]
+        properties = {"cbm:collection": "SENTINEL-2", "cbm:product_type": "S2MSI2A", "constellation": "sentinel-2"}
+        write_product(
+            root / "sentinel-2-l2a" / item_id,
+            item_id,
+            bands=bands,
+            acquired_at=when,
+            epsg=EPSG,
+            bounds=bounds,
+            properties={**properties, **common},
+            extensions=("projection", "raster", "classification", "grid"),
         )
     for index, when in enumerate(s1_dates):
         vv, vh = _s1_image(labels20, s1_cover[index], np.random.default_rng([seed, 1, index]))
         item_id = f"SYNTH_S1_CARD-BS_{when:%Y%m%dT%H%M%S}"
-        folder = root / "sentinel-1-card-bs" / item_id
-        assets = {}
-        for pol, values in (("VV", vv), ("VH", vh)):
-            write_cog(
-                folder / f"{pol}.tif", values, transform=transform20, epsg=EPSG, nodata=float("nan"), band_name=pol
-            )
-            assets[pol] = raster_asset(
-                f"{pol}.tif",
-                title=f"{pol} backscatter, linear power",
-                nodata="nan",
-                scale=1.0,
-                offset=0.0,
-                data_type="float32",
-                resolution_m=20.0,
-                shape=values.shape,
-                transform=transform20,
-            )
+        bands = [
+            BandFile("VV", vv, transform20, nodata=float("nan"), title="VV backscatter, linear power"),
+            BandFile("VH", vh, transform20, nodata=float("nan"), title="VH backscatter, linear power"),
+        ]
         properties = {
             "cbm:collection": "SENTINEL-1",
             "cbm:product_type": "CARD-BS",
-            "sat:orbit_state": "ascending",
-            "grid:code": "MGRS-31UDS",
             "constellation": "sentinel-1",
-            "cbm:synthetic": True,
-            "cbm:seed": seed,
+            "sat:orbit_state": "ascending",
         }
-        write_json(
-            folder / f"{item_id}.json",
-            stac_item(
-                item_id,
-                acquired_at=when,
-                bounds=bounds,
-                epsg=EPSG,
-                properties=properties,
-                assets=assets,
-                extensions=("projection", "raster", "sat", "grid"),
-            ),
+        write_product(
+            root / "sentinel-1-card-bs" / item_id,
+            item_id,
+            bands=bands,
+            acquired_at=when,
+            epsg=EPSG,
+            bounds=bounds,
+            properties={**properties, **common},
+            extensions=("projection", "raster", "sat", "grid"),
         )
     parcels_file = out_dir / "parcels" / "synthetic_parcels_2018.gpkg"
     write_parcels(

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,12 +30,14 @@ from shapely.geometry import MultiPolygon
 
 __all__ = [
     "SCL_CLASSES",
+    "BandFile",
     "footprint",
     "raster_asset",
     "stac_item",
     "write_cog",
     "write_json",
     "write_parcels",
+    "write_product",
     "write_text",
 ]
 
@@ -288,3 +292,87 @@ def stac_item(
         "links": [],
         "assets": dict(assets),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class BandFile:
+    """One band of a product, to be written as a single-band COG named ``<name>.tif``.
+
+    Attributes:
+        name: band id (``B04``, ``SCL``, ``VV``); the asset key and file name.
+        values: 2-D array in the stored dtype.
+        transform: its pixel-corner transform (north-up).
+        nodata: stored no-data value; NaN for float bands (STAC ``"nan"``).
+        scale, offset: physical = stored * scale + offset.
+        title: asset title.
+        classes: (value, name, description) of a categorical band (SCL), else None.
+    """
+
+    name: str
+    values: np.ndarray
+    transform: Affine
+    nodata: float | None
+    scale: float = 1.0
+    offset: float = 0.0
+    title: str = ""
+    classes: Sequence[tuple[int, str, str]] | None = None
+
+
+def write_product(
+    folder: Path,
+    item_id: str,
+    *,
+    bands: Sequence[BandFile],
+    acquired_at: datetime,
+    epsg: int,
+    bounds: tuple[float, float, float, float],
+    properties: Mapping[str, Any],
+    extensions: Sequence[str],
+) -> int:
+    """Write a product folder: one COG per band, then its STAC item ``<item_id>.json``.
+
+    The item comes last, so a catalogue reader never finds an item whose band files are missing.
+
+    Returns:
+        Number of files created or changed (0 when the product was already up to date).
+    """
+    changed = 0
+    assets: dict[str, dict[str, Any]] = {}
+    for band in bands:
+        changed += write_cog(
+            folder / f"{band.name}.tif",
+            band.values,
+            transform=band.transform,
+            epsg=epsg,
+            nodata=band.nodata,
+            scale=band.scale,
+            offset=band.offset,
+            band_name=band.name,
+        )
+        nodata: float | str | None = band.nodata
+        if band.nodata is not None and math.isnan(band.nodata):
+            nodata = "nan"  # the raster extension's spelling; JSON has no NaN
+        elif band.nodata is not None and band.values.dtype.kind in "iu":
+            nodata = int(band.nodata)
+        assets[band.name] = raster_asset(
+            f"{band.name}.tif",
+            title=band.title or band.name,
+            nodata=nodata,
+            scale=band.scale,
+            offset=band.offset,
+            data_type=band.values.dtype.name,
+            resolution_m=band.transform.a,
+            shape=band.values.shape,
+            transform=band.transform,
+            classes=band.classes,
+        )
+    item = stac_item(
+        item_id,
+        acquired_at=acquired_at,
+        bounds=bounds,
+        epsg=epsg,
+        properties=properties,
+        assets=assets,
+        extensions=extensions,
+    )
+    return changed + write_json(folder / f"{item_id}.json", item)

@@ -136,7 +136,11 @@ def test_full_demo_items_follow_the_local_catalogue_format(full_demo: DemoLayout
 def test_local_catalogue_search_finds_the_demo_products(full_demo: DemoLayout) -> None:
     aoi = "POLYGON((3.01 50.80, 3.04 50.80, 3.04 50.83, 3.01 50.83, 3.01 50.80))"
     query = SearchQuery(
-        "SENTINEL-2", "S2MSI2A", aoi, datetime(2018, 1, 1, tzinfo=UTC), datetime(2019, 1, 1, tzinfo=UTC)
+        collection="SENTINEL-2",
+        product_type="S2MSI2A",
+        aoi_wkt=aoi,
+        start=datetime(2018, 1, 1, tzinfo=UTC),
+        end=datetime(2019, 1, 1, tzinfo=UTC),
     )
     found = list(LocalCatalogue(full_demo.catalogue_root).search(query))
     s2_10 = _cube("S2_10m")
