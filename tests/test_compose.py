@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,3 +301,25 @@ def test_postgis_init_script_then_migrations_as_owner(scratch_cluster: cluster.C
         rows = conn.execute("SELECT rolname, rolpassword LIKE 'SCRAM-SHA-256$%', rolsuper FROM pg_authid"
                             " WHERE rolname IN ('airflow_svc', 'cbm_owner', 'cbm_task') ORDER BY rolname").fetchall()
     assert rows == [("airflow_svc", True, False), ("cbm_owner", True, False), ("cbm_task", True, False)]
+
+
+def test_airflow_init_script_runs(model: dict[str, Any], tmp_path: Path) -> None:
+    """The init job's shell is valid, and its Python step really checks connections and writes the password file."""
+    init = model["services"]["airflow-init"]
+    script = init["command"][-1].replace("$$", "$")  # the CLI's output keeps compose's $$ escapes
+    assert subprocess.run(["bash", "-n", "-c", script], capture_output=True, check=False).returncode == 0
+    python_step = script.split("<<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+    env = {**_environment(init), "PATH": os.environ["PATH"],
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "airflow" / "passwords.json")}
+    result = subprocess.run([sys.executable, "-c", python_step], env=env, capture_output=True, text=True,
+                            check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "StoreConfig(kind='local', root='/opt/cbm/var/store'" in result.stdout
+    written = tmp_path / "airflow" / "passwords.json"
+    assert json.loads(written.read_text()) == {"admin": "dummy-_airflow_www_user_password"}
+    assert written.stat().st_mode & 0o777 == 0o600
+
+    env["AIRFLOW_CONN_CBM_STORE"] = '{"extra": {"kind": "s3", "endpoint": "x"}}'  # a misspelt extra
+    result = subprocess.run([sys.executable, "-c", python_step], env=env, capture_output=True, text=True,
+                            check=False, timeout=60)
+    assert result.returncode != 0 and "endpoint" in result.stderr
