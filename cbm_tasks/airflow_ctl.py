@@ -427,11 +427,16 @@ def _spawn(cfg: AirflowConfig, component: str, env: dict[str, str]) -> int:
 def start(cfg: AirflowConfig, *, timeout_s: float = 300) -> list[ComponentStatus]:
     """Prepare the deployment and start the components that are not running; wait until healthy.
 
+    Nothing is done when every component runs and the deployment is healthy.
+
     Raises:
         ServiceError: a component exited, or the deployment was not healthy within *timeout_s*;
             the message names the component and ends with its log.
     """
     t0 = time.perf_counter()
+    if all(_live_pid(cfg, name) is not None for name in COMPONENTS) and _is_healthy(health(cfg)):
+        log.info("airflow already running url=%s", cfg.url)
+        return status(cfg)
     prepare(cfg)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     env = _process_env(cfg)

@@ -1,0 +1,186 @@
+"""``cbm demo run``: the whole pipeline on the built-in demo AOI, through the real Airflow deployment.
+
+Steps: start the local PostGIS and migrate it; build the demo data (idempotent); import the demo
+parcels (AOI ``demo``, 2018) unless already imported from the same file; start Airflow; point the
+``demo`` AOI at the local catalogue (Variable ``cbm_catalogue``); unpause and trigger
+``cbm_catalogue`` over 2017-08..2018-11 through the REST API; wait for it and for the
+``cbm_extract`` runs its asset event starts; report from the database and from Airflow.
+
+Running it again duplicates nothing: products are registered once, images already extracted
+are not claimed again, and an extraction replaces its rows. Airflow keeps running afterwards so
+the maintainer can look at the runs in the UI; ``cbm airflow stop`` stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cbm_tasks import airflow_ctl, cluster, db, demo_data, parcel, settings, workflow
+from cbm_tasks.airflow_api import AirflowApi
+from cbm_tasks.errors import NotFoundError, ServiceError
+
+__all__ = ["DEMO_WINDOW", "DemoSummary", "run_demo"]
+
+log = logging.getLogger(__name__)
+
+DEMO_WINDOW = ("2017-08-01", "2018-11-30")  # the dates of the WorldCereal 31UDS cube
+_DAGS = ("cbm_catalogue", "cbm_extract")
+
+
+@dataclass(frozen=True, slots=True)
+class DemoSummary:
+    """What the demo did, from the database and from Airflow."""
+
+    aoi: str
+    catalogue_root: Path
+    summary: workflow.AoiSummary
+    catalogue_run: tuple[str, str]  # run id, state
+    extract_runs: tuple[tuple[str, str], ...]
+    url: str
+    username: str
+    password: str = field(repr=False)
+    password_file: Path = Path()
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every run succeeded."""
+        return all(state == "success" for _, state in (self.catalogue_run, *self.extract_runs))
+
+    def lines(self) -> list[str]:
+        """Return the summary as text lines for the terminal."""
+        products = self.summary.products
+        extract_runs = ", ".join(f"{run_id} {state}" for run_id, state in self.extract_runs) or "none needed"
+        per_status = ", ".join(f"{status} {n}" for status, n in sorted(products.items()))
+        return [
+            f"demo AOI {self.aoi}: finished in {self.seconds:.0f} s",
+            f"  catalogue        {self.catalogue_root}",
+            f"  products found   {sum(products.values())} ({per_status})",
+            f"  images extracted {self.summary.images_extracted} for {self.summary.parcels} parcels",
+            f"  rows written     {self.summary.parcel_obs_rows} in cbm.parcel_obs "
+            f"({self.summary.stats_rows} parcel x band statistics)",
+            f"  cbm_catalogue    {self.catalogue_run[0]} {self.catalogue_run[1]}",
+            f"  cbm_extract      {extract_runs}",
+            f"Airflow UI         {self.url}/",
+            f"  login            {self.username} / {self.password}  (stored in {self.password_file})",
+            "Airflow keeps running; stop it with: cbm airflow stop",
+        ]
+
+
+def _prepare_database() -> str:
+    # the local cluster also holds Airflow's metadata database, even when CBM_DATABASE_URL is set
+    cfg = settings.local_cluster()
+    cluster.start(cfg)
+    cluster.ensure_database(cfg, settings.database_name())
+    url = settings.database_url()
+    with db.connect(url) as conn:
+        db.migrate(conn)
+    return url
+
+
+def _import_parcels(url: str, layout: demo_data.DemoLayout) -> None:
+    with db.connect(url, autocommit=True) as conn:
+        for known in parcel.list_parcel_sets(conn, aoi=layout.aoi):
+            same_file = Path(known.source_file).name == layout.parcels_file.name
+            newer = datetime.fromtimestamp(layout.parcels_file.stat().st_mtime, UTC) > known.imported_at
+            if known.year == layout.year and same_file and not newer:
+                log.info("parcels aoi=%s year=%d already imported (parcel_set=%d, %d parcels)", layout.aoi,
+                         layout.year, known.parcel_set_id, known.n_parcels)
+                return
+        parcel.import_parcels(conn, layout.parcels_file, aoi=layout.aoi, year=layout.year)
+
+
+def _set_catalogue(api: AirflowApi, aoi: str, root: Path) -> None:
+    """Point *aoi* at the local catalogue in Variable ``cbm_catalogue``, keeping the other AOIs' entries."""
+    try:
+        current = json.loads(api.request("GET", "variables/cbm_catalogue")["value"])
+        exists = True
+    except NotFoundError:
+        current, exists = {}, False
+    current[aoi] = {"kind": "local", "root": str(root)}
+    body = {"key": "cbm_catalogue", "value": json.dumps(current, sort_keys=True),
+            "description": "catalogue settings per AOI (see dags/cbm_conn.py)"}
+    if exists:
+        api.request("PATCH", "variables/cbm_catalogue", body=body)
+    else:
+        api.request("POST", "variables", body=body)
+
+
+def _wait_for_extraction(api: AirflowApi, *, since: str, deadline: float) -> list[tuple[str, str]]:
+    """Wait for the asset-triggered cbm_extract runs created since *since*; return (run id, state) of each."""
+    quiet_since: float | None = None
+    while True:
+        runs = api.runs("cbm_extract", run_after_gte=since, run_type="asset_triggered")
+        finished = [run for run in runs if run["state"] in ("success", "failed")]
+        if runs and len(finished) == len(runs):
+            # a run may start another (work left over): call it done when none appears for a while
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > 15:
+                return [(str(run["dag_run_id"]), str(run["state"])) for run in runs]
+        else:
+            quiet_since = None
+        if time.monotonic() > deadline:
+            states = {run["dag_run_id"]: run["state"] for run in runs}
+            raise ServiceError(f"cbm_extract did not finish in time: runs {states or 'none started'}; "
+                               "see the UI or `cbm airflow status` for the logs")
+        time.sleep(3)
+
+
+def run_demo(
+    *,
+    out_dir: Path | None = None,
+    port: int | None = None,
+    max_products: int | None = None,
+    timeout_s: float = 3600,
+    airflow: airflow_ctl.AirflowConfig | None = None,
+) -> DemoSummary:
+    """Run the pipeline on the demo AOI through Airflow and return what it did.
+
+    Args:
+        out_dir: where the demo data is built; default ``<project>/var/demo`` (``demo/`` below it).
+        port: Airflow UI port (default 8080 or CBM_AIRFLOW_PORT).
+        max_products: build only the first N dates per sensor (quick runs); None = all.
+        timeout_s: how long to wait for the DAG runs.
+        airflow: the deployment to use; default :func:`cbm_tasks.airflow_ctl.default_config`.
+
+    Raises:
+        ServiceError: Airflow did not start, a DAG did not parse, or the runs did not finish
+            within *timeout_s* (the message says which, with the task states).
+    """
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + timeout_s
+    cfg = airflow or airflow_ctl.default_config(port=port)
+    url = _prepare_database()
+    layout = demo_data.build_demo((out_dir or settings.project_dir() / "var" / "demo") / "demo",
+                                  max_products=max_products)
+    _import_parcels(url, layout)
+    airflow_ctl.start(cfg)
+    api = AirflowApi(cfg.url, username=airflow_ctl.ADMIN_USER, password=airflow_ctl.admin_password(cfg))
+    _set_catalogue(api, layout.aoi, layout.catalogue_root)
+    api.wait_for_dags(_DAGS)
+    for dag_id in _DAGS:
+        api.set_paused(dag_id, paused=False)
+    run_id = api.trigger("cbm_catalogue", conf={"aoi": layout.aoi, "start": DEMO_WINDOW[0], "end": DEMO_WINDOW[1]})
+    catalogue_run = api.wait_for_run("cbm_catalogue", run_id, timeout_s=max(deadline - time.monotonic(), 1))
+    if catalogue_run["state"] != "success":
+        raise ServiceError(f"cbm_catalogue run {run_id} failed: tasks {api.task_states('cbm_catalogue', run_id)}; "
+                           f"logs in the UI at {cfg.url}/dags/cbm_catalogue")
+    extract_runs: list[tuple[str, str]] = []
+    if api.task_states("cbm_catalogue", run_id).get("announce") == ["success"]:
+        extract_runs = _wait_for_extraction(api, since=str(catalogue_run["start_date"]), deadline=deadline)
+    with db.connect(url, autocommit=True) as conn:
+        summary = workflow.aoi_summary(conn, layout.aoi)
+    result = DemoSummary(
+        aoi=layout.aoi, catalogue_root=layout.catalogue_root, summary=summary,
+        catalogue_run=(run_id, str(catalogue_run["state"])), extract_runs=tuple(extract_runs), url=cfg.url,
+        username=airflow_ctl.ADMIN_USER, password=airflow_ctl.admin_password(cfg), password_file=cfg.passwords_file,
+        seconds=time.perf_counter() - t0,
+    )
+    log.info("demo aoi=%s images_extracted=%d rows=%d runs_ok=%s seconds=%.1f", layout.aoi,
+             summary.images_extracted, summary.parcel_obs_rows, result.ok, result.seconds)
+    return result

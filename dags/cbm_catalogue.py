@@ -1,0 +1,114 @@
+"""cbm_catalogue: poll the image catalogue for every AOI and register the new products."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+READY_PRODUCTS = Asset("cbm_ready_products")  # cbm_extract is scheduled on it
+ALL_AOIS = "*"
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "cbm",
+    "retries": 3,
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=30),
+    "execution_timeout": timedelta(minutes=20),
+}
+
+
+def _day(value: str | None, *, name: str) -> datetime | None:
+    if value in (None, ""):
+        return None
+    try:
+        return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+    except ValueError as err:
+        raise AirflowFailException(f"param {name} must be a date YYYY-MM-DD, got {value!r}") from err
+
+
+@dag(
+    dag_id="cbm_catalogue",
+    schedule="0 */6 * * *",
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["cbm", "catalogue"],
+    default_args=DEFAULT_ARGS,
+    params={
+        "aoi": Param(ALL_AOIS, type="string", pattern=r"^(\*|[a-z][a-z0-9_]{0,62})$",
+                     description="AOI to poll; * = every AOI with a parcel set"),
+        "start": Param(None, type=["null", "string"], format="date",
+                       description="first sensing day (UTC); empty = end - lookback_days"),
+        "end": Param(None, type=["null", "string"], format="date",
+                     description="last sensing day (UTC, included); empty = the run's time"),
+        "lookback_days": Param(30, type="integer", minimum=1, maximum=3660,
+                               description="window length when start is empty"),
+        "product_types": Param(["S2MSI2A", "IW_GRDH_1S", "CARD-BS"], type="array", items={"type": "string"},
+                               description="product types to search for"),
+        "max_items": Param(None, type=["null", "integer"], minimum=1,
+                           description="cap on products read per product type (tests, trials)"),
+    },
+)
+def cbm_catalogue() -> None:
+    """Search the catalogue over each AOI's parcels in a date window and register what is new.
+
+    Runs every 6 hours over the last `lookback_days` (registration is idempotent, so windows
+    overlap safely), or on demand with an explicit window. New Sentinel-2 L2A and CARD
+    products enter as `ready`; raw Sentinel-1 products enter as `new` for the CARD processing.
+    When products are ready to extract, the `cbm_ready_products` asset is updated with the AOIs
+    concerned, which starts `cbm_extract`.
+    """
+
+    @task
+    def select_aois() -> list[str]:
+        from cbm_conn import postgis_dsn
+
+        from cbm_tasks import db, workflow
+
+        aoi = str(get_current_context()["params"]["aoi"])
+        if aoi != ALL_AOIS:
+            return [aoi]
+        with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_catalogue") as conn:
+            return workflow.list_aois(conn)
+
+    @task(map_index_template="{{ cbm_aoi }}")
+    def poll(aoi: str) -> dict[str, Any]:
+        from cbm_conn import catalogue_config, postgis_dsn
+
+        from cbm_tasks import db, workflow
+        from cbm_tasks.catalogue.clients import open_catalogue
+        from cbm_tasks.errors import BadInputError
+
+        context = get_current_context()
+        context["cbm_aoi"] = aoi  # type: ignore[typeddict-unknown-key]  # names the mapped task in the UI
+        params = context["params"]
+        end_day = _day(params["end"], name="end")
+        end = end_day + timedelta(days=1) if end_day else context["dag_run"].run_after.astimezone(UTC)
+        start = _day(params["start"], name="start") or end - timedelta(days=int(params["lookback_days"]))
+        try:
+            catalogue = open_catalogue(catalogue_config(aoi))
+            with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_catalogue") as conn:
+                result = workflow.poll_aoi(conn, catalogue, aoi=aoi, start=start, end=end,
+                                           product_types=params["product_types"], max_items=params["max_items"])
+        except (BadInputError, ValueError) as err:  # bad AOI, window or answer: a retry cannot help
+            raise AirflowFailException(f"aoi {aoi}: {err}") from err
+        return result.as_dict()
+
+    @task(outlets=[READY_PRODUCTS])
+    def announce(results: list[dict[str, Any]]) -> dict[str, Any]:
+        totals = {key: sum(int(r[key]) for r in results) for key in ("found", "new", "new_ready", "ready_waiting")}
+        waiting = sorted(r["aoi"] for r in results if r["ready_waiting"] > 0)
+        if not waiting:
+            # a skipped task emits no asset event: cbm_extract is not started for nothing
+            raise AirflowSkipException(f"nothing ready to extract: {totals}")
+        get_current_context()["outlet_events"][READY_PRODUCTS].extra = {"aois": waiting, **totals}
+        return {"aois": waiting, **totals}
+
+    announce(poll.expand(aoi=select_aois()))
+
+
+cbm_catalogue()

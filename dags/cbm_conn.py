@@ -1,0 +1,77 @@
+"""The one place that reads Airflow connections and variables (STYLE R2).
+
+Every DAG task calls these at run time (never at import time) and passes the frozen values
+down to ``cbm_tasks``. This file holds no DAG and is listed in ``.airflowignore``.
+
+Connections and variables:
+
+- ``cbm_postgis`` (postgres): host (or Unix-socket folder), port, login, password, schema = database;
+  extras become libpq parameters (``sslmode``, ...).
+- ``cbm_store`` (any type): login/password = S3 access and secret key; extras are the fields of
+  :class:`cbm_tasks.store.StoreConfig` (``kind``, ``root``, ``bucket``, ``endpoint_url``, ``region``,
+  ``scratch_dir``); an unknown extra fails at once (TypeError naming it).
+- Variable ``cbm_catalogue`` (JSON): ``{"<aoi>": {...}, "*": {...}}``, the fields of
+  :class:`cbm_tasks.catalogue.clients.CatalogueConfig` per AOI, ``*`` for every other AOI.
+  Without an entry, connection ``cbm_catalogue`` (host = service URL, password = bearer token,
+  extras = the other fields); without either, the public CDSE OData catalogue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Connection, Variable
+from airflow.sdk.exceptions import AirflowNotFoundException
+from psycopg.conninfo import make_conninfo
+
+from cbm_tasks.catalogue.clients import CatalogueConfig
+from cbm_tasks.store import StoreConfig
+
+__all__ = [
+    "CATALOGUE_CONN_ID",
+    "CATALOGUE_VARIABLE",
+    "POSTGIS_CONN_ID",
+    "STORE_CONN_ID",
+    "catalogue_config",
+    "postgis_dsn",
+    "store_config",
+]
+
+POSTGIS_CONN_ID = "cbm_postgis"
+STORE_CONN_ID = "cbm_store"
+CATALOGUE_CONN_ID = "cbm_catalogue"
+CATALOGUE_VARIABLE = "cbm_catalogue"
+
+
+def postgis_dsn() -> str:
+    """Return the libpq connection string of the CbM database (never log or return it from a task)."""
+    conn = Connection.get(POSTGIS_CONN_ID)
+    params: dict[str, Any] = {key: str(value) for key, value in conn.extra_dejson.items()}
+    for key, value in (("host", conn.host), ("port", conn.port), ("dbname", conn.schema),
+                       ("user", conn.login), ("password", conn.password)):
+        if value not in (None, ""):
+            params[key] = value
+    return make_conninfo(**params)
+
+
+def store_config() -> StoreConfig:
+    """Return the object store settings of connection ``cbm_store``."""
+    conn = Connection.get(STORE_CONN_ID)
+    return StoreConfig(access_key=conn.login or None, secret_key=conn.password or None, **conn.extra_dejson)
+
+
+def catalogue_config(aoi: str) -> CatalogueConfig:
+    """Return the catalogue settings for *aoi* (see the module docstring for the lookup order)."""
+    per_aoi = Variable.get(CATALOGUE_VARIABLE, default=None, deserialize_json=True)
+    if per_aoi is not None:
+        if not isinstance(per_aoi, dict):
+            raise TypeError(f"Variable {CATALOGUE_VARIABLE} must be a JSON object of AOI -> settings, "
+                            f"got {type(per_aoi).__name__}")
+        entry = per_aoi.get(aoi, per_aoi.get("*"))
+        if entry is not None:
+            return CatalogueConfig(**entry)
+    try:
+        conn = Connection.get(CATALOGUE_CONN_ID)
+    except AirflowNotFoundException:
+        return CatalogueConfig()
+    return CatalogueConfig(url=conn.host or None, bearer_token=conn.password or None, **conn.extra_dejson)

@@ -1,0 +1,95 @@
+"""Airflow for the tests: a throw-away AIRFLOW_HOME and metadata database of this test session.
+
+Airflow reads its configuration once, when ``airflow`` is first imported, so the test modules
+that use it call :func:`activate` at import time, before importing anything from Airflow. The
+configuration is the one ``cbm airflow start`` writes (cbm_tasks.airflow_ctl), with a private
+home, a private metadata database ``airflow_test_<pid>`` in the project-local cluster (no
+SQLite) and the real ``dags/`` folder. Both are removed when the session ends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import functools
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from cbm_tasks import airflow_ctl, cluster, settings
+
+_HOME = Path(tempfile.mkdtemp(prefix="cbm-airflow-test-"))
+_METADATA_DB = f"airflow_test_{os.getpid()}"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@functools.cache
+def config() -> airflow_ctl.AirflowConfig:
+    """The test deployment: the project's settings with a private home, database and port."""
+    base = airflow_ctl.default_config(port=free_port())
+    return dataclasses.replace(base, home=_HOME, metadata_db=_METADATA_DB, store_root=_HOME / "store",
+                               parallelism=2, max_active_tasks_per_dag=2)
+
+
+def activate() -> airflow_ctl.AirflowConfig:
+    """Write the test configuration and point this process at it; call before importing airflow.
+
+    Raises:
+        RuntimeError: airflow was imported earlier with another configuration.
+    """
+    cfg = config()
+    if "airflow" in sys.modules and os.environ.get("AIRFLOW_HOME") != str(cfg.home):
+        raise RuntimeError("airflow was imported before tests/airflow_testenv.activate(); "
+                           "import it first in every test module that uses Airflow")
+    airflow_ctl.write_config(cfg)
+    for key in [k for k in os.environ if k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))]:
+        del os.environ[key]
+    os.environ.update(airflow_ctl.environment(cfg))
+    return cfg
+
+
+@functools.cache
+def metadata_db() -> str:
+    """Create and migrate the session's metadata database once (``airflow db migrate``); return its name."""
+    cfg = config()
+    cluster.start(cfg.cluster)
+    cluster.ensure_database(cfg.cluster, cfg.metadata_db)
+    atexit.register(_cleanup, cfg)
+    airflow_ctl.prepare(cfg)
+    return cfg.metadata_db
+
+
+def _cleanup(cfg: airflow_ctl.AirflowConfig) -> None:
+    airflow_ctl.stop(cfg)
+    with psycopg.connect(cfg.cluster.url("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(cfg.metadata_db)))
+    shutil.rmtree(cfg.home, ignore_errors=True)
+
+
+def postgis_connection(db_url: str) -> str:
+    """Return connection ``cbm_postgis`` for *db_url* in the JSON form of ``AIRFLOW_CONN_CBM_POSTGIS``."""
+    cfg = dataclasses.replace(config(), data_url=db_url)
+    return airflow_ctl.environment(cfg)["AIRFLOW_CONN_CBM_POSTGIS"]
+
+
+def store_connection(root: Path) -> str:
+    """Return connection ``cbm_store`` for a local store at *root* (JSON form)."""
+    cfg = dataclasses.replace(config(), store_root=root)
+    return airflow_ctl.environment(cfg)["AIRFLOW_CONN_CBM_STORE"]
+
+
+def project_dir() -> Path:
+    """The checkout under test."""
+    return settings.project_dir()

@@ -1,0 +1,82 @@
+"""Every DAG in dags/ imports cleanly and is wired as documented (ids, tasks, params, schedule, retries)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import airflow_testenv
+import pytest
+
+CFG = airflow_testenv.activate()  # before any airflow import
+
+from airflow.dag_processing.dagbag import DagBag  # noqa: E402
+from airflow.sdk import Asset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> DagBag:
+    return DagBag(dag_folder=str(CFG.project / "dags"))
+
+
+def test_no_import_errors_and_expected_dags(dagbag: DagBag) -> None:
+    assert dagbag.import_errors == {}
+    assert {"cbm_catalogue", "cbm_extract"} <= set(dagbag.dag_ids)
+    # cbm_conn.py is a helper, not a DAG file
+    assert all(not dag.fileloc.endswith("cbm_conn.py") for dag in dagbag.dags.values())
+
+
+@pytest.mark.parametrize("dag_id", ["cbm_catalogue", "cbm_extract"])
+def test_every_task_retries_with_backoff_and_a_timeout(dagbag: DagBag, dag_id: str) -> None:
+    dag = dagbag.dags[dag_id]
+    assert dag is not None
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert "cbm" in dag.tags
+    assert dag.doc_md and "cbm_" in dag.doc_md
+    for task in dag.tasks:
+        assert task.retries == 3, task.task_id
+        assert task.retry_exponential_backoff, task.task_id
+        assert task.retry_delay >= timedelta(minutes=1), task.task_id
+        assert task.execution_timeout is not None and task.execution_timeout <= timedelta(minutes=30), task.task_id
+
+
+def test_catalogue_dag(dagbag: DagBag) -> None:
+    dag = dagbag.dags["cbm_catalogue"]
+    assert set(dag.task_ids) == {"select_aois", "poll", "announce"}
+    assert dag.schedule == "0 */6 * * *"
+    assert dag.params["aoi"] == "*"
+    assert dag.params["start"] is None and dag.params["end"] is None
+    assert dag.params["lookback_days"] == 30
+    assert dag.params["product_types"] == ["S2MSI2A", "IW_GRDH_1S", "CARD-BS"]
+    assert dag.get_task("announce").outlets == [Asset("cbm_ready_products")]
+    assert dag.get_task("poll").upstream_task_ids == {"select_aois"}
+    assert dag.get_task("announce").upstream_task_ids == {"poll"}
+
+
+def test_extract_dag(dagbag: DagBag) -> None:
+    dag = dagbag.dags["cbm_extract"]
+    assert set(dag.task_ids) == {"claim", "extract", "summary", "publish", "check"}
+    # started by the catalogue's asset, not by a clock
+    assert dag.schedule == [Asset("cbm_ready_products")]
+    assert dag.params["aoi"] == "*"
+    assert dag.params["product_id"] is None and dag.params["max_products"] is None
+    extract = dag.get_task("extract")
+    assert extract.pool == "cbm_extract"
+    assert extract.upstream_task_ids == {"claim"}
+    assert dag.get_task("summary").trigger_rule == "all_done"
+    assert dag.get_task("publish").outlets == [Asset("cbm_parcel_stats")]
+    assert {t.task_id for t in dag.leaves} == {"publish", "check"}
+
+
+def test_params_are_validated(dagbag: DagBag) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    extract = dagbag.dags["cbm_extract"].params
+    assert extract.get_param("product_id").resolve(42) == 42
+    with pytest.raises(ParamValidationError, match="minimum"):
+        extract.get_param("max_products").resolve(0)
+    with pytest.raises(ParamValidationError, match="Not An AOI"):
+        extract.get_param("aoi").resolve("Not An AOI")
+    catalogue = dagbag.dags["cbm_catalogue"].params
+    assert catalogue.get_param("start").resolve("2018-04-01") == "2018-04-01"
+    with pytest.raises(ParamValidationError, match="2018-13-01"):
+        catalogue.get_param("start").resolve("2018-13-01")
