@@ -143,6 +143,19 @@ def test_upload_exists_and_paged_listing(store: S3Store, bucket: str, tmp_path: 
     assert len(list(store.iter_objects("tile"))) == 6  # a plain prefix also matches tiles-other.bin
 
 
+def test_one_log_line_per_transfer_without_credentials(store: S3Store, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="cbm_tasks"):
+        store.upload(_file(tmp_path / "a.bin"), "log/a.bin")
+        store.read_bytes("log/a.bin", start=0, end=100)
+        store.download("log/a.bin", tmp_path / "b.bin")
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("cbm_tasks")]
+    assert [m.split(" ")[0] for m in ours] == ["uploaded", "read", "downloaded"]
+    assert all("uri=s3://" in m and "seconds=" in m for m in ours)
+    assert "bytes=10240" in ours[0] and "bytes=100" in ours[1] and "range=bytes=0-99" in ours[1]
+    assert not any(ACCESS_KEY in m or SECRET_KEY in m for m in ours)
+
+
 def test_read_bytes_ranges(store: S3Store, s3: MotoServer, tmp_path: Path) -> None:
     store.upload(_file(tmp_path / "blob.bin"), "blob.bin")
     assert store.read_bytes("blob.bin") == PAYLOAD
