@@ -23,7 +23,10 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import shapely
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from psycopg.rows import TupleRow
+from psycopg.types import TypeInfo
 
 from cbm_tasks.catalogue.registry import ensure_aoi
 from cbm_tasks.errors import ParcelImportError
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _AOI_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # as the CHECK on cbm.aoi.name
 _YEARS = range(2014, 2101)  # as the CHECK on cbm.parcel_set.year
+_COPY_CHUNK = 10_000  # geometries converted to EWKB at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,17 +263,45 @@ def _lock_set(cur: psycopg.Cursor[TupleRow], aoi_id: int, year: int, table: Parc
     return set_id, version, created
 
 
+class _EwkbDumper(Dumper):
+    """Sends EWKB bytes as-is: PostGIS's binary input of geometry is EWKB."""
+
+    format = Format.BINARY
+
+    def dump(self, obj: bytes) -> bytes:
+        return obj
+
+
 def _copy_parcels(cur: psycopg.Cursor[TupleRow], set_id: int, table: ParcelTable, keys: np.ndarray) -> None:
-    # hex EWKB carries the SRID: cbm.parcel.geom has no type modifier, one column serves every CRS
-    ewkb = shapely.to_wkb(shapely.set_srid(table.geometries, table.srid), hex=True, include_srid=True, byte_order=1)
-    columns = zip(
-        keys.tolist(), table.parcel_ids, table.crop_codes, table.crop_names, table.areas_m2.tolist(), ewkb, strict=True
-    )
+    """COPY the parcels in binary, converting geometries chunk by chunk to bound memory."""
+    info = TypeInfo.fetch(cur.connection, "geometry")
+    if info is None:
+        raise ParcelImportError("PostGIS type 'geometry' not found: is the postgis extension installed?")
+    # registered by oid on this cursor only, so bytes stay bytea everywhere else
+    cur.adapters.register_dumper(None, type("GeometryEwkbDumper", (_EwkbDumper,), {"oid": info.oid}))
     with cur.copy(
-        "COPY cbm.parcel (parcel_set_id, parcel_key, parcel_id, crop_code, crop_name, area_m2, geom) FROM STDIN"
+        "COPY cbm.parcel (parcel_set_id, parcel_key, parcel_id, crop_code, crop_name, area_m2, geom) "
+        "FROM STDIN (FORMAT BINARY)"
     ) as copy:
-        for key, pid, code, name, area, geom in columns:
-            copy.write_row((set_id, key, pid, code, name, area, geom))
+        copy.set_types(["int2", "int4", "text", "text", "text", "float8", info.oid])
+        for start in range(0, table.n_parcels, _COPY_CHUNK):
+            stop = min(start + _COPY_CHUNK, table.n_parcels)
+            # EWKB carries the SRID: cbm.parcel.geom has no type modifier, one column serves every CRS
+            ewkb = shapely.to_wkb(
+                shapely.set_srid(table.geometries[start:stop], table.srid), include_srid=True, byte_order=1
+            )
+            for i, geom in zip(range(start, stop), ewkb, strict=True):
+                copy.write_row(
+                    (
+                        set_id,
+                        int(keys[i]),
+                        table.parcel_ids[i],
+                        table.crop_codes[i],
+                        table.crop_names[i],
+                        float(table.areas_m2[i]),
+                        geom,
+                    )
+                )
 
 
 def _delete_stale_rows(cur: psycopg.Cursor[TupleRow], set_id: int, stale_keys: Sequence[int]) -> int:

@@ -152,5 +152,8 @@ def geometry_md5(geometries: np.ndarray) -> list[str]:
     Equals ``md5(ST_AsBinary(geom, 'NDR'))`` in PostGIS, so a re-import can tell which
     stored parcels changed shape without sending the old geometries back and forth.
     """
-    blobs = shapely.to_wkb(geometries, byte_order=1, output_dimension=2, flavor="iso")
-    return [hashlib.md5(blob, usedforsecurity=False).hexdigest() for blob in blobs]
+    digests: list[str] = []
+    for start in range(0, len(geometries), 10_000):  # chunks: the WKB of a country is gigabytes
+        blobs = shapely.to_wkb(geometries[start : start + 10_000], byte_order=1, output_dimension=2, flavor="iso")
+        digests.extend(hashlib.md5(blob, usedforsecurity=False).hexdigest() for blob in blobs)
+    return digests
