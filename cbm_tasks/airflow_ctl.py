@@ -424,10 +424,15 @@ def _spawn(cfg: AirflowConfig, component: str, env: dict[str, str]) -> int:
     return process.pid
 
 
-def start(cfg: AirflowConfig, *, timeout_s: float = 300) -> list[ComponentStatus]:
+def start(cfg: AirflowConfig, *, timeout_s: float = 300, migrate: bool = True) -> list[ComponentStatus]:
     """Prepare the deployment and start the components that are not running; wait until healthy.
 
     Nothing is done when every component runs and the deployment is healthy.
+
+    Args:
+        cfg: the deployment.
+        timeout_s: how long to wait for health.
+        migrate: run :func:`prepare` first (False: the caller just did).
 
     Raises:
         ServiceError: a component exited, or the deployment was not healthy within *timeout_s*;
@@ -437,7 +442,10 @@ def start(cfg: AirflowConfig, *, timeout_s: float = 300) -> list[ComponentStatus
     if all(_live_pid(cfg, name) is not None for name in COMPONENTS) and _is_healthy(health(cfg)):
         log.info("airflow already running url=%s", cfg.url)
         return status(cfg)
-    prepare(cfg)
+    if migrate:
+        prepare(cfg)
+    else:
+        write_config(cfg)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     env = _process_env(cfg)
     started = [name for name in COMPONENTS if _live_pid(cfg, name) is None]

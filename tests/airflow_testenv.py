@@ -26,6 +26,7 @@ from cbm_tasks import airflow_ctl, cluster, settings
 
 _HOME = Path(tempfile.mkdtemp(prefix="cbm-airflow-test-"))
 _METADATA_DB = f"airflow_test_{os.getpid()}"
+atexit.register(shutil.rmtree, _HOME, True)
 
 
 def free_port() -> int:

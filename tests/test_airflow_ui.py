@@ -1,0 +1,119 @@
+"""The maintainer's view: start the real Airflow components, log into the UI in headless Chromium,
+see the CbM DAGs and a successful run, then stop everything without leaving a process behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import airflow_testenv
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from cbm_tasks import airflow_ctl
+from cbm_tasks.airflow_api import AirflowApi
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def airflow(db_url: str, tmp_path: Path) -> Iterator[airflow_ctl.AirflowConfig]:
+    airflow_testenv.metadata_db()
+    cfg = dataclasses.replace(airflow_testenv.config(), data_url=db_url, store_root=tmp_path)
+    try:
+        airflow_ctl.start(cfg, migrate=False, timeout_s=240)
+        yield cfg
+    finally:
+        sessions = [s.pid for s in airflow_ctl.status(cfg) if s.pid is not None]
+        airflow_ctl.stop(cfg)
+        left = [pid for sid in sessions for pid in _session_members(sid)]
+        assert left == [], f"processes left behind after stop: {left}"
+        assert not any(s.running for s in airflow_ctl.status(cfg))
+
+
+def _session_members(sid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if os.getsid(int(entry.name)) == sid and state != "Z":
+                    members.append(int(entry.name))
+            except (ProcessLookupError, FileNotFoundError):
+                continue
+    return members
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait_for_text(driver: webdriver.Chrome, *texts: str, timeout_s: float = 60) -> str:
+    def page_has_all(d: webdriver.Chrome) -> str | bool:
+        body = d.find_element(By.TAG_NAME, "body").text
+        return body if all(t.lower() in body.lower() for t in texts) else False
+
+    try:
+        return str(WebDriverWait(driver, timeout_s, poll_frequency=1).until(page_has_all))
+    except TimeoutException:
+        body = driver.find_element(By.TAG_NAME, "body").text
+        raise AssertionError(f"page {driver.current_url} never showed {texts}; it shows:\n{body[:2000]}") from None
+
+
+def test_maintainer_logs_in_and_sees_the_dags_and_a_successful_run(
+    airflow: airflow_ctl.AirflowConfig, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    password = airflow_ctl.admin_password(airflow)
+    assert airflow.passwords_file.stat().st_mode & 0o777 == 0o600
+    status = {s.component: s.running for s in airflow_ctl.status(airflow)}
+    assert status == {"api-server": True, "scheduler": True, "dag-processor": True, "triggerer": True}
+
+    # one quick real run through the REST API: nothing is ready, so it claims nothing and succeeds
+    api = AirflowApi(airflow.url, username=airflow_ctl.ADMIN_USER, password=password)
+    api.wait_for_dags(["cbm_catalogue", "cbm_extract"], timeout_s=180)
+    api.set_paused("cbm_extract", paused=False)
+    run_id = api.trigger("cbm_extract", conf={"aoi": "*"})
+    run = api.wait_for_run("cbm_extract", run_id, timeout_s=180)
+    assert run["state"] == "success"
+    assert api.task_states("cbm_extract", run_id)["claim"] == ["success"]
+
+    browser.get(f"{airflow.url}/")
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.NAME, "username"))
+    browser.find_element(By.NAME, "username").send_keys(airflow_ctl.ADMIN_USER)
+    browser.find_element(By.NAME, "password").send_keys(password)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(browser, 60).until(lambda d: not d.find_elements(By.NAME, "password"))
+
+    browser.get(f"{airflow.url}/dags")
+    dag_list = _wait_for_text(browser, "cbm_catalogue", "cbm_extract")
+    browser.save_screenshot(str(tmp_path / "dags.png"))
+    assert "catalogue" in dag_list and "extract" in dag_list
+
+    browser.get(f"{airflow.url}/dags/cbm_extract/runs/{run_id}")
+    run_page = _wait_for_text(browser, run_id, "success")
+    time.sleep(1)  # let the grid finish drawing before the picture
+    browser.save_screenshot(str(tmp_path / "run.png"))
+    assert "claim" in run_page
+    for picture in ("dags.png", "run.png"):
+        data = (tmp_path / picture).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
