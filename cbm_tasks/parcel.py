@@ -29,7 +29,7 @@ from psycopg.rows import TupleRow
 from psycopg.types import TypeInfo
 
 from cbm_tasks.catalogue.registry import ensure_aoi
-from cbm_tasks.errors import ParcelImportError
+from cbm_tasks.errors import ParcelImportError, TransientError
 from cbm_tasks.parcel_geometry import geometry_md5
 from cbm_tasks.parcel_io import ParcelTable, Rejection, read_parcels, write_reject_report
 
@@ -201,22 +201,14 @@ def load_parcels(
     if table.n_parcels == 0:
         raise ParcelImportError(f"{source}: no importable parcel ({table.n_read} features read, all rejected)")
     digests = geometry_md5(table.geometries)
-    with conn.transaction(), conn.cursor() as cur:
-        if cur.execute("SELECT 1 FROM spatial_ref_sys WHERE srid = %s", (table.srid,)).fetchone() is None:
-            raise ParcelImportError(f"{source}: SRID {table.srid} is not in PostGIS spatial_ref_sys")
-        set_id, version, created = _lock_set(cur, ensure_aoi(conn, aoi), year, table)
-        old = cur.execute(
-            "SELECT parcel_id, parcel_key, md5(ST_AsBinary(geom, 'NDR')) || ':' || ST_SRID(geom) "
-            "FROM cbm.parcel WHERE parcel_set_id = %s",
-            (set_id,),
-        ).fetchall()
-        plan = plan_keys(old, table.parcel_ids, [f"{d}:{table.srid}" for d in digests])
-        cur.execute("DELETE FROM cbm.parcel WHERE parcel_set_id = %s", (set_id,))
-        _copy_parcels(cur, set_id, table, plan.keys)
-        n_stale = _delete_stale_rows(cur, set_id, plan.stale_keys)
-        version = 1 if created else version + 1
-        _update_set(cur, set_id, version, table)
-        import_id = _record_import(cur, set_id, table, strict=strict)
+    try:
+        set_id, version, import_id, plan, n_stale = _replace_set(
+            conn, table, digests, aoi=aoi, year=year, strict=strict
+        )
+    except psycopg.OperationalError as err:
+        raise TransientError(f"{source}: lost the database during the import (nothing was changed): {err}") from err
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as err:
+        raise ParcelImportError(f"{source}: PostGIS refused the parcels (nothing was changed): {err}") from err
     report = ImportReport(
         parcel_set_id=set_id,
         aoi=aoi,
@@ -242,6 +234,30 @@ def load_parcels(
         time.perf_counter() - t0,
     )  # fmt: skip
     return report
+
+
+def _replace_set(
+    conn: psycopg.Connection, table: ParcelTable, digests: Sequence[str], *, aoi: str, year: int, strict: bool
+) -> tuple[int, int, int, KeyPlan, int]:
+    """Swap the set's parcels in one transaction; return (set id, version, import id, key plan, stale rows)."""
+    source = table.source_file
+    with conn.transaction(), conn.cursor() as cur:
+        if cur.execute("SELECT 1 FROM spatial_ref_sys WHERE srid = %s", (table.srid,)).fetchone() is None:
+            raise ParcelImportError(f"{source}: SRID {table.srid} is not in PostGIS spatial_ref_sys")
+        set_id, version, created = _lock_set(cur, ensure_aoi(conn, aoi), year, table)
+        old = cur.execute(
+            "SELECT parcel_id, parcel_key, md5(ST_AsBinary(geom, 'NDR')) || ':' || ST_SRID(geom) "
+            "FROM cbm.parcel WHERE parcel_set_id = %s",
+            (set_id,),
+        ).fetchall()
+        plan = plan_keys(old, table.parcel_ids, [f"{d}:{table.srid}" for d in digests])
+        cur.execute("DELETE FROM cbm.parcel WHERE parcel_set_id = %s", (set_id,))
+        _copy_parcels(cur, set_id, table, plan.keys)
+        n_stale = _delete_stale_rows(cur, set_id, plan.stale_keys)
+        version = 1 if created else version + 1
+        _update_set(cur, set_id, version, table)
+        import_id = _record_import(cur, set_id, table, strict=strict)
+    return set_id, version, import_id, plan, n_stale
 
 
 def _lock_set(cur: psycopg.Cursor[TupleRow], aoi_id: int, year: int, table: ParcelTable) -> tuple[int, int, bool]:

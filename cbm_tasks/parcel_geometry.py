@@ -69,12 +69,22 @@ def clean_geometries(wkb: Sequence[bytes | None], *, max_area_change: float = MA
         raise ValueError(f"max_area_change must be >= 0, got {max_area_change}")
     raw = np.empty(len(wkb), dtype=object)
     raw[:] = list(wkb)
-    geoms = shapely.force_2d(shapely.from_wkb(raw, on_invalid="ignore"))
-    type_ids = shapely.get_type_id(geoms)
     reasons: list[str | None] = [None] * len(raw)
+    try:
+        decoded = shapely.from_wkb(raw, on_invalid="ignore")
+    except NotImplementedError:  # GEOS refuses curved types outright: take them out, decode the rest
+        linear = raw.copy()
+        for index, blob in enumerate(raw):
+            reasons[index] = _curved_reason(blob)
+            if reasons[index] is not None:
+                linear[index] = None
+        decoded = shapely.from_wkb(linear, on_invalid="ignore")
+    geoms = shapely.force_2d(decoded)
+    type_ids = shapely.get_type_id(geoms)
     repaired = np.zeros(len(raw), dtype=bool)
     for i in np.flatnonzero(type_ids < 0):
-        reasons[i] = "no geometry" if raw[i] is None else "undecodable geometry (bad WKB)"
+        if reasons[i] is None:
+            reasons[i] = "no geometry" if raw[i] is None else "undecodable geometry (bad WKB)"
     for i in np.flatnonzero((type_ids >= 0) & (type_ids != _POLYGON) & (type_ids != _MULTIPOLYGON)):
         reasons[i] = f"not a polygon ({_TYPE_NAMES.get(int(type_ids[i]), 'unknown type')})"
     polygonal = (type_ids == _POLYGON) | (type_ids == _MULTIPOLYGON)
@@ -95,6 +105,20 @@ def clean_geometries(wkb: Sequence[bytes | None], *, max_area_change: float = MA
         parts, index = shapely.get_parts(geoms[kept], return_index=True)
         out[np.flatnonzero(kept)] = shapely.multipolygons(parts, indices=index)
     return CleanedGeometries(geometries=out, repaired=repaired, reasons=tuple(reasons))
+
+
+_CURVED = {8: "CircularString", 9: "CompoundCurve", 10: "CurvePolygon", 11: "MultiCurve", 12: "MultiSurface"}
+
+
+def _curved_reason(blob: bytes | None) -> str | None:
+    """Return the rejection reason of a curved WKB (GeoPackage, GML), None for any other."""
+    if blob is None or len(blob) < 5 or blob[0] not in (0, 1):
+        return None
+    code = int.from_bytes(blob[1:5], "little" if blob[0] == 1 else "big") & 0x0FFFFFFF  # drop EWKB flags
+    name = _CURVED.get(code % 1000)
+    if name is None:
+        return None
+    return f"curved geometry ({name}); linearise it first, e.g. ogr2ogr -nlt CONVERT_TO_LINEAR"
 
 
 def _repair(geom: Any, *, max_area_change: float) -> tuple[Any, str]:

@@ -36,6 +36,7 @@ __all__ = ["ParcelTable", "Rejection", "read_parcels", "resolve_srid", "write_re
 log = logging.getLogger(__name__)
 
 _PARQUET_SUFFIXES = (".parquet", ".geoparquet")
+_LOGGED_REJECTIONS = 20  # one WARNING each; the rest are counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +117,7 @@ def read_parcels(
         ParcelImportError: missing or unreadable file, no or conflicting CRS, unknown or
             ambiguous columns, duplicate parcel ids. Every message names the file.
     """
-    source = _open(Path(path), layer)
+    source = _open(Path(path).absolute(), layer)
     name = str(source.path)
     srid_out, crs = resolve_srid(source.crs, srid=srid, source=name)
     columns = choose_columns(
@@ -146,8 +147,12 @@ def read_parcels(
         areas = parcel_areas_m2(geometries, crs)
     except ValueError as err:
         raise ParcelImportError(f"{name}: {err}") from err
-    for r in rejections:
+    for r in rejections[:_LOGGED_REJECTIONS]:
         log.warning("rejected parcel file=%s fid=%d parcel_id=%s reason=%s", name, r.source_fid, r.parcel_id, r.reason)
+    if len(rejections) > _LOGGED_REJECTIONS:
+        log.warning(
+            "rejected parcels file=%s more=%d (see the reject report)", name, len(rejections) - _LOGGED_REJECTIONS
+        )
     return ParcelTable(
         source_file=name,
         layer=source.layer,

@@ -122,3 +122,13 @@ def test_geometry_md5_matches_wkb() -> None:
     import hashlib
 
     assert geometry_md5(np.array([geom], dtype=object)) == [hashlib.md5(shapely.to_wkb(geom, byte_order=1)).hexdigest()]
+
+
+def test_curved_geometry_is_rejected_with_a_hint() -> None:
+    import struct
+
+    arc = struct.pack("<BII", 1, 8, 5) + struct.pack("<10d", 0, 0, 1, 1, 2, 0, 1, -1, 0, 0)
+    curve_polygon = struct.pack("<BII", 1, 10, 1) + arc  # CurvePolygon with one circular ring
+    result = clean_geometries([curve_polygon, b"\x01\x03"])
+    assert result.reasons[0] is not None and result.reasons[0].startswith("curved geometry (CurvePolygon)")
+    assert result.reasons[1] == "undecodable geometry (bad WKB)"
