@@ -364,3 +364,26 @@ def test_cli_import_and_list(
     assert "dk_2026_shp.zip" in err and "occur more than once" in err and "'1-0'" in err
     with psycopg.connect(db_url) as check:
         assert [(s.aoi, s.version, s.n_parcels) for s in list_parcel_sets(check)] == [("dk", 1, 100), ("mixed", 1, 3)]
+
+
+def test_concurrent_imports_of_a_new_set_serialise(db_url: str) -> None:
+    import threading
+
+    path = shared_data("parcels", "nl_brp_2023.gpkg")
+    results: dict[str, parcel.ImportReport] = {}
+    with psycopg.connect(db_url) as first, psycopg.connect(db_url) as second:
+        with first.transaction():
+            results["first"] = import_parcels(first, path, aoi="nl", year=2023)
+
+            def run_second() -> None:  # blocks on the uncommitted parcel_set row of the first
+                results["second"] = import_parcels(second, path, aoi="nl", year=2023)
+
+            worker = threading.Thread(target=run_second)
+            worker.start()
+            worker.join(timeout=1.0)
+            assert worker.is_alive()
+        worker.join(timeout=60)
+        assert not worker.is_alive()
+        assert results["second"].parcel_set_id == results["first"].parcel_set_id
+        assert (results["first"].version, results["second"].version, results["second"].n_new) == (1, 2, 0)
+        assert second.execute("SELECT count(*), count(DISTINCT parcel_key) FROM cbm.parcel").fetchone() == (100, 100)
