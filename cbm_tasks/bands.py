@@ -163,7 +163,7 @@ def product_bands(product: Product, *, store: RasterStore) -> tuple[BandSource, 
                 "in its catalogue record; only local SAFE folders are listed"
             )
         return safe_bands(_local(location))
-    return raster_file_bands(location, store=store)
+    return raster_file_bands(location, store=store, product=product.name)
 
 
 def bands_from_descriptors(descriptors: Sequence[Mapping[str, Any]], *, product: str) -> tuple[BandSource, ...]:
@@ -303,16 +303,17 @@ def safe_bands(safe_dir: Path, *, names: Sequence[str] = S2_BANDS) -> tuple[Band
     return tuple(bands)
 
 
-def _open(href: str, store: RasterStore) -> rasterio.DatasetReader:
+def _open(href: str, store: RasterStore, product: str | None) -> rasterio.DatasetReader:
     """Open *href* for reading; caller holds the rasterio.Env. Translates GDAL errors."""
+    prefix = "" if product is None else f"product {product}: "
     if not is_remote(href) and not _local(href).exists():
-        raise BandError(f"band file {href} does not exist")
+        raise BandError(f"{prefix}band file {href} does not exist")
     try:
         return rasterio.open(store.gdal_path(href))
     except RasterioError as err:
         if "No such file" in str(err) or "does not exist" in str(err) or "404" in str(err):
-            raise BandError(f"band file {href} does not exist: {err}") from err
-        raise CorruptProductError(f"cannot open raster {href}: {err}") from err
+            raise BandError(f"{prefix}band file {href} does not exist: {err}") from err
+        raise CorruptProductError(f"{prefix}cannot open raster {href}: {err}") from err
 
 
 def _band_number(tags: Mapping[str, str], *keys: str) -> float | None:
@@ -326,18 +327,23 @@ def _band_number(tags: Mapping[str, str], *keys: str) -> float | None:
     return None
 
 
-def raster_file_bands(href: str, *, store: RasterStore) -> tuple[BandSource, ...]:
+def raster_file_bands(href: str, *, store: RasterStore, product: str | None = None) -> tuple[BandSource, ...]:
     """Return every band of a single raster file (GeoTIFF/COG), in file order.
 
     Names: band descriptions, else ``b1..bn``; a band named SCL is categorical (12 classes).
     Nodata: the file's nodata value. Scale/offset: GDAL's band scale/offset, else the band
     tags ``scale_factor``/``add_offset``.
 
+    Args:
+        href: local path or URI of the file.
+        store: the store it is read through.
+        product: product name for error messages.
+
     Raises:
         BandError: the file does not exist.
         CorruptProductError: it cannot be opened as a raster.
     """
-    with rasterio.Env(**store.rasterio_env()), _open(href, store) as dataset:
+    with rasterio.Env(**store.rasterio_env()), _open(href, store, product) as dataset:
         bands = []
         resolution = abs(float(dataset.transform.a)) if dataset.crs is not None else None
         for index in range(1, dataset.count + 1):
@@ -398,7 +404,7 @@ def raster_acquired_at(href: str, *, store: RasterStore) -> datetime | None:
     Raises:
         BandError, CorruptProductError: as :func:`raster_file_bands`.
     """
-    with rasterio.Env(**store.rasterio_env()), _open(href, store) as dataset:
+    with rasterio.Env(**store.rasterio_env()), _open(href, store, None) as dataset:
         tags = {k.upper(): v for k, v in dataset.tags().items()}
     for key in _TAG_TIMES:
         if key in tags:

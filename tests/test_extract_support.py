@@ -1,17 +1,11 @@
 """Helpers of the extraction tests: rasters in tmp_path, parcels and products inserted with SQL.
 
 Not a test module (holds no tests); named so because the extraction task owns tests/test_extract*.
-Until the Numba engine lands (cbm_tasks.zonal, cbm_tasks.label_cache), plain NumPy stand-ins
-with the documented signatures are installed here, for these tests only.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,86 +18,6 @@ from affine import Affine
 
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
-
-
-def _install_engine_standins() -> None:
-    if importlib.util.find_spec("cbm_tasks.zonal") is None:
-        zonal = types.ModuleType("cbm_tasks.zonal")
-
-        @dataclass(frozen=True)
-        class ParcelStats:
-            count: np.ndarray
-            mean: np.ndarray
-            std: np.ndarray
-            min: np.ndarray
-            max: np.ndarray
-            p25: np.ndarray
-            p50: np.ndarray
-            p75: np.ndarray
-
-            def scaled(self, *, scale: float, offset: float) -> ParcelStats:
-                lo, hi = (self.min, self.max) if scale > 0 else (self.max, self.min)
-                return ParcelStats(self.count, self.mean * scale + offset, self.std * abs(scale),
-                                   lo * scale + offset, hi * scale + offset, self.p25 * scale + offset,
-                                   self.p50 * scale + offset, self.p75 * scale + offset)
-
-        @dataclass(frozen=True)
-        class ClassCounts:
-            counts: np.ndarray
-
-        def zonal_stats(labels: np.ndarray, values: np.ndarray, *, band: str, nodata: float | None,
-                        n_labels: int) -> ParcelStats:
-            out = {k: np.full(n_labels, np.nan) for k in ("mean", "std", "min", "max", "p25", "p50", "p75")}
-            count = np.zeros(n_labels, np.int64)
-            valid = labels > 0
-            if nodata is not None:
-                valid &= values != nodata
-            for label in np.unique(labels[valid]):
-                v = values[valid & (labels == label)].astype(np.float64)
-                count[label] = v.size
-                out["mean"][label], out["std"][label] = v.mean(), v.std()
-                out["min"][label], out["max"][label] = v.min(), v.max()
-                out["p25"][label], out["p50"][label], out["p75"][label] = np.percentile(v, [25, 50, 75])
-            return ParcelStats(count, **out)
-
-        def class_counts(labels: np.ndarray, values: np.ndarray, *, band: str, n_classes: int,
-                         nodata: float | None) -> ClassCounts:
-            counts = np.zeros((int(labels.max(initial=0)) + 1, n_classes), np.int64)
-            valid = (labels > 0) & (values < n_classes)
-            if nodata is not None:
-                valid &= values != nodata
-            np.add.at(counts, (labels[valid], values[valid].astype(np.int64)), 1)
-            return ClassCounts(counts)
-
-        zonal.ParcelStats, zonal.ClassCounts = ParcelStats, ClassCounts  # type: ignore[attr-defined]
-        zonal.zonal_stats, zonal.class_counts = zonal_stats, class_counts  # type: ignore[attr-defined]
-        sys.modules["cbm_tasks.zonal"] = zonal
-    if importlib.util.find_spec("cbm_tasks.label_cache") is None:
-        cache_module = types.ModuleType("cbm_tasks.label_cache")
-
-        @dataclass(frozen=True)
-        class GridKey:
-            crs: str
-            transform: tuple[float, ...]
-            shape: tuple[int, int]
-            parcel_set_id: int
-            parcel_set_version: int
-
-        class LabelCache:
-            def __init__(self) -> None:
-                self.entries: dict[GridKey, np.ndarray] = {}
-
-            def get(self, key: GridKey) -> np.ndarray | None:
-                return self.entries.get(key)
-
-            def put(self, key: GridKey, labels: np.ndarray) -> None:
-                self.entries[key] = labels
-
-        cache_module.GridKey, cache_module.LabelCache = GridKey, LabelCache  # type: ignore[attr-defined]
-        sys.modules["cbm_tasks.label_cache"] = cache_module
-
-
-_install_engine_standins()
 
 
 def write_tif(path: Path, bands: np.ndarray, *, transform: Affine, crs: str | None = "EPSG:32631",

@@ -1,0 +1,464 @@
+"""One image to per-parcel statistics rows in PostGIS.
+
+Rules (issue 3):
+
+- A pixel belongs to a parcel when its centre is inside the polygon (holes excluded).
+- Parcels are selected in PostGIS by intersection with the image's valid footprint (the
+  catalogue footprint when known) and with the raster bounds, and are transformed to the
+  image CRS there (``ST_Transform``).
+- Each band is read at its own resolution, never resampled: one label raster per distinct
+  grid (CRS, transform, shape), reused through a LabelCache keyed by that grid and the parcel
+  set's id and version. Only the window covering the selected parcels is read (rounded
+  outwards to whole pixels), so memory follows the parcels, not the tile.
+- Nodata is excluded per band; the product's scale and offset are applied to the statistics.
+- A parcel without a valid pixel in any band gets no row (no cloud-free pixel, or outside
+  the data area); a band without a valid pixel in a parcel that has a row has count 0.
+- All rows of an image are written in one transaction (obs.replace_image_stats): a re-run
+  replaces them and a failure leaves the database as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import rasterio
+import shapely
+from affine import Affine
+from rasterio.errors import RasterioError
+from rasterio.windows import Window, from_bounds
+
+from cbm_tasks import lineage, obs
+from cbm_tasks.bands import BandSource, RasterStore, is_remote, product_bands, raster_acquired_at, read_safe_metadata
+from cbm_tasks.catalogue import registry
+from cbm_tasks.catalogue.product import Product
+from cbm_tasks.errors import BadInputError, BandError, CorruptProductError
+from cbm_tasks.label_cache import GridKey, LabelCache
+from cbm_tasks.rasterize import rasterize_parcels
+from cbm_tasks.zonal import class_counts, zonal_stats
+
+__all__ = ["ENGINE_OPTIONS", "ExtractionResult", "extract_file", "extract_product"]
+
+log = logging.getLogger(__name__)
+
+ENGINE_OPTIONS = {"pixel_rule": "centre", "percentiles": "linear", "std": "population", "resampling": "none"}
+_STAT_FIELDS = ("count", "mean", "std", "min", "max", "p25", "p50", "p75")
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractionResult:
+    """What one extraction wrote: parcels with a row, statistics rows, bands, time taken."""
+
+    product_id: int
+    parcel_set_id: int
+    n_parcels: int
+    n_rows: int
+    n_bands: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Grid:
+    """The pixel grid of a band file: where its pixels are."""
+
+    epsg: int
+    transform: Affine
+    height: int
+    width: int
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        x0, y0 = self.transform @ (0, 0)
+        x1, y1 = self.transform @ (self.width, self.height)
+        return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Selection:
+    """Parcels selected for one grid (valid footprint and raster bounds), bounds in the grid's CRS."""
+
+    parcel_keys: np.ndarray  # int32, ascending
+    bounds: np.ndarray  # float64 (n, 4): xmin, ymin, xmax, ymax
+
+
+@dataclass(frozen=True, slots=True)
+class _BandResult:
+    band: BandSource
+    parcel_keys: np.ndarray  # parcels with a valid pixel
+    values: np.ndarray  # float32 (n, 8) statistics, or int32 (n, n_classes) class counts
+
+
+@dataclass(frozen=True, slots=True)
+class _Computed:
+    image: obs.ImageStats
+    params: dict[str, Any]
+    n_selected: int
+
+
+# The raster extent (or window) is densified before ST_Transform so that it keeps its shape in the
+# parcel set's CRS; parcels are compared in their own CRS so that the GiST index applies.
+_SELECT_PARCELS = """
+SELECT p.parcel_key, ST_XMin(t.box), ST_YMin(t.box), ST_XMax(t.box), ST_YMax(t.box)
+FROM cbm.parcel p CROSS JOIN LATERAL (SELECT Box2D(ST_Transform(p.geom, %(srid)s)) AS box) AS t
+WHERE p.parcel_set_id = %(set)s
+  AND ST_Intersects(p.geom, ST_Transform(ST_Segmentize(
+        ST_MakeEnvelope(%(xmin)s, %(ymin)s, %(xmax)s, %(ymax)s, %(srid)s), %(step)s), %(set_srid)s))
+  AND (%(footprint)s::text IS NULL
+       OR ST_Intersects(p.geom, ST_Transform(ST_GeomFromText(%(footprint)s::text, 4326), %(set_srid)s)))
+ORDER BY p.parcel_key
+"""
+_WINDOW_PARCELS = """
+SELECT p.parcel_key, ST_AsBinary(ST_Transform(p.geom, %(srid)s))
+FROM cbm.parcel p
+WHERE p.parcel_set_id = %(set)s
+  AND ST_Intersects(p.geom, ST_Transform(ST_Segmentize(
+        ST_MakeEnvelope(%(xmin)s, %(ymin)s, %(xmax)s, %(ymax)s, %(srid)s), %(step)s), %(set_srid)s))
+ORDER BY p.parcel_key
+"""
+
+
+def _envelope_params(parcel_set: obs.ParcelSetRef, epsg: int, bounds: Sequence[float]) -> dict[str, Any]:
+    xmin, ymin, xmax, ymax = bounds
+    return {"set": parcel_set.parcel_set_id, "set_srid": parcel_set.srid, "srid": epsg, "xmin": xmin,
+            "ymin": ymin, "xmax": xmax, "ymax": ymax, "step": max(xmax - xmin, ymax - ymin) / 64}
+
+
+def _select_parcels(conn: psycopg.Connection, parcel_set: obs.ParcelSetRef, grid: _Grid,
+                    footprint_wkt: str | None) -> _Selection:
+    with conn.transaction():
+        rows = conn.execute(_SELECT_PARCELS, {**_envelope_params(parcel_set, grid.epsg, grid.bounds),
+                                              "footprint": footprint_wkt}).fetchall()
+    keys = np.fromiter((r[0] for r in rows), np.int32, len(rows))
+    return _Selection(keys, np.array([r[1:] for r in rows], np.float64).reshape(len(rows), 4))
+
+
+def _grid_of(dataset: rasterio.DatasetReader, *, product: str, href: str) -> _Grid:
+    if dataset.crs is None:
+        raise CorruptProductError(f"product {product}: {href} has no CRS (no georeferencing)")
+    epsg = dataset.crs.to_epsg()
+    if epsg is None:
+        raise CorruptProductError(
+            f"product {product}: the CRS of {href} has no EPSG code, which PostGIS needs: {dataset.crs.to_wkt()[:120]}"
+        )
+    if dataset.transform.b != 0 or dataset.transform.d != 0:
+        raise CorruptProductError(
+            f"product {product}: {href} has a rotated geotransform {tuple(dataset.transform)[:6]}"
+        )
+    return _Grid(int(epsg), dataset.transform, dataset.height, dataset.width)
+
+
+def _window(grid: _Grid, selection: _Selection) -> Window | None:
+    """The window of *grid* covering the selected parcels, rounded outwards to whole pixels; None if outside."""
+    if not len(selection.parcel_keys):
+        return None
+    gx0, gy0, gx1, gy1 = grid.bounds
+    x0, y0 = max(gx0, selection.bounds[:, 0].min()), max(gy0, selection.bounds[:, 1].min())
+    x1, y1 = min(gx1, selection.bounds[:, 2].max()), min(gy1, selection.bounds[:, 3].max())
+    if x0 >= x1 or y0 >= y1:
+        return None
+    window = from_bounds(x0, y0, x1, y1, transform=grid.transform)
+    col0 = max(0, math.floor(window.col_off))
+    row0 = max(0, math.floor(window.row_off))
+    col1 = min(grid.width, math.ceil(window.col_off + window.width))
+    row1 = min(grid.height, math.ceil(window.row_off + window.height))
+    if col1 <= col0 or row1 <= row0:
+        return None
+    return Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def _labels(conn: psycopg.Connection, cache: LabelCache, grid: _Grid, window: Window,
+            parcel_set: obs.ParcelSetRef) -> np.ndarray:
+    """The parcel keys of the window's pixels, from the cache or rasterised from every parcel in the window.
+
+    Every parcel of the set that touches the window is burnt in, not only the selected ones, so
+    that the raster depends on nothing but the grid and the parcel set version (the cache key).
+    """
+    transform = rasterio.windows.transform(window, grid.transform)
+    shape = (int(window.height), int(window.width))
+    key = GridKey(crs_wkt=rasterio.crs.CRS.from_epsg(grid.epsg).to_wkt(), transform=tuple(transform)[:6],
+                  shape=shape, parcel_set_id=parcel_set.parcel_set_id, parcel_set_version=parcel_set.version)
+    labels: np.ndarray | None = cache.get(key)
+    if labels is None:
+        bounds = rasterio.windows.bounds(window, grid.transform)
+        with conn.transaction():
+            rows = conn.execute(_WINDOW_PARCELS, _envelope_params(parcel_set, grid.epsg, bounds)).fetchall()
+        keys = np.fromiter((r[0] for r in rows), np.int32, len(rows))
+        geoms = np.asarray(shapely.from_wkb([bytes(r[1]) for r in rows]), dtype=object).reshape(len(rows))
+        labels = rasterize_parcels(geoms, keys, transform=transform, shape=shape)
+        cache.put(key, labels)
+    return labels
+
+
+def _reduce_band(band: BandSource, labels: np.ndarray, values: np.ndarray, n_labels: int) -> _BandResult:
+    if band.categorical:
+        per_class = class_counts(labels, values, band=band.name, n_classes=int(band.n_classes or 0),
+                                 nodata=None if band.nodata is None else int(band.nodata))
+        return _BandResult(band, per_class.keys, np.asarray(per_class.counts, np.int32))
+    result = zonal_stats(labels, values, band=band.name, nodata=band.nodata, n_labels=n_labels)
+    result = result.scaled(scale=band.scale, offset=band.offset)
+    block = np.column_stack([getattr(result, field) for field in _STAT_FIELDS]).astype(np.float32)
+    return _BandResult(band, result.keys, block.reshape(len(result.keys), obs.STATS_PER_BAND))
+
+
+def _read(dataset: rasterio.DatasetReader, band: BandSource, window: Window, *, product: str) -> np.ndarray:
+    try:
+        values: np.ndarray = dataset.read(band.band_index, window=window)
+    except RasterioError as err:
+        raise CorruptProductError(f"product {product}: cannot read band {band.name} from {band.href}: {err}") from err
+    return values
+
+
+def _open_band_file(store: RasterStore, band: BandSource, *, product: str) -> rasterio.DatasetReader:
+    if not is_remote(band.href) and not Path(band.href.removeprefix("file://")).exists():
+        raise BandError(f"product {product}: band {band.name}: file {band.href} does not exist")
+    try:
+        return rasterio.open(store.gdal_path(band.href))
+    except RasterioError as err:
+        text = str(err)
+        if any(s in text for s in ("No such file", "does not exist", "404", "Not Found")):
+            raise BandError(f"product {product}: band {band.name}: file {band.href} does not exist: {err}") from err
+        raise CorruptProductError(f"product {product}: cannot open band {band.name} file {band.href}: {err}") from err
+
+
+def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, bands: Sequence[BandSource],
+             parcel_set: obs.ParcelSetRef, label_cache: LabelCache) -> _Computed:
+    """Read the bands and reduce them to per-parcel rows; no database writes."""
+    with conn.transaction():
+        row = conn.execute("SELECT coalesce(max(parcel_key), 0) FROM cbm.parcel WHERE parcel_set_id = %s",
+                           (parcel_set.parcel_set_id,)).fetchone()
+    n_labels = int(row[0]) if row is not None else 0
+    results: list[_BandResult] = []
+    with rasterio.Env(**store.rasterio_env()), ExitStack() as stack:
+        datasets: dict[str, rasterio.DatasetReader] = {}
+        grids: dict[str, _Grid] = {}
+        for band in bands:
+            if band.href not in datasets:
+                datasets[band.href] = stack.enter_context(_open_band_file(store, band, product=product.name))
+                grids[band.href] = _grid_of(datasets[band.href], product=product.name, href=band.href)
+            if band.band_index > datasets[band.href].count:
+                raise BandError(f"product {product.name}: band {band.name} is band {band.band_index} of {band.href}, "
+                                f"which has {datasets[band.href].count} band(s)")
+        selections = {grid: _select_parcels(conn, parcel_set, grid, product.footprint_wkt)
+                      for grid in dict.fromkeys(grids.values())}
+        selected = np.unique(np.concatenate([s.parcel_keys for s in selections.values()]))
+        for band in bands:
+            t0 = time.perf_counter()
+            grid = grids[band.href]
+            window = _window(grid, selections[grid])
+            if window is None:
+                width = int(band.n_classes or 0) if band.categorical else obs.STATS_PER_BAND
+                result = _BandResult(band, np.empty(0, np.int32), np.empty((0, width), np.float32))
+            else:
+                labels = _labels(conn, label_cache, grid, window, parcel_set)
+                values = _read(datasets[band.href], band, window, product=product.name)
+                result = _reduce_band(band, labels, values, n_labels)
+                inside = np.isin(result.parcel_keys, selected)  # parcels outside the footprint are not reported
+                result = _BandResult(band, result.parcel_keys[inside], result.values[inside])
+            results.append(result)
+            log.info("extracted product=%s band=%s parcels=%d rows=%d seconds=%.2f", product.name, band.name,
+                     len(selections[grid].parcel_keys), len(result.parcel_keys), time.perf_counter() - t0)
+    measured = [r for r in results if not r.band.categorical]
+    keys = np.unique(np.concatenate([r.parcel_keys for r in measured] or [np.empty(0, np.int32)]))
+    stats = np.full((len(keys), obs.STATS_PER_BAND * len(measured)), np.nan, np.float32)
+    stats[:, 0::obs.STATS_PER_BAND] = 0
+    for i, result in enumerate(measured):
+        column = obs.STATS_PER_BAND * i
+        stats[np.searchsorted(keys, result.parcel_keys), column:column + obs.STATS_PER_BAND] = result.values
+    class_rows = tuple(obs.ClassCountRows(r.band.name, r.parcel_keys.astype(np.int32), r.values.astype(np.int32))
+                       for r in results if r.band.categorical)
+    image = obs.ImageStats(tuple(r.band.name for r in measured), keys.astype(np.int32), stats, class_rows)
+    params = {
+        "bands": {b.name: b.params() for b in bands},
+        "engine": ENGINE_OPTIONS,
+        "footprint": "catalogue" if product.footprint_wkt else "raster bounds",
+        "parcels_selected": len(selected),
+    }
+    return _Computed(image, params, len(selected))
+
+
+def _extract(
+    conn: psycopg.Connection,
+    store: RasterStore,
+    product: Product,
+    *,
+    product_id: int | None,
+    aoi: str,
+    year: int,
+    label_cache: LabelCache | None,
+    pipeline_run_id: int | None,
+) -> ExtractionResult:
+    """Read, reduce, then write in one transaction; product_id None = register *product* in it."""
+    t0 = time.perf_counter()
+    with conn.transaction():
+        parcel_set = obs.find_parcel_set(conn, aoi=aoi, year=year)
+    bands = product_bands(product, store=store)
+    computed = _compute(conn, store, product, bands, parcel_set,
+                        label_cache if label_cache is not None else LabelCache())
+    with conn.transaction():
+        if product_id is None:
+            registry.register(conn, [product], aoi=aoi)
+            row = conn.execute("SELECT product_id FROM cbm.product WHERE uid = %s", (product.uid,)).fetchone()
+            assert row is not None  # registered just above, in this transaction
+            product_id = int(row[0])
+            registry.mark_done(conn, product_id, aoi=aoi, status="extracted" if computed.n_selected else "skipped")
+        if computed.n_selected == 0:
+            obs.delete_image_stats(conn, parcel_set.parcel_set_id, product_id)
+            n_rows = 0
+        else:
+            n_rows = obs.replace_image_stats(
+                conn, parcel_set.parcel_set_id, product_id, computed.image,
+                parcel_set_version=parcel_set.version, params=computed.params,
+                seconds=time.perf_counter() - t0, pipeline_run_id=pipeline_run_id,
+            )
+    result = ExtractionResult(product_id, parcel_set.parcel_set_id, len(computed.image.parcel_keys), n_rows,
+                              len(bands), time.perf_counter() - t0)
+    log.info("extracted product=%s product_id=%d aoi=%s year=%d bands=%d parcels_selected=%d parcels=%d rows=%d "
+             "seconds=%.2f", product.name, product_id, aoi, year, len(bands), computed.n_selected,
+             result.n_parcels, result.n_rows, result.seconds)
+    return result
+
+
+def extract_product(
+    conn: psycopg.Connection,
+    store: RasterStore,
+    product_id: int,
+    *,
+    aoi: str,
+    year: int | None = None,
+    label_cache: LabelCache | None = None,
+    run: lineage.RunContext | None = None,
+) -> ExtractionResult:
+    """Extract one catalogued image for the parcels of *aoi*, replacing its earlier rows.
+
+    Args:
+        conn: connection to the CbM database (autocommit or idle: the rows are committed here).
+        store: where the band files are (cbm_tasks.store.Store, or any RasterStore).
+        product_id: cbm.product id of the image.
+        aoi: AOI name; its parcel set of *year* is used.
+        year: parcel-set year; default the acquisition year.
+        label_cache: label rasters to reuse across images of the same grid; one per worker.
+        run: lineage context; when given, a cbm.pipeline_run row records this extraction.
+
+    Returns:
+        ExtractionResult; n_parcels 0 when the image covers none of the parcels (the caller
+        marks it ``skipped``).
+
+    Raises:
+        ProductNotFoundError: no such product.
+        NotFoundError: no parcel set for (aoi, year).
+        BandError, CorruptProductError: bad band files; the database is left unchanged.
+    """
+    with conn.transaction():
+        product = registry.get_product(conn, product_id)
+    year = product.acquired_at.year if year is None else year
+    run_id = None
+    if run is not None:
+        run_id = lineage.start_run(conn, run, {"product_id": product_id, "aoi": aoi, "year": year})
+    try:
+        result = _extract(conn, store, product, product_id=product_id, aoi=aoi, year=year,
+                          label_cache=label_cache, pipeline_run_id=run_id)
+    except Exception as err:
+        if run_id is not None:
+            lineage.finish_run(conn, run_id, status="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    if run_id is not None:
+        lineage.finish_run(conn, run_id, status="success")
+    return result
+
+
+def _file_product(store: RasterStore, uri: str, *, obs_time: datetime | None, product_type: str | None) -> Product:
+    """A catalogue record (catalogue ``file``, uid = the absolute path/URI) for an uncatalogued image."""
+    local = None if is_remote(uri) else Path(uri.removeprefix("file://"))
+    footprint = platform = baseline = None
+    orbit = None
+    acquired_at: datetime | None
+    if local is not None and (local / "MTD_MSIL2A.xml").exists():
+        meta = read_safe_metadata(local)
+        name, acquired_at, product_type = meta.product_uri, meta.acquired_at, product_type or "S2MSI2A"
+        footprint, platform, baseline, orbit = meta.footprint_wkt, meta.platform, meta.processing_baseline, \
+            meta.relative_orbit
+    else:
+        name = uri.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        acquired_at = raster_acquired_at(uri, store=store)
+        product_type = product_type or "UNKNOWN"
+    if obs_time is not None:
+        acquired_at = obs_time if obs_time.tzinfo is not None else obs_time.replace(tzinfo=UTC)
+    if acquired_at is None:
+        raise BadInputError(
+            f"image {uri}: no acquisition time in its tags (TIFFTAG_DATETIME, ACQUISITION_*) or name; "
+            "give it with --obs-time (ISO 8601, e.g. 2018-04-05T10:50:31Z)"
+        )
+    if product_type.startswith("S2"):
+        collection = "SENTINEL-2"
+    elif product_type.startswith(("CARD", "IW_", "EW_")):
+        collection = "SENTINEL-1"
+    else:
+        collection = "UNKNOWN"
+    return Product(uid=uri, name=name, catalogue="file", collection=collection, product_type=product_type,
+                   acquired_at=acquired_at, location=uri, platform=platform, relative_orbit=orbit,
+                   processing_baseline=baseline, footprint_wkt=footprint)
+
+
+def extract_file(
+    conn: psycopg.Connection,
+    store: RasterStore,
+    path_or_uri: str | Path,
+    *,
+    aoi: str,
+    year: int,
+    obs_time: datetime | None = None,
+    product_id: int | None = None,
+    product_type: str | None = None,
+    label_cache: LabelCache | None = None,
+) -> ExtractionResult:
+    """Extract one image file or SAFE folder (``cbm extract``) for the parcels of *aoi* in *year*.
+
+    Without *product_id*, the image is registered in cbm.product (catalogue ``file``, uid =
+    its absolute path or URI, product type *product_type* or ``UNKNOWN``, ``S2MSI2A`` for a
+    SAFE folder) in the same transaction as its rows, and marked ``extracted`` for *aoi*;
+    an image registered before keeps its record. With *product_id*, the rows belong to that
+    catalogue product and its bands are read from *path_or_uri* (e.g. a local copy).
+
+    Args:
+        conn: connection to the CbM database.
+        store: where the image is (local paths work with any store).
+        path_or_uri: a GeoTIFF/COG, or an S2 L2A SAFE folder.
+        aoi: AOI name.
+        year: parcel-set year.
+        obs_time: acquisition time, required when the image states none (tags, SAFE
+            metadata, a date in its name); naive = UTC. It wins over the image's own.
+        product_id: an existing catalogue product the rows belong to.
+        product_type: product type of a newly registered image (``--product-type``).
+        label_cache: as for :func:`extract_product`.
+
+    Raises:
+        BadInputError: no acquisition time and no *obs_time*.
+        ProductNotFoundError: *product_id* is not in the catalogue.
+        NotFoundError, BandError, CorruptProductError: as :func:`extract_product`; the
+            database is left unchanged.
+    """
+    uri = str(path_or_uri)
+    if not is_remote(uri):
+        uri = str(Path(uri.removeprefix("file://")).resolve())
+    if product_id is not None:
+        with conn.transaction():
+            catalogued = registry.get_product(conn, product_id)
+        attributes = {k: v for k, v in catalogued.attributes.items() if k != "bands"}
+        product = replace(catalogued, location=uri, attributes=attributes)
+        return _extract(conn, store, product, product_id=product_id, aoi=aoi, year=year,
+                        label_cache=label_cache, pipeline_run_id=None)
+    with conn.transaction():
+        known = conn.execute("SELECT product_id FROM cbm.product WHERE uid = %s", (uri,)).fetchone()
+        product = (registry.get_product(conn, int(known[0])) if known is not None
+                   else _file_product(store, uri, obs_time=obs_time, product_type=product_type))
+    return _extract(conn, store, product, product_id=None, aoi=aoi, year=year, label_cache=label_cache,
+                    pipeline_run_id=None)

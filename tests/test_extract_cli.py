@@ -1,0 +1,114 @@
+"""``cbm extract`` and ``cbm timeseries export`` end to end, and the export's round trip."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+import shapely
+from affine import Affine
+from test_extract_support import add_parcel_set, row_counts, write_tif
+
+from cbm_tasks import cli
+from cbm_tasks.cli.timeseries import BAND_STATS_SCHEMA, CLASS_COUNTS_SCHEMA, export_time_series
+from cbm_tasks.errors import BadInputError
+
+X0, Y0 = 500000, 5600100
+TRANSFORM = Affine(10, 0, X0, 0, -10, Y0)
+PARCELS = [(f"p{i}", shapely.box(X0 + 20 * i, Y0 - 60, X0 + 20 * i + 20, Y0)) for i in range(4)]
+
+
+@pytest.fixture
+def cli_db(db_url: str, conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> psycopg.Connection:
+    monkeypatch.setenv("CBM_DATABASE_URL", db_url)
+    add_parcel_set(conn, aoi="cli", year=2018, srid=32631, parcels=PARCELS)
+    return conn
+
+
+def _image(tmp_path: Path, name: str, seed: int, tags: dict[str, str] | None = None) -> Path:
+    rng = np.random.default_rng(seed)
+    b04 = rng.integers(0, 3000, size=(8, 10), dtype=np.uint16)  # some 0 = nodata
+    scl = rng.integers(0, 12, size=(8, 10), dtype=np.uint16)
+    scl[:, 6:] = 0  # parcel p3 has no valid SCL pixel
+    return write_tif(tmp_path / name, np.stack([b04, scl]), transform=TRANSFORM, nodata=0,
+                     descriptions=["B04", "SCL"], scales=[1e-4, 1], offsets=[-0.1, 0], tags=tags)
+
+
+def test_extract_cli_registers_the_file(cli_db: psycopg.Connection, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    image = _image(tmp_path, "image.tif", seed=1)
+    before = row_counts(cli_db)
+    assert cli.main(["extract", str(image), "--aoi", "cli", "--year", "2018"]) == 2
+    error = capsys.readouterr().err
+    assert "no acquisition time" in error and "--obs-time" in error
+    assert row_counts(cli_db) == before  # the failed call registered nothing
+    args = ["extract", str(image), "--aoi", "cli", "--year", "2018", "--obs-time", "2018-06-01T10:30:00Z",
+            "--product-type", "CARD-BS"]
+    assert cli.main(args) == 0
+    assert "4 parcels" in capsys.readouterr().out
+    product = cli_db.execute("SELECT product_id, uid, catalogue, product_type, collection, acquired_at "
+                             "FROM cbm.product").fetchone()
+    assert product is not None
+    assert product[1:] == (str(image.resolve()), "file", "CARD-BS", "SENTINEL-1",
+                           datetime(2018, 6, 1, 10, 30, tzinfo=UTC))
+    status = cli_db.execute("SELECT status FROM cbm.product_status WHERE product_id = %s", (product[0],)).fetchone()
+    assert status == ("extracted",)
+    counts = row_counts(cli_db)
+    assert cli.main(args) == 0  # a re-run replaces the rows: no duplicates, same product
+    assert row_counts(cli_db) == counts
+    assert counts["cbm.parcel_obs"] == 4 and counts["cbm.parcel_class_counts"] == 3 and counts["cbm.product"] == 1
+
+
+def test_acquisition_time_from_the_file(cli_db: psycopg.Connection, tmp_path: Path) -> None:
+    image = _image(tmp_path, "tagged.tif", seed=2, tags={"TIFFTAG_DATETIME": "2018:07:09 11:00:00"})
+    assert cli.main(["extract", str(image), "--aoi", "cli", "--year", "2018"]) == 0
+    row = cli_db.execute("SELECT acquired_at, product_type FROM cbm.product").fetchone()
+    assert row == (datetime(2018, 7, 9, 11, tzinfo=UTC), "UNKNOWN")
+
+
+def _extract_two_dates(tmp_path: Path) -> None:
+    for day, seed in ((1, 3), (6, 4)):
+        image = _image(tmp_path, f"S2_201806{day:02d}.tif", seed=seed)
+        assert cli.main(["extract", str(image), "--aoi", "cli", "--year", "2018"]) == 0
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_export_round_trips(cli_db: psycopg.Connection, tmp_path: Path, suffix: str) -> None:
+    _extract_two_dates(tmp_path)
+    out = tmp_path / f"series{suffix}"
+    assert cli.main(["timeseries", "export", "--aoi", "cli", "--year", "2018", "--out", str(out)]) == 0
+    classes = tmp_path / f"series_classes{suffix}"
+    if suffix == ".csv":
+        convert = pa_csv.ConvertOptions(column_types=BAND_STATS_SCHEMA)
+        table = pa_csv.read_csv(out, convert_options=convert)
+        class_table = pa_csv.read_csv(classes, convert_options=pa_csv.ConvertOptions(column_types=CLASS_COUNTS_SCHEMA))
+    else:
+        table, class_table = pq.read_table(out), pq.read_table(classes)
+    assert table.schema.names == list(BAND_STATS_SCHEMA.names) and table.num_rows == 2 * 4
+    assert table.column("obs_time").type == pa.timestamp("us", tz="UTC") or suffix == ".csv"
+    expected = cli_db.execute(
+        "SELECT p.parcel_id, v.product_id, v.band, v.count, v.mean, v.std, v.min, v.max, v.p25, v.p50, v.p75 "
+        "FROM cbm.parcel_band_stats v JOIN cbm.parcel p USING (parcel_set_id, parcel_key) "
+        "ORDER BY v.parcel_key, v.obs_time").fetchall()
+    rows = table.to_pylist()
+    assert [(r["parcel_id"], r["product_id"], r["band"], r["count"]) for r in rows] == [e[:4] for e in expected]
+    for row, exp in zip(rows, expected, strict=True):
+        got = np.array([row[c] for c in ("mean", "std", "min", "max", "p25", "p50", "p75")], np.float32)
+        np.testing.assert_array_equal(got, np.array(exp[4:], np.float32))  # float32 exactly
+    assert {r["source"] for r in rows} == {"UNKNOWN"} and rows[0]["obs_time"].year == 2018
+    stored = cli_db.execute("SELECT sum(n) FROM cbm.parcel_class_counts, unnest(counts) AS n").fetchone()
+    assert stored is not None and sum(class_table.column("count").to_pylist()) == stored[0]
+    assert class_table.schema.names == list(CLASS_COUNTS_SCHEMA.names)
+    assert set(class_table.column("band").to_pylist()) == {"SCL"} and min(class_table.column("count").to_pylist()) > 0
+
+
+def test_export_refuses_other_formats(cli_db: psycopg.Connection, tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match=r"extension must be one of \.csv, \.parquet, got '\.xlsx'"):
+        export_time_series(cli_db, aoi="cli", year=2018, out=tmp_path / "series.xlsx")
+    assert not list(tmp_path.iterdir())
