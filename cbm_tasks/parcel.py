@@ -187,8 +187,19 @@ def load_parcels(
 ) -> ImportReport:
     """Replace the parcel set of *aoi*/*year* with *table*, atomically.
 
+    Args:
+        conn: PostGIS connection (one transaction, a savepoint inside the caller's).
+        table: the parcels, as read by :func:`cbm_tasks.parcel_io.read_parcels`.
+        aoi: AOI name, created when new.
+        year: campaign year.
+        strict: refuse the import when *table* has any rejection.
+
+    Returns:
+        The import report.
+
     Raises:
-        ParcelImportError: see :func:`import_parcels`.
+        ParcelImportError: see :func:`import_parcels`; also when PostGIS refuses a value.
+        TransientError: the database connection was lost (re-running is safe).
     """
     t0 = time.perf_counter()
     _check_target(aoi, year)
@@ -206,7 +217,10 @@ def load_parcels(
             conn, table, digests, aoi=aoi, year=year, strict=strict
         )
     except psycopg.OperationalError as err:
-        raise TransientError(f"{source}: lost the database during the import (nothing was changed): {err}") from err
+        raise TransientError(
+            f"{source}: lost the database connection during the import; it was rolled back unless the loss "
+            f"hit the commit itself, and re-running it is safe: {err}"
+        ) from err
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as err:
         raise ParcelImportError(f"{source}: PostGIS refused the parcels (nothing was changed): {err}") from err
     report = ImportReport(
