@@ -14,8 +14,10 @@ import shapely.ops
 from affine import Affine
 from test_extract_support import add_parcel_set, add_product, obs_rows, row_counts, write_tif
 
-from cbm_tasks.extract import extract_product
+from cbm_tasks.errors import CorruptProductError
+from cbm_tasks.extract import extract_file, extract_product
 from cbm_tasks.label_cache import LabelCache
+from cbm_tasks.lineage import RunContext
 from cbm_tasks.store import StoreConfig, open_store
 
 STORE = open_store(StoreConfig())
@@ -115,3 +117,31 @@ def test_labels_are_reused_for_the_same_grid(conn: psycopg.Connection, image: Pa
     assert len(cache) == 1
     keys = {parcel_id: key for key, (parcel_id, _) in enumerate(PARCELS, start=1)}
     assert obs_rows(conn, second_id)[keys["tiny"]][3] == DN[1, 8] * SCALE + OFFSET
+
+
+def test_run_context_records_lineage(conn: psycopg.Connection, image: Path) -> None:
+    add_parcel_set(conn, aoi="edges", year=2018, srid=32631, parcels=PARCELS)
+    product_id = add_product(conn, aoi="edges", name="S2X_20180601", location=str(image), acquired_at=WHEN)
+    run = RunContext(step="extract", dag_id="cbm_extract", run_id="manual__1", task_id="extract", map_index=0,
+                     try_number=1)
+    extract_product(conn, STORE, product_id, aoi="edges", run=run)
+    row = conn.execute("SELECT r.status, r.step, r.params ->> 'product_id', e.pipeline_run_id = r.pipeline_run_id "
+                       "FROM cbm.pipeline_run r, cbm.extraction e").fetchone()
+    assert row == ("success", "extract", str(product_id), True)
+    image.write_bytes(image.read_bytes()[:300])
+    with pytest.raises(CorruptProductError):
+        extract_product(conn, STORE, product_id, aoi="edges", run=run)
+    failed = conn.execute("SELECT status, error FROM cbm.pipeline_run ORDER BY pipeline_run_id DESC").fetchone()
+    assert failed is not None and failed[0] == "failed" and failed[1].startswith("CorruptProductError: product S2X")
+
+
+def test_file_extracted_for_a_catalogued_product(conn: psycopg.Connection, image: Path, tmp_path: Path) -> None:
+    add_parcel_set(conn, aoi="edges", year=2018, srid=32631, parcels=PARCELS)
+    remote = [{"name": "B04", "href": "s3://eodata/elsewhere/B04.tif", "nodata": 0}]
+    product_id = add_product(conn, aoi="edges", name="S2X_20180601", location="s3://eodata/elsewhere",
+                             acquired_at=WHEN, bands=remote)
+    result = extract_file(conn, STORE, image, aoi="edges", year=2018, product_id=product_id)
+    assert result.product_id == product_id and result.n_parcels == 4
+    assert row_counts(conn)["cbm.product"] == 1  # the local copy is not registered as a product of its own
+    keys = {parcel_id: key for key, (parcel_id, _) in enumerate(PARCELS, start=1)}
+    np.testing.assert_allclose(obs_rows(conn, product_id)[keys["hole"]], _expected("hole"), rtol=1e-6)
