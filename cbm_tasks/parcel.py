@@ -4,7 +4,7 @@ An import replaces the AOI/year set in ONE transaction: either the whole new set
 visible or the old one stays (a crash, a failed COPY or a rejected ``strict`` import leave
 it untouched). Parcel keys (1..n, the label value in rasterised masks and the key of every
 time-series row) are stable: a parcel id present before keeps its key, a new id gets
-``max(key) + 1``. Time-series rows (``cbm.parcel_obs``, ``cbm.parcel_class_counts``) of
+a key above every key the set ever gave. Time-series rows (``cbm.parcel_obs``, ``cbm.parcel_class_counts``) of
 parcels that disappeared or whose geometry changed are deleted, since they describe a
 polygon that no longer exists; those of unchanged parcels stay valid.
 """
@@ -97,17 +97,21 @@ class KeyPlan:
     n_removed: int
 
 
-def plan_keys(old: Sequence[tuple[str, int, str]], new_ids: Sequence[str], new_md5: Sequence[str]) -> KeyPlan:
-    """Assign parcel keys: kept ids keep theirs, new ids get max(old keys) + 1, + 2, ...
+def plan_keys(
+    old: Sequence[tuple[str, int, str]], new_ids: Sequence[str], new_md5: Sequence[str], *, key_floor: int = 0
+) -> KeyPlan:
+    """Assign parcel keys: kept ids keep theirs, new ids get keys above every key ever given.
 
     Args:
         old: (parcel_id, parcel_key, geometry md5) of the stored set; empty for a new set.
         new_ids: the parcel ids being imported (unique).
         new_md5: md5 of each new geometry, as :func:`cbm_tasks.parcel_geometry.geometry_md5`.
+        key_floor: the highest key the set ever gave (``parcel_set.max_parcel_key``), so that
+            the key of a removed parcel is never reused.
     """
     old_key = {pid: key for pid, key, _ in old}
     old_md5 = {pid: digest for pid, _, digest in old}
-    next_key = max(old_key.values(), default=0) + 1
+    next_key = max(max(old_key.values(), default=0), key_floor) + 1
     keys = np.empty(len(new_ids), dtype=np.int32)
     stale: list[int] = []
     n_new = n_changed = 0
@@ -264,7 +268,11 @@ def _replace_set(
             "FROM cbm.parcel WHERE parcel_set_id = %s",
             (set_id,),
         ).fetchall()
-        plan = plan_keys(old, table.parcel_ids, [f"{d}:{table.srid}" for d in digests])
+        key_floor = cur.execute(
+            "SELECT max_parcel_key FROM cbm.parcel_set WHERE parcel_set_id = %s", (set_id,)
+        ).fetchone()
+        assert key_floor is not None  # the row is locked by _lock_set
+        plan = plan_keys(old, table.parcel_ids, [f"{d}:{table.srid}" for d in digests], key_floor=int(key_floor[0]))
         cur.execute("DELETE FROM cbm.parcel WHERE parcel_set_id = %s", (set_id,))
         _copy_parcels(cur, set_id, table, plan.keys)
         n_stale = _delete_stale_rows(cur, set_id, plan.stale_keys)
@@ -350,6 +358,8 @@ _UPDATE_SET = """
 UPDATE cbm.parcel_set s
 SET srid = %(srid)s, version = %(version)s, source_file = %(source_file)s, source_layer = %(layer)s,
     n_parcels = %(n)s, imported_at = now(),
+    max_parcel_key = greatest(s.max_parcel_key,
+                              (SELECT coalesce(max(parcel_key), 0) FROM cbm.parcel WHERE parcel_set_id = %(id)s)),
     -- the envelope is densified before the transform: a projected box's edges are curves in lon/lat
     extent = (SELECT ST_Envelope(ST_Transform(ST_Segmentize(box,
                      greatest(ST_XMax(box) - ST_XMin(box), ST_YMax(box) - ST_YMin(box)) / 32), 4326))

@@ -115,6 +115,9 @@ def test_plan_keys_keeps_known_ids() -> None:
     assert (plan.n_new, plan.n_changed, plan.n_removed) == (2, 1, 1)
     fresh = plan_keys([], ["x", "y"], ["h", "h"])
     assert fresh.keys.tolist() == [1, 2] and fresh.stale_keys == ()
+    # key 9 was given once and its parcel removed since: the next new id must not get it again
+    after_removal = plan_keys([("a", 1, "h1")], ["a", "g"], ["h1", "h7"], key_floor=9)
+    assert after_removal.keys.tolist() == [1, 10]
 
 
 def test_geometry_md5_matches_wkb() -> None:
