@@ -391,7 +391,7 @@ def test_concurrent_imports_of_a_new_set_serialise(db_url: str) -> None:
 
 def _write_squares(path: Path, ids: list[str]) -> Path:
     features = [
-        {"type": "Feature", "properties": {"parcel_id": pid, "crop_code": "GRASS"},
+        {"type": "Feature", "properties": {"parcel_id": pid, "crop_code": "GRASS", "crop_name": "grassland"},
          "geometry": shapely.geometry.mapping(shapely.box(500000 + 100 * i, 5629000, 500050 + 100 * i, 5629050))}
         for i, pid in enumerate(ids)
     ]
