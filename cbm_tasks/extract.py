@@ -247,8 +247,14 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
             if band.band_index > datasets[band.href].count:
                 raise BandError(f"product {product.name}: band {band.name} is band {band.band_index} of {band.href}, "
                                 f"which has {datasets[band.href].count} band(s)")
-        selections = {grid: _select_parcels(conn, parcel_set, grid, product.footprint_wkt)
-                      for grid in dict.fromkeys(grids.values())}
+        # the grids of one product usually share their extent (S2: 10, 20 and 60 m): select once per extent
+        by_extent: dict[tuple[int, tuple[float, ...]], _Selection] = {}
+        selections: dict[_Grid, _Selection] = {}
+        for grid in dict.fromkeys(grids.values()):
+            extent = (grid.epsg, grid.bounds)
+            if extent not in by_extent:
+                by_extent[extent] = _select_parcels(conn, parcel_set, grid, product.footprint_wkt)
+            selections[grid] = by_extent[extent]
         selected = np.unique(np.concatenate([s.parcel_keys for s in selections.values()]))
         for band in bands:
             t0 = time.perf_counter()
