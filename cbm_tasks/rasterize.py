@@ -15,11 +15,14 @@ The rule, as in GDAL:
   from ``y1 < y2`` crosses it when ``y1 <= y + 0.5 < y2``; the crossing ``x`` is rounded
   to ``floor(x + 0.5)`` and consecutive sorted crossings delimit the filled pixels. A
   pixel whose centre lies exactly on a left edge is outside, on a right edge inside.
-* All rings of one geometry (exteriors, holes, parts of a MultiPolygon) are filled
-  together with the even-odd rule, so holes are excluded.
+* The rings of one polygon (exterior and holes) are filled together with the even-odd
+  rule, so holes are excluded.
 * A horizontal edge lying exactly on a centre line is filled when it runs from right to
-  left (GDAL's "bottom horizontal segment" rule), which makes the result depend on ring
-  orientation only in that degenerate case, exactly as in GDAL.
+  left in pixel space after every ring (exterior or hole) has been oriented clockwise in
+  CRS coordinates (orientation decided as OGR does, at the lowest-rightmost vertex). This
+  is GDAL's "bottom horizontal segment" rule; it only matters for vertices exactly on
+  pixel-centre lines, and the input ring orientation does not change the result.
+* Each polygon of a MultiPolygon is filled on its own (overlapping parts stay filled).
 * Later geometries overwrite earlier ones where they overlap (GDAL burns in input order
   with ``MERGE_ALG=REPLACE``).
 """
@@ -195,15 +198,15 @@ def _burn_kernel(
     for i in prange(len(xs)):
         px[i] = inverse[0] + xs[i] * inverse[1] + ys[i] * inverse[2]
         py[i] = inverse[3] + xs[i] * inverse[4] + ys[i] * inverse[5]
-    # GDAL walks exterior rings clockwise and holes counter-clockwise (in CRS coordinates);
-    # the direction decides which horizontal edges on a centre line are filled
+    # GDAL (as measured against 3.10) walks every ring, exterior or hole, clockwise in CRS
+    # coordinates; the direction decides which horizontal edges on a centre line are filled
     reverse = np.zeros(len(ring_start) - 1, np.bool_)
     first_row = np.empty(n_parts, np.int64)
     last_row = np.empty(n_parts, np.int64)
     for g in prange(n_parts):
         for r in range(part_ring_start[g], part_ring_start[g + 1]):
             clockwise = _ring_is_clockwise(xs, ys, ring_start[r], ring_start[r + 1])
-            reverse[r] = clockwise != (r == part_ring_start[g])
+            reverse[r] = not clockwise
         v0 = ring_start[part_ring_start[g]]
         v1 = ring_start[part_ring_start[g + 1]]
         lo = py[v0]
