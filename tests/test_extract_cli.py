@@ -112,3 +112,14 @@ def test_export_refuses_other_formats(cli_db: psycopg.Connection, tmp_path: Path
     with pytest.raises(BadInputError, match=r"extension must be one of \.csv, \.parquet, got '\.xlsx'"):
         export_time_series(cli_db, aoi="cli", year=2018, out=tmp_path / "series.xlsx")
     assert not list(tmp_path.iterdir())
+
+
+def test_export_of_a_season_without_images(cli_db: psycopg.Connection, tmp_path: Path) -> None:
+    for suffix in (".csv", ".parquet"):
+        result = export_time_series(cli_db, aoi="cli", year=2018, out=tmp_path / f"empty{suffix}")
+        assert (result.n_rows, result.n_class_rows) == (0, 0)
+        table = pa_csv.read_csv(result.path) if suffix == ".csv" else pq.read_table(result.path)
+        assert table.schema.names == list(BAND_STATS_SCHEMA.names) and table.num_rows == 0
+        assert result.classes_path == tmp_path / f"empty_classes{suffix}" and result.classes_path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "empty.csv", "empty.parquet", "empty_classes.csv", "empty_classes.parquet"]
