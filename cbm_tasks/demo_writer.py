@@ -302,7 +302,7 @@ class BandFile:
         name: band id (``B04``, ``SCL``, ``VV``); the asset key and file name.
         values: 2-D array in the stored dtype.
         transform: its pixel-corner transform (north-up).
-        nodata: stored no-data value; NaN for float bands (STAC ``"nan"``).
+        nodata: stored no-data value; NaN for float bands (the item then says null).
         scale, offset: physical = stored * scale + offset.
         title: asset title.
         classes: (value, name, description) of a categorical band (SCL), else None.
@@ -349,9 +349,11 @@ def write_product(
             offset=band.offset,
             band_name=band.name,
         )
-        nodata: float | str | None = band.nodata
+        nodata: float | None = band.nodata
         if band.nodata is not None and math.isnan(band.nodata):
-            nodata = "nan"  # the raster extension's spelling; JSON has no NaN
+            # NaN marks itself: the band descriptor contract knows a value or null (= NaN only),
+            # and the raster extension's "nan" string would reach JSON columns as a bare NaN.
+            nodata = None
         elif band.nodata is not None and band.values.dtype.kind in "iu":
             nodata = int(band.nodata)
         assets[band.name] = raster_asset(

@@ -20,6 +20,7 @@ from pyogrio import raw as ogr_raw
 from rasterio import features
 from shapely import from_wkb
 
+from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.local import LocalCatalogue, product_from_local_item
 from cbm_tasks.catalogue.query import SearchQuery
 from cbm_tasks.cli import main
@@ -27,10 +28,13 @@ from cbm_tasks.demo_cube import CUBE_FILES
 from cbm_tasks.demo_data import DemoLayout, build_demo
 from cbm_tasks.demo_synthetic import build_synthetic
 from cbm_tasks.errors import ConfigError, CorruptProductError
+from cbm_tasks.extract import extract_product
 from cbm_tasks.parcel import import_parcels
+from cbm_tasks.store import StoreConfig, open_store
 
 T10 = Affine(10.0, 0.0, 501360.0, 0.0, -10.0, 5629680.0)
 T20 = Affine(20.0, 0.0, 501360.0, 0.0, -20.0, 5629680.0)
+STORE = open_store(StoreConfig())
 
 
 def _cube(name: str) -> xr.Dataset:
@@ -124,7 +128,7 @@ def test_full_demo_items_follow_the_local_catalogue_format(full_demo: DemoLayout
     assert Path(bands["B04"]["href"]) == Path(scene.location) / "B04.tif" and Path(bands["B04"]["href"]).is_file()
     card = {band["name"]: band for band in s1[0].attributes["bands"]}
     assert sorted(card) == ["VH", "VV"]
-    assert card["VV"]["nodata"] == "nan" and card["VV"]["scale"] == 1.0 and card["VV"]["resolution_m"] == 20.0
+    assert card["VV"]["nodata"] is None and card["VV"]["scale"] == 1.0 and card["VV"]["resolution_m"] == 20.0
     item = json.loads(Path(scene.attributes["item_file"]).read_text())
     assert item["stac_version"] == "1.0.0" and item["properties"]["proj:epsg"] == 32631
     assert item["properties"]["cbm:collection"] == "SENTINEL-2" and item["properties"]["grid:code"] == "MGRS-31UDS"
@@ -292,3 +296,26 @@ def test_parcel_files_import_as_parcel_sets(full_demo: DemoLayout, tmp_path: Pat
         ).fetchall()
     )
     assert len(crops) == 18 and set(crops.values()) == {"1200", "2130", "5100", "7900", "9120"}
+
+
+def test_demo_products_extract_for_every_parcel(tmp_path: Path, conn: psycopg.Connection) -> None:
+    layout = build_demo(tmp_path, max_products=2)
+    import_parcels(conn, layout.parcels_file, aoi=layout.aoi, year=layout.year, strict=True)
+    catalogue = LocalCatalogue(layout.catalogue_root)
+    results = {}
+    for collection, product_type in (("SENTINEL-2", "S2MSI2A"), ("SENTINEL-1", "CARD-BS")):
+        query = SearchQuery(
+            collection=collection,
+            product_type=product_type,
+            aoi_wkt="POLYGON((2.9 50.7, 3.2 50.7, 3.2 51.0, 2.9 51.0, 2.9 50.7))",
+            start=datetime(2017, 1, 1, tzinfo=UTC),
+            end=datetime(2019, 1, 1, tzinfo=UTC),
+        )
+        product_ids = registry.register(conn, catalogue.search(query), aoi=layout.aoi)
+        conn.commit()
+        assert len(product_ids) == 2
+        results[product_type] = [
+            extract_product(conn, STORE, product_id, aoi=layout.aoi, year=layout.year) for product_id in product_ids
+        ]
+    assert {(r.n_parcels, r.n_bands) for r in results["S2MSI2A"]} == {(18, 11)}
+    assert {(r.n_parcels, r.n_bands) for r in results["CARD-BS"]} == {(18, 2)}
