@@ -29,7 +29,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from cbm_tasks.catalogue.product import Product
-from cbm_tasks.errors import BandError, CorruptProductError
+from cbm_tasks.errors import BandError, CbmError, CorruptProductError, TransientError
 
 __all__ = [
     "S2_BANDS",
@@ -39,8 +39,10 @@ __all__ = [
     "SafeMetadata",
     "bands_from_descriptors",
     "is_remote",
+    "open_raster",
     "product_bands",
     "raster_acquired_at",
+    "raster_error",
     "raster_file_bands",
     "read_safe_metadata",
     "safe_bands",
@@ -65,6 +67,9 @@ class RasterStore(Protocol):
 
     def rasterio_env(self) -> dict[str, Any]:
         """Return the GDAL options to pass to ``rasterio.Env``."""
+
+    def exists(self, uri: str) -> bool:
+        """Return whether the object exists (TransientError when the store cannot be reached)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,17 +308,50 @@ def safe_bands(safe_dir: Path, *, names: Sequence[str] = S2_BANDS) -> tuple[Band
     return tuple(bands)
 
 
-def _open(href: str, store: RasterStore, product: str | None) -> rasterio.DatasetReader:
-    """Open *href* for reading; caller holds the rasterio.Env. Translates GDAL errors."""
-    prefix = "" if product is None else f"product {product}: "
+# GDAL/curl messages of failures that may pass (the object store, not the file, is the problem)
+_TRANSIENT = re.compile(r"HTTP response code: (5\d\d|429)|curl error|timed? ?out|Could not resolve|"
+                        r"Couldn't connect|Connection (refused|reset)|SSL", re.IGNORECASE)
+
+
+def _what(href: str, product: str | None, band: str | None) -> str:
+    parts = ([f"product {product}"] if product else []) + ([f"band {band}"] if band else [])
+    return ": ".join(parts + [f"file {href}"])
+
+
+def raster_error(err: RasterioError, href: str, *, store: RasterStore, product: str | None = None,
+                 band: str | None = None, action: str = "open") -> CbmError:
+    """Translate a GDAL error on *href* into the error the pipeline acts on.
+
+    A missing file is a BandError; a network failure on a remote file (HTTP 5xx/429, curl and
+    connection errors, or the store itself unreachable) a TransientError, so Airflow retries;
+    anything else a CorruptProductError (truncated or not a raster).
+    """
+    what, text = _what(href, product, band), str(err)
+    if is_remote(href):
+        if _TRANSIENT.search(text):
+            return TransientError(f"{what}: cannot {action} it: {text}")
+        if action == "open" and not store.exists(href):  # raises TransientError when the store is unreachable
+            return BandError(f"{what} does not exist: {text}")
+    elif not _local(href).exists():
+        return BandError(f"{what} does not exist")
+    return CorruptProductError(f"{what}: cannot {action} it: {text}")
+
+
+def open_raster(href: str, *, store: RasterStore, product: str | None = None,
+                band: str | None = None) -> rasterio.DatasetReader:
+    """Open *href* through *store* for reading (call inside ``rasterio.Env(**store.rasterio_env())``).
+
+    Raises:
+        BandError: the file does not exist.
+        TransientError: a remote file could not be reached.
+        CorruptProductError: it exists but cannot be opened as a raster.
+    """
     if not is_remote(href) and not _local(href).exists():
-        raise BandError(f"{prefix}band file {href} does not exist")
+        raise BandError(f"{_what(href, product, band)} does not exist")
     try:
         return rasterio.open(store.gdal_path(href))
     except RasterioError as err:
-        if "No such file" in str(err) or "does not exist" in str(err) or "404" in str(err):
-            raise BandError(f"{prefix}band file {href} does not exist: {err}") from err
-        raise CorruptProductError(f"{prefix}cannot open raster {href}: {err}") from err
+        raise raster_error(err, href, store=store, product=product, band=band) from err
 
 
 def _band_number(tags: Mapping[str, str], *keys: str) -> float | None:
@@ -343,7 +381,7 @@ def raster_file_bands(href: str, *, store: RasterStore, product: str | None = No
         BandError: the file does not exist.
         CorruptProductError: it cannot be opened as a raster.
     """
-    with rasterio.Env(**store.rasterio_env()), _open(href, store, product) as dataset:
+    with rasterio.Env(**store.rasterio_env()), open_raster(href, store=store, product=product) as dataset:
         bands = []
         resolution = abs(float(dataset.transform.a)) if dataset.crs is not None else None
         for index in range(1, dataset.count + 1):
@@ -404,7 +442,7 @@ def raster_acquired_at(href: str, *, store: RasterStore) -> datetime | None:
     Raises:
         BandError, CorruptProductError: as :func:`raster_file_bands`.
     """
-    with rasterio.Env(**store.rasterio_env()), _open(href, store, None) as dataset:
+    with rasterio.Env(**store.rasterio_env()), open_raster(href, store=store) as dataset:
         tags = {k.upper(): v for k, v in dataset.tags().items()}
     for key in _TAG_TIMES:
         if key in tags:

@@ -38,7 +38,16 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window, from_bounds
 
 from cbm_tasks import lineage, obs
-from cbm_tasks.bands import BandSource, RasterStore, is_remote, product_bands, raster_acquired_at, read_safe_metadata
+from cbm_tasks.bands import (
+    BandSource,
+    RasterStore,
+    is_remote,
+    open_raster,
+    product_bands,
+    raster_acquired_at,
+    raster_error,
+    read_safe_metadata,
+)
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.errors import BadInputError, BandError, CorruptProductError
@@ -209,24 +218,13 @@ def _reduce_band(band: BandSource, labels: np.ndarray, values: np.ndarray, n_lab
     return _BandResult(band, result.keys, block.reshape(len(result.keys), obs.STATS_PER_BAND))
 
 
-def _read(dataset: rasterio.DatasetReader, band: BandSource, window: Window, *, product: str) -> np.ndarray:
+def _read(dataset: rasterio.DatasetReader, band: BandSource, window: Window, *, store: RasterStore,
+          product: str) -> np.ndarray:
     try:
         values: np.ndarray = dataset.read(band.band_index, window=window)
     except RasterioError as err:
-        raise CorruptProductError(f"product {product}: cannot read band {band.name} from {band.href}: {err}") from err
+        raise raster_error(err, band.href, store=store, product=product, band=band.name, action="read") from err
     return values
-
-
-def _open_band_file(store: RasterStore, band: BandSource, *, product: str) -> rasterio.DatasetReader:
-    if not is_remote(band.href) and not Path(band.href.removeprefix("file://")).exists():
-        raise BandError(f"product {product}: band {band.name}: file {band.href} does not exist")
-    try:
-        return rasterio.open(store.gdal_path(band.href))
-    except RasterioError as err:
-        text = str(err)
-        if any(s in text for s in ("No such file", "does not exist", "404", "Not Found")):
-            raise BandError(f"product {product}: band {band.name}: file {band.href} does not exist: {err}") from err
-        raise CorruptProductError(f"product {product}: cannot open band {band.name} file {band.href}: {err}") from err
 
 
 def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, bands: Sequence[BandSource],
@@ -242,7 +240,8 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
         grids: dict[str, _Grid] = {}
         for band in bands:
             if band.href not in datasets:
-                datasets[band.href] = stack.enter_context(_open_band_file(store, band, product=product.name))
+                datasets[band.href] = stack.enter_context(
+                    open_raster(band.href, store=store, product=product.name, band=band.name))
                 grids[band.href] = _grid_of(datasets[band.href], product=product.name, href=band.href)
             if band.band_index > datasets[band.href].count:
                 raise BandError(f"product {product.name}: band {band.name} is band {band.band_index} of {band.href}, "
@@ -265,7 +264,7 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
                 result = _BandResult(band, np.empty(0, np.int32), np.empty((0, width), np.float32))
             else:
                 labels = _labels(conn, label_cache, grid, window, parcel_set)
-                values = _read(datasets[band.href], band, window, product=product.name)
+                values = _read(datasets[band.href], band, window, store=store, product=product.name)
                 result = _reduce_band(band, labels, values, n_labels)
                 inside = np.isin(result.parcel_keys, selected)  # parcels outside the footprint are not reported
                 result = _BandResult(band, result.parcel_keys[inside], result.values[inside])

@@ -56,7 +56,7 @@ def test_truncated_cog_fails_on_read(conn: psycopg.Connection, parcels: None, tm
     cog.write_bytes(data[: len(data) // 2])
     product_id = add_product(conn, aoi="bad", name=NAME, location=str(cog), acquired_at=WHEN)
     before = row_counts(conn)
-    with pytest.raises(CorruptProductError, match=rf"{NAME}: cannot read band B04 from {cog}"):
+    with pytest.raises(CorruptProductError, match=rf"{NAME}: band B04: file {cog}: cannot read it"):
         extract_product(conn, STORE, product_id, aoi="bad")
     assert row_counts(conn) == before
 
