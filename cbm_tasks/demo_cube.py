@@ -22,7 +22,7 @@ from affine import Affine
 from rasterio import features
 from shapely.geometry import MultiPolygon, shape
 
-from cbm_tasks.errors import CorruptProductError
+from cbm_tasks.errors import CorruptProductError, GridMismatchError
 
 __all__ = [
     "CT_NAMES",
@@ -203,9 +203,12 @@ def polygonise_crop_types(
 
     Returns:
         Parcels ordered by position (north to south, then west to east), ids ``demo-0001``...
+
+    Raises:
+        GridMismatchError: the two arrays are not 2-D arrays of the same shape.
     """
     if crop_types.shape != land_cover.shape or crop_types.ndim != 2:
-        raise CorruptProductError(f"crop types {crop_types.shape} and land cover {land_cover.shape} differ")
+        raise GridMismatchError(f"crop types {crop_types.shape} and land cover {land_cover.shape} differ")
     regions = []
     pixel_area = abs(transform.a * transform.e)
     for geojson, value in features.shapes(
