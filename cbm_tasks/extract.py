@@ -305,6 +305,7 @@ def _extract(
     t0 = time.perf_counter()
     with conn.transaction():
         parcel_set = obs.find_parcel_set(conn, aoi=aoi, year=year)
+    obs.ensure_partitions(conn, parcel_set.parcel_set_id)
     bands = product_bands(product, store=store)
     computed = _compute(conn, store, product, bands, parcel_set,
                         label_cache if label_cache is not None else LabelCache())

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from cbm_tasks.errors import NotFoundError
+from cbm_tasks.errors import NotFoundError, TransientError
 
 __all__ = [
     "BAND_STATS_COLUMNS",
@@ -31,6 +31,7 @@ __all__ = [
     "ImageStats",
     "ParcelSetRef",
     "delete_image_stats",
+    "ensure_partitions",
     "find_parcel_set",
     "iter_band_stats",
     "iter_class_counts",
@@ -207,7 +208,8 @@ def replace_image_stats(
 ) -> int:
     """Replace the rows of one image for one parcel set, in one transaction; return rows written.
 
-    Deletes the old rows of (parcel set, product) in cbm.parcel_obs and cbm.parcel_class_counts,
+    The partitions of the parcel set must exist (:func:`ensure_partitions`). Deletes the old rows
+    of (parcel set, product) in cbm.parcel_obs and cbm.parcel_class_counts,
     streams the new ones with binary COPY, and upserts cbm.extraction (bands, class bands,
     *params*, counts, *seconds*, *pipeline_run_id*). Either all of it is committed or nothing.
 
@@ -223,10 +225,28 @@ def replace_image_stats(
 
     Returns:
         ImageStats.n_rows: parcel x band statistics plus parcel x class-band counts.
+
+    Raises:
+        TransientError: the connection was lost (nothing was committed).
     """
+    try:
+        _replace(conn, parcel_set_id, product_id, image, parcel_set_version=parcel_set_version, params=params,
+                 seconds=seconds, pipeline_run_id=pipeline_run_id)
+    except psycopg.OperationalError as err:  # connection lost, server shutting down: a retry may succeed
+        raise TransientError(f"writing the rows of product {product_id} for parcel set {parcel_set_id}: {err}") \
+            from err
+    return image.n_rows
+
+
+def _replace(conn: psycopg.Connection, parcel_set_id: int, product_id: int, image: ImageStats, *,
+             parcel_set_version: int, params: Mapping[str, Any], seconds: float,
+             pipeline_run_id: int | None) -> None:
     class_bands = [rows.band for rows in image.class_counts]
     with conn.transaction():
-        conn.execute("SELECT cbm.ensure_parcel_set_partitions(%s::smallint)", (parcel_set_id,))
+        # two writers of the same image (a DAG run and a CLI re-run) take turns instead of both
+        # deleting nothing and then colliding on the unique index
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cbm.parcel_obs ' || %s || ' ' || %s, 0))",
+                     (parcel_set_id, product_id))
         _delete(conn, parcel_set_id, product_id)
         with conn.cursor() as cur:
             if len(image.parcel_keys):
@@ -262,7 +282,16 @@ def replace_image_stats(
              "params": json.dumps(params, sort_keys=True, default=str), "run": pipeline_run_id,
              "seconds": seconds},
         )
-    return image.n_rows
+
+
+def ensure_partitions(conn: psycopg.Connection, parcel_set_id: int) -> None:
+    """Make sure the time-series partitions of a parcel set exist (parcel import makes them too).
+
+    Its own transaction: the SQL function holds a per-parcel-set lock until commit, which inside
+    the write transaction would serialise the writers of all images of the set.
+    """
+    with conn.transaction():
+        conn.execute("SELECT cbm.ensure_parcel_set_partitions(%s::smallint)", (parcel_set_id,))
 
 
 def delete_image_stats(conn: psycopg.Connection, parcel_set_id: int, product_id: int) -> None:

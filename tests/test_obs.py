@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
 import numpy as np
@@ -11,7 +12,7 @@ import shapely
 from test_extract_support import add_parcel_set, add_product, row_counts
 
 from cbm_tasks import obs
-from cbm_tasks.errors import NotFoundError
+from cbm_tasks.errors import NotFoundError, TransientError
 
 T0 = datetime(2018, 4, 5, 10, 50, 31, tzinfo=UTC)
 
@@ -104,3 +105,37 @@ def test_delete_image_stats(conn: psycopg.Connection) -> None:
     obs.delete_image_stats(conn, set_id, product_id)
     counts = row_counts(conn)
     assert counts["cbm.parcel_obs"] == counts["cbm.extraction"] == 0
+
+
+def test_concurrent_writers_of_one_image_take_turns(conn: psycopg.Connection, db_url: str) -> None:
+    set_id, product_id = _setup(conn)
+    errors: list[BaseException] = []
+    with psycopg.connect(db_url) as other:
+        with other.transaction():  # the first writer has written but not committed yet
+            obs.replace_image_stats(other, set_id, product_id, _image([1, 2], seed=1), parcel_set_version=1,
+                                    params={}, seconds=0)
+
+            def second_writer() -> None:
+                try:
+                    obs.replace_image_stats(conn, set_id, product_id, _image([2, 3], seed=2),
+                                            parcel_set_version=1, params={}, seconds=0)
+                except BaseException as err:  # noqa: BLE001 - handed to the test thread
+                    errors.append(err)
+
+            thread = threading.Thread(target=second_writer)
+            thread.start()
+            thread.join(timeout=1)
+            assert thread.is_alive()  # waits for the first writer's transaction
+        thread.join(timeout=30)
+    assert not thread.is_alive() and errors == []
+    rows = conn.execute("SELECT parcel_key FROM cbm.parcel_obs ORDER BY 1").fetchall()
+    assert rows == [(2,), (3,)]  # the second writer replaced the first one's rows
+
+
+def test_lost_connection_is_transient(conn: psycopg.Connection, db_url: str) -> None:
+    set_id, product_id = _setup(conn)
+    pid = conn.info.backend_pid
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(TransientError, match=f"product {product_id} for parcel set {set_id}"):
+        obs.replace_image_stats(conn, set_id, product_id, _image([1]), parcel_set_version=1, params={}, seconds=0)
