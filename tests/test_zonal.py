@@ -60,6 +60,18 @@ def test_random_band_matches_numpy(dtype: type) -> None:
     _check_against_numpy(stats, labels, values, nodata)
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.int16])
+def test_negative_values_sort_correctly(dtype: type) -> None:
+    """Signed 8/16-bit bands (radix sort with a bias), e.g. S1 backscatter in dB x 100."""
+    rng = np.random.default_rng(8)
+    labels = rng.integers(0, 4, (64, 64)).astype(np.int32)
+    info = np.iinfo(dtype)
+    values = rng.integers(info.min, info.max, labels.shape, endpoint=True).astype(dtype)
+    stats = zonal_stats(labels, values, band="VH", nodata=None, n_labels=3)
+    assert stats.min.min() == info.min or stats.min.min() < 0
+    _check_against_numpy(stats, labels, values, None)
+
+
 def test_large_uint16_values_keep_std_accuracy() -> None:
     """A large mean and a small spread: a one-pass sum of squares would lose the std."""
     rng = np.random.default_rng(5)
