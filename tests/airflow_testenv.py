@@ -26,7 +26,20 @@ from cbm_tasks import airflow_ctl, cluster, settings
 
 _HOME = Path(tempfile.mkdtemp(prefix="cbm-airflow-test-"))
 _METADATA_DB = f"airflow_test_{os.getpid()}"
-atexit.register(shutil.rmtree, _HOME, True)
+_CREATED: list[airflow_ctl.AirflowConfig] = []
+
+
+def _cleanup() -> None:
+    # registered before airflow is imported, so it runs after Airflow's own atexit hooks
+    # (dispose_orm) have closed their connections to the metadata database
+    for cfg in _CREATED:
+        airflow_ctl.stop(cfg)
+        with psycopg.connect(cfg.cluster.url("postgres"), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(cfg.metadata_db)))
+    shutil.rmtree(_HOME, ignore_errors=True)
+
+
+atexit.register(_cleanup)
 
 
 def free_port() -> int:
@@ -67,16 +80,9 @@ def metadata_db() -> str:
     cfg = config()
     cluster.start(cfg.cluster)
     cluster.ensure_database(cfg.cluster, cfg.metadata_db)
-    atexit.register(_cleanup, cfg)
+    _CREATED.append(cfg)
     airflow_ctl.prepare(cfg)
     return cfg.metadata_db
-
-
-def _cleanup(cfg: airflow_ctl.AirflowConfig) -> None:
-    airflow_ctl.stop(cfg)
-    with psycopg.connect(cfg.cluster.url("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(cfg.metadata_db)))
-    shutil.rmtree(cfg.home, ignore_errors=True)
 
 
 def postgis_connection(db_url: str) -> str:

@@ -1,0 +1,156 @@
+"""cbm_catalogue then cbm_extract under dag.test(), on a small real demo catalogue and a real PostGIS.
+
+Airflow's metadata database is a private PostgreSQL database of this session (see
+airflow_testenv); the CbM database is this test's fresh one, handed to the DAGs through
+AIRFLOW_CONN_CBM_POSTGIS exactly as `cbm airflow start` does.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import airflow_testenv
+import psycopg
+import pytest
+
+CFG = airflow_testenv.activate()  # before any airflow import
+
+from airflow.dag_processing.dagbag import DagBag  # noqa: E402
+
+from cbm_tasks import demo_data, obs, parcel, workflow  # noqa: E402
+from cbm_tasks.catalogue.local import LocalCatalogue  # noqa: E402
+from cbm_tasks.errors import TransientError  # noqa: E402
+
+N_PER_SENSOR = 2  # 2 Sentinel-2 L2A + 2 Sentinel-1 CARD-BS products from the real 31UDS cube
+
+
+@pytest.fixture(scope="module")
+def airflow_db() -> str:
+    return airflow_testenv.metadata_db()
+
+
+@pytest.fixture
+def demo(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> demo_data.DemoLayout:
+    layout = demo_data.build_demo(tmp_path / "demo", max_products=N_PER_SENSOR)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        parcel.import_parcels(conn, layout.parcels_file, aoi="demo", year=2018)
+    monkeypatch.setenv("AIRFLOW_CONN_CBM_POSTGIS", airflow_testenv.postgis_connection(db_url))
+    monkeypatch.setenv("AIRFLOW_CONN_CBM_STORE", airflow_testenv.store_connection(tmp_path))
+    monkeypatch.setenv("AIRFLOW_VAR_CBM_CATALOGUE",
+                       json.dumps({"demo": {"kind": "local", "root": str(layout.catalogue_root)}}))
+    return layout
+
+
+def _dags() -> DagBag:
+    bag = DagBag(dag_folder=str(CFG.project / "dags"))
+    assert bag.import_errors == {}
+    for dag in bag.dags.values():
+        for task in dag.tasks:
+            # retry at once: the real delays (a minute, doubling) would only slow the tests down
+            task.retry_delay = timedelta(0)
+    return bag
+
+
+def _statuses(db_url: str) -> dict[str, str]:
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute("SELECT p.name, s.status FROM cbm.product_status s JOIN cbm.product p USING (product_id)")
+        return dict(rows.fetchall())
+
+
+def _obs_rows(db_url: str) -> dict[str, int]:
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT p.name, count(*) FROM cbm.parcel_obs o JOIN cbm.product p USING (product_id) GROUP BY p.name"
+        )
+        return dict(rows.fetchall())
+
+
+def test_catalogue_then_extract(airflow_db: str, demo: demo_data.DemoLayout, db_url: str) -> None:
+    dags = _dags()
+    window = {"aoi": "demo", "start": "2017-08-01", "end": "2018-11-30"}
+    run = dags.dags["cbm_catalogue"].test(run_conf=window)
+    assert run.state == "success"
+    statuses = _statuses(db_url)
+    assert len(statuses) == 2 * N_PER_SENSOR
+    assert set(statuses.values()) == {"ready"}
+    announce = run.get_task_instance("announce")
+    assert announce.state == "success"  # new ready products: the asset event for cbm_extract is emitted
+
+    run = dags.dags["cbm_extract"].test(run_conf={"aoi": "demo"})
+    assert run.state == "success"
+    assert set(_statuses(db_url).values()) == {"extracted"}
+    rows = _obs_rows(db_url)
+    assert set(rows) == set(statuses)
+    assert all(0 < n <= demo.n_parcels for n in rows.values())
+    with psycopg.connect(db_url) as conn:
+        lineage = conn.execute(
+            "SELECT r.dag_id, r.task_id, r.map_index, r.try_number, r.status, e.n_rows "
+            "FROM cbm.extraction e JOIN cbm.pipeline_run r USING (pipeline_run_id) ORDER BY r.map_index"
+        ).fetchall()
+        first_s2 = conn.execute(
+            "SELECT product_id FROM cbm.product WHERE product_type = 'S2MSI2A' ORDER BY acquired_at LIMIT 1"
+        ).fetchone()[0]
+    assert [(r[0], r[1], r[2], r[3], r[4]) for r in lineage] == [
+        ("cbm_extract", "extract", i, 1, "success") for i in range(2 * N_PER_SENSOR)
+    ]
+    assert all(r[5] > 0 for r in lineage)
+
+    # nothing new: the poll registers nothing and emits no asset event
+    run = dags.dags["cbm_catalogue"].test(run_conf=window)
+    assert run.state == "success"
+    assert run.get_task_instance("announce").state == "skipped"
+    assert len(_statuses(db_url)) == 2 * N_PER_SENSOR
+
+    # forcing one image again replaces its rows: nothing is duplicated
+    run = dags.dags["cbm_extract"].test(run_conf={"aoi": "demo", "product_id": first_s2})
+    assert run.state == "success"
+    assert _obs_rows(db_url) == rows
+    with psycopg.connect(db_url) as conn:
+        runs = conn.execute(
+            "SELECT count(*) FROM cbm.pipeline_run WHERE params->>'product_id' = %s", (str(first_s2),)
+        ).fetchone()[0]
+        n_extractions = conn.execute("SELECT count(*) FROM cbm.extraction").fetchone()[0]
+    assert runs == 2 and n_extractions == 2 * N_PER_SENSOR
+
+
+def test_transient_failure_is_retried_without_duplicates(
+    airflow_db: str, demo: demo_data.DemoLayout, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        workflow.poll_aoi(conn, LocalCatalogue(demo.catalogue_root), aoi="demo", product_types=["S2MSI2A"],
+                          start=datetime(2017, 8, 1, tzinfo=UTC), end=datetime(2018, 12, 1, tzinfo=UTC))
+    real_write = obs.replace_image_stats
+    calls: list[int] = []
+
+    def write_failing_once(*args: object, **kwargs: object) -> int:
+        calls.append(1)
+        if len(calls) == 1:  # the connection drops while the first image is written
+            raise TransientError("cannot connect to PostGIS: server closed the connection unexpectedly")
+        return real_write(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(obs, "replace_image_stats", write_failing_once)
+    dag = _dags().dags["cbm_extract"]
+    run = dag.test(run_conf={"aoi": "demo"})
+
+    assert run.state == "success"
+    assert len(calls) == N_PER_SENSOR + 1
+    with psycopg.connect(db_url) as conn:
+        status = conn.execute("SELECT status, attempts, claimed_by FROM cbm.product_status ORDER BY product_id")
+        assert status.fetchall() == [("extracted", 1, None)] * N_PER_SENSOR
+        tries = conn.execute(
+            "SELECT (params->>'product_id')::int, try_number, status, error FROM cbm.pipeline_run "
+            "ORDER BY 1, try_number"
+        ).fetchall()
+        assert [(t[1], t[2]) for t in tries[:2]] == [(1, "failed"), (2, "success")]
+        assert "TransientError" in tries[0][3]
+        assert [(t[1], t[2]) for t in tries[2:]] == [(1, "success")] * (N_PER_SENSOR - 1)
+        # one extraction and one set of rows per image, whatever the number of tries
+        per_image = conn.execute(
+            "SELECT e.product_id, e.n_parcels, "
+            "       (SELECT count(*) FROM cbm.parcel_obs o WHERE o.product_id = e.product_id) "
+            "FROM cbm.extraction e ORDER BY 1"
+        ).fetchall()
+    assert len(per_image) == N_PER_SENSOR
+    assert all(n_parcels == n_obs > 0 for _, n_parcels, n_obs in per_image)
