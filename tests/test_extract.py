@@ -19,7 +19,6 @@ import pyproj
 import pytest
 import rasterio.features
 import shapely
-import shapely.ops
 import xarray as xr
 from affine import Affine
 from conftest import shared_data
@@ -159,9 +158,9 @@ def test_parcels_in_another_crs_are_transformed_in_postgis(conn: psycopg.Connect
     # parcels with edges 2-3 m off the pixel centres, so that reprojection rounding cannot move a pixel
     utm = [("a", shapely.box(501402, 5629402, 501548, 5629548)),
            ("b", shapely.Polygon([(501703, 5629103), (501897, 5629103), (501703, 5629297)]))]
-    project = shapely.ops.transform
     to_4326 = pyproj.Transformer.from_crs(32631, 4326, always_xy=True).transform
-    add_parcel_set(conn, aoi="flanders", year=2018, srid=4326, parcels=[(i, project(to_4326, g)) for i, g in utm])
+    in_4326 = [(i, shapely.transform(g, to_4326, interleaved=False)) for i, g in utm]
+    add_parcel_set(conn, aoi="flanders", year=2018, srid=4326, parcels=in_4326)
     product_id = _register_dates(conn, tmp_path, cube)[1]
     extract_product(conn, STORE, product_id, aoi="flanders")
     got = obs_rows(conn, product_id)

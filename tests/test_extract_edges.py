@@ -10,7 +10,6 @@ import psycopg
 import pyproj
 import pytest
 import shapely
-import shapely.ops
 from affine import Affine
 from test_extract_support import add_parcel_set, add_product, obs_rows, row_counts, write_tif
 
@@ -87,7 +86,7 @@ def test_edge_cases(conn: psycopg.Connection, image: Path) -> None:
 def test_footprint_limits_the_parcels(conn: psycopg.Connection, image: Path) -> None:
     add_parcel_set(conn, aoi="edges", year=2018, srid=32631, parcels=PARCELS)
     to_4326 = pyproj.Transformer.from_crs(32631, 4326, always_xy=True).transform
-    left_half = shapely.ops.transform(to_4326, _box(-5, -5, 3.5, 15).segmentize(5))
+    left_half = shapely.transform(_box(-5, -5, 3.5, 15).segmentize(5), to_4326, interleaved=False)
     product_id = add_product(conn, aoi="edges", name="S2X_20180601", location=str(image), acquired_at=WHEN,
                              footprint_wkt=left_half.wkt)
     extract_product(conn, STORE, product_id, aoi="edges")
