@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import xml.etree.ElementTree as ET  # noqa: S405 - ESA metadata of products we chose to process
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +29,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from cbm_tasks.catalogue.product import Product
-from cbm_tasks.errors import BandError, CbmError, CorruptProductError, TransientError
+from cbm_tasks.errors import BandError, CbmError, CorruptProductError, NotFoundError, TransientError
 
 __all__ = [
     "S2_BANDS",
@@ -52,10 +52,9 @@ __all__ = [
 # at 60 m, B10 is absent from L2A); SCL is the scene classification (categorical).
 S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "SCL")
 SCL_CLASSES = 12  # 0 no data .. 11 snow
-_RESOLUTIONS = ("R10m", "R20m", "R60m")  # finest first
 # MTD band_id -> band name (the order of Spectral_Information in MTD_MSIL2A.xml)
 _BAND_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
-_JP2_NAME = re.compile(r"_(?P<band>B\d[\dA]|SCL)_(?P<res>\d+)m\.jp2$")
+_SAFE_IMAGE = re.compile(r"^GRANULE/[^/]+/IMG_DATA/R(10|20|60)m/[^/]*_(?P<band>B\d[\dA]|SCL)_(?P<res>\d+)m\.jp2$")
 _CATEGORICAL = {"SCL": SCL_CLASSES}
 
 
@@ -70,6 +69,12 @@ class RasterStore(Protocol):
 
     def exists(self, uri: str) -> bool:
         """Return whether the object exists (TransientError when the store cannot be reached)."""
+
+    def read_bytes(self, uri: str, *, start: int | None = None, end: int | None = None) -> bytes:
+        """Return the object's bytes (NotFoundError when absent)."""
+
+    def iter_objects(self, prefix: str, *, page_size: int = 1000) -> Iterator[Any]:
+        """Yield the objects (with a ``uri`` attribute) under *prefix*."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,12 +167,7 @@ def product_bands(product: Product, *, store: RasterStore) -> tuple[BandSource, 
     if location.rstrip("/").upper().endswith(".SAFE") or (
         not is_remote(location) and (_local(location) / "MTD_MSIL2A.xml").exists()
     ):
-        if is_remote(location):
-            raise BandError(
-                f"product {product.name}: a SAFE folder on an object store ({location}) needs band descriptors "
-                "in its catalogue record; only local SAFE folders are listed"
-            )
-        return safe_bands(_local(location))
+        return safe_bands(location, store=store)
     return raster_file_bands(location, store=store, product=product.name)
 
 
@@ -211,13 +211,6 @@ def _check_unique(bands: Sequence[BandSource], product: str) -> None:
         raise BandError(f"product {product}: band names must be unique, {', '.join(duplicates)} repeated")
 
 
-def _xml_root(path: Path) -> ET.Element:
-    try:
-        return ET.parse(path).getroot()  # noqa: S314 - see the import
-    except (OSError, ET.ParseError) as err:
-        raise CorruptProductError(f"cannot read S2 metadata {path}: {err}") from err
-
-
 def _text(root: ET.Element, tag: str) -> str | None:
     element = root.find(f".//{tag}")
     return None if element is None or element.text is None else element.text.strip()
@@ -234,17 +227,36 @@ def _footprint_wkt(pos_list: str | None) -> str | None:
     return f"POLYGON(({ring}))"
 
 
-def read_safe_metadata(safe_dir: Path) -> SafeMetadata:
+def _mtd_root(safe: str, store: RasterStore | None) -> tuple[ET.Element, str]:
+    mtd = f"{safe}/MTD_MSIL2A.xml"
+    try:
+        if is_remote(safe):
+            if store is None:
+                raise ValueError(f"S2 L2A product {safe} is on an object store: give the store")
+            return ET.fromstring(store.read_bytes(mtd)), mtd  # noqa: S314 - see the import
+        if not _local(mtd).exists():
+            raise CorruptProductError(f"S2 L2A product {safe}: no MTD_MSIL2A.xml (not an L2A SAFE folder?)")
+        return ET.parse(_local(mtd)).getroot(), mtd  # noqa: S314 - see the import
+    except NotFoundError as err:
+        raise CorruptProductError(f"S2 L2A product {safe}: no MTD_MSIL2A.xml (not an L2A SAFE folder?)") from err
+    except (OSError, ET.ParseError) as err:
+        raise CorruptProductError(f"cannot read S2 metadata {mtd}: {err}") from err
+
+
+def read_safe_metadata(safe: Path | str, *, store: RasterStore | None = None) -> SafeMetadata:
     """Read acquisition time, baseline, footprint and radiometric decoding of an L2A SAFE.
+
+    Args:
+        safe: the .SAFE folder: a local path, or a URI read through *store*.
+        store: needed for a URI.
 
     Raises:
         CorruptProductError: MTD_MSIL2A.xml is missing, unreadable, or lacks the sensing time
             or the quantification value.
+        TransientError: the store cannot be reached.
     """
-    mtd = safe_dir / "MTD_MSIL2A.xml"
-    if not mtd.exists():
-        raise CorruptProductError(f"S2 L2A product {safe_dir}: no MTD_MSIL2A.xml (not an L2A SAFE folder?)")
-    root = _xml_root(mtd)
+    where = str(safe).rstrip("/")
+    root, mtd = _mtd_root(where, store)
     start = _text(root, "PRODUCT_START_TIME")
     quantification = _text(root, "BOA_QUANTIFICATION_VALUE")
     if start is None or quantification is None:
@@ -257,7 +269,7 @@ def read_safe_metadata(safe_dir: Path) -> SafeMetadata:
         orbit = _text(root, "SENSING_ORBIT_NUMBER")
         platform = _text(root, "SPACECRAFT_NAME")
         return SafeMetadata(
-            product_uri=(_text(root, "PRODUCT_URI") or safe_dir.name).removesuffix(".SAFE"),
+            product_uri=(_text(root, "PRODUCT_URI") or where.rsplit("/", 1)[-1]).removesuffix(".SAFE"),
             acquired_at=acquired_at,
             processing_baseline=_text(root, "PROCESSING_BASELINE") or "",
             platform=None if platform is None else platform.replace("Sentinel-", "S").upper(),
@@ -270,41 +282,63 @@ def read_safe_metadata(safe_dir: Path) -> SafeMetadata:
         raise CorruptProductError(f"{mtd}: malformed value: {err}") from err
 
 
-def safe_bands(safe_dir: Path, *, names: Sequence[str] = S2_BANDS) -> tuple[BandSource, ...]:
-    """Return the bands *names* of a local L2A SAFE folder, each at its finest resolution present.
+def _safe_images(safe: str, store: RasterStore | None) -> Iterator[tuple[str, str]]:
+    """Yield (href, path relative to the SAFE folder) of the files under GRANULE/."""
+    if is_remote(safe):
+        if store is None:
+            raise ValueError(f"S2 L2A product {safe} is on an object store: give the store")
+        for info in store.iter_objects(f"{safe}/GRANULE/"):
+            yield info.uri, info.uri[len(safe) + 1:]
+    else:
+        folder = _local(safe)
+        for path in sorted(folder.glob("GRANULE/*/IMG_DATA/R*m/*.jp2")):
+            yield str(path.resolve()), path.relative_to(folder).as_posix()
+
+
+def safe_bands(safe: Path | str, *, store: RasterStore | None = None,
+               names: Sequence[str] = S2_BANDS) -> tuple[BandSource, ...]:
+    """Return the bands *names* of an L2A SAFE folder, each at its finest resolution present.
 
     Reflectance bands: nodata 0, scale 1/QUANTIFICATION_VALUE, offset
     BOA_ADD_OFFSET/QUANTIFICATION_VALUE (0 when the baseline has no offsets), so that
     physical = (DN + BOA_ADD_OFFSET) / QUANTIFICATION_VALUE. SCL: categorical, 12 classes,
     nodata 0. A band absent at every resolution is left out (partial products exist).
 
+    Args:
+        safe: the .SAFE folder: a local path, or a URI (``s3://eodata/.../X.SAFE/``) listed and
+            read through *store*.
+        store: needed for a URI.
+        names: the bands wanted, in output order.
+
     Raises:
         BandError: none of *names* is present.
         CorruptProductError: the metadata cannot be read.
+        TransientError: the store cannot be reached.
     """
-    meta = read_safe_metadata(safe_dir)
-    found: dict[str, tuple[int, Path]] = {}
-    for path in sorted(safe_dir.glob("GRANULE/*/IMG_DATA/R*m/*.jp2")):
-        match = _JP2_NAME.search(path.name)
-        if match is None or path.parent.name not in _RESOLUTIONS:
+    where = str(safe).rstrip("/")
+    meta = read_safe_metadata(where, store=store)
+    found: dict[str, tuple[int, str]] = {}
+    for href, relative in _safe_images(where, store):
+        match = _SAFE_IMAGE.match(relative)
+        if match is None:
             continue
         band, res = match.group("band"), int(match.group("res"))
         if band in names and (band not in found or res < found[band][0]):
-            found[band] = (res, path)
+            found[band] = (res, href)
     bands = []
     for name in names:
         if name not in found:
             continue
-        res, path = found[name]
+        res, href = found[name]
         if name in _CATEGORICAL:
-            bands.append(BandSource(name, str(path.resolve()), nodata=0.0, resolution_m=float(res),
-                                    categorical=True, n_classes=_CATEGORICAL[name]))
+            bands.append(BandSource(name, href, nodata=0.0, resolution_m=float(res), categorical=True,
+                                    n_classes=_CATEGORICAL[name]))
         else:
             q = meta.quantification
-            bands.append(BandSource(name, str(path.resolve()), nodata=0.0, scale=1.0 / q,
+            bands.append(BandSource(name, href, nodata=0.0, scale=1.0 / q,
                                     offset=meta.boa_offsets.get(name, 0.0) / q, resolution_m=float(res)))
     if not bands:
-        raise BandError(f"S2 L2A product {safe_dir}: none of the bands {', '.join(names)} found under GRANULE")
+        raise BandError(f"S2 L2A product {where}: none of the bands {', '.join(names)} found under GRANULE")
     return tuple(bands)
 
 

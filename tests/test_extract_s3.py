@@ -15,6 +15,7 @@ import rasterio.features
 import rasterio.shutil
 import shapely
 from affine import Affine
+from conftest import shared_data
 from s3_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, moto_server
 from test_extract_support import add_parcel_set, add_product, obs_rows, row_counts, write_tif
 
@@ -27,6 +28,9 @@ WHEN = datetime(2018, 6, 1, tzinfo=UTC)
 # two parcels in the top-left 512 x 512 block quarter: a windowed read touches few COG tiles
 PARCELS = [("a", shapely.box(500103, 5610003, 500597, 5610197)),
            ("b", shapely.Polygon([(501003, 5609003), (501997, 5609003), (501003, 5609797)]))]
+SAFE = "S2A_MSIL2A_20221005T115411_N0400_R023_T29UNU_20221005T164454.SAFE"
+SAFE_PARCELS = [("field-a", shapely.box(520013, 5850017, 520611, 5850389)),
+                ("field-b", shapely.Polygon([(530003, 5860007), (530903, 5860007), (530003, 5860607)]))]
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +107,31 @@ def test_unreachable_store_is_transient(conn: psycopg.Connection, tmp_path: Path
     with pytest.raises(TransientError, match="s3://nowhere/S2/B04.tif"):
         extract_product(conn, store, product_id, aoi="s3")
     assert row_counts(conn) == before
+
+
+def test_safe_folder_on_s3_without_band_descriptors(conn: psycopg.Connection, s3: MotoServer, bucket: str,
+                                                    tmp_path: Path) -> None:
+    """A SAFE as a CDSE OData record gives it (location only): listed and read through the store."""
+    store = _store(s3.endpoint_url, bucket, tmp_path)
+    safe = shared_data("s2_l2a_safe", SAFE)
+    wanted = ["MTD_MSIL2A.xml", *(p.relative_to(safe).as_posix() for p in safe.glob("GRANULE/*/IMG_DATA/R*m/*.jp2")
+                                  if p.name.endswith(("_B04_60m.jp2", "_SCL_20m.jp2", "_SCL_60m.jp2")))]
+    for relative in wanted:
+        store.upload(safe / relative, f"s3://{bucket}/eodata/{SAFE}/{relative}")
+    add_parcel_set(conn, aoi="ireland", year=2022, srid=32629, parcels=SAFE_PARCELS)
+    remote_id = add_product(conn, aoi="ireland", name="remote", location=f"s3://{bucket}/eodata/{SAFE}/",
+                            acquired_at=WHEN)
+    local_id = add_product(conn, aoi="ireland", name="local", location=str(safe), acquired_at=WHEN)
+    remote = extract_product(conn, store, remote_id, aoi="ireland", year=2022)
+    extract_product(conn, store, local_id, aoi="ireland", year=2022)
+    bands = dict(conn.execute("SELECT product_id, bands FROM cbm.extraction").fetchall())
+    assert bands[remote_id] == ["B04"] and remote.n_parcels == len(SAFE_PARCELS)
+    b04 = bands[local_id].index("B04")
+    local_rows, remote_rows = obs_rows(conn, local_id), obs_rows(conn, remote_id)
+    assert local_rows.keys() == remote_rows.keys()
+    for key, stats in remote_rows.items():
+        np.testing.assert_array_equal(stats, local_rows[key][8 * b04:8 * b04 + 8])
+        assert stats[0] > 0 and -0.1 <= stats[3]  # offset applied: physical = (DN - 1000) / 10000
+    counts = conn.execute("SELECT product_id, parcel_key, counts FROM cbm.parcel_class_counts "
+                          "ORDER BY parcel_key").fetchall()
+    assert [c[1:] for c in counts if c[0] == remote_id] == [c[1:] for c in counts if c[0] == local_id]
