@@ -171,6 +171,14 @@ def product_bands(product: Product, *, store: RasterStore) -> tuple[BandSource, 
     return raster_file_bands(location, store=store, product=product.name)
 
 
+def _nodata(value: object) -> float | None:
+    """Return a descriptor's nodata as a number; NaN (STAC writes "nan") means none, as NaN is always invalid."""
+    if value is None:
+        return None
+    number = float(value)  # type: ignore[arg-type]  # str or number; a bad one is caught as malformed
+    return None if math.isnan(number) else number
+
+
 def bands_from_descriptors(descriptors: Sequence[Mapping[str, Any]], *, product: str) -> tuple[BandSource, ...]:
     """Turn catalogue band descriptors (CONTRACTS.md) into BandSource records.
 
@@ -190,7 +198,7 @@ def bands_from_descriptors(descriptors: Sequence[Mapping[str, Any]], *, product:
                     name=str(desc["name"]),
                     href=str(desc["href"]),
                     band_index=int(desc.get("band") or 1),
-                    nodata=None if desc.get("nodata") is None else float(desc["nodata"]),
+                    nodata=_nodata(desc.get("nodata")),
                     scale=float(1.0 if desc.get("scale") is None else desc["scale"]),
                     offset=float(desc.get("offset") or 0.0),
                     resolution_m=None if desc.get("resolution_m") is None else float(desc["resolution_m"]),

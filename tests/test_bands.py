@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -85,6 +86,13 @@ def test_descriptors_are_used_as_given() -> None:
 def test_bad_descriptor_is_named(descriptor: dict[str, object], match: str) -> None:
     with pytest.raises(BandError, match=match):
         bands.bands_from_descriptors([descriptor], product="S2X")
+
+
+def test_nan_nodata_means_none_and_stays_valid_json() -> None:
+    # STAC writers give float nodata as the string "nan"; NaN is not valid JSON in cbm.extraction.params
+    (band,) = bands.bands_from_descriptors([{"name": "VV", "href": "/vv.tif", "nodata": "nan"}], product="S1X")
+    assert band.nodata is None
+    json.loads(json.dumps(band.params(), allow_nan=False))
 
 
 def test_duplicate_band_names_are_refused() -> None:
