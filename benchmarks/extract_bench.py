@@ -324,12 +324,16 @@ def run_gdal_rasterize(paths: dict[str, str]) -> dict[str, Any]:
     with rasterio.open(paths["B04"]) as src:
         transform, shape = src.transform, (src.height, src.width)
     rasterize_parcels(geoms[:1], keys[:1], transform=transform, shape=(4, 4))
-    t0 = time.perf_counter()
-    ours = rasterize_parcels(geoms, keys, transform=transform, shape=shape)
-    t1 = time.perf_counter()
-    gdal = rasterize(zip(geoms, keys.tolist(), strict=True), out_shape=shape, transform=transform, dtype="int32")
-    t2 = time.perf_counter()
-    return {"ours_s": t1 - t0, "gdal_s": t2 - t1, "differing_pixels": int((ours != gdal).sum()),
+    ours_s, gdal_s = [], []
+    for _ in range(2):  # best of two: the first large allocation of a process pays for fresh pages
+        t0 = time.perf_counter()
+        gdal = rasterize(zip(geoms, keys.tolist(), strict=True), out_shape=shape, transform=transform, dtype="int32")
+        t1 = time.perf_counter()
+        ours = rasterize_parcels(geoms, keys, transform=transform, shape=shape)
+        t2 = time.perf_counter()
+        gdal_s.append(t1 - t0)
+        ours_s.append(t2 - t1)
+    return {"ours_s": min(ours_s), "gdal_s": min(gdal_s), "differing_pixels": int((ours != gdal).sum()),
             "labelled_pixels": int((gdal > 0).sum())}
 
 
@@ -476,7 +480,7 @@ def _report(args: argparse.Namespace, engine: dict[str, Any], exact: dict[str, A
     print(f"rasterstats: {rstats['seconds']:.2f} s for {rstats['subset']} parcels -> "
           f"{rstats['extrapolated_s']:.0f} s extrapolated to {rstats['parcels']}")
     if gdal is not None:
-        print(f"rasterise 10 m grid: ours {gdal['ours_s']:.2f} s, GDAL {gdal['gdal_s']:.2f} s "
+        print(f"rasterise 10 m grid (best of 2): ours {gdal['ours_s']:.2f} s, GDAL {gdal['gdal_s']:.2f} s "
               f"({gdal['gdal_s'] / gdal['ours_s']:.1f}x); differing pixels {gdal['differing_pixels']} of "
               f"{gdal['labelled_pixels']} labelled")
     print("throughput, parcel-band statistics per second per core:")

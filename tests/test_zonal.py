@@ -199,3 +199,15 @@ def test_real_sentinel2_parcels_match_numpy(chip: dict[str, np.ndarray]) -> None
         for i, key in enumerate(counts.keys):
             observed = scl[(labels20 == key) & (scl != 0)]
             np.testing.assert_array_equal(counts.counts[i], np.bincount(observed, minlength=12))
+
+
+def test_read_only_labels_and_strided_values() -> None:
+    """Cached label rasters are read-only; a band may be a strided view (window of a larger read)."""
+    rng = np.random.default_rng(12)
+    labels = rng.integers(0, 6, (40, 50)).astype(np.int32)
+    labels.flags.writeable = False
+    values = rng.integers(1, 5000, (40, 100)).astype(np.uint16)[:, ::2]
+    _check_against_numpy(zonal_stats(labels, values, band="B04", nodata=0, n_labels=5), labels, values, 0)
+    scl = (values % 12).astype(np.uint8)[:, ::-1]
+    counts = class_counts(labels, scl, band="SCL", n_classes=12, nodata=None)
+    assert counts.counts.sum() == (labels > 0).sum()
