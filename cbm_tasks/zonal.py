@@ -6,9 +6,13 @@ Both take the label raster of ``rasterize.rasterize_parcels`` (0 = no parcel).
 
 How: one parallel pass counts the valid pixels of each label, a counting sort scatters the
 valid values into one buffer grouped by label (memory ~ one value per labelled valid pixel,
-in the band's own dtype), then each group is sorted and reduced. Percentiles are numpy's
-default ('linear') method, reproduced bit for bit; mean and std accumulate in float64 with
-two passes, so they match numpy to ~1e-15 relative.
+in the band's own dtype), then each group is sorted (radix sort for 8/16-bit integers, the
+digital numbers of optical bands; comparison sort otherwise) and reduced. Percentiles are
+numpy's default ('linear') method, reproduced bit for bit; mean and std accumulate in float64
+with two passes, so they match numpy to ~1e-15 relative.
+
+The kernels run on Numba's thread pool (NUMBA_NUM_THREADS); call them from one Python thread
+at a time, as the default 'workqueue' threading layer does not support concurrent callers.
 """
 
 from __future__ import annotations
