@@ -1,0 +1,123 @@
+"""cbm_tasks.airflow_ctl without starting Airflow: configuration, secrets, connections, pid files."""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cbm_tasks import airflow_ctl
+from cbm_tasks.cluster import ClusterConfig
+from cbm_tasks.errors import ConfigError
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> airflow_ctl.AirflowConfig:
+    return airflow_ctl.AirflowConfig(
+        home=tmp_path / "airflow", project=Path("/srv/cbm"), cluster=ClusterConfig(root=tmp_path / "pg", port=55999),
+        data_url="postgresql://cbm:s3cret@/cbm_data?host=/run/pg&port=55999&sslmode=disable",
+        store_root=tmp_path / "store", port=18123,
+    )
+
+
+def test_config_file_has_the_deployment_settings_and_is_private(cfg: airflow_ctl.AirflowConfig) -> None:
+    path = airflow_ctl.write_config(cfg)
+    assert path.stat().st_mode & 0o777 == 0o600
+    parsed = configparser.ConfigParser(interpolation=None)
+    parsed.read(path)
+    core = parsed["core"]
+    assert core["executor"] == "LocalExecutor"
+    assert (core["parallelism"], core["max_active_tasks_per_dag"]) == ("4", "4")
+    assert core["load_examples"] == "False"
+    assert core["dags_folder"] == "/srv/cbm/dags" and core["plugins_folder"] == "/srv/cbm/plugins"
+    assert core["auth_manager"].endswith("SimpleAuthManager")
+    assert core["simple_auth_manager_users"] == "admin:admin"
+    assert core["execution_api_server_url"] == "http://127.0.0.1:18123/execution/"
+    assert parsed["database"]["sql_alchemy_conn"] == (
+        f"postgresql+psycopg2://cbm@/airflow?host={cfg.home.parent / 'pg' / 'run'}&port=55999"
+    )
+    assert (parsed["api"]["host"], parsed["api"]["port"]) == ("127.0.0.1", "18123")
+    assert parsed["scheduler"]["mp_start_method"] == "forkserver"
+    assert "cbm_tasks.workflow" in parsed["scheduler"]["mp_forkserver_preload"]
+
+
+def test_secrets_and_password_are_generated_once(cfg: airflow_ctl.AirflowConfig) -> None:
+    airflow_ctl.write_config(cfg)
+    first = (cfg.home / "secrets.json").read_text()
+    password = airflow_ctl.admin_password(cfg)
+    airflow_ctl.write_config(dataclasses.replace(cfg, port=18124))
+    assert (cfg.home / "secrets.json").read_text() == first  # the fernet key must never change
+    assert airflow_ctl.admin_password(cfg) == password and len(password) >= 16
+    assert json.loads(cfg.passwords_file.read_text()) == {"admin": password}
+    for name in ("secrets.json", "passwords.json"):
+        assert (cfg.home / name).stat().st_mode & 0o777 == 0o600
+
+
+def test_connections_in_json_form(cfg: airflow_ctl.AirflowConfig) -> None:
+    env = airflow_ctl.environment(cfg)
+    assert env["AIRFLOW_HOME"] == str(cfg.home)
+    assert json.loads(env["AIRFLOW_CONN_CBM_POSTGIS"]) == {
+        "conn_type": "postgres", "host": "/run/pg", "port": 55999, "login": "cbm", "password": "s3cret",
+        "schema": "cbm_data", "extra": {"sslmode": "disable"},
+    }
+    assert json.loads(env["AIRFLOW_CONN_CBM_STORE"]) == {
+        "conn_type": "generic", "extra": {"kind": "local", "root": str(cfg.store_root)},
+    }
+    lines = airflow_ctl.export_lines(cfg)
+    assert lines[0] == f"export AIRFLOW_HOME={cfg.home}"
+    assert lines[-1].startswith(f"export PATH={Path(sys.executable).parent}:")
+
+
+def test_bad_settings_are_refused() -> None:
+    base = {"home": Path("/h"), "project": Path("/p"), "cluster": ClusterConfig(root=Path("/tmp/x")),
+            "data_url": "postgresql:///cbm", "store_root": Path("/s")}
+    with pytest.raises(ConfigError, match="port"):
+        airflow_ctl.AirflowConfig(**base, port=80)
+    with pytest.raises(ConfigError, match="0.0.0.0"):
+        airflow_ctl.AirflowConfig(**base, host="0.0.0.0")
+    with pytest.raises(ConfigError, match="extract_pool_slots"):
+        airflow_ctl.AirflowConfig(**base, extract_pool_slots=0)
+
+
+def test_stale_or_foreign_pid_files_mean_stopped(cfg: airflow_ctl.AirflowConfig) -> None:
+    cfg.run_dir.mkdir(parents=True)
+    # a live process that is not a session leader, and a pid that does not exist
+    cfg.pid_file("scheduler").write_text(f"{os.getpid()} 1\n")
+    cfg.pid_file("triggerer").write_text("999999999 1\n")
+    cfg.pid_file("api-server").write_text("garbage\n")
+    assert not any(s.running for s in airflow_ctl.status(cfg))
+    assert airflow_ctl.stop(cfg) == []
+    assert not any(cfg.pid_file(c).exists() for c in airflow_ctl.COMPONENTS)
+
+
+def test_stop_ends_a_component_with_everything_it_forked(cfg: airflow_ctl.AirflowConfig) -> None:
+    cfg.run_dir.mkdir(parents=True)
+    # a stand-in component: a session leader whose child sits in a process group of its own,
+    # as Airflow's task runners do; the child ignores SIGTERM, so only SIGKILL ends it
+    script = (
+        "import os, signal, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import os, signal, time; os.setpgid(0, 0); "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    leader = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    assert leader.stdout is not None
+    child_pid = int(leader.stdout.readline())
+    ticks = Path(f"/proc/{leader.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    cfg.pid_file("scheduler").write_text(f"{leader.pid} {ticks}\n")
+    assert [s.component for s in airflow_ctl.status(cfg) if s.running] == ["scheduler"]
+
+    assert airflow_ctl.stop(cfg, timeout_s=4) == ["scheduler"]
+    leader.wait(timeout=10)
+    state = Path(f"/proc/{child_pid}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(
+        f"/proc/{child_pid}").exists() else "gone"
+    assert state in ("gone", "Z")
+    assert not cfg.pid_file("scheduler").exists()

@@ -1,0 +1,114 @@
+"""The DAG steps without Airflow: season year, claimed-image outcomes and their catalogue states."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cbm_tasks import demo_data, lineage, obs, parcel, workflow
+from cbm_tasks.catalogue import registry
+from cbm_tasks.catalogue.local import LocalCatalogue
+from cbm_tasks.catalogue.product import Product
+from cbm_tasks.errors import BadInputError, ConfigError, NotFoundError, TransientError
+from cbm_tasks.store import StoreConfig, open_store
+
+RUN = lineage.RunContext(step="extract", dag_id="cbm_extract", run_id="test", task_id="extract", map_index=0,
+                         try_number=1)
+
+
+@pytest.fixture
+def demo_db(tmp_path: Path, db_url: str) -> Iterator[tuple[psycopg.Connection, demo_data.DemoLayout]]:
+    layout = demo_data.build_demo(tmp_path / "demo", max_products=1)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        parcel.import_parcels(conn, layout.parcels_file, aoi="demo", year=2018)
+        yield conn, layout
+
+
+def _poll(conn: psycopg.Connection, layout: demo_data.DemoLayout) -> workflow.PollResult:
+    return workflow.poll_aoi(conn, LocalCatalogue(layout.catalogue_root), aoi="demo",
+                             start=datetime(2017, 8, 1, tzinfo=UTC), end=datetime(2018, 12, 1, tzinfo=UTC))
+
+
+def _status(conn: psycopg.Connection, product_id: int) -> tuple[str, int, str | None]:
+    row = conn.execute("SELECT status, attempts, last_error FROM cbm.product_status WHERE product_id = %s",
+                       (product_id,)).fetchone()
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+def test_poll_registers_once_and_counts_what_is_ready(demo_db: tuple[psycopg.Connection, demo_data.DemoLayout]) -> None:
+    conn, layout = demo_db
+    assert workflow.list_aois(conn) == ["demo"]
+    first = _poll(conn, layout)
+    assert (first.found, first.new, first.new_ready, first.ready_waiting) == (2, 2, 2, 2)
+    again = _poll(conn, layout)
+    assert (again.found, again.new, again.new_ready, again.ready_waiting) == (2, 0, 0, 2)
+    with pytest.raises(ConfigError, match="S2MSI1X"):
+        workflow.poll_aoi(conn, LocalCatalogue(layout.catalogue_root), aoi="demo", product_types=["S2MSI1X"],
+                          start=datetime(2017, 8, 1, tzinfo=UTC), end=datetime(2018, 12, 1, tzinfo=UTC))
+    with pytest.raises(NotFoundError, match="nowhere"):
+        workflow.aoi_footprint_wkt(conn, "nowhere")
+
+
+def test_autumn_images_serve_the_next_season_and_others_are_skipped(
+    demo_db: tuple[psycopg.Connection, demo_data.DemoLayout], tmp_path: Path
+) -> None:
+    conn, layout = demo_db
+    _poll(conn, layout)
+    spring = Product(uid="spring-2017", name="spring-2017", catalogue="local", collection="SENTINEL-2",
+                     product_type="S2MSI2A", acquired_at=datetime(2017, 3, 1, tzinfo=UTC),
+                     location=str(tmp_path / "absent"), footprint_wkt=workflow.aoi_footprint_wkt(conn, "demo"))
+    (spring_id,) = registry.register(conn, [spring], aoi="demo")
+    claimed = workflow.claim_ready(conn, aois=["demo"], worker="test")
+    assert len(claimed) == 3 and all(aoi == "demo" for aoi, _ in claimed)
+    years = {pid: workflow.parcel_year(conn, pid, aoi="demo") for _, pid in claimed}
+    assert years.pop(spring_id) is None
+    assert set(years.values()) == {2018}  # August 2017 images belong to the 2018 parcels
+
+    store = open_store(StoreConfig(kind="local", root=str(tmp_path)))
+    outcome = workflow.extract_claimed(conn, store, spring_id, aoi="demo", run=RUN, last_try=False)
+    assert (outcome.status, outcome.n_rows) == ("skipped", 0)
+    assert _status(conn, spring_id)[0] == "skipped"
+    for product_id in years:
+        outcome = workflow.extract_claimed(conn, store, product_id, aoi="demo", run=RUN, last_try=False)
+        assert outcome.status == "extracted" and outcome.n_parcels == layout.n_parcels
+        assert _status(conn, product_id) == ("extracted", 1, None)
+    summary = workflow.aoi_summary(conn, "demo")
+    assert summary.products == {"extracted": 2, "skipped": 1}
+    assert summary.images_extracted == 2 and summary.parcels == layout.n_parcels
+    assert summary.parcel_obs_rows == 2 * layout.n_parcels
+
+
+def test_bad_input_fails_at_once_and_transient_errors_keep_the_claim(
+    demo_db: tuple[psycopg.Connection, demo_data.DemoLayout], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, layout = demo_db
+    _poll(conn, layout)
+    ids = dict(conn.execute("SELECT product_type, product_id FROM cbm.product").fetchall())
+    s2_id, s1_id = ids["S2MSI2A"], ids["CARD-BS"]
+    assert sorted(pid for _, pid in workflow.claim_ready(conn, aois=["demo"], worker="test")) == sorted(ids.values())
+    store = open_store(StoreConfig(kind="local", root=str(tmp_path)))
+    s2 = registry.get_product(conn, s2_id)
+    band = Path(s2.location) / "B04.tif"
+    band.write_bytes(b"not a GeoTIFF")
+    with pytest.raises(BadInputError, match="B04"):
+        workflow.extract_claimed(conn, store, s2_id, aoi="demo", run=RUN, last_try=False)
+    status, attempts, error = _status(conn, s2_id)
+    assert (status, attempts) == ("failed", 1) and "B04" in (error or "")
+
+    other = s1_id
+    def lost_connection(*args: object, **kwargs: object) -> int:
+        raise TransientError("cannot connect to PostGIS: server closed the connection")
+
+    monkeypatch.setattr(obs, "replace_image_stats", lost_connection)
+    with pytest.raises(TransientError):
+        workflow.extract_claimed(conn, store, other, aoi="demo", run=RUN, last_try=False)
+    assert _status(conn, other)[0] == "extracting"  # Airflow retries it; nobody else claims it meanwhile
+    with pytest.raises(TransientError):
+        workflow.extract_claimed(conn, store, other, aoi="demo", run=RUN, last_try=True)
+    status, attempts, error = _status(conn, other)
+    assert (status, attempts) == ("ready", 1) and "TransientError" in (error or "")
