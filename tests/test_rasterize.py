@@ -8,6 +8,7 @@ Flemish parcel register of the WorldCereal 31UDS chip, polygonised and burnt bac
 from __future__ import annotations
 
 import numpy as np
+import pyogrio.raw
 import pytest
 import rasterio.features
 import shapely
@@ -173,3 +174,37 @@ def test_multipolygon_with_an_empty_part_and_3d_coordinates() -> None:
     in_3d = shapely.from_wkt("POLYGON Z ((4 4 7, 6 4 7, 6 6 7, 4 6 7, 4 4 7))")
     labels = rasterize_parcels([with_empty, in_3d], np.array([1, 2]), transform=t, shape=(8, 8))
     assert (labels == 1).sum() == 4 and (labels == 2).sum() == 4
+
+
+@pytest.mark.parametrize(
+    "name", ["nl_brp_2023.gpkg", "be_vlg_2023_gpkg.zip", "at_2025_gpkg.zip", "dk_2026_shp.zip", "fi_gsaa.gpkg"]
+)
+@pytest.mark.parametrize("pixel_m", [10.0, 2.5])
+def test_real_parcel_registers_match_gdal(name: str, pixel_m: float) -> None:
+    """Real LPIS/GSAA geometries in their national CRS, burnt on a grid covering them."""
+    path = str(shared_data("parcels", name))
+    if name.endswith(".zip"):
+        path = f"/vsizip/{path}"
+    _, _, wkb, _ = pyogrio.raw.read(path)
+    geoms = shapely.force_2d(shapely.make_valid(shapely.from_wkb(wkb)))
+    geoms = geoms[shapely.get_type_id(geoms) >= 0]
+    geoms = np.array([g if g.geom_type in ("Polygon", "MultiPolygon")
+                      else shapely.MultiPolygon([p for p in shapely.get_parts(g) if p.geom_type == "Polygon"])
+                      for g in geoms], dtype=object)
+    geoms = geoms[~shapely.is_empty(geoms)]
+    assert len(geoms) >= 90
+    # a grid of at most 1500 x 1500 pixels around the parcels' median (samples may span a country);
+    # its origin is off the coordinates' decimal lattice, as a Sentinel-2 grid is in a national CRS
+    centres = shapely.get_coordinates(shapely.centroid(geoms))
+    near = (np.hypot(*(centres[:, None, :] - centres[None, :, :]).transpose(2, 0, 1)) < 1000 * pixel_m).sum(axis=1)
+    cx, cy = centres[np.argmax(near)]  # the densest cluster of the sample
+    x0, y0, x1, y1 = shapely.total_bounds(geoms)
+    cols = min(1500, int((x1 - x0) / pixel_m) + 3)
+    rows = min(1500, int((y1 - y0) / pixel_m) + 3)
+    transform = Affine(pixel_m, 0, np.floor(cx - cols * pixel_m / 2) - 3.3, 0, -pixel_m,
+                       np.ceil(cy + rows * pixel_m / 2) + 1.7)
+    shape = (rows, cols)
+    keys = np.arange(1, len(geoms) + 1, dtype=np.int32)
+    ours = rasterize_parcels(geoms, keys, transform=transform, shape=shape)
+    np.testing.assert_array_equal(ours, _gdal(list(geoms), keys, transform, shape))
+    assert len(np.unique(ours)) > 10
