@@ -24,6 +24,7 @@ TRANSFORMS = [
     Affine(10, 0, 500000, 0, -10, 5600000),  # north-up, as every Sentinel-2 tile
     Affine.identity(),  # y pointing down in CRS units: ring orientation flips in pixel space
     Affine(20, 0, 399960.5, 0, -20, 5700000.25),  # origin off the 20 m lattice
+    Affine(8.66, 5, 500000, 5, -8.66, 5600000),  # rotated: GDAL's general inverse geotransform
 ]
 
 
@@ -62,7 +63,7 @@ def _random_polygon(rng: np.random.Generator, transform: Affine, shape: tuple[in
     return shapely.Polygon(exterior, [] if hole is None else [hole])
 
 
-@pytest.mark.parametrize("transform", TRANSFORMS, ids=["north-up", "identity", "offset-20m"])
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=["north-up", "identity", "offset-20m", "rotated"])
 @pytest.mark.parametrize("snap", [None, 0.5, 1.0], ids=["free", "half-pixel", "pixel"])
 def test_random_polygons_match_gdal(transform: Affine, snap: float | None) -> None:
     rng = np.random.default_rng(7)
