@@ -75,7 +75,8 @@ class LabelCache:
             only. Files are written atomically (temporary file + os.replace), so concurrent
             processes never read a partial file.
 
-    Cached arrays are made read-only: callers share them.
+    Cached arrays are made read-only: callers share them. Arrays found on disk are read-only
+    memory maps of the .npy file.
     """
 
     def __init__(self, *, max_entries: int = 4, directory: Path | None = None) -> None:
@@ -144,7 +145,8 @@ class LabelCache:
             return None
         path = self._path(key)
         try:
-            labels: np.ndarray = np.load(path, allow_pickle=False)
+            # memory-mapped: pages come from the page cache, shared by the processes of a worker
+            labels: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as err:  # truncated or foreign file: rebuild it
@@ -156,6 +158,5 @@ class LabelCache:
                         path, labels.dtype, labels.shape, key.shape)
             path.unlink(missing_ok=True)
             return None
-        labels.flags.writeable = False
         log.debug("label cache hit (disk) %s", path.name)
         return labels

@@ -41,7 +41,7 @@ def test_disk_copy_is_reused_by_another_instance(tmp_path: Path) -> None:
     LabelCache(directory=tmp_path).put(_key(), _labels(7))
     later = LabelCache(directory=tmp_path)  # a later task process on the same worker
     labels = later.get(_key())
-    assert labels is not None and labels.dtype == np.int32 and (labels == 7).all()
+    assert labels is not None and labels.dtype == np.int32 and (labels == 7).all() and not labels.flags.writeable
     assert later.get(_key(version=2)) is None  # parcels re-imported: a different raster
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) == 1 and files[0].startswith("labels_") and files[0].endswith(".npy")
