@@ -235,7 +235,9 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
                            (parcel_set.parcel_set_id,)).fetchone()
     n_labels = int(row[0]) if row is not None else 0
     results: list[_BandResult] = []
-    with rasterio.Env(**store.rasterio_env()), ExitStack() as stack:
+    # deflate/JPEG2000 decoding is the largest part of a warm run: let GDAL use every core for it
+    gdal_options = {"GDAL_NUM_THREADS": "ALL_CPUS", **store.rasterio_env()}
+    with rasterio.Env(**gdal_options), ExitStack() as stack:
         datasets: dict[str, rasterio.DatasetReader] = {}
         grids: dict[str, _Grid] = {}
         for band in bands:
