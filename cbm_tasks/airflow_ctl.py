@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -186,6 +187,11 @@ def _is_healthy(answer: dict[str, Any] | None) -> bool:
     return all((answer.get(part) or {}).get("status") == "healthy" for part in parts)
 
 
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        return probe.connect_ex((host, port)) == 0
+
+
 def _spawn(cfg: AirflowConfig, component: str, env: dict[str, str]) -> int:
     argv = [_airflow_bin(), component]
     if component in _SKIP_SERVE_LOGS:
@@ -217,6 +223,10 @@ def start(cfg: AirflowConfig, *, timeout_s: float = 300, migrate: bool = True) -
     if all(_live_pid(cfg, name) is not None for name in COMPONENTS) and _is_healthy(health(cfg)):
         log.info("airflow already running url=%s", cfg.url)
         return status(cfg)
+    if _live_pid(cfg, "api-server") is None and _port_in_use(cfg.host, cfg.port):
+        # the health check would otherwise talk to whatever answers there
+        raise ServiceError(f"port {cfg.port} on {cfg.host} is in use by another program; "
+                           "choose another with --port or CBM_AIRFLOW_PORT")
     if migrate:
         prepare(cfg)
     else:

@@ -6,6 +6,7 @@ import configparser
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from cbm_tasks import airflow_ctl
 from cbm_tasks.cluster import ClusterConfig
-from cbm_tasks.errors import ConfigError
+from cbm_tasks.errors import ConfigError, ServiceError
 
 
 @pytest.fixture
@@ -121,3 +122,13 @@ def test_stop_ends_a_component_with_everything_it_forked(cfg: airflow_ctl.Airflo
         f"/proc/{child_pid}").exists() else "gone"
     assert state in ("gone", "Z")
     assert not cfg.pid_file("scheduler").exists()
+
+
+def test_a_busy_port_is_refused_before_anything_starts(cfg: airflow_ctl.AirflowConfig) -> None:
+    with socket.socket() as other_program:
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()
+        busy = dataclasses.replace(cfg, port=other_program.getsockname()[1])
+        with pytest.raises(ServiceError, match=f"port {busy.port} on 127.0.0.1 is in use"):
+            airflow_ctl.start(busy)
+    assert not busy.run_dir.exists()
