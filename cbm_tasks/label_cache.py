@@ -74,15 +74,22 @@ class LabelCache:
         directory: where .npy copies are written and looked up; None keeps them in memory
             only. Files are written atomically (temporary file + os.replace), so concurrent
             processes never read a partial file.
+        max_disk_bytes: budget of the directory; after each write the least recently used
+            files beyond it are removed (a full S2 tile's 10 m labels take 482 MB). None = no limit.
 
     Cached arrays are made read-only: callers share them. Arrays found on disk are read-only
     memory maps of the .npy file.
     """
 
-    def __init__(self, *, max_entries: int = 4, directory: Path | None = None) -> None:
+    def __init__(
+        self, *, max_entries: int = 4, directory: Path | None = None, max_disk_bytes: int | None = None
+    ) -> None:
         if max_entries < 0:
             raise ValueError(f"max_entries must be >= 0, got {max_entries}")
+        if max_disk_bytes is not None and max_disk_bytes < 0:
+            raise ValueError(f"max_disk_bytes must be >= 0, got {max_disk_bytes}")
         self._max_entries = max_entries
+        self._max_disk_bytes = max_disk_bytes
         self._directory = Path(directory) if directory is not None else None
         self._entries: OrderedDict[GridKey, np.ndarray] = OrderedDict()
         if self._directory is not None:
@@ -139,6 +146,29 @@ class LabelCache:
             Path(tmp_name).unlink(missing_ok=True)
             raise
         log.debug("label cache stored %s", path.name)
+        self._prune(keep=path)
+
+    def _prune(self, *, keep: Path) -> None:
+        """Remove the least recently used files beyond the disk budget (never *keep*)."""
+        if self._max_disk_bytes is None or self._directory is None:
+            return
+        files: list[tuple[float, int, Path]] = []
+        for path in self._directory.glob("labels_*.npy"):
+            try:
+                info = path.stat()
+            except FileNotFoundError:  # removed by another process meanwhile
+                continue
+            files.append((info.st_mtime, info.st_size, path))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self._max_disk_bytes:
+                break
+            if path == keep:
+                continue
+            # a process that has it memory-mapped keeps reading it: unlink only drops the name
+            path.unlink(missing_ok=True)
+            total -= size
+            log.info("label cache removed %s bytes=%d (over budget %d)", path.name, size, self._max_disk_bytes)
 
     def _load(self, key: GridKey) -> np.ndarray | None:
         if self._directory is None:
@@ -158,5 +188,9 @@ class LabelCache:
                         path, labels.dtype, labels.shape, key.shape)
             path.unlink(missing_ok=True)
             return None
+        try:
+            os.utime(path)  # the budget removes the least recently used files first
+        except OSError:
+            pass  # removed meanwhile: the memory map stays valid
         log.debug("label cache hit (disk) %s", path.name)
         return labels

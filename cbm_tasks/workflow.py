@@ -30,6 +30,7 @@ from cbm_tasks.catalogue.poll import poll
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.catalogue.query import KNOWN_PRODUCT_TYPES, Catalogue, SearchQuery
 from cbm_tasks.errors import BadInputError, ConfigError, NotFoundError, ProductNotFoundError
+from cbm_tasks.label_cache import LabelCache
 
 __all__ = [
     "DEFAULT_PRODUCT_TYPES",
@@ -257,6 +258,7 @@ def extract_claimed(
     aoi: str,
     run: lineage.RunContext,
     last_try: bool,
+    label_cache: LabelCache | None = None,
 ) -> ExtractOutcome:
     """Extract one claimed product and record its new status.
 
@@ -267,6 +269,8 @@ def extract_claimed(
         aoi: the AOI it was claimed for.
         run: lineage of this try (written to ``cbm.pipeline_run`` by the extraction).
         last_try: no retry follows a failure of this call (Airflow's last try).
+        label_cache: label rasters shared with the other tasks of the worker (same grid and
+            parcel-set version: S2 tiles come back every few days); None rasterises anew.
 
     Raises:
         BadInputError: the product cannot be extracted (it is marked ``failed`` first).
@@ -279,7 +283,8 @@ def extract_claimed(
             log.warning("skipped product_id=%d aoi=%s: no parcel set for its season", product_id, aoi)
             return ExtractOutcome(aoi=aoi, product_id=product_id, status="skipped", n_parcels=0, n_rows=0,
                                   seconds=0.0)
-        result = extract.extract_product(conn, store, product_id, aoi=aoi, year=year, run=run)
+        result = extract.extract_product(conn, store, product_id, aoi=aoi, year=year, run=run,
+                                         label_cache=label_cache)
     except BadInputError as err:
         registry.mark_failed(conn, product_id, aoi=aoi, error=f"{type(err).__name__}: {err}", permanent=True)
         raise

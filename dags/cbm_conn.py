@@ -14,10 +14,14 @@ Connections and variables:
   :class:`cbm_tasks.catalogue.clients.CatalogueConfig` per AOI, ``*`` for every other AOI.
   Without an entry, connection ``cbm_catalogue`` (host = service URL, password = bearer token,
   extras = the other fields); without either, the public CDSE OData catalogue.
+- Variable ``cbm_label_cache`` (JSON, optional): ``{"directory": "...", "max_disk_gb": 8}``, where
+  extraction tasks of a worker keep rasterised parcel labels for later images of the same grid;
+  default: ``labels/`` in the store's scratch folder, 8 GB.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Connection, Variable
@@ -25,6 +29,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 from psycopg.conninfo import make_conninfo
 
 from cbm_tasks.catalogue.clients import CatalogueConfig
+from cbm_tasks.label_cache import LabelCache
 from cbm_tasks.store import StoreConfig
 
 __all__ = [
@@ -33,6 +38,7 @@ __all__ = [
     "POSTGIS_CONN_ID",
     "STORE_CONN_ID",
     "catalogue_config",
+    "label_cache",
     "postgis_dsn",
     "store_config",
 ]
@@ -41,6 +47,7 @@ POSTGIS_CONN_ID = "cbm_postgis"
 STORE_CONN_ID = "cbm_store"
 CATALOGUE_CONN_ID = "cbm_catalogue"
 CATALOGUE_VARIABLE = "cbm_catalogue"
+LABEL_CACHE_VARIABLE = "cbm_label_cache"
 
 
 def postgis_dsn() -> str:
@@ -75,3 +82,16 @@ def catalogue_config(aoi: str) -> CatalogueConfig:
     except AirflowNotFoundException:
         return CatalogueConfig()
     return CatalogueConfig(url=conn.host or None, bearer_token=conn.password or None, **conn.extra_dejson)
+
+
+def label_cache() -> LabelCache:
+    """Return the label-raster cache of this worker (variable ``cbm_label_cache``, see above)."""
+    settings = Variable.get(LABEL_CACHE_VARIABLE, default=None, deserialize_json=True) or {}
+    unknown = set(settings) - {"directory", "max_disk_gb"}
+    if unknown:
+        raise TypeError(f"Variable {LABEL_CACHE_VARIABLE}: unknown keys {sorted(unknown)}; "
+                        "valid: directory, max_disk_gb")
+    directory = settings.get("directory") or store_config().scratch_root() / "labels"
+    max_disk_gb = float(settings.get("max_disk_gb", 8))
+    # one raster in memory: a 10 m S2 tile's labels take 482 MB, and tasks run side by side
+    return LabelCache(max_entries=1, directory=Path(directory), max_disk_bytes=int(max_disk_gb * 1e9))

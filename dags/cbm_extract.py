@@ -78,7 +78,7 @@ def cbm_extract() -> None:
 
     @task(pool=EXTRACT_POOL, map_index_template="{{ cbm_image }}")
     def extract(image: dict[str, Any]) -> dict[str, Any]:
-        from cbm_conn import postgis_dsn, store_config
+        from cbm_conn import label_cache, postgis_dsn, store_config
 
         from cbm_tasks import db, lineage, workflow
         from cbm_tasks.errors import BadInputError
@@ -93,7 +93,8 @@ def cbm_extract() -> None:
             with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_extract") as conn:
                 outcome = workflow.extract_claimed(conn, open_store(store_config()), int(image["product_id"]),
                                                    aoi=str(image["aoi"]), run=run,
-                                                   last_try=ti.try_number > ti.max_tries)
+                                                   last_try=ti.try_number > ti.max_tries,
+                                                   label_cache=label_cache())
         except BadInputError as err:  # corrupt raster, missing band: marked failed, a retry cannot help
             raise AirflowFailException(f"product {image['product_id']}: {err}") from err
         return outcome.as_dict()

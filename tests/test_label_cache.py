@@ -92,3 +92,24 @@ def test_no_temporary_files_are_left(tmp_path: Path) -> None:
     for version in range(3):
         cache.put(_key(version), _labels(version))
     assert not [p for p in (tmp_path / "labels").iterdir() if not p.name.endswith(".npy")]
+
+
+def test_disk_budget_removes_the_least_recently_used_files(tmp_path: Path) -> None:
+    import os
+
+    one_file = LabelCache(directory=tmp_path / "probe")
+    one_file.put(_key(), _labels(0))
+    size = next((tmp_path / "probe").iterdir()).stat().st_size
+    cache = LabelCache(max_entries=0, directory=tmp_path / "c", max_disk_bytes=2 * size)
+    a, b, c = _key(x0=0.0), _key(x0=10.0), _key(x0=20.0)
+    cache.put(a, _labels(1))
+    cache.put(b, _labels(2))
+    for i, key in enumerate((a, b)):  # a used last: b is the least recently used
+        os.utime(cache._path(key), (1000 + i, 1000 + i))
+    assert cache.get(a) is not None
+    cache.put(c, _labels(3))
+    assert cache.get(b) is None
+    assert cache.get(a) is not None and cache.get(c) is not None
+    assert len(list((tmp_path / "c").glob("labels_*.npy"))) == 2
+    with pytest.raises(ValueError, match="max_disk_bytes"):
+        LabelCache(max_disk_bytes=-1)
