@@ -1,0 +1,162 @@
+"""Load the extraction's Numba kernels once, in Airflow's forkserver, for every task process to inherit.
+
+This module exists only to be listed in ``[scheduler] mp_forkserver_preload``
+(``cbm_tasks.airflow_config``). **Importing it has an effect**: it compiles, or loads from
+Numba's on-disk cache, every kernel of ``cbm_tasks.zonal`` and ``cbm_tasks.rasterize`` for the
+argument types the public wrappers pass. Without it every task process loads the cached kernels
+again on its first call (~1 s per image, most of a warm extraction); with it the forked task
+finds them ready in the dispatchers it inherited. Nothing else should import it.
+
+Why ``compile(signature)`` and never a call: loading a ``parallel=True`` kernel only *selects*
+Numba's threading layer (for GNU OpenMP, the default on Linux wheels, that sets the thread count
+and records the pid); running one starts the thread pool, and threads do not survive ``fork``.
+GNU OpenMP used before a fork hangs or crashes the child; Numba therefore kills (SIGTERM) a
+*direct* child of the process that selected the layer when it runs a parallel kernel. Airflow
+runs each task in a grandchild of the forkserver (forkserver -> LocalExecutor worker ->
+supervised task process), which is safe: no thread pool exists in any ancestor, and the child
+starts its own on first use. Running a parallel kernel in a direct child of a process that
+imported this module is not safe (tested in ``tests/test_preload.py``).
+
+The argument types are built from tiny arrays passed through the same helpers as the wrappers
+(``numba.typeof``), so a signature here is one the extraction really calls; the test checks that
+calling the public functions in a forked child adds no signature.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+
+from cbm_tasks import rasterize, zonal
+
+__all__ = ["CLASS_DTYPES", "VALUE_DTYPES", "Warmup", "WARMUP", "kernels", "warm_kernels"]
+
+log = logging.getLogger(__name__)
+
+# band dtypes the extraction reads: S2 digital numbers (uint16), SCL (uint8), S1 dB x 10000
+# (int16/int32) or linear backscatter (float32); every other allowed dtype still works, compiled on use
+VALUE_DTYPES: tuple[np.dtype, ...] = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.int32,
+                                                                  np.float32))
+CLASS_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.uint8), np.dtype(np.uint16))
+
+
+@dataclass(frozen=True, slots=True)
+class Warmup:
+    """What :func:`warm_kernels` did.
+
+    Attributes:
+        kernels: Numba dispatchers touched.
+        signatures: (kernel, argument types) pairs compiled or loaded from the cache.
+        seconds: wall time.
+    """
+
+    kernels: int
+    signatures: int
+    seconds: float
+
+
+def kernels() -> dict[str, Any]:
+    """Return the Numba dispatchers the public wrappers call, by qualified name."""
+    return {
+        "zonal._count_kernel": zonal._count_kernel,
+        "zonal._scatter_kernel": zonal._scatter_kernel,
+        "zonal._reduce_kernel": zonal._reduce_kernel,
+        "zonal._class_count_kernel": zonal._class_count_kernel,
+        "rasterize._wkb_sizes_kernel": rasterize._wkb_sizes_kernel,
+        "rasterize._wkb_parse_kernel": rasterize._wkb_parse_kernel,
+        "rasterize._burn_kernel": rasterize._burn_kernel,
+    }
+
+
+def warm_kernels(
+    *, value_dtypes: Sequence[np.dtype] = VALUE_DTYPES, class_dtypes: Sequence[np.dtype] = CLASS_DTYPES
+) -> Warmup:
+    """Compile or load from the cache every kernel for the types the extraction passes; run none.
+
+    Labels come both writable (fresh from ``rasterize_parcels``) and read-only (the label
+    cache memory-maps them), which Numba types differently, so both are loaded.
+
+    Args:
+        value_dtypes: band dtypes for ``zonal_stats``.
+        class_dtypes: band dtypes for ``class_counts``.
+
+    Returns:
+        The number of kernels and signatures, and the seconds it took (a cold cache compiles:
+        tens of seconds once, then the cache serves every process).
+    """
+    t0 = time.perf_counter()
+    dispatchers = kernels()
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+    label_variants = (np.zeros((2, 2), np.int32), _read_only(np.zeros((2, 2), np.int32)))
+    for dtype in value_dtypes:
+        calls += _zonal_calls(np.dtype(dtype), label_variants)
+    for dtype in class_dtypes:
+        calls += _class_calls(np.dtype(dtype), label_variants)
+    calls += _rasterize_calls()
+    for name, args in calls:
+        dispatchers[name].compile(tuple(numba.typeof(arg) for arg in args))  # type: ignore[no-untyped-call]
+    result = Warmup(kernels=len({name for name, _ in calls}), signatures=len(calls),
+                    seconds=time.perf_counter() - t0)
+    log.info("numba kernels preloaded kernels=%d signatures=%d threading_layer_selected=%s seconds=%.2f",
+             result.kernels, result.signatures, _layer_selected(), result.seconds)
+    return result
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+def _zonal_calls(dtype: np.dtype, label_variants: Sequence[np.ndarray]) -> list[tuple[str, tuple[Any, ...]]]:
+    """Arguments of zonal_stats' three kernels, built as zonal_stats builds them."""
+    values = np.zeros((2, 2), dtype)
+    has_nodata, nodata = zonal._nodata_in_dtype(0, dtype)
+    n_labels, n_parts = 1, 1  # Python ints, as the wrapper passes them
+    counts = np.zeros((n_parts, n_labels + 1), np.int64)
+    offsets = np.zeros(n_labels + 2, np.int64)
+    grouped = np.empty(0, dtype)
+    keys = np.zeros(1, np.int32)
+    radix_passes, bias = zonal._RADIX.get(dtype, (0, 0))
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+    for labels in label_variants:
+        calls.append(("zonal._count_kernel", (labels, values, has_nodata, nodata, n_labels, n_parts)))
+        calls.append(("zonal._scatter_kernel", (labels, values, has_nodata, nodata, offsets, counts, grouped)))
+    calls.append(("zonal._reduce_kernel", (grouped, offsets, keys, radix_passes, bias,
+                                           np.empty((1, 7), np.float64))))
+    return calls
+
+
+def _class_calls(dtype: np.dtype, label_variants: Sequence[np.ndarray]) -> list[tuple[str, tuple[Any, ...]]]:
+    values = np.zeros((2, 2), dtype)
+    has_nodata, nodata = zonal._nodata_in_dtype(0, dtype)
+    return [("zonal._class_count_kernel", (labels, values, has_nodata, nodata, 1, 12, 1))
+            for labels in label_variants]
+
+
+def _rasterize_calls() -> list[tuple[str, tuple[Any, ...]]]:
+    """Arguments of rasterize_parcels' kernels: WKB bytes are read-only, everything else writable."""
+    buffer = np.frombuffer(b"\x00" * 8, np.uint8)
+    offsets = np.zeros(2, np.int64)
+    coords = np.zeros(4, np.float64)
+    return [
+        ("rasterize._wkb_sizes_kernel", (buffer, offsets)),
+        ("rasterize._wkb_parse_kernel", (buffer, offsets, coords, coords, offsets, offsets, offsets)),
+        ("rasterize._burn_kernel", (coords, coords, np.zeros(6, np.float64), offsets, offsets,
+                                    np.zeros(1, np.int32), np.zeros((2, 2), np.int32))),
+    ]
+
+
+def _layer_selected() -> bool:
+    # whether loading a parallel kernel initialised Numba's threading layer (it does for every layer)
+    from numba.np.ufunc import parallel
+
+    return bool(getattr(parallel, "_is_initialized", False))
+
+
+WARMUP = warm_kernels()
