@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cbm_tasks import airflow_ctl, cluster, db, demo_data, parcel, settings, workflow
 from cbm_tasks.airflow_api import AirflowApi
+from cbm_tasks.catalogue import registry
 from cbm_tasks.errors import NotFoundError, ServiceError
 
 __all__ = ["DEMO_WINDOW", "DemoSummary", "run_demo"]
@@ -111,12 +112,24 @@ def _set_catalogue(api: AirflowApi, aoi: str, root: Path) -> None:
         api.request("POST", "variables", body=body)
 
 
-def _wait_for_extraction(api: AirflowApi, *, since: str, deadline: float) -> list[tuple[str, str]]:
-    """Wait for the asset-triggered cbm_extract runs created since *since*; return (run id, state) of each."""
+def _wait_for_extraction(
+    api: AirflowApi, *, since: str, deadline: float, url: str, aoi: str
+) -> list[tuple[str, str]]:
+    """Wait for the asset-triggered cbm_extract runs created since *since*; return (run id, state) of each.
+
+    Logs the images per status every 30 s, so that whoever runs the demo sees it move.
+    """
     quiet_since: float | None = None
+    next_report = time.monotonic() + 30
     while True:
         runs = api.runs("cbm_extract", run_after_gte=since, run_type="asset_triggered")
         finished = [run for run in runs if run["state"] in ("success", "failed")]
+        if time.monotonic() >= next_report:
+            next_report += 30
+            with db.connect(url, autocommit=True) as conn:
+                counts = registry.status_counts(conn, aoi=aoi)
+            log.info("waiting for cbm_extract runs=%d finished=%d images: %s", len(runs), len(finished),
+                     " ".join(f"{status}={n}" for status, n in sorted(counts.items())))
         if runs and len(finished) == len(runs):
             # a run may start another (work left over): call it done when none appears for a while
             quiet_since = quiet_since or time.monotonic()
@@ -172,7 +185,8 @@ def run_demo(
                            f"logs in the UI at {cfg.url}/dags/cbm_catalogue")
     extract_runs: list[tuple[str, str]] = []
     if api.task_states("cbm_catalogue", run_id).get("announce") == ["success"]:
-        extract_runs = _wait_for_extraction(api, since=str(catalogue_run["start_date"]), deadline=deadline)
+        extract_runs = _wait_for_extraction(api, since=str(catalogue_run["start_date"]), deadline=deadline,
+                                            url=url, aoi=layout.aoi)
     with db.connect(url, autocommit=True) as conn:
         summary = workflow.aoi_summary(conn, layout.aoi)
     result = DemoSummary(
