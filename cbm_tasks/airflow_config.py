@@ -47,7 +47,7 @@ __all__ = [
 ADMIN_USER = "admin"
 EXTRACT_POOL = "cbm_extract"
 _PRELOAD = ("airflow.executors.local_executor", "airflow.sdk.execution_time.task_runner", "cbm_tasks.workflow",
-            "cbm_tasks.store", "cbm_tasks.catalogue.clients")
+            "cbm_tasks.store", "cbm_tasks.catalogue.clients", "cbm_tasks.preload")
 _AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
