@@ -14,8 +14,9 @@ GNU OpenMP used before a fork hangs or crashes the child; Numba therefore kills 
 *direct* child of the process that selected the layer when it runs a parallel kernel. Airflow
 runs each task in a grandchild of the forkserver (forkserver -> LocalExecutor worker ->
 supervised task process), which is safe: no thread pool exists in any ancestor, and the child
-starts its own on first use. Running a parallel kernel in a direct child of a process that
-imported this module is not safe (tested in ``tests/test_preload.py``).
+starts its own on first use (``tests/test_preload.py`` runs exactly this chain, also under
+NUMBA_THREADING_LAYER=workqueue). Under GNU OpenMP a *direct* child of a process that imported
+this module is killed when it runs a parallel kernel (measured): never run kernels there.
 
 The argument types are built from tiny arrays passed through the same helpers as the wrappers
 (``numba.typeof``), so a signature here is one the extraction really calls; the test checks that
