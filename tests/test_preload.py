@@ -137,7 +137,7 @@ def test_forked_task_uses_the_preloaded_kernels(forked_task: Scenario) -> None:
     assert info["new_signatures"] == {}, "the extraction called a kernel signature the preload does not load"
     assert info["compile_events"] == 0
     # a task that loads the kernels itself needs ~1 s here; inherited ones run at once
-    assert isinstance(info["seconds"], float) and info["seconds"] < 0.5
+    assert isinstance(info["seconds"], float) and info["seconds"] < 0.8
 
 
 def test_forked_task_results_are_correct(forked_task: Scenario) -> None:
