@@ -10,6 +10,7 @@ demo: install
 test: install
 	$(BIN)/cbm db start
 	$(BIN)/ruff check cbm_tasks dags plugins tests benchmarks
+	$(BIN)/mypy cbm_tasks
 	$(BIN)/pytest -q
 
 install: $(VENV)/.installed
