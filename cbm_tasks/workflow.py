@@ -29,7 +29,7 @@ from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.poll import poll
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.catalogue.query import KNOWN_PRODUCT_TYPES, Catalogue, SearchQuery
-from cbm_tasks.errors import BadInputError, ConfigError, NotFoundError, ProductNotFoundError
+from cbm_tasks.errors import BadInputError, CbmError, ConfigError, NotFoundError, ProductNotFoundError
 from cbm_tasks.label_cache import LabelCache
 
 __all__ = [
@@ -250,6 +250,15 @@ def parcel_year(conn: psycopg.Connection, product_id: int, *, aoi: str) -> int |
     return None
 
 
+def _release_after_failure(conn: psycopg.Connection, product_id: int, *, aoi: str, error: str) -> None:
+    """Record a failed last try; a database that fails too must not hide the original error."""
+    try:
+        registry.mark_failed(conn, product_id, aoi=aoi, error=error)
+    except (psycopg.Error, CbmError) as err:
+        log.warning("could not release product_id=%d aoi=%s after %s: %s (the claim goes stale instead)",
+                    product_id, aoi, error[:200], err)
+
+
 def extract_claimed(
     conn: psycopg.Connection,
     store: RasterStore,
@@ -288,10 +297,12 @@ def extract_claimed(
     except BadInputError as err:
         registry.mark_failed(conn, product_id, aoi=aoi, error=f"{type(err).__name__}: {err}", permanent=True)
         raise
-    except Exception as err:
-        # anything else may pass on a retry: keep the claim unless no retry follows
+    except BaseException as err:
+        # Anything else may pass on a retry: keep the claim unless no retry follows. BaseException
+        # because Airflow's execution timeout is one: without this, an image whose last try timed
+        # out would stay 'extracting' until its claim goes stale.
         if last_try:
-            registry.mark_failed(conn, product_id, aoi=aoi, error=f"{type(err).__name__}: {err}")
+            _release_after_failure(conn, product_id, aoi=aoi, error=f"{type(err).__name__}: {err}")
         raise
     status = "extracted" if result.n_parcels > 0 else "skipped"
     registry.mark_done(conn, product_id, aoi=aoi, status=status)

@@ -112,3 +112,17 @@ def test_bad_input_fails_at_once_and_transient_errors_keep_the_claim(
         workflow.extract_claimed(conn, store, other, aoi="demo", run=RUN, last_try=True)
     status, attempts, error = _status(conn, other)
     assert (status, attempts) == ("ready", 1) and "TransientError" in (error or "")
+
+    # Airflow's execution timeout is a BaseException: the last try must still release the claim
+    class TaskTimeout(BaseException):
+        pass
+
+    def too_slow(*args: object, **kwargs: object) -> int:
+        raise TaskTimeout("Timeout, PID: 4242")
+
+    assert [pid for _, pid in workflow.claim_ready(conn, aois=["demo"], worker="test")] == [other]
+    monkeypatch.setattr(obs, "replace_image_stats", too_slow)
+    with pytest.raises(TaskTimeout):
+        workflow.extract_claimed(conn, store, other, aoi="demo", run=RUN, last_try=True)
+    status, attempts, error = _status(conn, other)
+    assert (status, attempts) == ("ready", 2) and "TaskTimeout: Timeout, PID: 4242" in (error or "")
