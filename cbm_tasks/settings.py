@@ -8,6 +8,10 @@ Environment:
     CBM_PG_ROOT       folder of the project-local cluster (default: var/pg, see cluster.default_root)
     CBM_PG_PORT       its port (default 55432)
     CBM_DB_NAME       database of the local cluster (default cbm)
+    CBM_STORE_KIND, CBM_STORE_ROOT, CBM_STORE_BUCKET, CBM_STORE_ENDPOINT_URL, CBM_STORE_REGION,
+    CBM_STORE_SCRATCH_DIR, CBM_STORE_ACCESS_KEY, CBM_STORE_SECRET_KEY
+                      the object store of ``cbm extract`` (default: local files), the same
+                      names as in docker-compose.yml
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from pathlib import Path
 
 from cbm_tasks.cluster import DEFAULT_PORT, ClusterConfig, default_root
 from cbm_tasks.errors import ConfigError
+from cbm_tasks.store import StoreConfig
 
-__all__ = ["database_name", "database_url", "local_cluster", "project_dir"]
+__all__ = ["database_name", "database_url", "local_cluster", "project_dir", "store_config"]
 
 
 def project_dir() -> Path:
@@ -45,3 +50,10 @@ def database_name() -> str:
 def database_url() -> str:
     """Return the libpq URL of the CbM database: CBM_DATABASE_URL, else the local cluster's."""
     return os.environ.get("CBM_DATABASE_URL") or local_cluster().url(database_name())
+
+
+def store_config() -> StoreConfig:
+    """Return the object store settings from the ``CBM_STORE_*`` variables (unset: local files)."""
+    fields = ("kind", "root", "bucket", "endpoint_url", "region", "scratch_dir", "access_key", "secret_key")
+    values = {name: os.environ.get(f"CBM_STORE_{name.upper()}") for name in fields}
+    return StoreConfig(**{name: value for name, value in values.items() if value})

@@ -135,3 +135,31 @@ def test_safe_folder_on_s3_without_band_descriptors(conn: psycopg.Connection, s3
     counts = conn.execute("SELECT product_id, parcel_key, counts FROM cbm.parcel_class_counts "
                           "ORDER BY parcel_key").fetchall()
     assert [c[1:] for c in counts if c[0] == remote_id] == [c[1:] for c in counts if c[0] == local_id]
+
+
+def test_cli_extracts_an_image_on_s3_with_the_store_from_the_environment(
+    conn: psycopg.Connection, db_url: str, s3: MotoServer, bucket: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cbm_tasks import cli
+
+    values = np.random.default_rng(11).integers(1, 10000, size=(2, 1024, 1024), dtype=np.uint16)
+    image = write_tif(tmp_path / "coh.tif", values, transform=TRANSFORM, nodata=0, descriptions=["VV", "VH"],
+                      tags={"TIFFTAG_DATETIME": "2018:06:01 17:32:00"})
+    _store(s3.endpoint_url, bucket, tmp_path).upload(image, f"s3://{bucket}/card/coh.tif")
+    add_parcel_set(conn, aoi="s3cli", year=2018, srid=32631, parcels=PARCELS)
+    for name, value in {"KIND": "s3", "BUCKET": bucket, "ENDPOINT_URL": s3.endpoint_url, "REGION": REGION,
+                        "ACCESS_KEY": ACCESS_KEY, "SECRET_KEY": SECRET_KEY,
+                        "SCRATCH_DIR": str(tmp_path / "scratch")}.items():
+        monkeypatch.setenv(f"CBM_STORE_{name}", value)
+    monkeypatch.setenv("CBM_DATABASE_URL", db_url)
+    uri = f"s3://{bucket}/card/coh.tif"
+    assert cli.main(["extract", uri, "--aoi", "s3cli", "--year", "2018", "--product-type", "CARD-COH6"]) == 0
+    product_id, product_type = conn.execute(
+        "SELECT product_id, product_type FROM cbm.product WHERE uid = %s", (uri,)).fetchone()
+    assert product_type == "CARD-COH6"
+    bands = conn.execute("SELECT bands FROM cbm.extraction WHERE product_id = %s", (product_id,)).fetchone()[0]
+    assert bands == ["VV", "VH"]
+    got = obs_rows(conn, product_id)
+    mask = rasterio.features.geometry_mask([PARCELS[0][1]], out_shape=(1024, 1024), transform=TRANSFORM, invert=True)
+    assert got[1][0] == mask.sum() and got[1][1] == pytest.approx(values[0][mask].mean(), rel=1e-6)

@@ -9,7 +9,7 @@ from datetime import datetime
 from cbm_tasks import db, settings
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.extract import extract_file
-from cbm_tasks.store import StoreConfig, open_store
+from cbm_tasks.store import open_store
 
 __all__ = ["register"]
 
@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "image's earlier rows) in one transaction. An image without a catalogue record is registered "
         "in cbm.product (catalogue 'file', uid = its absolute path).",
     )
-    parser.add_argument("image", metavar="IMAGE", help="local GeoTIFF/COG, or S2 L2A .SAFE folder")
+    parser.add_argument("image", metavar="IMAGE", help="GeoTIFF/COG or S2 L2A .SAFE folder: a local path, or "
+                        "s3://bucket/key with the store set by the CBM_STORE_* variables")
     parser.add_argument("--aoi", required=True, help="AOI whose parcels are used")
     parser.add_argument("--year", required=True, type=int, help="year of the parcel set")
     parser.add_argument("--obs-time", help="acquisition time, ISO 8601 (UTC when no offset); required when the "
@@ -45,7 +46,7 @@ def _obs_time(text: str | None) -> datetime | None:
 
 def _extract(args: argparse.Namespace) -> int:
     obs_time = _obs_time(args.obs_time)
-    store = open_store(StoreConfig())
+    store = open_store(settings.store_config())
     with db.connect(settings.database_url()) as conn:
         result = extract_file(conn, store, args.image, aoi=args.aoi, year=args.year, obs_time=obs_time,
                               product_id=args.product_id, product_type=args.product_type)
