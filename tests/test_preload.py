@@ -135,9 +135,8 @@ def test_forked_task_uses_the_preloaded_kernels(forked_task: Scenario) -> None:
     _, info, _ = forked_task
     assert info["preload_in_sys_modules"], "the task process did not inherit cbm_tasks.preload"
     assert info["new_signatures"] == {}, "the extraction called a kernel signature the preload does not load"
-    assert info["compile_events"] == 0
-    # a task that loads the kernels itself needs ~1 s here; inherited ones run at once
-    assert isinstance(info["seconds"], float) and info["seconds"] < 0.8
+    assert info["compile_events"] == 0  # nothing compiled or loaded from the cache in the task
+    # (timings belong in benchmarks, not here: the signature and compile-event checks are exact)
 
 
 def test_forked_task_results_are_correct(forked_task: Scenario) -> None:
