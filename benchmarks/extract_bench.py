@@ -347,14 +347,14 @@ class BenchDatabase:
 
         from cbm_tasks import cluster, db, obs, settings
 
-        self._admin_url: str | None = None
+        self._cluster: cluster.ClusterConfig | None = None
         self._name: str | None = None
         if url is None:
             cfg = settings.local_cluster()
             cluster.start(cfg)
             self._name = f"cbm_bench_{uuid.uuid4().hex[:10]}"
             cluster.ensure_database(cfg, self._name)
-            self._admin_url = cfg.url("postgres")
+            self._cluster = cfg
             url = cfg.url(self._name)
             with db.connect(url) as conn:
                 db.migrate(conn)
@@ -394,9 +394,10 @@ class BenchDatabase:
         import psycopg
         from psycopg import sql
 
-        if self._name is not None and self._admin_url is not None:
-            with psycopg.connect(self._admin_url, autocommit=True) as admin:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self._name)))
+        if self._name is not None and self._cluster is not None:
+            from cbm_tasks import cluster
+
+            cluster.drop_database(self._cluster, self._name)
             return
         with psycopg.connect(self.url) as conn:  # a database we were given: remove our rows only
             for table in ("parcel_obs", "parcel_class_counts"):

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-from psycopg import sql
 
 from cbm_tasks import cluster, db, obs, settings
 
@@ -121,8 +120,7 @@ def main() -> None:
                 conn.commit()
                 print(f"{n_bands:>5} {ours:>11.1f} {peer:>11.1f} {peer / ours:>8.2f}x {ours_s:>11.2f} {peer_s:>11.2f}")
     finally:
-        with psycopg.connect(cfg.url("postgres"), autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        cluster.drop_database(cfg, name)
 
 
 if __name__ == "__main__":

@@ -22,16 +22,23 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from cbm_tasks.errors import ClusterError
 
+if TYPE_CHECKING:
+    import psycopg
+
 __all__ = [
     "ClusterConfig",
     "default_root",
+    "drop_database",
     "ensure_database",
     "find_bindir",
+    "init",
     "is_running",
+    "remove",
     "start",
     "stop",
 ]
@@ -244,28 +251,40 @@ def stop(cfg: ClusterConfig, *, timeout_s: float = 60) -> bool:
     return True
 
 
-def ensure_database(cfg: ClusterConfig, dbname: str) -> bool:
-    """Create database *dbname* unless it exists; return True when it was created."""
+def _admin_connection(cfg: ClusterConfig) -> psycopg.Connection:
+    """Connect to the cluster's ``postgres`` database (autocommit), waiting up to 30 s for it to accept."""
     import psycopg
-    from psycopg import sql
 
     deadline = time.monotonic() + 30
     while True:
         try:
-            conn = psycopg.connect(cfg.url("postgres"), autocommit=True)
-            break
+            return psycopg.connect(cfg.url("postgres"), autocommit=True)
         except psycopg.OperationalError as err:
             if time.monotonic() > deadline:
                 raise ClusterError(f"cannot connect to cluster {cfg.root}: {err}") from err
             time.sleep(0.2)
-    with conn:
+
+
+def ensure_database(cfg: ClusterConfig, dbname: str) -> bool:
+    """Create database *dbname* unless it exists; return True when it was created."""
+    from psycopg import sql
+
+    with _admin_connection(cfg) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
             return False
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     return True
 
 
+def drop_database(cfg: ClusterConfig, dbname: str) -> None:
+    """Drop database *dbname* if it exists, ending its sessions (test and benchmark databases)."""
+    from psycopg import sql
+
+    with _admin_connection(cfg) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
 def remove(cfg: ClusterConfig) -> None:
-    """Stop the cluster and delete its folder (used by tests and ``cbm db destroy``)."""
+    """Stop the cluster and delete its folder (throw-away clusters of the tests)."""
     stop(cfg)
     shutil.rmtree(cfg.root, ignore_errors=True)

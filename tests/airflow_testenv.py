@@ -19,9 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
-
 from cbm_tasks import airflow_ctl, cluster, settings
 
 _HOME = Path(tempfile.mkdtemp(prefix="cbm-airflow-test-"))
@@ -34,8 +31,7 @@ def _cleanup() -> None:
     # (dispose_orm) have closed their connections to the metadata database
     for cfg in _CREATED:
         airflow_ctl.stop(cfg)
-        with psycopg.connect(cfg.cluster.url("postgres"), autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(cfg.metadata_db)))
+        cluster.drop_database(cfg.cluster, cfg.metadata_db)
     shutil.rmtree(_HOME, ignore_errors=True)
 
 

@@ -42,12 +42,7 @@ def template_db(pg_cluster: cluster.ClusterConfig) -> Iterator[str]:
     with db.connect(pg_cluster.url(name)) as conn:
         db.migrate(conn)
     yield name
-    _drop(pg_cluster, name)
-
-
-def _drop(cfg: cluster.ClusterConfig, name: str) -> None:
-    with psycopg.connect(cfg.url("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    cluster.drop_database(pg_cluster, name)
 
 
 @pytest.fixture
@@ -59,7 +54,7 @@ def db_url(pg_cluster: cluster.ClusterConfig, template_db: str) -> Iterator[str]
             sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_db))
         )
     yield pg_cluster.url(name)
-    _drop(pg_cluster, name)
+    cluster.drop_database(pg_cluster, name)
 
 
 @pytest.fixture
