@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -346,6 +347,8 @@ class BenchDatabase:
         import psycopg
 
         from cbm_tasks import cluster, db, obs, settings
+        from cbm_tasks.catalogue import registry
+        from cbm_tasks.catalogue.product import Product
 
         self._cluster: cluster.ClusterConfig | None = None
         self._name: str | None = None
@@ -361,17 +364,17 @@ class BenchDatabase:
         self.url = url
         tag = uuid.uuid4().hex[:8]
         with psycopg.connect(url) as conn:
-            aoi_id = conn.execute("INSERT INTO cbm.aoi (name) VALUES (%s) RETURNING aoi_id",
-                                  (f"bench_{tag}",)).fetchone()[0]
+            aoi_id = registry.ensure_aoi(conn, f"bench_{tag}")
             self.parcel_set_id = conn.execute(
                 "INSERT INTO cbm.parcel_set (aoi_id, year, srid, source_file) VALUES (%s, 2024, %s, %s) "
                 "RETURNING parcel_set_id", (aoi_id, EPSG, "benchmarks/extract_bench.py")).fetchone()[0]
-            self.product_ids = [conn.execute(
-                "INSERT INTO cbm.product (uid, name, catalogue, collection, product_type, acquired_at, location) "
-                "VALUES (%s, %s, 'file', 'SENTINEL-2', 'S2MSI2A', now(), %s) RETURNING product_id",
-                (f"bench-{tag}-{run}", f"bench {run}", "/var/tmp")).fetchone()[0] for run in ("cold", "warm")]
-            self.aoi_id = aoi_id
             conn.commit()
+            now = datetime.now(UTC)
+            self.product_ids = registry.register(conn, [
+                Product(uid=f"bench-{tag}-{run}", name=f"bench {run}", catalogue="file", collection="SENTINEL-2",
+                        product_type="S2MSI2A", acquired_at=now, location="/var/tmp") for run in ("cold", "warm")
+            ], aoi=f"bench_{tag}")
+            self.aoi_id = aoi_id
             obs.ensure_partitions(conn, self.parcel_set_id)  # done by the parcel import in production
 
     def storage(self) -> dict[str, float]:

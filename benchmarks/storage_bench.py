@@ -18,12 +18,15 @@ from __future__ import annotations
 import argparse
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import psycopg
 
 from cbm_tasks import cluster, db, obs, settings
+from cbm_tasks.catalogue import registry
+from cbm_tasks.catalogue.product import Product
 
 PEER_DDL = Path(__file__).with_name("peer_jrc_signatures.sql")
 S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
@@ -37,17 +40,18 @@ def _random_stats(rng: np.random.Generator, n_parcels: int, n_bands: int) -> np.
 
 def _setup(conn: psycopg.Connection, n_images: int, bands: list[int]) -> tuple[dict[int, int], list[int]]:
     """One parcel set per band count and n_images products; return ({bands: parcel_set_id}, product ids)."""
-    aoi_id = conn.execute("INSERT INTO cbm.aoi (name) VALUES ('storage_bench') RETURNING aoi_id").fetchone()[0]
+    aoi_id = registry.ensure_aoi(conn, "storage_bench")
     sets = {}
     for year, n_bands in enumerate(bands, start=2020):
         sets[n_bands] = conn.execute(
             "INSERT INTO cbm.parcel_set (aoi_id, year, srid, source_file) VALUES (%s, %s, 32631, 'storage_bench') "
             "RETURNING parcel_set_id", (aoi_id, year)).fetchone()[0]
-    products = [conn.execute(
-        "INSERT INTO cbm.product (uid, name, catalogue, collection, product_type, acquired_at, location) "
-        "VALUES (%s, %s, 'file', 'SENTINEL-2', 'S2MSI2A', now(), '/dev/null') RETURNING product_id",
-        (f"storage-bench-{i}", f"image {i}")).fetchone()[0] for i in range(n_images)]
     conn.commit()
+    when = datetime(2024, 5, 1, tzinfo=UTC)
+    products = registry.register(conn, [
+        Product(uid=f"storage-bench-{i}", name=f"image {i}", catalogue="file", collection="SENTINEL-2",
+                product_type="S2MSI2A", acquired_at=when + timedelta(days=5 * i), location="/dev/null")
+        for i in range(n_images)], aoi="storage_bench")
     for set_id in sets.values():
         obs.ensure_partitions(conn, set_id)
     return sets, products
