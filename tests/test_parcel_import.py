@@ -16,6 +16,7 @@ import pyproj
 import pytest
 import shapely
 from conftest import shared_data
+from test_parcel_bad_input import write_gpkg
 
 from cbm_tasks import parcel
 from cbm_tasks.cli import main
@@ -389,21 +390,10 @@ def test_concurrent_imports_of_a_new_set_serialise(db_url: str) -> None:
         assert second.execute("SELECT count(*), count(DISTINCT parcel_key) FROM cbm.parcel").fetchone() == (100, 100)
 
 
-def _write_squares(path: Path, ids: list[str]) -> Path:
-    features = [
-        {"type": "Feature", "properties": {"parcel_id": pid, "crop_code": "GRASS", "crop_name": "grassland"},
-         "geometry": shapely.geometry.mapping(shapely.box(500000 + 100 * i, 5629000, 500050 + 100 * i, 5629050))}
-        for i, pid in enumerate(ids)
-    ]
-    crs = {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32631"}}
-    path.write_text(json.dumps({"type": "FeatureCollection", "crs": crs, "features": features}))
-    return path
-
-
 def test_keys_of_removed_parcels_are_never_reused(conn: psycopg.Connection, tmp_path: Path) -> None:
-    import_parcels(conn, _write_squares(tmp_path / "v1.geojson", ["a", "b", "c"]), aoi="keys", year=2024)
-    import_parcels(conn, _write_squares(tmp_path / "v2.geojson", ["a", "b"]), aoi="keys", year=2024)
-    import_parcels(conn, _write_squares(tmp_path / "v3.geojson", ["a", "b", "d"]), aoi="keys", year=2024)
+    for version, ids in enumerate((["a", "b", "c"], ["a", "b"], ["a", "b", "d"]), start=1):
+        register = write_gpkg(tmp_path / f"v{version}.gpkg", ids, crs="EPSG:32631")
+        import_parcels(conn, register, aoi="keys", year=2024, crop_name_column="-")
     rows = conn.execute("SELECT parcel_id, parcel_key FROM cbm.parcel ORDER BY parcel_key").fetchall()
     assert rows == [("a", 1), ("b", 2), ("d", 4)]  # key 3 belonged to the removed parcel c
     assert conn.execute("SELECT max_parcel_key FROM cbm.parcel_set").fetchone() == (4,)
