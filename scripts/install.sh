@@ -9,6 +9,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need_apt=()
+apt_install() { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"; }
 pg_version() {  # major version of the distribution's default PostgreSQL
   apt-cache depends postgresql 2>/dev/null | sed -n 's/.*Depends: postgresql-\([0-9][0-9]*\)$/\1/p' | head -1
 }
@@ -22,19 +23,18 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   [ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock | head -1)" ] || $SUDO apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" \
-    || { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-         --no-install-recommends "${need_apt[@]}"; }
+  # stale package lists give 404s: refresh them once and try again
+  apt_install "${need_apt[@]}" || { $SUDO apt-get update -qq && apt_install "${need_apt[@]}"; }
 fi
 # the Debian package starts a cluster of its own on 5432; ours runs beside it and needs none
 if command -v pg_lsclusters >/dev/null 2>&1 && [ -n "$(pg_lsclusters -h 2>/dev/null)" ]; then
-  pg_lsclusters -h | while read -r v name _; do $SUDO pg_ctlcluster "$v" "$name" stop 2>/dev/null || true; done
+  pg_lsclusters -h | while read -r v name _; do $SUDO pg_ctlcluster "$v" "$name" stop >/dev/null 2>&1 || true; done
 fi
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip --version >/dev/null 2>&1 || .venv/bin/python -m ensurepip -q
+.venv/bin/python -m pip --version >/dev/null 2>&1 || .venv/bin/python -m ensurepip >/dev/null
 [ -x .venv/bin/uv ] || .venv/bin/python -m pip install -q --disable-pip-version-check "uv==0.13.8"
 .venv/bin/uv pip install -q --python .venv/bin/python -r requirements.txt
 .venv/bin/uv pip install -q --python .venv/bin/python --no-deps -e .
