@@ -107,17 +107,12 @@ def _service_can_reach(path: Path) -> bool:
     probe = path
     while not probe.exists():
         probe = probe.parent
+    # resolving the path as that user checks every ancestor too; the missing folders below
+    # *probe* are made by us and are traversable
     result = subprocess.run(
         ["runuser", "-u", SERVICE_USER, "--", "test", "-x", str(probe)], capture_output=True, check=False
     )
-    if result.returncode != 0:
-        return False
-    # every ancestor up to the first existing one must be traversable too
-    for parent in probe.parents:
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            return False
-    return True
+    return result.returncode == 0
 
 
 def default_root(project_dir: Path) -> Path:
