@@ -146,16 +146,19 @@ def find_bindir() -> Path:
     )
 
 
+def _as_service(argv: list[str]) -> list[str]:
+    """Return *argv* run as the ``postgres`` OS user when we are root (initdb refuses root)."""
+    return ["runuser", "-u", SERVICE_USER, "--", *argv] if _as_root() else argv
+
+
 def _run(cfg: ClusterConfig, argv: list[str], *, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    if _as_root():
-        argv = ["runuser", "-u", SERVICE_USER, "--", *argv]
+    tool = Path(argv[0]).name
     try:
-        return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=timeout_s)
+        return subprocess.run(_as_service(argv), capture_output=True, text=True, check=True, timeout=timeout_s)
     except subprocess.CalledProcessError as err:
-        raise ClusterError(f"{Path(argv[argv.index('--') + 1] if '--' in argv else argv[0]).name} failed "
-                           f"for cluster {cfg.root}: {err.stderr.strip()[-2000:]}") from err
+        raise ClusterError(f"{tool} failed for cluster {cfg.root}: {err.stderr.strip()[-2000:]}") from err
     except subprocess.TimeoutExpired as err:
-        raise ClusterError(f"{argv[0]} timed out after {timeout_s} s for cluster {cfg.root}") from err
+        raise ClusterError(f"{tool} timed out after {timeout_s} s for cluster {cfg.root}") from err
 
 
 def _bindir(cfg: ClusterConfig) -> Path:
@@ -207,9 +210,7 @@ def is_running(cfg: ClusterConfig) -> bool:
     """Tell whether the cluster's postmaster is up."""
     if not (cfg.data_dir / "PG_VERSION").exists():
         return False
-    argv = [str(_bindir(cfg) / "pg_ctl"), "status", "-D", str(cfg.data_dir)]
-    if _as_root():
-        argv = ["runuser", "-u", SERVICE_USER, "--", *argv]
+    argv = _as_service([str(_bindir(cfg) / "pg_ctl"), "status", "-D", str(cfg.data_dir)])
     return subprocess.run(argv, capture_output=True, check=False, timeout=30).returncode == 0
 
 
