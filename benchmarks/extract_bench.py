@@ -7,7 +7,7 @@ tile edge). Then times, each contender in its own process (so that peak RSS is i
 
 * engine cold: read/decode B04, B08, SCL; rasterise the parcels (10 m and 20 m grids);
   zonal statistics of B04 and B08 (count, mean, std, min, max, p25, p50, p75), SCL class
-  counts; write the rows with the extraction's COPY path (cbm_tasks.obs.replace_image_stats);
+  counts; write the rows with the extraction's COPY path (cbm_tasks.timeseries.write.replace_image_stats);
 * engine warm: the same with the label rasters from a LabelCache (a later image of the tile);
 * exactextract 0.3 (one thread, in memory): the same statistics of B04 and B08 and the SCL
   class fractions, with coverage_weight=none and min_coverage_frac=0.5 (the closest to the
@@ -180,8 +180,8 @@ def _peak_rss_mb() -> float:
 
 
 def _image_rows(stats: list[Any], scl: Any) -> Any:
-    """Assemble the rows of one image exactly as cbm_tasks.extract does (bands side by side, float32)."""
-    from cbm_tasks import obs
+    """Assemble the rows of one image exactly as cbm_tasks.extraction.extract does (bands side by side, float32)."""
+    from cbm_tasks.timeseries import write as obs
 
     fields = ("count", "mean", "std", "min", "max", "p25", "p50", "p75")
     keys = np.unique(np.concatenate([s.keys for s in stats]))
@@ -200,10 +200,10 @@ def run_engine(paths: dict[str, str], db_url: str, parcel_set_id: int, product_i
     import psycopg
     import rasterio
 
-    from cbm_tasks import obs
-    from cbm_tasks.label_cache import GridKey, LabelCache
-    from cbm_tasks.rasterize import rasterize_parcels
-    from cbm_tasks.zonal import class_counts, zonal_stats
+    from cbm_tasks.extraction.label_cache import GridKey, LabelCache
+    from cbm_tasks.extraction.rasterize import rasterize_parcels
+    from cbm_tasks.extraction.zonal import class_counts, zonal_stats
+    from cbm_tasks.timeseries import write as obs
 
     geoms, keys = _load_parcels(paths)
     t0 = time.perf_counter()  # load the Numba kernels (compiled into __pycache__ on first use)
@@ -319,7 +319,7 @@ def run_gdal_rasterize(paths: dict[str, str]) -> dict[str, Any]:
     import rasterio
     from rasterio.features import rasterize
 
-    from cbm_tasks.rasterize import rasterize_parcels
+    from cbm_tasks.extraction.rasterize import rasterize_parcels
 
     geoms, keys = _load_parcels(paths)
     with rasterio.open(paths["B04"]) as src:
@@ -346,9 +346,11 @@ class BenchDatabase:
     def __init__(self, url: str | None) -> None:
         import psycopg
 
-        from cbm_tasks import cluster, db, obs, settings
+        from cbm_tasks import db
         from cbm_tasks.catalogue import registry
         from cbm_tasks.catalogue.product import Product
+        from cbm_tasks.ops import cluster, settings
+        from cbm_tasks.timeseries import write as obs
 
         self._cluster: cluster.ClusterConfig | None = None
         self._name: str | None = None
@@ -398,7 +400,7 @@ class BenchDatabase:
         from psycopg import sql
 
         if self._name is not None and self._cluster is not None:
-            from cbm_tasks import cluster
+            from cbm_tasks.ops import cluster
 
             cluster.drop_database(self._cluster, self._name)
             return

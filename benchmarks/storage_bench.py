@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from cbm_tasks import cluster, db, obs, settings
+from cbm_tasks import db
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
+from cbm_tasks.ops import cluster, settings
+from cbm_tasks.timeseries import write as obs
 
 PEER_DDL = Path(__file__).with_name("peer_jrc_signatures.sql")
 S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")

@@ -19,12 +19,12 @@ from pathlib import Path
 import psycopg
 
 from cbm_tasks.errors import MigrationError, TransientError
+from cbm_tasks.paths import SQL_DIR
 
 __all__ = ["Migration", "SQL_DIR", "applied_migrations", "connect", "list_migrations", "migrate"]
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _MIGRATION_LOCK = 0x43424D  # "CBM": pg_advisory_xact_lock key of the migration runner
 _NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 

@@ -13,12 +13,12 @@ import json
 import logging
 import subprocess
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from cbm_tasks import __version__
+from cbm_tasks.paths import REPO_ROOT
 
 __all__ = ["RunContext", "code_version", "finish_run", "start_run"]
 
@@ -40,7 +40,7 @@ class RunContext:
 @functools.cache
 def code_version() -> str:
     """Return ``<package version>+<git commit>`` (``+dirty`` when the checkout has local edits)."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO_ROOT
     try:
         commit = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],

@@ -67,7 +67,8 @@ def cbm_catalogue() -> None:
     def select_aois() -> list[str]:
         from cbm_conn import postgis_dsn
 
-        from cbm_tasks import db, workflow
+        from cbm_tasks import db
+        from cbm_tasks.pipeline import extract as workflow
 
         aoi = str(get_current_context()["params"]["aoi"])
         if aoi != ALL_AOIS:
@@ -79,9 +80,10 @@ def cbm_catalogue() -> None:
     def poll(aoi: str) -> dict[str, Any]:
         from cbm_conn import catalogue_config, postgis_dsn
 
-        from cbm_tasks import db, workflow
+        from cbm_tasks import db
         from cbm_tasks.catalogue.clients import open_catalogue
         from cbm_tasks.errors import BadInputError
+        from cbm_tasks.pipeline import extract as workflow
 
         context = get_current_context()
         context["cbm_aoi"] = aoi  # type: ignore[typeddict-unknown-key]  # names the mapped task in the UI

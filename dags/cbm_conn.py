@@ -29,7 +29,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 from psycopg.conninfo import make_conninfo
 
 from cbm_tasks.catalogue.clients import CatalogueConfig
-from cbm_tasks.label_cache import LabelCache
+from cbm_tasks.extraction.label_cache import LabelCache
 from cbm_tasks.store import StoreConfig
 
 __all__ = [

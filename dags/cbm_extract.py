@@ -55,8 +55,9 @@ def cbm_extract() -> None:
     def claim() -> list[dict[str, Any]]:
         from cbm_conn import postgis_dsn
 
-        from cbm_tasks import db, workflow
+        from cbm_tasks import db
         from cbm_tasks.errors import BadInputError
+        from cbm_tasks.pipeline import extract as workflow
 
         context = get_current_context()
         params = context["params"]
@@ -80,8 +81,9 @@ def cbm_extract() -> None:
     def extract(image: dict[str, Any]) -> dict[str, Any]:
         from cbm_conn import label_cache, postgis_dsn, store_config
 
-        from cbm_tasks import db, lineage, workflow
+        from cbm_tasks import db, lineage
         from cbm_tasks.errors import BadInputError
+        from cbm_tasks.pipeline import extract as workflow
         from cbm_tasks.store import open_store
 
         context = get_current_context()

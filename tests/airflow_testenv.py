@@ -2,7 +2,7 @@
 
 Airflow reads its configuration once, when ``airflow`` is first imported, so the test modules
 that use it call :func:`activate` at import time, before importing anything from Airflow. The
-configuration is the one ``cbm airflow start`` writes (cbm_tasks.airflow_ctl), with a private
+configuration is the one ``cbm airflow start`` writes (cbm_tasks.ops.airflow_ctl), with a private
 home, a private metadata database ``airflow_test_<pid>`` in the project-local cluster (no
 SQLite) and the real ``dags/`` folder. Both are removed when the session ends.
 """
@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cbm_tasks import airflow_ctl, cluster, settings
+from cbm_tasks.ops import airflow_ctl, cluster, settings
 
 _HOME = Path(tempfile.mkdtemp(prefix="cbm-airflow-test-"))
 _METADATA_DB = f"airflow_test_{os.getpid()}"

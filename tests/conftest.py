@@ -15,7 +15,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cbm_tasks import cluster, db, settings
+from cbm_tasks import db
+from cbm_tasks.ops import cluster, settings
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -1,4 +1,4 @@
-"""cbm_tasks.airflow_ctl without starting Airflow: configuration, secrets, connections, pid files."""
+"""cbm_tasks.ops.airflow_ctl without starting Airflow: configuration, secrets, connections, pid files."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cbm_tasks import airflow_ctl
-from cbm_tasks.cluster import ClusterConfig
 from cbm_tasks.errors import ConfigError, ServiceError
+from cbm_tasks.ops import airflow_ctl
+from cbm_tasks.ops.cluster import ClusterConfig
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_config_file_has_the_deployment_settings_and_is_private(cfg: airflow_ctl
     )
     assert (parsed["api"]["host"], parsed["api"]["port"]) == ("127.0.0.1", "18123")
     assert parsed["scheduler"]["mp_start_method"] == "forkserver"
-    assert "cbm_tasks.workflow" in parsed["scheduler"]["mp_forkserver_preload"]
+    assert "cbm_tasks.pipeline.extract" in parsed["scheduler"]["mp_forkserver_preload"]
 
 
 def test_secrets_and_password_are_generated_once(cfg: airflow_ctl.AirflowConfig) -> None:

@@ -17,8 +17,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from cbm_tasks import airflow_ctl
-from cbm_tasks.airflow_api import AirflowApi
+from cbm_tasks.ops import airflow_ctl
+from cbm_tasks.ops.airflow_api import AirflowApi
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

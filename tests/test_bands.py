@@ -1,4 +1,4 @@
-"""cbm_tasks.bands: band descriptors, a real S2 L2A SAFE, single and multi-band GeoTIFFs."""
+"""cbm_tasks.extraction.bands: band descriptors, a real S2 L2A SAFE, single and multi-band GeoTIFFs."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from affine import Affine
 from conftest import shared_data
 from test_extract_support import write_tif
 
-from cbm_tasks import bands
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.errors import BandError, CorruptProductError
+from cbm_tasks.extraction import bands
 from cbm_tasks.store import StoreConfig, open_store
 
 SAFE = "S2A_MSIL2A_20221005T115411_N0400_R023_T29UNU_20221005T164454.SAFE"

@@ -26,7 +26,8 @@ import pytest
 import yaml
 from psycopg.conninfo import make_conninfo
 
-from cbm_tasks import cluster, db
+from cbm_tasks import db
+from cbm_tasks.ops import cluster
 from cbm_tasks.store import StoreConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,9 +19,12 @@ CFG = airflow_testenv.activate()  # before any airflow import
 
 from airflow.dag_processing.dagbag import DagBag  # noqa: E402
 
-from cbm_tasks import demo_data, obs, parcel, workflow  # noqa: E402
 from cbm_tasks.catalogue.local import LocalCatalogue  # noqa: E402
+from cbm_tasks.demo import data as demo_data  # noqa: E402
 from cbm_tasks.errors import TransientError  # noqa: E402
+from cbm_tasks.parcels import sets as parcel  # noqa: E402
+from cbm_tasks.pipeline import extract as workflow  # noqa: E402
+from cbm_tasks.timeseries import write as obs  # noqa: E402
 
 N_PER_SENSOR = 2  # 2 Sentinel-2 L2A + 2 Sentinel-1 CARD-BS products from the real 31UDS cube
 

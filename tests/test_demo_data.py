@@ -24,12 +24,12 @@ from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.local import LocalCatalogue, product_from_local_item
 from cbm_tasks.catalogue.query import SearchQuery
 from cbm_tasks.cli import main
-from cbm_tasks.demo_cube import CUBE_FILES
-from cbm_tasks.demo_data import DemoLayout, build_demo
-from cbm_tasks.demo_synthetic import build_synthetic
+from cbm_tasks.demo.cube import CUBE_FILES
+from cbm_tasks.demo.data import DemoLayout, build_demo
+from cbm_tasks.demo.synthetic import build_synthetic
 from cbm_tasks.errors import ConfigError, CorruptProductError
-from cbm_tasks.extract import extract_product
-from cbm_tasks.parcel import import_parcels
+from cbm_tasks.extraction.extract import extract_product
+from cbm_tasks.parcels.sets import import_parcels
 from cbm_tasks.store import StoreConfig, open_store
 
 T10 = Affine(10.0, 0.0, 501360.0, 0.0, -10.0, 5629680.0)

@@ -14,7 +14,7 @@ from affine import Affine
 from test_extract_support import add_parcel_set, add_product, obs_rows, row_counts, write_tif
 
 from cbm_tasks.errors import BandError, CorruptProductError, NotFoundError, ProductNotFoundError
-from cbm_tasks.extract import extract_product
+from cbm_tasks.extraction.extract import extract_product
 from cbm_tasks.store import StoreConfig, open_store
 
 STORE = open_store(StoreConfig())

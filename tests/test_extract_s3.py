@@ -20,7 +20,7 @@ from s3_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, moto_server
 from test_extract_support import add_parcel_set, add_product, obs_rows, row_counts, write_tif
 
 from cbm_tasks.errors import BandError, TransientError
-from cbm_tasks.extract import extract_product
+from cbm_tasks.extraction.extract import extract_product
 from cbm_tasks.store import Store, StoreConfig, open_store
 
 TRANSFORM = Affine(10, 0, 500000, 0, -10, 5610240)  # 1024 x 1024 pixels of 10 m

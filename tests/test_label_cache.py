@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from cbm_tasks.label_cache import GridKey, LabelCache
+from cbm_tasks.extraction.label_cache import GridKey, LabelCache
 
 WKT = 'PROJCS["WGS 84 / UTM zone 31N",AUTHORITY["EPSG","32631"]]'
 
@@ -59,7 +59,7 @@ def test_corrupt_or_foreign_file_is_a_miss_and_removed(tmp_path: Path, caplog: p
     LabelCache(directory=tmp_path).put(_key(), _labels(1))
     (path,) = tmp_path.iterdir()
     path.write_bytes(path.read_bytes()[:40])  # truncated, as by a full disk
-    with caplog.at_level(logging.WARNING, logger="cbm_tasks.label_cache"):
+    with caplog.at_level(logging.WARNING, logger="cbm_tasks.extraction.label_cache"):
         assert LabelCache(directory=tmp_path).get(_key()) is None
     assert "unreadable" in caplog.text and not path.exists()
     np.save(path, np.zeros((2, 2), np.int64))  # a file of the right name but not our raster

@@ -1,4 +1,4 @@
-"""cbm_tasks.obs: binary COPY of one image's rows, replaced in one transaction, read back."""
+"""cbm_tasks.timeseries.write: binary COPY of one image's rows, replaced in one transaction, read back."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import shapely
 from test_extract_support import add_parcel_set, add_product, row_counts
 
-from cbm_tasks import obs
 from cbm_tasks.errors import NotFoundError, TransientError
+from cbm_tasks.timeseries import write as obs
 
 T0 = datetime(2018, 4, 5, 10, 50, 31, tzinfo=UTC)
 

@@ -19,7 +19,7 @@ import shapely
 from conftest import shared_data
 
 from cbm_tasks.errors import ParcelImportError
-from cbm_tasks.parcel import import_parcels
+from cbm_tasks.parcels.sets import import_parcels
 
 NL = "nl_brp_2023.gpkg"
 

@@ -18,10 +18,10 @@ import shapely
 from conftest import shared_data
 from test_parcel_bad_input import write_gpkg
 
-from cbm_tasks import parcel
 from cbm_tasks.cli import main
 from cbm_tasks.errors import ParcelImportError
-from cbm_tasks.parcel import import_parcels, list_parcel_sets
+from cbm_tasks.parcels import sets as parcel
+from cbm_tasks.parcels.sets import import_parcels, list_parcel_sets
 
 # file, EPSG, parcel id of the first feature, its crop code, lon/lat box the extent must fall in
 REGISTERS = [

@@ -1,8 +1,8 @@
-"""cbm_tasks.preload: kernels loaded in a forkserver serve the task processes forked from it.
+"""cbm_tasks.extraction.preload: kernels loaded in a forkserver serve the task processes forked from it.
 
-The scenario runs in its own interpreter (importing cbm_tasks.preload selects Numba's threading
+The scenario runs in its own interpreter (importing cbm_tasks.extraction.preload selects Numba's threading
 layer, which must not happen in the pytest process), laid out as Airflow's LocalExecutor does
-it: a forkserver that preloads cbm_tasks.preload, a worker process forked from it, and the task
+it: a forkserver that preloads cbm_tasks.extraction.preload, a worker process forked from it, and the task
 process forked (os.fork) from the worker, which rasterises real parcels and reduces real
 Sentinel-2 bands through the public functions.
 """
@@ -39,9 +39,9 @@ SCENARIO = textwrap.dedent('''
         import numpy as np, shapely, xarray as xr
         from affine import Affine
         from numba.core import event
-        from cbm_tasks import preload
-        from cbm_tasks.rasterize import rasterize_parcels
-        from cbm_tasks.zonal import class_counts, zonal_stats
+        from cbm_tasks.extraction import preload
+        from cbm_tasks.extraction.rasterize import rasterize_parcels
+        from cbm_tasks.extraction.zonal import class_counts, zonal_stats
 
         before = {name: len(d.signatures) for name, d in preload.kernels().items()}
         arrays = {}
@@ -65,7 +65,7 @@ SCENARIO = textwrap.dedent('''
         Path(out + ".json").write_text(json.dumps({
             "seconds": seconds, "compile_events": len(compiles.buffer),
             "new_signatures": {k: after[k] - before[k] for k in after if after[k] != before[k]},
-            "preload_in_sys_modules": "cbm_tasks.preload" in sys.modules}))
+            "preload_in_sys_modules": "cbm_tasks.extraction.preload" in sys.modules}))
 
     def worker(out: str, data: str, timeout: float) -> None:
         """The LocalExecutor worker: forks the task process and waits for it, at most *timeout* s."""
@@ -91,7 +91,7 @@ SCENARIO = textwrap.dedent('''
     if __name__ == "__main__":
         out, data = sys.argv[1], sys.argv[2]
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["cbm_tasks.preload"])
+        ctx.set_forkserver_preload(["cbm_tasks.extraction.preload"])
         process = ctx.Process(target=worker, args=(out, data, 120.0))
         process.start()
         process.join(180)
@@ -133,7 +133,7 @@ def forked_task(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
 
 def test_forked_task_uses_the_preloaded_kernels(forked_task: Scenario) -> None:
     _, info, _ = forked_task
-    assert info["preload_in_sys_modules"], "the task process did not inherit cbm_tasks.preload"
+    assert info["preload_in_sys_modules"], "the task process did not inherit cbm_tasks.extraction.preload"
     assert info["new_signatures"] == {}, "the extraction called a kernel signature the preload does not load"
     assert info["compile_events"] == 0  # nothing compiled or loaded from the cache in the task
     # (timings belong in benchmarks, not here: the signature and compile-event checks are exact)
@@ -164,12 +164,12 @@ def test_kernels_are_the_modules_dispatchers() -> None:
     """The names listed for the preload are the Numba dispatchers the wrappers call (no import here)."""
     import ast
 
-    source = (PROJECT / "cbm_tasks" / "preload.py").read_text()
+    source = (PROJECT / "cbm_tasks" / "extraction" / "preload.py").read_text()
     listed = {node.value for node in ast.walk(ast.parse(source))
               if isinstance(node, ast.Constant) and isinstance(node.value, str) and "._" in node.value
               and node.value.endswith("_kernel")}
     for module in ("zonal", "rasterize"):
-        tree = ast.parse((PROJECT / "cbm_tasks" / f"{module}.py").read_text())
+        tree = ast.parse((PROJECT / "cbm_tasks" / "extraction" / f"{module}.py").read_text())
         parallel_or_kernel = {
             f"{module}.{node.name}" for node in tree.body
             if isinstance(node, ast.FunctionDef) and node.name.endswith("_kernel")

@@ -17,7 +17,7 @@ from affine import Affine
 from conftest import shared_data
 
 from cbm_tasks.errors import GeometryError
-from cbm_tasks.rasterize import rasterize_parcels
+from cbm_tasks.extraction.rasterize import rasterize_parcels
 
 T10 = Affine(10, 0, 501360, 0, -10, 5629680)  # the WorldCereal chip's 10 m grid
 TRANSFORMS = [

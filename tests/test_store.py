@@ -21,7 +21,7 @@ from s3_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, moto_server
 
 from cbm_tasks.errors import ConfigError, NotFoundError, StoreError, TransientError
 from cbm_tasks.store import LocalStore, ObjectInfo, StoreConfig, open_store
-from cbm_tasks.store_s3 import S3Store, _translate
+from cbm_tasks.store.s3 import S3Store, _translate
 
 PAYLOAD = bytes(range(256)) * 40  # 10240 bytes, every offset recognisable
 
@@ -132,7 +132,7 @@ def test_upload_exists_and_paged_listing(store: S3Store, bucket: str, tmp_path: 
     assert store.exists("tile/f0.bin") and store.exists("tile/")
     assert not store.exists("tile/f9.bin") and not store.exists("nothing/")
 
-    with caplog.at_level(logging.INFO, logger="cbm_tasks.store_s3"):
+    with caplog.at_level(logging.INFO, logger="cbm_tasks.store.s3"):
         listed = store.iter_objects(f"s3://{bucket}/cbm/tile/", page_size=2)
         first = next(listed)  # a generator: pages are fetched as they are consumed
         objects = [first, *listed]

@@ -9,12 +9,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cbm_tasks import demo_data, lineage, obs, parcel, workflow
+from cbm_tasks import lineage
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.local import LocalCatalogue
 from cbm_tasks.catalogue.product import Product
+from cbm_tasks.demo import data as demo_data
 from cbm_tasks.errors import BadInputError, ConfigError, NotFoundError, TransientError
+from cbm_tasks.parcels import sets as parcel
+from cbm_tasks.pipeline import extract as workflow
 from cbm_tasks.store import StoreConfig, open_store
+from cbm_tasks.timeseries import write as obs
 
 RUN = lineage.RunContext(step="extract", dag_id="cbm_extract", run_id="test", task_id="extract", map_index=0,
                          try_number=1)

@@ -1,11 +1,11 @@
-"""``cbm airflow``: start, stop and watch the local Airflow deployment (see cbm_tasks.airflow_ctl)."""
+"""``cbm airflow``: start, stop and watch the local Airflow deployment (see cbm_tasks.ops.airflow_ctl)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from cbm_tasks import airflow_ctl, cluster, settings
+from cbm_tasks.ops import airflow_ctl, cluster, settings
 
 __all__ = ["register"]
 

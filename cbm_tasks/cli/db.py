@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cbm_tasks import cluster, db, settings
+from cbm_tasks import db
+from cbm_tasks.ops import cluster, settings
 
 __all__ = ["register"]
 

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from cbm_tasks import settings
-from cbm_tasks.demo_data import DemoLayout, build_demo
-from cbm_tasks.demo_synthetic import build_synthetic
+from cbm_tasks.demo.data import DemoLayout, build_demo
+from cbm_tasks.demo.synthetic import build_synthetic
+from cbm_tasks.ops import settings
 
 __all__ = ["register"]
 
@@ -68,7 +68,7 @@ def _describe(layout: DemoLayout) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cbm_tasks.demo_run import run_demo  # starts services: imported only when asked for
+    from cbm_tasks.demo.run import run_demo  # starts services: imported only when asked for
 
     summary = run_demo(out_dir=args.out, port=args.port, max_products=args.max_products, timeout_s=args.timeout)
     sys.stdout.write("\n".join(summary.lines()) + "\n")

@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from cbm_tasks import db, settings
-from cbm_tasks.parcel import import_parcels, list_parcel_sets
-from cbm_tasks.parcel_columns import NO_COLUMN
+from cbm_tasks import db
+from cbm_tasks.ops import settings
+from cbm_tasks.parcels.columns import NO_COLUMN
+from cbm_tasks.parcels.sets import import_parcels, list_parcel_sets
 
 __all__ = ["register"]
 

@@ -35,8 +35,10 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from cbm_tasks import db, obs, settings
+from cbm_tasks import db
 from cbm_tasks.errors import BadInputError
+from cbm_tasks.ops import settings
+from cbm_tasks.timeseries import write as obs
 
 __all__ = ["BAND_STATS_SCHEMA", "CLASS_COUNTS_SCHEMA", "ExportResult", "classes_path", "export_time_series",
            "register"]

@@ -1,4 +1,4 @@
-"""Object store: one interface over a local folder and an S3-protocol bucket.
+"""The store interface, its configuration and the local-folder store.
 
 Every reader of product files (catalogue, extraction, CARD processing) goes through a
 ``Store`` built from a ``StoreConfig``, so the same code runs on a laptop with files on disk
@@ -41,7 +41,6 @@ __all__ = [
     "Store",
     "StoreConfig",
     "check_byte_range",
-    "open_store",
     "scratch_folder",
     "split_s3_uri",
 ]
@@ -363,16 +362,3 @@ def scratch_folder(cfg: StoreConfig) -> Iterator[Path]:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         log.debug("removed scratch folder %s", folder)
-
-
-def open_store(cfg: StoreConfig) -> Store:
-    """Return the store described by ``cfg``: a ``LocalStore`` or an ``S3Store``.
-
-    The S3 store (and boto3) is imported only when asked for, so DAG parsing and local runs do
-    not pay for it.
-    """
-    if cfg.kind == "s3":
-        from cbm_tasks.store_s3 import S3Store  # noqa: PLC0415 - boto3 is heavy; load on demand
-
-        return S3Store(cfg)
-    return LocalStore(cfg)

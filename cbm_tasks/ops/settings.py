@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cbm_tasks.cluster import DEFAULT_PORT, ClusterConfig, default_root
 from cbm_tasks.errors import ConfigError
+from cbm_tasks.ops.cluster import DEFAULT_PORT, ClusterConfig, default_root
+from cbm_tasks.paths import REPO_ROOT
 from cbm_tasks.store import StoreConfig
 
 __all__ = ["database_name", "database_url", "local_cluster", "project_dir", "store_config"]
@@ -28,7 +29,7 @@ __all__ = ["database_name", "database_url", "local_cluster", "project_dir", "sto
 
 def project_dir() -> Path:
     """Return the checkout this package runs from (holds sql/, dags/, plugins/)."""
-    return Path(__file__).resolve().parent.parent
+    return REPO_ROOT
 
 
 def local_cluster() -> ClusterConfig:

@@ -29,9 +29,9 @@ from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
-from cbm_tasks import settings
-from cbm_tasks.cluster import ClusterConfig
 from cbm_tasks.errors import ConfigError
+from cbm_tasks.ops import settings
+from cbm_tasks.ops.cluster import ClusterConfig
 
 __all__ = [
     "ADMIN_USER",
@@ -46,8 +46,8 @@ __all__ = [
 
 ADMIN_USER = "admin"
 EXTRACT_POOL = "cbm_extract"
-_PRELOAD = ("airflow.executors.local_executor", "airflow.sdk.execution_time.task_runner", "cbm_tasks.workflow",
-            "cbm_tasks.store", "cbm_tasks.catalogue.clients", "cbm_tasks.preload")
+_PRELOAD = ("airflow.executors.local_executor", "airflow.sdk.execution_time.task_runner", "cbm_tasks.pipeline.extract",
+            "cbm_tasks.store", "cbm_tasks.catalogue.clients", "cbm_tasks.extraction.preload")
 _AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
@@ -117,7 +117,7 @@ def default_config(*, port: int | None = None) -> AirflowConfig:
     """Return the deployment of this checkout.
 
     AIRFLOW_HOME is ``<project>/var/airflow`` wherever the PostgreSQL cluster lives (as root
-    the cluster may sit in /var/tmp, see :func:`cbm_tasks.cluster.default_root`).
+    the cluster may sit in /var/tmp, see :func:`cbm_tasks.ops.cluster.default_root`).
 
     Args:
         port: API server port; None = ``CBM_AIRFLOW_PORT`` or 8080.
@@ -125,7 +125,7 @@ def default_config(*, port: int | None = None) -> AirflowConfig:
     Environment:
         CBM_AIRFLOW_PORT  default API server port (8080)
         CBM_STORE_ROOT    folder of the local object store (default ``<project>/var``)
-        and those of :mod:`cbm_tasks.settings` (cluster, CbM database).
+        and those of :mod:`cbm_tasks.ops.settings` (cluster, CbM database).
 
     Raises:
         ConfigError: ``CBM_AIRFLOW_PORT`` is not an integer.
@@ -232,7 +232,7 @@ def _settings(cfg: AirflowConfig) -> dict[str, dict[str, str]]:
 def write_config(cfg: AirflowConfig) -> Path:
     """Write ``airflow.cfg`` (and first-time secrets and admin password) under ``cfg.home``; return its path."""
     admin_password(cfg)
-    lines = ["# written by `cbm airflow start` from cbm_tasks.airflow_ctl.AirflowConfig; edits are overwritten"]
+    lines = ["# written by `cbm airflow start` from cbm_tasks.ops.airflow_ctl.AirflowConfig; edits are overwritten"]
     for section, values in _settings(cfg).items():
         lines.append(f"\n[{section}]")
         # configparser interpolates %(...)s: a literal % is written %%

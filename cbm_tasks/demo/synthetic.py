@@ -27,8 +27,8 @@ from affine import Affine
 from rasterio import features
 from shapely.geometry import MultiPolygon, Polygon
 
-from cbm_tasks.demo_data import DemoLayout
-from cbm_tasks.demo_writer import SCL_CLASSES, BandFile, write_parcels, write_product, write_text
+from cbm_tasks.demo.data import DemoLayout
+from cbm_tasks.demo.writer import SCL_CLASSES, BandFile, write_parcels, write_product, write_text
 from cbm_tasks.errors import ConfigError
 
 __all__ = ["CROPS", "SyntheticParcel", "build_synthetic", "vegetation_fraction"]

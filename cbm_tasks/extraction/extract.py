@@ -37,8 +37,11 @@ from affine import Affine
 from rasterio.errors import RasterioError
 from rasterio.windows import Window, from_bounds
 
-from cbm_tasks import lineage, obs
-from cbm_tasks.bands import (
+from cbm_tasks import lineage
+from cbm_tasks.catalogue import registry
+from cbm_tasks.catalogue.product import Product
+from cbm_tasks.errors import BadInputError, BandError, CorruptProductError
+from cbm_tasks.extraction.bands import (
     BandSource,
     RasterStore,
     is_remote,
@@ -48,12 +51,10 @@ from cbm_tasks.bands import (
     raster_error,
     read_safe_metadata,
 )
-from cbm_tasks.catalogue import registry
-from cbm_tasks.catalogue.product import Product
-from cbm_tasks.errors import BadInputError, BandError, CorruptProductError
-from cbm_tasks.label_cache import GridKey, LabelCache
-from cbm_tasks.rasterize import rasterize_parcels
-from cbm_tasks.zonal import class_counts, zonal_stats
+from cbm_tasks.extraction.label_cache import GridKey, LabelCache
+from cbm_tasks.extraction.rasterize import rasterize_parcels
+from cbm_tasks.extraction.zonal import class_counts, zonal_stats
+from cbm_tasks.timeseries import write as obs
 
 __all__ = ["ENGINE_OPTIONS", "ExtractionResult", "extract_file", "extract_product"]
 

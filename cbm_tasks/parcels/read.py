@@ -28,8 +28,8 @@ import pyogrio.errors
 import pyproj
 
 from cbm_tasks.errors import ParcelImportError
-from cbm_tasks.parcel_columns import ParcelColumns, choose_columns, id_values, text_values
-from cbm_tasks.parcel_geometry import MAX_AREA_CHANGE, clean_geometries, parcel_areas_m2
+from cbm_tasks.parcels.columns import ParcelColumns, choose_columns, id_values, text_values
+from cbm_tasks.parcels.geometry import MAX_AREA_CHANGE, clean_geometries, parcel_areas_m2
 
 __all__ = ["ParcelTable", "Rejection", "read_parcels", "resolve_srid", "write_reject_report"]
 
@@ -107,7 +107,7 @@ def read_parcels(
         crop_name_column: as crop_code_column.
         srid: EPSG code of the coordinates when the file declares no CRS. When the file has
             a CRS with an EPSG code, srid must match it (nothing is reprojected).
-        max_area_change: see :func:`cbm_tasks.parcel_geometry.clean_geometries`.
+        max_area_change: see :func:`cbm_tasks.parcels.geometry.clean_geometries`.
 
     Returns:
         The parcels to import, plus the per-feature rejections (null id, non-polygon,

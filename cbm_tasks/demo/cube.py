@@ -6,7 +6,7 @@ and 20 m (reflectance x 10000, ``_FillValue`` 0, SCL in the 20 m file), Sentinel
 parcel register of 2018 rasterised to crop-type (``CT``), land-cover (``LC``) and irrigation
 (``IRR``) codes of the WorldCereal legend on the 10 m grid.
 
-This module only reads and checks; :mod:`cbm_tasks.demo_data` writes the local catalogue.
+This module only reads and checks; :mod:`cbm_tasks.demo.data` writes the local catalogue.
 """
 
 from __future__ import annotations

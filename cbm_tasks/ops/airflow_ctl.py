@@ -3,7 +3,7 @@
 No Airflow import here (STYLE R1): Airflow is driven through its own command line, each
 component in its own session (``start_new_session``), so that ``stop`` can end a component
 with everything it forked (LocalExecutor workers, task supervisors, task processes). The
-settings, files and connections of the deployment are in :mod:`cbm_tasks.airflow_config`;
+settings, files and connections of the deployment are in :mod:`cbm_tasks.ops.airflow_config`;
 its public names are available here too.
 """
 
@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cbm_tasks import cluster
-from cbm_tasks.airflow_config import (
+from cbm_tasks.errors import ServiceError
+from cbm_tasks.ops import cluster
+from cbm_tasks.ops.airflow_config import (
     ADMIN_USER,
     EXTRACT_POOL,
     AirflowConfig,
@@ -35,7 +36,6 @@ from cbm_tasks.airflow_config import (
     export_lines,
     write_config,
 )
-from cbm_tasks.errors import ServiceError
 
 __all__ = [
     "ADMIN_USER",

@@ -23,14 +23,15 @@ from typing import Any
 
 import psycopg
 
-from cbm_tasks import extract, lineage
-from cbm_tasks.bands import RasterStore
+from cbm_tasks import lineage
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.poll import poll
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.catalogue.query import KNOWN_PRODUCT_TYPES, Catalogue, SearchQuery
 from cbm_tasks.errors import BadInputError, CbmError, ConfigError, NotFoundError, ProductNotFoundError
-from cbm_tasks.label_cache import LabelCache
+from cbm_tasks.extraction import extract
+from cbm_tasks.extraction.bands import RasterStore
+from cbm_tasks.extraction.label_cache import LabelCache
 
 __all__ = [
     "DEFAULT_PRODUCT_TYPES",

@@ -6,7 +6,7 @@ Layout written by :func:`build_demo` (the local catalogue format of CONTRACTS.md
     OUT/catalogue/sentinel-1-card-bs/S1_CARD-BS_31UDS_20180405T173236/{<id>.json, VV.tif, VH.tif}
     OUT/parcels/demo_parcels_2018.gpkg
 
-Files are written atomically and only when their content changes (:mod:`cbm_tasks.demo_writer`);
+Files are written atomically and only when their content changes (:mod:`cbm_tasks.demo.writer`);
 an item is written after its band files, so a reader never sees an item whose assets are missing.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from cbm_tasks import settings
-from cbm_tasks.demo_cube import CUBE_FILES, SensorCube, open_sensor_cube, polygonise_crop_types, read_parcel_raster
-from cbm_tasks.demo_writer import SCL_CLASSES, BandFile, write_parcels, write_product
+from cbm_tasks.demo.cube import CUBE_FILES, SensorCube, open_sensor_cube, polygonise_crop_types, read_parcel_raster
+from cbm_tasks.demo.writer import SCL_CLASSES, BandFile, write_parcels, write_product
 from cbm_tasks.errors import ConfigError, CorruptProductError
+from cbm_tasks.ops import settings
 
 __all__ = ["DemoLayout", "build_demo", "db_to_linear", "default_cube_dir"]
 

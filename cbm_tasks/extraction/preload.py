@@ -1,8 +1,8 @@
 """Load the extraction's Numba kernels once, in Airflow's forkserver, for every task process to inherit.
 
 This module exists only to be listed in ``[scheduler] mp_forkserver_preload``
-(``cbm_tasks.airflow_config``). **Importing it has an effect**: it compiles, or loads from
-Numba's on-disk cache, every kernel of ``cbm_tasks.zonal`` and ``cbm_tasks.rasterize`` for the
+(``cbm_tasks.ops.airflow_config``). **Importing it has an effect**: it compiles, or loads from
+Numba's on-disk cache, every kernel of ``cbm_tasks.extraction.zonal`` and ``cbm_tasks.extraction.rasterize`` for the
 argument types the public wrappers pass. Without it every task process loads the cached kernels
 again on its first call (~1 s per image, most of a warm extraction); with it the forked task
 finds them ready in the dispatchers it inherited. Nothing else should import it.
@@ -34,7 +34,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from cbm_tasks import rasterize, zonal
+from cbm_tasks.extraction import rasterize, zonal
 
 __all__ = ["CLASS_DTYPES", "VALUE_DTYPES", "Warmup", "WARMUP", "kernels", "warm_kernels"]
 

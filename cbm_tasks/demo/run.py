@@ -20,10 +20,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cbm_tasks import airflow_ctl, cluster, db, demo_data, parcel, settings, workflow
-from cbm_tasks.airflow_api import AirflowApi
+from cbm_tasks import db
 from cbm_tasks.catalogue import registry
+from cbm_tasks.demo import data as demo_data
 from cbm_tasks.errors import NotFoundError, ServiceError
+from cbm_tasks.ops import airflow_ctl, cluster, settings
+from cbm_tasks.ops.airflow_api import AirflowApi
+from cbm_tasks.parcels import sets as parcel
+from cbm_tasks.pipeline import extract as workflow
 
 __all__ = ["DEMO_WINDOW", "DemoSummary", "run_demo"]
 
@@ -159,7 +163,7 @@ def run_demo(
         port: Airflow UI port (default 8080 or CBM_AIRFLOW_PORT).
         max_products: build only the first N dates per sensor (quick runs); None = all.
         timeout_s: how long to wait for the DAG runs.
-        airflow: the deployment to use; default :func:`cbm_tasks.airflow_ctl.default_config`.
+        airflow: the deployment to use; default :func:`cbm_tasks.ops.airflow_ctl.default_config`.
 
     Raises:
         ServiceError: Airflow did not start, a DAG did not parse, or the runs did not finish

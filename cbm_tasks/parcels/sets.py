@@ -30,8 +30,8 @@ from psycopg.types import TypeInfo
 
 from cbm_tasks.catalogue.registry import ensure_aoi
 from cbm_tasks.errors import ParcelImportError, TransientError
-from cbm_tasks.parcel_geometry import geometry_md5
-from cbm_tasks.parcel_io import ParcelTable, Rejection, read_parcels, write_reject_report
+from cbm_tasks.parcels.geometry import geometry_md5
+from cbm_tasks.parcels.read import ParcelTable, Rejection, read_parcels, write_reject_report
 
 __all__ = [
     "ImportReport",
@@ -105,7 +105,7 @@ def plan_keys(
     Args:
         old: (parcel_id, parcel_key, geometry md5) of the stored set; empty for a new set.
         new_ids: the parcel ids being imported (unique).
-        new_md5: md5 of each new geometry, as :func:`cbm_tasks.parcel_geometry.geometry_md5`.
+        new_md5: md5 of each new geometry, as :func:`cbm_tasks.parcels.geometry.geometry_md5`.
         key_floor: the highest key the set ever gave (``parcel_set.max_parcel_key``), so that
             the key of a removed parcel is never reused.
     """
@@ -147,10 +147,10 @@ def import_parcels(
     Args:
         conn: PostGIS connection; the import runs in one transaction (a savepoint when the
             caller has one open).
-        path: the register (see :func:`cbm_tasks.parcel_io.read_parcels` for the formats).
+        path: the register (see :func:`cbm_tasks.parcels.read.read_parcels` for the formats).
         aoi: AOI name (created when new), e.g. "nl_brp".
         year: campaign year, 2014..2100.
-        id_column: see :func:`cbm_tasks.parcel_io.read_parcels`.
+        id_column: see :func:`cbm_tasks.parcels.read.read_parcels`.
         crop_code_column: see ``read_parcels``.
         crop_name_column: see ``read_parcels``.
         layer: see ``read_parcels``.
@@ -193,7 +193,7 @@ def load_parcels(
 
     Args:
         conn: PostGIS connection (one transaction, a savepoint inside the caller's).
-        table: the parcels, as read by :func:`cbm_tasks.parcel_io.read_parcels`.
+        table: the parcels, as read by :func:`cbm_tasks.parcels.read.read_parcels`.
         aoi: AOI name, created when new.
         year: campaign year.
         strict: refuse the import when *table* has any rejection.

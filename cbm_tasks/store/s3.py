@@ -32,7 +32,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from cbm_tasks.errors import CbmError, NotFoundError, StoreError, TransientError
-from cbm_tasks.store import (
+from cbm_tasks.store.base import (
     ACCEPTED_URI_FORMS,
     LocalStore,
     ObjectInfo,

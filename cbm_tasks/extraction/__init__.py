@@ -1,0 +1,1 @@
+"""Extraction: one image to per-parcel statistics (bands, rasterisation, zonal kernels)."""

@@ -1,0 +1,1 @@
+"""Deployment tooling: the local PostGIS cluster, Airflow control and settings (not domain code)."""
