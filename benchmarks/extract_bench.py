@@ -347,6 +347,7 @@ class BenchDatabase:
         import psycopg
 
         from cbm_tasks import db
+        from cbm_tasks.aoi import ensure_aoi
         from cbm_tasks.catalogue import registry
         from cbm_tasks.catalogue.product import Product
         from cbm_tasks.ops import cluster, settings
@@ -366,7 +367,7 @@ class BenchDatabase:
         self.url = url
         tag = uuid.uuid4().hex[:8]
         with psycopg.connect(url) as conn:
-            aoi_id = registry.ensure_aoi(conn, f"bench_{tag}")
+            aoi_id = ensure_aoi(conn, f"bench_{tag}")
             self.parcel_set_id = conn.execute(
                 "INSERT INTO cbm.parcel_set (aoi_id, year, srid, source_file) VALUES (%s, 2024, %s, %s) "
                 "RETURNING parcel_set_id", (aoi_id, EPSG, "benchmarks/extract_bench.py")).fetchone()[0]

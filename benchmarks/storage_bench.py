@@ -25,6 +25,7 @@ import numpy as np
 import psycopg
 
 from cbm_tasks import db
+from cbm_tasks.aoi import ensure_aoi
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.ops import cluster, settings
@@ -42,7 +43,7 @@ def _random_stats(rng: np.random.Generator, n_parcels: int, n_bands: int) -> np.
 
 def _setup(conn: psycopg.Connection, n_images: int, bands: list[int]) -> tuple[dict[int, int], list[int]]:
     """One parcel set per band count and n_images products; return ({bands: parcel_set_id}, product ids)."""
-    aoi_id = registry.ensure_aoi(conn, "storage_bench")
+    aoi_id = ensure_aoi(conn, "storage_bench")
     sets = {}
     for year, n_bands in enumerate(bands, start=2020):
         sets[n_bands] = conn.execute(

@@ -67,14 +67,14 @@ def cbm_catalogue() -> None:
     def select_aois() -> list[str]:
         from cbm_conn import postgis_dsn
 
+        from cbm_tasks import aoi as aoi_lookup
         from cbm_tasks import db
-        from cbm_tasks.pipeline import extract as workflow
 
         aoi = str(get_current_context()["params"]["aoi"])
         if aoi != ALL_AOIS:
             return [aoi]
         with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_catalogue") as conn:
-            return workflow.list_aois(conn)
+            return aoi_lookup.list_aois(conn)
 
     @task(map_index_template="{{ cbm_aoi }}")
     def poll(aoi: str) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def cbm_catalogue() -> None:
         from cbm_tasks import db
         from cbm_tasks.catalogue.clients import open_catalogue
         from cbm_tasks.errors import BadInputError
-        from cbm_tasks.pipeline import extract as workflow
+        from cbm_tasks.pipeline import poll as pipeline
 
         context = get_current_context()
         context["cbm_aoi"] = aoi  # type: ignore[typeddict-unknown-key]  # names the mapped task in the UI
@@ -94,7 +94,7 @@ def cbm_catalogue() -> None:
         try:
             catalogue = open_catalogue(catalogue_config(aoi))
             with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_catalogue") as conn:
-                result = workflow.poll_aoi(conn, catalogue, aoi=aoi, start=start, end=end,
+                result = pipeline.poll_aoi(conn, catalogue, aoi=aoi, start=start, end=end,
                                            product_types=params["product_types"], max_items=params["max_items"])
         except (BadInputError, ValueError) as err:  # bad AOI, window or answer: a retry cannot help
             raise AirflowFailException(f"aoi {aoi}: {err}") from err

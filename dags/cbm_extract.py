@@ -55,9 +55,10 @@ def cbm_extract() -> None:
     def claim() -> list[dict[str, Any]]:
         from cbm_conn import postgis_dsn
 
+        from cbm_tasks import aoi as aoi_lookup
         from cbm_tasks import db
         from cbm_tasks.errors import BadInputError
-        from cbm_tasks.pipeline import extract as workflow
+        from cbm_tasks.pipeline import extract as pipeline
 
         context = get_current_context()
         params = context["params"]
@@ -68,8 +69,8 @@ def cbm_extract() -> None:
         try:
             with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_extract") as conn:
                 if not aois or aois == [ALL_AOIS]:
-                    aois = workflow.list_aois(conn)
-                claimed = workflow.claim_ready(
+                    aois = aoi_lookup.list_aois(conn)
+                claimed = pipeline.claim_ready(
                     conn, aois=aois, worker=f"{context['dag'].dag_id}/{context['run_id']}",
                     limit=params["max_products"], force_product_id=params["product_id"],
                 )
@@ -83,7 +84,7 @@ def cbm_extract() -> None:
 
         from cbm_tasks import db, lineage
         from cbm_tasks.errors import BadInputError
-        from cbm_tasks.pipeline import extract as workflow
+        from cbm_tasks.pipeline import extract as pipeline
         from cbm_tasks.store import open_store
 
         context = get_current_context()
@@ -93,7 +94,7 @@ def cbm_extract() -> None:
                                  map_index=ti.map_index, try_number=ti.try_number)
         try:
             with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_extract") as conn:
-                outcome = workflow.extract_claimed(conn, open_store(store_config()), int(image["product_id"]),
+                outcome = pipeline.extract_claimed(conn, open_store(store_config()), int(image["product_id"]),
                                                    aoi=str(image["aoi"]), run=run,
                                                    last_try=ti.try_number > ti.max_tries,
                                                    label_cache=label_cache())

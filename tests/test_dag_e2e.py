@@ -23,7 +23,7 @@ from cbm_tasks.catalogue.local import LocalCatalogue  # noqa: E402
 from cbm_tasks.demo import data as demo_data  # noqa: E402
 from cbm_tasks.errors import TransientError  # noqa: E402
 from cbm_tasks.parcels import sets as parcel  # noqa: E402
-from cbm_tasks.pipeline import extract as workflow  # noqa: E402
+from cbm_tasks.pipeline.poll import poll_aoi  # noqa: E402
 from cbm_tasks.timeseries import write as obs  # noqa: E402
 
 N_PER_SENSOR = 2  # 2 Sentinel-2 L2A + 2 Sentinel-1 CARD-BS products from the real 31UDS cube
@@ -122,7 +122,7 @@ def test_transient_failure_is_retried_without_duplicates(
     airflow_db: str, demo: demo_data.DemoLayout, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
-        workflow.poll_aoi(conn, LocalCatalogue(demo.catalogue_root), aoi="demo", product_types=["S2MSI2A"],
+        poll_aoi(conn, LocalCatalogue(demo.catalogue_root), aoi="demo", product_types=["S2MSI2A"],
                           start=datetime(2017, 8, 1, tzinfo=UTC), end=datetime(2018, 12, 1, tzinfo=UTC))
     real_write = obs.replace_image_stats
     calls: list[int] = []

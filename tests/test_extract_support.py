@@ -16,6 +16,7 @@ import rasterio
 import shapely
 from affine import Affine
 
+from cbm_tasks.aoi import ensure_aoi
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
 
@@ -49,7 +50,7 @@ def add_parcel_set(conn: psycopg.Connection, *, aoi: str, year: int, srid: int,
                    parcels: Sequence[tuple[str, shapely.Geometry]], version: int = 1) -> int:
     """Insert an AOI's parcel set with parcels (keys 1..n in order) and its partitions; commit."""
     with conn.transaction():
-        aoi_id = registry.ensure_aoi(conn, aoi)
+        aoi_id = ensure_aoi(conn, aoi)
         row = conn.execute(
             "INSERT INTO cbm.parcel_set (aoi_id, year, srid, version, source_file, n_parcels) "
             "VALUES (%s, %s, %s, %s, 'test', %s) RETURNING parcel_set_id",

@@ -1,17 +1,22 @@
-"""cbm_tasks.timeseries.write: binary COPY of one image's rows, replaced in one transaction, read back."""
+"""cbm_tasks.timeseries: binary COPY of one image's rows, replaced in one transaction, read back."""
 
 from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 import shapely
 from test_extract_support import add_parcel_set, add_product, row_counts
 
+from cbm_tasks.aoi import find_parcel_set
+from cbm_tasks.cli.timeseries import export_time_series
 from cbm_tasks.errors import NotFoundError, TransientError
+from cbm_tasks.timeseries import read
 from cbm_tasks.timeseries import write as obs
 
 T0 = datetime(2018, 4, 5, 10, 50, 31, tzinfo=UTC)
@@ -83,20 +88,20 @@ def test_time_series_and_export_batches(conn: psycopg.Connection) -> None:
     obs.replace_image_stats(conn, set_id, second, _image([2], seed=5), parcel_set_version=1, params={}, seconds=0)
     obs.replace_image_stats(conn, set_id, product_id, _image([2], seed=4), parcel_set_version=1, params={},
                             seconds=0)
-    series = obs.parcel_time_series(conn, aoi="demo", year=2018, parcel_id="P1")
+    series = read.parcel_time_series(conn, aoi="demo", year=2018, parcel_id="P1")
     assert [(o.obs_time, o.band) for o in series] == [
         (T0, "B0"), (T0, "B1"), (datetime(2018, 4, 10, tzinfo=UTC), "B0"), (datetime(2018, 4, 10, tzinfo=UTC), "B1")
     ]
     expected = _image([2], seed=4).stats[0]
     assert series[1].count == int(expected[8]) and series[1].p75 == pytest.approx(float(expected[15]))
-    assert obs.parcel_time_series(conn, aoi="demo", year=2018, parcel_id="P1", bands=["B1"])[0].band == "B1"
-    batches = list(obs.iter_band_stats(conn, parcel_set_id=set_id, batch_rows=3))
+    assert read.parcel_time_series(conn, aoi="demo", year=2018, parcel_id="P1", bands=["B1"])[0].band == "B1"
+    batches = list(read.iter_band_stats(conn, parcel_set_id=set_id, batch_rows=3))
     assert [len(b) for b in batches] == [3, 1]
     assert batches[0][0][:5] == ("P1", T0, product_id, "S2MSI2A", "B0")
     with pytest.raises(NotFoundError, match="parcel 'P9'"):
-        obs.parcel_time_series(conn, aoi="demo", year=2018, parcel_id="P9")
+        read.parcel_time_series(conn, aoi="demo", year=2018, parcel_id="P9")
     with pytest.raises(NotFoundError, match="no parcel set for 2019; years with parcels: 2018"):
-        obs.find_parcel_set(conn, aoi="demo", year=2019)
+        find_parcel_set(conn, aoi="demo", year=2019)
 
 
 def test_delete_image_stats(conn: psycopg.Connection) -> None:
@@ -139,3 +144,21 @@ def test_lost_connection_is_transient(conn: psycopg.Connection, db_url: str) -> 
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
     with pytest.raises(TransientError, match=f"product {product_id} for parcel set {set_id}"):
         obs.replace_image_stats(conn, set_id, product_id, _image([1]), parcel_set_version=1, params={}, seconds=0)
+
+
+def test_read_time_series_is_what_the_export_writes(conn: psycopg.Connection, tmp_path: Path) -> None:
+    set_id, product_id = _setup(conn)
+    counts = obs.ClassCountRows("SCL", np.array([1, 2], np.int32), np.array([[0, 3, 1], [2, 0, 0]], np.int32))
+    image = obs.ImageStats(("B0", "B1"), np.array([1, 2], np.int32),
+                           _image([1, 2], seed=7).stats, (counts,))
+    obs.replace_image_stats(conn, set_id, product_id, image, parcel_set_version=1, params={}, seconds=0)
+    series = read.read_time_series(conn, aoi="demo", year=2018)
+    assert series.band_stats.schema == read.BAND_STATS_SCHEMA
+    assert series.band_stats.num_rows == 4 and series.class_counts.num_rows == 3
+    assert series.band_stats.column("parcel_id").to_pylist() == ["P0", "P0", "P1", "P1"]
+    assert series.class_counts.column("count").to_pylist() == [3, 1, 2]
+    out = export_time_series(conn, aoi="demo", year=2018, out=tmp_path / "series.parquet")
+    assert pq.read_table(out.path).equals(series.band_stats)
+    assert pq.read_table(out.classes_path).equals(series.class_counts)
+    with pytest.raises(NotFoundError, match="no parcel set for 2019"):
+        read.read_time_series(conn, aoi="demo", year=2019)

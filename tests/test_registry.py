@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from cbm_tasks import lineage
+from cbm_tasks.aoi import ensure_aoi
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.errors import NotFoundError, ProductNotFoundError
@@ -99,7 +100,7 @@ def test_mark_done_releases_claim(conn: psycopg.Connection) -> None:
 
 
 def test_unknown_aoi_names_known_ones(conn: psycopg.Connection) -> None:
-    registry.ensure_aoi(conn, "demo")
+    ensure_aoi(conn, "demo")
     with pytest.raises(NotFoundError, match="AOI 'nope' does not exist; known AOIs: demo"):
         registry.claim(conn, aoi="nope", worker="w")
 

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from cbm_tasks import lineage
+from cbm_tasks.aoi import aoi_footprint_wkt, list_aois
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.local import LocalCatalogue
 from cbm_tasks.catalogue.product import Product
@@ -17,6 +18,7 @@ from cbm_tasks.demo import data as demo_data
 from cbm_tasks.errors import BadInputError, ConfigError, NotFoundError, TransientError
 from cbm_tasks.parcels import sets as parcel
 from cbm_tasks.pipeline import extract as workflow
+from cbm_tasks.pipeline.poll import PollResult, poll_aoi
 from cbm_tasks.store import StoreConfig, open_store
 from cbm_tasks.timeseries import write as obs
 
@@ -32,8 +34,8 @@ def demo_db(tmp_path: Path, db_url: str) -> Iterator[tuple[psycopg.Connection, d
         yield conn, layout
 
 
-def _poll(conn: psycopg.Connection, layout: demo_data.DemoLayout) -> workflow.PollResult:
-    return workflow.poll_aoi(conn, LocalCatalogue(layout.catalogue_root), aoi="demo",
+def _poll(conn: psycopg.Connection, layout: demo_data.DemoLayout) -> PollResult:
+    return poll_aoi(conn, LocalCatalogue(layout.catalogue_root), aoi="demo",
                              start=datetime(2017, 8, 1, tzinfo=UTC), end=datetime(2018, 12, 1, tzinfo=UTC))
 
 
@@ -46,16 +48,16 @@ def _status(conn: psycopg.Connection, product_id: int) -> tuple[str, int, str | 
 
 def test_poll_registers_once_and_counts_what_is_ready(demo_db: tuple[psycopg.Connection, demo_data.DemoLayout]) -> None:
     conn, layout = demo_db
-    assert workflow.list_aois(conn) == ["demo"]
+    assert list_aois(conn) == ["demo"]
     first = _poll(conn, layout)
     assert (first.found, first.new, first.new_ready, first.ready_waiting) == (2, 2, 2, 2)
     again = _poll(conn, layout)
     assert (again.found, again.new, again.new_ready, again.ready_waiting) == (2, 0, 0, 2)
     with pytest.raises(ConfigError, match="S2MSI1X"):
-        workflow.poll_aoi(conn, LocalCatalogue(layout.catalogue_root), aoi="demo", product_types=["S2MSI1X"],
+        poll_aoi(conn, LocalCatalogue(layout.catalogue_root), aoi="demo", product_types=["S2MSI1X"],
                           start=datetime(2017, 8, 1, tzinfo=UTC), end=datetime(2018, 12, 1, tzinfo=UTC))
     with pytest.raises(NotFoundError, match="nowhere"):
-        workflow.aoi_footprint_wkt(conn, "nowhere")
+        aoi_footprint_wkt(conn, "nowhere")
 
 
 def test_autumn_images_serve_the_next_season_and_others_are_skipped(
@@ -65,7 +67,7 @@ def test_autumn_images_serve_the_next_season_and_others_are_skipped(
     _poll(conn, layout)
     spring = Product(uid="spring-2017", name="spring-2017", catalogue="local", collection="SENTINEL-2",
                      product_type="S2MSI2A", acquired_at=datetime(2017, 3, 1, tzinfo=UTC),
-                     location=str(tmp_path / "absent"), footprint_wkt=workflow.aoi_footprint_wkt(conn, "demo"))
+                     location=str(tmp_path / "absent"), footprint_wkt=aoi_footprint_wkt(conn, "demo"))
     (spring_id,) = registry.register(conn, [spring], aoi="demo")
     claimed = workflow.claim_ready(conn, aois=["demo"], worker="test")
     assert len(claimed) == 3 and all(aoi == "demo" for aoi, _ in claimed)

@@ -22,14 +22,13 @@ from typing import Any
 
 import psycopg
 
+from cbm_tasks.aoi import aoi_id, ensure_aoi
 from cbm_tasks.catalogue.product import CARD_TYPES, Product
-from cbm_tasks.errors import NotFoundError, ProductNotFoundError
+from cbm_tasks.errors import ProductNotFoundError
 
 __all__ = [
     "STATUSES",
-    "aoi_id",
     "claim",
-    "ensure_aoi",
     "get_product",
     "initial_status",
     "mark_done",
@@ -48,31 +47,6 @@ _READY_TYPES = ("S2MSI2A", *CARD_TYPES)
 def initial_status(product_type: str) -> str:
     """Return the status a newly found product starts in: ``ready`` unless it needs processing."""
     return "ready" if product_type in _READY_TYPES else "new"
-
-
-def ensure_aoi(conn: psycopg.Connection, name: str, *, description: str | None = None) -> int:
-    """Return the id of AOI *name*, creating it when absent."""
-    row = conn.execute(
-        "INSERT INTO cbm.aoi (name, description) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING RETURNING aoi_id",
-        (name, description),
-    ).fetchone()
-    if row is not None:
-        log.info("created aoi=%s aoi_id=%d", name, row[0])
-        return int(row[0])
-    return aoi_id(conn, name)
-
-
-def aoi_id(conn: psycopg.Connection, name: str) -> int:
-    """Return the id of AOI *name*.
-
-    Raises:
-        NotFoundError: no such AOI.
-    """
-    row = conn.execute("SELECT aoi_id FROM cbm.aoi WHERE name = %s", (name,)).fetchone()
-    if row is None:
-        known = [r[0] for r in conn.execute("SELECT name FROM cbm.aoi ORDER BY name").fetchall()]
-        raise NotFoundError(f"AOI {name!r} does not exist; known AOIs: {', '.join(known) or 'none'}")
-    return int(row[0])
 
 
 _INSERT_PRODUCT = """

@@ -1,5 +1,7 @@
 """``cbm timeseries export``: the per-parcel time series of an AOI and year as CSV or Parquet.
 
+The content is :func:`cbm_tasks.timeseries.read.read_time_series`'s, streamed in batches.
+
 File format (the marker engine's file input):
 
 ``FILE`` (long format, one row per parcel, image and band; ordered by parcel, time, image, band):
@@ -28,7 +30,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pyarrow as pa
@@ -36,25 +37,20 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from cbm_tasks import db
+from cbm_tasks.aoi import find_parcel_set
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.ops import settings
-from cbm_tasks.timeseries import write as obs
+from cbm_tasks.timeseries.read import (
+    BAND_STATS_SCHEMA,
+    CLASS_COUNTS_SCHEMA,
+    band_stats_batches,
+    class_counts_batches,
+)
 
-__all__ = ["BAND_STATS_SCHEMA", "CLASS_COUNTS_SCHEMA", "ExportResult", "classes_path", "export_time_series",
-           "register"]
+__all__ = ["ExportResult", "classes_path", "export_time_series", "register"]
 
 log = logging.getLogger(__name__)
 
-_TIME = pa.timestamp("us", tz="UTC")
-BAND_STATS_SCHEMA = pa.schema(
-    [("parcel_id", pa.string()), ("obs_time", _TIME), ("product_id", pa.int32()), ("source", pa.string()),
-     ("band", pa.string()), ("count", pa.int32())]
-    + [(name, pa.float32()) for name in ("mean", "std", "min", "max", "p25", "p50", "p75")]
-)
-CLASS_COUNTS_SCHEMA = pa.schema(
-    [("parcel_id", pa.string()), ("obs_time", _TIME), ("product_id", pa.int32()), ("band", pa.string()),
-     ("class", pa.int16()), ("count", pa.int32())]
-)
 _FORMATS = (".csv", ".parquet")
 
 
@@ -73,14 +69,7 @@ def classes_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_classes{out.suffix}")
 
 
-def _table(batch: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
-    columns = list(zip(*batch, strict=True))
-    arrays = [pa.array(column, type=field.type, from_pandas=True)  # from_pandas: NaN -> null
-              for column, field in zip(columns, schema, strict=True)]
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def _write(batches: Iterator[list[tuple[Any, ...]]], schema: pa.Schema, path: Path) -> int:
+def _write(batches: Iterator[pa.Table], schema: pa.Schema, path: Path) -> int:
     partial = path.with_name(f".{path.name}.partial")
     writer: pa_csv.CSVWriter | pq.ParquetWriter
     writer = pa_csv.CSVWriter(partial, schema) if path.suffix == ".csv" else pq.ParquetWriter(partial, schema)
@@ -88,8 +77,8 @@ def _write(batches: Iterator[list[tuple[Any, ...]]], schema: pa.Schema, path: Pa
     try:
         with writer:
             for batch in batches:
-                writer.write_table(_table(batch, schema))
-                n_rows += len(batch)
+                writer.write_table(batch)
+                n_rows += batch.num_rows
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -115,11 +104,11 @@ def export_time_series(conn: psycopg.Connection, *, aoi: str, year: int, out: Pa
         raise BadInputError(f"export file {out}: extension must be one of {', '.join(_FORMATS)}, got {out.suffix!r}")
     out = out.with_suffix(out.suffix.lower())
     t0 = time.perf_counter()
-    parcel_set = obs.find_parcel_set(conn, aoi=aoi, year=year)
-    n_rows = _write(obs.iter_band_stats(conn, parcel_set_id=parcel_set.parcel_set_id, batch_rows=batch_rows),
+    parcel_set = find_parcel_set(conn, aoi=aoi, year=year)
+    n_rows = _write(band_stats_batches(conn, parcel_set_id=parcel_set.parcel_set_id, batch_rows=batch_rows),
                     BAND_STATS_SCHEMA, out)
-    n_class_rows = _write(obs.iter_class_counts(conn, parcel_set_id=parcel_set.parcel_set_id,
-                                                batch_rows=batch_rows), CLASS_COUNTS_SCHEMA, classes_path(out))
+    n_class_rows = _write(class_counts_batches(conn, parcel_set_id=parcel_set.parcel_set_id, batch_rows=batch_rows),
+                          CLASS_COUNTS_SCHEMA, classes_path(out))
     log.info("exported aoi=%s year=%d file=%s rows=%d class_rows=%d seconds=%.2f",
              aoi, year, out, n_rows, n_class_rows, time.perf_counter() - t0)
     return ExportResult(out, classes_path(out), n_rows, n_class_rows)

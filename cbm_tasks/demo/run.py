@@ -27,7 +27,7 @@ from cbm_tasks.errors import NotFoundError, ServiceError
 from cbm_tasks.ops import airflow_ctl, cluster, settings
 from cbm_tasks.ops.airflow_api import AirflowApi
 from cbm_tasks.parcels import sets as parcel
-from cbm_tasks.pipeline import extract as workflow
+from cbm_tasks.pipeline import extract as pipeline
 
 __all__ = ["DEMO_WINDOW", "DemoSummary", "run_demo"]
 
@@ -43,7 +43,7 @@ class DemoSummary:
 
     aoi: str
     catalogue_root: Path
-    summary: workflow.AoiSummary
+    summary: pipeline.AoiSummary
     catalogue_run: tuple[str, str]  # run id, state
     extract_runs: tuple[tuple[str, str], ...]
     url: str
@@ -192,7 +192,7 @@ def run_demo(
         extract_runs = _wait_for_extraction(api, since=str(catalogue_run["start_date"]), deadline=deadline,
                                             url=url, aoi=layout.aoi)
     with db.connect(url, autocommit=True) as conn:
-        summary = workflow.aoi_summary(conn, layout.aoi)
+        summary = pipeline.aoi_summary(conn, layout.aoi)
     result = DemoSummary(
         aoi=layout.aoi, catalogue_root=layout.catalogue_root, summary=summary,
         catalogue_run=(run_id, str(catalogue_run["state"])), extract_runs=tuple(extract_runs), url=cfg.url,

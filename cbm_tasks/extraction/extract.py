@@ -13,7 +13,7 @@ Rules (issue 3):
 - Nodata is excluded per band; the product's scale and offset are applied to the statistics.
 - A parcel without a valid pixel in any band gets no row (no cloud-free pixel, or outside
   the data area); a band without a valid pixel in a parcel that has a row has count 0.
-- All rows of an image are written in one transaction (obs.replace_image_stats): a re-run
+- All rows of an image are written in one transaction (write.replace_image_stats): a re-run
   replaces them and a failure leaves the database as it was.
 """
 
@@ -38,6 +38,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window, from_bounds
 
 from cbm_tasks import lineage
+from cbm_tasks.aoi import ParcelSetRef, find_parcel_set
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.errors import BadInputError, BandError, CorruptProductError
@@ -54,7 +55,7 @@ from cbm_tasks.extraction.bands import (
 from cbm_tasks.extraction.label_cache import GridKey, LabelCache
 from cbm_tasks.extraction.rasterize import rasterize_parcels
 from cbm_tasks.extraction.zonal import class_counts, zonal_stats
-from cbm_tasks.timeseries import write as obs
+from cbm_tasks.timeseries import write
 
 __all__ = ["ENGINE_OPTIONS", "ExtractionResult", "extract_file", "extract_product"]
 
@@ -109,7 +110,7 @@ class _BandResult:
 
 @dataclass(frozen=True, slots=True)
 class _Computed:
-    image: obs.ImageStats
+    image: write.ImageStats
     params: dict[str, Any]
     n_selected: int
 
@@ -136,13 +137,13 @@ ORDER BY p.parcel_key
 """
 
 
-def _envelope_params(parcel_set: obs.ParcelSetRef, epsg: int, bounds: Sequence[float]) -> dict[str, Any]:
+def _envelope_params(parcel_set: ParcelSetRef, epsg: int, bounds: Sequence[float]) -> dict[str, Any]:
     xmin, ymin, xmax, ymax = bounds
     return {"set": parcel_set.parcel_set_id, "set_srid": parcel_set.srid, "srid": epsg, "xmin": xmin,
             "ymin": ymin, "xmax": xmax, "ymax": ymax, "step": max(xmax - xmin, ymax - ymin) / 64}
 
 
-def _select_parcels(conn: psycopg.Connection, parcel_set: obs.ParcelSetRef, grid: _Grid,
+def _select_parcels(conn: psycopg.Connection, parcel_set: ParcelSetRef, grid: _Grid,
                     footprint_wkt: str | None) -> _Selection:
     with conn.transaction():
         rows = conn.execute(_SELECT_PARCELS, {**_envelope_params(parcel_set, grid.epsg, grid.bounds),
@@ -186,7 +187,7 @@ def _window(grid: _Grid, selection: _Selection) -> Window | None:
 
 
 def _labels(conn: psycopg.Connection, cache: LabelCache, grid: _Grid, window: Window,
-            parcel_set: obs.ParcelSetRef) -> np.ndarray:
+            parcel_set: ParcelSetRef) -> np.ndarray:
     """The parcel keys of the window's pixels, from the cache or rasterised from every parcel in the window.
 
     Every parcel of the set that touches the window is burnt in, not only the selected ones, so
@@ -216,7 +217,7 @@ def _reduce_band(band: BandSource, labels: np.ndarray, values: np.ndarray, n_lab
     result = zonal_stats(labels, values, band=band.name, nodata=band.nodata, n_labels=n_labels)
     result = result.scaled(scale=band.scale, offset=band.offset)
     block = np.column_stack([getattr(result, field) for field in _STAT_FIELDS]).astype(np.float32)
-    return _BandResult(band, result.keys, block.reshape(len(result.keys), obs.STATS_PER_BAND))
+    return _BandResult(band, result.keys, block.reshape(len(result.keys), write.STATS_PER_BAND))
 
 
 def _read(dataset: rasterio.DatasetReader, band: BandSource, window: Window, *, store: RasterStore,
@@ -229,7 +230,7 @@ def _read(dataset: rasterio.DatasetReader, band: BandSource, window: Window, *, 
 
 
 def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, bands: Sequence[BandSource],
-             parcel_set: obs.ParcelSetRef, label_cache: LabelCache) -> _Computed:
+             parcel_set: ParcelSetRef, label_cache: LabelCache) -> _Computed:
     """Read the bands and reduce them to per-parcel rows; no database writes."""
     with conn.transaction():
         row = conn.execute("SELECT coalesce(max(parcel_key), 0) FROM cbm.parcel WHERE parcel_set_id = %s",
@@ -263,7 +264,7 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
             grid = grids[band.href]
             window = _window(grid, selections[grid])
             if window is None:
-                width = int(band.n_classes or 0) if band.categorical else obs.STATS_PER_BAND
+                width = int(band.n_classes or 0) if band.categorical else write.STATS_PER_BAND
                 result = _BandResult(band, np.empty(0, np.int32), np.empty((0, width), np.float32))
             else:
                 labels = _labels(conn, label_cache, grid, window, parcel_set)
@@ -276,14 +277,14 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
                      len(selections[grid].parcel_keys), len(result.parcel_keys), time.perf_counter() - t0)
     measured = [r for r in results if not r.band.categorical]
     keys = np.unique(np.concatenate([r.parcel_keys for r in measured] or [np.empty(0, np.int32)]))
-    stats = np.full((len(keys), obs.STATS_PER_BAND * len(measured)), np.nan, np.float32)
-    stats[:, 0::obs.STATS_PER_BAND] = 0
+    stats = np.full((len(keys), write.STATS_PER_BAND * len(measured)), np.nan, np.float32)
+    stats[:, 0::write.STATS_PER_BAND] = 0
     for i, result in enumerate(measured):
-        column = obs.STATS_PER_BAND * i
-        stats[np.searchsorted(keys, result.parcel_keys), column:column + obs.STATS_PER_BAND] = result.values
-    class_rows = tuple(obs.ClassCountRows(r.band.name, r.parcel_keys.astype(np.int32), r.values.astype(np.int32))
+        column = write.STATS_PER_BAND * i
+        stats[np.searchsorted(keys, result.parcel_keys), column:column + write.STATS_PER_BAND] = result.values
+    class_rows = tuple(write.ClassCountRows(r.band.name, r.parcel_keys.astype(np.int32), r.values.astype(np.int32))
                        for r in results if r.band.categorical)
-    image = obs.ImageStats(tuple(r.band.name for r in measured), keys.astype(np.int32), stats, class_rows)
+    image = write.ImageStats(tuple(r.band.name for r in measured), keys.astype(np.int32), stats, class_rows)
     params = {
         "bands": {b.name: b.params() for b in bands},
         "engine": ENGINE_OPTIONS,
@@ -307,8 +308,8 @@ def _extract(
     """Read, reduce, then write in one transaction; product_id None = register *product* in it."""
     t0 = time.perf_counter()
     with conn.transaction():
-        parcel_set = obs.find_parcel_set(conn, aoi=aoi, year=year)
-    obs.ensure_partitions(conn, parcel_set.parcel_set_id)
+        parcel_set = find_parcel_set(conn, aoi=aoi, year=year)
+    write.ensure_partitions(conn, parcel_set.parcel_set_id)
     bands = product_bands(product, store=store)
     computed = _compute(conn, store, product, bands, parcel_set,
                         label_cache if label_cache is not None else LabelCache())
@@ -320,10 +321,10 @@ def _extract(
             product_id = int(row[0])
             registry.mark_done(conn, product_id, aoi=aoi, status="extracted" if computed.n_selected else "skipped")
         if computed.n_selected == 0:
-            obs.delete_image_stats(conn, parcel_set.parcel_set_id, product_id)
+            write.delete_image_stats(conn, parcel_set.parcel_set_id, product_id)
             n_rows = 0
         else:
-            n_rows = obs.replace_image_stats(
+            n_rows = write.replace_image_stats(
                 conn, parcel_set.parcel_set_id, product_id, computed.image,
                 parcel_set_version=parcel_set.version, params=computed.params,
                 seconds=time.perf_counter() - t0, pipeline_run_id=pipeline_run_id,

@@ -46,8 +46,9 @@ __all__ = [
 
 ADMIN_USER = "admin"
 EXTRACT_POOL = "cbm_extract"
-_PRELOAD = ("airflow.executors.local_executor", "airflow.sdk.execution_time.task_runner", "cbm_tasks.pipeline.extract",
-            "cbm_tasks.store", "cbm_tasks.catalogue.clients", "cbm_tasks.extraction.preload")
+_PRELOAD = ("airflow.executors.local_executor", "airflow.sdk.execution_time.task_runner",
+            "cbm_tasks.pipeline.extract", "cbm_tasks.pipeline.poll", "cbm_tasks.store", "cbm_tasks.catalogue.clients",
+            "cbm_tasks.extraction.preload")
 _AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 

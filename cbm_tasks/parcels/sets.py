@@ -28,7 +28,7 @@ from psycopg.pq import Format
 from psycopg.rows import TupleRow
 from psycopg.types import TypeInfo
 
-from cbm_tasks.catalogue.registry import ensure_aoi
+from cbm_tasks.aoi import ensure_aoi
 from cbm_tasks.errors import ParcelImportError, TransientError
 from cbm_tasks.parcels.geometry import geometry_md5
 from cbm_tasks.parcels.read import ParcelTable, Rejection, read_parcels, write_reject_report

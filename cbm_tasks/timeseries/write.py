@@ -1,10 +1,8 @@
-"""The database side of the per-parcel time series: write one image's rows, read them back.
+"""Write the per-parcel time series of one image.
 
-Writing (:func:`replace_image_stats`) is one transaction per (parcel set, image): the old
+:func:`replace_image_stats` is one transaction per (parcel set, image): the old
 rows of that pair are deleted, the new ones streamed in with binary ``COPY`` and the
 ``cbm.extraction`` record upserted, so a re-run replaces its rows and a crash leaves none.
-Reading: the time series of one parcel (:func:`parcel_time_series`) and batches of the long
-format for exports (:func:`iter_band_stats`, :func:`iter_class_counts`).
 """
 
 from __future__ import annotations
@@ -12,55 +10,32 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 import psycopg
 
-from cbm_tasks.errors import NotFoundError, TransientError
+from cbm_tasks.errors import TransientError
 
 __all__ = [
-    "BAND_STATS_COLUMNS",
-    "CLASS_COUNT_COLUMNS",
     "STATS_PER_BAND",
-    "BandObs",
     "ClassCountRows",
     "ImageStats",
-    "ParcelSetRef",
     "delete_image_stats",
     "ensure_partitions",
-    "find_parcel_set",
-    "iter_band_stats",
-    "iter_class_counts",
-    "parcel_time_series",
     "replace_image_stats",
 ]
 
 log = logging.getLogger(__name__)
 
 STATS_PER_BAND = 8  # count, mean, std, min, max, p25, p50, p75 (sql/006_timeseries.sql)
-BAND_STATS_COLUMNS = ("parcel_id", "obs_time", "product_id", "source", "band",
-                      "count", "mean", "std", "min", "max", "p25", "p50", "p75")
-CLASS_COUNT_COLUMNS = ("parcel_id", "obs_time", "product_id", "band", "class", "count")
 
 _PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _PGCOPY_TRAILER = struct.pack(">h", -1)
 _FLOAT4_OID, _INT4_OID = 700, 23
 _COPY_CHUNK_ROWS = 20_000  # bounds the size of one encoded buffer
-
-
-@dataclass(frozen=True, slots=True)
-class ParcelSetRef:
-    """The parcel set of an AOI and year."""
-
-    parcel_set_id: int
-    version: int
-    srid: int
-    n_parcels: int
-
 
 @dataclass(frozen=True, slots=True)
 class ClassCountRows:
@@ -109,45 +84,6 @@ class ImageStats:
     def n_rows(self) -> int:
         """Parcel x band statistics plus parcel x class-band counts."""
         return len(self.parcel_keys) * len(self.bands) + sum(len(r.parcel_keys) for r in self.class_counts)
-
-
-@dataclass(frozen=True, slots=True)
-class BandObs:
-    """One band of one image over one parcel, in physical units."""
-
-    obs_time: datetime
-    product_id: int
-    source: str
-    band: str
-    count: int
-    mean: float
-    std: float
-    min: float
-    max: float
-    p25: float
-    p50: float
-    p75: float
-
-
-def find_parcel_set(conn: psycopg.Connection, *, aoi: str, year: int) -> ParcelSetRef:
-    """Return the parcel set of *aoi* for *year*.
-
-    Raises:
-        NotFoundError: the AOI has no parcel set for that year.
-    """
-    row = conn.execute(
-        "SELECT s.parcel_set_id, s.version, s.srid, s.n_parcels FROM cbm.parcel_set s "
-        "JOIN cbm.aoi a USING (aoi_id) WHERE a.name = %s AND s.year = %s",
-        (aoi, year),
-    ).fetchone()
-    if row is None:
-        years = [r[0] for r in conn.execute(
-            "SELECT s.year FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) WHERE a.name = %s ORDER BY 1", (aoi,)
-        ).fetchall()]
-        raise NotFoundError(
-            f"AOI {aoi!r} has no parcel set for {year}; years with parcels: {', '.join(map(str, years)) or 'none'}"
-        )
-    return ParcelSetRef(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
 
 def _row_header(n_fields: int, parcel_set_id: int, product_id: int, n: int) -> np.ndarray:
@@ -300,84 +236,3 @@ def delete_image_stats(conn: psycopg.Connection, parcel_set_id: int, product_id:
         _delete(conn, parcel_set_id, product_id)
         conn.execute("DELETE FROM cbm.extraction WHERE parcel_set_id = %s AND product_id = %s",
                      (parcel_set_id, product_id))
-
-
-def parcel_time_series(
-    conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, bands: Sequence[str] | None = None
-) -> list[BandObs]:
-    """Return the observations of one parcel, ordered by time, product and band order.
-
-    Raises:
-        NotFoundError: no parcel set for (aoi, year), or no parcel *parcel_id* in it.
-    """
-    parcel_set = find_parcel_set(conn, aoi=aoi, year=year)
-    key = conn.execute(
-        "SELECT parcel_key FROM cbm.parcel WHERE parcel_set_id = %s AND parcel_id = %s",
-        (parcel_set.parcel_set_id, parcel_id),
-    ).fetchone()
-    if key is None:
-        raise NotFoundError(f"parcel {parcel_id!r} is not in the {year} parcel set of AOI {aoi!r}")
-    rows = conn.execute(
-        "SELECT v.obs_time, v.product_id, v.source, v.band, v.count, v.mean, v.std, v.min, v.max, v.p25, v.p50, "
-        "v.p75 FROM cbm.parcel_band_stats v JOIN cbm.extraction e USING (parcel_set_id, product_id) "
-        "WHERE v.parcel_set_id = %(set)s AND v.parcel_key = %(key)s "
-        "AND (%(bands)s::text[] IS NULL OR v.band = ANY(%(bands)s::text[])) "
-        "ORDER BY v.obs_time, v.product_id, array_position(e.bands, v.band)",
-        {"set": parcel_set.parcel_set_id, "key": key[0], "bands": None if bands is None else list(bands)},
-    ).fetchall()
-    return [BandObs(*row) for row in rows]
-
-
-_BAND_STATS_EXPORT = """
-SELECT p.parcel_id, pr.acquired_at, o.product_id, pr.product_type, b.band,
-       o.stats[(b.i - 1) * 8 + 1]::integer,
-       o.stats[(b.i - 1) * 8 + 2], o.stats[(b.i - 1) * 8 + 3], o.stats[(b.i - 1) * 8 + 4],
-       o.stats[(b.i - 1) * 8 + 5], o.stats[(b.i - 1) * 8 + 6], o.stats[(b.i - 1) * 8 + 7],
-       o.stats[(b.i - 1) * 8 + 8]
-FROM cbm.parcel_obs o
-JOIN cbm.extraction e ON e.parcel_set_id = o.parcel_set_id AND e.product_id = o.product_id
-JOIN cbm.product pr ON pr.product_id = o.product_id
-JOIN cbm.parcel p ON p.parcel_set_id = o.parcel_set_id AND p.parcel_key = o.parcel_key
-CROSS JOIN LATERAL unnest(e.bands) WITH ORDINALITY AS b(band, i)
-WHERE o.parcel_set_id = %s
-ORDER BY o.parcel_key, pr.acquired_at, o.product_id, b.i
-"""
-
-_CLASS_COUNTS_EXPORT = """
-SELECT p.parcel_id, pr.acquired_at, c.product_id, e.class_bands[c.class_band], (k.i - 1)::integer, k.n
-FROM cbm.parcel_class_counts c
-JOIN cbm.extraction e ON e.parcel_set_id = c.parcel_set_id AND e.product_id = c.product_id
-JOIN cbm.product pr ON pr.product_id = c.product_id
-JOIN cbm.parcel p ON p.parcel_set_id = c.parcel_set_id AND p.parcel_key = c.parcel_key
-CROSS JOIN LATERAL unnest(c.counts) WITH ORDINALITY AS k(n, i)
-WHERE c.parcel_set_id = %s AND k.n > 0
-ORDER BY c.parcel_key, pr.acquired_at, c.product_id, c.class_band, k.i
-"""
-
-
-def _iter_batches(conn: psycopg.Connection, query: str, parcel_set_id: int,
-                  batch_rows: int) -> Iterator[list[tuple[Any, ...]]]:
-    # a server-side cursor, so that an export of a whole season never sits in memory at once
-    with conn.transaction(), conn.cursor(name="cbm_export") as cur:
-        cur.execute(query, (parcel_set_id,))
-        while batch := cur.fetchmany(batch_rows):
-            yield batch
-
-
-def iter_band_stats(conn: psycopg.Connection, *, parcel_set_id: int,
-                    batch_rows: int = 50_000) -> Iterator[list[tuple[Any, ...]]]:
-    """Yield the long format of a parcel set in batches, rows as BAND_STATS_COLUMNS.
-
-    Ordered by parcel, acquisition time, product and band order. A band without a valid pixel
-    in the parcel has count 0 and NaN statistics.
-    """
-    yield from _iter_batches(conn, _BAND_STATS_EXPORT, parcel_set_id, batch_rows)
-
-
-def iter_class_counts(conn: psycopg.Connection, *, parcel_set_id: int,
-                      batch_rows: int = 50_000) -> Iterator[list[tuple[Any, ...]]]:
-    """Yield the class counts of a parcel set in batches, rows as CLASS_COUNT_COLUMNS.
-
-    Only classes present in the parcel are listed (an absent class has count 0).
-    """
-    yield from _iter_batches(conn, _CLASS_COUNTS_EXPORT, parcel_set_id, batch_rows)

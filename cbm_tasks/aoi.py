@@ -1,0 +1,114 @@
+"""Areas of interest and their parcel sets: the one place that looks them up by name.
+
+An AOI (``cbm.aoi``) is a named area a paying agency monitors; each has at most one parcel
+set (``cbm.parcel_set``) per year. Every module that needs an AOI's id, its years, its
+parcel set or its search area asks here, so the SQL that finds an AOI by name exists once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import psycopg
+
+from cbm_tasks.errors import NotFoundError
+
+__all__ = [
+    "ParcelSetRef",
+    "aoi_footprint_wkt",
+    "aoi_id",
+    "ensure_aoi",
+    "find_parcel_set",
+    "list_aois",
+    "parcel_set_years",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ParcelSetRef:
+    """The parcel set of an AOI and year."""
+
+    parcel_set_id: int
+    version: int
+    srid: int
+    n_parcels: int
+
+
+def ensure_aoi(conn: psycopg.Connection, name: str, *, description: str | None = None) -> int:
+    """Return the id of AOI *name*, creating it when absent."""
+    row = conn.execute(
+        "INSERT INTO cbm.aoi (name, description) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING RETURNING aoi_id",
+        (name, description),
+    ).fetchone()
+    if row is not None:
+        log.info("created aoi=%s aoi_id=%d", name, row[0])
+        return int(row[0])
+    return aoi_id(conn, name)
+
+
+def aoi_id(conn: psycopg.Connection, name: str) -> int:
+    """Return the id of AOI *name*.
+
+    Raises:
+        NotFoundError: no such AOI (the message lists the known ones).
+    """
+    row = conn.execute("SELECT aoi_id FROM cbm.aoi WHERE name = %s", (name,)).fetchone()
+    if row is None:
+        known = [r[0] for r in conn.execute("SELECT name FROM cbm.aoi ORDER BY name").fetchall()]
+        raise NotFoundError(f"AOI {name!r} does not exist; known AOIs: {', '.join(known) or 'none'}")
+    return int(row[0])
+
+
+def list_aois(conn: psycopg.Connection) -> list[str]:
+    """Return the AOIs that have at least one parcel set (the ones worth polling), by name."""
+    rows = conn.execute(
+        "SELECT DISTINCT a.name FROM cbm.aoi a JOIN cbm.parcel_set s USING (aoi_id) ORDER BY a.name"
+    ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def parcel_set_years(conn: psycopg.Connection, aoi: str) -> list[int]:
+    """Return the years for which *aoi* has a parcel set, ascending (empty for an unknown AOI)."""
+    rows = conn.execute(
+        "SELECT s.year FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) WHERE a.name = %s ORDER BY 1", (aoi,)
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def find_parcel_set(conn: psycopg.Connection, *, aoi: str, year: int) -> ParcelSetRef:
+    """Return the parcel set of *aoi* for *year*.
+
+    Raises:
+        NotFoundError: the AOI has no parcel set for that year (the message lists its years).
+    """
+    row = conn.execute(
+        "SELECT s.parcel_set_id, s.version, s.srid, s.n_parcels FROM cbm.parcel_set s "
+        "JOIN cbm.aoi a USING (aoi_id) WHERE a.name = %s AND s.year = %s",
+        (aoi, year),
+    ).fetchone()
+    if row is None:
+        years = parcel_set_years(conn, aoi)
+        raise NotFoundError(
+            f"AOI {aoi!r} has no parcel set for {year}; years with parcels: {', '.join(map(str, years)) or 'none'}"
+        )
+    return ParcelSetRef(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+
+def aoi_footprint_wkt(conn: psycopg.Connection, aoi: str) -> str:
+    """Return the area to search the catalogue over: the union of the AOI's parcel-set extents (EPSG:4326).
+
+    Raises:
+        NotFoundError: the AOI has no parcel set (import parcels first).
+    """
+    row = conn.execute(
+        "SELECT ST_AsText(ST_Union(s.extent)) FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) "
+        "WHERE a.name = %s AND s.extent IS NOT NULL",
+        (aoi,),
+    ).fetchone()
+    if row is None or row[0] is None:
+        raise NotFoundError(f"AOI {aoi!r} has no parcel set with an extent; import parcels first "
+                            "(cbm parcels import FILE --aoi NAME --year YEAR)")
+    return str(row[0])
