@@ -14,7 +14,7 @@ from test_extract_support import write_tif
 
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.errors import BandError, CorruptProductError
-from cbm_tasks.extraction import bands
+from cbm_tasks.extraction import bands, raster_io, s2_safe, sources
 from cbm_tasks.store import StoreConfig, open_store
 
 SAFE = "S2A_MSIL2A_20221005T115411_N0400_R023_T29UNU_20221005T164454.SAFE"
@@ -29,7 +29,7 @@ def _product(location: str, attributes: dict[str, object] | None = None) -> Prod
 
 def test_safe_bands_at_best_resolution_with_boa_offset() -> None:
     safe = shared_data("s2_l2a_safe", SAFE)
-    found = {b.name: b for b in bands.product_bands(_product(str(safe)), store=STORE)}
+    found = {b.name: b for b in sources.product_bands(_product(str(safe)), store=STORE)}
     # the sample holds the 60 m bands and the 20 m SCL; B08 exists at 10 m only, absent here
     assert list(found) == ["B02", "B03", "B04", "B05", "B06", "B07", "B8A", "B11", "B12", "SCL"]
     b04 = found["B04"]
@@ -42,7 +42,7 @@ def test_safe_bands_at_best_resolution_with_boa_offset() -> None:
 
 
 def test_safe_metadata() -> None:
-    meta = bands.read_safe_metadata(shared_data("s2_l2a_safe", SAFE))
+    meta = s2_safe.read_safe_metadata(shared_data("s2_l2a_safe", SAFE))
     assert meta.acquired_at == datetime(2022, 10, 5, 11, 54, 11, 24000, tzinfo=UTC)
     assert (meta.processing_baseline, meta.quantification, meta.platform, meta.relative_orbit) == (
         "04.00", 10000.0, "S2A", 23)
@@ -60,7 +60,7 @@ def test_safe_before_baseline_4_has_no_offset(tmp_path: Path) -> None:
     start = mtd.index("<BOA_ADD_OFFSET_VALUES_LIST>")
     end = mtd.index("</BOA_ADD_OFFSET_VALUES_LIST>") + len("</BOA_ADD_OFFSET_VALUES_LIST>")
     (safe / "MTD_MSIL2A.xml").write_text(mtd[:start] + mtd[end:])
-    found = bands.safe_bands(safe)
+    found = s2_safe.safe_bands(safe)
     assert [(b.name, b.resolution_m, b.offset) for b in found] == [("B04", 10.0, 0.0), ("B05", 20.0, 0.0)]
 
 
@@ -71,7 +71,7 @@ def test_descriptors_are_used_as_given() -> None:
         {"name": "SCL", "href": "/data/scl.tif", "band": 1, "nodata": 0, "scale": None, "offset": None,
          "resolution_m": 20, "categorical": True, "n_classes": 12},
     ]
-    found = bands.product_bands(_product("/data", {"bands": descriptors}), store=STORE)
+    found = sources.product_bands(_product("/data", {"bands": descriptors}), store=STORE)
     assert found[0] == bands.BandSource("VV", "s3://bucket/coh.tif", 1, None, 1.0, 0.0, 20.0, False, None)
     assert found[1] == bands.BandSource("SCL", "/data/scl.tif", 1, 0.0, 1.0, 0.0, 20.0, True, 12)
 
@@ -103,7 +103,7 @@ def test_duplicate_band_names_are_refused() -> None:
 def test_multiband_geotiff_names_nodata_scale_offset(tmp_path: Path) -> None:
     tif = write_tif(tmp_path / "coh.tif", np.ones((2, 4, 4), np.float32), transform=TRANSFORM, nodata=-9999,
                     descriptions=["VV", "VH"], scales=[0.5, 0.5], offsets=[1.0, 2.0])
-    found = bands.product_bands(_product(str(tif)), store=STORE)
+    found = sources.product_bands(_product(str(tif)), store=STORE)
     assert [(b.name, b.band_index, b.nodata, b.scale, b.offset, b.resolution_m) for b in found] == [
         ("VV", 1, -9999.0, 0.5, 1.0, 10.0), ("VH", 2, -9999.0, 0.5, 2.0, 10.0)]
 
@@ -129,12 +129,27 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
 def test_acquisition_time_from_tags_or_name(tmp_path: Path) -> None:
     array = np.ones((4, 4), np.uint16)
     tagged = write_tif(tmp_path / "a.tif", array, transform=TRANSFORM, tags={"TIFFTAG_DATETIME": "2018:04:05 10:50:31"})
-    assert bands.raster_acquired_at(str(tagged), store=STORE) == datetime(2018, 4, 5, 10, 50, 31, tzinfo=UTC)
+    assert raster_io.raster_acquired_at(str(tagged), store=STORE) == datetime(2018, 4, 5, 10, 50, 31, tzinfo=UTC)
     acq = write_tif(tmp_path / "b.tif", array, transform=TRANSFORM, tags={"ACQUISITION_DATE": "2018-06-01"})
-    assert bands.raster_acquired_at(str(acq), store=STORE) == datetime(2018, 6, 1, tzinfo=UTC)
+    assert raster_io.raster_acquired_at(str(acq), store=STORE) == datetime(2018, 6, 1, tzinfo=UTC)
     named = write_tif(tmp_path / "S2B_MSIL2A_20180405T105031_B04.tif", array, transform=TRANSFORM)
-    assert bands.raster_acquired_at(str(named), store=STORE) == datetime(2018, 4, 5, 10, 50, 31, tzinfo=UTC)
+    assert raster_io.raster_acquired_at(str(named), store=STORE) == datetime(2018, 4, 5, 10, 50, 31, tzinfo=UTC)
     dated = write_tif(tmp_path / "coh_2018-07-09.tif", array, transform=TRANSFORM)
-    assert bands.raster_acquired_at(str(dated), store=STORE) == datetime(2018, 7, 9, tzinfo=UTC)
+    assert raster_io.raster_acquired_at(str(dated), store=STORE) == datetime(2018, 7, 9, tzinfo=UTC)
     bare = write_tif(tmp_path / "image.tif", array, transform=TRANSFORM)
-    assert bands.raster_acquired_at(str(bare), store=STORE) is None
+    assert raster_io.raster_acquired_at(str(bare), store=STORE) is None
+
+
+def test_relative_band_path_is_relative_to_the_store_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "root" / "S2").mkdir(parents=True)
+    write_tif(tmp_path / "root" / "S2" / "B04.tif", np.ones((4, 4), np.uint16), transform=TRANSFORM,
+              descriptions=["B04"])
+    rooted = open_store(StoreConfig(root=str(tmp_path / "root")))
+    assert rooted.exists("S2/B04.tif")
+    monkeypatch.chdir(tmp_path)  # the working directory holds no S2/B04.tif: only the store root does
+    (band,) = bands.raster_file_bands("S2/B04.tif", store=rooted)
+    assert (band.name, band.href) == ("B04", "S2/B04.tif")
+    found = sources.product_bands(_product("S2/B04.tif"), store=rooted)
+    assert [b.name for b in found] == ["B04"]
+    with pytest.raises(BandError, match="file S2/B05.tif does not exist"):
+        bands.raster_file_bands("S2/B05.tif", store=rooted)

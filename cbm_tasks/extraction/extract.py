@@ -42,19 +42,14 @@ from cbm_tasks.aoi import ParcelSetRef, find_parcel_set
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.errors import BadInputError, BandError, CorruptProductError
-from cbm_tasks.extraction.bands import (
-    BandSource,
-    RasterStore,
-    is_remote,
-    open_raster,
-    product_bands,
-    raster_acquired_at,
-    raster_error,
-    read_safe_metadata,
-)
+from cbm_tasks.extraction.bands import BandSource
 from cbm_tasks.extraction.label_cache import GridKey, LabelCache
+from cbm_tasks.extraction.raster_io import RasterStore, open_raster, raster_acquired_at, raster_error
 from cbm_tasks.extraction.rasterize import rasterize_parcels
+from cbm_tasks.extraction.s2_safe import read_safe_metadata
+from cbm_tasks.extraction.sources import product_bands
 from cbm_tasks.extraction.zonal import class_counts, zonal_stats
+from cbm_tasks.store.base import is_remote, local_path
 from cbm_tasks.timeseries import write
 
 __all__ = ["ENGINE_OPTIONS", "ExtractionResult", "extract_file", "extract_product"]
@@ -387,7 +382,7 @@ def extract_product(
 
 def _file_product(store: RasterStore, uri: str, *, obs_time: datetime | None, product_type: str | None) -> Product:
     """A catalogue record (catalogue ``file``, uid = the absolute path/URI) for an uncatalogued image."""
-    local = None if is_remote(uri) else Path(uri.removeprefix("file://"))
+    local = None if is_remote(uri) else local_path(uri)
     footprint = platform = baseline = None
     orbit = None
     acquired_at: datetime | None
@@ -457,8 +452,8 @@ def extract_file(
             database is left unchanged.
     """
     uri = str(path_or_uri)
-    if not is_remote(uri):
-        uri = str(Path(uri.removeprefix("file://")).resolve())
+    if not is_remote(uri):  # a path given on the command line is relative to the working directory
+        uri = str(local_path(uri).resolve())
     if product_id is not None:
         with conn.transaction():
             catalogued = registry.get_product(conn, product_id)

@@ -26,8 +26,8 @@ from cbm_tasks.aoi import aoi_id, parcel_set_years
 from cbm_tasks.catalogue import registry
 from cbm_tasks.errors import BadInputError, CbmError, ConfigError, NotFoundError, ProductNotFoundError
 from cbm_tasks.extraction import extract
-from cbm_tasks.extraction.bands import RasterStore
 from cbm_tasks.extraction.label_cache import LabelCache
+from cbm_tasks.extraction.raster_io import RasterStore
 
 __all__ = [
     "MAX_CLAIM",

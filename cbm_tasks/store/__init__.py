@@ -13,6 +13,8 @@ from cbm_tasks.store.base import (
     Store,
     StoreConfig,
     check_byte_range,
+    is_remote,
+    local_path,
     scratch_folder,
     split_s3_uri,
 )
@@ -24,6 +26,8 @@ __all__ = [
     "Store",
     "StoreConfig",
     "check_byte_range",
+    "is_remote",
+    "local_path",
     "open_store",
     "scratch_folder",
     "split_s3_uri",

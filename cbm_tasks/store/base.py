@@ -41,6 +41,8 @@ __all__ = [
     "Store",
     "StoreConfig",
     "check_byte_range",
+    "is_remote",
+    "local_path",
     "scratch_folder",
     "split_s3_uri",
 ]
@@ -146,6 +148,28 @@ def _file_uri_path(uri: str) -> Path:
 
 def _has_scheme(uri: str) -> bool:
     return "://" in uri
+
+
+def is_remote(uri: str) -> bool:
+    """Tell whether *uri* has a scheme other than ``file://`` (``s3://bucket/key``): not a local path.
+
+    A relative path is not remote by this test; which store root it is relative to is the
+    store's business (``Store.exists``, ``Store.gdal_path``), never the working directory's.
+    """
+    return _has_scheme(uri) and not uri.startswith("file://")
+
+
+def local_path(uri: str) -> Path:
+    """Return the path named by a local URI: ``file:///x`` decoded, a plain path unchanged.
+
+    Raises:
+        StoreError: a remote URI, or a ``file://`` URI that is not ``file:///absolute/path``.
+    """
+    if uri.startswith("file://"):
+        return _file_uri_path(uri)
+    if _has_scheme(uri):
+        raise StoreError(f"{uri!r} is not a local path; accepted: {ACCEPTED_URI_FORMS}")
+    return Path(uri)
 
 
 def check_byte_range(uri: str, start: int | None, end: int | None) -> None:
