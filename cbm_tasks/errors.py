@@ -1,7 +1,7 @@
 """One exception hierarchy for the whole library.
 
 ``BadInputError`` means a retry cannot help (broken geometry, corrupt raster, malformed
-catalogue answer); DAG tasks turn it into ``AirflowFailException``. ``TransientError``
+catalogue answer, an object store refusing access); DAG tasks turn it into ``AirflowFailException``. ``TransientError``
 means the same call may succeed later (HTTP 429/5xx, lost database connection) and is
 left to Airflow's retries.
 """
@@ -77,8 +77,8 @@ class ProductNotFoundError(NotFoundError):
     """No catalogue record for the given product."""
 
 
-class StoreError(CbmError):
-    """An object-store operation failed for a reason that is not transient."""
+class StoreError(BadInputError):
+    """An object-store request a retry cannot fix: access denied, no credentials, a bad URI, a refused overwrite."""
 
 
 class MigrationError(CbmError):

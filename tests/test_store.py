@@ -15,11 +15,11 @@ import pytest
 import rasterio
 from affine import Affine
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, NoCredentialsError
 from rasterio.windows import Window
 from s3_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, moto_server
 
-from cbm_tasks.errors import ConfigError, NotFoundError, StoreError, TransientError
+from cbm_tasks.errors import BadInputError, ConfigError, NotFoundError, StoreError, TransientError
 from cbm_tasks.store import LocalStore, ObjectInfo, StoreConfig, open_store
 from cbm_tasks.store.s3 import S3Store, _translate
 
@@ -301,6 +301,18 @@ def test_error_translation(status: int, code: str, expected: type[Exception]) ->
     translated = _translate(err, action="read", bucket="eodata", key="Sentinel-2/x.jp2")
     assert type(translated) is expected
     assert "eodata" in str(translated) and "Sentinel-2/x.jp2" in str(translated)
+
+
+@pytest.mark.parametrize(("status", "code"), [(403, "AccessDenied"), (403, "InvalidAccessKeyId"),
+                                             (403, "SignatureDoesNotMatch")])
+def test_access_denied_is_bad_input_not_transient(status: int, code: str) -> None:
+    # a DAG retries what is not BadInputError while holding the image's claim; wrong credentials never pass
+    err = ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                      "GetObject")
+    translated = _translate(err, action="read", bucket="eodata", key="Sentinel-2/x.jp2")
+    assert isinstance(translated, BadInputError) and not isinstance(translated, TransientError)
+    assert "access denied" in str(translated) and "cbm_store" in str(translated)
+    assert isinstance(_translate(NoCredentialsError(), action="read", bucket="eodata", key="k"), BadInputError)
 
 
 # --- local store --------------------------------------------------------------------------------
