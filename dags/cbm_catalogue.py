@@ -6,11 +6,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from cbm_common import ALL_AOIS, AOI_PARAM_PATTERN, READY_PRODUCTS
 
-READY_PRODUCTS = Asset("cbm_ready_products")  # cbm_extract is scheduled on it
-ALL_AOIS = "*"
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "cbm",
     "retries": 3,
@@ -39,7 +38,7 @@ def _day(value: str | None, *, name: str) -> datetime | None:
     tags=["cbm", "catalogue"],
     default_args=DEFAULT_ARGS,
     params={
-        "aoi": Param(ALL_AOIS, type="string", pattern=r"^(\*|[a-z][a-z0-9_]{0,62})$",
+        "aoi": Param(ALL_AOIS, type="string", pattern=AOI_PARAM_PATTERN,
                      description="AOI to poll; * = every AOI with a parcel set"),
         "start": Param(None, type=["null", "string"], format="date",
                        description="first sensing day (UTC); empty = end - lookback_days"),

@@ -6,13 +6,10 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from cbm_common import ALL_AOIS, AOI_PARAM_PATTERN, EXTRACT_POOL, PARCEL_STATS, READY_PRODUCTS
 
-READY_PRODUCTS = Asset("cbm_ready_products")  # updated by cbm_catalogue (and the CARD processing)
-PARCEL_STATS = Asset("cbm_parcel_stats")  # the markers DAG is scheduled on it
-EXTRACT_POOL = "cbm_extract"  # created by `cbm airflow start`; its slots bound the memory in use
-ALL_AOIS = "*"
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "cbm",
     "retries": 3,
@@ -32,7 +29,7 @@ DEFAULT_ARGS: dict[str, Any] = {
     tags=["cbm", "extract"],
     default_args=DEFAULT_ARGS,
     params={
-        "aoi": Param(ALL_AOIS, type="string", pattern=r"^(\*|[a-z][a-z0-9_]{0,62})$",
+        "aoi": Param(ALL_AOIS, type="string", pattern=AOI_PARAM_PATTERN,
                      description="AOI to extract; * = the AOIs of the triggering catalogue polls, or every AOI"),
         "product_id": Param(None, type=["null", "integer"], minimum=1,
                             description="force the re-extraction of this image (cbm.product id); needs one aoi"),
@@ -104,12 +101,15 @@ def cbm_extract() -> None:
 
     @task(trigger_rule="all_done")
     def summary(claimed: list[dict[str, Any]], outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+        from cbm_tasks.catalogue.registry import ProductStatus
+
         done = list(outcomes)  # a failed image has no outcome
+        extracted = [o for o in done if o["status"] == ProductStatus.EXTRACTED]
         return {
-            "aois": sorted({o["aoi"] for o in done if o["status"] == "extracted"}),
+            "aois": sorted({o["aoi"] for o in extracted}),
             "claimed": len(claimed),
-            "extracted": sum(1 for o in done if o["status"] == "extracted"),
-            "skipped": sum(1 for o in done if o["status"] == "skipped"),
+            "extracted": len(extracted),
+            "skipped": sum(1 for o in done if o["status"] == ProductStatus.SKIPPED),
             "failed": len(claimed) - len(done),
             "rows": sum(int(o["n_rows"]) for o in done),
             "seconds": round(sum(float(o["seconds"]) for o in done), 2),

@@ -80,3 +80,17 @@ def test_params_are_validated(dagbag: DagBag) -> None:
     assert catalogue.get_param("start").resolve("2018-04-01") == "2018-04-01"
     with pytest.raises(ParamValidationError, match="2018-13-01"):
         catalogue.get_param("start").resolve("2018-13-01")
+
+
+def test_shared_names_come_from_one_module(dagbag: DagBag) -> None:
+    import cbm_common
+
+    from cbm_tasks.ops.airflow_config import EXTRACT_POOL
+
+    assert "cbm_common.py" in (CFG.project / "dags" / ".airflowignore").read_text().split()
+    assert all(not dag.fileloc.endswith("cbm_common.py") for dag in dagbag.dags.values())
+    catalogue, extract = dagbag.dags["cbm_catalogue"], dagbag.dags["cbm_extract"]
+    for dag in (catalogue, extract):
+        assert dag.params.get_param("aoi").schema["pattern"] == cbm_common.AOI_PARAM_PATTERN
+    assert catalogue.get_task("announce").outlets == [cbm_common.READY_PRODUCTS] == extract.schedule
+    assert extract.get_task("extract").pool == cbm_common.EXTRACT_POOL == EXTRACT_POOL
