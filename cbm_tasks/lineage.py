@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 
 from cbm_tasks import __version__
+from cbm_tasks.errors import MigrationError
 from cbm_tasks.paths import REPO_ROOT
 
 __all__ = ["RunContext", "code_version", "finish_run", "start_run"]
@@ -64,7 +65,8 @@ def start_run(conn: psycopg.Connection, ctx: RunContext, params: dict[str, Any] 
             "%(params)s) RETURNING pipeline_run_id",
             {**asdict(ctx), "code": code_version(), "params": json.dumps(params or {}, sort_keys=True, default=str)},
         ).fetchone()
-    assert row is not None
+    if row is None:  # INSERT ... RETURNING gives a row unless the table was changed by hand
+        raise MigrationError("cbm.pipeline_run returned no id for a new run; is the schema migrated (cbm db migrate)?")
     return int(row[0])
 
 

@@ -1,4 +1,4 @@
-"""The local catalogue: STAC item files in a directory tree (format in CONTRACTS)."""
+"""The local catalogue: STAC item files in a directory tree (format in ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

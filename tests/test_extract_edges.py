@@ -14,9 +14,10 @@ from affine import Affine
 from test_extract_support import add_parcel_set, add_product, obs_rows, row_counts, write_tif
 
 from cbm_tasks.errors import CorruptProductError
-from cbm_tasks.extraction.extract import extract_file, extract_product
+from cbm_tasks.extraction.extract import extract_product
 from cbm_tasks.extraction.label_cache import LabelCache
 from cbm_tasks.lineage import RunContext
+from cbm_tasks.pipeline.files import extract_file
 from cbm_tasks.store import StoreConfig, open_store
 
 STORE = open_store(StoreConfig())

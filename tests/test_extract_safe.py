@@ -12,7 +12,7 @@ import shapely
 from conftest import shared_data
 from test_extract_support import add_parcel_set, obs_rows
 
-from cbm_tasks.extraction.extract import extract_file
+from cbm_tasks.pipeline.files import extract_file
 from cbm_tasks.store import StoreConfig, open_store
 
 SAFE = "S2A_MSIL2A_20221005T115411_N0400_R023_T29UNU_20221005T164454.SAFE"

@@ -3,6 +3,7 @@
 - cbm_tasks is the domain library: it never imports Airflow (STYLE R1).
 - The domain packages never import the deployment tooling (``ops``), the demo or the command
   line: those sit on top of the domain, not under it.
+- Only ``cbm_tasks.pipeline`` changes a product's status (the registry's state functions).
 - Modules of cbm_tasks import each other without circles (a circle means two modules share
   one job, or one of them belongs lower).
 
@@ -120,6 +121,24 @@ def import_cycles(package: Path) -> list[list[str]]:
 
 
 
+STATUS_CHANGES = ("register", "claim", "mark_done", "mark_failed", "reset")
+
+
+def status_changers(package: Path) -> dict[str, list[str]]:
+    """Modules outside ``pipeline`` (and the registry itself) that call a state function of the registry."""
+    found: dict[str, list[str]] = {}
+    for name, path in _our_modules(package).items():
+        if _top(name, package) == "pipeline" or name.endswith("catalogue.registry"):
+            continue
+        calls = sorted({node.func.attr for node in ast.walk(ast.parse(path.read_text()))
+                        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "registry"
+                        and node.func.attr in STATUS_CHANGES})
+        if calls:
+            found[name] = calls
+    return found
+
+
 def test_cbm_tasks_never_imports_airflow() -> None:
     assert len(_our_modules(PACKAGE)) > 5
     assert airflow_imports(PACKAGE) == {}
@@ -127,6 +146,10 @@ def test_cbm_tasks_never_imports_airflow() -> None:
 
 def test_domain_never_imports_ops_demo_or_cli() -> None:
     assert tooling_imports(PACKAGE) == {}
+
+
+def test_only_the_pipeline_changes_a_product_status() -> None:
+    assert status_changers(PACKAGE) == {}
 
 
 def test_no_import_circles() -> None:
@@ -164,3 +187,21 @@ def test_a_circle_is_caught(tmp_path: Path) -> None:
                                     "store/s3.py": "from cbm_tasks.store import Store",
                                     "a.py": "from cbm_tasks import b", "b.py": "import cbm_tasks.a"})
     assert import_cycles(root) == [["cbm_tasks.a", "cbm_tasks.b"]]
+
+
+def test_a_status_change_outside_the_pipeline_is_caught(tmp_path: Path) -> None:
+    root = _fake_package(tmp_path, {"pipeline/__init__.py": "", "extraction/__init__.py": "",
+                                    "pipeline/extract.py": "registry.mark_done(conn, 1, aoi='a')",
+                                    "extraction/extract.py": "registry.mark_done(conn, 1, aoi='a')\n"
+                                                             "registry.get_product(conn, 1)"})
+    assert status_changers(root) == {"cbm_tasks.extraction.extract": ["mark_done"]}
+
+
+def test_the_checkout_root_is_found_in_one_place() -> None:
+    from cbm_tasks import db, paths
+    from cbm_tasks.ops import settings
+
+    users = sorted(name for name, path in _our_modules(PACKAGE).items() if "__file__" in path.read_text())
+    assert users == ["cbm_tasks.paths"]
+    assert settings.project_dir() == paths.REPO_ROOT == PACKAGE.parent
+    assert db.SQL_DIR == paths.SQL_DIR == PACKAGE.parent / "sql"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -138,3 +139,19 @@ def test_lineage_run_is_recorded(conn: psycopg.Connection) -> None:
                        "FROM cbm.pipeline_run WHERE pipeline_run_id = %s", (run_id,)).fetchone()
     assert row[:7] == ("cbm_extract", 3, 2, "extract", {"aoi": "demo"}, "failed", "boom")
     assert row[7].startswith("0.1.0")
+
+
+def test_product_status_values_are_the_database_values(conn: psycopg.Connection) -> None:
+    (check,) = conn.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = 'cbm.product_status'::regclass AND contype = 'c' AND conname LIKE '%status%'"
+    ).fetchone() or ("",)
+    assert set(re.findall(r"'([a-z]+)'::text", check)) == {status.value for status in registry.ProductStatus}
+    assert registry.STATUSES == tuple(status.value for status in registry.ProductStatus)
+    (pid,) = registry.register(conn, [_product(7)], aoi="demo")
+    registry.claim(conn, aoi="demo", worker="w", status=registry.ProductStatus.READY)
+    registry.mark_done(conn, pid, aoi="demo", status=registry.ProductStatus.SKIPPED)
+    assert conn.execute("SELECT status FROM cbm.product_status WHERE product_id = %s", (pid,)).fetchone() == (
+        "skipped",)
+    with pytest.raises(ValueError, match="unknown product status 'done'; valid: new, processing, ready"):
+        registry.mark_done(conn, pid, aoi="demo", status="done")

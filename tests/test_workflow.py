@@ -36,7 +36,7 @@ def demo_db(tmp_path: Path, db_url: str) -> Iterator[tuple[psycopg.Connection, d
 
 def _poll(conn: psycopg.Connection, layout: demo_data.DemoLayout) -> PollResult:
     return poll_aoi(conn, LocalCatalogue(layout.catalogue_root), aoi="demo",
-                             start=datetime(2017, 8, 1, tzinfo=UTC), end=datetime(2018, 12, 1, tzinfo=UTC))
+                    start=datetime(2017, 8, 1, tzinfo=UTC), end=datetime(2018, 12, 1, tzinfo=UTC))
 
 
 def _status(conn: psycopg.Connection, product_id: int) -> tuple[str, int, str | None]:
@@ -132,3 +132,27 @@ def test_bad_input_fails_at_once_and_transient_errors_keep_the_claim(
         workflow.extract_claimed(conn, store, other, aoi="demo", run=RUN, last_try=True)
     status, attempts, error = _status(conn, other)
     assert (status, attempts) == ("ready", 2) and "TaskTimeout: Timeout, PID: 4242" in (error or "")
+
+
+def test_execution_timeout_marks_the_lineage_run_failed(
+    demo_db: tuple[psycopg.Connection, demo_data.DemoLayout], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Airflow's execution timeout is a BaseException: the cbm.pipeline_run row must not stay 'running'
+    conn, layout = demo_db
+    _poll(conn, layout)
+    ((_, product_id),) = [c for c in workflow.claim_ready(conn, aois=["demo"], worker="test")
+                          if registry.get_product(conn, c[1]).product_type == "S2MSI2A"][:1]
+
+    class TaskTimeout(BaseException):
+        pass
+
+    def too_slow(*args: object, **kwargs: object) -> int:
+        raise TaskTimeout("Timeout, PID: 4242")
+
+    monkeypatch.setattr(obs, "replace_image_stats", too_slow)
+    store = open_store(StoreConfig(kind="local", root=str(tmp_path)))
+    with pytest.raises(TaskTimeout):
+        workflow.extract_claimed(conn, store, product_id, aoi="demo", run=RUN, last_try=False)
+    row = conn.execute("SELECT status, error, finished_at IS NOT NULL FROM cbm.pipeline_run "
+                       "WHERE (params->>'product_id')::int = %s", (product_id,)).fetchone()
+    assert row == ("failed", "TaskTimeout: Timeout, PID: 4242", True)

@@ -1,7 +1,7 @@
 """The local catalogue: a directory tree of STAC items next to their band files.
 
-Used for the built-in demo and for air-gapped sites (format in CONTRACTS, "Local catalogue
-format"). Every ``*.json`` file whose ``type`` is ``Feature`` is one product; other JSON files
+Used for the built-in demo and for air-gapped sites (format in ARCHITECTURE.md,
+"Formats"). Every ``*.json`` file whose ``type`` is ``Feature`` is one product; other JSON files
 (collections, catalogues) are ignored. Matching products are yielded in sensing-time order.
 """
 

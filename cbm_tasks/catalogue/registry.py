@@ -18,16 +18,18 @@ import json
 import logging
 from collections.abc import Iterable
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 import psycopg
 
 from cbm_tasks.aoi import aoi_id, ensure_aoi
 from cbm_tasks.catalogue.product import CARD_TYPES, Product
-from cbm_tasks.errors import ProductNotFoundError
+from cbm_tasks.errors import ProductNotFoundError, TransientError
 
 __all__ = [
     "STATUSES",
+    "ProductStatus",
     "claim",
     "get_product",
     "initial_status",
@@ -40,13 +42,34 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("new", "processing", "ready", "extracting", "extracted", "failed", "skipped")
+
+
+class ProductStatus(StrEnum):
+    """The work state of a product for one AOI; the values are those stored in ``cbm.product_status.status``."""
+
+    NEW = "new"  # found, needs processing first (raw Sentinel-1 -> CARD)
+    PROCESSING = "processing"  # CARD production under way
+    READY = "ready"  # can be extracted
+    EXTRACTING = "extracting"  # claimed by an extraction run
+    EXTRACTED = "extracted"  # its per-parcel rows are written
+    FAILED = "failed"  # bad input, or out of attempts
+    SKIPPED = "skipped"  # nothing to extract (no parcel inside, no parcel set for its season)
+
+
+STATUSES = tuple(status.value for status in ProductStatus)
+
+
+def _checked(status: str) -> str:
+    """Return *status* as stored in the database; ValueError names the valid ones."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown product status {status!r}; valid: {', '.join(STATUSES)}")
+    return ProductStatus(status).value
 _READY_TYPES = ("S2MSI2A", *CARD_TYPES)
 
 
 def initial_status(product_type: str) -> str:
     """Return the status a newly found product starts in: ``ready`` unless it needs processing."""
-    return "ready" if product_type in _READY_TYPES else "new"
+    return ProductStatus.READY.value if product_type in _READY_TYPES else ProductStatus.NEW.value
 
 
 _INSERT_PRODUCT = """
@@ -99,7 +122,8 @@ def register(conn: psycopg.Connection, products: Iterable[Product], *, aoi: str)
             row = conn.execute(_INSERT_PRODUCT, _product_params(product)).fetchone()
             if row is None:
                 row = conn.execute("SELECT product_id FROM cbm.product WHERE uid = %s", (product.uid,)).fetchone()
-            assert row is not None  # inserted or already there, inside our transaction
+            if row is None:  # neither inserted nor there: a concurrent transaction deleted it
+                raise TransientError(f"product {product.uid}: deleted by another transaction while registering")
             product_id = int(row[0])
             status_row = conn.execute(
                 "INSERT INTO cbm.product_status (product_id, aoi_id, status) VALUES (%s, %s, %s) "
@@ -137,8 +161,8 @@ def claim(
     *,
     aoi: str,
     worker: str,
-    status: str = "ready",
-    to: str = "extracting",
+    status: str = ProductStatus.READY,
+    to: str = ProductStatus.EXTRACTING,
     limit: int = 100,
     stale_after: timedelta = timedelta(hours=2),
 ) -> list[int]:
@@ -148,9 +172,7 @@ def claim(
     *to* for longer than *stale_after* (its worker died) is claimed again. Each claim counts
     as an attempt. Oldest acquisitions first.
     """
-    for value in (status, to):
-        if value not in STATUSES:
-            raise ValueError(f"unknown product status {value!r}; valid: {', '.join(STATUSES)}")
+    status, to = _checked(status), _checked(to)
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     with conn.transaction():
@@ -171,10 +193,9 @@ def _update_status(conn: psycopg.Connection, product_id: int, aoi: str, query: s
             raise ProductNotFoundError(f"product {product_id} is not registered for AOI {aoi!r}")
 
 
-def mark_done(conn: psycopg.Connection, product_id: int, *, aoi: str, status: str = "extracted") -> None:
+def mark_done(conn: psycopg.Connection, product_id: int, *, aoi: str, status: str = ProductStatus.EXTRACTED) -> None:
     """Set the final *status* (``extracted``, ``skipped`` or ``ready`` after processing) and release the claim."""
-    if status not in STATUSES:
-        raise ValueError(f"unknown product status {status!r}; valid: {', '.join(STATUSES)}")
+    status = _checked(status)
     _update_status(
         conn, product_id, aoi,
         "UPDATE cbm.product_status SET status = %(status)s, claimed_by = NULL, claimed_at = NULL, "
@@ -189,7 +210,7 @@ def mark_failed(
     *,
     aoi: str,
     error: str,
-    retry_status: str = "ready",
+    retry_status: str = ProductStatus.READY,
     max_attempts: int = 3,
     permanent: bool = False,
 ) -> str:
@@ -201,10 +222,11 @@ def mark_failed(
     with conn.transaction():
         row = conn.execute(
             "UPDATE cbm.product_status SET "
-            "status = CASE WHEN %(permanent)s OR attempts >= %(max_attempts)s THEN 'failed' ELSE %(retry)s END, "
+            "status = CASE WHEN %(permanent)s OR attempts >= %(max_attempts)s THEN %(failed)s ELSE %(retry)s END, "
             "last_error = %(error)s, claimed_by = NULL, claimed_at = NULL, updated_at = now() "
             "WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s RETURNING status",
-            {"permanent": permanent, "max_attempts": max_attempts, "retry": retry_status, "error": error[-4000:],
+            {"permanent": permanent, "max_attempts": max_attempts, "retry": _checked(retry_status),
+             "failed": ProductStatus.FAILED.value, "error": error[-4000:],
              "product_id": product_id, "aoi_id": aoi_id(conn, aoi)},
         ).fetchone()
     if row is None:
@@ -213,10 +235,9 @@ def mark_failed(
     return str(row[0])
 
 
-def reset(conn: psycopg.Connection, product_id: int, *, aoi: str, status: str = "ready") -> None:
+def reset(conn: psycopg.Connection, product_id: int, *, aoi: str, status: str = ProductStatus.READY) -> None:
     """Put a product back to *status* with no attempts, e.g. to force its re-extraction."""
-    if status not in STATUSES:
-        raise ValueError(f"unknown product status {status!r}; valid: {', '.join(STATUSES)}")
+    status = _checked(status)
     _update_status(
         conn, product_id, aoi,
         "UPDATE cbm.product_status SET status = %(status)s, attempts = 0, last_error = NULL, claimed_by = NULL, "

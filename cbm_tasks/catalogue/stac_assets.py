@@ -1,6 +1,6 @@
 """STAC item fields -> Product fields, shared by the STAC and the local catalogue clients.
 
-The band descriptors written here (``Product.attributes["bands"]``, format in CONTRACTS)
+The band descriptors written here (``Product.attributes["bands"]``, format in ARCHITECTURE.md)
 are what the extraction reads, so nodata, scale and offset come from the item's
 ``raster:bands`` (STAC 1.0) or ``bands`` (STAC 1.1), never from assumptions, with one
 documented exception: the S2 scene classification (SCL) is categorical with 12 classes.

@@ -8,8 +8,8 @@ from datetime import datetime
 
 from cbm_tasks import db
 from cbm_tasks.errors import BadInputError
-from cbm_tasks.extraction.extract import extract_file
 from cbm_tasks.ops import settings
+from cbm_tasks.pipeline.files import extract_file
 from cbm_tasks.store import open_store
 
 __all__ = ["register"]

@@ -1,6 +1,6 @@
 """The built-in demo: a local catalogue (STAC items + COGs) and a parcel file from the real 31UDS cube.
 
-Layout written by :func:`build_demo` (the local catalogue format of CONTRACTS.md)::
+Layout written by :func:`build_demo` (the local catalogue format of ARCHITECTURE.md)::
 
     OUT/catalogue/sentinel-2-l2a/S2_31UDS_20180405/{S2_31UDS_20180405.json, B02.tif, ..., SCL.tif}
     OUT/catalogue/sentinel-1-card-bs/S1_CARD-BS_31UDS_20180405T173236/{<id>.json, VV.tif, VH.tif}

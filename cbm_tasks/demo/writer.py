@@ -1,7 +1,7 @@
 """Write a local catalogue (STAC 1.0 items next to their COGs) and parcel GeoPackages.
 
 Used by the built-in demo (:mod:`cbm_tasks.demo.data`, :mod:`cbm_tasks.demo.synthetic`); the
-format is the local catalogue of CONTRACTS.md that :mod:`cbm_tasks.catalogue.local` reads.
+format is the local catalogue (ARCHITECTURE.md, "Formats") that :mod:`cbm_tasks.catalogue.local` reads.
 
 Every file is written to a temporary name in its folder and moved into place with ``os.replace``;
 a file whose new content equals the old one is left untouched (same bytes, same mtime), so a

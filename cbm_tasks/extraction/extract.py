@@ -1,6 +1,6 @@
 """One image to per-parcel statistics rows in PostGIS.
 
-Rules (issue 3):
+Rules:
 
 - A pixel belongs to a parcel when its centre is inside the polygon (holes excluded).
 - Parcels are selected in PostGIS by intersection with the image's valid footprint (the
@@ -22,11 +22,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,22 +39,22 @@ from cbm_tasks import lineage
 from cbm_tasks.aoi import ParcelSetRef, find_parcel_set
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
-from cbm_tasks.errors import BadInputError, BandError, CorruptProductError
+from cbm_tasks.errors import BandError, CorruptProductError
 from cbm_tasks.extraction.bands import BandSource
 from cbm_tasks.extraction.label_cache import GridKey, LabelCache
-from cbm_tasks.extraction.raster_io import RasterStore, open_raster, raster_acquired_at, raster_error
+from cbm_tasks.extraction.raster_io import RasterStore, open_raster, raster_error
 from cbm_tasks.extraction.rasterize import rasterize_parcels
-from cbm_tasks.extraction.s2_safe import read_safe_metadata
 from cbm_tasks.extraction.sources import product_bands
 from cbm_tasks.extraction.zonal import class_counts, zonal_stats
-from cbm_tasks.store.base import is_remote, local_path
 from cbm_tasks.timeseries import write
 
-__all__ = ["ENGINE_OPTIONS", "ExtractionResult", "extract_file", "extract_product"]
+__all__ = ["ENGINE_OPTIONS", "ExtractionResult", "RegisterImage", "extract_image", "extract_product"]
 
 log = logging.getLogger(__name__)
 
 ENGINE_OPTIONS = {"pixel_rule": "centre", "percentiles": "linear", "std": "population", "resampling": "none"}
+# (conn, covers_parcels) -> product_id, called inside the write transaction (see extract_image)
+RegisterImage = Callable[[psycopg.Connection, bool], int]
 _STAT_FIELDS = ("count", "mean", "std", "min", "max", "p25", "p50", "p75")
 
 
@@ -289,18 +287,39 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
     return _Computed(image, params, len(selected))
 
 
-def _extract(
+def extract_image(
     conn: psycopg.Connection,
     store: RasterStore,
     product: Product,
     *,
-    product_id: int | None,
     aoi: str,
     year: int,
-    label_cache: LabelCache | None,
-    pipeline_run_id: int | None,
+    product_id: int | None = None,
+    register: RegisterImage | None = None,
+    label_cache: LabelCache | None = None,
+    pipeline_run_id: int | None = None,
 ) -> ExtractionResult:
-    """Read, reduce, then write in one transaction; product_id None = register *product* in it."""
+    """Read the bands of *product*, reduce them per parcel of *aoi* in *year*, and write the rows in one transaction.
+
+    Args:
+        conn: connection to the CbM database (idle: the rows are committed here).
+        store: where the band files are.
+        product: the image (its location and band descriptors are read).
+        aoi: AOI name.
+        year: parcel-set year.
+        product_id: the catalogue product the rows belong to; or None with *register*.
+        register: called in the write transaction with ``(conn, covers_parcels)`` when
+            *product_id* is None; returns the product id (the caller registers the image and
+            sets its status, so that the record, status and rows commit together).
+        label_cache: as for :func:`extract_product`.
+        pipeline_run_id: lineage row of this extraction, or None.
+
+    Raises:
+        ValueError: neither or both of *product_id* and *register*.
+        NotFoundError, BandError, CorruptProductError: as :func:`extract_product`.
+    """
+    if (product_id is None) == (register is None):
+        raise ValueError(f"image {product.name}: give exactly one of product_id and register")
     t0 = time.perf_counter()
     with conn.transaction():
         parcel_set = find_parcel_set(conn, aoi=aoi, year=year)
@@ -309,12 +328,10 @@ def _extract(
     computed = _compute(conn, store, product, bands, parcel_set,
                         label_cache if label_cache is not None else LabelCache())
     with conn.transaction():
-        if product_id is None:
-            registry.register(conn, [product], aoi=aoi)
-            row = conn.execute("SELECT product_id FROM cbm.product WHERE uid = %s", (product.uid,)).fetchone()
-            assert row is not None  # registered just above, in this transaction
-            product_id = int(row[0])
-            registry.mark_done(conn, product_id, aoi=aoi, status="extracted" if computed.n_selected else "skipped")
+        if product_id is None and register is not None:
+            product_id = register(conn, computed.n_selected > 0)
+        if product_id is None:  # extract_image checked that one of the two is given
+            raise ValueError(f"image {product.name}: no product id to write its rows under")
         if computed.n_selected == 0:
             write.delete_image_stats(conn, parcel_set.parcel_set_id, product_id)
             n_rows = 0
@@ -369,101 +386,16 @@ def extract_product(
     if run is not None:
         run_id = lineage.start_run(conn, run, {"product_id": product_id, "aoi": aoi, "year": year})
     try:
-        result = _extract(conn, store, product, product_id=product_id, aoi=aoi, year=year,
-                          label_cache=label_cache, pipeline_run_id=run_id)
-    except Exception as err:
+        result = extract_image(conn, store, product, product_id=product_id, aoi=aoi, year=year,
+                               label_cache=label_cache, pipeline_run_id=run_id)
+    except BaseException as err:
+        # BaseException: Airflow's execution timeout is one, and must not leave the run 'running'
         if run_id is not None:
-            lineage.finish_run(conn, run_id, status="failed", error=f"{type(err).__name__}: {err}")
+            try:
+                lineage.finish_run(conn, run_id, status="failed", error=f"{type(err).__name__}: {err}")
+            except psycopg.Error as db_err:  # a lost connection must not hide the original error
+                log.warning("could not record run %d of product_id=%d as failed: %s", run_id, product_id, db_err)
         raise
     if run_id is not None:
         lineage.finish_run(conn, run_id, status="success")
     return result
-
-
-def _file_product(store: RasterStore, uri: str, *, obs_time: datetime | None, product_type: str | None) -> Product:
-    """A catalogue record (catalogue ``file``, uid = the absolute path/URI) for an uncatalogued image."""
-    local = None if is_remote(uri) else local_path(uri)
-    footprint = platform = baseline = None
-    orbit = None
-    acquired_at: datetime | None
-    if local is not None and (local / "MTD_MSIL2A.xml").exists():
-        meta = read_safe_metadata(local)
-        name, acquired_at, product_type = meta.product_uri, meta.acquired_at, product_type or "S2MSI2A"
-        footprint, platform, baseline, orbit = meta.footprint_wkt, meta.platform, meta.processing_baseline, \
-            meta.relative_orbit
-    else:
-        name = uri.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
-        acquired_at = raster_acquired_at(uri, store=store)
-        product_type = product_type or "UNKNOWN"
-    if obs_time is not None:
-        acquired_at = obs_time if obs_time.tzinfo is not None else obs_time.replace(tzinfo=UTC)
-    if acquired_at is None:
-        raise BadInputError(
-            f"image {uri}: no acquisition time in its tags (TIFFTAG_DATETIME, ACQUISITION_*) or name; "
-            "give it with --obs-time (ISO 8601, e.g. 2018-04-05T10:50:31Z)"
-        )
-    if product_type.startswith("S2"):
-        collection = "SENTINEL-2"
-    elif product_type.startswith(("CARD", "IW_", "EW_")):
-        collection = "SENTINEL-1"
-    else:
-        collection = "UNKNOWN"
-    return Product(uid=uri, name=name, catalogue="file", collection=collection, product_type=product_type,
-                   acquired_at=acquired_at, location=uri, platform=platform, relative_orbit=orbit,
-                   processing_baseline=baseline, footprint_wkt=footprint)
-
-
-def extract_file(
-    conn: psycopg.Connection,
-    store: RasterStore,
-    path_or_uri: str | Path,
-    *,
-    aoi: str,
-    year: int,
-    obs_time: datetime | None = None,
-    product_id: int | None = None,
-    product_type: str | None = None,
-    label_cache: LabelCache | None = None,
-) -> ExtractionResult:
-    """Extract one image file or SAFE folder (``cbm extract``) for the parcels of *aoi* in *year*.
-
-    Without *product_id*, the image is registered in cbm.product (catalogue ``file``, uid =
-    its absolute path or URI, product type *product_type* or ``UNKNOWN``, ``S2MSI2A`` for a
-    SAFE folder) in the same transaction as its rows, and marked ``extracted`` for *aoi*;
-    an image registered before keeps its record. With *product_id*, the rows belong to that
-    catalogue product and its bands are read from *path_or_uri* (e.g. a local copy).
-
-    Args:
-        conn: connection to the CbM database.
-        store: where the image is (local paths work with any store).
-        path_or_uri: a GeoTIFF/COG, or an S2 L2A SAFE folder.
-        aoi: AOI name.
-        year: parcel-set year.
-        obs_time: acquisition time, required when the image states none (tags, SAFE
-            metadata, a date in its name); naive = UTC. It wins over the image's own.
-        product_id: an existing catalogue product the rows belong to.
-        product_type: product type of a newly registered image (``--product-type``).
-        label_cache: as for :func:`extract_product`.
-
-    Raises:
-        BadInputError: no acquisition time and no *obs_time*.
-        ProductNotFoundError: *product_id* is not in the catalogue.
-        NotFoundError, BandError, CorruptProductError: as :func:`extract_product`; the
-            database is left unchanged.
-    """
-    uri = str(path_or_uri)
-    if not is_remote(uri):  # a path given on the command line is relative to the working directory
-        uri = str(local_path(uri).resolve())
-    if product_id is not None:
-        with conn.transaction():
-            catalogued = registry.get_product(conn, product_id)
-        attributes = {k: v for k, v in catalogued.attributes.items() if k != "bands"}
-        product = replace(catalogued, location=uri, attributes=attributes)
-        return _extract(conn, store, product, product_id=product_id, aoi=aoi, year=year,
-                        label_cache=label_cache, pipeline_run_id=None)
-    with conn.transaction():
-        known = conn.execute("SELECT product_id FROM cbm.product WHERE uid = %s", (uri,)).fetchone()
-        product = (registry.get_product(conn, int(known[0])) if known is not None
-                   else _file_product(store, uri, obs_time=obs_time, product_type=product_type))
-    return _extract(conn, store, product, product_id=None, aoi=aoi, year=year, label_cache=label_cache,
-                    pipeline_run_id=None)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cbm_tasks.errors import ConfigError
+
 __all__ = ["GridKey", "LabelCache"]
 
 log = logging.getLogger(__name__)
@@ -132,7 +134,8 @@ class LabelCache:
             self._entries.popitem(last=False)
 
     def _path(self, key: GridKey) -> Path:
-        assert self._directory is not None
+        if self._directory is None:
+            raise ConfigError("this label cache keeps labels in memory only: it has no directory to save to")
         return self._directory / f"labels_{key.digest()}.npy"
 
     def _save(self, key: GridKey, labels: np.ndarray) -> None:

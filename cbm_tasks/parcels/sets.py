@@ -29,7 +29,7 @@ from psycopg.rows import TupleRow
 from psycopg.types import TypeInfo
 
 from cbm_tasks.aoi import ensure_aoi
-from cbm_tasks.errors import ParcelImportError, TransientError
+from cbm_tasks.errors import MigrationError, ParcelImportError, TransientError
 from cbm_tasks.parcels.geometry import geometry_md5
 from cbm_tasks.parcels.read import ParcelTable, Rejection, read_parcels, write_reject_report
 
@@ -271,7 +271,8 @@ def _replace_set(
         key_floor = cur.execute(
             "SELECT max_parcel_key FROM cbm.parcel_set WHERE parcel_set_id = %s", (set_id,)
         ).fetchone()
-        assert key_floor is not None  # the row is locked by _lock_set
+        if key_floor is None:  # the row is locked by _lock_set: only a schema change removes it
+            raise MigrationError(f"{source}: parcel set {set_id} has no max_parcel_key row; is the schema migrated?")
         plan = plan_keys(old, table.parcel_ids, [f"{d}:{table.srid}" for d in digests], key_floor=int(key_floor[0]))
         cur.execute("DELETE FROM cbm.parcel WHERE parcel_set_id = %s", (set_id,))
         _copy_parcels(cur, set_id, table, plan.keys)
@@ -294,7 +295,8 @@ def _lock_set(cur: psycopg.Cursor[TupleRow], aoi_id: int, year: int, table: Parc
         "SELECT parcel_set_id, version FROM cbm.parcel_set WHERE aoi_id = %s AND year = %s FOR UPDATE",
         (aoi_id, year),
     ).fetchone()
-    assert locked is not None  # inserted above or already there
+    if locked is None:  # neither inserted nor there: a concurrent transaction deleted it
+        raise TransientError(f"parcel set of AOI id {aoi_id} and {year}: deleted by another transaction meanwhile")
     set_id, version = int(locked[0]), int(locked[1])
     if created:
         cur.execute("SELECT cbm.ensure_parcel_set_partitions(%s::smallint)", (set_id,))
@@ -405,7 +407,8 @@ def _record_import(cur: psycopg.Cursor[TupleRow], set_id: int, table: ParcelTabl
             len(table.rejections),
         ),
     ).fetchone()
-    assert row is not None
+    if row is None:  # INSERT ... RETURNING gives a row unless the table was changed by hand
+        raise MigrationError(f"{table.source_file}: cbm.parcel_import returned no id; is the schema migrated?")
     import_id = int(row[0])
     with cur.copy("COPY cbm.parcel_rejection (import_id, source_fid, parcel_id, reason) FROM STDIN") as copy:
         for r in table.rejections:

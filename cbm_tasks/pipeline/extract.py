@@ -24,6 +24,7 @@ import psycopg
 from cbm_tasks import lineage
 from cbm_tasks.aoi import aoi_id, parcel_set_years
 from cbm_tasks.catalogue import registry
+from cbm_tasks.catalogue.registry import ProductStatus
 from cbm_tasks.errors import BadInputError, CbmError, ConfigError, NotFoundError, ProductNotFoundError
 from cbm_tasks.extraction import extract
 from cbm_tasks.extraction.label_cache import LabelCache
@@ -53,7 +54,7 @@ class ExtractOutcome:
 
     aoi: str
     product_id: int
-    status: str  # extracted or skipped
+    status: str  # ProductStatus.EXTRACTED or SKIPPED, as its value (an XCom is JSON)
     n_parcels: int
     n_rows: int
     seconds: float
@@ -178,10 +179,10 @@ def extract_claimed(
     try:
         year = parcel_year(conn, product_id, aoi=aoi)
         if year is None:
-            registry.mark_done(conn, product_id, aoi=aoi, status="skipped")
+            registry.mark_done(conn, product_id, aoi=aoi, status=ProductStatus.SKIPPED)
             log.warning("skipped product_id=%d aoi=%s: no parcel set for its season", product_id, aoi)
-            return ExtractOutcome(aoi=aoi, product_id=product_id, status="skipped", n_parcels=0, n_rows=0,
-                                  seconds=0.0)
+            return ExtractOutcome(aoi=aoi, product_id=product_id, status=ProductStatus.SKIPPED.value, n_parcels=0,
+                                  n_rows=0, seconds=0.0)
         result = extract.extract_product(conn, store, product_id, aoi=aoi, year=year, run=run,
                                          label_cache=label_cache)
     except BadInputError as err:
@@ -194,9 +195,9 @@ def extract_claimed(
         if last_try:
             _release_after_failure(conn, product_id, aoi=aoi, error=f"{type(err).__name__}: {err}")
         raise
-    status = "extracted" if result.n_parcels > 0 else "skipped"
+    status = (ProductStatus.EXTRACTED if result.n_parcels > 0 else ProductStatus.SKIPPED).value
     registry.mark_done(conn, product_id, aoi=aoi, status=status)
-    if status == "skipped":
+    if status == ProductStatus.SKIPPED:
         log.warning("skipped product_id=%d aoi=%s: no parcel with a valid pixel in the image", product_id, aoi)
     return ExtractOutcome(aoi=aoi, product_id=product_id, status=status, n_parcels=result.n_parcels,
                           n_rows=result.n_rows, seconds=round(result.seconds, 3))

@@ -94,8 +94,8 @@ def poll_aoi(
     with conn.transaction():
         row = conn.execute(
             "SELECT count(*) FILTER (WHERE s.product_id = ANY(%(new)s::integer[])), count(*) "
-            "FROM cbm.product_status s WHERE s.aoi_id = %(aoi_id)s AND s.status = 'ready'",
-            {"new": new_ids, "aoi_id": aoi_id(conn, aoi)},
+            "FROM cbm.product_status s WHERE s.aoi_id = %(aoi_id)s AND s.status = %(ready)s",
+            {"new": new_ids, "aoi_id": aoi_id(conn, aoi), "ready": registry.ProductStatus.READY.value},
         ).fetchone()
     if row is None:  # an aggregate without GROUP BY always returns one row
         raise NotFoundError(f"AOI {aoi!r}: the count of ready products returned no row")

@@ -1,0 +1,124 @@
+"""The unit of work of ``cbm extract``: one image file or SAFE folder, catalogued or not.
+
+An image that is not in the catalogue is registered (catalogue ``file``) in the same
+transaction as its rows, and marked ``extracted`` (or ``skipped``) for the AOI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+from cbm_tasks.catalogue import registry
+from cbm_tasks.catalogue.product import Product
+from cbm_tasks.catalogue.registry import ProductStatus
+from cbm_tasks.errors import BadInputError, TransientError
+from cbm_tasks.extraction.extract import ExtractionResult, extract_image
+from cbm_tasks.extraction.label_cache import LabelCache
+from cbm_tasks.extraction.raster_io import RasterStore, raster_acquired_at
+from cbm_tasks.extraction.s2_safe import read_safe_metadata
+from cbm_tasks.store.base import is_remote, local_path
+
+__all__ = ["extract_file"]
+
+
+def _file_product(store: RasterStore, uri: str, *, obs_time: datetime | None, product_type: str | None) -> Product:
+    """A catalogue record (catalogue ``file``, uid = the absolute path/URI) for an uncatalogued image."""
+    local = None if is_remote(uri) else local_path(uri)
+    footprint = platform = baseline = None
+    orbit = None
+    acquired_at: datetime | None
+    if local is not None and (local / "MTD_MSIL2A.xml").exists():
+        meta = read_safe_metadata(local)
+        name, acquired_at, product_type = meta.product_uri, meta.acquired_at, product_type or "S2MSI2A"
+        footprint, platform, baseline, orbit = meta.footprint_wkt, meta.platform, meta.processing_baseline, \
+            meta.relative_orbit
+    else:
+        name = uri.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        acquired_at = raster_acquired_at(uri, store=store)
+        product_type = product_type or "UNKNOWN"
+    if obs_time is not None:
+        acquired_at = obs_time if obs_time.tzinfo is not None else obs_time.replace(tzinfo=UTC)
+    if acquired_at is None:
+        raise BadInputError(
+            f"image {uri}: no acquisition time in its tags (TIFFTAG_DATETIME, ACQUISITION_*) or name; "
+            "give it with --obs-time (ISO 8601, e.g. 2018-04-05T10:50:31Z)"
+        )
+    if product_type.startswith("S2"):
+        collection = "SENTINEL-2"
+    elif product_type.startswith(("CARD", "IW_", "EW_")):
+        collection = "SENTINEL-1"
+    else:
+        collection = "UNKNOWN"
+    return Product(uid=uri, name=name, catalogue="file", collection=collection, product_type=product_type,
+                   acquired_at=acquired_at, location=uri, platform=platform, relative_orbit=orbit,
+                   processing_baseline=baseline, footprint_wkt=footprint)
+
+
+def extract_file(
+    conn: psycopg.Connection,
+    store: RasterStore,
+    path_or_uri: str | Path,
+    *,
+    aoi: str,
+    year: int,
+    obs_time: datetime | None = None,
+    product_id: int | None = None,
+    product_type: str | None = None,
+    label_cache: LabelCache | None = None,
+) -> ExtractionResult:
+    """Extract one image file or SAFE folder (``cbm extract``) for the parcels of *aoi* in *year*.
+
+    Without *product_id*, the image is registered in cbm.product (catalogue ``file``, uid =
+    its absolute path or URI, product type *product_type* or ``UNKNOWN``, ``S2MSI2A`` for a
+    SAFE folder) in the same transaction as its rows, and marked ``extracted`` for *aoi*;
+    an image registered before keeps its record. With *product_id*, the rows belong to that
+    catalogue product and its bands are read from *path_or_uri* (e.g. a local copy).
+
+    Args:
+        conn: connection to the CbM database.
+        store: where the image is (local paths work with any store).
+        path_or_uri: a GeoTIFF/COG, or an S2 L2A SAFE folder.
+        aoi: AOI name.
+        year: parcel-set year.
+        obs_time: acquisition time, required when the image states none (tags, SAFE
+            metadata, a date in its name); naive = UTC. It wins over the image's own.
+        product_id: an existing catalogue product the rows belong to.
+        product_type: product type of a newly registered image (``--product-type``).
+        label_cache: as for :func:`extract_product`.
+
+    Raises:
+        BadInputError: no acquisition time and no *obs_time*.
+        ProductNotFoundError: *product_id* is not in the catalogue.
+        NotFoundError, BandError, CorruptProductError: as :func:`extract_product`; the
+            database is left unchanged.
+    """
+    uri = str(path_or_uri)
+    if not is_remote(uri):  # a path given on the command line is relative to the working directory
+        uri = str(local_path(uri).resolve())
+    if product_id is not None:
+        with conn.transaction():
+            catalogued = registry.get_product(conn, product_id)
+        attributes = {k: v for k, v in catalogued.attributes.items() if k != "bands"}
+        product = replace(catalogued, location=uri, attributes=attributes)
+        return extract_image(conn, store, product, product_id=product_id, aoi=aoi, year=year,
+                             label_cache=label_cache)
+    with conn.transaction():
+        known = conn.execute("SELECT product_id FROM cbm.product WHERE uid = %s", (uri,)).fetchone()
+        product = (registry.get_product(conn, int(known[0])) if known is not None
+                   else _file_product(store, uri, obs_time=obs_time, product_type=product_type))
+
+    def register(conn: psycopg.Connection, covers_parcels: bool) -> int:
+        registry.register(conn, [product], aoi=aoi)
+        row = conn.execute("SELECT product_id FROM cbm.product WHERE uid = %s", (product.uid,)).fetchone()
+        if row is None:  # registered just above in this transaction: only a concurrent delete removes it
+            raise TransientError(f"image {product.uid}: its catalogue record vanished while it was registered")
+        product_id = int(row[0])
+        status = ProductStatus.EXTRACTED if covers_parcels else ProductStatus.SKIPPED
+        registry.mark_done(conn, product_id, aoi=aoi, status=status)
+        return product_id
+
+    return extract_image(conn, store, product, aoi=aoi, year=year, register=register, label_cache=label_cache)
