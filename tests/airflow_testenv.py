@@ -67,6 +67,11 @@ def activate() -> airflow_ctl.AirflowConfig:
     for key in [k for k in os.environ if k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))]:
         del os.environ[key]
     os.environ.update(airflow_ctl.environment(cfg))
+    # Airflow's dag-processor and task runner put the DAG bundle folder on sys.path (BundleDagBag),
+    # so DAG files import their helpers (cbm_common, cbm_conn); a plain DagBag in a test does not
+    dags = str(cfg.project / "dags")
+    if dags not in sys.path:
+        sys.path.append(dags)
     return cfg
 
 
