@@ -62,17 +62,15 @@ class Warmup:
     seconds: float
 
 
+def _signatures(value_dtypes: Sequence[np.dtype] = VALUE_DTYPES,
+                class_dtypes: Sequence[np.dtype] = CLASS_DTYPES) -> list[tuple[str, Any, tuple[Any, ...]]]:
+    # each kernel module publishes the calls its wrappers make; this module knows no kernel by name
+    return zonal.warmup_signatures(value_dtypes, class_dtypes) + rasterize.warmup_signatures()
+
+
 def kernels() -> dict[str, Any]:
-    """Return the Numba dispatchers the public wrappers call, by qualified name."""
-    return {
-        "zonal._count_kernel": zonal._count_kernel,
-        "zonal._scatter_kernel": zonal._scatter_kernel,
-        "zonal._reduce_kernel": zonal._reduce_kernel,
-        "zonal._class_count_kernel": zonal._class_count_kernel,
-        "rasterize._wkb_sizes_kernel": rasterize._wkb_sizes_kernel,
-        "rasterize._wkb_parse_kernel": rasterize._wkb_parse_kernel,
-        "rasterize._burn_kernel": rasterize._burn_kernel,
-    }
+    """Return the Numba dispatchers the public wrappers call, by qualified name (``zonal._count_kernel``)."""
+    return {name: kernel for name, kernel, _ in _signatures()}
 
 
 def warm_kernels(
@@ -80,8 +78,7 @@ def warm_kernels(
 ) -> Warmup:
     """Compile or load from the cache every kernel for the types the extraction passes; run none.
 
-    Labels come both writable (fresh from ``rasterize_parcels``) and read-only (the label
-    cache memory-maps them), which Numba types differently, so both are loaded.
+    The calls are those ``zonal.warmup_signatures`` and ``rasterize.warmup_signatures`` publish.
 
     Args:
         value_dtypes: band dtypes for ``zonal_stats``.
@@ -92,65 +89,14 @@ def warm_kernels(
         tens of seconds once, then the cache serves every process).
     """
     t0 = time.perf_counter()
-    dispatchers = kernels()
-    calls: list[tuple[str, tuple[Any, ...]]] = []
-    label_variants = (np.zeros((2, 2), np.int32), _read_only(np.zeros((2, 2), np.int32)))
-    for dtype in value_dtypes:
-        calls += _zonal_calls(np.dtype(dtype), label_variants)
-    for dtype in class_dtypes:
-        calls += _class_calls(np.dtype(dtype), label_variants)
-    calls += _rasterize_calls()
-    for name, args in calls:
-        dispatchers[name].compile(tuple(numba.typeof(arg) for arg in args))  # type: ignore[no-untyped-call]
-    result = Warmup(kernels=len({name for name, _ in calls}), signatures=len(calls),
+    calls = _signatures(value_dtypes, class_dtypes)
+    for _, kernel, args in calls:
+        kernel.compile(tuple(numba.typeof(arg) for arg in args))  # type: ignore[no-untyped-call]
+    result = Warmup(kernels=len({name for name, _, _ in calls}), signatures=len(calls),
                     seconds=time.perf_counter() - t0)
     log.info("numba kernels preloaded kernels=%d signatures=%d threading_layer_selected=%s seconds=%.2f",
              result.kernels, result.signatures, _layer_selected(), result.seconds)
     return result
-
-
-def _read_only(array: np.ndarray) -> np.ndarray:
-    array.flags.writeable = False
-    return array
-
-
-def _zonal_calls(dtype: np.dtype, label_variants: Sequence[np.ndarray]) -> list[tuple[str, tuple[Any, ...]]]:
-    """Arguments of zonal_stats' three kernels, built as zonal_stats builds them."""
-    values = np.zeros((2, 2), dtype)
-    has_nodata, nodata = zonal._nodata_in_dtype(0, dtype)
-    n_labels, n_parts = 1, 1  # Python ints, as the wrapper passes them
-    counts = np.zeros((n_parts, n_labels + 1), np.int64)
-    offsets = np.zeros(n_labels + 2, np.int64)
-    grouped = np.empty(0, dtype)
-    keys = np.zeros(1, np.int32)
-    radix_passes, bias = zonal._RADIX.get(dtype, (0, 0))
-    calls: list[tuple[str, tuple[Any, ...]]] = []
-    for labels in label_variants:
-        calls.append(("zonal._count_kernel", (labels, values, has_nodata, nodata, n_labels, n_parts)))
-        calls.append(("zonal._scatter_kernel", (labels, values, has_nodata, nodata, offsets, counts, grouped)))
-    calls.append(("zonal._reduce_kernel", (grouped, offsets, keys, radix_passes, bias,
-                                           np.empty((1, 7), np.float64))))
-    return calls
-
-
-def _class_calls(dtype: np.dtype, label_variants: Sequence[np.ndarray]) -> list[tuple[str, tuple[Any, ...]]]:
-    values = np.zeros((2, 2), dtype)
-    has_nodata, nodata = zonal._nodata_in_dtype(0, dtype)
-    return [("zonal._class_count_kernel", (labels, values, has_nodata, nodata, 1, 12, 1))
-            for labels in label_variants]
-
-
-def _rasterize_calls() -> list[tuple[str, tuple[Any, ...]]]:
-    """Arguments of rasterize_parcels' kernels: WKB bytes are read-only, everything else writable."""
-    buffer = np.frombuffer(b"\x00" * 8, np.uint8)
-    offsets = np.zeros(2, np.int64)
-    coords = np.zeros(4, np.float64)
-    return [
-        ("rasterize._wkb_sizes_kernel", (buffer, offsets)),
-        ("rasterize._wkb_parse_kernel", (buffer, offsets, coords, coords, offsets, offsets, offsets)),
-        ("rasterize._burn_kernel", (coords, coords, np.zeros(6, np.float64), offsets, offsets,
-                                    np.zeros(1, np.int32), np.zeros((2, 2), np.int32))),
-    ]
 
 
 def _layer_selected() -> bool:

@@ -33,6 +33,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import shapely
@@ -41,7 +42,7 @@ from numba import njit, prange
 
 from cbm_tasks.errors import GeometryError
 
-__all__ = ["rasterize_parcels"]
+__all__ = ["rasterize_parcels", "warmup_signatures"]
 
 log = logging.getLogger(__name__)
 
@@ -449,3 +450,21 @@ def _insertion_sort(seg: np.ndarray) -> None:
             seg[j + 1] = seg[j]
             j -= 1
         seg[j + 1] = value
+
+
+def warmup_signatures() -> list[tuple[str, Any, tuple[Any, ...]]]:
+    """Return ``(name, kernel, example arguments)`` for each kernel call of :func:`rasterize_parcels`.
+
+    WKB bytes are read-only (``np.frombuffer``), everything else writable, as in the wrapper.
+    Nothing is run (``cbm_tasks.extraction.preload`` explains why).
+    """
+    buffer = np.frombuffer(b"\x00" * 8, np.uint8)
+    offsets = np.zeros(2, np.int64)
+    coords = np.zeros(4, np.float64)
+    return [
+        ("rasterize._wkb_sizes_kernel", _wkb_sizes_kernel, (buffer, offsets)),
+        ("rasterize._wkb_parse_kernel", _wkb_parse_kernel,
+         (buffer, offsets, coords, coords, offsets, offsets, offsets)),
+        ("rasterize._burn_kernel", _burn_kernel, (coords, coords, np.zeros(6, np.float64), offsets, offsets,
+                                                  np.zeros(1, np.int32), np.zeros((2, 2), np.int32))),
+    ]

@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
@@ -28,7 +30,7 @@ from numba import njit, prange
 
 from cbm_tasks.errors import BandError, GridMismatchError
 
-__all__ = ["ClassCounts", "ParcelStats", "class_counts", "zonal_stats"]
+__all__ = ["ClassCounts", "ParcelStats", "class_counts", "warmup_signatures", "zonal_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -422,3 +424,43 @@ def _first_bad_class(values: np.ndarray, has_nodata: bool, nodata: np.generic, n
     if has_nodata:
         wrong &= values != nodata
     return int(values.ravel()[np.flatnonzero(wrong.ravel())[0]])
+
+
+def warmup_signatures(value_dtypes: Sequence[np.dtype],
+                      class_dtypes: Sequence[np.dtype]) -> list[tuple[str, Any, tuple[Any, ...]]]:
+    """Return ``(name, kernel, example arguments)`` for each kernel call the wrappers make, to compile ahead of use.
+
+    The arguments are tiny arrays built as :func:`zonal_stats` and :func:`class_counts` build
+    them, so their Numba types are the ones the extraction passes. Labels come writable (fresh
+    from rasterisation) and read-only (memory-mapped by the label cache): both are listed.
+    Nothing is run (``cbm_tasks.extraction.preload`` explains why).
+
+    Args:
+        value_dtypes: band dtypes for ``zonal_stats``.
+        class_dtypes: band dtypes for ``class_counts``.
+    """
+    writable = np.zeros((2, 2), np.int32)
+    read_only = np.zeros((2, 2), np.int32)
+    read_only.flags.writeable = False
+    calls: list[tuple[str, Any, tuple[Any, ...]]] = []
+    n_labels, n_parts = 1, 1  # Python ints, as the wrapper passes them
+    for dtype in map(np.dtype, value_dtypes):
+        values = np.zeros((2, 2), dtype)
+        has_nodata, nodata = _nodata_in_dtype(0, dtype)
+        counts = np.zeros((n_parts, n_labels + 1), np.int64)
+        offsets = np.zeros(n_labels + 2, np.int64)
+        grouped = np.empty(0, dtype)
+        radix_passes, bias = _RADIX.get(dtype, (0, 0))
+        for labels in (writable, read_only):
+            calls.append(("zonal._count_kernel", _count_kernel,
+                          (labels, values, has_nodata, nodata, n_labels, n_parts)))
+            calls.append(("zonal._scatter_kernel", _scatter_kernel,
+                          (labels, values, has_nodata, nodata, offsets, counts, grouped)))
+        calls.append(("zonal._reduce_kernel", _reduce_kernel,
+                      (grouped, offsets, np.zeros(1, np.int32), radix_passes, bias, np.empty((1, 7), np.float64))))
+    for dtype in map(np.dtype, class_dtypes):
+        values = np.zeros((2, 2), dtype)
+        has_nodata, nodata = _nodata_in_dtype(0, dtype)
+        calls += [("zonal._class_count_kernel", _class_count_kernel, (labels, values, has_nodata, nodata, 1, 12, 1))
+                  for labels in (writable, read_only)]
+    return calls
