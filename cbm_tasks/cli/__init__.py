@@ -14,7 +14,7 @@ from cbm_tasks.errors import CbmError
 __all__ = ["main"]
 
 # Each module has register(subparsers) and sets args.func(args) -> int.
-_GROUPS = ("db", "airflow", "parcels", "demo", "extract", "timeseries")
+_GROUPS = ("db", "airflow", "parcels", "demo", "extract", "timeseries", "api")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,213 @@
+"""``/query``: JRC's CbM query names, parameters and answer shapes, for notebooks written for JRC's API.
+
+An answer is a JSON object of equal-length column lists (``pandas.read_json`` reads it as a
+table); no rows give the columns with empty lists. Parcel queries answer ``ogc_fid`` (our
+parcel key, the ``pid`` the other queries take), ``cropname``, ``cropcode``, ``srid``, ``area``
+(m2), ``clon``, ``clat`` (WGS84 centroid) and with ``withGeometry=True`` ``geom`` (GeoJSON text, in
+the set's CRS or with ``wgs84=True`` in WGS84). Time series answer ``date_part`` (acquisition,
+epoch seconds), ``band`` (JRC names: ``B2`` ... ``B12``, ``B8A``, ``SC`` for the scene
+classification, ``VV``/``VH``), ``count``, ``mean``, ``std``, ``min``, ``p25``, ``p50``, ``p75``,
+``max``; ``tsformat=csv`` gives the same table as CSV.
+
+Differences from JRC's service, on purpose: errors are HTTP 400/401/403/404/422 with a JSON
+body instead of ``{}`` with 200; every parameter is validated; ``parcelsByPolygon`` also takes
+WKT or GeoJSON and pages (``limit`` <= 1000 instead of a silent 100).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from cbm_tasks.api import queries
+from cbm_tasks.api.deps import Context, CurrentUser, csv_response, json_response
+from cbm_tasks.api.validation import (
+    AOI_PATTERN,
+    JRC_BANDS,
+    MAX_DISTANCE_M,
+    MAX_PAGE,
+    MAX_PEERS,
+    ApiInputError,
+    bands_for,
+    parse_polygon,
+    source,
+)
+
+__all__ = ["router", "scl_stats"]
+
+router = APIRouter(tags=["JRC compatible"])
+
+_PARCELS = re.compile(r"^([a-z][a-z0-9_]{0,62}?)_?(\d{4})$")
+_PARCEL_COLUMNS = ("ogc_fid", "cropname", "cropcode", "srid", "area", "clon", "clat")
+_TS_COLUMNS = ("date_part", "band", "count", "mean", "std", "min", "p25", "p50", "p75", "max")
+
+AoiParam = Annotated[str | None, Query(pattern=AOI_PATTERN, max_length=63)]
+YearParam = Annotated[int | None, Query(ge=2014, le=2100)]
+ParcelsParam = Annotated[str | None, Query(max_length=67, description="AOI and year run together, e.g. nl2023")]
+Pid = Annotated[int, Query(ge=1, le=2_147_483_647, description="ogc_fid of the parcel")]
+Flag = Annotated[str, Query(max_length=5, pattern="^(True|False|true|false|1|0)$")]
+
+
+def _flag(value: str) -> bool:
+    return value in ("True", "true", "1")
+
+
+def _aoi_year(aoi: str | None, year: int | None, parcels: str | None) -> tuple[str, int]:
+    if parcels is not None:
+        match = _PARCELS.match(parcels)
+        if match is None:
+            raise ApiInputError(f"parcels {parcels[:70]!r}: expected the AOI name followed by the year, e.g. nl2023")
+        return match.group(1), int(match.group(2))
+    if aoi is None or year is None:
+        raise ApiInputError("give aoi and year (or parcels=<aoi><year>)")
+    return aoi, year
+
+
+def _columns(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, list[Any]]:
+    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+
+def _parcel_answer(found: list[dict[str, Any]], with_geometry: bool) -> Response:
+    names = list(_PARCEL_COLUMNS)
+    if with_geometry:
+        names.insert(4, "geom")
+    rows = [[p["parcel_key"], p["crop_name"], p["crop_code"], p["srid"],
+             *([_geojson_text(p)] if with_geometry else []), p["area_m2"], p["clon"], p["clat"]] for p in found]
+    return json_response(_columns(names, rows))
+
+
+def _geojson_text(parcel: dict[str, Any]) -> str:
+    """Return a parcel's geometry as GeoJSON text (JRC answers ``st_asgeojson`` text)."""
+    return json.dumps(parcel["geometry"], separators=(",", ":"))
+
+
+def _geometry(with_geometry: bool, wgs84: bool) -> str | None:
+    return None if not with_geometry else ("wgs84" if wgs84 else "native")
+
+
+@router.get("/parcelByLocation", summary="Parcel at a WGS84 location (JRC)")
+def parcel_by_location(
+    user: CurrentUser, ctx: Context,
+    lon: Annotated[float, Query(ge=-180, le=180)], lat: Annotated[float, Query(ge=-90, le=90)],
+    aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
+    withGeometry: Flag = "False", wgs84: Flag = "False",  # noqa: N803 - JRC's parameter names
+) -> Response:
+    name, season = _aoi_year(aoi, year, parcels)
+    with ctx.connection() as conn:
+        ps = queries.parcel_set(conn, user, name, season)
+        found = queries.parcels_at(conn, ps, lon, lat, geometry=_geometry(_flag(withGeometry), _flag(wgs84)))
+    return _parcel_answer(found, _flag(withGeometry))
+
+
+@router.get("/parcelByID", summary="Parcel by ogc_fid (JRC)")
+@router.get("/parcelById", include_in_schema=False)
+def parcel_by_id(
+    user: CurrentUser, ctx: Context, pid: Pid,
+    aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
+    withGeometry: Flag = "False", wgs84: Flag = "False",  # noqa: N803
+) -> Response:
+    name, season = _aoi_year(aoi, year, parcels)
+    with ctx.connection() as conn:
+        ps = queries.parcel_set(conn, user, name, season)
+        found = [queries.parcel_by_key(conn, ps, pid, geometry=_geometry(_flag(withGeometry), _flag(wgs84)))]
+    return _parcel_answer(found, _flag(withGeometry))
+
+
+@router.get("/parcelsByPolygon", summary="Parcels intersecting a WGS84 polygon (JRC)")
+def parcels_by_polygon(
+    user: CurrentUser, ctx: Context,
+    polygon: Annotated[str, Query(max_length=100_000, description="lon_lat-lon_lat-..., WKT or GeoJSON")],
+    aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
+    withGeometry: Flag = "False", only_ids: Flag = "True", wgs84: Flag = "False",  # noqa: N803
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> Response:
+    name, season = _aoi_year(aoi, year, parcels)
+    shape = parse_polygon(polygon)
+    with_geometry = _flag(withGeometry)
+    with ctx.connection() as conn:
+        ps = queries.parcel_set(conn, user, name, season)
+        found = queries.parcels_in_polygon(conn, ps, shape, limit=limit, offset=offset,
+                                           geometry=_geometry(with_geometry, _flag(wgs84)))
+    if _flag(only_ids):
+        names = ["ogc_fid", "geom"] if with_geometry else ["ogc_fid"]
+        rows = [[p["parcel_key"], *([_geojson_text(p)] if with_geometry else [])] for p in found]
+        return json_response(_columns(names, rows))
+    return _parcel_answer(found, with_geometry)
+
+
+@router.get("/parcelPeers", summary="Nearest parcels with the same crop (JRC)")
+def parcel_peers(
+    user: CurrentUser, ctx: Context, pid: Pid,
+    aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
+    distance: Annotated[float, Query(gt=0, le=MAX_DISTANCE_M)] = 1000.0,
+    max: Annotated[int, Query(ge=1, le=MAX_PEERS)] = 10,  # noqa: A002 - JRC's parameter name
+) -> Response:
+    name, season = _aoi_year(aoi, year, parcels)
+    with ctx.connection() as conn:
+        ps = queries.parcel_set(conn, user, name, season)
+        found = queries.peers(conn, ps, pid, distance_m=distance, limit=max)
+    return json_response(_columns(("pid", "distance"), [(p["parcel_key"], p["distance_m"]) for p in found]))
+
+
+def scl_stats(counts: Sequence[int]) -> tuple[int, float, float, float, float, float, float, float]:
+    """Return (count, mean, std, min, p25, p50, p75, max) of class values from per-class pixel counts.
+
+    The same statistics (numpy linear percentiles, population std) that the numeric bands
+    have, computed over the parcel's SCL pixels, as JRC's ``SC`` band.
+    """
+    weights = np.asarray(counts, dtype=np.int64)
+    n = int(weights.sum())
+    if n == 0:
+        nan = float("nan")
+        return 0, nan, nan, nan, nan, nan, nan, nan
+    classes = np.arange(len(weights), dtype=np.float64)
+    mean = float((classes * weights).sum() / n)
+    std = float(np.sqrt(((classes - mean) ** 2 * weights).sum() / n))
+    cumulative = np.cumsum(weights)
+
+    def value_at(rank: int) -> float:  # the rank-th (0-based) value of the sorted pixels
+        return float(np.searchsorted(cumulative, rank, side="right").item())
+
+    def percentile(q: float) -> float:
+        pos = q / 100 * (n - 1)
+        lo = int(pos)
+        frac = pos - lo
+        return value_at(lo) + frac * (value_at(min(lo + 1, n - 1)) - value_at(lo))
+
+    present = np.nonzero(weights)[0]
+    return n, mean, std, float(present[0]), percentile(25), percentile(50), percentile(75), float(present[-1])
+
+
+@router.get("/parcelTimeSeries", summary="Time series of a parcel (JRC)")
+def parcel_time_series(
+    user: CurrentUser, ctx: Context, pid: Pid,
+    aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
+    tstype: Literal["s2", "bs", "c6", "c12", "scl", "S2", "BS", "C6", "C12", "SCL"] = "s2",
+    band: Annotated[str | None, Query(max_length=16)] = None,
+    tsformat: Literal["json", "csv"] = "json",
+    scl: Flag = "True", ptype: Annotated[str, Query(max_length=0)] = "",  # accepted and ignored, as JRC's
+) -> Response:
+    name, season = _aoi_year(aoi, year, parcels)
+    src = source(tstype)
+    bands = bands_for(src, [band] if band else None)
+    with ctx.connection() as conn:
+        ps = queries.parcel_set(conn, user, name, season)
+        rows: list[tuple[Any, ...]] = []
+        if src.categorical:
+            rows = [(int(t.timestamp()), JRC_BANDS.get(b, b), *scl_stats(values))
+                    for t, _, b, values in queries.class_counts(conn, ps, pid, src)]
+        else:
+            for r in queries.time_series(conn, ps, pid, src, bands=bands):
+                count, mean, std, vmin, vmax, p25, p50, p75 = r.stats
+                rows.append((int(r.obs_time.timestamp()), JRC_BANDS.get(r.band, r.band), int(count), mean, std, vmin,
+                             p25, p50, p75, vmax))
+    if tsformat == "csv":
+        return csv_response(_TS_COLUMNS, rows, filename=f"{name}{season}_{pid}_{src.name}.csv")
+    return json_response(_columns(_TS_COLUMNS, rows))

@@ -1,0 +1,321 @@
+"""Read side of the REST API: parcels, peers, time series, markers and traffic lights.
+
+Every function takes an open connection (the API's are ``cbm_reader`` connections) and a
+:class:`ParcelSet` resolved by :func:`parcel_set`, which is where authorisation happens: a
+principal that is not granted the AOI gets :class:`AccessDeniedError` whether or not the AOI
+exists, so the answer does not reveal other agencies' AOIs. Values go in as parameters only.
+
+Parcels are addressed by ``parcel_key`` (the compact integer key of the set, stable across
+re-imports; JRC's ``ogc_fid``/``pid``) or by the declared ``parcel_id``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from shapely.geometry.base import BaseGeometry
+
+from cbm_tasks.api.auth import Principal
+from cbm_tasks.api.validation import Source
+from cbm_tasks.errors import CbmError, NotFoundError
+from cbm_tasks.obs import STATS_PER_BAND
+
+__all__ = [
+    "PARCEL_COLUMNS",
+    "STAT_NAMES",
+    "AccessDeniedError",
+    "BandRow",
+    "ParcelSet",
+    "aoi_parcel_sets",
+    "class_counts",
+    "parcel_by_key",
+    "parcel_markers",
+    "parcel_set",
+    "parcel_traffic_lights",
+    "parcels_at",
+    "parcels_by_id",
+    "parcels_in_polygon",
+    "peers",
+    "time_series",
+    "traffic_light_summary",
+]
+
+STAT_NAMES = ("count", "mean", "std", "min", "max", "p25", "p50", "p75")  # order in parcel_obs.stats
+PARCEL_COLUMNS = ("parcel_key", "parcel_id", "crop_code", "crop_name", "area_m2", "srid", "clon", "clat")
+
+
+class AccessDeniedError(CbmError):
+    """The principal is not granted the AOI (HTTP 403)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParcelSet:
+    """The parcel set of an AOI and year, as the API addresses it."""
+
+    aoi: str
+    year: int
+    parcel_set_id: int
+    srid: int
+    geographic: bool  # lon/lat CRS: distances need geography
+    n_parcels: int
+
+
+@dataclass(frozen=True, slots=True)
+class BandRow:
+    """One band of one image over one parcel (physical units; NaN where count is 0)."""
+
+    obs_time: datetime
+    product_id: int
+    source: str
+    band: str
+    stats: tuple[float, ...]  # STAT_NAMES order
+
+
+def parcel_set(conn: psycopg.Connection, principal: Principal, aoi: str, year: int) -> ParcelSet:
+    """Return the parcel set of (*aoi*, *year*) when *principal* may read *aoi*.
+
+    Raises:
+        AccessDeniedError: *aoi* is not granted to the principal (existing or not).
+        NotFoundError: the AOI has no parcel set for *year*.
+    """
+    if aoi not in principal.aois:
+        raise AccessDeniedError(f"user {principal.name} is not granted AOI {aoi!r}")
+    row = conn.execute(
+        "SELECT s.parcel_set_id, s.srid, coalesce(r.proj4text LIKE '%%+proj=longlat%%', false), s.n_parcels "
+        "FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) LEFT JOIN spatial_ref_sys r ON r.srid = s.srid "
+        "WHERE a.name = %s AND s.year = %s",
+        (aoi, year),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"AOI {aoi!r} has no parcel set for {year}")
+    return ParcelSet(aoi, year, int(row[0]), int(row[1]), bool(row[2]), int(row[3]))
+
+
+def aoi_parcel_sets(conn: psycopg.Connection, principal: Principal) -> list[dict[str, Any]]:
+    """Return the parcel sets (AOI, year, parcels, CRS, lon/lat extent) of the granted AOIs."""
+    rows = conn.execute(
+        "SELECT a.name, s.year, s.n_parcels, s.srid, ST_XMin(s.extent), ST_YMin(s.extent), ST_XMax(s.extent), "
+        "ST_YMax(s.extent) FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) "
+        "WHERE a.name = ANY(%s) ORDER BY a.name, s.year",
+        (sorted(principal.aois),),
+    ).fetchall()
+    return [{"aoi": r[0], "year": r[1], "n_parcels": r[2], "srid": r[3],
+             "bbox": None if r[4] is None else [r[4], r[5], r[6], r[7]]} for r in rows]
+
+
+def _geometry_sql(geometry: str | None) -> sql.Composable:
+    if geometry == "wgs84":
+        return sql.SQL("ST_AsGeoJSON(ST_Transform(p.geom, 4326), 7)")
+    if geometry == "native":
+        return sql.SQL("ST_AsGeoJSON(p.geom, 3)")
+    return sql.SQL("NULL::text")
+
+
+def _parcel_query(where: sql.Composable, geometry: str | None, *, order: str = "p.parcel_key") -> sql.Composed:
+    return sql.SQL(
+        "SELECT p.parcel_key, p.parcel_id, p.crop_code, p.crop_name, p.area_m2, ST_SRID(p.geom), "
+        "ST_X(c.pt), ST_Y(c.pt), {geom} "
+        "FROM cbm.parcel p CROSS JOIN LATERAL (SELECT ST_Transform(ST_Centroid(p.geom), 4326) AS pt) c "
+        "WHERE p.parcel_set_id = %(set)s AND {where} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s"
+    ).format(geom=_geometry_sql(geometry), where=where, order=sql.SQL(order))
+
+
+def _parcels(rows: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        record = dict(zip(PARCEL_COLUMNS, row[:8], strict=True))
+        if row[8] is not None:
+            record["geometry"] = json.loads(row[8])
+        out.append(record)
+    return out
+
+
+def parcel_by_key(conn: psycopg.Connection, ps: ParcelSet, key: int, *,
+                  geometry: str | None = None) -> dict[str, Any]:
+    """Return parcel *key* of the set (optionally with its geometry: ``wgs84`` or ``native``).
+
+    Raises:
+        NotFoundError: no such parcel.
+    """
+    rows = conn.execute(_parcel_query(sql.SQL("p.parcel_key = %(key)s"), geometry),
+                        {"set": ps.parcel_set_id, "key": key, "limit": 1, "offset": 0}).fetchall()
+    if not rows:
+        raise NotFoundError(f"parcel {key} is not in the {ps.year} parcel set of AOI {ps.aoi!r}")
+    return _parcels(rows)[0]
+
+
+def parcels_by_id(conn: psycopg.Connection, ps: ParcelSet, parcel_id: str, *,
+                  geometry: str | None = None) -> list[dict[str, Any]]:
+    """Return the parcel whose declared id is *parcel_id* (a list of 0 or 1)."""
+    rows = conn.execute(_parcel_query(sql.SQL("p.parcel_id = %(pid)s"), geometry),
+                        {"set": ps.parcel_set_id, "pid": parcel_id, "limit": 1, "offset": 0}).fetchall()
+    return _parcels(rows)
+
+
+def parcels_at(conn: psycopg.Connection, ps: ParcelSet, lon: float, lat: float, *,
+               geometry: str | None = None) -> list[dict[str, Any]]:
+    """Return the parcels that contain the WGS84 point (*lon*, *lat*) (overlapping parcels: several)."""
+    where = sql.SQL("ST_Intersects(p.geom, ST_Transform(ST_SetSRID(ST_MakePoint(%(lon)s, %(lat)s), 4326), "
+                    "%(srid)s::integer))")
+    rows = conn.execute(_parcel_query(where, geometry), {"set": ps.parcel_set_id, "lon": lon, "lat": lat,
+                                                         "srid": ps.srid, "limit": 100, "offset": 0}).fetchall()
+    return _parcels(rows)
+
+
+def parcels_in_polygon(conn: psycopg.Connection, ps: ParcelSet, polygon: BaseGeometry, *, limit: int,
+                       offset: int = 0, geometry: str | None = None) -> list[dict[str, Any]]:
+    """Return the parcels that intersect a WGS84 *polygon* (validated by validation.parse_polygon), paged."""
+    where = sql.SQL("ST_Intersects(p.geom, ST_Transform(ST_GeomFromText(%(wkt)s, 4326), %(srid)s::integer))")
+    rows = conn.execute(_parcel_query(where, geometry), {"set": ps.parcel_set_id, "wkt": polygon.wkt,
+                                                         "srid": ps.srid, "limit": limit,
+                                                         "offset": offset}).fetchall()
+    return _parcels(rows)
+
+
+def peers(conn: psycopg.Connection, ps: ParcelSet, key: int, *, distance_m: float,
+          limit: int) -> list[dict[str, Any]]:
+    """Return up to *limit* parcels with the same crop code as parcel *key* within *distance_m*, nearest first.
+
+    Distances are between the outlines (0 for neighbours), in metres: planar in a projected
+    CRS, on the spheroid for a lon/lat set.
+
+    Raises:
+        NotFoundError: no parcel *key*.
+    """
+    parcel_by_key(conn, ps, key)
+    dist = "ST_Distance(p.geom::geography, me.geom::geography)" if ps.geographic else "ST_Distance(p.geom, me.geom)"
+    within = ("ST_DWithin(p.geom::geography, me.geom::geography, %(d)s)" if ps.geographic
+              else "ST_DWithin(p.geom, me.geom, %(d)s)")
+    query = sql.SQL(
+        "WITH me AS (SELECT geom, crop_code FROM cbm.parcel WHERE parcel_set_id = %(set)s AND parcel_key = %(key)s) "
+        "SELECT p.parcel_key, p.parcel_id, p.crop_code, {dist} AS distance_m FROM cbm.parcel p, me "
+        "WHERE p.parcel_set_id = %(set)s AND p.parcel_key <> %(key)s "
+        "AND p.crop_code IS NOT DISTINCT FROM me.crop_code AND {within} "
+        "ORDER BY distance_m, p.parcel_key LIMIT %(limit)s"
+    ).format(dist=sql.SQL(dist), within=sql.SQL(within))
+    rows = conn.execute(query, {"set": ps.parcel_set_id, "key": key, "d": distance_m, "limit": limit}).fetchall()
+    return [{"parcel_key": r[0], "parcel_id": r[1], "crop_code": r[2], "distance_m": r[3]} for r in rows]
+
+
+def _check_parcel(conn: psycopg.Connection, ps: ParcelSet, key: int) -> None:
+    if conn.execute("SELECT 1 FROM cbm.parcel WHERE parcel_set_id = %s AND parcel_key = %s",
+                    (ps.parcel_set_id, key)).fetchone() is None:
+        raise NotFoundError(f"parcel {key} is not in the {ps.year} parcel set of AOI {ps.aoi!r}")
+
+
+def _time_params(ps: ParcelSet, key: int, src: Source, start: date | None, end: date | None) -> dict[str, Any]:
+    return {"set": ps.parcel_set_id, "key": key, "types": list(src.product_types),
+            "start": start, "end": None if end is None else end + timedelta(days=1)}
+
+
+def time_series(conn: psycopg.Connection, ps: ParcelSet, key: int, src: Source, *,
+                bands: Sequence[str] | None = None, start: date | None = None,
+                end: date | None = None) -> list[BandRow]:
+    """Return the band statistics of parcel *key* from *src*'s products, by time, product and band order.
+
+    Args:
+        conn: a cbm_reader connection.
+        ps: the parcel set (authorised by parcel_set).
+        key: the parcel key.
+        src: the source (product types).
+        bands: band names to keep (None = every band extracted).
+        start: first acquisition date (UTC), inclusive; None = open.
+        end: last acquisition date (UTC), inclusive; None = open.
+
+    Raises:
+        NotFoundError: no parcel *key*.
+    """
+    _check_parcel(conn, ps, key)
+    rows = conn.execute(
+        "SELECT p.acquired_at, o.product_id, p.product_type, e.bands, o.stats "
+        "FROM cbm.parcel_obs o "
+        "JOIN cbm.extraction e ON e.parcel_set_id = o.parcel_set_id AND e.product_id = o.product_id "
+        "JOIN cbm.product p ON p.product_id = o.product_id "
+        "WHERE o.parcel_set_id = %(set)s AND o.parcel_key = %(key)s AND p.product_type = ANY(%(types)s) "
+        "AND (%(start)s::date IS NULL OR p.acquired_at >= %(start)s::date) "
+        "AND (%(end)s::date IS NULL OR p.acquired_at < %(end)s::date) "
+        "ORDER BY p.acquired_at, o.product_id",
+        _time_params(ps, key, src, start, end),
+    ).fetchall()
+    wanted = None if bands is None else set(bands)
+    out: list[BandRow] = []
+    for obs_time, product_id, product_type, band_names, stats in rows:
+        for i, band in enumerate(band_names):
+            if wanted is None or band in wanted:
+                block = stats[i * STATS_PER_BAND:(i + 1) * STATS_PER_BAND]
+                out.append(BandRow(obs_time, product_id, product_type, band, tuple(block)))
+    return out
+
+
+def class_counts(conn: psycopg.Connection, ps: ParcelSet, key: int, src: Source, *,
+                 start: date | None = None, end: date | None = None) -> list[tuple[datetime, int, str, list[int]]]:
+    """Return (obs_time, product_id, band, counts per class value) of parcel *key*'s categorical bands.
+
+    Raises:
+        NotFoundError: no parcel *key*.
+    """
+    _check_parcel(conn, ps, key)
+    rows = conn.execute(
+        "SELECT p.acquired_at, c.product_id, e.class_bands[c.class_band], c.counts "
+        "FROM cbm.parcel_class_counts c "
+        "JOIN cbm.extraction e ON e.parcel_set_id = c.parcel_set_id AND e.product_id = c.product_id "
+        "JOIN cbm.product p ON p.product_id = c.product_id "
+        "WHERE c.parcel_set_id = %(set)s AND c.parcel_key = %(key)s AND p.product_type = ANY(%(types)s) "
+        "AND (%(start)s::date IS NULL OR p.acquired_at >= %(start)s::date) "
+        "AND (%(end)s::date IS NULL OR p.acquired_at < %(end)s::date) "
+        "ORDER BY p.acquired_at, c.product_id, c.class_band",
+        _time_params(ps, key, src, start, end),
+    ).fetchall()
+    return [(r[0], int(r[1]), str(r[2]), list(r[3])) for r in rows]
+
+
+def parcel_markers(conn: psycopg.Connection, ps: ParcelSet, key: int) -> list[dict[str, Any]]:
+    """Return the events of parcel *key* from the latest run of each marker, by marker and date.
+
+    Raises:
+        NotFoundError: no parcel *key*.
+    """
+    _check_parcel(conn, ps, key)
+    rows = conn.execute(
+        "SELECT r.marker, r.marker_run_id, r.created_at, m.seq, m.event_start, m.event_end, m.value, m.confidence, "
+        "m.evidence, m.detail FROM cbm.marker_event m JOIN cbm.marker_run r USING (marker_run_id) "
+        "WHERE r.parcel_set_id = %(set)s AND m.parcel_key = %(key)s AND r.marker_run_id = "
+        "(SELECT max(r2.marker_run_id) FROM cbm.marker_run r2 WHERE r2.parcel_set_id = r.parcel_set_id "
+        "AND r2.marker = r.marker) ORDER BY r.marker, m.event_start NULLS LAST, m.seq",
+        {"set": ps.parcel_set_id, "key": key},
+    ).fetchall()
+    names = ("marker", "marker_run_id", "run_at", "seq", "event_start", "event_end", "value", "confidence",
+             "evidence", "detail")
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def parcel_traffic_lights(conn: psycopg.Connection, ps: ParcelSet, key: int) -> list[dict[str, Any]]:
+    """Return the traffic light of parcel *key* per aid scheme.
+
+    Raises:
+        NotFoundError: no parcel *key*.
+    """
+    _check_parcel(conn, ps, key)
+    rows = conn.execute(
+        "SELECT scheme, colour, reason, marker_run_ids, decided_at FROM cbm.traffic_light "
+        "WHERE parcel_set_id = %s AND parcel_key = %s ORDER BY scheme",
+        (ps.parcel_set_id, key),
+    ).fetchall()
+    names = ("scheme", "colour", "reason", "marker_run_ids", "decided_at")
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def traffic_light_summary(conn: psycopg.Connection, ps: ParcelSet) -> list[dict[str, Any]]:
+    """Return the number of parcels per scheme, colour and reason in the set."""
+    rows = conn.execute(
+        "SELECT scheme, colour, reason, count(*) FROM cbm.traffic_light WHERE parcel_set_id = %s "
+        "GROUP BY 1, 2, 3 ORDER BY 1, array_position(ARRAY['red', 'yellow', 'green'], colour), 3",
+        (ps.parcel_set_id,),
+    ).fetchall()
+    return [{"scheme": r[0], "colour": r[1], "reason": r[2], "n_parcels": int(r[3])} for r in rows]

@@ -1,0 +1,211 @@
+"""Every /v1 endpoint against a real PostGIS holding a small world with known values (tests/api_world.py)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+import rasterio
+from api_world import S2_DATES, World, build_world, s2_stats
+from fastapi.testclient import TestClient
+from rasterio.errors import NotGeoreferencedWarning
+
+from cbm_tasks.api.app import create_app
+from cbm_tasks.api.context import ApiConfig
+from cbm_tasks.store import StoreConfig
+
+
+@pytest.fixture
+def world(conn: psycopg.Connection, tmp_path: Path) -> World:
+    return build_world(conn, tmp_path / "store")
+
+
+@pytest.fixture
+def client(db_url: str, world: World) -> Iterator[TestClient]:
+    app = create_app(ApiConfig(dsn=db_url, store=StoreConfig(root=str(world.store_root))))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def _read_png(data: bytes) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(io.BytesIO(data)) as image:
+            return image.read()
+
+
+def test_health_and_version_need_no_credentials(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok", "database": True}
+    assert client.get("/version").json()["name"] == "cbm-api"
+
+
+def test_aois_lists_only_granted_parcel_sets(client: TestClient, world: World) -> None:
+    body = client.get("/v1/aois", auth=world.basic("ann")).json()
+    sets = [(s["aoi"], s["year"], s["n_parcels"], s["srid"]) for s in body["parcel_sets"]]
+    assert sets == [("alpha", 2018, 6, 32631)]
+    west, south, east, north = body["parcel_sets"][0]["bbox"]
+    assert 2.999 < west < east < 3.01 and 51.0 < south < north < 51.01
+
+
+def test_parcel_by_key_with_geometry(client: TestClient, world: World) -> None:
+    parcel = client.get("/v1/aois/alpha/2018/parcels/4?geometry=native", auth=world.basic("ann")).json()
+    assert parcel["parcel_id"] == "A-4" and parcel["crop_code"] == "1100" and parcel["crop_name"] == "maize"
+    assert parcel["area_m2"] == pytest.approx(10_000) and parcel["srid"] == 32631
+    ring = parcel["geometry"]["coordinates"][0][0]
+    assert min(x for x, _ in ring) == pytest.approx(500_330) and min(y for _, y in ring) == pytest.approx(5_650_000)
+    wgs84 = client.get("/v1/aois/alpha/2018/parcels/4?geometry=wgs84", auth=world.basic("ann")).json()
+    lon, lat = wgs84["geometry"]["coordinates"][0][0][0]
+    assert 2.999 < lon < 3.01 and 51.0 < lat < 51.01
+    assert parcel["clon"] == pytest.approx(sum(x for x, _ in wgs84["geometry"]["coordinates"][0][0][:4]) / 4, abs=1e-5)
+
+
+def test_find_parcel_by_declared_id_location_and_polygon(client: TestClient, world: World) -> None:
+    auth = world.basic("bob")
+    found = client.get("/v1/aois/beta/2018/parcels", params={"parcel_id": "B/2"}, auth=auth).json()["parcels"]
+    assert [p["parcel_key"] for p in found] == [2]
+    ann = world.basic("ann")
+    centre = client.get("/v1/aois/alpha/2018/parcels/3", auth=ann).json()
+    at = client.get("/v1/aois/alpha/2018/parcels", params={"lon": centre["clon"], "lat": centre["clat"]},
+                    auth=ann).json()["parcels"]
+    assert [p["parcel_key"] for p in at] == [3]
+    c1 = client.get("/v1/aois/alpha/2018/parcels/1", auth=ann).json()
+    c2 = client.get("/v1/aois/alpha/2018/parcels/2", auth=ann).json()
+    wkt = (f"POLYGON(({c1['clon']} {c1['clat']}, {c2['clon']} {c1['clat']}, {c2['clon']} {c2['clat'] + 1e-4}, "
+           f"{c1['clon']} {c1['clat'] + 1e-4}, {c1['clon']} {c1['clat']}))")
+    inside = client.get("/v1/aois/alpha/2018/parcels", params={"polygon": wkt}, auth=ann).json()["parcels"]
+    assert [p["parcel_key"] for p in inside] == [1, 2]
+    paged = client.get("/v1/aois/alpha/2018/parcels", params={"polygon": wkt, "limit": 1, "offset": 1},
+                       auth=ann).json()["parcels"]
+    assert [p["parcel_key"] for p in paged] == [2]
+    empty = client.get("/v1/aois/alpha/2018/parcels", params={"lon": 10.0, "lat": 45.0}, auth=ann).json()
+    assert empty["parcels"] == []
+
+
+def test_peers_have_the_same_crop_nearest_first(client: TestClient, world: World) -> None:
+    body = client.get("/v1/aois/alpha/2018/parcels/3/peers", params={"distance_m": 1000},
+                      auth=world.basic("ann")).json()
+    found = [(p["parcel_key"], p["distance_m"]) for p in body["peers"]]
+    assert found == [(2, pytest.approx(10)), (1, pytest.approx(120)), (6, pytest.approx(230))]
+    near = client.get("/v1/aois/alpha/2018/parcels/3/peers", params={"distance_m": 50, "limit": 5},
+                      auth=world.basic("ann")).json()
+    assert [p["parcel_key"] for p in near["peers"]] == [2]
+
+
+def test_time_series_s2_values_bands_and_dates(client: TestClient, world: World) -> None:
+    ann = world.basic("ann")
+    body = client.get("/v1/aois/alpha/2018/parcels/2/timeseries", params={"band": "B04"}, auth=ann).json()
+    assert body["columns"] == ["obs_time", "product_id", "band", "count", "mean", "std", "min", "max", "p25", "p50",
+                               "p75"]
+    rows = body["rows"]
+    assert [r[1] for r in rows] == world.s2_products and {r[2] for r in rows} == {"B04"}
+    expected = s2_stats(2, 1, 2)
+    assert rows[1][3:] == pytest.approx([expected[0], expected[1], expected[2], expected[3], expected[4], expected[5],
+                                         expected[6], expected[7]], rel=1e-6)
+    assert rows[0][0].startswith(S2_DATES[0].strftime("%Y-%m-%dT%H:%M:%S"))
+    ranged = client.get("/v1/aois/alpha/2018/parcels/2/timeseries",
+                        params={"start": "2018-05-01", "end": "2018-05-31", "band": "B4,B8"}, auth=ann).json()
+    assert [(r[1], r[2]) for r in ranged["rows"]] == [(world.s2_products[1], "B04"), (world.s2_products[1], "B08")]
+    bs = client.get("/v1/aois/alpha/2018/parcels/2/timeseries", params={"source": "bs"}, auth=ann).json()
+    assert [(r[1], r[2]) for r in bs["rows"]] == [(p, b) for p in world.bs_products for b in ("VV", "VH")]
+    assert bs["rows"][2][4] == pytest.approx(0.06)
+
+
+def test_time_series_csv_and_scl_class_counts(client: TestClient, world: World) -> None:
+    ann = world.basic("ann")
+    response = client.get("/v1/aois/alpha/2018/parcels/2/timeseries", params={"band": "B08", "format": "csv"},
+                          auth=ann)
+    assert response.headers["content-type"].startswith("text/csv")
+    lines = response.text.strip().splitlines()
+    assert lines[0] == "obs_time,product_id,band,count,mean,std,min,max,p25,p50,p75" and len(lines) == 4
+    scl = client.get("/v1/aois/alpha/2018/parcels/2/timeseries", params={"source": "scl"}, auth=ann).json()
+    assert scl["columns"] == ["obs_time", "product_id", "band", "class", "count"]
+    first = world.s2_products[0]
+    assert [(r[1], r[3], r[4]) for r in scl["rows"][:2]] == [(first, 4, 30), (first, 5, 10)]
+
+
+def test_markers_lights_and_summary(client: TestClient, world: World) -> None:
+    ann = world.basic("ann")
+    markers = client.get("/v1/aois/alpha/2018/parcels/1/markers", auth=ann).json()["markers"]
+    assert [(m["marker"], m["seq"], m["event_start"], m["confidence"]) for m in markers] == [
+        ("mowing", 1, "2018-05-01", pytest.approx(0.9)), ("mowing", 2, "2018-06-01", pytest.approx(0.7))]
+    assert markers[0]["evidence"] == world.s2_products[:2]
+    lights = client.get("/v1/aois/alpha/2018/parcels/1/traffic-lights", auth=ann).json()["traffic_lights"]
+    assert [(t["scheme"], t["colour"], t["reason"]) for t in lights] == [
+        ("BISS", "yellow", "too few cloud-free images"), ("ECO-MOW", "green", "mowing detected")]
+    assert client.get("/v1/aois/alpha/2018/parcels/5/traffic-lights", auth=ann).json()["traffic_lights"] == []
+    summary = client.get("/v1/aois/alpha/2018/traffic-lights", auth=ann).json()
+    assert summary["n_parcels"] == 6
+    assert [(s["scheme"], s["colour"], s["n_parcels"]) for s in summary["summary"]] == [
+        ("BISS", "yellow", 1), ("ECO-MOW", "red", 1), ("ECO-MOW", "green", 2)]
+
+
+def test_chip_png_and_geotiff_cut_around_the_parcel(client: TestClient, world: World) -> None:
+    ann = world.basic("ann")
+    png = client.get("/v1/aois/alpha/2018/parcels/2/chip", params={"product_id": world.s2_products[0]}, auth=ann)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    rgba = _read_png(png.content)
+    # 100 m parcel + 2 x 50 m margin at 10 m = 20 x 20 pixels; the outline is yellow
+    assert rgba.shape == (4, 20, 20)
+    assert ((rgba[0] == 255) & (rgba[1] == 255) & (rgba[2] == 0)).sum() >= 36
+    tif = client.get("/v1/aois/alpha/2018/parcels/2/chip",
+                     params={"product_id": world.s2_products[0], "band": "B08", "format": "tif", "buffer_m": 0},
+                     auth=ann)
+    with rasterio.open(io.BytesIO(tif.content)) as image:
+        assert image.crs.to_epsg() == 32631 and image.shape == (10, 10)
+        assert image.bounds.left == pytest.approx(500_110) and image.bounds.bottom == pytest.approx(5_650_000)
+        values = image.read(1)
+    with rasterio.open(world.store_root / f"S2_alpha_{S2_DATES[0]:%Y%m%d}_10m.tif") as source:
+        dn = source.read(4, window=((20, 30), (31, 41)))
+    np.testing.assert_allclose(values, dn * 1e-4, rtol=1e-6)
+    vv = client.get("/v1/aois/alpha/2018/parcels/2/chip", params={"product_id": world.bs_products[0], "size": 16},
+                    auth=ann)
+    assert vv.status_code == 200
+
+
+def test_chip_strip_over_a_date_range(client: TestClient, world: World) -> None:
+    response = client.get("/v1/aois/alpha/2018/parcels/2/chips",
+                          params={"start": "2018-04-01", "end": "2018-05-31", "size": 32}, auth=world.basic("ann"))
+    assert response.status_code == 200
+    assert [int(item.split("@")[0]) for item in response.headers["x-chip-products"].split(",")] == world.s2_products[:2]
+    strip = _read_png(response.content)
+    assert strip.shape == (4, 20, 20 * 2 + 2)
+
+
+def test_errors_are_json_with_the_right_status(client: TestClient, world: World) -> None:
+    ann = world.basic("ann")
+    cases = [
+        ("/v1/aois/alpha/2018/parcels/99", 404),
+        ("/v1/aois/alpha/2019/parcels/1", 404),
+        ("/v1/aois/alpha/2018/parcels/1/timeseries?band=B99", 400),
+        ("/v1/aois/alpha/2018/parcels/1/timeseries?start=2018-06-01&end=2018-01-01", 400),
+        ("/v1/aois/alpha/2018/parcels/1/peers?distance_m=99999", 422),
+        ("/v1/aois/alpha/2018/parcels/1/peers?limit=1000", 422),
+        ("/v1/aois/alpha/2018/parcels?lon=3&lat=51&polygon=POINT(1 2)", 400),
+        ("/v1/aois/alpha/2018/parcels?polygon=POLYGON((0 0, 1 0, 1 1, 0 1, 0 0))", 400),
+        ("/v1/aois/alpha/2018/parcels?polygon=POINT(3 51)", 400),
+        ("/v1/aois/alpha/2018/parcels?polygon=POLYGON((3 51, 3.001 51.001, 3.001 51, 3 51.001, 3 51))", 400),
+        ("/v1/aois/alpha/2018/parcels/2/chip?product_id=" + str(world.beta_products[0]), 404),
+        ("/v1/aois/ALPHA/2018/parcels/1", 422),
+        ("/v1/aois/alpha/1900/parcels/1", 422),
+    ]
+    for url, status in cases:
+        response = client.get(url, auth=ann)
+        assert response.status_code == status, (url, response.text)
+        body = response.json()
+        assert body["error"] and body["detail"], url
+        assert "Traceback" not in response.text
+    assert client.get("/v1/aois", auth=("ann", "wrong")).status_code == 401
+    assert client.get("/v1/aois").headers["www-authenticate"].startswith("Basic")
+
+
+def test_bearer_token_works_like_basic(client: TestClient, world: World) -> None:
+    response = client.get("/v1/aois/alpha/2018/parcels/1", headers=world.bearer("ann"))
+    assert response.status_code == 200 and response.json()["parcel_id"] == "A-1"
+    assert client.get("/v1/aois", headers={"Authorization": "Bearer ann.nope"}).status_code == 401
+    assert client.get("/v1/aois", headers={"Authorization": "Bearer nodot"}).status_code == 401
