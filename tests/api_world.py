@@ -11,18 +11,22 @@ Users: ``ann`` (alpha), ``bob`` (beta), ``eve`` (nothing), ``root`` (both).
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import psycopg
+import pytest
 import shapely
 from affine import Affine
+from psycopg import sql
 from shapely.geometry import box
 from test_extract_support import add_product, write_tif
 
-from cbm_tasks import obs
+from cbm_tasks import cluster, obs
 from cbm_tasks.api import auth
 from cbm_tasks.catalogue import registry
 
@@ -39,6 +43,7 @@ class World:
     """What build_world made: ids, secrets and the expected statistics."""
 
     store_root: Path
+    db_url: str = ""
     secrets: dict[str, str] = field(default_factory=dict)
     s2_products: list[int] = field(default_factory=list)
     bs_products: list[int] = field(default_factory=list)
@@ -168,3 +173,21 @@ def build_world(conn: psycopg.Connection, store_root: Path) -> World:
         world.secrets[user] = auth.add_user(conn, user, aois=aois)
     conn.commit()
     return world
+
+
+@pytest.fixture(scope="module")
+def api_world(pg_cluster: cluster.ClusterConfig, template_db: str,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """The world in a database of its own, shared by the tests of one module (they only read it)."""
+    name = f"cbm_test_api_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
+                                                                        sql.Identifier(template_db)))
+    url = pg_cluster.url(name)
+    try:
+        with psycopg.connect(url) as conn:
+            world = build_world(conn, tmp_path_factory.mktemp("api_store"))
+        world.db_url = url
+        yield world
+    finally:
+        cluster.drop_database(pg_cluster, name)

@@ -18,6 +18,8 @@ from psycopg import sql
 from cbm_tasks import db
 from cbm_tasks.ops import cluster, settings
 
+pytest_plugins = ["api_world"]  # the API tests' shared world (fixture api_world)
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
-import psycopg
 import pytest
 import rasterio
-from api_world import S2_DATES, World, build_world, s2_stats
+from api_world import S2_DATES, World, s2_stats
 from fastapi.testclient import TestClient
 from rasterio.errors import NotGeoreferencedWarning
 
@@ -20,14 +18,14 @@ from cbm_tasks.api.context import ApiConfig
 from cbm_tasks.store import StoreConfig
 
 
-@pytest.fixture
-def world(conn: psycopg.Connection, tmp_path: Path) -> World:
-    return build_world(conn, tmp_path / "store")
+@pytest.fixture(scope="module")
+def world(api_world: World) -> World:
+    return api_world
 
 
-@pytest.fixture
-def client(db_url: str, world: World) -> Iterator[TestClient]:
-    app = create_app(ApiConfig(dsn=db_url, store=StoreConfig(root=str(world.store_root))))
+@pytest.fixture(scope="module")
+def client(world: World) -> Iterator[TestClient]:
+    app = create_app(ApiConfig(dsn=world.db_url, store=StoreConfig(root=str(world.store_root))))
     with TestClient(app) as test_client:
         yield test_client
 
