@@ -20,6 +20,8 @@ if ! ls /usr/share/postgresql/*/extension/postgis.control >/dev/null 2>&1; then
   need_apt+=("postgresql-$ver" "postgresql-$ver-postgis-3")
 fi
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
+# GDAL's ogrinfo: the OGC API - Features client of the REST API tests
+command -v ogrinfo >/dev/null 2>&1 || need_apt+=(gdal-bin)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   [ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock | head -1)" ] || $SUDO apt-get update -qq

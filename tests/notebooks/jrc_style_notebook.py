@@ -1,0 +1,75 @@
+# ruff: noqa: T201 - a notebook prints its results
+"""A notebook as analysts write them for JRC's CbM RESTful API: requests, HTTP Basic, pandas.
+
+Reads API_URL, API_USER, API_PASS, AOI, YEAR, LON, LAT from the environment; prints what it
+found. Nothing in it knows which server answers.
+"""
+
+import io
+import json
+import os
+
+import pandas as pd
+import requests
+
+api_url = os.environ["API_URL"]
+api_user = os.environ["API_USER"]
+api_pass = os.environ["API_PASS"]
+aoi = os.environ["AOI"]
+year = int(os.environ["YEAR"])
+lon, lat = float(os.environ["LON"]), float(os.environ["LAT"])
+
+# Parcel information by location
+url = f"{api_url}/query/parcelByLocation?parcels={aoi}{year}&lon={lon}&lat={lat}&withGeometry=True"
+response = requests.get(url, auth=(api_user, api_pass))
+parcel = json.loads(response.content)
+pid = parcel["ogc_fid"][0]
+print("parcel", pid, parcel["cropname"][0], parcel["cropcode"][0], round(parcel["area"][0]), parcel["srid"][0])
+geom = json.loads(parcel["geom"][0])
+print("geometry", geom["type"], len(geom["coordinates"][0][0]))
+
+# The same parcel by id, as a table
+response = requests.get(f"{api_url}/query/parcelByID?aoi={aoi}&year={year}&pid={pid}", auth=(api_user, api_pass))
+df = pd.read_json(io.StringIO(response.text))
+print("byid", list(df.columns), df["clon"][0], df["clat"][0])
+
+# Parcels in a polygon around it (JRC's lon_lat-lon_lat notation)
+d = 0.002
+poly = f"{lon - d}_{lat - d}-{lon + d}_{lat - d}-{lon + d}_{lat + d}-{lon - d}_{lat + d}-{lon - d}_{lat - d}"
+response = requests.get(f"{api_url}/query/parcelsByPolygon?aoi={aoi}&year={year}&polygon={poly}",
+                        auth=(api_user, api_pass))
+ids = pd.read_json(io.StringIO(response.text))
+print("polygon", sorted(ids["ogc_fid"].tolist()))
+
+# Peers
+response = requests.get(f"{api_url}/query/parcelPeers?aoi={aoi}&year={year}&pid={pid}&distance=500&max=5",
+                        auth=(api_user, api_pass))
+peers = pd.read_json(io.StringIO(response.text))
+print("peers", peers["pid"].tolist(), [round(x) for x in peers["distance"]])
+
+# Sentinel-2 time series, NDVI from B4 and B8
+response = requests.get(f"{api_url}/query/parcelTimeSeries?aoi={aoi}&year={year}&pid={pid}&tstype=s2",
+                        auth=(api_user, api_pass))
+df = pd.read_json(io.StringIO(response.text))
+df["date"] = pd.to_datetime(df["date_part"], unit="s")
+df = df[df["count"] > 0]
+b4 = df[df["band"] == "B4"].set_index("date")["mean"]
+b8 = df[df["band"] == "B8"].set_index("date")["mean"]
+ndvi = (b8 - b4) / (b8 + b4)
+print("s2", len(df), sorted(df["band"].unique()), "ndvi", [round(v, 4) for v in ndvi])
+
+# One band only, and the CSV form
+response = requests.get(f"{api_url}/query/parcelTimeSeries?aoi={aoi}&year={year}&pid={pid}&tstype=s2&band=B8",
+                        auth=(api_user, api_pass))
+print("b8", len(pd.read_json(io.StringIO(response.text))))
+response = requests.get(f"{api_url}/query/parcelTimeSeries?aoi={aoi}&year={year}&pid={pid}&tstype=s2&tsformat=csv",
+                        auth=(api_user, api_pass))
+print("csv", len(pd.read_csv(io.StringIO(response.text))))
+
+# Sentinel-1 backscatter and the scene classification
+for tstype in ("bs", "scl"):
+    response = requests.get(f"{api_url}/query/parcelTimeSeries?aoi={aoi}&year={year}&pid={pid}&tstype={tstype}",
+                            auth=(api_user, api_pass))
+    df = pd.read_json(io.StringIO(response.text))
+    df["date"] = pd.to_datetime(df["date_part"], unit="s")
+    print(tstype, len(df), sorted(df["band"].unique()), round(float(df["mean"].iloc[0]), 4))
