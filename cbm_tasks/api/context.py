@@ -69,7 +69,7 @@ class ApiContext:
         self._config: ApiConfig | None = config if isinstance(config, ApiConfig) else None
         self._pool: ConnectionPool | None = None
         self._store: Store | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # pool() reads config under the same lock
         self.credentials = CredentialCache(ttl_s=self.config.auth_cache_ttl_s if self._config else 30.0)
 
     @property
