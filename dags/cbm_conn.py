@@ -14,6 +14,8 @@ Connections and variables:
   :class:`cbm_tasks.catalogue.clients.CatalogueConfig` per AOI, ``*`` for every other AOI.
   Without an entry, connection ``cbm_catalogue`` (host = service URL, password = bearer token,
   extras = the other fields); without either, the public CDSE OData catalogue.
+- ``cbm_api`` (postgres, optional): the REST API's database login, a member of ``cbm_reader``;
+  without it the API uses ``cbm_postgis`` and switches to ``cbm_reader`` (``SET ROLE``).
 - Variable ``cbm_label_cache`` (JSON, optional): ``{"directory": "...", "max_disk_gb": 8}``, where
   extraction tasks of a worker keep rasterised parcel labels for later images of the same grid;
   default: ``labels/`` in the store's scratch folder, 8 GB.
@@ -28,15 +30,18 @@ from airflow.sdk import Connection, Variable
 from airflow.sdk.exceptions import AirflowNotFoundException
 from psycopg.conninfo import make_conninfo
 
+from cbm_tasks.api.context import ApiConfig
 from cbm_tasks.catalogue.clients import CatalogueConfig
 from cbm_tasks.extraction.label_cache import LabelCache
 from cbm_tasks.store import StoreConfig
 
 __all__ = [
+    "API_CONN_ID",
     "CATALOGUE_CONN_ID",
     "CATALOGUE_VARIABLE",
     "POSTGIS_CONN_ID",
     "STORE_CONN_ID",
+    "api_config",
     "catalogue_config",
     "label_cache",
     "postgis_dsn",
@@ -44,6 +49,7 @@ __all__ = [
 ]
 
 POSTGIS_CONN_ID = "cbm_postgis"
+API_CONN_ID = "cbm_api"
 STORE_CONN_ID = "cbm_store"
 CATALOGUE_CONN_ID = "cbm_catalogue"
 CATALOGUE_VARIABLE = "cbm_catalogue"
@@ -52,13 +58,29 @@ LABEL_CACHE_VARIABLE = "cbm_label_cache"
 
 def postgis_dsn() -> str:
     """Return the libpq connection string of the CbM database (never log or return it from a task)."""
-    conn = Connection.get(POSTGIS_CONN_ID)
+    return _dsn(Connection.get(POSTGIS_CONN_ID))
+
+
+def _dsn(conn: Connection) -> str:
     params: dict[str, Any] = {key: str(value) for key, value in conn.extra_dejson.items()}
     for key, value in (("host", conn.host), ("port", conn.port), ("dbname", conn.schema),
                        ("user", conn.login), ("password", conn.password)):
         if value not in (None, ""):
             params[key] = value
     return make_conninfo(**params)
+
+
+def api_config() -> ApiConfig:
+    """Return the REST API's settings (plugins/cbm_api_plugin.py): ``cbm_api``, else ``cbm_postgis``; ``cbm_store``."""
+    try:
+        dsn = _dsn(Connection.get(API_CONN_ID))
+    except AirflowNotFoundException:
+        dsn = postgis_dsn()
+    try:
+        store: StoreConfig | None = store_config()
+    except AirflowNotFoundException:
+        store = None  # no image chips
+    return ApiConfig(dsn=dsn, store=store)
 
 
 def store_config() -> StoreConfig:
