@@ -65,7 +65,7 @@ def serve_in_airflow(db_url: str, store_root: Path, *, timeout_s: float = 180) -
 
     import airflow_testenv
 
-    from cbm_tasks import airflow_ctl
+    from cbm_tasks.ops import airflow_ctl
 
     airflow_testenv.metadata_db()
     cfg = dataclasses.replace(airflow_testenv.config(), data_url=db_url, store_root=store_root, port=free_port())

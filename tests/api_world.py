@@ -26,9 +26,10 @@ from psycopg import sql
 from shapely.geometry import box
 from test_extract_support import add_product, write_tif
 
-from cbm_tasks import cluster, obs
+from cbm_tasks import aoi as aoi_registry
 from cbm_tasks.api import auth
-from cbm_tasks.catalogue import registry
+from cbm_tasks.ops import cluster
+from cbm_tasks.timeseries import write as obs
 
 X0, Y0 = 500_000.0, 5_650_000.0  # UTM 31N, West Flanders
 S2_DATES = (datetime(2018, 4, 5, 10, 50, 31, tzinfo=UTC), datetime(2018, 5, 10, 10, 50, 31, tzinfo=UTC),
@@ -68,7 +69,7 @@ def s2_stats(key: int, date_index: int, band_index: int) -> list[float]:
 def _parcel_set(conn: psycopg.Connection, aoi: str, year: int, srid: int,
                 parcels: list[tuple[str, str, shapely.Geometry]]) -> int:
     with conn.transaction():
-        aoi_id = registry.ensure_aoi(conn, aoi)
+        aoi_id = aoi_registry.ensure_aoi(conn, aoi)
         row = conn.execute(
             "INSERT INTO cbm.parcel_set (aoi_id, year, srid, source_file, n_parcels, extent) VALUES "
             "(%s, %s, %s, 'test', %s, ST_Transform(ST_MakeEnvelope(%s, %s, %s, %s, %s), 4326)) "

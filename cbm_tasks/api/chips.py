@@ -35,10 +35,12 @@ from shapely.geometry import shape
 
 from cbm_tasks.api.queries import ParcelSet
 from cbm_tasks.api.validation import ApiInputError, Source
-from cbm_tasks.bands import BandSource, open_raster, product_bands, raster_error
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.errors import NotFoundError
+from cbm_tasks.extraction.bands import BandSource
+from cbm_tasks.extraction.raster_io import open_raster, raster_error
+from cbm_tasks.extraction.sources import product_bands
 from cbm_tasks.store import Store
 
 __all__ = ["MAX_BUFFER_M", "MAX_CHIP_PX", "MAX_STRIP", "ChipSource", "chip_source", "render_chip", "render_strip",

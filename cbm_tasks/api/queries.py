@@ -21,10 +21,11 @@ import psycopg
 from psycopg import sql
 from shapely.geometry.base import BaseGeometry
 
+from cbm_tasks.aoi import find_parcel_set
 from cbm_tasks.api.auth import Principal
 from cbm_tasks.api.validation import Source
 from cbm_tasks.errors import CbmError, NotFoundError
-from cbm_tasks.obs import STATS_PER_BAND
+from cbm_tasks.timeseries.write import STATS_PER_BAND
 
 __all__ = [
     "PARCEL_COLUMNS",
@@ -62,7 +63,6 @@ class ParcelSet:
     year: int
     parcel_set_id: int
     srid: int
-    geographic: bool  # lon/lat CRS: distances need geography
     n_parcels: int
 
 
@@ -86,15 +86,8 @@ def parcel_set(conn: psycopg.Connection, principal: Principal, aoi: str, year: i
     """
     if aoi not in principal.aois:
         raise AccessDeniedError(f"user {principal.name} is not granted AOI {aoi!r}")
-    row = conn.execute(
-        "SELECT s.parcel_set_id, s.srid, coalesce(r.proj4text LIKE '%%+proj=longlat%%', false), s.n_parcels "
-        "FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) LEFT JOIN spatial_ref_sys r ON r.srid = s.srid "
-        "WHERE a.name = %s AND s.year = %s",
-        (aoi, year),
-    ).fetchone()
-    if row is None:
-        raise NotFoundError(f"AOI {aoi!r} has no parcel set for {year}")
-    return ParcelSet(aoi, year, int(row[0]), int(row[1]), bool(row[2]), int(row[3]))
+    ref = find_parcel_set(conn, aoi=aoi, year=year)
+    return ParcelSet(aoi, year, ref.parcel_set_id, ref.srid, ref.n_parcels)
 
 
 def aoi_parcel_sets(conn: psycopg.Connection, principal: Principal) -> list[dict[str, Any]]:
@@ -189,8 +182,11 @@ def peers(conn: psycopg.Connection, ps: ParcelSet, key: int, *, distance_m: floa
         NotFoundError: no parcel *key*.
     """
     parcel_by_key(conn, ps, key)
-    dist = "ST_Distance(p.geom::geography, me.geom::geography)" if ps.geographic else "ST_Distance(p.geom, me.geom)"
-    within = ("ST_DWithin(p.geom::geography, me.geom::geography, %(d)s)" if ps.geographic
+    lonlat = conn.execute("SELECT coalesce(bool_or(proj4text LIKE '%%+proj=longlat%%'), false) FROM spatial_ref_sys "
+                          "WHERE srid = %s", (ps.srid,)).fetchone()
+    geographic = bool(lonlat and lonlat[0])  # distances of a lon/lat set in metres need geography
+    dist = "ST_Distance(p.geom::geography, me.geom::geography)" if geographic else "ST_Distance(p.geom, me.geom)"
+    within = ("ST_DWithin(p.geom::geography, me.geom::geography, %(d)s)" if geographic
               else "ST_DWithin(p.geom, me.geom, %(d)s)")
     query = sql.SQL(
         "WITH me AS (SELECT geom, crop_code FROM cbm.parcel WHERE parcel_set_id = %(set)s AND parcel_key = %(key)s) "

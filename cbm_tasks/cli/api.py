@@ -18,10 +18,11 @@ import argparse
 import os
 import sys
 
-from cbm_tasks import db, settings
+from cbm_tasks import db
 from cbm_tasks.api import auth
 from cbm_tasks.api.context import ApiConfig
 from cbm_tasks.errors import BadInputError
+from cbm_tasks.ops import settings
 
 __all__ = ["api_config", "register"]
 
