@@ -17,8 +17,7 @@ with its traceback on the server only.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -109,14 +108,6 @@ def create_app(config: ApiConfig | Callable[[], ApiConfig], *, root_path: str = 
     )
     app.state.cbm = context
     _install_error_handlers(app)
-
-    @app.middleware("http")
-    async def _access_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        log.debug("api request method=%s path=%s status=%d user=%s ms=%.1f", request.method, request.url.path,
-                  response.status_code, getattr(request.state, "user", "-"), (time.perf_counter() - t0) * 1000)
-        return response
 
     @app.get("/health", tags=["service"], summary="Liveness and database reachability (no authentication)")
     def health() -> Response:

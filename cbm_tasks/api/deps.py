@@ -62,7 +62,6 @@ async def _principal(
         principal = await run_in_threadpool(context.authenticate, name, secret)
     if principal is None:
         raise AuthError("unknown user or wrong secret")
-    request.state.user = principal.name  # for the access log
     return principal
 
 
