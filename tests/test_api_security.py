@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -188,3 +189,22 @@ def test_revoked_grant_stops_working_after_the_cache_ttl(api_world: World, conn:
         assert client.get("/v1/aois/alpha/2018/parcels/1", auth=world.basic("ann")).status_code == 403
         auth.remove_user(conn, "ann")
         assert client.get("/v1/aois/alpha/2018/parcels/1", auth=world.basic("ann")).status_code == 401
+
+
+def test_demo_api_user_is_made_once_and_its_example_works(conn: psycopg.Connection, tmp_path: Path) -> None:
+    from cbm_tasks.aoi import ensure_aoi
+    from cbm_tasks.demo.api_access import api_lines
+
+    ensure_aoi(conn, "demo")
+    conn.commit()
+    secret_file = tmp_path / "api_demo_secret"
+    first = api_lines(conn, airflow_url="http://127.0.0.1:8080", aoi="demo", year=2018, secret_file=secret_file)
+    again = api_lines(conn, airflow_url="http://127.0.0.1:8080", aoi="demo", year=2018, secret_file=secret_file)
+    assert first == again and secret_file.stat().st_mode & 0o777 == 0o600
+    secret = secret_file.read_text().strip()
+    assert f"curl -u demo:{secret} 'http://127.0.0.1:8080/cbm/v1/aois/demo/2018/parcels/1/timeseries" in first[2]
+    principal = auth.authenticate(conn, "demo", secret)
+    assert principal is not None and principal.aois == frozenset({"demo"})
+    secret_file.unlink()  # lost file: a new secret, the old one stops working
+    api_lines(conn, airflow_url="http://127.0.0.1:8080", aoi="demo", year=2018, secret_file=secret_file)
+    assert auth.authenticate(conn, "demo", secret) is None

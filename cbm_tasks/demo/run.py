@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cbm_tasks import db
 from cbm_tasks.catalogue import registry
+from cbm_tasks.demo import api_access
 from cbm_tasks.demo import data as demo_data
 from cbm_tasks.errors import NotFoundError, ServiceError
 from cbm_tasks.ops import airflow_ctl, cluster, settings
@@ -51,6 +52,7 @@ class DemoSummary:
     password: str = field(repr=False)
     password_file: Path = Path()
     seconds: float = 0.0
+    api: tuple[str, ...] = ()  # the REST API's URL, demo user and curl examples
 
     @property
     def ok(self) -> bool:
@@ -73,6 +75,7 @@ class DemoSummary:
             f"  cbm_extract      {extract_runs}",
             f"Airflow UI         {self.url}/",
             f"  login            {self.username} / {self.password}  (stored in {self.password_file})",
+            *self.api,
             "Airflow keeps running; stop it with: cbm airflow stop",
         ]
 
@@ -193,11 +196,14 @@ def run_demo(
                                             url=url, aoi=layout.aoi)
     with db.connect(url, autocommit=True) as conn:
         summary = pipeline.aoi_summary(conn, layout.aoi)
+    with db.connect(url) as conn:
+        api_text = api_access.api_lines(conn, airflow_url=cfg.url, aoi=layout.aoi, year=layout.year,
+                                        secret_file=cfg.home / "api_demo_secret")
     result = DemoSummary(
         aoi=layout.aoi, catalogue_root=layout.catalogue_root, summary=summary,
         catalogue_run=(run_id, str(catalogue_run["state"])), extract_runs=tuple(extract_runs), url=cfg.url,
         username=airflow_ctl.ADMIN_USER, password=airflow_ctl.admin_password(cfg), password_file=cfg.passwords_file,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, api=tuple(api_text),
     )
     log.info("demo aoi=%s images_extracted=%d rows=%d runs_ok=%s seconds=%.1f", layout.aoi,
              summary.images_extracted, summary.parcel_obs_rows, result.ok, result.seconds)
