@@ -20,7 +20,7 @@ from cbm_tasks.api.app import create_app
 from cbm_tasks.api.context import ApiConfig
 from cbm_tasks.store import StoreConfig
 
-MAX_EXAMPLES = 6
+MAX_EXAMPLES = 4
 _STEER = {"aoi": "alpha", "year": 2018, "parcels": "alpha2018", "collection_id": "alpha_2018"}
 
 
