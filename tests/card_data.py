@@ -10,6 +10,7 @@ area holds known digital numbers, the rest reads as 0 without being stored.
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,7 +57,7 @@ def rome_grd(
     tmp_path: Path, *, lon: float, lat: float, half_size_deg: float, dn_first: Mapping[str, int],
     dn_second: Mapping[str, int], polarisations: tuple[str, ...] = ("VV", "VH"),
 ) -> RomeGrd:
-    """Copy the Rome GRD with measurement DNs set around (lon, lat): dn_first before the middle line, dn_second after."""
+    """Copy the Rome GRD with DNs set around (lon, lat): dn_first before its middle line, dn_second after."""
     source = shared_data("s1_sarsen_rome", f"{ROME_GRD}.SAFE")
     safe = tmp_path / f"{ROME_GRD}.SAFE"
     shutil.copytree(source, safe, ignore=shutil.ignore_patterns("*.tiff"))
@@ -79,8 +80,10 @@ def rome_grd(
         values[: split_line - row0] = dn_first[pol]
         profile = {"driver": "GTiff", "dtype": "uint16", "width": _SIZE[1], "height": _SIZE[0], "count": 1,
                    "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "sparse_ok": True}
-        with rasterio.open(safe / "measurement" / name, "w", **profile) as dst:
-            dst.write(values, 1, window=window)
+        with warnings.catch_warnings():  # like ESA's, the TIFF has GCPs in the annotation only
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(safe / "measurement" / name, "w", **profile) as dst:
+                dst.write(values, 1, window=window)
     return RomeGrd(safe=safe, window=window, split_line=split_line)
 
 
