@@ -9,6 +9,7 @@ area holds known digital numbers, the rest reads as 0 without being stored.
 
 from __future__ import annotations
 
+import re
 import shutil
 import warnings
 from collections.abc import Mapping
@@ -102,3 +103,32 @@ def rome_job(product: Product, area_wkt: str, *, aoi: str = "rome") -> CardJob:
     """The CARD-BS job of the Rome GRD over *area_wkt*, as :func:`card_bs_jobs` plans it."""
     (job,) = card_bs_jobs([product], {aoi: area_wkt})
     return job
+
+
+def metadata_only_safe(tmp_path: Path, source_name: str, *, name: str | None = None) -> Path:
+    """Copy a shared Rome SAFE's metadata and complete it with the files its manifest lists.
+
+    A missing annotation, calibration or noise file (other polarisation, other sub-swaths) is a
+    copy of the one present of its kind; measurements are placeholders.
+
+    For backends that hand the SAFE to another program (gpt, a remote service): the SAFE check
+    passes, the pixels are never read here.
+    """
+    source = shared_data("s1_sarsen_rome", f"{source_name}.SAFE")
+    safe = tmp_path / f"{name or source_name}.SAFE"
+    shutil.copytree(source, safe, ignore=shutil.ignore_patterns("*.tiff"))
+    manifest = (safe / "manifest.safe").read_text()
+    for href in re.findall(r'href="\./((?:annotation|measurement)/[^"]+)"', manifest):
+        target = safe / href
+        if target.exists():
+            continue
+        if target.suffix == ".tiff":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(b"II*\x00placeholder")
+            continue
+        kind = target.name.split("-")[0]  # calibration, noise, rfi, or the mission (s1a/s1b): product annotation
+        present = next((f for f in target.parent.glob(f"{kind}-*.xml") if f.exists()), None)
+        # the shared SLC has no noise file at all: a stand-in, never parsed here
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(present.read_bytes() if present is not None else f"<{kind}/>".encode())
+    return safe
