@@ -136,6 +136,7 @@ class _CrashingBackend:
     """Writes half a product, then fails like a worker losing its disk."""
 
     name = "crashing"
+    local_sources = True
 
     def supports(self, card_type: str) -> bool:
         return True

@@ -107,6 +107,7 @@ class CardBackend(Protocol):
     """Makes one CARD product from local copies of its sources."""
 
     name: str
+    local_sources: bool  # True: process() copies the source SAFEs to the worker first
 
     def supports(self, card_type: str) -> bool:
         """Return whether this backend makes *card_type*."""

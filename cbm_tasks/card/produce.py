@@ -143,7 +143,8 @@ def process(
         sources = _sources(conn, job.sources)
         with scratch_folder(store.cfg) as scratch, ExitStack() as copies:
             local: list[tuple[Product, Path]] = [
-                (source, copies.enter_context(store.local_copy(source.location))) for source in sources
+                (source, copies.enter_context(store.local_copy(source.location)) if backend.local_sources
+                 else Path(source.location)) for source in sources
             ]
             output = backend.make(job, local, scratch)
             size_bytes = output.path.stat().st_size

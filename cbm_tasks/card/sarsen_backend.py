@@ -33,6 +33,7 @@ class SarsenBackend:
     """CARD-BS with sarsen (see :mod:`cbm_tasks.card.sarsen_bs` for the method)."""
 
     name = "sarsen"
+    local_sources = True
 
     def __init__(self, cfg: BackendConfig) -> None:
         self.cfg = cfg

@@ -64,6 +64,7 @@ class SnapBackend:
     """CARD products with ESA SNAP ``gpt`` (see the module docstring)."""
 
     name = "snap"
+    local_sources = True
 
     def __init__(self, cfg: BackendConfig) -> None:
         self.cfg = cfg
