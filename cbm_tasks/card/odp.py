@@ -210,6 +210,9 @@ def result_to_card(archive: Path, job: CardJob, scratch: Path, *, order_id: str)
     except (RasterioError, TypeError) as err:
         raise OrderRejectedError(f"order {order_id}: cannot read the result's GeoTIFFs: {err}") from err
     assert grid is not None
+    # co-polarisation first, as every other CARD product (file order of a zip is arbitrary)
+    rank = {name: position for position, name in enumerate(("VV", "VH", "HH", "HV"))}
+    bands = dict(sorted(bands.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
     path = write_card_cog(scratch / f"{job.card_type}_{job.source_names[0]}.tif", bands, grid=grid,
                           acquired_at=job.acquired_at,
                           tags={"CARD_TYPE": job.card_type, "SOURCE_PRODUCTS": ",".join(job.source_names),
