@@ -18,17 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import requests
 
 from cbm_tasks import lineage
 from cbm_tasks.card import records
 from cbm_tasks.card.backend import CardBackend
 from cbm_tasks.card.jobs import plan_jobs
+from cbm_tasks.card.odp import OdpConfig, submit_order
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import CARD_TYPES, Product
 from cbm_tasks.errors import BadInputError, CbmError, ConfigError, ProductNotFoundError
 from cbm_tasks.store import Store, scratch_folder
 
-__all__ = ["CardOutcome", "PlanResult", "plan_aoi", "process"]
+__all__ = ["CardOutcome", "PlanResult", "order_failed", "plan_aoi", "process", "submit_order_once"]
 
 log = logging.getLogger(__name__)
 
@@ -170,3 +172,38 @@ def process(
     log.info("card ready product_id=%d key=%s backend=%s bytes=%d seconds=%.2f", product_id, job.key, backend.name,
              size_bytes, outcome.seconds)
     return outcome
+
+
+def submit_order_once(conn: psycopg.Connection, session: requests.Session, cfg: OdpConfig, product_id: int, *,
+                      aoi: str) -> str:
+    """Submit the on-demand order of a claimed CARD job, once; return the order id.
+
+    The order id is kept in the product's attributes (``odp_order``), so a retried task waits
+    for the order it already placed instead of paying for a second one.
+
+    Raises:
+        OrderRejectedError, ConfigError: the service refused the order (the job is marked ``failed``).
+        TransientError: the service is busy or unreachable (the claim is kept for the retry).
+    """
+    job, record = records.job_of(conn, product_id)
+    placed = record.attributes.get("odp_order")
+    if isinstance(placed, str) and placed:
+        log.info("odp order already placed job=%s order=%s", job.key, placed)
+        return placed
+    try:
+        order = submit_order(session, cfg, job)
+    except BadInputError as err:
+        _release(conn, product_id, aoi=aoi, error=f"{type(err).__name__}: {err}", permanent=True)
+        raise
+    with conn.transaction():
+        conn.execute("UPDATE cbm.product SET attributes = attributes || jsonb_build_object('odp_order', %s::text) "
+                     "WHERE product_id = %s", (order.order_id, product_id))
+    return order.order_id
+
+
+def order_failed(conn: psycopg.Connection, product_id: int, *, aoi: str, error: str, permanent: bool) -> None:
+    """Record that the on-demand order of a job failed or timed out; forget the order so a retry places a new one."""
+    with conn.transaction():
+        conn.execute("UPDATE cbm.product SET attributes = attributes - 'odp_order' WHERE product_id = %s",
+                     (product_id,))
+    _release(conn, product_id, aoi=aoi, error=error, permanent=permanent)
