@@ -1,11 +1,11 @@
 """CARD products from the CDSE on-demand production service, without holding a worker slot.
 
 :class:`OdpCardOperator` claims nothing itself: it takes one claimed CARD job (``aoi``,
-``product_id``), submits its order once (``cbm_tasks.card.produce.submit_order_once``) and
+``product_id``), submits its order once (``cbm_tasks.pipeline.card.submit_order_once``) and
 defers to :class:`OdpOrderTrigger`, which polls the order's status in the triggerer (one
 asyncio loop serves thousands of waiting orders). When the order is ``completed`` the task
 resumes on a worker, fetches the result and registers it like any backend
-(``cbm_tasks.card.produce.process``); a failed or cancelled order marks the job ``failed`` with
+(``cbm_tasks.pipeline.card.process``); a failed or cancelled order marks the job ``failed`` with
 the service's message; an order that outlives ``OdpConfig.timeout_s`` is forgotten and the
 job goes back to ``new`` for a later run.
 
@@ -119,9 +119,9 @@ class OdpCardOperator(BaseOperator):
         from cbm_conn import odp_config, postgis_dsn
 
         from cbm_tasks import db
-        from cbm_tasks.card.produce import submit_order_once
         from cbm_tasks.catalogue.http import make_session
         from cbm_tasks.errors import BadInputError
+        from cbm_tasks.pipeline.card import submit_order_once
 
         cfg, token = odp_config()
         try:
@@ -140,9 +140,9 @@ class OdpCardOperator(BaseOperator):
 
         from cbm_tasks import db
         from cbm_tasks.card.odp import OdpResultBackend
-        from cbm_tasks.card.produce import order_failed, process
         from cbm_tasks.catalogue.http import make_session
         from cbm_tasks.errors import BadInputError
+        from cbm_tasks.pipeline.card import order_failed, process
         from cbm_tasks.store import open_store
 
         product_id, aoi = int(self.job["product_id"]), str(self.job["aoi"])

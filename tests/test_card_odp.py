@@ -22,14 +22,13 @@ from card_data import ROME_GRD, metadata_only_safe, rome_product
 from catalogue_replay import ReplayServer, Reply, json_reply, replay_server, sequence
 
 from cbm_tasks import lineage
-from cbm_tasks.card import records
 from cbm_tasks.card.errors import OrderRejectedError
 from cbm_tasks.card.jobs import CardJob, card_bs_jobs
 from cbm_tasks.card.odp import OdpConfig, OdpResultBackend, order_status, submit_order
-from cbm_tasks.card.produce import plan_aoi, process
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.http import RetryPolicy, make_session
 from cbm_tasks.errors import ConfigError, TransientError
+from cbm_tasks.pipeline.card import claim_jobs, plan_aoi, process
 from cbm_tasks.store import LocalStore, StoreConfig
 
 AREA = shapely.box(12.49, 41.99, 12.51, 42.01).wkt
@@ -140,7 +139,7 @@ def test_completed_order_becomes_a_ready_card_product(server: ReplayServer, tmp_
     safe = metadata_only_safe(tmp_path, ROME_GRD)
     registry.register(conn, [rome_product(safe, location="s3://eodata/never/copied/")], aoi="rome")
     plan_aoi(conn, aoi="rome", area_wkt=AREA)
-    (product_id,) = records.claim_jobs(conn, aoi="rome", worker="t")
+    (product_id,) = claim_jobs(conn, aoi="rome", worker="t")
     server.route("GET", f"/odata/v1/ProductionOrder({ORDER})/Product/$value",
                  lambda _: Reply(body=result_zip(), headers={"Content-Type": "application/zip"}))
     store = LocalStore(StoreConfig(root=str(tmp_path / "store"), scratch_dir=str(tmp_path / "scratch")))

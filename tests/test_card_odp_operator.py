@@ -29,9 +29,8 @@ from catalogue_replay import ReplayServer, Reply, json_reply, replay_server, seq
 from cbm_card_odp import OdpCardOperator, OdpOrderTrigger  # noqa: E402
 from test_card_odp import ORDER, order, result_zip  # noqa: E402
 
-from cbm_tasks.card import records  # noqa: E402
-from cbm_tasks.card.produce import plan_aoi  # noqa: E402
 from cbm_tasks.catalogue import registry  # noqa: E402
+from cbm_tasks.pipeline.card import claim_jobs, plan_aoi  # noqa: E402
 
 AREA = shapely.box(12.49, 41.99, 12.51, 42.01).wkt
 STATUS = f"/odata/v1/ProductionOrders({ORDER})"
@@ -79,7 +78,7 @@ def claimed(tmp_path: Path, db_url: str, server: ReplayServer, monkeypatch: pyte
     with psycopg.connect(db_url, autocommit=True) as conn:
         registry.register(conn, [rome_product(safe)], aoi="rome")
         plan_aoi(conn, aoi="rome", area_wkt=AREA, card_types=("CARD-BS",))
-        (product_id,) = records.claim_jobs(conn, aoi="rome", worker="test")
+        (product_id,) = claim_jobs(conn, aoi="rome", worker="test")
     monkeypatch.setenv("AIRFLOW_CONN_CBM_POSTGIS", airflow_testenv.postgis_connection(db_url))
     monkeypatch.setenv("AIRFLOW_CONN_CBM_STORE", airflow_testenv.store_connection(tmp_path))
     monkeypatch.setenv("AIRFLOW_CONN_CBM_ODP", json.dumps({

@@ -15,15 +15,14 @@ from conftest import shared_data
 from s3_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, moto_server
 
 from cbm_tasks import lineage
-from cbm_tasks.card import records
 from cbm_tasks.card.backend import BackendConfig, CardOutput
 from cbm_tasks.card.errors import DemCoverageError
 from cbm_tasks.card.jobs import CardJob
-from cbm_tasks.card.produce import plan_aoi, process
 from cbm_tasks.card.sarsen_backend import SarsenBackend
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.errors import TransientError
+from cbm_tasks.pipeline.card import claim_jobs, plan_aoi, process
 from cbm_tasks.store import LocalStore, StoreConfig, open_store
 
 AREA = shapely.box(12.49, 41.99, 12.51, 42.01).wkt
@@ -60,7 +59,7 @@ def status(conn: psycopg.Connection, product_id: int) -> tuple[str, str | None, 
 def plan_one(conn: psycopg.Connection, product: Product, area: str, aoi: str = "rome") -> int:
     registry.register(conn, [product], aoi=aoi)
     assert plan_aoi(conn, aoi=aoi, area_wkt=area, card_types=("CARD-BS",)).jobs_new == 1
-    (product_id,) = records.claim_jobs(conn, aoi=aoi, worker="test")
+    (product_id,) = claim_jobs(conn, aoi=aoi, worker="test")
     return product_id
 
 
@@ -84,8 +83,8 @@ def test_planning_registers_each_job_once(conn: psycopg.Connection, rome: RomeGr
                      "footprint_wkt": shapely.box(0, 0, 1, 1).wkt})
     registry.register(conn, [far], aoi="rome")
     assert plan_aoi(conn, aoi="rome", area_wkt=AREA).jobs_new == 0
-    assert records.claim_jobs(conn, aoi="rome", worker="a") != []
-    assert records.claim_jobs(conn, aoi="rome", worker="b") == []  # claimed once
+    assert claim_jobs(conn, aoi="rome", worker="a") != []
+    assert claim_jobs(conn, aoi="rome", worker="b") == []  # claimed once
 
 
 def test_sarsen_card_from_s3_is_stored_and_ready(conn: psycopg.Connection, rome: RomeGrd, s3: MotoServer,

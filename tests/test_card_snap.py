@@ -22,16 +22,16 @@ import shapely
 from card_data import ROME_GRD, metadata_only_safe, rome_product
 
 from cbm_tasks import lineage
-from cbm_tasks.card import records
-from cbm_tasks.card.backend import BackendConfig, open_backend
+from cbm_tasks.card.backend import BackendConfig
+from cbm_tasks.card.choose import open_backend
 from cbm_tasks.card.errors import IncompleteSafeError, SnapNotInstalledError
 from cbm_tasks.card.gpt import GptSettings, gpt_command, read_graph, run_gpt
 from cbm_tasks.card.jobs import CardJob, card_bs_jobs, coherence_jobs
-from cbm_tasks.card.produce import plan_aoi, process
 from cbm_tasks.card.snap import GRAPH_DIR, SnapBackend, swath_footprints
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.errors import ConfigError, SnapError
+from cbm_tasks.pipeline.card import claim_jobs, plan_aoi, process
 from cbm_tasks.store import LocalStore, StoreConfig
 
 ROME_SLC = "S1A_IW_SLC__1SDV_20220104T170557_20220104T170624_041314_04E951_F1F1"
@@ -250,7 +250,7 @@ def test_partial_gpt_output_is_never_registered(gpt: Path, tmp_path: Path, conn:
     safe = metadata_only_safe(tmp_path, ROME_GRD)
     registry.register(conn, [rome_product(safe)], aoi="rome")
     plan_aoi(conn, aoi="rome", area_wkt=AREA)
-    (product_id,) = records.claim_jobs(conn, aoi="rome", worker="t")
+    (product_id,) = claim_jobs(conn, aoi="rome", worker="t")
     store = LocalStore(StoreConfig(root=str(tmp_path / "store"), scratch_dir=str(tmp_path / "scratch")))
     run = lineage.RunContext(step="card")
     with pytest.raises(SnapError):

@@ -1,7 +1,7 @@
 """The interface every CARD backend implements, and how a deployment picks one.
 
 A backend turns one job and local copies of its source products into one file in a scratch
-folder (:meth:`CardBackend.make`); :func:`cbm_tasks.card.produce.process` does the rest the same
+folder (:meth:`CardBackend.make`); :func:`cbm_tasks.pipeline.card.process` does the rest the same
 way for all (object store, catalogue row, status, lineage, scratch clean-up). Backends:
 
 ========== ================================ ====================================================
@@ -24,7 +24,7 @@ from cbm_tasks.card.jobs import CardJob
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.errors import ConfigError
 
-__all__ = ["BACKENDS", "BackendConfig", "CardBackend", "CardOutput", "open_backend"]
+__all__ = ["BACKENDS", "BackendConfig", "CardBackend", "CardOutput"]
 
 BACKENDS = ("sarsen", "snap", "cdse-odp")
 
@@ -119,21 +119,3 @@ class CardBackend(Protocol):
             BadInputError: the inputs cannot make the product (incomplete SAFE, DEM coverage, ...).
             CbmError: the backend failed in a way a retry may fix.
         """
-
-
-def open_backend(cfg: BackendConfig) -> CardBackend:
-    """Return the backend *cfg* names (its heavy imports happen only when it is used).
-
-    Raises:
-        ConfigError: the backend runs asynchronously (``cdse-odp`` goes through its own operator).
-    """
-    if cfg.backend == "sarsen":
-        from cbm_tasks.card.sarsen_backend import SarsenBackend
-
-        return SarsenBackend(cfg)
-    if cfg.backend == "snap":
-        from cbm_tasks.card.snap import SnapBackend
-
-        return SnapBackend(cfg)
-    raise ConfigError(f"CARD backend {cfg.backend!r} does not run inside a worker task; "
-                      "the DAG submits its orders with a deferrable operator")

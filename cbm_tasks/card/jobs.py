@@ -117,6 +117,13 @@ def _aoi_shapes(aois: Mapping[str, str]) -> dict[str, BaseGeometry]:
     return shapes
 
 
+def _polygonal(geometry: BaseGeometry) -> BaseGeometry:
+    """The areal part of an intersection (a shared edge makes a GeometryCollection with lines)."""
+    parts = shapely.get_parts(shapely.get_parts(geometry))
+    polygons = [part for part in parts if part.geom_type in ("Polygon", "MultiPolygon") and part.area > 0]
+    return polygons[0] if len(polygons) == 1 else shapely.MultiPolygon(polygons)
+
+
 def _footprint(product: Product) -> BaseGeometry | None:
     if product.footprint_wkt is None:
         log.warning("no job for product=%s: it has no footprint, so nothing shows it covers an AOI", product.name)
@@ -153,7 +160,7 @@ def card_bs_jobs(products: Iterable[Product], aois: Mapping[str, str]) -> list[C
                 key=f"CARD-BS:{aoi}:{product.name}", card_type="CARD-BS", aoi=aoi, sources=(product.uid,),
                 source_names=(product.name,), acquired_at=product.acquired_at, platform=product.platform,
                 relative_orbit=product.relative_orbit, orbit_direction=product.orbit_direction,
-                footprint_wkt=inside.wkt,
+                footprint_wkt=_polygonal(inside).wkt,
             ))  # fmt: skip
     jobs.sort(key=lambda job: (job.acquired_at, job.aoi, job.key))
     log.info("planned card_type=CARD-BS aois=%d jobs=%d", len(shapes), len(jobs))
@@ -245,7 +252,7 @@ def coherence_jobs(
                         card_type=card_type, aoi=aoi, sources=tuple(product.uid for product in inputs),
                         source_names=tuple(product.name for product in inputs), acquired_at=reference.acquired_at,
                         platform=reference.platform, relative_orbit=reference.relative_orbit,
-                        orbit_direction=reference.orbit_direction, footprint_wkt=covered.wkt,
+                        orbit_direction=reference.orbit_direction, footprint_wkt=_polygonal(covered).wkt,
                         coverage=round(coverage, 4),
                     ))  # fmt: skip
                     break

@@ -232,7 +232,7 @@ def _band_name(member: str, description: str | None, index: int, count: int) -> 
 class OdpResultBackend:
     """The backend step of an order that is done: fetch its result and make the CARD COG.
 
-    Used with :func:`cbm_tasks.card.produce.process` after the trigger reported ``completed``,
+    Used with :func:`cbm_tasks.pipeline.card.process` after the trigger reported ``completed``,
     so the result goes into the store and the catalogue exactly like a local backend's.
     """
 

@@ -28,12 +28,13 @@ from cbm_tasks.card.jobs import CardJob
 from cbm_tasks.card.safe import inspect_safe
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.errors import BadInputError, CorruptProductError, SnapError
+from cbm_tasks.paths import REPO_ROOT
 
 __all__ = ["GRAPH_DIR", "SnapBackend", "swath_footprints"]
 
 log = logging.getLogger(__name__)
 
-GRAPH_DIR = Path(__file__).resolve().parents[2] / "snap"
+GRAPH_DIR = REPO_ROOT / "snap"
 _ORBIT = "Sentinel Precise (Auto Download)"
 _AUTO_UTM = "AUTO:42001"
 _DEGREES_PER_M = 1 / 111_000  # margin around the AOI, in degrees of latitude (generous in longitude)

@@ -1,10 +1,18 @@
-"""Plan CARD jobs for an AOI and make one CARD product, the same way for every backend.
+"""The units of work of the ``cbm_s1_card`` DAG, without Airflow: each function is what one task does.
 
-:func:`plan_aoi` turns the AOI's new raw S1 products into planned CARD products (with every
-raw product of the AOI as a possible coherence partner). :func:`process` makes one claimed
-job: local copies of the sources, the backend's file in a scratch folder, the file into the
-object store, then the row ``ready`` - in that order, so no reader ever sees a ``ready`` CARD
-product without its complete file. Scratch folders are removed on success and failure.
+The CARD side of the product state machine (``cbm.product_status``, through the registry):
+
+- :func:`plan_aoi` claims the AOI's ``new`` raw Sentinel-1 products, plans their CARD jobs
+  (with every raw product of the AOI as a possible coherence partner), registers each job as a
+  ``new`` CARD product and moves the raw products to ``processed``;
+- :func:`claim_jobs` takes ``new`` CARD jobs for one run (``processing``, ``SKIP LOCKED``);
+- :func:`process` makes one claimed job with any backend: local copies of the sources, the
+  backend's file in a scratch folder, the file into the object store, then ``ready`` - in that
+  order, so no reader ever sees a ``ready`` CARD product without its complete file. Bad input
+  marks it ``failed`` with the reason; the last try of another error gives it back (``new``).
+  Scratch folders are removed on success and failure;
+- :func:`submit_order_once` / :func:`order_failed`: the on-demand service's side (the result of a
+  completed order goes through :func:`process` with ``card.odp.OdpResultBackend``).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +36,11 @@ from cbm_tasks.card.jobs import plan_jobs
 from cbm_tasks.card.odp import OdpConfig, submit_order
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import CARD_TYPES, Product
+from cbm_tasks.catalogue.registry import ProductStatus
 from cbm_tasks.errors import BadInputError, CbmError, ConfigError, ProductNotFoundError
 from cbm_tasks.store import Store, scratch_folder
 
-__all__ = ["CardOutcome", "PlanResult", "order_failed", "plan_aoi", "process", "submit_order_once"]
+__all__ = ["CardOutcome", "PlanResult", "claim_jobs", "order_failed", "plan_aoi", "process", "submit_order_once"]
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +75,8 @@ class CardOutcome:
 
 
 def plan_aoi(
-    conn: psycopg.Connection, *, aoi: str, area_wkt: str, card_types: Sequence[str] = CARD_TYPES,
-    prefix: str = "card",
+    conn: psycopg.Connection, *, aoi: str, area_wkt: str, worker: str = "plan",
+    card_types: Sequence[str] = CARD_TYPES, prefix: str = "card",
 ) -> PlanResult:
     """Plan the CARD jobs of the AOI's new raw S1 products; move those products to ``processed``.
 
@@ -74,21 +84,38 @@ def plan_aoi(
         conn: CbM database.
         aoi: AOI name.
         area_wkt: the AOI's parcel extent, EPSG:4326 (jobs never leave it).
+        worker: who plans (``<dag_id>/<run_id>``), recorded in the claim of the raw products.
         card_types: the CARD types this deployment's backend makes.
         prefix: store key prefix of CARD files.
     """
-    new_raw = records.raw_products(conn, aoi=aoi, statuses=("new",))
-    if not new_raw:
+    taken = registry.claim(conn, aoi=aoi, worker=worker, status=ProductStatus.NEW, to=ProductStatus.PROCESSING,
+                           limit=10_000, product_types=records.RAW_TYPES)
+    if not taken:
         return PlanResult(aoi=aoi, raw_new=0, jobs_new=0)
     # every raw product of the AOI: the partner of a new SLC may have come in an earlier run
     candidates = [product for _, product in records.raw_products(conn, aoi=aoi)]
     jobs = plan_jobs(candidates, {aoi: area_wkt}, card_types=card_types,
                      known_keys=records.known_keys(conn, aoi=aoi))
-    new_ids = records.register_jobs(conn, jobs, prefix=prefix)
-    records.mark_processed(conn, [product_id for product_id, _ in new_raw], aoi=aoi)
-    result = PlanResult(aoi=aoi, raw_new=len(new_raw), jobs_new=len(new_ids))
+    new_ids = registry.register(conn, records.job_products(jobs, prefix=prefix), aoi=aoi, status=ProductStatus.NEW)
+    records.link_sources(conn, [job.key for job in jobs])
+    for product_id in taken:
+        registry.mark_done(conn, product_id, aoi=aoi, status=ProductStatus.PROCESSED)
+    result = PlanResult(aoi=aoi, raw_new=len(taken), jobs_new=len(new_ids))
     log.info("planned aoi=%s raw_new=%d jobs_new=%d", aoi, result.raw_new, result.jobs_new)
     return result
+
+
+def claim_jobs(
+    conn: psycopg.Connection, *, aoi: str, worker: str, card_types: Sequence[str] = CARD_TYPES, limit: int = 100,
+    stale_after: timedelta = timedelta(hours=6),
+) -> list[int]:
+    """Claim up to *limit* planned CARD jobs of *aoi* (``new`` -> ``processing``); return their product ids.
+
+    As extraction claims: ``SKIP LOCKED``, oldest acquisitions first, each claim an attempt, a
+    claim older than *stale_after* (a worker died mid-product) taken again.
+    """
+    return registry.claim(conn, aoi=aoi, worker=worker, status=ProductStatus.NEW, to=ProductStatus.PROCESSING,
+                          limit=limit, stale_after=stale_after, product_types=card_types)
 
 
 def _sources(conn: psycopg.Connection, uids: Sequence[str]) -> list[Product]:
@@ -104,7 +131,8 @@ def _sources(conn: psycopg.Connection, uids: Sequence[str]) -> list[Product]:
 def _release(conn: psycopg.Connection, product_id: int, *, aoi: str, error: str, permanent: bool) -> None:
     """Record a failure; a database that fails too must not hide the original error."""
     try:
-        registry.mark_failed(conn, product_id, aoi=aoi, error=error, retry_status="new", permanent=permanent)
+        registry.mark_failed(conn, product_id, aoi=aoi, error=error, retry_status=ProductStatus.NEW,
+                             permanent=permanent)
     except (psycopg.Error, CbmError) as err:
         log.warning("could not record the failure of card product_id=%d aoi=%s: %s", product_id, aoi, err)
 
@@ -152,7 +180,8 @@ def process(
             size_bytes = output.path.stat().st_size
             store.upload(output.path, record.location, replace=True)  # atomic: a whole file or none
         records.add_run_params(conn, run_id, output.lineage)
-        records.mark_ready(conn, product_id, aoi=aoi, output=output, size_bytes=size_bytes, pipeline_run_id=run_id)
+        records.record_output(conn, product_id, output=output, size_bytes=size_bytes, pipeline_run_id=run_id)
+        registry.mark_done(conn, product_id, aoi=aoi, status=ProductStatus.READY)
     except BadInputError as err:
         message = f"{type(err).__name__}: {err}"
         _release(conn, product_id, aoi=aoi, error=message, permanent=True)
@@ -195,15 +224,11 @@ def submit_order_once(conn: psycopg.Connection, session: requests.Session, cfg: 
     except BadInputError as err:
         _release(conn, product_id, aoi=aoi, error=f"{type(err).__name__}: {err}", permanent=True)
         raise
-    with conn.transaction():
-        conn.execute("UPDATE cbm.product SET attributes = attributes || jsonb_build_object('odp_order', %s::text) "
-                     "WHERE product_id = %s", (order.order_id, product_id))
+    records.set_order(conn, product_id, order.order_id)
     return order.order_id
 
 
 def order_failed(conn: psycopg.Connection, product_id: int, *, aoi: str, error: str, permanent: bool) -> None:
     """Record that the on-demand order of a job failed or timed out; forget the order so a retry places a new one."""
-    with conn.transaction():
-        conn.execute("UPDATE cbm.product SET attributes = attributes - 'odp_order' WHERE product_id = %s",
-                     (product_id,))
+    records.set_order(conn, product_id, None)
     _release(conn, product_id, aoi=aoi, error=error, permanent=permanent)
