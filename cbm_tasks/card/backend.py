@@ -72,6 +72,12 @@ class BackendConfig:
             raise ConfigError(f"margin_m must be >= 0 and resolutions > 0, got {self.margin_m}, "
                               f"{self.bs_resolution_m}, {self.coh_resolution_m}")
 
+    @property
+    def card_types(self) -> tuple[str, ...]:
+        """The CARD types this backend makes (jobs of other types are not planned)."""
+        return {"sarsen": ("CARD-BS",), "snap": ("CARD-BS", "CARD-COH6", "CARD-COH12"),
+                "cdse-odp": ("CARD-BS", "CARD-COH12")}[self.backend]
+
     def dem(self) -> DemConfig:
         """Return the DEM settings.
 

@@ -30,6 +30,7 @@ import psycopg
 import requests
 
 from cbm_tasks import lineage
+from cbm_tasks.aoi import aoi_footprint_wkt
 from cbm_tasks.card import records
 from cbm_tasks.card.backend import CardBackend
 from cbm_tasks.card.jobs import plan_jobs
@@ -40,7 +41,8 @@ from cbm_tasks.catalogue.registry import ProductStatus
 from cbm_tasks.errors import BadInputError, CbmError, ConfigError, ProductNotFoundError
 from cbm_tasks.store import Store, scratch_folder
 
-__all__ = ["CardOutcome", "PlanResult", "claim_jobs", "order_failed", "plan_aoi", "process", "submit_order_once"]
+__all__ = ["CardOutcome", "PlanResult", "claim_jobs", "order_failed", "plan_and_claim", "plan_aoi", "process",
+           "submit_order_once"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,27 @@ def claim_jobs(
     """
     return registry.claim(conn, aoi=aoi, worker=worker, status=ProductStatus.NEW, to=ProductStatus.PROCESSING,
                           limit=limit, stale_after=stale_after, product_types=card_types)
+
+
+def plan_and_claim(
+    conn: psycopg.Connection, *, aois: Sequence[str], worker: str, card_types: Sequence[str], limit: int = 1000,
+    prefix: str = "card",
+) -> list[tuple[str, int]]:
+    """Plan the CARD jobs of every AOI's new raw products, then claim jobs for one run: ``(aoi, product_id)``.
+
+    What is not claimed (over *limit*: Airflow caps a map at 1024) stays ``new`` for the next run.
+
+    Raises:
+        NotFoundError: an AOI without a parcel set.
+    """
+    claimed: list[tuple[str, int]] = []
+    for aoi in aois:
+        plan_aoi(conn, aoi=aoi, area_wkt=aoi_footprint_wkt(conn, aoi), worker=worker, card_types=card_types,
+                 prefix=prefix)
+        if len(claimed) < limit:
+            batch = claim_jobs(conn, aoi=aoi, worker=worker, card_types=card_types, limit=limit - len(claimed))
+            claimed.extend((aoi, product_id) for product_id in batch)
+    return claimed
 
 
 def _sources(conn: psycopg.Connection, uids: Sequence[str]) -> list[Product]:
