@@ -69,8 +69,9 @@ def cbm_s1_card() -> None:
             with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_s1_card") as conn:
                 if aois == [ALL_AOIS]:
                     aois = aoi_lookup.list_aois(conn)
-                claimed = pipeline.plan_and_claim(conn, aois=aois, worker=f"{context['dag'].dag_id}/{context['run_id']}",
-                                                  card_types=cfg.card_types, limit=params["max_jobs"] or 1000)
+                worker = f"{context['dag'].dag_id}/{context['run_id']}"
+                claimed = pipeline.plan_and_claim(conn, aois=aois, worker=worker, card_types=cfg.card_types,
+                                                  limit=params["max_jobs"] or 1000)
         except BadInputError as err:  # unknown AOI, bad configuration: a retry cannot help
             raise AirflowFailException(str(err)) from err
         remote = cfg.backend == "cdse-odp"
