@@ -50,12 +50,12 @@ class ProductStatus(StrEnum):
 
     NEW = "new"  # found, needs processing first (raw Sentinel-1 -> CARD)
     PROCESSING = "processing"  # CARD production under way
-    PROCESSED = "processed"  # raw Sentinel-1 whose CARD jobs are planned (they carry its data on)
     READY = "ready"  # can be extracted
     EXTRACTING = "extracting"  # claimed by an extraction run
     EXTRACTED = "extracted"  # its per-parcel rows are written
     FAILED = "failed"  # bad input, or out of attempts
     SKIPPED = "skipped"  # nothing to extract (no parcel inside, no parcel set for its season)
+    PROCESSED = "processed"  # raw Sentinel-1 whose CARD jobs are planned (they carry its data on)
 
 
 STATUSES = tuple(status.value for status in ProductStatus)
