@@ -8,7 +8,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-from cbm_common import ALL_AOIS, AOI_PARAM_PATTERN, READY_PRODUCTS
+from cbm_common import ALL_AOIS, AOI_PARAM_PATTERN, READY_PRODUCTS, S1_PRODUCTS
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "cbm",
@@ -109,7 +109,18 @@ def cbm_catalogue() -> None:
         get_current_context()["outlet_events"][READY_PRODUCTS].extra = {"aois": waiting, **totals}
         return {"aois": waiting, **totals}
 
-    announce(poll.expand(aoi=select_aois()))
+    @task(outlets=[S1_PRODUCTS])
+    def announce_s1(results: list[dict[str, Any]]) -> dict[str, Any]:
+        # new products that are not ready are raw Sentinel-1: cbm_s1_card makes their CARD products
+        aois = sorted(r["aoi"] for r in results if int(r["new"]) > int(r["new_ready"]))
+        if not aois:
+            raise AirflowSkipException("no new raw Sentinel-1 product")
+        get_current_context()["outlet_events"][S1_PRODUCTS].extra = {"aois": aois}
+        return {"aois": aois}
+
+    results = poll.expand(aoi=select_aois())
+    announce(results)
+    announce_s1(results)
 
 
 cbm_catalogue()

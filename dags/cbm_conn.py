@@ -16,6 +16,12 @@ Connections and variables:
   extras = the other fields); without either, the public CDSE OData catalogue.
 - ``cbm_api`` (postgres, optional): the REST API's database login, a member of ``cbm_reader``;
   without it the API uses ``cbm_postgis`` and switches to ``cbm_reader`` (``SET ROLE``).
+- Variable ``cbm_card`` (JSON, optional): the fields of :class:`cbm_tasks.card.backend.BackendConfig`,
+  e.g. ``{"backend": "sarsen", "dem_path": "/data/dem/europe.vrt", "geoid_path": "/usr/share/proj/egm96_15.gtx"}``;
+  default: the sarsen backend without a DEM (CARD jobs then fail with a ConfigError naming ``dem_path``).
+- ``cbm_odp`` (http, optional): the CDSE on-demand production service for backend ``cdse-odp``:
+  host = OData root (default the public service), password = bearer token, extras = the other
+  fields of :class:`cbm_tasks.card.odp.OdpConfig` (``workflows``, ``priority``, ``poll_interval_s``, ``timeout_s``).
 - Variable ``cbm_label_cache`` (JSON, optional): ``{"directory": "...", "max_disk_gb": 8}``, where
   extraction tasks of a worker keep rasterised parcel labels for later images of the same grid;
   default: ``labels/`` in the store's scratch folder, 8 GB.
@@ -31,19 +37,24 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 from psycopg.conninfo import make_conninfo
 
 from cbm_tasks.api.context import ApiConfig
+from cbm_tasks.card.backend import BackendConfig
+from cbm_tasks.card.odp import OdpConfig
 from cbm_tasks.catalogue.clients import CatalogueConfig
 from cbm_tasks.extraction.label_cache import LabelCache
 from cbm_tasks.store import StoreConfig
 
 __all__ = [
     "API_CONN_ID",
+    "CARD_VARIABLE",
     "CATALOGUE_CONN_ID",
     "CATALOGUE_VARIABLE",
     "POSTGIS_CONN_ID",
     "STORE_CONN_ID",
     "api_config",
+    "card_config",
     "catalogue_config",
     "label_cache",
+    "odp_config",
     "postgis_dsn",
     "store_config",
 ]
@@ -54,6 +65,8 @@ STORE_CONN_ID = "cbm_store"
 CATALOGUE_CONN_ID = "cbm_catalogue"
 CATALOGUE_VARIABLE = "cbm_catalogue"
 LABEL_CACHE_VARIABLE = "cbm_label_cache"
+CARD_VARIABLE = "cbm_card"
+ODP_CONN_ID = "cbm_odp"
 
 
 def postgis_dsn() -> str:
@@ -117,3 +130,23 @@ def label_cache() -> LabelCache:
     max_disk_gb = float(settings.get("max_disk_gb", 8))
     # one raster in memory: a 10 m S2 tile's labels take 482 MB, and tasks run side by side
     return LabelCache(max_entries=1, directory=Path(directory), max_disk_bytes=int(max_disk_gb * 1e9))
+
+
+def card_config() -> BackendConfig:
+    """Return the CARD backend settings of this deployment (variable ``cbm_card``, see above)."""
+    settings = Variable.get(CARD_VARIABLE, default=None, deserialize_json=True) or {}
+    if not isinstance(settings, dict):
+        raise TypeError(f"Variable {CARD_VARIABLE} must be a JSON object, got {type(settings).__name__}")
+    if "coherence_window" in settings:
+        settings = {**settings, "coherence_window": tuple(settings["coherence_window"])}
+    return BackendConfig(**settings)
+
+
+def odp_config() -> tuple[OdpConfig, str | None]:
+    """Return the on-demand production service settings and its bearer token (never log or return it)."""
+    try:
+        conn = Connection.get(ODP_CONN_ID)
+    except AirflowNotFoundException:
+        return OdpConfig(), None
+    url = {"url": conn.host} if conn.host else {}
+    return OdpConfig(**url, **conn.extra_dejson), conn.password or None

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh Debian/Ubuntu machine; safe to run again.
-#   system: PostgreSQL + PostGIS (the distribution's versions), Chromium for UI checks
+#   system: PostgreSQL + PostGIS (the distribution's versions), Chromium for UI checks, proj-data (geoid grids)
 #   python: .venv with the pinned requirements (uv), the project in editable mode
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,8 @@ fi
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
 # GDAL's ogrinfo: the OGC API - Features client of the REST API tests
 command -v ogrinfo >/dev/null 2>&1 || need_apt+=(gdal-bin)
+# EGM96 geoid grid: the Rome test DEM (and SRTM) give heights above EGM96; CARD-BS adds the geoid
+[ -f /usr/share/proj/egm96_15.gtx ] || need_apt+=(proj-data)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   [ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock | head -1)" ] || $SUDO apt-get update -qq

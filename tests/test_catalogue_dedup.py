@@ -12,8 +12,8 @@ import pytest
 import shapely
 from conftest import shared_data
 
+from cbm_tasks.card.pairs import repeat_pairs
 from cbm_tasks.catalogue.dedup import acquisition_key, deduplicate
-from cbm_tasks.catalogue.pairs import repeat_pairs
 from cbm_tasks.catalogue.poll import poll
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.catalogue.query import SearchQuery

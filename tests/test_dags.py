@@ -41,7 +41,7 @@ def test_every_task_retries_with_backoff_and_a_timeout(dagbag: DagBag, dag_id: s
 
 def test_catalogue_dag(dagbag: DagBag) -> None:
     dag = dagbag.dags["cbm_catalogue"]
-    assert set(dag.task_ids) == {"select_aois", "poll", "announce"}
+    assert set(dag.task_ids) == {"select_aois", "poll", "announce", "announce_s1"}
     assert dag.schedule == "0 */6 * * *"
     assert dag.params["aoi"] == "*"
     assert dag.params["start"] is None and dag.params["end"] is None
@@ -50,6 +50,7 @@ def test_catalogue_dag(dagbag: DagBag) -> None:
     assert dag.get_task("announce").outlets == [Asset("cbm_ready_products")]
     assert dag.get_task("poll").upstream_task_ids == {"select_aois"}
     assert dag.get_task("announce").upstream_task_ids == {"poll"}
+    assert dag.get_task("announce_s1").outlets == [Asset("cbm_s1_products")]  # starts cbm_s1_card
 
 
 def test_extract_dag(dagbag: DagBag) -> None:
@@ -94,3 +95,21 @@ def test_shared_names_come_from_one_module(dagbag: DagBag) -> None:
         assert dag.params.get_param("aoi").schema["pattern"] == cbm_common.AOI_PARAM_PATTERN
     assert catalogue.get_task("announce").outlets == [cbm_common.READY_PRODUCTS] == extract.schedule
     assert extract.get_task("extract").pool == cbm_common.EXTRACT_POOL == EXTRACT_POOL
+
+
+def test_s1_card_dag(dagbag: DagBag) -> None:
+    import cbm_common
+
+    from cbm_tasks.ops.airflow_config import CARD_POOL
+
+    dag = dagbag.dags["cbm_s1_card"]
+    assert dag.schedule == [Asset("cbm_s1_products")] and dag.catchup is False and dag.max_active_runs == 1
+    assert set(dag.task_ids) == {"plan", "jobs_for", "jobs_for__1", "make", "order", "publish", "check"}
+    assert dag.get_task("make").pool == dag.get_task("order").pool == cbm_common.CARD_POOL == CARD_POOL
+    assert dag.get_task("publish").outlets == [cbm_common.READY_PRODUCTS]  # cbm_extract takes the CARD products
+    assert dag.get_task("publish").trigger_rule == dag.get_task("check").trigger_rule == "all_done"
+    assert dag.get_task("order").operator_name == "OdpCardOperator"  # deferrable: no slot while waiting
+    for task in dag.tasks:
+        assert task.retries == 2 and task.retry_exponential_backoff, task.task_id
+        assert task.execution_timeout == timedelta(hours=3), task.task_id
+    assert dag.params.get_param("aoi").schema["pattern"] == cbm_common.AOI_PARAM_PATTERN

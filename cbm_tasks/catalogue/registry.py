@@ -5,6 +5,7 @@ A product is inserted once (unique ``uid``) and gets one status row per AOI it c
     new -> processing -> ready -> extracting -> extracted
                                              -> failed   (after max_attempts, or bad input)
                                              -> skipped  (nothing to extract, e.g. no parcel inside)
+    new -> processing -> processed               (raw Sentinel-1: its CARD jobs are planned)
 
 S2 L2A and ready-made CARD products enter as ``ready``; raw Sentinel-1 products enter as
 ``new`` and become ``ready`` once their CARD products exist. Workers take work with
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
@@ -54,6 +55,7 @@ class ProductStatus(StrEnum):
     EXTRACTED = "extracted"  # its per-parcel rows are written
     FAILED = "failed"  # bad input, or out of attempts
     SKIPPED = "skipped"  # nothing to extract (no parcel inside, no parcel set for its season)
+    PROCESSED = "processed"  # raw Sentinel-1 whose CARD jobs are planned (they carry its data on)
 
 
 STATUSES = tuple(status.value for status in ProductStatus)
@@ -106,13 +108,16 @@ def _product_params(product: Product) -> dict[str, Any]:
     }
 
 
-def register(conn: psycopg.Connection, products: Iterable[Product], *, aoi: str) -> list[int]:
+def register(conn: psycopg.Connection, products: Iterable[Product], *, aoi: str,
+             status: str | None = None) -> list[int]:
     """Insert products and their status rows for *aoi*; return the ids new to this AOI.
 
     Idempotent: a product already known by ``uid`` is not inserted again (its record is
     kept as first seen), and a product already registered for the AOI keeps its status.
-    All rows go in one transaction.
+    All rows go in one transaction. New status rows start in *status*, or by default in
+    :func:`initial_status` (planned CARD jobs start ``new``, found CARD products ``ready``).
     """
+    forced = None if status is None else _checked(status)
     new_ids: list[int] = []
     n_seen = 0
     with conn.transaction():
@@ -128,7 +133,7 @@ def register(conn: psycopg.Connection, products: Iterable[Product], *, aoi: str)
             status_row = conn.execute(
                 "INSERT INTO cbm.product_status (product_id, aoi_id, status) VALUES (%s, %s, %s) "
                 "ON CONFLICT (product_id, aoi_id) DO NOTHING RETURNING product_id",
-                (product_id, target_aoi, initial_status(product.product_type)),
+                (product_id, target_aoi, forced or initial_status(product.product_type)),
             ).fetchone()
             if status_row is not None:
                 new_ids.append(product_id)
@@ -142,6 +147,7 @@ WITH picked AS (
     FROM cbm.product_status s
     JOIN cbm.product p ON p.product_id = s.product_id
     WHERE s.aoi_id = %(aoi_id)s
+      AND (%(types)s::text[] IS NULL OR p.product_type = ANY(%(types)s::text[]))
       AND (s.status = %(from)s
            OR (s.status = %(to)s AND s.claimed_at < now() - %(stale_after)s::interval))
     ORDER BY p.acquired_at, s.product_id
@@ -165,12 +171,14 @@ def claim(
     to: str = ProductStatus.EXTRACTING,
     limit: int = 100,
     stale_after: timedelta = timedelta(hours=2),
+    product_types: Sequence[str] | None = None,
 ) -> list[int]:
     """Claim up to *limit* products of *aoi* in *status*, moving them to *to*; return their ids.
 
     Two concurrent claimers never get the same product (``SKIP LOCKED``). A product left in
     *to* for longer than *stale_after* (its worker died) is claimed again. Each claim counts
-    as an attempt. Oldest acquisitions first.
+    as an attempt. Oldest acquisitions first. *product_types* limits the claim to those types
+    (raw Sentinel-1 and CARD jobs share the status ``new``).
     """
     status, to = _checked(status), _checked(to)
     if limit < 1:
@@ -179,7 +187,7 @@ def claim(
         rows = conn.execute(
             _CLAIM,
             {"aoi_id": aoi_id(conn, aoi), "from": status, "to": to, "worker": worker, "limit": limit,
-             "stale_after": stale_after},
+             "stale_after": stale_after, "types": None if product_types is None else list(product_types)},
         ).fetchall()
     ids = sorted(int(r[0]) for r in rows)
     log.info("claimed aoi=%s worker=%s status=%s to=%s products=%d", aoi, worker, status, to, len(ids))

@@ -35,6 +35,7 @@ from cbm_tasks.ops.cluster import ClusterConfig
 
 __all__ = [
     "ADMIN_USER",
+    "CARD_POOL",
     "EXTRACT_POOL",
     "AirflowConfig",
     "admin_password",
@@ -46,6 +47,7 @@ __all__ = [
 
 ADMIN_USER = "admin"
 EXTRACT_POOL = "cbm_extract"
+CARD_POOL = "cbm_card"
 _PRELOAD = ("airflow.executors.local_executor", "airflow.sdk.execution_time.task_runner",
             "cbm_tasks.pipeline.extract", "cbm_tasks.pipeline.poll", "cbm_tasks.store", "cbm_tasks.catalogue.clients",
             "cbm_tasks.extraction.preload")
@@ -67,6 +69,8 @@ class AirflowConfig:
         parallelism: task slots of the LocalExecutor (2 cores: keep 2-4).
         max_active_tasks_per_dag: running tasks per DAG at most.
         extract_pool_slots: slots of pool ``cbm_extract``: concurrent extractions, bounded by memory.
+        card_pool_slots: slots of pool ``cbm_card``: concurrent CARD jobs (sarsen ~1 GB per Mpx of
+            AOI, SNAP 8-16 GB each): worker memory / memory of one job.
     """
 
     home: Path
@@ -80,13 +84,14 @@ class AirflowConfig:
     parallelism: int = 4
     max_active_tasks_per_dag: int = 4
     extract_pool_slots: int = 2
+    card_pool_slots: int = 1
 
     def __post_init__(self) -> None:
         if not 1024 <= self.port <= 65535:
             raise ConfigError(f"Airflow API server port must be within 1024..65535, got {self.port}")
         if self.host not in ("127.0.0.1", "localhost", "::1"):
             raise ConfigError(f"the local deployment listens on loopback only, got host {self.host!r}")
-        for name in ("parallelism", "max_active_tasks_per_dag", "extract_pool_slots"):
+        for name in ("parallelism", "max_active_tasks_per_dag", "extract_pool_slots", "card_pool_slots"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 

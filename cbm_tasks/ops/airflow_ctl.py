@@ -28,6 +28,7 @@ from cbm_tasks.errors import ServiceError
 from cbm_tasks.ops import cluster
 from cbm_tasks.ops.airflow_config import (
     ADMIN_USER,
+    CARD_POOL,
     EXTRACT_POOL,
     AirflowConfig,
     admin_password,
@@ -119,6 +120,8 @@ def prepare(cfg: AirflowConfig) -> None:
     airflow_cli(cfg, ["db", "migrate"], timeout_s=600)
     airflow_cli(cfg, ["pools", "set", EXTRACT_POOL, str(cfg.extract_pool_slots),
                       "CbM image extractions running at once (bounded by worker memory)"])
+    airflow_cli(cfg, ["pools", "set", CARD_POOL, str(cfg.card_pool_slots),
+                      "Sentinel-1 CARD jobs running at once (sarsen/SNAP memory)"])
     log.info("prepared airflow home=%s metadata_db=%s seconds=%.1f", cfg.home, cfg.metadata_db,
              time.perf_counter() - t0)
 
