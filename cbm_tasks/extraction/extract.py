@@ -15,6 +15,9 @@ Rules:
   the data area); a band without a valid pixel in a parcel that has a row has count 0.
 - All rows of an image are written in one transaction (write.replace_image_stats): a re-run
   replaces them and a failure leaves the database as it was.
+- Rows are only written for the parcel-set version they were computed from: the write
+  transaction locks the set row (``FOR SHARE``) and checks its version; when an import
+  committed meanwhile, the image is recomputed from the new version.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from cbm_tasks import lineage
 from cbm_tasks.aoi import ParcelSetRef, find_parcel_set
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
-from cbm_tasks.errors import BandError, CorruptProductError
+from cbm_tasks.errors import BandError, CorruptProductError, ParcelSetChangedError
 from cbm_tasks.extraction.bands import BandSource
 from cbm_tasks.extraction.label_cache import GridKey, LabelCache
 from cbm_tasks.extraction.raster_io import RasterStore, open_raster, raster_error
@@ -55,6 +58,9 @@ log = logging.getLogger(__name__)
 ENGINE_OPTIONS = {"pixel_rule": "centre", "percentiles": "linear", "std": "population", "resampling": "none"}
 # (conn, covers_parcels) -> product_id, called inside the write transaction (see extract_image)
 RegisterImage = Callable[[psycopg.Connection, bool], int]
+# an import committed between reading the set and writing its rows: recompute this often, then
+# let the error (a TransientError) reach the task's retry
+_MAX_SET_CHANGES = 3
 _STAT_FIELDS = ("count", "mean", "std", "min", "max", "p25", "p50", "p75")
 
 
@@ -287,6 +293,32 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
     return _Computed(image, params, len(selected))
 
 
+def _write(conn: psycopg.Connection, product: Product, parcel_set: ParcelSetRef, computed: _Computed, *,
+           product_id: int | None, register: RegisterImage | None, t0: float,
+           pipeline_run_id: int | None) -> tuple[int, int]:
+    """Write the rows of one image in one transaction; return (product id, rows written).
+
+    Raises:
+        ParcelSetChangedError: an import committed a new version of the set after it was read;
+            nothing was written (the caller recomputes).
+    """
+    with conn.transaction():
+        if product_id is None and register is not None:
+            product_id = register(conn, computed.n_selected > 0)
+        if product_id is None:  # extract_image checked that one of the two is given
+            raise ValueError(f"image {product.name}: no product id to write its rows under")
+        if computed.n_selected == 0:
+            write.check_parcel_set_version(conn, parcel_set.parcel_set_id, parcel_set.version)
+            write.delete_image_stats(conn, parcel_set.parcel_set_id, product_id)
+            return product_id, 0
+        n_rows = write.replace_image_stats(
+            conn, parcel_set.parcel_set_id, product_id, computed.image,
+            parcel_set_version=parcel_set.version, params=computed.params,
+            seconds=time.perf_counter() - t0, pipeline_run_id=pipeline_run_id,
+        )
+    return product_id, n_rows
+
+
 def extract_image(
     conn: psycopg.Connection,
     store: RasterStore,
@@ -317,30 +349,28 @@ def extract_image(
     Raises:
         ValueError: neither or both of *product_id* and *register*.
         NotFoundError, BandError, CorruptProductError: as :func:`extract_product`.
+        ParcelSetChangedError: imports kept changing the set while it was extracted (a
+            TransientError: the task's retry extracts it again).
     """
     if (product_id is None) == (register is None):
         raise ValueError(f"image {product.name}: give exactly one of product_id and register")
     t0 = time.perf_counter()
-    with conn.transaction():
-        parcel_set = find_parcel_set(conn, aoi=aoi, year=year)
-    write.ensure_partitions(conn, parcel_set.parcel_set_id)
     bands = product_bands(product, store=store)
-    computed = _compute(conn, store, product, bands, parcel_set,
-                        label_cache if label_cache is not None else LabelCache())
-    with conn.transaction():
-        if product_id is None and register is not None:
-            product_id = register(conn, computed.n_selected > 0)
-        if product_id is None:  # extract_image checked that one of the two is given
-            raise ValueError(f"image {product.name}: no product id to write its rows under")
-        if computed.n_selected == 0:
-            write.delete_image_stats(conn, parcel_set.parcel_set_id, product_id)
-            n_rows = 0
-        else:
-            n_rows = write.replace_image_stats(
-                conn, parcel_set.parcel_set_id, product_id, computed.image,
-                parcel_set_version=parcel_set.version, params=computed.params,
-                seconds=time.perf_counter() - t0, pipeline_run_id=pipeline_run_id,
-            )
+    cache = label_cache if label_cache is not None else LabelCache()
+    for attempt in range(1, _MAX_SET_CHANGES + 1):
+        with conn.transaction():
+            parcel_set = find_parcel_set(conn, aoi=aoi, year=year)
+        write.ensure_partitions(conn, parcel_set.parcel_set_id)
+        computed = _compute(conn, store, product, bands, parcel_set, cache)
+        try:
+            product_id, n_rows = _write(conn, product, parcel_set, computed, product_id=product_id, register=register,
+                                        t0=t0, pipeline_run_id=pipeline_run_id)
+            break
+        except ParcelSetChangedError as err:
+            if attempt == _MAX_SET_CHANGES:
+                raise
+            log.warning("recomputing product=%s aoi=%s year=%d (try %d of %d): %s", product.name, aoi, year,
+                        attempt + 1, _MAX_SET_CHANGES, err)
     result = ExtractionResult(product_id, parcel_set.parcel_set_id, len(computed.image.parcel_keys), n_rows,
                               len(bands), time.perf_counter() - t0)
     log.info("extracted product=%s product_id=%d aoi=%s year=%d bands=%d parcels_selected=%d parcels=%d rows=%d "

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from cbm_tasks.errors import TransientError
+from cbm_tasks.errors import ParcelSetChangedError, TransientError
 
 __all__ = [
     "STATS_PER_BAND",
@@ -25,6 +25,7 @@ __all__ = [
     "ImageStats",
     "delete_image_stats",
     "ensure_partitions",
+    "check_parcel_set_version",
     "replace_image_stats",
 ]
 
@@ -163,6 +164,8 @@ def replace_image_stats(
         ImageStats.n_rows: parcel x band statistics plus parcel x class-band counts.
 
     Raises:
+        ParcelSetChangedError: the set is no longer at *parcel_set_version* (an import
+            committed meanwhile); nothing was written: recompute from the new version.
         TransientError: the connection was lost (nothing was committed).
     """
     try:
@@ -183,6 +186,7 @@ def _replace(conn: psycopg.Connection, parcel_set_id: int, product_id: int, imag
         # deleting nothing and then colliding on the unique index
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cbm.parcel_obs ' || %s || ' ' || %s, 0))",
                      (parcel_set_id, product_id))
+        check_parcel_set_version(conn, parcel_set_id, parcel_set_version)
         _delete(conn, parcel_set_id, product_id)
         with conn.cursor() as cur:
             if len(image.parcel_keys):
@@ -217,6 +221,28 @@ def _replace(conn: psycopg.Connection, parcel_set_id: int, product_id: int, imag
              "version": parcel_set_version, "n_parcels": len(image.parcel_keys), "n_rows": image.n_rows,
              "params": json.dumps(params, sort_keys=True, default=str), "run": pipeline_run_id,
              "seconds": seconds},
+        )
+
+
+def check_parcel_set_version(conn: psycopg.Connection, parcel_set_id: int, version: int) -> None:
+    """Lock the parcel set against imports until the caller's transaction ends, and check its version.
+
+    Call it in the transaction that writes rows computed from the set: ``FOR SHARE`` waits for
+    an import in progress (which holds ``FOR UPDATE``) and then reads the committed version, and
+    keeps any later import waiting until the rows are committed. Rows computed from another
+    version never get in: an import deletes the rows of the parcels it changes, so rows
+    written after it from the old polygons would survive it.
+
+    Raises:
+        ParcelSetChangedError: the set's version is not *version*, or the set was deleted.
+    """
+    row = conn.execute("SELECT version FROM cbm.parcel_set WHERE parcel_set_id = %s FOR SHARE",
+                       (parcel_set_id,)).fetchone()
+    if row is None or int(row[0]) != version:
+        now = "deleted" if row is None else f"at version {row[0]}"
+        raise ParcelSetChangedError(
+            f"parcel set {parcel_set_id}: rows were computed from version {version}, but the set is {now} "
+            "(an import committed meanwhile); nothing was written"
         )
 
 
