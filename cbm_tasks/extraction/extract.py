@@ -66,7 +66,7 @@ _STAT_FIELDS = ("count", "mean", "std", "min", "max", "p25", "p50", "p75")
 
 @dataclass(frozen=True, slots=True)
 class ExtractionResult:
-    """What one extraction wrote: parcels with a row, statistics rows, bands, time taken."""
+    """What one extraction wrote: parcels with a row, statistics rows, bands, time taken, and a warning."""
 
     product_id: int
     parcel_set_id: int
@@ -74,6 +74,7 @@ class ExtractionResult:
     n_rows: int
     n_bands: int
     seconds: float
+    warning: str | None = None  # why no row was written (image misses every parcel, or only nodata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,20 +364,34 @@ def extract_image(
         write.ensure_partitions(conn, parcel_set.parcel_set_id)
         computed = _compute(conn, store, product, bands, parcel_set, cache)
         try:
-            product_id, n_rows = _write(conn, product, parcel_set, computed, product_id=product_id, register=register,
-                                        t0=t0, pipeline_run_id=pipeline_run_id)
+            written_id, n_rows = _write(conn, product, parcel_set, computed, product_id=product_id,
+                                        register=register, t0=t0, pipeline_run_id=pipeline_run_id)
             break
         except ParcelSetChangedError as err:
             if attempt == _MAX_SET_CHANGES:
                 raise
             log.warning("recomputing product=%s aoi=%s year=%d (try %d of %d): %s", product.name, aoi, year,
                         attempt + 1, _MAX_SET_CHANGES, err)
-    result = ExtractionResult(product_id, parcel_set.parcel_set_id, len(computed.image.parcel_keys), n_rows,
-                              len(bands), time.perf_counter() - t0)
+    warning = _empty_warning(computed, parcel_set)
+    result = ExtractionResult(written_id, parcel_set.parcel_set_id, len(computed.image.parcel_keys), n_rows,
+                              len(bands), time.perf_counter() - t0, warning)
+    if warning is not None:
+        log.warning("image %s (product_id=%d, aoi=%s, year=%d): %s", product.name, written_id, aoi, year, warning)
     log.info("extracted product=%s product_id=%d aoi=%s year=%d bands=%d parcels_selected=%d parcels=%d rows=%d "
-             "seconds=%.2f", product.name, product_id, aoi, year, len(bands), computed.n_selected,
+             "seconds=%.2f", product.name, written_id, aoi, year, len(bands), computed.n_selected,
              result.n_parcels, result.n_rows, result.seconds)
     return result
+
+
+def _empty_warning(computed: _Computed, parcel_set: ParcelSetRef) -> str | None:
+    """Why an image gave no row, in words for the operator; None when it gave rows."""
+    if computed.n_selected == 0:
+        return (f"misses every parcel of parcel set {parcel_set.parcel_set_id}: no parcel intersects its "
+                f"{computed.params['footprint']}; no rows written")
+    if len(computed.image.parcel_keys) == 0 and not any(len(c.parcel_keys) for c in computed.image.class_counts):
+        return (f"holds only nodata over the {computed.n_selected} parcels it covers (clouds, outside the data "
+                "area, or a wrong nodata value?); no rows written")
+    return None
 
 
 def extract_product(

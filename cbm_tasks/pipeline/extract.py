@@ -58,6 +58,7 @@ class ExtractOutcome:
     n_parcels: int
     n_rows: int
     seconds: float
+    warning: str | None = None  # why the image gave no row (misses every parcel, only nodata)
 
     def as_dict(self) -> dict[str, Any]:
         """Return the outcome as a JSON-able dict (an XCom value)."""
@@ -200,7 +201,7 @@ def extract_claimed(
     if status == ProductStatus.SKIPPED:
         log.warning("skipped product_id=%d aoi=%s: no parcel with a valid pixel in the image", product_id, aoi)
     return ExtractOutcome(aoi=aoi, product_id=product_id, status=status, n_parcels=result.n_parcels,
-                          n_rows=result.n_rows, seconds=round(result.seconds, 3))
+                          n_rows=result.n_rows, seconds=round(result.seconds, 3), warning=result.warning)
 
 
 def aoi_summary(conn: psycopg.Connection, aoi: str) -> AoiSummary:
