@@ -65,6 +65,14 @@ def _import(args: argparse.Namespace) -> int:
         sys.stdout.write(f"  rejected feature {r.source_fid} ({r.parcel_id or 'no id'}): {r.reason}\n")
     if report.n_rejected > 20:
         sys.stdout.write(f"  ... {report.n_rejected - 20} more (see --reject-report)\n")
+    overlaps = report.overlaps
+    if overlaps.n_pairs:
+        sys.stdout.write(
+            f"warning: {overlaps.n_pairs} overlapping parcel pairs ({overlaps.n_parcels} parcels, "
+            f"{overlaps.area_m2:.1f} m2 shared; all pairs in cbm.parcel_overlap); largest:\n"
+        )
+        for o in overlaps.largest:
+            sys.stdout.write(f"  {o.parcel_id_a} overlaps {o.parcel_id_b}: {o.area_m2:.1f} m2\n")
     return 0
 
 

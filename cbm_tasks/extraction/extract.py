@@ -2,7 +2,10 @@
 
 Rules:
 
-- A pixel belongs to a parcel when its centre is inside the polygon (holes excluded).
+- A pixel belongs to a parcel when its centre is inside the polygon (holes excluded), also
+  when it is inside another parcel too: overlapping parcels (``cbm.parcel_overlap``, found at
+  import) are left out of the label raster and each gets its own layer, the flat indices of
+  its pixels in the window, so overlaps cost in proportion to the overlapping parcels only.
 - Parcels are selected in PostGIS by intersection with the image's valid footprint (the
   catalogue footprint when known) and with the raster bounds, and are transformed to the
   image CRS there (``ST_Transform``).
@@ -22,6 +25,7 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -45,10 +49,10 @@ from cbm_tasks.catalogue.product import Product
 from cbm_tasks.errors import BandError, CorruptProductError, ParcelSetChangedError
 from cbm_tasks.extraction.bands import BandSource
 from cbm_tasks.extraction.label_cache import GridKey, LabelCache
+from cbm_tasks.extraction.layers import BandResult, ParcelLayers, overlap_layers, reduce_band
 from cbm_tasks.extraction.raster_io import RasterStore, open_raster, raster_error
 from cbm_tasks.extraction.rasterize import rasterize_parcels
 from cbm_tasks.extraction.sources import product_bands
-from cbm_tasks.extraction.zonal import class_counts, zonal_stats
 from cbm_tasks.timeseries import write
 
 __all__ = ["ENGINE_OPTIONS", "ExtractionResult", "RegisterImage", "extract_image", "extract_product"]
@@ -61,7 +65,6 @@ RegisterImage = Callable[[psycopg.Connection, bool], int]
 # an import committed between reading the set and writing its rows: recompute this often, then
 # let the error (a TransientError) reach the task's retry
 _MAX_SET_CHANGES = 3
-_STAT_FIELDS = ("count", "mean", "std", "min", "max", "p25", "p50", "p75")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +105,6 @@ class _Selection:
 
 
 @dataclass(frozen=True, slots=True)
-class _BandResult:
-    band: BandSource
-    parcel_keys: np.ndarray  # parcels with a valid pixel
-    values: np.ndarray  # float32 (n, 8) statistics, or int32 (n, n_classes) class counts
-
-
-@dataclass(frozen=True, slots=True)
 class _Computed:
     image: write.ImageStats
     params: dict[str, Any]
@@ -134,6 +130,11 @@ WHERE p.parcel_set_id = %(set)s
   AND ST_Intersects(p.geom, ST_Transform(ST_Segmentize(
         ST_MakeEnvelope(%(xmin)s, %(ymin)s, %(xmax)s, %(ymax)s, %(srid)s), %(step)s), %(set_srid)s))
 ORDER BY p.parcel_key
+"""
+_OVERLAPPING_KEYS = """
+SELECT parcel_key_a FROM cbm.parcel_overlap WHERE parcel_set_id = %(set)s
+UNION SELECT parcel_key_b FROM cbm.parcel_overlap WHERE parcel_set_id = %(set)s
+ORDER BY 1
 """
 
 
@@ -186,38 +187,43 @@ def _window(grid: _Grid, selection: _Selection) -> Window | None:
     return Window(col0, row0, col1 - col0, row1 - row0)
 
 
+def _overlapping_keys(conn: psycopg.Connection, parcel_set: ParcelSetRef) -> np.ndarray:
+    """The keys of the set's parcels that overlap another (int32, ascending)."""
+    with conn.transaction():
+        rows = conn.execute(_OVERLAPPING_KEYS, {"set": parcel_set.parcel_set_id}).fetchall()
+    return np.fromiter((r[0] for r in rows), np.int32, len(rows))
+
+
 def _labels(conn: psycopg.Connection, cache: LabelCache, grid: _Grid, window: Window,
-            parcel_set: ParcelSetRef) -> np.ndarray:
-    """The parcel keys of the window's pixels, from the cache or rasterised from every parcel in the window.
+            parcel_set: ParcelSetRef, overlapping: np.ndarray) -> ParcelLayers:
+    """The parcel layers of the window: the label raster from the cache or rasterised, and the overlap layers.
 
     Every parcel of the set that touches the window is burnt in, not only the selected ones, so
-    that the raster depends on nothing but the grid and the parcel set version (the cache key).
+    that the raster depends on nothing but the grid, the parcel set version and its overlapping
+    parcels (the cache key). Parcels in *overlapping* are left out of the raster and rasterised
+    one by one in their own bounding box: the pixels they share with others count for each.
     """
     transform = rasterio.windows.transform(window, grid.transform)
     shape = (int(window.height), int(window.width))
     key = GridKey(crs_wkt=rasterio.crs.CRS.from_epsg(grid.epsg).to_wkt(), transform=tuple(transform)[:6],
-                  shape=shape, parcel_set_id=parcel_set.parcel_set_id, parcel_set_version=parcel_set.version)
+                  shape=shape, parcel_set_id=parcel_set.parcel_set_id, parcel_set_version=parcel_set.version,
+                  overlaps=hashlib.sha256(overlapping.tobytes()).hexdigest() if len(overlapping) else "")
     labels: np.ndarray | None = cache.get(key)
+    if labels is not None and not len(overlapping):
+        return ParcelLayers(labels, np.empty(0, np.int64), np.empty(0, np.int32))
+    bounds = rasterio.windows.bounds(window, grid.transform)
+    with conn.transaction():
+        rows = conn.execute(_WINDOW_PARCELS, _envelope_params(parcel_set, grid.epsg, bounds)).fetchall()
+    keys = np.fromiter((r[0] for r in rows), np.int32, len(rows))
+    shared = np.isin(keys, overlapping)
     if labels is None:
-        bounds = rasterio.windows.bounds(window, grid.transform)
-        with conn.transaction():
-            rows = conn.execute(_WINDOW_PARCELS, _envelope_params(parcel_set, grid.epsg, bounds)).fetchall()
-        keys = np.fromiter((r[0] for r in rows), np.int32, len(rows))
-        geoms = np.asarray(shapely.from_wkb([bytes(r[1]) for r in rows]), dtype=object).reshape(len(rows))
-        labels = rasterize_parcels(geoms, keys, transform=transform, shape=shape)
+        alone = np.flatnonzero(~shared)
+        geoms = np.asarray(shapely.from_wkb([bytes(rows[i][1]) for i in alone]), dtype=object).reshape(len(alone))
+        labels = rasterize_parcels(geoms, keys[alone], transform=transform, shape=shape)
         cache.put(key, labels)
-    return labels
-
-
-def _reduce_band(band: BandSource, labels: np.ndarray, values: np.ndarray, n_labels: int) -> _BandResult:
-    if band.categorical:
-        per_class = class_counts(labels, values, band=band.name, n_classes=int(band.n_classes or 0),
-                                 nodata=None if band.nodata is None else int(band.nodata))
-        return _BandResult(band, per_class.keys, np.asarray(per_class.counts, np.int32))
-    result = zonal_stats(labels, values, band=band.name, nodata=band.nodata, n_labels=n_labels)
-    result = result.scaled(scale=band.scale, offset=band.offset)
-    block = np.column_stack([getattr(result, field) for field in _STAT_FIELDS]).astype(np.float32)
-    return _BandResult(band, result.keys, block.reshape(len(result.keys), write.STATS_PER_BAND))
+    index, owners = overlap_layers([bytes(rows[i][1]) for i in np.flatnonzero(shared)], keys[shared],
+                                    transform=transform, shape=shape)
+    return ParcelLayers(labels, index, owners)
 
 
 def _read(dataset: rasterio.DatasetReader, band: BandSource, window: Window, *, store: RasterStore,
@@ -236,7 +242,7 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
         row = conn.execute("SELECT coalesce(max(parcel_key), 0) FROM cbm.parcel WHERE parcel_set_id = %s",
                            (parcel_set.parcel_set_id,)).fetchone()
     n_labels = int(row[0]) if row is not None else 0
-    results: list[_BandResult] = []
+    results: list[BandResult] = []
     # deflate/JPEG2000 decoding is the largest part of a warm run: let GDAL use every core for it
     gdal_options = {"GDAL_NUM_THREADS": "ALL_CPUS", **store.rasterio_env()}
     with rasterio.Env(**gdal_options), ExitStack() as stack:
@@ -259,19 +265,20 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
                 by_extent[extent] = _select_parcels(conn, parcel_set, grid, product.footprint_wkt)
             selections[grid] = by_extent[extent]
         selected = np.unique(np.concatenate([s.parcel_keys for s in selections.values()]))
+        overlapping = _overlapping_keys(conn, parcel_set)
         for band in bands:
             t0 = time.perf_counter()
             grid = grids[band.href]
             window = _window(grid, selections[grid])
             if window is None:
                 width = int(band.n_classes or 0) if band.categorical else write.STATS_PER_BAND
-                result = _BandResult(band, np.empty(0, np.int32), np.empty((0, width), np.float32))
+                result = BandResult(band, np.empty(0, np.int32), np.empty((0, width), np.float32))
             else:
-                labels = _labels(conn, label_cache, grid, window, parcel_set)
+                layers = _labels(conn, label_cache, grid, window, parcel_set, overlapping)
                 values = _read(datasets[band.href], band, window, store=store, product=product.name)
-                result = _reduce_band(band, labels, values, n_labels)
+                result = reduce_band(band, layers, values, n_labels)
                 inside = np.isin(result.parcel_keys, selected)  # parcels outside the footprint are not reported
-                result = _BandResult(band, result.parcel_keys[inside], result.values[inside])
+                result = BandResult(band, result.parcel_keys[inside], result.values[inside])
             results.append(result)
             log.info("extracted product=%s band=%s parcels=%d rows=%d seconds=%.2f", product.name, band.name,
                      len(selections[grid].parcel_keys), len(result.parcel_keys), time.perf_counter() - t0)

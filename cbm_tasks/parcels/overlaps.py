@@ -1,0 +1,71 @@
+"""Overlapping parcels of a set: found in PostGIS at import, reported to the agency.
+
+Two parcels overlap when their interiors share an area (touching edges do not count).
+Overlapping declarations are something paying agencies check in their own right; for the
+extraction they matter because a pixel whose centre lies in both belongs to both, so the
+overlapping parcels get their own label layers (``cbm_tasks.extraction.extract``).
+The pairs live in ``cbm.parcel_overlap`` (``sql/009_parcel_overlaps.sql``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.rows import TupleRow
+
+__all__ = ["MAX_LISTED", "Overlap", "OverlapSummary", "find_overlaps"]
+
+MAX_LISTED = 20  # pairs named in the import report, largest shared area first
+
+
+@dataclass(frozen=True, slots=True)
+class Overlap:
+    """Two overlapping parcels (agency ids) and the area they share."""
+
+    parcel_id_a: str
+    parcel_id_b: str
+    area_m2: float
+
+
+@dataclass(frozen=True, slots=True)
+class OverlapSummary:
+    """The overlaps of one parcel set: pairs, parcels involved, shared area, the largest pairs."""
+
+    n_pairs: int = 0
+    n_parcels: int = 0
+    area_m2: float = 0.0
+    largest: tuple[Overlap, ...] = ()
+
+
+def find_overlaps(cur: psycopg.Cursor[TupleRow], parcel_set_id: int) -> OverlapSummary:
+    """Recompute the overlapping pairs of a set in ``cbm.parcel_overlap`` and summarise them.
+
+    Runs in the caller's transaction (the import's), so the pairs always match the set's version.
+
+    Args:
+        cur: cursor of the importing transaction.
+        parcel_set_id: the set, its parcels already written.
+
+    Returns:
+        The summary; ``largest`` names at most MAX_LISTED pairs.
+    """
+    cur.execute("SELECT cbm.find_parcel_overlaps(%s::smallint)", (parcel_set_id,))
+    row = cur.execute(
+        "SELECT count(*), coalesce(sum(area_m2), 0), "
+        "       (SELECT count(*) FROM (SELECT parcel_key_a FROM cbm.parcel_overlap WHERE parcel_set_id = %(set)s "
+        "        UNION SELECT parcel_key_b FROM cbm.parcel_overlap WHERE parcel_set_id = %(set)s) k) "
+        "FROM cbm.parcel_overlap WHERE parcel_set_id = %(set)s",
+        {"set": parcel_set_id},
+    ).fetchone()
+    if row is None or row[0] == 0:
+        return OverlapSummary()
+    largest = cur.execute(
+        "SELECT a.parcel_id, b.parcel_id, o.area_m2 FROM cbm.parcel_overlap o "
+        "JOIN cbm.parcel a ON a.parcel_set_id = o.parcel_set_id AND a.parcel_key = o.parcel_key_a "
+        "JOIN cbm.parcel b ON b.parcel_set_id = o.parcel_set_id AND b.parcel_key = o.parcel_key_b "
+        "WHERE o.parcel_set_id = %s ORDER BY o.area_m2 DESC, a.parcel_id, b.parcel_id LIMIT %s",
+        (parcel_set_id, MAX_LISTED),
+    ).fetchall()
+    return OverlapSummary(n_pairs=int(row[0]), n_parcels=int(row[2]), area_m2=float(row[1]),
+                          largest=tuple(Overlap(str(a), str(b), float(area)) for a, b, area in largest))
