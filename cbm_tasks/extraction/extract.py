@@ -121,6 +121,7 @@ WHERE p.parcel_set_id = %(set)s
         ST_MakeEnvelope(%(xmin)s, %(ymin)s, %(xmax)s, %(ymax)s, %(srid)s), %(step)s), %(set_srid)s))
   AND (%(footprint)s::text IS NULL
        OR ST_Intersects(p.geom, ST_Transform(ST_GeomFromText(%(footprint)s::text, 4326), %(set_srid)s)))
+  AND (%(keys)s::integer[] IS NULL OR p.parcel_key = ANY(%(keys)s::integer[]))
 ORDER BY p.parcel_key
 """
 _WINDOW_PARCELS = """
@@ -145,10 +146,11 @@ def _envelope_params(parcel_set: ParcelSetRef, epsg: int, bounds: Sequence[float
 
 
 def _select_parcels(conn: psycopg.Connection, parcel_set: ParcelSetRef, grid: _Grid,
-                    footprint_wkt: str | None) -> _Selection:
+                    footprint_wkt: str | None, only_keys: np.ndarray | None) -> _Selection:
     with conn.transaction():
         rows = conn.execute(_SELECT_PARCELS, {**_envelope_params(parcel_set, grid.epsg, grid.bounds),
-                                              "footprint": footprint_wkt}).fetchall()
+                                              "footprint": footprint_wkt,
+                                              "keys": None if only_keys is None else only_keys.tolist()}).fetchall()
     keys = np.fromiter((r[0] for r in rows), np.int32, len(rows))
     return _Selection(keys, np.array([r[1:] for r in rows], np.float64).reshape(len(rows), 4))
 
@@ -195,32 +197,37 @@ def _overlapping_keys(conn: psycopg.Connection, parcel_set: ParcelSetRef) -> np.
 
 
 def _labels(conn: psycopg.Connection, cache: LabelCache, grid: _Grid, window: Window,
-            parcel_set: ParcelSetRef, overlapping: np.ndarray) -> ParcelLayers:
+            parcel_set: ParcelSetRef, overlapping: np.ndarray, only_keys: np.ndarray | None) -> ParcelLayers:
     """The parcel layers of the window: the label raster from the cache or rasterised, and the overlap layers.
 
     Every parcel of the set that touches the window is burnt in, not only the selected ones, so
     that the raster depends on nothing but the grid, the parcel set version and its overlapping
     parcels (the cache key). Parcels in *overlapping* are left out of the raster and rasterised
     one by one in their own bounding box: the pixels they share with others count for each.
+    With *only_keys* (completing an image), only those parcels are burnt in, bypassing the cache.
     """
     transform = rasterio.windows.transform(window, grid.transform)
     shape = (int(window.height), int(window.width))
     key = GridKey(crs_wkt=rasterio.crs.CRS.from_epsg(grid.epsg).to_wkt(), transform=tuple(transform)[:6],
                   shape=shape, parcel_set_id=parcel_set.parcel_set_id, parcel_set_version=parcel_set.version,
                   overlaps=hashlib.sha256(overlapping.tobytes()).hexdigest() if len(overlapping) else "")
-    labels: np.ndarray | None = cache.get(key)
+    labels: np.ndarray | None = cache.get(key) if only_keys is None else None
     if labels is not None and not len(overlapping):
         return ParcelLayers(labels, np.empty(0, np.int64), np.empty(0, np.int32))
     bounds = rasterio.windows.bounds(window, grid.transform)
     with conn.transaction():
         rows = conn.execute(_WINDOW_PARCELS, _envelope_params(parcel_set, grid.epsg, bounds)).fetchall()
+    if only_keys is not None:
+        wanted = set(only_keys.tolist())
+        rows = [r for r in rows if r[0] in wanted]
     keys = np.fromiter((r[0] for r in rows), np.int32, len(rows))
     shared = np.isin(keys, overlapping)
     if labels is None:
         alone = np.flatnonzero(~shared)
         geoms = np.asarray(shapely.from_wkb([bytes(rows[i][1]) for i in alone]), dtype=object).reshape(len(alone))
         labels = rasterize_parcels(geoms, keys[alone], transform=transform, shape=shape)
-        cache.put(key, labels)
+        if only_keys is None:
+            cache.put(key, labels)
     index, owners = overlap_layers([bytes(rows[i][1]) for i in np.flatnonzero(shared)], keys[shared],
                                     transform=transform, shape=shape)
     return ParcelLayers(labels, index, owners)
@@ -236,8 +243,8 @@ def _read(dataset: rasterio.DatasetReader, band: BandSource, window: Window, *, 
 
 
 def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, bands: Sequence[BandSource],
-             parcel_set: ParcelSetRef, label_cache: LabelCache) -> _Computed:
-    """Read the bands and reduce them to per-parcel rows; no database writes."""
+             parcel_set: ParcelSetRef, label_cache: LabelCache, only_keys: np.ndarray | None = None) -> _Computed:
+    """Read the bands and reduce them to per-parcel rows (of *only_keys* when given); no database writes."""
     with conn.transaction():
         row = conn.execute("SELECT coalesce(max(parcel_key), 0) FROM cbm.parcel WHERE parcel_set_id = %s",
                            (parcel_set.parcel_set_id,)).fetchone()
@@ -262,7 +269,7 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
         for grid in dict.fromkeys(grids.values()):
             extent = (grid.epsg, grid.bounds)
             if extent not in by_extent:
-                by_extent[extent] = _select_parcels(conn, parcel_set, grid, product.footprint_wkt)
+                by_extent[extent] = _select_parcels(conn, parcel_set, grid, product.footprint_wkt, only_keys)
             selections[grid] = by_extent[extent]
         selected = np.unique(np.concatenate([s.parcel_keys for s in selections.values()]))
         overlapping = _overlapping_keys(conn, parcel_set)
@@ -274,7 +281,7 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
                 width = int(band.n_classes or 0) if band.categorical else write.STATS_PER_BAND
                 result = BandResult(band, np.empty(0, np.int32), np.empty((0, width), np.float32))
             else:
-                layers = _labels(conn, label_cache, grid, window, parcel_set, overlapping)
+                layers = _labels(conn, label_cache, grid, window, parcel_set, overlapping, only_keys)
                 values = _read(datasets[band.href], band, window, store=store, product=product.name)
                 result = reduce_band(band, layers, values, n_labels)
                 inside = np.isin(result.parcel_keys, selected)  # parcels outside the footprint are not reported
@@ -338,6 +345,7 @@ def extract_image(
     register: RegisterImage | None = None,
     label_cache: LabelCache | None = None,
     pipeline_run_id: int | None = None,
+    complete: bool = False,
 ) -> ExtractionResult:
     """Read the bands of *product*, reduce them per parcel of *aoi* in *year*, and write the rows in one transaction.
 
@@ -353,6 +361,9 @@ def extract_image(
             sets its status, so that the record, status and rows commit together).
         label_cache: as for :func:`extract_product`.
         pipeline_run_id: lineage row of this extraction, or None.
+        complete: when the image was extracted at an older version of the set, extract only
+            the parcels new or changed since (``cbm.parcel.geom_version``) and keep the
+            other rows; otherwise (and without an earlier extraction) replace all rows.
 
     Raises:
         ValueError: neither or both of *product_id* and *register*.
@@ -369,18 +380,31 @@ def extract_image(
         with conn.transaction():
             parcel_set = find_parcel_set(conn, aoi=aoi, year=year)
         write.ensure_partitions(conn, parcel_set.parcel_set_id)
-        computed = _compute(conn, store, product, bands, parcel_set, cache)
+        missing = (_missing_parcels(conn, parcel_set, product_id, bands)
+                   if complete and product_id is not None else None)
+        computed = _compute(conn, store, product, bands, parcel_set, cache, missing)
         try:
-            written_id, n_rows = _write(conn, product, parcel_set, computed, product_id=product_id,
-                                        register=register, t0=t0, pipeline_run_id=pipeline_run_id)
+            if missing is not None and product_id is not None:
+                written_id, n_rows = product_id, write.merge_parcel_stats(
+                    conn, parcel_set.parcel_set_id, product_id, computed.image, parcel_keys=missing,
+                    parcel_set_version=parcel_set.version)
+            else:
+                written_id, n_rows = _write(conn, product, parcel_set, computed, product_id=product_id,
+                                            register=register, t0=t0, pipeline_run_id=pipeline_run_id)
             break
         except ParcelSetChangedError as err:
             if attempt == _MAX_SET_CHANGES:
                 raise
             log.warning("recomputing product=%s aoi=%s year=%d (try %d of %d): %s", product.name, aoi, year,
                         attempt + 1, _MAX_SET_CHANGES, err)
-    warning = _empty_warning(computed, parcel_set)
-    result = ExtractionResult(written_id, parcel_set.parcel_set_id, len(computed.image.parcel_keys), n_rows,
+    if missing is None:
+        warning, n_parcels = _empty_warning(computed, parcel_set), len(computed.image.parcel_keys)
+    else:
+        warning, n_parcels = None, _parcels_with_rows(conn, parcel_set.parcel_set_id, written_id)
+        log.info("completed product=%s product_id=%d aoi=%s year=%d version=%d parcels_missing=%d parcels_new_rows=%d",
+                 product.name, written_id, aoi, year, parcel_set.version, len(missing),
+                 len(computed.image.parcel_keys))
+    result = ExtractionResult(written_id, parcel_set.parcel_set_id, n_parcels, n_rows,
                               len(bands), time.perf_counter() - t0, warning)
     if warning is not None:
         log.warning("image %s (product_id=%d, aoi=%s, year=%d): %s", product.name, written_id, aoi, year, warning)
@@ -388,6 +412,34 @@ def extract_image(
              "seconds=%.2f", product.name, written_id, aoi, year, len(bands), computed.n_selected,
              result.n_parcels, result.n_rows, result.seconds)
     return result
+
+
+def _missing_parcels(conn: psycopg.Connection, parcel_set: ParcelSetRef, product_id: int,
+                     bands: Sequence[BandSource]) -> np.ndarray | None:
+    """The parcels an earlier extraction of the image lacks (new or changed since), or None to extract it whole.
+
+    None when the image has no extraction for the set, one at the current version (a re-run
+    replaces it), or one with other bands.
+    """
+    with conn.transaction():
+        row = conn.execute("SELECT parcel_set_version, bands, class_bands FROM cbm.extraction "
+                           "WHERE parcel_set_id = %s AND product_id = %s",
+                           (parcel_set.parcel_set_id, product_id)).fetchone()
+        if row is None or int(row[0]) >= parcel_set.version:
+            return None
+        if (list(row[1]) != [b.name for b in bands if not b.categorical]
+                or list(row[2]) != [b.name for b in bands if b.categorical]):
+            return None
+        keys = conn.execute("SELECT parcel_key FROM cbm.parcel WHERE parcel_set_id = %s AND geom_version > %s "
+                            "ORDER BY parcel_key", (parcel_set.parcel_set_id, int(row[0]))).fetchall()
+    return np.fromiter((k for (k,) in keys), np.int32, len(keys))
+
+
+def _parcels_with_rows(conn: psycopg.Connection, parcel_set_id: int, product_id: int) -> int:
+    with conn.transaction():
+        row = conn.execute("SELECT n_parcels FROM cbm.extraction WHERE parcel_set_id = %s AND product_id = %s",
+                           (parcel_set_id, product_id)).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def _empty_warning(computed: _Computed, parcel_set: ParcelSetRef) -> str | None:
@@ -410,6 +462,7 @@ def extract_product(
     year: int | None = None,
     label_cache: LabelCache | None = None,
     run: lineage.RunContext | None = None,
+    complete: bool = False,
 ) -> ExtractionResult:
     """Extract one catalogued image for the parcels of *aoi*, replacing its earlier rows.
 
@@ -421,6 +474,7 @@ def extract_product(
         year: parcel-set year; default the acquisition year.
         label_cache: label rasters to reuse across images of the same grid; one per worker.
         run: lineage context; when given, a cbm.pipeline_run row records this extraction.
+        complete: extract only the parcels an earlier extraction lacks (see :func:`extract_image`).
 
     Returns:
         ExtractionResult; n_parcels 0 when the image covers none of the parcels (the caller
@@ -439,7 +493,7 @@ def extract_product(
         run_id = lineage.start_run(conn, run, {"product_id": product_id, "aoi": aoi, "year": year})
     try:
         result = extract_image(conn, store, product, product_id=product_id, aoi=aoi, year=year,
-                               label_cache=label_cache, pipeline_run_id=run_id)
+                               label_cache=label_cache, pipeline_run_id=run_id, complete=complete)
     except BaseException as err:
         # BaseException: Airflow's execution timeout is one, and must not leave the run 'running'
         if run_id is not None:
