@@ -25,9 +25,7 @@ Rules:
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -37,21 +35,27 @@ from typing import Any
 import numpy as np
 import psycopg
 import rasterio
-import shapely
-from affine import Affine
 from rasterio.errors import RasterioError
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 
 from cbm_tasks import lineage
 from cbm_tasks.aoi import ParcelSetRef, find_parcel_set
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
-from cbm_tasks.errors import BandError, CorruptProductError, ParcelSetChangedError
+from cbm_tasks.errors import BandError, ParcelSetChangedError
 from cbm_tasks.extraction.bands import BandSource
-from cbm_tasks.extraction.label_cache import GridKey, LabelCache
-from cbm_tasks.extraction.layers import BandResult, ParcelLayers, overlap_layers, reduce_band
+from cbm_tasks.extraction.grid import (
+    Grid,
+    Selection,
+    grid_of,
+    overlapping_keys,
+    select_parcels,
+    window_layers,
+    window_of,
+)
+from cbm_tasks.extraction.label_cache import LabelCache
+from cbm_tasks.extraction.layers import BandResult, reduce_band
 from cbm_tasks.extraction.raster_io import RasterStore, open_raster, raster_error
-from cbm_tasks.extraction.rasterize import rasterize_parcels
 from cbm_tasks.extraction.sources import product_bands
 from cbm_tasks.timeseries import write
 
@@ -81,30 +85,6 @@ class ExtractionResult:
 
 
 @dataclass(frozen=True, slots=True)
-class _Grid:
-    """The pixel grid of a band file: where its pixels are."""
-
-    epsg: int
-    transform: Affine
-    height: int
-    width: int
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        x0, y0 = self.transform @ (0, 0)
-        x1, y1 = self.transform @ (self.width, self.height)
-        return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
-
-
-@dataclass(frozen=True, slots=True)
-class _Selection:
-    """Parcels selected for one grid (valid footprint and raster bounds), bounds in the grid's CRS."""
-
-    parcel_keys: np.ndarray  # int32, ascending
-    bounds: np.ndarray  # float64 (n, 4): xmin, ymin, xmax, ymax
-
-
-@dataclass(frozen=True, slots=True)
 class _Computed:
     image: write.ImageStats
     params: dict[str, Any]
@@ -113,126 +93,6 @@ class _Computed:
 
 # The raster extent (or window) is densified before ST_Transform so that it keeps its shape in the
 # parcel set's CRS; parcels are compared in their own CRS so that the GiST index applies.
-_SELECT_PARCELS = """
-SELECT p.parcel_key, ST_XMin(t.box), ST_YMin(t.box), ST_XMax(t.box), ST_YMax(t.box)
-FROM cbm.parcel p CROSS JOIN LATERAL (SELECT Box2D(ST_Transform(p.geom, %(srid)s)) AS box) AS t
-WHERE p.parcel_set_id = %(set)s
-  AND ST_Intersects(p.geom, ST_Transform(ST_Segmentize(
-        ST_MakeEnvelope(%(xmin)s, %(ymin)s, %(xmax)s, %(ymax)s, %(srid)s), %(step)s), %(set_srid)s))
-  AND (%(footprint)s::text IS NULL
-       OR ST_Intersects(p.geom, ST_Transform(ST_GeomFromText(%(footprint)s::text, 4326), %(set_srid)s)))
-  AND (%(keys)s::integer[] IS NULL OR p.parcel_key = ANY(%(keys)s::integer[]))
-ORDER BY p.parcel_key
-"""
-_WINDOW_PARCELS = """
-SELECT p.parcel_key, ST_AsBinary(ST_Transform(p.geom, %(srid)s))
-FROM cbm.parcel p
-WHERE p.parcel_set_id = %(set)s
-  AND ST_Intersects(p.geom, ST_Transform(ST_Segmentize(
-        ST_MakeEnvelope(%(xmin)s, %(ymin)s, %(xmax)s, %(ymax)s, %(srid)s), %(step)s), %(set_srid)s))
-ORDER BY p.parcel_key
-"""
-_OVERLAPPING_KEYS = """
-SELECT parcel_key_a FROM cbm.parcel_overlap WHERE parcel_set_id = %(set)s
-UNION SELECT parcel_key_b FROM cbm.parcel_overlap WHERE parcel_set_id = %(set)s
-ORDER BY 1
-"""
-
-
-def _envelope_params(parcel_set: ParcelSetRef, epsg: int, bounds: Sequence[float]) -> dict[str, Any]:
-    xmin, ymin, xmax, ymax = bounds
-    return {"set": parcel_set.parcel_set_id, "set_srid": parcel_set.srid, "srid": epsg, "xmin": xmin,
-            "ymin": ymin, "xmax": xmax, "ymax": ymax, "step": max(xmax - xmin, ymax - ymin) / 64}
-
-
-def _select_parcels(conn: psycopg.Connection, parcel_set: ParcelSetRef, grid: _Grid,
-                    footprint_wkt: str | None, only_keys: np.ndarray | None) -> _Selection:
-    with conn.transaction():
-        rows = conn.execute(_SELECT_PARCELS, {**_envelope_params(parcel_set, grid.epsg, grid.bounds),
-                                              "footprint": footprint_wkt,
-                                              "keys": None if only_keys is None else only_keys.tolist()}).fetchall()
-    keys = np.fromiter((r[0] for r in rows), np.int32, len(rows))
-    return _Selection(keys, np.array([r[1:] for r in rows], np.float64).reshape(len(rows), 4))
-
-
-def _grid_of(dataset: rasterio.DatasetReader, *, product: str, href: str) -> _Grid:
-    if dataset.crs is None:
-        raise CorruptProductError(f"product {product}: {href} has no CRS (no georeferencing)")
-    epsg = dataset.crs.to_epsg()
-    if epsg is None:
-        raise CorruptProductError(
-            f"product {product}: the CRS of {href} has no EPSG code, which PostGIS needs: {dataset.crs.to_wkt()[:120]}"
-        )
-    if dataset.transform.b != 0 or dataset.transform.d != 0:
-        raise CorruptProductError(
-            f"product {product}: {href} has a rotated geotransform {tuple(dataset.transform)[:6]}"
-        )
-    return _Grid(int(epsg), dataset.transform, dataset.height, dataset.width)
-
-
-def _window(grid: _Grid, selection: _Selection) -> Window | None:
-    """The window of *grid* covering the selected parcels, rounded outwards to whole pixels; None if outside."""
-    if not len(selection.parcel_keys):
-        return None
-    gx0, gy0, gx1, gy1 = grid.bounds
-    x0, y0 = max(gx0, selection.bounds[:, 0].min()), max(gy0, selection.bounds[:, 1].min())
-    x1, y1 = min(gx1, selection.bounds[:, 2].max()), min(gy1, selection.bounds[:, 3].max())
-    if x0 >= x1 or y0 >= y1:
-        return None
-    window = from_bounds(x0, y0, x1, y1, transform=grid.transform)
-    col0 = max(0, math.floor(window.col_off))
-    row0 = max(0, math.floor(window.row_off))
-    col1 = min(grid.width, math.ceil(window.col_off + window.width))
-    row1 = min(grid.height, math.ceil(window.row_off + window.height))
-    if col1 <= col0 or row1 <= row0:
-        return None
-    return Window(col0, row0, col1 - col0, row1 - row0)
-
-
-def _overlapping_keys(conn: psycopg.Connection, parcel_set: ParcelSetRef) -> np.ndarray:
-    """The keys of the set's parcels that overlap another (int32, ascending)."""
-    with conn.transaction():
-        rows = conn.execute(_OVERLAPPING_KEYS, {"set": parcel_set.parcel_set_id}).fetchall()
-    return np.fromiter((r[0] for r in rows), np.int32, len(rows))
-
-
-def _labels(conn: psycopg.Connection, cache: LabelCache, grid: _Grid, window: Window,
-            parcel_set: ParcelSetRef, overlapping: np.ndarray, only_keys: np.ndarray | None) -> ParcelLayers:
-    """The parcel layers of the window: the label raster from the cache or rasterised, and the overlap layers.
-
-    Every parcel of the set that touches the window is burnt in, not only the selected ones, so
-    that the raster depends on nothing but the grid, the parcel set version and its overlapping
-    parcels (the cache key). Parcels in *overlapping* are left out of the raster and rasterised
-    one by one in their own bounding box: the pixels they share with others count for each.
-    With *only_keys* (completing an image), only those parcels are burnt in, bypassing the cache.
-    """
-    transform = rasterio.windows.transform(window, grid.transform)
-    shape = (int(window.height), int(window.width))
-    key = GridKey(crs_wkt=rasterio.crs.CRS.from_epsg(grid.epsg).to_wkt(), transform=tuple(transform)[:6],
-                  shape=shape, parcel_set_id=parcel_set.parcel_set_id, parcel_set_version=parcel_set.version,
-                  overlaps=hashlib.sha256(overlapping.tobytes()).hexdigest() if len(overlapping) else "")
-    labels: np.ndarray | None = cache.get(key) if only_keys is None else None
-    if labels is not None and not len(overlapping):
-        return ParcelLayers(labels, np.empty(0, np.int64), np.empty(0, np.int32))
-    bounds = rasterio.windows.bounds(window, grid.transform)
-    with conn.transaction():
-        rows = conn.execute(_WINDOW_PARCELS, _envelope_params(parcel_set, grid.epsg, bounds)).fetchall()
-    if only_keys is not None:
-        wanted = set(only_keys.tolist())
-        rows = [r for r in rows if r[0] in wanted]
-    keys = np.fromiter((r[0] for r in rows), np.int32, len(rows))
-    shared = np.isin(keys, overlapping)
-    if labels is None:
-        alone = np.flatnonzero(~shared)
-        geoms = np.asarray(shapely.from_wkb([bytes(rows[i][1]) for i in alone]), dtype=object).reshape(len(alone))
-        labels = rasterize_parcels(geoms, keys[alone], transform=transform, shape=shape)
-        if only_keys is None:
-            cache.put(key, labels)
-    index, owners = overlap_layers([bytes(rows[i][1]) for i in np.flatnonzero(shared)], keys[shared],
-                                    transform=transform, shape=shape)
-    return ParcelLayers(labels, index, owners)
-
-
 def _read(dataset: rasterio.DatasetReader, band: BandSource, window: Window, *, store: RasterStore,
           product: str) -> np.ndarray:
     try:
@@ -254,34 +114,34 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
     gdal_options = {"GDAL_NUM_THREADS": "ALL_CPUS", **store.rasterio_env()}
     with rasterio.Env(**gdal_options), ExitStack() as stack:
         datasets: dict[str, rasterio.DatasetReader] = {}
-        grids: dict[str, _Grid] = {}
+        grids: dict[str, Grid] = {}
         for band in bands:
             if band.href not in datasets:
                 datasets[band.href] = stack.enter_context(
                     open_raster(band.href, store=store, product=product.name, band=band.name))
-                grids[band.href] = _grid_of(datasets[band.href], product=product.name, href=band.href)
+                grids[band.href] = grid_of(datasets[band.href], product=product.name, href=band.href)
             if band.band_index > datasets[band.href].count:
                 raise BandError(f"product {product.name}: band {band.name} is band {band.band_index} of {band.href}, "
                                 f"which has {datasets[band.href].count} band(s)")
         # the grids of one product usually share their extent (S2: 10, 20 and 60 m): select once per extent
-        by_extent: dict[tuple[int, tuple[float, ...]], _Selection] = {}
-        selections: dict[_Grid, _Selection] = {}
+        by_extent: dict[tuple[int, tuple[float, ...]], Selection] = {}
+        selections: dict[Grid, Selection] = {}
         for grid in dict.fromkeys(grids.values()):
             extent = (grid.epsg, grid.bounds)
             if extent not in by_extent:
-                by_extent[extent] = _select_parcels(conn, parcel_set, grid, product.footprint_wkt, only_keys)
+                by_extent[extent] = select_parcels(conn, parcel_set, grid, product.footprint_wkt, only_keys)
             selections[grid] = by_extent[extent]
         selected = np.unique(np.concatenate([s.parcel_keys for s in selections.values()]))
-        overlapping = _overlapping_keys(conn, parcel_set)
+        overlapping = overlapping_keys(conn, parcel_set)
         for band in bands:
             t0 = time.perf_counter()
             grid = grids[band.href]
-            window = _window(grid, selections[grid])
+            window = window_of(grid, selections[grid])
             if window is None:
                 width = int(band.n_classes or 0) if band.categorical else write.STATS_PER_BAND
                 result = BandResult(band, np.empty(0, np.int32), np.empty((0, width), np.float32))
             else:
-                layers = _labels(conn, label_cache, grid, window, parcel_set, overlapping, only_keys)
+                layers = window_layers(conn, label_cache, grid, window, parcel_set, overlapping, only_keys)
                 values = _read(datasets[band.href], band, window, store=store, product=product.name)
                 result = reduce_band(band, layers, values, n_labels)
                 inside = np.isin(result.parcel_keys, selected)  # parcels outside the footprint are not reported
