@@ -17,6 +17,7 @@ from test_extract_support import add_product, obs_rows, write_tif
 from cbm_tasks import cli
 from cbm_tasks.extraction.extract import extract_product
 from cbm_tasks.extraction.label_cache import GridKey, LabelCache
+from cbm_tasks.extraction.layers import overlap_layers
 from cbm_tasks.parcels.sets import import_parcels
 from cbm_tasks.store import StoreConfig, open_store
 
@@ -109,8 +110,24 @@ def test_import_prints_the_overlaps(db_url: str, tmp_path: Path, monkeypatch: py
     assert cli.main(["parcels", "import", str(register), "--aoi", "overlap", "--year", "2023",
                      "--crop-name-column", "-"]) == 0
     out = capsys.readouterr().out
-    assert "warning: 3 overlapping parcel pairs (6 parcels, 5400.0 m2 shared" in out
-    assert "twin_a overlaps twin_b: 3000.0 m2" in out and "left overlaps right: 800.0 m2" in out
+    assert "warning: 3 overlapping parcel pairs (6 parcels, 5400.0 m2 shared, 0 of the pairs slivers" in out
+    assert "twin_a overlaps twin_b: 3000.000 m2" in out and "left overlaps right: 800.000 m2" in out
     with psycopg.connect(db_url) as conn:
         pairs = conn.execute("SELECT count(*) FROM cbm.parcel_overlap").fetchone()
     assert pairs == (3,)
+
+
+def test_overlap_layers_give_each_parcel_its_gdal_pixels() -> None:
+    # 60 random boxes piled up on a small grid: many pairs, and pixels under 4 or more parcels
+    rng = np.random.default_rng(11)
+    corners = rng.uniform(0, 30, size=(60, 2))
+    sizes = rng.uniform(2, 12, size=(60, 2))
+    geoms = [_box(c, r, w, h) for (c, r), (w, h) in zip(corners, sizes, strict=True)]
+    keys = np.arange(1, 61, dtype=np.int32)
+    pairs = np.array([(i + 1, j + 1) for i in range(60) for j in range(i + 1, 60)
+                      if geoms[i].intersection(geoms[j]).area > 0], np.int32)
+    index, owners = overlap_layers([shapely.to_wkb(g) for g in geoms], keys, pairs, transform=T10, shape=SHAPE)
+    assert len(pairs) > 60
+    for key, geom in zip(keys, geoms, strict=True):
+        mask = rasterio.features.geometry_mask([geom], out_shape=SHAPE, transform=T10, invert=True)
+        np.testing.assert_array_equal(np.sort(index[owners == key]), np.flatnonzero(mask), err_msg=str(key))

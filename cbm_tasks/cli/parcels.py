@@ -9,6 +9,7 @@ from pathlib import Path
 from cbm_tasks import db
 from cbm_tasks.ops import settings
 from cbm_tasks.parcels.columns import NO_COLUMN
+from cbm_tasks.parcels.overlaps import SLIVER_M2
 from cbm_tasks.parcels.sets import import_parcels, list_parcel_sets
 from cbm_tasks.pipeline.extract import requeue_incomplete
 
@@ -76,10 +77,11 @@ def _import(args: argparse.Namespace) -> int:
     if overlaps.n_pairs:
         sys.stdout.write(
             f"warning: {overlaps.n_pairs} overlapping parcel pairs ({overlaps.n_parcels} parcels, "
-            f"{overlaps.area_m2:.1f} m2 shared; all pairs in cbm.parcel_overlap); largest:\n"
+            f"{overlaps.area_m2:.1f} m2 shared, {overlaps.n_slivers} of the pairs slivers under {SLIVER_M2:g} m2; "
+            "all pairs in cbm.parcel_overlap); largest:\n"
         )
         for o in overlaps.largest:
-            sys.stdout.write(f"  {o.parcel_id_a} overlaps {o.parcel_id_b}: {o.area_m2:.1f} m2\n")
+            sys.stdout.write(f"  {o.parcel_id_a} overlaps {o.parcel_id_b}: {o.area_m2:.3f} m2\n")
     return 0
 
 

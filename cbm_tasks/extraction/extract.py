@@ -4,8 +4,8 @@ Rules:
 
 - A pixel belongs to a parcel when its centre is inside the polygon (holes excluded), also
   when it is inside another parcel too: overlapping parcels (``cbm.parcel_overlap``, found at
-  import) are left out of the label raster and each gets its own layer, the flat indices of
-  its pixels in the window, so overlaps cost in proportion to the overlapping parcels only.
+  import) are left out of the label raster and burnt into a few extra layers (no two
+  overlapping parcels in one), kept as flat pixel indices: overlaps cost little when rare.
 - Parcels are selected in PostGIS by intersection with the image's valid footprint (the
   catalogue footprint when known) and with the raster bounds, and are transformed to the
   image CRS there (``ST_Transform``).
@@ -48,7 +48,7 @@ from cbm_tasks.extraction.grid import (
     Grid,
     Selection,
     grid_of,
-    overlapping_keys,
+    overlap_pairs,
     select_parcels,
     window_layers,
     window_of,
@@ -132,7 +132,7 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
                 by_extent[extent] = select_parcels(conn, parcel_set, grid, product.footprint_wkt, only_keys)
             selections[grid] = by_extent[extent]
         selected = np.unique(np.concatenate([s.parcel_keys for s in selections.values()]))
-        overlapping = overlapping_keys(conn, parcel_set)
+        pairs = overlap_pairs(conn, parcel_set)
         for band in bands:
             t0 = time.perf_counter()
             grid = grids[band.href]
@@ -141,7 +141,7 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
                 width = int(band.n_classes or 0) if band.categorical else write.STATS_PER_BAND
                 result = BandResult(band, np.empty(0, np.int32), np.empty((0, width), np.float32))
             else:
-                layers = window_layers(conn, label_cache, grid, window, parcel_set, overlapping, only_keys)
+                layers = window_layers(conn, label_cache, grid, window, parcel_set, pairs, only_keys)
                 values = _read(datasets[band.href], band, window, store=store, product=product.name)
                 result = reduce_band(band, layers, values, n_labels)
                 inside = np.isin(result.parcel_keys, selected)  # parcels outside the footprint are not reported

@@ -28,7 +28,7 @@ from cbm_tasks.extraction.label_cache import GridKey, LabelCache
 from cbm_tasks.extraction.layers import ParcelLayers, overlap_layers
 from cbm_tasks.extraction.rasterize import rasterize_parcels
 
-__all__ = ["Grid", "Selection", "grid_of", "overlapping_keys", "select_parcels", "window_layers", "window_of"]
+__all__ = ["Grid", "Selection", "grid_of", "overlap_pairs", "select_parcels", "window_layers", "window_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +75,8 @@ WHERE p.parcel_set_id = %(set)s
         ST_MakeEnvelope(%(xmin)s, %(ymin)s, %(xmax)s, %(ymax)s, %(srid)s), %(step)s), %(set_srid)s))
 ORDER BY p.parcel_key
 """
-_OVERLAPPING_KEYS = """
-SELECT parcel_key_a FROM cbm.parcel_overlap WHERE parcel_set_id = %(set)s
-UNION SELECT parcel_key_b FROM cbm.parcel_overlap WHERE parcel_set_id = %(set)s
-ORDER BY 1
+_OVERLAP_PAIRS = """
+SELECT parcel_key_a, parcel_key_b FROM cbm.parcel_overlap WHERE parcel_set_id = %(set)s ORDER BY 1, 2
 """
 
 
@@ -138,28 +136,29 @@ def window_of(grid: Grid, selection: Selection) -> Window | None:
     return Window(col0, row0, col1 - col0, row1 - row0)
 
 
-def overlapping_keys(conn: psycopg.Connection, parcel_set: ParcelSetRef) -> np.ndarray:
-    """The keys of the set's parcels that overlap another (int32, ascending)."""
+def overlap_pairs(conn: psycopg.Connection, parcel_set: ParcelSetRef) -> np.ndarray:
+    """The overlapping parcel pairs of the set: int32 (n, 2), key a < key b, ascending."""
     with conn.transaction():
-        rows = conn.execute(_OVERLAPPING_KEYS, {"set": parcel_set.parcel_set_id}).fetchall()
-    return np.fromiter((r[0] for r in rows), np.int32, len(rows))
+        rows = conn.execute(_OVERLAP_PAIRS, {"set": parcel_set.parcel_set_id}).fetchall()
+    return np.array(rows, np.int32).reshape(len(rows), 2)
 
 
 def window_layers(conn: psycopg.Connection, cache: LabelCache, grid: Grid, window: Window,
-            parcel_set: ParcelSetRef, overlapping: np.ndarray, only_keys: np.ndarray | None) -> ParcelLayers:
+                  parcel_set: ParcelSetRef, pairs: np.ndarray, only_keys: np.ndarray | None) -> ParcelLayers:
     """The parcel layers of the window: the label raster from the cache or rasterised, and the overlap layers.
 
     Every parcel of the set that touches the window is burnt in, not only the selected ones, so
     that the raster depends on nothing but the grid, the parcel set version and its overlapping
-    parcels (the cache key). Parcels in *overlapping* are left out of the raster and rasterised
-    one by one in their own bounding box: the pixels they share with others count for each.
+    parcels (the cache key). Parcels in the overlapping *pairs* are left out of the raster and
+    get overlap layers (``layers.overlap_layers``): the pixels they share count for each.
     With *only_keys* (completing an image), only those parcels are burnt in, bypassing the cache.
     """
     transform = rasterio.windows.transform(window, grid.transform)
     shape = (int(window.height), int(window.width))
+    overlapping = np.unique(pairs)
     key = GridKey(crs_wkt=rasterio.crs.CRS.from_epsg(grid.epsg).to_wkt(), transform=tuple(transform)[:6],
                   shape=shape, parcel_set_id=parcel_set.parcel_set_id, parcel_set_version=parcel_set.version,
-                  overlaps=hashlib.sha256(overlapping.tobytes()).hexdigest() if len(overlapping) else "")
+                  overlaps=hashlib.sha256(pairs.tobytes()).hexdigest() if len(pairs) else "")
     labels: np.ndarray | None = cache.get(key) if only_keys is None else None
     if labels is not None and not len(overlapping):
         return ParcelLayers(labels, np.empty(0, np.int64), np.empty(0, np.int32))
@@ -177,6 +176,6 @@ def window_layers(conn: psycopg.Connection, cache: LabelCache, grid: Grid, windo
         labels = rasterize_parcels(geoms, keys[alone], transform=transform, shape=shape)
         if only_keys is None:
             cache.put(key, labels)
-    index, owners = overlap_layers([bytes(rows[i][1]) for i in np.flatnonzero(shared)], keys[shared],
-                                    transform=transform, shape=shape)
+    index, owners = overlap_layers([bytes(rows[i][1]) for i in np.flatnonzero(shared)], keys[shared], pairs,
+                                   transform=transform, shape=shape)
     return ParcelLayers(labels, index, owners)

@@ -2,10 +2,11 @@
 
 A window's parcels are one label raster (int32, 0 = no parcel) in which each pixel belongs to
 at most one parcel, plus *overlap layers* for the parcels that overlap another
-(``cbm.parcel_overlap``): each of those is rasterised alone in its bounding box and kept as the
-flat window indices of its pixels. A pixel whose centre lies in two parcels thus counts for
-both, as in exactextract and rasterstats, and the extra work grows with the overlapping
-parcels only: a register without overlaps costs what it did before.
+(``cbm.parcel_overlap``): coloured so that no two overlapping ones share a layer, each layer
+rasterised in its bounding box and kept as the flat window indices of its pixels. A pixel
+whose centre lies in two parcels thus counts for both, as in exactextract and rasterstats;
+the extra work grows with the overlapping parcels only, and a register without overlaps
+costs what it did before.
 """
 
 from __future__ import annotations
@@ -46,13 +47,19 @@ class BandResult:
     values: np.ndarray  # float32 (n, 8) statistics, or int32 (n, n_classes) class counts
 
 
-def overlap_layers(wkbs: Sequence[bytes], keys: np.ndarray, *, transform: Affine,
-                    shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Rasterise each parcel alone in its bounding box; return (flat window indices, keys) of their pixels.
+def overlap_layers(wkbs: Sequence[bytes], keys: np.ndarray, pairs: np.ndarray, *, transform: Affine,
+                   shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Rasterise overlapping parcels so that each gets all its pixels; return (flat window indices, keys).
+
+    The parcels are coloured so that no two overlapping ones share a colour (greedy, in key
+    order: a pair of overlapping parcels needs 2 colours, a parcel under 3 others 4); the
+    parcels of one colour are burnt together into a raster of their bounding box. A few
+    rasterisations per window, however many overlapping parcels there are.
 
     Args:
         wkbs: the parcels' polygons as WKB, in the window's CRS.
-        keys: their parcel keys.
+        keys: their parcel keys (int32).
+        pairs: (n, 2) overlapping key pairs; pairs with a key not in *keys* are ignored.
         transform: the window's affine transform.
         shape: the window's (rows, columns).
 
@@ -60,23 +67,45 @@ def overlap_layers(wkbs: Sequence[bytes], keys: np.ndarray, *, transform: Affine
         int64 flat indices into the window and the int32 key of each; a pixel appears once per
         parcel that holds its centre.
     """
+    geoms = np.asarray(shapely.from_wkb(list(wkbs)), dtype=object).reshape(len(wkbs))
+    colours = _colour(keys, pairs)
     inverse = ~transform
     indices: list[np.ndarray] = [np.empty(0, np.int64)]
     owners: list[np.ndarray] = [np.empty(0, np.int32)]
-    for geom, key in zip(shapely.from_wkb(list(wkbs)), keys, strict=True):
-        xmin, ymin, xmax, ymax = geom.bounds
-        cols, rows = zip(*(inverse * corner for corner in ((xmin, ymin), (xmin, ymax), (xmax, ymin), (xmax, ymax))),
-                         strict=True)
-        col0, col1 = max(0, math.floor(min(cols))), min(shape[1], math.ceil(max(cols)))
-        row0, row1 = max(0, math.floor(min(rows))), min(shape[0], math.ceil(max(rows)))
+    for colour in range(int(colours.max(initial=-1)) + 1):
+        members = np.flatnonzero(colours == colour)
+        box = shapely.bounds(geoms[members])
+        lower_left, upper_right = (box[:, 0].min(), box[:, 1].min()), (box[:, 2].max(), box[:, 3].max())
+        corners = [inverse * lower_left, inverse * upper_right]
+        col0 = max(0, math.floor(min(c for c, _ in corners)))
+        col1 = min(shape[1], math.ceil(max(c for c, _ in corners)))
+        row0 = max(0, math.floor(min(r for _, r in corners)))
+        row1 = min(shape[0], math.ceil(max(r for _, r in corners)))
         if col1 <= col0 or row1 <= row0:
             continue
-        own = rasterize_parcels(np.array([geom], dtype=object), np.array([key], np.int32),
-                                transform=transform * Affine.translation(col0, row0), shape=(row1 - row0, col1 - col0))
-        rr, cc = np.nonzero(own)
+        burnt = rasterize_parcels(geoms[members], keys[members].astype(np.int32),
+                                  transform=transform * Affine.translation(col0, row0),
+                                  shape=(row1 - row0, col1 - col0))
+        rr, cc = np.nonzero(burnt)
         indices.append((rr + row0).astype(np.int64) * shape[1] + (cc + col0))
-        owners.append(np.full(len(rr), key, np.int32))
+        owners.append(burnt[rr, cc])
     return np.concatenate(indices), np.concatenate(owners)
+
+
+def _colour(keys: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Greedy colouring of the overlap graph among *keys*: the smallest colour no overlapping neighbour has."""
+    position = {int(k): i for i, k in enumerate(keys)}
+    neighbours: list[list[int]] = [[] for _ in range(len(keys))]
+    for a, b in pairs.tolist():
+        i, j = position.get(a), position.get(b)
+        if i is not None and j is not None:
+            neighbours[i].append(j)
+            neighbours[j].append(i)
+    colours = np.full(len(keys), -1, np.int64)
+    for i in np.argsort(keys, kind="stable").tolist():
+        taken = {int(colours[j]) for j in neighbours[i]}
+        colours[i] = next(c for c in range(len(taken) + 1) if c not in taken)
+    return colours
 
 
 def _reduce_layer(band: BandSource, labels: np.ndarray, values: np.ndarray, n_labels: int) -> BandResult:

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import TupleRow
 
-__all__ = ["MAX_LISTED", "Overlap", "OverlapSummary", "find_overlaps"]
+__all__ = ["MAX_LISTED", "SLIVER_M2", "Overlap", "OverlapSummary", "find_overlaps"]
 
 MAX_LISTED = 20  # pairs named in the import report, largest shared area first
+# pairs sharing less are digitising slivers (shared edges off by millimetres), counted apart in the
+# report; they stay in cbm.parcel_overlap, since a pixel centre could still fall in one
+SLIVER_M2 = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,7 @@ class OverlapSummary:
     n_parcels: int = 0
     area_m2: float = 0.0
     largest: tuple[Overlap, ...] = ()
+    n_slivers: int = 0  # pairs sharing less than SLIVER_M2
 
 
 def find_overlaps(cur: psycopg.Cursor[TupleRow], parcel_set_id: int) -> OverlapSummary:
@@ -52,11 +56,11 @@ def find_overlaps(cur: psycopg.Cursor[TupleRow], parcel_set_id: int) -> OverlapS
     """
     cur.execute("SELECT cbm.find_parcel_overlaps(%s::smallint)", (parcel_set_id,))
     row = cur.execute(
-        "SELECT count(*), coalesce(sum(area_m2), 0), "
+        "SELECT count(*), coalesce(sum(area_m2), 0), count(*) FILTER (WHERE area_m2 < %(sliver)s), "
         "       (SELECT count(*) FROM (SELECT parcel_key_a FROM cbm.parcel_overlap WHERE parcel_set_id = %(set)s "
         "        UNION SELECT parcel_key_b FROM cbm.parcel_overlap WHERE parcel_set_id = %(set)s) k) "
         "FROM cbm.parcel_overlap WHERE parcel_set_id = %(set)s",
-        {"set": parcel_set_id},
+        {"set": parcel_set_id, "sliver": SLIVER_M2},
     ).fetchone()
     if row is None or row[0] == 0:
         return OverlapSummary()
@@ -67,5 +71,6 @@ def find_overlaps(cur: psycopg.Cursor[TupleRow], parcel_set_id: int) -> OverlapS
         "WHERE o.parcel_set_id = %s ORDER BY o.area_m2 DESC, a.parcel_id, b.parcel_id LIMIT %s",
         (parcel_set_id, MAX_LISTED),
     ).fetchall()
-    return OverlapSummary(n_pairs=int(row[0]), n_parcels=int(row[2]), area_m2=float(row[1]),
-                          largest=tuple(Overlap(str(a), str(b), float(area)) for a, b, area in largest))
+    return OverlapSummary(n_pairs=int(row[0]), n_parcels=int(row[3]), area_m2=float(row[1]),
+                          largest=tuple(Overlap(str(a), str(b), float(area)) for a, b, area in largest),
+                          n_slivers=int(row[2]))

@@ -253,9 +253,10 @@ def load_parcels(
     )
     if overlaps.n_pairs:
         log.warning(
-            "parcel set %d (%s %d) has %d overlapping parcel pairs (%d parcels, %.1f m2 shared); largest: %s",
-            set_id, aoi, year, overlaps.n_pairs, overlaps.n_parcels, overlaps.area_m2,
-            ", ".join(f"{o.parcel_id_a}/{o.parcel_id_b} {o.area_m2:.1f} m2" for o in overlaps.largest[:5]),
+            "parcel set %d (%s %d) has %d overlapping parcel pairs (%d parcels, %.1f m2 shared, %d slivers); "
+            "largest: %s",
+            set_id, aoi, year, overlaps.n_pairs, overlaps.n_parcels, overlaps.area_m2, overlaps.n_slivers,
+            ", ".join(f"{o.parcel_id_a}/{o.parcel_id_b} {o.area_m2:.3f} m2" for o in overlaps.largest[:5]),
         )
     log.info(
         "imported parcels aoi=%s year=%d parcel_set=%d version=%d srid=%d read=%d imported=%d repaired=%d "
