@@ -141,7 +141,7 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
                 width = int(band.n_classes or 0) if band.categorical else write.STATS_PER_BAND
                 result = BandResult(band, np.empty(0, np.int32), np.empty((0, width), np.float32))
             else:
-                layers = window_layers(conn, label_cache, grid, window, parcel_set, pairs, only_keys)
+                layers = window_layers(conn, label_cache, grid, window, parcel_set, pairs)
                 values = _read(datasets[band.href], band, window, store=store, product=product.name)
                 result = reduce_band(band, layers, values, n_labels)
                 inside = np.isin(result.parcel_keys, selected)  # parcels outside the footprint are not reported

@@ -144,14 +144,15 @@ def overlap_pairs(conn: psycopg.Connection, parcel_set: ParcelSetRef) -> np.ndar
 
 
 def window_layers(conn: psycopg.Connection, cache: LabelCache, grid: Grid, window: Window,
-                  parcel_set: ParcelSetRef, pairs: np.ndarray, only_keys: np.ndarray | None) -> ParcelLayers:
+                  parcel_set: ParcelSetRef, pairs: np.ndarray) -> ParcelLayers:
     """The parcel layers of the window: the label raster from the cache or rasterised, and the overlap layers.
 
     Every parcel of the set that touches the window is burnt in, not only the selected ones, so
     that the raster depends on nothing but the grid, the parcel set version and its overlapping
     parcels (the cache key). Parcels in the overlapping *pairs* are left out of the raster and
     get overlap layers (``layers.overlap_layers``): the pixels they share count for each.
-    With *only_keys* (completing an image), only those parcels are burnt in, bypassing the cache.
+    Completing an image for some parcels burns them all too: a pixel centre on an edge two
+    parcels share goes to the same parcel as in a full extraction.
     """
     transform = rasterio.windows.transform(window, grid.transform)
     shape = (int(window.height), int(window.width))
@@ -159,23 +160,19 @@ def window_layers(conn: psycopg.Connection, cache: LabelCache, grid: Grid, windo
     key = GridKey(crs_wkt=rasterio.crs.CRS.from_epsg(grid.epsg).to_wkt(), transform=tuple(transform)[:6],
                   shape=shape, parcel_set_id=parcel_set.parcel_set_id, parcel_set_version=parcel_set.version,
                   overlaps=hashlib.sha256(pairs.tobytes()).hexdigest() if len(pairs) else "")
-    labels: np.ndarray | None = cache.get(key) if only_keys is None else None
+    labels: np.ndarray | None = cache.get(key)
     if labels is not None and not len(overlapping):
         return ParcelLayers(labels, np.empty(0, np.int64), np.empty(0, np.int32))
     bounds = rasterio.windows.bounds(window, grid.transform)
     with conn.transaction():
         rows = conn.execute(_WINDOW_PARCELS, _envelope_params(parcel_set, grid.epsg, bounds)).fetchall()
-    if only_keys is not None:
-        wanted = set(only_keys.tolist())
-        rows = [r for r in rows if r[0] in wanted]
     keys = np.fromiter((r[0] for r in rows), np.int32, len(rows))
     shared = np.isin(keys, overlapping)
     if labels is None:
         alone = np.flatnonzero(~shared)
         geoms = np.asarray(shapely.from_wkb([bytes(rows[i][1]) for i in alone]), dtype=object).reshape(len(alone))
         labels = rasterize_parcels(geoms, keys[alone], transform=transform, shape=shape)
-        if only_keys is None:
-            cache.put(key, labels)
+        cache.put(key, labels)
     index, owners = overlap_layers([bytes(rows[i][1]) for i in np.flatnonzero(shared)], keys[shared], pairs,
                                    transform=transform, shape=shape)
     return ParcelLayers(labels, index, owners)

@@ -31,7 +31,13 @@ from psycopg.types import TypeInfo
 from cbm_tasks.aoi import ensure_aoi
 from cbm_tasks.errors import MigrationError, ParcelImportError, TransientError
 from cbm_tasks.parcels.geometry import geometry_md5
-from cbm_tasks.parcels.overlaps import OverlapSummary, find_overlaps
+from cbm_tasks.parcels.overlaps import (
+    OverlapSummary,
+    date_neighbours,
+    find_overlaps,
+    neighbours_of,
+    overlapping_keys,
+)
 from cbm_tasks.parcels.read import ParcelTable, Rejection, read_parcels, write_reject_report
 
 __all__ = [
@@ -295,10 +301,15 @@ def _replace_set(
         since = np.fromiter((version if fresh else old_since[pid] for pid, fresh in zip(table.parcel_ids, plan.fresh,
                                                                                        strict=True)),
                             np.int32, table.n_parcels)
+        old_neighbours = neighbours_of(cur, set_id, plan.stale_keys)
+        was_overlapping = overlapping_keys(cur, set_id)
         cur.execute("DELETE FROM cbm.parcel WHERE parcel_set_id = %s", (set_id,))
         _copy_parcels(cur, set_id, table, plan.keys, since)
         n_stale = _delete_stale_rows(cur, set_id, plan.stale_keys)
         overlaps = find_overlaps(cur, set_id)
+        if not created:
+            switched = sorted(was_overlapping ^ overlapping_keys(cur, set_id))
+            date_neighbours(cur, set_id, version, [*old_neighbours, *switched, *neighbours_of(cur, set_id, switched)])
         _update_set(cur, set_id, version, table)
         import_id = _record_import(cur, set_id, table, strict=strict)
     return set_id, version, import_id, plan, n_stale, overlaps
