@@ -31,6 +31,7 @@ from psycopg.types import TypeInfo
 from cbm_tasks.aoi import ensure_aoi
 from cbm_tasks.errors import MigrationError, ParcelImportError, TransientError
 from cbm_tasks.parcels.geometry import geometry_md5
+from cbm_tasks.parcels.keys import KeyPlan, plan_keys
 from cbm_tasks.parcels.overlaps import (
     OverlapSummary,
     date_neighbours,
@@ -42,12 +43,10 @@ from cbm_tasks.parcels.read import ParcelTable, Rejection, read_parcels, write_r
 
 __all__ = [
     "ImportReport",
-    "KeyPlan",
     "ParcelSetInfo",
     "import_parcels",
     "list_parcel_sets",
     "load_parcels",
-    "plan_keys",
 ]
 
 log = logging.getLogger(__name__)
@@ -92,52 +91,6 @@ class ParcelSetInfo:
     source_file: str
     source_layer: str | None
     imported_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class KeyPlan:
-    """Parcel keys of a new set relative to the stored one (see :func:`plan_keys`)."""
-
-    keys: np.ndarray  # int32 key of each new parcel, aligned with the new ids
-    fresh: np.ndarray  # bool, aligned with the new ids: a new id, or a kept id whose geometry changed
-    stale_keys: tuple[int, ...]  # keys whose time series must go: removed or changed parcels
-    n_new: int
-    n_changed: int
-    n_removed: int
-
-
-def plan_keys(
-    old: Sequence[tuple[str, int, str]], new_ids: Sequence[str], new_md5: Sequence[str], *, key_floor: int = 0
-) -> KeyPlan:
-    """Assign parcel keys: kept ids keep theirs, new ids get keys above every key ever given.
-
-    Args:
-        old: (parcel_id, parcel_key, geometry md5) of the stored set; empty for a new set.
-        new_ids: the parcel ids being imported (unique).
-        new_md5: md5 of each new geometry, as :func:`cbm_tasks.parcels.geometry.geometry_md5`.
-        key_floor: the highest key the set ever gave (``parcel_set.max_parcel_key``), so that
-            the key of a removed parcel is never reused.
-    """
-    old_key = {pid: key for pid, key, _ in old}
-    old_md5 = {pid: digest for pid, _, digest in old}
-    next_key = max(max(old_key.values(), default=0), key_floor) + 1
-    keys = np.empty(len(new_ids), dtype=np.int32)
-    fresh = np.zeros(len(new_ids), dtype=bool)
-    stale: list[int] = []
-    n_new = n_changed = 0
-    for i, (pid, digest) in enumerate(zip(new_ids, new_md5, strict=True)):
-        key = old_key.get(pid)
-        if key is None:
-            key, next_key, n_new = next_key, next_key + 1, n_new + 1
-            fresh[i] = True
-        elif old_md5[pid] != digest:
-            stale.append(key)
-            n_changed += 1
-            fresh[i] = True
-        keys[i] = key
-    kept = set(new_ids)
-    removed = [key for pid, key, _ in old if pid not in kept]
-    return KeyPlan(keys, fresh, tuple(sorted(stale + removed)), n_new, n_changed, len(removed))
 
 
 def import_parcels(
