@@ -67,3 +67,19 @@ def wait_for_advisory_waiter(conn: psycopg.Connection, process: subprocess.Popen
                                  f"{out} {err}")
         time.sleep(0.05)
     raise AssertionError(f"no session waited for the advisory lock within {timeout_s} s")
+
+
+def wait_for_version(conn: psycopg.Connection, parcel_set_id: int, version: int, process: subprocess.Popen[str], *,
+                     timeout_s: float = 300) -> None:
+    """Return once the parcel set's committed version is *version* (an import by *process* committed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        row = conn.execute("SELECT version FROM cbm.parcel_set WHERE parcel_set_id = %s", (parcel_set_id,)).fetchone()
+        conn.commit()
+        if row is not None and row[0] == version:
+            return
+        if process.poll() is not None and process.returncode != 0:
+            out, err = process.communicate()
+            raise AssertionError(f"the import failed (rc={process.returncode}): {out} {err}")
+        time.sleep(0.05)
+    raise AssertionError(f"parcel set {parcel_set_id} did not reach version {version} within {timeout_s} s")

@@ -13,7 +13,7 @@ import numpy as np
 import psycopg
 import shapely
 from affine import Affine
-from integrity_support import run_cbm, start_cbm, wait_for_advisory_waiter, write_register
+from integrity_support import run_cbm, start_cbm, wait_for_advisory_waiter, wait_for_version, write_register
 from test_extract_support import obs_rows, write_tif
 
 X0, Y0 = 500000.0, 5600000.0
@@ -59,10 +59,14 @@ def test_import_committed_during_extraction_leaves_no_stale_rows(db_url: str, co
                         (set_id, product_id))
         extraction = start_cbm(extract_args, db_url)
         wait_for_advisory_waiter(conn, extraction)  # read the set at version 1, computed, waiting to write
-        imported = run_cbm(["parcels", "import", str(v2), *import_args], db_url)
-        assert imported.returncode == 0, imported.stderr
-        assert "version 2" in imported.stdout
+        importer = start_cbm(["parcels", "import", str(v2), *import_args], db_url)
+        # the import commits the set's version 2 first, then looks for extracted images to queue again,
+        # which waits for the extraction's locks on its image: let the extraction go once version 2 is in
+        wait_for_version(conn, set_id, 2, importer)
         barrier.commit()  # the extraction may write now
+    out, err = importer.communicate(timeout=300)
+    assert importer.returncode == 0, err
+    assert "version 2" in out
     out, err = extraction.communicate(timeout=300)
     assert extraction.returncode == 0, err
 
@@ -77,6 +81,9 @@ def test_import_committed_during_extraction_leaves_no_stale_rows(db_url: str, co
     raced = obs_rows(conn, product_id)
     assert set(raced) == keys  # no row of a removed parcel, every kept or moved parcel has one
     assert recorded == (2, 750)
+    status = conn.execute("SELECT status FROM cbm.product_status WHERE product_id = %s", (product_id,)).fetchone()
+    conn.commit()
+    assert status == ("extracted",)  # complete at version 2: not queued again
     # the rows equal those of a fresh extraction on version 2 (moved parcels carry their new polygon's values)
     assert run_cbm(extract_args, db_url).returncode == 0
     fresh = obs_rows(conn, product_id)

@@ -73,6 +73,7 @@ FROM cbm.parcel p
 WHERE p.parcel_set_id = %(set)s
   AND ST_Intersects(p.geom, ST_Transform(ST_Segmentize(
         ST_MakeEnvelope(%(xmin)s, %(ymin)s, %(xmax)s, %(ymax)s, %(srid)s), %(step)s), %(set_srid)s))
+  AND (%(keys)s::integer[] IS NULL OR p.parcel_key = ANY(%(keys)s::integer[]))
 ORDER BY p.parcel_key
 """
 _OVERLAP_PAIRS = """
@@ -164,8 +165,11 @@ def window_layers(conn: psycopg.Connection, cache: LabelCache, grid: Grid, windo
     if labels is not None and not len(overlapping):
         return ParcelLayers(labels, np.empty(0, np.int64), np.empty(0, np.int32))
     bounds = rasterio.windows.bounds(window, grid.transform)
+    # with the raster cached, only the overlapping parcels' polygons are needed
+    only = overlapping.tolist() if labels is not None else None
     with conn.transaction():
-        rows = conn.execute(_WINDOW_PARCELS, _envelope_params(parcel_set, grid.epsg, bounds)).fetchall()
+        rows = conn.execute(_WINDOW_PARCELS, {**_envelope_params(parcel_set, grid.epsg, bounds),
+                                              "keys": only}).fetchall()
     keys = np.fromiter((r[0] for r in rows), np.int32, len(rows))
     shared = np.isin(keys, overlapping)
     if labels is None:

@@ -125,6 +125,7 @@ def claim_ready(
     return claimed
 
 
+# FOR UPDATE OF both: an extraction writing meanwhile is waited for and its new version re-read
 _INCOMPLETE = """
 SELECT a.name, ps.product_id, e.parcel_set_version, s.version
 FROM cbm.product_status ps
@@ -133,7 +134,7 @@ JOIN cbm.parcel_set s ON s.aoi_id = ps.aoi_id
 JOIN cbm.extraction e ON e.parcel_set_id = s.parcel_set_id AND e.product_id = ps.product_id
 WHERE a.name = ANY(%(aois)s) AND ps.status = %(extracted)s AND e.parcel_set_version < s.version
 ORDER BY a.name, ps.product_id
-FOR UPDATE OF ps
+FOR UPDATE OF ps, e
 """
 
 
