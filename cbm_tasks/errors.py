@@ -21,6 +21,7 @@ __all__ = [
     "MigrationError",
     "NotFoundError",
     "ParcelImportError",
+    "ParcelSetChangedError",
     "ProductNotFoundError",
     "ServiceError",
     "SnapError",
@@ -39,6 +40,10 @@ class BadInputError(CbmError):
 
 class TransientError(CbmError):
     """A service failed in a way that may pass (timeout, 429, 5xx, lost connection)."""
+
+
+class ParcelSetChangedError(TransientError):
+    """An import committed a new parcel-set version after the rows were computed from the old one."""
 
 
 class ConfigError(BadInputError):

@@ -45,7 +45,9 @@ def cbm_extract() -> None:
     overlapping runs never take the same image; each is extracted in its own mapped task in
     pool `cbm_extract` and replaces its earlier rows in one transaction. Bad input marks the
     image `failed` at once; other errors are retried, and the image goes back to `ready` when
-    the last try fails. `cbm_parcel_stats` is updated when rows were written.
+    the last try fails. `cbm_parcel_stats` is updated when rows were written. Images extracted
+    before a re-import of their parcel set are claimed again, and only the new and changed
+    parcels are extracted (the season is complete again).
     """
 
     @task

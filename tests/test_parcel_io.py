@@ -10,8 +10,8 @@ from conftest import shared_data
 
 from cbm_tasks.parcels.columns import ParcelColumns, choose_columns, id_values, text_values
 from cbm_tasks.parcels.geometry import clean_geometries, geometry_md5, parcel_areas_m2
+from cbm_tasks.parcels.keys import plan_keys
 from cbm_tasks.parcels.read import read_parcels
-from cbm_tasks.parcels.sets import plan_keys
 
 DETECTED = {
     "nl_brp_2023.gpkg": ParcelColumns(("id",), "gewascode", "gewas"),

@@ -55,4 +55,6 @@ def _extract(args: argparse.Namespace) -> int:
         f"product {result.product_id}: {result.n_parcels} parcels, {result.n_rows} statistics rows, "
         f"{result.n_bands} bands, parcel set {result.parcel_set_id}, {result.seconds:.2f} s\n"
     )
+    if result.warning is not None:
+        sys.stdout.write(f"warning: image {args.image} {result.warning}\n")
     return 0

@@ -9,7 +9,9 @@ from pathlib import Path
 from cbm_tasks import db
 from cbm_tasks.ops import settings
 from cbm_tasks.parcels.columns import NO_COLUMN
+from cbm_tasks.parcels.overlaps import SLIVER_M2
 from cbm_tasks.parcels.sets import import_parcels, list_parcel_sets
+from cbm_tasks.pipeline.extract import requeue_incomplete
 
 __all__ = ["register"]
 
@@ -55,6 +57,7 @@ def _import(args: argparse.Namespace) -> int:
             strict=args.strict,
             reject_report=args.reject_report,
         )
+        requeued = requeue_incomplete(conn, aois=[report.aoi]) if report.version > 1 else []
     sys.stdout.write(
         f"parcel set {report.parcel_set_id} ({report.aoi} {report.year}) version {report.version}, "
         f"EPSG:{report.srid}: {report.n_imported} of {report.n_read} parcels imported, "
@@ -65,6 +68,20 @@ def _import(args: argparse.Namespace) -> int:
         sys.stdout.write(f"  rejected feature {r.source_fid} ({r.parcel_id or 'no id'}): {r.reason}\n")
     if report.n_rejected > 20:
         sys.stdout.write(f"  ... {report.n_rejected - 20} more (see --reject-report)\n")
+    if requeued:
+        sys.stdout.write(
+            f"{len(requeued)} extracted images queued again (ready) for the {report.n_new} new and "
+            f"{report.n_changed} changed parcels: the next cbm_extract run extracts those parcels only\n"
+        )
+    overlaps = report.overlaps
+    if overlaps.n_pairs:
+        sys.stdout.write(
+            f"warning: {overlaps.n_pairs} overlapping parcel pairs ({overlaps.n_parcels} parcels, "
+            f"{overlaps.area_m2:.1f} m2 shared, {overlaps.n_slivers} of the pairs slivers under {SLIVER_M2:g} m2; "
+            "all pairs in cbm.parcel_overlap); largest:\n"
+        )
+        for o in overlaps.largest:
+            sys.stdout.write(f"  {o.parcel_id_a} overlaps {o.parcel_id_b}: {o.area_m2:.3f} m2\n")
     return 0
 
 

@@ -2,7 +2,10 @@
 
 Rules:
 
-- A pixel belongs to a parcel when its centre is inside the polygon (holes excluded).
+- A pixel belongs to a parcel when its centre is inside the polygon (holes excluded), also
+  when it is inside another parcel too: overlapping parcels (``cbm.parcel_overlap``, found at
+  import) are left out of the label raster and burnt into a few extra layers (no two
+  overlapping parcels in one), kept as flat pixel indices: overlaps cost little when rare.
 - Parcels are selected in PostGIS by intersection with the image's valid footprint (the
   catalogue footprint when known) and with the raster bounds, and are transformed to the
   image CRS there (``ST_Transform``).
@@ -15,12 +18,14 @@ Rules:
   the data area); a band without a valid pixel in a parcel that has a row has count 0.
 - All rows of an image are written in one transaction (write.replace_image_stats): a re-run
   replaces them and a failure leaves the database as it was.
+- Rows are only written for the parcel-set version they were computed from: the write
+  transaction locks the set row (``FOR SHARE``) and checks its version; when an import
+  committed meanwhile, the image is recomputed from the new version.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -30,22 +35,28 @@ from typing import Any
 import numpy as np
 import psycopg
 import rasterio
-import shapely
-from affine import Affine
 from rasterio.errors import RasterioError
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 
 from cbm_tasks import lineage
 from cbm_tasks.aoi import ParcelSetRef, find_parcel_set
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
-from cbm_tasks.errors import BandError, CorruptProductError
+from cbm_tasks.errors import BandError, ParcelSetChangedError
 from cbm_tasks.extraction.bands import BandSource
-from cbm_tasks.extraction.label_cache import GridKey, LabelCache
+from cbm_tasks.extraction.grid import (
+    Grid,
+    Selection,
+    grid_of,
+    overlap_pairs,
+    select_parcels,
+    window_layers,
+    window_of,
+)
+from cbm_tasks.extraction.label_cache import LabelCache
+from cbm_tasks.extraction.layers import BandResult, reduce_band
 from cbm_tasks.extraction.raster_io import RasterStore, open_raster, raster_error
-from cbm_tasks.extraction.rasterize import rasterize_parcels
 from cbm_tasks.extraction.sources import product_bands
-from cbm_tasks.extraction.zonal import class_counts, zonal_stats
 from cbm_tasks.timeseries import write
 
 __all__ = ["ENGINE_OPTIONS", "ExtractionResult", "RegisterImage", "extract_image", "extract_product"]
@@ -55,12 +66,14 @@ log = logging.getLogger(__name__)
 ENGINE_OPTIONS = {"pixel_rule": "centre", "percentiles": "linear", "std": "population", "resampling": "none"}
 # (conn, covers_parcels) -> product_id, called inside the write transaction (see extract_image)
 RegisterImage = Callable[[psycopg.Connection, bool], int]
-_STAT_FIELDS = ("count", "mean", "std", "min", "max", "p25", "p50", "p75")
+# an import committed between reading the set and writing its rows: recompute this often, then
+# let the error (a TransientError) reach the task's retry
+_MAX_SET_CHANGES = 3
 
 
 @dataclass(frozen=True, slots=True)
 class ExtractionResult:
-    """What one extraction wrote: parcels with a row, statistics rows, bands, time taken."""
+    """What one extraction wrote: parcels with a row, statistics rows, bands, time taken, and a warning."""
 
     product_id: int
     parcel_set_id: int
@@ -68,37 +81,7 @@ class ExtractionResult:
     n_rows: int
     n_bands: int
     seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Grid:
-    """The pixel grid of a band file: where its pixels are."""
-
-    epsg: int
-    transform: Affine
-    height: int
-    width: int
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        x0, y0 = self.transform @ (0, 0)
-        x1, y1 = self.transform @ (self.width, self.height)
-        return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
-
-
-@dataclass(frozen=True, slots=True)
-class _Selection:
-    """Parcels selected for one grid (valid footprint and raster bounds), bounds in the grid's CRS."""
-
-    parcel_keys: np.ndarray  # int32, ascending
-    bounds: np.ndarray  # float64 (n, 4): xmin, ymin, xmax, ymax
-
-
-@dataclass(frozen=True, slots=True)
-class _BandResult:
-    band: BandSource
-    parcel_keys: np.ndarray  # parcels with a valid pixel
-    values: np.ndarray  # float32 (n, 8) statistics, or int32 (n, n_classes) class counts
+    warning: str | None = None  # why no row was written (image misses every parcel, or only nodata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,109 +93,6 @@ class _Computed:
 
 # The raster extent (or window) is densified before ST_Transform so that it keeps its shape in the
 # parcel set's CRS; parcels are compared in their own CRS so that the GiST index applies.
-_SELECT_PARCELS = """
-SELECT p.parcel_key, ST_XMin(t.box), ST_YMin(t.box), ST_XMax(t.box), ST_YMax(t.box)
-FROM cbm.parcel p CROSS JOIN LATERAL (SELECT Box2D(ST_Transform(p.geom, %(srid)s)) AS box) AS t
-WHERE p.parcel_set_id = %(set)s
-  AND ST_Intersects(p.geom, ST_Transform(ST_Segmentize(
-        ST_MakeEnvelope(%(xmin)s, %(ymin)s, %(xmax)s, %(ymax)s, %(srid)s), %(step)s), %(set_srid)s))
-  AND (%(footprint)s::text IS NULL
-       OR ST_Intersects(p.geom, ST_Transform(ST_GeomFromText(%(footprint)s::text, 4326), %(set_srid)s)))
-ORDER BY p.parcel_key
-"""
-_WINDOW_PARCELS = """
-SELECT p.parcel_key, ST_AsBinary(ST_Transform(p.geom, %(srid)s))
-FROM cbm.parcel p
-WHERE p.parcel_set_id = %(set)s
-  AND ST_Intersects(p.geom, ST_Transform(ST_Segmentize(
-        ST_MakeEnvelope(%(xmin)s, %(ymin)s, %(xmax)s, %(ymax)s, %(srid)s), %(step)s), %(set_srid)s))
-ORDER BY p.parcel_key
-"""
-
-
-def _envelope_params(parcel_set: ParcelSetRef, epsg: int, bounds: Sequence[float]) -> dict[str, Any]:
-    xmin, ymin, xmax, ymax = bounds
-    return {"set": parcel_set.parcel_set_id, "set_srid": parcel_set.srid, "srid": epsg, "xmin": xmin,
-            "ymin": ymin, "xmax": xmax, "ymax": ymax, "step": max(xmax - xmin, ymax - ymin) / 64}
-
-
-def _select_parcels(conn: psycopg.Connection, parcel_set: ParcelSetRef, grid: _Grid,
-                    footprint_wkt: str | None) -> _Selection:
-    with conn.transaction():
-        rows = conn.execute(_SELECT_PARCELS, {**_envelope_params(parcel_set, grid.epsg, grid.bounds),
-                                              "footprint": footprint_wkt}).fetchall()
-    keys = np.fromiter((r[0] for r in rows), np.int32, len(rows))
-    return _Selection(keys, np.array([r[1:] for r in rows], np.float64).reshape(len(rows), 4))
-
-
-def _grid_of(dataset: rasterio.DatasetReader, *, product: str, href: str) -> _Grid:
-    if dataset.crs is None:
-        raise CorruptProductError(f"product {product}: {href} has no CRS (no georeferencing)")
-    epsg = dataset.crs.to_epsg()
-    if epsg is None:
-        raise CorruptProductError(
-            f"product {product}: the CRS of {href} has no EPSG code, which PostGIS needs: {dataset.crs.to_wkt()[:120]}"
-        )
-    if dataset.transform.b != 0 or dataset.transform.d != 0:
-        raise CorruptProductError(
-            f"product {product}: {href} has a rotated geotransform {tuple(dataset.transform)[:6]}"
-        )
-    return _Grid(int(epsg), dataset.transform, dataset.height, dataset.width)
-
-
-def _window(grid: _Grid, selection: _Selection) -> Window | None:
-    """The window of *grid* covering the selected parcels, rounded outwards to whole pixels; None if outside."""
-    if not len(selection.parcel_keys):
-        return None
-    gx0, gy0, gx1, gy1 = grid.bounds
-    x0, y0 = max(gx0, selection.bounds[:, 0].min()), max(gy0, selection.bounds[:, 1].min())
-    x1, y1 = min(gx1, selection.bounds[:, 2].max()), min(gy1, selection.bounds[:, 3].max())
-    if x0 >= x1 or y0 >= y1:
-        return None
-    window = from_bounds(x0, y0, x1, y1, transform=grid.transform)
-    col0 = max(0, math.floor(window.col_off))
-    row0 = max(0, math.floor(window.row_off))
-    col1 = min(grid.width, math.ceil(window.col_off + window.width))
-    row1 = min(grid.height, math.ceil(window.row_off + window.height))
-    if col1 <= col0 or row1 <= row0:
-        return None
-    return Window(col0, row0, col1 - col0, row1 - row0)
-
-
-def _labels(conn: psycopg.Connection, cache: LabelCache, grid: _Grid, window: Window,
-            parcel_set: ParcelSetRef) -> np.ndarray:
-    """The parcel keys of the window's pixels, from the cache or rasterised from every parcel in the window.
-
-    Every parcel of the set that touches the window is burnt in, not only the selected ones, so
-    that the raster depends on nothing but the grid and the parcel set version (the cache key).
-    """
-    transform = rasterio.windows.transform(window, grid.transform)
-    shape = (int(window.height), int(window.width))
-    key = GridKey(crs_wkt=rasterio.crs.CRS.from_epsg(grid.epsg).to_wkt(), transform=tuple(transform)[:6],
-                  shape=shape, parcel_set_id=parcel_set.parcel_set_id, parcel_set_version=parcel_set.version)
-    labels: np.ndarray | None = cache.get(key)
-    if labels is None:
-        bounds = rasterio.windows.bounds(window, grid.transform)
-        with conn.transaction():
-            rows = conn.execute(_WINDOW_PARCELS, _envelope_params(parcel_set, grid.epsg, bounds)).fetchall()
-        keys = np.fromiter((r[0] for r in rows), np.int32, len(rows))
-        geoms = np.asarray(shapely.from_wkb([bytes(r[1]) for r in rows]), dtype=object).reshape(len(rows))
-        labels = rasterize_parcels(geoms, keys, transform=transform, shape=shape)
-        cache.put(key, labels)
-    return labels
-
-
-def _reduce_band(band: BandSource, labels: np.ndarray, values: np.ndarray, n_labels: int) -> _BandResult:
-    if band.categorical:
-        per_class = class_counts(labels, values, band=band.name, n_classes=int(band.n_classes or 0),
-                                 nodata=None if band.nodata is None else int(band.nodata))
-        return _BandResult(band, per_class.keys, np.asarray(per_class.counts, np.int32))
-    result = zonal_stats(labels, values, band=band.name, nodata=band.nodata, n_labels=n_labels)
-    result = result.scaled(scale=band.scale, offset=band.offset)
-    block = np.column_stack([getattr(result, field) for field in _STAT_FIELDS]).astype(np.float32)
-    return _BandResult(band, result.keys, block.reshape(len(result.keys), write.STATS_PER_BAND))
-
-
 def _read(dataset: rasterio.DatasetReader, band: BandSource, window: Window, *, store: RasterStore,
           product: str) -> np.ndarray:
     try:
@@ -223,48 +103,49 @@ def _read(dataset: rasterio.DatasetReader, band: BandSource, window: Window, *, 
 
 
 def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, bands: Sequence[BandSource],
-             parcel_set: ParcelSetRef, label_cache: LabelCache) -> _Computed:
-    """Read the bands and reduce them to per-parcel rows; no database writes."""
+             parcel_set: ParcelSetRef, label_cache: LabelCache, only_keys: np.ndarray | None = None) -> _Computed:
+    """Read the bands and reduce them to per-parcel rows (of *only_keys* when given); no database writes."""
     with conn.transaction():
         row = conn.execute("SELECT coalesce(max(parcel_key), 0) FROM cbm.parcel WHERE parcel_set_id = %s",
                            (parcel_set.parcel_set_id,)).fetchone()
     n_labels = int(row[0]) if row is not None else 0
-    results: list[_BandResult] = []
+    results: list[BandResult] = []
     # deflate/JPEG2000 decoding is the largest part of a warm run: let GDAL use every core for it
     gdal_options = {"GDAL_NUM_THREADS": "ALL_CPUS", **store.rasterio_env()}
     with rasterio.Env(**gdal_options), ExitStack() as stack:
         datasets: dict[str, rasterio.DatasetReader] = {}
-        grids: dict[str, _Grid] = {}
+        grids: dict[str, Grid] = {}
         for band in bands:
             if band.href not in datasets:
                 datasets[band.href] = stack.enter_context(
                     open_raster(band.href, store=store, product=product.name, band=band.name))
-                grids[band.href] = _grid_of(datasets[band.href], product=product.name, href=band.href)
+                grids[band.href] = grid_of(datasets[band.href], product=product.name, href=band.href)
             if band.band_index > datasets[band.href].count:
                 raise BandError(f"product {product.name}: band {band.name} is band {band.band_index} of {band.href}, "
                                 f"which has {datasets[band.href].count} band(s)")
         # the grids of one product usually share their extent (S2: 10, 20 and 60 m): select once per extent
-        by_extent: dict[tuple[int, tuple[float, ...]], _Selection] = {}
-        selections: dict[_Grid, _Selection] = {}
+        by_extent: dict[tuple[int, tuple[float, ...]], Selection] = {}
+        selections: dict[Grid, Selection] = {}
         for grid in dict.fromkeys(grids.values()):
             extent = (grid.epsg, grid.bounds)
             if extent not in by_extent:
-                by_extent[extent] = _select_parcels(conn, parcel_set, grid, product.footprint_wkt)
+                by_extent[extent] = select_parcels(conn, parcel_set, grid, product.footprint_wkt, only_keys)
             selections[grid] = by_extent[extent]
         selected = np.unique(np.concatenate([s.parcel_keys for s in selections.values()]))
+        pairs = overlap_pairs(conn, parcel_set)
         for band in bands:
             t0 = time.perf_counter()
             grid = grids[band.href]
-            window = _window(grid, selections[grid])
+            window = window_of(grid, selections[grid])
             if window is None:
                 width = int(band.n_classes or 0) if band.categorical else write.STATS_PER_BAND
-                result = _BandResult(band, np.empty(0, np.int32), np.empty((0, width), np.float32))
+                result = BandResult(band, np.empty(0, np.int32), np.empty((0, width), np.float32))
             else:
-                labels = _labels(conn, label_cache, grid, window, parcel_set)
+                layers = window_layers(conn, label_cache, grid, window, parcel_set, pairs)
                 values = _read(datasets[band.href], band, window, store=store, product=product.name)
-                result = _reduce_band(band, labels, values, n_labels)
+                result = reduce_band(band, layers, values, n_labels)
                 inside = np.isin(result.parcel_keys, selected)  # parcels outside the footprint are not reported
-                result = _BandResult(band, result.parcel_keys[inside], result.values[inside])
+                result = BandResult(band, result.parcel_keys[inside], result.values[inside])
             results.append(result)
             log.info("extracted product=%s band=%s parcels=%d rows=%d seconds=%.2f", product.name, band.name,
                      len(selections[grid].parcel_keys), len(result.parcel_keys), time.perf_counter() - t0)
@@ -287,6 +168,32 @@ def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, ban
     return _Computed(image, params, len(selected))
 
 
+def _write(conn: psycopg.Connection, product: Product, parcel_set: ParcelSetRef, computed: _Computed, *,
+           product_id: int | None, register: RegisterImage | None, t0: float,
+           pipeline_run_id: int | None) -> tuple[int, int]:
+    """Write the rows of one image in one transaction; return (product id, rows written).
+
+    Raises:
+        ParcelSetChangedError: an import committed a new version of the set after it was read;
+            nothing was written (the caller recomputes).
+    """
+    with conn.transaction():
+        if product_id is None and register is not None:
+            product_id = register(conn, computed.n_selected > 0)
+        if product_id is None:  # extract_image checked that one of the two is given
+            raise ValueError(f"image {product.name}: no product id to write its rows under")
+        if computed.n_selected == 0:
+            write.check_parcel_set_version(conn, parcel_set.parcel_set_id, parcel_set.version)
+            write.delete_image_stats(conn, parcel_set.parcel_set_id, product_id)
+            return product_id, 0
+        n_rows = write.replace_image_stats(
+            conn, parcel_set.parcel_set_id, product_id, computed.image,
+            parcel_set_version=parcel_set.version, params=computed.params,
+            seconds=time.perf_counter() - t0, pipeline_run_id=pipeline_run_id,
+        )
+    return product_id, n_rows
+
+
 def extract_image(
     conn: psycopg.Connection,
     store: RasterStore,
@@ -298,6 +205,7 @@ def extract_image(
     register: RegisterImage | None = None,
     label_cache: LabelCache | None = None,
     pipeline_run_id: int | None = None,
+    complete: bool = False,
 ) -> ExtractionResult:
     """Read the bands of *product*, reduce them per parcel of *aoi* in *year*, and write the rows in one transaction.
 
@@ -313,40 +221,96 @@ def extract_image(
             sets its status, so that the record, status and rows commit together).
         label_cache: as for :func:`extract_product`.
         pipeline_run_id: lineage row of this extraction, or None.
+        complete: when the image was extracted at an older version of the set, extract only
+            the parcels new or changed since (``cbm.parcel.geom_version``) and keep the
+            other rows; otherwise (and without an earlier extraction) replace all rows.
 
     Raises:
         ValueError: neither or both of *product_id* and *register*.
         NotFoundError, BandError, CorruptProductError: as :func:`extract_product`.
+        ParcelSetChangedError: imports kept changing the set while it was extracted (a
+            TransientError: the task's retry extracts it again).
     """
     if (product_id is None) == (register is None):
         raise ValueError(f"image {product.name}: give exactly one of product_id and register")
     t0 = time.perf_counter()
-    with conn.transaction():
-        parcel_set = find_parcel_set(conn, aoi=aoi, year=year)
-    write.ensure_partitions(conn, parcel_set.parcel_set_id)
     bands = product_bands(product, store=store)
-    computed = _compute(conn, store, product, bands, parcel_set,
-                        label_cache if label_cache is not None else LabelCache())
-    with conn.transaction():
-        if product_id is None and register is not None:
-            product_id = register(conn, computed.n_selected > 0)
-        if product_id is None:  # extract_image checked that one of the two is given
-            raise ValueError(f"image {product.name}: no product id to write its rows under")
-        if computed.n_selected == 0:
-            write.delete_image_stats(conn, parcel_set.parcel_set_id, product_id)
-            n_rows = 0
-        else:
-            n_rows = write.replace_image_stats(
-                conn, parcel_set.parcel_set_id, product_id, computed.image,
-                parcel_set_version=parcel_set.version, params=computed.params,
-                seconds=time.perf_counter() - t0, pipeline_run_id=pipeline_run_id,
-            )
-    result = ExtractionResult(product_id, parcel_set.parcel_set_id, len(computed.image.parcel_keys), n_rows,
-                              len(bands), time.perf_counter() - t0)
+    cache = label_cache if label_cache is not None else LabelCache()
+    for attempt in range(1, _MAX_SET_CHANGES + 1):
+        with conn.transaction():
+            parcel_set = find_parcel_set(conn, aoi=aoi, year=year)
+        write.ensure_partitions(conn, parcel_set.parcel_set_id)
+        missing = (_missing_parcels(conn, parcel_set, product_id, bands)
+                   if complete and product_id is not None else None)
+        computed = _compute(conn, store, product, bands, parcel_set, cache, missing)
+        try:
+            if missing is not None and product_id is not None:
+                written_id, n_rows = product_id, write.merge_parcel_stats(
+                    conn, parcel_set.parcel_set_id, product_id, computed.image, parcel_keys=missing,
+                    parcel_set_version=parcel_set.version)
+            else:
+                written_id, n_rows = _write(conn, product, parcel_set, computed, product_id=product_id,
+                                            register=register, t0=t0, pipeline_run_id=pipeline_run_id)
+            break
+        except ParcelSetChangedError as err:
+            if attempt == _MAX_SET_CHANGES:
+                raise
+            log.warning("recomputing product=%s aoi=%s year=%d (try %d of %d): %s", product.name, aoi, year,
+                        attempt + 1, _MAX_SET_CHANGES, err)
+    if missing is None:
+        warning, n_parcels = _empty_warning(computed, parcel_set), len(computed.image.parcel_keys)
+    else:
+        warning, n_parcels = None, _parcels_with_rows(conn, parcel_set.parcel_set_id, written_id)
+        log.info("completed product=%s product_id=%d aoi=%s year=%d version=%d parcels_missing=%d parcels_new_rows=%d",
+                 product.name, written_id, aoi, year, parcel_set.version, len(missing),
+                 len(computed.image.parcel_keys))
+    result = ExtractionResult(written_id, parcel_set.parcel_set_id, n_parcels, n_rows,
+                              len(bands), time.perf_counter() - t0, warning)
+    if warning is not None:
+        log.warning("image %s (product_id=%d, aoi=%s, year=%d): %s", product.name, written_id, aoi, year, warning)
     log.info("extracted product=%s product_id=%d aoi=%s year=%d bands=%d parcels_selected=%d parcels=%d rows=%d "
-             "seconds=%.2f", product.name, product_id, aoi, year, len(bands), computed.n_selected,
+             "seconds=%.2f", product.name, written_id, aoi, year, len(bands), computed.n_selected,
              result.n_parcels, result.n_rows, result.seconds)
     return result
+
+
+def _missing_parcels(conn: psycopg.Connection, parcel_set: ParcelSetRef, product_id: int,
+                     bands: Sequence[BandSource]) -> np.ndarray | None:
+    """The parcels an earlier extraction of the image lacks (new or changed since), or None to extract it whole.
+
+    None when the image has no extraction for the set, one at the current version (a re-run
+    replaces it), or one with other bands.
+    """
+    with conn.transaction():
+        row = conn.execute("SELECT parcel_set_version, bands, class_bands FROM cbm.extraction "
+                           "WHERE parcel_set_id = %s AND product_id = %s",
+                           (parcel_set.parcel_set_id, product_id)).fetchone()
+        if row is None or int(row[0]) >= parcel_set.version:
+            return None
+        if (list(row[1]) != [b.name for b in bands if not b.categorical]
+                or list(row[2]) != [b.name for b in bands if b.categorical]):
+            return None
+        keys = conn.execute("SELECT parcel_key FROM cbm.parcel WHERE parcel_set_id = %s AND geom_version > %s "
+                            "ORDER BY parcel_key", (parcel_set.parcel_set_id, int(row[0]))).fetchall()
+    return np.fromiter((k for (k,) in keys), np.int32, len(keys))
+
+
+def _parcels_with_rows(conn: psycopg.Connection, parcel_set_id: int, product_id: int) -> int:
+    with conn.transaction():
+        row = conn.execute("SELECT n_parcels FROM cbm.extraction WHERE parcel_set_id = %s AND product_id = %s",
+                           (parcel_set_id, product_id)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _empty_warning(computed: _Computed, parcel_set: ParcelSetRef) -> str | None:
+    """Why an image gave no row, in words for the operator; None when it gave rows."""
+    if computed.n_selected == 0:
+        return (f"misses every parcel of parcel set {parcel_set.parcel_set_id}: no parcel intersects its "
+                f"{computed.params['footprint']}; no rows written")
+    if len(computed.image.parcel_keys) == 0 and not any(len(c.parcel_keys) for c in computed.image.class_counts):
+        return (f"holds only nodata over the {computed.n_selected} parcels it covers (clouds, outside the data "
+                "area, or a wrong nodata value?); no rows written")
+    return None
 
 
 def extract_product(
@@ -358,6 +322,7 @@ def extract_product(
     year: int | None = None,
     label_cache: LabelCache | None = None,
     run: lineage.RunContext | None = None,
+    complete: bool = False,
 ) -> ExtractionResult:
     """Extract one catalogued image for the parcels of *aoi*, replacing its earlier rows.
 
@@ -369,6 +334,7 @@ def extract_product(
         year: parcel-set year; default the acquisition year.
         label_cache: label rasters to reuse across images of the same grid; one per worker.
         run: lineage context; when given, a cbm.pipeline_run row records this extraction.
+        complete: extract only the parcels an earlier extraction lacks (see :func:`extract_image`).
 
     Returns:
         ExtractionResult; n_parcels 0 when the image covers none of the parcels (the caller
@@ -387,7 +353,7 @@ def extract_product(
         run_id = lineage.start_run(conn, run, {"product_id": product_id, "aoi": aoi, "year": year})
     try:
         result = extract_image(conn, store, product, product_id=product_id, aoi=aoi, year=year,
-                               label_cache=label_cache, pipeline_run_id=run_id)
+                               label_cache=label_cache, pipeline_run_id=run_id, complete=complete)
     except BaseException as err:
         # BaseException: Airflow's execution timeout is one, and must not leave the run 'running'
         if run_id is not None:

@@ -40,6 +40,9 @@ class GridKey:
         shape: (rows, columns).
         parcel_set_id: cbm.parcel_set id.
         parcel_set_version: bumped whenever the parcel geometries change.
+        overlaps: digest of the set's overlapping parcel keys, which the raster leaves out
+            (they get their own layers); "" when none. A set whose overlaps were found
+            after its labels were cached (migration 009) thus gets new labels.
     """
 
     crs_wkt: str
@@ -47,6 +50,7 @@ class GridKey:
     shape: tuple[int, int]
     parcel_set_id: int
     parcel_set_version: int
+    overlaps: str = ""
 
     def __post_init__(self) -> None:
         if len(self.transform) != 6:
@@ -61,7 +65,7 @@ class GridKey:
         """Return a stable SHA-256 hex digest of the key (the on-disk file name)."""
         payload = json.dumps(
             [self.crs_wkt, [repr(v) for v in self.transform], list(self.shape),
-             self.parcel_set_id, self.parcel_set_version],
+             self.parcel_set_id, self.parcel_set_version, self.overlaps],
             separators=(",", ":"),
         )
         return hashlib.sha256(payload.encode()).hexdigest()

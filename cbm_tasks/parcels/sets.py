@@ -31,16 +31,22 @@ from psycopg.types import TypeInfo
 from cbm_tasks.aoi import ensure_aoi
 from cbm_tasks.errors import MigrationError, ParcelImportError, TransientError
 from cbm_tasks.parcels.geometry import geometry_md5
+from cbm_tasks.parcels.keys import KeyPlan, plan_keys
+from cbm_tasks.parcels.overlaps import (
+    OverlapSummary,
+    date_neighbours,
+    find_overlaps,
+    neighbours_of,
+    overlapping_keys,
+)
 from cbm_tasks.parcels.read import ParcelTable, Rejection, read_parcels, write_reject_report
 
 __all__ = [
     "ImportReport",
-    "KeyPlan",
     "ParcelSetInfo",
     "import_parcels",
     "list_parcel_sets",
     "load_parcels",
-    "plan_keys",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,7 @@ class ImportReport:
     n_changed: int = 0  # kept ids whose geometry changed
     n_removed: int = 0  # ids of the previous set absent now
     n_stale_rows: int = 0  # time-series rows deleted (removed and changed parcels)
+    overlaps: OverlapSummary = OverlapSummary()  # parcels whose areas overlap (cbm.parcel_overlap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,48 +91,6 @@ class ParcelSetInfo:
     source_file: str
     source_layer: str | None
     imported_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class KeyPlan:
-    """Parcel keys of a new set relative to the stored one (see :func:`plan_keys`)."""
-
-    keys: np.ndarray  # int32 key of each new parcel, aligned with the new ids
-    stale_keys: tuple[int, ...]  # keys whose time series must go: removed or changed parcels
-    n_new: int
-    n_changed: int
-    n_removed: int
-
-
-def plan_keys(
-    old: Sequence[tuple[str, int, str]], new_ids: Sequence[str], new_md5: Sequence[str], *, key_floor: int = 0
-) -> KeyPlan:
-    """Assign parcel keys: kept ids keep theirs, new ids get keys above every key ever given.
-
-    Args:
-        old: (parcel_id, parcel_key, geometry md5) of the stored set; empty for a new set.
-        new_ids: the parcel ids being imported (unique).
-        new_md5: md5 of each new geometry, as :func:`cbm_tasks.parcels.geometry.geometry_md5`.
-        key_floor: the highest key the set ever gave (``parcel_set.max_parcel_key``), so that
-            the key of a removed parcel is never reused.
-    """
-    old_key = {pid: key for pid, key, _ in old}
-    old_md5 = {pid: digest for pid, _, digest in old}
-    next_key = max(max(old_key.values(), default=0), key_floor) + 1
-    keys = np.empty(len(new_ids), dtype=np.int32)
-    stale: list[int] = []
-    n_new = n_changed = 0
-    for i, (pid, digest) in enumerate(zip(new_ids, new_md5, strict=True)):
-        key = old_key.get(pid)
-        if key is None:
-            key, next_key, n_new = next_key, next_key + 1, n_new + 1
-        elif old_md5[pid] != digest:
-            stale.append(key)
-            n_changed += 1
-        keys[i] = key
-    kept = set(new_ids)
-    removed = [key for pid, key, _ in old if pid not in kept]
-    return KeyPlan(keys, tuple(sorted(stale + removed)), n_new, n_changed, len(removed))
 
 
 def import_parcels(
@@ -217,7 +182,7 @@ def load_parcels(
         raise ParcelImportError(f"{source}: no importable parcel ({table.n_read} features read, all rejected)")
     digests = geometry_md5(table.geometries)
     try:
-        set_id, version, import_id, plan, n_stale = _replace_set(
+        set_id, version, import_id, plan, n_stale, overlaps = _replace_set(
             conn, table, digests, aoi=aoi, year=year, strict=strict
         )
     except psycopg.OperationalError as err:
@@ -243,7 +208,15 @@ def load_parcels(
         n_changed=plan.n_changed,
         n_removed=plan.n_removed,
         n_stale_rows=n_stale,
+        overlaps=overlaps,
     )
+    if overlaps.n_pairs:
+        log.warning(
+            "parcel set %d (%s %d) has %d overlapping parcel pairs (%d parcels, %.1f m2 shared, %d slivers); "
+            "largest: %s",
+            set_id, aoi, year, overlaps.n_pairs, overlaps.n_parcels, overlaps.area_m2, overlaps.n_slivers,
+            ", ".join(f"{o.parcel_id_a}/{o.parcel_id_b} {o.area_m2:.3f} m2" for o in overlaps.largest[:5]),
+        )
     log.info(
         "imported parcels aoi=%s year=%d parcel_set=%d version=%d srid=%d read=%d imported=%d repaired=%d "
         "rejected=%d new=%d changed=%d removed=%d stale_rows=%d file=%s seconds=%.2f",
@@ -256,31 +229,43 @@ def load_parcels(
 
 def _replace_set(
     conn: psycopg.Connection, table: ParcelTable, digests: Sequence[str], *, aoi: str, year: int, strict: bool
-) -> tuple[int, int, int, KeyPlan, int]:
-    """Swap the set's parcels in one transaction; return (set id, version, import id, key plan, stale rows)."""
+) -> tuple[int, int, int, KeyPlan, int, OverlapSummary]:
+    """Swap the set's parcels in one transaction; return (set id, version, import id, plan, stale rows, overlaps)."""
     source = table.source_file
     with conn.transaction(), conn.cursor() as cur:
         if cur.execute("SELECT 1 FROM spatial_ref_sys WHERE srid = %s", (table.srid,)).fetchone() is None:
             raise ParcelImportError(f"{source}: SRID {table.srid} is not in PostGIS spatial_ref_sys")
         set_id, version, created = _lock_set(cur, ensure_aoi(conn, aoi), year, table)
-        old = cur.execute(
-            "SELECT parcel_id, parcel_key, md5(ST_AsBinary(geom, 'NDR')) || ':' || ST_SRID(geom) "
+        stored = cur.execute(
+            "SELECT parcel_id, parcel_key, md5(ST_AsBinary(geom, 'NDR')) || ':' || ST_SRID(geom), geom_version "
             "FROM cbm.parcel WHERE parcel_set_id = %s",
             (set_id,),
         ).fetchall()
+        old = [(pid, key, digest) for pid, key, digest, _ in stored]
+        old_since = {pid: int(since) for pid, _, _, since in stored}
         key_floor = cur.execute(
             "SELECT max_parcel_key FROM cbm.parcel_set WHERE parcel_set_id = %s", (set_id,)
         ).fetchone()
         if key_floor is None:  # the row is locked by _lock_set: only a schema change removes it
             raise MigrationError(f"{source}: parcel set {set_id} has no max_parcel_key row; is the schema migrated?")
         plan = plan_keys(old, table.parcel_ids, [f"{d}:{table.srid}" for d in digests], key_floor=int(key_floor[0]))
-        cur.execute("DELETE FROM cbm.parcel WHERE parcel_set_id = %s", (set_id,))
-        _copy_parcels(cur, set_id, table, plan.keys)
-        n_stale = _delete_stale_rows(cur, set_id, plan.stale_keys)
         version = 1 if created else version + 1
+        # the version each geometry dates from: images extracted before it lack exactly these parcels
+        since = np.fromiter((version if fresh else old_since[pid] for pid, fresh in zip(table.parcel_ids, plan.fresh,
+                                                                                       strict=True)),
+                            np.int32, table.n_parcels)
+        old_neighbours = neighbours_of(cur, set_id, plan.stale_keys)
+        was_overlapping = overlapping_keys(cur, set_id)
+        cur.execute("DELETE FROM cbm.parcel WHERE parcel_set_id = %s", (set_id,))
+        _copy_parcels(cur, set_id, table, plan.keys, since)
+        n_stale = _delete_stale_rows(cur, set_id, plan.stale_keys)
+        overlaps = find_overlaps(cur, set_id)
+        if not created:
+            switched = sorted(was_overlapping ^ overlapping_keys(cur, set_id))
+            date_neighbours(cur, set_id, version, [*old_neighbours, *switched, *neighbours_of(cur, set_id, switched)])
         _update_set(cur, set_id, version, table)
         import_id = _record_import(cur, set_id, table, strict=strict)
-    return set_id, version, import_id, plan, n_stale
+    return set_id, version, import_id, plan, n_stale, overlaps
 
 
 def _lock_set(cur: psycopg.Cursor[TupleRow], aoi_id: int, year: int, table: ParcelTable) -> tuple[int, int, bool]:
@@ -312,7 +297,8 @@ class _EwkbDumper(Dumper):
         return obj
 
 
-def _copy_parcels(cur: psycopg.Cursor[TupleRow], set_id: int, table: ParcelTable, keys: np.ndarray) -> None:
+def _copy_parcels(cur: psycopg.Cursor[TupleRow], set_id: int, table: ParcelTable, keys: np.ndarray,
+                  since: np.ndarray) -> None:
     """COPY the parcels in binary, converting geometries chunk by chunk to bound memory."""
     info = TypeInfo.fetch(cur.connection, "geometry")
     if info is None:
@@ -320,10 +306,10 @@ def _copy_parcels(cur: psycopg.Cursor[TupleRow], set_id: int, table: ParcelTable
     # registered by oid on this cursor only, so bytes stay bytea everywhere else
     cur.adapters.register_dumper(None, type("GeometryEwkbDumper", (_EwkbDumper,), {"oid": info.oid}))
     with cur.copy(
-        "COPY cbm.parcel (parcel_set_id, parcel_key, parcel_id, crop_code, crop_name, area_m2, geom) "
+        "COPY cbm.parcel (parcel_set_id, parcel_key, parcel_id, crop_code, crop_name, area_m2, geom, geom_version) "
         "FROM STDIN (FORMAT BINARY)"
     ) as copy:
-        copy.set_types(["int2", "int4", "text", "text", "text", "float8", info.oid])
+        copy.set_types(["int2", "int4", "text", "text", "text", "float8", info.oid, "int4"])
         for start in range(0, table.n_parcels, _COPY_CHUNK):
             stop = min(start + _COPY_CHUNK, table.n_parcels)
             # EWKB carries the SRID: cbm.parcel.geom has no type modifier, one column serves every CRS
@@ -340,6 +326,7 @@ def _copy_parcels(cur: psycopg.Cursor[TupleRow], set_id: int, table: ParcelTable
                         table.crop_names[i],
                         float(table.areas_m2[i]),
                         geom,
+                        int(since[i]),
                     )
                 )
 

@@ -4,6 +4,8 @@ A DAG task opens the connection and the store from its Airflow connections
 (``dags/cbm_conn.py``), makes one call here and returns the small value it gets back. The
 extraction side of the product state machine (``cbm.product_status``) is driven from here:
 
+- :func:`requeue_incomplete` puts ``extracted`` images back to ``ready`` when their parcel
+  set was re-imported since (new or changed parcels lack their rows);
 - :func:`claim_ready` takes ``ready`` products for one extraction run (``SKIP LOCKED``);
 - :func:`extract_claimed` extracts one claimed product and records the outcome: ``extracted``,
   ``skipped`` (no parcel inside), ``failed`` at once for bad input, and back to ``ready`` (or
@@ -38,6 +40,7 @@ __all__ = [
     "claim_ready",
     "extract_claimed",
     "parcel_year",
+    "requeue_incomplete",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class ExtractOutcome:
     n_parcels: int
     n_rows: int
     seconds: float
+    warning: str | None = None  # why the image gave no row (misses every parcel, only nodata)
 
     def as_dict(self) -> dict[str, Any]:
         """Return the outcome as a JSON-able dict (an XCom value)."""
@@ -86,6 +90,8 @@ def claim_ready(
 ) -> list[tuple[str, int]]:
     """Claim the ``ready`` products of *aois* for one extraction run; return ``(aoi, product_id)`` pairs.
 
+    Extracted images made incomplete by a re-import are queued again first (:func:`requeue_incomplete`).
+
     Args:
         conn: CbM database.
         aois: AOI names, in the order they are served.
@@ -100,6 +106,8 @@ def claim_ready(
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 or None, got {limit}")
+    # images whose parcel set was re-imported since their extraction are claimed with the others
+    requeue_incomplete(conn, aois=aois)
     if force_product_id is not None:
         if len(aois) != 1:
             raise ConfigError(f"product_id {force_product_id} needs exactly one AOI, got {list(aois)}")
@@ -115,6 +123,44 @@ def claim_ready(
     if force_product_id is not None and (aois[0], force_product_id) not in claimed:
         raise NotFoundError(f"product {force_product_id} was reset but another run claimed it first")
     return claimed
+
+
+# FOR UPDATE OF both: an extraction writing meanwhile is waited for and its new version re-read
+_INCOMPLETE = """
+SELECT a.name, ps.product_id, e.parcel_set_version, s.version
+FROM cbm.product_status ps
+JOIN cbm.aoi a ON a.aoi_id = ps.aoi_id
+JOIN cbm.parcel_set s ON s.aoi_id = ps.aoi_id
+JOIN cbm.extraction e ON e.parcel_set_id = s.parcel_set_id AND e.product_id = ps.product_id
+WHERE a.name = ANY(%(aois)s) AND ps.status = %(extracted)s AND e.parcel_set_version < s.version
+ORDER BY a.name, ps.product_id
+FOR UPDATE OF ps, e
+"""
+
+
+def requeue_incomplete(conn: psycopg.Connection, *, aois: Sequence[str]) -> list[tuple[str, int]]:
+    """Put back to ``ready`` the extracted images of *aois* whose parcel set changed since their extraction.
+
+    A re-import deletes the rows of changed and removed parcels, and new parcels have none:
+    the images extracted before it are incomplete. Each goes back to ``ready`` (the next
+    ``cbm_extract`` run claims it) and its extraction then computes the new and changed
+    parcels only (``extract_product(complete=True)``). Idempotent: an image already queued,
+    or completed, is not taken again.
+
+    Args:
+        conn: CbM database.
+        aois: AOI names.
+
+    Returns:
+        The ``(aoi, product_id)`` pairs queued again.
+    """
+    with conn.transaction():
+        rows = conn.execute(_INCOMPLETE, {"aois": list(aois), "extracted": ProductStatus.EXTRACTED.value}).fetchall()
+        for aoi, product_id, extracted_at, current in rows:
+            registry.reset(conn, int(product_id), aoi=str(aoi))
+            log.info("requeued product_id=%d aoi=%s: extracted at parcel-set version %d, the set is at %d",
+                     product_id, aoi, extracted_at, current)
+    return [(str(aoi), int(product_id)) for aoi, product_id, _, _ in rows]
 
 
 def parcel_year(conn: psycopg.Connection, product_id: int, *, aoi: str) -> int | None:
@@ -183,8 +229,9 @@ def extract_claimed(
             log.warning("skipped product_id=%d aoi=%s: no parcel set for its season", product_id, aoi)
             return ExtractOutcome(aoi=aoi, product_id=product_id, status=ProductStatus.SKIPPED.value, n_parcels=0,
                                   n_rows=0, seconds=0.0)
+        # complete: an image queued again after a re-import gets its new and changed parcels only
         result = extract.extract_product(conn, store, product_id, aoi=aoi, year=year, run=run,
-                                         label_cache=label_cache)
+                                         label_cache=label_cache, complete=True)
     except BadInputError as err:
         registry.mark_failed(conn, product_id, aoi=aoi, error=f"{type(err).__name__}: {err}", permanent=True)
         raise
@@ -200,7 +247,7 @@ def extract_claimed(
     if status == ProductStatus.SKIPPED:
         log.warning("skipped product_id=%d aoi=%s: no parcel with a valid pixel in the image", product_id, aoi)
     return ExtractOutcome(aoi=aoi, product_id=product_id, status=status, n_parcels=result.n_parcels,
-                          n_rows=result.n_rows, seconds=round(result.seconds, 3))
+                          n_rows=result.n_rows, seconds=round(result.seconds, 3), warning=result.warning)
 
 
 def aoi_summary(conn: psycopg.Connection, aoi: str) -> AoiSummary:

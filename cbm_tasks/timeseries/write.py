@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from cbm_tasks.errors import TransientError
+from cbm_tasks.errors import ParcelSetChangedError, TransientError
 
 __all__ = [
     "STATS_PER_BAND",
@@ -25,6 +25,8 @@ __all__ = [
     "ImageStats",
     "delete_image_stats",
     "ensure_partitions",
+    "check_parcel_set_version",
+    "merge_parcel_stats",
     "replace_image_stats",
 ]
 
@@ -163,6 +165,8 @@ def replace_image_stats(
         ImageStats.n_rows: parcel x band statistics plus parcel x class-band counts.
 
     Raises:
+        ParcelSetChangedError: the set is no longer at *parcel_set_version* (an import
+            committed meanwhile); nothing was written: recompute from the new version.
         TransientError: the connection was lost (nothing was committed).
     """
     try:
@@ -183,27 +187,9 @@ def _replace(conn: psycopg.Connection, parcel_set_id: int, product_id: int, imag
         # deleting nothing and then colliding on the unique index
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cbm.parcel_obs ' || %s || ' ' || %s, 0))",
                      (parcel_set_id, product_id))
+        check_parcel_set_version(conn, parcel_set_id, parcel_set_version)
         _delete(conn, parcel_set_id, product_id)
-        with conn.cursor() as cur:
-            if len(image.parcel_keys):
-                with cur.copy("COPY cbm.parcel_obs (parcel_set_id, parcel_key, product_id, stats) "
-                              "FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.write(_PGCOPY_HEADER)
-                    for lo in range(0, len(image.parcel_keys), _COPY_CHUNK_ROWS):
-                        hi = lo + _COPY_CHUNK_ROWS
-                        copy.write(_encode_obs(parcel_set_id, product_id, image.parcel_keys[lo:hi],
-                                               image.stats[lo:hi]))
-                    copy.write(_PGCOPY_TRAILER)
-            if any(len(rows.parcel_keys) for rows in image.class_counts):
-                with cur.copy("COPY cbm.parcel_class_counts (parcel_set_id, parcel_key, product_id, class_band, "
-                              "counts) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.write(_PGCOPY_HEADER)
-                    for class_band, rows in enumerate(image.class_counts, start=1):
-                        for lo in range(0, len(rows.parcel_keys), _COPY_CHUNK_ROWS):
-                            hi = lo + _COPY_CHUNK_ROWS
-                            copy.write(_encode_counts(parcel_set_id, product_id, class_band,
-                                                      rows.parcel_keys[lo:hi], rows.counts[lo:hi]))
-                    copy.write(_PGCOPY_TRAILER)
+        _copy_rows(conn, parcel_set_id, product_id, image)
         conn.execute(
             "INSERT INTO cbm.extraction (parcel_set_id, product_id, bands, class_bands, parcel_set_version, "
             "n_parcels, n_rows, params, pipeline_run_id, seconds) "
@@ -218,6 +204,117 @@ def _replace(conn: psycopg.Connection, parcel_set_id: int, product_id: int, imag
              "params": json.dumps(params, sort_keys=True, default=str), "run": pipeline_run_id,
              "seconds": seconds},
         )
+
+
+def _copy_rows(conn: psycopg.Connection, parcel_set_id: int, product_id: int, image: ImageStats) -> None:
+    """Stream the rows of *image* in with binary COPY (the caller has deleted what they replace)."""
+    with conn.cursor() as cur:
+        if len(image.parcel_keys):
+            with cur.copy("COPY cbm.parcel_obs (parcel_set_id, parcel_key, product_id, stats) "
+                          "FROM STDIN (FORMAT BINARY)") as copy:
+                copy.write(_PGCOPY_HEADER)
+                for lo in range(0, len(image.parcel_keys), _COPY_CHUNK_ROWS):
+                    hi = lo + _COPY_CHUNK_ROWS
+                    copy.write(_encode_obs(parcel_set_id, product_id, image.parcel_keys[lo:hi],
+                                           image.stats[lo:hi]))
+                copy.write(_PGCOPY_TRAILER)
+        if any(len(rows.parcel_keys) for rows in image.class_counts):
+            with cur.copy("COPY cbm.parcel_class_counts (parcel_set_id, parcel_key, product_id, class_band, "
+                          "counts) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.write(_PGCOPY_HEADER)
+                for class_band, rows in enumerate(image.class_counts, start=1):
+                    for lo in range(0, len(rows.parcel_keys), _COPY_CHUNK_ROWS):
+                        hi = lo + _COPY_CHUNK_ROWS
+                        copy.write(_encode_counts(parcel_set_id, product_id, class_band,
+                                                  rows.parcel_keys[lo:hi], rows.counts[lo:hi]))
+                copy.write(_PGCOPY_TRAILER)
+
+
+def check_parcel_set_version(conn: psycopg.Connection, parcel_set_id: int, version: int) -> None:
+    """Lock the parcel set against imports until the caller's transaction ends, and check its version.
+
+    Call it in the transaction that writes rows computed from the set: ``FOR SHARE`` waits for
+    an import in progress (which holds ``FOR UPDATE``) and then reads the committed version, and
+    keeps any later import waiting until the rows are committed. Rows computed from another
+    version never get in: an import deletes the rows of the parcels it changes, so rows
+    written after it from the old polygons would survive it.
+
+    Raises:
+        ParcelSetChangedError: the set's version is not *version*, or the set was deleted.
+    """
+    row = conn.execute("SELECT version FROM cbm.parcel_set WHERE parcel_set_id = %s FOR SHARE",
+                       (parcel_set_id,)).fetchone()
+    if row is None or int(row[0]) != version:
+        now = "deleted" if row is None else f"at version {row[0]}"
+        raise ParcelSetChangedError(
+            f"parcel set {parcel_set_id}: rows were computed from version {version}, but the set is {now} "
+            "(an import committed meanwhile); nothing was written"
+        )
+
+
+def merge_parcel_stats(
+    conn: psycopg.Connection,
+    parcel_set_id: int,
+    product_id: int,
+    image: ImageStats,
+    *,
+    parcel_keys: np.ndarray,
+    parcel_set_version: int,
+) -> int:
+    """Replace the rows of some parcels of one extracted image, and bring its record to *parcel_set_version*.
+
+    Completes an image after a re-import: *image* holds the rows of the new and changed
+    parcels (*parcel_keys*, those with ``geom_version`` above the extraction's version); the
+    rows of the other parcels stay. One transaction, checked against the set version as
+    :func:`replace_image_stats`; re-running it gives the same rows.
+
+    Args:
+        conn: open connection (a savepoint when the caller has a transaction open).
+        parcel_set_id: the parcel set.
+        product_id: the image, already extracted for the set (a ``cbm.extraction`` row).
+        image: rows of (a subset of) *parcel_keys*, with the extraction's bands in its order.
+        parcel_keys: every parcel whose rows are replaced (a parcel without a valid pixel has none).
+        parcel_set_version: the version the rows were computed from.
+
+    Returns:
+        The rows written.
+
+    Raises:
+        ParcelSetChangedError: the set changed since it was read; nothing was written.
+        ValueError: *image*'s bands differ from the extraction's (extract the whole image instead).
+        TransientError: the connection was lost (nothing was committed).
+    """
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cbm.parcel_obs ' || %s || ' ' || %s, 0))",
+                         (parcel_set_id, product_id))
+            check_parcel_set_version(conn, parcel_set_id, parcel_set_version)
+            row = conn.execute("SELECT bands, class_bands FROM cbm.extraction WHERE parcel_set_id = %s "
+                               "AND product_id = %s FOR UPDATE", (parcel_set_id, product_id)).fetchone()
+            class_bands = [rows.band for rows in image.class_counts]
+            if row is None or list(row[0]) != list(image.bands) or list(row[1]) != class_bands:
+                raise ValueError(f"product {product_id}: its extraction for parcel set {parcel_set_id} has bands "
+                                 f"{None if row is None else (row[0], row[1])}, the new rows "
+                                 f"{(list(image.bands), class_bands)}")
+            keys = parcel_keys.astype(np.int32).tolist()
+            conn.execute("DELETE FROM cbm.parcel_obs WHERE parcel_set_id = %s AND product_id = %s "
+                         "AND parcel_key = ANY(%s)", (parcel_set_id, product_id, keys))
+            conn.execute("DELETE FROM cbm.parcel_class_counts WHERE parcel_set_id = %s AND product_id = %s "
+                         "AND parcel_key = ANY(%s)", (parcel_set_id, product_id, keys))
+            _copy_rows(conn, parcel_set_id, product_id, image)
+            conn.execute(
+                "UPDATE cbm.extraction e SET parcel_set_version = %(version)s, extracted_at = now(), "
+                "n_parcels = o.n, n_rows = o.n * cardinality(e.bands) + (SELECT count(*) FROM cbm.parcel_class_counts "
+                "  WHERE parcel_set_id = %(set)s AND product_id = %(product)s) "
+                "FROM (SELECT count(*) AS n FROM cbm.parcel_obs WHERE parcel_set_id = %(set)s "
+                "      AND product_id = %(product)s) o "
+                "WHERE e.parcel_set_id = %(set)s AND e.product_id = %(product)s",
+                {"version": parcel_set_version, "set": parcel_set_id, "product": product_id},
+            )
+    except psycopg.OperationalError as err:
+        raise TransientError(f"completing the rows of product {product_id} for parcel set {parcel_set_id}: {err}") \
+            from err
+    return image.n_rows
 
 
 def ensure_partitions(conn: psycopg.Connection, parcel_set_id: int) -> None:
