@@ -179,10 +179,23 @@ def _replace(conn: psycopg.Connection, parcel_set_id: int, product_id: int, imag
              pipeline_run_id: int | None) -> None:
     class_bands = [rows.band for rows in image.class_counts]
     with conn.transaction():
-        # two writers of the same image (a DAG run and a CLI re-run) take turns instead of both
-        # deleting nothing and then colliding on the unique index
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cbm.parcel_obs ' || %s || ' ' || %s, 0))",
-                     (parcel_set_id, product_id))
+        # the upsert comes first: its row lock makes two writers of the same image (a DAG run and a
+        # CLI re-run) take turns instead of both deleting nothing and then colliding on the unique
+        # index; only roles that may write cbm.extraction can take it (an advisory key any role can)
+        conn.execute(
+            "INSERT INTO cbm.extraction (parcel_set_id, product_id, bands, class_bands, parcel_set_version, "
+            "n_parcels, n_rows, params, pipeline_run_id, seconds) "
+            "VALUES (%(set)s, %(product)s, %(bands)s, %(class_bands)s, %(version)s, %(n_parcels)s, %(n_rows)s, "
+            "%(params)s, %(run)s, %(seconds)s) "
+            "ON CONFLICT (parcel_set_id, product_id) DO UPDATE SET bands = EXCLUDED.bands, "
+            "class_bands = EXCLUDED.class_bands, parcel_set_version = EXCLUDED.parcel_set_version, "
+            "n_parcels = EXCLUDED.n_parcels, n_rows = EXCLUDED.n_rows, params = EXCLUDED.params, "
+            "pipeline_run_id = EXCLUDED.pipeline_run_id, seconds = EXCLUDED.seconds, extracted_at = now()",
+            {"set": parcel_set_id, "product": product_id, "bands": list(image.bands), "class_bands": class_bands,
+             "version": parcel_set_version, "n_parcels": len(image.parcel_keys), "n_rows": image.n_rows,
+             "params": json.dumps(params, sort_keys=True, default=str), "run": pipeline_run_id,
+             "seconds": seconds},
+        )
         _delete(conn, parcel_set_id, product_id)
         with conn.cursor() as cur:
             if len(image.parcel_keys):
@@ -204,20 +217,6 @@ def _replace(conn: psycopg.Connection, parcel_set_id: int, product_id: int, imag
                             copy.write(_encode_counts(parcel_set_id, product_id, class_band,
                                                       rows.parcel_keys[lo:hi], rows.counts[lo:hi]))
                     copy.write(_PGCOPY_TRAILER)
-        conn.execute(
-            "INSERT INTO cbm.extraction (parcel_set_id, product_id, bands, class_bands, parcel_set_version, "
-            "n_parcels, n_rows, params, pipeline_run_id, seconds) "
-            "VALUES (%(set)s, %(product)s, %(bands)s, %(class_bands)s, %(version)s, %(n_parcels)s, %(n_rows)s, "
-            "%(params)s, %(run)s, %(seconds)s) "
-            "ON CONFLICT (parcel_set_id, product_id) DO UPDATE SET bands = EXCLUDED.bands, "
-            "class_bands = EXCLUDED.class_bands, parcel_set_version = EXCLUDED.parcel_set_version, "
-            "n_parcels = EXCLUDED.n_parcels, n_rows = EXCLUDED.n_rows, params = EXCLUDED.params, "
-            "pipeline_run_id = EXCLUDED.pipeline_run_id, seconds = EXCLUDED.seconds, extracted_at = now()",
-            {"set": parcel_set_id, "product": product_id, "bands": list(image.bands), "class_bands": class_bands,
-             "version": parcel_set_version, "n_parcels": len(image.parcel_keys), "n_rows": image.n_rows,
-             "params": json.dumps(params, sort_keys=True, default=str), "run": pipeline_run_id,
-             "seconds": seconds},
-        )
 
 
 def ensure_partitions(conn: psycopg.Connection, parcel_set_id: int) -> None:
