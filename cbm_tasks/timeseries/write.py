@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from cbm_tasks.db import transient_error
 from cbm_tasks.errors import TransientError
 
 __all__ = [
@@ -169,8 +170,8 @@ def replace_image_stats(
         _replace(conn, parcel_set_id, product_id, image, parcel_set_version=parcel_set_version, params=params,
                  seconds=seconds, pipeline_run_id=pipeline_run_id)
     except psycopg.OperationalError as err:  # connection lost, server shutting down: a retry may succeed
-        raise TransientError(f"writing the rows of product {product_id} for parcel set {parcel_set_id}: {err}") \
-            from err
+        raise TransientError(f"writing the rows of product {product_id} for parcel set {parcel_set_id}: "
+                             f"{transient_error(err)}") from err
     return image.n_rows
 
 
