@@ -14,6 +14,7 @@ from pathlib import Path
 import airflow_testenv
 import psycopg
 import pytest
+from catalogue_replay import json_reply, replay_server, sequence
 
 CFG = airflow_testenv.activate()  # before any airflow import
 
@@ -161,3 +162,35 @@ def test_transient_failure_is_retried_without_duplicates(
         ).fetchall()
     assert len(per_image) == N_PER_SENSOR
     assert all(n_parcels == n_obs > 0 for _, n_parcels, n_obs in per_image)
+
+
+def test_an_aoi_whose_catalogue_is_down_holds_no_other_aoi_back(
+    airflow_db: str, demo: demo_data.DemoLayout, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        parcel.import_parcels(conn, demo.parcels_file, aoi="down", year=2018)
+    window = {"start": "2017-08-01", "end": "2018-11-30"}
+    with replay_server() as server:
+        server.route("GET", "/odata/v1/Products", sequence([json_reply({"detail": "maintenance"}, status=500)]))
+        monkeypatch.setenv("AIRFLOW_VAR_CBM_CATALOGUE", json.dumps({
+            "demo": {"kind": "local", "root": str(demo.catalogue_root)},
+            "down": {"kind": "cdse-odata", "url": f"{server.base_url}/odata/v1/Products", "max_attempts": 2,
+                     "max_total_s": 5},
+        }))
+        dag = _dags().dags["cbm_catalogue"]
+        # the scheduled form: every AOI. The dead catalogue is tried, recorded in back-off, and the run moves on
+        run = dag.test(run_conf={"aoi": "*", **window})
+        assert len(server.requests) == 2  # its two attempts, and no Airflow retry
+        polls = {ti.map_index: ti for ti in run.get_task_instances() if ti.task_id == "poll"}
+        assert [ti.state for ti in polls.values()] == ["success", "success"]
+        assert all(ti.try_number == 1 for ti in polls.values())
+        announce = run.get_task_instance("announce")
+        assert announce.state == "success"
+        assert announce.xcom_pull(task_ids="announce")["aois"] == ["demo"]  # the healthy AOI is announced
+        check = run.get_task_instance("check")
+        assert check.state == "failed" and run.state == "failed"  # and the run says one AOI was not polled
+        assert set(_statuses(db_url).values()) == {"ready"} and len(_statuses(db_url)) == 2 * N_PER_SENSOR
+        # a manual run for the healthy AOI does not touch the dead catalogue
+        n_requests = len(server.requests)
+        run = dag.test(run_conf={"aoi": "demo", **window})
+        assert run.state == "success" and len(server.requests) == n_requests
