@@ -404,7 +404,8 @@ def test_persistent_5xx_is_transient_and_names_the_object(proxied: tuple[S3Store
     proxy.inject("GET", 500, "InternalError", times=50)
     with pytest.raises(TransientError, match=rf"s3://{bucket}/cbm/down/d\.bin: HTTP 500 InternalError"):
         store.read_bytes("down/d.bin")
-X
+    # the first request and botocore's 5 retries (retries={"max_attempts": 5} counts retries), then Airflow's
+    assert _gets(proxy, "/cbm/down/d.bin") == [500] * 6
 
 
 def test_access_denied_is_not_retried(proxied: tuple[S3Store, FaultProxy], tmp_path: Path) -> None:
