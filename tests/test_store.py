@@ -261,13 +261,20 @@ def test_rasterio_reads_a_cog_through_vsis3(store: S3Store, s3: MotoServer, buck
     assert (env["AWS_HTTPS"], env["AWS_VIRTUAL_HOSTING"]) == ("NO", "FALSE")
     assert env["AWS_REGION"] == REGION
     assert env["session"].get_credential_options()["AWS_ACCESS_KEY_ID"] == ACCESS_KEY
+    def ranged() -> int:
+        return sum(1 for line in s3.requests() if "/cbm/S2/B08.tif HTTP/1.1\" 206" in line)
+
     with rasterio.Env(**env), rasterio.open(store.gdal_path("S2/B08.tif")) as src:
         assert (src.width, src.height, src.crs.to_epsg(), src.nodata) == (512, 512, 32631, 0)
         assert src.transform.c == 501360 and src.transform.f == 5629680
-        window = src.read(1, window=Window(300, 260, 20, 10))
+        after_open = ranged()
+        window = src.read(1, window=Window(300, 260, 20, 10))  # inside one 256 px tile
+        after_read = ranged()
     np.testing.assert_array_equal(window, values[260:270, 300:320])
-    ranged = [line for line in s3.requests() if "/cbm/S2/B08.tif HTTP/1.1\" 206" in line]
-    assert ranged, "GDAL should read the COG with ranged GETs (HTTP 206)"
+    assert after_open >= 1  # the header, with a ranged GET
+    assert after_read - after_open == 1  # exactly the one tile the window lies in, not the file
+    full_gets = [line for line in s3.requests() if "/cbm/S2/B08.tif HTTP/1.1\" 200" in line and "GET" in line]
+    assert full_gets == []
     store.upload(tmp_path / "B08.tif", "S2/B08.TIF")  # allowed extensions match whatever the case
     with rasterio.Env(**env), rasterio.open(store.gdal_path("S2/B08.TIF")) as src:
         assert src.read(1, window=Window(0, 0, 2, 1)).tolist() == [values[0, :2].tolist()]
