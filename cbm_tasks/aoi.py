@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import psycopg
 
-from cbm_tasks.errors import NotFoundError
+from cbm_tasks.errors import IdLimitError, NotFoundError
 
 __all__ = [
     "ParcelSetRef",
     "aoi_footprint_wkt",
     "aoi_id",
     "ensure_aoi",
+    "id_limit_error",
     "find_parcel_set",
     "list_aois",
     "parcel_set_years",
@@ -37,16 +38,38 @@ class ParcelSetRef:
     n_parcels: int
 
 
+def id_limit_error(err: psycopg.errors.SequenceGeneratorLimitExceeded, *, table: str, what: str) -> IdLimitError:
+    """Return the error that says the ids of *table* are used up, naming the limit and what to do."""
+    return IdLimitError(
+        f"cannot create {what}: every id of {table} is used ({str(err).strip()}); ids are smallint, "
+        "at most 32767. Delete unused rows, or have an administrator widen the column in a migration"
+    )
+
+
 def ensure_aoi(conn: psycopg.Connection, name: str, *, description: str | None = None) -> int:
-    """Return the id of AOI *name*, creating it when absent."""
-    row = conn.execute(
-        "INSERT INTO cbm.aoi (name, description) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING RETURNING aoi_id",
-        (name, description),
-    ).fetchone()
+    """Return the id of AOI *name*, creating it when absent.
+
+    Looks the AOI up first: ``INSERT ... ON CONFLICT DO NOTHING`` draws an id from the
+    (smallint) sequence even when the row exists, and is only run for a new AOI.
+
+    Raises:
+        IdLimitError: the AOI is new and all AOI ids are used.
+    """
+    row = conn.execute("SELECT aoi_id FROM cbm.aoi WHERE name = %s", (name,)).fetchone()
+    if row is not None:
+        return int(row[0])
+    try:
+        row = conn.execute(
+            "INSERT INTO cbm.aoi (name, description) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING "
+            "RETURNING aoi_id",
+            (name, description),
+        ).fetchone()
+    except psycopg.errors.SequenceGeneratorLimitExceeded as err:
+        raise id_limit_error(err, table="cbm.aoi", what=f"AOI {name!r}") from err
     if row is not None:
         log.info("created aoi=%s aoi_id=%d", name, row[0])
         return int(row[0])
-    return aoi_id(conn, name)
+    return aoi_id(conn, name)  # created by a concurrent transaction meanwhile
 
 
 def aoi_id(conn: psycopg.Connection, name: str) -> int:

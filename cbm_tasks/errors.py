@@ -18,6 +18,7 @@ __all__ = [
     "CorruptProductError",
     "GeometryError",
     "GridMismatchError",
+    "IdLimitError",
     "MigrationError",
     "NotFoundError",
     "ParcelImportError",
@@ -84,6 +85,10 @@ class ProductNotFoundError(NotFoundError):
 
 class StoreError(BadInputError):
     """An object-store request a retry cannot fix: access denied, no credentials, a bad URI, a refused overwrite."""
+
+
+class IdLimitError(CbmError):
+    """An id sequence has reached the largest value of its column type; nothing more can be created."""
 
 
 class MigrationError(CbmError):

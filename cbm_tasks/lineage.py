@@ -4,6 +4,11 @@ Every step that changes data opens a ``cbm.pipeline_run`` row and passes its id 
 it writes (``cbm.extraction``, ``cbm.marker_run``, ``cbm.traffic_light``), so that an auditor
 can go from a traffic light to the marker runs, images, code version and Airflow task try
 behind it.
+
+A run killed outright (SIGKILL, a lost machine) cannot close its own row. Each run records the
+database session that opened it; :func:`close_abandoned_runs` (called by every
+:func:`start_run`, so by the next try of a killed task at the latest) marks ``abandoned`` the
+runs whose session has ended, and those of an Airflow task that has started a later try.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from cbm_tasks import __version__
 from cbm_tasks.errors import MigrationError
 from cbm_tasks.paths import REPO_ROOT
 
-__all__ = ["RunContext", "code_version", "finish_run", "start_run"]
+__all__ = ["RunContext", "close_abandoned_runs", "code_version", "finish_run", "start_run"]
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +62,64 @@ def code_version() -> str:
 
 
 def start_run(conn: psycopg.Connection, ctx: RunContext, params: dict[str, Any] | None = None) -> int:
-    """Record the start of a run; return its ``pipeline_run_id``. Commits at once, so it survives a failure."""
+    """Record the start of a run; return its ``pipeline_run_id``. Commits at once, so it survives a failure.
+
+    The run keeps the session of *conn*: keep that connection open until :func:`finish_run`.
+    Runs left ``running`` by killed processes are closed first (:func:`close_abandoned_runs`).
+    """
+    close_abandoned_runs(conn, ctx)
     with conn.transaction():
         row = conn.execute(
-            "INSERT INTO cbm.pipeline_run (dag_id, run_id, task_id, map_index, try_number, step, code_version, params) "
-            "VALUES (%(dag_id)s, %(run_id)s, %(task_id)s, %(map_index)s, %(try_number)s, %(step)s, %(code)s, "
-            "%(params)s) RETURNING pipeline_run_id",
+            "INSERT INTO cbm.pipeline_run (dag_id, run_id, task_id, map_index, try_number, step, code_version, params, "
+            "backend_pid, backend_start) "
+            "SELECT %(dag_id)s, %(run_id)s, %(task_id)s, %(map_index)s, %(try_number)s, %(step)s, %(code)s, "
+            "%(params)s, a.pid, a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid() "
+            "RETURNING pipeline_run_id",
             {**asdict(ctx), "code": code_version(), "params": json.dumps(params or {}, sort_keys=True, default=str)},
         ).fetchone()
     if row is None:  # INSERT ... RETURNING gives a row unless the table was changed by hand
         raise MigrationError("cbm.pipeline_run returned no id for a new run; is the schema migrated (cbm db migrate)?")
     return int(row[0])
+
+
+_CLOSE_ABANDONED = """
+WITH earlier_try AS (  -- earlier tries of the task now starting (none from the command line)
+    SELECT pipeline_run_id FROM cbm.pipeline_run
+    WHERE status = 'running' AND %(dag_id)s::text IS NOT NULL AND dag_id = %(dag_id)s::text
+      AND run_id = %(run_id)s::text AND task_id = %(task_id)s::text
+      AND map_index IS NOT DISTINCT FROM %(map_index)s::int AND try_number < %(try_number)s::int
+)
+UPDATE cbm.pipeline_run r
+SET status = 'abandoned', finished_at = now(), error = CASE
+    WHEN r.pipeline_run_id IN (SELECT pipeline_run_id FROM earlier_try)
+    THEN format('abandoned: try %%s of the task started while this try was still running', %(try_number)s::int)
+    ELSE format('abandoned: its database session (pid %%s) ended without closing the run', r.backend_pid) END
+WHERE r.status = 'running' AND r.backend_pid IS DISTINCT FROM pg_backend_pid()
+  AND (r.pipeline_run_id IN (SELECT pipeline_run_id FROM earlier_try)
+       OR (r.backend_pid IS NOT NULL AND NOT EXISTS (
+           -- backend_start is NULL for another role's session without pg_read_all_stats: then the
+           -- pid alone counts, and a reused pid keeps the run open until that session ends too
+           SELECT FROM pg_stat_activity a
+           WHERE a.pid = r.backend_pid AND (a.backend_start IS NULL OR a.backend_start = r.backend_start))))
+RETURNING r.pipeline_run_id
+"""
+
+
+def close_abandoned_runs(conn: psycopg.Connection, ctx: RunContext | None = None) -> list[int]:
+    """Mark ``abandoned`` the runs still ``running`` whose process is gone; return their ids.
+
+    A run is abandoned when the database session that started it has ended (the process was
+    killed or lost its connection, so it can no longer write), or when *ctx* is a later try of
+    the same Airflow task (Airflow starts a new try only when the earlier one is over). Runs of
+    rows written before this check existed (no session recorded) are left alone.
+    """
+    keys = asdict(ctx) if ctx is not None else {"dag_id": None, "run_id": None, "task_id": None,
+                                                "map_index": None, "try_number": None}
+    with conn.transaction():
+        closed = [int(r[0]) for r in conn.execute(_CLOSE_ABANDONED, keys).fetchall()]
+    if closed:
+        log.warning("closed abandoned pipeline runs=%s", closed)
+    return closed
 
 
 def finish_run(conn: psycopg.Connection, pipeline_run_id: int, *, status: str, error: str | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,14 +11,22 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from cbm_common import ALL_AOIS, AOI_PARAM_PATTERN, READY_PRODUCTS, S1_PRODUCTS
 
+log = logging.getLogger(__name__)
+
+# Bounded: a catalogue that stays down fails its AOI's poll within about an hour (3 tries of at
+# most 20 min, 2 waits of at most 10 min), and only that AOI's; the other AOIs' polls, and
+# manual runs (max_active_runs > 1), never wait for it.
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "cbm",
-    "retries": 3,
+    "retries": 2,
     "retry_delay": timedelta(minutes=2),
     "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=30),
+    "max_retry_delay": timedelta(minutes=10),
     "execution_timeout": timedelta(minutes=20),
 }
+# A scheduled poll of every AOI plus manual runs for single AOIs (the demo's) side by side;
+# registration is idempotent, so overlapping runs are safe.
+MAX_ACTIVE_RUNS = 4
 
 
 def _day(value: str | None, *, name: str) -> datetime | None:
@@ -34,7 +43,7 @@ def _day(value: str | None, *, name: str) -> datetime | None:
     schedule="0 */6 * * *",
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
-    max_active_runs=1,
+    max_active_runs=MAX_ACTIVE_RUNS,
     tags=["cbm", "catalogue"],
     default_args=DEFAULT_ARGS,
     params={
@@ -60,6 +69,12 @@ def cbm_catalogue() -> None:
     products enter as `ready`; raw Sentinel-1 products enter as `new` for the CARD processing.
     When products are ready to extract, the `cbm_ready_products` asset is updated with the AOIs
     concerned, which starts `cbm_extract`.
+
+    Each AOI is polled in its own mapped task. In a run over every AOI (`aoi` = `*`, the
+    schedule) an AOI whose catalogue is unreachable is recorded as in back-off and the run moves
+    on: the others are announced at once and the next scheduled run tries it again; `check`
+    then fails the run, naming it. A run for one AOI retries its poll (bounded, see
+    DEFAULT_ARGS). Manual runs never queue behind a scheduled one (`max_active_runs` > 1).
     """
 
     @task
@@ -81,7 +96,7 @@ def cbm_catalogue() -> None:
 
         from cbm_tasks import db
         from cbm_tasks.catalogue.clients import open_catalogue
-        from cbm_tasks.errors import BadInputError
+        from cbm_tasks.errors import BadInputError, TransientError
         from cbm_tasks.pipeline import poll as pipeline
 
         context = get_current_context()
@@ -97,10 +112,18 @@ def cbm_catalogue() -> None:
                                            product_types=params["product_types"], max_items=params["max_items"])
         except (BadInputError, ValueError) as err:  # bad AOI, window or answer: a retry cannot help
             raise AirflowFailException(f"aoi {aoi}: {err}") from err
+        except TransientError as err:
+            if params["aoi"] != ALL_AOIS:
+                raise  # a run for this AOI: Airflow retries it
+            # a poll of every AOI does not hold the others back: the next scheduled run tries again
+            log.warning("aoi=%s catalogue unavailable, in back-off until the next run: %s", aoi, err)
+            return {"aoi": aoi, "found": 0, "new": 0, "new_ready": 0, "ready_waiting": 0, "backoff": str(err)}
         return result.as_dict()
 
-    @task(outlets=[READY_PRODUCTS])
+    @task(outlets=[READY_PRODUCTS], trigger_rule="all_done")
     def announce(results: list[dict[str, Any]]) -> dict[str, Any]:
+        # all_done: an AOI whose poll failed has no result; the others are announced all the same
+        results = list(results)
         totals = {key: sum(int(r[key]) for r in results) for key in ("found", "new", "new_ready", "ready_waiting")}
         waiting = sorted(r["aoi"] for r in results if r["ready_waiting"] > 0)
         if not waiting:
@@ -109,18 +132,32 @@ def cbm_catalogue() -> None:
         get_current_context()["outlet_events"][READY_PRODUCTS].extra = {"aois": waiting, **totals}
         return {"aois": waiting, **totals}
 
-    @task(outlets=[S1_PRODUCTS])
+    @task(outlets=[S1_PRODUCTS], trigger_rule="all_done")
     def announce_s1(results: list[dict[str, Any]]) -> dict[str, Any]:
-        # new products that are not ready are raw Sentinel-1: cbm_s1_card makes their CARD products
+        # new products that are not ready are raw Sentinel-1: cbm_s1_card makes their CARD products;
+        # all_done: an AOI whose poll failed or is in back-off has no new products to announce
+        results = list(results)
         aois = sorted(r["aoi"] for r in results if int(r["new"]) > int(r["new_ready"]))
         if not aois:
             raise AirflowSkipException("no new raw Sentinel-1 product")
         get_current_context()["outlet_events"][S1_PRODUCTS].extra = {"aois": aois}
         return {"aois": aois}
 
-    results = poll.expand(aoi=select_aois())
+    @task(trigger_rule="all_done")
+    def check(aois: list[str], results: list[dict[str, Any]]) -> None:
+        # the leaf that fails the run when an AOI could not be polled, after the others were announced
+        results = list(results)
+        backoff = sorted(r["aoi"] for r in results if r.get("backoff"))
+        failed = sorted(set(aois) - {r["aoi"] for r in results})
+        if backoff or failed:
+            raise AirflowFailException(f"AOIs not polled: in back-off (catalogue unavailable) {backoff or 'none'}, "
+                                       f"failed {failed or 'none'}; see their poll logs")
+
+    aois = select_aois()
+    results = poll.expand(aoi=aois)
     announce(results)
     announce_s1(results)
+    check(aois, results)
 
 
 cbm_catalogue()

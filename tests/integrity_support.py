@@ -49,15 +49,15 @@ def start_cbm(args: Sequence[str], db_url: str) -> subprocess.Popen[str]:
                             text=True)
 
 
-def wait_for_advisory_waiter(conn: psycopg.Connection, process: subprocess.Popen[str], *,
+def wait_for_lock_waiter(conn: psycopg.Connection, process: subprocess.Popen[str], *,
                              timeout_s: float = 300) -> None:
-    """Return once another session waits for an advisory lock (the barrier the test holds).
+    """Return once another session waits for a lock (the barrier the test holds).
 
     Polls the server's lock table: the condition is a state of the database, not a time.
     """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        row = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()
+        row = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
         conn.commit()
         if row is not None and row[0] > 0:
             return
@@ -66,7 +66,7 @@ def wait_for_advisory_waiter(conn: psycopg.Connection, process: subprocess.Popen
             raise AssertionError(f"the process ended (rc={process.returncode}) before reaching the barrier: "
                                  f"{out} {err}")
         time.sleep(0.05)
-    raise AssertionError(f"no session waited for the advisory lock within {timeout_s} s")
+    raise AssertionError(f"no session waited for the barrier's lock within {timeout_s} s")
 
 
 def wait_for_version(conn: psycopg.Connection, parcel_set_id: int, version: int, process: subprocess.Popen[str], *,

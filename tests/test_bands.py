@@ -92,7 +92,9 @@ def test_nan_nodata_means_none_and_stays_valid_json() -> None:
     # STAC writers give float nodata as the string "nan"; NaN is not valid JSON in cbm.extraction.params
     (band,) = bands.bands_from_descriptors([{"name": "VV", "href": "/vv.tif", "nodata": "nan"}], product="S1X")
     assert band.nodata is None
-    json.loads(json.dumps(band.params(), allow_nan=False))
+    params = band.params()
+    assert params["nodata"] is None
+    assert json.loads(json.dumps(params, allow_nan=False)) == params  # valid JSON, and nothing lost on the way
 
 
 def test_duplicate_band_names_are_refused() -> None:

@@ -144,6 +144,12 @@ def test_rerun_replaces_rows(conn: psycopg.Connection, tmp_path: Path, cube: dic
     product_id = _register_dates(conn, tmp_path, cube)[0]
     first = extract_product(conn, STORE, product_id, aoi="flanders")
     rows, counts = obs_rows(conn, product_id), row_counts(conn)
+    # spoil the stored rows, so that only a real replacement (not "nothing done") restores them
+    conn.execute("UPDATE cbm.parcel_obs SET stats = array_fill(-1::real, ARRAY[cardinality(stats)]) "
+                 "WHERE product_id = %s", (product_id,))
+    conn.execute("DELETE FROM cbm.parcel_obs WHERE product_id = %s AND parcel_key = %s", (product_id, min(rows)))
+    conn.commit()
+    assert obs_rows(conn, product_id).keys() == rows.keys() - {min(rows)}
     second = extract_product(conn, STORE, product_id, aoi="flanders", year=2018)
     assert (second.n_parcels, second.n_rows) == (first.n_parcels, first.n_rows)
     assert row_counts(conn) == counts

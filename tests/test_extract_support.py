@@ -5,6 +5,7 @@ Not a test module (holds no tests); named so because the extraction task owns te
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -103,3 +104,22 @@ def obs_rows(conn: psycopg.Connection, product_id: int) -> dict[int, np.ndarray]
     ).fetchall()
     conn.commit()
     return {int(k): np.asarray(v, np.float32) for k, v in rows}
+
+
+def wait_until_waiting_on_a_lock(db_url: str, backend_pid: int, *, timeout_s: float = 60) -> None:
+    """Return once the session *backend_pid* waits on a lock; fail the test after *timeout_s*.
+
+    Proves that a concurrent writer really is blocked, where ``thread.is_alive()`` after a
+    short join would also pass for a thread that has not reached the database yet.
+    """
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(db_url, autocommit=True) as observer:
+        while True:
+            row = observer.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                                   (backend_pid,)).fetchone()
+            if row is not None and row[0] == "Lock":
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"session {backend_pid} did not wait on a lock within {timeout_s} s "
+                                     f"(wait_event_type {row[0] if row else 'gone'})")
+            time.sleep(0.05)

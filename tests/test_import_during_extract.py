@@ -1,8 +1,9 @@
 """A parcel import committed while ``cbm extract`` runs: the real commands as processes, on the real PostGIS.
 
-The extraction is stopped deterministically at its write: the test holds the advisory lock
-the row writer takes for (parcel set, image) and waits until the extraction process is
-queued on it; the import then commits a changed register before the lock is let go.
+The extraction is stopped deterministically at its write: the test holds the lock on the
+image's ``cbm.extraction`` row, which the row writer takes first, and waits until the
+extraction process is queued on it; the import then commits a changed register before the
+lock is let go.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import psycopg
 import shapely
 from affine import Affine
-from integrity_support import run_cbm, start_cbm, wait_for_advisory_waiter, wait_for_version, write_register
+from integrity_support import run_cbm, start_cbm, wait_for_lock_waiter, wait_for_version, write_register
 from test_extract_support import obs_rows, write_tif
 
 X0, Y0 = 500000.0, 5600000.0
@@ -55,10 +56,10 @@ def test_import_committed_during_extraction_leaves_no_stale_rows(db_url: str, co
     assert len(obs_rows(conn, product_id)) == 1000
 
     with psycopg.connect(db_url) as barrier:
-        barrier.execute("SELECT pg_advisory_xact_lock(hashtextextended('cbm.parcel_obs ' || %s || ' ' || %s, 0))",
+        barrier.execute("SELECT 1 FROM cbm.extraction WHERE parcel_set_id = %s AND product_id = %s FOR UPDATE",
                         (set_id, product_id))
         extraction = start_cbm(extract_args, db_url)
-        wait_for_advisory_waiter(conn, extraction)  # read the set at version 1, computed, waiting to write
+        wait_for_lock_waiter(conn, extraction)  # read the set at version 1, computed, waiting to write
         importer = start_cbm(["parcels", "import", str(v2), *import_args], db_url)
         # the import commits the set's version 2 first, then looks for extracted images to queue again,
         # which waits for the extraction's locks on its image: let the extraction go once version 2 is in

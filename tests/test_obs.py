@@ -11,7 +11,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 import shapely
-from test_extract_support import add_parcel_set, add_product, row_counts
+from test_extract_support import add_parcel_set, add_product, row_counts, wait_until_waiting_on_a_lock
 
 from cbm_tasks.aoi import find_parcel_set
 from cbm_tasks.cli.timeseries import export_time_series
@@ -129,8 +129,8 @@ def test_concurrent_writers_of_one_image_take_turns(conn: psycopg.Connection, db
 
             thread = threading.Thread(target=second_writer)
             thread.start()
-            thread.join(timeout=1)
-            assert thread.is_alive()  # waits for the first writer's transaction
+            wait_until_waiting_on_a_lock(db_url, conn.info.backend_pid)  # blocked by the first writer
+            assert thread.is_alive() and errors == []
         thread.join(timeout=30)
     assert not thread.is_alive() and errors == []
     rows = conn.execute("SELECT parcel_key FROM cbm.parcel_obs ORDER BY 1").fetchall()

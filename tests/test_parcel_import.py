@@ -16,6 +16,7 @@ import pyproj
 import pytest
 import shapely
 from conftest import shared_data
+from test_extract_support import wait_until_waiting_on_a_lock
 from test_parcel_bad_input import write_gpkg
 
 from cbm_tasks.cli import main
@@ -381,8 +382,9 @@ def test_concurrent_imports_of_a_new_set_serialise(db_url: str) -> None:
 
             worker = threading.Thread(target=run_second)
             worker.start()
-            worker.join(timeout=1.0)
-            assert worker.is_alive()
+            # really blocked on the first import's row (reading the file alone takes longer than a second)
+            wait_until_waiting_on_a_lock(db_url, second.info.backend_pid)
+            assert worker.is_alive() and "second" not in results
         worker.join(timeout=60)
         assert not worker.is_alive()
         assert results["second"].parcel_set_id == results["first"].parcel_set_id

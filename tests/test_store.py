@@ -17,6 +17,7 @@ from affine import Affine
 from botocore.config import Config
 from botocore.exceptions import ClientError, NoCredentialsError
 from rasterio.windows import Window
+from s3_faults import FaultProxy, fault_proxy
 from s3_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, moto_server
 
 from cbm_tasks.errors import BadInputError, ConfigError, NotFoundError, StoreError, TransientError
@@ -260,13 +261,20 @@ def test_rasterio_reads_a_cog_through_vsis3(store: S3Store, s3: MotoServer, buck
     assert (env["AWS_HTTPS"], env["AWS_VIRTUAL_HOSTING"]) == ("NO", "FALSE")
     assert env["AWS_REGION"] == REGION
     assert env["session"].get_credential_options()["AWS_ACCESS_KEY_ID"] == ACCESS_KEY
+    def ranged() -> int:
+        return sum(1 for line in s3.requests() if "/cbm/S2/B08.tif HTTP/1.1\" 206" in line)
+
     with rasterio.Env(**env), rasterio.open(store.gdal_path("S2/B08.tif")) as src:
         assert (src.width, src.height, src.crs.to_epsg(), src.nodata) == (512, 512, 32631, 0)
         assert src.transform.c == 501360 and src.transform.f == 5629680
-        window = src.read(1, window=Window(300, 260, 20, 10))
+        after_open = ranged()
+        window = src.read(1, window=Window(300, 260, 20, 10))  # inside one 256 px tile
+        after_read = ranged()
     np.testing.assert_array_equal(window, values[260:270, 300:320])
-    ranged = [line for line in s3.requests() if "/cbm/S2/B08.tif HTTP/1.1\" 206" in line]
-    assert ranged, "GDAL should read the COG with ranged GETs (HTTP 206)"
+    assert after_open >= 1  # the header, with a ranged GET
+    assert after_read - after_open == 1  # exactly the one tile the window lies in, not the file
+    full_gets = [line for line in s3.requests() if "/cbm/S2/B08.tif HTTP/1.1\" 200" in line and "GET" in line]
+    assert full_gets == []
     store.upload(tmp_path / "B08.tif", "S2/B08.TIF")  # allowed extensions match whatever the case
     with rasterio.Env(**env), rasterio.open(store.gdal_path("S2/B08.TIF")) as src:
         assert src.read(1, window=Window(0, 0, 2, 1)).tolist() == [values[0, :2].tolist()]
@@ -367,3 +375,50 @@ def test_local_rasterio(local: LocalStore, tmp_path: Path) -> None:
     assert local.gdal_path("S2/B04.tif") == str(tmp_path / "root" / "S2" / "B04.tif")
     with rasterio.Env(**local.rasterio_env()), rasterio.open(local.gdal_path("S2/B04.tif")) as src:
         np.testing.assert_array_equal(src.read(1, window=Window(0, 500, 3, 2)), values[500:502, 0:3])
+
+
+# --- throttling and 5xx through the real server -------------------------------------------------
+
+
+@pytest.fixture
+def proxied(s3: MotoServer, bucket: str, scratch: Path) -> Iterator[tuple[S3Store, FaultProxy]]:
+    """A store whose requests go through the fault-injecting proxy to the real moto server."""
+    with fault_proxy(s3.endpoint_url) as proxy:
+        cfg = StoreConfig(kind="s3", bucket=bucket, root="cbm", endpoint_url=proxy.endpoint_url,
+                          access_key=ACCESS_KEY, secret_key=SECRET_KEY, region=REGION, scratch_dir=str(scratch))
+        opened = open_store(cfg)
+        assert isinstance(opened, S3Store)
+        yield opened, proxy
+
+
+def _gets(proxy: FaultProxy, key: str) -> list[int]:
+    return [status for method, path, status in proxy.seen if method == "GET" and path.endswith(key)]
+
+
+def test_throttling_is_retried_by_botocore_and_then_served(proxied: tuple[S3Store, FaultProxy],
+                                                           tmp_path: Path) -> None:
+    store, proxy = proxied
+    store.upload(_file(tmp_path / "t.bin"), "throttled/t.bin")
+    proxy.inject("GET", 503, "SlowDown", times=2)
+    assert store.read_bytes("throttled/t.bin", start=100, end=200) == PAYLOAD[100:200]
+    assert _gets(proxy, "/cbm/throttled/t.bin") == [503, 503, 206]  # two throttled tries, then the range
+
+
+def test_persistent_5xx_is_transient_and_names_the_object(proxied: tuple[S3Store, FaultProxy], bucket: str,
+                                                          tmp_path: Path) -> None:
+    store, proxy = proxied
+    store.upload(_file(tmp_path / "d.bin"), "down/d.bin")
+    proxy.inject("GET", 500, "InternalError", times=50)
+    with pytest.raises(TransientError, match=rf"s3://{bucket}/cbm/down/d\.bin: HTTP 500 InternalError"):
+        store.read_bytes("down/d.bin")
+    # the first request and botocore's 5 retries (retries={"max_attempts": 5} counts retries), then Airflow's
+    assert _gets(proxy, "/cbm/down/d.bin") == [500] * 6
+
+
+def test_access_denied_is_not_retried(proxied: tuple[S3Store, FaultProxy], tmp_path: Path) -> None:
+    store, proxy = proxied
+    store.upload(_file(tmp_path / "a.bin"), "denied/a.bin")
+    proxy.inject("GET", 403, "AccessDenied")
+    with pytest.raises(StoreError, match="access denied"):
+        store.read_bytes("denied/a.bin")
+    assert _gets(proxy, "/cbm/denied/a.bin") == [403]

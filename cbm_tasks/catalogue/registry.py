@@ -124,8 +124,11 @@ def register(conn: psycopg.Connection, products: Iterable[Product], *, aoi: str,
         target_aoi = ensure_aoi(conn, aoi)
         for product in products:
             n_seen += 1
-            row = conn.execute(_INSERT_PRODUCT, _product_params(product)).fetchone()
+            # look up first: INSERT ... ON CONFLICT draws an id even for a product seen in every poll
+            row = conn.execute("SELECT product_id FROM cbm.product WHERE uid = %s", (product.uid,)).fetchone()
             if row is None:
+                row = conn.execute(_INSERT_PRODUCT, _product_params(product)).fetchone()
+            if row is None:  # inserted by a concurrent transaction meanwhile
                 row = conn.execute("SELECT product_id FROM cbm.product WHERE uid = %s", (product.uid,)).fetchone()
             if row is None:  # neither inserted nor there: a concurrent transaction deleted it
                 raise TransientError(f"product {product.uid}: deleted by another transaction while registering")

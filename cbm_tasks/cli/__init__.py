@@ -8,10 +8,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cbm_tasks import __version__
-from cbm_tasks.errors import CbmError
+import psycopg
+
+from cbm_tasks import __version__, db
+from cbm_tasks.errors import CbmError, TransientError
 
 __all__ = ["main"]
+
+# Exit statuses: 2 for an error a retry cannot fix, 75 (EX_TEMPFAIL of sysexits.h) for one that
+# may pass (lost database connection, lock timeout, catalogue or store unavailable): retry later.
+EXIT_ERROR, EXIT_TRANSIENT = 2, 75
 
 # Each module has register(subparsers) and sets args.func(args) -> int.
 _GROUPS = ("db", "airflow", "parcels", "demo", "extract", "timeseries", "api")
@@ -29,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``cbm`` command; return the exit status (2 for a CbM error)."""
+    """Run the ``cbm`` command; return the exit status (2 for a CbM error, 75 for a transient one)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -38,9 +44,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
+    except psycopg.OperationalError as err:  # a connection not opened through db.connect
+        return _fail(db.transient_error(err))
     except CbmError as err:
-        print(f"cbm: error: {err}", file=sys.stderr)  # noqa: T201 - the CLI's own output
-        return 2
+        return _fail(err)
+
+
+def _fail(err: CbmError) -> int:
+    transient = isinstance(err, TransientError)
+    hint = " (temporary: retry later)" if transient else ""
+    print(f"cbm: error: {err}{hint}", file=sys.stderr)  # noqa: T201 - the CLI's own output
+    return EXIT_TRANSIENT if transient else EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -186,6 +186,9 @@ def run_demo(
     for dag_id in _DAGS:
         api.set_paused(dag_id, paused=False)
     run_id = api.trigger("cbm_catalogue", conf={"aoi": layout.aoi, "start": DEMO_WINDOW[0], "end": DEMO_WINDOW[1]})
+    # the run polls the demo AOI only: other AOIs of the cluster (and their catalogues) are not waited on
+    log.info("waiting for cbm_catalogue run_id=%s: poll of aoi=%s in %s..%s (progress every 30 s)", run_id,
+             layout.aoi, *DEMO_WINDOW)
     catalogue_run = api.wait_for_run("cbm_catalogue", run_id, timeout_s=max(deadline - time.monotonic(), 1))
     if catalogue_run["state"] != "success":
         raise ServiceError(f"cbm_catalogue run {run_id} failed: tasks {api.task_states('cbm_catalogue', run_id)}; "

@@ -150,13 +150,18 @@ class AirflowApi:
             states.setdefault(instance["task_id"], []).append(str(instance["state"]))
         return states
 
-    def wait_for_run(self, dag_id: str, run_id: str, *, timeout_s: float, poll_s: float = 3) -> dict[str, Any]:
+    def wait_for_run(self, dag_id: str, run_id: str, *, timeout_s: float, poll_s: float = 3,
+                     report_s: float = 30) -> dict[str, Any]:
         """Wait until a run is finished; return its record.
+
+        Every *report_s* seconds logs what it waits for: the run's state and task states, and
+        while it is queued, the other active runs of the DAG it waits behind.
 
         Raises:
             ServiceError: still not finished after *timeout_s*; the message has its task states.
         """
         deadline = time.monotonic() + timeout_s
+        next_report = time.monotonic() + report_s
         while True:
             run = self.run(dag_id, run_id)
             if run["state"] in FINISHED:
@@ -165,4 +170,17 @@ class AirflowApi:
             if time.monotonic() > deadline:
                 raise ServiceError(f"{dag_id} run {run_id} still {run['state']} after {timeout_s:.0f} s; "
                                    f"tasks: {self.task_states(dag_id, run_id)}")
+            if time.monotonic() >= next_report:
+                next_report += report_s
+                self._report_wait(dag_id, run_id, str(run["state"]))
             time.sleep(poll_s)
+
+    def _report_wait(self, dag_id: str, run_id: str, state: str) -> None:
+        if state == "queued":
+            others = [str(r["dag_run_id"]) for r in self.runs(dag_id)
+                      if r["state"] == "running" and r["dag_run_id"] != run_id]
+            log.info("waiting for dag=%s run_id=%s: queued, behind running runs %s (max_active_runs)",
+                     dag_id, run_id, others or "none")
+        else:
+            log.info("waiting for dag=%s run_id=%s: %s, tasks %s", dag_id, run_id, state,
+                     self.task_states(dag_id, run_id))

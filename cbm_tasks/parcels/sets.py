@@ -28,7 +28,7 @@ from psycopg.pq import Format
 from psycopg.rows import TupleRow
 from psycopg.types import TypeInfo
 
-from cbm_tasks.aoi import ensure_aoi
+from cbm_tasks.aoi import ensure_aoi, id_limit_error
 from cbm_tasks.errors import MigrationError, ParcelImportError, TransientError
 from cbm_tasks.parcels.geometry import geometry_md5
 from cbm_tasks.parcels.keys import KeyPlan, plan_keys
@@ -270,12 +270,22 @@ def _replace_set(
 
 def _lock_set(cur: psycopg.Cursor[TupleRow], aoi_id: int, year: int, table: ParcelTable) -> tuple[int, int, bool]:
     """Return (parcel_set_id, version, created) with the set's row locked until commit."""
-    row = cur.execute(
-        "INSERT INTO cbm.parcel_set (aoi_id, year, srid, source_file, source_layer) VALUES (%s, %s, %s, %s, %s) "
-        "ON CONFLICT (aoi_id, year) DO NOTHING RETURNING parcel_set_id",
-        (aoi_id, year, table.srid, table.source_file, table.layer),
-    ).fetchone()
-    created = row is not None
+    # look up first: INSERT ... ON CONFLICT draws a (smallint) id even when the set exists
+    exists = cur.execute(
+        "SELECT 1 FROM cbm.parcel_set WHERE aoi_id = %s AND year = %s", (aoi_id, year)
+    ).fetchone() is not None
+    created = False
+    if not exists:
+        try:
+            row = cur.execute(
+                "INSERT INTO cbm.parcel_set (aoi_id, year, srid, source_file, source_layer) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (aoi_id, year) DO NOTHING RETURNING parcel_set_id",
+                (aoi_id, year, table.srid, table.source_file, table.layer),
+            ).fetchone()
+        except psycopg.errors.SequenceGeneratorLimitExceeded as err:
+            raise id_limit_error(err, table="cbm.parcel_set",
+                                 what=f"the parcel set of AOI id {aoi_id} for {year}") from err
+        created = row is not None
     locked = cur.execute(
         "SELECT parcel_set_id, version FROM cbm.parcel_set WHERE aoi_id = %s AND year = %s FOR UPDATE",
         (aoi_id, year),

@@ -7,7 +7,7 @@ transaction as its rows, and marked ``extracted`` (or ``skipped``) for the AOI.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -22,7 +22,36 @@ from cbm_tasks.extraction.raster_io import RasterStore, raster_acquired_at
 from cbm_tasks.extraction.s2_safe import read_safe_metadata
 from cbm_tasks.store.base import is_remote, local_path
 
-__all__ = ["extract_file"]
+__all__ = ["SEASON_TOLERANCE", "check_season", "extract_file"]
+
+# An image belongs to a parcel set of year Y when it was acquired in Y, or up to this long
+# before or after: winter crops are sown and checked from the autumn before, and late
+# harvests and catch crops are seen in the following winter.
+SEASON_TOLERANCE = timedelta(days=183)
+
+
+def check_season(acquired_at: datetime, *, year: int, image: str, source: str) -> None:
+    """Refuse an acquisition time outside the season of the parcel set of *year*.
+
+    The season is the calendar year *year* widened by :data:`SEASON_TOLERANCE` at both ends.
+
+    Raises:
+        BadInputError: *acquired_at* is outside it; the message names the image, the time,
+            where it came from (*source*) and the accepted range.
+    """
+    first = datetime(year, 1, 1, tzinfo=UTC) - SEASON_TOLERANCE
+    last = datetime(year + 1, 1, 1, tzinfo=UTC) + SEASON_TOLERANCE
+    if not first <= acquired_at < last:
+        raise BadInputError(
+            f"image {image}: acquisition time {acquired_at.isoformat()} ({source}) is outside the season of "
+            f"the {year} parcel set: expected {first.date()} .. {(last - timedelta(days=1)).date()} "
+            f"(the year +/- {SEASON_TOLERANCE.days} days); check --obs-time and --year"
+        )
+
+
+def _utc(moment: datetime) -> datetime:
+    """A naive time is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _file_product(store: RasterStore, uri: str, *, obs_time: datetime | None, product_type: str | None) -> Product:
@@ -41,7 +70,7 @@ def _file_product(store: RasterStore, uri: str, *, obs_time: datetime | None, pr
         acquired_at = raster_acquired_at(uri, store=store)
         product_type = product_type or "UNKNOWN"
     if obs_time is not None:
-        acquired_at = obs_time if obs_time.tzinfo is not None else obs_time.replace(tzinfo=UTC)
+        acquired_at = _utc(obs_time)
     if acquired_at is None:
         raise BadInputError(
             f"image {uri}: no acquisition time in its tags (TIFFTAG_DATETIME, ACQUISITION_*) or name; "
@@ -91,7 +120,9 @@ def extract_file(
         label_cache: as for :func:`extract_product`.
 
     Raises:
-        BadInputError: no acquisition time and no *obs_time*.
+        BadInputError: no acquisition time and no *obs_time*; an acquisition time outside the
+            season of *year* (:func:`check_season`); an *obs_time* that differs from the one
+            the image was registered with.
         ProductNotFoundError: *product_id* is not in the catalogue.
         NotFoundError, BandError, CorruptProductError: as :func:`extract_product`; the
             database is left unchanged.
@@ -110,6 +141,15 @@ def extract_file(
         known = conn.execute("SELECT product_id FROM cbm.product WHERE uid = %s", (uri,)).fetchone()
         product = (registry.get_product(conn, int(known[0])) if known is not None
                    else _file_product(store, uri, obs_time=obs_time, product_type=product_type))
+    if known is not None and obs_time is not None and _utc(obs_time) != product.acquired_at:
+        raise BadInputError(
+            f"image {uri} is registered (product {known[0]}) with acquisition time "
+            f"{product.acquired_at.isoformat()}, --obs-time says {_utc(obs_time).isoformat()}; the registered "
+            "time is kept: give the same --obs-time or none"
+        )
+    source = "--obs-time" if obs_time is not None else ("its catalogue record" if known is not None
+                                                        else "read from the image")
+    check_season(product.acquired_at, year=year, image=uri, source=source)
 
     def register(conn: psycopg.Connection, covers_parcels: bool) -> int:
         registry.register(conn, [product], aoi=aoi)

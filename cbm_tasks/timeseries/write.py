@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from cbm_tasks.db import transient_error
 from cbm_tasks.errors import ParcelSetChangedError, TransientError
 
 __all__ = [
@@ -173,8 +174,8 @@ def replace_image_stats(
         _replace(conn, parcel_set_id, product_id, image, parcel_set_version=parcel_set_version, params=params,
                  seconds=seconds, pipeline_run_id=pipeline_run_id)
     except psycopg.OperationalError as err:  # connection lost, server shutting down: a retry may succeed
-        raise TransientError(f"writing the rows of product {product_id} for parcel set {parcel_set_id}: {err}") \
-            from err
+        raise TransientError(f"writing the rows of product {product_id} for parcel set {parcel_set_id}: "
+                             f"{transient_error(err)}") from err
     return image.n_rows
 
 
@@ -183,13 +184,11 @@ def _replace(conn: psycopg.Connection, parcel_set_id: int, product_id: int, imag
              pipeline_run_id: int | None) -> None:
     class_bands = [rows.band for rows in image.class_counts]
     with conn.transaction():
-        # two writers of the same image (a DAG run and a CLI re-run) take turns instead of both
-        # deleting nothing and then colliding on the unique index
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cbm.parcel_obs ' || %s || ' ' || %s, 0))",
-                     (parcel_set_id, product_id))
-        check_parcel_set_version(conn, parcel_set_id, parcel_set_version)
-        _delete(conn, parcel_set_id, product_id)
-        _copy_rows(conn, parcel_set_id, product_id, image)
+        # the upsert comes first: its row lock makes two writers of the same image (a DAG run and a
+        # CLI re-run) take turns instead of both deleting nothing and then colliding on the unique
+        # index; only roles that may write cbm.extraction can take it (not an advisory key any role
+        # can). Then the parcel set (FOR SHARE): an import waits for these rows, and rows computed
+        # from another version never get in.
         conn.execute(
             "INSERT INTO cbm.extraction (parcel_set_id, product_id, bands, class_bands, parcel_set_version, "
             "n_parcels, n_rows, params, pipeline_run_id, seconds) "
@@ -204,6 +203,9 @@ def _replace(conn: psycopg.Connection, parcel_set_id: int, product_id: int, imag
              "params": json.dumps(params, sort_keys=True, default=str), "run": pipeline_run_id,
              "seconds": seconds},
         )
+        check_parcel_set_version(conn, parcel_set_id, parcel_set_version)
+        _delete(conn, parcel_set_id, product_id)
+        _copy_rows(conn, parcel_set_id, product_id, image)
 
 
 def _copy_rows(conn: psycopg.Connection, parcel_set_id: int, product_id: int, image: ImageStats) -> None:
@@ -286,8 +288,7 @@ def merge_parcel_stats(
     """
     try:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cbm.parcel_obs ' || %s || ' ' || %s, 0))",
-                         (parcel_set_id, product_id))
+            # the extraction row's lock (FOR UPDATE below) makes writers of the same image take turns
             check_parcel_set_version(conn, parcel_set_id, parcel_set_version)
             row = conn.execute("SELECT bands, class_bands FROM cbm.extraction WHERE parcel_set_id = %s "
                                "AND product_id = %s FOR UPDATE", (parcel_set_id, product_id)).fetchone()
