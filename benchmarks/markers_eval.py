@@ -1,0 +1,173 @@
+"""Event-level scores of the mowing marker on real ground truth (MODCiX protocol).
+
+Protocol (MODCiX intercomparison): per parcel, predicted and true mowing dates are matched one to
+one within +-12 days (closest pairs first); a matched pair is a true positive, an unmatched
+prediction a false positive (also every prediction on a parcel without any true event), an
+unmatched truth a false negative. Precision, recall, F1 and the median absolute date error of the
+matched pairs are reported, for Sentinel-2 + Sentinel-1 and for Sentinel-2 alone.
+
+Data sets (../shared/data, see its README):
+  salms   JRC SALMS example, 10 parcels, 17 mowing dates (converted to the long format).
+  sk      Slovak grassland plots, 492 plot-years; only the 246 surveyed plot-years are scored,
+          37 of them surveyed not mown (their share without any detected mowing is reported).
+  synth   the seeded synthetic AOI (cbm demo build --synthetic), parcel means computed from its
+          images (cloud-free pixels per SCL), mowing ground truth of its grassland parcels.
+
+Usage: python benchmarks/markers_eval.py [--data DIR] [--params FILE] [--sets salms,sk,synth]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from cbm_tasks.markers import load_params, prepare, read_series
+from cbm_tasks.markers.importers import convert_salms, read_salms_truth
+from cbm_tasks.markers.mowing import detect_mowing
+from cbm_tasks.markers.params import MarkerParams
+from cbm_tasks.markers.series import day_to_date
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TOLERANCE_DAYS = 12
+
+
+@dataclass(frozen=True)
+class Score:
+    tp: int
+    fp: int
+    fn: int
+    errors: tuple[int, ...]
+    negatives: int = 0
+    negatives_clean: int = 0
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else float("nan")
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else float("nan")
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    @property
+    def median_error(self) -> float:
+        return float(statistics.median(self.errors)) if self.errors else float("nan")
+
+    def row(self, name: str) -> str:
+        clean = f"{self.negatives_clean}/{self.negatives} = {self.negatives_clean / self.negatives:.0%}" \
+            if self.negatives else "-"
+        return (f"| {name} | {self.tp + self.fn} | {self.tp + self.fp} | {self.precision:.2f} | {self.recall:.2f} | "
+                f"{self.f1:.2f} | {self.median_error:.1f} | {clean} |")
+
+
+def match_events(predicted: Mapping[str, list[date]], truth: Mapping[str, list[date]],
+                 parcels: list[str], *, tolerance_days: int = TOLERANCE_DAYS,
+                 negatives: set[str] | None = None) -> Score:
+    """One-to-one matching of predicted and true dates per parcel within the tolerance, closest first."""
+    tp = fp = fn = 0
+    errors: list[int] = []
+    clean = 0
+    for parcel in parcels:
+        pred, true = list(predicted.get(parcel, [])), list(truth.get(parcel, []))
+        pairs = sorted((abs((p - t).days), i, j) for i, p in enumerate(pred) for j, t in enumerate(true))
+        used_p: set[int] = set()
+        used_t: set[int] = set()
+        for distance, i, j in pairs:
+            if distance > tolerance_days or i in used_p or j in used_t:
+                continue
+            used_p.add(i)
+            used_t.add(j)
+            errors.append(distance)
+        tp += len(used_p)
+        fp += len(pred) - len(used_p)
+        fn += len(true) - len(used_t)
+        if negatives is not None and parcel in negatives and not pred:
+            clean += 1
+    return Score(tp, fp, fn, tuple(errors), len(negatives or ()), clean)
+
+
+def predict(series_file: Path, params: MarkerParams, *, use_s1: bool,
+            min_confidence: float = 0.0) -> dict[str, list[date]]:
+    prepared = prepare(read_series(series_file), params)
+    events = detect_mowing(prepared, params, use_s1=use_s1)
+    out: dict[str, list[date]] = {}
+    for parcel, main, confidence in zip(events.parcel, events.main, events.confidence, strict=True):
+        if confidence >= min_confidence:
+            out.setdefault(str(prepared.parcel_ids[parcel]), []).append(date.fromisoformat(day_to_date(main)))
+    return out
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def eval_salms(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
+    truth = {k: v for k, v in read_salms_truth(data / "salms_grassland").items()}
+    series = convert_salms(data / "salms_grassland", work / "salms.csv")
+    parcels = sorted(truth)
+    return {f"SALMS {name}": match_events(predict(series, params, use_s1=s1), truth, parcels)
+            for name, s1 in (("S2+S1", True), ("S2 only", False))}
+
+
+def eval_sk(data: Path, params: MarkerParams) -> dict[str, Score]:
+    folder = data / "grassland_sk_train"
+    surveyed = {row["parcel_id"]: row["survey"] for row in _read_csv(folder / "surveyed.csv")}
+    truth: dict[str, list[date]] = {}
+    for row in _read_csv(folder / "truth.csv"):
+        truth.setdefault(row["parcel_id"], []).append(date.fromisoformat(row["date"]))
+    negatives = {parcel for parcel, survey in surveyed.items() if survey == "not_mown"}
+    parcels = sorted(surveyed)
+    out = {}
+    for name, s1 in (("S2+S1", True), ("S2 only", False)):
+        predicted = predict(folder / "timeseries.csv.gz", params, use_s1=s1)
+        out[f"SK {name}"] = match_events(predicted, truth, parcels, negatives=negatives)
+        mown = [p for p in parcels if surveyed[p] == "mown"]
+        out[f"SK {name}, mown plot-years only"] = match_events(predicted, truth, mown)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--params", type=Path)
+    parser.add_argument("--sets", default="salms,sk,synth")
+    parser.add_argument("--synthetic-parcels", type=int, default=600)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    scores: dict[str, Score] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        sets = args.sets.split(",")
+        if "salms" in sets:
+            scores.update(eval_salms(args.data, params, work))
+        if "sk" in sets:
+            scores.update(eval_sk(args.data, params))
+        if "synth" in sets:
+            from benchmarks.markers_synthetic import eval_synthetic  # heavier: builds and reduces images
+
+            scores.update(eval_synthetic(work, params, n_parcels=args.synthetic_parcels))
+    print(f"mowing marker, parameters version {params.version} hash {params.hash[:12]}; "
+          f"a hit = within +-{TOLERANCE_DAYS} days")
+    print("| data | true | predicted | precision | recall | F1 | median date error (d) | not mown without mowing |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, score in scores.items():
+        print(score.row(name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

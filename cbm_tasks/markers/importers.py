@@ -1,0 +1,104 @@
+"""Importers of third-party per-parcel series into the long time-series format.
+
+:func:`convert_salms` converts the JRC SALMS example data (``scripts/SALMS/inst/extdata`` of
+ec-jrc/cbm: one folder ``tsdir`` with ``<ID>_s2_ts.csv``, ``<ID>_s1_coh6_ts.csv``, ... and the
+ground truth ``gtdir/FOIinfo.csv``) into a file :func:`cbm_tasks.markers.reader.read_series` reads,
+with the SCL histogram columns (``hist.0`` .. ``hist.11``) as the ``_classes`` companion.
+
+What is converted: S2 B02..B12 band means (reflectance) with their SCL class counts, and the
+6-day coherence VV / VH (``c6``, dated at the acquisition the SALMS file gives). The SALMS
+backscatter files hold ratios (``s1_bs_rAD``), not backscatter, and are left out.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+from datetime import date, datetime
+from pathlib import Path
+
+from cbm_tasks.errors import BadInputError
+from cbm_tasks.markers.series import BANDS
+
+__all__ = ["convert_salms", "read_salms_truth"]
+
+_S2_BANDS = {name for name in BANDS if name.startswith("B")}
+
+
+def _salms_time(text: str, where: str) -> str:
+    for pattern in ("%Y%m%dT%H%M%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(text, pattern).strftime("%Y-%m-%dT%H:%M:%SZ")
+        except ValueError:
+            continue
+    raise BadInputError(f"SALMS file {where}: cannot read date {text!r}")
+
+
+def read_salms_truth(salms_dir: Path) -> dict[str, list[date]]:
+    """Return the mowing dates of ``gtdir/FOIinfo.csv`` per parcel id (dates given dd/mm/yyyy).
+
+    Raises:
+        BadInputError: the file is missing or a date does not parse.
+    """
+    path = salms_dir / "gtdir" / "FOIinfo.csv"
+    if not path.is_file():
+        raise BadInputError(f"SALMS ground truth {path}: no such file")
+    truth: dict[str, list[date]] = {}
+    with path.open(newline="") as stream:
+        for line, row in enumerate(csv.DictReader(stream), start=2):
+            try:
+                when = datetime.strptime(row["Event_date"], "%d/%m/%Y").date()
+            except (KeyError, ValueError) as err:
+                raise BadInputError(f"SALMS ground truth {path}: line {line}: bad Event_date: {err}") from err
+            truth.setdefault(row["ID"], []).append(when)
+    return {parcel: sorted(dates) for parcel, dates in truth.items()}
+
+
+def convert_salms(salms_dir: Path, out: Path) -> Path:
+    """Write the SALMS series of every parcel in ``salms_dir/tsdir`` to *out* (``.csv`` or ``.csv.gz``).
+
+    The class counts go to the companion ``<stem>_classes<suffix>``.
+
+    Returns:
+        *out*.
+
+    Raises:
+        BadInputError: no ``tsdir`` folder, or a file without the SALMS columns.
+    """
+    tsdir = salms_dir / "tsdir"
+    if not tsdir.is_dir():
+        raise BadInputError(f"SALMS data {salms_dir}: no tsdir folder")
+    parcels = sorted({path.name.split("_")[0] for path in tsdir.glob("*_s2_ts.csv")}, key=lambda x: (len(x), x))
+    gz = out.name.endswith(".gz")
+    stem = out.name[: -len(".csv.gz")] if gz else out.stem
+    classes = out.with_name(f"{stem}_classes.csv" + (".gz" if gz else ""))
+    opener = gzip.open if gz else open
+    with opener(out, "wt", newline="") as main_stream, opener(classes, "wt", newline="") as class_stream:
+        rows = csv.writer(main_stream, lineterminator="\n")
+        class_rows = csv.writer(class_stream, lineterminator="\n")
+        rows.writerow(["parcel_id", "obs_time", "source", "band", "mean", "count"])
+        class_rows.writerow(["parcel_id", "obs_time", "product_id", "band", "class", "count"])
+        for parcel in parcels:
+            s2_file = tsdir / f"{parcel}_s2_ts.csv"
+            seen: set[str] = set()
+            with s2_file.open(newline="") as stream:
+                for record in csv.DictReader(stream):
+                    if record.get("band") not in _S2_BANDS:
+                        continue
+                    when = _salms_time(record["date"], str(s2_file))
+                    rows.writerow([parcel, when, "s2", record["band"], record["MEAN"], record["count"]])
+                    if when not in seen:
+                        seen.add(when)
+                        for scl_class in range(12):
+                            count = int(float(record.get(f"hist.{scl_class}") or 0))
+                            if count:
+                                class_rows.writerow([parcel, when, "", "SCL", scl_class, count])
+            coh_file = tsdir / f"{parcel}_s1_coh6_ts.csv"
+            if coh_file.is_file():
+                with coh_file.open(newline="") as stream:
+                    for record in csv.DictReader(stream):
+                        band = record.get("band", "").removeprefix("s1_coh6_")
+                        if band in ("VV", "VH"):
+                            rows.writerow([parcel, _salms_time(record["date"], str(coh_file)), "c6", band,
+                                           record["MEAN"], record["count"]])
+    return out

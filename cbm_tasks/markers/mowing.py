@@ -1,0 +1,206 @@
+"""Mowing marker: abrupt NDVI drops of grassland, several per season, Sentinel-2 alone or with S1.
+
+Method (S2, per parcel, valid observations only; ``mowing`` section of the parameters):
+
+1. Every run of consecutive NDVI decreases from a local maximum ``a`` to the next local minimum
+   ``b`` is a candidate; its date lies in the step with the largest single decrease (between the
+   last high and the first low observation: ``start_date`` .. ``end_date``, ``main_date`` in the
+   middle, i.e. the date is unbiased when the cut is equally likely on any day of the gap).
+2. A candidate is kept when the drop ``ndvi[a] - ndvi[b]`` >= ``min_drop`` (Sen4CAP L4B: 0.12-0.15),
+   the relative drop >= ``min_relative_drop``, ``ndvi[a]`` >= ``min_ndvi_before`` (grass cover) and
+   its main date is within the season (``season_start_doy`` .. ``season_end_doy``).
+3. Candidates closer than ``min_spacing_days`` keep the larger drop; at most ``max_events``.
+4. Confidence in [0, 1]: ``base_confidence`` + ``weight_drop`` x (drop size between ``min_drop`` and
+   ``strong_drop``) + ``weight_bracket`` x (1 for a bracket of <= 6 days down to 0 at
+   ``max_bracket_days``) + ``weight_recovery`` x (1 when NDVI rises again by ``min_recovery``
+   within ``recovery_window_days`` - Sinergise's drop-and-recovery test; 0.5 when no later
+   observation can tell) + ``s1_bonus`` when Sentinel-1 coherence rises after the cut (short,
+   stable grass: Tamm 2016, Sen4CAP L4B coherence test) by ``min_coherence_rise``.
+
+The kernel returns flat arrays (one row per event); :func:`detect_mowing` validates its inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from cbm_tasks.markers.params import MarkerParams
+from cbm_tasks.markers.preprocess import PreparedSeries
+
+__all__ = ["SOURCE_BITS", "EventArrays", "detect_mowing"]
+
+SOURCE_BITS = {"s2": 1, "bs": 2, "coh": 4}  # bitmask of the sensors an event used
+
+
+@dataclass(frozen=True, slots=True)
+class EventArrays:
+    """Events of one marker for many parcels, as parallel arrays sorted by parcel and date.
+
+    Attributes:
+        parcel: int32 (n,), index into the series' ``parcel_ids``.
+        start, main, end: float64 (n,), days since 1970-01-01.
+        confidence: float64 (n,) in [0, 1].
+        value: float64 (n,), the signal measure of the marker (e.g. the NDVI drop).
+        sources: int32 (n,), bitmask of ``SOURCE_BITS``.
+    """
+
+    parcel: np.ndarray
+    start: np.ndarray
+    main: np.ndarray
+    end: np.ndarray
+    confidence: np.ndarray
+    value: np.ndarray
+    sources: np.ndarray
+
+
+@njit(cache=True, nogil=True)
+def _coherence_rise_kernel(day: np.ndarray, vv: np.ndarray, lo: int, hi: int, start: float, end: float,
+                           window: float) -> float:
+    """Mean VV coherence of pairs after *end* minus pairs ending before *start*; NaN when one side is empty."""
+    before_sum, before_n, after_sum, after_n = 0.0, 0, 0.0, 0
+    for row in range(lo, hi):
+        if not np.isfinite(vv[row]):
+            continue
+        if start - window - 12.0 <= day[row] <= start - 6.0:
+            before_sum += vv[row]
+            before_n += 1
+        elif end <= day[row] <= end + window:
+            after_sum += vv[row]
+            after_n += 1
+    if before_n == 0 or after_n == 0:
+        return np.nan
+    return after_sum / after_n - before_sum / before_n
+
+
+@njit(cache=True, nogil=True)
+def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: np.ndarray, valid: np.ndarray,
+                   coh_offsets: np.ndarray, coh_day: np.ndarray, coh_vv: np.ndarray, p: np.ndarray) -> tuple:
+    """Mowing events of every parcel; *p* packs the parameters in the order of ``_PARAM_ORDER``."""
+    (season_start, season_end, min_drop, strong_drop, min_rel, min_before, min_spacing, max_events,
+     max_bracket, min_recovery, recovery_window, coh_window, min_coh_rise, w_drop, w_bracket, w_rec,
+     base, s1_bonus, min_step, lookback, settle, require_recovery) = (
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15],
+        p[16], p[17], p[18], p[19], p[20], p[21])
+    cap = len(day) // 2 + 1
+    out_parcel = np.empty(cap, np.int32)
+    out = np.empty((cap, 6), np.float64)  # start, main, end, confidence, value, sources
+    n_out = 0
+    idx = np.empty(len(day), np.int64)
+    cand = np.empty((len(day), 6), np.float64)
+    strength = np.empty(len(day), np.float64)
+    for parcel in range(len(offsets) - 1):
+        n = 0
+        for row in range(offsets[parcel], offsets[parcel + 1]):
+            if valid[row]:
+                idx[n] = row
+                n += 1
+        n_cand = 0
+        for k in range(1, n):
+            high, low = ndvi[idx[k - 1]], ndvi[idx[k]]
+            step = high - low
+            if step < min_step:
+                continue
+            t0, t1 = day[idx[k - 1]], day[idx[k]]
+            # the level before: the highest of the last observations within the look-back
+            before = high
+            j = k - 2
+            while j >= 0 and day[idx[j]] >= t0 - lookback:
+                before = max(before, ndvi[idx[j]])
+                j -= 1
+            # the level after: the lowest within the settling days (cut grass dries, hay is removed)
+            after = low
+            b = k
+            j = k + 1
+            while j < n and day[idx[j]] <= t1 + settle:
+                if ndvi[idx[j]] < after:
+                    after = ndvi[idx[j]]
+                    b = j
+                j += 1
+            drop = before - after
+            main = 0.5 * (t0 + t1)
+            main_doy = doy[idx[k]] - (t1 - main)
+            if not (drop >= min_drop and drop >= min_rel * before and before >= min_before
+                    and season_start <= main_doy <= season_end):
+                continue
+            c_drop = min(max((drop - min_drop) / max(strong_drop - min_drop, 1e-6), 0.0), 1.0)
+            c_bracket = min(max((max_bracket - (t1 - t0)) / max(max_bracket - 6.0, 1e-6), 0.0), 1.0)
+            c_rec = 0.5
+            low_day = day[idx[b]]
+            for j in range(b + 1, n):
+                if day[idx[j]] > low_day + recovery_window:
+                    break
+                c_rec = 0.0
+                if ndvi[idx[j]] - after >= min_recovery:
+                    c_rec = 1.0
+                    break
+            if c_rec == 0.0 and require_recovery > 0.0:
+                continue  # a drop that stays down is senescence, drought, ploughing or harvest
+            confidence = base + w_drop * c_drop + w_bracket * c_bracket + w_rec * c_rec
+            sources = 1.0
+            rise = _coherence_rise_kernel(coh_day, coh_vv, coh_offsets[parcel], coh_offsets[parcel + 1],
+                                          t0, t1, coh_window)
+            if np.isfinite(rise):
+                sources = 5.0
+                if rise >= min_coh_rise:
+                    confidence += s1_bonus
+            cand[n_cand, 0] = t0
+            cand[n_cand, 1] = main
+            cand[n_cand, 2] = t1
+            cand[n_cand, 3] = min(confidence, 1.0)
+            cand[n_cand, 4] = drop
+            cand[n_cand, 5] = sources
+            strength[n_cand] = drop + step  # among the steps of one cut, the steepest holds the date
+            n_cand += 1
+        if n_cand == 0:
+            continue
+        # strongest drops first; a weaker one closer than min_spacing to a kept one is dropped
+        order = np.argsort(-strength[:n_cand], kind="mergesort")
+        kept = np.zeros(n_cand, np.bool_)
+        n_kept = 0
+        for j in order:
+            if n_kept >= max_events:
+                break
+            ok = True
+            for m in range(n_cand):
+                if kept[m] and abs(cand[m, 1] - cand[j, 1]) < min_spacing:
+                    ok = False
+                    break
+            if ok:
+                kept[j] = True
+                n_kept += 1
+        for j in range(n_cand):  # candidates are in date order already
+            if kept[j]:
+                out_parcel[n_out] = parcel
+                out[n_out, :] = cand[j, :]
+                n_out += 1
+    return out_parcel[:n_out], out[:n_out]
+
+
+_PARAM_ORDER = ("season_start_doy", "season_end_doy", "min_drop", "strong_drop", "min_relative_drop",
+                "min_ndvi_before", "min_spacing_days", "max_events", "max_bracket_days", "min_recovery",
+                "recovery_window_days", "coherence_window_days", "min_coherence_rise", "weight_drop",
+                "weight_bracket", "weight_recovery", "base_confidence", "s1_bonus", "min_step", "lookback_days",
+                "settle_days", "require_recovery")
+
+
+def detect_mowing(prepared: PreparedSeries, params: MarkerParams, *, use_s1: bool = True) -> EventArrays:
+    """Return the mowing events of every parcel of *prepared*.
+
+    Args:
+        prepared: output of :func:`cbm_tasks.markers.preprocess.prepare`.
+        params: marker parameters (section ``mowing``).
+        use_s1: use Sentinel-1 coherence for the confidence when present (False: S2 only).
+
+    Returns:
+        Events sorted by parcel and date; ``value`` is the NDVI drop.
+    """
+    s2, coh = prepared.s2, prepared.coherence
+    packed = np.array([params.get("mowing", name) for name in _PARAM_ORDER], np.float64)
+    coh_offsets = coh.offsets if use_s1 else np.zeros(prepared.n_parcels + 1, np.int64)
+    parcel, rows = _mowing_kernel(s2.offsets, s2.day, s2.doy.astype(np.float64), s2.ndvi, s2.valid, coh_offsets,
+                                  coh.day, coh.vv, packed)
+    return EventArrays(parcel, rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].copy(), rows[:, 3].copy(),
+                       rows[:, 4].copy(), rows[:, 5].astype(np.int32))

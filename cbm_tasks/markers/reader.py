@@ -1,0 +1,250 @@
+"""Read a per-parcel time-series file (``cbm timeseries export`` output) into a :class:`SeriesTable`.
+
+Accepted files: ``.csv``, ``.csv.gz`` and ``.parquet``, one row per parcel, observation and band:
+
+* required columns: ``parcel_id, obs_time, source, band, mean``;
+* optional: ``clear_fraction`` (share of clear pixels, 0-1), ``orbit`` (S1 relative orbit),
+  ``count, std, min, max, p25, p50, p75, product_id`` (read and not needed by the markers).
+
+``source`` is ``s2 | bs | c6 | c12`` or a catalogue product type (S2MSI2A, CARD-BS, CARD-COH6,
+CARD-COH12). Values are physical units (S2 reflectance 0-1, S1 linear backscatter, coherence 0-1).
+Rows of other sources or bands (e.g. SCL means, product type ``UNKNOWN``) are dropped with one
+WARNING naming them. S2 class counts are read from the export's companion file
+``<stem>_classes<suffix>`` (``parcel_id, obs_time, product_id, band, class, count``) when it exists;
+they give each S2 observation its share of unusable SCL pixels.
+
+A file that cannot be used raises :class:`SeriesFileError` naming the file, and where it
+applies the line (1 = header) and column.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from cbm_tasks.errors import BadInputError
+from cbm_tasks.markers.series import BAND_CODE, PRODUCT_TYPES, SCL_BAD_CLASSES, SOURCE_CODE, SeriesTable
+
+__all__ = ["REQUIRED_COLUMNS", "SeriesFileError", "classes_file", "read_series", "read_table"]
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("parcel_id", "obs_time", "source", "band", "mean")
+_TIME = pa.timestamp("us", tz="UTC")
+_TYPES = {"parcel_id": pa.string(), "obs_time": pa.string(), "source": pa.string(), "band": pa.string(),
+          "mean": pa.float64(), "clear_fraction": pa.float64(), "orbit": pa.float64(),
+          "product_id": pa.float64(), "count": pa.float64(), "class": pa.float64()}
+_CLASS_COLUMNS = ("parcel_id", "obs_time", "band", "class", "count")
+
+
+class SeriesFileError(BadInputError):
+    """A time-series file is missing, malformed or has values outside their range."""
+
+
+def classes_file(path: Path) -> Path:
+    """Return the class-count companion of *path* (``x.csv.gz`` -> ``x_classes.csv.gz``)."""
+    name = path.name
+    for suffix in (".csv.gz", ".csv", ".parquet"):
+        if name.lower().endswith(suffix):
+            return path.with_name(f"{name[: -len(suffix)]}_classes{name[-len(suffix):]}")
+    return path.with_name(f"{path.stem}_classes{path.suffix}")
+
+
+def _first_bad_line(path: Path, column: str, target: pa.DataType) -> tuple[int, str]:
+    """Find the first line whose *column* cannot be converted to *target* (slow path, errors only)."""
+    table = _read_csv(path, {column: pa.string()}, strings_only=True)
+    values = table.column(column).to_pylist()
+    for line, value in enumerate(values, start=2):
+        if value is None or value == "":
+            continue
+        try:
+            pc.cast(pa.array([value]), target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return line, value
+    return -1, ""
+
+
+def _read_csv(path: Path, types: dict[str, pa.DataType], *, strings_only: bool = False) -> pa.Table:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as stream:
+        return pa_csv.read_csv(
+            stream,
+            convert_options=pa_csv.ConvertOptions(
+                column_types=types, include_columns=list(types) if strings_only else None,
+                strings_can_be_null=True, quoted_strings_can_be_null=True,
+                timestamp_parsers=[pa_csv.ISO8601, "%Y-%m-%d %H:%M:%S.%fZ"]),
+        )
+
+
+def read_table(path: Path, required: tuple[str, ...] = REQUIRED_COLUMNS) -> pa.Table:
+    """Read a CSV / gzipped CSV / Parquet file into an Arrow table with the known columns typed.
+
+    Raises:
+        SeriesFileError: missing file, unknown extension, unreadable content, a missing required
+            column, or a value that does not convert (named by line and column).
+    """
+    if not path.is_file():
+        raise SeriesFileError(f"time-series file {path}: no such file")
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            table = pq.read_table(path)
+        elif name.endswith((".csv", ".csv.gz")):
+            with (gzip.open if name.endswith(".gz") else open)(path, "rb") as stream:
+                header = stream.readline().decode("utf-8", "replace").strip().split(",")
+            header = [column.strip().strip('"') for column in header]
+            types = {column: _TYPES[column] for column in header if column in _TYPES}
+            try:
+                table = _read_csv(path, types)
+            except pa.ArrowInvalid as err:
+                match = re.search(r"CSV column #(\d+)", str(err))
+                if match is None or int(match.group(1)) >= len(header):
+                    raise
+                column = header[int(match.group(1))]
+                line, value = _first_bad_line(path, column, types.get(column, pa.string()))
+                raise SeriesFileError(f"time-series file {path}: line {line}, column {column!r}: cannot read "
+                                      f"{value!r} as {types.get(column)}") from err
+        else:
+            raise SeriesFileError(f"time-series file {path}: extension must be .csv, .csv.gz or .parquet")
+    except (pa.ArrowInvalid, OSError, EOFError, UnicodeDecodeError) as err:
+        raise SeriesFileError(f"time-series file {path}: cannot read: {err}") from err
+    missing = [column for column in required if column not in table.column_names]
+    if missing:
+        raise SeriesFileError(f"time-series file {path}: line 1: missing column(s) {', '.join(missing)}; "
+                              f"required: {', '.join(required)}; found: {', '.join(table.column_names)}")
+    if "obs_time" in table.column_names and table.column("obs_time").type != _TIME:
+        table = table.set_column(table.column_names.index("obs_time"), "obs_time", _utc_times(path, table))
+    for column in table.column_names:
+        want = _TYPES.get(column)
+        if want is not None and column != "obs_time" and table.column(column).type != want:
+            try:
+                table = table.set_column(table.column_names.index(column), column, pc.cast(table.column(column),
+                                                                                             want))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                raise SeriesFileError(f"time-series file {path}: column {column!r} of type "
+                                      f"{table.column(column).type} cannot be read as {want}: {err}") from err
+    return table
+
+
+def _utc_times(path: Path, table: pa.Table) -> pa.ChunkedArray:
+    """Parse ``obs_time`` (ISO 8601 date or date-time, UTC when no offset is given) to UTC timestamps."""
+    column = table.column("obs_time")
+    if pa.types.is_timestamp(column.type):
+        return column.cast(_TIME) if column.type.tz else pc.assume_timezone(column, "UTC").cast(_TIME)
+    text = pc.replace_substring_regex(column.cast(pa.string()), r"(Z|[+-]00:?00)$", "")
+    try:
+        return pc.assume_timezone(pc.cast(text, pa.timestamp("us")), "UTC").cast(_TIME)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        values = text.to_pylist()
+        for line, value in enumerate(values, start=2):
+            try:
+                pc.cast(pa.array([value]), pa.timestamp("us"))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise SeriesFileError(f"time-series file {path}: line {line}, column 'obs_time': cannot read "
+                                      f"{column[line - 2].as_py()!r} as an ISO 8601 UTC time") from err
+        raise SeriesFileError(f"time-series file {path}: column 'obs_time': {err}") from err
+
+
+def _check_nulls(path: Path, table: pa.Table, columns: tuple[str, ...]) -> None:
+    for column in columns:
+        nulls = table.column(column).is_null()
+        if pc.any(nulls).as_py():
+            line = int(np.flatnonzero(nulls.to_numpy(zero_copy_only=False))[0]) + 2
+            raise SeriesFileError(f"time-series file {path}: line {line}, column {column!r}: empty value")
+
+
+def _codes(path: Path, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (source code, band code, usable) per row; unknown sources and bands get usable False."""
+    source_text = table.column("source").to_numpy(zero_copy_only=False).astype(str)
+    band_text = table.column("band").to_numpy(zero_copy_only=False).astype(str)
+    names, inverse = np.unique(source_text, return_inverse=True)
+    source_map = np.array([SOURCE_CODE.get(PRODUCT_TYPES.get(name, name.lower()), -1) for name in names])
+    source = source_map[inverse]
+    names_b, inverse_b = np.unique(band_text, return_inverse=True)
+    band_map = np.array([BAND_CODE.get(name.upper(), -1) for name in names_b])
+    band = band_map[inverse_b]
+    usable = (source >= 0) & (band >= 0)
+    if not usable.all():
+        unknown_sources = sorted({str(name) for name, code in zip(names, source_map, strict=True) if code < 0})
+        unknown_bands = sorted({str(b) for b in np.unique(band_text[(band < 0) & (source >= 0)])})
+        log.warning("time-series file %s: ignored %d rows of unknown sources %s / bands %s",
+                    path, int((~usable).sum()), unknown_sources or "-", unknown_bands or "-")
+    return source, band, usable
+
+
+def _scl_bad_share(path: Path, parcel_id: np.ndarray, obs_us: np.ndarray, is_s2: np.ndarray) -> np.ndarray:
+    """Share of unusable SCL pixels per row from the class-count file, NaN where not given."""
+    share = np.full(len(parcel_id), np.nan)
+    companion = classes_file(path)
+    if not companion.is_file():
+        return share
+    classes = read_table(companion, _CLASS_COLUMNS)
+    classes = classes.filter(pc.equal(pc.utf8_upper(classes.column("band")), "SCL"))
+    _check_nulls(companion, classes, _CLASS_COLUMNS)
+    if classes.num_rows == 0:
+        return share
+    c_parcel = classes.column("parcel_id").to_numpy(zero_copy_only=False).astype(str)
+    c_time = classes.column("obs_time").cast(pa.int64()).to_numpy()
+    c_class = classes.column("class").to_numpy().astype(np.int64)
+    c_count = classes.column("count").to_numpy().astype(np.float64)
+    bad = np.isin(c_class, SCL_BAD_CLASSES)
+    keys, inverse = np.unique(np.char.add(np.char.add(c_parcel, "|"), c_time.astype(str)), return_inverse=True)
+    total = np.bincount(inverse, weights=c_count, minlength=len(keys))
+    bad_sum = np.bincount(inverse, weights=c_count * bad, minlength=len(keys))
+    row_keys = np.char.add(np.char.add(parcel_id[is_s2], "|"), obs_us[is_s2].astype(str))
+    position = np.clip(np.searchsorted(keys, row_keys), 0, len(keys) - 1)
+    found = keys[position] == row_keys
+    values = np.where(found & (total[position] > 0), bad_sum[position] / np.maximum(total[position], 1.0), np.nan)
+    share[np.flatnonzero(is_s2)] = values
+    return share
+
+
+def read_series(path: Path) -> SeriesTable:
+    """Read a long time-series file (and its ``_classes`` companion when present).
+
+    Args:
+        path: ``.csv``, ``.csv.gz`` or ``.parquet`` file in the long format (module docstring).
+
+    Returns:
+        The observations, grouped by parcel; duplicated rows are counted once.
+
+    Raises:
+        SeriesFileError: the file cannot be read, a required column is missing or empty,
+            a value does not convert, ``clear_fraction`` is outside [0, 1], or no row has a
+            known source and band.
+    """
+    t0 = time.perf_counter()
+    table = read_table(path)
+    _check_nulls(path, table, ("parcel_id", "obs_time", "source", "band"))
+    source, band, usable = _codes(path, table)
+    parcel_id = table.column("parcel_id").to_numpy(zero_copy_only=False).astype(str)
+    obs_us = table.column("obs_time").cast(pa.int64()).to_numpy()
+    mean = table.column("mean").to_numpy(zero_copy_only=False).astype(np.float64)
+    clear = (table.column("clear_fraction").to_numpy(zero_copy_only=False).astype(np.float64)
+             if "clear_fraction" in table.column_names else np.full(len(mean), np.nan))
+    bad_clear = np.flatnonzero(~np.isnan(clear) & ((clear < 0.0) | (clear > 1.0)))
+    if len(bad_clear):
+        raise SeriesFileError(f"time-series file {path}: line {int(bad_clear[0]) + 2}, column 'clear_fraction': "
+                              f"expected a value in [0, 1], got {clear[bad_clear[0]]}")
+    orbit = (np.nan_to_num(table.column("orbit").to_numpy(zero_copy_only=False).astype(np.float64), nan=-1.0)
+             if "orbit" in table.column_names else np.full(len(mean), -1.0))
+    if table.num_rows and not usable.any():
+        raise SeriesFileError(f"time-series file {path}: no row has a known source (s2, bs, c6, c12 or "
+                              f"{', '.join(PRODUCT_TYPES)}) and band ({', '.join(BAND_CODE)})")
+    scl = _scl_bad_share(path, parcel_id, obs_us, source == SOURCE_CODE["s2"])
+    series = SeriesTable.from_arrays(
+        parcel_id=parcel_id[usable], source=source[usable], band=band[usable],
+        obs_day=obs_us[usable] / 86_400e6, mean=mean[usable], clear_fraction=clear[usable],
+        orbit=orbit[usable], scl_bad_share=scl[usable])
+    log.info("read time series file=%s rows=%d parcels=%d ignored_rows=%d seconds=%.2f",
+             path, series.n_rows, series.n_parcels, int((~usable).sum()), time.perf_counter() - t0)
+    return series
