@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-
 from cbm_tasks.markers import load_params, prepare, read_series
 from cbm_tasks.markers.importers import convert_salms, read_salms_truth
 from cbm_tasks.markers.mowing import detect_mowing

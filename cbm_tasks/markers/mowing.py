@@ -77,7 +77,8 @@ def _coherence_rise_kernel(day: np.ndarray, vv: np.ndarray, lo: int, hi: int, st
 
 @njit(cache=True, nogil=True)
 def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: np.ndarray, valid: np.ndarray,
-                   coh_offsets: np.ndarray, coh_day: np.ndarray, coh_vv: np.ndarray, p: np.ndarray) -> tuple:
+                   coh_offsets: np.ndarray, coh_day: np.ndarray, coh_vv: np.ndarray,
+                   p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mowing events of every parcel; *p* packs the parameters in the order of ``_PARAM_ORDER``."""
     (season_start, season_end, min_drop, strong_drop, min_rel, min_before, min_spacing, max_events,
      max_bracket, min_recovery, recovery_window, coh_window, min_coh_rise, w_drop, w_bracket, w_rec,

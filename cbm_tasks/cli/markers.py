@@ -1,0 +1,89 @@
+"""``cbm markers``: markers and traffic lights from a time-series file (no database needed).
+
+``cbm markers run --timeseries FILE --out DIR`` writes ``DIR/events.csv`` and
+``DIR/traffic_lights.csv``; ``cbm markers plot --timeseries FILE --parcel ID --out F.png`` draws
+the parcel's series with its events. Rules and parameters are validated before the series is
+read, and nothing is written when any input is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cbm_tasks.errors import BadInputError
+from cbm_tasks.markers.engine import run_markers
+from cbm_tasks.markers.params import load_params
+from cbm_tasks.markers.reader import read_series
+from cbm_tasks.markers.writer import LIGHT_COLUMNS, read_crops, write_csv, write_events
+from cbm_tasks.traffic_light.evaluate import evaluate_lights
+from cbm_tasks.traffic_light.rules import load_rules
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``cbm markers run|plot`` to the command line."""
+    parser = subparsers.add_parser("markers", help="markers and traffic lights from per-parcel time series")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="ACTION")
+    run = commands.add_parser(
+        "run", help="compute markers and traffic lights from a time-series file",
+        description="Read FILE (long format of 'cbm timeseries export': CSV, CSV.GZ or Parquet, with its "
+        "_classes companion when present), compute the markers and the traffic light of every parcel and "
+        "scheme, write DIR/events.csv and DIR/traffic_lights.csv.")
+    run.add_argument("--timeseries", required=True, type=Path, metavar="FILE", help="time-series file")
+    run.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
+    run.add_argument("--rules", type=Path, metavar="FILE", help="scheme rules YAML (default: the shipped rules)")
+    run.add_argument("--params", type=Path, metavar="FILE", help="marker parameters YAML overriding the defaults")
+    crops = run.add_mutually_exclusive_group()
+    crops.add_argument("--crops", type=Path, metavar="FILE", help="CSV/Parquet with parcel_id and crop_code")
+    crops.add_argument("--crop-column", metavar="NAME", help="crop code column of the time-series file")
+    run.add_argument("--aoi", help="AOI whose crop -> scheme mapping applies (default mapping otherwise)")
+    run.add_argument("--year", type=int, help="season year of the rule windows (default: per parcel, the year "
+                     "of most clear observations)")
+    run.add_argument("--s2-only", action="store_true", help="ignore Sentinel-1 (the Sentinel-2-only variant)")
+    run.set_defaults(func=_run)
+    plot = commands.add_parser("plot", help="draw one parcel's series and events to a PNG",
+                               description="NDVI, S1 backscatter (dB) and coherence of one parcel; cloudy "
+                               "observations grey, detected events marked.")
+    plot.add_argument("--timeseries", required=True, type=Path, metavar="FILE", help="time-series file")
+    plot.add_argument("--parcel", required=True, metavar="ID", help="parcel id")
+    plot.add_argument("--out", required=True, type=Path, metavar="F.png", help="PNG file to write")
+    plot.add_argument("--params", type=Path, metavar="FILE", help="marker parameters YAML")
+    plot.set_defaults(func=_plot)
+
+
+def _run(args: argparse.Namespace) -> int:
+    rules = load_rules(args.rules)  # validated before anything is read or written
+    params = load_params(args.params)
+    crops = None
+    if args.crops is not None:
+        crops = read_crops(args.crops)
+    elif args.crop_column is not None:
+        crops = read_crops(args.timeseries, column=args.crop_column)
+    series = read_series(args.timeseries)
+    result = run_markers(series, params, use_s1=not args.s2_only)
+    lights = list(evaluate_lights(result, rules, crops=crops, aoi=args.aoi, year=args.year))
+    if args.out.exists() and not args.out.is_dir():
+        raise BadInputError(f"--out {args.out}: exists and is not a folder")
+    args.out.mkdir(parents=True, exist_ok=True)
+    n_events = write_events(args.out / "events.csv", result.rows())
+    n_lights = write_csv(args.out / "traffic_lights.csv", LIGHT_COLUMNS,
+                         ((light.parcel_id, light.scheme, light.colour, light.reason) for light in lights))
+    colours = {colour: sum(light.colour == colour for light in lights) for colour in ("green", "yellow", "red")}
+    sys.stdout.write(f"{args.out / 'events.csv'}: {n_events} events of {series.n_parcels} parcels; "
+                     f"{args.out / 'traffic_lights.csv'}: {n_lights} lights (green {colours['green']}, yellow "
+                     f"{colours['yellow']}, red {colours['red']}); parameters {params.hash[:12]}, rules "
+                     f"v{rules.version}\n")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from cbm_tasks.markers.plot import plot_parcel  # matplotlib only when a plot is asked for
+
+    params = load_params(args.params)
+    series = read_series(args.timeseries)
+    plot_parcel(series, args.parcel, params=params, out=args.out)
+    sys.stdout.write(f"{args.out}\n")
+    return 0

@@ -1,0 +1,212 @@
+"""Markers of arable and general land state: vegetation presence, bare soil, harvest, emergence, data.
+
+All work on the valid Sentinel-2 NDVI of each parcel and calendar year (sections ``vegetation``,
+``bare_soil``, ``harvest``, ``emergence``, ``data`` of the parameters):
+
+* ``vegetation``: the season's peak NDVI >= ``vegetation.min_peak_ndvi``; start / end = first / last
+  observation at or above it, main = the peak, value = peak NDVI.
+* ``bare_soil``: each run of consecutive observations with NDVI < ``bare_soil.max_ndvi`` and, where
+  B02 and B11 exist, bare soil index BSI >= ``bare_soil.min_bsi``; value = the run's lowest NDVI.
+  Confidence grows with the run's length (one observation 0.6, two or more 0.85) and BSI support.
+* ``harvest``: after the peak (>= ``harvest.min_peak_ndvi``) the first observation below
+  ``harvest.max_ndvi_after`` with a drop from the peak >= ``harvest.min_drop``; the date lies
+  between it and the observation before; value = the drop.
+* ``emergence``: after a bare observation, the first upward crossing of ``emergence.ndvi_threshold``
+  (date interpolated linearly); value = NDVI after the crossing.
+* ``data_sufficiency``: one per parcel and year over the mowing season: value = clear
+  observations, start / end = first / last of them, main = middle of the longest gap,
+  confidence = 1 for a longest gap <= ``data.good_gap_days`` falling to 0 at ``data.max_gap_days``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from cbm_tasks.markers.mowing import EventArrays
+from cbm_tasks.markers.params import MarkerParams
+from cbm_tasks.markers.preprocess import S2Series
+
+__all__ = ["CROP_MARKERS", "bare_soil_index", "detect_crop_events"]
+
+CROP_MARKERS = ("vegetation", "bare_soil", "harvest", "emergence", "data_sufficiency")
+
+
+@njit(cache=True, nogil=True)
+def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, year: np.ndarray,
+                        ndvi: np.ndarray, bsi: np.ndarray, valid: np.ndarray,
+                        p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Events of the markers in CROP_MARKERS; returns (parcel, marker index, rows[start, main, end, conf, value])."""
+    (veg_peak, bare_max, bare_bsi, harv_peak, harv_after, harv_drop, emerg, season_start, season_end,
+     good_gap, max_gap) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10])
+    cap = len(day) + 2 * (len(offsets) - 1) + 8
+    out_parcel = np.empty(cap, np.int32)
+    out_marker = np.empty(cap, np.int8)
+    out = np.empty((cap, 5), np.float64)
+    n_out = 0
+    idx = np.empty(len(day), np.int64)
+    for parcel in range(len(offsets) - 1):
+        lo = offsets[parcel]
+        hi = offsets[parcel + 1]
+        while lo < hi:
+            this_year = year[lo]
+            seg_end = lo
+            while seg_end < hi and year[seg_end] == this_year:
+                seg_end += 1
+            n = 0
+            for row in range(lo, seg_end):
+                if valid[row]:
+                    idx[n] = row
+                    n += 1
+            lo = seg_end
+            # data sufficiency over the season
+            n_season, first, last, prev, gap, gap_mid = 0, -1.0, -1.0, -1.0, 0.0, -1.0
+            for k in range(n):
+                r = idx[k]
+                if season_start <= doy[r] <= season_end:
+                    if prev < 0:
+                        first = day[r]
+                    elif day[r] - prev > gap:
+                        gap = day[r] - prev
+                        gap_mid = 0.5 * (day[r] + prev)
+                    prev = day[r]
+                    last = day[r]
+                    n_season += 1
+            if n_season > 0:
+                start_day = day[idx[0]] - doy[idx[0]] + season_start
+                end_day = day[idx[0]] - doy[idx[0]] + season_end
+                if first - start_day > gap:  # a season that starts or ends without observations
+                    gap = first - start_day
+                    gap_mid = 0.5 * (first + start_day)
+                if end_day - last > gap:
+                    gap = end_day - last
+                    gap_mid = 0.5 * (end_day + last)
+                out_parcel[n_out] = parcel
+                out_marker[n_out] = 4
+                out[n_out, 0] = first
+                out[n_out, 1] = gap_mid
+                out[n_out, 2] = last
+                out[n_out, 3] = min(max((max_gap - gap) / max(max_gap - good_gap, 1e-6), 0.0), 1.0)
+                out[n_out, 4] = n_season
+                n_out += 1
+            if n == 0:
+                continue
+            # vegetation: peak in the season
+            peak_k = -1
+            for k in range(n):
+                r = idx[k]
+                if season_start <= doy[r] <= season_end and (peak_k < 0 or ndvi[r] > ndvi[idx[peak_k]]):
+                    peak_k = k
+            if peak_k >= 0 and ndvi[idx[peak_k]] >= veg_peak:
+                k0, k1, n_above = peak_k, peak_k, 0
+                for k in range(n):
+                    if ndvi[idx[k]] >= veg_peak and season_start <= doy[idx[k]] <= season_end:
+                        k0 = min(k0, k)
+                        k1 = max(k1, k)
+                        n_above += 1
+                out_parcel[n_out] = parcel
+                out_marker[n_out] = 0
+                out[n_out, 0] = day[idx[k0]]
+                out[n_out, 1] = day[idx[peak_k]]
+                out[n_out, 2] = day[idx[k1]]
+                out[n_out, 3] = min(0.5 + 0.25 * (n_above - 1) + (ndvi[idx[peak_k]] - veg_peak), 1.0)
+                out[n_out, 4] = ndvi[idx[peak_k]]
+                n_out += 1
+            # bare soil runs
+            k = 0
+            while k < n:
+                r = idx[k]
+                bare = ndvi[r] < bare_max and not (np.isfinite(bsi[r]) and bsi[r] < bare_bsi)
+                if not bare:
+                    k += 1
+                    continue
+                k0, low, bsi_ok = k, ndvi[r], np.isfinite(bsi[r])
+                while k + 1 < n:
+                    r2 = idx[k + 1]
+                    if not (ndvi[r2] < bare_max and not (np.isfinite(bsi[r2]) and bsi[r2] < bare_bsi)):
+                        break
+                    k += 1
+                    low = min(low, ndvi[r2])
+                out_parcel[n_out] = parcel
+                out_marker[n_out] = 1
+                out[n_out, 0] = day[idx[k0]]
+                out[n_out, 1] = day[idx[k0]]
+                out[n_out, 2] = day[idx[k]]
+                out[n_out, 3] = (0.6 if k == k0 else 0.85) + (0.15 if bsi_ok else 0.0)
+                out[n_out, 4] = low
+                n_out += 1
+                k += 1
+            # harvest after the peak of the year
+            top = 0
+            for k in range(n):
+                if ndvi[idx[k]] > ndvi[idx[top]]:
+                    top = k
+            if ndvi[idx[top]] >= harv_peak:
+                for k in range(top + 1, n):
+                    r = idx[k]
+                    if ndvi[r] < harv_after and ndvi[idx[top]] - ndvi[r] >= harv_drop:
+                        t0, t1 = day[idx[k - 1]], day[r]
+                        out_parcel[n_out] = parcel
+                        out_marker[n_out] = 2
+                        out[n_out, 0] = t0
+                        out[n_out, 1] = 0.5 * (t0 + t1)
+                        out[n_out, 2] = t1
+                        out[n_out, 3] = min(max(1.0 - (t1 - t0 - 10.0) / 40.0, 0.3), 1.0)
+                        out[n_out, 4] = ndvi[idx[top]] - ndvi[r]
+                        n_out += 1
+                        break
+            # emergence: first upward crossing after a bare observation
+            seen_bare = False
+            for k in range(n):
+                r = idx[k]
+                if ndvi[r] < bare_max:
+                    seen_bare = True
+                elif seen_bare and k > 0 and ndvi[r] >= emerg and ndvi[idx[k - 1]] < emerg:
+                    r0 = idx[k - 1]
+                    frac = (emerg - ndvi[r0]) / max(ndvi[r] - ndvi[r0], 1e-6)
+                    out_parcel[n_out] = parcel
+                    out_marker[n_out] = 3
+                    out[n_out, 0] = day[r0]
+                    out[n_out, 1] = day[r0] + frac * (day[r] - day[r0])
+                    out[n_out, 2] = day[r]
+                    out[n_out, 3] = min(max(1.0 - (day[r] - day[r0] - 10.0) / 40.0, 0.3), 1.0)
+                    out[n_out, 4] = ndvi[r]
+                    n_out += 1
+                    break
+    return out_parcel[:n_out], out_marker[:n_out], out[:n_out]
+
+
+_PARAM_ORDER = (("vegetation", "min_peak_ndvi"), ("bare_soil", "max_ndvi"), ("bare_soil", "min_bsi"),
+                ("harvest", "min_peak_ndvi"), ("harvest", "max_ndvi_after"), ("harvest", "min_drop"),
+                ("emergence", "ndvi_threshold"), ("mowing", "season_start_doy"), ("mowing", "season_end_doy"),
+                ("data", "good_gap_days"), ("data", "max_gap_days"))
+
+
+def bare_soil_index(bands: np.ndarray) -> np.ndarray:
+    """BSI = ((B11 + B04) - (B08 + B02)) / ((B11 + B04) + (B08 + B02)) from columns B02, B04, B08, B11."""
+    blue, red, nir, swir = bands[:, 0], bands[:, 1], bands[:, 2], bands[:, 3]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bsi: np.ndarray = ((swir + red) - (nir + blue)) / ((swir + red) + (nir + blue))
+    return bsi
+
+
+def detect_crop_events(s2: S2Series, params: MarkerParams) -> dict[str, EventArrays]:
+    """Return the events of every marker in CROP_MARKERS for every parcel of *s2*.
+
+    Args:
+        s2: the prepared Sentinel-2 series.
+        params: marker parameters.
+
+    Returns:
+        marker name -> events sorted by parcel and date; ``sources`` is S2 (1) for all.
+    """
+    packed = np.array([params.get(section, key) for section, key in _PARAM_ORDER], np.float64)
+    parcel, marker, rows = _crop_events_kernel(s2.offsets, s2.day, s2.doy.astype(np.float64), s2.year, s2.ndvi,
+                                               bare_soil_index(s2.bands), s2.valid, packed)
+    out = {}
+    for code, name in enumerate(CROP_MARKERS):
+        pick = np.flatnonzero(marker == code)
+        pick = pick[np.lexsort((rows[pick, 1], parcel[pick]))]
+        out[name] = EventArrays(parcel[pick], rows[pick, 0], rows[pick, 1], rows[pick, 2], rows[pick, 3],
+                                rows[pick, 4], np.ones(len(pick), np.int32))
+    return out

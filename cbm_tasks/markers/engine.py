@@ -1,0 +1,145 @@
+"""Run every marker over a :class:`SeriesTable`: the one call the CLI and the database path make.
+
+:func:`run_markers` prepares the series (validity, NDVI, dB, cloud dips), runs the mowing and the
+crop-event kernels and returns a :class:`MarkerResult`: all events as flat arrays plus, per parcel,
+the observations used and rejected (lineage) and the days of the clear S2 observations (the
+traffic light's data-sufficiency test needs them per scheme window).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from cbm_tasks.markers.crop_events import CROP_MARKERS, detect_crop_events
+from cbm_tasks.markers.mowing import SOURCE_BITS, EventArrays, detect_mowing
+from cbm_tasks.markers.params import MarkerParams
+from cbm_tasks.markers.preprocess import PreparedSeries, prepare
+from cbm_tasks.markers.series import SeriesTable, day_to_date, group_offsets
+
+__all__ = ["MARKERS", "EventRow", "MarkerResult", "markers_from_prepared", "run_markers", "sources_text"]
+
+log = logging.getLogger(__name__)
+
+MARKERS = ("mowing", *CROP_MARKERS)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """One event as written to events.csv and stored in the database."""
+
+    parcel_id: str
+    marker: str
+    seq: int
+    start_date: str
+    main_date: str
+    end_date: str
+    confidence: float
+    value: float
+    sources: str
+
+
+def sources_text(bits: int) -> str:
+    """Return the sensors of a ``SOURCE_BITS`` mask as ``s2+coh`` (in SOURCE_BITS order)."""
+    return "+".join(name for name, bit in SOURCE_BITS.items() if bits & bit) or "-"
+
+
+@dataclass(frozen=True, slots=True)
+class MarkerResult:
+    """Events of all markers for a set of parcels.
+
+    Attributes:
+        parcel_ids: (n_parcels,) ids, the order the ``parcel`` indices refer to.
+        parcel, marker, seq: int32 (n,): parcel index, index into ``MARKERS``, 1-based number of
+            the event of this marker and parcel in date order.
+        start, main, end: float64 (n,), days since 1970-01-01 UTC.
+        confidence, value: float64 (n,).
+        sources: int32 (n,), ``SOURCE_BITS`` mask.
+        clear_offsets, clear_day: the valid S2 observation days of parcel p are
+            ``clear_day[clear_offsets[p]:clear_offsets[p + 1]]``.
+        n_used, n_rejected: int32 (n_parcels,), S2 observations used / rejected (clouds, dips, NaN).
+        params: the parameters of the run (``params.hash`` for lineage).
+    """
+
+    parcel_ids: np.ndarray
+    parcel: np.ndarray
+    marker: np.ndarray
+    seq: np.ndarray
+    start: np.ndarray
+    main: np.ndarray
+    end: np.ndarray
+    confidence: np.ndarray
+    value: np.ndarray
+    sources: np.ndarray
+    clear_offsets: np.ndarray
+    clear_day: np.ndarray
+    n_used: np.ndarray
+    n_rejected: np.ndarray
+    params: MarkerParams
+
+    @property
+    def n_events(self) -> int:
+        """Number of events."""
+        return len(self.parcel)
+
+    def rows(self) -> Iterator[EventRow]:
+        """Yield the events as rows, ordered by parcel id, marker and date (deterministic)."""
+        for i in range(self.n_events):
+            yield EventRow(str(self.parcel_ids[self.parcel[i]]), MARKERS[self.marker[i]], int(self.seq[i]),
+                           day_to_date(self.start[i]), day_to_date(self.main[i]), day_to_date(self.end[i]),
+                           round(float(self.confidence[i]), 3), round(float(self.value[i]), 4),
+                           sources_text(int(self.sources[i])))
+
+
+def _combine(parcel_ids: np.ndarray, per_marker: dict[str, EventArrays]) -> tuple[np.ndarray, ...]:
+    parts = [(MARKERS.index(name), events) for name, events in per_marker.items()]
+    parcel = np.concatenate([events.parcel for _, events in parts]).astype(np.int32)
+    marker = np.concatenate([np.full(len(events.parcel), code, np.int32) for code, events in parts])
+    fields = [np.concatenate([getattr(events, name) for _, events in parts])
+              for name in ("start", "main", "end", "confidence", "value", "sources")]
+    # parcels in id order (parcel_ids are sorted), then marker order, then date
+    order = np.lexsort((fields[1], marker, parcel))
+    parcel, marker = parcel[order], marker[order]
+    fields = [field[order] for field in fields]
+    new_group = np.ones(len(parcel), bool)
+    new_group[1:] = (parcel[1:] != parcel[:-1]) | (marker[1:] != marker[:-1])
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(parcel)), 0))
+    seq = (np.arange(len(parcel)) - group_start + 1).astype(np.int32)
+    return (parcel, marker, seq, *fields)
+
+
+def markers_from_prepared(prepared: PreparedSeries, params: MarkerParams, *, use_s1: bool = True) -> MarkerResult:
+    """Run all markers on already prepared series (see :func:`run_markers`)."""
+    per_marker = {"mowing": detect_mowing(prepared, params, use_s1=use_s1),
+                  **detect_crop_events(prepared.s2, params)}
+    parcel, marker, seq, start, main, end, confidence, value, sources = _combine(prepared.parcel_ids, per_marker)
+    s2 = prepared.s2
+    owner = np.repeat(np.arange(prepared.n_parcels), np.diff(s2.offsets))
+    valid_owner = owner[s2.valid]
+    n_used = np.bincount(valid_owner, minlength=prepared.n_parcels).astype(np.int32)
+    n_rejected = (np.diff(s2.offsets) - n_used).astype(np.int32)
+    return MarkerResult(prepared.parcel_ids, parcel, marker, seq, start, main, end, confidence, value,
+                        sources.astype(np.int32), group_offsets(valid_owner, prepared.n_parcels),
+                        s2.day[s2.valid], n_used, n_rejected, params)
+
+
+def run_markers(series: SeriesTable, params: MarkerParams, *, use_s1: bool = True) -> MarkerResult:
+    """Compute every marker of every parcel in *series*.
+
+    Args:
+        series: the observations (file reader or database).
+        params: marker parameters (:func:`cbm_tasks.markers.params.load_params`).
+        use_s1: let Sentinel-1 raise the mowing confidence where present; False = Sentinel-2 only.
+
+    Returns:
+        The events and per-parcel observation counts.
+    """
+    t0 = time.perf_counter()
+    result = markers_from_prepared(prepare(series, params), params, use_s1=use_s1)
+    log.info("markers computed parcels=%d events=%d params=%s seconds=%.3f", series.n_parcels, result.n_events,
+             params.hash[:12], time.perf_counter() - t0)
+    return result
