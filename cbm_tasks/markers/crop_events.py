@@ -38,7 +38,8 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                         p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Events of the markers in CROP_MARKERS; returns (parcel, marker index, rows[start, main, end, conf, value])."""
     (veg_peak, bare_max, bare_bsi, harv_peak, harv_after, harv_drop, emerg, season_start, season_end,
-     good_gap, max_gap) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10])
+     good_gap, max_gap, harv_first, harv_last, emerg_first, emerg_last) = (
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14])
     cap = len(day) + 2 * (len(offsets) - 1) + 8
     out_parcel = np.empty(cap, np.int32)
     out_marker = np.empty(cap, np.int8)
@@ -144,6 +145,8 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
             if ndvi[idx[top]] >= harv_peak:
                 for k in range(top + 1, n):
                     r = idx[k]
+                    if not harv_first <= doy[r] <= harv_last:
+                        continue
                     if ndvi[r] < harv_after and ndvi[idx[top]] - ndvi[r] >= harv_drop:
                         t0, t1 = day[idx[k - 1]], day[r]
                         out_parcel[n_out] = parcel
@@ -161,7 +164,8 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                 r = idx[k]
                 if ndvi[r] < bare_max:
                     seen_bare = True
-                elif seen_bare and k > 0 and ndvi[r] >= emerg and ndvi[idx[k - 1]] < emerg:
+                elif (seen_bare and k > 0 and ndvi[r] >= emerg and ndvi[idx[k - 1]] < emerg
+                      and emerg_first <= doy[r] <= emerg_last):
                     r0 = idx[k - 1]
                     frac = (emerg - ndvi[r0]) / max(ndvi[r] - ndvi[r0], 1e-6)
                     out_parcel[n_out] = parcel
@@ -179,7 +183,8 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
 _PARAM_ORDER = (("vegetation", "min_peak_ndvi"), ("bare_soil", "max_ndvi"), ("bare_soil", "min_bsi"),
                 ("harvest", "min_peak_ndvi"), ("harvest", "max_ndvi_after"), ("harvest", "min_drop"),
                 ("emergence", "ndvi_threshold"), ("mowing", "season_start_doy"), ("mowing", "season_end_doy"),
-                ("data", "good_gap_days"), ("data", "max_gap_days"))
+                ("data", "good_gap_days"), ("data", "max_gap_days"), ("harvest", "first_doy"),
+                ("harvest", "last_doy"), ("emergence", "first_doy"), ("emergence", "last_doy"))
 
 
 def bare_soil_index(bands: np.ndarray) -> np.ndarray:
