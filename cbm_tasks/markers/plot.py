@@ -105,7 +105,8 @@ def plot_parcel(series: SeriesTable, parcel_id: str, *, params: MarkerParams, ou
     figure = parcel_figure(prepared, markers_from_prepared(prepared, params), 0)
     partial = out.with_name(f".{out.name}.partial.png")
     try:
-        FigureCanvasAgg(figure).print_png(str(partial))
+        FigureCanvasAgg(figure)
+        figure.savefig(str(partial), format="png")
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
