@@ -40,7 +40,7 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
     (veg_peak, bare_max, bare_bsi, harv_peak, harv_after, harv_drop, emerg, season_start, season_end,
      good_gap, max_gap, harv_first, harv_last, emerg_first, emerg_last) = (
         p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14])
-    cap = len(day) + 2 * (len(offsets) - 1) + 8
+    cap = 5 * len(day) + 8  # per parcel-year at most one event per valid observation plus four
     out_parcel = np.empty(cap, np.int32)
     out_marker = np.empty(cap, np.int8)
     out = np.empty((cap, 5), np.float64)
@@ -73,9 +73,19 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                     prev = day[r]
                     last = day[r]
                     n_season += 1
-            if n_season > 0:
-                start_day = day[idx[0]] - doy[idx[0]] + season_start
-                end_day = day[idx[0]] - doy[idx[0]] + season_end
+            year_start = day[lo - 1] - doy[lo - 1]  # day number of 31 Dec of the previous year (+ fraction)
+            start_day = np.floor(year_start) + season_start
+            end_day = np.floor(year_start) + season_end
+            if n_season == 0:  # no clear observation in the season: evidence of missing data
+                out_parcel[n_out] = parcel
+                out_marker[n_out] = 4
+                out[n_out, 0] = start_day
+                out[n_out, 1] = 0.5 * (start_day + end_day)
+                out[n_out, 2] = end_day
+                out[n_out, 3] = 0.0
+                out[n_out, 4] = 0.0
+                n_out += 1
+            else:
                 if first - start_day > gap:  # a season that starts or ends without observations
                     gap = first - start_day
                     gap_mid = 0.5 * (first + start_day)

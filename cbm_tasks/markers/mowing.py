@@ -85,7 +85,7 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
      base, s1_bonus, min_step, lookback, settle, require_recovery) = (
         p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15],
         p[16], p[17], p[18], p[19], p[20], p[21])
-    cap = len(day) // 2 + 1
+    cap = len(day) + 1  # at most one event per step between observations
     out_parcel = np.empty(cap, np.int32)
     out = np.empty((cap, 6), np.float64)  # start, main, end, confidence, value, sources
     n_out = 0

@@ -1,0 +1,171 @@
+"""Mowing and crop markers on synthetic series with known dates; kernels against plain references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cbm_tasks.markers import load_params, prepare, read_series
+from cbm_tasks.markers.crop_events import _crop_events_kernel
+from cbm_tasks.markers.engine import MARKERS, run_markers
+from cbm_tasks.markers.mowing import _coherence_rise_kernel, _mowing_kernel, detect_mowing
+from cbm_tasks.markers.preprocess import _cloud_dip_kernel
+from cbm_tasks.markers.series import day_to_date
+from markers_series import doy_date, grass_rows, write_rows
+
+PARAMS = load_params()
+
+
+def _mowing_dates(path: Path, *, use_s1: bool = True) -> dict[str, list[tuple[str, float, str]]]:
+    result = run_markers(read_series(path), PARAMS, use_s1=use_s1)
+    out: dict[str, list[tuple[str, float, str]]] = {}
+    for row in result.rows():
+        if row.marker == "mowing":
+            out.setdefault(row.parcel_id, []).append((row.main_date, row.confidence, row.sources))
+    return out
+
+
+def test_known_cuts_found_within_tolerance_s2_only(tmp_path: Path) -> None:
+    cuts = {"one": [165], "two": [150, 200], "three": [140, 185, 235], "none": []}
+    rows = [row for parcel, days in cuts.items() for row in grass_rows(parcel, days, noise=0.01, seed=len(days))]
+    found = _mowing_dates(write_rows(tmp_path / "s.csv", rows), use_s1=False)
+    assert "none" not in found
+    for parcel, days in cuts.items():
+        got = [np.datetime64(d) for d, _, _ in found.get(parcel, [])]
+        assert len(got) == len(days), (parcel, found.get(parcel))
+        for want, have in zip(days, got, strict=True):
+            assert abs((np.datetime64(doy_date(want)) - have).astype(int)) <= 3
+
+
+def test_cloudy_and_dip_observations_do_not_hide_or_fake_cuts(tmp_path: Path) -> None:
+    # a cut on doy 180; an undetected cloud dip on doy 130 (recovers at the next observation), masked clouds
+    rows = grass_rows("p", [180], cloudy=[175, 185, 190], dips=[130])
+    series = read_series(write_rows(tmp_path / "s.csv", rows))
+    prepared = prepare(series, PARAMS)
+    dip_days = [day_to_date(d) for d in prepared.s2.day[prepared.s2.cloud_dip]]
+    assert dip_days == [doy_date(130).isoformat()]
+    assert int((~prepared.s2.valid).sum()) == 4
+    found = _mowing_dates(tmp_path / "s.csv", use_s1=False)["p"]
+    assert len(found) == 1
+    assert abs((np.datetime64(found[0][0]) - np.datetime64(doy_date(180))).astype(int)) <= 6
+
+
+def test_real_cut_seen_in_one_observation_is_not_a_dip(tmp_path: Path) -> None:
+    # the only low observation after the cut is followed by slow regrowth: kept
+    rows = grass_rows("p", [200], every=10)
+    prepared = prepare(read_series(write_rows(tmp_path / "s.csv", rows)), PARAMS)
+    assert not prepared.s2.cloud_dip.any()
+    assert len(detect_mowing(prepared, PARAMS).parcel) == 1
+
+
+def test_coherence_raises_confidence(tmp_path: Path) -> None:
+    rows = grass_rows("p", [170], coherence=True, noise=0.0)
+    path = write_rows(tmp_path / "s.csv", rows)
+    with_s1 = _mowing_dates(path)["p"]
+    s2_only = _mowing_dates(path, use_s1=False)["p"]
+    assert with_s1[0][2] == "s2+coh" and s2_only[0][2] == "s2"
+    assert with_s1[0][1] == pytest.approx(min(s2_only[0][1] + PARAMS.get("mowing", "s1_bonus"), 1.0))
+
+
+def test_degenerate_series(tmp_path: Path) -> None:
+    one = write_rows(tmp_path / "one.csv", grass_rows("p", [])[:2])
+    result = run_markers(read_series(one), PARAMS)
+    # one observation (1 March, before the season): only the data-sufficiency marker, with no clear observation
+    assert [(r.marker, r.value, r.confidence) for r in result.rows()] == [("data_sufficiency", 0.0, 0.0)]
+    assert int(result.n_used[0]) == 1
+    cloudy = write_rows(tmp_path / "cloudy.csv", grass_rows("p", [150], cloudy=list(range(0, 366))))
+    result = run_markers(read_series(cloudy), PARAMS)
+    assert [r.marker for r in result.rows()] == ["data_sufficiency"]
+    assert int(result.n_used[0]) == 0 and int(result.n_rejected[0]) == 49
+    empty = write_rows(tmp_path / "empty.csv", [])
+    assert run_markers(read_series(empty), PARAMS).n_events == 0
+    nan = grass_rows("p", [150])
+    for row in nan[::3]:
+        row[4] = "nan"
+    result = run_markers(read_series(write_rows(tmp_path / "nan.csv", nan)), PARAMS)
+    assert int(result.n_used[0]) < 49 and np.isfinite(result.confidence).all()
+
+
+def test_arable_markers(tmp_path: Path) -> None:
+    # maize: bare until May, emergence, peak in August, harvest on doy 270, bare again
+    days = np.arange(60, 331, 5)
+    ndvi = np.where(days < 140, 0.15, np.where(days < 270, 0.15 + 0.75 * np.clip((days - 140) / 60, 0, 1), 0.18))
+    rows = []
+    for doy, value in zip(days, ndvi, strict=True):
+        red, nir = 0.3 * (1 - value) / (1 + value), 0.3
+        rows += [["m", doy_date(doy).isoformat(), "s2", band, mean, 0.99, ""] for band, mean in (("B04", red),
+                                                                                               ("B08", nir))]
+    result = run_markers(read_series(write_rows(tmp_path / "m.csv", rows)), PARAMS)
+    by_marker = {}
+    for row in result.rows():
+        by_marker.setdefault(row.marker, []).append(row)
+    assert [r.main_date for r in by_marker["harvest"]] == [doy_date(267).isoformat()]
+    assert len(by_marker["emergence"]) == 1
+    assert abs((np.datetime64(by_marker["emergence"][0].main_date) - np.datetime64(doy_date(156))).astype(int)) <= 2
+    assert [(r.start_date, r.end_date) for r in by_marker["bare_soil"]] == [
+        (doy_date(60).isoformat(), doy_date(145).isoformat()), (doy_date(270).isoformat(), doy_date(330).isoformat())]
+    assert "mowing" not in by_marker
+    assert by_marker["vegetation"][0].value == pytest.approx(0.9, abs=1e-3)
+
+
+def _dip_reference(offsets, day, ndvi, valid, rate, margin, span):  # type: ignore[no-untyped-def]
+    dip = np.zeros(len(day), bool)
+    for p in range(len(offsets) - 1):
+        rows = [r for r in range(offsets[p], offsets[p + 1]) if valid[r]]
+        kept: list[int] = []
+        for r in rows:
+            if len(kept) >= 2:
+                a, b = kept[-2], kept[-1]
+                if (day[r] - day[a] <= span and ndvi[a] - ndvi[b] > margin and ndvi[r] >= ndvi[a] - margin
+                        and (ndvi[r] - ndvi[b]) / max(day[r] - day[b], 1.0) > rate):
+                    dip[b] = True
+                    kept[-1] = r
+                    continue
+            kept.append(r)
+    return dip
+
+
+def test_kernels_match_plain_references() -> None:
+    rng = np.random.default_rng(7)
+    offsets = np.array([0, 40, 41, 41, 120], np.int64)
+    day = np.concatenate([np.sort(rng.uniform(0, 300, n)) for n in np.diff(offsets)])
+    ndvi = rng.uniform(0.1, 0.9, len(day))
+    valid = rng.random(len(day)) > 0.2
+    got = _cloud_dip_kernel(offsets, day, ndvi, valid, 0.03, 0.05, 25.0)
+    want = _dip_reference(offsets, day, ndvi, valid, 0.03, 0.05, 25.0)
+    np.testing.assert_array_equal(got, want)
+    assert got.sum() > 3
+    coh_day = np.sort(rng.uniform(0, 300, 60))
+    coh = rng.uniform(0.1, 0.8, 60)
+    for start in (50.0, 120.0, 200.0):
+        before = coh[(coh_day >= start - 18 - 12) & (coh_day <= start - 6)]
+        after = coh[(coh_day >= start + 5) & (coh_day <= start + 5 + 18)]
+        assert _coherence_rise_kernel(coh_day, coh, 0, 60, start, start + 5, 18.0) == pytest.approx(
+            after.mean() - before.mean())
+    # the compiled kernels give what their Python source gives
+    doy = (day % 365).astype(np.float64) + 1
+    packed = np.array([PARAMS.get("mowing", k) for k in (
+        "season_start_doy", "season_end_doy", "min_drop", "strong_drop", "min_relative_drop", "min_ndvi_before",
+        "min_spacing_days", "max_events", "max_bracket_days", "min_recovery", "recovery_window_days",
+        "coherence_window_days", "min_coherence_rise", "weight_drop", "weight_bracket", "weight_recovery",
+        "base_confidence", "s1_bonus", "min_step", "lookback_days", "settle_days", "require_recovery")])
+    coh_offsets = np.array([0, 60, 60, 60, 60], np.int64)
+    compiled = _mowing_kernel(offsets, day, doy, ndvi, valid, coh_offsets, coh_day, coh, packed)
+    python = _mowing_kernel.py_func(offsets, day, doy, ndvi, valid, coh_offsets, coh_day, coh, packed)
+    assert len(compiled[0]) > 3
+    np.testing.assert_array_equal(compiled[0], python[0])
+    np.testing.assert_allclose(compiled[1], python[1])
+    year = np.full(len(day), 2021, np.int32)
+    crop_params = np.array([0.5, 0.25, 0.0, 0.6, 0.4, 0.25, 0.35, 91, 273, 15, 45, 152, 319, 60, 304], np.float64)
+    bsi = rng.uniform(-0.2, 0.2, len(day))
+    compiled = _crop_events_kernel(offsets, day, doy, year, ndvi, bsi, valid, crop_params)
+    python = _crop_events_kernel.py_func(offsets, day, doy, year, ndvi, bsi, valid, crop_params)
+    assert len(compiled[0]) > 5
+    for a, b in zip(compiled, python, strict=True):
+        np.testing.assert_allclose(a, b)
+
+
+def test_marker_names_are_stable() -> None:
+    assert MARKERS == ("mowing", "vegetation", "bare_soil", "harvest", "emergence", "data_sufficiency")

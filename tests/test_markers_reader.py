@@ -1,0 +1,134 @@
+"""Reading time-series files: formats, the export's layout, and every bad input named by file, line, column."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cbm_tasks.markers.reader import SeriesFileError, classes_file, read_series
+from cbm_tasks.markers.series import BAND_CODE, SOURCE_CODE
+from markers_series import grass_rows, write_rows
+
+
+def test_export_layout_with_product_types_and_scl_classes(tmp_path: Path) -> None:
+    # what `cbm timeseries export` writes: product types as source, microsecond timestamps with Z, SCL counts apart
+    path = tmp_path / "export.csv"
+    header = ["parcel_id", "obs_time", "product_id", "source", "band", "count", "mean", "std", "min", "max", "p25",
+              "p50", "p75"]
+    rows = [["p1", "2018-04-05 10:50:31.000000Z", 3, "S2MSI2A", "B04", 40, 0.05, 0.01, 0, 1, 0, 0, 0],
+            ["p1", "2018-04-05 10:50:31.000000Z", 3, "S2MSI2A", "B08", 40, 0.35, 0.01, 0, 1, 0, 0, 0],
+            ["p1", "2018-04-05 10:50:31.000000Z", 3, "S2MSI2A", "SCL", 10, 4.2, "", "", "", "", "", ""],
+            ["p1", "2018-04-07 17:32:00.000000Z", 9, "CARD-BS", "VV", 20, 0.05, 0.01, 0, 1, 0, 0, 0],
+            ["p1", "2018-04-07 17:32:00.000000Z", 9, "CARD-COH6", "VV", 20, 0.4, 0.01, 0, 1, 0, 0, 0]]
+    write_rows(path, rows, header)
+    write_rows(classes_file(path), [["p1", "2018-04-05 10:50:31.000000Z", 3, "SCL", 4, 30],
+                                    ["p1", "2018-04-05 10:50:31.000000Z", 3, "SCL", 9, 10]],
+               ["parcel_id", "obs_time", "product_id", "band", "class", "count"])
+    series = read_series(path)
+    assert list(series.parcel_ids) == ["p1"]
+    assert series.n_rows == 4  # the SCL mean row is not a marker band
+    assert sorted(series.source.tolist()) == [SOURCE_CODE["s2"], SOURCE_CODE["s2"], SOURCE_CODE["bs"],
+                                              SOURCE_CODE["c6"]]
+    s2 = series.source == SOURCE_CODE["s2"]
+    np.testing.assert_allclose(series.scl_bad_share[s2], [0.25, 0.25])
+    assert np.isnan(series.scl_bad_share[~s2]).all()
+    assert series.obs_day[s2][0] == pytest.approx(17626 + (10 * 3600 + 50 * 60 + 31) / 86400)
+
+
+def test_gzip_and_parquet_read_the_same(tmp_path: Path) -> None:
+    rows = grass_rows("a", [160]) + grass_rows("b", [])
+    plain = read_series(write_rows(tmp_path / "s.csv", rows))
+    gz = tmp_path / "s.csv.gz"
+    gz.write_bytes(gzip.compress((tmp_path / "s.csv").read_bytes()))
+    table = pa.table({"parcel_id": [r[0] for r in rows], "obs_time": [r[1] for r in rows],
+                      "source": [r[2] for r in rows], "band": [r[3] for r in rows],
+                      "mean": [float(str(r[4])) for r in rows], "clear_fraction": [float(str(r[5])) for r in rows]})
+    pq.write_table(table, tmp_path / "s.parquet")
+    for other in (read_series(gz), read_series(tmp_path / "s.parquet")):
+        np.testing.assert_array_equal(other.parcel_ids, plain.parcel_ids)
+        np.testing.assert_array_equal(other.obs_day, plain.obs_day)
+        np.testing.assert_allclose(other.mean, plain.mean)
+
+
+def test_duplicated_observations_count_once(tmp_path: Path) -> None:
+    rows = grass_rows("a", [160])
+    once = read_series(write_rows(tmp_path / "once.csv", rows))
+    twice = read_series(write_rows(tmp_path / "twice.csv", rows + rows[:10]))
+    assert twice.n_rows == once.n_rows
+    np.testing.assert_array_equal(twice.mean, once.mean)
+
+
+def test_unknown_source_and_band_are_ignored_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = grass_rows("a", []) + [["a", "2021-05-01", "landsat", "B04", 0.1, "", ""],
+                                  ["a", "2021-05-01", "s2", "NDRE", 0.1, "", ""]]
+    with caplog.at_level(logging.WARNING):
+        series = read_series(write_rows(tmp_path / "s.csv", rows))
+    assert "ignored 2 rows" in caplog.text and "landsat" in caplog.text and "NDRE" in caplog.text
+    assert set(series.band.tolist()) == {BAND_CODE["B04"], BAND_CODE["B08"]}
+
+
+def test_nan_means_are_kept_as_missing(tmp_path: Path) -> None:
+    rows = grass_rows("a", [])
+    rows[0][4] = "NaN"
+    rows[2][4] = ""
+    series = read_series(write_rows(tmp_path / "s.csv", rows))
+    assert int(np.isnan(series.mean).sum()) == 2
+
+
+def test_bad_value_names_file_line_and_column(tmp_path: Path) -> None:
+    rows = grass_rows("a", [])
+    rows[6][4] = "0.3x"
+    path = write_rows(tmp_path / "bad.csv", rows)
+    with pytest.raises(SeriesFileError, match=r"bad\.csv: line 8, column 'mean': cannot read '0\.3x'"):
+        read_series(path)
+
+
+def test_bad_time_names_line(tmp_path: Path) -> None:
+    rows = grass_rows("a", [])
+    rows[3][1] = "2021-13-45"
+    with pytest.raises(SeriesFileError, match=r"line 5, column 'obs_time'.*2021-13-45"):
+        read_series(write_rows(tmp_path / "bad.csv", rows))
+
+
+def test_missing_column_and_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "nomean.csv"
+    path.write_text("parcel_id,obs_time,source,band\na,2021-05-01,s2,B04\n")
+    with pytest.raises(SeriesFileError, match=r"nomean\.csv: line 1: missing column\(s\) mean"):
+        read_series(path)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(SeriesFileError, match="empty.csv"):
+        read_series(empty)
+    header_only = write_rows(tmp_path / "header.csv", [])
+    assert read_series(header_only).n_parcels == 0
+
+
+def test_clear_fraction_out_of_range_and_empty_id(tmp_path: Path) -> None:
+    rows = grass_rows("a", [])
+    rows[4][5] = 1.5
+    with pytest.raises(SeriesFileError, match=r"line 6, column 'clear_fraction'.*1\.5"):
+        read_series(write_rows(tmp_path / "c.csv", rows))
+    rows = grass_rows("a", [])
+    rows[2][0] = ""
+    with pytest.raises(SeriesFileError, match=r"line 4, column 'parcel_id': empty"):
+        read_series(write_rows(tmp_path / "id.csv", rows))
+
+
+def test_only_unknown_sources_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SeriesFileError, match="no row has a known source"):
+        read_series(write_rows(tmp_path / "u.csv", [["a", "2021-05-01", "modis", "B01", 0.1, "", ""]]))
+
+
+def test_missing_file_and_extension(tmp_path: Path) -> None:
+    with pytest.raises(SeriesFileError, match="no such file"):
+        read_series(tmp_path / "none.csv")
+    other = tmp_path / "x.txt"
+    other.write_text("a")
+    with pytest.raises(SeriesFileError, match="extension"):
+        read_series(other)
