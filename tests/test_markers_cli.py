@@ -1,0 +1,151 @@
+"""``cbm markers run|plot`` on files: outputs, determinism, rules validation (nothing written on bad input)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cbm_tasks.cli import main
+from cbm_tasks.markers.engine import run_markers
+from cbm_tasks.markers.params import ParamsFileError, load_params
+from cbm_tasks.markers.reader import read_series
+from cbm_tasks.traffic_light import RulesFileError, evaluate_lights, load_rules
+from cbm_tasks.traffic_light.evaluate import evaluate_rule
+from cbm_tasks.traffic_light.rules import Rule
+from markers_series import grass_rows, write_rows
+
+RULES = """version: 3
+schemes:
+  mown:
+    rules:
+      - {id: R1, marker: mowing, require: present, window: {start: "06-01", end: "08-31"}, min_confidence: 0.5}
+crop_schemes:
+  default:
+    unknown_crop: [mown]
+"""
+
+
+def _series(tmp_path: Path) -> Path:
+    rows = (grass_rows("cut", [190], noise=0.01) + grass_rows("uncut", [], noise=0.01, seed=3)
+            + grass_rows("cloudy", [190], cloudy=list(range(140, 260))))
+    return write_rows(tmp_path / "series.csv", rows)
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_run_writes_events_and_lights_identically_twice(tmp_path: Path) -> None:
+    series = _series(tmp_path)
+    assert main(["markers", "run", "--timeseries", str(series), "--out", str(tmp_path / "a")]) == 0
+    assert main(["markers", "run", "--timeseries", str(series), "--out", str(tmp_path / "b")]) == 0
+    for name in ("events.csv", "traffic_lights.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    lights = {(r["parcel_id"], r["scheme"]): (r["colour"], r["reason"]) for r in _read(tmp_path / "a" /
+                                                                                     "traffic_lights.csv")}
+    assert lights == {("cut", "grassland_mowing"): ("green", "EVENT_FOUND"),
+                      ("uncut", "grassland_mowing"): ("red", "NO_EVENT"),
+                      ("cloudy", "grassland_mowing"): ("yellow", "NO_DATA")}
+    events = _read(tmp_path / "a" / "events.csv")
+    assert list(events[0]) == ["parcel_id", "marker", "seq", "start_date", "main_date", "end_date", "confidence",
+                               "value", "sources"]
+    mowing = [e for e in events if e["marker"] == "mowing"]
+    assert [(e["parcel_id"], e["seq"], e["sources"]) for e in mowing] == [("cut", "1", "s2")]
+    assert mowing[0]["start_date"] <= mowing[0]["main_date"] <= mowing[0]["end_date"]
+
+
+def test_crops_select_schemes(tmp_path: Path) -> None:
+    series = _series(tmp_path)
+    crops = write_rows(tmp_path / "crops.csv", [["cut", 9120], ["uncut", 1200]], ["parcel_id", "crop_code"])
+    assert main(["markers", "run", "--timeseries", str(series), "--crops", str(crops), "--out",
+                 str(tmp_path / "o")]) == 0
+    lights = sorted((r["parcel_id"], r["scheme"], r["colour"]) for r in _read(tmp_path / "o" / "traffic_lights.csv"))
+    assert lights == [("cloudy", "grassland_mowing", "yellow"), ("cut", "grassland_mowing", "green"),
+                      ("cut", "permanent_grassland", "green"), ("uncut", "arable_harvest", "red")]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (RULES.replace("marker: mowing", "marker: grazing"), r"rules\.yaml, scheme mown, rule 1 \(id R1\): unknown "
+                                                          r"marker 'grazing'"),
+    (RULES.replace('"06-01"', '"06-31"'), r"rule 1 \(id R1\): window date '06-31' is not a calendar day"),
+    (RULES.replace('"06-01"', '"June"'), r"rule 1 \(id R1\): window date must be MM-DD, got 'June'"),
+    (RULES.replace('"08-31"', '"05-01"'), r"\(id R1\): window ends \(05-01\) before it starts \(06-01\)"),
+    (RULES.replace("require: present", "require: often"), r"\(id R1\): require must be one of present, absent"),
+    (RULES.replace("unknown_crop: [mown]", "unknown_crop: [grazed]"), r"crop_schemes.default: unknown scheme"),
+    ("schemes: [", r"rules\.yaml: not valid YAML"),
+])
+def test_bad_rules_file_is_named_and_nothing_is_written(tmp_path: Path, text: str, message: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(text)
+    with pytest.raises(RulesFileError, match=message):
+        load_rules(rules)
+    out = tmp_path / "out"
+    assert main(["markers", "run", "--timeseries", str(_series(tmp_path)), "--rules", str(rules), "--out",
+                 str(out)]) == 2
+    assert "rules.yaml" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_series_and_params_write_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("parcel_id,obs_time,source,band,mean\na,2021-05-01,s2,B04,abc\n")
+    assert main(["markers", "run", "--timeseries", str(bad), "--out", str(tmp_path / "o1")]) == 2
+    assert not (tmp_path / "o1").exists()
+    params = tmp_path / "p.yaml"
+    params.write_text("mowing:\n  min_dropp: 0.2\n")
+    with pytest.raises(ParamsFileError, match=r"p\.yaml: unknown key mowing\.min_dropp"):
+        load_params(params)
+    assert main(["markers", "run", "--timeseries", str(_series(tmp_path)), "--params", str(params), "--out",
+                 str(tmp_path / "o2")]) == 2
+    assert not (tmp_path / "o2").exists()
+
+
+def test_params_override_and_hash(tmp_path: Path) -> None:
+    defaults = load_params()
+    params = tmp_path / "p.yaml"
+    params.write_text("version: 7\nmowing:\n  min_drop: 0.2\n")
+    custom = load_params(params)
+    assert custom.get("mowing", "min_drop") == 0.2 and custom.version == 7
+    assert custom.get("mowing", "min_spacing_days") == defaults.get("mowing", "min_spacing_days")
+    assert custom.hash != defaults.hash and load_params().hash == defaults.hash and len(defaults.hash) == 64
+
+
+def test_rule_outcomes() -> None:
+    rule = Rule("R", "mowing", "present", (6, 1), (8, 31), 0.5, 3, 30.0)
+    june1 = float(np.datetime64("2021-06-01").astype(int))
+    clear = june1 + np.arange(0, 92, 10.0)
+    def outcome(main: list[float], conf: list[float], clear_day: np.ndarray = clear, r: Rule = rule) -> tuple[str, str]:
+        o = evaluate_rule(r, 2021, clear_day=clear_day, event_main=np.array(main), event_confidence=np.array(conf),
+                          event_seq=np.arange(1, len(main) + 1))
+        return o.colour, o.reason
+    assert outcome([june1 + 30], [0.9]) == ("green", "EVENT_FOUND")
+    assert outcome([june1 - 5], [0.9]) == ("red", "NO_EVENT")  # before the window
+    assert outcome([june1 + 30], [0.3]) == ("yellow", "LOW_CONFIDENCE")
+    assert outcome([], [], clear[:2]) == ("yellow", "NO_DATA")
+    assert outcome([], [], clear[[0, 1, 2, 7, 8, 9]]) == ("yellow", "GAP")
+    assert outcome([june1 + 30], [0.9], clear[:2]) == ("green", "EVENT_FOUND")  # a cut seen is a cut done
+    banned = Rule("B", "bare_soil", "absent", (6, 1), (8, 31), 0.5, 3, 30.0)
+    assert outcome([june1 + 30], [0.9], r=banned) == ("red", "EVENT_IN_BANNED_PERIOD")
+    assert outcome([], [], r=banned) == ("green", "NO_EVENT")
+
+
+def test_lights_trace_rule_and_event(tmp_path: Path) -> None:
+    result = run_markers(read_series(_series(tmp_path)), load_params())
+    lights = {light.parcel_id: light for light in evaluate_lights(result, load_rules())}
+    assert lights["cut"].rule_id == "GM-MOW-1" and lights["cut"].event_seq == 1 and lights["cut"].year == 2021
+    assert lights["cloudy"].n_clear_obs == 0 and lights["cloudy"].longest_gap_days == 92.0
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    series = _series(tmp_path)
+    out = tmp_path / "cut.png"
+    assert main(["markers", "plot", "--timeseries", str(series), "--parcel", "cut", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    assert main(["markers", "plot", "--timeseries", str(series), "--parcel", "nope", "--out",
+                 str(tmp_path / "n.png")]) == 2
+    assert not (tmp_path / "n.png").exists()
