@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from markers_series import grass_rows, write_rows
 
 from cbm_tasks.cli import main
 from cbm_tasks.markers.engine import run_markers
@@ -15,7 +16,6 @@ from cbm_tasks.markers.reader import read_series
 from cbm_tasks.traffic_light import RulesFileError, evaluate_lights, load_rules
 from cbm_tasks.traffic_light.evaluate import evaluate_rule
 from cbm_tasks.traffic_light.rules import Rule
-from markers_series import grass_rows, write_rows
 
 RULES = """version: 3
 schemes:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from markers_series import doy_date, grass_rows, write_rows
 
 from cbm_tasks.markers import load_params, prepare, read_series
 from cbm_tasks.markers.crop_events import _crop_events_kernel
@@ -13,7 +14,6 @@ from cbm_tasks.markers.engine import MARKERS, run_markers
 from cbm_tasks.markers.mowing import _coherence_rise_kernel, _mowing_kernel, detect_mowing
 from cbm_tasks.markers.preprocess import _cloud_dip_kernel
 from cbm_tasks.markers.series import day_to_date
-from markers_series import doy_date, grass_rows, write_rows
 
 PARAMS = load_params()
 

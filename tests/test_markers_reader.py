@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from markers_series import grass_rows, write_rows
 
 from cbm_tasks.markers.reader import SeriesFileError, classes_file, read_series
 from cbm_tasks.markers.series import BAND_CODE, SOURCE_CODE
-from markers_series import grass_rows, write_rows
 
 
 def test_export_layout_with_product_types_and_scl_classes(tmp_path: Path) -> None:
