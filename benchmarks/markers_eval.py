@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -33,68 +30,9 @@ from cbm_tasks.markers.importers import convert_salms, read_salms_truth
 from cbm_tasks.markers.mowing import detect_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import day_to_date
+from cbm_tasks.markers.validation import TOLERANCE_DAYS, Score, match_events
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TOLERANCE_DAYS = 12
-
-
-@dataclass(frozen=True)
-class Score:
-    tp: int
-    fp: int
-    fn: int
-    errors: tuple[int, ...]
-    negatives: int = 0
-    negatives_clean: int = 0
-
-    @property
-    def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else float("nan")
-
-    @property
-    def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else float("nan")
-
-    @property
-    def f1(self) -> float:
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
-
-    @property
-    def median_error(self) -> float:
-        return float(statistics.median(self.errors)) if self.errors else float("nan")
-
-    def row(self, name: str) -> str:
-        clean = f"{self.negatives_clean}/{self.negatives} = {self.negatives_clean / self.negatives:.0%}" \
-            if self.negatives else "-"
-        return (f"| {name} | {self.tp + self.fn} | {self.tp + self.fp} | {self.precision:.2f} | {self.recall:.2f} | "
-                f"{self.f1:.2f} | {self.median_error:.1f} | {clean} |")
-
-
-def match_events(predicted: Mapping[str, list[date]], truth: Mapping[str, list[date]],
-                 parcels: list[str], *, tolerance_days: int = TOLERANCE_DAYS,
-                 negatives: set[str] | None = None) -> Score:
-    """One-to-one matching of predicted and true dates per parcel within the tolerance, closest first."""
-    tp = fp = fn = 0
-    errors: list[int] = []
-    clean = 0
-    for parcel in parcels:
-        pred, true = list(predicted.get(parcel, [])), list(truth.get(parcel, []))
-        pairs = sorted((abs((p - t).days), i, j) for i, p in enumerate(pred) for j, t in enumerate(true))
-        used_p: set[int] = set()
-        used_t: set[int] = set()
-        for distance, i, j in pairs:
-            if distance > tolerance_days or i in used_p or j in used_t:
-                continue
-            used_p.add(i)
-            used_t.add(j)
-            errors.append(distance)
-        tp += len(used_p)
-        fp += len(pred) - len(used_p)
-        fn += len(true) - len(used_t)
-        if negatives is not None and parcel in negatives and not pred:
-            clean += 1
-    return Score(tp, fp, fn, tuple(errors), len(negatives or ()), clean)
 
 
 def predict(series_file: Path, params: MarkerParams, *, use_s1: bool,
@@ -155,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         if "sk" in sets:
             scores.update(eval_sk(args.data, params))
         if "synth" in sets:
-            from benchmarks.markers_synthetic import eval_synthetic  # heavier: builds and reduces images
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from markers_synthetic import eval_synthetic  # heavier: builds the AOI and reduces its images
 
-            scores.update(eval_synthetic(work, params, n_parcels=args.synthetic_parcels))
+            scores.update(eval_synthetic(work, params, match_events=match_events, predict=predict,
+                                         n_parcels=args.synthetic_parcels))
     print(f"mowing marker, parameters version {params.version} hash {params.hash[:12]}; "
           f"a hit = within +-{TOLERANCE_DAYS} days")
     print("| data | true | predicted | precision | recall | F1 | median date error (d) | not mown without mowing |")
