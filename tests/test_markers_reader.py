@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from markers_series import grass_rows, write_rows
 
-from cbm_tasks.markers.reader import SeriesFileError, classes_file, read_series
-from cbm_tasks.markers.series import BAND_CODE, SOURCE_CODE
+from cbm_tasks.markers.reader import SeriesFileError, classes_file, read_series, scl_bad_share_from_counts
+from cbm_tasks.markers.series import BAND_CODE, SOURCE_CODE, SeriesTable
 
 
 def test_export_layout_with_product_types_and_scl_classes(tmp_path: Path) -> None:
@@ -132,3 +132,14 @@ def test_missing_file_and_extension(tmp_path: Path) -> None:
     other.write_text("a")
     with pytest.raises(SeriesFileError, match="extension"):
         read_series(other)
+
+
+def test_scl_counts_to_bad_share_and_integer_parcel_ids() -> None:
+    counts = np.zeros((3, 12))
+    counts[0, [4, 9]] = [30, 10]
+    counts[1, [3, 5, 8, 10]] = [1, 2, 3, 4]
+    np.testing.assert_allclose(scl_bad_share_from_counts(counts), [0.25, 0.8, np.nan])
+    table = SeriesTable.from_arrays(parcel_id=np.array([10, 2, 10, 2]), source=np.zeros(4), band=np.array([2, 2, 6, 6]),
+                                    obs_day=np.array([5.0, 5.0, 5.0, 5.0]), mean=np.array([0.1, 0.2, 0.3, 0.4]))
+    assert list(table.parcel_ids) == ["2", "10"] and list(table.offsets) == [0, 2, 4]
+    np.testing.assert_allclose(table.mean, [0.2, 0.4, 0.1, 0.3])

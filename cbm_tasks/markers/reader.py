@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers.series import BAND_CODE, PRODUCT_TYPES, SCL_BAD_CLASSES, SOURCE_CODE, SeriesTable
 
-__all__ = ["REQUIRED_COLUMNS", "SeriesFileError", "classes_file", "read_series", "read_table"]
+__all__ = ["REQUIRED_COLUMNS", "SeriesFileError", "classes_file", "read_series", "read_table",
+           "scl_bad_share_from_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,21 @@ def _codes(path: Path, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndar
         log.warning("time-series file %s: ignored %d rows of unknown sources %s / bands %s",
                     path, int((~usable).sum()), unknown_sources or "-", unknown_bands or "-")
     return source, band, usable
+
+
+def scl_bad_share_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Return the share of unusable SCL pixels per row of *counts* (n, n_classes: pixels per class value).
+
+    Classes ``SCL_BAD_CLASSES`` (no data, saturated, cloud shadow, cloud medium / high, cirrus,
+    snow) are unusable; a row without pixels gives NaN. This is how the database path, which stores
+    the counts as arrays (``cbm.parcel_class_counts``), fills ``SeriesTable.scl_bad_share``.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    bad_columns = [c for c in SCL_BAD_CLASSES if c < counts.shape[1]]
+    total = counts.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share: np.ndarray = np.where(total > 0, counts[:, bad_columns].sum(axis=1) / total, np.nan)
+    return share
 
 
 def _scl_bad_share(path: Path, parcel_id: np.ndarray, obs_us: np.ndarray, is_s2: np.ndarray) -> np.ndarray:

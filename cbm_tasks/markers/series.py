@@ -110,7 +110,10 @@ class SeriesTable:
     def from_arrays(cls, *, parcel_id: np.ndarray, source: np.ndarray, band: np.ndarray, obs_day: np.ndarray,
                     mean: np.ndarray, clear_fraction: np.ndarray | None = None, orbit: np.ndarray | None = None,
                     scl_bad_share: np.ndarray | None = None) -> SeriesTable:
-        """Build a table from unsorted row arrays (parcel ids as strings, source and band as codes).
+        """Build a table from unsorted row arrays (source and band as codes of SOURCE_CODE / BAND_CODE).
+
+        Parcel ids may be strings or integers (e.g. the database's parcel keys: much faster to
+        group; ``parcel_ids`` then holds them as strings, in numeric order).
 
         Duplicated (parcel, source, orbit, time, band) rows are reduced to the first one, so a file
         listing an observation twice counts it once.
@@ -119,7 +122,11 @@ class SeriesTable:
         clear_fraction = np.full(n, np.nan) if clear_fraction is None else clear_fraction.astype(np.float64)
         orbit = np.full(n, -1, np.int32) if orbit is None else orbit.astype(np.int32)
         scl_bad_share = np.full(n, np.nan) if scl_bad_share is None else scl_bad_share.astype(np.float64)
-        parcel_ids, parcel = np.unique(parcel_id.astype(str), return_inverse=True)
+        if parcel_id.dtype.kind in "iu":  # integer keys (the database's parcel_key): unique on ints is fast
+            keys, parcel = np.unique(parcel_id, return_inverse=True)
+            parcel_ids = keys.astype(str)
+        else:
+            parcel_ids, parcel = np.unique(parcel_id.astype(str), return_inverse=True)
         parcel = parcel.astype(np.int32)
         source = source.astype(np.int8)
         band = band.astype(np.int8)
