@@ -76,15 +76,38 @@ def _coherence_rise_kernel(day: np.ndarray, vv: np.ndarray, lo: int, hi: int, st
 
 
 @njit(cache=True, nogil=True)
+def _coherence_date_kernel(day: np.ndarray, vv: np.ndarray, interval: np.ndarray, lo: int, hi: int, start: float,
+                           end: float, min_rise: float) -> float:
+    """Date of a cut inside a long S2 gap from coherence, NaN when coherence cannot tell.
+
+    Pairs before the gap give the tall-grass level; the first pair starting inside the gap whose
+    coherence is at least *min_rise* above it was taken on short grass, so the cut lies within the
+    pair interval before it: its middle is returned, clamped to the gap.
+    """
+    base_sum, base_n = 0.0, 0
+    for row in range(lo, hi):
+        if np.isfinite(vv[row]) and start - 30.0 <= day[row] <= start - interval[row]:
+            base_sum += vv[row]
+            base_n += 1
+    if base_n == 0:
+        return np.nan
+    baseline = base_sum / base_n
+    for row in range(lo, hi):
+        if np.isfinite(vv[row]) and start < day[row] <= end and vv[row] >= baseline + min_rise:
+            return min(max(day[row] - 0.5 * max(interval[row], 6.0), start), end)
+    return np.nan
+
+
+@njit(cache=True, nogil=True)
 def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: np.ndarray, valid: np.ndarray,
-                   coh_offsets: np.ndarray, coh_day: np.ndarray, coh_vv: np.ndarray,
+                   coh_offsets: np.ndarray, coh_day: np.ndarray, coh_vv: np.ndarray, coh_interval: np.ndarray,
                    p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mowing events of every parcel; *p* packs the parameters in the order of ``_PARAM_ORDER``."""
     (season_start, season_end, min_drop, strong_drop, min_rel, min_before, min_spacing, max_events,
      max_bracket, min_recovery, recovery_window, coh_window, min_coh_rise, w_drop, w_bracket, w_rec,
-     base, s1_bonus, min_step, lookback, settle, require_recovery, min_step_share, min_emit, min_after) = (
-        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15],
-        p[16], p[17], p[18], p[19], p[20], p[21], p[22], p[23], p[24])
+     base, s1_bonus, min_step, lookback, settle, require_recovery, min_step_share, min_emit, min_after,
+     refine_gap) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14],
+                    p[15], p[16], p[17], p[18], p[19], p[20], p[21], p[22], p[23], p[24], p[25])
     cap = len(day) + 1  # at most one event per step between observations
     out_parcel = np.empty(cap, np.int32)
     out = np.empty((cap, 6), np.float64)  # start, main, end, confidence, value, sources
@@ -148,6 +171,12 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
                 sources = 5.0
                 if rise >= min_coh_rise:
                     confidence += s1_bonus
+            if t1 - t0 > refine_gap:
+                refined = _coherence_date_kernel(coh_day, coh_vv, coh_interval, coh_offsets[parcel],
+                                                 coh_offsets[parcel + 1], t0, t1, min_coh_rise)
+                if np.isfinite(refined):
+                    main = refined
+                    sources = 5.0
             if confidence < min_emit:
                 continue
             cand[n_cand, 0] = t0
@@ -187,7 +216,8 @@ _PARAM_ORDER = ("season_start_doy", "season_end_doy", "min_drop", "strong_drop",
                 "min_ndvi_before", "min_spacing_days", "max_events", "max_bracket_days", "min_recovery",
                 "recovery_window_days", "coherence_window_days", "min_coherence_rise", "weight_drop",
                 "weight_bracket", "weight_recovery", "base_confidence", "s1_bonus", "min_step", "lookback_days",
-                "settle_days", "require_recovery", "min_step_share", "min_confidence", "min_ndvi_after")
+                "settle_days", "require_recovery", "min_step_share", "min_confidence", "min_ndvi_after",
+                "coherence_refine_gap_days")
 
 
 def detect_mowing(prepared: PreparedSeries, params: MarkerParams, *, use_s1: bool = True) -> EventArrays:
@@ -205,6 +235,6 @@ def detect_mowing(prepared: PreparedSeries, params: MarkerParams, *, use_s1: boo
     packed = np.array([params.get("mowing", name) for name in _PARAM_ORDER], np.float64)
     coh_offsets = coh.offsets if use_s1 else np.zeros(prepared.n_parcels + 1, np.int64)
     parcel, rows = _mowing_kernel(s2.offsets, s2.day, s2.doy.astype(np.float64), s2.ndvi, s2.valid, coh_offsets,
-                                  coh.day, coh.vv, packed)
+                                  coh.day, coh.vv, coh.interval_days, packed)
     return EventArrays(parcel, rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].copy(), rows[:, 3].copy(),
                        rows[:, 4].copy(), rows[:, 5].astype(np.int32))
