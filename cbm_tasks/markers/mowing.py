@@ -94,7 +94,7 @@ def _coherence_date_kernel(day: np.ndarray, vv: np.ndarray, interval: np.ndarray
     baseline = base_sum / base_n
     for row in range(lo, hi):
         if np.isfinite(vv[row]) and start < day[row] <= end and vv[row] >= baseline + min_rise:
-            return min(max(day[row] - 0.5 * max(interval[row], 6.0), start), end)
+            return float(min(max(day[row] - 0.5 * max(interval[row], 6.0), start), end))
     return np.nan
 
 
