@@ -21,7 +21,7 @@ import shapely
 from pyogrio.raw import read as read_vector
 from rasterio import features
 
-from cbm_tasks.demo_synthetic import build_synthetic
+from cbm_tasks.demo.synthetic import build_synthetic
 from cbm_tasks.markers.params import MarkerParams
 
 __all__ = ["eval_synthetic", "synthetic_series"]

@@ -11,12 +11,12 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from conftest import shared_data
 
 from cbm_tasks.cli import main
 from cbm_tasks.markers import load_params, read_series, run_markers
 from cbm_tasks.markers.importers import convert_salms, read_salms_truth
 from cbm_tasks.markers.validation import match_events
-from conftest import shared_data
 
 PARAMS = load_params()
 

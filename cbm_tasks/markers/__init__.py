@@ -7,8 +7,11 @@ no Airflow here: arrays in, arrays out; the readers and writers sit at the edges
 Public API (stable; the database path and the ``cbm_markers`` DAG build on it):
 
 * :func:`read_series` (path) -> :class:`SeriesTable`: CSV / CSV.GZ / Parquet long format of
-  ``cbm timeseries export`` (+ its ``_classes`` file). The database path builds the same table
-  with :meth:`SeriesTable.from_arrays` (parcel ids, source / band codes from ``SOURCE_CODE`` /
+  ``cbm timeseries export`` (+ its ``_classes`` file).
+* :func:`series_from_arrow` (band_stats, class_counts=None, name=...) -> :class:`SeriesTable`: the
+  same from Arrow tables, i.e. from ``cbm_tasks.timeseries.read.read_time_series(conn, aoi=, year=)``
+  (``.band_stats``, ``.class_counts``) or its batches. Lower level, without Arrow:
+  :meth:`SeriesTable.from_arrays` (parcel ids or integer keys, source / band codes from ``SOURCE_CODE`` /
   ``BAND_CODE``, ``obs_day`` in days since 1970-01-01 UTC, ``mean``, optional ``clear_fraction``,
   ``orbit`` and ``scl_bad_share``; :func:`scl_bad_share_from_counts` turns SCL class counts into the latter).
 * :func:`load_params` (path | None) -> :class:`MarkerParams` (shipped ``marker_params.yaml``
@@ -31,9 +34,9 @@ of S2 every 5 days plus S1 costs about 30 microseconds (492 SK plot-years in 16 
 from cbm_tasks.markers.engine import MARKERS, EventRow, MarkerResult, run_markers
 from cbm_tasks.markers.params import MarkerParams, load_params
 from cbm_tasks.markers.preprocess import PreparedSeries, prepare
-from cbm_tasks.markers.reader import SeriesFileError, read_series, scl_bad_share_from_counts
+from cbm_tasks.markers.reader import SeriesFileError, read_series, scl_bad_share_from_counts, series_from_arrow
 from cbm_tasks.markers.series import BAND_CODE, SOURCE_CODE, SeriesTable
 
 __all__ = ["BAND_CODE", "MARKERS", "SOURCE_CODE", "EventRow", "MarkerParams", "MarkerResult", "PreparedSeries",
            "SeriesFileError", "SeriesTable", "load_params", "prepare", "read_series", "run_markers",
-           "scl_bad_share_from_counts"]
+           "scl_bad_share_from_counts", "series_from_arrow"]

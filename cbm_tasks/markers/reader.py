@@ -35,7 +35,7 @@ from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers.series import BAND_CODE, PRODUCT_TYPES, SCL_BAD_CLASSES, SOURCE_CODE, SeriesTable
 
 __all__ = ["REQUIRED_COLUMNS", "SeriesFileError", "classes_file", "read_series", "read_table",
-           "scl_bad_share_from_counts"]
+           "scl_bad_share_from_counts", "series_from_arrow"]
 
 log = logging.getLogger(__name__)
 
@@ -155,30 +155,31 @@ def _utc_times(path: Path, table: pa.Table) -> pa.ChunkedArray:
         raise SeriesFileError(f"time-series file {path}: column 'obs_time': {err}") from err
 
 
-def _check_nulls(path: Path, table: pa.Table, columns: tuple[str, ...]) -> None:
+def _check_nulls(name: str, table: pa.Table, columns: tuple[str, ...]) -> None:
     for column in columns:
         nulls = table.column(column).is_null()
         if pc.any(nulls).as_py():
             line = int(np.flatnonzero(nulls.to_numpy(zero_copy_only=False))[0]) + 2
-            raise SeriesFileError(f"time-series file {path}: line {line}, column {column!r}: empty value")
+            raise SeriesFileError(f"time-series file {name}: line {line}, column {column!r}: empty value")
 
 
-def _codes(path: Path, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _codes(name: str, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (source code, band code, usable) per row; unknown sources and bands get usable False."""
-    source_text = table.column("source").to_numpy(zero_copy_only=False).astype(str)
-    band_text = table.column("band").to_numpy(zero_copy_only=False).astype(str)
-    names, inverse = np.unique(source_text, return_inverse=True)
-    source_map = np.array([SOURCE_CODE.get(PRODUCT_TYPES.get(name, name.lower()), -1) for name in names])
-    source = source_map[inverse]
-    names_b, inverse_b = np.unique(band_text, return_inverse=True)
-    band_map = np.array([BAND_CODE.get(name.upper(), -1) for name in names_b])
-    band = band_map[inverse_b]
+    source_column = table.column("source").combine_chunks().dictionary_encode()
+    band_column = table.column("band").combine_chunks().dictionary_encode()
+    names = [str(v) for v in source_column.dictionary.to_pylist()]
+    source_map = np.array([SOURCE_CODE.get(PRODUCT_TYPES.get(n, n.lower()), -1) for n in names] or [-1])
+    names_b = [str(v) for v in band_column.dictionary.to_pylist()]
+    band_map = np.array([BAND_CODE.get(n.upper(), -1) for n in names_b] or [-1])
+    source = source_map[source_column.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+    band = band_map[band_column.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
     usable = (source >= 0) & (band >= 0)
     if not usable.all():
-        unknown_sources = sorted({str(name) for name, code in zip(names, source_map, strict=True) if code < 0})
-        unknown_bands = sorted({str(b) for b in np.unique(band_text[(band < 0) & (source >= 0)])})
+        unknown_sources = sorted(n for n, code in zip(names, source_map, strict=False) if code < 0)
+        unknown_bands = sorted({names_b[i] for i in np.unique(band_column.indices.to_numpy(
+            zero_copy_only=False)[(band < 0) & (source >= 0)])})
         log.warning("time-series file %s: ignored %d rows of unknown sources %s / bands %s",
-                    path, int((~usable).sum()), unknown_sources or "-", unknown_bands or "-")
+                    name, int((~usable).sum()), unknown_sources or "-", unknown_bands or "-")
     return source, band, usable
 
 
@@ -197,31 +198,79 @@ def scl_bad_share_from_counts(counts: np.ndarray) -> np.ndarray:
     return share
 
 
-def _scl_bad_share(path: Path, parcel_id: np.ndarray, obs_us: np.ndarray, is_s2: np.ndarray) -> np.ndarray:
-    """Share of unusable SCL pixels per row from the class-count file, NaN where not given."""
+def _scl_bad_share(name: str, classes: pa.Table | None, parcel_id: np.ndarray, obs_us: np.ndarray,
+                   is_s2: np.ndarray) -> np.ndarray:
+    """Share of unusable SCL pixels per row from the class counts, NaN where not given."""
     share = np.full(len(parcel_id), np.nan)
-    companion = classes_file(path)
-    if not companion.is_file():
+    if classes is None:
         return share
-    classes = read_table(companion, _CLASS_COLUMNS)
     classes = classes.filter(pc.equal(pc.utf8_upper(classes.column("band")), "SCL"))
-    _check_nulls(companion, classes, _CLASS_COLUMNS)
-    if classes.num_rows == 0:
+    _check_nulls(name, classes, _CLASS_COLUMNS)
+    if classes.num_rows == 0 or not is_s2.any():
         return share
     c_parcel = classes.column("parcel_id").to_numpy(zero_copy_only=False).astype(str)
-    c_time = classes.column("obs_time").cast(pa.int64()).to_numpy()
-    c_class = classes.column("class").to_numpy().astype(np.int64)
-    c_count = classes.column("count").to_numpy().astype(np.float64)
-    bad = np.isin(c_class, SCL_BAD_CLASSES)
-    keys, inverse = np.unique(np.char.add(np.char.add(c_parcel, "|"), c_time.astype(str)), return_inverse=True)
+    c_seconds = classes.column("obs_time").cast(pa.int64()).to_numpy() // 1_000_000
+    c_class = classes.column("class").to_numpy(zero_copy_only=False).astype(np.int64)
+    c_count = classes.column("count").to_numpy(zero_copy_only=False).astype(np.float64)
+    rows = np.flatnonzero(is_s2)
+    # one integer key per (parcel, second): parcel code x 2^31 + seconds since 1970 (fits int64)
+    _, codes = np.unique(np.concatenate([parcel_id[rows], c_parcel]), return_inverse=True)
+    row_key = codes[: len(rows)].astype(np.int64) * (1 << 31) + obs_us[rows] // 1_000_000
+    class_key = codes[len(rows):].astype(np.int64) * (1 << 31) + c_seconds
+    keys, inverse = np.unique(class_key, return_inverse=True)
     total = np.bincount(inverse, weights=c_count, minlength=len(keys))
-    bad_sum = np.bincount(inverse, weights=c_count * bad, minlength=len(keys))
-    row_keys = np.char.add(np.char.add(parcel_id[is_s2], "|"), obs_us[is_s2].astype(str))
-    position = np.clip(np.searchsorted(keys, row_keys), 0, len(keys) - 1)
-    found = keys[position] == row_keys
-    values = np.where(found & (total[position] > 0), bad_sum[position] / np.maximum(total[position], 1.0), np.nan)
-    share[np.flatnonzero(is_s2)] = values
+    bad_sum = np.bincount(inverse, weights=c_count * np.isin(c_class, SCL_BAD_CLASSES), minlength=len(keys))
+    position = np.clip(np.searchsorted(keys, row_key), 0, len(keys) - 1)
+    found = (keys[position] == row_key) & (total[position] > 0)
+    share[rows] = np.where(found, bad_sum[position] / np.maximum(total[position], 1.0), np.nan)
     return share
+
+
+def series_from_arrow(band_stats: pa.Table, class_counts: pa.Table | None = None, *,
+                      name: str = "(in memory)") -> SeriesTable:
+    """Build a :class:`SeriesTable` from the long format as Arrow tables.
+
+    This is the path of the database (``cbm_tasks.timeseries.read.read_time_series`` returns these
+    two tables) and of :func:`read_series` (which reads them from files).
+
+    Args:
+        band_stats: columns ``parcel_id, obs_time, source, band, mean`` (+ optional
+            ``clear_fraction``, ``orbit``); ``obs_time`` a timestamp or ISO 8601 strings.
+        class_counts: ``parcel_id, obs_time, band, class, count`` (S2 SCL), or None.
+        name: the input's name in messages (file path or ``aoi/year``).
+
+    Raises:
+        SeriesFileError: a required column is missing or empty, ``clear_fraction`` is outside
+            [0, 1], or no row has a known source and band.
+    """
+    missing = [column for column in REQUIRED_COLUMNS if column not in band_stats.column_names]
+    if missing:
+        raise SeriesFileError(f"time-series file {name}: missing column(s) {', '.join(missing)}")
+    if band_stats.column("obs_time").type != _TIME:
+        band_stats = band_stats.set_column(band_stats.column_names.index("obs_time"), "obs_time",
+                                           _utc_times(Path(name), band_stats))
+    _check_nulls(name, band_stats, ("parcel_id", "obs_time", "source", "band"))
+    source, band, usable = _codes(name, band_stats)
+    parcel_id = band_stats.column("parcel_id").to_numpy(zero_copy_only=False).astype(str)
+    obs_us = band_stats.column("obs_time").cast(pa.int64()).to_numpy()
+    mean = band_stats.column("mean").to_numpy(zero_copy_only=False).astype(np.float64)
+    columns = band_stats.column_names
+    clear = (band_stats.column("clear_fraction").to_numpy(zero_copy_only=False).astype(np.float64)
+             if "clear_fraction" in columns else np.full(len(mean), np.nan))
+    bad_clear = np.flatnonzero(~np.isnan(clear) & ((clear < 0.0) | (clear > 1.0)))
+    if len(bad_clear):
+        raise SeriesFileError(f"time-series file {name}: line {int(bad_clear[0]) + 2}, column 'clear_fraction': "
+                              f"expected a value in [0, 1], got {clear[bad_clear[0]]}")
+    orbit = (np.nan_to_num(band_stats.column("orbit").to_numpy(zero_copy_only=False).astype(np.float64), nan=-1.0)
+             if "orbit" in columns else np.full(len(mean), -1.0))
+    if band_stats.num_rows and not usable.any():
+        raise SeriesFileError(f"time-series file {name}: no row has a known source (s2, bs, c6, c12 or "
+                              f"{', '.join(PRODUCT_TYPES)}) and band ({', '.join(BAND_CODE)})")
+    scl = _scl_bad_share(name, class_counts, parcel_id, obs_us, source == SOURCE_CODE["s2"])
+    return SeriesTable.from_arrays(
+        parcel_id=parcel_id[usable], source=source[usable], band=band[usable],
+        obs_day=obs_us[usable] / 86_400e6, mean=mean[usable], clear_fraction=clear[usable],
+        orbit=orbit[usable], scl_bad_share=scl[usable])
 
 
 def read_series(path: Path) -> SeriesTable:
@@ -240,27 +289,9 @@ def read_series(path: Path) -> SeriesTable:
     """
     t0 = time.perf_counter()
     table = read_table(path)
-    _check_nulls(path, table, ("parcel_id", "obs_time", "source", "band"))
-    source, band, usable = _codes(path, table)
-    parcel_id = table.column("parcel_id").to_numpy(zero_copy_only=False).astype(str)
-    obs_us = table.column("obs_time").cast(pa.int64()).to_numpy()
-    mean = table.column("mean").to_numpy(zero_copy_only=False).astype(np.float64)
-    clear = (table.column("clear_fraction").to_numpy(zero_copy_only=False).astype(np.float64)
-             if "clear_fraction" in table.column_names else np.full(len(mean), np.nan))
-    bad_clear = np.flatnonzero(~np.isnan(clear) & ((clear < 0.0) | (clear > 1.0)))
-    if len(bad_clear):
-        raise SeriesFileError(f"time-series file {path}: line {int(bad_clear[0]) + 2}, column 'clear_fraction': "
-                              f"expected a value in [0, 1], got {clear[bad_clear[0]]}")
-    orbit = (np.nan_to_num(table.column("orbit").to_numpy(zero_copy_only=False).astype(np.float64), nan=-1.0)
-             if "orbit" in table.column_names else np.full(len(mean), -1.0))
-    if table.num_rows and not usable.any():
-        raise SeriesFileError(f"time-series file {path}: no row has a known source (s2, bs, c6, c12 or "
-                              f"{', '.join(PRODUCT_TYPES)}) and band ({', '.join(BAND_CODE)})")
-    scl = _scl_bad_share(path, parcel_id, obs_us, source == SOURCE_CODE["s2"])
-    series = SeriesTable.from_arrays(
-        parcel_id=parcel_id[usable], source=source[usable], band=band[usable],
-        obs_day=obs_us[usable] / 86_400e6, mean=mean[usable], clear_fraction=clear[usable],
-        orbit=orbit[usable], scl_bad_share=scl[usable])
+    companion = classes_file(path)
+    classes = read_table(companion, _CLASS_COLUMNS) if companion.is_file() else None
+    series = series_from_arrow(table, classes, name=str(path))
     log.info("read time series file=%s rows=%d parcels=%d ignored_rows=%d seconds=%.2f",
-             path, series.n_rows, series.n_parcels, int((~usable).sum()), time.perf_counter() - t0)
+             path, series.n_rows, series.n_parcels, table.num_rows - series.n_rows, time.perf_counter() - t0)
     return series
