@@ -143,3 +143,25 @@ def test_scl_counts_to_bad_share_and_integer_parcel_ids() -> None:
                                     obs_day=np.array([5.0, 5.0, 5.0, 5.0]), mean=np.array([0.1, 0.2, 0.3, 0.4]))
     assert list(table.parcel_ids) == ["2", "10"] and list(table.offsets) == [0, 2, 4]
     np.testing.assert_allclose(table.mean, [0.2, 0.4, 0.1, 0.3])
+
+
+def test_arrow_tables_of_the_database_reader() -> None:
+    # the schema cbm_tasks.timeseries.read returns: product types, UTC timestamps, float32 means, null stats
+    from datetime import UTC, datetime
+
+    from cbm_tasks.markers import series_from_arrow
+    from cbm_tasks.timeseries.read import BAND_STATS_SCHEMA, CLASS_COUNTS_SCHEMA
+
+    when = datetime(2018, 4, 5, 10, 50, 31, tzinfo=UTC)
+    stats = pa.table({"parcel_id": ["7", "7", "7"], "obs_time": [when] * 3, "product_id": [1, 1, 1],
+                      "source": ["S2MSI2A"] * 3, "band": ["B04", "B08", "B11"], "count": [9, 9, 0],
+                      **{name: [0.05, 0.4, None] for name in ("mean", "std", "min", "max", "p25", "p50", "p75")}},
+                     schema=BAND_STATS_SCHEMA)
+    counts = pa.table({"parcel_id": ["7", "7"], "obs_time": [when] * 2, "product_id": [1, 1], "band": ["SCL", "SCL"],
+                       "class": [4, 8], "count": [9, 1]}, schema=CLASS_COUNTS_SCHEMA)
+    series = series_from_arrow(stats, counts, name="demo/2018")
+    assert series.n_rows == 3 and list(series.parcel_ids) == ["7"]
+    np.testing.assert_allclose(series.scl_bad_share, [0.1, 0.1, 0.1])
+    assert np.isnan(series.mean[series.band == BAND_CODE["B11"]]).all()
+    with pytest.raises(SeriesFileError, match="demo/2018: missing column"):
+        series_from_arrow(stats.drop_columns(["mean"]), name="demo/2018")
