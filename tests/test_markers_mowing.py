@@ -151,7 +151,8 @@ def test_kernels_match_plain_references() -> None:
         "min_spacing_days", "max_events", "max_bracket_days", "min_recovery", "recovery_window_days",
         "coherence_window_days", "min_coherence_rise", "weight_drop", "weight_bracket", "weight_recovery",
         "base_confidence", "s1_bonus", "min_step", "lookback_days", "settle_days", "require_recovery",
-        "min_step_share", "min_confidence", "min_ndvi_after", "coherence_refine_gap_days")])
+        "min_step_share", "min_confidence", "min_ndvi_after", "coherence_refine_gap_days",
+        "max_pre_decline_share")])
     coh_offsets = np.array([0, 60, 60, 60, 60], np.int64)
     coh_interval = np.full(60, 6.0)
     compiled = _mowing_kernel(offsets, day, doy, ndvi, valid, coh_offsets, coh_day, coh, coh_interval, packed)

@@ -106,8 +106,9 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
     (season_start, season_end, min_drop, strong_drop, min_rel, min_before, min_spacing, max_events,
      max_bracket, min_recovery, recovery_window, coh_window, min_coh_rise, w_drop, w_bracket, w_rec,
      base, s1_bonus, min_step, lookback, settle, require_recovery, min_step_share, min_emit, min_after,
-     refine_gap) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14],
-                    p[15], p[16], p[17], p[18], p[19], p[20], p[21], p[22], p[23], p[24], p[25])
+     refine_gap, max_pre_share) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12],
+                                   p[13], p[14], p[15], p[16], p[17], p[18], p[19], p[20], p[21], p[22], p[23], p[24],
+                                   p[25], p[26])
     cap = len(day) + 1  # at most one event per step between observations
     out_parcel = np.empty(cap, np.int32)
     out = np.empty((cap, 6), np.float64)  # start, main, end, confidence, value, sources
@@ -147,7 +148,8 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
             main = 0.5 * (t0 + t1)
             main_doy = doy[idx[k]] - (t1 - main)
             if not (drop >= min_drop and drop >= min_rel * before and before >= min_before
-                    and step >= min_step_share * drop and after >= min_after
+                    and step >= min_step_share * drop and before - high <= max_pre_share * drop
+                    and after >= min_after
                     and season_start <= main_doy <= season_end):
                 continue
             c_drop = min(max((drop - min_drop) / max(strong_drop - min_drop, 1e-6), 0.0), 1.0)
@@ -217,7 +219,7 @@ _PARAM_ORDER = ("season_start_doy", "season_end_doy", "min_drop", "strong_drop",
                 "recovery_window_days", "coherence_window_days", "min_coherence_rise", "weight_drop",
                 "weight_bracket", "weight_recovery", "base_confidence", "s1_bonus", "min_step", "lookback_days",
                 "settle_days", "require_recovery", "min_step_share", "min_confidence", "min_ndvi_after",
-                "coherence_refine_gap_days")
+                "coherence_refine_gap_days", "max_pre_decline_share")
 
 
 def detect_mowing(prepared: PreparedSeries, params: MarkerParams, *, use_s1: bool = True) -> EventArrays:
