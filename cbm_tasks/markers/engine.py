@@ -19,7 +19,7 @@ from cbm_tasks.markers.crop_events import CROP_MARKERS, detect_crop_events
 from cbm_tasks.markers.mowing import SOURCE_BITS, EventArrays, detect_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import PreparedSeries, prepare
-from cbm_tasks.markers.series import SeriesTable, day_to_date, group_offsets
+from cbm_tasks.markers.series import SeriesTable, group_offsets
 
 __all__ = ["MARKERS", "EventRow", "MarkerResult", "markers_from_prepared", "run_markers", "sources_text"]
 
@@ -88,11 +88,20 @@ class MarkerResult:
 
     def rows(self) -> Iterator[EventRow]:
         """Yield the events as rows, ordered by parcel id, marker and date (deterministic)."""
-        for i in range(self.n_events):
-            yield EventRow(str(self.parcel_ids[self.parcel[i]]), MARKERS[self.marker[i]], int(self.seq[i]),
-                           day_to_date(self.start[i]), day_to_date(self.main[i]), day_to_date(self.end[i]),
-                           round(float(self.confidence[i]), 3), round(float(self.value[i]), 4),
-                           sources_text(int(self.sources[i])))
+        dates = [_date_strings(days) for days in (self.start, self.main, self.end)]
+        parcel_ids = self.parcel_ids[self.parcel].tolist()
+        confidence = np.round(self.confidence, 3).tolist()
+        value = np.round(self.value, 4).tolist()
+        texts = {int(bits): sources_text(int(bits)) for bits in np.unique(self.sources)}
+        for i, (marker, seq, bits) in enumerate(zip(self.marker.tolist(), self.seq.tolist(), self.sources.tolist(),
+                                                     strict=True)):
+            yield EventRow(parcel_ids[i], MARKERS[marker], seq, dates[0][i], dates[1][i], dates[2][i],
+                           confidence[i], value[i], texts[bits])
+
+
+def _date_strings(days: np.ndarray) -> list[str]:
+    """``YYYY-MM-DD`` of each day number (vectorised :func:`day_to_date`)."""
+    return [str(d) for d in np.datetime_as_string(np.floor(days).astype(np.int64).astype("datetime64[D]"))]
 
 
 def _combine(parcel_ids: np.ndarray, per_marker: dict[str, EventArrays]) -> tuple[np.ndarray, ...]:

@@ -95,7 +95,10 @@ class PreparedSeries:
 
 
 def _pivot(series: SeriesTable, mask: np.ndarray, bands: tuple[str, ...]) -> tuple[np.ndarray, ...]:
-    """Rows of *mask* (contiguous per observation in the table's sort order) -> one row per observation."""
+    """Rows of *mask* -> one row per observation, in (parcel, time) order as the table is sorted.
+
+    The table's order (parcel, time, source, orbit, band) keeps the rows of one observation together.
+    """
     rows = np.flatnonzero(mask)
     parcel, orbit, day = series.parcel[rows], series.orbit[rows], series.obs_day[rows]
     new = np.ones(len(rows), bool)
@@ -112,10 +115,6 @@ def _pivot(series: SeriesTable, mask: np.ndarray, bands: tuple[str, ...]) -> tup
     values[obs[keep], columns[keep]] = series.mean[rows][keep]
     first = np.flatnonzero(new)
     return parcel[first], orbit[first], day[first], values, first, rows
-
-
-def _by_time(parcel: np.ndarray, day: np.ndarray) -> np.ndarray:
-    return np.lexsort((day, parcel))
 
 
 def _day_of_year(day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -174,8 +173,6 @@ def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     scl_bad = series.scl_bad_share[rows][first]
     # a clear_fraction stated on any band row of the observation holds for all of its bands
     clear = np.where(np.isnan(clear_given), 1.0 - scl_bad, clear_given)
-    order = _by_time(parcel, day)
-    parcel, day, values, clear = parcel[order], day[order], values[order], clear[order]
     blue, red, nir = values[:, 0], values[:, 1], values[:, 2]
     with np.errstate(invalid="ignore", divide="ignore"):
         ndvi = (nir - red) / (nir + red)
@@ -194,8 +191,6 @@ def _s1(series: SeriesTable, sources: tuple[str, ...], *, to_db: bool) -> S1Seri
     parcel, orbit, day, values, first, rows = _pivot(series, mask, ("VV", "VH"))
     interval = np.where(series.source[rows][first] == SOURCE_CODE["c12"], 12.0,
                         np.where(series.source[rows][first] == SOURCE_CODE["c6"], 6.0, 0.0))
-    order = _by_time(parcel, day)
-    parcel, orbit, day, values, interval = parcel[order], orbit[order], day[order], values[order], interval[order]
     if to_db:
         with np.errstate(invalid="ignore", divide="ignore"):
             values = np.where(values > 0, 10.0 * np.log10(values), np.nan)

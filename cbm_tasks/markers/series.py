@@ -1,7 +1,7 @@
 """The in-memory form of per-parcel time series: columnar arrays grouped by parcel.
 
 One :class:`SeriesTable` holds every observation of a file (or of a database batch) as
-parallel NumPy arrays sorted by (parcel, source, time, band), with ``offsets`` so that the
+parallel NumPy arrays sorted by (parcel, time, source, orbit, band), with ``offsets`` so that the
 rows of parcel ``p`` are ``offsets[p]:offsets[p + 1]``. Marker kernels loop over parcels
 inside Numba and never touch Python objects, which is what makes a parcel-season cost
 microseconds rather than milliseconds.
@@ -60,7 +60,7 @@ def group_offsets(index: np.ndarray, n_groups: int) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class SeriesTable:
-    """Every observation of a set of parcels, columnar, sorted by (parcel, source, time, band).
+    """Every observation of a set of parcels, columnar, sorted by (parcel, time, source, orbit, band).
 
     Attributes:
         parcel_ids: (n_parcels,) parcel ids as strings, in sorted order.
@@ -115,8 +115,9 @@ class SeriesTable:
         Parcel ids may be strings or integers (e.g. the database's parcel keys: much faster to
         group; ``parcel_ids`` then holds them as strings, in numeric order).
 
-        Duplicated (parcel, source, orbit, time, band) rows are reduced to the first one, so a file
-        listing an observation twice counts it once.
+        Duplicated (parcel, source, orbit, time to the millisecond, band) rows are reduced to the
+        first one, so a file listing an observation twice counts it once. Parcel keys must be
+        below 2^21 distinct values per table (batch a country by parcel ranges).
         """
         n = len(parcel_id)
         clear_fraction = np.full(n, np.nan) if clear_fraction is None else clear_fraction.astype(np.float64)
@@ -131,12 +132,15 @@ class SeriesTable:
         source = source.astype(np.int8)
         band = band.astype(np.int8)
         obs_day = obs_day.astype(np.float64)
-        order = np.lexsort((band, obs_day, orbit, source, parcel))
-        keys = np.stack([parcel[order], source[order], orbit[order], band[order]]).astype(np.float64)
-        keys = np.vstack([keys, obs_day[order][None, :]])
+        # two int64 sort keys instead of five: (parcel, time to the microsecond) and (source, orbit, band)
+        micros = np.rint(obs_day * 86_400e6).astype(np.int64) if n else np.zeros(0, np.int64)
+        time_key = parcel.astype(np.int64) * (1 << 42) + (micros - (micros.min() if n else 0)) // 1000
+        kind_key = (source.astype(np.int64) << 24) | ((orbit.astype(np.int64) + 1) << 8) | band.astype(np.int64)
+        order = np.lexsort((kind_key, time_key))
+        time_key, kind_key = time_key[order], kind_key[order]
         keep = np.ones(n, bool)
         if n > 1:
-            keep[1:] = np.any(keys[:, 1:] != keys[:, :-1], axis=0)
+            keep[1:] = (time_key[1:] != time_key[:-1]) | (kind_key[1:] != kind_key[:-1])
         order = order[keep]
         parcel = parcel[order]
         return cls(
