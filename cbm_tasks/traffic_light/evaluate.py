@@ -21,6 +21,7 @@ worst colour of its rules (red > yellow > green) with that rule's reason and id.
 
 from __future__ import annotations
 
+import calendar
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
+from numba import njit
 
 from cbm_tasks.markers.engine import MARKERS, MarkerResult
 from cbm_tasks.markers.series import group_offsets
@@ -76,43 +78,94 @@ class _Outcome:
     gap: float
 
 
-def _days(when: date) -> float:
-    return float((when - _EPOCH).days)
+@njit(cache=True, nogil=True)
+def _window_kernel(clear_offsets: np.ndarray, clear_day: np.ndarray, event_offsets: np.ndarray,
+                   event_marker: np.ndarray, event_main: np.ndarray, event_conf: np.ndarray, event_seq: np.ndarray,
+                   marker: int, lo: np.ndarray,
+                   hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per parcel, in its window [lo, hi): clear observations, longest gap (edges included), best event."""
+    n = len(lo)
+    n_clear = np.zeros(n, np.int32)
+    gap = np.zeros(n, np.float64)
+    best_conf = np.full(n, -1.0)
+    best_seq = np.zeros(n, np.int32)
+    for p in range(n):
+        if not np.isfinite(lo[p]):
+            continue
+        previous = lo[p]
+        for row in range(clear_offsets[p], clear_offsets[p + 1]):
+            day = clear_day[row]
+            if lo[p] <= day < hi[p]:
+                gap[p] = max(gap[p], day - previous)
+                previous = day
+                n_clear[p] += 1
+        gap[p] = max(gap[p], hi[p] - previous)
+        for e in range(event_offsets[p], event_offsets[p + 1]):
+            if event_marker[e] == marker and lo[p] <= event_main[e] < hi[p] and event_conf[e] > best_conf[p]:
+                best_conf[p] = event_conf[e]
+                best_seq[p] = event_seq[e]
+    return n_clear, gap, best_conf, best_seq
+
+
+def _day_number(year: int, month_day: tuple[int, int]) -> float:
+    month, day = month_day
+    if (month, day) == (2, 29) and not calendar.isleap(year):
+        day = 28  # a window edge on 29 February falls on the 28th in common years
+    return float((date(year, month, day) - _EPOCH).days)
+
+
+def _outcomes(rule: Rule, n_clear: np.ndarray, gap: np.ndarray, best_conf: np.ndarray,
+              best_seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Colour index (COLOURS) and reason index (REASONS) per parcel, as in the module's table."""
+    found = best_conf >= rule.min_confidence
+    present = rule.require == "present"
+    found_colour, found_reason = (0, 0) if present else (2, 2)
+    none_colour, none_reason = (2, 1) if present else (0, 1)
+    no_data = n_clear < rule.min_clear_obs
+    long_gap = gap > rule.max_gap_days
+    weak = best_seq > 0
+    colour = np.select([found, no_data, long_gap, weak], [found_colour, 1, 1, 1], none_colour)
+    reason = np.select([found, no_data, long_gap, weak], [found_reason, 3, 4, 5], none_reason)
+    return colour, reason
 
 
 def evaluate_rule(rule: Rule, year: int, *, clear_day: np.ndarray, event_main: np.ndarray,
                   event_confidence: np.ndarray, event_seq: np.ndarray) -> _Outcome:
     """Evaluate one rule for one parcel (arrays of that parcel; events of the rule's marker only)."""
-    first, last = rule.window(year)
-    lo, hi = _days(first), _days(last) + 1.0  # the window covers its last day whole
-    inside = clear_day[(clear_day >= lo) & (clear_day < hi)]
-    edges = np.concatenate(([lo], inside, [hi]))
-    gap = float(np.max(np.diff(edges)))
-    in_window = (event_main >= lo) & (event_main < hi)
-    best_seq, best_conf = 0, -1.0
-    for conf, seq in zip(event_confidence[in_window], event_seq[in_window], strict=True):
-        if conf > best_conf:
-            best_conf, best_seq = float(conf), int(seq)
-    found = best_conf >= rule.min_confidence
-    if found:
-        colour, reason = ("green", "EVENT_FOUND") if rule.require == "present" else ("red", "EVENT_IN_BANNED_PERIOD")
-    elif len(inside) < rule.min_clear_obs:
-        colour, reason = "yellow", "NO_DATA"
-    elif gap > rule.max_gap_days:
-        colour, reason = "yellow", "GAP"
-    elif best_seq:
-        colour, reason = "yellow", "LOW_CONFIDENCE"
-    else:
-        colour, reason = ("red", "NO_EVENT") if rule.require == "present" else ("green", "NO_EVENT")
-    return _Outcome(colour, reason, best_seq, len(inside), gap)
+    lo = np.array([_day_number(year, rule.window_start)])
+    hi = np.array([_day_number(year, rule.window_end) + 1.0])  # the window covers its last day whole
+    n_events = len(event_main)
+    n_clear, gap, conf, seq = _window_kernel(
+        np.array([0, len(clear_day)], np.int64), np.asarray(clear_day, np.float64), np.array([0, n_events], np.int64),
+        np.zeros(n_events, np.int32), np.asarray(event_main, np.float64), np.asarray(event_confidence, np.float64),
+        np.asarray(event_seq, np.int32), 0, lo, hi)
+    colour, reason = _outcomes(rule, n_clear, gap, conf, seq)
+    return _Outcome(COLOURS[int(colour[0])], REASONS[int(reason[0])], int(seq[0]), int(n_clear[0]), float(gap[0]))
 
 
-def _parcel_year(clear_day: np.ndarray, fallback: int) -> int:
-    if len(clear_day) == 0:
-        return fallback
-    years = (clear_day.astype("int64").astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64) + 1970)
-    values, counts = np.unique(years, return_counts=True)
-    return int(values[np.argmax(counts)])
+def _parcel_years(result: MarkerResult, year: int | None) -> np.ndarray:
+    """Season year per parcel: *year*, or the year of most of the parcel's clear observations."""
+    n_parcels = len(result.parcel_ids)
+    if year is not None:
+        return np.full(n_parcels, year, np.int64)
+    days = np.floor(result.clear_day).astype(np.int64).astype("datetime64[D]")
+    years = days.astype("datetime64[Y]").astype(np.int64) + 1970
+    fallback = int(np.bincount(years - years.min()).argmax() + years.min()) if len(years) else 1970
+    out = np.full(n_parcels, fallback, np.int64)
+    if len(years) == 0:
+        return out
+    owner = np.repeat(np.arange(n_parcels), np.diff(result.clear_offsets))
+    # clear days are sorted per parcel, so each (parcel, year) is one run; take each parcel's longest
+    new_run = np.ones(len(years), bool)
+    new_run[1:] = (owner[1:] != owner[:-1]) | (years[1:] != years[:-1])
+    starts = np.flatnonzero(new_run)
+    lengths = np.diff(np.append(starts, len(years)))
+    order = np.lexsort((-lengths, owner[starts]))
+    first = np.ones(len(order), bool)
+    first[1:] = owner[starts][order][1:] != owner[starts][order][:-1]
+    chosen = starts[order][first]
+    out[owner[chosen]] = years[chosen]
+    return out
 
 
 def evaluate_lights(result: MarkerResult, rules: SchemeRules, *, crops: Mapping[str, str | None] | None = None,
@@ -134,33 +187,42 @@ def evaluate_lights(result: MarkerResult, rules: SchemeRules, *, crops: Mapping[
     """
     t0 = time.perf_counter()
     n_parcels = len(result.parcel_ids)
+    parcel_ids = [str(p) for p in result.parcel_ids]
+    schemes_of = [sorted(rules.schemes_for(None if crops is None else crops.get(pid), aoi=aoi)) for pid in parcel_ids]
+    years = _parcel_years(result, year)
     event_offsets = group_offsets(result.parcel, n_parcels)
-    fallback = year if year is not None else _parcel_year(result.clear_day, 1970)
+    unique_years = np.unique(years)
+    decided: dict[str, tuple[np.ndarray, ...]] = {}
+    for name, scheme in rules.schemes.items():
+        has = np.array([name in names for names in schemes_of], bool)
+        if not has.any():
+            continue
+        worst: tuple[np.ndarray, ...] = ()
+        for rule in scheme.rules:
+            starts = {y: _day_number(int(y), rule.window_start) for y in unique_years}
+            ends = {y: _day_number(int(y), rule.window_end) + 1.0 for y in unique_years}
+            lo = np.where(has, np.array([starts[y] for y in years]), np.nan) if n_parcels else np.zeros(0)
+            hi = np.where(has, np.array([ends[y] for y in years]), np.nan) if n_parcels else np.zeros(0)
+            n_clear, gap, conf, seq = _window_kernel(result.clear_offsets, result.clear_day, event_offsets,
+                                                     result.marker.astype(np.int32), result.main, result.confidence,
+                                                     result.seq.astype(np.int32), MARKERS.index(rule.marker), lo, hi)
+            colour, reason = _outcomes(rule, n_clear, gap, conf, seq)
+            rule_index = np.full(n_parcels, scheme.rules.index(rule))
+            if not worst:
+                worst = (colour, reason, rule_index, seq, n_clear, gap)
+            else:
+                take = colour > worst[0]  # the first rule with the worst colour decides
+                worst = tuple(np.where(take, new, old) for new, old in
+                              zip((colour, reason, rule_index, seq, n_clear, gap), worst, strict=True))
+        decided[name] = worst  # rules files are validated: every scheme has at least one rule
     counts = dict.fromkeys(COLOURS, 0)
     for p in range(n_parcels):
-        parcel_id = str(result.parcel_ids[p])
-        crop = None if crops is None else crops.get(parcel_id)
-        schemes = sorted(rules.schemes_for(crop, aoi=aoi))
-        if not schemes:
-            continue
-        clear = result.clear_day[result.clear_offsets[p]:result.clear_offsets[p + 1]]
-        season = year if year is not None else _parcel_year(clear, fallback)
-        ev = slice(event_offsets[p], event_offsets[p + 1])
-        marker, main, conf, seq = result.marker[ev], result.main[ev], result.confidence[ev], result.seq[ev]
-        for name in schemes:
-            worst: tuple[int, Rule, _Outcome] | None = None
-            for rule in rules.schemes[name].rules:
-                pick = marker == MARKERS.index(rule.marker)
-                outcome = evaluate_rule(rule, season, clear_day=clear, event_main=main[pick],
-                                        event_confidence=conf[pick], event_seq=seq[pick])
-                rank = COLOURS.index(outcome.colour)
-                if worst is None or rank > worst[0]:
-                    worst = (rank, rule, outcome)
-            assert worst is not None  # a scheme has at least one rule (validated)
-            _, rule, outcome = worst
-            counts[outcome.colour] += 1
-            yield TrafficLight(parcel_id, name, outcome.colour, outcome.reason, rule.rule_id, season,
-                               outcome.event_seq, outcome.n_clear, round(outcome.gap, 1))
+        for name in schemes_of[p]:
+            colour, reason, rule_index, seq, n_clear, gap = (values[p] for values in decided[name])
+            counts[COLOURS[int(colour)]] += 1
+            yield TrafficLight(parcel_ids[p], name, COLOURS[int(colour)], REASONS[int(reason)],
+                               rules.schemes[name].rules[int(rule_index)].rule_id, int(years[p]), int(seq),
+                               int(n_clear), round(float(gap), 1))
     log.info("traffic lights parcels=%d green=%d yellow=%d red=%d rules=%s@v%d seconds=%.3f", n_parcels,
              counts["green"], counts["yellow"], counts["red"], rules.source, rules.version, time.perf_counter() - t0)
 
