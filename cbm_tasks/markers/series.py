@@ -123,7 +123,13 @@ class SeriesTable:
         clear_fraction = np.full(n, np.nan) if clear_fraction is None else clear_fraction.astype(np.float64)
         orbit = np.full(n, -1, np.int32) if orbit is None else orbit.astype(np.int32)
         scl_bad_share = np.full(n, np.nan) if scl_bad_share is None else scl_bad_share.astype(np.float64)
-        if parcel_id.dtype.kind in "iu":  # integer keys (the database's parcel_key): unique on ints is fast
+        if parcel_id.dtype.kind in "iu" and n and bool(np.all(parcel_id[1:] >= parcel_id[:-1])):
+            # integer keys in order (the database reads by parcel_key): group without sorting
+            change = np.ones(n, bool)
+            change[1:] = parcel_id[1:] != parcel_id[:-1]
+            parcel = np.cumsum(change) - 1
+            parcel_ids = parcel_id[change].astype(str)
+        elif parcel_id.dtype.kind in "iu":  # integer keys: unique on ints is fast
             keys, parcel = np.unique(parcel_id, return_inverse=True)
             parcel_ids = keys.astype(str)
         else:
