@@ -165,3 +165,10 @@ def test_arrow_tables_of_the_database_reader() -> None:
     assert np.isnan(series.mean[series.band == BAND_CODE["B11"]]).all()
     with pytest.raises(SeriesFileError, match="demo/2018: missing column"):
         series_from_arrow(stats.drop_columns(["mean"]), name="demo/2018")
+
+
+def test_times_with_zone_offsets_are_converted_to_utc(tmp_path: Path) -> None:
+    rows = [["a", "2021-05-01T12:00:00+02:00", "s2", "B04", 0.05, 0.9, ""],
+            ["a", "2021-05-01T10:00:00Z", "s2", "B08", 0.3, 0.9, ""]]
+    series = read_series(write_rows(tmp_path / "tz.csv", rows))
+    assert series.obs_day.tolist() == [18748 + 10 / 24] * 2

@@ -141,6 +141,10 @@ def _utc_times(path: Path, table: pa.Table) -> pa.ChunkedArray:
     column = table.column("obs_time")
     if pa.types.is_timestamp(column.type):
         return column.cast(_TIME) if column.type.tz else pc.assume_timezone(column, "UTC").cast(_TIME)
+    try:  # every value with a zone offset (Z, +02:00): converted to UTC
+        return pc.cast(column.cast(pa.string()), _TIME)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
     text = pc.replace_substring_regex(column.cast(pa.string()), r"(Z|[+-]00:?00)$", "")
     try:
         return pc.assume_timezone(pc.cast(text, pa.timestamp("us")), "UTC").cast(_TIME)
