@@ -1,0 +1,190 @@
+"""Write marker runs, events, per-parcel lineage and traffic lights to PostGIS (``sql/011_marker_lineage.sql``).
+
+Everything of one run is written by the caller's single transaction: the run row, then per batch
+of parcels binary ``COPY`` of events (``cbm.marker_event``), of the images each parcel's markers
+used and rejected (``cbm.marker_parcel``) and of the lights (``cbm.traffic_light``, after the
+parcels' previous lights of the evaluated schemes are deleted). :func:`collect_garbage` then
+drops what the new run replaced, except rows a remaining light still points to, so that every
+light stays explainable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from cbm_tasks.errors import MigrationError
+from cbm_tasks.markers.db_read import DbSeries
+from cbm_tasks.markers.engine import MARKERS, MarkerResult, sources_text
+from cbm_tasks.markers.params import MarkerParams
+from cbm_tasks.traffic_light.evaluate import TrafficLight
+from cbm_tasks.traffic_light.rules import SchemeRules
+
+__all__ = ["BatchCounts", "collect_garbage", "delete_lights", "finish_marker_run", "record_rules",
+           "start_marker_run", "write_batch"]
+
+log = logging.getLogger(__name__)
+
+_EPOCH = np.datetime64("1970-01-01", "D")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCounts:
+    """Rows written for one batch of parcels."""
+
+    events: int
+    parcels: int
+    lights: int
+
+
+def record_rules(cur: psycopg.Cursor[Any], rules: SchemeRules, document: Mapping[str, Any]) -> None:
+    """Store the rules file as applied (``cbm.scheme_rules``, keyed by its hash; kept once)."""
+    cur.execute(
+        "INSERT INTO cbm.scheme_rules (rules_hash, version, source, content) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (rules_hash) DO NOTHING",
+        (rules.hash, rules.version, rules.source, json.dumps(document, sort_keys=True, default=str)),
+    )
+
+
+def start_marker_run(cur: psycopg.Cursor[Any], *, parcel_set_id: int, params: MarkerParams, code_version: str,
+                     use_s1: bool, scope: str, pipeline_run_id: int | None) -> int:
+    """Insert the run row (``marker = 'all'``); return its id. ``read_at`` is this transaction's time."""
+    row = cur.execute(
+        "INSERT INTO cbm.marker_run (parcel_set_id, marker, markers, params, params_version, params_hash, "
+        "code_version, use_s1, scope, read_at, pipeline_run_id) "
+        "VALUES (%s, 'all', %s, %s, %s, %s, %s, %s, %s, now(), %s) RETURNING marker_run_id",
+        (parcel_set_id, list(MARKERS), json.dumps(params.as_dict(), sort_keys=True), params.version, params.hash,
+         code_version, use_s1, scope, pipeline_run_id),
+    ).fetchone()
+    if row is None:  # INSERT ... RETURNING gives a row unless the schema was changed by hand
+        raise MigrationError("cbm.marker_run returned no id; is the schema migrated (cbm db migrate)?")
+    return int(row[0])
+
+
+def finish_marker_run(cur: psycopg.Cursor[Any], marker_run_id: int, *, n_parcels: int,
+                      product_ids: Sequence[int]) -> None:
+    """Record the run's parcel count and every image it read."""
+    cur.execute("UPDATE cbm.marker_run SET n_parcels = %s, product_ids = %s WHERE marker_run_id = %s",
+                (n_parcels, list(product_ids), marker_run_id))
+
+
+def delete_lights(cur: psycopg.Cursor[Any], parcel_set_id: int, parcel_keys: np.ndarray,
+                  schemes: Sequence[str] | None) -> int:
+    """Delete the lights of *parcel_keys* (of *schemes*, or all schemes when None); return the count."""
+    keys = parcel_keys.astype(np.int64).tolist()
+    if schemes is None:
+        cur.execute("DELETE FROM cbm.traffic_light WHERE parcel_set_id = %s AND parcel_key = ANY(%s::integer[])",
+                    (parcel_set_id, keys))
+    else:
+        cur.execute("DELETE FROM cbm.traffic_light WHERE parcel_set_id = %s AND parcel_key = ANY(%s::integer[]) "
+                    "AND scheme = ANY(%s::text[])", (parcel_set_id, keys, list(schemes)))
+    return cur.rowcount
+
+
+def _dates(days: np.ndarray) -> list[Any]:
+    return list((_EPOCH + np.floor(days).astype(np.int64)).astype(object))
+
+
+def _copy_events(cur: psycopg.Cursor[Any], marker_run_id: int, keys: np.ndarray, result: MarkerResult) -> int:
+    parcel_key = keys[result.parcel].astype(np.int64).tolist()
+    marker = [MARKERS[code] for code in result.marker.tolist()]
+    sources = {bits: sources_text(bits) for bits in np.unique(result.sources).tolist()}
+    columns = zip(parcel_key, marker, result.seq.tolist(), _dates(result.start), _dates(result.main),
+                  _dates(result.end), result.value.astype(np.float32).tolist(),
+                  np.clip(result.confidence, 0.0, 1.0).astype(np.float32).tolist(),
+                  [sources[bits] for bits in result.sources.tolist()], strict=True)
+    with cur.copy("COPY cbm.marker_event (marker_run_id, parcel_key, marker, seq, event_start, main_date, "
+                  "event_end, value, confidence, sources) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["int4", "int4", "text", "int2", "date", "date", "date", "float4", "float4", "text"])
+        for row in columns:
+            copy.write_row((marker_run_id, *row))
+    return result.n_events
+
+
+def _lineage(db_series: DbSeries, result: MarkerResult) -> tuple[np.ndarray, np.ndarray]:
+    """Return (used, owner offsets) masks over db_series.obs_*: S2 used = clear days of the result."""
+    seconds = np.round(db_series.obs_day * 86_400.0).astype(np.int64)
+    obs_key = (db_series.obs_parcel.astype(np.int64) << 32) | seconds
+    clear_owner = np.repeat(np.arange(len(result.parcel_ids), dtype=np.int64), np.diff(result.clear_offsets))
+    clear_key = (clear_owner << 32) | np.round(result.clear_day * 86_400.0).astype(np.int64)
+    used = ~db_series.obs_is_s2 | np.isin(obs_key, clear_key)
+    offsets = np.searchsorted(db_series.obs_parcel, np.arange(len(db_series.parcel_keys) + 1))
+    return used, offsets
+
+
+def _copy_parcels(cur: psycopg.Cursor[Any], marker_run_id: int, db_series: DbSeries, result: MarkerResult) -> int:
+    used, offsets = _lineage(db_series, result)
+    products = db_series.obs_product
+    with cur.copy("COPY cbm.marker_parcel (marker_run_id, parcel_key, n_used, n_rejected, obs_used, obs_rejected) "
+                  "FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["int4", "int4", "int4", "int4", "int4[]", "int4[]"])
+        for p, key in enumerate(db_series.parcel_keys.tolist()):
+            part = slice(offsets[p], offsets[p + 1])
+            mask = used[part]
+            obs_used = products[part][mask].tolist()
+            obs_rejected = products[part][~mask].tolist()
+            copy.write_row((marker_run_id, key, int(result.n_used[p]), int(result.n_rejected[p]), obs_used,
+                            obs_rejected))
+    return len(db_series.parcel_keys)
+
+
+def _copy_lights(cur: psycopg.Cursor[Any], *, parcel_set_id: int, marker_run_id: int, pipeline_run_id: int | None,
+                 rules: SchemeRules, lights: Iterable[TrafficLight]) -> int:
+    n = 0
+    with cur.copy("COPY cbm.traffic_light (parcel_set_id, parcel_key, scheme, colour, reason, marker_run_ids, "
+                  "pipeline_run_id, rule_id, rules_version, rules_hash, season, event_seq, n_clear_obs, "
+                  "longest_gap_days) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["int2", "int4", "text", "text", "text", "int4[]", "int8", "text", "int4", "text", "int2",
+                        "int2", "int4", "float4"])
+        for light in lights:
+            copy.write_row((parcel_set_id, int(light.parcel_id), light.scheme, light.colour, light.reason,
+                            [marker_run_id], pipeline_run_id, light.rule_id, rules.version, rules.hash, light.year,
+                            light.event_seq, light.n_clear_obs, light.longest_gap_days))
+            n += 1
+    return n
+
+
+def write_batch(cur: psycopg.Cursor[Any], *, parcel_set_id: int, marker_run_id: int, pipeline_run_id: int | None,
+                db_series: DbSeries, result: MarkerResult, rules: SchemeRules,
+                lights: Iterable[TrafficLight]) -> BatchCounts:
+    """COPY one batch's events, per-parcel lineage and lights (the caller deleted the old lights)."""
+    events = _copy_events(cur, marker_run_id, db_series.parcel_keys, result)
+    parcels = _copy_parcels(cur, marker_run_id, db_series, result)
+    n_lights = _copy_lights(cur, parcel_set_id=parcel_set_id, marker_run_id=marker_run_id,
+                            pipeline_run_id=pipeline_run_id, rules=rules, lights=lights)
+    return BatchCounts(events, parcels, n_lights)
+
+
+def collect_garbage(cur: psycopg.Cursor[Any], *, parcel_set_id: int, marker_run_id: int,
+                    parcel_keys: np.ndarray) -> int:
+    """Delete what run *marker_run_id* replaced; return the number of marker runs removed.
+
+    Events and lineage of *parcel_keys* in older runs of the set go, unless a light still refers to
+    that run (a light of a scheme this run did not evaluate); older runs left without any parcel go.
+    """
+    params = {"keys": parcel_keys.astype(np.int64).tolist(), "set": parcel_set_id, "run": marker_run_id}
+    cur.execute(
+        "DELETE FROM cbm.marker_event x USING cbm.marker_run r, unnest(%(keys)s::integer[]) AS k(parcel_key) "
+        "WHERE x.marker_run_id = r.marker_run_id AND r.parcel_set_id = %(set)s AND r.marker_run_id <> %(run)s "
+        "AND x.parcel_key = k.parcel_key AND NOT EXISTS (SELECT 1 FROM cbm.traffic_light t "
+        "WHERE t.parcel_set_id = %(set)s AND t.parcel_key = x.parcel_key AND x.marker_run_id = ANY(t.marker_run_ids))",
+        params)
+    cur.execute(
+        "DELETE FROM cbm.marker_parcel x USING cbm.marker_run r, unnest(%(keys)s::integer[]) AS k(parcel_key) "
+        "WHERE x.marker_run_id = r.marker_run_id AND r.parcel_set_id = %(set)s AND r.marker_run_id <> %(run)s "
+        "AND x.parcel_key = k.parcel_key AND NOT EXISTS (SELECT 1 FROM cbm.traffic_light t "
+        "WHERE t.parcel_set_id = %(set)s AND t.parcel_key = x.parcel_key AND x.marker_run_id = ANY(t.marker_run_ids))",
+        params)
+    cur.execute(
+        "DELETE FROM cbm.marker_run r WHERE r.parcel_set_id = %(set)s AND r.marker_run_id <> %(run)s "
+        "AND NOT EXISTS (SELECT 1 FROM cbm.marker_parcel m WHERE m.marker_run_id = r.marker_run_id) "
+        "AND NOT EXISTS (SELECT 1 FROM cbm.traffic_light t WHERE t.parcel_set_id = %(set)s "
+        "AND r.marker_run_id = ANY(t.marker_run_ids))",
+        params)
+    return cur.rowcount
