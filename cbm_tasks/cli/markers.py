@@ -3,7 +3,9 @@
 ``cbm markers run --timeseries FILE --out DIR`` writes ``DIR/events.csv`` and
 ``DIR/traffic_lights.csv``; ``cbm markers plot --timeseries FILE --parcel ID --out F.png`` draws
 the parcel's series with its events. Rules and parameters are validated before the series is
-read, and nothing is written when any input is invalid.
+read, and nothing is written when any input is invalid. Without ``--timeseries``, ``run`` and
+``plot`` work on the parcel set of ``--aoi`` and ``--year`` in the database, and ``export`` writes
+its lights (``cbm_tasks.cli.markers_db``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cbm_tasks.cli import markers_db
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers.engine import run_markers
 from cbm_tasks.markers.params import load_params
@@ -32,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Read FILE (long format of 'cbm timeseries export': CSV, CSV.GZ or Parquet, with its "
         "_classes companion when present), compute the markers and the traffic light of every parcel and "
         "scheme, write DIR/events.csv and DIR/traffic_lights.csv.")
-    run.add_argument("--timeseries", required=True, type=Path, metavar="FILE", help="time-series file")
-    run.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
+    run.add_argument("--timeseries", type=Path, metavar="FILE",
+                     help="time-series file (without it: the parcel set of --aoi and --year in the database)")
+    run.add_argument("--out", type=Path, metavar="DIR", help="output folder (created; with --timeseries)")
     run.add_argument("--rules", type=Path, metavar="FILE", help="scheme rules YAML (default: the shipped rules)")
     run.add_argument("--params", type=Path, metavar="FILE", help="marker parameters YAML overriding the defaults")
     crops = run.add_mutually_exclusive_group()
@@ -43,18 +47,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--year", type=int, help="season year of the rule windows (default: per parcel, the year "
                      "of most clear observations)")
     run.add_argument("--s2-only", action="store_true", help="ignore Sentinel-1 (the Sentinel-2-only variant)")
+    run.add_argument("--scheme", help="database: evaluate and replace only this scheme's lights")
+    run.add_argument("--full", action="store_true", help="database: every parcel, not only those with new "
+                     "observations")
     run.set_defaults(func=_run)
     plot = commands.add_parser("plot", help="draw one parcel's series and events to a PNG",
                                description="NDVI, S1 backscatter (dB) and coherence of one parcel; cloudy "
                                "observations grey, detected events marked.")
-    plot.add_argument("--timeseries", required=True, type=Path, metavar="FILE", help="time-series file")
+    plot.add_argument("--timeseries", type=Path, metavar="FILE",
+                      help="time-series file (without it: --aoi and --year in the database)")
+    plot.add_argument("--aoi", help="database: AOI name")
+    plot.add_argument("--year", type=int, help="database: parcel-set year")
     plot.add_argument("--parcel", required=True, metavar="ID", help="parcel id")
     plot.add_argument("--out", required=True, type=Path, metavar="F.png", help="PNG file to write")
     plot.add_argument("--params", type=Path, metavar="FILE", help="marker parameters YAML")
     plot.set_defaults(func=_plot)
+    markers_db.add_export(commands)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.timeseries is None:
+        return markers_db.run(args)
+    if args.out is None:
+        raise BadInputError("cbm markers run --timeseries: --out DIR is required")
     rules = load_rules(args.rules)  # validated before anything is read or written
     params = load_params(args.params)
     crops = None
@@ -80,6 +95,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
+    if args.timeseries is None:
+        return markers_db.plot(args)
     from cbm_tasks.markers.plot import plot_parcel  # matplotlib only when a plot is asked for
 
     params = load_params(args.params)

@@ -116,7 +116,8 @@ def _s1_stats(cover: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _product(aoi: str, kind: str, when: datetime, orbit: int | None) -> Product:
     product_type = "S2MSI2A" if kind == "s2" else "CARD-BS"
-    return Product(uid=f"SYNTHDB_{aoi}_{kind}_{when:%Y%m%dT%H%M%S}", name=f"SYNTHDB_{product_type}_{when:%Y%m%dT%H%M%S}",
+    return Product(uid=f"SYNTHDB_{aoi}_{kind}_{when:%Y%m%dT%H%M%S}",
+                   name=f"SYNTHDB_{product_type}_{when:%Y%m%dT%H%M%S}",
                    catalogue="file", collection="SENTINEL-2" if kind == "s2" else "SENTINEL-1",
                    product_type=product_type, acquired_at=when, location=f"synthetic://{aoi}/{kind}/{when:%Y%m%d}",
                    relative_orbit=orbit, attributes={"cbm:synthetic": True})

@@ -350,6 +350,8 @@ def _delete_stale_rows(cur: psycopg.Cursor[TupleRow], set_id: int, stale_keys: S
         "DELETE FROM cbm.parcel_class_counts WHERE parcel_set_id = %s AND parcel_key = ANY(%s)",
     ):
         n += cur.execute(statement, (set_id, list(stale_keys))).rowcount
+    # markers, events and traffic lights of retired parcels (sql/011_marker_lineage.sql)
+    cur.execute("SELECT cbm.forget_parcel_markers(%s::smallint, %s::integer[])", (set_id, list(stale_keys)))
     return n
 
 

@@ -1,0 +1,93 @@
+"""``cbm markers`` on the database: ``run --aoi A --year Y``, ``plot --aoi A --year Y --parcel ID``, ``export``.
+
+``cbm_tasks.cli.markers`` parses the command line; when no ``--timeseries`` file is given it
+calls these, which work on the CbM database of ``cbm db`` (``CBM_DATABASE_URL`` or the
+project-local cluster). Each run is recorded in ``cbm.pipeline_run`` as a command-line run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cbm_tasks import db, lineage
+from cbm_tasks.aoi import find_parcel_set
+from cbm_tasks.errors import BadInputError, NotFoundError
+from cbm_tasks.markers import db_read
+from cbm_tasks.markers.export import export_lights
+from cbm_tasks.markers.params import load_params
+from cbm_tasks.ops import settings
+from cbm_tasks.pipeline.markers import lights_summary, run_parcel_set
+
+__all__ = ["add_export", "export", "plot", "run"]
+
+
+def _need_set(args: argparse.Namespace, action: str) -> None:
+    if args.aoi is None or args.year is None:
+        raise BadInputError(f"cbm markers {action}: give --timeseries FILE, or --aoi and --year for the database")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Markers and lights of a parcel set in the database; prints the lights per scheme."""
+    _need_set(args, "run")
+    with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
+        outcome = run_parcel_set(conn, lineage.RunContext(step="markers"), aoi=args.aoi, year=args.year,
+                                 scheme=args.scheme, full=args.full, rules_path=args.rules, params_path=args.params,
+                                 use_s1=not args.s2_only)
+        summary = lights_summary(conn, aoi=args.aoi, year=args.year)
+    done = ("nothing new to compute" if outcome.marker_run_id is None else
+            f"marker run {outcome.marker_run_id} ({outcome.scope}): {outcome.parcels} parcels, {outcome.events} "
+            f"events, {outcome.lights} lights in {outcome.seconds:.1f} s")
+    lines = [f"{args.aoi} {args.year}: {done}"]
+    for scheme, colours in summary.items():
+        parts = [f"{colour} {sum(reasons.values())} ({', '.join(f'{r} {n}' for r, n in reasons.items())})"
+                 for colour, reasons in colours.items()]
+        lines.append(f"  {scheme}: " + "; ".join(parts))
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def plot(args: argparse.Namespace) -> int:
+    """Draw one parcel of a parcel set in the database."""
+    from cbm_tasks.markers.plot import plot_parcel  # matplotlib only when a plot is asked for
+
+    _need_set(args, "plot")
+    params = load_params(args.params)
+    with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
+        parcel_set = find_parcel_set(conn, aoi=args.aoi, year=args.year)
+        row = conn.execute("SELECT parcel_key FROM cbm.parcel WHERE parcel_set_id = %s AND parcel_id = %s",
+                           (parcel_set.parcel_set_id, args.parcel)).fetchone()
+        if row is None:
+            raise NotFoundError(f"parcel {args.parcel!r} is not in the {args.year} parcel set of AOI {args.aoi!r}")
+        products = db_read.read_products(conn, parcel_set.parcel_set_id)
+        read = db_read.read_parcel_series(conn, parcel_set_id=parcel_set.parcel_set_id, products=products,
+                                          parcel_keys=np.array([row[0]], np.int32))
+    series = dataclasses.replace(read.series, parcel_ids=np.array([str(args.parcel)]))
+    plot_parcel(series, str(args.parcel), params=params, out=args.out)
+    sys.stdout.write(f"{args.out}\n")
+    return 0
+
+
+def add_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``cbm markers export``."""
+    parser = commands.add_parser("export", help="traffic lights with parcel geometry to GeoPackage or CSV",
+                                 description="Write the lights of a parcel set (view cbm.traffic_light_map) to "
+                                 "FILE.gpkg (layer traffic_lights, EPSG:4326) or FILE.csv (no geometry).")
+    parser.add_argument("--aoi", required=True, help="AOI name")
+    parser.add_argument("--year", required=True, type=int, help="parcel-set year")
+    parser.add_argument("--scheme", help="only this scheme")
+    parser.add_argument("--out", required=True, type=Path, metavar="FILE",
+                        help="FILE.gpkg or FILE.csv")
+    parser.set_defaults(func=export)
+
+
+def export(args: argparse.Namespace) -> int:
+    """Export the lights."""
+    with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
+        n = export_lights(conn, aoi=args.aoi, year=args.year, out=args.out, scheme=args.scheme)
+    sys.stdout.write(f"{args.out}: {n} lights\n")
+    return 0
