@@ -23,7 +23,14 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from cbm_tasks.markers.series import BAND_CODE, PRODUCT_TYPES, SCL_BAD_CLASSES, SOURCE_CODE, SeriesTable
+from cbm_tasks.markers.series import (
+    BAND_CODE,
+    PRODUCT_TYPES,
+    SCL_BAD_CLASSES,
+    SOURCE_CODE,
+    SeriesTable,
+    group_offsets,
+)
 
 __all__ = ["DbSeries", "ProductInfo", "read_parcel_series", "read_products"]
 
@@ -91,43 +98,65 @@ def read_products(conn: psycopg.Connection, parcel_set_id: int) -> list[ProductI
     return products
 
 
-def _copy_binary(conn: psycopg.Connection, query: sql.Composable, params: Sequence[object],
-                 n_floats: int, n_ints: int = 0) -> np.ndarray:
-    """Run ``COPY (query) TO STDOUT (FORMAT BINARY)`` of rows (int4 x (2 + n_ints), float4 x n_floats)."""
-    fields = [("n", ">i2")]
-    names = ["parcel_key", "product_id", *(f"i{k}" for k in range(n_ints))]
-    for name in names:
-        fields += [(f"len_{name}", ">i4"), (name, ">i4")]
-    for k in range(n_floats):
-        fields += [(f"len_f{k}", ">i4"), (f"f{k}", ">f4")]
-    row = np.dtype(fields)
-    with conn.cursor() as cur:
-        copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)
-        with cur.copy(copy_sql, params) as copy:
-            buffer = b"".join(bytes(chunk) for chunk in copy)
+def _array(buffer: bytes, at: int, kind: str) -> tuple[np.ndarray, int]:
+    """Parse one binary array field (int4[] or float4[], no NULL element) at *at*; return (values, next offset)."""
+    length = int.from_bytes(buffer[at:at + 4], "big", signed=True)
+    if length < 0:
+        raise psycopg.DataError("binary COPY: NULL array")
+    ndim = int.from_bytes(buffer[at + 4:at + 8], "big")
+    if ndim == 0:
+        return np.zeros(0, np.int32 if kind == "i" else np.float32), at + 4 + length
+    count = int.from_bytes(buffer[at + 16:at + 20], "big")
+    items = np.frombuffer(buffer, dtype=np.dtype([("len", ">i4"), ("value", f">{kind}4")]), count=count,
+                          offset=at + 24)
+    if np.any(items["len"] != 4):
+        raise psycopg.DataError("binary COPY: NULL element in an array")
+    return items["value"].astype(np.int32 if kind == "i" else np.float32), at + 4 + length
+
+
+def _copy_binary(conn: psycopg.Connection, values: Sequence[sql.Composable], source: sql.Composable,
+                 params: Sequence[object], kinds: str) -> list[np.ndarray]:
+    """Return columns (parcel_key, product_id, *values) of *source*, read as one row of arrays per image.
+
+    libpq hands a ``COPY TO`` over row by row, so rows of a few bytes would cost a Python call
+    each; aggregated per image, a batch is a few hundred rows of long arrays parsed by NumPy.
+    *kinds* gives each value's type: ``i`` int4, ``f`` float4.
+    """
+    aggregates = sql.SQL(", ").join(sql.SQL("array_agg({})").format(value) for value in values)
+    query = sql.SQL("COPY (SELECT product_id, array_agg(parcel_key), {} FROM {} GROUP BY product_id) "
+                    "TO STDOUT (FORMAT BINARY)").format(aggregates, source)
+    with conn.cursor() as cur, cur.copy(query, params) as copy:
+        buffer = b"".join(bytes(chunk) for chunk in copy)
     if not buffer.startswith(_COPY_SIGNATURE):
         raise psycopg.DataError("binary COPY: unexpected header")
-    header = 11 + 4 + 4 + int.from_bytes(buffer[15:19], "big")
-    body = len(buffer) - header - 2  # the trailer is int16 -1
-    if body % row.itemsize:
-        raise psycopg.DataError(f"binary COPY: {body} bytes is not a whole number of {row.itemsize}-byte rows")
-    rows = np.frombuffer(buffer, dtype=row, count=body // row.itemsize, offset=header)
-    if len(rows) and (np.any(rows["n"] != len(names) + n_floats)
-                      or any(np.any(rows[f"len_{name}"] != 4) for name in names)):
-        raise psycopg.DataError("binary COPY: a NULL or a wrong field count in a fixed-width row")
-    return rows
+    at = 11 + 4 + 4 + int.from_bytes(buffer[15:19], "big")
+    columns: list[list[np.ndarray]] = [[] for _ in range(2 + len(values))]
+    while (n_fields := int.from_bytes(buffer[at:at + 2], "big", signed=True)) != -1:
+        if n_fields != 2 + len(values):
+            raise psycopg.DataError(f"binary COPY: {n_fields} fields, expected {2 + len(values)}")
+        product_id = int.from_bytes(buffer[at + 6:at + 10], "big")
+        at += 10
+        keys, at = _array(buffer, at, "i")
+        columns[0].append(keys)
+        columns[1].append(np.full(len(keys), product_id, np.int32))
+        for k, kind in enumerate(kinds):
+            column, at = _array(buffer, at, kind)
+            columns[2 + k].append(column)
+    return [np.concatenate(parts) if parts else np.zeros(0, np.int32) for parts in columns]
 
 
-def _key_filter(parcel_keys: np.ndarray | None) -> tuple[sql.Composable, list[object]]:
+def _key_filter(parcel_keys: np.ndarray | None, whole_range: bool) -> tuple[sql.Composable, list[object]]:
     if parcel_keys is None:
         return sql.SQL(""), []
     lo, hi = (int(parcel_keys.min()), int(parcel_keys.max())) if len(parcel_keys) else (0, -1)
+    if whole_range or hi - lo + 1 == len(parcel_keys):  # no key of the range is left out: no list to test
+        return sql.SQL(" AND parcel_key BETWEEN %s AND %s"), [lo, hi]
     return (sql.SQL(" AND parcel_key BETWEEN %s AND %s AND parcel_key = ANY(%s::integer[])"),
             [lo, hi, parcel_keys.astype(np.int64).tolist()])
 
 
 def _read_band_means(conn: psycopg.Connection, parcel_set_id: int, products: list[ProductInfo],
-                     parcel_keys: np.ndarray | None) -> list[tuple[np.ndarray, ...]]:
+                     parcel_keys: np.ndarray | None, whole_range: bool) -> list[tuple[np.ndarray, ...]]:
     """Return [(parcel_key, product_id, band_code, mean)] per band layout."""
     layouts: dict[tuple[tuple[int, int], ...], list[int]] = {}
     for product in products:
@@ -135,40 +164,39 @@ def _read_band_means(conn: psycopg.Connection, parcel_set_id: int, products: lis
                        for name in _WANTED[product.source] if name in product.bands)
         if wanted:
             layouts.setdefault(wanted, []).append(product.product_id)
-    key_sql, key_params = _key_filter(parcel_keys)
+    key_sql, key_params = _key_filter(parcel_keys, whole_range)
     parts: list[tuple[np.ndarray, ...]] = []
     for wanted, product_ids in layouts.items():
-        means = sql.SQL(", ").join(
-            sql.SQL("coalesce(stats[{}], 'NaN')").format(sql.Literal(position * 8 + _MEAN)) for position, _ in wanted)
-        query = sql.SQL("SELECT parcel_key, product_id, {} FROM cbm.parcel_obs WHERE parcel_set_id = %s "
-                        "AND product_id = ANY(%s::integer[])").format(means) + key_sql
-        rows = _copy_binary(conn, query, [parcel_set_id, product_ids, *key_params], len(wanted))
-        n = len(rows)
+        means = [sql.SQL("coalesce(stats[{}], 'NaN')").format(sql.Literal(position * 8 + _MEAN))
+                 for position, _ in wanted]
+        source = sql.SQL("cbm.parcel_obs WHERE parcel_set_id = %s AND product_id = ANY(%s::integer[])") + key_sql
+        columns = _copy_binary(conn, means, source, [parcel_set_id, product_ids, *key_params], "f" * len(wanted))
+        n = len(columns[0])
         for k, (_, band_code) in enumerate(wanted):
-            parts.append((rows["parcel_key"].astype(np.int32), rows["product_id"].astype(np.int32),
-                          np.full(n, band_code, np.int8), rows[f"f{k}"].astype(np.float64)))
+            parts.append((columns[0], columns[1], np.full(n, band_code, np.int8), columns[2 + k].astype(np.float64)))
     return parts
 
 
 def _read_scl_share(conn: psycopg.Connection, parcel_set_id: int, products: list[ProductInfo],
-                    parcel_keys: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                    parcel_keys: np.ndarray | None, whole_range: bool) -> tuple[np.ndarray, np.ndarray]:
     """Return (sorted key parcel_key << 32 | product_id, share of unusable SCL pixels)."""
     by_band: dict[int, list[int]] = {}
     for product in products:
         if product.source == "s2" and product.scl_band:
             by_band.setdefault(product.scl_band, []).append(product.product_id)
-    key_sql, key_params = _key_filter(parcel_keys)
+    key_sql, key_params = _key_filter(parcel_keys, whole_range)
     total = sql.SQL(" + ").join(sql.SQL("coalesce(counts[{}], 0)").format(sql.Literal(c + 1))
                                 for c in range(_SCL_CLASSES))
     bad = sql.SQL(" + ").join(sql.SQL("coalesce(counts[{}], 0)").format(sql.Literal(c + 1)) for c in SCL_BAD_CLASSES)
     keys, shares = [], []
     for class_band, product_ids in by_band.items():
-        query = sql.SQL("SELECT parcel_key, product_id, {}, {} FROM cbm.parcel_class_counts WHERE parcel_set_id = %s "
-                        "AND class_band = %s AND product_id = ANY(%s::integer[])").format(bad, total) + key_sql
-        rows = _copy_binary(conn, query, [parcel_set_id, class_band, product_ids, *key_params], 0, n_ints=2)
-        keys.append((rows["parcel_key"].astype(np.int64) << 32) | rows["product_id"].astype(np.int64))
+        source = sql.SQL("cbm.parcel_class_counts WHERE parcel_set_id = %s AND class_band = %s "
+                         "AND product_id = ANY(%s::integer[])") + key_sql
+        key, image, n_bad, n_total = _copy_binary(conn, [bad, total], source,
+                                                    [parcel_set_id, class_band, product_ids, *key_params], "ii")
+        keys.append((key.astype(np.int64) << 32) | image.astype(np.int64))
         with np.errstate(invalid="ignore", divide="ignore"):
-            shares.append(np.where(rows["i1"] > 0, rows["i0"] / np.maximum(rows["i1"], 1), np.nan))
+            shares.append(np.where(n_total > 0, n_bad / np.maximum(n_total, 1), np.nan))
     if not keys:
         return np.zeros(0, np.int64), np.zeros(0)
     key, share = np.concatenate(keys), np.concatenate(shares)
@@ -177,7 +205,7 @@ def _read_scl_share(conn: psycopg.Connection, parcel_set_id: int, products: list
 
 
 def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products: list[ProductInfo],
-                       parcel_keys: np.ndarray) -> DbSeries:
+                       parcel_keys: np.ndarray, whole_range: bool = False) -> DbSeries:
     """Read the series of *parcel_keys* (sorted int array) of a parcel set.
 
     Args:
@@ -186,6 +214,8 @@ def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products
         products: its images (:func:`read_products`).
         parcel_keys: the parcels to read, sorted ascending; a parcel without any observation still
             gets an (empty) entry, so that its light says NO_DATA.
+        whole_range: every parcel of the set with a key between the first and the last of
+            *parcel_keys* is in it (a full run's batch): the keys are then not sent as a list.
 
     Returns:
         The series and the image of every observation.
@@ -193,51 +223,75 @@ def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products
     t0 = time.perf_counter()
     keys = np.asarray(parcel_keys, dtype=np.int32)
     by_id = {product.product_id: product for product in products}
-    parts = _read_band_means(conn, parcel_set_id, products, keys)
-    scl_key, scl_share = _read_scl_share(conn, parcel_set_id, products, keys)
+    parts = _read_band_means(conn, parcel_set_id, products, keys, whole_range)
+    scl_key, scl_share = _read_scl_share(conn, parcel_set_id, products, keys, whole_range)
     if parts:
         row_key, row_product, band, mean = (np.concatenate(column) for column in zip(*parts, strict=True))
     else:
         row_key, row_product = np.zeros(0, np.int32), np.zeros(0, np.int32)
         band, mean = np.zeros(0, np.int8), np.zeros(0)
+    slot, source_of, orbit_of, day_of = _product_slots(products)
     ids = np.array(sorted(by_id), dtype=np.int32)
     product_index = np.searchsorted(ids, row_product)
-    source_of = np.array([SOURCE_CODE[by_id[int(i)].source] for i in ids], np.int8)
-    day_of = np.array([by_id[int(i)].obs_day for i in ids])
-    orbit_of = np.array([by_id[int(i)].orbit for i in ids], np.int32)
-    source, obs_day = source_of[product_index], day_of[product_index]
-    # S2 observations have no orbit in the markers' grouping; S1 keep theirs (per-orbit dB series)
-    orbit = np.where(source == SOURCE_CODE["s2"], -1, orbit_of[product_index]).astype(np.int32)
+    parcel_index = np.searchsorted(keys, row_key).astype(np.int64)
+    # one int64 sort key in the order of SeriesTable: parcel, then source, orbit, time (the image's
+    # group), band, and last the product-id order of images that share source, orbit and time
+    group, sub = slot[product_index] >> 8, slot[product_index] & 0xFF
+    sort_key = (parcel_index << 36) | (group << 12) | (band.astype(np.int64) << 8) | sub
+    order = np.argsort(sort_key, kind="stable")
+    sort_key, row_product, product_index = sort_key[order], row_product[order], product_index[order]
+    band, mean, parcel_index = band[order], mean[order], parcel_index[order]
+    source = source_of[product_index]
     scl = np.full(len(row_key), np.nan)
     if len(scl_key):
-        combined = (row_key.astype(np.int64) << 32) | row_product.astype(np.int64)
+        combined = (keys[parcel_index].astype(np.int64) << 32) | row_product.astype(np.int64)
         position = np.clip(np.searchsorted(scl_key, combined), 0, len(scl_key) - 1)
         found = (scl_key[position] == combined) & (source == SOURCE_CODE["s2"])
         scl[found] = scl_share[position[found]]
-    parcel_index = np.searchsorted(keys, row_key)
-    series = SeriesTable.from_arrays(parcel_id=parcel_index.astype(np.int32), source=source, band=band,
-                                     obs_day=obs_day, mean=mean, orbit=orbit, scl_bad_share=scl)
-    series = _with_all_parcels(series, keys)
-    # one entry per (parcel, image): the lineage of what was read
-    obs_key = (parcel_index.astype(np.int64) << 32) | row_product.astype(np.int64)
-    unique_obs, first = np.unique(obs_key, return_index=True)
-    obs_parcel = (unique_obs >> 32).astype(np.int32)
-    obs_product = (unique_obs & 0xFFFFFFFF).astype(np.int32)
-    obs_source = source[first]
+    # lineage: one entry per (parcel, image) read, by parcel and product id
+    _, first = np.unique((parcel_index << 32) | row_product.astype(np.int64), return_index=True)
+    # the same observation from two images (overlapping tiles of one datatake) counts once, as in
+    # SeriesTable.from_arrays: rows equal in (parcel, source, orbit, time, band) after the first go
+    without_sub = sort_key >> 8
+    keep = np.ones(len(sort_key), bool)
+    keep[1:] = without_sub[1:] != without_sub[:-1]
+    parcel = parcel_index[keep].astype(np.int32)
+    series = SeriesTable(
+        parcel_ids=keys.astype(str), offsets=group_offsets(parcel, len(keys)), parcel=parcel,
+        source=source[keep].astype(np.int8), band=band[keep].astype(np.int8),
+        obs_day=day_of[product_index[keep]], mean=mean[keep], clear_fraction=np.full(int(keep.sum()), np.nan),
+        orbit=orbit_of[product_index[keep]], scl_bad_share=scl[keep])
+    obs_product = row_product[first]
     log.info("markers read parcel_set=%d parcels=%d rows=%d observations=%d images=%d seconds=%.2f",
-             parcel_set_id, len(keys), len(row_key), len(unique_obs), len(np.unique(obs_product)),
+             parcel_set_id, len(keys), len(row_key), len(first), len(np.unique(obs_product)),
              time.perf_counter() - t0)
-    return DbSeries(series, keys, obs_parcel, obs_product, obs_day[first],
-                    obs_source == SOURCE_CODE["s2"], np.unique(obs_product))
+    return DbSeries(series, keys, parcel_index[first].astype(np.int32), obs_product, day_of[product_index[first]],
+                    source[first] == SOURCE_CODE["s2"], np.unique(obs_product))
 
 
-def _with_all_parcels(series: SeriesTable, keys: np.ndarray) -> SeriesTable:
-    """Re-index *series* (parcel ids = indices into *keys*) to every key, empty parcels included."""
-    present = series.parcel_ids.astype(np.int64)  # indices into keys, as strings from from_arrays
-    parcel = present[series.parcel].astype(np.int32)
-    offsets = np.searchsorted(parcel, np.arange(len(keys) + 1), side="left").astype(np.int64)
-    return SeriesTable(parcel_ids=keys.astype(str), offsets=offsets, parcel=parcel, source=series.source,
-                       band=series.band, obs_day=series.obs_day, mean=series.mean,
-                       clear_fraction=series.clear_fraction, orbit=series.orbit,
-                       scl_bad_share=series.scl_bad_share)
+def _product_slots(products: list[ProductInfo]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per product (in product-id order): sort slot, source code, orbit (-1 for S2) and day.
 
+    The slot orders images by (source, orbit, time, product id); images that share source, orbit
+    and time share the slot's upper bits (``slot >> 8``) and differ in the lower 8.
+    """
+    ordered = sorted(products, key=lambda p: p.product_id)
+    source = np.array([SOURCE_CODE[p.source] for p in ordered], np.int8)
+    # S2 observations have no orbit in the markers' grouping; S1 keep theirs (per-orbit dB series)
+    orbit = np.array([-1 if p.source == "s2" else p.orbit for p in ordered], np.int32)
+    day = np.array([p.obs_day for p in ordered], np.float64)
+    ids = np.array([p.product_id for p in ordered], np.int64)
+    order = np.lexsort((ids, day, orbit, source))
+    slot = np.zeros(len(ordered), np.int64)
+    group, sub = 0, 0
+    for rank, index in enumerate(order.tolist()):
+        if rank:
+            previous = order[rank - 1]
+            if (source[index], orbit[index], day[index]) != (source[previous], orbit[previous], day[previous]):
+                group, sub = group + 1, 0
+            else:
+                sub += 1
+        if sub > 255 or group >= 1 << 24:
+            raise ValueError(f"too many images for one parcel set ({len(ordered)})")
+        slot[index] = (group << 8) | sub
+    return slot, source, orbit, day

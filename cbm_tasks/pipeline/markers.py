@@ -193,7 +193,7 @@ def _compute_and_write(conn: psycopg.Connection, *, aoi: str, year: int, parcel_
         for start in range(0, len(keys), batch_parcels):
             batch = keys[start:start + batch_parcels]
             db_series = db_read.read_parcel_series(conn, parcel_set_id=parcel_set_id, products=products,
-                                                   parcel_keys=batch)
+                                                   parcel_keys=batch, whole_range=scope == "full")
             result = run_markers(db_series.series, params, use_s1=use_s1)
             crops = _crops(conn, parcel_set_id, batch)
             lights = [light for light in evaluate_lights(result, rules, crops=crops, aoi=aoi, year=year)
