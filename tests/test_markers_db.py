@@ -1,0 +1,265 @@
+"""Markers and traffic lights on a real PostGIS: idempotent, incremental, traceable, clean on removal.
+
+Each test seeds a small synthetic parcel set (cbm_tasks.demo.series_seed: S2 every 5 days with
+SCL counts, S1 CARD-BS every 6 days) through the extraction's own writer into a fresh database.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pyogrio
+import pytest
+import yaml
+
+from cbm_tasks import lineage
+from cbm_tasks.demo.series_seed import SeededSet, add_s2_image, seed_parcel_set
+from cbm_tasks.errors import BadInputError, ConfigError
+from cbm_tasks.markers import db_read
+from cbm_tasks.markers.engine import run_markers
+from cbm_tasks.markers.export import export_lights
+from cbm_tasks.markers.params import MarkerParams
+from cbm_tasks.markers.series import SeriesTable
+from cbm_tasks.parcels.sets import import_parcels
+from cbm_tasks.pipeline.markers import lights_summary, run_parcel_set
+from cbm_tasks.traffic_light.evaluate import evaluate_lights
+from cbm_tasks.traffic_light.rules import load_rules
+
+N_PARCELS = 40
+CLI = lineage.RunContext(step="markers")
+
+
+@pytest.fixture
+def seeded(db_url: str, tmp_path: Path) -> SeededSet:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        return seed_parcel_set(conn, tmp_path, aoi="mk", year=2018, n_parcels=N_PARCELS, seed=7)
+
+
+def _rows(db_url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every marker row, without run ids and times (what must not change between identical runs)."""
+    with psycopg.connect(db_url) as conn:
+        return {
+            "events": conn.execute(
+                "SELECT parcel_key, marker, seq, event_start, main_date, event_end, value, confidence, sources "
+                "FROM cbm.marker_event ORDER BY 1, 2, 3").fetchall(),
+            "lineage": conn.execute(
+                "SELECT parcel_key, n_used, n_rejected, obs_used, obs_rejected FROM cbm.marker_parcel "
+                "ORDER BY 1").fetchall(),
+            "lights": conn.execute(
+                "SELECT parcel_key, scheme, colour, reason, rule_id, rules_version, rules_hash, season, event_seq, "
+                "n_clear_obs, longest_gap_days FROM cbm.traffic_light ORDER BY 1, 2").fetchall(),
+            "runs": conn.execute("SELECT params_hash, code_version, markers, n_parcels FROM cbm.marker_run").fetchall(),
+        }
+
+
+def _keys_of_crop(db_url: str, crop_code: str) -> list[int]:
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute("SELECT parcel_key FROM cbm.parcel WHERE crop_code = %s ORDER BY 1", (crop_code,))
+        return [int(r[0]) for r in rows.fetchall()]
+
+
+def test_run_twice_gives_identical_rows(db_url: str, seeded: SeededSet) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        first = run_parcel_set(conn, CLI, aoi="mk", year=2018, full=True)
+        rows = _rows(db_url)
+        second = run_parcel_set(conn, CLI, aoi="mk", year=2018, full=True)
+    assert first.parcels == second.parcels == N_PARCELS
+    assert first.marker_run_id is not None and second.marker_run_id == first.marker_run_id + 1
+    assert first.events > N_PARCELS and first.lights == second.lights == len(rows["lights"])
+    assert _rows(db_url) == rows
+    assert len(rows["runs"]) == 1  # the first run was replaced, not kept beside the second
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT DISTINCT marker_run_ids FROM cbm.traffic_light").fetchall() == [
+            ([second.marker_run_id],)]
+        statuses = conn.execute("SELECT step, status FROM cbm.pipeline_run").fetchall()
+    assert statuses == [("markers", "success")] * 2
+    # mown grassland: the seeded truth has at least one cut in June-August for most parcels
+    grass = _keys_of_crop(db_url, "9120")
+    mown = [light for light in rows["lights"] if light[1] == "grassland_mowing"]
+    assert len(mown) == len(grass) and sum(light[2] == "green" for light in mown) >= 0.7 * len(grass)
+
+
+def test_nothing_new_writes_nothing(db_url: str, seeded: SeededSet) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        run_parcel_set(conn, CLI, aoi="mk", year=2018)  # incremental: every parcel is new
+        rows = _rows(db_url)
+        again = run_parcel_set(conn, CLI, aoi="mk", year=2018)
+    assert again.marker_run_id is None and again.parcels == 0 and again.lights == 0
+    assert _rows(db_url) == rows
+
+
+def test_new_observations_recompute_only_those_parcels(db_url: str, seeded: SeededSet) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        first = run_parcel_set(conn, CLI, aoi="mk", year=2018)
+        before = _rows(db_url)
+        add_s2_image(conn, aoi="mk", year=2018, when=datetime(2018, 11, 3, 10, 30, tzinfo=UTC),
+                     parcel_keys=np.array([3, 5, 8], np.int32))
+        second = run_parcel_set(conn, CLI, aoi="mk", year=2018)
+        runs = dict(conn.execute("SELECT parcel_key, marker_run_id FROM cbm.marker_parcel").fetchall())
+        lights = dict(conn.execute("SELECT parcel_key, marker_run_ids FROM cbm.traffic_light").fetchall())
+    assert second.parcels == 3 and second.marker_run_id is not None
+    assert {key for key, run in runs.items() if run == second.marker_run_id} == {3, 5, 8}
+    assert {key for key, run in runs.items() if run == first.marker_run_id} == set(range(1, N_PARCELS + 1)) - {3, 5, 8}
+    assert lights[3] == [second.marker_run_id] and lights[4] == [first.marker_run_id]
+    after = _rows(db_url)
+    untouched = [row for row in after["lineage"] if row[0] not in (3, 5, 8)]
+    assert untouched == [row for row in before["lineage"] if row[0] not in (3, 5, 8)]
+    for key in (3, 5, 8):
+        old = next(row for row in before["lineage"] if row[0] == key)
+        new = next(row for row in after["lineage"] if row[0] == key)
+        assert new[1] == old[1] + 1 and len(new[3]) == len(old[3]) + 1  # the new clear image is used
+
+
+def test_removed_parcel_loses_its_lights(db_url: str, seeded: SeededSet, tmp_path: Path) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        run_parcel_set(conn, CLI, aoi="mk", year=2018, full=True)
+        gone = conn.execute("SELECT parcel_key, parcel_id FROM cbm.parcel WHERE parcel_key = 7").fetchone()
+        n_lights = conn.execute("SELECT count(*) FROM cbm.traffic_light").fetchone()[0]
+        n_gone = conn.execute("SELECT count(*) FROM cbm.traffic_light WHERE parcel_key = 7").fetchone()[0]
+        source = tmp_path / f"mk_2018_{N_PARCELS}_7.gpkg"
+        meta, _, geometry, fields = pyogrio.raw.read(source)
+        keep = np.array([pid != gone[1] for pid in fields[list(meta["fields"]).index("parcel_id")]])
+        smaller = tmp_path / "smaller.gpkg"
+        pyogrio.raw.write(smaller, geometry[keep], [field[keep] for field in fields], fields=list(meta["fields"]),
+                          geometry_type="MultiPolygon", crs=meta["crs"], driver="GPKG", layer="parcels")
+        import_parcels(conn, smaller, aoi="mk", year=2018, id_column="parcel_id", crop_code_column="crop_code")
+        counts = [conn.execute(f"SELECT count(*) FROM cbm.{table} WHERE parcel_key = 7").fetchone()[0]  # noqa: S608
+                  for table in ("traffic_light", "marker_event", "marker_parcel")]
+        others = conn.execute("SELECT count(DISTINCT parcel_key) FROM cbm.marker_parcel").fetchone()[0]
+        n_map = conn.execute("SELECT count(*) FROM cbm.traffic_light_map").fetchone()[0]
+    assert counts == [0, 0, 0]
+    assert others == N_PARCELS - 1
+    assert n_map == n_lights - n_gone > 0
+
+
+def _rules_file(tmp_path: Path, content: dict[str, Any]) -> Path:
+    path = tmp_path / "rules_from_db.yaml"
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+def test_light_traces_to_observations_rule_and_params_and_recomputes(db_url: str, seeded: SeededSet,
+                                                                     tmp_path: Path) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        run_parcel_set(conn, CLI, aoi="mk", year=2018, full=True)
+        trace = conn.execute(
+            "SELECT t.parcel_set_id, t.parcel_key, t.scheme, t.colour, t.reason, t.rule_id, t.rules_hash, "
+            "r.params, t.obs_used, t.obs_rejected, p.crop_code, t.code_version, t.pipeline_run_id "
+            "FROM cbm.traffic_light_trace t JOIN cbm.marker_run r ON r.marker_run_id = t.marker_run_id "
+            "JOIN cbm.parcel p ON p.parcel_set_id = t.parcel_set_id AND p.parcel_key = t.parcel_key "
+            "WHERE t.scheme = 'grassland_mowing' "
+            "ORDER BY t.parcel_key LIMIT 1").fetchone()
+        set_id, key, scheme, colour, reason, rule_id, rules_hash, params, used, rejected, crop, code, run = trace
+        content = conn.execute("SELECT content FROM cbm.scheme_rules WHERE rules_hash = %s", (rules_hash,)).fetchone()
+        # every rejected image is one the SCL shows cloudy over this parcel; the used ones are clear
+        cloud = dict(conn.execute(
+            "SELECT product_id, (counts[10])::float / (counts[5] + counts[10]) FROM cbm.parcel_class_counts "
+            "WHERE parcel_set_id = %s AND parcel_key = %s", (set_id, key)).fetchall())
+        products = [p for p in db_read.read_products(conn, set_id) if p.product_id in set(used) | set(rejected)]
+        series = db_read.read_parcel_series(conn, parcel_set_id=set_id, products=products,
+                                            parcel_keys=np.array([key], np.int32))
+        events = conn.execute("SELECT marker, seq, main_date, confidence FROM cbm.marker_event "
+                              "WHERE parcel_key = %s ORDER BY 1, 2", (key,)).fetchall()
+    assert code == lineage.code_version() and run is not None
+    assert rejected and all(cloud[p] > 0.5 for p in rejected)
+    assert all(cloud.get(p, 0.0) < 0.5 for p in used)
+    # recompute from what the database recorded: the rules as stored, the parameters as stored
+    rules = load_rules(_rules_file(tmp_path, content[0]))
+    assert rules.hash == rules_hash
+    marker_params = MarkerParams(int(params["version"]), {k: v for k, v in params.items() if k != "version"}, "db")
+    result = run_markers(series.series, marker_params)
+    light = next(li for li in evaluate_lights(result, rules, crops={str(key): crop}, aoi="mk", year=2018)
+                 if li.scheme == scheme)
+    assert (light.colour, light.reason, light.rule_id) == (colour, reason, rule_id)
+    recomputed = sorted((row.marker, row.seq, row.main_date, row.confidence) for row in result.rows())
+    assert [(m, s, str(d), pytest.approx(c, abs=6e-4)) for m, s, d, c in events] == recomputed  # rows() rounds to 3
+
+
+def test_empty_and_all_cloudy_series_give_no_data(db_url: str, seeded: SeededSet) -> None:
+    empty, cloudy = _keys_of_crop(db_url, "9120")[:2]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM cbm.parcel_obs WHERE parcel_key = %s", (empty,))
+        conn.execute("DELETE FROM cbm.parcel_class_counts WHERE parcel_key = %s", (empty,))
+        conn.execute("UPDATE cbm.parcel_class_counts SET counts = '{0,0,0,0,0,0,0,0,0,100,0,0}' "
+                     "WHERE parcel_key = %s", (cloudy,))
+        run_parcel_set(conn, CLI, aoi="mk", year=2018, full=True)
+        lights = conn.execute("SELECT parcel_key, scheme, colour, reason FROM cbm.traffic_light "
+                              "WHERE parcel_key = ANY(%s) ORDER BY 1, 2", ([empty, cloudy],)).fetchall()
+        lineage_rows = {row[0]: row[1:] for row in conn.execute(
+            "SELECT parcel_key, n_used, cardinality(obs_used), n_rejected, cardinality(obs_rejected) "
+            "FROM cbm.marker_parcel WHERE parcel_key = ANY(%s)", ([empty, cloudy],)).fetchall()}
+        mowings = conn.execute("SELECT count(*) FROM cbm.marker_event WHERE parcel_key = ANY(%s) AND marker IN "
+                               "('mowing', 'bare_soil', 'harvest')", ([empty, cloudy],)).fetchone()[0]
+    assert [(k, s, c) for k, s, c, _ in lights] == [
+        (empty, "grassland_mowing", "yellow"), (empty, "permanent_grassland", "yellow"),
+        (cloudy, "grassland_mowing", "yellow"), (cloudy, "permanent_grassland", "yellow")]
+    assert {reason for *_, reason in lights} == {"NO_DATA"}
+    assert mowings == 0  # no event is made up from clouds or from nothing
+    assert lineage_rows[empty] == (0, 0, 0, 0)
+    n_used, n_read_used, n_rejected, n_read_rejected = lineage_rows[cloudy]
+    assert n_used == 0 and n_rejected == n_read_rejected == 49  # every S2 image rejected
+    assert n_read_used == 41  # the Sentinel-1 images were still read (and recorded)
+
+
+def test_invalid_rules_or_scheme_write_nothing(db_url: str, seeded: SeededSet, tmp_path: Path) -> None:
+    bad = tmp_path / "bad_rules.yaml"
+    bad.write_text("version: 1\nschemes:\n  s:\n    rules:\n      - {id: X, marker: grazing, require: present, "
+                   "window: {start: '06-01', end: '08-31'}}\n")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        with pytest.raises(ConfigError, match="bad_rules.yaml"):
+            run_parcel_set(conn, CLI, aoi="mk", year=2018, rules_path=bad)
+        with pytest.raises(ConfigError, match="no_such_scheme"):
+            run_parcel_set(conn, CLI, aoi="mk", year=2018, scheme="no_such_scheme")
+    rows = _rows(db_url)
+    assert rows["events"] == rows["lights"] == rows["runs"] == []
+
+
+def test_one_scheme_keeps_the_others_traceable(db_url: str, seeded: SeededSet) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        first = run_parcel_set(conn, CLI, aoi="mk", year=2018, full=True)
+        second = run_parcel_set(conn, CLI, aoi="mk", year=2018, full=True, scheme="grassland_mowing")
+        by_scheme = dict(conn.execute("SELECT scheme, array_agg(DISTINCT marker_run_ids[1]) FROM cbm.traffic_light "
+                                      "GROUP BY 1").fetchall())
+        untraced = conn.execute("SELECT count(*) FROM cbm.traffic_light_trace WHERE obs_used IS NULL").fetchone()[0]
+        old_events = conn.execute("SELECT count(*) FROM cbm.marker_event WHERE marker_run_id = %s",
+                                  (first.marker_run_id,)).fetchone()[0]
+    assert by_scheme["grassland_mowing"] == [second.marker_run_id]
+    assert by_scheme["permanent_grassland"] == by_scheme["arable_harvest"] == [first.marker_run_id]
+    assert untraced == 0 and old_events > 0
+
+
+def test_export_gpkg_and_csv_and_summary(db_url: str, seeded: SeededSet, tmp_path: Path) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        outcome = run_parcel_set(conn, CLI, aoi="mk", year=2018, full=True)
+        n_gpkg = export_lights(conn, aoi="mk", year=2018, out=tmp_path / "lights.gpkg")
+        n_csv = export_lights(conn, aoi="mk", year=2018, out=tmp_path / "lights.csv", scheme="grassland_mowing")
+        summary = lights_summary(conn, aoi="mk", year=2018)
+        with pytest.raises(BadInputError, match="lights.txt"):
+            export_lights(conn, aoi="mk", year=2018, out=tmp_path / "lights.txt")
+    info = pyogrio.read_info(tmp_path / "lights.gpkg")
+    assert n_gpkg == outcome.lights == info["features"] and info["crs"] == "EPSG:4326"
+    assert info["geometry_type"] == "MultiPolygon"
+    lines = (tmp_path / "lights.csv").read_text().splitlines()
+    assert lines[0].startswith("light_id,parcel_id,crop_code,scheme,colour,reason,rule_id")
+    assert len(lines) - 1 == n_csv == sum(sum(r.values()) for r in summary["grassland_mowing"].values())
+    assert sum(sum(sum(r.values()) for r in colours.values()) for colours in summary.values()) == outcome.lights
+
+
+def test_database_series_equals_the_cores_own_grouping(db_url: str, seeded: SeededSet) -> None:
+    """The reader's direct SeriesTable is exactly what SeriesTable.from_arrays makes of the same rows."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        products = db_read.read_products(conn, seeded.parcel_set_id)
+        got = db_read.read_parcel_series(conn, parcel_set_id=seeded.parcel_set_id, products=products,
+                                         parcel_keys=np.arange(1, N_PARCELS + 1, dtype=np.int32)).series
+    shuffled = np.random.default_rng(1).permutation(got.n_rows)
+    reference = SeriesTable.from_arrays(
+        parcel_id=got.parcel[shuffled], source=got.source[shuffled], band=got.band[shuffled],
+        obs_day=got.obs_day[shuffled], mean=got.mean[shuffled], orbit=got.orbit[shuffled],
+        scl_bad_share=got.scl_bad_share[shuffled])
+    for name in ("offsets", "parcel", "source", "band", "obs_day", "mean", "orbit", "scl_bad_share"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(reference, name), err_msg=name)
+    assert got.n_parcels == N_PARCELS and set(np.unique(got.band).tolist()) == {0, 2, 6, 8, 10, 11}
