@@ -234,8 +234,8 @@ def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products
     ids = np.array(sorted(by_id), dtype=np.int32)
     product_index = np.searchsorted(ids, row_product)
     parcel_index = np.searchsorted(keys, row_key).astype(np.int64)
-    # one int64 sort key in the order of SeriesTable: parcel, then source, orbit, time (the image's
-    # group), band, and last the product-id order of images that share source, orbit and time
+    # one int64 sort key in the order of SeriesTable: parcel, then time, source, orbit (the image's
+    # group), band, and last the product-id order of images that share time, source and orbit
     group, sub = slot[product_index] >> 8, slot[product_index] & 0xFF
     sort_key = (parcel_index << 36) | (group << 12) | (band.astype(np.int64) << 8) | sub
     order = np.argsort(sort_key, kind="stable")
@@ -272,8 +272,8 @@ def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products
 def _product_slots(products: list[ProductInfo]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per product (in product-id order): sort slot, source code, orbit (-1 for S2) and day.
 
-    The slot orders images by (source, orbit, time, product id); images that share source, orbit
-    and time share the slot's upper bits (``slot >> 8``) and differ in the lower 8.
+    The slot orders images by (time to the millisecond, source, orbit, product id); images that
+    share time, source and orbit share the slot's upper bits (``slot >> 8``) and differ in the lower 8.
     """
     ordered = sorted(products, key=lambda p: p.product_id)
     source = np.array([SOURCE_CODE[p.source] for p in ordered], np.int8)
@@ -281,13 +281,14 @@ def _product_slots(products: list[ProductInfo]) -> tuple[np.ndarray, np.ndarray,
     orbit = np.array([-1 if p.source == "s2" else p.orbit for p in ordered], np.int32)
     day = np.array([p.obs_day for p in ordered], np.float64)
     ids = np.array([p.product_id for p in ordered], np.int64)
-    order = np.lexsort((ids, day, orbit, source))
+    millis = np.rint(day * 86_400e3).astype(np.int64)
+    order = np.lexsort((ids, orbit, source, millis))
     slot = np.zeros(len(ordered), np.int64)
     group, sub = 0, 0
     for rank, index in enumerate(order.tolist()):
         if rank:
             previous = order[rank - 1]
-            if (source[index], orbit[index], day[index]) != (source[previous], orbit[previous], day[previous]):
+            if (millis[index], source[index], orbit[index]) != (millis[previous], source[previous], orbit[previous]):
                 group, sub = group + 1, 0
             else:
                 sub += 1
