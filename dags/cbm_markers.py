@@ -16,7 +16,7 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_delay": timedelta(minutes=1),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=20),
-    "execution_timeout": timedelta(hours=2),
+    "execution_timeout": timedelta(minutes=30),  # 1 M parcels take ~10 min
 }
 
 
