@@ -4,7 +4,9 @@ Steps: start the local PostGIS and migrate it; build the demo data (idempotent);
 parcels (AOI ``demo``, 2018) unless already imported from the same file; start Airflow; point the
 ``demo`` AOI at the local catalogue (Variable ``cbm_catalogue``); unpause and trigger
 ``cbm_catalogue`` over 2017-08..2018-11 through the REST API; wait for it and for the
-``cbm_extract`` runs its asset event starts; report from the database and from Airflow.
+``cbm_extract`` runs its asset event starts; then run ``cbm_markers`` over the demo parcel set
+(markers and traffic lights; it also follows ``cbm_parcel_stats`` by itself) and wait for it;
+report from the database (lights per scheme, colour and reason) and from Airflow.
 
 Running it again duplicates nothing: products are registered once, images already extracted
 are not claimed again, and an extraction replaces its rows. Airflow keeps running afterwards so
@@ -29,13 +31,14 @@ from cbm_tasks.ops import airflow_ctl, cluster, settings
 from cbm_tasks.ops.airflow_api import AirflowApi
 from cbm_tasks.parcels import sets as parcel
 from cbm_tasks.pipeline import extract as pipeline
+from cbm_tasks.pipeline import markers as markers_pipeline
 
 __all__ = ["DEMO_WINDOW", "DemoSummary", "run_demo"]
 
 log = logging.getLogger(__name__)
 
 DEMO_WINDOW = ("2017-08-01", "2018-11-30")  # the dates of the WorldCereal 31UDS cube
-_DAGS = ("cbm_catalogue", "cbm_extract")
+_DAGS = ("cbm_catalogue", "cbm_extract", "cbm_markers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,8 @@ class DemoSummary:
     summary: pipeline.AoiSummary
     catalogue_run: tuple[str, str]  # run id, state
     extract_runs: tuple[tuple[str, str], ...]
+    markers_run: tuple[str, str]
+    lights: dict[str, dict[str, dict[str, int]]]  # scheme -> colour -> reason -> parcels
     url: str
     username: str
     password: str = field(repr=False)
@@ -57,7 +62,7 @@ class DemoSummary:
     @property
     def ok(self) -> bool:
         """True when every run succeeded."""
-        return all(state == "success" for _, state in (self.catalogue_run, *self.extract_runs))
+        return all(state == "success" for _, state in (self.catalogue_run, *self.extract_runs, self.markers_run))
 
     def lines(self) -> list[str]:
         """Return the summary as text lines for the terminal."""
@@ -73,11 +78,24 @@ class DemoSummary:
             f"({self.summary.stats_rows} parcel x band statistics)",
             f"  cbm_catalogue    {self.catalogue_run[0]} {self.catalogue_run[1]}",
             f"  cbm_extract      {extract_runs}",
+            f"  cbm_markers      {self.markers_run[0]} {self.markers_run[1]}",
+            "traffic lights     (parcels per scheme: colour, reasons; cbm markers export for QGIS)",
+            *[f"  {scheme:17s}{self._colours(colours)}" for scheme, colours in self.lights.items()],
+            *(["  none             (no parcel has a scheme)"] if not self.lights else []),
             f"Airflow UI         {self.url}/",
             f"  login            {self.username} / {self.password}  (stored in {self.password_file})",
             *self.api,
             "Airflow keeps running; stop it with: cbm airflow stop",
         ]
+
+
+    @staticmethod
+    def _colours(colours: dict[str, dict[str, int]]) -> str:
+        return "; ".join(f"{colour} {sum(reasons.values())} ({', '.join(f'{r} {n}' for r, n in reasons.items())})"
+                         for colour, reasons in sorted(colours.items(), key=lambda item: _COLOUR_ORDER[item[0]]))
+
+
+_COLOUR_ORDER = {"green": 0, "yellow": 1, "red": 2}
 
 
 def _prepare_database() -> str:
@@ -197,14 +215,23 @@ def run_demo(
     if api.task_states("cbm_catalogue", run_id).get("announce") == ["success"]:
         extract_runs = _wait_for_extraction(api, since=str(catalogue_run["start_date"]), deadline=deadline,
                                             url=url, aoi=layout.aoi)
+    # the asset events of the extraction start cbm_markers too; this run, after all of them, is the
+    # one waited for (incremental: it computes what the asset-started runs have not)
+    markers_id = api.trigger("cbm_markers", conf={"aoi": layout.aoi, "year": layout.year})
+    markers_run = api.wait_for_run("cbm_markers", markers_id, timeout_s=max(deadline - time.monotonic(), 1))
+    if markers_run["state"] != "success":
+        raise ServiceError(f"cbm_markers run {markers_id} failed: tasks {api.task_states('cbm_markers', markers_id)}; "
+                           f"logs in the UI at {cfg.url}/dags/cbm_markers")
     with db.connect(url, autocommit=True) as conn:
         summary = pipeline.aoi_summary(conn, layout.aoi)
+        lights = markers_pipeline.lights_summary(conn, aoi=layout.aoi, year=layout.year)
     with db.connect(url) as conn:
         api_text = api_access.api_lines(conn, airflow_url=cfg.url, aoi=layout.aoi, year=layout.year,
                                         secret_file=cfg.home / "api_demo_secret")
     result = DemoSummary(
         aoi=layout.aoi, catalogue_root=layout.catalogue_root, summary=summary,
-        catalogue_run=(run_id, str(catalogue_run["state"])), extract_runs=tuple(extract_runs), url=cfg.url,
+        catalogue_run=(run_id, str(catalogue_run["state"])), extract_runs=tuple(extract_runs),
+        markers_run=(markers_id, str(markers_run["state"])), lights=lights, url=cfg.url,
         username=airflow_ctl.ADMIN_USER, password=airflow_ctl.admin_password(cfg), password_file=cfg.passwords_file,
         seconds=time.perf_counter() - t0, api=tuple(api_text),
     )
