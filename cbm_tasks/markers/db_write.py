@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,25 +114,56 @@ def _lineage(db_series: DbSeries, result: MarkerResult) -> tuple[np.ndarray, np.
     obs_key = (db_series.obs_parcel.astype(np.int64) << 32) | seconds
     clear_owner = np.repeat(np.arange(len(result.parcel_ids), dtype=np.int64), np.diff(result.clear_offsets))
     clear_key = (clear_owner << 32) | np.round(result.clear_day * 86_400.0).astype(np.int64)
-    used = ~db_series.obs_is_s2 | np.isin(obs_key, clear_key)
+    clear_key.sort()  # already in (parcel, day) order from the core; sorting sorted keys is cheap
+    position = np.clip(np.searchsorted(clear_key, obs_key), 0, max(len(clear_key) - 1, 0))
+    used = ~db_series.obs_is_s2 | ((clear_key[position] == obs_key) if len(clear_key) else False)
     offsets = np.searchsorted(db_series.obs_parcel, np.arange(len(db_series.parcel_keys) + 1))
     return used, offsets
 
 
+_PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_PGCOPY_TRAILER = struct.pack(">h", -1)
+_INT4_OID = 23
+_ROW_HEAD = struct.Struct(">hiiiiiiii")  # 6 fields; marker_run_id, parcel_key, n_used, n_rejected (len + value)
+_ARRAY_HEAD = struct.Struct(">iiiiii")  # field length, ndim 1, no nulls, int4, dimension, lower bound 1
+_EMPTY_ARRAY = struct.pack(">iiii", 12, 0, 0, _INT4_OID)  # field length, ndim 0, no nulls, int4
+
+
+def _int4_array(elements: bytes, n: int) -> bytes:
+    if n == 0:
+        return _EMPTY_ARRAY
+    return _ARRAY_HEAD.pack(20 + 8 * n, 1, 0, _INT4_OID, n, 1) + elements
+
+
 def _copy_parcels(cur: psycopg.Cursor[Any], marker_run_id: int, db_series: DbSeries, result: MarkerResult) -> int:
-    used, offsets = _lineage(db_series, result)
-    products = db_series.obs_product
+    """COPY (binary) one row per parcel: the images its markers used and rejected, as int4[].
+
+    The array elements of all parcels are encoded by NumPy in one go; per parcel only its head is
+    packed, which keeps a country's lineage rows from costing a Python list per array.
+    """
+    used, _ = _lineage(db_series, result)
+    # used before rejected within each parcel, product-id order inside each (obs are by parcel, product)
+    order = np.lexsort((db_series.obs_product, ~used, db_series.obs_parcel))
+    products, is_used, owner = db_series.obs_product[order], used[order], db_series.obs_parcel[order]
+    elements = np.empty((len(products), 2), ">i4")
+    elements[:, 0], elements[:, 1] = 4, products
+    blob = elements.tobytes()
+    n_keys = len(db_series.parcel_keys)
+    starts = np.searchsorted(owner, np.arange(n_keys + 1))
+    n_used_obs = np.bincount(owner[is_used], minlength=n_keys)
+    pieces = [_PGCOPY_HEADER]
+    for key, lo, hi, n_in, n_used, n_rejected in zip(
+            db_series.parcel_keys.tolist(), starts[:-1].tolist(), starts[1:].tolist(), n_used_obs.tolist(),
+            result.n_used.tolist(), result.n_rejected.tolist(), strict=True):
+        middle = lo + n_in
+        pieces.append(_ROW_HEAD.pack(6, 4, marker_run_id, 4, key, 4, n_used, 4, n_rejected))
+        pieces.append(_int4_array(blob[8 * lo:8 * middle], n_in))
+        pieces.append(_int4_array(blob[8 * middle:8 * hi], hi - middle))
+    pieces.append(_PGCOPY_TRAILER)
     with cur.copy("COPY cbm.marker_parcel (marker_run_id, parcel_key, n_used, n_rejected, obs_used, obs_rejected) "
                   "FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(["int4", "int4", "int4", "int4", "int4[]", "int4[]"])
-        for p, key in enumerate(db_series.parcel_keys.tolist()):
-            part = slice(offsets[p], offsets[p + 1])
-            mask = used[part]
-            obs_used = products[part][mask].tolist()
-            obs_rejected = products[part][~mask].tolist()
-            copy.write_row((marker_run_id, key, int(result.n_used[p]), int(result.n_rejected[p]), obs_used,
-                            obs_rejected))
-    return len(db_series.parcel_keys)
+        copy.write(b"".join(pieces))
+    return n_keys
 
 
 def _copy_lights(cur: psycopg.Cursor[Any], *, parcel_set_id: int, marker_run_id: int, pipeline_run_id: int | None,
