@@ -273,18 +273,24 @@ def class_counts(conn: psycopg.Connection, ps: ParcelSet, key: int, src: Source,
 
 
 def parcel_markers(conn: psycopg.Connection, ps: ParcelSet, key: int) -> list[dict[str, Any]]:
-    """Return the events of parcel *key* from the latest run of each marker, by marker and date.
+    """Return the events of parcel *key* from its current marker run, by marker and date.
+
+    The current run is the parcel's latest in ``cbm.marker_parcel`` (incremental runs cover some
+    parcels only; older runs are kept while a light points at them), else the latest with events.
 
     Raises:
         NotFoundError: no parcel *key*.
     """
     _check_parcel(conn, ps, key)
     rows = conn.execute(
-        "SELECT r.marker, r.marker_run_id, r.created_at, m.seq, m.event_start, m.event_end, m.value, m.confidence, "
+        "SELECT m.marker, m.marker_run_id, r.created_at, m.seq, m.event_start, m.event_end, m.value, m.confidence, "
         "m.evidence, m.detail FROM cbm.marker_event m JOIN cbm.marker_run r USING (marker_run_id) "
-        "WHERE r.parcel_set_id = %(set)s AND m.parcel_key = %(key)s AND r.marker_run_id = "
-        "(SELECT max(r2.marker_run_id) FROM cbm.marker_run r2 WHERE r2.parcel_set_id = r.parcel_set_id "
-        "AND r2.marker = r.marker) ORDER BY r.marker, m.event_start NULLS LAST, m.seq",
+        "WHERE r.parcel_set_id = %(set)s AND m.parcel_key = %(key)s AND m.marker_run_id = coalesce("
+        "(SELECT max(p.marker_run_id) FROM cbm.marker_parcel p JOIN cbm.marker_run r2 USING (marker_run_id) "
+        "WHERE r2.parcel_set_id = %(set)s AND p.parcel_key = %(key)s), "
+        "(SELECT max(e.marker_run_id) FROM cbm.marker_event e JOIN cbm.marker_run r3 USING (marker_run_id) "
+        "WHERE r3.parcel_set_id = %(set)s AND e.parcel_key = %(key)s)) "
+        "ORDER BY m.marker, m.event_start NULLS LAST, m.seq",
         {"set": ps.parcel_set_id, "key": key},
     ).fetchall()
     names = ("marker", "marker_run_id", "run_at", "seq", "event_start", "event_end", "value", "confidence",
