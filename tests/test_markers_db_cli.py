@@ -1,0 +1,56 @@
+"""`cbm markers run|plot|export` on the database (no --timeseries): a real PostGIS, seeded series."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pyogrio
+import pytest
+from PIL import Image
+
+from cbm_tasks import cli
+from cbm_tasks.demo.series_seed import seed_parcel_set
+
+
+@pytest.fixture
+def seeded(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        seed_parcel_set(conn, tmp_path, aoi="mk", year=2018, n_parcels=12, seed=5)
+    monkeypatch.setenv("CBM_DATABASE_URL", db_url)
+    return db_url
+
+
+def test_run_plot_export(seeded: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["markers", "run", "--aoi", "mk", "--year", "2018"]) == 0
+    out = capsys.readouterr().out
+    assert "mk 2018: marker run 1 (incremental): 12 parcels" in out
+    assert "grassland_mowing: " in out and "EVENT_FOUND" in out
+    assert cli.main(["markers", "run", "--aoi", "mk", "--year", "2018"]) == 0
+    assert "nothing new to compute" in capsys.readouterr().out
+    with psycopg.connect(seeded) as conn:
+        assert conn.execute("SELECT count(*), min(dag_id) FROM cbm.pipeline_run WHERE step = 'markers'"
+                            ).fetchone() == (2, None)  # a command-line run is recorded without an Airflow id
+
+    png = tmp_path / "p1.png"
+    assert cli.main(["markers", "plot", "--aoi", "mk", "--year", "2018", "--parcel", "P0000001",
+                     "--out", str(png)]) == 0
+    with Image.open(png) as image:
+        assert image.size[0] > 400 and np.asarray(image).std() > 10  # a picture, not a blank canvas
+
+    gpkg = tmp_path / "lights.gpkg"
+    assert cli.main(["markers", "export", "--aoi", "mk", "--year", "2018", "--out", str(gpkg)]) == 0
+    assert pyogrio.read_info(gpkg)["features"] > 0
+
+
+def test_errors_name_the_input(seeded: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["markers", "run", "--aoi", "mk"]) == 2
+    assert "--aoi and --year" in capsys.readouterr().err
+    assert cli.main(["markers", "run", "--aoi", "nowhere", "--year", "2018"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert cli.main(["markers", "plot", "--aoi", "mk", "--year", "2018", "--parcel", "X-9",
+                     "--out", str(tmp_path / "x.png")]) == 2
+    assert "X-9" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+    assert cli.main(["markers", "run", "--aoi", "mk", "--year", "2018", "--scheme", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
