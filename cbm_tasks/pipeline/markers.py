@@ -13,9 +13,9 @@
   with the parameter hash and code version, the images each parcel used and rejected, and for
   every light the rule id, rules version and hash.
 
-The transaction is REPEATABLE READ, so all batches read one snapshot (a session advisory lock
-per parcel set, taken before it, serialises runs) and ``read_at`` (the
-snapshot's time) tells which images are new for the next incremental run.
+Runs of one parcel set are serialised by a row lock on its ``cbm.parcel_set`` row (which also
+holds off a parcel import meanwhile); reads are bounded to the images listed at the start, and
+``read_at`` (the transaction's start) tells which images are new for the next incremental run.
 """
 
 from __future__ import annotations
@@ -177,15 +177,9 @@ def run_parcel_set(conn: psycopg.Connection, run: lineage.RunContext, *, aoi: st
 def _compute_and_write(conn: psycopg.Connection, *, aoi: str, year: int, parcel_set_id: int, scope: str,
                        scheme: str | None, rules: SchemeRules, document: dict[str, Any], params: MarkerParams,
                        use_s1: bool, batch_parcels: int, pipeline_run_id: int, t0: float) -> MarkersOutcome:
-    # one markers run per parcel set at a time, locked before the snapshot is taken, so that a run
-    # that waited sees what the one before it wrote
-    conn.execute("SELECT pg_advisory_lock(hashtext('cbm.markers'), %s)", (parcel_set_id,))
-    try:
-        return _in_snapshot(conn, aoi=aoi, year=year, parcel_set_id=parcel_set_id, scope=scope, scheme=scheme,
-                            rules=rules, document=document, params=params, use_s1=use_s1,
-                            batch_parcels=batch_parcels, pipeline_run_id=pipeline_run_id, t0=t0)
-    finally:
-        conn.execute("SELECT pg_advisory_unlock(hashtext('cbm.markers'), %s)", (parcel_set_id,))
+    return _in_snapshot(conn, aoi=aoi, year=year, parcel_set_id=parcel_set_id, scope=scope, scheme=scheme,
+                        rules=rules, document=document, params=params, use_s1=use_s1, batch_parcels=batch_parcels,
+                        pipeline_run_id=pipeline_run_id, t0=t0)
 
 
 def _in_snapshot(conn: psycopg.Connection, *, aoi: str, year: int, parcel_set_id: int, scope: str,
@@ -194,7 +188,11 @@ def _in_snapshot(conn: psycopg.Connection, *, aoi: str, year: int, parcel_set_id
     colours = {"green": 0, "yellow": 0, "red": 0}
     n_events = n_lights = 0
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        # one markers run per parcel set at a time, and no parcel import meanwhile: a row lock only the
+        # pipeline roles can take (NO KEY UPDATE lets extraction keep inserting rows that refer to the set).
+        # READ COMMITTED, so a run that waited sees what the one before it wrote; the reads are bounded to
+        # the images listed at the start, which the run records: an image extracted later is new next time.
+        cur.execute("SELECT 1 FROM cbm.parcel_set WHERE parcel_set_id = %s FOR NO KEY UPDATE", (parcel_set_id,))
         keys = parcels_to_compute(conn, parcel_set_id, full=scope == "full")
         if len(keys) == 0:
             return MarkersOutcome(aoi, year, scope, None, 0, 0, 0, colours, round(time.perf_counter() - t0, 3))
