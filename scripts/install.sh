@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh Debian/Ubuntu machine; safe to run again.
-#   system: PostgreSQL + PostGIS (the distribution's versions), Chromium for UI checks, proj-data (geoid grids)
+#   system: PostgreSQL + PostGIS (the distribution's versions), Chromium for UI checks, proj-data (geoid grids),
+#           Pango and poppler-utils for the PDF audit reports
 #   python: .venv with the pinned requirements (uv), the project in editable mode
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,9 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
 command -v ogrinfo >/dev/null 2>&1 || need_apt+=(gdal-bin)
 # EGM96 geoid grid: the Rome test DEM (and SRTM) give heights above EGM96; CARD-BS adds the geoid
 [ -f /usr/share/proj/egm96_15.gtx ] || need_apt+=(proj-data)
+# audit reports: weasyprint renders PDFs with Pango; tests look at the pages with pdftoppm
+ldconfig -p 2>/dev/null | grep -q libpangoft2-1.0 || need_apt+=(libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core)
+command -v pdftoppm >/dev/null 2>&1 || need_apt+=(poppler-utils)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   [ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock | head -1)" ] || $SUDO apt-get update -qq
