@@ -9,14 +9,22 @@ A run killed outright (SIGKILL, a lost machine) cannot close its own row. Each r
 database session that opened it; :func:`close_abandoned_runs` (called by every
 :func:`start_run`, so by the next try of a killed task at the latest) marks ``abandoned`` the
 runs whose session has ended, and those of an Airflow task that has started a later try.
+
+What a run read and wrote hangs off it in ``cbm.run_input`` / ``cbm.run_output`` (products with
+their object-store URIs and checksums, graphs and backend versions, tables with row counts).
+Once a run is finished its record is final: the database refuses to change it
+(``sql/018_lineage_audit.sql``).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
+import socket
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,7 +34,8 @@ from cbm_tasks import __version__
 from cbm_tasks.errors import MigrationError
 from cbm_tasks.paths import REPO_ROOT
 
-__all__ = ["RunContext", "close_abandoned_runs", "code_version", "finish_run", "start_run"]
+__all__ = ["RunContext", "RunInput", "RunOutput", "close_abandoned_runs", "code_version", "finish_run",
+           "params_hash", "record_io", "start_run"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,44 @@ class RunContext:
     task_id: str | None = None
     map_index: int | None = None
     try_number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunInput:
+    """One thing a run read (a row of ``cbm.run_input``).
+
+    Attributes:
+        kind: product, file, graph, backend, dem, params or table.
+        name: URI, path, table, graph file or package name.
+        product_id: the catalogue product, when it is one.
+        checksum: e.g. ``md5:...`` as the catalogue publishes it.
+        version: graph, package or parameter-file version.
+    """
+
+    kind: str
+    name: str
+    product_id: int | None = None
+    checksum: str | None = None
+    version: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutput:
+    """One thing a run wrote (a row of ``cbm.run_output``): table rows, a CARD product, a file."""
+
+    kind: str
+    name: str
+    product_id: int | None = None
+    n_rows: int | None = None
+    checksum: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+def params_hash(params: dict[str, Any] | None) -> str:
+    """Return the sha256 (hex) of the canonical JSON of *params* (sorted keys, no spaces)."""
+    canonical = json.dumps(params or {}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @functools.cache
@@ -71,11 +118,12 @@ def start_run(conn: psycopg.Connection, ctx: RunContext, params: dict[str, Any] 
     with conn.transaction():
         row = conn.execute(
             "INSERT INTO cbm.pipeline_run (dag_id, run_id, task_id, map_index, try_number, step, code_version, params, "
-            "backend_pid, backend_start) "
+            "backend_pid, backend_start, params_hash, host) "
             "SELECT %(dag_id)s, %(run_id)s, %(task_id)s, %(map_index)s, %(try_number)s, %(step)s, %(code)s, "
-            "%(params)s, a.pid, a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid() "
-            "RETURNING pipeline_run_id",
-            {**asdict(ctx), "code": code_version(), "params": json.dumps(params or {}, sort_keys=True, default=str)},
+            "%(params)s, a.pid, a.backend_start, %(hash)s, %(host)s FROM pg_stat_activity a "
+            "WHERE a.pid = pg_backend_pid() RETURNING pipeline_run_id",
+            {**asdict(ctx), "code": code_version(), "params": json.dumps(params or {}, sort_keys=True, default=str),
+             "hash": params_hash(params), "host": socket.gethostname()},
         ).fetchone()
     if row is None:  # INSERT ... RETURNING gives a row unless the table was changed by hand
         raise MigrationError("cbm.pipeline_run returned no id for a new run; is the schema migrated (cbm db migrate)?")
@@ -131,3 +179,36 @@ def finish_run(conn: psycopg.Connection, pipeline_run_id: int, *, status: str, e
             "UPDATE cbm.pipeline_run SET status = %s, error = %s, finished_at = now() WHERE pipeline_run_id = %s",
             (status, error[-4000:] if error else None, pipeline_run_id),
         )
+
+
+def record_io(conn: psycopg.Connection, pipeline_run_id: int, *, inputs: Sequence[RunInput] = (),
+              outputs: Sequence[RunOutput] = ()) -> None:
+    """Record what a running run read and wrote (before :func:`finish_run`; appends, never replaces).
+
+    Raises:
+        psycopg.errors.InsufficientPrivilege: the run is already finished (the database refuses).
+    """
+    if not inputs and not outputs:
+        return
+    with conn.transaction(), conn.cursor() as cur:
+        start = cur.execute(
+            "SELECT coalesce(max(seq), 0) FROM (SELECT seq FROM cbm.run_input WHERE pipeline_run_id = %(id)s "
+            "UNION ALL SELECT seq FROM cbm.run_output WHERE pipeline_run_id = %(id)s) s", {"id": pipeline_run_id},
+        ).fetchone()
+        seq = int(start[0]) if start else 0
+        for item in inputs:
+            seq += 1
+            cur.execute(
+                "INSERT INTO cbm.run_input (pipeline_run_id, seq, kind, name, product_id, checksum, version, detail) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (pipeline_run_id, seq, item.kind, item.name, item.product_id, item.checksum, item.version,
+                 json.dumps(item.detail or {}, sort_keys=True, default=str)),
+            )
+        for out in outputs:
+            seq += 1
+            cur.execute(
+                "INSERT INTO cbm.run_output (pipeline_run_id, seq, kind, name, product_id, n_rows, checksum, detail) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (pipeline_run_id, seq, out.kind, out.name, out.product_id, out.n_rows, out.checksum,
+                 json.dumps(out.detail or {}, sort_keys=True, default=str)),
+            )

@@ -363,5 +363,25 @@ def extract_product(
                 log.warning("could not record run %d of product_id=%d as failed: %s", run_id, product_id, db_err)
         raise
     if run_id is not None:
+        lineage.record_io(conn, run_id, inputs=_lineage_inputs(product, product_id),
+                          outputs=_lineage_outputs(result))
         lineage.finish_run(conn, run_id, status="success")
     return result
+
+
+def _lineage_inputs(product: Product, product_id: int) -> list[lineage.RunInput]:
+    """The image an extraction read: its location, the catalogue's checksum and its band files."""
+    bands = product.attributes.get("bands") or []
+    hrefs = [str(band.get("href")) for band in bands if isinstance(band, dict) and band.get("href")]
+    return [lineage.RunInput(
+        "product", product.location, product_id=product_id, checksum=product.checksum,
+        version=product.processing_baseline,
+        detail={"name": product.name, "product_type": product.product_type, "band_files": hrefs},
+    )]
+
+
+def _lineage_outputs(result: ExtractionResult) -> list[lineage.RunOutput]:
+    """The rows an extraction wrote (one row per parcel; n_rows parcel x band statistics)."""
+    detail = {"parcel_set_id": result.parcel_set_id, "stats": result.n_rows, "bands": result.n_bands}
+    return [lineage.RunOutput("table", "cbm.parcel_obs", product_id=result.product_id, n_rows=result.n_parcels,
+                              detail=detail)]
