@@ -93,11 +93,13 @@ def cbm_catalogue() -> None:
     @task(map_index_template="{{ cbm_aoi }}")
     def poll(aoi: str) -> dict[str, Any]:
         from cbm_conn import catalogue_config, postgis_dsn
+        from cbm_lineage import report_lineage, tables
 
         from cbm_tasks import db
         from cbm_tasks.catalogue.clients import open_catalogue
         from cbm_tasks.errors import BadInputError, TransientError
         from cbm_tasks.pipeline import poll as pipeline
+        from cbm_tasks.report.datasets import location_uri
 
         context = get_current_context()
         context["cbm_aoi"] = aoi  # type: ignore[typeddict-unknown-key]  # names the mapped task in the UI
@@ -106,7 +108,11 @@ def cbm_catalogue() -> None:
         end = end_day + timedelta(days=1) if end_day else context["dag_run"].run_after.astimezone(UTC)
         start = _day(params["start"], name="start") or end - timedelta(days=int(params["lookback_days"]))
         try:
-            catalogue = open_catalogue(catalogue_config(aoi))
+            config = catalogue_config(aoi)
+            # OpenLineage: a local catalogue is a folder (a remote one has no scheme Airflow converts)
+            report_lineage(inputs=[location_uri(config.root)] if config.kind == "local" and config.root else [],
+                           outputs=tables("cbm.product", "cbm.product_status"))
+            catalogue = open_catalogue(config)
             with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_catalogue") as conn:
                 result = pipeline.poll_aoi(conn, catalogue, aoi=aoi, start=start, end=end,
                                            product_types=params["product_types"], max_items=params["max_items"])

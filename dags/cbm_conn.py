@@ -41,6 +41,7 @@ from cbm_tasks.card.backend import BackendConfig
 from cbm_tasks.card.odp import OdpConfig
 from cbm_tasks.catalogue.clients import CatalogueConfig
 from cbm_tasks.extraction.label_cache import LabelCache
+from cbm_tasks.report.datasets import DatabaseNamespace
 from cbm_tasks.store import StoreConfig
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "label_cache",
     "odp_config",
     "postgis_dsn",
+    "postgis_namespace",
     "store_config",
 ]
 
@@ -94,6 +96,12 @@ def api_config() -> ApiConfig:
     except AirflowNotFoundException:
         store = None  # no image chips
     return ApiConfig(dsn=dsn, store=store)
+
+
+def postgis_namespace() -> DatabaseNamespace:
+    """Return host, port and database of the CbM database, the namespace of its tables as OpenLineage datasets."""
+    conn = Connection.get(POSTGIS_CONN_ID)
+    return DatabaseNamespace.of(host=conn.host, port=conn.port, database=conn.schema)
 
 
 def store_config() -> StoreConfig:

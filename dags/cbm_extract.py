@@ -53,6 +53,7 @@ def cbm_extract() -> None:
     @task
     def claim() -> list[dict[str, Any]]:
         from cbm_conn import postgis_dsn
+        from cbm_lineage import report_lineage, tables
 
         from cbm_tasks import aoi as aoi_lookup
         from cbm_tasks import db
@@ -75,15 +76,19 @@ def cbm_extract() -> None:
                 )
         except BadInputError as err:  # unknown AOI or product: a retry cannot help
             raise AirflowFailException(str(err)) from err
+        work_state = tables("cbm.product_status")  # OpenLineage: the claims read and written
+        report_lineage(inputs=[*tables("cbm.product"), *work_state], outputs=work_state)
         return [{"aoi": aoi, "product_id": product_id} for aoi, product_id in claimed]
 
     @task(pool=EXTRACT_POOL, map_index_template="{{ cbm_image }}")
     def extract(image: dict[str, Any]) -> dict[str, Any]:
         from cbm_conn import label_cache, postgis_dsn, store_config
+        from cbm_lineage import report_lineage, tables
 
         from cbm_tasks import db, lineage
         from cbm_tasks.errors import BadInputError
         from cbm_tasks.pipeline import extract as pipeline
+        from cbm_tasks.report.datasets import product_uris
         from cbm_tasks.store import open_store
 
         context = get_current_context()
@@ -91,14 +96,20 @@ def cbm_extract() -> None:
         ti = context["ti"]
         run = lineage.RunContext(step="extract", dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
                                  map_index=ti.map_index, try_number=ti.try_number)
+        store = store_config()
         try:
             with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_extract") as conn:
-                outcome = pipeline.extract_claimed(conn, open_store(store_config()), int(image["product_id"]),
+                # OpenLineage: the image and parcels read, the time-series tables written
+                report_lineage(inputs=[*product_uris(conn, [int(image["product_id"])], store_root=store.root),
+                                       *tables("cbm.parcel")])
+                outcome = pipeline.extract_claimed(conn, open_store(store), int(image["product_id"]),
                                                    aoi=str(image["aoi"]), run=run,
                                                    last_try=ti.try_number > ti.max_tries,
                                                    label_cache=label_cache())
         except BadInputError as err:  # corrupt raster, missing band: marked failed, a retry cannot help
             raise AirflowFailException(f"product {image['product_id']}: {err}") from err
+        if outcome.n_rows:
+            report_lineage(outputs=tables("cbm.parcel_obs", "cbm.parcel_class_counts", "cbm.extraction"))
         return outcome.as_dict()
 
     @task(trigger_rule="all_done")

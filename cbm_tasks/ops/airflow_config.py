@@ -8,6 +8,8 @@ Layout under ``AirflowConfig.home`` (``AIRFLOW_HOME``, default ``<project>/var/a
     run/<component>.pid      pid and start time of each component (its session id)
     run/<component>.log      its stdout and stderr
     logs/                    Airflow's task logs
+    openlineage/events.jsonl OpenLineage events of every task (one JSON object a line), unless
+                             CBM_OPENLINEAGE_URL sends them to an OpenLineage server (Marquez)
 
 The metadata database is ``metadata_db`` in the project-local PostgreSQL cluster (psycopg2
 over the Unix socket); the pipeline's own connections ``cbm_postgis`` and ``cbm_store`` are
@@ -71,6 +73,8 @@ class AirflowConfig:
         extract_pool_slots: slots of pool ``cbm_extract``: concurrent extractions, bounded by memory.
         card_pool_slots: slots of pool ``cbm_card``: concurrent CARD jobs (sarsen ~1 GB per Mpx of
             AOI, SNAP 8-16 GB each): worker memory / memory of one job.
+        openlineage_url: an OpenLineage server (e.g. Marquez, ``http://127.0.0.1:5000``) the events
+            go to; None = the JSON-lines file ``openlineage_file`` (nothing external needed).
     """
 
     home: Path
@@ -85,12 +89,15 @@ class AirflowConfig:
     max_active_tasks_per_dag: int = 4
     extract_pool_slots: int = 2
     card_pool_slots: int = 1
+    openlineage_url: str | None = None
 
     def __post_init__(self) -> None:
         if not 1024 <= self.port <= 65535:
             raise ConfigError(f"Airflow API server port must be within 1024..65535, got {self.port}")
         if self.host not in ("127.0.0.1", "localhost", "::1"):
             raise ConfigError(f"the local deployment listens on loopback only, got host {self.host!r}")
+        if self.openlineage_url is not None and not self.openlineage_url.startswith(("http://", "https://")):
+            raise ConfigError(f"openlineage_url must be an http(s) URL, got {self.openlineage_url!r}")
         for name in ("parallelism", "max_active_tasks_per_dag", "extract_pool_slots", "card_pool_slots"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -99,6 +106,11 @@ class AirflowConfig:
     def url(self) -> str:
         """Base URL of the API server and UI."""
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def openlineage_file(self) -> Path:
+        """The JSON-lines file of OpenLineage events (the default transport)."""
+        return self.home / "openlineage" / "events.jsonl"
 
     @property
     def run_dir(self) -> Path:
@@ -131,6 +143,7 @@ def default_config(*, port: int | None = None) -> AirflowConfig:
     Environment:
         CBM_AIRFLOW_PORT  default API server port (8080)
         CBM_STORE_ROOT    folder of the local object store (default ``<project>/var``)
+        CBM_OPENLINEAGE_URL  OpenLineage server for the events (default: a local JSON-lines file)
         and those of :mod:`cbm_tasks.ops.settings` (cluster, CbM database).
 
     Raises:
@@ -151,6 +164,7 @@ def default_config(*, port: int | None = None) -> AirflowConfig:
         data_url=settings.database_url(),
         store_root=Path(store_root) if store_root else project / "var",
         port=port,
+        openlineage_url=os.environ.get("CBM_OPENLINEAGE_URL") or None,
     )
 
 
@@ -232,7 +246,16 @@ def _settings(cfg: AirflowConfig) -> dict[str, dict[str, str]]:
         # new DAG files show up within a minute instead of five
         "dag_processor": {"refresh_interval": "60"},
         "logging": {"base_log_folder": str(cfg.home / "logs"), "colored_console_log": "False"},
+        "openlineage": {"namespace": "cbm", "transport": json.dumps(_openlineage_transport(cfg))},
     }
+
+
+def _openlineage_transport(cfg: AirflowConfig) -> dict[str, Any]:
+    """The OpenLineage provider's transport: an OpenLineage server's HTTP API, or a local file."""
+    if cfg.openlineage_url is not None:
+        return {"type": "http", "url": cfg.openlineage_url, "endpoint": "api/v1/lineage"}
+    cfg.openlineage_file.parent.mkdir(parents=True, exist_ok=True)
+    return {"type": "file", "log_file_path": str(cfg.openlineage_file), "append": True}
 
 
 def write_config(cfg: AirflowConfig) -> Path:
