@@ -107,5 +107,6 @@ def test_extraction_records_what_it_read_and_wrote(conn: psycopg.Connection, tmp
     extract_product(conn, open_store(StoreConfig()), product_id, aoi="lin", run=RUN)
     inputs = conn.execute("SELECT kind, name, product_id, checksum, detail->>'name' FROM cbm.run_input").fetchall()
     assert inputs == [("product", str(image), product_id, "md5:abc123", "S2X_20180601")]
-    outputs = conn.execute("SELECT kind, name, product_id, n_rows, (detail->>'stats')::int FROM cbm.run_output").fetchall()
+    outputs = conn.execute("SELECT kind, name, product_id, n_rows, (detail->>'stats')::int "
+                           "FROM cbm.run_output").fetchall()
     assert outputs == [("table", "cbm.parcel_obs", product_id, 2, 2)]
