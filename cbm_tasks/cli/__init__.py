@@ -20,7 +20,7 @@ __all__ = ["main"]
 EXIT_ERROR, EXIT_TRANSIENT = 2, 75
 
 # Each module has register(subparsers) and sets args.func(args) -> int.
-_GROUPS = ("db", "airflow", "parcels", "demo", "extract", "timeseries", "api", "markers")
+_GROUPS = ("db", "airflow", "parcels", "demo", "extract", "timeseries", "api", "markers", "audit")
 
 
 def build_parser() -> argparse.ArgumentParser:

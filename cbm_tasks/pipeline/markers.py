@@ -167,6 +167,15 @@ def run_parcel_set(conn: psycopg.Connection, run: lineage.RunContext, *, aoi: st
     except BaseException as err:  # also an execution timeout: the run row must not stay 'running'
         lineage.finish_run(conn, pipeline_run_id, status="failed", error=f"{type(err).__name__}: {err}")
         raise
+    lineage.record_io(conn, pipeline_run_id, inputs=[
+        lineage.RunInput("table", "cbm.parcel_obs", detail={"parcel_set_id": parcel_set.parcel_set_id}),
+        lineage.RunInput("params", params.source, checksum=f"sha256:{params.hash}", version=str(params.version)),
+        lineage.RunInput("params", rules.source, checksum=f"sha256:{rules.hash}", version=str(rules.version)),
+    ], outputs=[
+        lineage.RunOutput("table", "cbm.marker_event", n_rows=outcome.events,
+                          detail={"marker_run_id": outcome.marker_run_id}),
+        lineage.RunOutput("table", "cbm.traffic_light", n_rows=outcome.lights),
+    ])
     lineage.finish_run(conn, pipeline_run_id, status="success")
     log.info("markers run aoi=%s year=%d scope=%s marker_run=%s parcels=%d events=%d lights=%d colours=%s "
              "seconds=%.2f", aoi, year, scope, outcome.marker_run_id, outcome.parcels, outcome.events,

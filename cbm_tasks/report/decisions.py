@@ -1,9 +1,9 @@
-"""The stored decisions of one parcel: its traffic lights and the marker events behind them.
+"""The stored decisions of a parcel set: traffic lights, marker events and the runs behind them.
 
-Reads ``cbm.traffic_light``, ``cbm.marker_run`` and ``cbm.marker_event`` (``sql/007_markers.sql``).
-Rows are read whole (``to_jsonb``), so columns later migrations add (a rule id, a main date, the
-rules' version) are picked up where they exist, and looked for in ``detail`` otherwise. The
-current marker run of a parcel set and marker is its latest.
+Reads ``cbm.traffic_light``, ``cbm.marker_run``, ``cbm.marker_parcel`` and ``cbm.marker_event``
+(``sql/007_markers.sql``, ``sql/011_marker_lineage.sql``). A parcel's current marker run is the
+latest run that computed it (``cbm.marker_parcel``); its events and its per-parcel lineage
+(images used and rejected) are that run's.
 """
 
 from __future__ import annotations
@@ -14,17 +14,19 @@ from typing import Any
 
 import psycopg
 
-__all__ = ["LightRecord", "MarkerEventRecord", "MarkerRunRecord", "current_marker_runs", "events_for_parcel",
-           "lights_for_parcel", "pick"]
+__all__ = ["LightRecord", "MarkerEventRecord", "MarkerRunRecord", "current_runs", "events", "lights", "marker_run"]
 
 
 @dataclass(frozen=True, slots=True)
 class MarkerRunRecord:
-    """One marker computation over a parcel set."""
+    """One marker computation over (part of) a parcel set, with its parameters as recorded."""
 
     marker_run_id: int
-    marker: str
     params: dict[str, Any]
+    params_hash: str | None
+    code_version: str | None
+    use_s1: bool
+    scope: str
     pipeline_run_id: int | None
     created_at: datetime
 
@@ -34,8 +36,8 @@ class MarkerEventRecord:
     """A stored marker event of one parcel."""
 
     marker_run_id: int
-    marker: str
     parcel_key: int
+    marker: str
     seq: int
     start: date | None
     main: date | None
@@ -43,7 +45,6 @@ class MarkerEventRecord:
     value: float | None
     confidence: float | None
     sources: str
-    evidence: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,80 +55,67 @@ class LightRecord:
     scheme: str
     colour: str
     reason: str
-    rule_id: str
-    rules_version: str
+    rule_id: str | None
+    rules_version: int | None
+    rules_hash: str | None
+    season: int | None
+    event_seq: int
+    n_clear_obs: int | None
+    longest_gap_days: float | None
     marker_run_ids: tuple[int, ...]
     pipeline_run_id: int | None
-    decided_at: str
+    decided_at: datetime
 
 
-def pick(row: dict[str, Any], *names: str) -> Any:
-    """Return the first of *names* present (not null) in *row* or in its ``detail`` object, else None."""
-    found = row.get("detail")
-    detail: dict[str, Any] = found if isinstance(found, dict) else {}
-    for name in names:
-        if row.get(name) is not None:
-            return row[name]
-        if detail.get(name) is not None:
-            return detail[name]
-    return None
+def marker_run(conn: psycopg.Connection, marker_run_id: int) -> MarkerRunRecord | None:
+    """Return one marker run, or None."""
+    row = conn.execute(
+        "SELECT marker_run_id, params, params_hash, code_version, use_s1, scope, pipeline_run_id, created_at "
+        "FROM cbm.marker_run WHERE marker_run_id = %s", (marker_run_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return MarkerRunRecord(int(row[0]), dict(row[1] or {}), row[2], row[3], bool(row[4]), str(row[5]), row[6], row[7])
 
 
-def _day(value: Any) -> date | None:
-    return None if value in (None, "") else date.fromisoformat(str(value)[:10])
-
-
-def current_marker_runs(conn: psycopg.Connection, *, parcel_set_id: int) -> list[MarkerRunRecord]:
-    """Return the latest marker run of each marker of the parcel set (by marker name)."""
+def current_runs(conn: psycopg.Connection, *, parcel_set_id: int,
+                 parcel_key: int | None = None) -> dict[int, tuple[int, int, int]]:
+    """Return parcel key -> (current marker run, S2 observations used, rejected) of one or every parcel."""
     rows = conn.execute(
-        "SELECT DISTINCT ON (marker) marker_run_id, marker, params, pipeline_run_id, created_at "
-        "FROM cbm.marker_run WHERE parcel_set_id = %s ORDER BY marker, marker_run_id DESC",
-        (parcel_set_id,),
+        "SELECT DISTINCT ON (m.parcel_key) m.parcel_key, m.marker_run_id, m.n_used, m.n_rejected "
+        "FROM cbm.marker_parcel m JOIN cbm.marker_run r USING (marker_run_id) "
+        "WHERE r.parcel_set_id = %s AND (%s::integer IS NULL OR m.parcel_key = %s::integer) "
+        "ORDER BY m.parcel_key, m.marker_run_id DESC",
+        (parcel_set_id, parcel_key, parcel_key),
     ).fetchall()
-    return [MarkerRunRecord(int(r[0]), str(r[1]), dict(r[2] or {}), r[3], r[4]) for r in rows]
+    return {int(key): (int(run), int(used), int(rejected)) for key, run, used, rejected in rows}
 
 
-def events_for_parcel(conn: psycopg.Connection, *, parcel_set_id: int,
-                      parcel_key: int | None = None) -> list[MarkerEventRecord]:
-    """Return the events of the current marker runs for one parcel (None: every parcel), in date order."""
-    runs = {run.marker_run_id: run for run in current_marker_runs(conn, parcel_set_id=parcel_set_id)}
-    if not runs:
-        return []
+def events(conn: psycopg.Connection, *, marker_run_id: int,
+           parcel_keys: list[int] | None = None) -> list[MarkerEventRecord]:
+    """Return the events of a marker run (of *parcel_keys* only, when given), by parcel, marker and seq."""
     rows = conn.execute(
-        "SELECT to_jsonb(ev) FROM cbm.marker_event ev WHERE ev.marker_run_id = ANY(%s) "
-        "AND (%s::integer IS NULL OR ev.parcel_key = %s::integer) "
-        "ORDER BY ev.parcel_key, ev.marker_run_id, ev.seq",
-        (list(runs), parcel_key, parcel_key),
+        "SELECT marker_run_id, parcel_key, marker, seq, event_start, main_date, event_end, value, confidence, sources "
+        "FROM cbm.marker_event WHERE marker_run_id = %s AND (%s::integer[] IS NULL OR parcel_key = ANY(%s::integer[])) "
+        "ORDER BY parcel_key, marker, seq",
+        (marker_run_id, parcel_keys, parcel_keys),
     ).fetchall()
-    events = []
-    for (row,) in rows:
-        run = runs[int(row["marker_run_id"])]
-        marker = pick(row, "marker") or run.marker
-        events.append(MarkerEventRecord(
-            marker_run_id=run.marker_run_id, marker=str(marker), parcel_key=int(row["parcel_key"]),
-            seq=int(row["seq"]), start=_day(pick(row, "event_start", "start_date")),
-            main=_day(pick(row, "event_main", "main_date", "event_date")), end=_day(pick(row, "event_end", "end_date")),
-            value=None if row.get("value") is None else float(row["value"]),
-            confidence=None if row.get("confidence") is None else float(row["confidence"]),
-            sources=str(pick(row, "sources") or ""), evidence=tuple(int(p) for p in row.get("evidence") or ()),
-        ))
-    events.sort(key=lambda e: (e.parcel_key, e.main or e.start or date.min, e.marker, e.seq))
-    return events
+    return [MarkerEventRecord(int(r[0]), int(r[1]), str(r[2]), int(r[3]), r[4], r[5], r[6],
+                              None if r[7] is None else float(r[7]), None if r[8] is None else float(r[8]), str(r[9]))
+            for r in rows]
 
 
-def lights_for_parcel(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int | None = None,
-                      scheme: str | None = None) -> list[LightRecord]:
+def lights(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int | None = None,
+           scheme: str | None = None) -> list[LightRecord]:
     """Return the traffic lights of one parcel (None: every parcel), optionally of one scheme."""
     rows = conn.execute(
-        "SELECT to_jsonb(t) FROM cbm.traffic_light t WHERE t.parcel_set_id = %s "
-        "AND (%s::integer IS NULL OR t.parcel_key = %s::integer) AND (%s::text IS NULL OR t.scheme = %s::text) "
-        "ORDER BY t.parcel_key, t.scheme",
+        "SELECT parcel_key, scheme, colour, reason, rule_id, rules_version, rules_hash, season, event_seq, "
+        "       n_clear_obs, longest_gap_days, marker_run_ids, pipeline_run_id, decided_at "
+        "FROM cbm.traffic_light WHERE parcel_set_id = %s "
+        "AND (%s::integer IS NULL OR parcel_key = %s::integer) AND (%s::text IS NULL OR scheme = %s::text) "
+        "ORDER BY parcel_key, scheme",
         (parcel_set_id, parcel_key, parcel_key, scheme, scheme),
     ).fetchall()
-    return [LightRecord(
-        parcel_key=int(row["parcel_key"]), scheme=str(row["scheme"]), colour=str(row["colour"]),
-        reason=str(row["reason"]), rule_id=str(pick(row, "rule_id", "rule") or ""),
-        rules_version=str(pick(row, "rules_version", "rules_hash") or ""),
-        marker_run_ids=tuple(int(i) for i in row.get("marker_run_ids") or ()),
-        pipeline_run_id=row.get("pipeline_run_id"), decided_at=str(row.get("decided_at") or ""),
-    ) for (row,) in rows]
+    return [LightRecord(int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], r[5], r[6], r[7], int(r[8]), r[9],
+                        None if r[10] is None else float(r[10]), tuple(int(i) for i in r[11] or ()), r[12], r[13])
+            for r in rows]

@@ -104,7 +104,8 @@ def products_for_parcel(conn: psycopg.Connection, *, parcel_set_id: int, parcel_
 
     Args:
         conn: CbM database.
-        parcel_set_id, parcel_key: the parcel.
+        parcel_set_id: the parcel set.
+        parcel_key: the parcel in it.
     """
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         rows: list[dict[str, Any]] = cur.execute(

@@ -13,25 +13,22 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
 import psycopg
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from cbm_tasks.aoi import find_parcel_set
 from cbm_tasks.errors import NotFoundError
 from cbm_tasks.lineage import code_version
+from cbm_tasks.markers import db_read
 from cbm_tasks.markers.engine import markers_from_prepared
+from cbm_tasks.markers.params import MarkerParams, default_params
 from cbm_tasks.markers.plot import parcel_figure
 from cbm_tasks.markers.preprocess import prepare
-from cbm_tasks.report.decisions import (
-    LightRecord,
-    MarkerEventRecord,
-    current_marker_runs,
-    events_for_parcel,
-    lights_for_parcel,
-)
+from cbm_tasks.report import decisions
+from cbm_tasks.report.decisions import LightRecord, MarkerEventRecord, MarkerRunRecord
 from cbm_tasks.report.lineage_read import ProductLineage, RunRecord, products_for_parcel, run_record
-from cbm_tasks.report.recorded import recorded_params, recorded_use_s1
-from cbm_tasks.report.series import load_series
+from cbm_tasks.report.recorded import recorded_params
 
 __all__ = ["ParcelAudit", "ParcelInfo", "Stamp", "gather"]
 
@@ -88,7 +85,8 @@ class ParcelAudit:
 def _parcel(conn: psycopg.Connection, parcel_set_id: int, parcel_id: str, *, aoi: str, year: int) -> ParcelInfo:
     row = conn.execute(
         "SELECT p.parcel_key, p.crop_code, p.crop_name, p.area_m2, "
-        "       ST_X(ST_Transform(ST_PointOnSurface(p.geom), 4326)), ST_Y(ST_Transform(ST_PointOnSurface(p.geom), 4326)), "
+        "       ST_X(ST_Transform(ST_PointOnSurface(p.geom), 4326)), "
+        "       ST_Y(ST_Transform(ST_PointOnSurface(p.geom), 4326)), "
         "       ST_AsSVG(p.geom, 0, 2), ST_XMin(p.geom), ST_YMax(p.geom), ST_XMax(p.geom) - ST_XMin(p.geom), "
         "       ST_YMax(p.geom) - ST_YMin(p.geom), ST_SRID(p.geom) "
         "FROM cbm.parcel p WHERE p.parcel_set_id = %s AND p.parcel_id = %s",
@@ -103,20 +101,20 @@ def _parcel(conn: psycopg.Connection, parcel_set_id: int, parcel_id: str, *, aoi
                       view_box, int(srid))
 
 
-def _figure_png(conn: psycopg.Connection, parcel_set_id: int, parcel_key: int,
-                runs: dict[str, dict[str, object]]) -> tuple[bytes | None, int, int]:
-    series = load_series(conn, parcel_set_id=parcel_set_id, parcel_keys=[parcel_key])
-    if series.n_parcels == 0:
-        return None, 0, 0
-    record = next(iter(runs.values()), {})
-    params = recorded_params(record)
-    prepared = prepare(series, params)
-    result = markers_from_prepared(prepared, params, use_s1=recorded_use_s1(record))
+def _figure_png(conn: psycopg.Connection, parcel_set_id: int, parcel_key: int, params: MarkerParams,
+                use_s1: bool) -> bytes | None:
+    products = db_read.read_products(conn, parcel_set_id)
+    db_series = db_read.read_parcel_series(conn, parcel_set_id=parcel_set_id, products=products,
+                                           parcel_keys=np.array([parcel_key], np.int32))
+    if db_series.series.n_rows == 0:
+        return None
+    prepared = prepare(db_series.series, params)
+    result = markers_from_prepared(prepared, params, use_s1=use_s1)
     figure = parcel_figure(prepared, result, 0)
     buffer = io.BytesIO()
     FigureCanvasAgg(figure)  # a Figure made without pyplot has no canvas to draw on
     figure.savefig(buffer, format="png", dpi=80)
-    return buffer.getvalue(), int(result.n_used[0]), int(result.n_rejected[0])
+    return buffer.getvalue()
 
 
 def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, scheme: str | None = None) -> ParcelAudit:
@@ -124,7 +122,8 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
 
     Args:
         conn: CbM database.
-        aoi, year: the parcel set.
+        aoi: AOI of the parcel set.
+        year: its year.
         parcel_id: the parcel, as the agency declares it.
         scheme: only this aid scheme's light; None = all schemes of the parcel.
 
@@ -132,32 +131,39 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
         NotFoundError: no parcel set for (aoi, year), or no such parcel in it.
     """
     t0 = time.perf_counter()
+    notes: list[str] = []
     with conn.transaction():
         parcel_set = find_parcel_set(conn, aoi=aoi, year=year)
-        parcel = _parcel(conn, parcel_set.parcel_set_id, parcel_id, aoi=aoi, year=year)
-        lights = lights_for_parcel(conn, parcel_set_id=parcel_set.parcel_set_id, parcel_key=parcel.parcel_key,
-                                   scheme=scheme)
-        events = events_for_parcel(conn, parcel_set_id=parcel_set.parcel_set_id, parcel_key=parcel.parcel_key)
-        marker_runs = current_marker_runs(conn, parcel_set_id=parcel_set.parcel_set_id)
-    products = products_for_parcel(conn, parcel_set_id=parcel_set.parcel_set_id, parcel_key=parcel.parcel_key)
-    run_ids = sorted({r.pipeline_run_id for r in marker_runs if r.pipeline_run_id is not None}
-                     | {light.pipeline_run_id for light in lights if light.pipeline_run_id is not None})
+        set_id = parcel_set.parcel_set_id
+        parcel = _parcel(conn, set_id, parcel_id, aoi=aoi, year=year)
+        lights = decisions.lights(conn, parcel_set_id=set_id, parcel_key=parcel.parcel_key, scheme=scheme)
+        current = decisions.current_runs(conn, parcel_set_id=set_id, parcel_key=parcel.parcel_key)
+        run: MarkerRunRecord | None = None
+        events: list[MarkerEventRecord] = []
+        n_used = n_rejected = 0
+        if parcel.parcel_key in current:
+            run_id, n_used, n_rejected = current[parcel.parcel_key]
+            run = decisions.marker_run(conn, run_id)
+            events = decisions.events(conn, marker_run_id=run_id, parcel_keys=[parcel.parcel_key])
+    products = products_for_parcel(conn, parcel_set_id=set_id, parcel_key=parcel.parcel_key)
+    run_ids = sorted({light.pipeline_run_id for light in lights if light.pipeline_run_id is not None}
+                     | ({run.pipeline_run_id} if run is not None and run.pipeline_run_id is not None else set()))
     runs = [found for run_id in run_ids if (found := run_record(conn, int(run_id))) is not None]
-    params_by_marker = {run.marker: run.params for run in marker_runs}
-    png, n_used, n_rejected = _figure_png(conn, parcel_set.parcel_set_id, parcel.parcel_key, params_by_marker)
-    first = next(iter(params_by_marker.values()), {})
-    params = recorded_params(first)
-    notes = []
-    if not marker_runs:
-        notes.append("No marker run is stored for this parcel set yet: the figure shows markers computed now "
-                     "with the default parameters.")
+    if run is None:
+        notes.append("No marker run has computed this parcel yet: the figure shows markers computed now with the "
+                      "default parameters; there are no stored events or lights.")
+        params, use_s1 = default_params(), True
+    else:
+        params, use_s1 = recorded_params(run.params), run.use_s1
     if scheme is not None and not lights:
         notes.append(f"No traffic light of scheme {scheme!r} is stored for this parcel.")
+    png = _figure_png(conn, set_id, parcel.parcel_key, params, use_s1)
     stamp = Stamp(
         params_hash=params.hash, params_version=str(params.version),
-        marker_code_version=", ".join(sorted({r.code_version for r in runs})) or "-",
+        marker_code_version=(run.code_version or "-") if run is not None else "-",
         report_code_version=code_version(), parcel_set_version=parcel_set.version,
-        rules_version=", ".join(sorted({light.rules_version for light in lights if light.rules_version})) or "-",
+        rules_version=", ".join(sorted({f"v{light.rules_version} ({(light.rules_hash or '')[:12]})"
+                                        for light in lights})) or "-",
         generated_at=datetime.now(UTC).replace(microsecond=0),
     )
     audit = ParcelAudit(aoi, year, parcel, lights, events, products, runs, stamp, png, n_used, n_rejected, notes)

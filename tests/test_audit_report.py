@@ -1,0 +1,158 @@
+"""Parcel audit reports (HTML, PDF), run reports and the reproducibility check on a seeded parcel set."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from audit_seed import AOI, YEAR, Seeded, seed
+from matplotlib.image import imread
+
+from cbm_tasks import lineage
+from cbm_tasks.cli import main
+from cbm_tasks.errors import NotFoundError
+from cbm_tasks.report.parcel_audit import gather
+from cbm_tasks.report.render import write_parcel_report
+from cbm_tasks.report.run_report import run_report, write_run_report
+from cbm_tasks.report.verify import verify_parcel_set
+
+
+@pytest.fixture
+def seeded_db(db_url: str, tmp_path: Path) -> Iterator[tuple[psycopg.Connection, Seeded]]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        yield conn, seed(conn, tmp_path)
+
+
+def _parcel_with_events(conn: psycopg.Connection) -> tuple[str, int]:
+    row = conn.execute(
+        "SELECT p.parcel_id, p.parcel_key FROM cbm.parcel p JOIN cbm.marker_event e USING (parcel_key) "
+        "JOIN cbm.traffic_light t ON t.parcel_set_id = p.parcel_set_id AND t.parcel_key = p.parcel_key "
+        "WHERE e.marker = 'mowing' ORDER BY p.parcel_id LIMIT 1").fetchone()
+    assert row is not None, "the seeded set has a mown parcel with a light"
+    return str(row[0]), int(row[1])
+
+
+def test_parcel_report_html_and_pdf(seeded_db: tuple[psycopg.Connection, Seeded], tmp_path: Path) -> None:
+    conn, seeded = seeded_db
+    parcel_id, key = _parcel_with_events(conn)
+    audit = gather(conn, aoi=AOI, year=YEAR, parcel_id=parcel_id)
+    files = write_parcel_report(audit, tmp_path / "out")
+    html = files.html.read_text()
+    crop, area = conn.execute("SELECT crop_code, area_m2 FROM cbm.parcel WHERE parcel_key = %s", (key,)).fetchone()
+    assert f"Audit report: parcel {parcel_id}" in html and crop in html and f"{area / 10000:.2f} ha" in html
+    assert '<svg class="map" id="outline"' in html and 'src="data:image/png;base64,' in html
+    lights = conn.execute("SELECT scheme, colour, reason, rule_id FROM cbm.traffic_light WHERE parcel_key = %s",
+                          (key,)).fetchall()
+    lights_table = html[html.index('<table id="lights">'):html.index("</table>", html.index('<table id="lights">'))]
+    assert len(audit.lights) == len(lights) > 0
+    for scheme, colour, reason, rule_id in lights:
+        assert re.search(rf"<td>{scheme}</td><td><span class=\"light {colour}\">.*?<td>{reason}</td>\s*<td>{rule_id}",
+                         lights_table, re.S)
+    events = conn.execute("SELECT marker, main_date FROM cbm.marker_event WHERE parcel_key = %s", (key,)).fetchall()
+    assert len(audit.events) == len(events) > 0
+    assert all(str(main) in html for _, main in events)
+    # every product of the parcel's series, each with its extraction run
+    products = conn.execute("SELECT DISTINCT pr.name FROM cbm.parcel_obs o JOIN cbm.product pr USING (product_id) "
+                            "WHERE o.parcel_key = %s", (key,)).fetchall()
+    assert len(audit.products) == len(products) == len(seeded.product_ids)
+    assert all(name in html for (name,) in products)
+    assert all(f"run {seeded.extraction_runs[p.product_id]} (success): cbm_extract" in html for p in audit.products)
+    assert f"{len(products)} products; {len(products)} with an extraction run record" in html
+    assert audit.stamp.params_hash in html and lineage.code_version() in html
+    assert f"{audit.n_obs_used} clear Sentinel-2 observations used, {audit.n_obs_rejected} rejected" in html
+    assert audit.n_obs_rejected > 0  # the seeded set has cloudy observations: shown as rejected
+
+    assert files.pdf is not None and files.pdf.read_bytes().startswith(b"%PDF")
+    subprocess.run(["pdftoppm", "-png", "-r", "60", str(files.pdf), str(tmp_path / "page")], check=True, timeout=60)
+    pages = sorted(tmp_path.glob("page*.png"))
+    assert len(pages) >= 2  # the report does not fit one A4 page
+    first = imread(pages[0])[..., :3]
+    ink = (first < 0.85).any(axis=2)
+    assert 0.02 < ink.mean() < 0.6 and first.std() > 0.1  # text, tables and colours, not a blank page
+    keep = Path("/tmp/cbm-audit-pages")
+    keep.mkdir(exist_ok=True)
+    for page in pages:
+        shutil.copy(page, keep / page.name)
+
+
+def test_report_of_unknown_parcel_names_it(seeded_db: tuple[psycopg.Connection, Seeded]) -> None:
+    conn, _ = seeded_db
+    with pytest.raises(NotFoundError, match="parcel 'NOPE' is not in the 2018 parcel set of AOI 'audited'"):
+        gather(conn, aoi=AOI, year=YEAR, parcel_id="NOPE")
+
+
+def test_verify_finds_nothing_then_exactly_the_altered_parcel(seeded_db: tuple[psycopg.Connection, Seeded]) -> None:
+    conn, _ = seeded_db
+    clean = verify_parcel_set(conn, aoi=AOI, year=YEAR)
+    assert clean.parcels_checked == 12 and clean.events_checked > 0 and clean.lights_checked >= 12
+    assert clean.differences == ()
+    parcel_id, key = _parcel_with_events(conn)
+    # one clear Sentinel-2 observation of the parcel in June: its NIR mean becomes its red mean (NDVI 0)
+    product_id, bands = conn.execute(
+        "SELECT pr.product_id, e.bands FROM cbm.marker_parcel m CROSS JOIN LATERAL unnest(m.obs_used) AS u(product_id) "
+        "JOIN cbm.product pr ON pr.product_id = u.product_id JOIN cbm.extraction e ON e.product_id = pr.product_id "
+        "WHERE m.parcel_key = %s AND pr.product_type = 'S2MSI2A' AND extract(month FROM pr.acquired_at) = 6 "
+        "ORDER BY pr.acquired_at LIMIT 1", (key,)).fetchone()
+    b04, b08 = bands.index("B04"), bands.index("B08")
+    conn.execute("UPDATE cbm.parcel_obs SET stats[%s] = stats[%s] WHERE parcel_key = %s AND product_id = %s",
+                 (b08 * 8 + 2, b04 * 8 + 2, key, product_id))
+    altered = verify_parcel_set(conn, aoi=AOI, year=YEAR)
+    assert altered.parcels_differing == [parcel_id]
+    assert len(altered.differences) >= 1
+    one = verify_parcel_set(conn, aoi=AOI, year=YEAR, parcel_id=parcel_id)
+    assert one.parcels_checked == 1 and one.differences == altered.differences
+
+
+def test_verify_command_exit_status(seeded_db: tuple[psycopg.Connection, Seeded], db_url: str,
+                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    conn, _ = seeded_db
+    monkeypatch.setenv("CBM_DATABASE_URL", db_url)
+    assert main(["audit", "verify", "--aoi", AOI, "--year", str(YEAR)]) == 0
+    assert "0 differences in 0 parcels" in capsys.readouterr().out
+    conn.execute("UPDATE cbm.marker_event SET confidence = 0.01 WHERE (marker_run_id, parcel_key, marker, seq) = "
+                 "(SELECT marker_run_id, parcel_key, marker, seq FROM cbm.marker_event ORDER BY 2, 3, 4 LIMIT 1)")
+    assert main(["audit", "verify", "--aoi", AOI, "--year", str(YEAR)]) == 1
+    out = capsys.readouterr().out
+    assert "1 differences in 1 parcels" in out and "confidence: stored 0.0099999" in out
+    assert main(["audit", "verify", "--aoi", AOI, "--year", str(YEAR), "--parcel", "NOPE"]) == 2
+
+
+def test_run_report_counts_tries_failures_and_rows(seeded_db: tuple[psycopg.Connection, Seeded],
+                                                   tmp_path: Path) -> None:
+    conn, seeded = seeded_db
+    report = run_report(conn, "manual__audit")
+    assert (report.processed, report.succeeded, report.failed, report.retried) == (1, 1, 0, 0)
+    events, lights = (conn.execute(f"SELECT count(*) FROM cbm.{t}").fetchone()[0]  # noqa: S608
+                      for t in ("marker_event", "traffic_light"))
+    assert report.rows_by_table == {"cbm.marker_event": events, "cbm.traffic_light": lights}
+    assert report.rows_written == events + lights and report.seconds is not None
+
+    extraction = run_report(conn, "scheduled__seed")
+    assert extraction.processed == len(seeded.product_ids) and extraction.rows_by_table == {
+        "cbm.parcel_obs": 12 * len(seeded.product_ids)}
+    # a task that failed once and succeeded on its retry, and one that failed for good
+    for try_number, status in ((1, "failed"), (2, "success")):
+        ctx = lineage.RunContext(step="extract", dag_id="cbm_extract", run_id="scheduled__seed", task_id="extract",
+                                 map_index=99, try_number=try_number)
+        run_id = lineage.start_run(conn, ctx)
+        lineage.finish_run(conn, run_id, status=status, error="TransientError: lost connection" if try_number == 1
+                           else None)
+    ctx = lineage.RunContext(step="extract", dag_id="cbm_extract", run_id="scheduled__seed", task_id="extract",
+                             map_index=100, try_number=1)
+    lineage.finish_run(conn, lineage.start_run(conn, ctx), status="failed", error="CorruptProductError: product 9")
+    again = run_report(conn, "scheduled__seed")
+    assert (again.processed, again.succeeded, again.failed, again.retried) == (
+        len(seeded.product_ids) + 2, len(seeded.product_ids) + 1, 1, 1)
+    text = write_run_report(again, tmp_path / "runs").read_text()
+    assert "extract[100]: failed after 1 try" in text and "CorruptProductError: product 9" in text
+    assert "extract[99]: success after 2 tries" in text
+    assert (tmp_path / "runs" / "scheduled__seed.json").exists()
+    with pytest.raises(NotFoundError, match="'manual__nothing' left no lineage record"):
+        run_report(conn, "manual__nothing")
+
+
