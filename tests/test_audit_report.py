@@ -62,7 +62,7 @@ def test_parcel_report_html_and_pdf(seeded_db: tuple[psycopg.Connection, Seeded]
     assert len(audit.products) == len(products) == len(seeded.product_ids)
     assert all(name in html for (name,) in products)
     assert all(f"run {seeded.extraction_runs[p.product_id]} (success): cbm_extract" in html for p in audit.products)
-    assert f"{len(products)} products; {len(products)} with an extraction run record" in html
+    assert f"{len(products)} products; {len(products)} with an extraction run record, extracted by code " in html
     assert audit.stamp.params_hash in html and lineage.code_version() in html
     assert f"{audit.n_obs_used} clear Sentinel-2 observations used, {audit.n_obs_rejected} rejected" in html
     assert audit.n_obs_rejected > 0  # the seeded set has cloudy observations: shown as rejected
@@ -76,7 +76,7 @@ def test_parcel_report_html_and_pdf(seeded_db: tuple[psycopg.Connection, Seeded]
     assert 0.02 < ink.mean() < 0.6 and first.std() > 0.1  # text, tables and colours, not a blank page
     keep = Path("/tmp/cbm-audit-pages")
     keep.mkdir(exist_ok=True)
-    for page in pages:
+    for page in [*pages, files.html]:  # for a person to look at
         shutil.copy(page, keep / page.name)
 
 
