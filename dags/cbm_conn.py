@@ -22,6 +22,8 @@ Connections and variables:
 - ``cbm_odp`` (http, optional): the CDSE on-demand production service for backend ``cdse-odp``:
   host = OData root (default the public service), password = bearer token, extras = the other
   fields of :class:`cbm_tasks.card.odp.OdpConfig` (``workflows``, ``priority``, ``poll_interval_s``, ``timeout_s``).
+- Variable ``cbm_reports_dir`` (optional): folder of the audit and run reports; default
+  ``<AIRFLOW_HOME>/reports``.
 - Variable ``cbm_label_cache`` (JSON, optional): ``{"directory": "...", "max_disk_gb": 8}``, where
   extraction tasks of a worker keep rasterised parcel labels for later images of the same grid;
   default: ``labels/`` in the store's scratch folder, 8 GB.
@@ -29,6 +31,7 @@ Connections and variables:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,7 @@ __all__ = [
     "odp_config",
     "postgis_dsn",
     "postgis_namespace",
+    "reports_dir",
     "store_config",
 ]
 
@@ -69,6 +73,7 @@ CATALOGUE_VARIABLE = "cbm_catalogue"
 LABEL_CACHE_VARIABLE = "cbm_label_cache"
 CARD_VARIABLE = "cbm_card"
 ODP_CONN_ID = "cbm_odp"
+REPORTS_VARIABLE = "cbm_reports_dir"
 
 
 def postgis_dsn() -> str:
@@ -102,6 +107,12 @@ def postgis_namespace() -> DatabaseNamespace:
     """Return host, port and database of the CbM database, the namespace of its tables as OpenLineage datasets."""
     conn = Connection.get(POSTGIS_CONN_ID)
     return DatabaseNamespace.of(host=conn.host, port=conn.port, database=conn.schema)
+
+
+def reports_dir() -> Path:
+    """Return the folder of the audit and run reports (Variable ``cbm_reports_dir``)."""
+    default = str(Path(os.environ.get("AIRFLOW_HOME", ".")) / "reports")
+    return Path(Variable.get(REPORTS_VARIABLE, default=default))
 
 
 def store_config() -> StoreConfig:
