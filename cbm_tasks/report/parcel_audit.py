@@ -30,7 +30,7 @@ from cbm_tasks.report.decisions import LightRecord, MarkerEventRecord, MarkerRun
 from cbm_tasks.report.lineage_read import ProductLineage, RunRecord, products_for_parcel, run_record
 from cbm_tasks.report.recorded import recorded_params
 
-__all__ = ["ParcelAudit", "ParcelInfo", "Stamp", "gather"]
+__all__ = ["ParcelAudit", "ParcelInfo", "Stamp", "gather", "pick_parcel"]
 
 log = logging.getLogger(__name__)
 
@@ -170,3 +170,25 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
     log.info("gathered parcel audit aoi=%s year=%d parcel=%s lights=%d events=%d products=%d seconds=%.2f", aoi, year,
              parcel_id, len(lights), len(events), len(products), time.perf_counter() - t0)
     return audit
+
+
+def pick_parcel(conn: psycopg.Connection, *, aoi: str, year: int) -> str:
+    """Return a parcel worth showing: one with a red or yellow light, else a light, else the most observations.
+
+    Raises:
+        NotFoundError: no parcel set for (aoi, year), or it has no observation at all.
+    """
+    with conn.transaction():
+        parcel_set = find_parcel_set(conn, aoi=aoi, year=year)
+        row = conn.execute(
+            "SELECT p.parcel_id FROM cbm.parcel p "
+            "LEFT JOIN cbm.traffic_light t ON t.parcel_set_id = p.parcel_set_id AND t.parcel_key = p.parcel_key "
+            "JOIN cbm.parcel_obs o ON o.parcel_set_id = p.parcel_set_id AND o.parcel_key = p.parcel_key "
+            "WHERE p.parcel_set_id = %s GROUP BY p.parcel_id "
+            "ORDER BY bool_or(t.colour IN ('red', 'yellow')) DESC NULLS LAST, count(t.colour) DESC, "
+            "count(o.product_id) DESC, p.parcel_id LIMIT 1",
+            (parcel_set.parcel_set_id,),
+        ).fetchone()
+    if row is None:
+        raise NotFoundError(f"the {year} parcel set of AOI {aoi!r} has no observation to report on")
+    return str(row[0])

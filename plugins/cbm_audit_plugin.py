@@ -1,0 +1,115 @@
+"""Airflow UI page "Parcel audit": type an AOI, year and parcel id; see its lights, markers and time series.
+
+A FastAPI app mounted by the API server under ``/cbm-audit`` and shown in the UI's navigation as
+an external view (an iframe of the same origin). Every route depends on Airflow's own user check
+(``get_user``: the JWT cookie the UI login sets, or a bearer token), so the page is behind the
+login like the rest of the UI. The routes hold no SQL: they call ``cbm_tasks.report`` as
+``cbm audit parcel`` does.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from airflow.api_fastapi.core_api.security import get_user
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.responses import HTMLResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+POSTGIS_CONN_ID = "cbm_postgis"
+_AOI = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
+                         autoescape=select_autoescape(["html"]))
+
+app = FastAPI(title="CbM parcel audit", docs_url=None, redoc_url=None, openapi_url=None,
+              dependencies=[Depends(get_user)])
+
+Aoi = Annotated[str, Query(max_length=63, description="AOI name")]
+Year = Annotated[int, Query(ge=2014, le=2100, description="parcel-set year")]
+ParcelId = Annotated[str, Query(min_length=1, max_length=100, description="parcel id as declared")]
+Scheme = Annotated[str | None, Query(max_length=100, description="only this aid scheme")]
+
+
+def _postgis_dsn() -> str:
+    # the API server's side of connection cbm_postgis (dags/cbm_conn.py reads it for tasks)
+    from airflow.models.connection import Connection
+    from psycopg.conninfo import make_conninfo
+
+    conn = Connection.get_connection_from_secrets(POSTGIS_CONN_ID)
+    params: dict[str, Any] = {key: str(value) for key, value in conn.extra_dejson.items()}
+    for key, value in (("host", conn.host), ("port", conn.port), ("dbname", conn.schema),
+                       ("user", conn.login), ("password", conn.password)):
+        if value not in (None, ""):
+            params[key] = value
+    return make_conninfo(**params)
+
+
+def _gather(aoi: str, year: int, parcel: str, scheme: str | None) -> Any:
+    from cbm_tasks import db
+    from cbm_tasks.errors import NotFoundError
+    from cbm_tasks.report.parcel_audit import gather
+
+    if not _AOI.match(aoi):
+        raise HTTPException(status_code=422, detail=f"AOI must match {_AOI.pattern}, got {aoi!r}")
+    try:
+        with db.connect(_postgis_dsn(), autocommit=True, application_name="cbm audit page") as conn:
+            return gather(conn, aoi=aoi, year=year, parcel_id=parcel, scheme=scheme)
+    except NotFoundError as err:
+        raise HTTPException(status_code=404, detail=str(err)) from err
+
+
+@app.get("/", response_class=HTMLResponse)
+def parcel_page(aoi: Aoi = "", year: Annotated[int | None, Query(ge=2014, le=2100)] = None,
+                parcel: Annotated[str, Query(max_length=100)] = "", scheme: Scheme = None) -> HTMLResponse:
+    """The form, and when it is filled in, the parcel's lights, markers and time series."""
+    audit, error = None, None
+    scheme = scheme or None  # the form sends an empty field when no scheme is chosen
+    if aoi and year and parcel:
+        try:
+            audit = _gather(aoi, year, parcel, scheme)
+        except HTTPException as err:
+            error = str(err.detail)
+    page = _TEMPLATES.get_template("cbm_audit.html").render(aoi=aoi, year=year or "", parcel=parcel,
+                                                             scheme=scheme or "", a=audit, error=error)
+    return HTMLResponse(page, status_code=200 if error is None else 404)
+
+
+@app.get("/plot.png")
+def parcel_plot(aoi: Aoi, year: Year, parcel: ParcelId) -> Response:
+    """The parcel's time-series figure with its events (PNG)."""
+    audit = _gather(aoi, year, parcel, None)
+    if audit.plot_png is None:
+        raise HTTPException(status_code=404, detail=f"parcel {parcel!r} has no observation")
+    return Response(audit.plot_png, media_type="image/png")
+
+
+@app.get("/report", response_class=HTMLResponse)
+def parcel_report(aoi: Aoi, year: Year, parcel: ParcelId, scheme: Scheme = None) -> HTMLResponse:
+    """The full audit report (the HTML ``cbm audit parcel`` writes)."""
+    from cbm_tasks.report.render import render_html
+
+    return HTMLResponse(render_html(_gather(aoi, year, parcel, scheme or None)))
+
+
+@app.get("/report.pdf")
+def parcel_report_pdf(aoi: Aoi, year: Year, parcel: ParcelId, scheme: Scheme = None) -> Response:
+    """The full audit report as PDF."""
+    import weasyprint
+
+    from cbm_tasks.report.render import render_html
+
+    document = weasyprint.HTML(string=render_html(_gather(aoi, year, parcel, scheme or None))).write_pdf()
+    return Response(document, media_type="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="{aoi}_{year}_audit.pdf"'})
+
+
+class CbmAuditPlugin(AirflowPlugin):
+    """The "Parcel audit" page."""
+
+    name = "cbm_audit"
+    fastapi_apps = [{"app": app, "url_prefix": "/cbm-audit", "name": "CbM parcel audit"}]
+    external_views = [{"name": "Parcel audit", "href": "/cbm-audit/", "url_route": "cbm-audit",
+                       "destination": "nav", "category": "browse"}]
