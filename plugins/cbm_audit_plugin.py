@@ -10,16 +10,17 @@ login like the rest of the UI. The routes hold no SQL: they call ``cbm_tasks.rep
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 from airflow.api_fastapi.core_api.security import get_user
+from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-POSTGIS_CONN_ID = "cbm_postgis"
 _AOI = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
                          autoescape=select_autoescape(["html"]))
@@ -34,17 +35,14 @@ Scheme = Annotated[str | None, Query(max_length=100, description="only this aid 
 
 
 def _postgis_dsn() -> str:
-    # the API server's side of connection cbm_postgis (dags/cbm_conn.py reads it for tasks)
-    from airflow.models.connection import Connection
-    from psycopg.conninfo import make_conninfo
+    # dags/cbm_conn.py is the one reader of connections (STYLE R2); the api-server does not put
+    # the DAGs folder on sys.path as the DAG processor does
+    dags_folder = conf.get("core", "dags_folder")
+    if dags_folder not in sys.path:
+        sys.path.append(dags_folder)
+    import cbm_conn
 
-    conn = Connection.get_connection_from_secrets(POSTGIS_CONN_ID)
-    params: dict[str, Any] = {key: str(value) for key, value in conn.extra_dejson.items()}
-    for key, value in (("host", conn.host), ("port", conn.port), ("dbname", conn.schema),
-                       ("user", conn.login), ("password", conn.password)):
-        if value not in (None, ""):
-            params[key] = value
-    return make_conninfo(**params)
+    return str(cbm_conn.postgis_dsn())
 
 
 def _gather(aoi: str, year: int, parcel: str, scheme: str | None) -> Any:
