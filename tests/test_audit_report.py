@@ -16,7 +16,7 @@ from matplotlib.image import imread
 from cbm_tasks import lineage
 from cbm_tasks.cli import main
 from cbm_tasks.errors import NotFoundError
-from cbm_tasks.report.parcel_audit import gather
+from cbm_tasks.report.parcel_audit import gather, pick_parcel
 from cbm_tasks.report.render import write_parcel_report
 from cbm_tasks.report.run_report import run_report, write_run_report
 from cbm_tasks.report.verify import verify_parcel_set
@@ -82,6 +82,12 @@ def test_parcel_report_html_and_pdf(seeded_db: tuple[psycopg.Connection, Seeded]
 
 def test_report_of_unknown_parcel_names_it(seeded_db: tuple[psycopg.Connection, Seeded]) -> None:
     conn, _ = seeded_db
+    # the demo's choice: a parcel with a red or yellow light when there is one, else one with a light
+    lit = dict(conn.execute(
+        "SELECT p.parcel_id, bool_or(t.colour <> 'green') FROM cbm.traffic_light t "
+        "JOIN cbm.parcel p USING (parcel_set_id, parcel_key) GROUP BY 1").fetchall())
+    chosen = pick_parcel(conn, aoi=AOI, year=YEAR)
+    assert chosen in lit and lit[chosen] == any(lit.values())
     with pytest.raises(NotFoundError, match="parcel 'NOPE' is not in the 2018 parcel set of AOI 'audited'"):
         gather(conn, aoi=AOI, year=YEAR, parcel_id="NOPE")
 
