@@ -114,8 +114,8 @@ def test_verify_finds_nothing_then_exactly_the_altered_parcel(seeded_db: tuple[p
     assert one.parcels_checked == 1 and one.differences == altered.differences
 
 
-def test_verify_command_exit_status(seeded_db: tuple[psycopg.Connection, Seeded], db_url: str,
-                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_commands(seeded_db: tuple[psycopg.Connection, Seeded], db_url: str, tmp_path: Path,
+                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     conn, _ = seeded_db
     monkeypatch.setenv("CBM_DATABASE_URL", db_url)
     assert main(["audit", "verify", "--aoi", AOI, "--year", str(YEAR)]) == 0
@@ -126,6 +126,12 @@ def test_verify_command_exit_status(seeded_db: tuple[psycopg.Connection, Seeded]
     out = capsys.readouterr().out
     assert "1 differences in 1 parcels" in out and "confidence: stored 0.0099999" in out
     assert main(["audit", "verify", "--aoi", AOI, "--year", str(YEAR), "--parcel", "NOPE"]) == 2
+    capsys.readouterr()
+    assert main(["audit", "parcel", "--aoi", AOI, "--year", str(YEAR), "--parcel", "P0000001", "--out",
+                 str(tmp_path / "cli"), "--no-pdf"]) == 0
+    assert capsys.readouterr().out.startswith(str(tmp_path / "cli" / f"{AOI}_{YEAR}_P0000001.html"))
+    assert main(["audit", "run", "manual__audit"]) == 0
+    assert capsys.readouterr().out.startswith("run manual__audit (cbm_markers): 1 task instances, 1 succeeded")
 
 
 def test_run_report_counts_tries_failures_and_rows(seeded_db: tuple[psycopg.Connection, Seeded],
