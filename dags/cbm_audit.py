@@ -12,8 +12,9 @@ from cbm_common import MARKERS
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "cbm",
-    "retries": 2,
+    "retries": 3,
     "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": True,
     "execution_timeout": timedelta(minutes=10),
 }
 

@@ -20,12 +20,12 @@ def dagbag() -> DagBag:
 
 def test_no_import_errors_and_expected_dags(dagbag: DagBag) -> None:
     assert dagbag.import_errors == {}
-    assert {"cbm_catalogue", "cbm_extract", "cbm_markers"} <= set(dagbag.dag_ids)
+    assert {"cbm_catalogue", "cbm_extract", "cbm_markers", "cbm_audit"} <= set(dagbag.dag_ids)
     # cbm_conn.py is a helper, not a DAG file
     assert all(not dag.fileloc.endswith("cbm_conn.py") for dag in dagbag.dags.values())
 
 
-@pytest.mark.parametrize("dag_id", ["cbm_catalogue", "cbm_extract", "cbm_markers"])
+@pytest.mark.parametrize("dag_id", ["cbm_catalogue", "cbm_extract", "cbm_markers", "cbm_audit"])
 def test_every_task_retries_with_backoff_and_a_timeout(dagbag: DagBag, dag_id: str) -> None:
     dag = dagbag.dags[dag_id]
     assert dag is not None

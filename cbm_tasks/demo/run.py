@@ -40,7 +40,7 @@ __all__ = ["DEMO_WINDOW", "DemoSummary", "run_demo"]
 log = logging.getLogger(__name__)
 
 DEMO_WINDOW = ("2017-08-01", "2018-11-30")  # the dates of the WorldCereal 31UDS cube
-_DAGS = ("cbm_catalogue", "cbm_extract", "cbm_markers")
+_DAGS = ("cbm_catalogue", "cbm_extract", "cbm_markers", "cbm_audit")  # cbm_audit: run reports of cbm_markers
 
 
 @dataclass(frozen=True, slots=True)
