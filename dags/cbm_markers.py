@@ -69,6 +69,7 @@ def cbm_markers() -> None:
     @task(map_index_template="{{ cbm_parcel_set }}", max_active_tis_per_dag=1)
     def compute(parcel_set: dict[str, Any]) -> dict[str, Any]:
         from cbm_conn import postgis_dsn
+        from cbm_lineage import report_lineage, tables
 
         from cbm_tasks import db, lineage
         from cbm_tasks.errors import BadInputError
@@ -85,6 +86,10 @@ def cbm_markers() -> None:
                                                   scheme=params["scheme"], full=bool(params["full"]))
         except BadInputError as err:  # invalid rules or parameters, unknown scheme: a retry cannot help
             raise AirflowFailException(f"{parcel_set['aoi']}/{parcel_set['year']}: {err}") from err
+        # OpenLineage: the time series read, the markers and lights written
+        report_lineage(inputs=tables("cbm.parcel_obs", "cbm.parcel_class_counts", "cbm.parcel"),
+                       outputs=tables("cbm.marker_run", "cbm.marker_event", "cbm.marker_parcel",
+                                      "cbm.traffic_light") if outcome.marker_run_id is not None else [])
         return outcome.as_dict()
 
     @task(outlets=[MARKERS])

@@ -54,6 +54,7 @@ def test_extract_events_name_products_and_tables(airflow_db: str, tmp_path: Path
     window = {"aoi": "demo", "start": "2017-08-01", "end": "2018-11-30"}
     assert bag.dags["cbm_catalogue"].test(run_conf=window).state == "success"
     assert bag.dags["cbm_extract"].test(run_conf={"aoi": "demo"}).state == "success"
+    assert bag.dags["cbm_markers"].test(run_conf={"aoi": "demo", "year": 2018}).state == "success"
 
     database = psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
     with psycopg.connect(db_url) as conn:
@@ -77,3 +78,8 @@ def test_extract_events_name_products_and_tables(airflow_db: str, tmp_path: Path
         assert all(d["namespace"].startswith("postgres://") for d in event["outputs"])
         assert event["run"]["facets"]["airflow"]["taskInstance"]["map_index"] in (0, 1)
     assert all(e["inputs"] and e["outputs"] for e in _events("claim"))
+    computes = _events("compute")
+    assert len(computes) == 1
+    assert {f"{database}.cbm.parcel_obs", f"{database}.cbm.parcel"} <= {d["name"] for d in computes[0]["inputs"]}
+    assert {f"{database}.cbm.marker_event", f"{database}.cbm.traffic_light"} <= {
+        d["name"] for d in computes[0]["outputs"]}
