@@ -110,7 +110,7 @@ def test_maintainer_logs_in_and_sees_the_dags_and_a_successful_run(
     assert "catalogue" in dag_list and "extract" in dag_list
 
     browser.get(f"{airflow.url}/dags/cbm_extract/runs/{run_id}")
-    run_page = _wait_for_text(browser, run_id, "success")
+    run_page = _wait_for_text(browser, run_id, "success", "claim")  # the task list loads after the header
     time.sleep(1)  # let the grid finish drawing before the picture
     browser.save_screenshot(str(tmp_path / "run.png"))
     assert "claim" in run_page
