@@ -114,6 +114,18 @@ def test_sarsen_card_from_s3_is_stored_and_ready(conn: psycopg.Connection, rome:
     assert params["backend"] == "sarsen" and params["sarsen"] == "0.9.6" and params["geoid"] == GEOID
     assert params["dem"].endswith("Rome-30m-DEM.tif") and params["job"] == f"CARD-BS:rome:{product.name}"
     assert params["inputs"][product.name]["checksum"] == product.checksum
+    # the run's inputs and outputs, as the audit report and the lineage tables show them
+    inputs = conn.execute("SELECT kind, name, product_id, checksum, version FROM cbm.run_input "
+                          "WHERE pipeline_run_id = (SELECT max(pipeline_run_id) FROM cbm.pipeline_run) "
+                          "ORDER BY seq").fetchall()
+    source_id = conn.execute("SELECT product_id FROM cbm.product WHERE uid = %s", (product.uid,)).fetchone()
+    assert source_id is not None
+    assert inputs[0] == ("product", product.location, source_id[0], product.checksum, None)
+    assert inputs[1] == ("backend", "sarsen", None, None, "0.9.6")
+    assert inputs[2][0] == "dem" and inputs[2][1].endswith("Rome-30m-DEM.tif") and len(inputs) == 3
+    outputs = conn.execute("SELECT kind, name, product_id FROM cbm.run_output "
+                           "WHERE pipeline_run_id = (SELECT max(pipeline_run_id) FROM cbm.pipeline_run)").fetchall()
+    assert outputs == [("product", outcome.location, product_id)]
     attributes = registry.get_product(conn, product_id).attributes
     assert attributes["band_names"] == ["VV", "VH"] and "bands" not in attributes
     assert list((tmp_path / "scratch").iterdir()) == []  # scratch copies and outputs removed

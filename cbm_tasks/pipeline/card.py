@@ -32,7 +32,7 @@ import requests
 from cbm_tasks import lineage
 from cbm_tasks.aoi import aoi_footprint_wkt
 from cbm_tasks.card import records
-from cbm_tasks.card.backend import CardBackend
+from cbm_tasks.card.backend import CardBackend, CardOutput
 from cbm_tasks.card.jobs import plan_jobs
 from cbm_tasks.card.odp import OdpConfig, submit_order
 from cbm_tasks.catalogue import registry
@@ -141,14 +141,33 @@ def plan_and_claim(
     return claimed
 
 
-def _sources(conn: psycopg.Connection, uids: Sequence[str]) -> list[Product]:
+def _sources(conn: psycopg.Connection, uids: Sequence[str]) -> list[tuple[int, Product]]:
     with conn.transaction():
         rows = conn.execute("SELECT uid, product_id FROM cbm.product WHERE uid = ANY(%s)", (list(uids),)).fetchall()
         ids: dict[str, int] = {str(uid): int(product_id) for uid, product_id in rows}
         missing = [uid for uid in uids if uid not in ids]
         if missing:
             raise ProductNotFoundError(f"source products {missing} are not in the catalogue")
-        return [registry.get_product(conn, ids[uid]) for uid in uids]
+        return [(ids[uid], registry.get_product(conn, ids[uid])) for uid in uids]
+
+
+def _lineage_io(sources: Sequence[tuple[int, Product]], output: CardOutput, *, product_id: int, location: str,
+                size_bytes: int) -> tuple[list[lineage.RunInput], list[lineage.RunOutput]]:
+    """What a CARD run read (source products, backend, graphs, DEM) and wrote (the CARD product)."""
+    made = output.lineage
+    version = made.get("sarsen") or made.get("gpt") or made.get("order")
+    inputs = [lineage.RunInput("product", source.location, product_id=source_id, checksum=source.checksum)
+              for source_id, source in sources]
+    inputs.append(lineage.RunInput("backend", str(made.get("backend", "")),
+                                   version=None if version is None else str(version)))
+    inputs += [lineage.RunInput("graph", str(run["graph"]), version=str(run.get("graph_id")))
+               for run in made.get("runs", []) if isinstance(run, dict) and run.get("graph")]
+    if made.get("dem"):
+        inputs.append(lineage.RunInput("dem", str(made["dem"]), detail={"geoid": made.get("geoid")}))
+    outputs = [lineage.RunOutput("product", location, product_id=product_id,
+                                 detail={"bands": list(output.bands), "epsg": output.epsg,
+                                         "resolution_m": output.resolution_m, "bytes": size_bytes})]
+    return inputs, outputs
 
 
 def _release(conn: psycopg.Connection, product_id: int, *, aoi: str, error: str, permanent: bool) -> None:
@@ -197,12 +216,15 @@ def process(
         with scratch_folder(store.cfg) as scratch, ExitStack() as copies:
             local: list[tuple[Product, Path]] = [
                 (source, copies.enter_context(store.local_copy(source.location)) if backend.local_sources
-                 else Path(source.location)) for source in sources
+                 else Path(source.location)) for _, source in sources
             ]
             output = backend.make(job, local, scratch)
             size_bytes = output.path.stat().st_size
             store.upload(output.path, record.location, replace=True)  # atomic: a whole file or none
         records.add_run_params(conn, run_id, output.lineage)
+        inputs, outputs = _lineage_io(sources, output, product_id=product_id, location=record.location,
+                                      size_bytes=size_bytes)
+        lineage.record_io(conn, run_id, inputs=inputs, outputs=outputs)
         records.record_output(conn, product_id, output=output, size_bytes=size_bytes, pipeline_run_id=run_id)
         registry.mark_done(conn, product_id, aoi=aoi, status=ProductStatus.READY)
     except BadInputError as err:
