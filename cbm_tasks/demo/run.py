@@ -83,7 +83,7 @@ class DemoSummary:
             f"  cbm_extract      {extract_runs}",
             f"  cbm_markers      {self.markers_run[0]} {self.markers_run[1]}",
             "traffic lights     (parcels per scheme: colour, reasons; cbm markers export for QGIS)",
-            *[f"  {scheme:17s}{self._colours(colours)}" for scheme, colours in self.lights.items()],
+            *[f"  {scheme:21s} {self._colours(colours)}" for scheme, colours in self.lights.items()],
             *(["  none             (no parcel has a scheme)"] if not self.lights else []),
             f"audit report       {self.audit_report or 'none (nothing extracted)'}",
             f"Airflow UI         {self.url}/",

@@ -61,6 +61,8 @@ def write_parcel_report(audit: ParcelAudit, out_dir: Path, *, pdf: bool = True) 
     """
     import weasyprint  # loaded here: Pango's start-up is paid only when a PDF is made
 
+    # weasyprint logs every layout step of every page at INFO: one line per report is ours (R9)
+    logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = _SAFE.sub("_", f"{audit.aoi}_{audit.year}_{audit.parcel.parcel_id}")
