@@ -10,11 +10,12 @@ Validity of an S2 observation (all must hold):
 * clear share >= ``validity.min_clear_fraction``: the file's ``clear_fraction`` when given, else
   1 - the share of unusable SCL classes (no data, saturated, cloud shadow, cloud medium / high,
   cirrus, snow); an observation with neither is taken as clear;
-* B04 and B08 present, NDVI >= ``validity.min_plausible_ndvi``, B02 <= ``validity.max_blue_reflectance``
-  where B02 exists (haze the mask missed);
-* not a cloud dip (:func:`_cloud_dip_kernel`): a single low NDVI whose next valid neighbour is back
-  near the level before it faster than grass can regrow. A real mowing does not recover within
-  days, so it is kept.
+* B04 and B08 present, NDVI >= ``validity.min_plausible_ndvi``; where B02 exists, B02 <=
+  ``validity.max_blue_reflectance`` and the haze index (:func:`haze_index`, HOT) <=
+  ``validity.max_haze_index`` (haze the mask missed);
+* not a cloud dip (:func:`cloud_dips`): a run of one or two low NDVI values whose next valid
+  neighbour is back near the level before it, either faster than grass can regrow or with the blue
+  excess of haze. A real mowing does not recover within days and has no blue excess, so it is kept.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from numba import njit
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import BAND_CODE, BANDS, SOURCE_CODE, SeriesTable, group_offsets
 
-__all__ = ["PreparedSeries", "S1Series", "S2Series", "cloud_dips", "prepare"]
+__all__ = ["PreparedSeries", "S1Series", "S2Series", "cloud_dips", "haze_index", "prepare"]
 
 _S2_BANDS = ("B02", "B04", "B08", "B11")
 
@@ -125,45 +126,95 @@ def _day_of_year(day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(cache=True, nogil=True)
-def _cloud_dip_kernel(offsets: np.ndarray, day: np.ndarray, ndvi: np.ndarray, valid: np.ndarray,
-                      max_regrowth_per_day: float, recovery_margin: float, max_span_days: float) -> np.ndarray:
-    """Flag single-observation NDVI dips that recover faster than regrowth allows (valid rows only)."""
+def _cloud_dip_kernel(offsets: np.ndarray, day: np.ndarray, ndvi: np.ndarray, haze: np.ndarray, valid: np.ndarray,
+                      max_regrowth_per_day: float, recovery_margin: float, max_span_days: float, max_run: int,
+                      min_haze_rise: float) -> np.ndarray:
+    """Flag runs of 1..*max_run* low valid observations that the mask missed (see :func:`cloud_dips`)."""
     dip = np.zeros(len(day), np.bool_)
+    idx = np.empty(len(day), np.int64)
     for p in range(len(offsets) - 1):
-        previous = -1
-        current = -1
+        n = 0
         for row in range(offsets[p], offsets[p + 1]):
-            if not valid[row]:
-                continue
-            if previous >= 0 and current >= 0:
-                span = day[row] - day[previous]
-                depth = ndvi[previous] - ndvi[current]
-                rise = ndvi[row] - ndvi[current]
-                rise_days = max(day[row] - day[current], 1.0)
-                if (span <= max_span_days and depth > recovery_margin
-                        and ndvi[row] >= ndvi[previous] - recovery_margin
-                        and rise / rise_days > max_regrowth_per_day):
-                    dip[current] = True
-                    current = row  # the dip is dropped: its neighbours become consecutive
-                    continue
-            previous = current
-            current = row
+            if valid[row]:
+                idx[n] = row
+                n += 1
+        if n < 3:
+            continue
+        previous = idx[0]
+        i = 1
+        while i < n:
+            flagged = 0
+            for length in range(1, max_run + 1):
+                if i + length >= n:
+                    break
+                after = idx[i + length]
+                if day[after] - day[previous] > max_span_days:
+                    break
+                low = ndvi[previous] - recovery_margin
+                lowest = idx[i]
+                haze_min = np.inf
+                all_low = True
+                for j in range(i, i + length):
+                    row = idx[j]
+                    if not ndvi[row] < low:
+                        all_low = False
+                        break
+                    if ndvi[row] < ndvi[lowest]:
+                        lowest = row
+                    haze_min = min(haze_min, haze[row])  # NaN (no blue band) never wins
+                if not all_low:
+                    break
+                if ndvi[after] < low:
+                    continue  # still low: maybe a longer run, or a real drop
+                fast = (ndvi[after] - ndvi[lowest]) / max(day[after] - day[lowest], 1.0) > max_regrowth_per_day
+                hazy = haze_min - max(haze[previous], haze[after]) >= min_haze_rise  # False when any is NaN
+                if fast or hazy:
+                    flagged = length
+                break
+            if flagged:
+                for j in range(i, i + flagged):
+                    dip[idx[j]] = True
+                i += flagged  # the run is dropped: its neighbours become consecutive
+            else:
+                previous = idx[i]
+                i += 1
     return dip
 
 
+def haze_index(blue: np.ndarray, red: np.ndarray, *, red_weight: float) -> np.ndarray:
+    """Return the haze-optimised transform ``blue - red_weight * red`` (NaN where blue is missing).
+
+    Clear land lies on a line in the blue-red plane (red >= blue: soil, dry grass and green leaves
+    alike); haze and thin cloud scatter blue most and move observations off it (Zhang, Guindon and
+    Cihlar 2002, HOT). A cut raises red more than blue, so the index falls or stays at a cut.
+    """
+    return blue - red_weight * red
+
+
 def cloud_dips(offsets: np.ndarray, day: np.ndarray, ndvi: np.ndarray, valid: np.ndarray, *,
-               params: MarkerParams) -> np.ndarray:
-    """Return a bool mask of the valid observations that are cloud dips (see :func:`_cloud_dip_kernel`).
+               params: MarkerParams, haze: np.ndarray | None = None) -> np.ndarray:
+    """Return a bool mask of the valid observations that are cloud dips the mask missed.
+
+    A run of one or two (``cloud_dip.max_run``) consecutive valid observations is a dip when all of
+    them lie more than ``recovery_margin`` below the observation before the run, the observation
+    after it is back within ``recovery_margin`` of that level, the three span at most
+    ``max_span_days``, and either the recovery is faster than grass regrows
+    (``max_regrowth_per_day``) or the run carries a haze signature (its haze index,
+    :func:`haze_index`, at least ``min_haze_rise`` above both neighbours). A real cut stays low for
+    weeks, so it is never a dip; a cloud right after a cut is not either (the level before it is low).
 
     Raises:
         ValueError: the arrays differ in length or offsets do not end at their length.
     """
-    if not (len(day) == len(ndvi) == len(valid)) or int(offsets[-1]) != len(day):
-        raise ValueError(f"cloud_dips: day {len(day)}, ndvi {len(ndvi)}, valid {len(valid)} rows and offsets "
-                         f"ending at {int(offsets[-1])} must agree")
+    haze = np.full(len(day), np.nan) if haze is None else haze
+    if not (len(day) == len(ndvi) == len(valid) == len(haze)) or int(offsets[-1]) != len(day):
+        raise ValueError(f"cloud_dips: day {len(day)}, ndvi {len(ndvi)}, valid {len(valid)}, haze {len(haze)} rows "
+                         f"and offsets ending at {int(offsets[-1])} must agree")
     return _cloud_dip_kernel(offsets.astype(np.int64), day.astype(np.float64), ndvi.astype(np.float64),
-                             valid.astype(np.bool_), params.get("cloud_dip", "max_regrowth_per_day"),
-                             params.get("cloud_dip", "recovery_margin"), params.get("cloud_dip", "max_span_days"))
+                             haze.astype(np.float64), valid.astype(np.bool_),
+                             params.get("cloud_dip", "max_regrowth_per_day"),
+                             params.get("cloud_dip", "recovery_margin"), params.get("cloud_dip", "max_span_days"),
+                             int(params.get("cloud_dip", "max_run")), params.get("cloud_dip", "min_haze_rise"))
 
 
 def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
@@ -174,13 +225,15 @@ def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     # a clear_fraction stated on any band row of the observation holds for all of its bands
     clear = np.where(np.isnan(clear_given), 1.0 - scl_bad, clear_given)
     blue, red, nir = values[:, 0], values[:, 1], values[:, 2]
+    haze = haze_index(blue, red, red_weight=params.get("validity", "haze_red_weight"))
     with np.errstate(invalid="ignore", divide="ignore"):
         ndvi = (nir - red) / (nir + red)
         valid = (np.isfinite(ndvi) & (ndvi >= params.get("validity", "min_plausible_ndvi"))
                  & ~(clear < params.get("validity", "min_clear_fraction"))
-                 & ~(blue > params.get("validity", "max_blue_reflectance")))
+                 & ~(blue > params.get("validity", "max_blue_reflectance"))
+                 & ~(haze > params.get("validity", "max_haze_index")))
     offsets = group_offsets(parcel, series.n_parcels)
-    dip = cloud_dips(offsets, day, ndvi, valid, params=params)
+    dip = cloud_dips(offsets, day, ndvi, valid, params=params, haze=haze)
     doy, year = _day_of_year(day)
     return S2Series(offsets, day, doy, year, values, ndvi, clear, valid & ~dip, dip)
 

@@ -1,0 +1,116 @@
+"""The mowing marker's physical rules, each on a small constructed Sentinel-2 series.
+
+A cut is a sharp drop within one revisit followed by regrowth; grazing lowers NDVI slowly over
+several revisits; haze and thin cloud that the mask missed lower NDVI for one or two observations
+and carry a blue excess (haze index). See ``marker_params.yaml`` for the values and their sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+from markers_series import write_rows
+
+from cbm_tasks.markers import load_params, prepare, read_series
+from cbm_tasks.markers.mowing import detect_mowing
+from cbm_tasks.markers.preprocess import haze_index
+from cbm_tasks.markers.series import day_to_date
+
+PARAMS = load_params()
+NIR = 0.30
+
+
+def _rows(days: Sequence[int], ndvi: Sequence[float], *, hazy: Sequence[int] = (), haze_add: float = 0.03,
+          clear: float = 0.97) -> list[list[object]]:
+    """S2 rows (B02, B04, B08) of one parcel in 2021; on *hazy* days blue, red and NIR gain path radiance."""
+    rows: list[list[object]] = []
+    for doy, value in zip(days, ndvi, strict=True):
+        red = NIR * (1 - value) / (1 + value)
+        blue, nir = 0.7 * red, NIR
+        if doy in hazy:  # aerosol scattering: strongest in blue, less in red, least in NIR
+            blue, red, nir = blue + haze_add, red + 0.66 * haze_add, nir + 0.33 * haze_add
+        when = (date(2021, 1, 1) + timedelta(days=int(doy) - 1)).isoformat()
+        rows += [["p", when, "s2", band, f"{mean:.5f}", clear, ""]
+                 for band, mean in (("B02", blue), ("B04", red), ("B08", nir))]
+    return rows
+
+
+def _mowing(tmp_path: Path, rows: list[list[object]]) -> tuple[list[str], np.ndarray]:
+    prepared = prepare(read_series(write_rows(tmp_path / "s.csv", rows)), PARAMS)
+    events = detect_mowing(prepared, PARAMS, use_s1=False)
+    dips = prepared.s2.day[prepared.s2.cloud_dip]
+    return [day_to_date(d) for d in events.main], dips
+
+
+def _doy(day: float) -> int:
+    return (date.fromisoformat(day_to_date(day)) - date(2021, 1, 1)).days + 1
+
+
+def _grass(days: np.ndarray, cut: int | None) -> np.ndarray:
+    """Grass at 0.82 from May; a cut drops it to 0.4 within a revisit, regrowth 0.015 NDVI per day."""
+    ndvi = 0.45 + 0.37 * np.clip((days - 90) / 50.0, 0.0, 1.0)
+    if cut is not None:
+        ndvi = np.where(days >= cut, np.minimum(ndvi, 0.40 + 0.015 * (days - cut)), ndvi)
+    return ndvi
+
+
+def test_a_cut_is_found(tmp_path: Path) -> None:
+    days = np.arange(90, 271, 5)
+    found, dips = _mowing(tmp_path, _rows(days, _grass(days, 182)))
+    assert len(dips) == 0
+    assert len(found) == 1
+    assert abs((date.fromisoformat(found[0]) - date(2021, 7, 1)).days) <= 3
+
+
+def test_a_grazing_like_decline_is_not_a_cut(tmp_path: Path) -> None:
+    # pasture: from 0.82 down to 0.45 in steps of ~0.05 per revisit over five weeks, then slow regrowth
+    days = np.arange(90, 271, 5)
+    ndvi = 0.45 + 0.37 * np.clip((days - 90) / 50.0, 0.0, 1.0)
+    ndvi = np.where(days >= 170, np.maximum(0.82 - 0.0106 * (days - 170), 0.45), ndvi)
+    ndvi = np.where(days >= 210, np.minimum(0.45 + 0.006 * (days - 210), 0.82), ndvi)
+    found, _ = _mowing(tmp_path, _rows(days, ndvi))
+    assert found == []
+
+
+def test_a_one_observation_haze_dip_is_not_a_cut(tmp_path: Path) -> None:
+    # revisits 10 days apart: the dip's recovery (0.09 in 10 days) is slow enough for regrowth,
+    # only its blue excess tells it from a cut; the mask (clear share 0.97) missed it
+    days = np.arange(90, 271, 10)
+    rows = _rows(days, _grass(days, None), hazy=[190])
+    found, dips = _mowing(tmp_path, rows)
+    assert found == []
+    assert [_doy(d) for d in dips] == [190]
+    # the same dip without the blue excess is kept as an observation (it could be a cut)
+    _, dips_plain = _mowing(tmp_path, _rows(days, np.where(days == 190, 0.71, _grass(days, None))))
+    assert len(dips_plain) == 0
+
+
+def test_thick_haze_is_rejected_by_the_haze_index(tmp_path: Path) -> None:
+    days = np.arange(90, 271, 5)
+    rows = _rows(days, _grass(days, None), hazy=[200], haze_add=0.08)
+    prepared = prepare(read_series(write_rows(tmp_path / "s.csv", rows)), PARAMS)
+    s2 = prepared.s2
+    hazy = s2.doy == 200
+    index = haze_index(s2.bands[:, 0], s2.bands[:, 1], red_weight=PARAMS.get("validity", "haze_red_weight"))
+    assert index[hazy][0] > PARAMS.get("validity", "max_haze_index") > index[~hazy].max()
+    assert not s2.valid[hazy].any() and s2.valid[~hazy].all()
+
+
+def test_a_two_observation_cloud_run_is_not_a_cut(tmp_path: Path) -> None:
+    days = np.arange(90, 271, 5)
+    ndvi = np.where((days == 195) | (days == 200), 0.5, _grass(days, None))
+    found, dips = _mowing(tmp_path, _rows(days, ndvi))
+    assert found == []
+    assert [_doy(d) for d in dips] == [195, 200]
+
+
+def test_a_real_cut_followed_by_a_cloud_is_still_found(tmp_path: Path) -> None:
+    days = np.arange(90, 271, 5)
+    ndvi = _grass(days, 182)
+    ndvi = np.where(days == 190, 0.2, ndvi)  # an unmasked cloud a week after the cut
+    found, _ = _mowing(tmp_path, _rows(days, ndvi, hazy=[190]))
+    assert len(found) == 1
+    assert abs((date.fromisoformat(found[0]) - date(2021, 7, 1)).days) <= 3
