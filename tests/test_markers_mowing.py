@@ -11,7 +11,7 @@ from markers_series import doy_date, grass_rows, write_rows
 from cbm_tasks.markers import load_params, prepare, read_series
 from cbm_tasks.markers.crop_events import _crop_events_kernel
 from cbm_tasks.markers.engine import MARKERS, run_markers
-from cbm_tasks.markers.mowing import _coherence_rise_kernel, _mowing_kernel, detect_mowing
+from cbm_tasks.markers.mowing import _PARAM_ORDER, _coherence_rise_kernel, _mowing_kernel, detect_mowing
 from cbm_tasks.markers.preprocess import _cloud_dip_kernel
 from cbm_tasks.markers.series import day_to_date
 
@@ -152,17 +152,13 @@ def test_kernels_match_plain_references() -> None:
             after.mean() - before.mean())
     # the compiled kernels give what their Python source gives
     doy = (day % 365).astype(np.float64) + 1
-    packed = np.array([PARAMS.get("mowing", k) for k in (
-        "season_start_doy", "season_end_doy", "min_drop", "strong_drop", "min_relative_drop", "min_ndvi_before",
-        "min_spacing_days", "max_events", "max_bracket_days", "min_recovery", "recovery_window_days",
-        "coherence_window_days", "min_coherence_rise", "weight_drop", "weight_bracket", "weight_recovery",
-        "base_confidence", "s1_bonus", "min_step", "lookback_days", "settle_days", "require_recovery",
-        "min_step_share", "min_confidence", "min_ndvi_after", "coherence_refine_gap_days",
-        "max_pre_decline_share")])
+    packed = np.array([PARAMS.get("mowing", k) for k in _PARAM_ORDER])
+    red = rng.uniform(0.02, 0.12, len(day))
     coh_offsets = np.array([0, 60, 60, 60, 60], np.int64)
     coh_interval = np.full(60, 6.0)
-    compiled = _mowing_kernel(offsets, day, doy, ndvi, valid, coh_offsets, coh_day, coh, coh_interval, packed)
-    python = _mowing_kernel.py_func(offsets, day, doy, ndvi, valid, coh_offsets, coh_day, coh, coh_interval, packed)
+    compiled = _mowing_kernel(offsets, day, doy, ndvi, red, valid, coh_offsets, coh_day, coh, coh_interval, packed)
+    python = _mowing_kernel.py_func(offsets, day, doy, ndvi, red, valid, coh_offsets, coh_day, coh, coh_interval,
+                                    packed)
     assert len(compiled[0]) > 3
     np.testing.assert_array_equal(compiled[0], python[0])
     np.testing.assert_allclose(compiled[1], python[1])

@@ -24,17 +24,23 @@ NIR = 0.30
 
 
 def _rows(days: Sequence[int], ndvi: Sequence[float], *, hazy: Sequence[int] = (), haze_add: float = 0.03,
-          clear: float = 0.97) -> list[list[object]]:
-    """S2 rows (B02, B04, B08) of one parcel in 2021; on *hazy* days blue, red and NIR gain path radiance."""
+          clear: float = 0.97, red: Sequence[float] | None = None) -> list[list[object]]:
+    """S2 rows (B02, B04, B08) of one parcel in 2021; on *hazy* days blue, red and NIR gain path radiance.
+
+    NIR is 0.3 and red follows from NDVI, unless *red* is given (then NIR follows from it).
+    """
     rows: list[list[object]] = []
-    for doy, value in zip(days, ndvi, strict=True):
-        red = NIR * (1 - value) / (1 + value)
-        blue, nir = 0.7 * red, NIR
+    for i, (doy, value) in enumerate(zip(days, ndvi, strict=True)):
+        if red is None:
+            red_i, nir = NIR * (1 - value) / (1 + value), NIR
+        else:
+            red_i, nir = red[i], red[i] * (1 + value) / (1 - value)
+        blue, red_i = 0.7 * red_i, red_i
         if doy in hazy:  # aerosol scattering: strongest in blue, less in red, least in NIR
-            blue, red, nir = blue + haze_add, red + 0.66 * haze_add, nir + 0.33 * haze_add
+            blue, red_i, nir = blue + haze_add, red_i + 0.66 * haze_add, nir + 0.33 * haze_add
         when = (date(2021, 1, 1) + timedelta(days=int(doy) - 1)).isoformat()
         rows += [["p", when, "s2", band, f"{mean:.5f}", clear, ""]
-                 for band, mean in (("B02", blue), ("B04", red), ("B08", nir))]
+                 for band, mean in (("B02", blue), ("B04", red_i), ("B08", nir))]
     return rows
 
 
@@ -114,3 +120,20 @@ def test_a_real_cut_followed_by_a_cloud_is_still_found(tmp_path: Path) -> None:
     found, _ = _mowing(tmp_path, _rows(days, ndvi, hazy=[190]))
     assert len(found) == 1
     assert abs((date.fromisoformat(found[0]) - date(2021, 7, 1)).days) <= 3
+
+
+def test_a_drop_without_the_red_rise_of_a_cut_is_not_a_cut(tmp_path: Path) -> None:
+    # the same NDVI series as a cut on doy 182, but with red unchanged (NIR alone falls: grazed or
+    # shaded canopy, no bare stubble): not a cut; with red rising 2.5x across the step it is one
+    days = np.arange(90, 271, 5)
+    ndvi = _grass(days, 182)
+    red = np.full(len(days), 0.03)
+    found, _ = _mowing(tmp_path, _rows(days, ndvi, red=red))
+    assert found == []
+    red_cut = np.where((days >= 185) & (days < 200), 0.075, red)
+    found, _ = _mowing(tmp_path, _rows(days, ndvi, red=red_cut))
+    assert len(found) == 1
+    # across a long gap (clouds) regrowth may have greened the stubble: red must only not have fallen
+    sparse = days[(days < 175) | (days > 195)]
+    found, _ = _mowing(tmp_path, _rows(sparse, _grass(sparse, 182), red=np.full(len(sparse), 0.03)))
+    assert len(found) == 1
