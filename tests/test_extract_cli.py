@@ -16,8 +16,8 @@ from affine import Affine
 from test_extract_support import add_parcel_set, row_counts, write_tif
 
 from cbm_tasks import cli
-from cbm_tasks.cli.timeseries import export_time_series
 from cbm_tasks.errors import BadInputError
+from cbm_tasks.timeseries.export import export_time_series
 from cbm_tasks.timeseries.read import BAND_STATS_SCHEMA, CLASS_COUNTS_SCHEMA
 
 X0, Y0 = 500000, 5600100

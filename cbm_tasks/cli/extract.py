@@ -6,11 +6,8 @@ import argparse
 import sys
 from datetime import datetime
 
-from cbm_tasks import db
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.ops import settings
-from cbm_tasks.pipeline.files import extract_file
-from cbm_tasks.store import open_store
 
 __all__ = ["register"]
 
@@ -46,6 +43,10 @@ def _obs_time(text: str | None) -> datetime | None:
 
 
 def _extract(args: argparse.Namespace) -> int:
+    from cbm_tasks import db  # the engine (numpy, numba, rasterio): loaded only to extract
+    from cbm_tasks.pipeline.files import extract_file
+    from cbm_tasks.store import open_store
+
     obs_time = _obs_time(args.obs_time)
     store = open_store(settings.store_config())
     with db.connect(settings.database_url()) as conn:

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from psycopg.conninfo import conninfo_to_dict
-
 from cbm_tasks.errors import ConfigError
 from cbm_tasks.ops import settings
 from cbm_tasks.ops.cluster import ClusterConfig
@@ -272,6 +270,8 @@ def write_config(cfg: AirflowConfig) -> Path:
 
 
 def _postgis_connection(data_url: str) -> dict[str, Any]:
+    from psycopg.conninfo import conninfo_to_dict  # psycopg: not for `cbm airflow status` (CLI start-up)
+
     params = conninfo_to_dict(data_url)
     conn: dict[str, Any] = {"conn_type": "postgres"}
     for field, key in (("host", "host"), ("login", "user"), ("password", "password"), ("schema", "dbname")):
