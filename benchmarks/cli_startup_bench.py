@@ -28,7 +28,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 GOAL_S = 0.5
-GROUPS = ("db", "airflow", "parcels", "demo", "extract", "timeseries", "api", "markers", "audit")
+GROUPS = ("db", "airflow", "parcels", "demo", "extract", "timeseries", "api", "markers", "audit", "kernels")
 
 
 def _time(argv: list[str], runs: int, env: dict[str, str]) -> list[float]:

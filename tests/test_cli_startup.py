@@ -29,7 +29,7 @@ except SystemExit as done:  # --help, argparse errors
     status = done.code
 print(json.dumps({"status": status, "modules": sorted({m.split('.')[0] for m in sys.modules})}))
 """
-GROUPS = ("db", "airflow", "parcels", "demo", "extract", "timeseries", "api", "markers", "audit")
+GROUPS = ("db", "airflow", "parcels", "demo", "extract", "timeseries", "api", "markers", "audit", "kernels")
 
 
 def _run_cbm(*args: str, env: dict[str, str] | None = None) -> tuple[int, set[str], str]:

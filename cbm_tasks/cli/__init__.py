@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from cbm_tasks import __version__
 from cbm_tasks.errors import CbmError, TransientError
+from cbm_tasks.ops import kernel_cache
 
 if TYPE_CHECKING:
     import psycopg
@@ -27,7 +28,7 @@ __all__ = ["main"]
 EXIT_ERROR, EXIT_TRANSIENT = 2, 75
 
 # Each module has register(subparsers) and sets args.func(args) -> int.
-_GROUPS = ("db", "airflow", "parcels", "demo", "extract", "timeseries", "api", "markers", "audit")
+_GROUPS = ("db", "airflow", "parcels", "demo", "extract", "timeseries", "api", "markers", "audit", "kernels")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    kernel_cache.use_cache_dir()  # before a handler imports Numba: the kernels compiled at install
     try:
         return int(args.func(args))
     except _psycopg_operational_errors() as err:  # a connection not opened through db.connect

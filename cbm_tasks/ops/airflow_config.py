@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cbm_tasks.errors import ConfigError
-from cbm_tasks.ops import settings
+from cbm_tasks.ops import kernel_cache, settings
 from cbm_tasks.ops.cluster import ClusterConfig
 
 __all__ = [
@@ -292,6 +292,8 @@ def environment(cfg: AirflowConfig) -> dict[str, str]:
         "AIRFLOW_HOME": str(cfg.home),
         "AIRFLOW_CONN_CBM_POSTGIS": json.dumps(_postgis_connection(cfg.data_url)),
         "AIRFLOW_CONN_CBM_STORE": json.dumps(store),
+        # the forkserver's preload and every task load the kernels `cbm kernels warm` compiled at install
+        kernel_cache.CACHE_ENV: str(kernel_cache.cache_dir()),
     }
 
 
