@@ -67,7 +67,7 @@ def label_cache() -> LabelCache:
     so the command line and the tasks of this machine share their label rasters.
 
     Raises:
-        ConfigError: ``CBM_LABEL_CACHE_GB`` is not a number >= 0.
+        ConfigError: ``CBM_LABEL_CACHE_GB`` is not a number >= 0; the folder cannot be created.
     """
     from cbm_tasks.extraction.label_cache import LabelCache  # numpy: not at the command's start
 
@@ -79,8 +79,10 @@ def label_cache() -> LabelCache:
         raise ConfigError(f"CBM_LABEL_CACHE_GB must be a number of gigabytes, got {budget_text!r}") from err
     if not budget_gb >= 0:
         raise ConfigError(f"CBM_LABEL_CACHE_GB must be >= 0, got {budget_text!r}")
-    # one raster in memory: one image is extracted per process (a 10 m S2 tile's labels take 482 MB)
-    return LabelCache(max_entries=1, directory=Path(directory), max_disk_bytes=int(budget_gb * 1e9))
+    try:  # one raster in memory: one image is extracted per process (a 10 m S2 tile's labels take 482 MB)
+        return LabelCache(max_entries=1, directory=Path(directory), max_disk_bytes=int(budget_gb * 1e9))
+    except OSError as err:
+        raise ConfigError(f"label cache folder {directory} (CBM_LABEL_CACHE_DIR): cannot create it: {err}") from err
 
 
 def store_config() -> StoreConfig:
