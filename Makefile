@@ -4,11 +4,14 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test install lint db-start db-stop airflow-stop clean
 
+# `cbm kernels warm` (also run at install) recompiles, once, a Numba kernel edited since: no run compiles
 demo: install
+	$(BIN)/cbm kernels warm
 	$(BIN)/cbm demo run
 
 test: install
 	$(BIN)/cbm db start
+	$(BIN)/cbm kernels warm
 	$(BIN)/ruff check cbm_tasks dags plugins tests benchmarks
 	$(BIN)/mypy cbm_tasks
 	$(BIN)/pytest -q

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 
 from cbm_tasks.errors import IdLimitError, NotFoundError
 
 __all__ = [
+    "ParcelSetInfo",
     "ParcelSetRef",
     "aoi_footprint_wkt",
     "aoi_id",
@@ -22,6 +24,7 @@ __all__ = [
     "id_limit_error",
     "find_parcel_set",
     "list_aois",
+    "list_parcel_sets",
     "parcel_set_years",
 ]
 
@@ -135,3 +138,29 @@ def aoi_footprint_wkt(conn: psycopg.Connection, aoi: str) -> str:
         raise NotFoundError(f"AOI {aoi!r} has no parcel set with an extent; import parcels first "
                             "(cbm parcels import FILE --aoi NAME --year YEAR)")
     return str(row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class ParcelSetInfo:
+    """One parcel set as listed by :func:`list_parcel_sets`."""
+
+    parcel_set_id: int
+    aoi: str
+    year: int
+    srid: int
+    version: int
+    n_parcels: int
+    source_file: str
+    source_layer: str | None
+    imported_at: datetime
+
+
+def list_parcel_sets(conn: psycopg.Connection, *, aoi: str | None = None) -> list[ParcelSetInfo]:
+    """Return the parcel sets, by AOI name and year; only those of *aoi* when given."""
+    rows = conn.execute(
+        "SELECT s.parcel_set_id, a.name, s.year, s.srid, s.version, s.n_parcels, s.source_file, s.source_layer, "
+        "s.imported_at FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) "
+        "WHERE %(aoi)s::text IS NULL OR a.name = %(aoi)s ORDER BY a.name, s.year",
+        {"aoi": aoi},
+    ).fetchall()
+    return [ParcelSetInfo(*row) for row in rows]

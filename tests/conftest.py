@@ -16,7 +16,11 @@ import pytest
 from psycopg import sql
 
 from cbm_tasks import db
-from cbm_tasks.ops import cluster, settings
+from cbm_tasks.ops import cluster, kernel_cache, settings
+
+# the Numba cache that `cbm kernels warm` filled at install (make test installs first), as the CLI and
+# Airflow use it: the suite loads the kernels instead of compiling them
+kernel_cache.use_cache_dir()
 
 pytest_plugins = ["api_world"]  # the API tests' shared world (fixture api_world)
 

@@ -105,7 +105,7 @@ def test_real_parcels_match_numpy(conn: psycopg.Connection, tmp_path: Path, cube
     set_id = add_parcel_set(conn, aoi="flanders", year=2018, srid=32631, parcels=parcels)
     product_ids = _register_dates(conn, tmp_path, cube)
     cache = LabelCache()
-    with caplog.at_level(logging.INFO, logger="cbm_tasks.extraction.extract"):
+    with caplog.at_level(logging.INFO, logger="cbm_tasks.extraction"):
         results = [extract_product(conn, STORE, pid, aoi="flanders", label_cache=cache) for pid in product_ids]
     assert all(r.parcel_set_id == set_id and r.n_bands == 3 and r.n_parcels == len(parcels) for r in results)
     assert sum("band=B08" in m for m in caplog.messages) == 3 and sum("rows=" in m for m in caplog.messages) == 12

@@ -16,8 +16,8 @@ from affine import Affine
 from test_extract_support import add_parcel_set, row_counts, write_tif
 
 from cbm_tasks import cli
-from cbm_tasks.cli.timeseries import export_time_series
 from cbm_tasks.errors import BadInputError
+from cbm_tasks.timeseries.export import export_time_series
 from cbm_tasks.timeseries.read import BAND_STATS_SCHEMA, CLASS_COUNTS_SCHEMA
 
 X0, Y0 = 500000, 5600100
@@ -124,3 +124,35 @@ def test_export_of_a_season_without_images(cli_db: psycopg.Connection, tmp_path:
         assert result.classes_path == tmp_path / f"empty_classes{suffix}" and result.classes_path.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "empty.csv", "empty.parquet", "empty_classes.csv", "empty_classes.parquet"]
+
+
+def test_extract_cli_keeps_labels_on_disk(cli_db: psycopg.Connection, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CBM_LABEL_CACHE_DIR", str(tmp_path / "labels"))
+    first, second = _image(tmp_path, "S2_20180601.tif", seed=5), _image(tmp_path, "S2_20180606.tif", seed=6)
+    assert cli.main(["extract", str(first), "--aoi", "cli", "--year", "2018"]) == 0
+    (labels,) = (tmp_path / "labels").glob("labels_*.npy")  # one grid: one label raster
+    cached = np.load(labels)
+    assert cached.max() == 4
+    # the next image of the grid takes its labels from that file: with parcel 4 erased there, it has no row
+    np.save(labels, np.where(cached == 4, 0, cached).astype(np.int32))
+    assert cli.main(["extract", str(second), "--aoi", "cli", "--year", "2018"]) == 0
+    assert list((tmp_path / "labels").glob("labels_*.npy")) == [labels]
+    per_image = cli_db.execute("SELECT p.uid, count(*) FROM cbm.parcel_obs o JOIN cbm.product p USING (product_id) "
+                               "GROUP BY p.uid ORDER BY p.uid").fetchall()
+    assert per_image == [(str(first.resolve()), 4), (str(second.resolve()), 3)]
+
+
+def test_label_cache_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from cbm_tasks.errors import ConfigError
+    from cbm_tasks.ops import settings
+
+    monkeypatch.setenv("CBM_LABEL_CACHE_DIR", str(tmp_path / "labels"))
+    monkeypatch.setenv("CBM_LABEL_CACHE_GB", "lots")
+    with pytest.raises(ConfigError, match="CBM_LABEL_CACHE_GB"):
+        settings.label_cache()
+    monkeypatch.setenv("CBM_LABEL_CACHE_GB", "1")
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("CBM_LABEL_CACHE_DIR", str(tmp_path / "file" / "labels"))
+    with pytest.raises(ConfigError, match="CBM_LABEL_CACHE_DIR"):
+        settings.label_cache()

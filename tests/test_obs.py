@@ -14,10 +14,10 @@ import shapely
 from test_extract_support import add_parcel_set, add_product, row_counts, wait_until_waiting_on_a_lock
 
 from cbm_tasks.aoi import find_parcel_set
-from cbm_tasks.cli.timeseries import export_time_series
 from cbm_tasks.errors import NotFoundError, TransientError
 from cbm_tasks.timeseries import read
 from cbm_tasks.timeseries import write as obs
+from cbm_tasks.timeseries.export import export_time_series
 
 T0 = datetime(2018, 4, 5, 10, 50, 31, tzinfo=UTC)
 

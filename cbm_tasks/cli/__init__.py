@@ -1,4 +1,9 @@
-"""The ``cbm`` command: one sub-command group per module of this package."""
+"""The ``cbm`` command: one sub-command group per module of this package.
+
+Start-up is part of what a user waits for (``cbm --help``, ``cbm db status``): the group modules
+import only argparse and light modules at the top; a handler imports what it needs (numpy,
+rasterio, pandas, FastAPI, ...) when it runs. ``tests/test_cli_startup.py`` checks it.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,14 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import psycopg
-
-from cbm_tasks import __version__, db
+from cbm_tasks import __version__
 from cbm_tasks.errors import CbmError, TransientError
+from cbm_tasks.ops import kernel_cache
+
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = ["main"]
 
@@ -20,7 +28,7 @@ __all__ = ["main"]
 EXIT_ERROR, EXIT_TRANSIENT = 2, 75
 
 # Each module has register(subparsers) and sets args.func(args) -> int.
-_GROUPS = ("db", "airflow", "parcels", "demo", "extract", "timeseries", "api", "markers", "audit")
+_GROUPS = ("db", "airflow", "parcels", "demo", "extract", "timeseries", "api", "markers", "audit", "kernels")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,12 +50,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    kernel_cache.use_cache_dir()  # before a handler imports Numba: the kernels compiled at install
     try:
         return int(args.func(args))
-    except psycopg.OperationalError as err:  # a connection not opened through db.connect
+    except _psycopg_operational_errors() as err:  # a connection not opened through db.connect
+        from cbm_tasks import db
+
         return _fail(db.transient_error(err))
     except CbmError as err:
         return _fail(err)
+
+
+def _psycopg_operational_errors() -> tuple[type[psycopg.OperationalError], ...]:
+    # evaluated only when a handler raised: a command that never loaded psycopg cannot raise its errors,
+    # and importing it here would cost every light command its start-up
+    loaded = sys.modules.get("psycopg")
+    return (loaded.OperationalError,) if loaded is not None else ()
 
 
 def _fail(err: CbmError) -> int:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from cbm_tasks.ops import airflow_ctl, cluster, settings
+if TYPE_CHECKING:
+    from cbm_tasks.ops import airflow_ctl
 
 __all__ = ["register"]
 
@@ -30,13 +32,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _login_lines(cfg: airflow_ctl.AirflowConfig) -> list[str]:
+    from cbm_tasks.ops import airflow_ctl
+
     return [
         f"UI:       {cfg.url}/",
         f"login:    {airflow_ctl.ADMIN_USER} / {airflow_ctl.admin_password(cfg)}  (stored in {cfg.passwords_file})",
     ]
 
 
+# airflow_ctl (subprocess, sockets, the configuration) is imported by the handlers: `cbm --help` needs none of it
 def _start(args: argparse.Namespace) -> int:
+    from cbm_tasks.ops import airflow_ctl, cluster, settings
+
     cfg = airflow_ctl.default_config(port=args.port)
     cluster.start(cfg.cluster)
     cluster.ensure_database(cfg.cluster, settings.database_name())
@@ -47,6 +54,8 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
+    from cbm_tasks.ops import airflow_ctl
+
     cfg = airflow_ctl.default_config(port=args.port)
     stopped = airflow_ctl.stop(cfg)
     sys.stdout.write(f"stopped: {', '.join(stopped)}\n" if stopped else "airflow was not running\n")
@@ -54,6 +63,8 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from cbm_tasks.ops import airflow_ctl
+
     cfg = airflow_ctl.default_config(port=args.port)
     states = airflow_ctl.status(cfg)
     lines = [
@@ -80,6 +91,8 @@ def _health_summary(answer: dict[str, object]) -> str:
 
 
 def _env(args: argparse.Namespace) -> int:
+    from cbm_tasks.ops import airflow_ctl
+
     cfg = airflow_ctl.default_config(port=args.port)
     airflow_ctl.write_config(cfg)
     sys.stdout.write("\n".join(airflow_ctl.export_lines(cfg)) + "\n")

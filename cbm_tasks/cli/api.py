@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from cbm_tasks import db
-from cbm_tasks.api import auth
-from cbm_tasks.api.context import ApiConfig
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.ops import settings
+
+if TYPE_CHECKING:
+    from cbm_tasks.api.context import ApiConfig
 
 __all__ = ["api_config", "register"]
 
@@ -31,6 +32,8 @@ DEFAULT_PORT = 8090
 
 def api_config() -> ApiConfig:
     """Return the standalone server's settings from the environment (see the module docstring)."""
+    from cbm_tasks.api.context import ApiConfig  # FastAPI: only the server needs it
+
     return ApiConfig(dsn=os.environ.get("CBM_API_DATABASE_URL") or settings.database_url(),
                      store=settings.store_config())
 
@@ -76,6 +79,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
+    from cbm_tasks import db
+    from cbm_tasks.api import auth
+
     secret = sys.stdin.readline().rstrip("\n") if args.secret_stdin else None
     with db.connect(settings.database_url()) as conn:
         created = auth.add_user(conn, args.name, secret=secret, aois=tuple(args.aoi))
@@ -87,6 +93,9 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
+    from cbm_tasks import db
+    from cbm_tasks.api import auth
+
     with db.connect(settings.database_url()) as conn:
         auth.remove_user(conn, args.name)
     sys.stdout.write(f"user {args.name} removed\n")
@@ -94,6 +103,9 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from cbm_tasks import db
+    from cbm_tasks.api import auth
+
     with db.connect(settings.database_url()) as conn:
         users = auth.list_users(conn)
     for user in users:
@@ -102,6 +114,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _grant(args: argparse.Namespace) -> int:
+    from cbm_tasks import db
+    from cbm_tasks.api import auth
+
     with db.connect(settings.database_url()) as conn:
         for aoi in args.aoi:
             changed = auth.grant(conn, args.name, aoi, revoke=args.revoke)

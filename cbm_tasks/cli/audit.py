@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-from cbm_tasks import db
 from cbm_tasks.ops import settings
 
 __all__ = ["register"]
@@ -48,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _parcel(args: argparse.Namespace) -> int:
+    from cbm_tasks import db
     from cbm_tasks.report.parcel_audit import gather  # matplotlib and weasyprint only for this command
     from cbm_tasks.report.render import write_parcel_report
 
@@ -61,6 +61,7 @@ def _parcel(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cbm_tasks import db
     from cbm_tasks.report.run_report import run_report, write_run_report
 
     with db.connect(settings.database_url(), autocommit=True, application_name="cbm audit") as conn:
@@ -72,6 +73,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from cbm_tasks import db
     from cbm_tasks.report.verify import verify_parcel_set
 
     with db.connect(settings.database_url(), autocommit=True, application_name="cbm audit") as conn:

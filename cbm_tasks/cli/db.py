@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cbm_tasks import db
 from cbm_tasks.ops import cluster, settings
 
 __all__ = ["register"]
@@ -62,6 +61,8 @@ def _url(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from cbm_tasks import db  # psycopg: only the commands that connect pay its import
+
     with db.connect(settings.database_url()) as conn:
         applied = db.migrate(conn)
     sys.stdout.write(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}\n")

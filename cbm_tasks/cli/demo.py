@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cbm_tasks.demo.data import DemoLayout, build_demo
-from cbm_tasks.demo.synthetic import build_synthetic
 from cbm_tasks.ops import settings
+
+if TYPE_CHECKING:
+    from cbm_tasks.demo.data import DemoLayout
 
 __all__ = ["register"]
 
@@ -42,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _build(args: argparse.Namespace) -> int:
+    from cbm_tasks.demo.data import build_demo  # xarray, rasterio: only when data is built
+    from cbm_tasks.demo.synthetic import build_synthetic
+
     out: Path = args.out or settings.project_dir() / "var" / "demo"
     layouts = [build_demo(out / "demo", cube_dir=args.cube_dir, max_products=args.max_products)]
     if args.synthetic:

@@ -6,11 +6,8 @@ import argparse
 import sys
 from datetime import datetime
 
-from cbm_tasks import db
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.ops import settings
-from cbm_tasks.pipeline.files import extract_file
-from cbm_tasks.store import open_store
 
 __all__ = ["register"]
 
@@ -22,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="extract one image (GeoTIFF/COG or S2 L2A SAFE folder) for the parcels of an AOI",
         description="Reduce IMAGE to per-parcel statistics of every band and store them (replacing the "
         "image's earlier rows) in one transaction. An image without a catalogue record is registered "
-        "in cbm.product (catalogue 'file', uid = its absolute path).",
+        "in cbm.product (catalogue 'file', uid = its absolute path). The parcels rasterised on the image's "
+        "grid are kept on disk (CBM_LABEL_CACHE_DIR, default <scratch>/labels, as for the Airflow tasks): the next "
+        "image of the same tile reuses them.",
     )
     parser.add_argument("image", metavar="IMAGE", help="GeoTIFF/COG or S2 L2A .SAFE folder: a local path, or "
                         "s3://bucket/key with the store set by the CBM_STORE_* variables")
@@ -46,11 +45,16 @@ def _obs_time(text: str | None) -> datetime | None:
 
 
 def _extract(args: argparse.Namespace) -> int:
+    from cbm_tasks import db  # the engine (numpy, numba, rasterio): loaded only to extract
+    from cbm_tasks.pipeline.files import extract_file
+    from cbm_tasks.store import open_store
+
     obs_time = _obs_time(args.obs_time)
     store = open_store(settings.store_config())
     with db.connect(settings.database_url()) as conn:
         result = extract_file(conn, store, args.image, aoi=args.aoi, year=args.year, obs_time=obs_time,
-                              product_id=args.product_id, product_type=args.product_type)
+                              product_id=args.product_id, product_type=args.product_type,
+                              label_cache=settings.label_cache())
     sys.stdout.write(
         f"product {result.product_id}: {result.n_parcels} parcels, {result.n_rows} statistics rows, "
         f"{result.n_bands} bands, parcel set {result.parcel_set_id}, {result.seconds:.2f} s\n"

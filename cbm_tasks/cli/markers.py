@@ -16,12 +16,6 @@ from pathlib import Path
 
 from cbm_tasks.cli import markers_db
 from cbm_tasks.errors import BadInputError
-from cbm_tasks.markers.engine import run_markers
-from cbm_tasks.markers.params import load_params
-from cbm_tasks.markers.reader import read_series
-from cbm_tasks.markers.writer import LIGHT_COLUMNS, read_crops, write_csv, write_events
-from cbm_tasks.traffic_light.evaluate import evaluate_lights
-from cbm_tasks.traffic_light.rules import load_rules
 
 __all__ = ["register"]
 
@@ -70,6 +64,14 @@ def _run(args: argparse.Namespace) -> int:
         return markers_db.run(args)
     if args.out is None:
         raise BadInputError("cbm markers run --timeseries: --out DIR is required")
+    # numpy, numba, pyarrow: loaded only when markers are computed
+    from cbm_tasks.markers.engine import run_markers
+    from cbm_tasks.markers.params import load_params
+    from cbm_tasks.markers.reader import read_series
+    from cbm_tasks.markers.writer import LIGHT_COLUMNS, read_crops, write_csv, write_events
+    from cbm_tasks.traffic_light.evaluate import evaluate_lights
+    from cbm_tasks.traffic_light.rules import load_rules
+
     rules = load_rules(args.rules)  # validated before anything is read or written
     params = load_params(args.params)
     crops = None
@@ -97,7 +99,9 @@ def _run(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     if args.timeseries is None:
         return markers_db.plot(args)
+    from cbm_tasks.markers.params import load_params
     from cbm_tasks.markers.plot import plot_parcel  # matplotlib only when a plot is asked for
+    from cbm_tasks.markers.reader import read_series
 
     params = load_params(args.params)
     series = read_series(args.timeseries)

@@ -12,16 +12,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from cbm_tasks import db, lineage
-from cbm_tasks.aoi import find_parcel_set
 from cbm_tasks.errors import BadInputError, NotFoundError
-from cbm_tasks.markers import db_read
-from cbm_tasks.markers.export import export_lights
-from cbm_tasks.markers.params import load_params
 from cbm_tasks.ops import settings
-from cbm_tasks.pipeline.markers import lights_summary, run_parcel_set
 
 __all__ = ["add_export", "export", "plot", "run"]
 
@@ -33,6 +25,9 @@ def _need_set(args: argparse.Namespace, action: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Markers and lights of a parcel set in the database; prints the lights per scheme."""
+    from cbm_tasks import db, lineage  # the marker engine (numpy, numba): loaded only to run it
+    from cbm_tasks.pipeline.markers import lights_summary, run_parcel_set
+
     _need_set(args, "run")
     with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
         outcome = run_parcel_set(conn, lineage.RunContext(step="markers"), aoi=args.aoi, year=args.year,
@@ -53,6 +48,12 @@ def run(args: argparse.Namespace) -> int:
 
 def plot(args: argparse.Namespace) -> int:
     """Draw one parcel of a parcel set in the database."""
+    import numpy as np
+
+    from cbm_tasks import db
+    from cbm_tasks.aoi import find_parcel_set
+    from cbm_tasks.markers import db_read
+    from cbm_tasks.markers.params import load_params
     from cbm_tasks.markers.plot import plot_parcel  # matplotlib only when a plot is asked for
 
     _need_set(args, "plot")
@@ -87,6 +88,9 @@ def add_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def export(args: argparse.Namespace) -> int:
     """Export the lights."""
+    from cbm_tasks import db
+    from cbm_tasks.markers.export import export_lights  # geopandas: only to export
+
     with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
         n = export_lights(conn, aoi=args.aoi, year=args.year, out=args.out, scheme=args.scheme)
     sys.stdout.write(f"{args.out}: {n} lights\n")

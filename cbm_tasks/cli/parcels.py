@@ -6,12 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from cbm_tasks import db
 from cbm_tasks.ops import settings
 from cbm_tasks.parcels.columns import NO_COLUMN
-from cbm_tasks.parcels.overlaps import SLIVER_M2
-from cbm_tasks.parcels.sets import import_parcels, list_parcel_sets
-from cbm_tasks.pipeline.extract import requeue_incomplete
 
 __all__ = ["register"]
 
@@ -43,6 +39,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _import(args: argparse.Namespace) -> int:
+    from cbm_tasks import db  # pandas, pyogrio, shapely: loaded only to import
+    from cbm_tasks.parcels.overlaps import SLIVER_M2
+    from cbm_tasks.parcels.sets import import_parcels
+    from cbm_tasks.pipeline.extract import requeue_incomplete
+
     with db.connect(settings.database_url()) as conn:
         report = import_parcels(
             conn,
@@ -86,6 +87,9 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from cbm_tasks import db
+    from cbm_tasks.aoi import list_parcel_sets
+
     with db.connect(settings.database_url()) as conn:
         sets = list_parcel_sets(conn, aoi=args.aoi)
     header = ("aoi", "year", "set", "parcels", "srid", "version", "imported_at", "source")

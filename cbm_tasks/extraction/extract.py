@@ -21,6 +21,8 @@ Rules:
 - Rows are only written for the parcel-set version they were computed from: the write
   transaction locks the set row (``FOR SHARE``) and checks its version; when an import
   committed meanwhile, the image is recomputed from the new version.
+
+Reading and reducing the bands is ``compute``'s job; this module writes the rows and records them.
 """
 
 from __future__ import annotations
@@ -28,34 +30,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import psycopg
-import rasterio
-from rasterio.errors import RasterioError
-from rasterio.windows import Window
 
 from cbm_tasks import lineage
 from cbm_tasks.aoi import ParcelSetRef, find_parcel_set
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
-from cbm_tasks.errors import BandError, ParcelSetChangedError
+from cbm_tasks.errors import ParcelSetChangedError
 from cbm_tasks.extraction.bands import BandSource
-from cbm_tasks.extraction.grid import (
-    Grid,
-    Selection,
-    grid_of,
-    overlap_pairs,
-    select_parcels,
-    window_layers,
-    window_of,
-)
+from cbm_tasks.extraction.compute import ENGINE_OPTIONS, ComputedImage, compute_image
 from cbm_tasks.extraction.label_cache import LabelCache
-from cbm_tasks.extraction.layers import BandResult, reduce_band
-from cbm_tasks.extraction.raster_io import RasterStore, open_raster, raster_error
+from cbm_tasks.extraction.raster_io import RasterStore
 from cbm_tasks.extraction.sources import product_bands
 from cbm_tasks.timeseries import write
 
@@ -63,7 +51,6 @@ __all__ = ["ENGINE_OPTIONS", "ExtractionResult", "RegisterImage", "extract_image
 
 log = logging.getLogger(__name__)
 
-ENGINE_OPTIONS = {"pixel_rule": "centre", "percentiles": "linear", "std": "population", "resampling": "none"}
 # (conn, covers_parcels) -> product_id, called inside the write transaction (see extract_image)
 RegisterImage = Callable[[psycopg.Connection, bool], int]
 # an import committed between reading the set and writing its rows: recompute this often, then
@@ -84,91 +71,7 @@ class ExtractionResult:
     warning: str | None = None  # why no row was written (image misses every parcel, or only nodata)
 
 
-@dataclass(frozen=True, slots=True)
-class _Computed:
-    image: write.ImageStats
-    params: dict[str, Any]
-    n_selected: int
-
-
-# The raster extent (or window) is densified before ST_Transform so that it keeps its shape in the
-# parcel set's CRS; parcels are compared in their own CRS so that the GiST index applies.
-def _read(dataset: rasterio.DatasetReader, band: BandSource, window: Window, *, store: RasterStore,
-          product: str) -> np.ndarray:
-    try:
-        values: np.ndarray = dataset.read(band.band_index, window=window)
-    except RasterioError as err:
-        raise raster_error(err, band.href, store=store, product=product, band=band.name, action="read") from err
-    return values
-
-
-def _compute(conn: psycopg.Connection, store: RasterStore, product: Product, bands: Sequence[BandSource],
-             parcel_set: ParcelSetRef, label_cache: LabelCache, only_keys: np.ndarray | None = None) -> _Computed:
-    """Read the bands and reduce them to per-parcel rows (of *only_keys* when given); no database writes."""
-    with conn.transaction():
-        row = conn.execute("SELECT coalesce(max(parcel_key), 0) FROM cbm.parcel WHERE parcel_set_id = %s",
-                           (parcel_set.parcel_set_id,)).fetchone()
-    n_labels = int(row[0]) if row is not None else 0
-    results: list[BandResult] = []
-    # deflate/JPEG2000 decoding is the largest part of a warm run: let GDAL use every core for it
-    gdal_options = {"GDAL_NUM_THREADS": "ALL_CPUS", **store.rasterio_env()}
-    with rasterio.Env(**gdal_options), ExitStack() as stack:
-        datasets: dict[str, rasterio.DatasetReader] = {}
-        grids: dict[str, Grid] = {}
-        for band in bands:
-            if band.href not in datasets:
-                datasets[band.href] = stack.enter_context(
-                    open_raster(band.href, store=store, product=product.name, band=band.name))
-                grids[band.href] = grid_of(datasets[band.href], product=product.name, href=band.href)
-            if band.band_index > datasets[band.href].count:
-                raise BandError(f"product {product.name}: band {band.name} is band {band.band_index} of {band.href}, "
-                                f"which has {datasets[band.href].count} band(s)")
-        # the grids of one product usually share their extent (S2: 10, 20 and 60 m): select once per extent
-        by_extent: dict[tuple[int, tuple[float, ...]], Selection] = {}
-        selections: dict[Grid, Selection] = {}
-        for grid in dict.fromkeys(grids.values()):
-            extent = (grid.epsg, grid.bounds)
-            if extent not in by_extent:
-                by_extent[extent] = select_parcels(conn, parcel_set, grid, product.footprint_wkt, only_keys)
-            selections[grid] = by_extent[extent]
-        selected = np.unique(np.concatenate([s.parcel_keys for s in selections.values()]))
-        pairs = overlap_pairs(conn, parcel_set)
-        for band in bands:
-            t0 = time.perf_counter()
-            grid = grids[band.href]
-            window = window_of(grid, selections[grid])
-            if window is None:
-                width = int(band.n_classes or 0) if band.categorical else write.STATS_PER_BAND
-                result = BandResult(band, np.empty(0, np.int32), np.empty((0, width), np.float32))
-            else:
-                layers = window_layers(conn, label_cache, grid, window, parcel_set, pairs)
-                values = _read(datasets[band.href], band, window, store=store, product=product.name)
-                result = reduce_band(band, layers, values, n_labels)
-                inside = np.isin(result.parcel_keys, selected)  # parcels outside the footprint are not reported
-                result = BandResult(band, result.parcel_keys[inside], result.values[inside])
-            results.append(result)
-            log.info("extracted product=%s band=%s parcels=%d rows=%d seconds=%.2f", product.name, band.name,
-                     len(selections[grid].parcel_keys), len(result.parcel_keys), time.perf_counter() - t0)
-    measured = [r for r in results if not r.band.categorical]
-    keys = np.unique(np.concatenate([r.parcel_keys for r in measured] or [np.empty(0, np.int32)]))
-    stats = np.full((len(keys), write.STATS_PER_BAND * len(measured)), np.nan, np.float32)
-    stats[:, 0::write.STATS_PER_BAND] = 0
-    for i, result in enumerate(measured):
-        column = write.STATS_PER_BAND * i
-        stats[np.searchsorted(keys, result.parcel_keys), column:column + write.STATS_PER_BAND] = result.values
-    class_rows = tuple(write.ClassCountRows(r.band.name, r.parcel_keys.astype(np.int32), r.values.astype(np.int32))
-                       for r in results if r.band.categorical)
-    image = write.ImageStats(tuple(r.band.name for r in measured), keys.astype(np.int32), stats, class_rows)
-    params = {
-        "bands": {b.name: b.params() for b in bands},
-        "engine": ENGINE_OPTIONS,
-        "footprint": "catalogue" if product.footprint_wkt else "raster bounds",
-        "parcels_selected": len(selected),
-    }
-    return _Computed(image, params, len(selected))
-
-
-def _write(conn: psycopg.Connection, product: Product, parcel_set: ParcelSetRef, computed: _Computed, *,
+def _write(conn: psycopg.Connection, product: Product, parcel_set: ParcelSetRef, computed: ComputedImage, *,
            product_id: int | None, register: RegisterImage | None, t0: float,
            pipeline_run_id: int | None) -> tuple[int, int]:
     """Write the rows of one image in one transaction; return (product id, rows written).
@@ -242,7 +145,7 @@ def extract_image(
         write.ensure_partitions(conn, parcel_set.parcel_set_id)
         missing = (_missing_parcels(conn, parcel_set, product_id, bands)
                    if complete and product_id is not None else None)
-        computed = _compute(conn, store, product, bands, parcel_set, cache, missing)
+        computed = compute_image(conn, store, product, bands, parcel_set, cache, missing)
         try:
             if missing is not None and product_id is not None:
                 written_id, n_rows = product_id, write.merge_parcel_stats(
@@ -302,7 +205,7 @@ def _parcels_with_rows(conn: psycopg.Connection, parcel_set_id: int, product_id:
     return 0 if row is None else int(row[0])
 
 
-def _empty_warning(computed: _Computed, parcel_set: ParcelSetRef) -> str | None:
+def _empty_warning(computed: ComputedImage, parcel_set: ParcelSetRef) -> str | None:
     """Why an image gave no row, in words for the operator; None when it gave rows."""
     if computed.n_selected == 0:
         return (f"misses every parcel of parcel set {parcel_set.parcel_set_id}: no parcel intersects its "

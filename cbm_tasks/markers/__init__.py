@@ -31,12 +31,48 @@ Speed: parcels are processed inside Numba kernels over offset-grouped arrays; a 
 of S2 every 5 days plus S1 costs about 30 microseconds (492 SK plot-years in 16 ms).
 """
 
-from cbm_tasks.markers.engine import MARKERS, EventRow, MarkerResult, run_markers
-from cbm_tasks.markers.params import MarkerParams, load_params
-from cbm_tasks.markers.preprocess import PreparedSeries, prepare
-from cbm_tasks.markers.reader import SeriesFileError, read_series, scl_bad_share_from_counts, series_from_arrow
-from cbm_tasks.markers.series import BAND_CODE, SOURCE_CODE, SeriesTable
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cbm_tasks.markers.engine import MARKERS, EventRow, MarkerResult, run_markers
+    from cbm_tasks.markers.params import MarkerParams, load_params
+    from cbm_tasks.markers.preprocess import PreparedSeries, prepare
+    from cbm_tasks.markers.reader import SeriesFileError, read_series, scl_bad_share_from_counts, series_from_arrow
+    from cbm_tasks.markers.series import BAND_CODE, SOURCE_CODE, SeriesTable
 
 __all__ = ["BAND_CODE", "MARKERS", "SOURCE_CODE", "EventRow", "MarkerParams", "MarkerResult", "PreparedSeries",
            "SeriesFileError", "SeriesTable", "load_params", "prepare", "read_series", "run_markers",
            "scl_bad_share_from_counts", "series_from_arrow"]
+
+# the public names load their modules when first used: importing one submodule (params: YAML only) does not load
+# the engine (Numba, pyarrow); ``from cbm_tasks.markers import run_markers`` works as before
+_LAZY = {
+    "MARKERS": "cbm_tasks.markers.engine",
+    "EventRow": "cbm_tasks.markers.engine",
+    "MarkerResult": "cbm_tasks.markers.engine",
+    "run_markers": "cbm_tasks.markers.engine",
+    "MarkerParams": "cbm_tasks.markers.params",
+    "load_params": "cbm_tasks.markers.params",
+    "PreparedSeries": "cbm_tasks.markers.preprocess",
+    "prepare": "cbm_tasks.markers.preprocess",
+    "SeriesFileError": "cbm_tasks.markers.reader",
+    "read_series": "cbm_tasks.markers.reader",
+    "scl_bad_share_from_counts": "cbm_tasks.markers.reader",
+    "series_from_arrow": "cbm_tasks.markers.reader",
+    "BAND_CODE": "cbm_tasks.markers.series",
+    "SOURCE_CODE": "cbm_tasks.markers.series",
+    "SeriesTable": "cbm_tasks.markers.series",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -29,10 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from psycopg.conninfo import conninfo_to_dict
-
 from cbm_tasks.errors import ConfigError
-from cbm_tasks.ops import settings
+from cbm_tasks.ops import kernel_cache, settings
 from cbm_tasks.ops.cluster import ClusterConfig
 
 __all__ = [
@@ -272,6 +270,8 @@ def write_config(cfg: AirflowConfig) -> Path:
 
 
 def _postgis_connection(data_url: str) -> dict[str, Any]:
+    from psycopg.conninfo import conninfo_to_dict  # psycopg: not for `cbm airflow status` (CLI start-up)
+
     params = conninfo_to_dict(data_url)
     conn: dict[str, Any] = {"conn_type": "postgres"}
     for field, key in (("host", "host"), ("login", "user"), ("password", "password"), ("schema", "dbname")):
@@ -292,6 +292,8 @@ def environment(cfg: AirflowConfig) -> dict[str, str]:
         "AIRFLOW_HOME": str(cfg.home),
         "AIRFLOW_CONN_CBM_POSTGIS": json.dumps(_postgis_connection(cfg.data_url)),
         "AIRFLOW_CONN_CBM_STORE": json.dumps(store),
+        # the forkserver's preload and every task load the kernels `cbm kernels warm` compiled at install
+        kernel_cache.CACHE_ENV: str(kernel_cache.cache_dir()),
     }
 
 

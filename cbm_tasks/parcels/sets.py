@@ -17,7 +17,6 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,8 @@ from psycopg.pq import Format
 from psycopg.rows import TupleRow
 from psycopg.types import TypeInfo
 
-from cbm_tasks.aoi import ensure_aoi, id_limit_error
+# the listing lives with the AOI look-ups (light: `cbm parcels list` loads no pandas); kept importable here
+from cbm_tasks.aoi import ParcelSetInfo, ensure_aoi, id_limit_error, list_parcel_sets
 from cbm_tasks.errors import MigrationError, ParcelImportError, TransientError
 from cbm_tasks.parcels.geometry import geometry_md5
 from cbm_tasks.parcels.keys import KeyPlan, plan_keys
@@ -76,21 +76,6 @@ class ImportReport:
     n_removed: int = 0  # ids of the previous set absent now
     n_stale_rows: int = 0  # time-series rows deleted (removed and changed parcels)
     overlaps: OverlapSummary = OverlapSummary()  # parcels whose areas overlap (cbm.parcel_overlap)
-
-
-@dataclass(frozen=True, slots=True)
-class ParcelSetInfo:
-    """One parcel set as listed by :func:`list_parcel_sets`."""
-
-    parcel_set_id: int
-    aoi: str
-    year: int
-    srid: int
-    version: int
-    n_parcels: int
-    source_file: str
-    source_layer: str | None
-    imported_at: datetime
 
 
 def import_parcels(
@@ -413,14 +398,3 @@ def _record_import(cur: psycopg.Cursor[TupleRow], set_id: int, table: ParcelTabl
         for r in table.rejections:
             copy.write_row((import_id, r.source_fid, r.parcel_id, r.reason))
     return import_id
-
-
-def list_parcel_sets(conn: psycopg.Connection, *, aoi: str | None = None) -> list[ParcelSetInfo]:
-    """Return the parcel sets, by AOI name and year; only those of *aoi* when given."""
-    rows = conn.execute(
-        "SELECT s.parcel_set_id, a.name, s.year, s.srid, s.version, s.n_parcels, s.source_file, s.source_layer, "
-        "s.imported_at FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) "
-        "WHERE %(aoi)s::text IS NULL OR a.name = %(aoi)s ORDER BY a.name, s.year",
-        {"aoi": aoi},
-    ).fetchall()
-    return [ParcelSetInfo(*row) for row in rows]
