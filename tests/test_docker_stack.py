@@ -67,16 +67,13 @@ class Stack:
                            "-d", "cbm", "-At", "-F", "|", "-c", query, timeout=60).stdout
         return [line.split("|") for line in out.splitlines() if line]
 
-    def airflow(self, *args: str) -> str:
-        """Run the Airflow CLI in the api-server container."""
-        return self.compose("exec", "-T", "airflow-apiserver", "airflow", *args, timeout=180).stdout
-
     def api(self) -> AirflowApi:
         username, password = "admin", _env_value(self.env_file, "_AIRFLOW_WWW_USER_PASSWORD")
         return AirflowApi(f"http://127.0.0.1:{self.port}", username=username, password=password)
 
-    def containers(self, service: str) -> list[dict[str, Any]]:
-        ids = self.compose("ps", "-q", service, timeout=60).stdout.split()
+    def containers(self, *service: str) -> list[dict[str, Any]]:
+        """``docker inspect`` of the containers of *service* (of every service when none is given)."""
+        ids = self.compose("ps", "-q", *service, timeout=60).stdout.split()
         if not ids:
             return []
         out = _run(["docker", "inspect", *ids], timeout=60).stdout
@@ -121,7 +118,7 @@ def _wait_healthy(stack: Stack, *, timeout_s: float = 420) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         states: dict[str, str] = {}
-        for container in stack.containers(""):
+        for container in stack.containers():
             name = container["Config"]["Labels"]["com.docker.compose.service"]
             state = container["State"]
             health = state.get("Health", {}).get("Status")
@@ -164,7 +161,10 @@ def stack(engine: docker_engine.Engine) -> Iterator[Stack]:
         _run([str(Path(sys.executable).parent / "cbm"), "demo", "build", "--out", str(data_dir),
               "--max-products", str(N_PER_SENSOR)], timeout=600)
         t0 = time.monotonic()
-        stack.compose("up", "-d", "--scale", "airflow-worker=2", timeout=600)
+        up = stack.compose("up", "-d", "--scale", "airflow-worker=2", timeout=900, check=False)
+        if up.returncode != 0:
+            logs = stack.compose("logs", "--no-color", "--tail", "40", check=False).stdout
+            raise AssertionError(f"docker-compose up failed:\n{up.stderr[-3000:]}\n{logs[-8000:]}")
         _wait_healthy(stack)
         stack.timings["up until healthy"] = time.monotonic() - t0
         yield stack
@@ -176,7 +176,7 @@ def stack(engine: docker_engine.Engine) -> Iterator[Stack]:
 
 def test_stack_healthy_private_and_cached(stack: Stack) -> None:
     running: dict[str, int] = {}
-    for container in stack.containers(""):
+    for container in stack.containers():
         service = container["Config"]["Labels"]["com.docker.compose.service"]
         if service == "airflow-init":
             continue
@@ -210,21 +210,21 @@ def _extract_instances(api: AirflowApi) -> list[dict[str, Any]]:
     return instances
 
 
-def _kill_a_busy_worker(stack: Stack, api: AirflowApi, *, timeout_s: float = 300) -> tuple[str, int]:
+def _kill_a_busy_worker(stack: Stack, api: AirflowApi, *, timeout_s: float = 900) -> tuple[str, int]:
     """Wait for an extract task running on a worker; SIGKILL that worker's container. Return its host, map index."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for ti in _extract_instances(api):
             if ti["state"] == "running" and ti.get("hostname"):
                 for container in stack.containers("airflow-worker"):
-                    if container["Config"]["Hostname"] == ti["hostname"]:
+                    if container["Config"]["Hostname"] == str(ti["hostname"]).split(".")[0]:
                         _run(["docker", "kill", "--signal", "KILL", container["Id"]], timeout=60)
                         return str(ti["hostname"]), int(ti["map_index"])
         time.sleep(1)
     raise AssertionError(f"no extract task ran on a worker within {timeout_s:.0f} s")
 
 
-def _wait_extract_done(api: AirflowApi, *, timeout_s: float = 600) -> list[dict[str, Any]]:
+def _wait_extract_done(api: AirflowApi, *, timeout_s: float = 900) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     while True:
         runs = api.runs("cbm_extract")
@@ -240,13 +240,14 @@ def test_demo_aoi_through_the_containers_with_a_worker_killed(stack: Stack) -> N
     t0 = time.monotonic()
     stack.compose("run", "--rm", "--no-deps", "cbm", "parcels", "import",
                   "/opt/cbm/data/demo/parcels/demo_parcels_2018.gpkg", "--aoi", "demo", "--year", "2018")
+    # the REST API on 127.0.0.1, as the README's curl lines (the Airflow CLI in a container: ~10 s a call)
     api = stack.api()
     api.wait_for_dags(["cbm_catalogue", "cbm_extract"], timeout_s=300)
-    stack.airflow("variables", "set", "cbm_catalogue",
-                  json.dumps({"demo": {"kind": "local", "root": "/opt/cbm/data/demo/catalogue"}}))
-    stack.airflow("dags", "unpause", "cbm_catalogue")
-    stack.airflow("dags", "unpause", "cbm_extract")
-    stack.airflow("dags", "trigger", "cbm_catalogue", "--conf", json.dumps(WINDOW))
+    catalogue = json.dumps({"demo": {"kind": "local", "root": "/opt/cbm/data/demo/catalogue"}})
+    api.request("POST", "variables", body={"key": "cbm_catalogue", "value": catalogue})
+    api.set_paused("cbm_catalogue", paused=False)
+    api.set_paused("cbm_extract", paused=False)
+    api.trigger("cbm_catalogue", conf=WINDOW)
 
     killed_host, killed_index = _kill_a_busy_worker(stack, api)
     runs = _wait_extract_done(api)
