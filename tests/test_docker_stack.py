@@ -35,7 +35,8 @@ from cbm_tasks.ops.airflow_api import AirflowApi
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = ROOT / "var" / "docker"
-PROJECT = "cbmtest"  # compose project: containers, network and volumes are named cbmtest_*
+# compose project: containers, network and volumes are named cbmtest_* (another name: a second stack beside it)
+PROJECT = os.environ.get("CBM_DOCKER_PROJECT", "cbmtest")
 N_PER_SENSOR = 4  # 4 Sentinel-2 L2A + 4 Sentinel-1 CARD-BS images of the real 31UDS cube
 WINDOW = {"aoi": "demo", "start": "2017-08-01", "end": "2018-11-30"}
 LOCAL_IMAGES = {  # what docker/local/build-images.sh makes (the compose defaults are the official images)
@@ -148,7 +149,7 @@ def engine() -> Iterator[docker_engine.Engine]:
 def stack(engine: docker_engine.Engine) -> Iterator[Stack]:
     port = int(os.environ.get("CBM_AIRFLOW_PORT", "8080"))
     data_dir = VAR / "data"
-    stack = Stack(env_file=VAR / ".env", port=port, timings={})
+    stack = Stack(env_file=VAR / f"{PROJECT}.env", port=port, timings={})
     _write_env_file(stack.env_file, port=port, data_dir=data_dir)
     stack.compose("down", "--volumes", "--remove-orphans", timeout=180)  # leftovers of an interrupted run
     try:
@@ -171,7 +172,7 @@ def stack(engine: docker_engine.Engine) -> Iterator[Stack]:
     finally:
         stack.compose("down", "--volumes", "--remove-orphans", timeout=300, check=False)
         stack.env_file.unlink(missing_ok=True)
-        (VAR / "timings.json").write_text(json.dumps(stack.timings, indent=1))
+        (VAR / f"{PROJECT}-timings.json").write_text(json.dumps(stack.timings, indent=1))
 
 
 def test_stack_healthy_private_and_cached(stack: Stack) -> None:
