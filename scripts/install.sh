@@ -2,6 +2,7 @@
 # Install everything the project needs on a fresh Debian/Ubuntu machine; safe to run again.
 #   system: PostgreSQL + PostGIS (the distribution's versions), Chromium for UI checks, proj-data (geoid grids),
 #           Pango and poppler-utils for the PDF audit reports
+#           Docker (docker.io, docker-compose, debootstrap) for the Docker stack test, where available
 #   python: .venv with the pinned requirements (uv), the project in editable mode
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,16 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   [ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock | head -1)" ] || $SUDO apt-get update -qq
   # stale package lists give 404s: refresh them once and try again
   apt_install "${need_apt[@]}" || { $SUDO apt-get update -qq && apt_install "${need_apt[@]}"; }
+fi
+# The Docker stack test (tests/test_docker_stack.py): Debian's engine and compose, debootstrap for the
+# locally built base images. Optional: without them that one test is skipped, saying why.
+need_docker=()
+command -v dockerd >/dev/null 2>&1 || need_docker+=(docker.io)
+command -v docker-compose >/dev/null 2>&1 || need_docker+=(docker-compose)
+command -v debootstrap >/dev/null 2>&1 || need_docker+=(debootstrap)
+if [ "${#need_docker[@]}" -gt 0 ]; then
+  [ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock | head -1)" ] || $SUDO apt-get update -qq
+  apt_install "${need_docker[@]}" || echo "install.sh: could not install ${need_docker[*]}: the Docker stack test will be skipped" >&2
 fi
 # the Debian package starts a cluster of its own on 5432; ours runs beside it and needs none
 if command -v pg_lsclusters >/dev/null 2>&1 && [ -n "$(pg_lsclusters -h 2>/dev/null)" ]; then

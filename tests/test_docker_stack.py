@@ -1,0 +1,292 @@
+"""The Docker deployment, run for real: images built, the Celery stack started, the demo AOI run in it.
+
+The steps are the commands of the README's "Docker" section, in its order: the base images from
+Debian (``docker/local/build-images.sh``: no registry is reachable here), ``docker-compose build``,
+``up`` with the ``celery`` profile and two workers, the demo data mounted read-only, the parcels
+imported by the stack's ``cbm`` service, the DAGs started by the Airflow CLI in the api-server
+container. One worker container is killed (SIGKILL) while it extracts an image: Airflow notices
+the missing heartbeat, the task is retried on the other worker, and every image ends
+``extracted`` once. The rows are checked with psql in the PostGIS container; ``down -v`` removes
+everything at the end. Secrets: an env file generated here (mode 0600, under var/, removed at the
+end), never printed.
+
+Without a Docker engine (no docker.io installed, not root, dockerd fails here) the test is
+skipped with the reason; ``make test`` prints it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker_engine
+import pytest
+
+from cbm_tasks.errors import ServiceError
+from cbm_tasks.ops.airflow_api import AirflowApi
+
+ROOT = Path(__file__).resolve().parents[1]
+VAR = ROOT / "var" / "docker"
+# compose project: containers, network and volumes are named cbmtest_* (another name: a second stack beside it)
+PROJECT = os.environ.get("CBM_DOCKER_PROJECT", "cbmtest")
+N_PER_SENSOR = 4  # 4 Sentinel-2 L2A + 4 Sentinel-1 CARD-BS images of the real 31UDS cube
+WINDOW = {"aoi": "demo", "start": "2017-08-01", "end": "2018-11-30"}
+LOCAL_IMAGES = {  # what docker/local/build-images.sh makes (the compose defaults are the official images)
+    "CBM_PYTHON_IMAGE": "cbm-python:bookworm",
+    "CBM_POSTGIS_IMAGE": "cbm-postgis:bookworm",
+    "CBM_REDIS_IMAGE": "cbm-redis:bookworm",
+}
+SERVICES = {"postgis", "redis", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+            "airflow-triggerer", "airflow-worker"}
+
+
+@dataclass
+class Stack:
+    """The compose project under test: its env file and the compose command line."""
+
+    env_file: Path
+    port: int
+    timings: dict[str, float]
+
+    def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = ["docker-compose", "--project-name", PROJECT, "--project-directory", str(ROOT),
+                "--file", str(ROOT / "docker-compose.yml"), "--env-file", str(self.env_file),
+                "--profile", "celery", *args]
+        return _run(argv, timeout=timeout, check=check)
+
+    def psql(self, query: str) -> list[list[str]]:
+        """Rows of *query* run by psql in the PostGIS container, in the CbM database."""
+        out = self.compose("exec", "-T", "postgis", "psql", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-U", "postgres",
+                           "-d", "cbm", "-At", "-F", "|", "-c", query, timeout=60).stdout
+        return [line.split("|") for line in out.splitlines() if line]
+
+    def api(self) -> AirflowApi:
+        username, password = "admin", _env_value(self.env_file, "_AIRFLOW_WWW_USER_PASSWORD")
+        # 120 s: on a loaded machine (2 cores, several stacks) the api-server answers slowly
+        return AirflowApi(f"http://127.0.0.1:{self.port}", username=username, password=password, timeout_s=120)
+
+    def containers(self, *service: str) -> list[dict[str, Any]]:
+        """``docker inspect`` of the containers of *service* (of every service when none is given)."""
+        ids = self.compose("ps", "-q", *service, timeout=60).stdout.split()
+        if not ids:
+            return []
+        out = _run(["docker", "inspect", *ids], timeout=60).stdout
+        return list(json.loads(out))
+
+
+def _run(argv: list[str], *, timeout: float, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False)
+    if check and result.returncode != 0:
+        # argv holds no secret (they are in the env file); the output's tail says what failed
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
+        raise AssertionError(f"{' '.join(argv[:12])} ... exited {result.returncode}:\n{tail}")
+    return result
+
+
+def _env_value(env_file: Path, name: str) -> str:
+    for line in env_file.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == name:
+            return value
+    raise KeyError(f"{name} not in {env_file}")
+
+
+def _write_env_file(path: Path, *, port: int, data_dir: Path) -> None:
+    """The deployment's .env: fresh random secrets (hex: they go into URLs and JSON), then the settings."""
+    fernet = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    names = ("POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "CBM_DB_OWNER_PASSWORD", "CBM_DB_PASSWORD",
+             "AIRFLOW_API_SECRET_KEY", "AIRFLOW_JWT_SECRET", "_AIRFLOW_WWW_USER_PASSWORD")
+    lines = [f"{name}={secrets.token_hex(24)}" for name in names]
+    lines += [f"AIRFLOW_FERNET_KEY={fernet}", "CBM_EXECUTOR=CeleryExecutor", f"CBM_AIRFLOW_PORT={port}",
+              f"CBM_AIRFLOW_BASE_URL=http://127.0.0.1:{port}", f"CBM_DATA_DIR={data_dir}",
+              # a killed worker's task is failed and retried after 30 s without heartbeat (default 300)
+              "CBM_TASK_HEARTBEAT_TIMEOUT=30",
+              *(f"{name}={image}" for name, image in LOCAL_IMAGES.items())]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("\n".join(lines) + "\n")
+
+
+def _wait_healthy(stack: Stack, *, timeout_s: float = 420) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states: dict[str, str] = {}
+        for container in stack.containers():
+            name = container["Config"]["Labels"]["com.docker.compose.service"]
+            state = container["State"]
+            health = state.get("Health", {}).get("Status")
+            if name == "airflow-init":
+                states[name] = "done" if state["Status"] == "exited" and state["ExitCode"] == 0 else state["Status"]
+            else:
+                states[f"{name}/{container['Name']}"] = health or state["Status"]
+        if states and all(s in ("healthy", "done") for s in states.values()):
+            return
+        failed = [n for n, s in states.items() if s in ("unhealthy", "exited", "dead")]
+        if failed or time.monotonic() > deadline:
+            logs = stack.compose("logs", "--no-color", "--tail", "30", check=False).stdout
+            raise AssertionError(f"stack not healthy: {states}\n{logs[-6000:]}")
+        time.sleep(3)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[docker_engine.Engine]:
+    found = docker_engine.engine(VAR)
+    if isinstance(found, str):
+        pytest.skip(found)
+    yield found
+    found.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(engine: docker_engine.Engine) -> Iterator[Stack]:
+    port = int(os.environ.get("CBM_AIRFLOW_PORT", "8080"))
+    data_dir = VAR / "data"
+    stack = Stack(env_file=VAR / f"{PROJECT}.env", port=port, timings={})
+    _write_env_file(stack.env_file, port=port, data_dir=data_dir)
+    stack.compose("down", "--volumes", "--remove-orphans", timeout=180)  # leftovers of an interrupted run
+    try:
+        t0 = time.monotonic()
+        _run([str(ROOT / "docker" / "local" / "build-images.sh")], timeout=1800)
+        stack.timings["base images"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        stack.compose("build", timeout=3600)
+        stack.timings["compose build"] = time.monotonic() - t0
+        _run([str(Path(sys.executable).parent / "cbm"), "demo", "build", "--out", str(data_dir),
+              "--max-products", str(N_PER_SENSOR)], timeout=600)
+        t0 = time.monotonic()
+        up = stack.compose("up", "-d", "--scale", "airflow-worker=2", timeout=900, check=False)
+        if up.returncode != 0:
+            logs = stack.compose("logs", "--no-color", "--tail", "40", check=False).stdout
+            raise AssertionError(f"docker-compose up failed:\n{up.stderr[-3000:]}\n{logs[-8000:]}")
+        _wait_healthy(stack)
+        stack.timings["up until healthy"] = time.monotonic() - t0
+        yield stack
+    finally:
+        stack.compose("down", "--volumes", "--remove-orphans", timeout=300, check=False)
+        stack.env_file.unlink(missing_ok=True)
+        (VAR / f"{PROJECT}-timings.json").write_text(json.dumps(stack.timings, indent=1))
+
+
+def test_stack_healthy_private_and_cached(stack: Stack) -> None:
+    running: dict[str, int] = {}
+    for container in stack.containers():
+        service = container["Config"]["Labels"]["com.docker.compose.service"]
+        if service == "airflow-init":
+            continue
+        running[service] = running.get(service, 0) + 1
+        assert container["State"]["Health"]["Status"] == "healthy", service
+        # published ports: the api-server's only, on 127.0.0.1 only
+        bindings = [b for ports in (container["HostConfig"]["PortBindings"] or {}).values() for b in ports]
+        if service == "airflow-apiserver":
+            assert bindings == [{"HostIp": "127.0.0.1", "HostPort": str(stack.port)}]
+        else:
+            assert bindings == [], service
+        networks = set(container["NetworkSettings"]["Networks"])
+        assert networks == {f"{PROJECT}_default"}, service
+    assert set(running) == SERVICES and running["airflow-worker"] == 2
+    assert stack.api().request("GET", "monitor/health")["scheduler"]["status"] == "healthy"
+    # a second build changes nothing: every layer comes from the cache
+    image = "cbm-airflow:0.1.0"  # the compose default of CBM_AIRFLOW_IMAGE
+    before = _run(["docker", "image", "inspect", "--format", "{{.Id}}", image], timeout=60).stdout
+    t0 = time.monotonic()
+    stack.compose("build", timeout=600)
+    stack.timings["compose build (cached)"] = time.monotonic() - t0
+    assert _run(["docker", "image", "inspect", "--format", "{{.Id}}", image], timeout=60).stdout == before
+
+
+def _extract_instances(api: AirflowApi) -> list[dict[str, Any]]:
+    """The mapped extract tasks of every cbm_extract run (none while the api-server does not answer)."""
+    instances: list[dict[str, Any]] = []
+    try:
+        for run in api.runs("cbm_extract"):
+            answer = api.request("GET", f"dags/cbm_extract/dagRuns/{run['dag_run_id']}/taskInstances",
+                                 query={"limit": 1000, "task_id_pattern": "extract"})
+            instances += [ti for ti in answer["task_instances"] if ti["task_id"] == "extract"]
+    except ServiceError:  # a slow answer: ask again at the next poll
+        return []
+    return instances
+
+
+def _kill_a_busy_worker(stack: Stack, api: AirflowApi, *, timeout_s: float = 900) -> tuple[str, tuple[str, int]]:
+    """Wait for an extract task running on a worker; SIGKILL that worker's container.
+
+    Returns the worker's host name and the task's (run id, map index).
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for ti in _extract_instances(api):
+            if ti["state"] == "running" and ti.get("hostname"):
+                for container in stack.containers("airflow-worker"):
+                    if container["Config"]["Hostname"] == str(ti["hostname"]).split(".")[0]:
+                        _run(["docker", "kill", "--signal", "KILL", container["Id"]], timeout=60)
+                        return str(ti["hostname"]), (str(ti["dag_run_id"]), int(ti["map_index"]))
+        time.sleep(1)
+    raise AssertionError(f"no extract task ran on a worker within {timeout_s:.0f} s")
+
+
+def _wait_extract_done(api: AirflowApi, *, timeout_s: float = 900) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            runs = api.runs("cbm_extract")
+        except ServiceError:  # a slow answer: ask again
+            runs = []
+        if runs and all(run["state"] in ("success", "failed") for run in runs):
+            return runs
+        if time.monotonic() > deadline:
+            states = [(run["dag_run_id"], run["state"]) for run in runs]
+            raise AssertionError(f"cbm_extract not done in {timeout_s:.0f} s: {states}")
+        time.sleep(3)
+
+
+def test_demo_aoi_through_the_containers_with_a_worker_killed(stack: Stack) -> None:
+    t0 = time.monotonic()
+    stack.compose("run", "--rm", "--no-deps", "cbm", "parcels", "import",
+                  "/opt/cbm/data/demo/parcels/demo_parcels_2018.gpkg", "--aoi", "demo", "--year", "2018")
+    # the REST API on 127.0.0.1, as the README's curl lines (the Airflow CLI in a container: ~10 s a call)
+    api = stack.api()
+    api.wait_for_dags(["cbm_catalogue", "cbm_extract"], timeout_s=300)
+    catalogue = json.dumps({"demo": {"kind": "local", "root": "/opt/cbm/data/demo/catalogue"}})
+    api.request("POST", "variables", body={"key": "cbm_catalogue", "value": catalogue})
+    api.set_paused("cbm_catalogue", paused=False)
+    api.set_paused("cbm_extract", paused=False)
+    api.trigger("cbm_catalogue", conf=WINDOW)
+
+    killed_host, killed_task = _kill_a_busy_worker(stack, api)
+    runs = _wait_extract_done(api)
+    stack.timings["demo AOI (import, poll, extract with a worker killed)"] = time.monotonic() - t0
+    assert [run["state"] for run in runs] == ["success"] * len(runs)
+
+    # the killed task was retried, on the surviving worker; one mapped task per image over all runs (a run
+    # started by a later asset event with nothing left to claim has only the unmapped placeholder, index -1)
+    instances = {(ti["dag_run_id"], ti["map_index"]): ti for ti in _extract_instances(api) if ti["map_index"] >= 0}
+    assert len(instances) == 2 * N_PER_SENSOR
+    retried = instances[killed_task]
+    assert retried["state"] == "success" and retried["try_number"] >= 2
+    assert retried["hostname"] != killed_host
+    assert all(ti["state"] == "success" for ti in instances.values())
+
+    # the rows, read by psql in the PostGIS container: every image extracted, once
+    statuses = stack.psql("SELECT s.status, count(*) FROM cbm.product_status s GROUP BY 1")
+    assert statuses == [["extracted", str(2 * N_PER_SENSOR)]]
+    per_image = stack.psql(
+        "SELECT p.product_id, (SELECT count(*) FROM cbm.parcel_obs o WHERE o.product_id = p.product_id), "
+        "(SELECT count(*) FROM cbm.extraction e WHERE e.product_id = p.product_id), "
+        "(SELECT count(*) FROM cbm.pipeline_run r WHERE r.step = 'extract' AND r.status = 'success' "
+        "   AND r.params->>'product_id' = p.product_id::text) "
+        "FROM cbm.product p ORDER BY 1")
+    assert len(per_image) == 2 * N_PER_SENSOR
+    assert all(int(obs) > 0 and extractions == "1" and successes == "1" for _, obs, extractions, successes in per_image)
+    duplicates = stack.psql("SELECT count(*) FROM (SELECT 1 FROM cbm.parcel_obs "
+                            "GROUP BY parcel_set_id, parcel_key, product_id HAVING count(*) > 1) d")
+    assert duplicates == [["0"]]
