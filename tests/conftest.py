@@ -35,6 +35,21 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the Docker stack test last and start building its images now, in the background.
+
+    The build is minutes of downloads; overlapping it with the rest of the suite keeps
+    ``make test`` within its budget (ARCHITECTURE.md, Tests).
+    """
+    docker = [item for item in items if item.path.name == "test_docker_stack.py"]
+    if not docker:
+        return
+    items[:] = [item for item in items if item.path.name != "test_docker_stack.py"] + docker
+    import test_docker_stack
+
+    test_docker_stack.start_preparation()
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> cluster.ClusterConfig:
     cfg = settings.local_cluster()

@@ -22,6 +22,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -138,31 +139,72 @@ def _wait_healthy(stack: Stack, *, timeout_s: float = 420) -> None:
         time.sleep(3)
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[docker_engine.Engine]:
-    found = docker_engine.engine(VAR)
-    if isinstance(found, str):
-        pytest.skip(found)
-    yield found
-    found.stop()
+class Preparation:
+    """The slow half of the stack fixture, started in a thread when the suite is collected.
+
+    The engine, the base images, ``docker-compose build`` and the demo data take minutes, mostly
+    downloads; ``tests/conftest.py`` moves this module's tests to the end of the run and starts
+    this at collection, so that the build overlaps the rest of the suite (ARCHITECTURE.md, Tests).
+    """
+
+    def __init__(self) -> None:
+        self.stack = Stack(env_file=VAR / f"{PROJECT}.env", port=int(os.environ.get("CBM_AIRFLOW_PORT", "8080")),
+                           timings={})
+        self.engine: docker_engine.Engine | None = None
+        self.skip_reason: str | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="docker-stack-build", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            found = docker_engine.engine(VAR)
+            if isinstance(found, str):
+                self.skip_reason = found
+                return
+            self.engine = found
+            stack, data_dir = self.stack, VAR / "data"
+            _write_env_file(stack.env_file, port=stack.port, data_dir=data_dir)
+            stack.compose("down", "--volumes", "--remove-orphans", timeout=180)  # leftovers of an interrupted run
+            t0 = time.monotonic()
+            _run([str(ROOT / "docker" / "local" / "build-images.sh")], timeout=1800)
+            stack.timings["base images"] = time.monotonic() - t0
+            t0 = time.monotonic()
+            stack.compose("build", timeout=3600)
+            stack.timings["compose build"] = time.monotonic() - t0
+            _run([str(Path(sys.executable).parent / "cbm"), "demo", "build", "--out", str(data_dir),
+                  "--max-products", str(N_PER_SENSOR)], timeout=600)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the test's thread by the fixture
+            self.error = err
+
+
+_preparation: Preparation | None = None
+
+
+def start_preparation() -> None:
+    """Start building the stack in the background (once); called by tests/conftest.py at collection."""
+    global _preparation
+    if _preparation is None:
+        _preparation = Preparation()
+        _preparation.start()
 
 
 @pytest.fixture(scope="module")
-def stack(engine: docker_engine.Engine) -> Iterator[Stack]:
-    port = int(os.environ.get("CBM_AIRFLOW_PORT", "8080"))
-    data_dir = VAR / "data"
-    stack = Stack(env_file=VAR / f"{PROJECT}.env", port=port, timings={})
-    _write_env_file(stack.env_file, port=port, data_dir=data_dir)
-    stack.compose("down", "--volumes", "--remove-orphans", timeout=180)  # leftovers of an interrupted run
+def stack() -> Iterator[Stack]:
+    start_preparation()  # a no-op when conftest started it; this module run alone starts it here
+    assert _preparation is not None
+    _preparation.wait()
+    engine, stack = _preparation.engine, _preparation.stack
     try:
-        t0 = time.monotonic()
-        _run([str(ROOT / "docker" / "local" / "build-images.sh")], timeout=1800)
-        stack.timings["base images"] = time.monotonic() - t0
-        t0 = time.monotonic()
-        stack.compose("build", timeout=3600)
-        stack.timings["compose build"] = time.monotonic() - t0
-        _run([str(Path(sys.executable).parent / "cbm"), "demo", "build", "--out", str(data_dir),
-              "--max-products", str(N_PER_SENSOR)], timeout=600)
+        if _preparation.skip_reason:
+            pytest.skip(_preparation.skip_reason)
+        if _preparation.error is not None:
+            raise _preparation.error
         t0 = time.monotonic()
         up = stack.compose("up", "-d", "--scale", "airflow-worker=2", timeout=900, check=False)
         if up.returncode != 0:
@@ -172,9 +214,11 @@ def stack(engine: docker_engine.Engine) -> Iterator[Stack]:
         stack.timings["up until healthy"] = time.monotonic() - t0
         yield stack
     finally:
-        stack.compose("down", "--volumes", "--remove-orphans", timeout=300, check=False)
+        if engine is not None:
+            stack.compose("down", "--volumes", "--remove-orphans", timeout=300, check=False)
+            (VAR / f"{PROJECT}-timings.json").write_text(json.dumps(stack.timings, indent=1))
+            engine.stop()
         stack.env_file.unlink(missing_ok=True)
-        (VAR / f"{PROJECT}-timings.json").write_text(json.dumps(stack.timings, indent=1))
 
 
 def test_stack_healthy_private_and_cached(stack: Stack) -> None:
