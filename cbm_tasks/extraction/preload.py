@@ -2,10 +2,11 @@
 
 This module exists only to be listed in ``[scheduler] mp_forkserver_preload``
 (``cbm_tasks.ops.airflow_config``). **Importing it has an effect**: it compiles, or loads from
-Numba's on-disk cache, every kernel of ``cbm_tasks.extraction.zonal`` and ``cbm_tasks.extraction.rasterize`` for the
-argument types the public wrappers pass. Without it every task process loads the cached kernels
-again on its first call (~1 s per image, most of a warm extraction); with it the forked task
-finds them ready in the dispatchers it inherited. Nothing else should import it.
+Numba's on-disk cache, every kernel of ``cbm_tasks.extraction.zonal``, ``categorical`` and
+``rasterize`` (its steps ``wkb`` and ``scanline``) for the argument types the public wrappers
+pass. Without it every task process loads the cached kernels again on its first call (~1 s
+per image, most of a warm extraction); with it the forked task finds them ready in the
+dispatchers it inherited. Nothing else should import it.
 
 Why ``compile(signature)`` and never a call: loading a ``parallel=True`` kernel only *selects*
 Numba's threading layer (for GNU OpenMP, the default on Linux wheels, that sets the thread count
@@ -34,7 +35,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from cbm_tasks.extraction import rasterize, zonal
+from cbm_tasks.extraction import categorical, rasterize, zonal
 
 __all__ = ["CLASS_DTYPES", "VALUE_DTYPES", "Warmup", "WARMUP", "kernels", "warm_kernels"]
 
@@ -65,7 +66,8 @@ class Warmup:
 def _signatures(value_dtypes: Sequence[np.dtype] = VALUE_DTYPES,
                 class_dtypes: Sequence[np.dtype] = CLASS_DTYPES) -> list[tuple[str, Any, tuple[Any, ...]]]:
     # each kernel module publishes the calls its wrappers make; this module knows no kernel by name
-    return zonal.warmup_signatures(value_dtypes, class_dtypes) + rasterize.warmup_signatures()
+    return (zonal.warmup_signatures(value_dtypes) + categorical.warmup_signatures(class_dtypes)
+            + rasterize.warmup_signatures())
 
 
 def kernels() -> dict[str, Any]:
@@ -78,7 +80,7 @@ def warm_kernels(
 ) -> Warmup:
     """Compile or load from the cache every kernel for the types the extraction passes; run none.
 
-    The calls are those ``zonal.warmup_signatures`` and ``rasterize.warmup_signatures`` publish.
+    The calls are those ``zonal``, ``categorical`` and ``rasterize`` publish (``warmup_signatures``).
 
     Args:
         value_dtypes: band dtypes for ``zonal_stats``.
