@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from cbm_tasks.errors import BandError
-from cbm_tasks.extraction.valid_pixels import check_band_grid, nodata_in_dtype
+from cbm_tasks.extraction.valid_pixels import check_band_grid, example_label_grids, nodata_in_dtype
 
 __all__ = ["ClassCounts", "class_counts", "warmup_signatures"]
 
@@ -141,9 +141,7 @@ def warmup_signatures(class_dtypes: Sequence[np.dtype]) -> list[tuple[str, Any, 
     Args:
         class_dtypes: band dtypes for ``class_counts``.
     """
-    writable = np.zeros((2, 2), np.int32)
-    read_only = np.zeros((2, 2), np.int32)
-    read_only.flags.writeable = False
+    writable, read_only = example_label_grids()
     calls: list[tuple[str, Any, tuple[Any, ...]]] = []
     for dtype in map(np.dtype, class_dtypes):
         values = np.zeros((2, 2), dtype)

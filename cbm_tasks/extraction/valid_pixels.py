@@ -13,7 +13,7 @@ import numpy as np
 
 from cbm_tasks.errors import BandError, GridMismatchError
 
-__all__ = ["check_band_grid", "nodata_in_dtype"]
+__all__ = ["check_band_grid", "example_label_grids", "nodata_in_dtype"]
 
 
 def check_band_grid(labels: np.ndarray, values: np.ndarray, *, band: str, allowed: frozenset[np.dtype]) -> None:
@@ -51,3 +51,15 @@ def nodata_in_dtype(nodata: float | None, dtype: np.dtype) -> tuple[bool, np.gen
         return True, dtype.type(int(nodata))
     cast = dtype.type(nodata)
     return (True, cast) if float(cast) == float(nodata) else (False, zero)
+
+
+def example_label_grids() -> tuple[np.ndarray, np.ndarray]:
+    """Return two tiny label rasters typed as the kernels receive them, for the ``warmup_signatures``.
+
+    Writable (fresh from rasterisation) and read-only (memory-mapped by the label cache): Numba
+    compiles the kernels once for each.
+    """
+    writable = np.zeros((2, 2), np.int32)
+    read_only = np.zeros((2, 2), np.int32)
+    read_only.flags.writeable = False
+    return writable, read_only

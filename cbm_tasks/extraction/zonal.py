@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from cbm_tasks.errors import BandError
-from cbm_tasks.extraction.valid_pixels import check_band_grid, nodata_in_dtype
+from cbm_tasks.extraction.valid_pixels import check_band_grid, example_label_grids, nodata_in_dtype
 
 __all__ = ["ParcelStats", "warmup_signatures", "zonal_stats"]
 
@@ -312,9 +312,7 @@ def warmup_signatures(value_dtypes: Sequence[np.dtype]) -> list[tuple[str, Any, 
     Args:
         value_dtypes: band dtypes for ``zonal_stats``.
     """
-    writable = np.zeros((2, 2), np.int32)
-    read_only = np.zeros((2, 2), np.int32)
-    read_only.flags.writeable = False
+    writable, read_only = example_label_grids()
     calls: list[tuple[str, Any, tuple[Any, ...]]] = []
     n_labels, n_parts = 1, 1  # Python ints, as the wrapper passes them
     for dtype in map(np.dtype, value_dtypes):
