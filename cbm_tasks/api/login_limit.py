@@ -12,8 +12,9 @@ The counts live in memory, in one process: right for one API server process (``c
 serve``, or the Airflow api-server with one worker). A deployment with several API processes or
 hosts needs a shared store for the counts, or the reverse proxy's rate limit in front (for
 example nginx ``limit_req`` on the API location); each process here limits only what it sees.
-Behind a proxy the client address is the proxy's unless the server trusts its forwarded headers
-(uvicorn ``--proxy-headers`` with ``--forwarded-allow-ips``).
+Behind a proxy the client address is the proxy's (``cbm api serve`` does not trust forwarded
+headers, which any client could set): the count is then per user name over every client of that
+proxy, and a guesser there can hold a user off for the window; limit in the proxy as well.
 """
 
 from __future__ import annotations
