@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from shapely.geometry import Point
 from shapely.geometry.base import BaseGeometry
 
 from cbm_tasks.aoi import find_parcel_set
@@ -43,6 +44,7 @@ __all__ = [
     "parcels_by_id",
     "parcels_in_polygon",
     "peers",
+    "reaches_set",
     "time_series",
     "traffic_light_summary",
 ]
@@ -129,6 +131,17 @@ def _parcels(rows: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
     return out
 
 
+def reaches_set(conn: psycopg.Connection, ps: ParcelSet, wkt: str) -> bool:
+    """Return whether a WGS84 geometry (WKT) comes within ~1 km of the set's lon/lat extent.
+
+    Only then is it transformed to the set's CRS: far outside, the transform can fail (a point
+    outside a UTM zone's domain is a PostGIS error, not an empty answer), and no parcel matches.
+    """
+    row = conn.execute("SELECT coalesce(ST_Intersects(ST_Expand(extent, 0.01), ST_GeomFromText(%s, 4326)), false) "
+                       "FROM cbm.parcel_set WHERE parcel_set_id = %s", (wkt, ps.parcel_set_id)).fetchone()
+    return bool(row and row[0])
+
+
 def _select_parcels(conn: psycopg.Connection, ps: ParcelSet, where: sql.Composable, params: dict[str, Any], *,
                     geometry: str | None, limit: int, offset: int = 0) -> list[dict[str, Any]]:
     """One page (*limit*, *offset*, by parcel key) of the set's parcels matching *where*, as PARCEL_COLUMNS records."""
@@ -160,6 +173,8 @@ def parcels_by_id(conn: psycopg.Connection, ps: ParcelSet, parcel_id: str, *,
 def parcels_at(conn: psycopg.Connection, ps: ParcelSet, lon: float, lat: float, *,
                geometry: str | None = None) -> list[dict[str, Any]]:
     """Return the parcels that contain the WGS84 point (*lon*, *lat*) (overlapping parcels: several)."""
+    if not reaches_set(conn, ps, Point(lon, lat).wkt):
+        return []
     where = sql.SQL("ST_Intersects(p.geom, ST_Transform(ST_SetSRID(ST_MakePoint(%(lon)s, %(lat)s), 4326), "
                     "%(srid)s::integer))")
     return _select_parcels(conn, ps, where, {"lon": lon, "lat": lat, "srid": ps.srid}, geometry=geometry,
@@ -169,6 +184,8 @@ def parcels_at(conn: psycopg.Connection, ps: ParcelSet, lon: float, lat: float, 
 def parcels_in_polygon(conn: psycopg.Connection, ps: ParcelSet, polygon: BaseGeometry, *, limit: int,
                        offset: int = 0, geometry: str | None = None) -> list[dict[str, Any]]:
     """Return the parcels that intersect a WGS84 *polygon* (validated by validation.parse_polygon), paged."""
+    if not reaches_set(conn, ps, polygon.wkt):
+        return []
     where = sql.SQL("ST_Intersects(p.geom, ST_Transform(ST_GeomFromText(%(wkt)s, 4326), %(srid)s::integer))")
     return _select_parcels(conn, ps, where, {"wkt": polygon.wkt, "srid": ps.srid}, geometry=geometry,
                            limit=limit, offset=offset)
