@@ -23,14 +23,9 @@ import json
 import multiprocessing
 import os
 import random
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,20 +42,11 @@ from cbm_tasks.api import auth, queries
 from cbm_tasks.api.validation import source
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
-from cbm_tasks.ops import airflow_ctl, cluster, settings
+from cbm_tasks.ops import airflow_ctl, api_process, cluster, settings
 from cbm_tasks.timeseries import write as obs
 
 S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 AOI, YEAR = "bench", 2018
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _build(url: str, n_parcels: int, n_s2: int, n_bs: int) -> tuple[str, float]:
@@ -105,64 +91,15 @@ def _build(url: str, n_parcels: int, n_s2: int, n_bs: int) -> tuple[str, float]:
     return secret, time.perf_counter() - t0
 
 
-def _wait(url: str, process: subprocess.Popen[bytes], timeout_s: float, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text()[-2000:] if log else ""
-            raise RuntimeError(f"{url} did not come up: {tail}")
-        time.sleep(0.5)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
-
-
-@contextmanager
-def _standalone(db_url: str) -> Iterator[str]:
-    port = _free_port()
-    env = os.environ | {"CBM_API_DATABASE_URL": db_url}
-    process = subprocess.Popen([str(BIN / "cbm"), "api", "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        _wait(f"http://127.0.0.1:{port}/health", process, 60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        _stop(process)
-
-
 @contextmanager
 def _in_airflow(db_url: str, home: Path) -> Iterator[str]:
-    base = airflow_ctl.default_config(port=_free_port())
+    base = airflow_ctl.default_config(port=api_process.free_port())
     cfg = dataclasses.replace(base, home=home, metadata_db=f"airflow_api_bench_{os.getpid()}", data_url=db_url,
                               store_root=home / "store")
     try:
         airflow_ctl.prepare(cfg)  # metadata database: created and migrated (~1 min)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
-        env |= airflow_ctl.environment(cfg)
-        log = home / "api-server.log"
-        with log.open("ab") as out:
-            process = subprocess.Popen([str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port",
-                                        str(cfg.port)], env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            _wait(f"{cfg.url}/cbm/health", process, 240, log)
-            yield f"{cfg.url}/cbm"
-        finally:
-            _stop(process)
+        with api_process.serve_in_airflow(cfg) as url:
+            yield url
     finally:
         cluster.drop_database(cfg.cluster, cfg.metadata_db)
 
@@ -243,7 +180,7 @@ def main() -> None:
               f"({args.parcels * (args.s2 + args.bs)} parcel_obs rows) in {seconds:.0f} s")
         floor = _direct(db_url, args.parcels)
         print(f"{'query only (psycopg)':<22} p50={floor:.2f} ms (one parcel, {args.s2} dates x 10 bands)")
-        servers = [("standalone (uvicorn)", lambda: _standalone(db_url))]
+        servers = [("standalone (uvicorn)", lambda: api_process.serve_standalone(db_url))]
         if not args.no_airflow:
             home = Path(tempfile.mkdtemp(prefix="cbm-api-bench-"))
             servers.append(("Airflow api-server", lambda: _in_airflow(db_url, home)))

@@ -200,9 +200,10 @@ def run_engine(paths: dict[str, str], db_url: str, parcel_set_id: int, product_i
     import psycopg
     import rasterio
 
+    from cbm_tasks.extraction.categorical import class_counts
     from cbm_tasks.extraction.label_cache import GridKey, LabelCache
     from cbm_tasks.extraction.rasterize import rasterize_parcels
-    from cbm_tasks.extraction.zonal import class_counts, zonal_stats
+    from cbm_tasks.extraction.zonal import zonal_stats
     from cbm_tasks.timeseries import write as obs
 
     geoms, keys = _load_parcels(paths)

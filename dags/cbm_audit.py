@@ -7,16 +7,9 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
-from cbm_common import MARKERS
+from cbm_common import MARKERS, default_args, fail_on_bad_input
 
-DEFAULT_ARGS: dict[str, Any] = {
-    "owner": "cbm",
-    "retries": 3,
-    "retry_delay": timedelta(minutes=1),
-    "retry_exponential_backoff": True,
-    "execution_timeout": timedelta(minutes=10),
-}
+DEFAULT_ARGS = default_args(retries=3, retry_delay=timedelta(minutes=1), execution_timeout=timedelta(minutes=10))
 
 
 @dag(
@@ -46,7 +39,6 @@ def cbm_audit() -> None:
         from cbm_lineage import report_lineage, tables
 
         from cbm_tasks import db
-        from cbm_tasks.errors import BadInputError
         from cbm_tasks.pipeline.report import write_run_reports
 
         context = get_current_context()
@@ -59,11 +51,9 @@ def cbm_audit() -> None:
         out_dir = reports_dir() / "runs"
         report_lineage(inputs=tables("cbm.pipeline_run", "cbm.run_input", "cbm.run_output"),
                        outputs=[out_dir.resolve().as_uri()])
-        try:
-            with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_audit") as conn:
-                return write_run_reports(conn, run_ids, out_dir=out_dir)
-        except BadInputError as err:  # no lineage for that run id: a retry cannot help
-            raise AirflowFailException(str(err)) from err
+        # no lineage for that run id: a retry cannot help
+        with fail_on_bad_input(), db.connect(postgis_dsn(), autocommit=True, application_name="cbm_audit") as conn:
+            return write_run_reports(conn, run_ids, out_dir=out_dir)
 
     run_report()
 

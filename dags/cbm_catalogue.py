@@ -9,21 +9,15 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-from cbm_common import ALL_AOIS, AOI_PARAM_PATTERN, READY_PRODUCTS, S1_PRODUCTS
+from cbm_common import ALL_AOIS, AOI_PARAM_PATTERN, READY_PRODUCTS, S1_PRODUCTS, default_args, fail_on_bad_input
 
 log = logging.getLogger(__name__)
 
 # Bounded: a catalogue that stays down fails its AOI's poll within about an hour (3 tries of at
 # most 20 min, 2 waits of at most 10 min), and only that AOI's; the other AOIs' polls, and
 # manual runs (max_active_runs > 1), never wait for it.
-DEFAULT_ARGS: dict[str, Any] = {
-    "owner": "cbm",
-    "retries": 2,
-    "retry_delay": timedelta(minutes=2),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=10),
-    "execution_timeout": timedelta(minutes=20),
-}
+DEFAULT_ARGS = default_args(retries=2, retry_delay=timedelta(minutes=2), max_retry_delay=timedelta(minutes=10),
+                            execution_timeout=timedelta(minutes=20))
 # A scheduled poll of every AOI plus manual runs for single AOIs (the demo's) side by side;
 # registration is idempotent, so overlapping runs are safe.
 MAX_ACTIVE_RUNS = 4
@@ -97,7 +91,7 @@ def cbm_catalogue() -> None:
 
         from cbm_tasks import db
         from cbm_tasks.catalogue.clients import open_catalogue
-        from cbm_tasks.errors import BadInputError, TransientError
+        from cbm_tasks.errors import TransientError
         from cbm_tasks.pipeline import poll as pipeline
         from cbm_tasks.report.datasets import location_uri
 
@@ -108,16 +102,15 @@ def cbm_catalogue() -> None:
         end = end_day + timedelta(days=1) if end_day else context["dag_run"].run_after.astimezone(UTC)
         start = _day(params["start"], name="start") or end - timedelta(days=int(params["lookback_days"]))
         try:
-            config = catalogue_config(aoi)
-            # OpenLineage: a local catalogue is a folder (a remote one has no scheme Airflow converts)
-            report_lineage(inputs=[location_uri(config.root)] if config.kind == "local" and config.root else [],
-                           outputs=tables("cbm.product", "cbm.product_status"))
-            catalogue = open_catalogue(config)
-            with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_catalogue") as conn:
-                result = pipeline.poll_aoi(conn, catalogue, aoi=aoi, start=start, end=end,
-                                           product_types=params["product_types"], max_items=params["max_items"])
-        except (BadInputError, ValueError) as err:  # bad AOI, window or answer: a retry cannot help
-            raise AirflowFailException(f"aoi {aoi}: {err}") from err
+            with fail_on_bad_input(f"aoi {aoi}", also=(ValueError,)):  # bad AOI, window or answer
+                config = catalogue_config(aoi)
+                # OpenLineage: a local catalogue is a folder (a remote one has no scheme Airflow converts)
+                report_lineage(inputs=[location_uri(config.root)] if config.kind == "local" and config.root else [],
+                               outputs=tables("cbm.product", "cbm.product_status"))
+                catalogue = open_catalogue(config)
+                with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_catalogue") as conn:
+                    result = pipeline.poll_aoi(conn, catalogue, aoi=aoi, start=start, end=end,
+                                               product_types=params["product_types"], max_items=params["max_items"])
         except TransientError as err:
             if params["aoi"] != ALL_AOIS:
                 raise  # a run for this AOI: Airflow retries it

@@ -1,15 +1,21 @@
-"""Names shared by the DAGs: the assets that connect them, pools and parameter patterns.
+"""What the DAGs share: the assets that connect them, pools, parameter patterns, retry policy, error translation.
 
-This file holds no DAG and is listed in ``.airflowignore``. Module level is constants only:
-the DAG processor imports it with every DAG file.
+This file holds no DAG and is listed in ``.airflowignore``. Module level is constants and two
+small functions only: the DAG processor imports it with every DAG file.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
 from airflow.sdk import Asset
+from airflow.sdk.exceptions import AirflowFailException
 
 __all__ = ["ALL_AOIS", "AOI_PARAM_PATTERN", "CARD_POOL", "EXTRACT_POOL", "MARKERS", "PARCEL_STATS", "READY_PRODUCTS",
-           "S1_PRODUCTS"]
+           "S1_PRODUCTS", "default_args", "fail_on_bad_input"]
 
 # The assets, in pipeline order: each DAG is scheduled on the one before its own.
 S1_PRODUCTS = Asset("cbm_s1_products")  # new raw Sentinel-1 products: cbm_catalogue -> cbm_s1_card
@@ -25,3 +31,34 @@ CARD_POOL = "cbm_card"  # the same: slots = worker memory / memory of one CARD j
 ALL_AOIS = "*"  # the `aoi` param meaning every AOI with a parcel set
 # an AOI name (lower-case identifier, as PostgreSQL keeps unquoted names) or ALL_AOIS
 AOI_PARAM_PATTERN = r"^(\*|[a-z][a-z0-9_]{0,62})$"
+
+
+def default_args(*, retries: int, retry_delay: timedelta, execution_timeout: timedelta,
+                 max_retry_delay: timedelta | None = None) -> dict[str, Any]:
+    """The ``default_args`` of a cbm DAG: owner ``cbm``, retries with exponential backoff, a timeout per try.
+
+    Each DAG passes its own numbers (how long one try of its work may take, how long its services
+    may stay away); ``max_retry_delay`` None leaves Airflow's cap.
+    """
+    args: dict[str, Any] = {"owner": "cbm", "retries": retries, "retry_delay": retry_delay,
+                            "retry_exponential_backoff": True}
+    if max_retry_delay is not None:
+        args["max_retry_delay"] = max_retry_delay
+    args["execution_timeout"] = execution_timeout
+    return args
+
+
+@contextmanager
+def fail_on_bad_input(what: str = "", *, also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Fail the task at once, without retries, when the block raises ``BadInputError`` (or one of ``also``).
+
+    Bad input (a corrupt raster, an unknown AOI, invalid rules) gives the same error on every try,
+    so the task fails fast (ARCHITECTURE.md, Conventions: Errors); other errors are left to
+    Airflow's retries. ``what`` names the input and prefixes the message (``"product 7: ..."``).
+    """
+    from cbm_tasks.errors import BadInputError
+
+    try:
+        yield
+    except (BadInputError, *also) as err:
+        raise AirflowFailException(f"{what}: {err}" if what else str(err)) from err

@@ -8,16 +8,18 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-from cbm_common import ALL_AOIS, AOI_PARAM_PATTERN, EXTRACT_POOL, PARCEL_STATS, READY_PRODUCTS
+from cbm_common import (
+    ALL_AOIS,
+    AOI_PARAM_PATTERN,
+    EXTRACT_POOL,
+    PARCEL_STATS,
+    READY_PRODUCTS,
+    default_args,
+    fail_on_bad_input,
+)
 
-DEFAULT_ARGS: dict[str, Any] = {
-    "owner": "cbm",
-    "retries": 3,
-    "retry_delay": timedelta(minutes=1),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=20),
-    "execution_timeout": timedelta(minutes=30),
-}
+DEFAULT_ARGS = default_args(retries=3, retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=20),
+                            execution_timeout=timedelta(minutes=30))
 
 
 @dag(
@@ -57,7 +59,6 @@ def cbm_extract() -> None:
 
         from cbm_tasks import aoi as aoi_lookup
         from cbm_tasks import db
-        from cbm_tasks.errors import BadInputError
         from cbm_tasks.pipeline import extract as pipeline
 
         context = get_current_context()
@@ -66,7 +67,7 @@ def cbm_extract() -> None:
         if aois == [ALL_AOIS]:
             events = context["triggering_asset_events"].get(READY_PRODUCTS, [])
             aois = sorted({aoi for event in events for aoi in (event.extra or {}).get("aois", [])})
-        try:
+        with fail_on_bad_input():  # unknown AOI or product: a retry cannot help
             with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_extract") as conn:
                 if not aois or aois == [ALL_AOIS]:
                     aois = aoi_lookup.list_aois(conn)
@@ -74,8 +75,6 @@ def cbm_extract() -> None:
                     conn, aois=aois, worker=f"{context['dag'].dag_id}/{context['run_id']}",
                     limit=params["max_products"], force_product_id=params["product_id"],
                 )
-        except BadInputError as err:  # unknown AOI or product: a retry cannot help
-            raise AirflowFailException(str(err)) from err
         work_state = tables("cbm.product_status")  # OpenLineage: the claims read and written
         report_lineage(inputs=[*tables("cbm.product"), *work_state], outputs=work_state)
         return [{"aoi": aoi, "product_id": product_id} for aoi, product_id in claimed]
@@ -86,7 +85,6 @@ def cbm_extract() -> None:
         from cbm_lineage import report_lineage, tables
 
         from cbm_tasks import db, lineage
-        from cbm_tasks.errors import BadInputError
         from cbm_tasks.pipeline import extract as pipeline
         from cbm_tasks.report.datasets import product_uris
         from cbm_tasks.store import open_store
@@ -97,7 +95,8 @@ def cbm_extract() -> None:
         run = lineage.RunContext(step="extract", dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
                                  map_index=ti.map_index, try_number=ti.try_number)
         store = store_config()
-        try:
+        # corrupt raster, missing band: marked failed, a retry cannot help
+        with fail_on_bad_input(f"product {image['product_id']}"):
             with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_extract") as conn:
                 # OpenLineage: the image and parcels read, the time-series tables written
                 report_lineage(inputs=[*product_uris(conn, [int(image["product_id"])], store_root=store.root),
@@ -106,8 +105,6 @@ def cbm_extract() -> None:
                                                    aoi=str(image["aoi"]), run=run,
                                                    last_try=ti.try_number > ti.max_tries,
                                                    label_cache=label_cache())
-        except BadInputError as err:  # corrupt raster, missing band: marked failed, a retry cannot help
-            raise AirflowFailException(f"product {image['product_id']}: {err}") from err
         if outcome.n_rows:
             report_lineage(outputs=tables("cbm.parcel_obs", "cbm.parcel_class_counts", "cbm.extraction"))
         return outcome.as_dict()

@@ -8,16 +8,10 @@ from typing import Any
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-from cbm_common import ALL_AOIS, AOI_PARAM_PATTERN, MARKERS, PARCEL_STATS
+from cbm_common import ALL_AOIS, AOI_PARAM_PATTERN, MARKERS, PARCEL_STATS, default_args, fail_on_bad_input
 
-DEFAULT_ARGS: dict[str, Any] = {
-    "owner": "cbm",
-    "retries": 3,
-    "retry_delay": timedelta(minutes=1),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=20),
-    "execution_timeout": timedelta(minutes=30),  # 1 M parcels take ~10 min
-}
+DEFAULT_ARGS = default_args(retries=3, retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=20),
+                            execution_timeout=timedelta(minutes=30))  # 1 M parcels take ~10 min
 
 
 @dag(
@@ -72,7 +66,6 @@ def cbm_markers() -> None:
         from cbm_lineage import report_lineage, tables
 
         from cbm_tasks import db, lineage
-        from cbm_tasks.errors import BadInputError
         from cbm_tasks.pipeline import markers as pipeline
 
         context = get_current_context()
@@ -80,12 +73,11 @@ def cbm_markers() -> None:
         params, ti = context["params"], context["ti"]
         run = lineage.RunContext(step="markers", dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
                                  map_index=ti.map_index, try_number=ti.try_number)
-        try:
-            with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_markers") as conn:
-                outcome = pipeline.run_parcel_set(conn, run, aoi=str(parcel_set["aoi"]), year=int(parcel_set["year"]),
-                                                  scheme=params["scheme"], full=bool(params["full"]))
-        except BadInputError as err:  # invalid rules or parameters, unknown scheme: a retry cannot help
-            raise AirflowFailException(f"{parcel_set['aoi']}/{parcel_set['year']}: {err}") from err
+        # invalid rules or parameters, unknown scheme: a retry cannot help
+        with fail_on_bad_input(f"{parcel_set['aoi']}/{parcel_set['year']}"), \
+                db.connect(postgis_dsn(), autocommit=True, application_name="cbm_markers") as conn:
+            outcome = pipeline.run_parcel_set(conn, run, aoi=str(parcel_set["aoi"]), year=int(parcel_set["year"]),
+                                              scheme=params["scheme"], full=bool(params["full"]))
         # OpenLineage: the time series read, the markers and lights written
         report_lineage(inputs=tables("cbm.parcel_obs", "cbm.parcel_class_counts", "cbm.parcel"),
                        outputs=tables("cbm.marker_run", "cbm.marker_event", "cbm.marker_parcel",

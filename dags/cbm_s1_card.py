@@ -9,16 +9,19 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from cbm_card_odp import OdpCardOperator
-from cbm_common import ALL_AOIS, AOI_PARAM_PATTERN, CARD_POOL, READY_PRODUCTS, S1_PRODUCTS
+from cbm_common import (
+    ALL_AOIS,
+    AOI_PARAM_PATTERN,
+    CARD_POOL,
+    READY_PRODUCTS,
+    S1_PRODUCTS,
+    default_args,
+    fail_on_bad_input,
+)
 
-DEFAULT_ARGS: dict[str, Any] = {
-    "owner": "cbm",
-    "retries": 2,
-    "retry_delay": timedelta(minutes=2),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=30),
-    "execution_timeout": timedelta(hours=3),  # a whole SNAP coherence of three sub-swaths on a busy worker
-}
+DEFAULT_ARGS = default_args(retries=2, retry_delay=timedelta(minutes=2), max_retry_delay=timedelta(minutes=30),
+                            # a whole SNAP coherence of three sub-swaths on a busy worker
+                            execution_timeout=timedelta(hours=3))
 
 
 @dag(
@@ -55,7 +58,6 @@ def cbm_s1_card() -> None:
 
         from cbm_tasks import aoi as aoi_lookup
         from cbm_tasks import db
-        from cbm_tasks.errors import BadInputError
         from cbm_tasks.pipeline import card as pipeline
 
         context = get_current_context()
@@ -65,15 +67,13 @@ def cbm_s1_card() -> None:
             events = context["triggering_asset_events"].get(S1_PRODUCTS, [])
             aois = sorted({aoi for event in events for aoi in (event.extra or {}).get("aois", [])}) or aois
         cfg = card_config()
-        try:
-            with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_s1_card") as conn:
-                if aois == [ALL_AOIS]:
-                    aois = aoi_lookup.list_aois(conn)
-                worker = f"{context['dag'].dag_id}/{context['run_id']}"
-                claimed = pipeline.plan_and_claim(conn, aois=aois, worker=worker, card_types=cfg.card_types,
-                                                  limit=params["max_jobs"] or 1000)
-        except BadInputError as err:  # unknown AOI, bad configuration: a retry cannot help
-            raise AirflowFailException(str(err)) from err
+        # unknown AOI, bad configuration: a retry cannot help
+        with fail_on_bad_input(), db.connect(postgis_dsn(), autocommit=True, application_name="cbm_s1_card") as conn:
+            if aois == [ALL_AOIS]:
+                aois = aoi_lookup.list_aois(conn)
+            worker = f"{context['dag'].dag_id}/{context['run_id']}"
+            claimed = pipeline.plan_and_claim(conn, aois=aois, worker=worker, card_types=cfg.card_types,
+                                              limit=params["max_jobs"] or 1000)
         remote = cfg.backend == "cdse-odp"
         return [{"aoi": aoi, "product_id": product_id, "remote": remote} for aoi, product_id in claimed]
 
@@ -88,7 +88,6 @@ def cbm_s1_card() -> None:
 
         from cbm_tasks import db, lineage
         from cbm_tasks.card.choose import open_backend
-        from cbm_tasks.errors import BadInputError
         from cbm_tasks.pipeline import card as pipeline
         from cbm_tasks.store import open_store
 
@@ -97,13 +96,12 @@ def cbm_s1_card() -> None:
         ti = context["ti"]
         run = lineage.RunContext(step="card", dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
                                  map_index=ti.map_index, try_number=ti.try_number)
-        try:
-            with db.connect(postgis_dsn(), autocommit=True, application_name="cbm_s1_card") as conn:
-                outcome = pipeline.process(conn, open_store(store_config()), open_backend(card_config()),
-                                           int(job["product_id"]), aoi=str(job["aoi"]), run=run,
-                                           last_try=ti.try_number > ti.max_tries)
-        except BadInputError as err:  # incomplete SAFE, DEM gap, ...: marked failed, a retry cannot help
-            raise AirflowFailException(f"product {job['product_id']}: {err}") from err
+        # incomplete SAFE, DEM gap, ...: marked failed, a retry cannot help
+        with fail_on_bad_input(f"product {job['product_id']}"), \
+                db.connect(postgis_dsn(), autocommit=True, application_name="cbm_s1_card") as conn:
+            outcome = pipeline.process(conn, open_store(store_config()), open_backend(card_config()),
+                                       int(job["product_id"]), aoi=str(job["aoi"]), run=run,
+                                       last_try=ti.try_number > ti.max_tries)
         return outcome.as_dict()
 
     @task(trigger_rule="all_done", outlets=[READY_PRODUCTS])

@@ -14,12 +14,12 @@ import dataclasses
 import functools
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
 
 from cbm_tasks.ops import airflow_ctl, cluster, settings
+from cbm_tasks.ops.api_process import free_port
 
 _HOME = Path(tempfile.mkdtemp(prefix="cbm-airflow-test-"))
 _METADATA_DB = f"airflow_test_{os.getpid()}"
@@ -36,13 +36,6 @@ def _cleanup() -> None:
 
 
 atexit.register(_cleanup)
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @functools.cache

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pyproj
 import pytest
-from api_server import serve
 from api_world import X0, Y0, World
+
+from cbm_tasks.ops.api_process import serve_standalone
 
 NOTEBOOK = Path(__file__).parent / "notebooks" / "jrc_style_notebook.py"
 
 
 @pytest.fixture(scope="module")
 def api_url(api_world: World) -> Iterator[str]:
-    with serve(api_world.db_url, api_world.store_root) as url:
+    with serve_standalone(api_world.db_url, store_root=api_world.store_root) as url:
         yield url
 
 

@@ -207,3 +207,18 @@ def test_bearer_token_works_like_basic(client: TestClient, world: World) -> None
     assert response.status_code == 200 and response.json()["parcel_id"] == "A-1"
     assert client.get("/v1/aois", headers={"Authorization": "Bearer ann.nope"}).status_code == 401
     assert client.get("/v1/aois", headers={"Authorization": "Bearer nodot"}).status_code == 401
+
+
+def test_places_far_from_the_set_find_nothing_instead_of_failing(client: TestClient, world: World) -> None:
+    # lon -170 is outside the domain of the set's UTM zone 31: transforming it is a PostGIS error
+    ann = world.basic("ann")
+    near = client.get("/v1/aois/alpha/2018/parcels?lon=-170&lat=10", auth=ann)
+    assert near.status_code == 200 and near.json()["parcels"] == []
+    square = "POLYGON((-170 10, -169.99 10, -169.99 10.01, -170 10.01, -170 10))"
+    inside = client.get("/v1/aois/alpha/2018/parcels", params={"polygon": square}, auth=ann)
+    assert inside.status_code == 200 and inside.json()["parcels"] == []
+    assert client.get("/query/parcelByLocation?parcels=alpha2018&lon=-170&lat=10", auth=ann).status_code == 200
+    items = client.get("/ogc/collections/alpha_2018/items?bbox=-170,10,-169,11", auth=ann)
+    assert items.status_code == 200 and items.json()["features"] == [] and items.json()["numberMatched"] == 0
+    # the parcels of the set are still found by location
+    assert client.get("/query/parcelByLocation?parcels=alpha2018&lon=3&lat=51", auth=ann).status_code == 200

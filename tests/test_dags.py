@@ -122,3 +122,43 @@ def test_s1_card_dag(dagbag: DagBag) -> None:
         assert task.retries == 2 and task.retry_exponential_backoff, task.task_id
         assert task.execution_timeout == timedelta(hours=3), task.task_id
     assert dag.params.get_param("aoi").schema["pattern"] == cbm_common.AOI_PARAM_PATTERN
+
+
+def test_each_dag_keeps_its_retry_policy(dagbag: DagBag) -> None:
+    # cbm_common.default_args builds them; each DAG keeps its own numbers
+    minutes = lambda n: timedelta(minutes=n)  # noqa: E731
+    expected = {
+        "cbm_catalogue": (2, minutes(2), minutes(10), minutes(20)),
+        "cbm_extract": (3, minutes(1), minutes(20), minutes(30)),
+        "cbm_markers": (3, minutes(1), minutes(20), minutes(30)),
+        "cbm_s1_card": (2, minutes(2), minutes(30), timedelta(hours=3)),
+        "cbm_audit": (3, minutes(1), None, minutes(10)),
+    }
+    for dag_id, (retries, delay, max_delay, timeout) in expected.items():
+        args = dagbag.dags[dag_id].default_args
+        assert args["owner"] == "cbm" and args["retry_exponential_backoff"] is True, dag_id
+        assert (args["retries"], args["retry_delay"], args.get("max_retry_delay"), args["execution_timeout"]) == (
+            retries, delay, max_delay, timeout), dag_id
+
+
+def test_bad_input_fails_the_task_at_once_naming_the_input() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+    from cbm_common import fail_on_bad_input
+
+    from cbm_tasks.errors import CorruptProductError, TransientError
+
+    with pytest.raises(AirflowFailException, match=r"^product 7: cannot read B04\.tif$") as info:
+        with fail_on_bad_input("product 7"):
+            raise CorruptProductError("cannot read B04.tif")
+    assert isinstance(info.value.__cause__, CorruptProductError)
+    with pytest.raises(AirflowFailException, match=r"^unknown AOI 'xx'$"):
+        with fail_on_bad_input():
+            raise CorruptProductError("unknown AOI 'xx'")
+    with pytest.raises(AirflowFailException, match="aoi nl: bad window"):
+        with fail_on_bad_input("aoi nl", also=(ValueError,)):
+            raise ValueError("bad window")
+    # anything else is left to Airflow's retries
+    with pytest.raises(TransientError, match="HTTP 503"), fail_on_bad_input("product 7"):
+        raise TransientError("HTTP 503")
+    with pytest.raises(ValueError, match="bad window"), fail_on_bad_input("aoi nl"):
+        raise ValueError("bad window")

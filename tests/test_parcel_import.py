@@ -199,7 +199,7 @@ def test_failure_inside_the_transaction_keeps_the_old_set(
     def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated crash after the parcels were replaced")
 
-    monkeypatch.setattr(parcel, "_update_set", crash)
+    monkeypatch.setattr(parcel, "update_set", crash)  # the step after the parcels were replaced
     with pytest.raises(RuntimeError, match="simulated crash"):
         import_parcels(conn, changed, aoi="nl", year=2023)
     conn.rollback()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
+import pyproj
 import pytest
 import shapely
 from affine import Affine
@@ -95,7 +96,7 @@ def test_reimport_is_completed_by_the_next_extract_run(conn: psycopg.Connection,
     assert cli.main(["parcels", "import", str(v2), "--aoi", "season", "--year", "2023",
                      "--crop-name-column", "-"]) == 0
     out = capsys.readouterr().out
-    assert "3 extracted images queued again (ready) for the 11 new and 20 changed parcels" in out
+    assert "3 images queued again (ready) for the 11 new and 20 changed parcels" in out
     status = conn.execute("SELECT status, count(*) FROM cbm.product_status GROUP BY status").fetchall()
     conn.commit()
     assert status == [("ready", 3)]
@@ -125,3 +126,65 @@ def test_reimport_is_completed_by_the_next_extract_run(conn: psycopg.Connection,
     fresh_records = conn.execute("SELECT DISTINCT e.n_parcels, e.n_rows FROM cbm.extraction e "
                                  "JOIN cbm.parcel_set s USING (parcel_set_id) WHERE s.version = 1").fetchall()
     assert [(v[1], v[2]) for v in versions] == fresh_records and versions[0][0] == 2
+
+
+def _image_over(conn: psycopg.Connection, tmp_path: Path, aoi: str, name: str, x0: float, y0: float, *,
+                day: int) -> int:
+    """A 300 m x 300 m image with its UTM corner at (x0, y0) (top left) and its catalogue footprint."""
+    transform = Affine(10, 0, x0, 0, -10, y0)
+    values = np.random.default_rng(day).integers(1, 4000, (30, 30), dtype=np.uint16)
+    b04 = write_tif(tmp_path / f"{name}_B04.tif", values, transform=transform, nodata=0)
+    to_lonlat = pyproj.Transformer.from_crs(32631, 4326, always_xy=True)
+    footprint = shapely.transform(shapely.box(x0, y0 - 300, x0 + 300, y0),
+                                  lambda xy: np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1])))
+    bands = [{"name": "B04", "href": str(b04), "band": 1, "nodata": 0, "scale": 1e-4, "offset": 0}]
+    return add_product(conn, aoi=aoi, name=name, location=str(tmp_path), footprint_wkt=footprint.wkt,
+                       acquired_at=datetime(2023, 6, day, 10, tzinfo=UTC), bands=bands)
+
+
+def _statuses(conn: psycopg.Connection, products: list[int]) -> list[str]:
+    rows = dict(conn.execute("SELECT product_id, status FROM cbm.product_status WHERE product_id = ANY(%s)",
+                             (products,)).fetchall())
+    conn.commit()
+    return [rows[p] for p in products]
+
+
+def test_a_skipped_image_is_claimed_again_when_a_reimport_puts_parcels_inside_it(
+        conn: psycopg.Connection, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    parcels = _register()  # 150 parcels in X0 .. X0 + 1440, Y0 - 940 .. Y0
+    import_parcels(conn, write_register(tmp_path / "v1.gpkg", parcels), aoi="gaps", year=2023,
+                   crop_name_column="-")
+    conn.commit()
+    east, far = X0 + 5000, X0 + 9000  # two images over fields not in the register yet
+    products = [_image_over(conn, tmp_path, "gaps", "covered", X0, Y0, day=1),
+                _image_over(conn, tmp_path, "gaps", "east", east, Y0, day=2),
+                _image_over(conn, tmp_path, "gaps", "far", far, Y0, day=3)]
+    assert sorted(_run_extract(conn, "gaps")) == products
+    assert _statuses(conn, products) == ["extracted", "skipped", "skipped"]
+    assert requeue_incomplete(conn, aois=["gaps"]) == []  # nothing changed: skipped stays skipped
+    conn.commit()
+
+    # the re-import adds two parcels inside the east image; nothing reaches the far one
+    added = [("e1", shapely.box(east + 20, Y0 - 120, east + 80, Y0 - 40)),
+             ("e2", shapely.box(east + 150, Y0 - 260, east + 250, Y0 - 160))]
+    import_parcels(conn, write_register(tmp_path / "v2.gpkg", parcels + added), aoi="gaps", year=2023,
+                   crop_name_column="-")
+    conn.commit()
+    with caplog.at_level(logging.INFO, logger="cbm_tasks.pipeline.extract"):
+        requeued = requeue_incomplete(conn, aois=["gaps"])
+    conn.commit()
+    # the covered image lacks the new parcels too (it is extracted at version 1)
+    assert requeued == [("gaps", products[0]), ("gaps", products[1])]
+    assert f"requeued product_id={products[1]} aoi=gaps: skipped before an import" in caplog.text
+    assert _statuses(conn, products) == ["ready", "ready", "skipped"]
+    assert requeue_incomplete(conn, aois=["gaps"]) == []  # idempotent: already queued
+
+    assert sorted(_run_extract(conn, "gaps")) == products[:2]
+    assert _statuses(conn, products) == ["extracted", "extracted", "skipped"]
+    rows = conn.execute(
+        "SELECT p.parcel_id, o.stats[1] FROM cbm.parcel_obs o JOIN cbm.parcel p USING (parcel_set_id, parcel_key) "
+        "WHERE o.product_id = %s ORDER BY 1", (products[1],)).fetchall()
+    conn.commit()
+    assert [(pid, count) for pid, count in rows] == [("e1", 48), ("e2", 100)]  # pixel centres inside each
+    # a later run takes nothing again, and the far image, skipped after the import too, stays skipped
+    assert requeue_incomplete(conn, aois=["gaps"]) == [] and _run_extract(conn, "gaps") == []

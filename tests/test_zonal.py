@@ -11,8 +11,9 @@ from affine import Affine
 from conftest import shared_data
 
 from cbm_tasks.errors import BandError, GridMismatchError
+from cbm_tasks.extraction.categorical import ClassCounts, class_counts
 from cbm_tasks.extraction.rasterize import rasterize_parcels
-from cbm_tasks.extraction.zonal import ClassCounts, ParcelStats, class_counts, zonal_stats
+from cbm_tasks.extraction.zonal import ParcelStats, zonal_stats
 
 T10 = Affine(10, 0, 501360, 0, -10, 5629680)
 T20 = Affine(20, 0, 501360, 0, -20, 5629680)

@@ -10,7 +10,8 @@
 
 Errors are JSON ``{"error": <kind>, "detail": <message>}`` with 400 (bad parameter), 401 (no or
 wrong credential), 403 (AOI not granted), 404 (no such parcel, set or product), 422 (malformed
-request), 503 (database unavailable); anything unexpected is a 500 with no detail, logged
+request), 429 (too many failed logins of that user from that address, with ``Retry-After``;
+:mod:`.login_limit`), 503 (database unavailable); anything unexpected is a 500 with no detail, logged
 with its traceback on the server only.
 """
 
@@ -29,6 +30,7 @@ from cbm_tasks import __version__
 from cbm_tasks.api import jrc, ogc, v1
 from cbm_tasks.api.context import ApiConfig, ApiContext
 from cbm_tasks.api.deps import AuthError, json_response
+from cbm_tasks.api.login_limit import TooManyLoginsError
 from cbm_tasks.api.queries import AccessDeniedError
 from cbm_tasks.errors import BadInputError, NotFoundError, TransientError
 
@@ -46,6 +48,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AuthError)
     async def _auth(request: Request, err: AuthError) -> Response:
         return _error(401, "unauthorized", str(err), _WWW_AUTHENTICATE)
+
+    @app.exception_handler(TooManyLoginsError)
+    async def _too_many_logins(request: Request, err: TooManyLoginsError) -> Response:
+        return _error(429, "too many requests", str(err), {"Retry-After": str(err.retry_after_s)})
 
     @app.exception_handler(AccessDeniedError)
     async def _forbidden(request: Request, err: AccessDeniedError) -> Response:

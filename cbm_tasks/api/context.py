@@ -1,4 +1,4 @@
-"""What every request of the API needs: settings, the cbm_reader connection pool, the credential cache.
+"""What every request of the API needs: settings, the cbm_reader connection pool, the credential cache, login limits.
 
 The pool is opened on first use, not when the application is built: inside the Airflow
 api-server the application is mounted as a sub-application, whose startup events never run,
@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cbm_tasks.api.auth import CredentialCache, Principal, authenticate
+from cbm_tasks.api.login_limit import LoginLimiter
 from cbm_tasks.errors import ConfigError, NotFoundError, TransientError
 from cbm_tasks.store import Store, StoreConfig, open_store
 
@@ -39,6 +40,9 @@ class ApiConfig:
         pool_timeout_s: wait for a free connection before answering 503.
         statement_timeout_ms: longest query (a hostile or unlucky request cannot hold the database).
         auth_cache_ttl_s: how long a verified credential is trusted without a new scrypt check.
+        login_max_failures, login_window_s: failed logins of one user name from one client address
+            within the window after which it gets 429 until the oldest leaves the window (``login_limit``;
+            per process).
     """
 
     dsn: str
@@ -49,6 +53,8 @@ class ApiConfig:
     pool_timeout_s: float = 10.0
     statement_timeout_ms: int = 15_000
     auth_cache_ttl_s: float = 30.0
+    login_max_failures: int = 5
+    login_window_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.pool_min <= self.pool_max or self.pool_max < 1:
@@ -56,6 +62,9 @@ class ApiConfig:
                               f"got {self.pool_min}, {self.pool_max}")
         if self.statement_timeout_ms < 100:
             raise ConfigError(f"statement_timeout_ms must be >= 100, got {self.statement_timeout_ms}")
+        if self.login_max_failures < 1 or self.login_window_s <= 0:
+            raise ConfigError(f"login_max_failures must be >= 1 and login_window_s > 0, "
+                              f"got {self.login_max_failures}, {self.login_window_s}")
 
     def __repr__(self) -> str:  # the DSN may hold a password
         return f"ApiConfig(db_role={self.db_role!r}, store={self.store!r}, pool_max={self.pool_max})"
@@ -71,6 +80,9 @@ class ApiContext:
         self._store: Store | None = None
         self._lock = threading.RLock()  # pool() reads config under the same lock
         self.credentials = CredentialCache(ttl_s=self.config.auth_cache_ttl_s if self._config else 30.0)
+        # a lazy configuration (the Airflow mount) keeps the defaults: it is read only at the first request
+        self.logins = (LoginLimiter(max_failures=self.config.login_max_failures, window_s=self.config.login_window_s)
+                       if self._config else LoginLimiter())
 
     @property
     def config(self) -> ApiConfig:

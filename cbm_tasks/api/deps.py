@@ -2,7 +2,8 @@
 
 Authentication is enforced here for every route that declares :data:`CurrentUser` (all but
 ``/health`` and ``/version``): the Airflow api-server does not authenticate the FastAPI apps of
-plugins, so nothing in front of this application can be relied on.
+plugins, so nothing in front of this application can be relied on. So are the limits on failed
+logins per user name and client address (``login_limit``; 429 once exceeded).
 """
 
 from __future__ import annotations
@@ -57,11 +58,15 @@ async def _principal(
     else:
         raise AuthError("authentication required: HTTP Basic (user, secret) or Bearer <user>.<secret>")
     context = _context(request)
+    client = request.client.host if request.client else "unknown"
+    context.logins.check(name, client)  # before any check: a locked pair learns nothing, costs no scrypt
     principal = context.credentials.get(name, secret)
     if principal is None:  # scrypt and the database: off the event loop
         principal = await run_in_threadpool(context.authenticate, name, secret)
     if principal is None:
+        context.logins.failed(name, client)
         raise AuthError("unknown user or wrong secret")
+    context.logins.succeeded(name, client)
     return principal
 
 

@@ -12,9 +12,10 @@ import json
 from typing import Any
 
 import psycopg
+import shapely
 from psycopg import sql
 
-from cbm_tasks.api.queries import ParcelSet
+from cbm_tasks.api.queries import ParcelSet, reaches_set
 
 __all__ = ["feature", "features_page"]
 
@@ -66,6 +67,8 @@ def features_page(conn: psycopg.Connection, ps: ParcelSet, *, bbox: tuple[float,
     params: dict[str, Any] = {"set": ps.parcel_set_id, "out_srid": out_srid, "digits": _digits(out_srid),
                               "limit": limit, "offset": offset, "srid": ps.srid, "bsrid": bbox_srid}
     where: sql.Composable = sql.SQL("true")
+    if bbox is not None and bbox_srid == 4326 and not reaches_set(conn, ps, shapely.box(*bbox).wkt):
+        return [], 0  # far from the set: nothing matches, and the transform could fail
     if bbox is not None:
         where = _BBOX
         params |= dict(zip(("x0", "y0", "x1", "y1"), bbox, strict=True))

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from shapely.geometry import Point
 from shapely.geometry.base import BaseGeometry
 
 from cbm_tasks.aoi import find_parcel_set
@@ -43,6 +44,7 @@ __all__ = [
     "parcels_by_id",
     "parcels_in_polygon",
     "peers",
+    "reaches_set",
     "time_series",
     "traffic_light_summary",
 ]
@@ -129,6 +131,25 @@ def _parcels(rows: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
     return out
 
 
+def reaches_set(conn: psycopg.Connection, ps: ParcelSet, wkt: str) -> bool:
+    """Return whether a WGS84 geometry (WKT) comes within ~1 km of the set's lon/lat extent.
+
+    Only then is it transformed to the set's CRS: far outside, the transform can fail (a point
+    outside a UTM zone's domain is a PostGIS error, not an empty answer), and no parcel matches.
+    """
+    row = conn.execute("SELECT coalesce(ST_Intersects(ST_Expand(extent, 0.01), ST_GeomFromText(%s, 4326)), false) "
+                       "FROM cbm.parcel_set WHERE parcel_set_id = %s", (wkt, ps.parcel_set_id)).fetchone()
+    return bool(row and row[0])
+
+
+def _select_parcels(conn: psycopg.Connection, ps: ParcelSet, where: sql.Composable, params: dict[str, Any], *,
+                    geometry: str | None, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+    """One page (*limit*, *offset*, by parcel key) of the set's parcels matching *where*, as PARCEL_COLUMNS records."""
+    rows = conn.execute(_parcel_query(where, geometry),
+                        {**params, "set": ps.parcel_set_id, "limit": limit, "offset": offset}).fetchall()
+    return _parcels(rows)
+
+
 def parcel_by_key(conn: psycopg.Connection, ps: ParcelSet, key: int, *,
                   geometry: str | None = None) -> dict[str, Any]:
     """Return parcel *key* of the set (optionally with its geometry: ``wgs84`` or ``native``).
@@ -136,39 +157,38 @@ def parcel_by_key(conn: psycopg.Connection, ps: ParcelSet, key: int, *,
     Raises:
         NotFoundError: no such parcel.
     """
-    rows = conn.execute(_parcel_query(sql.SQL("p.parcel_key = %(key)s"), geometry),
-                        {"set": ps.parcel_set_id, "key": key, "limit": 1, "offset": 0}).fetchall()
-    if not rows:
+    found = _select_parcels(conn, ps, sql.SQL("p.parcel_key = %(key)s"), {"key": key}, geometry=geometry, limit=1)
+    if not found:
         raise NotFoundError(f"parcel {key} is not in the {ps.year} parcel set of AOI {ps.aoi!r}")
-    return _parcels(rows)[0]
+    return found[0]
 
 
 def parcels_by_id(conn: psycopg.Connection, ps: ParcelSet, parcel_id: str, *,
                   geometry: str | None = None) -> list[dict[str, Any]]:
     """Return the parcel whose declared id is *parcel_id* (a list of 0 or 1)."""
-    rows = conn.execute(_parcel_query(sql.SQL("p.parcel_id = %(pid)s"), geometry),
-                        {"set": ps.parcel_set_id, "pid": parcel_id, "limit": 1, "offset": 0}).fetchall()
-    return _parcels(rows)
+    return _select_parcels(conn, ps, sql.SQL("p.parcel_id = %(pid)s"), {"pid": parcel_id}, geometry=geometry,
+                           limit=1)
 
 
 def parcels_at(conn: psycopg.Connection, ps: ParcelSet, lon: float, lat: float, *,
                geometry: str | None = None) -> list[dict[str, Any]]:
     """Return the parcels that contain the WGS84 point (*lon*, *lat*) (overlapping parcels: several)."""
+    if not reaches_set(conn, ps, Point(lon, lat).wkt):
+        return []
     where = sql.SQL("ST_Intersects(p.geom, ST_Transform(ST_SetSRID(ST_MakePoint(%(lon)s, %(lat)s), 4326), "
                     "%(srid)s::integer))")
-    rows = conn.execute(_parcel_query(where, geometry), {"set": ps.parcel_set_id, "lon": lon, "lat": lat,
-                                                         "srid": ps.srid, "limit": 100, "offset": 0}).fetchall()
-    return _parcels(rows)
+    return _select_parcels(conn, ps, where, {"lon": lon, "lat": lat, "srid": ps.srid}, geometry=geometry,
+                           limit=100)
 
 
 def parcels_in_polygon(conn: psycopg.Connection, ps: ParcelSet, polygon: BaseGeometry, *, limit: int,
                        offset: int = 0, geometry: str | None = None) -> list[dict[str, Any]]:
     """Return the parcels that intersect a WGS84 *polygon* (validated by validation.parse_polygon), paged."""
+    if not reaches_set(conn, ps, polygon.wkt):
+        return []
     where = sql.SQL("ST_Intersects(p.geom, ST_Transform(ST_GeomFromText(%(wkt)s, 4326), %(srid)s::integer))")
-    rows = conn.execute(_parcel_query(where, geometry), {"set": ps.parcel_set_id, "wkt": polygon.wkt,
-                                                         "srid": ps.srid, "limit": limit,
-                                                         "offset": offset}).fetchall()
-    return _parcels(rows)
+    return _select_parcels(conn, ps, where, {"wkt": polygon.wkt, "srid": ps.srid}, geometry=geometry,
+                           limit=limit, offset=offset)
 
 
 def peers(conn: psycopg.Connection, ps: ParcelSet, key: int, *, distance_m: float,
@@ -205,9 +225,33 @@ def _check_parcel(conn: psycopg.Connection, ps: ParcelSet, key: int) -> None:
         raise NotFoundError(f"parcel {key} is not in the {ps.year} parcel set of AOI {ps.aoi!r}")
 
 
-def _time_params(ps: ParcelSet, key: int, src: Source, start: date | None, end: date | None) -> dict[str, Any]:
-    return {"set": ps.parcel_set_id, "key": key, "types": list(src.product_types),
-            "start": start, "end": None if end is None else end + timedelta(days=1)}
+# the rows of one parcel in a per-image table (cbm.parcel_obs, cbm.parcel_class_counts, alias o) with the
+# image's extraction (e) and product (p), for a source's product types in a window of acquisition dates
+_PARCEL_IMAGE_ROWS = (
+    "SELECT {columns} FROM {table} o "
+    "JOIN cbm.extraction e ON e.parcel_set_id = o.parcel_set_id AND e.product_id = o.product_id "
+    "JOIN cbm.product p ON p.product_id = o.product_id "
+    "WHERE o.parcel_set_id = %(set)s AND o.parcel_key = %(key)s AND p.product_type = ANY(%(types)s) "
+    "AND (%(start)s::date IS NULL OR p.acquired_at >= %(start)s::date) "
+    "AND (%(end)s::date IS NULL OR p.acquired_at < %(end)s::date) "
+    "ORDER BY {order}"
+)
+
+
+def _parcel_image_rows(conn: psycopg.Connection, ps: ParcelSet, key: int, src: Source, start: date | None,
+                       end: date | None, *, table: str, columns: str, order: str,
+                       binary: bool = False) -> list[tuple[Any, ...]]:
+    """Rows of parcel *key* in *table*, per image of *src* acquired from *start* to *end* (UTC days, inclusive).
+
+    Raises:
+        NotFoundError: no parcel *key*.
+    """
+    _check_parcel(conn, ps, key)
+    query = sql.SQL(_PARCEL_IMAGE_ROWS).format(columns=sql.SQL(columns), table=sql.Identifier("cbm", table),
+                                               order=sql.SQL(order))
+    params = {"set": ps.parcel_set_id, "key": key, "types": list(src.product_types),
+              "start": start, "end": None if end is None else end + timedelta(days=1)}
+    return conn.execute(query, params, binary=binary).fetchall()
 
 
 def time_series(conn: psycopg.Connection, ps: ParcelSet, key: int, src: Source, *,
@@ -227,19 +271,11 @@ def time_series(conn: psycopg.Connection, ps: ParcelSet, key: int, src: Source, 
     Raises:
         NotFoundError: no parcel *key*.
     """
-    _check_parcel(conn, ps, key)
-    rows = conn.execute(
-        "SELECT p.acquired_at, o.product_id, p.product_type, e.bands, o.stats "
-        "FROM cbm.parcel_obs o "
-        "JOIN cbm.extraction e ON e.parcel_set_id = o.parcel_set_id AND e.product_id = o.product_id "
-        "JOIN cbm.product p ON p.product_id = o.product_id "
-        "WHERE o.parcel_set_id = %(set)s AND o.parcel_key = %(key)s AND p.product_type = ANY(%(types)s) "
-        "AND (%(start)s::date IS NULL OR p.acquired_at >= %(start)s::date) "
-        "AND (%(end)s::date IS NULL OR p.acquired_at < %(end)s::date) "
-        "ORDER BY p.acquired_at, o.product_id",
-        _time_params(ps, key, src, start, end),
+    rows = _parcel_image_rows(
+        conn, ps, key, src, start, end, table="parcel_obs",
+        columns="p.acquired_at, o.product_id, p.product_type, e.bands, o.stats", order="p.acquired_at, o.product_id",
         binary=True,  # real[] arrive as floats, not as text to parse: about half the client time
-    ).fetchall()
+    )
     wanted = None if bands is None else set(bands)
     out: list[BandRow] = []
     for obs_time, product_id, product_type, band_names, stats in rows:
@@ -257,18 +293,11 @@ def class_counts(conn: psycopg.Connection, ps: ParcelSet, key: int, src: Source,
     Raises:
         NotFoundError: no parcel *key*.
     """
-    _check_parcel(conn, ps, key)
-    rows = conn.execute(
-        "SELECT p.acquired_at, c.product_id, e.class_bands[c.class_band], c.counts "
-        "FROM cbm.parcel_class_counts c "
-        "JOIN cbm.extraction e ON e.parcel_set_id = c.parcel_set_id AND e.product_id = c.product_id "
-        "JOIN cbm.product p ON p.product_id = c.product_id "
-        "WHERE c.parcel_set_id = %(set)s AND c.parcel_key = %(key)s AND p.product_type = ANY(%(types)s) "
-        "AND (%(start)s::date IS NULL OR p.acquired_at >= %(start)s::date) "
-        "AND (%(end)s::date IS NULL OR p.acquired_at < %(end)s::date) "
-        "ORDER BY p.acquired_at, c.product_id, c.class_band",
-        _time_params(ps, key, src, start, end),
-    ).fetchall()
+    rows = _parcel_image_rows(
+        conn, ps, key, src, start, end, table="parcel_class_counts",
+        columns="p.acquired_at, o.product_id, e.class_bands[o.class_band], o.counts",
+        order="p.acquired_at, o.product_id, o.class_band",
+    )
     return [(r[0], int(r[1]), str(r[2]), list(r[3])) for r in rows]
 
 

@@ -71,7 +71,7 @@ def _import(args: argparse.Namespace) -> int:
         sys.stdout.write(f"  ... {report.n_rejected - 20} more (see --reject-report)\n")
     if requeued:
         sys.stdout.write(
-            f"{len(requeued)} extracted images queued again (ready) for the {report.n_new} new and "
+            f"{len(requeued)} images queued again (ready) for the {report.n_new} new and "
             f"{report.n_changed} changed parcels: the next cbm_extract run extracts those parcels only\n"
         )
     overlaps = report.overlaps

@@ -1,7 +1,7 @@
 """The extraction's Numba kernels compiled ahead of use, for every argument type the wrappers pass.
 
 ``warm_kernels`` compiles (or loads from Numba's on-disk cache, ``NUMBA_CACHE_DIR``) each kernel
-of ``zonal`` and ``rasterize`` for the calls those modules publish (``warmup_signatures``), and
+of ``zonal``, ``categorical`` and ``rasterize`` for the calls those modules publish (``warmup_signatures``), and
 runs none of them: why that matters under ``fork`` is in ``cbm_tasks.extraction.preload``, which
 calls it in Airflow's forkserver. ``cbm kernels warm`` (run by ``scripts/install.sh``) calls it
 too, so that the cache is filled at install and no extraction compiles.
@@ -19,7 +19,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from cbm_tasks.extraction import rasterize, zonal
+from cbm_tasks.extraction import categorical, rasterize, zonal
 
 __all__ = ["CLASS_DTYPES", "VALUE_DTYPES", "Warmup", "kernels", "warm_kernels"]
 
@@ -50,7 +50,8 @@ class Warmup:
 def _signatures(value_dtypes: Sequence[np.dtype] = VALUE_DTYPES,
                 class_dtypes: Sequence[np.dtype] = CLASS_DTYPES) -> list[tuple[str, Any, tuple[Any, ...]]]:
     # each kernel module publishes the calls its wrappers make; this module knows no kernel by name
-    return zonal.warmup_signatures(value_dtypes, class_dtypes) + rasterize.warmup_signatures()
+    return (zonal.warmup_signatures(value_dtypes) + categorical.warmup_signatures(class_dtypes)
+            + rasterize.warmup_signatures())
 
 
 def kernels() -> dict[str, Any]:
@@ -63,7 +64,7 @@ def warm_kernels(
 ) -> Warmup:
     """Compile or load from the cache every kernel for the types the extraction passes; run none.
 
-    The calls are those ``zonal.warmup_signatures`` and ``rasterize.warmup_signatures`` publish.
+    The calls are those ``zonal``, ``categorical`` and ``rasterize`` publish (``warmup_signatures``).
 
     Args:
         value_dtypes: band dtypes for ``zonal_stats``.

@@ -20,8 +20,9 @@ import shapely
 from affine import Affine
 
 from cbm_tasks.extraction.bands import BandSource
+from cbm_tasks.extraction.categorical import class_counts
 from cbm_tasks.extraction.rasterize import rasterize_parcels
-from cbm_tasks.extraction.zonal import class_counts, zonal_stats
+from cbm_tasks.extraction.zonal import zonal_stats
 from cbm_tasks.timeseries import write
 
 __all__ = ["BandResult", "ParcelLayers", "overlap_layers", "reduce_band"]

@@ -1,8 +1,8 @@
 """Per-parcel statistics of one band over a label raster (Numba kernels).
 
 ``zonal_stats`` reduces a band to count, mean, std, min, max and the 25/50/75 percentiles
-per parcel; ``class_counts`` counts the pixels of each class of a categorical band (S2 SCL).
-Both take the label raster of ``rasterize.rasterize_parcels`` (0 = no parcel).
+per parcel, over the label raster of ``rasterize.rasterize_parcels`` (0 = no parcel); the
+pixels of each class of a categorical band (S2 SCL) are counted by ``categorical.class_counts``.
 
 How: one parallel pass counts the valid pixels of each label, a counting sort scatters the
 valid values into one buffer grouped by label (memory ~ one value per labelled valid pixel,
@@ -28,9 +28,10 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from cbm_tasks.errors import BandError, GridMismatchError
+from cbm_tasks.errors import BandError
+from cbm_tasks.extraction.valid_pixels import check_band_grid, example_label_grids, nodata_in_dtype
 
-__all__ = ["ClassCounts", "ParcelStats", "class_counts", "warmup_signatures", "zonal_stats"]
+__all__ = ["ParcelStats", "warmup_signatures", "zonal_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ _VALUE_DTYPES = frozenset(
 _RADIX = {np.dtype(np.uint8): (1, 0), np.dtype(np.int8): (1, 128), np.dtype(np.uint16): (2, 0),
           np.dtype(np.int16): (2, 32768)}
 _RADIX_MIN = 64  # shorter groups: the comparison sort is as fast
-_CLASS_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,22 +95,6 @@ class ParcelStats:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ClassCounts:
-    """Pixel counts per class of a categorical band, one row per parcel with >= 1 counted pixel.
-
-    Attributes:
-        keys: parcel keys, int32, ascending.
-        counts: int32 array [len(keys), n_classes]; column c counts the pixels of class c.
-    """
-
-    keys: np.ndarray
-    counts: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
 def zonal_stats(
     labels: np.ndarray, values: np.ndarray, *, band: str, nodata: float | None, n_labels: int
 ) -> ParcelStats:
@@ -136,10 +120,10 @@ def zonal_stats(
         bytes per label per thread for the counts.
     """
     t0 = time.perf_counter()
-    _check_grids(labels, values, band=band, allowed=_VALUE_DTYPES)
+    check_band_grid(labels, values, band=band, allowed=_VALUE_DTYPES)
     if n_labels < 0:
         raise ValueError(f"band {band}: n_labels must be >= 0, got {n_labels}")
-    has_nodata, nodata_value = _nodata_in_dtype(nodata, values.dtype)
+    has_nodata, nodata_value = nodata_in_dtype(nodata, values.dtype)
     n_parts = max(1, min(numba.get_num_threads(), labels.shape[0]))
     counts, bad = _count_kernel(labels, values, has_nodata, nodata_value, n_labels, n_parts)
     if bad != 0:
@@ -167,70 +151,6 @@ def zonal_stats(
     log.debug("zonal stats band=%s parcels=%d pixels=%d seconds=%.3f",
               band, len(keys), int(offsets[-1]), time.perf_counter() - t0)
     return result
-
-
-def class_counts(
-    labels: np.ndarray, values: np.ndarray, *, band: str, n_classes: int, nodata: int | None
-) -> ClassCounts:
-    """Count the pixels of each class value per label (categorical bands such as S2 SCL).
-
-    Args:
-        labels: 2-D int32 label raster (0 = no parcel).
-        values: 2-D integer class band on the same grid, classes 0..n_classes-1.
-        band: band name, used in messages.
-        n_classes: number of classes (12 for S2 SCL).
-        nodata: class value that is not counted (0 for SCL), or None.
-
-    Returns:
-        ClassCounts of the labels with at least one counted pixel.
-
-    Raises:
-        GridMismatchError: labels and values differ in shape.
-        BandError: not 2-D, not an integer dtype, or a (non-nodata) value outside 0..n_classes-1.
-    """
-    t0 = time.perf_counter()
-    _check_grids(labels, values, band=band, allowed=_CLASS_DTYPES)
-    if n_classes <= 0:
-        raise ValueError(f"band {band}: n_classes must be >= 1, got {n_classes}")
-    n_labels = int(labels.max(initial=0))
-    has_nodata, nodata_value = _nodata_in_dtype(nodata, values.dtype)
-    n_parts = max(1, min(numba.get_num_threads(), labels.shape[0]))
-    counts, bad_value, bad_label = _class_count_kernel(
-        labels, values, has_nodata, nodata_value, n_labels, n_classes, n_parts
-    )
-    if bad_label != 0:
-        raise BandError(f"band {band}: label raster holds negative label {bad_label}")
-    if bad_value != 0:
-        wrong = _first_bad_class(values, has_nodata, nodata_value, n_classes)
-        raise BandError(f"band {band}: class value {wrong} outside 0..{n_classes - 1} (n_classes={n_classes})")
-    keys = np.flatnonzero(counts[1:].any(axis=1)).astype(np.int32) + 1
-    log.debug("class counts band=%s parcels=%d seconds=%.3f", band, len(keys), time.perf_counter() - t0)
-    return ClassCounts(keys=keys, counts=np.ascontiguousarray(counts[keys]))
-
-
-def _check_grids(labels: np.ndarray, values: np.ndarray, *, band: str, allowed: frozenset[np.dtype]) -> None:
-    if labels.ndim != 2 or values.ndim != 2:
-        raise BandError(f"band {band}: expected 2-D labels and values, got {labels.ndim}-D and {values.ndim}-D")
-    if labels.shape != values.shape:
-        raise GridMismatchError(f"band {band}: values {values.shape} do not match label grid {labels.shape}")
-    if labels.dtype != np.int32:
-        raise BandError(f"band {band}: labels must be int32, got {labels.dtype}")
-    if values.dtype not in allowed:
-        names = ", ".join(sorted(d.name for d in allowed))
-        raise BandError(f"band {band}: unsupported dtype {values.dtype}; expected one of {names}")
-
-
-def _nodata_in_dtype(nodata: float | None, dtype: np.dtype) -> tuple[bool, np.generic]:
-    """Return (has_nodata, nodata as *dtype*); a nodata the dtype cannot hold matches no pixel."""
-    zero = dtype.type(0)
-    if nodata is None or (isinstance(nodata, float) and math.isnan(nodata)):
-        return False, zero
-    if dtype.kind in "iu":
-        if float(nodata) != int(nodata) or not (np.iinfo(dtype).min <= int(nodata) <= np.iinfo(dtype).max):
-            return False, zero
-        return True, dtype.type(int(nodata))
-    cast = dtype.type(nodata)
-    return (True, cast) if float(cast) == float(nodata) else (False, zero)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -381,72 +301,23 @@ def _percentile_linear(ordered: np.ndarray, q: float) -> float:
     return a + diff * gamma
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _class_count_kernel(
-    labels: np.ndarray,
-    values: np.ndarray,
-    has_nodata: bool,
-    nodata: np.generic,
-    n_labels: int,
-    n_classes: int,
-    n_chunks: int,
-) -> tuple[np.ndarray, int, int]:
-    """Pixels per (label, class); also returns flags for a class value or label out of range."""
-    rows, cols = labels.shape
-    chunk_rows = (rows + n_chunks - 1) // n_chunks
-    partial = np.zeros((n_chunks, n_labels + 1, n_classes), np.int32)
-    bad_value = np.zeros(n_chunks, np.int64)
-    bad_label = np.zeros(n_chunks, np.int64)
-    for c in prange(n_chunks):
-        for y in range(c * chunk_rows, min(rows, (c + 1) * chunk_rows)):
-            for x in range(cols):
-                value = values[y, x]
-                if has_nodata and value == nodata:
-                    continue
-                if value < 0 or value >= n_classes:
-                    bad_value[c] = 1
-                    continue
-                label = labels[y, x]
-                if label < 0:
-                    bad_label[c] = label
-                elif label > 0:
-                    partial[c, label, value] += 1
-    counts = np.zeros((n_labels + 1, n_classes), np.int32)
-    for label in prange(n_labels + 1):
-        for c in range(n_chunks):
-            for k in range(n_classes):
-                counts[label, k] += partial[c, label, k]
-    return counts, bad_value.max(), bad_label.min()
+def warmup_signatures(value_dtypes: Sequence[np.dtype]) -> list[tuple[str, Any, tuple[Any, ...]]]:
+    """Return ``(name, kernel, example arguments)`` for each kernel call of :func:`zonal_stats`, to compile ahead.
 
-
-def _first_bad_class(values: np.ndarray, has_nodata: bool, nodata: np.generic, n_classes: int) -> int:
-    wrong = (values < 0) | (values >= n_classes)
-    if has_nodata:
-        wrong &= values != nodata
-    return int(values.ravel()[np.flatnonzero(wrong.ravel())[0]])
-
-
-def warmup_signatures(value_dtypes: Sequence[np.dtype],
-                      class_dtypes: Sequence[np.dtype]) -> list[tuple[str, Any, tuple[Any, ...]]]:
-    """Return ``(name, kernel, example arguments)`` for each kernel call the wrappers make, to compile ahead of use.
-
-    The arguments are tiny arrays built as :func:`zonal_stats` and :func:`class_counts` build
-    them, so their Numba types are the ones the extraction passes. Labels come writable (fresh
-    from rasterisation) and read-only (memory-mapped by the label cache): both are listed.
-    Nothing is run (``cbm_tasks.extraction.preload`` explains why).
+    The arguments are tiny arrays built as :func:`zonal_stats` builds them, so their Numba types
+    are the ones the extraction passes. Labels come writable (fresh from rasterisation) and
+    read-only (memory-mapped by the label cache): both are listed. Nothing is run
+    (``cbm_tasks.extraction.preload`` explains why).
 
     Args:
         value_dtypes: band dtypes for ``zonal_stats``.
-        class_dtypes: band dtypes for ``class_counts``.
     """
-    writable = np.zeros((2, 2), np.int32)
-    read_only = np.zeros((2, 2), np.int32)
-    read_only.flags.writeable = False
+    writable, read_only = example_label_grids()
     calls: list[tuple[str, Any, tuple[Any, ...]]] = []
     n_labels, n_parts = 1, 1  # Python ints, as the wrapper passes them
     for dtype in map(np.dtype, value_dtypes):
         values = np.zeros((2, 2), dtype)
-        has_nodata, nodata = _nodata_in_dtype(0, dtype)
+        has_nodata, nodata = nodata_in_dtype(0, dtype)
         counts = np.zeros((n_parts, n_labels + 1), np.int64)
         offsets = np.zeros(n_labels + 2, np.int64)
         grouped = np.empty(0, dtype)
@@ -458,9 +329,4 @@ def warmup_signatures(value_dtypes: Sequence[np.dtype],
                           (labels, values, has_nodata, nodata, offsets, counts, grouped)))
         calls.append(("zonal._reduce_kernel", _reduce_kernel,
                       (grouped, offsets, np.zeros(1, np.int32), radix_passes, bias, np.empty((1, 7), np.float64))))
-    for dtype in map(np.dtype, class_dtypes):
-        values = np.zeros((2, 2), dtype)
-        has_nodata, nodata = _nodata_in_dtype(0, dtype)
-        calls += [("zonal._class_count_kernel", _class_count_kernel, (labels, values, has_nodata, nodata, 1, 12, 1))
-                  for labels in (writable, read_only)]
     return calls

@@ -11,7 +11,6 @@ polygon that no longer exists; those of unchanged parcels stay valid.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -21,14 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-import shapely
-from psycopg.adapt import Dumper
-from psycopg.pq import Format
-from psycopg.rows import TupleRow
-from psycopg.types import TypeInfo
 
 # the listing lives with the AOI look-ups (light: `cbm parcels list` loads no pandas); kept importable here
-from cbm_tasks.aoi import ParcelSetInfo, ensure_aoi, id_limit_error, list_parcel_sets
+from cbm_tasks.aoi import ParcelSetInfo, ensure_aoi, list_parcel_sets
 from cbm_tasks.errors import MigrationError, ParcelImportError, TransientError
 from cbm_tasks.parcels.geometry import geometry_md5
 from cbm_tasks.parcels.keys import KeyPlan, plan_keys
@@ -40,6 +34,7 @@ from cbm_tasks.parcels.overlaps import (
     overlapping_keys,
 )
 from cbm_tasks.parcels.read import ParcelTable, Rejection, read_parcels, write_reject_report
+from cbm_tasks.parcels.set_tables import copy_parcels, delete_stale_rows, lock_set, record_import, update_set
 
 __all__ = [
     "ImportReport",
@@ -53,7 +48,6 @@ log = logging.getLogger(__name__)
 
 _AOI_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # as the CHECK on cbm.aoi.name
 _YEARS = range(2014, 2101)  # as the CHECK on cbm.parcel_set.year
-_COPY_CHUNK = 10_000  # geometries converted to EWKB at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +214,7 @@ def _replace_set(
     with conn.transaction(), conn.cursor() as cur:
         if cur.execute("SELECT 1 FROM spatial_ref_sys WHERE srid = %s", (table.srid,)).fetchone() is None:
             raise ParcelImportError(f"{source}: SRID {table.srid} is not in PostGIS spatial_ref_sys")
-        set_id, version, created = _lock_set(cur, ensure_aoi(conn, aoi), year, table)
+        set_id, version, created = lock_set(cur, ensure_aoi(conn, aoi), year, table)
         stored = cur.execute(
             "SELECT parcel_id, parcel_key, md5(ST_AsBinary(geom, 'NDR')) || ':' || ST_SRID(geom), geom_version "
             "FROM cbm.parcel WHERE parcel_set_id = %s",
@@ -231,7 +225,7 @@ def _replace_set(
         key_floor = cur.execute(
             "SELECT max_parcel_key FROM cbm.parcel_set WHERE parcel_set_id = %s", (set_id,)
         ).fetchone()
-        if key_floor is None:  # the row is locked by _lock_set: only a schema change removes it
+        if key_floor is None:  # the row is locked by lock_set: only a schema change removes it
             raise MigrationError(f"{source}: parcel set {set_id} has no max_parcel_key row; is the schema migrated?")
         plan = plan_keys(old, table.parcel_ids, [f"{d}:{table.srid}" for d in digests], key_floor=int(key_floor[0]))
         version = 1 if created else version + 1
@@ -242,159 +236,13 @@ def _replace_set(
         old_neighbours = neighbours_of(cur, set_id, plan.stale_keys)
         was_overlapping = overlapping_keys(cur, set_id)
         cur.execute("DELETE FROM cbm.parcel WHERE parcel_set_id = %s", (set_id,))
-        _copy_parcels(cur, set_id, table, plan.keys, since)
-        n_stale = _delete_stale_rows(cur, set_id, plan.stale_keys)
+        copy_parcels(cur, set_id, table, plan.keys, since)
+        n_stale = delete_stale_rows(cur, set_id, plan.stale_keys)
         overlaps = find_overlaps(cur, set_id)
         if not created:
             switched = sorted(was_overlapping ^ overlapping_keys(cur, set_id))
             date_neighbours(cur, set_id, version, [*old_neighbours, *switched, *neighbours_of(cur, set_id, switched)])
-        _update_set(cur, set_id, version, table)
-        import_id = _record_import(cur, set_id, table, strict=strict)
+        update_set(cur, set_id, version, table)
+        import_id = record_import(cur, set_id, table, strict=strict)
     return set_id, version, import_id, plan, n_stale, overlaps
 
-
-def _lock_set(cur: psycopg.Cursor[TupleRow], aoi_id: int, year: int, table: ParcelTable) -> tuple[int, int, bool]:
-    """Return (parcel_set_id, version, created) with the set's row locked until commit."""
-    # look up first: INSERT ... ON CONFLICT draws a (smallint) id even when the set exists
-    exists = cur.execute(
-        "SELECT 1 FROM cbm.parcel_set WHERE aoi_id = %s AND year = %s", (aoi_id, year)
-    ).fetchone() is not None
-    created = False
-    if not exists:
-        try:
-            row = cur.execute(
-                "INSERT INTO cbm.parcel_set (aoi_id, year, srid, source_file, source_layer) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (aoi_id, year) DO NOTHING RETURNING parcel_set_id",
-                (aoi_id, year, table.srid, table.source_file, table.layer),
-            ).fetchone()
-        except psycopg.errors.SequenceGeneratorLimitExceeded as err:
-            raise id_limit_error(err, table="cbm.parcel_set",
-                                 what=f"the parcel set of AOI id {aoi_id} for {year}") from err
-        created = row is not None
-    locked = cur.execute(
-        "SELECT parcel_set_id, version FROM cbm.parcel_set WHERE aoi_id = %s AND year = %s FOR UPDATE",
-        (aoi_id, year),
-    ).fetchone()
-    if locked is None:  # neither inserted nor there: a concurrent transaction deleted it
-        raise TransientError(f"parcel set of AOI id {aoi_id} and {year}: deleted by another transaction meanwhile")
-    set_id, version = int(locked[0]), int(locked[1])
-    if created:
-        cur.execute("SELECT cbm.ensure_parcel_set_partitions(%s::smallint)", (set_id,))
-    return set_id, version, created
-
-
-class _EwkbDumper(Dumper):
-    """Sends EWKB bytes as-is: PostGIS's binary input of geometry is EWKB."""
-
-    format = Format.BINARY
-
-    def dump(self, obj: bytes) -> bytes:
-        return obj
-
-
-def _copy_parcels(cur: psycopg.Cursor[TupleRow], set_id: int, table: ParcelTable, keys: np.ndarray,
-                  since: np.ndarray) -> None:
-    """COPY the parcels in binary, converting geometries chunk by chunk to bound memory."""
-    info = TypeInfo.fetch(cur.connection, "geometry")
-    if info is None:
-        raise ParcelImportError("PostGIS type 'geometry' not found: is the postgis extension installed?")
-    # registered by oid on this cursor only, so bytes stay bytea everywhere else
-    cur.adapters.register_dumper(None, type("GeometryEwkbDumper", (_EwkbDumper,), {"oid": info.oid}))
-    with cur.copy(
-        "COPY cbm.parcel (parcel_set_id, parcel_key, parcel_id, crop_code, crop_name, area_m2, geom, geom_version) "
-        "FROM STDIN (FORMAT BINARY)"
-    ) as copy:
-        copy.set_types(["int2", "int4", "text", "text", "text", "float8", info.oid, "int4"])
-        for start in range(0, table.n_parcels, _COPY_CHUNK):
-            stop = min(start + _COPY_CHUNK, table.n_parcels)
-            # EWKB carries the SRID: cbm.parcel.geom has no type modifier, one column serves every CRS
-            ewkb = shapely.to_wkb(
-                shapely.set_srid(table.geometries[start:stop], table.srid), include_srid=True, byte_order=1
-            )
-            for i, geom in zip(range(start, stop), ewkb, strict=True):
-                copy.write_row(
-                    (
-                        set_id,
-                        int(keys[i]),
-                        table.parcel_ids[i],
-                        table.crop_codes[i],
-                        table.crop_names[i],
-                        float(table.areas_m2[i]),
-                        geom,
-                        int(since[i]),
-                    )
-                )
-
-
-def _delete_stale_rows(cur: psycopg.Cursor[TupleRow], set_id: int, stale_keys: Sequence[int]) -> int:
-    if not stale_keys:
-        return 0
-    n = 0
-    for statement in (
-        "DELETE FROM cbm.parcel_obs WHERE parcel_set_id = %s AND parcel_key = ANY(%s)",
-        "DELETE FROM cbm.parcel_class_counts WHERE parcel_set_id = %s AND parcel_key = ANY(%s)",
-    ):
-        n += cur.execute(statement, (set_id, list(stale_keys))).rowcount
-    # markers, events and traffic lights of retired parcels (sql/011_marker_lineage.sql)
-    cur.execute("SELECT cbm.forget_parcel_markers(%s::smallint, %s::integer[])", (set_id, list(stale_keys)))
-    return n
-
-
-_UPDATE_SET = """
-UPDATE cbm.parcel_set s
-SET srid = %(srid)s, version = %(version)s, source_file = %(source_file)s, source_layer = %(layer)s,
-    n_parcels = %(n)s, imported_at = now(),
-    max_parcel_key = greatest(s.max_parcel_key,
-                              (SELECT coalesce(max(parcel_key), 0) FROM cbm.parcel WHERE parcel_set_id = %(id)s)),
-    -- the envelope is densified before the transform: a projected box's edges are curves in lon/lat
-    extent = (SELECT ST_Envelope(ST_Transform(ST_Segmentize(box,
-                     greatest(ST_XMax(box) - ST_XMin(box), ST_YMax(box) - ST_YMin(box)) / 32), 4326))
-              FROM (SELECT ST_SetSRID(ST_Extent(geom)::geometry, %(srid)s) AS box
-                    FROM cbm.parcel WHERE parcel_set_id = %(id)s) b)
-WHERE parcel_set_id = %(id)s
-"""
-
-
-def _update_set(cur: psycopg.Cursor[TupleRow], set_id: int, version: int, table: ParcelTable) -> None:
-    cur.execute(
-        _UPDATE_SET,
-        {
-            "srid": table.srid,
-            "version": version,
-            "source_file": table.source_file,
-            "layer": table.layer,
-            "n": table.n_parcels,
-            "id": set_id,
-        },
-    )
-
-
-def _record_import(cur: psycopg.Cursor[TupleRow], set_id: int, table: ParcelTable, *, strict: bool) -> int:
-    options = {
-        "id_column": list(table.columns.id),
-        "crop_code_column": table.columns.crop_code,
-        "crop_name_column": table.columns.crop_name,
-        "srid": table.srid,
-        "strict": strict,
-    }
-    row = cur.execute(
-        "INSERT INTO cbm.parcel_import (parcel_set_id, source_file, source_layer, options, n_read, n_imported, "
-        "n_repaired, n_rejected) VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s) RETURNING import_id",
-        (
-            set_id,
-            table.source_file,
-            table.layer,
-            json.dumps(options),
-            table.n_read,
-            table.n_parcels,
-            table.n_repaired,
-            len(table.rejections),
-        ),
-    ).fetchone()
-    if row is None:  # INSERT ... RETURNING gives a row unless the table was changed by hand
-        raise MigrationError(f"{table.source_file}: cbm.parcel_import returned no id; is the schema migrated?")
-    import_id = int(row[0])
-    with cur.copy("COPY cbm.parcel_rejection (import_id, source_fid, parcel_id, reason) FROM STDIN") as copy:
-        for r in table.rejections:
-            copy.write_row((import_id, r.source_fid, r.parcel_id, r.reason))
-    return import_id

@@ -5,7 +5,8 @@ A DAG task opens the connection and the store from its Airflow connections
 extraction side of the product state machine (``cbm.product_status``) is driven from here:
 
 - :func:`requeue_incomplete` puts ``extracted`` images back to ``ready`` when their parcel
-  set was re-imported since (new or changed parcels lack their rows);
+  set was re-imported since (new or changed parcels lack their rows), and ``skipped`` ones
+  whose footprint parcels of a set imported since now intersect;
 - :func:`claim_ready` takes ``ready`` products for one extraction run (``SKIP LOCKED``);
 - :func:`extract_claimed` extracts one claimed product and records the outcome: ``extracted``,
   ``skipped`` (no parcel inside), ``failed`` at once for bad input, and back to ``ready`` (or
@@ -137,15 +138,41 @@ ORDER BY a.name, ps.product_id
 FOR UPDATE OF ps, e
 """
 
+# skipped (no parcel inside, or no set for the season) before a set of the image's season was
+# imported, and a parcel of that set now intersects the footprint (no footprint: the extraction
+# uses the raster's bounds, so it is tried again); skipped again after the import: not taken
+_SKIPPED_BEFORE_IMPORT = """
+SELECT a.name, ps.product_id
+FROM cbm.product_status ps
+JOIN cbm.aoi a ON a.aoi_id = ps.aoi_id
+JOIN cbm.product pr ON pr.product_id = ps.product_id
+WHERE a.name = ANY(%(aois)s) AND ps.status = %(skipped)s
+  AND EXISTS (
+    SELECT 1 FROM cbm.parcel_set s
+    WHERE s.aoi_id = ps.aoi_id AND s.imported_at > ps.updated_at
+      AND s.year IN (extract(year FROM pr.acquired_at AT TIME ZONE 'UTC')::int,
+                     CASE WHEN extract(month FROM pr.acquired_at AT TIME ZONE 'UTC') >= %(season_start_month)s
+                          THEN extract(year FROM pr.acquired_at AT TIME ZONE 'UTC')::int + 1 END)
+      AND (pr.footprint IS NULL
+           OR (s.extent && pr.footprint
+               AND EXISTS (SELECT 1 FROM cbm.parcel p WHERE p.parcel_set_id = s.parcel_set_id
+                           AND ST_Intersects(p.geom, ST_Transform(pr.footprint, s.srid))))))
+ORDER BY a.name, ps.product_id
+FOR UPDATE OF ps
+"""
+
 
 def requeue_incomplete(conn: psycopg.Connection, *, aois: Sequence[str]) -> list[tuple[str, int]]:
-    """Put back to ``ready`` the extracted images of *aois* whose parcel set changed since their extraction.
+    """Put back to ``ready`` the images of *aois* that a parcel-set import since made incomplete.
 
     A re-import deletes the rows of changed and removed parcels, and new parcels have none:
     the images extracted before it are incomplete. Each goes back to ``ready`` (the next
     ``cbm_extract`` run claims it) and its extraction then computes the new and changed
-    parcels only (``extract_product(complete=True)``). Idempotent: an image already queued,
-    or completed, is not taken again.
+    parcels only (``extract_product(complete=True)``). An image ``skipped`` before the import
+    (no parcel inside it, or no parcel set for its season yet) goes back too when a parcel of
+    a set of its season (its year, or the next one from August) now intersects its footprint,
+    or when it has no footprint. Idempotent: an image already queued, or completed or skipped
+    again after the import, is not taken again.
 
     Args:
         conn: CbM database.
@@ -160,7 +187,14 @@ def requeue_incomplete(conn: psycopg.Connection, *, aois: Sequence[str]) -> list
             registry.reset(conn, int(product_id), aoi=str(aoi))
             log.info("requeued product_id=%d aoi=%s: extracted at parcel-set version %d, the set is at %d",
                      product_id, aoi, extracted_at, current)
-    return [(str(aoi), int(product_id)) for aoi, product_id, _, _ in rows]
+        skipped = conn.execute(_SKIPPED_BEFORE_IMPORT,
+                               {"aois": list(aois), "skipped": ProductStatus.SKIPPED.value,
+                                "season_start_month": _SEASON_START_MONTH}).fetchall()
+        for aoi, product_id in skipped:
+            registry.reset(conn, int(product_id), aoi=str(aoi))
+            log.info("requeued product_id=%d aoi=%s: skipped before an import of its season's parcel set, "
+                     "whose parcels now intersect its footprint", product_id, aoi)
+    return [(str(aoi), int(product_id)) for aoi, product_id, *_ in [*rows, *skipped]]
 
 
 def parcel_year(conn: psycopg.Connection, product_id: int, *, aoi: str) -> int | None:

@@ -1,0 +1,65 @@
+"""Which pixels of a band count: the label and value grids checked, nodata expressed in the band's dtype.
+
+Shared by the two reductions over a label raster, ``zonal.zonal_stats`` (continuous bands) and
+``categorical.class_counts`` (class bands such as S2 SCL), so both refuse the same inputs with
+the same messages.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cbm_tasks.errors import BandError, GridMismatchError
+
+__all__ = ["check_band_grid", "example_label_grids", "nodata_in_dtype"]
+
+
+def check_band_grid(labels: np.ndarray, values: np.ndarray, *, band: str, allowed: frozenset[np.dtype]) -> None:
+    """Check that *values* is a 2-D band of an *allowed* dtype on the int32 label grid *labels*.
+
+    Args:
+        labels: the label raster (``rasterize.rasterize_parcels``).
+        values: the band.
+        band: band name, used in messages.
+        allowed: the band dtypes the caller's kernels are compiled for.
+
+    Raises:
+        GridMismatchError: labels and values differ in shape.
+        BandError: not 2-D, labels not int32, or a dtype not in *allowed*.
+    """
+    if labels.ndim != 2 or values.ndim != 2:
+        raise BandError(f"band {band}: expected 2-D labels and values, got {labels.ndim}-D and {values.ndim}-D")
+    if labels.shape != values.shape:
+        raise GridMismatchError(f"band {band}: values {values.shape} do not match label grid {labels.shape}")
+    if labels.dtype != np.int32:
+        raise BandError(f"band {band}: labels must be int32, got {labels.dtype}")
+    if values.dtype not in allowed:
+        names = ", ".join(sorted(d.name for d in allowed))
+        raise BandError(f"band {band}: unsupported dtype {values.dtype}; expected one of {names}")
+
+
+def nodata_in_dtype(nodata: float | None, dtype: np.dtype) -> tuple[bool, np.generic]:
+    """Return (has_nodata, nodata as *dtype*); a nodata the dtype cannot hold matches no pixel."""
+    zero = dtype.type(0)
+    if nodata is None or (isinstance(nodata, float) and math.isnan(nodata)):
+        return False, zero
+    if dtype.kind in "iu":
+        if float(nodata) != int(nodata) or not (np.iinfo(dtype).min <= int(nodata) <= np.iinfo(dtype).max):
+            return False, zero
+        return True, dtype.type(int(nodata))
+    cast = dtype.type(nodata)
+    return (True, cast) if float(cast) == float(nodata) else (False, zero)
+
+
+def example_label_grids() -> tuple[np.ndarray, np.ndarray]:
+    """Return two tiny label rasters typed as the kernels receive them, for the ``warmup_signatures``.
+
+    Writable (fresh from rasterisation) and read-only (memory-mapped by the label cache): Numba
+    compiles the kernels once for each.
+    """
+    writable = np.zeros((2, 2), np.int32)
+    read_only = np.zeros((2, 2), np.int32)
+    read_only.flags.writeable = False
+    return writable, read_only
