@@ -170,6 +170,8 @@ def measure(api: AirflowApi, data_url: str, *, triggered: datetime, catalogue_ru
     with db.connect(data_url, autocommit=True) as conn:
         rows = conn.execute(_EXTRACTIONS).fetchall()
         counts = registry.status_counts(conn, aoi=pipeline_data.AOI)
+        errors = [str(e) for (e,) in conn.execute(
+            "SELECT DISTINCT error FROM cbm.pipeline_run WHERE dag_id = 'cbm_extract' AND error IS NOT NULL")]
     by_task: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
     for row in rows:
         by_task.setdefault((row[0], row[1]), []).append(row)
@@ -207,7 +209,8 @@ def measure(api: AirflowApi, data_url: str, *, triggered: datetime, catalogue_ru
             }
     per_s_core = stats / wall_s / cores
     return {
-        "images": images, "statuses": counts, "stats": stats, "rows_written": sum(int(r[5]) for r in rows),
+        "images": images, "statuses": counts, "errors": errors, "stats": stats,
+        "rows_written": sum(int(r[5]) for r in rows),
         "wall_s": round(wall_s, 1),
         "catalogue_s": round((_time(catalogue_run["end_date"]) - triggered).total_seconds(), 1),
         "first_extract_start_s": round((min(t["start"] for t in tasks) - triggered).total_seconds(), 1),
@@ -242,6 +245,7 @@ def run_executor(base: airflow_ctl.AirflowConfig, data: pipeline_data.BenchData,
         for dag_id in _DAGS:
             api.set_paused(dag_id, paused=False)
         deadline = time.monotonic() + timeout_s
+        load_before = os.getloadavg()[0]
         triggered = datetime.now(UTC)
         run_id = api.trigger("cbm_catalogue", conf={"aoi": pipeline_data.AOI, "start": _WINDOW[0],
                                                     "end": _WINDOW[1]})
@@ -252,7 +256,9 @@ def run_executor(base: airflow_ctl.AirflowConfig, data: pipeline_data.BenchData,
         runs = _wait_for_extraction(api, data_url, since=triggered, n_images=n_images, deadline=deadline)
         result = measure(api, data_url, triggered=triggered, catalogue_run=catalogue_run, extract_runs=runs,
                          cores=os.cpu_count() or 1)
+        # other work on the machine competes for its cores: the load average says how much
         result |= {"executor": executor, "workers": workers, "airflow_start_s": round(started_s, 1),
+                   "load_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
                    "extract_runs": [(r["dag_run_id"], r["state"]) for r in runs]}
         for dag_id in _DAGS:
             api.set_paused(dag_id, paused=True)
@@ -335,7 +341,9 @@ def report(results: dict[str, Any]) -> list[str]:
             f"{r['overhead_s_mean']} s = {100 * r['overhead_share']:.1f} % of task time",
             *[f"    {t}: {v['tasks']} tasks, {v['task_s']} s task, {v['extraction_s']} s extraction, "
               f"{v['overhead_s']} s overhead" for t, v in r["per_product_type"].items()],
-            f"  images {r['statuses']}, {r['stats']} parcel-band statistics, hosts {r['hosts']}",
+            f"  images {r['statuses']}, {r['stats']} parcel-band statistics, hosts {r['hosts']}, "
+            f"load average (1 min) before/after {r['load_1m']}",
+            *[f"  error: {e[:300]}" for e in r["errors"]],
         ]
     if "celery_2_over_1" in results:
         lines.append(f"Celery 2 workers / 1 worker throughput: {results['celery_2_over_1']}x")

@@ -235,44 +235,52 @@ def build(out: Path, *, size: int, n_parcels: int, n_s2: int, n_s1: int, seed: i
                                "crop_code": np.array([_CROPS[c][0] for c in crops], dtype=np.int32),
                                "crop_name": np.array([_CROPS[c][1] for c in crops], dtype=object)})
     labels = _Labels(geoms, size)
-    s2_ids, s1_ids = [], []
-    # GDAL_NUM_THREADS: the COG driver compresses with every core
-    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
-        for index in range(n_s2):
-            when = _FIRST_S2 + timedelta(days=5 * index)
-            item_id = f"SYNTH_S2_31UDS_{when:%Y%m%dT%H%M%S}"
-            s2_ids.append(item_id)
-            folder = catalogue / "sentinel-2-l2a" / item_id
-            if (folder / f"{item_id}.json").exists():
-                continue
+    dy, dx = (min(s, size // 4) for s in S1_SHIFT_PX)
+    s1_x0, s1_y0 = X0 - 10.0 * dx, Y0 + 10.0 * dy
+    common = {"cbm:synthetic": True, "cbm:seed": seed}
+
+    def s2(index: int) -> str:
+        when = _FIRST_S2 + timedelta(days=5 * index)
+        item_id = f"SYNTH_S2_31UDS_{when:%Y%m%dT%H%M%S}"
+        folder = catalogue / "sentinel-2-l2a" / item_id
+        if not (folder / f"{item_id}.json").exists():
             rng = np.random.default_rng([seed, 2, index])
             bands = _s2_product(labels.tile(), _fraction(int(labels.tile().max()), rng), rng)
-            write_product(folder, item_id, bands=bands, acquired_at=when, epsg=EPSG,
+            write_product(folder, item_id, bands=bands, acquired_at=when, epsg=EPSG, overviews=False,
                           bounds=(X0, Y0 - 10.0 * size, X0 + 10.0 * size, Y0),
                           properties={"cbm:collection": "SENTINEL-2", "cbm:product_type": "S2MSI2A",
                                       "constellation": "sentinel-2", "grid:code": "MGRS-31UDS",
-                                      "processing:version": "05.10", "cbm:synthetic": True, "cbm:seed": seed},
+                                      "processing:version": "05.10", **common},
                           extensions=("projection", "raster", "classification", "grid", "processing"))
             log.info("wrote %s", item_id)
-        dy, dx = (min(s, size // 4) for s in S1_SHIFT_PX)
-        s1_x0, s1_y0 = X0 - 10.0 * dx, Y0 + 10.0 * dy
-        for index in range(n_s1):
-            when = _FIRST_S1 + timedelta(days=6 * index)
-            item_id = f"SYNTH_S1_CARD-BS_{when:%Y%m%dT%H%M%S}"
-            s1_ids.append(item_id)
-            folder = catalogue / "sentinel-1-card-bs" / item_id
-            if (folder / f"{item_id}.json").exists():
-                continue
+        return item_id
+
+    def s1(index: int) -> str:
+        when = _FIRST_S1 + timedelta(days=6 * index)
+        item_id = f"SYNTH_S1_CARD-BS_{when:%Y%m%dT%H%M%S}"
+        folder = catalogue / "sentinel-1-card-bs" / item_id
+        if not (folder / f"{item_id}.json").exists():
             rng = np.random.default_rng([seed, 1, index])
             bands = _s1_product(labels.s1_grid(), _fraction(int(labels.tile().max()), rng), rng,
                                 Affine(10.0, 0, s1_x0, 0, -10.0, s1_y0))
-            write_product(folder, item_id, bands=bands, acquired_at=when, epsg=EPSG,
+            write_product(folder, item_id, bands=bands, acquired_at=when, epsg=EPSG, overviews=False,
                           bounds=(s1_x0, s1_y0 - 10.0 * size, s1_x0 + 10.0 * size, s1_y0),
                           properties={"cbm:collection": "SENTINEL-1", "cbm:product_type": "CARD-BS",
                                       "constellation": "sentinel-1", "sat:orbit_state": "ascending",
-                                      "sat:relative_orbit": 110, "cbm:synthetic": True, "cbm:seed": seed},
+                                      "sat:relative_orbit": 110, **common},
                           extensions=("projection", "raster", "sat"))
             log.info("wrote %s", item_id)
+        return item_id
+
+    s2_ids, s1_ids = [], []
+    # alternating, so that a cache built part-way holds both sensors; the COG driver compresses
+    # with every core (GDAL_NUM_THREADS); no overviews: the extraction reads full resolution only
+    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+        for index in range(max(n_s2, n_s1)):
+            if index < n_s2:
+                s2_ids.append(s2(index))
+            if index < n_s1:
+                s1_ids.append(s1(index))
     n_found = len(geoms()[1]) if "parcels" in cached else _count_parcels(parcels_file)
     return BenchData(root, catalogue, parcels_file, n_found, tuple(s2_ids), tuple(s1_ids), size,
                      time.perf_counter() - t0)
