@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 import uuid
@@ -100,15 +101,19 @@ def _executor(text: str) -> tuple[str, int]:
 
 def deployment(base: airflow_ctl.AirflowConfig, executor: str, workers: int, *, data_url: str,
                store_root: Path) -> airflow_ctl.AirflowConfig:
-    """The deployment ``cbm airflow start [--executor celery --workers N]`` runs, on the bench's database."""
-    fields = {f.name for f in dataclasses.fields(airflow_ctl.AirflowConfig)}
-    changes: dict[str, Any] = {"data_url": data_url, "store_root": store_root}
+    """The deployment ``cbm airflow start --executor E --workers N`` runs, on the bench's database and store.
+
+    With Celery, task slots and the extraction pool grow to the workers' slots as
+    ``airflow_config.default_config`` makes them; the broker listens on ``$CBM_REDIS_PORT``, else
+    on the API port + 10000 (so that benchmarks of several checkouts do not share a broker).
+    """
+    changes: dict[str, Any] = {"data_url": data_url, "store_root": store_root, "executor": executor}
     if executor == "celery":
-        if "executor" not in fields:
-            raise SystemExit("--executors celery:N: this checkout's `cbm airflow start` has no Celery executor")
-        changes |= {"executor": "celery", "celery_workers": workers}
-    elif "executor" in fields:
-        changes["executor"] = "local"
+        slots = workers * base.worker_concurrency
+        changes |= {"celery_workers": workers, "parallelism": max(base.parallelism, slots + 2),
+                    "max_active_tasks_per_dag": max(base.max_active_tasks_per_dag, slots + 2),
+                    "extract_pool_slots": max(base.extract_pool_slots, slots),
+                    "redis_port": int(os.environ.get("CBM_REDIS_PORT", base.port + 10000))}
     return dataclasses.replace(base, **changes)
 
 
@@ -353,6 +358,8 @@ def report(results: dict[str, Any]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print its figures."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # SIGTERM (a stopped job) unwinds like Ctrl-C: Airflow is stopped and the databases dropped
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     options = parse_args(argv)
     results = run(options)
     sys.stdout.write("\n".join(report(results)) + "\n")

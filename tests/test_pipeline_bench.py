@@ -43,7 +43,7 @@ def test_quick_run_goes_through_airflow_and_reports(pg_cluster: cluster.ClusterC
     assert 250 <= config["parcels"] <= 300
     (local,) = results["runs"]
     assert local["executor"] == "local"
-    assert local["statuses"] == {"extracted": 2}
+    assert local["statuses"] == {"extracted": 2}, local["errors"]
     assert local["images"] == 2 and local["extract_tasks"] == 2
     assert set(local["per_product_type"]) == {"S2MSI2A", "CARD-BS"}
     # a statistic is one parcel x one measured band: 10 S2 bands, 2 S1 bands, SCL not counted
