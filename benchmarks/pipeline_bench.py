@@ -279,10 +279,14 @@ def prepare_database(cfg: cluster.ClusterConfig, data: pipeline_data.BenchData) 
     name = f"cbm_pipebench_{uuid.uuid4().hex[:8]}_tmpl"
     t0 = time.perf_counter()
     url = _create_database(cfg, name)
-    with db.connect(url) as conn:
-        db.migrate(conn)
-    with db.connect(url, autocommit=True) as conn:
-        parcel_sets.import_parcels(conn, data.parcels_file, aoi=pipeline_data.AOI, year=data.year)
+    try:
+        with db.connect(url) as conn:
+            db.migrate(conn)
+        with db.connect(url, autocommit=True) as conn:
+            parcel_sets.import_parcels(conn, data.parcels_file, aoi=pipeline_data.AOI, year=data.year)
+    except BaseException:
+        cluster.drop_database(cfg, name)
+        raise
     return name, time.perf_counter() - t0
 
 
