@@ -48,7 +48,7 @@ from psycopg import sql
 
 from cbm_tasks import db
 from cbm_tasks.catalogue import registry
-from cbm_tasks.errors import NotFoundError, ServiceError
+from cbm_tasks.errors import CbmError, NotFoundError, ServiceError
 from cbm_tasks.ops import airflow_ctl, cluster, settings
 from cbm_tasks.ops.airflow_api import AirflowApi
 from cbm_tasks.parcels import sets as parcel_sets
@@ -318,9 +318,13 @@ def run(options: argparse.Namespace, *, base: airflow_ctl.AirflowConfig | None =
     try:
         for executor, workers in options.executor_list:
             log.info("running executor=%s workers=%d", executor, workers)
-            results["runs"].append(run_executor(base, data, template, executor=executor, workers=workers,
-                                                work_dir=options.out / "work", timeout_s=options.timeout,
-                                                migrate=migrate))
+            try:
+                results["runs"].append(run_executor(base, data, template, executor=executor, workers=workers,
+                                                    work_dir=options.out / "work", timeout_s=options.timeout,
+                                                    migrate=migrate))
+            except CbmError as err:  # the other executors' figures are still worth having
+                log.error("executor=%s workers=%d failed: %s", executor, workers, err)
+                results["failed"] = [*results.get("failed", []), f"{executor}:{workers}: {err}"]
     finally:
         cluster.drop_database(base.cluster, template)
     celery = {r["workers"]: r for r in results["runs"] if r["executor"] == "celery"}
@@ -354,6 +358,7 @@ def report(results: dict[str, Any]) -> list[str]:
             f"load average (1 min) before/after {r['load_1m']}",
             *[f"  error: {e[:300]}" for e in r["errors"]],
         ]
+    lines += [f"FAILED {text[:600]}" for text in results.get("failed", [])]
     if "celery_2_over_1" in results:
         lines.append(f"Celery 2 workers / 1 worker throughput: {results['celery_2_over_1']}x")
     return lines
@@ -369,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.write("\n".join(report(results)) + "\n")
     if options.json:
         options.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    return 0
+    return 1 if results.get("failed") else 0
 
 
 if __name__ == "__main__":
