@@ -126,12 +126,11 @@ def _create_database(cfg: cluster.ClusterConfig, name: str, *, template: str | N
     return cfg.url(name)
 
 
-def _set_catalogue(api: AirflowApi, root: Path) -> None:
-    body = {"key": "cbm_catalogue", "value": json.dumps({pipeline_data.AOI: {"kind": "local", "root": str(root)}}),
-            "description": "pipeline benchmark: the synthetic AOI's local catalogue"}
+def _set_variable(api: AirflowApi, key: str, value: dict[str, Any], description: str) -> None:
+    body = {"key": key, "value": json.dumps(value), "description": description}
     try:
-        api.request("GET", "variables/cbm_catalogue")
-        api.request("PATCH", "variables/cbm_catalogue", body=body)
+        api.request("GET", f"variables/{key}")
+        api.request("PATCH", f"variables/{key}", body=body)
     except NotFoundError:
         api.request("POST", "variables", body=body)
 
@@ -237,7 +236,7 @@ def run_executor(base: airflow_ctl.AirflowConfig, data: pipeline_data.BenchData,
     """Start the deployment with *executor* on a fresh copy of the database, run the pipeline, measure."""
     name = f"{template.removesuffix('_tmpl')}_{executor}{workers}"
     data_url = _create_database(base.cluster, name, template=template)
-    store_root = work_dir / f"store_{executor}{workers}"  # fresh: the label cache (scratch) starts empty
+    store_root = work_dir / f"store_{executor}{workers}"  # fresh: its label cache starts empty
     shutil.rmtree(store_root, ignore_errors=True)
     cfg = deployment(base, executor, workers, data_url=data_url, store_root=store_root)
     try:
@@ -245,7 +244,12 @@ def run_executor(base: airflow_ctl.AirflowConfig, data: pipeline_data.BenchData,
         airflow_ctl.start(cfg, migrate=migrate, timeout_s=600)
         started_s = time.perf_counter() - t0
         api = AirflowApi(cfg.url, username=airflow_ctl.ADMIN_USER, password=airflow_ctl.admin_password(cfg))
-        _set_catalogue(api, data.catalogue_root)
+        _set_variable(api, "cbm_catalogue", {pipeline_data.AOI: {"kind": "local", "root": str(data.catalogue_root)}},
+                      "pipeline benchmark: the synthetic AOI's local catalogue")
+        # the default label cache (<tmp>/cbm-scratch/labels) is shared by every deployment of the machine and
+        # keyed by parcel-set id, not database: each executor gets an empty one of its own
+        _set_variable(api, "cbm_label_cache", {"directory": str(store_root / "labels")},
+                      "pipeline benchmark: this executor's label cache")
         api.wait_for_dags(_DAGS)
         for dag_id in _DAGS:
             api.set_paused(dag_id, paused=False)
