@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh Debian/Ubuntu machine; safe to run again.
 #   system: PostgreSQL + PostGIS (the distribution's versions), Chromium for UI checks, proj-data (geoid grids),
-#           Pango and poppler-utils for the PDF audit reports
+#           Pango and poppler-utils for the PDF audit reports, redis-server (the Celery executor's broker,
+#           run as a project-local process by `cbm airflow start --executor celery`)
 #           Docker (docker.io, docker-compose, debootstrap) for the Docker stack test, where available
 #   python: .venv with the pinned requirements (uv), the project in editable mode
 set -euo pipefail
@@ -29,6 +30,8 @@ command -v ogrinfo >/dev/null 2>&1 || need_apt+=(gdal-bin)
 # audit reports: weasyprint renders PDFs with Pango; tests look at the pages with pdftoppm
 ldconfig -p 2>/dev/null | grep -q libpangoft2-1.0 || need_apt+=(libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core)
 command -v pdftoppm >/dev/null 2>&1 || need_apt+=(poppler-utils)
+# Celery broker: `cbm airflow start --executor celery` and the Celery test start their own instance
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   [ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock | head -1)" ] || $SUDO apt-get update -qq
@@ -48,6 +51,10 @@ fi
 # the Debian package starts a cluster of its own on 5432; ours runs beside it and needs none
 if command -v pg_lsclusters >/dev/null 2>&1 && [ -n "$(pg_lsclusters -h 2>/dev/null)" ]; then
   pg_lsclusters -h | while read -r v name _; do $SUDO pg_ctlcluster "$v" "$name" stop >/dev/null 2>&1 || true; done
+fi
+# the Debian package may start a Redis of its own on 6379 (systemd); ours runs as a project-local process
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then
+  $SUDO systemctl stop redis-server >/dev/null 2>&1 || true
 fi
 
 if [ ! -x .venv/bin/python ]; then

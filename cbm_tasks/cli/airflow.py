@@ -20,8 +20,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "start", help="start PostGIS if needed, migrate Airflow's database, start the Airflow components"
     )
     start.add_argument("--timeout", type=float, default=300, help="seconds to wait for health (default 300)")
+    start.add_argument("--executor", choices=("local", "celery"), default="local",
+                       help="local: LocalExecutor (default); celery: CeleryExecutor with a local Redis broker "
+                            "(port $CBM_REDIS_PORT or 6379) and --workers Celery workers on this machine")
+    start.add_argument("--workers", type=int, default=None,
+                       help="Celery workers to start (default 2; --executor celery only)")
+    start.add_argument("--concurrency", type=int, default=None,
+                       help="task slots of each Celery worker (default 1; --executor celery only)")
     start.set_defaults(func=_start)
-    commands.add_parser("stop", help="stop every Airflow component and all it started").set_defaults(func=_stop)
+    stop = commands.add_parser("stop", help="stop every Airflow component (Celery workers and broker too) "
+                                            "and all it started")
+    stop.add_argument("--executor", choices=("local", "celery"), default=None,
+                      help="accepted for symmetry with start: stop ends whatever runs")
+    stop.set_defaults(func=_stop)
     commands.add_parser("status", help="state of each component, UI URL and login").set_defaults(func=_status)
     commands.add_parser(
         "env", help="print the export lines for running `airflow ...` by hand (eval \"$(cbm airflow env)\")"
@@ -44,11 +55,18 @@ def _login_lines(cfg: airflow_ctl.AirflowConfig) -> list[str]:
 def _start(args: argparse.Namespace) -> int:
     from cbm_tasks.ops import airflow_ctl, cluster, settings
 
-    cfg = airflow_ctl.default_config(port=args.port)
+    if args.executor != "celery" and (args.workers is not None or args.concurrency is not None):
+        sys.stderr.write("cbm airflow start: --workers and --concurrency need --executor celery\n")
+        return 2
+    cfg = airflow_ctl.default_config(port=args.port, executor=args.executor, workers=args.workers,
+                                     concurrency=args.concurrency)
     cluster.start(cfg.cluster)
     cluster.ensure_database(cfg.cluster, settings.database_name())
     airflow_ctl.start(cfg, timeout_s=args.timeout)
-    lines = ["airflow running", *_login_lines(cfg), "stop it:  cbm airflow stop"]
+    executor = "LocalExecutor" if cfg.executor == "local" else (
+        f"CeleryExecutor, {cfg.celery_workers} workers x {cfg.worker_concurrency} slots, "
+        f"broker redis on 127.0.0.1:{cfg.redis_port}")
+    lines = ["airflow running", f"executor: {executor}", *_login_lines(cfg), "stop it:  cbm airflow stop"]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
@@ -68,7 +86,7 @@ def _status(args: argparse.Namespace) -> int:
     cfg = airflow_ctl.default_config(port=args.port)
     states = airflow_ctl.status(cfg)
     lines = [
-        f"{s.component:<14} {'running' if s.running else 'stopped':<8} "
+        f"{s.component:<16} {'running' if s.running else 'stopped':<8} "
         f"{'pid ' + str(s.pid) if s.running else '':<11} log {s.log_file}"
         for s in states
     ]

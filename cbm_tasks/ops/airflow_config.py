@@ -7,6 +7,8 @@ Layout under ``AirflowConfig.home`` (``AIRFLOW_HOME``, default ``<project>/var/a
     passwords.json           the simple auth manager's users and passwords (0600)
     run/<component>.pid      pid and start time of each component (its session id)
     run/<component>.log      its stdout and stderr
+    run/deployment.json      the executor and workers of the running deployment (``cbm airflow start``)
+    redis/redis.conf         the Celery broker's configuration (``executor="celery"`` only, 0600)
     logs/                    Airflow's task logs
     openlineage/events.jsonl OpenLineage events of every task (one JSON object a line), unless
                              CBM_OPENLINEAGE_URL sends them to an OpenLineage server (Marquez)
@@ -25,23 +27,28 @@ import os
 import secrets
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cbm_tasks.errors import ConfigError
-from cbm_tasks.ops import kernel_cache, settings
+from cbm_tasks.ops import kernel_cache, redis_broker, settings
 from cbm_tasks.ops.cluster import ClusterConfig
 
 __all__ = [
     "ADMIN_USER",
+    "AIRFLOW_COMPONENTS",
     "CARD_POOL",
+    "EXECUTORS",
     "EXTRACT_POOL",
     "AirflowConfig",
     "admin_password",
+    "broker_password",
     "default_config",
     "environment",
     "export_lines",
+    "record_deployment",
     "write_config",
 ]
 
@@ -51,6 +58,9 @@ CARD_POOL = "cbm_card"
 _PRELOAD = ("airflow.executors.local_executor", "airflow.sdk.execution_time.task_runner",
             "cbm_tasks.pipeline.extract", "cbm_tasks.pipeline.poll", "cbm_tasks.store", "cbm_tasks.catalogue.clients",
             "cbm_tasks.extraction.preload")
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+CELERY_QUEUE = "default"  # Airflow's [operators] default_queue: every worker serves it
 _AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
@@ -73,6 +83,14 @@ class AirflowConfig:
             AOI, SNAP 8-16 GB each): worker memory / memory of one job.
         openlineage_url: an OpenLineage server (e.g. Marquez, ``http://127.0.0.1:5000``) the events
             go to; None = the JSON-lines file ``openlineage_file`` (nothing external needed).
+        executor: ``local`` (LocalExecutor, the default) or ``celery`` (CeleryExecutor with
+            ``celery_workers`` workers on this machine and a local Redis broker on ``redis_port``).
+        celery_workers: Celery workers started (each ``airflow celery worker`` process has its
+            own hostname ``cbm<i>@<host>``).
+        worker_concurrency: task slots of each Celery worker.
+        redis_port: port of the Celery broker on 127.0.0.1.
+        task_heartbeat_timeout_s: a running task whose heartbeat stops this long (its worker
+            died) is failed by the scheduler and retried ([scheduler] task_instance_heartbeat_timeout).
     """
 
     home: Path
@@ -88,6 +106,11 @@ class AirflowConfig:
     extract_pool_slots: int = 2
     card_pool_slots: int = 1
     openlineage_url: str | None = None
+    executor: str = "local"
+    celery_workers: int = 2
+    worker_concurrency: int = 1
+    redis_port: int = 6379
+    task_heartbeat_timeout_s: int = 300
 
     def __post_init__(self) -> None:
         if not 1024 <= self.port <= 65535:
@@ -96,9 +119,17 @@ class AirflowConfig:
             raise ConfigError(f"the local deployment listens on loopback only, got host {self.host!r}")
         if self.openlineage_url is not None and not self.openlineage_url.startswith(("http://", "https://")):
             raise ConfigError(f"openlineage_url must be an http(s) URL, got {self.openlineage_url!r}")
-        for name in ("parallelism", "max_active_tasks_per_dag", "extract_pool_slots", "card_pool_slots"):
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if not 1024 <= self.redis_port <= 65535 or self.redis_port == self.port:
+            raise ConfigError(f"redis_port must be within 1024..65535 and differ from the API server port "
+                              f"{self.port}, got {self.redis_port}")
+        for name in ("parallelism", "max_active_tasks_per_dag", "extract_pool_slots", "card_pool_slots",
+                     "celery_workers", "worker_concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.task_heartbeat_timeout_s < 10:
+            raise ConfigError(f"task_heartbeat_timeout_s must be >= 10, got {self.task_heartbeat_timeout_s}")
 
     @property
     def url(self) -> str:
@@ -116,6 +147,24 @@ class AirflowConfig:
         return self.home / "run"
 
     @property
+    def components(self) -> tuple[str, ...]:
+        """The processes of this deployment, in start order (the broker before its clients)."""
+        if self.executor != "celery":
+            return AIRFLOW_COMPONENTS
+        workers = tuple(f"celery-worker-{i}" for i in range(1, self.celery_workers + 1))
+        return ("redis", *AIRFLOW_COMPONENTS, *workers)
+
+    @property
+    def redis_dir(self) -> Path:
+        """Folder of the Celery broker's configuration."""
+        return self.home / "redis"
+
+    @property
+    def deployment_file(self) -> Path:
+        """Where ``start`` records the executor and workers of the running deployment."""
+        return self.run_dir / "deployment.json"
+
+    @property
     def passwords_file(self) -> Path:
         """The simple auth manager's password file."""
         return self.home / "passwords.json"
@@ -129,7 +178,16 @@ class AirflowConfig:
         return self.run_dir / f"{component}.log"
 
 
-def default_config(*, port: int | None = None) -> AirflowConfig:
+def _int_env(name: str, default: int) -> int:
+    text = os.environ.get(name, str(default))
+    try:
+        return int(text)
+    except ValueError as err:
+        raise ConfigError(f"{name} must be an integer, got {text!r}") from err
+
+
+def default_config(*, port: int | None = None, executor: str | None = None, workers: int | None = None,
+                   concurrency: int | None = None) -> AirflowConfig:
     """Return the deployment of this checkout.
 
     AIRFLOW_HOME is ``<project>/var/airflow`` wherever the PostgreSQL cluster lives (as root
@@ -137,33 +195,64 @@ def default_config(*, port: int | None = None) -> AirflowConfig:
 
     Args:
         port: API server port; None = ``CBM_AIRFLOW_PORT`` or 8080.
+        executor: ``local`` or ``celery``; None = that of the running deployment (recorded by
+            ``start`` in ``run/deployment.json``), else ``local``.
+        workers: Celery workers; None = those recorded, else 2.
+        concurrency: task slots per Celery worker; None = those recorded, else 1. With Celery,
+            ``parallelism``, ``max_active_tasks_per_dag`` and the extraction pool grow to the
+            workers' slots (``workers * concurrency``) when those are more than the defaults.
 
     Environment:
         CBM_AIRFLOW_PORT  default API server port (8080)
+        CBM_REDIS_PORT    port of the Celery broker on 127.0.0.1 (6379)
         CBM_STORE_ROOT    folder of the local object store (default ``<project>/var``)
         CBM_OPENLINEAGE_URL  OpenLineage server for the events (default: a local JSON-lines file)
         and those of :mod:`cbm_tasks.ops.settings` (cluster, CbM database).
 
     Raises:
-        ConfigError: ``CBM_AIRFLOW_PORT`` is not an integer.
+        ConfigError: ``CBM_AIRFLOW_PORT`` or ``CBM_REDIS_PORT`` is not an integer; a bad executor.
     """
     project = settings.project_dir()
+    home = project / "var" / "airflow"
     if port is None:
-        port_text = os.environ.get("CBM_AIRFLOW_PORT", "8080")
-        try:
-            port = int(port_text)
-        except ValueError as err:
-            raise ConfigError(f"CBM_AIRFLOW_PORT must be an integer, got {port_text!r}") from err
+        port = _int_env("CBM_AIRFLOW_PORT", 8080)
+    recorded = _recorded_deployment(home / "run" / "deployment.json")
+    executor = executor or str(recorded.get("executor", "local"))
+    workers = workers or int(recorded.get("celery_workers", 2))
+    concurrency = concurrency or int(recorded.get("worker_concurrency", 1))
+    slots = workers * concurrency if executor == "celery" else 0
     store_root = os.environ.get("CBM_STORE_ROOT")
     return AirflowConfig(
-        home=project / "var" / "airflow",
+        home=home,
         project=project,
         cluster=settings.local_cluster(),
         data_url=settings.database_url(),
         store_root=Path(store_root) if store_root else project / "var",
         port=port,
         openlineage_url=os.environ.get("CBM_OPENLINEAGE_URL") or None,
+        executor=executor,
+        celery_workers=workers,
+        worker_concurrency=concurrency,
+        redis_port=_int_env("CBM_REDIS_PORT", 6379),
+        parallelism=max(4, slots + 2),  # + 2: the light claim/summary tasks beside the extractions
+        max_active_tasks_per_dag=max(4, slots + 2),
+        extract_pool_slots=max(2, slots),
     )
+
+
+def _recorded_deployment(path: Path) -> dict[str, Any]:
+    try:
+        recorded: dict[str, Any] = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return recorded
+
+
+def record_deployment(cfg: AirflowConfig) -> None:
+    """Record the executor and workers of the deployment being started (read by :func:`default_config`)."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.deployment_file.write_text(json.dumps({"executor": cfg.executor, "celery_workers": cfg.celery_workers,
+                                               "worker_concurrency": cfg.worker_concurrency}) + "\n")
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -179,19 +268,22 @@ def _secrets(cfg: AirflowConfig) -> dict[str, str]:
     """Return the deployment's secrets, generating them on first use.
 
     The fernet key must never change once connections or variables are stored encrypted in
-    the metadata database, so the file is written once and then only read.
+    the metadata database, so a stored secret is only read; a secret added by a later version
+    (the Redis password) is generated and stored beside the others once.
     """
     path = cfg.home / "secrets.json"
-    if path.exists():
-        stored: dict[str, str] = json.loads(path.read_text())
-        return stored
-    generated = {
-        "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode(),
-        "jwt_secret": secrets.token_urlsafe(32),
-        "api_secret_key": secrets.token_urlsafe(32),
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    makers: dict[str, Callable[[], str]] = {
+        "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        "jwt_secret": lambda: secrets.token_urlsafe(32),
+        "api_secret_key": lambda: secrets.token_urlsafe(32),
+        "redis_password": lambda: secrets.token_urlsafe(24),
     }
-    _write_private(path, json.dumps(generated, indent=1) + "\n")
-    return generated
+    missing = {name: make() for name, make in makers.items() if name not in stored}
+    if missing:
+        stored.update(missing)
+        _write_private(path, json.dumps(stored, indent=1) + "\n")
+    return stored
 
 
 def admin_password(cfg: AirflowConfig) -> str:
@@ -209,7 +301,7 @@ def admin_password(cfg: AirflowConfig) -> str:
 
 def _settings(cfg: AirflowConfig) -> dict[str, dict[str, str]]:
     keys = _secrets(cfg)
-    return {
+    values = {
         "core": {
             "dags_folder": str(cfg.project / "dags"),
             "plugins_folder": str(cfg.project / "plugins"),
@@ -246,6 +338,30 @@ def _settings(cfg: AirflowConfig) -> dict[str, dict[str, str]]:
         "logging": {"base_log_folder": str(cfg.home / "logs"), "colored_console_log": "False"},
         "openlineage": {"namespace": "cbm", "transport": json.dumps(_openlineage_transport(cfg))},
     }
+    values["core"]["executor"] = EXECUTORS[cfg.executor]
+    # a task whose worker died (no heartbeat) is failed and retried by the scheduler after this long
+    values["scheduler"]["task_instance_heartbeat_timeout"] = str(cfg.task_heartbeat_timeout_s)
+    if cfg.executor == "celery":
+        values.update(_celery_settings(cfg, keys["redis_password"]))
+    return values
+
+
+def _celery_settings(cfg: AirflowConfig, redis_password: str) -> dict[str, dict[str, str]]:
+    """The CeleryExecutor's sections: the local Redis broker; results in the metadata database (the default)."""
+    return {
+        "operators": {"default_queue": CELERY_QUEUE},
+        "celery": {
+            "broker_url": redis_broker.broker_url(cfg.redis_port, redis_password),
+            "worker_concurrency": str(cfg.worker_concurrency),
+            # one message at a time per slot: a worker does not hoard tasks another could run now
+            "worker_prefetch_multiplier": "1",
+            "task_acks_late": "True",
+            "pool": "prefork",
+        },
+        # an unacknowledged message (its worker died) goes back to the queue after this long; the
+        # scheduler has long failed and re-queued the task by then (task_instance_heartbeat_timeout)
+        "celery_broker_transport_options": {"visibility_timeout": "21600"},
+    }
 
 
 def _openlineage_transport(cfg: AirflowConfig) -> dict[str, Any]:
@@ -266,7 +382,14 @@ def write_config(cfg: AirflowConfig) -> Path:
         lines.extend(f"{key} = {value.replace('%', '%%')}" for key, value in values.items())
     path = cfg.home / "airflow.cfg"
     _write_private(path, "\n".join(lines) + "\n")
+    if cfg.executor == "celery":
+        redis_broker.write_redis_config(cfg.redis_dir, port=cfg.redis_port, password=broker_password(cfg))
     return path
+
+
+def broker_password(cfg: AirflowConfig) -> str:
+    """Return the Celery broker's (Redis) password, generating it on first use."""
+    return _secrets(cfg)["redis_password"]
 
 
 def _postgis_connection(data_url: str) -> dict[str, Any]:

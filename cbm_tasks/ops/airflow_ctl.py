@@ -25,16 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from cbm_tasks.errors import ServiceError
-from cbm_tasks.ops import cluster
+from cbm_tasks.ops import cluster, redis_broker
 from cbm_tasks.ops.airflow_config import (
     ADMIN_USER,
+    AIRFLOW_COMPONENTS,
     CARD_POOL,
+    CELERY_QUEUE,
     EXTRACT_POOL,
     AirflowConfig,
     admin_password,
+    broker_password,
     default_config,
     environment,
     export_lines,
+    record_deployment,
     write_config,
 )
 
@@ -59,10 +63,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+COMPONENTS = AIRFLOW_COMPONENTS  # those of the LocalExecutor; AirflowConfig.components adds Celery's
 # components whose command has --skip-serve-logs (checked with `airflow <cmd> --help`, 3.3):
 # every component runs on this machine, so the API server reads task logs from local files
+# (and nothing listens on the log server port, 0.0.0.0:8793)
 _SKIP_SERVE_LOGS = ("scheduler", "triggerer")
+_WORKER_PREFIX = "celery-worker-"
+# what a Celery worker logs once it consumes from the broker ("celery@cbm1@host ready.")
+_WORKER_READY = b" ready."
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,9 +176,17 @@ def _live_pid(cfg: AirflowConfig, component: str) -> int | None:
     return pid if alive else None
 
 
+def _known_components(cfg: AirflowConfig) -> list[str]:
+    """The deployment's components and any other with a pid file (workers of an earlier, larger start)."""
+    names = list(cfg.components)
+    if cfg.run_dir.is_dir():
+        names += sorted(p.stem for p in cfg.run_dir.glob("*.pid") if p.stem not in names)
+    return names
+
+
 def status(cfg: AirflowConfig) -> list[ComponentStatus]:
     """Return the state of every component."""
-    return [ComponentStatus(name, _live_pid(cfg, name), cfg.log_file(name)) for name in COMPONENTS]
+    return [ComponentStatus(name, _live_pid(cfg, name), cfg.log_file(name)) for name in _known_components(cfg)]
 
 
 def health(cfg: AirflowConfig, *, timeout_s: float = 5) -> dict[str, Any] | None:
@@ -195,12 +211,24 @@ def _port_in_use(host: str, port: int) -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
-def _spawn(cfg: AirflowConfig, component: str, env: dict[str, str]) -> int:
+def _argv(cfg: AirflowConfig, component: str) -> list[str]:
+    if component == "redis":
+        return redis_broker.redis_argv(cfg.redis_dir / "redis.conf")
+    if component.startswith(_WORKER_PREFIX):
+        number = component.removeprefix(_WORKER_PREFIX)
+        # its own Celery node name (cbm<i>@<host>) and slots; every worker serves the default queue
+        return [_airflow_bin(), "celery", "worker", "--celery-hostname", f"cbm{number}@%h",
+                "--queues", CELERY_QUEUE, "--concurrency", str(cfg.worker_concurrency), "--skip-serve-logs"]
     argv = [_airflow_bin(), component]
     if component in _SKIP_SERVE_LOGS:
         argv.append("--skip-serve-logs")
     if component == "api-server":
         argv += ["--host", cfg.host, "--port", str(cfg.port)]
+    return argv
+
+
+def _spawn(cfg: AirflowConfig, component: str, env: dict[str, str]) -> int:
+    argv = _argv(cfg, component)
     with cfg.log_file(component).open("ab") as out:
         process = subprocess.Popen(argv, env=env, cwd=cfg.home, stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
@@ -208,10 +236,48 @@ def _spawn(cfg: AirflowConfig, component: str, env: dict[str, str]) -> int:
     return process.pid
 
 
+def _log_size(cfg: AirflowConfig, component: str) -> int:
+    try:
+        return cfg.log_file(component).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _workers_ready(cfg: AirflowConfig, log_offsets: dict[str, int]) -> bool:
+    """True when every worker started now has logged that it consumes from the broker."""
+    for name, offset in log_offsets.items():
+        with cfg.log_file(name).open("rb") as log_file:
+            log_file.seek(offset)
+            if _WORKER_READY not in log_file.read():
+                return False
+    return True
+
+
+def _start_broker(cfg: AirflowConfig, env: dict[str, str], deadline: float) -> None:
+    """Start the Celery broker unless it runs; wait until it answers."""
+    password = broker_password(cfg)
+    if _live_pid(cfg, "redis") is not None:
+        return
+    if _port_in_use(redis_broker.REDIS_HOST, cfg.redis_port):
+        raise ServiceError(f"port {cfg.redis_port} on {redis_broker.REDIS_HOST} is in use by another program; "
+                           "choose another Celery broker port with CBM_REDIS_PORT")
+    pid = _spawn(cfg, "redis", env)
+    log.info("started celery broker component=redis pid=%d port=%d", pid, cfg.redis_port)
+    while not redis_broker.ping(cfg.redis_port, password):
+        if _live_pid(cfg, "redis") is None or time.monotonic() > deadline:
+            stop(cfg)
+            tail = cfg.log_file("redis").read_text(errors="replace")[-3000:]
+            raise ServiceError(f"the Celery broker (redis-server) did not start on port {cfg.redis_port}\n"
+                               f"--- {cfg.log_file('redis')} ---\n{tail}")
+        time.sleep(0.2)
+
+
 def start(cfg: AirflowConfig, *, timeout_s: float = 300, migrate: bool = True) -> list[ComponentStatus]:
     """Prepare the deployment and start the components that are not running; wait until healthy.
 
-    Nothing is done when every component runs and the deployment is healthy.
+    Nothing is done when every component runs and the deployment is healthy. With the Celery
+    executor the broker (redis-server) starts first, and the workers count as started once
+    each has logged that it consumes from the broker.
 
     Args:
         cfg: the deployment.
@@ -223,7 +289,8 @@ def start(cfg: AirflowConfig, *, timeout_s: float = 300, migrate: bool = True) -
             the message names the component and ends with its log.
     """
     t0 = time.perf_counter()
-    if all(_live_pid(cfg, name) is not None for name in COMPONENTS) and _is_healthy(health(cfg)):
+    components = cfg.components
+    if all(_live_pid(cfg, name) is not None for name in components) and _is_healthy(health(cfg)):
         log.info("airflow already running url=%s", cfg.url)
         return status(cfg)
     if _live_pid(cfg, "api-server") is None and _port_in_use(cfg.host, cfg.port):
@@ -235,15 +302,19 @@ def start(cfg: AirflowConfig, *, timeout_s: float = 300, migrate: bool = True) -
     else:
         write_config(cfg)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    record_deployment(cfg)
     env = _process_env(cfg)
-    started = [name for name in COMPONENTS if _live_pid(cfg, name) is None]
+    deadline = time.monotonic() + timeout_s
+    if cfg.executor == "celery":
+        _start_broker(cfg, env, deadline)
+    started = [name for name in components if name != "redis" and _live_pid(cfg, name) is None]
+    log_offsets = {name: _log_size(cfg, name) for name in started if name.startswith(_WORKER_PREFIX)}
     for name in started:
         pid = _spawn(cfg, name, env)
         log.info("started airflow component=%s pid=%d log=%s", name, pid, cfg.log_file(name))
-    deadline = time.monotonic() + timeout_s
     answer = health(cfg)
-    while not _is_healthy(answer):
-        dead = [name for name in COMPONENTS if _live_pid(cfg, name) is None]
+    while not (_is_healthy(answer) and _workers_ready(cfg, log_offsets)):
+        dead = [name for name in components if _live_pid(cfg, name) is None]
         if dead or time.monotonic() > deadline:
             stop(cfg)
             reason = f"{', '.join(dead)} exited" if dead else f"not healthy after {timeout_s:.0f} s ({answer})"
@@ -252,8 +323,8 @@ def start(cfg: AirflowConfig, *, timeout_s: float = 300, migrate: bool = True) -
             raise ServiceError(f"Airflow did not start: {reason}\n--- {cfg.log_file(culprit)} ---\n{tail}")
         time.sleep(2)
         answer = health(cfg)
-    log.info("airflow healthy url=%s started=%s seconds=%.1f", cfg.url, ",".join(started) or "none",
-             time.perf_counter() - t0)
+    log.info("airflow healthy url=%s executor=%s started=%s seconds=%.1f", cfg.url, cfg.executor,
+             ",".join(started) or "none", time.perf_counter() - t0)
     return status(cfg)
 
 
@@ -274,15 +345,7 @@ def _wait_gone(sids: list[int], timeout_s: float) -> list[int]:
     return left
 
 
-def stop(cfg: AirflowConfig, *, timeout_s: float = 30) -> list[str]:
-    """Stop every running component with all its descendants; return the components stopped.
-
-    SIGTERM goes to each component first (the scheduler then stops its executor's workers),
-    then to every process left in its session, and SIGKILL ends what is still there after
-    *timeout_s*. Task runners sit in process groups of their own, so the session, not the
-    process group, is what holds a component's whole tree.
-    """
-    running = {name: pid for name in COMPONENTS if (pid := _live_pid(cfg, name)) is not None}
+def _stop_sessions(running: dict[str, int], timeout_s: float) -> None:
     sids = list(running.values())
     _signal_all(sids, signal.SIGTERM)
     left = _wait_gone(sids, timeout_s / 2)
@@ -293,8 +356,25 @@ def stop(cfg: AirflowConfig, *, timeout_s: float = 30) -> list[str]:
         log.warning("airflow processes ignored SIGTERM for %.0f s, killing pids=%s", timeout_s, left)
         _signal_all(left, signal.SIGKILL)
         _wait_gone(sids, 10)
-    for name in COMPONENTS:
+
+
+def stop(cfg: AirflowConfig, *, timeout_s: float = 30) -> list[str]:
+    """Stop every running component with all its descendants; return the components stopped.
+
+    SIGTERM goes to each component first (the scheduler then stops its executor's workers),
+    then to every process left in its session, and SIGKILL ends what is still there after
+    *timeout_s*. Task runners sit in process groups of their own, so the session, not the
+    process group, is what holds a component's whole tree. The Celery broker stops last,
+    once nothing uses it.
+    """
+    names = _known_components(cfg)
+    running = {name: pid for name in names if (pid := _live_pid(cfg, name)) is not None}
+    _stop_sessions({name: pid for name, pid in running.items() if name != "redis"}, timeout_s)
+    if "redis" in running:
+        _stop_sessions({"redis": running["redis"]}, timeout_s)
+    for name in names:
         cfg.pid_file(name).unlink(missing_ok=True)
+    cfg.deployment_file.unlink(missing_ok=True)
     for name, pid in running.items():
         log.info("stopped airflow component=%s pid=%d", name, pid)
     return list(running)
