@@ -33,12 +33,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ParcelSetRef:
-    """The parcel set of an AOI and year."""
+    """The parcel set of an AOI and year.
+
+    ``database`` names the database that holds the set (cluster system identifier / database
+    oid): parcel set ids are unique only within one database, and label rasters cached on disk
+    are shared by every deployment and test database of a machine (``extraction.label_cache``).
+    """
 
     parcel_set_id: int
     version: int
     srid: int
     n_parcels: int
+    database: str = ""
 
 
 def id_limit_error(err: psycopg.errors.SequenceGeneratorLimitExceeded, *, table: str, what: str) -> IdLimitError:
@@ -111,8 +117,10 @@ def find_parcel_set(conn: psycopg.Connection, *, aoi: str, year: int) -> ParcelS
         NotFoundError: the AOI has no parcel set for that year (the message lists its years).
     """
     row = conn.execute(
-        "SELECT s.parcel_set_id, s.version, s.srid, s.n_parcels FROM cbm.parcel_set s "
-        "JOIN cbm.aoi a USING (aoi_id) WHERE a.name = %s AND s.year = %s",
+        "SELECT s.parcel_set_id, s.version, s.srid, s.n_parcels, "
+        "(SELECT system_identifier FROM pg_control_system())::text || '/' "
+        "|| (SELECT oid FROM pg_database WHERE datname = current_database())::text "
+        "FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) WHERE a.name = %s AND s.year = %s",
         (aoi, year),
     ).fetchone()
     if row is None:
@@ -120,7 +128,7 @@ def find_parcel_set(conn: psycopg.Connection, *, aoi: str, year: int) -> ParcelS
         raise NotFoundError(
             f"AOI {aoi!r} has no parcel set for {year}; years with parcels: {', '.join(map(str, years)) or 'none'}"
         )
-    return ParcelSetRef(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+    return ParcelSetRef(int(row[0]), int(row[1]), int(row[2]), int(row[3]), str(row[4]))
 
 
 def aoi_footprint_wkt(conn: psycopg.Connection, aoi: str) -> str:

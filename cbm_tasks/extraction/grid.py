@@ -160,7 +160,8 @@ def window_layers(conn: psycopg.Connection, cache: LabelCache, grid: Grid, windo
     overlapping = np.unique(pairs)
     key = GridKey(crs_wkt=rasterio.crs.CRS.from_epsg(grid.epsg).to_wkt(), transform=tuple(transform)[:6],
                   shape=shape, parcel_set_id=parcel_set.parcel_set_id, parcel_set_version=parcel_set.version,
-                  overlaps=hashlib.sha256(pairs.tobytes()).hexdigest() if len(pairs) else "")
+                  overlaps=hashlib.sha256(pairs.tobytes()).hexdigest() if len(pairs) else "",
+                  database=parcel_set.database)
     labels: np.ndarray | None = cache.get(key)
     if labels is not None and not len(overlapping):
         return ParcelLayers(labels, np.empty(0, np.int64), np.empty(0, np.int32))

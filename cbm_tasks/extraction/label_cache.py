@@ -43,6 +43,10 @@ class GridKey:
         overlaps: digest of the set's overlapping parcel keys, which the raster leaves out
             (they get their own layers); "" when none. A set whose overlaps were found
             after its labels were cached (migration 009) thus gets new labels.
+        database: the database holding the set (``aoi.ParcelSetRef.database``). Set ids repeat
+            across databases (two deployments, a restored copy, test databases), and the disk
+            cache is shared by all of them: without it one database's labels would serve
+            another's parcels, silently wrong statistics.
     """
 
     crs_wkt: str
@@ -51,6 +55,7 @@ class GridKey:
     parcel_set_id: int
     parcel_set_version: int
     overlaps: str = ""
+    database: str = ""
 
     def __post_init__(self) -> None:
         if len(self.transform) != 6:
@@ -65,7 +70,7 @@ class GridKey:
         """Return a stable SHA-256 hex digest of the key (the on-disk file name)."""
         payload = json.dumps(
             [self.crs_wkt, [repr(v) for v in self.transform], list(self.shape),
-             self.parcel_set_id, self.parcel_set_version, self.overlaps],
+             self.parcel_set_id, self.parcel_set_version, self.overlaps, self.database],
             separators=(",", ":"),
         )
         return hashlib.sha256(payload.encode()).hexdigest()
