@@ -89,7 +89,9 @@ def extract_batch(
     and status. Before each image the claims of the images still to do are renewed
     (``registry.renew_claims``): a long batch never goes stale, and an image no longer held
     (finished by an earlier try, or taken over by another run) is left alone, so a retry redoes
-    only what is not done. The label rasters are shared by the images of the batch.
+    only what is not done. The label rasters are shared by the images of the batch. A claim
+    lease renewed by a heartbeat while the task runs must cover the whole batch: renew the
+    claims of every image still to do (``registry.renew_claims``), not only the current one.
 
     Args:
         conn: CbM database (idle).
