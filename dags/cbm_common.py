@@ -14,8 +14,10 @@ from typing import Any
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException
 
-__all__ = ["ALL_AOIS", "AOI_PARAM_PATTERN", "CARD_POOL", "EXTRACT_POOL", "MARKERS", "PARCEL_STATS", "READY_PRODUCTS",
-           "S1_PRODUCTS", "default_args", "fail_on_bad_input"]
+from cbm_tasks.pipeline.batches import TARGET_MEGAPIXELS
+
+__all__ = ["ALL_AOIS", "AOI_PARAM_PATTERN", "CARD_POOL", "EXTRACT_BATCH_MEGAPIXELS", "EXTRACT_POOL", "MARKERS",
+           "PARCEL_STATS", "READY_PRODUCTS", "S1_PRODUCTS", "default_args", "fail_on_bad_input"]
 
 # The assets, in pipeline order: each DAG is scheduled on the one before its own.
 S1_PRODUCTS = Asset("cbm_s1_products")  # new raw Sentinel-1 products: cbm_catalogue -> cbm_s1_card
@@ -27,6 +29,9 @@ MARKERS = Asset("cbm_markers")  # marker events written: markers -> traffic ligh
 # its slots bound the memory extraction tasks use on a worker.
 EXTRACT_POOL = "cbm_extract"
 CARD_POOL = "cbm_card"  # the same: slots = worker memory / memory of one CARD job (sarsen, SNAP)
+# Work per mapped cbm_extract task, in megapixels read (the `batch_megapixels` param's default): a full
+# Sentinel-2 tile runs alone, hundreds of small chips share a task. A pure module: cheap to import here.
+EXTRACT_BATCH_MEGAPIXELS = TARGET_MEGAPIXELS
 
 ALL_AOIS = "*"  # the `aoi` param meaning every AOI with a parcel set
 # an AOI name (lower-case identifier, as PostgreSQL keeps unquoted names) or ALL_AOIS

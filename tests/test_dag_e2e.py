@@ -95,10 +95,12 @@ def test_catalogue_then_extract(airflow_db: str, demo: demo_data.DemoLayout, db_
         first_s2 = conn.execute(
             "SELECT product_id FROM cbm.product WHERE product_type = 'S2MSI2A' ORDER BY acquired_at LIMIT 1"
         ).fetchone()[0]
+    # the small images share one batch (one mapped task); each has its own lineage run of that task try
     assert [(r[0], r[1], r[2], r[3], r[4]) for r in lineage] == [
-        ("cbm_extract", "extract", i, 1, "success") for i in range(2 * N_PER_SENSOR)
-    ]
+        ("cbm_extract", "extract", 0, 1, "success")] * (2 * N_PER_SENSOR)
     assert all(r[5] > 0 for r in lineage)
+    (batch,) = [ti for ti in run.get_task_instances() if ti.task_id == "extract"]
+    assert batch.rendered_map_index.startswith(f"demo: {2 * N_PER_SENSOR} images, 2 grids, 2017-08-")
 
     # nothing new: the poll registers nothing and emits no asset event
     run = dags.dags["cbm_catalogue"].test(run_conf=window)
@@ -109,6 +111,7 @@ def test_catalogue_then_extract(airflow_db: str, demo: demo_data.DemoLayout, db_
     # forcing one image again replaces its rows: nothing is duplicated
     run = dags.dags["cbm_extract"].test(run_conf={"aoi": "demo", "product_id": first_s2})
     assert run.state == "success"
+    assert run.get_task_instance("summary").xcom_pull(task_ids="summary")["extracted"] == 1
     assert _obs_rows(db_url) == rows
     with psycopg.connect(db_url) as conn:
         runs = conn.execute(
@@ -147,14 +150,15 @@ def test_dropped_connection_is_retried_without_duplicates(
             "SELECT (params->>'product_id')::int, try_number, status, error FROM cbm.pipeline_run "
             "ORDER BY 1, try_number"
         ).fetchall()
-        # mapped tasks run in no fixed order: the dropped connection hit whichever image came first.
-        # Its try could not record its own end (no connection): the next try closed it as abandoned
+        # both images share a batch; the dropped connection hit the first. Its try could not record its
+        # own end (no connection): the next try closed it as abandoned. The rest of the batch was not
+        # tried on the dead connection: the retry extracted it, once
         (failed_product,) = {t[0] for t in tries if t[2] != "success"}
         retried = [t for t in tries if t[0] == failed_product]
         assert [(t[1], t[2]) for t in retried] == [(1, "abandoned"), (2, "success")]
         assert retried[0][3].startswith("abandoned:")
         others = [t for t in tries if t[0] != failed_product]
-        assert [(t[1], t[2]) for t in others] == [(1, "success")] * (N_PER_SENSOR - 1)
+        assert [(t[1], t[2]) for t in others] == [(2, "success")] * (N_PER_SENSOR - 1)
         # one extraction and one set of rows per image, whatever the number of tries
         per_image = conn.execute(
             "SELECT e.product_id, e.n_parcels, "
@@ -233,7 +237,7 @@ def test_bad_input_fails_the_image_at_once_and_the_run(airflow_db: str, demo: de
     run = _dags().dags["cbm_extract"].test(run_conf={"aoi": "demo"})
     extract = {ti.map_index: ti for ti in run.get_task_instances() if ti.task_id == "extract"}
     states = sorted((ti.state, ti.try_number) for ti in extract.values())
-    assert states == [("failed", 1), ("success", 1)]  # the corrupt image: one try, no retry
+    assert states == [("failed", 1)]  # the batch of both: the good image extracted, then one try, no retry
     assert run.get_task_instance("check").state == "failed" and run.state == "failed"
     assert run.get_task_instance("publish").state == "success"  # the good image's rows are announced
     events = _asset_events("cbm_extract", run.run_id)

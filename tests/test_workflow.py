@@ -1,10 +1,12 @@
-"""The DAG steps without Airflow: season year, claimed-image outcomes and their catalogue states."""
+"""The DAG steps without Airflow: season year, claimed-image outcomes, batches, and their catalogue states."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -18,7 +20,10 @@ from cbm_tasks.demo import data as demo_data
 from cbm_tasks.errors import BadInputError, ConfigError, NotFoundError, TransientError
 from cbm_tasks.parcels import sets as parcel
 from cbm_tasks.pipeline import extract as workflow
+from cbm_tasks.pipeline.batches import ExtractBatch
+from cbm_tasks.pipeline.extract_batch import BatchRetryError, extract_batch, run_totals
 from cbm_tasks.pipeline.poll import PollResult, poll_aoi
+from cbm_tasks.report.run_report import run_report
 from cbm_tasks.store import StoreConfig, open_store
 from cbm_tasks.timeseries import write as obs
 
@@ -156,3 +161,124 @@ def test_execution_timeout_marks_the_lineage_run_failed(
     row = conn.execute("SELECT status, error, finished_at IS NOT NULL FROM cbm.pipeline_run "
                        "WHERE (params->>'product_id')::int = %s", (product_id,)).fetchone()
     assert row == ("failed", "TaskTimeout: Timeout, PID: 4242", True)
+
+
+def _batch(conn: psycopg.Connection) -> ExtractBatch:
+    """Claim every ready image of the demo AOI as one batch."""
+    (batch,) = workflow.claim_batches(conn, aois=["demo"], worker="cbm_extract/test", target_megapixels=1e5)
+    return batch
+
+
+def _runs(conn: psycopg.Connection) -> list[tuple[int, int, str]]:
+    """(product_id, try_number, status) of every extraction lineage run."""
+    return [(int(r[0]), int(r[1]), str(r[2])) for r in conn.execute(
+        "SELECT (params->>'product_id')::int, try_number, status FROM cbm.pipeline_run WHERE step = 'extract' "
+        "ORDER BY 1, 2").fetchall()]
+
+
+def test_a_corrupt_image_fails_alone_and_the_batch_goes_on(tmp_path: Path, db_url: str) -> None:
+    layout = demo_data.build_demo(tmp_path / "demo", max_products=3)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        parcel.import_parcels(conn, layout.parcels_file, aoi="demo", year=2018)
+        _poll(conn, layout)
+        batch = _batch(conn)
+        assert len(batch.product_ids) == 6 and batch.label.startswith("demo: 6 images")
+        s2_ids = [pid for pid in batch.product_ids if registry.get_product(conn, pid).product_type == "S2MSI2A"]
+        corrupt = s2_ids[1]
+        (Path(registry.get_product(conn, corrupt).location) / "B04.tif").write_bytes(b"not a GeoTIFF")
+        store = open_store(StoreConfig(kind="local", root=str(tmp_path)))
+        outcome = extract_batch(conn, store, batch, run=RUN, last_try=False)
+        assert [pid for pid, _ in outcome.failed] == [corrupt] and "B04" in outcome.failed[0][1]
+        assert sorted(o.product_id for o in outcome.outcomes) == sorted(set(batch.product_ids) - {corrupt})
+        assert all(o.status == "extracted" and o.n_parcels == layout.n_parcels for o in outcome.outcomes)
+        assert {pid: _status(conn, pid)[0] for pid in batch.product_ids} == {
+            pid: "failed" if pid == corrupt else "extracted" for pid in batch.product_ids}
+        # one lineage run per image, all of this task try; one cbm.extraction row per good image
+        assert _runs(conn) == sorted((pid, 1, "failed" if pid == corrupt else "success") for pid in batch.product_ids)
+        assert conn.execute("SELECT count(*), count(DISTINCT pipeline_run_id) FROM cbm.extraction").fetchone() == (5, 5)
+        totals = run_totals(conn, [batch])
+        assert (totals["claimed"], totals["extracted"], totals["failed"], totals["aois"]) == (6, 5, 1, ["demo"])
+        assert totals["rows"] == conn.execute("SELECT sum(n_rows) FROM cbm.extraction").fetchone()[0]
+
+
+def test_a_transient_error_mid_batch_is_retried_alone_and_nothing_is_extracted_twice(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = demo_data.build_demo(tmp_path / "demo", max_products=3)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        parcel.import_parcels(conn, layout.parcels_file, aoi="demo", year=2018)
+        _poll(conn, layout)
+        batch = _batch(conn)
+        flaky = batch.product_ids[2]
+        real_replace = obs.replace_image_stats
+
+        def lost_connection_once(conn: psycopg.Connection, parcel_set_id: int, product_id: int,
+                                 *args: Any, **kwargs: Any) -> int:
+            if product_id == flaky:
+                raise TransientError("cannot write to PostGIS: server closed the connection")
+            return real_replace(conn, parcel_set_id, product_id, *args, **kwargs)
+
+        monkeypatch.setattr(obs, "replace_image_stats", lost_connection_once)
+        store = open_store(StoreConfig(kind="local", root=str(tmp_path)))
+        with pytest.raises(BatchRetryError, match=f"1 image\\(s\\) to retry \\({flaky}\\), 5 finished") as raised:
+            extract_batch(conn, store, batch, run=RUN, last_try=False)
+        assert [pid for pid, _ in raised.value.outcome.retry] == [flaky]
+        assert _status(conn, flaky)[0] == "extracting"  # still this run's: the task's retry takes it
+        assert [pid for pid in batch.product_ids if _status(conn, pid)[0] == "extracted"] == [
+            pid for pid in batch.product_ids if pid != flaky]
+
+        monkeypatch.setattr(obs, "replace_image_stats", real_replace)
+        retry = replace(RUN, try_number=2)
+        again = extract_batch(conn, store, batch, run=retry, last_try=False)
+        assert [o.product_id for o in again.outcomes] == [flaky]
+        assert again.not_held == tuple(pid for pid in batch.product_ids if pid != flaky)
+        assert all(_status(conn, pid) == ("extracted", 1, None) for pid in batch.product_ids)
+        # each image extracted once: one successful run each, the flaky one after a failed first try
+        assert _runs(conn) == sorted([(pid, 1, "success") for pid in batch.product_ids if pid != flaky]
+                                     + [(flaky, 1, "failed"), (flaky, 2, "success")])
+        assert conn.execute("SELECT count(*) FROM cbm.parcel_obs").fetchone()[0] == 6 * layout.n_parcels
+        # a third try finds nothing left to do, and writes nothing
+        third = extract_batch(conn, store, batch, run=replace(RUN, try_number=3), last_try=True)
+        assert (third.outcomes, len(third.not_held)) == ((), 6) and len(_runs(conn)) == 7
+        report = run_report(conn, RUN.run_id or "")
+        (line,) = report.tasks
+        assert (line.status, line.tries, line.units, report.retried, report.failed) == ("success", 2, 6, 1, 0)
+        assert line.rows_written == conn.execute("SELECT sum(n_parcels) FROM cbm.extraction").fetchone()[0]
+
+
+def test_a_batch_stopped_on_its_last_try_gives_back_what_it_did_not_do(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = demo_data.build_demo(tmp_path / "demo", max_products=2)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        parcel.import_parcels(conn, layout.parcels_file, aoi="demo", year=2018)
+        _poll(conn, layout)
+        batch = _batch(conn)
+        other_run = replace(batch, claimed_by="cbm_extract/another_run")
+        untouched = extract_batch(conn, open_store(StoreConfig(kind="local", root=str(tmp_path))), other_run,
+                                  run=RUN, last_try=False)
+        assert untouched.not_held == batch.product_ids and _runs(conn) == []  # not that run's claims
+
+        class TaskTimeout(BaseException):
+            pass
+
+        real_replace = obs.replace_image_stats
+        calls: list[int] = []
+
+        def times_out_on_the_second(conn: psycopg.Connection, parcel_set_id: int, product_id: int,
+                                    *args: Any, **kwargs: Any) -> int:
+            calls.append(product_id)
+            if len(calls) == 2:
+                raise TaskTimeout("Timeout, PID: 4242")
+            return real_replace(conn, parcel_set_id, product_id, *args, **kwargs)
+
+        monkeypatch.setattr(obs, "replace_image_stats", times_out_on_the_second)
+        with pytest.raises(TaskTimeout):
+            extract_batch(conn, open_store(StoreConfig(kind="local", root=str(tmp_path))), batch, run=RUN,
+                          last_try=True)
+        first, second, *rest = batch.product_ids
+        assert _status(conn, first)[0] == "extracted"
+        assert _status(conn, second)[:2] == ("ready", 1)  # released by its own failure
+        for pid in rest:  # never started: given back at once, not left to go stale
+            status, attempts, error = _status(conn, pid)
+            assert (status, attempts) == ("ready", 1) and "batch stopped before this image" in (error or "")

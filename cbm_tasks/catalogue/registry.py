@@ -37,6 +37,7 @@ __all__ = [
     "mark_done",
     "mark_failed",
     "register",
+    "renew_claims",
     "reset",
     "status_counts",
 ]
@@ -255,6 +256,26 @@ def reset(conn: psycopg.Connection, product_id: int, *, aoi: str, status: str = 
         "claimed_at = NULL, updated_at = now() WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s",
         {"status": status},
     )
+
+
+def renew_claims(conn: psycopg.Connection, product_ids: Sequence[int], *, aoi: str, worker: str,
+                 status: str = ProductStatus.EXTRACTING) -> list[int]:
+    """Renew the claims *worker* still holds on *product_ids* of *aoi*; return those ids, ascending.
+
+    A held claim is in *status* with ``claimed_by = worker``; renewing it resets ``claimed_at``, so
+    that a batch of images extracted one after the other never goes stale (:func:`claim`'s
+    ``stale_after``) while it waits its turn. The ids not returned were finished (extracted,
+    skipped, failed, released) or taken over by another worker after their claim went stale:
+    they must not be worked on.
+    """
+    with conn.transaction():
+        rows = conn.execute(
+            "UPDATE cbm.product_status SET claimed_at = now() "
+            "WHERE aoi_id = %(aoi_id)s AND product_id = ANY(%(ids)s) AND status = %(status)s "
+            "AND claimed_by = %(worker)s RETURNING product_id",
+            {"aoi_id": aoi_id(conn, aoi), "ids": list(product_ids), "status": _checked(status), "worker": worker},
+        ).fetchall()
+    return sorted(int(r[0]) for r in rows)
 
 
 def status_counts(conn: psycopg.Connection, *, aoi: str) -> dict[str, int]:

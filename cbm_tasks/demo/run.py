@@ -26,6 +26,7 @@ import psycopg
 
 from cbm_tasks import db
 from cbm_tasks.catalogue import registry
+from cbm_tasks.catalogue.registry import ProductStatus
 from cbm_tasks.demo import api_access
 from cbm_tasks.demo import data as demo_data
 from cbm_tasks.errors import NotFoundError, ServiceError
@@ -172,6 +173,10 @@ def _wait_for_extraction(
             log.info("waiting for cbm_extract runs=%d finished=%d images: %s", len(runs), len(finished),
                      " ".join(f"{status}={n}" for status, n in sorted(counts.items())))
         if runs and len(finished) == len(runs):
+            with db.connect(url, autocommit=True) as conn:
+                counts = registry.status_counts(conn, aoi=aoi)
+            if not counts.get(ProductStatus.READY) and not counts.get(ProductStatus.EXTRACTING):
+                return [(str(run["dag_run_id"]), str(run["state"])) for run in runs]  # nothing left to start a run
             # a run may start another (work left over): call it done when none appears for a while
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since > 15:
@@ -229,8 +234,11 @@ def run_demo(
                            f"logs in the UI at {cfg.url}/dags/cbm_catalogue")
     extract_runs: list[tuple[str, str]] = []
     if api.task_states("cbm_catalogue", run_id).get("announce") == ["success"]:
+        waited_from = time.perf_counter()
         extract_runs = _wait_for_extraction(api, since=str(catalogue_run["start_date"]), deadline=deadline,
                                             url=url, aoi=layout.aoi)
+        log.info("extracted aoi=%s cbm_extract_runs=%d seconds=%.1f (from the end of cbm_catalogue)", layout.aoi,
+                 len(extract_runs), time.perf_counter() - waited_from)
     # the asset events of the extraction start cbm_markers too; this run, after all of them, is the
     # one waited for (incremental: it computes what the asset-started runs have not)
     markers_id = api.trigger("cbm_markers", conf={"aoi": layout.aoi, "year": layout.year})

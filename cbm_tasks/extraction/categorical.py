@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from cbm_tasks.errors import BandError
-from cbm_tasks.extraction.valid_pixels import check_band_grid, example_label_grids, nodata_in_dtype
+from cbm_tasks.extraction.valid_pixels import check_band_grid, example_label_grids, nodata_in_dtype, threads_for
 
 __all__ = ["ClassCounts", "class_counts", "warmup_signatures"]
 
@@ -71,10 +71,11 @@ def class_counts(
         raise ValueError(f"band {band}: n_classes must be >= 1, got {n_classes}")
     n_labels = int(labels.max(initial=0))
     has_nodata, nodata_value = nodata_in_dtype(nodata, values.dtype)
-    n_parts = max(1, min(numba.get_num_threads(), labels.shape[0]))
-    counts, bad_value, bad_label = _class_count_kernel(
-        labels, values, has_nodata, nodata_value, n_labels, n_classes, n_parts
-    )
+    with threads_for(labels.size):
+        n_parts = max(1, min(numba.get_num_threads(), labels.shape[0]))
+        counts, bad_value, bad_label = _class_count_kernel(
+            labels, values, has_nodata, nodata_value, n_labels, n_classes, n_parts
+        )
     if bad_label != 0:
         raise BandError(f"band {band}: label raster holds negative label {bad_label}")
     if bad_value != 0:

@@ -13,6 +13,9 @@ with two passes, so they match numpy to ~1e-15 relative.
 
 The kernels run on Numba's thread pool (NUMBA_NUM_THREADS); call them from one Python thread
 at a time, as the default 'workqueue' threading layer does not support concurrent callers.
+Bands smaller than ``_SERIAL_BELOW_PIXELS`` run on the calling thread only: waking the pool costs
+more than the work there (a 640 m chip has 4,096 pixels at 10 m), and much more on a busy machine,
+where each parallel call waits for the other threads to be scheduled.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from cbm_tasks.errors import BandError
-from cbm_tasks.extraction.valid_pixels import check_band_grid, example_label_grids, nodata_in_dtype
+from cbm_tasks.extraction.valid_pixels import check_band_grid, example_label_grids, nodata_in_dtype, threads_for
 
 __all__ = ["ParcelStats", "warmup_signatures", "zonal_stats"]
 
@@ -124,19 +127,20 @@ def zonal_stats(
     if n_labels < 0:
         raise ValueError(f"band {band}: n_labels must be >= 0, got {n_labels}")
     has_nodata, nodata_value = nodata_in_dtype(nodata, values.dtype)
-    n_parts = max(1, min(numba.get_num_threads(), labels.shape[0]))
-    counts, bad = _count_kernel(labels, values, has_nodata, nodata_value, n_labels, n_parts)
-    if bad != 0:
-        raise BandError(f"band {band}: label raster holds {bad} outside 0..n_labels={n_labels}")
-    per_label = counts.sum(axis=0)
-    keys = np.flatnonzero(per_label[1:]).astype(np.int32) + 1
-    offsets = np.zeros(n_labels + 2, np.int64)
-    np.cumsum(per_label, out=offsets[1:])
-    grouped = np.empty(offsets[-1], values.dtype)
-    _scatter_kernel(labels, values, has_nodata, nodata_value, offsets, counts, grouped)
-    stats = np.empty((len(keys), 7), np.float64)
-    radix_passes, bias = _RADIX.get(values.dtype, (0, 0))
-    _reduce_kernel(grouped, offsets, keys, radix_passes, bias, stats)
+    with threads_for(labels.size):
+        n_parts = max(1, min(numba.get_num_threads(), labels.shape[0]))
+        counts, bad = _count_kernel(labels, values, has_nodata, nodata_value, n_labels, n_parts)
+        if bad != 0:
+            raise BandError(f"band {band}: label raster holds {bad} outside 0..n_labels={n_labels}")
+        per_label = counts.sum(axis=0)
+        keys = np.flatnonzero(per_label[1:]).astype(np.int32) + 1
+        offsets = np.zeros(n_labels + 2, np.int64)
+        np.cumsum(per_label, out=offsets[1:])
+        grouped = np.empty(offsets[-1], values.dtype)
+        _scatter_kernel(labels, values, has_nodata, nodata_value, offsets, counts, grouped)
+        stats = np.empty((len(keys), 7), np.float64)
+        radix_passes, bias = _RADIX.get(values.dtype, (0, 0))
+        _reduce_kernel(grouped, offsets, keys, radix_passes, bias, stats)
     result = ParcelStats(
         keys=keys,
         count=(offsets[keys + 1] - offsets[keys]).astype(np.int64),

@@ -7,12 +7,15 @@ extraction side of the product state machine (``cbm.product_status``) is driven 
 - :func:`requeue_incomplete` puts ``extracted`` images back to ``ready`` when their parcel
   set was re-imported since (new or changed parcels lack their rows), and ``skipped`` ones
   whose footprint parcels of a set imported since now intersect;
-- :func:`claim_ready` takes ``ready`` products for one extraction run (``SKIP LOCKED``);
+- :func:`claim_ready` takes ``ready`` products for one extraction run (``SKIP LOCKED``), and
+  :func:`claim_batches` groups them into batches of about equal work (``pipeline.batches``),
+  one mapped task each;
 - :func:`extract_claimed` extracts one claimed product and records the outcome: ``extracted``,
   ``skipped`` (no parcel inside), ``failed`` at once for bad input, and back to ``ready`` (or
   ``failed`` after the last attempt) when the last Airflow try of a transient error is spent.
   Between tries the claim is kept, so no other run takes the product meanwhile; if the worker
-  dies, the claim goes stale and is taken again (``registry.claim(stale_after=...)``).
+  dies, the claim goes stale and is taken again (``registry.claim(stale_after=...)``);
+- ``pipeline.extract_batch`` runs :func:`extract_claimed` for each image of a batch.
 """
 
 from __future__ import annotations
@@ -28,26 +31,35 @@ from cbm_tasks import lineage
 from cbm_tasks.aoi import aoi_id, parcel_set_years
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.registry import ProductStatus
-from cbm_tasks.errors import BadInputError, CbmError, ConfigError, NotFoundError, ProductNotFoundError
+from cbm_tasks.errors import (
+    BadInputError,
+    CbmError,
+    ConfigError,
+    NotFoundError,
+    ProductNotFoundError,
+)
 from cbm_tasks.extraction import extract
 from cbm_tasks.extraction.label_cache import LabelCache
 from cbm_tasks.extraction.raster_io import RasterStore
+from cbm_tasks.pipeline.batches import TARGET_MEGAPIXELS, ExtractBatch, plan_batches, sized_image
 
 __all__ = [
     "MAX_CLAIM",
     "AoiSummary",
     "ExtractOutcome",
     "aoi_summary",
+    "claim_batches",
     "claim_ready",
     "extract_claimed",
     "parcel_year",
+    "release_after_failure",
     "requeue_incomplete",
 ]
 
 log = logging.getLogger(__name__)
 
-# one extraction run maps one task per product, and Airflow caps a map at 1024 ([core]
-# max_map_length); what is left stays ready for the next run
+# one extraction run maps at most one task per product (a batch holds one or more), and Airflow
+# caps a map at 1024 ([core] max_map_length); what is left stays ready for the next run
 MAX_CLAIM = 1000
 _SEASON_START_MONTH = 8  # images from August on also serve the next year's parcels (winter crops)
 
@@ -221,8 +233,12 @@ def parcel_year(conn: psycopg.Connection, product_id: int, *, aoi: str) -> int |
     return None
 
 
-def _release_after_failure(conn: psycopg.Connection, product_id: int, *, aoi: str, error: str) -> None:
-    """Record a failed last try; a database that fails too must not hide the original error."""
+def release_after_failure(conn: psycopg.Connection, product_id: int, *, aoi: str, error: str) -> None:
+    """Give back the claim of a product whose last try failed (``registry.mark_failed``).
+
+    A database that fails too must not hide the original error: it is logged, and the claim
+    goes stale instead.
+    """
     try:
         registry.mark_failed(conn, product_id, aoi=aoi, error=error)
     except (psycopg.Error, CbmError) as err:
@@ -274,7 +290,7 @@ def extract_claimed(
         # because Airflow's execution timeout is one: without this, an image whose last try timed
         # out would stay 'extracting' until its claim goes stale.
         if last_try:
-            _release_after_failure(conn, product_id, aoi=aoi, error=f"{type(err).__name__}: {err}")
+            release_after_failure(conn, product_id, aoi=aoi, error=f"{type(err).__name__}: {err}")
         raise
     status = (ProductStatus.EXTRACTED if result.n_parcels > 0 else ProductStatus.SKIPPED).value
     registry.mark_done(conn, product_id, aoi=aoi, status=status)
@@ -304,3 +320,58 @@ def aoi_summary(conn: psycopg.Connection, aoi: str) -> AoiSummary:
         raise NotFoundError(f"AOI {aoi!r}: the summary query returned no row")
     return AoiSummary(aoi=aoi, products=products, images_extracted=int(row[0]), stats_rows=int(row[1]),
                       parcels=int(row[2]), parcel_obs_rows=int(row[3]))
+
+
+_CLAIMED_SIZES = """
+WITH claimed AS (SELECT * FROM unnest(%(aois)s::text[], %(ids)s::integer[]) AS c(aoi, product_id)),
+extents AS (
+    SELECT a.name AS aoi, ST_Union(s.extent) AS extent
+    FROM cbm.aoi a JOIN cbm.parcel_set s USING (aoi_id)
+    WHERE a.name = ANY(%(aois)s::text[]) GROUP BY a.name
+)
+SELECT c.aoi, c.product_id, p.acquired_at, p.product_type, p.tile, p.relative_orbit,
+       ST_Area(geography(CASE WHEN e.extent IS NULL THEN p.footprint WHEN p.footprint IS NULL THEN e.extent
+                              ELSE ST_Intersection(p.footprint, e.extent) END)),
+       p.attributes -> 'bands'
+FROM claimed c JOIN cbm.product p USING (product_id) LEFT JOIN extents e USING (aoi)
+"""
+
+
+def claim_batches(
+    conn: psycopg.Connection,
+    *,
+    aois: Sequence[str],
+    worker: str,
+    limit: int | None = None,
+    force_product_id: int | None = None,
+    target_megapixels: float = TARGET_MEGAPIXELS,
+) -> list[ExtractBatch]:
+    """Claim the ``ready`` products of *aois* (:func:`claim_ready`) and group them into batches.
+
+    Each batch carries about *target_megapixels* of work (``pipeline.batches.plan_batches``):
+    the pixels of the footprint inside the AOI's parcel extent, plus a fixed cost per image.
+
+    Args:
+        conn: CbM database.
+        aois: AOI names, in the order they are served.
+        worker: who claims (``<dag_id>/<run_id>``); each batch records it as ``claimed_by``.
+        limit: at most this many products in all; None = up to MAX_CLAIM.
+        force_product_id: as for :func:`claim_ready` (force the re-extraction of one image).
+        target_megapixels: work per batch (one mapped task); 0 = one image per batch.
+
+    Raises:
+        As :func:`claim_ready`; ConfigError for a negative target.
+    """
+    if not 0 <= target_megapixels < float("inf"):
+        raise ConfigError(f"target_megapixels must be >= 0 and finite, got {target_megapixels}")
+    claimed = claim_ready(conn, aois=aois, worker=worker, limit=limit, force_product_id=force_product_id)
+    with conn.transaction():
+        rows = conn.execute(_CLAIMED_SIZES, {"aois": [aoi for aoi, _ in claimed],
+                                             "ids": [product_id for _, product_id in claimed]}).fetchall()
+    images = [sized_image(str(aoi), int(product_id), acquired_at, product_type=str(product_type), tile=tile,
+                          relative_orbit=relative_orbit, area_m2=None if area is None else float(area), bands=bands)
+              for aoi, product_id, acquired_at, product_type, tile, relative_orbit, area, bands in rows]
+    batches = plan_batches(images, claimed_by=worker, target_megapixels=target_megapixels)
+    log.info("planned aois=%s images=%d batches=%d target_megapixels=%.1f largest_batch=%d", ",".join(aois),
+             len(images), len(batches), target_megapixels, max((len(b.product_ids) for b in batches), default=0))
+    return batches

@@ -39,6 +39,7 @@ class TaskLine:
     seconds: float | None
     rows_written: int
     inputs: list[str]
+    units: int = 1  # units of work with their own lineage runs (the images of an extraction batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,7 @@ class RunReport:
             took = f"{task.seconds:.1f} s" if task.seconds is not None else "-"
             lines.append(f"  {task.task_id}{mapped}: {task.status} after {task.tries} "
                          f"{'try' if task.tries == 1 else 'tries'}, {took}, {task.rows_written} rows"
+                         + (f" in {task.units} runs" if task.units > 1 else "")
                          + (f"; {task.error.splitlines()[0][:200]}" if task.error and task.status != "success" else ""))
         return "\n".join(lines)
 
@@ -97,7 +99,8 @@ def run_report(conn: psycopg.Connection, run_id: str) -> RunReport:
             "       coalesce((SELECT array_agg(i.name ORDER BY i.seq) FROM cbm.run_input i "
             "                 WHERE i.pipeline_run_id = r.pipeline_run_id), '{}'), "
             "       coalesce((SELECT jsonb_object_agg(o.name, o.n_rows) FROM cbm.run_output o "
-            "                 WHERE o.pipeline_run_id = r.pipeline_run_id AND o.kind = 'table'), '{}') "
+            "                 WHERE o.pipeline_run_id = r.pipeline_run_id AND o.kind = 'table'), '{}'), "
+            "       r.params_hash "
             "FROM cbm.pipeline_run r WHERE r.run_id = %s "
             "ORDER BY r.dag_id, r.task_id, r.map_index NULLS FIRST, r.try_number NULLS FIRST, r.pipeline_run_id",
             (run_id,),
@@ -110,14 +113,11 @@ def run_report(conn: psycopg.Connection, run_id: str) -> RunReport:
         tasks.setdefault((row[1], row[2], row[3]), []).append(row)
     lines: list[TaskLine] = []
     by_table: dict[str, int] = {}
-    for (dag_id, task_id, map_index), tries in tasks.items():
-        last = tries[-1]
-        seconds = (last[9] - last[8]).total_seconds() if last[9] is not None else None
-        lines.append(TaskLine(dag_id, task_id, map_index, last[5], len(tries), last[6], last[7], seconds,
-                              int(last[11]), list(last[12])))
-        if last[6] == "success":
-            for table, n in (last[13] or {}).items():
-                by_table[table] = by_table.get(table, 0) + int(n or 0)
+    for (dag_id, task_id, map_index), task_rows in tasks.items():
+        line, written = _task_line(dag_id, task_id, map_index, task_rows)
+        lines.append(line)
+        for table, n in written.items():
+            by_table[table] = by_table.get(table, 0) + n
     started = min(row[8] for row in rows)
     running = sum(1 for line in lines if line.status == "running")
     finished = None if running else max(row[9] for row in rows if row[9] is not None)
@@ -130,6 +130,34 @@ def run_report(conn: psycopg.Connection, run_id: str) -> RunReport:
         rows_written=sum(by_table.values()), rows_by_table=dict(sorted(by_table.items())),
         code_versions=sorted({row[10] for row in rows}), tasks=lines,
     )
+
+
+def _task_line(dag_id: str, task_id: str, map_index: int | None,
+               rows: list[tuple[Any, ...]]) -> tuple[TaskLine, dict[str, int]]:
+    """One task instance from its pipeline runs (in try order); also the rows it wrote per table.
+
+    A task instance may hold several units of work, each with its own run per try (a
+    ``cbm_extract`` batch: one run per image). A unit is known by its parameters (the same in
+    every try); its last run says what became of it. The task's status is the worst of its
+    units' (running, then failed or abandoned, then success).
+    """
+    units: dict[Any, tuple[Any, ...]] = {}
+    for row in rows:  # ordered by try, then run id: the last run of a unit wins
+        units[row[14]] = row
+    last = list(units.values())
+    unfinished = [row for row in last if row[6] == "running"]
+    bad = [row for row in last if row[6] not in ("success", "running")]
+    decisive = unfinished[0] if unfinished else bad[0] if bad else last[-1]
+    seconds = None if any(row[9] is None for row in last) else sum((row[9] - row[8]).total_seconds() for row in last)
+    written: dict[str, int] = {}
+    for row in last:
+        if row[6] == "success":
+            for table, n in (row[13] or {}).items():
+                written[table] = written.get(table, 0) + int(n or 0)
+    tries = len({row[4] for row in rows}) if all(row[4] is not None for row in rows) else len(rows)
+    line = TaskLine(dag_id, task_id, map_index, decisive[5], tries, decisive[6], decisive[7], seconds,
+                    sum(int(row[11]) for row in last), [name for row in last for name in row[12]], units=len(last))
+    return line, written
 
 
 def write_run_report(report: RunReport, out_dir: Path) -> Path:
