@@ -311,10 +311,11 @@ def test_demo_aoi_through_the_containers_with_a_worker_killed(stack: Stack) -> N
     stack.timings["demo AOI (import, poll, extract with a worker killed)"] = time.monotonic() - t0
     assert [run["state"] for run in runs] == ["success"] * len(runs)
 
-    # the killed task was retried, on the surviving worker; one mapped task per image over all runs (a run
-    # started by a later asset event with nothing left to claim has only the unmapped placeholder, index -1)
+    # the killed task was retried, on the surviving worker; one mapped task per batch of images over all runs
+    # (small images share a batch; a run started by a later asset event with nothing left to claim has only
+    # the unmapped placeholder, index -1)
     instances = {(ti["dag_run_id"], ti["map_index"]): ti for ti in _extract_instances(api) if ti["map_index"] >= 0}
-    assert len(instances) == 2 * N_PER_SENSOR
+    assert 1 <= len(instances) <= 2 * N_PER_SENSOR
     retried = instances[killed_task]
     assert retried["state"] == "success" and retried["try_number"] >= 2
     assert retried["hostname"] != killed_host
