@@ -121,7 +121,7 @@ def import_cycles(package: Path) -> list[list[str]]:
 
 
 
-STATUS_CHANGES = ("register", "claim", "mark_done", "mark_failed", "reset")
+STATUS_CHANGES = ("register", "claim", "take_lease", "renew_lease", "mark_done", "mark_failed", "reset")
 
 
 def status_changers(package: Path) -> dict[str, list[str]]:
