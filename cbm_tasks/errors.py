@@ -13,6 +13,7 @@ __all__ = [
     "BandError",
     "CatalogueResponseError",
     "CbmError",
+    "ClaimLostError",
     "ClusterError",
     "ConfigError",
     "CorruptProductError",
@@ -81,6 +82,13 @@ class NotFoundError(BadInputError):
 
 class ProductNotFoundError(NotFoundError):
     """No catalogue record for the given product."""
+
+
+class ClaimLostError(BadInputError):
+    """The product is no longer this run's to work on (another run took it over, or it was finished or reset).
+
+    A retry of the same task cannot get it back; the product itself is not bad and is not marked failed.
+    """
 
 
 class StoreError(BadInputError):

@@ -41,9 +41,9 @@ atexit.register(_cleanup)
 @functools.cache
 def config() -> airflow_ctl.AirflowConfig:
     """The test deployment: the project's settings with a private home, database and port."""
-    base = airflow_ctl.default_config(port=free_port())
+    base = airflow_ctl.default_config(port=free_port(), executor="local")
     return dataclasses.replace(base, home=_HOME, metadata_db=_METADATA_DB, store_root=_HOME / "store",
-                               parallelism=2, max_active_tasks_per_dag=2)
+                               parallelism=2, max_active_tasks_per_dag=2, extract_pool_slots=2)
 
 
 def activate() -> airflow_ctl.AirflowConfig:

@@ -132,3 +132,43 @@ def test_a_busy_port_is_refused_before_anything_starts(cfg: airflow_ctl.AirflowC
         with pytest.raises(ServiceError, match=f"port {busy.port} on 127.0.0.1 is in use"):
             airflow_ctl.start(busy)
     assert not busy.run_dir.exists()
+
+
+def test_celery_deployment_config_broker_on_loopback_with_a_password(cfg: airflow_ctl.AirflowConfig) -> None:
+    celery = dataclasses.replace(cfg, executor="celery", celery_workers=3, worker_concurrency=2, redis_port=16399,
+                                 task_heartbeat_timeout_s=45)
+    assert celery.components == ("redis", "api-server", "scheduler", "dag-processor", "triggerer",
+                                 "celery-worker-1", "celery-worker-2", "celery-worker-3")
+    parsed = configparser.ConfigParser(interpolation=None)
+    parsed.read(airflow_ctl.write_config(celery))
+    password = airflow_ctl.broker_password(celery)
+    assert len(password) >= 24
+    assert parsed["core"]["executor"] == "CeleryExecutor"
+    assert parsed["celery"]["broker_url"] == f"redis://:{password}@127.0.0.1:16399/0"
+    assert parsed["celery"]["worker_concurrency"] == "2"
+    assert parsed["scheduler"]["task_instance_heartbeat_timeout"] == "45"
+    redis_conf = (celery.redis_dir / "redis.conf").read_text().splitlines()
+    assert (celery.redis_dir / "redis.conf").stat().st_mode & 0o777 == 0o600
+    for line in ("bind 127.0.0.1", "port 16399", 'save ""', "appendonly no", f"requirepass {password}"):
+        assert line in redis_conf
+    # the local default stays the LocalExecutor, and nothing of Celery's is written for it
+    parsed = configparser.ConfigParser(interpolation=None)
+    parsed.read(airflow_ctl.write_config(cfg))
+    assert parsed["core"]["executor"] == "LocalExecutor" and "celery" not in parsed
+    assert cfg.components == airflow_ctl.COMPONENTS
+
+
+def test_bad_celery_settings_are_refused(cfg: airflow_ctl.AirflowConfig) -> None:
+    with pytest.raises(ConfigError, match="executor must be one of local, celery, got 'kubernetes'"):
+        dataclasses.replace(cfg, executor="kubernetes")
+    with pytest.raises(ConfigError, match="celery_workers must be >= 1, got 0"):
+        dataclasses.replace(cfg, executor="celery", celery_workers=0)
+    with pytest.raises(ConfigError, match="redis_port .* got 18123"):
+        dataclasses.replace(cfg, executor="celery", redis_port=cfg.port)
+
+
+def test_cli_start_refuses_workers_without_celery(capsys: pytest.CaptureFixture[str]) -> None:
+    from cbm_tasks.cli import main
+
+    assert main(["airflow", "start", "--workers", "2"]) == 2
+    assert "--workers and --concurrency need --executor celery" in capsys.readouterr().err

@@ -85,15 +85,17 @@ def test_attempts_before_failed_are_the_readme_s(conn: psycopg.Connection) -> No
 
 
 def test_stale_claim_time_is_the_readme_s(conn: psycopg.Connection) -> None:
-    hours = int(re.search(r"dead worker is taken again after (\d+) hours", README_TEXT).group(1))  # type: ignore[union-attr]
+    hours = int(re.search(r"claimed but not started is held for (\d+) hours", README_TEXT).group(1))  # type: ignore[union-attr]
     (pid,) = registry.register(conn, _products(1), aoi="demo")
     assert registry.claim(conn, aoi="demo", worker="dead") == [pid]
-    conn.execute("UPDATE cbm.product_status SET claimed_at = now() - %s", (timedelta(hours=hours, minutes=-1),))
+    lease = conn.execute("SELECT lease_until - claimed_at FROM cbm.product_status").fetchone()[0]
+    assert lease == timedelta(hours=hours)  # the default claim lease
+    conn.execute("UPDATE cbm.product_status SET lease_until = now() + interval '1 minute'")
     conn.commit()
     assert registry.claim(conn, aoi="demo", worker="w2") == []  # a minute short: still the dead worker's
-    conn.execute("UPDATE cbm.product_status SET claimed_at = now() - %s", (timedelta(hours=hours, minutes=1),))
+    conn.execute("UPDATE cbm.product_status SET lease_until = now() - interval '1 minute'")
     conn.commit()
-    assert registry.claim(conn, aoi="demo", worker="w2") == [pid]  # the default stale time
+    assert registry.claim(conn, aoi="demo", worker="w2") == [pid]
 
 
 @pytest.mark.parametrize("limit", [0, -1])

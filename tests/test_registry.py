@@ -66,7 +66,7 @@ def test_stale_claims_are_reclaimed(conn: psycopg.Connection) -> None:
     (pid,) = registry.register(conn, [_product(1)], aoi="demo")
     assert registry.claim(conn, aoi="demo", worker="dead") == [pid]
     assert registry.claim(conn, aoi="demo", worker="w2") == []
-    conn.execute("UPDATE cbm.product_status SET claimed_at = now() - interval '3 hours'")
+    conn.execute("UPDATE cbm.product_status SET lease_until = now() - interval '1 second'")
     conn.commit()
     assert registry.claim(conn, aoi="demo", worker="w2", stale_after=timedelta(hours=2)) == [pid]
     assert conn.execute("SELECT claimed_by, attempts FROM cbm.product_status").fetchone() == ("w2", 2)

@@ -61,7 +61,7 @@ def _products(conn: psycopg.Connection, tmp_path: Path, aoi: str) -> list[int]:
 
 def _run_extract(conn: psycopg.Connection, aoi: str) -> list[int]:
     """What one cbm_extract run does: claim, then extract each claimed image."""
-    claimed = claim_ready(conn, aois=[aoi], worker="test/run")
+    claimed = claim_ready(conn, aois=[aoi], worker="cbm_extract/test")
     for claimed_aoi, product_id in claimed:
         run = lineage.RunContext(step="extract", dag_id="cbm_extract", run_id="test", task_id="extract",
                                  map_index=product_id, try_number=1)

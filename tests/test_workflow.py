@@ -74,7 +74,7 @@ def test_autumn_images_serve_the_next_season_and_others_are_skipped(
                      product_type="S2MSI2A", acquired_at=datetime(2017, 3, 1, tzinfo=UTC),
                      location=str(tmp_path / "absent"), footprint_wkt=aoi_footprint_wkt(conn, "demo"))
     (spring_id,) = registry.register(conn, [spring], aoi="demo")
-    claimed = workflow.claim_ready(conn, aois=["demo"], worker="test")
+    claimed = workflow.claim_ready(conn, aois=["demo"], worker="cbm_extract/test")
     assert len(claimed) == 3 and all(aoi == "demo" for aoi, _ in claimed)
     years = {pid: workflow.parcel_year(conn, pid, aoi="demo") for _, pid in claimed}
     assert years.pop(spring_id) is None
@@ -101,7 +101,8 @@ def test_bad_input_fails_at_once_and_transient_errors_keep_the_claim(
     _poll(conn, layout)
     ids = dict(conn.execute("SELECT product_type, product_id FROM cbm.product").fetchall())
     s2_id, s1_id = ids["S2MSI2A"], ids["CARD-BS"]
-    assert sorted(pid for _, pid in workflow.claim_ready(conn, aois=["demo"], worker="test")) == sorted(ids.values())
+    claimed = workflow.claim_ready(conn, aois=["demo"], worker="cbm_extract/test")
+    assert sorted(pid for _, pid in claimed) == sorted(ids.values())
     store = open_store(StoreConfig(kind="local", root=str(tmp_path)))
     s2 = registry.get_product(conn, s2_id)
     band = Path(s2.location) / "B04.tif"
@@ -131,7 +132,7 @@ def test_bad_input_fails_at_once_and_transient_errors_keep_the_claim(
     def too_slow(*args: object, **kwargs: object) -> int:
         raise TaskTimeout("Timeout, PID: 4242")
 
-    assert [pid for _, pid in workflow.claim_ready(conn, aois=["demo"], worker="test")] == [other]
+    assert [pid for _, pid in workflow.claim_ready(conn, aois=["demo"], worker="cbm_extract/test")] == [other]
     monkeypatch.setattr(obs, "replace_image_stats", too_slow)
     with pytest.raises(TaskTimeout):
         workflow.extract_claimed(conn, store, other, aoi="demo", run=RUN, last_try=True)
@@ -145,7 +146,7 @@ def test_execution_timeout_marks_the_lineage_run_failed(
     # Airflow's execution timeout is a BaseException: the cbm.pipeline_run row must not stay 'running'
     conn, layout = demo_db
     _poll(conn, layout)
-    ((_, product_id),) = [c for c in workflow.claim_ready(conn, aois=["demo"], worker="test")
+    ((_, product_id),) = [c for c in workflow.claim_ready(conn, aois=["demo"], worker="cbm_extract/test")
                           if registry.get_product(conn, c[1]).product_type == "S2MSI2A"][:1]
 
     class TaskTimeout(BaseException):

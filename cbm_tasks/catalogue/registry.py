@@ -10,7 +10,10 @@ A product is inserted once (unique ``uid``) and gets one status row per AOI it c
 S2 L2A and ready-made CARD products enter as ``ready``; raw Sentinel-1 products enter as
 ``new`` and become ``ready`` once their CARD products exist. Workers take work with
 :func:`claim`, which uses ``FOR UPDATE SKIP LOCKED`` so that two workers never take the same
-image, and reclaims claims older than ``stale_after`` (the worker died).
+image. A claim is a lease (``lease_until``): it starts as long as ``stale_after`` (the product
+may wait in its run's queue); the task working on the product takes it with
+:func:`take_lease` and keeps it short and renewed (:func:`renew_lease`) while it works, so the
+product of a dead worker is free again within a minute (ARCHITECTURE.md, "Claims and leases").
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import psycopg
 
 from cbm_tasks.aoi import aoi_id, ensure_aoi
 from cbm_tasks.catalogue.product import CARD_TYPES, Product
-from cbm_tasks.errors import ProductNotFoundError, TransientError
+from cbm_tasks.errors import ClaimLostError, ProductNotFoundError, TransientError
 
 __all__ = [
     "STATUSES",
@@ -38,8 +41,10 @@ __all__ = [
     "mark_failed",
     "register",
     "renew_claims",
+    "renew_lease",
     "reset",
     "status_counts",
+    "take_lease",
 ]
 
 log = logging.getLogger(__name__)
@@ -153,13 +158,14 @@ WITH picked AS (
     WHERE s.aoi_id = %(aoi_id)s
       AND (%(types)s::text[] IS NULL OR p.product_type = ANY(%(types)s::text[]))
       AND (s.status = %(from)s
-           OR (s.status = %(to)s AND s.claimed_at < now() - %(stale_after)s::interval))
+           OR (s.status = %(to)s AND coalesce(s.lease_until, s.claimed_at + %(stale_after)s::interval) < now()))
     ORDER BY p.acquired_at, s.product_id
     LIMIT %(limit)s
     FOR UPDATE OF s SKIP LOCKED
 )
 UPDATE cbm.product_status s
-SET status = %(to)s, claimed_by = %(worker)s, claimed_at = now(), attempts = s.attempts + 1, updated_at = now()
+SET status = %(to)s, claimed_by = %(worker)s, claimed_at = now(), attempts = s.attempts + 1, updated_at = now(),
+    lease_until = now() + %(stale_after)s::interval, leased_by = NULL
 FROM picked
 WHERE s.product_id = picked.product_id AND s.aoi_id = %(aoi_id)s
 RETURNING s.product_id
@@ -179,10 +185,11 @@ def claim(
 ) -> list[int]:
     """Claim up to *limit* products of *aoi* in *status*, moving them to *to*; return their ids.
 
-    Two concurrent claimers never get the same product (``SKIP LOCKED``). A product left in
-    *to* for longer than *stale_after* (its worker died) is claimed again. Each claim counts
-    as an attempt. Oldest acquisitions first. *product_types* limits the claim to those types
-    (raw Sentinel-1 and CARD jobs share the status ``new``).
+    Two concurrent claimers never get the same product (``SKIP LOCKED``). The claim's lease
+    is *stale_after*: a product left in *to* whose lease ran out (never started within
+    *stale_after*, or its worker stopped renewing the short lease of :func:`take_lease`) is
+    claimed again. Each claim counts as an attempt. Oldest acquisitions first. *product_types*
+    limits the claim to those types (raw Sentinel-1 and CARD jobs share the status ``new``).
     """
     status, to = _checked(status), _checked(to)
     if limit < 1:
@@ -198,6 +205,66 @@ def claim(
     return ids
 
 
+_TAKE_LEASE = """
+UPDATE cbm.product_status
+SET leased_by = %(holder)s, lease_until = now() + %(lease)s::interval, updated_at = now()
+WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s AND status = %(status)s
+  AND ((claimed_by = %(owner)s AND (leased_by IS NULL OR leased_by = %(holder)s)) OR lease_until < now())
+RETURNING claimed_by
+"""
+
+
+def take_lease(conn: psycopg.Connection, product_id: int, *, aoi: str, owner: str, holder: str, lease: timedelta,
+               status: str = ProductStatus.EXTRACTING) -> bool:
+    """Take the claim of a product for the task try *holder*, for *lease*; return False while another holds it.
+
+    The claim is taken when *owner* (the run that claimed it, ``claimed_by``) holds it and no other
+    try works on it yet, when *holder* holds it already, or when its lease ran out (whoever held it:
+    the claim passes to *owner*, which counts as an attempt). False means another try of *owner*
+    holds a live lease: wait for it to end or run out.
+
+    Raises:
+        ClaimLostError: the product is no longer claimed by *owner* with a live lease of another
+            run, or is not in *status* (it was finished, released or reset meanwhile); the message
+            says by whom and in which state.
+    """
+    status = _checked(status)
+    with conn.transaction():
+        params = {"product_id": product_id, "aoi_id": aoi_id(conn, aoi), "status": status, "owner": owner,
+                  "holder": holder, "lease": lease}
+        row = conn.execute(_TAKE_LEASE, params).fetchone()
+        if row is not None:
+            if row[0] != owner:  # a lapsed claim of another run: this run takes it over
+                conn.execute("UPDATE cbm.product_status SET claimed_by = %(owner)s, claimed_at = now(), "
+                             "attempts = attempts + 1 WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s",
+                             params)
+            return True
+        state = conn.execute(
+            "SELECT status, claimed_by, leased_by, lease_until > now() FROM cbm.product_status "
+            "WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s", params).fetchone()
+    if state is None:
+        raise ProductNotFoundError(f"product {product_id} is not registered for AOI {aoi!r}")
+    current, claimed_by, leased_by, live = state
+    if current == status and claimed_by == owner and live:
+        return False
+    raise ClaimLostError(f"product {product_id} (AOI {aoi!r}) is no longer {owner}'s to work on: it is "
+                         f"{current!r}, claimed by {claimed_by!r}, leased by {leased_by!r}")
+
+
+def renew_lease(conn: psycopg.Connection, product_id: int, *, aoi: str, holder: str, lease: timedelta,
+                status: str = ProductStatus.EXTRACTING) -> bool:
+    """Extend the lease *holder* has on a product to *lease* from now; return False when it holds it no more."""
+    with conn.transaction():
+        row = conn.execute(
+            "UPDATE cbm.product_status SET lease_until = now() + %(lease)s::interval "
+            "WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s AND status = %(status)s "
+            "AND leased_by = %(holder)s RETURNING product_id",
+            {"product_id": product_id, "aoi_id": aoi_id(conn, aoi), "status": _checked(status), "holder": holder,
+             "lease": lease},
+        ).fetchone()
+    return row is not None
+
+
 def _update_status(conn: psycopg.Connection, product_id: int, aoi: str, query: str, params: dict[str, Any]) -> None:
     with conn.transaction():
         params = {**params, "product_id": product_id, "aoi_id": aoi_id(conn, aoi)}
@@ -211,6 +278,7 @@ def mark_done(conn: psycopg.Connection, product_id: int, *, aoi: str, status: st
     _update_status(
         conn, product_id, aoi,
         "UPDATE cbm.product_status SET status = %(status)s, claimed_by = NULL, claimed_at = NULL, "
+        "lease_until = NULL, leased_by = NULL, "
         "last_error = NULL, updated_at = now() WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s",
         {"status": status},
     )
@@ -235,7 +303,8 @@ def mark_failed(
         row = conn.execute(
             "UPDATE cbm.product_status SET "
             "status = CASE WHEN %(permanent)s OR attempts >= %(max_attempts)s THEN %(failed)s ELSE %(retry)s END, "
-            "last_error = %(error)s, claimed_by = NULL, claimed_at = NULL, updated_at = now() "
+            "last_error = %(error)s, claimed_by = NULL, claimed_at = NULL, lease_until = NULL, leased_by = NULL, "
+            "updated_at = now() "
             "WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s RETURNING status",
             {"permanent": permanent, "max_attempts": max_attempts, "retry": _checked(retry_status),
              "failed": ProductStatus.FAILED.value, "error": error[-4000:],
@@ -253,27 +322,32 @@ def reset(conn: psycopg.Connection, product_id: int, *, aoi: str, status: str = 
     _update_status(
         conn, product_id, aoi,
         "UPDATE cbm.product_status SET status = %(status)s, attempts = 0, last_error = NULL, claimed_by = NULL, "
-        "claimed_at = NULL, updated_at = now() WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s",
+        "claimed_at = NULL, lease_until = NULL, leased_by = NULL, updated_at = now() "
+        "WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s",
         {"status": status},
     )
 
 
 def renew_claims(conn: psycopg.Connection, product_ids: Sequence[int], *, aoi: str, worker: str,
-                 status: str = ProductStatus.EXTRACTING) -> list[int]:
+                 status: str = ProductStatus.EXTRACTING, hold: timedelta = timedelta(hours=2)) -> list[int]:
     """Renew the claims *worker* still holds on *product_ids* of *aoi*; return those ids, ascending.
 
-    A held claim is in *status* with ``claimed_by = worker``; renewing it resets ``claimed_at``, so
-    that a batch of images extracted one after the other never goes stale (:func:`claim`'s
-    ``stale_after``) while it waits its turn. The ids not returned were finished (extracted,
-    skipped, failed, released) or taken over by another worker after their claim went stale:
-    they must not be worked on.
+    A held claim is in *status* with ``claimed_by = worker``; renewing it resets ``claimed_at`` and,
+    for an image no task try works on yet (no ``leased_by``), holds it for *hold* from now, so that
+    a batch of images extracted one after the other never goes stale (:func:`claim`'s
+    ``stale_after``) while it waits its turn. An image a try works on keeps that try's short lease
+    (:func:`take_lease`): a dead try's image is taken again when it runs out. The ids not returned
+    were finished (extracted, skipped, failed, released) or taken over by another worker after
+    their claim went stale: they must not be worked on.
     """
     with conn.transaction():
         rows = conn.execute(
-            "UPDATE cbm.product_status SET claimed_at = now() "
+            "UPDATE cbm.product_status SET claimed_at = now(), "
+            "lease_until = CASE WHEN leased_by IS NULL THEN now() + %(hold)s::interval ELSE lease_until END "
             "WHERE aoi_id = %(aoi_id)s AND product_id = ANY(%(ids)s) AND status = %(status)s "
             "AND claimed_by = %(worker)s RETURNING product_id",
-            {"aoi_id": aoi_id(conn, aoi), "ids": list(product_ids), "status": _checked(status), "worker": worker},
+            {"aoi_id": aoi_id(conn, aoi), "ids": list(product_ids), "status": _checked(status), "worker": worker,
+             "hold": hold},
         ).fetchall()
     return sorted(int(r[0]) for r in rows)
 

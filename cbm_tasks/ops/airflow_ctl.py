@@ -170,10 +170,19 @@ def _live_pid(cfg: AirflowConfig, component: str) -> int | None:
     try:
         pid_text, ticks = cfg.pid_file(component).read_text().split()
         pid = int(pid_text)
-        alive = _start_ticks(pid) == ticks and os.getsid(pid) == pid
+        alive = _start_ticks(pid) == ticks and os.getsid(pid) == pid and not _reaped_zombie(pid)
     except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
         return None
     return pid if alive else None
+
+
+def _reaped_zombie(pid: int) -> bool:
+    """True when *pid* has exited (a zombie, e.g. a killed component of this process); reaps it when it can."""
+    if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        return False
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return True
 
 
 def _known_components(cfg: AirflowConfig) -> list[str]:

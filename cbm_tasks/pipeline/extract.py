@@ -13,8 +13,10 @@ extraction side of the product state machine (``cbm.product_status``) is driven 
 - :func:`extract_claimed` extracts one claimed product and records the outcome: ``extracted``,
   ``skipped`` (no parcel inside), ``failed`` at once for bad input, and back to ``ready`` (or
   ``failed`` after the last attempt) when the last Airflow try of a transient error is spent.
-  Between tries the claim is kept, so no other run takes the product meanwhile; if the worker
-  dies, the claim goes stale and is taken again (``registry.claim(stale_after=...)``);
+  Between tries the claim is kept, so no other run takes the product meanwhile. While a try
+  works on the product it holds the claim's lease and renews it (:mod:`.lease`); if its worker
+  dies, the lease runs out within a minute and the retry of the task (on any worker) takes the
+  product again, or another run's claim does.
 - ``pipeline.extract_batch`` runs :func:`extract_claimed` for each image of a batch.
 """
 
@@ -34,6 +36,7 @@ from cbm_tasks.catalogue.registry import ProductStatus
 from cbm_tasks.errors import (
     BadInputError,
     CbmError,
+    ClaimLostError,
     ConfigError,
     NotFoundError,
     ProductNotFoundError,
@@ -42,6 +45,7 @@ from cbm_tasks.extraction import extract
 from cbm_tasks.extraction.label_cache import LabelCache
 from cbm_tasks.extraction.raster_io import RasterStore
 from cbm_tasks.pipeline.batches import TARGET_MEGAPIXELS, ExtractBatch, plan_batches, sized_image
+from cbm_tasks.pipeline.lease import LeaseKeeper, LeaseTerms
 
 __all__ = [
     "MAX_CLAIM",
@@ -255,23 +259,40 @@ def extract_claimed(
     run: lineage.RunContext,
     last_try: bool,
     label_cache: LabelCache | None = None,
+    lease: LeaseTerms | None = None,
 ) -> ExtractOutcome:
     """Extract one claimed product and record its new status.
+
+    The try holds the claim's lease while it works (:class:`~cbm_tasks.pipeline.lease.LeaseKeeper`):
+    a retry of a try whose worker died takes the product again once that lease has run out.
 
     Args:
         conn: CbM database (idle, not in a transaction).
         store: where the band files are.
         product_id: the claimed product.
         aoi: the AOI it was claimed for.
-        run: lineage of this try (written to ``cbm.pipeline_run`` by the extraction).
+        run: lineage of this try (written to ``cbm.pipeline_run`` by the extraction); its
+            ``<dag_id>/<run_id>`` is the claim's owner.
         last_try: no retry follows a failure of this call (Airflow's last try).
         label_cache: label rasters shared with the other tasks of the worker (same grid and
             parcel-set version: S2 tiles come back every few days); None rasterises anew.
+        lease: lease, heartbeat and wait of the claim; None = :class:`LeaseTerms` defaults.
 
     Raises:
         BadInputError: the product cannot be extracted (it is marked ``failed`` first).
+        ClaimLostError: the product is no longer this run's (taken over, finished or reset); nothing
+            is recorded for it.
         TransientError: may pass; the claim is kept for the next try, or released on the last.
     """
+    with LeaseKeeper(conn, product_id, aoi=aoi, run=run, terms=lease) as keeper:
+        outcome = _extract_leased(conn, store, product_id, aoi=aoi, run=run, last_try=last_try,
+                                  label_cache=label_cache, keeper=keeper)
+    return outcome
+
+
+def _extract_leased(conn: psycopg.Connection, store: RasterStore, product_id: int, *, aoi: str,
+                    run: lineage.RunContext, last_try: bool, label_cache: LabelCache | None,
+                    keeper: LeaseKeeper) -> ExtractOutcome:
     try:
         year = parcel_year(conn, product_id, aoi=aoi)
         if year is None:
@@ -289,9 +310,14 @@ def extract_claimed(
         # Anything else may pass on a retry: keep the claim unless no retry follows. BaseException
         # because Airflow's execution timeout is one: without this, an image whose last try timed
         # out would stay 'extracting' until its claim goes stale.
-        if last_try:
+        if last_try and not keeper.lost:
             release_after_failure(conn, product_id, aoi=aoi, error=f"{type(err).__name__}: {err}")
         raise
+    if keeper.lost:
+        # another try took the product over while this one ran: its rows replace these (one
+        # transaction per image), and it records the outcome
+        raise ClaimLostError(f"product {product_id} (AOI {aoi!r}): the lease of {keeper.holder} was taken over "
+                             "during the extraction; the new holder records the result")
     status = (ProductStatus.EXTRACTED if result.n_parcels > 0 else ProductStatus.SKIPPED).value
     registry.mark_done(conn, product_id, aoi=aoi, status=status)
     if status == ProductStatus.SKIPPED:

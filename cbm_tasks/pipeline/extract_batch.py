@@ -20,7 +20,7 @@ import psycopg
 from cbm_tasks import lineage
 from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.registry import ProductStatus
-from cbm_tasks.errors import BadInputError, TransientError
+from cbm_tasks.errors import BadInputError, ClaimLostError, TransientError
 from cbm_tasks.extraction.label_cache import LabelCache
 from cbm_tasks.extraction.raster_io import RasterStore
 from cbm_tasks.pipeline.batches import ExtractBatch
@@ -127,6 +127,8 @@ def extract_batch(
         try:
             outcomes.append(extract_claimed(conn, store, product_id, aoi=batch.aoi, run=run, last_try=last_try,
                                             label_cache=cache))
+        except ClaimLostError:  # another try or run took it over (its lease ran out): theirs to record
+            not_held.append(product_id)
         except BadInputError as err:  # marked failed by extract_claimed; the next image may be fine
             failed.append((product_id, f"{type(err).__name__}: {err}"))
         except Exception as err:  # kept for the retry (released on the last try), reported below
