@@ -94,3 +94,17 @@ def store_connection(root: Path) -> str:
 def project_dir() -> Path:
     """The checkout under test."""
     return settings.project_dir()
+
+
+def session_members(sid: int) -> list[int]:
+    """The live processes of session *sid* (an Airflow component started by ``airflow_ctl`` leads its own)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if os.getsid(int(entry.name)) == sid and state != "Z":
+                    members.append(int(entry.name))
+            except (ProcessLookupError, FileNotFoundError):
+                continue
+    return members

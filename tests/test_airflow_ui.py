@@ -4,7 +4,6 @@ see the CbM DAGs and a successful run, then stop everything without leaving a pr
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,22 +33,9 @@ def airflow(db_url: str, tmp_path: Path) -> Iterator[airflow_ctl.AirflowConfig]:
     finally:
         sessions = [s.pid for s in airflow_ctl.status(cfg) if s.pid is not None]
         airflow_ctl.stop(cfg)
-        left = [pid for sid in sessions for pid in _session_members(sid)]
+        left = [pid for sid in sessions for pid in airflow_testenv.session_members(sid)]
         assert left == [], f"processes left behind after stop: {left}"
         assert not any(s.running for s in airflow_ctl.status(cfg))
-
-
-def _session_members(sid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if os.getsid(int(entry.name)) == sid and state != "Z":
-                    members.append(int(entry.name))
-            except (ProcessLookupError, FileNotFoundError):
-                continue
-    return members
 
 
 @pytest.fixture

@@ -53,21 +53,8 @@ def celery_airflow(db_url: str, tmp_path: Path) -> Iterator[airflow_ctl.AirflowC
     finally:
         sessions = [s.pid for s in airflow_ctl.status(cfg) if s.pid is not None]
         airflow_ctl.stop(cfg)
-        left = [pid for sid in sessions for pid in _session_members(sid)]
+        left = [pid for sid in sessions for pid in airflow_testenv.session_members(sid)]
         assert left == [], f"processes left behind after stop: {left}"
-
-
-def _session_members(sid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if os.getsid(int(entry.name)) == sid and state != "Z":
-                    members.append(int(entry.name))
-            except (ProcessLookupError, FileNotFoundError):
-                continue
-    return members
 
 
 def _leases(db_url: str) -> dict[int, str]:
@@ -121,7 +108,8 @@ def test_extraction_on_two_celery_workers_survives_a_killed_worker(
         assert sorted(holders.values()) == sorted(workers.values())
         victim_product, victim_session = sorted(holders.items())[0]
         victim = next(name for name, pid in workers.items() if pid == victim_session)
-        for pid in _session_members(victim_session):  # the worker, its pool, the task supervisor and task
+        # the worker, its pool, the task supervisor and the task
+        for pid in airflow_testenv.session_members(victim_session):
             os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
         blocker.rollback()  # the surviving worker's extraction goes on

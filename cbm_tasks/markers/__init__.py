@@ -33,8 +33,9 @@ of S2 every 5 days plus S1 costs about 30 microseconds (492 SK plot-years in 16 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cbm_tasks.lazy import lazy_names
 
 if TYPE_CHECKING:
     from cbm_tasks.markers.engine import MARKERS, EventRow, MarkerResult, run_markers
@@ -68,11 +69,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY)
