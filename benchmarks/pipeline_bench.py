@@ -256,6 +256,7 @@ def run_executor(base: airflow_ctl.AirflowConfig, data: pipeline_data.BenchData,
         _set_variable(api, "cbm_label_cache", {"directory": str(store_root / "labels")},
                       "pipeline benchmark: this executor's label cache")
         api.wait_for_dags(_DAGS)
+        api.quiesce(_DAGS)  # runs or asset events left by an earlier session would run in this measurement
         for dag_id in _DAGS:
             api.set_paused(dag_id, paused=False)
         deadline = time.monotonic() + timeout_s

@@ -16,9 +16,11 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from cbm_tasks.ops import airflow_ctl, cluster, settings
+from cbm_tasks.ops.airflow_api import AirflowApi
 from cbm_tasks.ops.api_process import free_port
 
 _HOME = Path(tempfile.mkdtemp(prefix="cbm-airflow-test-"))
@@ -108,3 +110,17 @@ def session_members(sid: int) -> list[int]:
             except (ProcessLookupError, FileNotFoundError):
                 continue
     return members
+
+
+
+CBM_DAGS = ("cbm_catalogue", "cbm_s1_card", "cbm_extract", "cbm_markers", "cbm_audit")
+
+
+def quiesce(api: AirflowApi, dag_ids: Sequence[str] = CBM_DAGS) -> None:
+    """Leave the project's DAGs with nothing queued or running (``AirflowApi.quiesce``).
+
+    The tests share the session's metadata database: a run or an asset event an earlier test left
+    behind would start in the next test's deployment, and with ``max_active_runs=1`` hold that
+    test's own runs back until it times out.
+    """
+    api.quiesce(dag_ids)

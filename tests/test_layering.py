@@ -121,8 +121,8 @@ def import_cycles(package: Path) -> list[list[str]]:
 
 
 
-STATUS_CHANGES = ("register", "claim", "renew_claims", "take_lease", "renew_lease", "mark_done", "mark_failed",
-                  "reset")
+STATUS_CHANGES = ("register", "claim", "renew_claims", "take_lease", "renew_lease", "release_lease",
+                  "mark_done", "mark_failed", "reset")
 
 
 def status_changers(package: Path) -> dict[str, list[str]]:

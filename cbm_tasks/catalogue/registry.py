@@ -40,6 +40,7 @@ __all__ = [
     "mark_done",
     "mark_failed",
     "register",
+    "release_lease",
     "renew_claims",
     "renew_lease",
     "reset",
@@ -261,6 +262,25 @@ def renew_lease(conn: psycopg.Connection, product_id: int, *, aoi: str, holder: 
             "AND leased_by = %(holder)s RETURNING product_id",
             {"product_id": product_id, "aoi_id": aoi_id(conn, aoi), "status": _checked(status), "holder": holder,
              "lease": lease},
+        ).fetchone()
+    return row is not None
+
+
+def release_lease(conn: psycopg.Connection, product_id: int, *, aoi: str, holder: str,
+                  hold: timedelta = timedelta(hours=2), status: str = ProductStatus.EXTRACTING) -> bool:
+    """Give back the lease *holder* has on a product, keeping the claim of its run for *hold*.
+
+    A try that fails with an error it will be retried for (it is alive and knows it stops) frees
+    the product at once for its retry, instead of making the retry wait for the lease to run out.
+    Returns False when *holder* held no lease on it any more (nothing changed).
+    """
+    with conn.transaction():
+        row = conn.execute(
+            "UPDATE cbm.product_status SET leased_by = NULL, lease_until = now() + %(hold)s::interval "
+            "WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s AND status = %(status)s "
+            "AND leased_by = %(holder)s RETURNING product_id",
+            {"product_id": product_id, "aoi_id": aoi_id(conn, aoi), "status": _checked(status), "holder": holder,
+             "hold": hold},
         ).fetchone()
     return row is not None
 

@@ -120,6 +120,27 @@ class AirflowApi:
         self.request("PATCH", f"dags/{dag_id}", body={"is_paused": paused})
         log.info("dag=%s paused=%s", dag_id, paused)
 
+    def quiesce(self, dag_ids: Sequence[str]) -> None:
+        """Drop the queued asset events of *dag_ids* and fail their queued and running runs.
+
+        For a deployment about to be measured or tested from a clean state: a run left by an
+        interrupted earlier session would otherwise start (or, with ``max_active_runs=1``, hold
+        back the new runs) as soon as the DAG is unpaused.
+        """
+        for dag_id in dag_ids:
+            try:
+                self.request("DELETE", f"dags/{dag_id}/assets/queuedEvents")
+            except NotFoundError:  # none queued (or no such DAG)
+                pass
+            try:
+                active = self.request("GET", f"dags/{dag_id}/dagRuns",
+                                      query={"state": ["queued", "running"], "limit": 100})["dag_runs"]
+            except NotFoundError:
+                continue
+            for run in active:
+                self.request("PATCH", f"dags/{dag_id}/dagRuns/{run['dag_run_id']}", body={"state": "failed"})
+                log.info("dag=%s run_id=%s: %s run failed by quiesce", dag_id, run["dag_run_id"], run["state"])
+
     def trigger(self, dag_id: str, *, conf: dict[str, Any] | None = None) -> str:
         """Start a manual run of *dag_id* with *conf* as its params; return its run id."""
         run = self.request("POST", f"dags/{dag_id}/dagRuns", body={"logical_date": None, "conf": conf or {}})

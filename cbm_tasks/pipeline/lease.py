@@ -120,6 +120,14 @@ class LeaseKeeper:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if error is not None and not self.lost:
+            # this try stops on an error and will be retried: its retry needs not wait for the lease
+            # to run out. A dead connection cannot give it back: then it runs out (ARCHITECTURE.md)
+            try:
+                registry.release_lease(self._conn, self.product_id, aoi=self.aoi, holder=self.holder)
+            except (psycopg.Error, CbmError) as err:
+                log.warning("could not give back the lease of product=%s aoi=%s: %s", self.product_id, self.aoi,
+                            type(err).__name__)
 
     def _beat(self, dsn: str) -> None:
         """Renew the lease every ``renew_every`` until stopped; a failed renewal is tried again next beat."""
