@@ -255,15 +255,7 @@ def take_lease(conn: psycopg.Connection, product_id: int, *, aoi: str, owner: st
 def renew_lease(conn: psycopg.Connection, product_id: int, *, aoi: str, holder: str, lease: timedelta,
                 status: str = ProductStatus.EXTRACTING) -> bool:
     """Extend the lease *holder* has on a product to *lease* from now; return False when it holds it no more."""
-    with conn.transaction():
-        row = conn.execute(
-            "UPDATE cbm.product_status SET lease_until = now() + %(lease)s::interval "
-            "WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s AND status = %(status)s "
-            "AND leased_by = %(holder)s RETURNING product_id",
-            {"product_id": product_id, "aoi_id": aoi_id(conn, aoi), "status": _checked(status), "holder": holder,
-             "lease": lease},
-        ).fetchone()
-    return row is not None
+    return _change_lease(conn, product_id, aoi=aoi, holder=holder, status=status, keep_holder=True, until=lease)
 
 
 def release_lease(conn: psycopg.Connection, product_id: int, *, aoi: str, holder: str,
@@ -274,13 +266,20 @@ def release_lease(conn: psycopg.Connection, product_id: int, *, aoi: str, holder
     the product at once for its retry, instead of making the retry wait for the lease to run out.
     Returns False when *holder* held no lease on it any more (nothing changed).
     """
+    return _change_lease(conn, product_id, aoi=aoi, holder=holder, status=status, keep_holder=False, until=hold)
+
+
+def _change_lease(conn: psycopg.Connection, product_id: int, *, aoi: str, holder: str, status: str,
+                  keep_holder: bool, until: timedelta) -> bool:
+    # only while *holder* still holds the lease: a takeover by another try is never undone
     with conn.transaction():
         row = conn.execute(
-            "UPDATE cbm.product_status SET leased_by = NULL, lease_until = now() + %(hold)s::interval "
+            "UPDATE cbm.product_status SET lease_until = now() + %(until)s::interval, "
+            "leased_by = CASE WHEN %(keep)s THEN leased_by END "
             "WHERE product_id = %(product_id)s AND aoi_id = %(aoi_id)s AND status = %(status)s "
             "AND leased_by = %(holder)s RETURNING product_id",
             {"product_id": product_id, "aoi_id": aoi_id(conn, aoi), "status": _checked(status), "holder": holder,
-             "hold": hold},
+             "until": until, "keep": keep_holder},
         ).fetchone()
     return row is not None
 
