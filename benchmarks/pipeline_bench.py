@@ -145,13 +145,19 @@ def _wait_for_extraction(api: AirflowApi, data_url: str, *, since: datetime, n_i
                          deadline: float) -> list[dict[str, Any]]:
     """Wait until every image is in a final state and every cbm_extract run since *since* finished."""
     next_report = time.monotonic() + 30
+    settle = time.monotonic() + 20  # an asset-triggered run may take a few seconds to appear
     while True:
         runs = api.runs("cbm_extract", run_after_gte=since.isoformat())
         with db.connect(data_url, autocommit=True) as conn:
             counts = registry.status_counts(conn, aoi=pipeline_data.AOI)
         final = sum(n for status, n in counts.items() if status in _FINAL)
-        if runs and final >= n_images and all(run["state"] in ("success", "failed") for run in runs):
+        ended = bool(runs) and all(run["state"] in ("success", "failed") for run in runs)
+        if ended and final >= n_images:
             return runs
+        if ended and time.monotonic() > settle:
+            # every run has ended and nothing else will pick the images up: waiting longer is useless
+            states = {run["dag_run_id"]: api.task_states("cbm_extract", run["dag_run_id"]) for run in runs}
+            raise ServiceError(f"cbm_extract runs ended with images not done: images {counts}, runs {states}")
         if time.monotonic() > deadline:
             raise ServiceError(f"cbm_extract not finished in time: images {counts}, "
                                f"runs {[(r['dag_run_id'], r['state']) for r in runs]}")

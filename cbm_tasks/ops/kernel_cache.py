@@ -87,7 +87,9 @@ def kernel_modules() -> list[str]:
     Read, not imported: a list kept by hand went stale when a module was split, and its kernels
     were neither counted by ``cbm kernels warm`` nor checked by the tests.
     """
-    root = Path(__file__).resolve().parents[1]
+    from cbm_tasks.paths import REPO_ROOT
+
+    root = REPO_ROOT / "cbm_tasks"
     return sorted(f"cbm_tasks.{package}.{path.stem}" for package in KERNEL_PACKAGES
                   for path in (root / package).glob("*.py") if "\n@njit(" in path.read_text(encoding="utf-8"))
 
