@@ -1,5 +1,8 @@
 """Write marker runs, events, per-parcel lineage and traffic lights to PostGIS (``sql/011_marker_lineage.sql``).
 
+Each event names its images (``start_product``, ``main_product``, ``end_product``, ``evidence``;
+``sql/015_marker_event_products.sql``).
+
 Everything of one run is written by the caller's single transaction: the run row, then per batch
 of parcels binary ``COPY`` of events (``cbm.marker_event``), of the images each parcel's markers
 used and rejected (``cbm.marker_parcel``) and of the lights (``cbm.traffic_light``, after the
@@ -22,7 +25,7 @@ import psycopg
 
 from cbm_tasks.errors import MigrationError
 from cbm_tasks.markers.db_read import DbSeries
-from cbm_tasks.markers.engine import MARKERS, MarkerResult, sources_text
+from cbm_tasks.markers.engine import MARKERS, PRODUCT_ROLES, MarkerResult, evidence_lists, sources_text
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.traffic_light.evaluate import TrafficLight
 from cbm_tasks.traffic_light.rules import SchemeRules
@@ -92,6 +95,13 @@ def _dates(days: np.ndarray) -> list[Any]:
     return list((_EPOCH + np.floor(days).astype(np.int64)).astype(object))
 
 
+def _role_products(result: MarkerResult) -> tuple[list[int | None], ...]:
+    """Return (start, main, end) product id per event, None where none (``sql/015_marker_event_products.sql``)."""
+    products = result.products
+    main = np.where(products[:, 1] >= 0, products[:, 1], products[:, PRODUCT_ROLES.index("s1_date")])
+    return tuple([None if v < 0 else v for v in column.tolist()] for column in (products[:, 0], main, products[:, 2]))
+
+
 def _copy_events(cur: psycopg.Cursor[Any], marker_run_id: int, keys: np.ndarray, result: MarkerResult) -> int:
     parcel_key = keys[result.parcel].astype(np.int64).tolist()
     marker = [MARKERS[code] for code in result.marker.tolist()]
@@ -99,10 +109,13 @@ def _copy_events(cur: psycopg.Cursor[Any], marker_run_id: int, keys: np.ndarray,
     columns = zip(parcel_key, marker, result.seq.tolist(), _dates(result.start), _dates(result.main),
                   _dates(result.end), result.value.astype(np.float32).tolist(),
                   np.clip(result.confidence, 0.0, 1.0).astype(np.float32).tolist(),
-                  [sources[bits] for bits in result.sources.tolist()], strict=True)
+                  [sources[bits] for bits in result.sources.tolist()], *_role_products(result),
+                  evidence_lists(result.products), strict=True)
     with cur.copy("COPY cbm.marker_event (marker_run_id, parcel_key, marker, seq, event_start, main_date, "
-                  "event_end, value, confidence, sources) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(["int4", "int4", "text", "int2", "date", "date", "date", "float4", "float4", "text"])
+                  "event_end, value, confidence, sources, start_product, main_product, end_product, evidence) "
+                  "FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["int4", "int4", "text", "int2", "date", "date", "date", "float4", "float4", "text", "int4",
+                        "int4", "int4", "int4[]"])
         for row in columns:
             copy.write_row((marker_run_id, *row))
     return result.n_events
