@@ -125,9 +125,9 @@ def test_database_events_name_their_images(db_url: str, tmp_path: Path) -> None:
     named = [row for row in rows if row[4] is not None]
     assert {row[0] for row in named} >= {"mowing", "vegetation", "data_sufficiency"}
     assert len(named) >= len(rows) - 20  # only a season without any clear observation names no image
-    for marker, start, main, end, start_id, main_id, end_id, evidence, used, start_on, main_on, end_on in named:
+    for marker, start, main_date, end, start_id, main_id, end_id, evidence, used, start_on, main_on, end_on in named:
         assert (start_on, end_on) == (start, end), marker  # the images are those the dates come from
-        assert main_id is None or main_on == main, marker
+        assert main_id is None or main_on == main_date, marker
         assert evidence[0] == start_id and end_id in evidence and len(set(evidence)) == len(evidence)
         assert set(evidence) <= set(used), marker  # only images the run used (clear ones)
     mowing = [row for row in named if row[0] == "mowing"]

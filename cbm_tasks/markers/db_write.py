@@ -25,7 +25,7 @@ import psycopg
 
 from cbm_tasks.errors import MigrationError
 from cbm_tasks.markers.db_read import DbSeries
-from cbm_tasks.markers.engine import MARKERS, PRODUCT_ROLES, MarkerResult, evidence_lists, sources_text
+from cbm_tasks.markers.engine import MARKERS, MarkerResult, dated_products, evidence_lists, sources_text
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.traffic_light.evaluate import TrafficLight
 from cbm_tasks.traffic_light.rules import SchemeRules
@@ -97,9 +97,8 @@ def _dates(days: np.ndarray) -> list[Any]:
 
 def _role_products(result: MarkerResult) -> tuple[list[int | None], ...]:
     """Return (start, main, end) product id per event, None where none (``sql/015_marker_event_products.sql``)."""
-    products = result.products
-    main = np.where(products[:, 1] >= 0, products[:, 1], products[:, PRODUCT_ROLES.index("s1_date")])
-    return tuple([None if v < 0 else v for v in column.tolist()] for column in (products[:, 0], main, products[:, 2]))
+    dated = dated_products(result.products)
+    return tuple([None if v < 0 else v for v in dated[:, role].tolist()] for role in range(3))
 
 
 def _copy_events(cur: psycopg.Cursor[Any], marker_run_id: int, keys: np.ndarray, result: MarkerResult) -> int:

@@ -25,8 +25,8 @@ from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import PreparedSeries, prepare
 from cbm_tasks.markers.series import SeriesTable, group_offsets
 
-__all__ = ["MARKERS", "PRODUCT_ROLES", "EventRow", "MarkerResult", "evidence_lists", "markers_from_prepared",
-           "run_markers", "sources_text"]
+__all__ = ["MARKERS", "PRODUCT_ROLES", "EventRow", "MarkerResult", "dated_products", "evidence_lists",
+           "markers_from_prepared", "run_markers", "sources_text"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,16 @@ def evidence_lists(products: np.ndarray) -> list[list[int]]:
         for earlier in range(later):
             ids[ids[:, later] == ids[:, earlier], later] = -1
     return [[value for value in row if value >= 0] for row in ids.tolist()]
+
+
+def dated_products(products: np.ndarray) -> np.ndarray:
+    """Return (n, 3) the images dated start, main and end of each event (-1: none).
+
+    main is the S2 observation dated main_date, else the S1 coherence pair that dated it; a main date
+    between observations (a mowing's midpoint) has none.
+    """
+    main = np.where(products[:, 1] >= 0, products[:, 1], products[:, PRODUCT_ROLES.index("s1_date")])
+    return np.column_stack((products[:, 0], main, products[:, 2]))
 
 
 def _products(obs: np.ndarray, prepared: PreparedSeries) -> np.ndarray:
