@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from psycopg import sql
 from markers_series import HEADER, grass_rows, write_rows
 
 from cbm_tasks import lineage
 from cbm_tasks.cli import main
 from cbm_tasks.demo.series_seed import seed_parcel_set
 from cbm_tasks.markers.engine import PRODUCT_ROLES, evidence_lists, run_markers
+from cbm_tasks.markers.event_copy import COPY_COLUMNS, events_copy_payload
 from cbm_tasks.markers.params import load_params
 from cbm_tasks.markers.reader import SeriesFileError, read_series
 from cbm_tasks.markers.series import BAND_CODE, SOURCE_CODE, SeriesTable
@@ -123,6 +125,8 @@ def test_database_events_name_their_images(db_url: str, tmp_path: Path) -> None:
             "FROM cbm.marker_event e JOIN cbm.marker_parcel m USING (marker_run_id, parcel_key) "
             "ORDER BY e.parcel_key, e.marker, e.seq").fetchall()
     named = [row for row in rows if row[4] is not None]
+    unnamed = [row for row in rows if row[4] is None]
+    assert all(row[0] == "data_sufficiency" and row[5:8] == (None, None, []) for row in unnamed)
     assert {row[0] for row in named} >= {"mowing", "vegetation", "data_sufficiency"}
     assert len(named) >= len(rows) - 20  # only a season without any clear observation names no image
     for marker, start, main_date, end, start_id, main_id, end_id, evidence, used, start_on, main_on, end_on in named:
@@ -133,3 +137,16 @@ def test_database_events_name_their_images(db_url: str, tmp_path: Path) -> None:
     mowing = [row for row in named if row[0] == "mowing"]
     assert mowing and all(row[5] is None and row[4] != row[6] for row in mowing)
     assert all(timedelta(0) < row[3] - row[1] for row in mowing)
+
+
+def test_events_copy_stream_of_no_event_is_valid(db_url: str) -> None:
+    empty = run_markers(SeriesTable.from_arrays(parcel_id=np.zeros(0, np.int64), source=np.zeros(0, np.int8),
+                                                band=np.zeros(0, np.int8), obs_day=np.zeros(0), mean=np.zeros(0)),
+                        load_params(None))
+    assert empty.n_events == 0
+    query = sql.SQL("COPY cbm.marker_event ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)))
+    with psycopg.connect(db_url) as conn, conn.transaction(force_rollback=True), conn.cursor() as cur:
+        with cur.copy(query) as copy:
+            copy.write(events_copy_payload(1, np.zeros(0, np.int32), empty))
+        assert cur.rowcount == 0
