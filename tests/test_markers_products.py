@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
-from psycopg import sql
 from markers_series import HEADER, grass_rows, write_rows
+from psycopg import sql
 
 from cbm_tasks import lineage
 from cbm_tasks.cli import main
