@@ -280,7 +280,8 @@ def detect_mowing(prepared: PreparedSeries, params: MarkerParams, *, use_s1: boo
         use_s1: use Sentinel-1 coherence for the confidence when present (False: S2 only).
 
     Returns:
-        Events sorted by parcel and date; ``value`` is the NDVI drop.
+        Events sorted by parcel and date; ``value`` is the NDVI drop; ``obs`` the last high and first
+        low S2 observation and the coherence pairs that dated the cut or raised its confidence.
     """
     s2, coh = prepared.s2, prepared.coherence
     packed = np.array([params.get("mowing", name) for name in _PARAM_ORDER], np.float64)
