@@ -159,9 +159,10 @@ def build_world(conn: psycopg.Connection, store_root: Path) -> World:
         assert run is not None
         world.marker_run_id = int(run[0])
         conn.execute("INSERT INTO cbm.marker_event (marker_run_id, parcel_key, marker, seq, event_start, event_end, "
-                     "value, confidence, evidence) VALUES (%s, 1, 'mowing', 1, '2018-05-01', '2018-05-10', 0.3, 0.9, "
-                     "%s), (%s, 1, 'mowing', 2, '2018-06-01', '2018-06-15', 0.2, 0.7, %s)",
-                     (run[0], world.s2_products[:2], run[0], world.s2_products[1:]))
+                     "value, confidence, evidence, start_product, end_product) VALUES (%s, 1, 'mowing', 1, "
+                     "'2018-05-01', '2018-05-10', 0.3, 0.9, %s, %s, %s), (%s, 1, 'mowing', 2, '2018-06-01', "
+                     "'2018-06-15', 0.2, 0.7, %s, NULL, NULL)",
+                     (run[0], world.s2_products[:2], *world.s2_products[:2], run[0], world.s2_products[1:]))
         conn.execute("INSERT INTO cbm.traffic_light (parcel_set_id, parcel_key, scheme, colour, reason, "
                      "marker_run_ids) VALUES (%(s)s, 1, 'ECO-MOW', 'green', 'mowing detected', %(r)s), "
                      "(%(s)s, 1, 'BISS', 'yellow', 'too few cloud-free images', %(r)s), "

@@ -132,6 +132,8 @@ def test_markers_lights_and_summary(client: TestClient, world: World) -> None:
     assert [(m["marker"], m["seq"], m["event_start"], m["confidence"]) for m in markers] == [
         ("mowing", 1, "2018-05-01", pytest.approx(0.9)), ("mowing", 2, "2018-06-01", pytest.approx(0.7))]
     assert markers[0]["evidence"] == world.s2_products[:2]
+    assert (markers[0]["start_product"], markers[0]["main_product"], markers[0]["end_product"]) == (
+        world.s2_products[0], None, world.s2_products[1])  # the images its start and end dates come from
     lights = client.get("/v1/aois/alpha/2018/parcels/1/traffic-lights", auth=ann).json()["traffic_lights"]
     assert [(t["scheme"], t["colour"], t["reason"]) for t in lights] == [
         ("BISS", "yellow", "too few cloud-free images"), ("ECO-MOW", "green", "mowing detected")]

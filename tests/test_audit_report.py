@@ -56,6 +56,11 @@ def test_parcel_report_html_and_pdf(seeded_db: tuple[psycopg.Connection, Seeded]
     events = conn.execute("SELECT marker, main_date FROM cbm.marker_event WHERE parcel_key = %s", (key,)).fetchall()
     assert len(audit.events) == len(events) > 0
     assert all(str(main) in html for _, main in events)
+    # each event names the images its start and end dates come from
+    markers_table = html[html.index('<table id="markers">'):html.index("</table>", html.index('<table id="markers">'))]
+    bracketed = conn.execute("SELECT start_product, end_product FROM cbm.marker_event WHERE parcel_key = %s "
+                             "AND start_product IS NOT NULL AND end_product IS NOT NULL", (key,)).fetchall()
+    assert len(bracketed) > 0 and all(f"{start} &rarr; {end}" in markers_table for start, end in bracketed)
     # every product of the parcel's series, each with its extraction run
     products = conn.execute("SELECT DISTINCT pr.name FROM cbm.parcel_obs o JOIN cbm.product pr USING (product_id) "
                             "WHERE o.parcel_key = %s", (key,)).fetchall()
@@ -98,6 +103,15 @@ def test_verify_finds_nothing_then_exactly_the_altered_parcel(seeded_db: tuple[p
     assert clean.parcels_checked == 12 and clean.events_checked > 0 and clean.lights_checked >= 12
     assert clean.differences == ()
     parcel_id, key = _parcel_with_events(conn)
+    # an event that names another image than the one its date comes from is found
+    stored = conn.execute("UPDATE cbm.marker_event SET end_product = start_product WHERE parcel_key = %s "
+                          "AND marker = 'mowing' AND seq = 1 RETURNING start_product", (key,)).fetchone()
+    wrong = verify_parcel_set(conn, aoi=AOI, year=YEAR, parcel_id=parcel_id).differences
+    assert [(d.what, d.field) for d in wrong] == [("event mowing#1", "images")]
+    assert f"end {stored[0]} evidence" in wrong[0].stored and f"end {stored[0]} evidence" not in wrong[0].recomputed
+    conn.execute("UPDATE cbm.marker_event SET end_product = evidence[2] WHERE parcel_key = %s "
+                 "AND marker = 'mowing' AND seq = 1", (key,))  # a mowing's evidence: start, end (, S1 pairs)
+    assert verify_parcel_set(conn, aoi=AOI, year=YEAR, parcel_id=parcel_id).differences == ()
     # one clear Sentinel-2 observation of the parcel in June: its NIR mean becomes its red mean (NDVI 0)
     product_id, bands = conn.execute(
         "SELECT pr.product_id, e.bands FROM cbm.marker_parcel m CROSS JOIN LATERAL unnest(m.obs_used) AS u(product_id) "

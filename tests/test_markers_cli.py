@@ -52,7 +52,8 @@ def test_run_writes_events_and_lights_identically_twice(tmp_path: Path) -> None:
                       ("cloudy", "grassland_mowing"): ("yellow", "NO_DATA")}
     events = _read(tmp_path / "a" / "events.csv")
     assert list(events[0]) == ["parcel_id", "marker", "seq", "start_date", "main_date", "end_date", "confidence",
-                               "value", "sources"]
+                               "value", "sources", "products"]  # a contract: columns are only appended
+    assert {e["products"] for e in events} == {""}  # the series has no product_id column
     mowing = [e for e in events if e["marker"] == "mowing"]
     assert [(e["parcel_id"], e["seq"], e["sources"]) for e in mowing] == [("cut", "1", "s2")]
     assert mowing[0]["start_date"] <= mowing[0]["main_date"] <= mowing[0]["end_date"]

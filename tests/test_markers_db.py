@@ -44,8 +44,8 @@ def _rows(db_url: str) -> dict[str, list[tuple[Any, ...]]]:
     with psycopg.connect(db_url) as conn:
         return {
             "events": conn.execute(
-                "SELECT parcel_key, marker, seq, event_start, main_date, event_end, value, confidence, sources "
-                "FROM cbm.marker_event ORDER BY 1, 2, 3").fetchall(),
+                "SELECT parcel_key, marker, seq, event_start, main_date, event_end, value, confidence, sources, "
+                "start_product, main_product, end_product, evidence FROM cbm.marker_event ORDER BY 1, 2, 3").fetchall(),
             "lineage": conn.execute(
                 "SELECT parcel_key, n_used, n_rejected, obs_used, obs_rejected FROM cbm.marker_parcel "
                 "ORDER BY 1").fetchall(),
@@ -259,7 +259,7 @@ def test_database_series_equals_the_cores_own_grouping(db_url: str, seeded: Seed
     reference = SeriesTable.from_arrays(
         parcel_id=got.parcel[shuffled], source=got.source[shuffled], band=got.band[shuffled],
         obs_day=got.obs_day[shuffled], mean=got.mean[shuffled], orbit=got.orbit[shuffled],
-        scl_bad_share=got.scl_bad_share[shuffled])
-    for name in ("offsets", "parcel", "source", "band", "obs_day", "mean", "orbit", "scl_bad_share"):
+        scl_bad_share=got.scl_bad_share[shuffled], product_id=got.product_id[shuffled])
+    for name in ("offsets", "parcel", "source", "band", "obs_day", "mean", "orbit", "scl_bad_share", "product_id"):
         np.testing.assert_array_equal(getattr(got, name), getattr(reference, name), err_msg=name)
     assert got.n_parcels == N_PARCELS and set(np.unique(got.band).tolist()) == {0, 2, 6, 8, 10, 11}

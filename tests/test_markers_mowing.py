@@ -162,6 +162,7 @@ def test_kernels_match_plain_references() -> None:
     assert len(compiled[0]) > 3
     np.testing.assert_array_equal(compiled[0], python[0])
     np.testing.assert_allclose(compiled[1], python[1])
+    np.testing.assert_array_equal(compiled[2], python[2])  # the observations that prove each event
     year = np.full(len(day), 2021, np.int32)
     crop_params = np.array([0.5, 0.25, 0.0, 0.6, 0.4, 0.25, 0.35, 91, 273, 15, 45, 152, 319, 60, 304], np.float64)
     bsi = rng.uniform(-0.2, 0.2, len(day))

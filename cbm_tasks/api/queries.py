@@ -306,14 +306,17 @@ def parcel_markers(conn: psycopg.Connection, ps: ParcelSet, key: int) -> list[di
 
     The current run is the parcel's latest in ``cbm.marker_parcel`` (incremental runs cover some
     parcels only; older runs are kept while a light points at them), else the latest with events.
+    Each event names its images: ``start_product`` / ``main_product`` / ``end_product`` (the images
+    its dates come from) and ``evidence`` (all of them, then the S1 pairs; ``sql/015_marker_event_products.sql``).
 
     Raises:
         NotFoundError: no parcel *key*.
     """
     _check_parcel(conn, ps, key)
     rows = conn.execute(
-        "SELECT m.marker, m.marker_run_id, r.created_at, m.seq, m.event_start, m.event_end, m.value, m.confidence, "
-        "m.evidence, m.detail FROM cbm.marker_event m JOIN cbm.marker_run r USING (marker_run_id) "
+        "SELECT m.marker, m.marker_run_id, r.created_at, m.seq, m.event_start, m.main_date, m.event_end, m.value, "
+        "m.confidence, m.sources, m.start_product, m.main_product, m.end_product, m.evidence, m.detail "
+        "FROM cbm.marker_event m JOIN cbm.marker_run r USING (marker_run_id) "
         "WHERE r.parcel_set_id = %(set)s AND m.parcel_key = %(key)s AND m.marker_run_id = coalesce("
         "(SELECT max(p.marker_run_id) FROM cbm.marker_parcel p JOIN cbm.marker_run r2 USING (marker_run_id) "
         "WHERE r2.parcel_set_id = %(set)s AND p.parcel_key = %(key)s), "
@@ -322,8 +325,8 @@ def parcel_markers(conn: psycopg.Connection, ps: ParcelSet, key: int) -> list[di
         "ORDER BY m.marker, m.event_start NULLS LAST, m.seq",
         {"set": ps.parcel_set_id, "key": key},
     ).fetchall()
-    names = ("marker", "marker_run_id", "run_at", "seq", "event_start", "event_end", "value", "confidence",
-             "evidence", "detail")
+    names = ("marker", "marker_run_id", "run_at", "seq", "event_start", "main_date", "event_end", "value",
+             "confidence", "sources", "start_product", "main_product", "end_product", "evidence", "detail")
     return [dict(zip(names, row, strict=True)) for row in rows]
 
 

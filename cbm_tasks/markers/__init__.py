@@ -13,12 +13,14 @@ Public API (stable; the database path and the ``cbm_markers`` DAG build on it):
   (``.band_stats``, ``.class_counts``) or its batches. Lower level, without Arrow:
   :meth:`SeriesTable.from_arrays` (parcel ids or integer keys, source / band codes from ``SOURCE_CODE`` /
   ``BAND_CODE``, ``obs_day`` in days since 1970-01-01 UTC, ``mean``, optional ``clear_fraction``,
-  ``orbit`` and ``scl_bad_share``; :func:`scl_bad_share_from_counts` turns SCL class counts into the latter).
+  ``orbit``, ``scl_bad_share`` and ``product_id``; :func:`scl_bad_share_from_counts` turns SCL class counts
+  into ``scl_bad_share``).
 * :func:`load_params` (path | None) -> :class:`MarkerParams` (shipped ``marker_params.yaml``
   overridden by a user file; ``.hash`` and ``.version`` for lineage).
 * :func:`run_markers` (series, params, use_s1=True) -> :class:`MarkerResult`: all events as arrays
-  (``.rows()`` yields :class:`EventRow` for CSV or COPY), per-parcel clear-observation days, and the
-  numbers of S2 observations used and rejected.
+  (``.rows()`` yields :class:`EventRow` for CSV or COPY) with the product ids of the images that prove
+  each (``.products``), per-parcel clear-observation days, and the numbers of S2 observations used
+  and rejected.
 * :func:`cbm_tasks.traffic_light.evaluate_lights` (result, rules, crops=, aoi=, year=) -> lights.
 * :func:`cbm_tasks.markers.writer.write_events`, :func:`cbm_tasks.markers.plot.plot_parcel`.
 * :func:`cbm_tasks.markers.validation.match_events`: MODCiX scoring against ground truth.

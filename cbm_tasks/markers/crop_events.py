@@ -16,6 +16,11 @@ All work on the valid Sentinel-2 NDVI of each parcel and calendar year (sections
 * ``data_sufficiency``: one per parcel and year over the mowing season: value = clear
   observations, start / end = first / last of them, main = middle of the longest gap,
   confidence = 1 for a longest gap <= ``data.good_gap_days`` falling to 0 at ``data.max_gap_days``.
+
+Each event names the S2 observations its dates come from (``EventArrays.obs``): vegetation the first
+observation above the threshold, the peak and the last; bare soil the first and last of its run;
+harvest and emergence the observations before and after the change; data sufficiency the first and
+last clear observation of the season.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from cbm_tasks.markers.mowing import EventArrays
+from cbm_tasks.markers.mowing import EventArrays, empty_obs
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import S2Series
 
@@ -35,8 +40,11 @@ CROP_MARKERS = ("vegetation", "bare_soil", "harvest", "emergence", "data_suffici
 @njit(cache=True, nogil=True)
 def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, year: np.ndarray,
                         ndvi: np.ndarray, bsi: np.ndarray, valid: np.ndarray,
-                        p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Events of the markers in CROP_MARKERS; returns (parcel, marker index, rows[start, main, end, conf, value])."""
+                        p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Events of the markers in CROP_MARKERS.
+
+    Returns (parcel, marker index, rows[start, main, end, conf, value], obs[start, main, end] as S2 rows, -1 none).
+    """
     (veg_peak, bare_max, bare_bsi, harv_peak, harv_after, harv_drop, emerg, season_start, season_end,
      good_gap, max_gap, harv_first, harv_last, emerg_first, emerg_last) = (
         p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14])
@@ -44,6 +52,7 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
     out_parcel = np.empty(cap, np.int32)
     out_marker = np.empty(cap, np.int8)
     out = np.empty((cap, 5), np.float64)
+    out_obs = np.empty((cap, 3), np.int64)
     n_out = 0
     idx = np.empty(len(day), np.int64)
     for parcel in range(len(offsets) - 1):
@@ -62,16 +71,19 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
             lo = seg_end
             # data sufficiency over the season
             n_season, first, last, prev, gap, gap_mid = 0, -1.0, -1.0, -1.0, 0.0, -1.0
+            first_row, last_row = -1, -1
             for k in range(n):
                 r = idx[k]
                 if season_start <= doy[r] <= season_end:
                     if prev < 0:
                         first = day[r]
+                        first_row = r
                     elif day[r] - prev > gap:
                         gap = day[r] - prev
                         gap_mid = 0.5 * (day[r] + prev)
                     prev = day[r]
                     last = day[r]
+                    last_row = r
                     n_season += 1
             year_start = day[lo - 1] - doy[lo - 1]  # day number of 31 Dec of the previous year (+ fraction)
             start_day = np.floor(year_start) + season_start
@@ -84,6 +96,7 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                 out[n_out, 2] = end_day
                 out[n_out, 3] = 0.0
                 out[n_out, 4] = 0.0
+                out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = -1, -1, -1
                 n_out += 1
             else:
                 if first - start_day > gap:  # a season that starts or ends without observations
@@ -99,6 +112,7 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                 out[n_out, 2] = last
                 out[n_out, 3] = min(max((max_gap - gap) / max(max_gap - good_gap, 1e-6), 0.0), 1.0)
                 out[n_out, 4] = n_season
+                out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = first_row, -1, last_row
                 n_out += 1
             if n == 0:
                 continue
@@ -122,6 +136,7 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                 out[n_out, 2] = day[idx[k1]]
                 out[n_out, 3] = min(0.5 + 0.25 * (n_above - 1) + (ndvi[idx[peak_k]] - veg_peak), 1.0)
                 out[n_out, 4] = ndvi[idx[peak_k]]
+                out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = idx[k0], idx[peak_k], idx[k1]
                 n_out += 1
             # bare soil runs
             k = 0
@@ -145,6 +160,7 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                 out[n_out, 2] = day[idx[k]]
                 out[n_out, 3] = (0.6 if k == k0 else 0.85) + (0.15 if bsi_ok else 0.0)
                 out[n_out, 4] = low
+                out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = idx[k0], idx[k0], idx[k]
                 n_out += 1
                 k += 1
             # harvest after the peak of the year
@@ -166,6 +182,7 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                         out[n_out, 2] = t1
                         out[n_out, 3] = min(max(1.0 - (t1 - t0 - 10.0) / 40.0, 0.3), 1.0)
                         out[n_out, 4] = ndvi[idx[top]] - ndvi[r]
+                        out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = idx[k - 1], -1, r
                         n_out += 1
                         break
             # emergence: first upward crossing after a bare observation
@@ -185,9 +202,10 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                     out[n_out, 2] = day[r]
                     out[n_out, 3] = min(max(1.0 - (day[r] - day[r0] - 10.0) / 40.0, 0.3), 1.0)
                     out[n_out, 4] = ndvi[r]
+                    out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = r0, -1, r
                     n_out += 1
                     break
-    return out_parcel[:n_out], out_marker[:n_out], out[:n_out]
+    return out_parcel[:n_out], out_marker[:n_out], out[:n_out], out_obs[:n_out]
 
 
 _PARAM_ORDER = (("vegetation", "min_peak_ndvi"), ("bare_soil", "max_ndvi"), ("bare_soil", "min_bsi"),
@@ -216,12 +234,14 @@ def detect_crop_events(s2: S2Series, params: MarkerParams) -> dict[str, EventArr
         marker name -> events sorted by parcel and date; ``sources`` is S2 (1) for all.
     """
     packed = np.array([params.get(section, key) for section, key in _PARAM_ORDER], np.float64)
-    parcel, marker, rows = _crop_events_kernel(s2.offsets, s2.day, s2.doy.astype(np.float64), s2.year, s2.ndvi,
-                                               bare_soil_index(s2.bands), s2.valid, packed)
+    parcel, marker, rows, s2_obs = _crop_events_kernel(s2.offsets, s2.day, s2.doy.astype(np.float64), s2.year,
+                                                       s2.ndvi, bare_soil_index(s2.bands), s2.valid, packed)
+    obs = empty_obs(len(parcel))
+    obs[:, :3] = s2_obs  # S2 only: no coherence pair
     out = {}
     for code, name in enumerate(CROP_MARKERS):
         pick = np.flatnonzero(marker == code)
         pick = pick[np.lexsort((rows[pick, 1], parcel[pick]))]
         out[name] = EventArrays(parcel[pick], rows[pick, 0], rows[pick, 1], rows[pick, 2], rows[pick, 3],
-                                rows[pick, 4], np.ones(len(pick), np.int32))
+                                rows[pick, 4], np.ones(len(pick), np.int32), obs[pick])
     return out

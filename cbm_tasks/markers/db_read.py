@@ -260,7 +260,7 @@ def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products
         parcel_ids=keys.astype(str), offsets=group_offsets(parcel, len(keys)), parcel=parcel,
         source=source[keep].astype(np.int8), band=band[keep].astype(np.int8),
         obs_day=day_of[product_index[keep]], mean=mean[keep], clear_fraction=np.full(int(keep.sum()), np.nan),
-        orbit=orbit_of[product_index[keep]], scl_bad_share=scl[keep])
+        orbit=orbit_of[product_index[keep]], scl_bad_share=scl[keep], product_id=row_product[keep].astype(np.int64))
     obs_product = row_product[first]
     log.info("markers read parcel_set=%d parcels=%d rows=%d observations=%d images=%d seconds=%.2f",
              parcel_set_id, len(keys), len(row_key), len(first), len(np.unique(obs_product)),

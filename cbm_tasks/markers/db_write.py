@@ -1,5 +1,8 @@
 """Write marker runs, events, per-parcel lineage and traffic lights to PostGIS (``sql/011_marker_lineage.sql``).
 
+Each event names its images (``start_product``, ``main_product``, ``end_product``, ``evidence``;
+``sql/015_marker_event_products.sql``).
+
 Everything of one run is written by the caller's single transaction: the run row, then per batch
 of parcels binary ``COPY`` of events (``cbm.marker_event``), of the images each parcel's markers
 used and rejected (``cbm.marker_parcel``) and of the lights (``cbm.traffic_light``, after the
@@ -19,10 +22,12 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import sql
 
 from cbm_tasks.errors import MigrationError
 from cbm_tasks.markers.db_read import DbSeries
-from cbm_tasks.markers.engine import MARKERS, MarkerResult, sources_text
+from cbm_tasks.markers.engine import MARKERS, MarkerResult
+from cbm_tasks.markers.event_copy import COPY_COLUMNS, events_copy_payload
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.traffic_light.evaluate import TrafficLight
 from cbm_tasks.traffic_light.rules import SchemeRules
@@ -31,8 +36,6 @@ __all__ = ["BatchCounts", "collect_garbage", "delete_lights", "finish_marker_run
            "start_marker_run", "write_batch"]
 
 log = logging.getLogger(__name__)
-
-_EPOCH = np.datetime64("1970-01-01", "D")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,23 +91,12 @@ def delete_lights(cur: psycopg.Cursor[Any], parcel_set_id: int, parcel_keys: np.
     return cur.rowcount
 
 
-def _dates(days: np.ndarray) -> list[Any]:
-    return list((_EPOCH + np.floor(days).astype(np.int64)).astype(object))
-
-
 def _copy_events(cur: psycopg.Cursor[Any], marker_run_id: int, keys: np.ndarray, result: MarkerResult) -> int:
-    parcel_key = keys[result.parcel].astype(np.int64).tolist()
-    marker = [MARKERS[code] for code in result.marker.tolist()]
-    sources = {bits: sources_text(bits) for bits in np.unique(result.sources).tolist()}
-    columns = zip(parcel_key, marker, result.seq.tolist(), _dates(result.start), _dates(result.main),
-                  _dates(result.end), result.value.astype(np.float32).tolist(),
-                  np.clip(result.confidence, 0.0, 1.0).astype(np.float32).tolist(),
-                  [sources[bits] for bits in result.sources.tolist()], strict=True)
-    with cur.copy("COPY cbm.marker_event (marker_run_id, parcel_key, marker, seq, event_start, main_date, "
-                  "event_end, value, confidence, sources) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(["int4", "int4", "text", "int2", "date", "date", "date", "float4", "float4", "text"])
-        for row in columns:
-            copy.write_row((marker_run_id, *row))
+    """COPY (binary) the events with the images that prove them, encoded by NumPy (:mod:`.event_copy`)."""
+    query = sql.SQL("COPY cbm.marker_event ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.SQL(", ").join(sql.Identifier(column) for column in COPY_COLUMNS))
+    with cur.copy(query) as copy:
+        copy.write(events_copy_payload(marker_run_id, keys, result))
     return result.n_events
 
 

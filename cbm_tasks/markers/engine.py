@@ -4,6 +4,10 @@
 crop-event kernels and returns a :class:`MarkerResult`: all events as flat arrays plus, per parcel,
 the observations used and rejected (lineage) and the days of the clear S2 observations (the
 traffic light's data-sufficiency test needs them per scheme window).
+
+Each event names the images that prove it (``MarkerResult.products``): the kernels return row
+indices of the observations they used (:class:`~cbm_tasks.markers.mowing.EventArrays` ``obs``),
+mapped here to product ids in one NumPy gather per sensor.
 """
 
 from __future__ import annotations
@@ -16,16 +20,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from cbm_tasks.markers.crop_events import CROP_MARKERS, detect_crop_events
-from cbm_tasks.markers.mowing import SOURCE_BITS, EventArrays, detect_mowing
+from cbm_tasks.markers.mowing import OBS_S1_DATE, SOURCE_BITS, EventArrays, detect_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import PreparedSeries, prepare
 from cbm_tasks.markers.series import SeriesTable, group_offsets
 
-__all__ = ["MARKERS", "EventRow", "MarkerResult", "markers_from_prepared", "run_markers", "sources_text"]
+__all__ = ["MARKERS", "PRODUCT_ROLES", "EventRow", "MarkerResult", "dated_products", "evidence_lists",
+           "markers_from_prepared", "run_markers", "sources_text"]
 
 log = logging.getLogger(__name__)
 
 MARKERS = ("mowing", *CROP_MARKERS)
+# columns of MarkerResult.products: the S2 images dated start / main / end, the S1 coherence pair that
+# dated main (a cut inside a long S2 gap) and the one that raised the confidence (short grass after it)
+PRODUCT_ROLES = ("start", "main", "end", "s1_date", "s1_support")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +49,7 @@ class EventRow:
     confidence: float
     value: float
     sources: str
+    products: str  # ids of the images that prove the event, ';'-joined (evidence_lists order); '' when unknown
 
 
 def sources_text(bits: int) -> str:
@@ -59,6 +68,8 @@ class MarkerResult:
         start, main, end: float64 (n,), days since 1970-01-01 UTC.
         confidence, value: float64 (n,).
         sources: int32 (n,), ``SOURCE_BITS`` mask.
+        products: int64 (n, 5), product ids of the images behind each event by ``PRODUCT_ROLES``,
+            -1 where the role has no image or the input gave no product ids.
         clear_offsets, clear_day: the valid S2 observation days of parcel p are
             ``clear_day[clear_offsets[p]:clear_offsets[p + 1]]``.
         n_used, n_rejected: int32 (n_parcels,), S2 observations used / rejected (clouds, dips, NaN).
@@ -75,6 +86,7 @@ class MarkerResult:
     confidence: np.ndarray
     value: np.ndarray
     sources: np.ndarray
+    products: np.ndarray
     clear_offsets: np.ndarray
     clear_day: np.ndarray
     n_used: np.ndarray
@@ -93,10 +105,42 @@ class MarkerResult:
         confidence = np.round(self.confidence, 3).tolist()
         value = np.round(self.value, 4).tolist()
         texts = {int(bits): sources_text(int(bits)) for bits in np.unique(self.sources)}
+        products = [";".join(map(str, ids)) for ids in evidence_lists(self.products)]
         for i, (marker, seq, bits) in enumerate(zip(self.marker.tolist(), self.seq.tolist(), self.sources.tolist(),
                                                      strict=True)):
             yield EventRow(parcel_ids[i], MARKERS[marker], seq, dates[0][i], dates[1][i], dates[2][i],
-                           confidence[i], value[i], texts[bits])
+                           confidence[i], value[i], texts[bits], products[i])
+
+
+def evidence_lists(products: np.ndarray) -> list[list[int]]:
+    """Return per event the distinct product ids of *products* (n, 5), in ``PRODUCT_ROLES`` order, without -1."""
+    ids = products.copy()
+    for later in range(1, ids.shape[1]):  # an image in two roles (bare soil: start = main) is named once
+        for earlier in range(later):
+            ids[ids[:, later] == ids[:, earlier], later] = -1
+    return [[value for value in row if value >= 0] for row in ids.tolist()]
+
+
+def dated_products(products: np.ndarray) -> np.ndarray:
+    """Return (n, 3) the images dated start, main and end of each event (-1: none).
+
+    main is the S2 observation dated main_date, else the S1 coherence pair that dated it; a main date
+    between observations (a mowing's midpoint) has none.
+    """
+    main = np.where(products[:, 1] >= 0, products[:, 1], products[:, PRODUCT_ROLES.index("s1_date")])
+    return np.column_stack((products[:, 0], main, products[:, 2]))
+
+
+def _products(obs: np.ndarray, prepared: PreparedSeries) -> np.ndarray:
+    """Map observation rows (``EventArrays.obs``) to product ids: S2 columns, then coherence columns."""
+    products = np.full(obs.shape, -1, np.int64)
+    for columns, product in ((slice(0, OBS_S1_DATE), prepared.s2.product),
+                             (slice(OBS_S1_DATE, None), prepared.coherence.product)):
+        rows = obs[:, columns]
+        named = rows >= 0
+        if len(product) and named.any():
+            products[:, columns] = np.where(named, product[np.where(named, rows, 0)], -1)
+    return products
 
 
 def _date_strings(days: np.ndarray) -> list[str]:
@@ -109,7 +153,7 @@ def _combine(parcel_ids: np.ndarray, per_marker: dict[str, EventArrays]) -> tupl
     parcel = np.concatenate([events.parcel for _, events in parts]).astype(np.int32)
     marker = np.concatenate([np.full(len(events.parcel), code, np.int32) for code, events in parts])
     fields = [np.concatenate([getattr(events, name) for _, events in parts])
-              for name in ("start", "main", "end", "confidence", "value", "sources")]
+              for name in ("start", "main", "end", "confidence", "value", "sources", "obs")]
     # parcels in id order (parcel_ids are sorted), then marker order, then date
     order = np.lexsort((fields[1], marker, parcel))
     parcel, marker = parcel[order], marker[order]
@@ -125,15 +169,16 @@ def markers_from_prepared(prepared: PreparedSeries, params: MarkerParams, *, use
     """Run all markers on already prepared series (see :func:`run_markers`)."""
     per_marker = {"mowing": detect_mowing(prepared, params, use_s1=use_s1),
                   **detect_crop_events(prepared.s2, params)}
-    parcel, marker, seq, start, main, end, confidence, value, sources = _combine(prepared.parcel_ids, per_marker)
+    parcel, marker, seq, start, main, end, confidence, value, sources, obs = _combine(prepared.parcel_ids,
+                                                                                       per_marker)
     s2 = prepared.s2
     owner = np.repeat(np.arange(prepared.n_parcels), np.diff(s2.offsets))
     valid_owner = owner[s2.valid]
     n_used = np.bincount(valid_owner, minlength=prepared.n_parcels).astype(np.int32)
     n_rejected = (np.diff(s2.offsets) - n_used).astype(np.int32)
     return MarkerResult(prepared.parcel_ids, parcel, marker, seq, start, main, end, confidence, value,
-                        sources.astype(np.int32), group_offsets(valid_owner, prepared.n_parcels),
-                        s2.day[s2.valid], n_used, n_rejected, params)
+                        sources.astype(np.int32), _products(obs, prepared),
+                        group_offsets(valid_owner, prepared.n_parcels), s2.day[s2.valid], n_used, n_rejected, params)
 
 
 def run_markers(series: SeriesTable, params: MarkerParams, *, use_s1: bool = True) -> MarkerResult:

@@ -20,7 +20,10 @@ Method (S2, per parcel, valid observations only; ``mowing`` section of the param
    observation can tell) + ``s1_bonus`` when Sentinel-1 coherence rises after the cut (short,
    stable grass: Tamm 2016, Sen4CAP L4B coherence test) by ``min_coherence_rise``.
 
-The kernel returns flat arrays (one row per event); :func:`detect_mowing` validates its inputs.
+The kernel returns flat arrays (one row per event) and, per event, the rows of the observations
+that prove it (``EventArrays.obs``): the last high and the first low S2 observation, the coherence
+pair that dated the cut inside a long gap, and the first pair after the cut when coherence raised
+the confidence. :func:`detect_mowing` validates its inputs.
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ from numba import njit
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import PreparedSeries
 
-__all__ = ["SOURCE_BITS", "EventArrays", "detect_mowing"]
+__all__ = ["OBS_END", "OBS_MAIN", "OBS_S1_DATE", "OBS_S1_SUPPORT", "OBS_START", "SOURCE_BITS", "EventArrays",
+           "detect_mowing", "empty_obs"]
 
 SOURCE_BITS = {"s2": 1, "bs": 2, "coh": 4}  # bitmask of the sensors an event used
+OBS_START, OBS_MAIN, OBS_END, OBS_S1_DATE, OBS_S1_SUPPORT = range(5)  # columns of EventArrays.obs
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,10 @@ class EventArrays:
         confidence: float64 (n,) in [0, 1].
         value: float64 (n,), the signal measure of the marker (e.g. the NDVI drop).
         sources: int32 (n,), bitmask of ``SOURCE_BITS``.
+        obs: int64 (n, 5), the observations that prove the event, -1 where none: rows of the
+            prepared S2 series (columns ``OBS_START``, ``OBS_MAIN``, ``OBS_END``: the observations
+            dated start_date, main_date, end_date) and of the coherence series (``OBS_S1_DATE``:
+            the pair that dated main_date; ``OBS_S1_SUPPORT``: the pair that raised the confidence).
     """
 
     parcel: np.ndarray
@@ -57,6 +66,12 @@ class EventArrays:
     confidence: np.ndarray
     value: np.ndarray
     sources: np.ndarray
+    obs: np.ndarray
+
+
+def empty_obs(n: int) -> np.ndarray:
+    """Return an ``EventArrays.obs`` block of *n* events that name no observation (all -1)."""
+    return np.full((n, 5), -1, np.int64)
 
 
 @njit(cache=True, nogil=True)
@@ -79,9 +94,18 @@ def _coherence_rise_kernel(day: np.ndarray, vv: np.ndarray, lo: int, hi: int, st
 
 
 @njit(cache=True, nogil=True)
+def _first_pair_after_kernel(day: np.ndarray, vv: np.ndarray, lo: int, hi: int, end: float, window: float) -> int:
+    """Row of the first coherence pair in [*end*, *end* + *window*] (the after side of the rise), -1 when none."""
+    for row in range(lo, hi):
+        if np.isfinite(vv[row]) and end <= day[row] <= end + window:
+            return row
+    return -1
+
+
+@njit(cache=True, nogil=True)
 def _coherence_date_kernel(day: np.ndarray, vv: np.ndarray, interval: np.ndarray, lo: int, hi: int, start: float,
-                           end: float, min_rise: float) -> float:
-    """Date of a cut inside a long S2 gap from coherence, NaN when coherence cannot tell.
+                           end: float, min_rise: float) -> tuple[float, int]:
+    """Date of a cut inside a long S2 gap from coherence and the pair's row; (NaN, -1) when coherence cannot tell.
 
     Pairs before the gap give the tall-grass level; the first pair starting inside the gap whose
     coherence is at least *min_rise* above it was taken on short grass, so the cut lies within the
@@ -93,19 +117,22 @@ def _coherence_date_kernel(day: np.ndarray, vv: np.ndarray, interval: np.ndarray
             base_sum += vv[row]
             base_n += 1
     if base_n == 0:
-        return np.nan
+        return np.nan, -1
     baseline = base_sum / base_n
     for row in range(lo, hi):
         if np.isfinite(vv[row]) and start < day[row] <= end and vv[row] >= baseline + min_rise:
-            return float(min(max(day[row] - 0.5 * max(interval[row], 6.0), start), end))
-    return np.nan
+            return float(min(max(day[row] - 0.5 * max(interval[row], 6.0), start), end)), row
+    return np.nan, -1
 
 
 @njit(cache=True, nogil=True)
 def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: np.ndarray, red: np.ndarray,
                    valid: np.ndarray, coh_offsets: np.ndarray, coh_day: np.ndarray, coh_vv: np.ndarray,
-                   coh_interval: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mowing events of every parcel; *p* packs the parameters in the order of ``_PARAM_ORDER``."""
+                   coh_interval: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mowing events of every parcel: (parcel, rows, obs as in ``EventArrays.obs``).
+
+    *p* packs the parameters in the order of ``_PARAM_ORDER``.
+    """
     (season_start, season_end, min_drop, strong_drop, min_rel, min_before, min_spacing, max_events,
      max_bracket, min_recovery, recovery_window, coh_window, min_coh_rise, w_drop, w_bracket, w_rec,
      base, s1_bonus, min_step, lookback, settle, require_recovery, min_step_share, min_emit, min_after,
@@ -115,9 +142,11 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
     cap = len(day) + 1  # at most one event per step between observations
     out_parcel = np.empty(cap, np.int32)
     out = np.empty((cap, 6), np.float64)  # start, main, end, confidence, value, sources
+    out_obs = np.empty((cap, 5), np.int64)
     n_out = 0
     idx = np.empty(len(day), np.int64)
     cand = np.empty((len(day), 6), np.float64)
+    cand_obs = np.empty((len(day), 5), np.int64)
     strength = np.empty(len(day), np.float64)
     for parcel in range(len(offsets) - 1):
         n = 0
@@ -176,18 +205,22 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
                 continue  # a drop that stays down is senescence, drought, ploughing or harvest
             confidence = base + w_drop * c_drop + w_bracket * c_bracket + w_rec * c_rec
             sources = 1.0
+            s1_date_row, s1_support_row = -1, -1
             rise = _coherence_rise_kernel(coh_day, coh_vv, coh_offsets[parcel], coh_offsets[parcel + 1],
                                           t0, t1, coh_window)
             if np.isfinite(rise):
                 sources = 5.0
                 if rise >= min_coh_rise:
                     confidence += s1_bonus
+                    s1_support_row = _first_pair_after_kernel(coh_day, coh_vv, coh_offsets[parcel],
+                                                              coh_offsets[parcel + 1], t1, coh_window)
             if t1 - t0 > refine_gap:
-                refined = _coherence_date_kernel(coh_day, coh_vv, coh_interval, coh_offsets[parcel],
-                                                 coh_offsets[parcel + 1], t0, t1, min_coh_rise)
+                refined, refined_row = _coherence_date_kernel(coh_day, coh_vv, coh_interval, coh_offsets[parcel],
+                                                              coh_offsets[parcel + 1], t0, t1, min_coh_rise)
                 if np.isfinite(refined):
                     main = refined
                     sources = 5.0
+                    s1_date_row = refined_row
             if confidence < min_emit:
                 continue
             cand[n_cand, 0] = t0
@@ -196,6 +229,11 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
             cand[n_cand, 3] = min(confidence, 1.0)
             cand[n_cand, 4] = drop
             cand[n_cand, 5] = sources
+            cand_obs[n_cand, 0] = idx[k - 1]
+            cand_obs[n_cand, 1] = -1
+            cand_obs[n_cand, 2] = idx[k]
+            cand_obs[n_cand, 3] = s1_date_row
+            cand_obs[n_cand, 4] = s1_support_row
             strength[n_cand] = drop + step  # among the steps of one cut, the steepest holds the date
             n_cand += 1
         if n_cand == 0:
@@ -219,8 +257,9 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
             if kept[j]:
                 out_parcel[n_out] = parcel
                 out[n_out, :] = cand[j, :]
+                out_obs[n_out, :] = cand_obs[j, :]
                 n_out += 1
-    return out_parcel[:n_out], out[:n_out]
+    return out_parcel[:n_out], out[:n_out], out_obs[:n_out]
 
 
 _PARAM_ORDER = ("season_start_doy", "season_end_doy", "min_drop", "strong_drop", "min_relative_drop",
@@ -241,13 +280,14 @@ def detect_mowing(prepared: PreparedSeries, params: MarkerParams, *, use_s1: boo
         use_s1: use Sentinel-1 coherence for the confidence when present (False: S2 only).
 
     Returns:
-        Events sorted by parcel and date; ``value`` is the NDVI drop.
+        Events sorted by parcel and date; ``value`` is the NDVI drop; ``obs`` the last high and first
+        low S2 observation and the coherence pairs that dated the cut or raised its confidence.
     """
     s2, coh = prepared.s2, prepared.coherence
     packed = np.array([params.get("mowing", name) for name in _PARAM_ORDER], np.float64)
     coh_offsets = coh.offsets if use_s1 else np.zeros(prepared.n_parcels + 1, np.int64)
     red = np.ascontiguousarray(s2.bands[:, 1])
-    parcel, rows = _mowing_kernel(s2.offsets, s2.day, s2.doy.astype(np.float64), s2.ndvi, red, s2.valid,
-                                  coh_offsets, coh.day, coh.vv, coh.interval_days, packed)
+    parcel, rows, obs = _mowing_kernel(s2.offsets, s2.day, s2.doy.astype(np.float64), s2.ndvi, red, s2.valid,
+                                       coh_offsets, coh.day, coh.vv, coh.interval_days, packed)
     return EventArrays(parcel, rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].copy(), rows[:, 3].copy(),
-                       rows[:, 4].copy(), rows[:, 5].astype(np.int32))
+                       rows[:, 4].copy(), rows[:, 5].astype(np.int32), obs)

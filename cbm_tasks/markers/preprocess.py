@@ -47,6 +47,7 @@ class S2Series:
         clear: float64 (n,), clear share used (NaN when unknown).
         valid: bool (n,), usable for markers.
         cloud_dip: bool (n,), rejected as a dip the cloud mask missed.
+        product: int64 (n,), the image of the observation (its first band row's), -1 when unknown.
     """
 
     offsets: np.ndarray
@@ -58,6 +59,7 @@ class S2Series:
     clear: np.ndarray
     valid: np.ndarray
     cloud_dip: np.ndarray
+    product: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ class S1Series:
         orbit: int32 (n,), relative orbit or -1.
         vv, vh: float64 (n,); backscatter in dB, coherence 0-1.
         interval_days: float64 (n,), 6 or 12 for coherence, 0 for backscatter.
+        product: int64 (n,), the image of the observation, -1 when unknown.
     """
 
     offsets: np.ndarray
@@ -78,6 +81,7 @@ class S1Series:
     vv: np.ndarray
     vh: np.ndarray
     interval_days: np.ndarray
+    product: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +239,7 @@ def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     offsets = group_offsets(parcel, series.n_parcels)
     dip = cloud_dips(offsets, day, ndvi, valid, params=params, haze=haze)
     doy, year = _day_of_year(day)
-    return S2Series(offsets, day, doy, year, values, ndvi, clear, valid & ~dip, dip)
+    return S2Series(offsets, day, doy, year, values, ndvi, clear, valid & ~dip, dip, series.product_id[rows[first]])
 
 
 def _s1(series: SeriesTable, sources: tuple[str, ...], *, to_db: bool) -> S1Series:
@@ -248,7 +252,7 @@ def _s1(series: SeriesTable, sources: tuple[str, ...], *, to_db: bool) -> S1Seri
         with np.errstate(invalid="ignore", divide="ignore"):
             values = np.where(values > 0, 10.0 * np.log10(values), np.nan)
     return S1Series(group_offsets(parcel, series.n_parcels), day, orbit, values[:, 0].copy(), values[:, 1].copy(),
-                    interval)
+                    interval, series.product_id[rows[first]])
 
 
 def prepare(series: SeriesTable, params: MarkerParams) -> PreparedSeries:

@@ -4,7 +4,8 @@ Accepted files: ``.csv``, ``.csv.gz`` and ``.parquet``, one row per parcel, obse
 
 * required columns: ``parcel_id, obs_time, source, band, mean``;
 * optional: ``clear_fraction`` (share of clear pixels, 0-1), ``orbit`` (S1 relative orbit),
-  ``count, std, min, max, p25, p50, p75, product_id`` (read and not needed by the markers).
+  ``product_id`` (integer image id: the events name the images that show them),
+  ``count, std, min, max, p25, p50, p75`` (read and not needed by the markers).
 
 ``source`` is ``s2 | bs | c6 | c12`` or a catalogue product type (S2MSI2A, CARD-BS, CARD-COH6,
 CARD-COH12). Values are physical units (S2 reflectance 0-1, S1 linear backscatter, coherence 0-1).
@@ -239,7 +240,7 @@ def series_from_arrow(band_stats: pa.Table, class_counts: pa.Table | None = None
 
     Args:
         band_stats: columns ``parcel_id, obs_time, source, band, mean`` (+ optional
-            ``clear_fraction``, ``orbit``); ``obs_time`` a timestamp or ISO 8601 strings.
+            ``clear_fraction``, ``orbit``, ``product_id``); ``obs_time`` a timestamp or ISO 8601 strings.
         class_counts: ``parcel_id, obs_time, band, class, count`` (S2 SCL), or None.
         name: the input's name in messages (file path or ``aoi/year``).
 
@@ -267,6 +268,7 @@ def series_from_arrow(band_stats: pa.Table, class_counts: pa.Table | None = None
                               f"expected a value in [0, 1], got {clear[bad_clear[0]]}")
     orbit = (np.nan_to_num(band_stats.column("orbit").to_numpy(zero_copy_only=False).astype(np.float64), nan=-1.0)
              if "orbit" in columns else np.full(len(mean), -1.0))
+    product_id = _product_ids(name, band_stats) if "product_id" in columns else None
     if band_stats.num_rows and not usable.any():
         raise SeriesFileError(f"time-series file {name}: no row has a known source (s2, bs, c6, c12 or "
                               f"{', '.join(PRODUCT_TYPES)}) and band ({', '.join(BAND_CODE)})")
@@ -274,7 +276,19 @@ def series_from_arrow(band_stats: pa.Table, class_counts: pa.Table | None = None
     return SeriesTable.from_arrays(
         parcel_id=parcel_id[usable], source=source[usable], band=band[usable],
         obs_day=obs_us[usable] / 86_400e6, mean=mean[usable], clear_fraction=clear[usable],
-        orbit=orbit[usable], scl_bad_share=scl[usable])
+        orbit=orbit[usable], scl_bad_share=scl[usable],
+        product_id=None if product_id is None else product_id[usable])
+
+
+def _product_ids(name: str, band_stats: pa.Table) -> np.ndarray:
+    """Return the ``product_id`` column as int64, -1 where empty; a fraction or negative id is an error."""
+    values = band_stats.column("product_id").to_numpy(zero_copy_only=False).astype(np.float64)
+    given = ~np.isnan(values)
+    bad = np.flatnonzero(given & ((values < 0) | (values != np.floor(values)) | (values >= 2.0**63)))
+    if len(bad):
+        raise SeriesFileError(f"time-series file {name}: line {int(bad[0]) + 2}, column 'product_id': expected an "
+                              f"integer image id >= 0, got {values[bad[0]]}")
+    return np.where(given, values, -1.0).astype(np.int64)
 
 
 def read_series(path: Path) -> SeriesTable:

@@ -74,6 +74,8 @@ class SeriesTable:
         orbit: int32 (n,), relative orbit (S1), -1 when not given.
         scl_bad_share: float64 (n,), share of the parcel's SCL pixels in ``SCL_BAD_CLASSES``
             for the S2 observation of this row, NaN when no class counts were given.
+        product_id: int64 (n,), the image (catalogue product id) of the row, -1 when not given;
+            events name the images of their observations by it (``MarkerResult.products``).
     """
 
     parcel_ids: np.ndarray
@@ -86,10 +88,11 @@ class SeriesTable:
     clear_fraction: np.ndarray
     orbit: np.ndarray
     scl_bad_share: np.ndarray
+    product_id: np.ndarray
 
     def __post_init__(self) -> None:
         n = len(self.parcel)
-        for name in ("source", "band", "obs_day", "mean", "clear_fraction", "orbit", "scl_bad_share"):
+        for name in ("source", "band", "obs_day", "mean", "clear_fraction", "orbit", "scl_bad_share", "product_id"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"SeriesTable.{name} has {len(getattr(self, name))} rows, parcel has {n}")
         if len(self.offsets) != len(self.parcel_ids) + 1:
@@ -109,7 +112,7 @@ class SeriesTable:
     @classmethod
     def from_arrays(cls, *, parcel_id: np.ndarray, source: np.ndarray, band: np.ndarray, obs_day: np.ndarray,
                     mean: np.ndarray, clear_fraction: np.ndarray | None = None, orbit: np.ndarray | None = None,
-                    scl_bad_share: np.ndarray | None = None) -> SeriesTable:
+                    scl_bad_share: np.ndarray | None = None, product_id: np.ndarray | None = None) -> SeriesTable:
         """Build a table from unsorted row arrays (source and band as codes of SOURCE_CODE / BAND_CODE).
 
         Parcel ids may be strings or integers (e.g. the database's parcel keys: much faster to
@@ -117,12 +120,14 @@ class SeriesTable:
 
         Duplicated (parcel, source, orbit, time to the millisecond, band) rows are reduced to the
         first one, so a file listing an observation twice counts it once. Parcel keys must be
-        below 2^21 distinct values per table (batch a country by parcel ranges).
+        below 2^21 distinct values per table (batch a country by parcel ranges). ``product_id``
+        (integer image ids, -1 or None when unknown) is carried along and not used for grouping.
         """
         n = len(parcel_id)
         clear_fraction = np.full(n, np.nan) if clear_fraction is None else clear_fraction.astype(np.float64)
         orbit = np.full(n, -1, np.int32) if orbit is None else orbit.astype(np.int32)
         scl_bad_share = np.full(n, np.nan) if scl_bad_share is None else scl_bad_share.astype(np.float64)
+        product_id = np.full(n, -1, np.int64) if product_id is None else product_id.astype(np.int64)
         if parcel_id.dtype.kind in "iu" and n and bool(np.all(parcel_id[1:] >= parcel_id[:-1])):
             # integer keys in order (the database reads by parcel_key): group without sorting
             change = np.ones(n, bool)
@@ -160,4 +165,5 @@ class SeriesTable:
             clear_fraction=clear_fraction[order],
             orbit=orbit[order],
             scl_bad_share=scl_bad_share[order],
+            product_id=product_id[order],
         )

@@ -18,8 +18,9 @@ from cbm_tasks.markers.engine import EventRow
 
 __all__ = ["EVENT_COLUMNS", "LIGHT_COLUMNS", "read_crops", "write_csv", "write_events"]
 
+# a contract read by external checks: columns are only ever appended
 EVENT_COLUMNS = ("parcel_id", "marker", "seq", "start_date", "main_date", "end_date", "confidence", "value",
-                 "sources")
+                 "sources", "products")
 LIGHT_COLUMNS = ("parcel_id", "scheme", "colour", "reason")
 
 
@@ -41,10 +42,15 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
 
 
 def write_events(path: Path, events: Iterable[EventRow]) -> int:
-    """Write events.csv (EVENT_COLUMNS; dates YYYY-MM-DD, confidence 3 and value 4 decimals)."""
+    """Write events.csv (EVENT_COLUMNS; dates YYYY-MM-DD, confidence 3 and value 4 decimals).
+
+    ``products`` lists the ids of the images that prove the event, ``;``-joined: the S2 images dated
+    start, main and end, then the S1 coherence pairs that dated or confirmed it (``PRODUCT_ROLES``);
+    it is empty when the time series had no ``product_id`` column.
+    """
     return write_csv(path, EVENT_COLUMNS, (
         (e.parcel_id, e.marker, e.seq, e.start_date, e.main_date, e.end_date, f"{e.confidence:.3f}",
-         f"{e.value:.4f}", e.sources) for e in events))
+         f"{e.value:.4f}", e.sources, e.products) for e in events))
 
 
 def read_crops(path: Path, *, column: str = "crop_code") -> dict[str, str]:

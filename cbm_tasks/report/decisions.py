@@ -45,6 +45,10 @@ class MarkerEventRecord:
     value: float | None
     confidence: float | None
     sources: str
+    start_product: int | None = None  # the images the dates come from (sql/015_marker_event_products.sql)
+    main_product: int | None = None
+    end_product: int | None = None
+    evidence: tuple[int, ...] = ()  # every image behind the event: start, main, end, then S1 pairs
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +99,15 @@ def events(conn: psycopg.Connection, *, marker_run_id: int,
            parcel_keys: list[int] | None = None) -> list[MarkerEventRecord]:
     """Return the events of a marker run (of *parcel_keys* only, when given), by parcel, marker and seq."""
     rows = conn.execute(
-        "SELECT marker_run_id, parcel_key, marker, seq, event_start, main_date, event_end, value, confidence, sources "
-        "FROM cbm.marker_event WHERE marker_run_id = %s AND (%s::integer[] IS NULL OR parcel_key = ANY(%s::integer[])) "
+        "SELECT marker_run_id, parcel_key, marker, seq, event_start, main_date, event_end, value, confidence, sources, "
+        "start_product, main_product, end_product, evidence FROM cbm.marker_event "
+        "WHERE marker_run_id = %s AND (%s::integer[] IS NULL OR parcel_key = ANY(%s::integer[])) "
         "ORDER BY parcel_key, marker, seq",
         (marker_run_id, parcel_keys, parcel_keys),
     ).fetchall()
     return [MarkerEventRecord(int(r[0]), int(r[1]), str(r[2]), int(r[3]), r[4], r[5], r[6],
-                              None if r[7] is None else float(r[7]), None if r[8] is None else float(r[8]), str(r[9]))
+                              None if r[7] is None else float(r[7]), None if r[8] is None else float(r[8]), str(r[9]),
+                              r[10], r[11], r[12], tuple(int(i) for i in r[13] or ()))
             for r in rows]
 
 

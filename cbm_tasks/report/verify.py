@@ -4,7 +4,8 @@ For every parcel of a set (or one parcel) the current marker run is found; its p
 the rules of its lights are rebuilt from what was recorded (and their hashes checked); the time
 series is read as the run read it and the markers and lights computed again with this code. Every
 difference from the stored rows is listed: a missing or extra event, a changed date, value or
-confidence, a changed light, or a changed count of observations used and rejected. Zero
+confidence, changed images behind an event (events stored before migration 015 name none and are
+not compared on them), a changed light, or a changed count of observations used and rejected. Zero
 differences means the stored decision follows from the stored data, parameters and code.
 """
 
@@ -23,7 +24,7 @@ from cbm_tasks.aoi import find_parcel_set
 from cbm_tasks.errors import NotFoundError
 from cbm_tasks.lineage import code_version
 from cbm_tasks.markers import db_read
-from cbm_tasks.markers.engine import MARKERS, MarkerResult, run_markers, sources_text
+from cbm_tasks.markers.engine import MARKERS, MarkerResult, dated_products, evidence_lists, run_markers, sources_text
 from cbm_tasks.report import decisions
 from cbm_tasks.report.recorded import recorded_params, recorded_rules
 from cbm_tasks.traffic_light.evaluate import evaluate_lights
@@ -75,19 +76,29 @@ def _day(days: float) -> date:
     return date.fromordinal(_EPOCH.toordinal() + int(np.floor(days)))
 
 
+def _images_text(start: int | None, main: int | None, end: int | None, evidence: list[int]) -> str:
+    return f"start {start} main {main} end {end} evidence {evidence}"
+
+
 def _event_values(result: MarkerResult, i: int) -> dict[str, str]:
-    # as the writer stores them: dates by day, value and confidence as float32
+    # as the writer stores them: dates by day, value and confidence as float32, images as ids (None: none)
+    start, main, end = (None if v < 0 else int(v) for v in dated_products(result.products[i:i + 1])[0].tolist())
     return {"start": str(_day(result.start[i])), "main": str(_day(result.main[i])), "end": str(_day(result.end[i])),
             "value": repr(float(np.float32(result.value[i]))),
             "confidence": repr(float(np.float32(np.clip(result.confidence[i], 0.0, 1.0)))),
-            "sources": sources_text(int(result.sources[i]))}
+            "sources": sources_text(int(result.sources[i])),
+            "images": _images_text(start, main, end, evidence_lists(result.products[i:i + 1])[0])}
 
 
 def _stored_values(event: decisions.MarkerEventRecord) -> dict[str, str]:
-    return {"start": str(event.start), "main": str(event.main), "end": str(event.end),
-            "value": repr(float(np.float32(event.value))) if event.value is not None else "None",
-            "confidence": repr(float(np.float32(event.confidence))) if event.confidence is not None else "None",
-            "sources": event.sources}
+    values = {"start": str(event.start), "main": str(event.main), "end": str(event.end),
+              "value": repr(float(np.float32(event.value))) if event.value is not None else "None",
+              "confidence": repr(float(np.float32(event.confidence))) if event.confidence is not None else "None",
+              "sources": event.sources}
+    if event.evidence:  # written since migration 015 (older events name no image)
+        values["images"] = _images_text(event.start_product, event.main_product, event.end_product,
+                                        list(event.evidence))
+    return values
 
 
 def _compare(parcel_id: str, what: str, stored: dict[str, str] | None,
