@@ -25,8 +25,8 @@ from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import PreparedSeries, prepare
 from cbm_tasks.markers.series import SeriesTable, group_offsets
 
-__all__ = ["MARKERS", "PRODUCT_ROLES", "EventRow", "MarkerResult", "dated_products", "evidence_lists",
-           "markers_from_prepared", "run_markers", "sources_text"]
+__all__ = ["MARKERS", "PRODUCT_ROLES", "EventRow", "MarkerResult", "dated_products", "distinct_products",
+           "evidence_lists", "markers_from_prepared", "run_markers", "sources_text"]
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,21 @@ class MarkerResult:
                            confidence[i], value[i], texts[bits], products[i])
 
 
-def evidence_lists(products: np.ndarray) -> list[list[int]]:
-    """Return per event the distinct product ids of *products* (n, 5), in ``PRODUCT_ROLES`` order, without -1."""
+def distinct_products(products: np.ndarray) -> np.ndarray:
+    """Return a copy of *products* (n, k) with an id already named in an earlier role set to -1.
+
+    An image in two roles (bare soil: start = main) is named once, in its first role.
+    """
     ids = products.copy()
-    for later in range(1, ids.shape[1]):  # an image in two roles (bare soil: start = main) is named once
+    for later in range(1, ids.shape[1]):
         for earlier in range(later):
             ids[ids[:, later] == ids[:, earlier], later] = -1
-    return [[value for value in row if value >= 0] for row in ids.tolist()]
+    return ids
+
+
+def evidence_lists(products: np.ndarray) -> list[list[int]]:
+    """Return per event the distinct product ids of *products* (n, 5), in ``PRODUCT_ROLES`` order, without -1."""
+    return [[value for value in row if value >= 0] for row in distinct_products(products).tolist()]
 
 
 def dated_products(products: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cbm_tasks.markers.engine import MARKERS, MarkerResult, dated_products, sources_text
+from cbm_tasks.markers.engine import MARKERS, MarkerResult, dated_products, distinct_products, sources_text
 
 __all__ = ["COPY_COLUMNS", "events_copy_payload"]
 
@@ -36,10 +36,7 @@ def _packed_evidence(products: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     The same images, in the same order, as :func:`cbm_tasks.markers.engine.evidence_lists`.
     """
-    ids = products.copy()
-    for later in range(1, ids.shape[1]):
-        for earlier in range(later):
-            ids[ids[:, later] == ids[:, earlier], later] = -1
+    ids = distinct_products(products)
     order = np.argsort(ids < 0, axis=1, kind="stable")
     return np.take_along_axis(ids, order, axis=1), (ids >= 0).sum(axis=1)
 
