@@ -154,11 +154,14 @@ def test_kernels_match_plain_references() -> None:
     doy = (day % 365).astype(np.float64) + 1
     packed = np.array([PARAMS.get("mowing", k) for k in _PARAM_ORDER])
     red = rng.uniform(0.02, 0.12, len(day))
+    ndmi = 0.6 * ndvi - 0.1 + rng.normal(0.0, 0.03, len(day))  # moisture follows greenness
+    ndmi[::7] = np.nan  # no SWIR band: the moisture test does not apply
     coh_offsets = np.array([0, 60, 60, 60, 60], np.int64)
     coh_interval = np.full(60, 6.0)
-    compiled = _mowing_kernel(offsets, day, doy, ndvi, red, valid, coh_offsets, coh_day, coh, coh_interval, packed)
-    python = _mowing_kernel.py_func(offsets, day, doy, ndvi, red, valid, coh_offsets, coh_day, coh, coh_interval,
-                                    packed)
+    compiled = _mowing_kernel(offsets, day, doy, ndvi, red, ndmi, valid, coh_offsets, coh_day, coh, coh_interval,
+                              packed)
+    python = _mowing_kernel.py_func(offsets, day, doy, ndvi, red, ndmi, valid, coh_offsets, coh_day, coh,
+                                    coh_interval, packed)
     assert len(compiled[0]) > 3
     np.testing.assert_array_equal(compiled[0], python[0])
     np.testing.assert_allclose(compiled[1], python[1])

@@ -24,10 +24,12 @@ NIR = 0.30
 
 
 def _rows(days: Sequence[int], ndvi: Sequence[float], *, hazy: Sequence[int] = (), haze_add: float = 0.03,
-          clear: float = 0.97, red: Sequence[float] | None = None) -> list[list[object]]:
+          clear: float = 0.97, red: Sequence[float] | None = None,
+          ndmi: Sequence[float] | None = None) -> list[list[object]]:
     """S2 rows (B02, B04, B08) of one parcel in 2021; on *hazy* days blue, red and NIR gain path radiance.
 
-    NIR is 0.3 and red follows from NDVI, unless *red* is given (then NIR follows from it).
+    NIR is 0.3 and red follows from NDVI, unless *red* is given (then NIR follows from it). With
+    *ndmi*, a B11 row follows from NIR and the moisture index.
     """
     rows: list[list[object]] = []
     for i, (doy, value) in enumerate(zip(days, ndvi, strict=True)):
@@ -39,8 +41,10 @@ def _rows(days: Sequence[int], ndvi: Sequence[float], *, hazy: Sequence[int] = (
         if doy in hazy:  # aerosol scattering: strongest in blue, less in red, least in NIR
             blue, red_i, nir = blue + haze_add, red_i + 0.66 * haze_add, nir + 0.33 * haze_add
         when = (date(2021, 1, 1) + timedelta(days=int(doy) - 1)).isoformat()
-        rows += [["p", when, "s2", band, f"{mean:.5f}", clear, ""]
-                 for band, mean in (("B02", blue), ("B04", red_i), ("B08", nir))]
+        bands = [("B02", blue), ("B04", red_i), ("B08", nir)]
+        if ndmi is not None:
+            bands.append(("B11", nir * (1 - ndmi[i]) / (1 + ndmi[i])))
+        rows += [["p", when, "s2", band, f"{mean:.5f}", clear, ""] for band, mean in bands]
     return rows
 
 
@@ -137,3 +141,34 @@ def test_a_drop_without_the_red_rise_of_a_cut_is_not_a_cut(tmp_path: Path) -> No
     sparse = days[(days < 175) | (days > 195)]
     found, _ = _mowing(tmp_path, _rows(sparse, _grass(sparse, 182), red=np.full(len(sparse), 0.03)))
     assert len(found) == 1
+
+
+def test_a_drop_without_the_drying_of_a_cut_is_not_a_cut(tmp_path: Path) -> None:
+    # NDVI and red of a cut on doy 182, but the moisture index (NDMI, B08/B11) does not fall: the
+    # canopy kept its water (shadow, lodged or grazed grass), not a cut; where it falls it is one;
+    # without B11 the test does not apply
+    days = np.arange(90, 271, 5)
+    ndvi = _grass(days, 182)
+    red = np.where((days >= 185) & (days < 200), 0.075, 0.03)
+    wet = np.full(len(days), 0.3)
+    found, _ = _mowing(tmp_path, _rows(days, ndvi, red=red, ndmi=wet))
+    assert found == []
+    drying = np.where((days >= 185) & (days < 200), 0.1, wet)
+    found, _ = _mowing(tmp_path, _rows(days, ndvi, red=red, ndmi=drying))
+    assert len(found) == 1
+    found, _ = _mowing(tmp_path, _rows(days, ndvi, red=red))
+    assert len(found) == 1
+
+
+def test_a_cut_in_a_long_gap_is_dated_within_the_regrowth_time(tmp_path: Path) -> None:
+    # clouds from doy 150 to 190 (a 40-day gap), cut on doy 186: the gap's middle (doy 170) would be 16
+    # days early; a cut at the start of the gap would have regrown by doy 190, so the date lies
+    # date_window_days / 2 before the first low observation
+    days = np.concatenate([np.arange(90, 151, 5), np.arange(190, 271, 5)])
+    found, _ = _mowing(tmp_path, _rows(days, _grass(days, 186)))
+    window = PARAMS.get("mowing", "date_window_days")
+    assert [(date.fromisoformat(d) - date(2020, 12, 31)).days for d in found] == [190 - int(window // 2)]
+    # a gap shorter than the window keeps its middle
+    days = np.concatenate([np.arange(90, 171, 5), np.arange(185, 271, 5)])
+    found, _ = _mowing(tmp_path, _rows(days, _grass(days, 182)))
+    assert [(date.fromisoformat(d) - date(2020, 12, 31)).days for d in found] == [177]

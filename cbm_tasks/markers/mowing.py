@@ -4,14 +4,16 @@ Method (S2, per parcel, valid observations only; ``mowing`` section of the param
 
 1. Every run of consecutive NDVI decreases from a local maximum ``a`` to the next local minimum
    ``b`` is a candidate; its date lies in the step with the largest single decrease (between the
-   last high and the first low observation: ``start_date`` .. ``end_date``, ``main_date`` in the
-   middle, i.e. the date is unbiased when the cut is equally likely on any day of the gap).
+   last high and the first low observation: ``start_date`` .. ``end_date``; ``main_date`` in the
+   middle, or ``date_window_days / 2`` before the low observation when the gap is longer than
+   ``date_window_days``: a cut early in a long gap would have regrown and shown a smaller drop).
 2. A candidate is kept when the drop ``ndvi[a] - ndvi[b]`` >= ``min_drop`` (Sen4CAP L4B: 0.12-0.15),
    the relative drop >= ``min_relative_drop``, ``ndvi[a]`` >= ``min_ndvi_before`` (grass cover), its
    main date is within the season (``season_start_doy`` .. ``season_end_doy``), and it has the shape
    of a cut rather than of grazing or a shadow: the step holds >= ``min_step_share`` of the drop, NDVI
    fell by at most ``max_pre_decline_share`` of it before the step, and red reflectance rose by the
-   factor ``min_red_ratio`` across a step of <= ``red_ratio_max_gap_days`` (did not fall across a longer one).
+   factor ``min_red_ratio`` across a step of <= ``red_ratio_max_gap_days`` (did not fall across a longer one),
+   and where B11 exists the moisture index NDMI fell by ``min_moisture_drop`` (cut grass dries).
 3. Candidates closer than ``min_spacing_days`` keep the larger drop; at most ``max_events``.
 4. Confidence in [0, 1]: ``base_confidence`` + ``weight_drop`` x (drop size between ``min_drop`` and
    ``strong_drop``) + ``weight_bracket`` x (1 for a bracket of <= 6 days down to 0 at
@@ -34,7 +36,7 @@ import numpy as np
 from numba import njit
 
 from cbm_tasks.markers.params import MarkerParams
-from cbm_tasks.markers.preprocess import PreparedSeries
+from cbm_tasks.markers.preprocess import PreparedSeries, moisture_index
 
 __all__ = ["OBS_END", "OBS_MAIN", "OBS_S1_DATE", "OBS_S1_SUPPORT", "OBS_START", "SOURCE_BITS", "EventArrays",
            "detect_mowing", "empty_obs"]
@@ -127,7 +129,7 @@ def _coherence_date_kernel(day: np.ndarray, vv: np.ndarray, interval: np.ndarray
 
 @njit(cache=True, nogil=True)
 def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: np.ndarray, red: np.ndarray,
-                   valid: np.ndarray, coh_offsets: np.ndarray, coh_day: np.ndarray, coh_vv: np.ndarray,
+                   ndmi: np.ndarray, valid: np.ndarray, coh_offsets: np.ndarray, coh_day: np.ndarray, coh_vv: np.ndarray,
                    coh_interval: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mowing events of every parcel: (parcel, rows, obs as in ``EventArrays.obs``).
 
@@ -136,9 +138,9 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
     (season_start, season_end, min_drop, strong_drop, min_rel, min_before, min_spacing, max_events,
      max_bracket, min_recovery, recovery_window, coh_window, min_coh_rise, w_drop, w_bracket, w_rec,
      base, s1_bonus, min_step, lookback, settle, require_recovery, min_step_share, min_emit, min_after,
-     refine_gap, max_pre_share, min_red_ratio, red_gap) = (
+     refine_gap, max_pre_share, min_red_ratio, red_gap, min_moisture_drop, date_window) = (
          p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15], p[16],
-         p[17], p[18], p[19], p[20], p[21], p[22], p[23], p[24], p[25], p[26], p[27], p[28])
+         p[17], p[18], p[19], p[20], p[21], p[22], p[23], p[24], p[25], p[26], p[27], p[28], p[29], p[30])
     cap = len(day) + 1  # at most one event per step between observations
     out_parcel = np.empty(cap, np.int32)
     out = np.empty((cap, 6), np.float64)  # start, main, end, confidence, value, sources
@@ -177,16 +179,22 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
                     b = j
                 j += 1
             drop = before - after
-            main = 0.5 * (t0 + t1)
+            # a cut early in a long gap would have regrown before t1 and shown a smaller drop: the date
+            # lies within the regrowth time before the first low observation (see date_window_days)
+            main = max(0.5 * (t0 + t1), t1 - 0.5 * date_window)
             main_doy = doy[idx[k]] - (t1 - main)
             # cut signature: red reflectance rises at a cut (chlorophyll gone, stubble and cut grass
             # exposed); grazing lowers NDVI mostly through NIR, cloud shadow darkens red. Beyond
             # red_gap days regrowth may have greened the stubble again: then red must only not fall.
             red_low = max(red[idx[k]], red[idx[b]])
             red_need = (min_red_ratio if t1 - t0 <= red_gap else 1.0) * red[idx[k - 1]]
+            # moisture signature (where SWIR exists): cut grass dries and exposes litter, so NDMI falls
+            moisture_low = min(ndmi[idx[k]], ndmi[idx[b]])
+            moisture_need = min_moisture_drop if t1 - t0 <= red_gap else 0.0
+            dry = not ndmi[idx[k - 1]] - moisture_low < moisture_need  # True when NDMI is unknown
             if not (drop >= min_drop and drop >= min_rel * before and before >= min_before
                     and step >= min_step_share * drop and before - high <= max_pre_share * drop
-                    and not red_low < red_need
+                    and not red_low < red_need and dry
                     and after >= min_after
                     and season_start <= main_doy <= season_end):
                 continue
@@ -268,7 +276,7 @@ _PARAM_ORDER = ("season_start_doy", "season_end_doy", "min_drop", "strong_drop",
                 "weight_bracket", "weight_recovery", "base_confidence", "s1_bonus", "min_step", "lookback_days",
                 "settle_days", "require_recovery", "min_step_share", "min_confidence", "min_ndvi_after",
                 "coherence_refine_gap_days", "max_pre_decline_share", "min_red_ratio",
-                "red_ratio_max_gap_days")
+                "red_ratio_max_gap_days", "min_moisture_drop", "date_window_days")
 
 
 def detect_mowing(prepared: PreparedSeries, params: MarkerParams, *, use_s1: bool = True) -> EventArrays:
@@ -287,7 +295,8 @@ def detect_mowing(prepared: PreparedSeries, params: MarkerParams, *, use_s1: boo
     packed = np.array([params.get("mowing", name) for name in _PARAM_ORDER], np.float64)
     coh_offsets = coh.offsets if use_s1 else np.zeros(prepared.n_parcels + 1, np.int64)
     red = np.ascontiguousarray(s2.bands[:, 1])
-    parcel, rows, obs = _mowing_kernel(s2.offsets, s2.day, s2.doy.astype(np.float64), s2.ndvi, red, s2.valid,
+    ndmi = moisture_index(s2.bands[:, 2], s2.bands[:, 3])
+    parcel, rows, obs = _mowing_kernel(s2.offsets, s2.day, s2.doy.astype(np.float64), s2.ndvi, red, ndmi, s2.valid,
                                        coh_offsets, coh.day, coh.vv, coh.interval_days, packed)
     return EventArrays(parcel, rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].copy(), rows[:, 3].copy(),
                        rows[:, 4].copy(), rows[:, 5].astype(np.int32), obs)

@@ -28,7 +28,7 @@ from numba import njit
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import BAND_CODE, BANDS, SOURCE_CODE, SeriesTable, group_offsets
 
-__all__ = ["PreparedSeries", "S1Series", "S2Series", "cloud_dips", "haze_index", "prepare"]
+__all__ = ["PreparedSeries", "S1Series", "S2Series", "cloud_dips", "haze_index", "moisture_index", "prepare"]
 
 _S2_BANDS = ("B02", "B04", "B08", "B11")
 
@@ -193,6 +193,17 @@ def haze_index(blue: np.ndarray, red: np.ndarray, *, red_weight: float) -> np.nd
     Cihlar 2002, HOT). A cut raises red more than blue, so the index falls or stays at a cut.
     """
     return blue - red_weight * red
+
+
+def moisture_index(nir: np.ndarray, swir: np.ndarray) -> np.ndarray:
+    """Return NDMI ``(B08 - B11) / (B08 + B11)`` (Gao 1996; NaN where either band is missing).
+
+    Leaf water absorbs in the short-wave infrared: a green canopy has a high NDMI, cut grass drying
+    in the sun, stubble and litter a low one. A cloud shadow darkens NIR and SWIR alike (the ratio
+    barely moves), which is why a fall of NDMI tells a cut from a shadow or a grazed sward.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (nir - swir) / (nir + swir)
 
 
 def cloud_dips(offsets: np.ndarray, day: np.ndarray, ndvi: np.ndarray, valid: np.ndarray, *,
