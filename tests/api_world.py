@@ -164,7 +164,11 @@ def build_world(conn: psycopg.Connection, store_root: Path) -> World:
                      "'2018-06-15', 0.2, 0.7, %s, NULL, NULL)",
                      (run[0], world.s2_products[:2], *world.s2_products[:2], run[0], world.s2_products[1:]))
         conn.execute("INSERT INTO cbm.traffic_light (parcel_set_id, parcel_key, scheme, colour, reason, "
-                     "marker_run_ids) VALUES (%(s)s, 1, 'ECO-MOW', 'green', 'mowing detected', %(r)s), "
+                     "marker_run_ids, rule_id, event_marker, event_seq) VALUES "
+                     "(%(s)s, 1, 'ECO-MOW', 'green', 'mowing detected', %(r)s, 'MOW-1', 'mowing', 1)",
+                     {"s": alpha_set, "r": [run[0]]})
+        conn.execute("INSERT INTO cbm.traffic_light (parcel_set_id, parcel_key, scheme, colour, reason, "
+                     "marker_run_ids) VALUES "
                      "(%(s)s, 1, 'BISS', 'yellow', 'too few cloud-free images', %(r)s), "
                      "(%(s)s, 2, 'ECO-MOW', 'red', 'no mowing detected', %(r)s), "
                      "(%(s)s, 3, 'ECO-MOW', 'green', 'mowing detected', %(r)s)",

@@ -137,6 +137,10 @@ def test_markers_lights_and_summary(client: TestClient, world: World) -> None:
     lights = client.get("/v1/aois/alpha/2018/parcels/1/traffic-lights", auth=ann).json()["traffic_lights"]
     assert [(t["scheme"], t["colour"], t["reason"]) for t in lights] == [
         ("BISS", "yellow", "too few cloud-free images"), ("ECO-MOW", "green", "mowing detected")]
+    # the green light names the mowing that decided it and the images that prove it; the yellow one none
+    assert [(t["rule_id"], t["deciding_event"]) for t in lights] == [(None, None), ("MOW-1", {
+        "marker": "mowing", "seq": 1, "main_date": None, "confidence": pytest.approx(0.9),
+        "images": world.s2_products[:2]})]
     assert client.get("/v1/aois/alpha/2018/parcels/5/traffic-lights", auth=ann).json()["traffic_lights"] == []
     summary = client.get("/v1/aois/alpha/2018/traffic-lights", auth=ann).json()
     assert summary["n_parcels"] == 6

@@ -53,6 +53,11 @@ def test_parcel_report_html_and_pdf(seeded_db: tuple[psycopg.Connection, Seeded]
     for scheme, colour, reason, rule_id in lights:
         assert re.search(rf"<td>{scheme}</td><td><span class=\"light {colour}\">.*?<td>{reason}</td>\s*<td>{rule_id}",
                          lights_table, re.S)
+    # a light decided by an event names it, its date and the images that prove it
+    deciding = conn.execute("SELECT event_marker, event_seq, event_main_date, event_products "
+                            "FROM cbm.traffic_light_trace WHERE parcel_key = %s AND event_seq > 0", (key,)).fetchall()
+    assert deciding and all(f"{marker} #{seq}, {main} (images {', '.join(map(str, images))})" in lights_table
+                            for marker, seq, main, images in deciding)
     events = conn.execute("SELECT marker, main_date FROM cbm.marker_event WHERE parcel_key = %s", (key,)).fetchall()
     assert len(audit.events) == len(events) > 0
     assert all(str(main) in html for _, main in events)

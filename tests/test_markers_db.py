@@ -179,6 +179,34 @@ def test_light_traces_to_observations_rule_and_params_and_recomputes(db_url: str
     assert [(m, s, str(d), pytest.approx(c, abs=6e-4)) for m, s, d, c in events] == recomputed  # rows() rounds to 3
 
 
+def test_trace_names_the_deciding_event_and_its_images(db_url: str, seeded: SeededSet) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        run_parcel_set(conn, CLI, aoi="mk", year=2018, full=True)
+        decided = conn.execute(
+            "SELECT t.parcel_key, t.scheme, t.colour, t.reason, t.event_marker, t.event_seq, t.event_main_date, "
+            "t.event_products, e.main_date, e.evidence, t.event_start_product, t.event_end_product "
+            "FROM cbm.traffic_light_trace t JOIN cbm.marker_event e ON e.marker_run_id = t.marker_run_id "
+            "AND e.parcel_key = t.parcel_key AND e.marker = t.event_marker AND e.seq = t.event_seq "
+            "ORDER BY 1, 2").fetchall()
+        undecided = conn.execute("SELECT count(*), count(event_marker), count(event_products) "
+                                 "FROM cbm.traffic_light_trace WHERE event_seq = 0").fetchone()
+        n_decided = conn.execute("SELECT count(*) FROM cbm.traffic_light WHERE event_seq > 0").fetchone()[0]
+        # a light written before migration 019 has no event_marker: the rule's marker is found again
+        key, scheme = decided[0][:2]
+        conn.execute("UPDATE cbm.traffic_light SET event_marker = NULL WHERE parcel_key = %s AND scheme = %s",
+                     (key, scheme))
+        again = conn.execute("SELECT cbm.rule_marker(rules_hash, scheme, rule_id) FROM cbm.traffic_light "
+                             "WHERE parcel_key = %s AND scheme = %s", (key, scheme)).fetchone()[0]
+    assert len(decided) == n_decided > 0  # every light decided by an event finds that event
+    assert {(colour, reason, marker) for _, scheme, colour, reason, marker, *_ in decided
+            if scheme == "grassland_mowing"} == {("green", "EVENT_FOUND", "mowing")}
+    for *_, seq, main, products, event_main, evidence, start_product, end_product in decided:
+        assert seq > 0 and main == event_main and products == evidence and products  # the images of that event
+        assert start_product in products and end_product in products
+    assert undecided[0] > 0 and undecided[1:] == (0, 0)  # NO_DATA, GAP, ...: no event, no images
+    assert again == decided[0][4]
+
+
 def test_empty_and_all_cloudy_series_give_no_data(db_url: str, seeded: SeededSet) -> None:
     empty, cloudy = _keys_of_crop(db_url, "9120")[:2]
     with psycopg.connect(db_url, autocommit=True) as conn:

@@ -331,19 +331,27 @@ def parcel_markers(conn: psycopg.Connection, ps: ParcelSet, key: int) -> list[di
 
 
 def parcel_traffic_lights(conn: psycopg.Connection, ps: ParcelSet, key: int) -> list[dict[str, Any]]:
-    """Return the traffic light of parcel *key* per aid scheme.
+    """Return the traffic light of parcel *key* per aid scheme, with the event that decided it (or None).
 
     Raises:
         NotFoundError: no parcel *key*.
     """
     _check_parcel(conn, ps, key)
     rows = conn.execute(
-        "SELECT scheme, colour, reason, marker_run_ids, decided_at FROM cbm.traffic_light "
-        "WHERE parcel_set_id = %s AND parcel_key = %s ORDER BY scheme",
+        "SELECT t.scheme, t.colour, t.reason, t.rule_id, t.marker_run_ids, t.decided_at, "
+        "       e.marker, e.seq, e.main_date, e.confidence, e.evidence "
+        "FROM cbm.traffic_light t "
+        "LEFT JOIN cbm.marker_event e ON e.marker_run_id = t.marker_run_ids[1] AND e.parcel_key = t.parcel_key "
+        "     AND e.marker = t.event_marker AND e.seq = t.event_seq "
+        "WHERE t.parcel_set_id = %s AND t.parcel_key = %s ORDER BY t.scheme",
         (ps.parcel_set_id, key),
     ).fetchall()
-    names = ("scheme", "colour", "reason", "marker_run_ids", "decided_at")
-    return [dict(zip(names, row, strict=True)) for row in rows]
+    names = ("scheme", "colour", "reason", "rule_id", "marker_run_ids", "decided_at")
+    # the event that decided the light and the images that prove it (sql/019_light_deciding_event.sql)
+    event_names = ("marker", "seq", "main_date", "confidence", "images")
+    return [dict(zip(names, row[:6], strict=True))
+            | {"deciding_event": None if row[6] is None else dict(zip(event_names, row[6:], strict=True))}
+            for row in rows]
 
 
 def traffic_light_summary(conn: psycopg.Connection, ps: ParcelSet) -> list[dict[str, Any]]:

@@ -161,15 +161,19 @@ def _copy_parcels(cur: psycopg.Cursor[Any], marker_run_id: int, db_series: DbSer
 def _copy_lights(cur: psycopg.Cursor[Any], *, parcel_set_id: int, marker_run_id: int, pipeline_run_id: int | None,
                  rules: SchemeRules, lights: Iterable[TrafficLight]) -> int:
     n = 0
+    # the deciding event is (run, parcel, the rule's marker, event_seq): sql/019_light_deciding_event.sql
+    rule_marker = {(scheme.name, rule.rule_id): rule.marker
+                   for scheme in rules.schemes.values() for rule in scheme.rules}
     with cur.copy("COPY cbm.traffic_light (parcel_set_id, parcel_key, scheme, colour, reason, marker_run_ids, "
                   "pipeline_run_id, rule_id, rules_version, rules_hash, season, event_seq, n_clear_obs, "
-                  "longest_gap_days) FROM STDIN (FORMAT BINARY)") as copy:
+                  "longest_gap_days, event_marker) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(["int2", "int4", "text", "text", "text", "int4[]", "int8", "text", "int4", "text", "int2",
-                        "int2", "int4", "float4"])
+                        "int2", "int4", "float4", "text"])
         for light in lights:
+            marker = rule_marker.get((light.scheme, light.rule_id)) if light.event_seq else None
             copy.write_row((parcel_set_id, int(light.parcel_id), light.scheme, light.colour, light.reason,
                             [marker_run_id], pipeline_run_id, light.rule_id, rules.version, rules.hash, light.year,
-                            light.event_seq, light.n_clear_obs, light.longest_gap_days))
+                            light.event_seq, light.n_clear_obs, light.longest_gap_days, marker))
             n += 1
     return n
 

@@ -129,8 +129,9 @@ def _coherence_date_kernel(day: np.ndarray, vv: np.ndarray, interval: np.ndarray
 
 @njit(cache=True, nogil=True)
 def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: np.ndarray, red: np.ndarray,
-                   ndmi: np.ndarray, valid: np.ndarray, coh_offsets: np.ndarray, coh_day: np.ndarray, coh_vv: np.ndarray,
-                   coh_interval: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   ndmi: np.ndarray, valid: np.ndarray, coh_offsets: np.ndarray, coh_day: np.ndarray,
+                   coh_vv: np.ndarray, coh_interval: np.ndarray,
+                   p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mowing events of every parcel: (parcel, rows, obs as in ``EventArrays.obs``).
 
     *p* packs the parameters in the order of ``_PARAM_ORDER``.

@@ -203,7 +203,7 @@ def moisture_index(nir: np.ndarray, swir: np.ndarray) -> np.ndarray:
     barely moves), which is why a fall of NDMI tells a cut from a shadow or a grazed sward.
     """
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (nir - swir) / (nir + swir)
+        return np.asarray((nir - swir) / (nir + swir), np.float64)
 
 
 def cloud_dips(offsets: np.ndarray, day: np.ndarray, ndvi: np.ndarray, valid: np.ndarray, *,

@@ -69,6 +69,7 @@ class LightRecord:
     marker_run_ids: tuple[int, ...]
     pipeline_run_id: int | None
     decided_at: datetime
+    event_marker: str | None = None  # the deciding event is (marker_run_ids[0], key, event_marker, event_seq)
 
 
 def marker_run(conn: psycopg.Connection, marker_run_id: int) -> MarkerRunRecord | None:
@@ -116,12 +117,13 @@ def lights(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int | No
     """Return the traffic lights of one parcel (None: every parcel), optionally of one scheme."""
     rows = conn.execute(
         "SELECT parcel_key, scheme, colour, reason, rule_id, rules_version, rules_hash, season, event_seq, "
-        "       n_clear_obs, longest_gap_days, marker_run_ids, pipeline_run_id, decided_at "
+        "       n_clear_obs, longest_gap_days, marker_run_ids, pipeline_run_id, decided_at, event_marker "
         "FROM cbm.traffic_light WHERE parcel_set_id = %s "
         "AND (%s::integer IS NULL OR parcel_key = %s::integer) AND (%s::text IS NULL OR scheme = %s::text) "
         "ORDER BY parcel_key, scheme",
         (parcel_set_id, parcel_key, parcel_key, scheme, scheme),
     ).fetchall()
     return [LightRecord(int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], r[5], r[6], r[7], int(r[8]), r[9],
-                        None if r[10] is None else float(r[10]), tuple(int(i) for i in r[11] or ()), r[12], r[13])
+                        None if r[10] is None else float(r[10]), tuple(int(i) for i in r[11] or ()), r[12], r[13],
+                        r[14])
             for r in rows]
