@@ -89,6 +89,34 @@ def test_bad_value_names_file_line_and_column(tmp_path: Path) -> None:
         read_series(path)
 
 
+def test_values_in_other_units_are_an_error_naming_the_file(tmp_path: Path) -> None:
+    # digital numbers (x 10000), backscatter in dB and coherence in percent would read without error
+    # and silently mark every observation hazy or drop the sensor
+    rows = grass_rows("a", [182], coherence=True)
+    as_dn = [[*r[:4], f"{float(r[4]) * 10000:.0f}", *r[5:]] if r[2] == "s2" else r for r in rows]
+    with pytest.raises(SeriesFileError, match=r"dn\.csv: Sentinel-2 means look like digital numbers.*median"):
+        read_series(write_rows(tmp_path / "dn.csv", as_dn))
+    in_db = rows + [["a", "2021-06-01", "bs", band, value, "", "37"] for band, value in (("VV", -9.5), ("VH", -16.0))]
+    with pytest.raises(SeriesFileError, match=r"db\.csv: backscatter looks like dB"):
+        read_series(write_rows(tmp_path / "db.csv", in_db))
+    percent = [[*r[:4], float(r[4]) * 100, *r[5:]] if r[2] == "c6" else r for r in rows]
+    with pytest.raises(SeriesFileError, match=r"pct\.csv: coherence above 1"):
+        read_series(write_rows(tmp_path / "pct.csv", percent))
+    # one saturated cloud among reflectances is an observation, not a unit error
+    odd = [list(r) for r in rows]
+    odd[0][4] = "1.7"
+    assert read_series(write_rows(tmp_path / "odd.csv", odd)).n_rows == len(rows)
+
+
+def test_band_names_without_the_zero_and_in_lower_case(tmp_path: Path) -> None:
+    rows = grass_rows("a", [182])
+    renamed = [[*r[:3], {"B04": "b4", "B08": "B8"}[r[3]], *r[4:]] for r in rows]
+    plain = read_series(write_rows(tmp_path / "a.csv", rows))
+    short = read_series(write_rows(tmp_path / "b.csv", renamed))
+    assert short.n_rows == plain.n_rows == len(rows)
+    np.testing.assert_array_equal(short.band, plain.band)
+
+
 def test_bad_time_names_line(tmp_path: Path) -> None:
     rows = grass_rows("a", [])
     rows[3][1] = "2021-13-45"

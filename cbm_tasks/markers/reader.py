@@ -8,7 +8,9 @@ Accepted files: ``.csv``, ``.csv.gz`` and ``.parquet``, one row per parcel, obse
   ``count, std, min, max, p25, p50, p75`` (read and not needed by the markers).
 
 ``source`` is ``s2 | bs | c6 | c12`` or a catalogue product type (S2MSI2A, CARD-BS, CARD-COH6,
-CARD-COH12). Values are physical units (S2 reflectance 0-1, S1 linear backscatter, coherence 0-1).
+CARD-COH12); band names are case-insensitive and ``B4`` means ``B04``. Values are physical units
+(S2 reflectance 0-1, S1 linear backscatter, coherence 0-1): a file in other units (digital numbers,
+dB) is an error.
 Rows of other sources or bands (e.g. SCL means, product type ``UNKNOWN``) are dropped with one
 WARNING naming them. S2 class counts are read from the export's companion file
 ``<stem>_classes<suffix>`` (``parcel_id, obs_time, product_id, band, class, count``) when it exists;
@@ -168,6 +170,38 @@ def _check_nulls(name: str, table: pa.Table, columns: tuple[str, ...]) -> None:
             raise SeriesFileError(f"time-series file {name}: line {line}, column {column!r}: empty value")
 
 
+def _band_name(text: str) -> str:
+    """Upper-case band name with the zero Sentinel-2 names carry (``b4`` and ``B4`` are ``B04``)."""
+    upper = text.strip().upper()
+    return f"B0{upper[1]}" if re.fullmatch(r"B[1-9]", upper) else upper
+
+
+def _check_units(name: str, source: np.ndarray, mean: np.ndarray, usable: np.ndarray) -> None:
+    """Reject a file whose values are in other units than the format's (module docstring).
+
+    Judged on the median of each kind, so that a few odd observations (a saturated cloud) do not
+    reject a file: Sentinel-2 digital numbers (x 10000) instead of reflectance, backscatter in dB
+    instead of linear power, coherence above 1. Read as they are, such values would mark every
+    observation hazy or drop the sensor without a word.
+    """
+    def median(*sources: str) -> float:
+        values = mean[usable & np.isin(source, [SOURCE_CODE[n] for n in sources])]
+        values = values[np.isfinite(values)]
+        return float(np.median(values)) if len(values) else float("nan")
+
+    s2, backscatter, coherence = median("s2"), median("bs"), median("c6", "c12")  # NaN: no such rows
+    if s2 > 2.0:
+        raise SeriesFileError(f"time-series file {name}: Sentinel-2 means look like digital numbers (median "
+                              f"{s2:.4g}); the format wants surface reflectance 0-1 (DN / 10000, after "
+                              "BOA_ADD_OFFSET for processing baseline 04.00 and later)")
+    if backscatter <= 0.0:
+        raise SeriesFileError(f"time-series file {name}: backscatter looks like dB (median {backscatter:.4g}); "
+                              "the format wants linear power, 10 ** (dB / 10)")
+    if coherence > 1.0:
+        raise SeriesFileError(f"time-series file {name}: coherence above 1 (median {coherence:.4g}); the format "
+                              "wants coherence 0-1")
+
+
 def _codes(name: str, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (source code, band code, usable) per row; unknown sources and bands get usable False."""
     source_column = table.column("source").combine_chunks().dictionary_encode()
@@ -175,7 +209,7 @@ def _codes(name: str, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarr
     names = [str(v) for v in source_column.dictionary.to_pylist()]
     source_map = np.array([SOURCE_CODE.get(PRODUCT_TYPES.get(n, n.lower()), -1) for n in names] or [-1])
     names_b = [str(v) for v in band_column.dictionary.to_pylist()]
-    band_map = np.array([BAND_CODE.get(n.upper(), -1) for n in names_b] or [-1])
+    band_map = np.array([BAND_CODE.get(_band_name(n), -1) for n in names_b] or [-1])
     source = source_map[source_column.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
     band = band_map[band_column.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
     usable = (source >= 0) & (band >= 0)
@@ -246,7 +280,7 @@ def series_from_arrow(band_stats: pa.Table, class_counts: pa.Table | None = None
 
     Raises:
         SeriesFileError: a required column is missing or empty, ``clear_fraction`` is outside
-            [0, 1], or no row has a known source and band.
+            [0, 1], no row has a known source and band, or the values are in other units.
     """
     missing = [column for column in REQUIRED_COLUMNS if column not in band_stats.column_names]
     if missing:
@@ -272,6 +306,7 @@ def series_from_arrow(band_stats: pa.Table, class_counts: pa.Table | None = None
     if band_stats.num_rows and not usable.any():
         raise SeriesFileError(f"time-series file {name}: no row has a known source (s2, bs, c6, c12 or "
                               f"{', '.join(PRODUCT_TYPES)}) and band ({', '.join(BAND_CODE)})")
+    _check_units(name, source, mean, usable)
     scl = _scl_bad_share(name, class_counts, parcel_id, obs_us, source == SOURCE_CODE["s2"])
     return SeriesTable.from_arrays(
         parcel_id=parcel_id[usable], source=source[usable], band=band[usable],
