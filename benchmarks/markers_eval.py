@@ -9,7 +9,8 @@ matched pairs are reported, for Sentinel-2 + Sentinel-1 and for Sentinel-2 alone
 Data sets (../shared/data, see its README):
   salms   JRC SALMS example, 10 parcels, 17 mowing dates (converted to the long format).
   sk      Slovak grassland plots, 492 plot-years; only the 246 surveyed plot-years are scored,
-          37 of them surveyed not mown (their share without any detected mowing is reported).
+          37 of them surveyed not mown (their share without any detected mowing is reported);
+          also with the red and NIR bands alone (no haze or moisture test).
   synth   the seeded synthetic AOI (cbm demo build --synthetic), parcel means computed from its
           images (cloud-free pixels per SCL), mowing ground truth of its grassland parcels.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import sys
 import tempfile
 from datetime import date
@@ -59,7 +61,19 @@ def eval_salms(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]
             for name, s1 in (("S2+S1", True), ("S2 only", False))}
 
 
-def eval_sk(data: Path, params: MarkerParams) -> dict[str, Score]:
+def _red_nir_only(series: Path, out: Path) -> Path:
+    """Copy the Sentinel-2 B04 and B08 rows of *series* (gzipped long CSV): the least an export may hold."""
+    with gzip.open(series, "rt", newline="") as src, gzip.open(out, "wt", newline="") as dst:
+        rows = csv.reader(src)
+        writer = csv.writer(dst, lineterminator="\n")
+        header = next(rows)
+        writer.writerow(header)
+        source, band = header.index("source"), header.index("band")
+        writer.writerows(row for row in rows if row[source] == "s2" and row[band] in ("B04", "B08"))
+    return out
+
+
+def eval_sk(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
     folder = data / "grassland_sk_train"
     surveyed = {row["parcel_id"]: row["survey"] for row in _read_csv(folder / "surveyed.csv")}
     truth: dict[str, list[date]] = {}
@@ -73,6 +87,10 @@ def eval_sk(data: Path, params: MarkerParams) -> dict[str, Score]:
         out[f"SK {name}"] = match_events(predicted, truth, parcels, negatives=negatives)
         mown = [p for p in parcels if surveyed[p] == "mown"]
         out[f"SK {name}, mown plot-years only"] = match_events(predicted, truth, mown)
+    # without blue and SWIR the haze and moisture tests cannot run (SALMS and many exports are like that)
+    red_nir = _red_nir_only(folder / "timeseries.csv.gz", work / "sk_red_nir.csv.gz")
+    out["SK S2 only, B04 + B08 only"] = match_events(predict(red_nir, params, use_s1=False), truth, parcels,
+                                                     negatives=negatives)
     return out
 
 
@@ -91,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if "salms" in sets:
             scores.update(eval_salms(args.data, params, work))
         if "sk" in sets:
-            scores.update(eval_sk(args.data, params))
+            scores.update(eval_sk(args.data, params, work))
         if "synth" in sets:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from markers_synthetic import eval_synthetic  # heavier: builds the AOI and reduces its images
