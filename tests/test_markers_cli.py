@@ -59,6 +59,23 @@ def test_run_writes_events_and_lights_identically_twice(tmp_path: Path) -> None:
     assert mowing[0]["start_date"] <= mowing[0]["main_date"] <= mowing[0]["end_date"]
 
 
+def test_a_file_of_several_seasons_gets_a_light_per_season(tmp_path: Path) -> None:
+    # one plot mown in 2021 and not in 2022, another seen in 2022 only: lights per parcel, scheme and season
+    rows = (grass_rows("plot", [190], year=2021) + grass_rows("plot", [], year=2022)
+            + grass_rows("late", [200], year=2022))
+    series = write_rows(tmp_path / "seasons.csv", rows)
+    assert main(["markers", "run", "--timeseries", str(series), "--out", str(tmp_path / "o")]) == 0
+    lights = _read(tmp_path / "o" / "traffic_lights.csv")
+    assert list(lights[0]) == ["parcel_id", "scheme", "colour", "reason", "season"]  # season appended
+    assert [(r["parcel_id"], r["season"], r["colour"], r["reason"]) for r in lights] == [
+        ("late", "2022", "green", "EVENT_FOUND"), ("plot", "2021", "green", "EVENT_FOUND"),
+        ("plot", "2022", "red", "NO_EVENT")]
+    # a given --year lights that season only
+    assert main(["markers", "run", "--timeseries", str(series), "--year", "2021", "--out", str(tmp_path / "y")]) == 0
+    assert [(r["parcel_id"], r["season"], r["reason"]) for r in _read(tmp_path / "y" / "traffic_lights.csv")] == [
+        ("late", "2021", "NO_DATA"), ("plot", "2021", "EVENT_FOUND")]
+
+
 def test_crops_select_schemes(tmp_path: Path) -> None:
     series = _series(tmp_path)
     crops = write_rows(tmp_path / "crops.csv", [["cut", 9120], ["uncut", 1200]], ["parcel_id", "crop_code"])

@@ -38,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     crops.add_argument("--crops", type=Path, metavar="FILE", help="CSV/Parquet with parcel_id and crop_code")
     crops.add_argument("--crop-column", metavar="NAME", help="crop code column of the time-series file")
     run.add_argument("--aoi", help="AOI whose crop -> scheme mapping applies (default mapping otherwise)")
-    run.add_argument("--year", type=int, help="season year of the rule windows (default: per parcel, the year "
-                     "of most clear observations)")
+    run.add_argument("--year", type=int, help="season year of the rule windows (default: per parcel, every "
+                     "year it has clear observations in: a light per season)")
     run.add_argument("--s2-only", action="store_true", help="ignore Sentinel-1 (the Sentinel-2-only variant)")
     run.add_argument("--scheme", help="database: evaluate and replace only this scheme's lights")
     run.add_argument("--full", action="store_true", help="database: every parcel, not only those with new "
@@ -87,7 +87,8 @@ def _run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     n_events = write_events(args.out / "events.csv", result.rows())
     n_lights = write_csv(args.out / "traffic_lights.csv", LIGHT_COLUMNS,
-                         ((light.parcel_id, light.scheme, light.colour, light.reason) for light in lights))
+                         ((light.parcel_id, light.scheme, light.colour, light.reason, light.year)
+                          for light in lights))
     colours = {colour: sum(light.colour == colour for light in lights) for colour in ("green", "yellow", "red")}
     sys.stdout.write(f"{args.out / 'events.csv'}: {n_events} events of {series.n_parcels} parcels; "
                      f"{args.out / 'traffic_lights.csv'}: {n_lights} lights (green {colours['green']}, yellow "

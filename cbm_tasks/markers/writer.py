@@ -18,10 +18,11 @@ from cbm_tasks.markers.engine import EventRow
 
 __all__ = ["EVENT_COLUMNS", "LIGHT_COLUMNS", "read_crops", "write_csv", "write_events"]
 
-# a contract read by external checks: columns are only ever appended
+# contracts read by external checks: columns are only ever appended
 EVENT_COLUMNS = ("parcel_id", "marker", "seq", "start_date", "main_date", "end_date", "confidence", "value",
                  "sources", "products")
-LIGHT_COLUMNS = ("parcel_id", "scheme", "colour", "reason")
+# season: a file may hold several years; each parcel gets a light per scheme and season it has data in
+LIGHT_COLUMNS = ("parcel_id", "scheme", "colour", "reason", "season")
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:

@@ -81,29 +81,33 @@ class _Outcome:
 @njit(cache=True, nogil=True)
 def _window_kernel(clear_offsets: np.ndarray, clear_day: np.ndarray, event_offsets: np.ndarray,
                    event_marker: np.ndarray, event_main: np.ndarray, event_conf: np.ndarray, event_seq: np.ndarray,
-                   marker: int, lo: np.ndarray,
+                   marker: int, owner: np.ndarray, lo: np.ndarray,
                    hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per parcel, in its window [lo, hi): clear observations, longest gap (edges included), best event."""
+    """Per parcel-season i (of parcel ``owner[i]``), in its window [lo, hi): clear days, longest gap, best event.
+
+    The gap counts the window's edges; the best event is the rule marker's most confident one.
+    """
     n = len(lo)
     n_clear = np.zeros(n, np.int32)
     gap = np.zeros(n, np.float64)
     best_conf = np.full(n, -1.0)
     best_seq = np.zeros(n, np.int32)
-    for p in range(n):
-        if not np.isfinite(lo[p]):
+    for i in range(n):
+        if not np.isfinite(lo[i]):
             continue
-        previous = lo[p]
+        p = owner[i]
+        previous = lo[i]
         for row in range(clear_offsets[p], clear_offsets[p + 1]):
             day = clear_day[row]
-            if lo[p] <= day < hi[p]:
-                gap[p] = max(gap[p], day - previous)
+            if lo[i] <= day < hi[i]:
+                gap[i] = max(gap[i], day - previous)
                 previous = day
-                n_clear[p] += 1
-        gap[p] = max(gap[p], hi[p] - previous)
+                n_clear[i] += 1
+        gap[i] = max(gap[i], hi[i] - previous)
         for e in range(event_offsets[p], event_offsets[p + 1]):
-            if event_marker[e] == marker and lo[p] <= event_main[e] < hi[p] and event_conf[e] > best_conf[p]:
-                best_conf[p] = event_conf[e]
-                best_seq[p] = event_seq[e]
+            if event_marker[e] == marker and lo[i] <= event_main[e] < hi[i] and event_conf[e] > best_conf[i]:
+                best_conf[i] = event_conf[e]
+                best_seq[i] = event_seq[e]
     return n_clear, gap, best_conf, best_seq
 
 
@@ -138,34 +142,30 @@ def evaluate_rule(rule: Rule, year: int, *, clear_day: np.ndarray, event_main: n
     n_clear, gap, conf, seq = _window_kernel(
         np.array([0, len(clear_day)], np.int64), np.asarray(clear_day, np.float64), np.array([0, n_events], np.int64),
         np.zeros(n_events, np.int32), np.asarray(event_main, np.float64), np.asarray(event_confidence, np.float64),
-        np.asarray(event_seq, np.int32), 0, lo, hi)
+        np.asarray(event_seq, np.int32), 0, np.zeros(1, np.int64), lo, hi)
     colour, reason = _outcomes(rule, n_clear, gap, conf, seq)
     return _Outcome(COLOURS[int(colour[0])], REASONS[int(reason[0])], int(seq[0]), int(n_clear[0]), float(gap[0]))
 
 
-def _parcel_years(result: MarkerResult, year: int | None) -> np.ndarray:
-    """Season year per parcel: *year*, or the year of most of the parcel's clear observations."""
+def _seasons(result: MarkerResult, year: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Parcel-seasons to light: (parcel index, season year), sorted by parcel and year.
+
+    With *year*: that season for every parcel. Without: every year in which the parcel has a clear
+    observation (a file may hold several seasons); a parcel without any clear observation gets the
+    year most clear observations of the input fall in, so that it is still lit (NO_DATA).
+    """
     n_parcels = len(result.parcel_ids)
     if year is not None:
-        return np.full(n_parcels, year, np.int64)
+        return np.arange(n_parcels, dtype=np.int64), np.full(n_parcels, year, np.int64)
     days = np.floor(result.clear_day).astype(np.int64).astype("datetime64[D]")
     years = days.astype("datetime64[Y]").astype(np.int64) + 1970
     fallback = int(np.bincount(years - years.min()).argmax() + years.min()) if len(years) else 1970
-    out = np.full(n_parcels, fallback, np.int64)
-    if len(years) == 0:
-        return out
-    owner = np.repeat(np.arange(n_parcels), np.diff(result.clear_offsets))
-    # clear days are sorted per parcel, so each (parcel, year) is one run; take each parcel's longest
-    new_run = np.ones(len(years), bool)
-    new_run[1:] = (owner[1:] != owner[:-1]) | (years[1:] != years[:-1])
-    starts = np.flatnonzero(new_run)
-    lengths = np.diff(np.append(starts, len(years)))
-    order = np.lexsort((-lengths, owner[starts]))
-    first = np.ones(len(order), bool)
-    first[1:] = owner[starts][order][1:] != owner[starts][order][:-1]
-    chosen = starts[order][first]
-    out[owner[chosen]] = years[chosen]
-    return out
+    owner = np.repeat(np.arange(n_parcels, dtype=np.int64), np.diff(result.clear_offsets))
+    lit = np.zeros(n_parcels, bool)
+    lit[owner] = True
+    dark = np.flatnonzero(~lit)
+    pairs = np.unique(np.concatenate([owner * 10_000 + years, dark * 10_000 + fallback]))
+    return pairs // 10_000, pairs % 10_000
 
 
 def evaluate_lights(result: MarkerResult, rules: SchemeRules, *, crops: Mapping[str, str | None] | None = None,
@@ -178,36 +178,37 @@ def evaluate_lights(result: MarkerResult, rules: SchemeRules, *, crops: Mapping[
         crops: parcel id -> crop code; a parcel missing here (or None for all) gets the
             rules' ``unknown_crop`` schemes.
         aoi: AOI whose crop mapping applies (``default`` when it has none).
-        year: season year of the windows; None = per parcel, the year of most of its clear
-            observations.
+        year: season year of the windows; None = per parcel, every year it has clear
+            observations in (one light per parcel, season and scheme).
 
     Yields:
-        Lights ordered by parcel id (as in *result*) and scheme name. A parcel with no scheme
-        gets no light.
+        Lights ordered by parcel id (as in *result*), season and scheme name. A parcel with no
+        scheme gets no light.
     """
     t0 = time.perf_counter()
     n_parcels = len(result.parcel_ids)
     parcel_ids = [str(p) for p in result.parcel_ids]
     schemes_of = [sorted(rules.schemes_for(None if crops is None else crops.get(pid), aoi=aoi)) for pid in parcel_ids]
-    years = _parcel_years(result, year)
+    owner, years = _seasons(result, year)
     event_offsets = group_offsets(result.parcel, n_parcels)
     unique_years = np.unique(years)
     decided: dict[str, tuple[np.ndarray, ...]] = {}
     for name, scheme in rules.schemes.items():
-        has = np.array([name in names for names in schemes_of], bool)
+        has = np.array([name in names for names in schemes_of], bool)[owner]
         if not has.any():
             continue
         worst: tuple[np.ndarray, ...] = ()
         for rule in scheme.rules:
             starts = {y: _day_number(int(y), rule.window_start) for y in unique_years}
             ends = {y: _day_number(int(y), rule.window_end) + 1.0 for y in unique_years}
-            lo = np.where(has, np.array([starts[y] for y in years]), np.nan) if n_parcels else np.zeros(0)
-            hi = np.where(has, np.array([ends[y] for y in years]), np.nan) if n_parcels else np.zeros(0)
+            lo = np.where(has, np.array([starts[y] for y in years]), np.nan) if len(owner) else np.zeros(0)
+            hi = np.where(has, np.array([ends[y] for y in years]), np.nan) if len(owner) else np.zeros(0)
             n_clear, gap, conf, seq = _window_kernel(result.clear_offsets, result.clear_day, event_offsets,
                                                      result.marker.astype(np.int32), result.main, result.confidence,
-                                                     result.seq.astype(np.int32), MARKERS.index(rule.marker), lo, hi)
+                                                     result.seq.astype(np.int32), MARKERS.index(rule.marker), owner,
+                                                     lo, hi)
             colour, reason = _outcomes(rule, n_clear, gap, conf, seq)
-            rule_index = np.full(n_parcels, scheme.rules.index(rule))
+            rule_index = np.full(len(owner), scheme.rules.index(rule))
             if not worst:
                 worst = (colour, reason, rule_index, seq, n_clear, gap)
             else:
@@ -216,12 +217,12 @@ def evaluate_lights(result: MarkerResult, rules: SchemeRules, *, crops: Mapping[
                               zip((colour, reason, rule_index, seq, n_clear, gap), worst, strict=True))
         decided[name] = worst  # rules files are validated: every scheme has at least one rule
     counts = dict.fromkeys(COLOURS, 0)
-    for p in range(n_parcels):
+    for i, p in enumerate(owner):
         for name in schemes_of[p]:
-            colour, reason, rule_index, seq, n_clear, gap = (values[p] for values in decided[name])
+            colour, reason, rule_index, seq, n_clear, gap = (values[i] for values in decided[name])
             counts[COLOURS[int(colour)]] += 1
             yield TrafficLight(parcel_ids[p], name, COLOURS[int(colour)], REASONS[int(reason)],
-                               rules.schemes[name].rules[int(rule_index)].rule_id, int(years[p]), int(seq),
+                               rules.schemes[name].rules[int(rule_index)].rule_id, int(years[i]), int(seq),
                                int(n_clear), round(float(gap), 1))
     log.info("traffic lights parcels=%d green=%d yellow=%d red=%d rules=%s@v%d seconds=%.3f", n_parcels,
              counts["green"], counts["yellow"], counts["red"], rules.source, rules.version, time.perf_counter() - t0)
