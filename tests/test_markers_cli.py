@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from markers_series import grass_rows, write_rows
 
 from cbm_tasks.cli import main
 from cbm_tasks.markers.engine import run_markers
-from cbm_tasks.markers.params import ParamsFileError, load_params
+from cbm_tasks.markers.params import NEUTRAL, MarkerParams, ParamsFileError, load_params
 from cbm_tasks.markers.reader import read_series
 from cbm_tasks.traffic_light import RulesFileError, evaluate_lights, load_rules
 from cbm_tasks.traffic_light.evaluate import evaluate_rule
@@ -131,6 +132,30 @@ def test_params_override_and_hash(tmp_path: Path) -> None:
     assert custom.get("mowing", "min_drop") == 0.2 and custom.version == 7
     assert custom.get("mowing", "min_spacing_days") == defaults.get("mowing", "min_spacing_days")
     assert custom.hash != defaults.hash and load_params().hash == defaults.hash and len(defaults.hash) == 64
+
+
+def test_parameters_recorded_by_an_older_version_recompute_as_they_did(tmp_path: Path) -> None:
+    # a run recorded version 2 parameters (cbm.marker_run.params): no v3 keys. Recomputing it (audit
+    # report, cbm audit verify) must not fail and must give the v2 result: the v3 rules are off.
+    defaults = load_params()
+    v3_keys = {("mowing", "min_moisture_drop"), ("mowing", "date_window_days")}
+    recorded = MarkerParams(2, {name: {k: v for k, v in values.items() if (name, k) not in v3_keys}
+                                for name, values in defaults.sections.items()}, "marker_run")
+    off = tmp_path / "v2.yaml"
+    off.write_text("version: 2\nmowing:\n  min_moisture_drop: 0\n  date_window_days: 999\n")
+    as_v2 = load_params(off)
+    assert set(NEUTRAL) <= {(name, k) for name, values in defaults.sections.items() for k in values}
+    assert [recorded.get(*key) for key in sorted(v3_keys)] == [as_v2.get(*key) for key in sorted(v3_keys)]
+    # a cut in a 40-day cloud gap: v2 dates it in the gap's middle, v3 within the regrowth time
+    days = list(range(60, 151, 5)) + list(range(190, 301, 5))
+    keep = {(date(2021, 1, 1) + timedelta(days=d - 1)).isoformat() for d in days}
+    series = read_series(write_rows(tmp_path / "gap.csv", [row for row in grass_rows("p", [186]) if row[1] in keep]))
+
+    def mowing(params: MarkerParams) -> list[str]:
+        return [r.main_date for r in run_markers(series, params).rows() if r.marker == "mowing"]
+    assert mowing(recorded) == mowing(as_v2) != mowing(defaults)
+    with pytest.raises(KeyError, match="marker_run.*no mowing.no_such_key"):
+        recorded.get("mowing", "no_such_key")
 
 
 def test_rule_outcomes() -> None:

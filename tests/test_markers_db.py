@@ -7,6 +7,7 @@ SCL counts, S1 CARD-BS every 6 days) through the extraction's own writer into a 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,32 @@ def test_nothing_new_writes_nothing(db_url: str, seeded: SeededSet) -> None:
         again = run_parcel_set(conn, CLI, aoi="mk", year=2018)
     assert again.marker_run_id is None and again.parcels == 0 and again.lights == 0
     assert _rows(db_url) == rows
+
+
+def test_other_parameters_rules_or_sensors_recompute_every_parcel(db_url: str, seeded: SeededSet,
+                                                                   tmp_path: Path) -> None:
+    # an upgrade of the defaults (or another parameter / rules file, or S2 only) must reach every parcel
+    # on the next incremental run, not only those with new images; the same configuration again: nothing
+    params = tmp_path / "params.yaml"
+    params.write_text("version: 99\nmowing:\n  min_drop: 0.15\n")
+    rules = tmp_path / "rules.yaml"
+    shipped = resources.files("cbm_tasks.traffic_light").joinpath("scheme_rules.yaml").read_text()
+    rules.write_text(yaml.safe_dump({**yaml.safe_load(shipped), "version": 99}))
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        run_parcel_set(conn, CLI, aoi="mk", year=2018)
+        counts = [run_parcel_set(conn, CLI, aoi="mk", year=2018, params_path=params).parcels,
+                  run_parcel_set(conn, CLI, aoi="mk", year=2018, params_path=params).parcels,
+                  run_parcel_set(conn, CLI, aoi="mk", year=2018, params_path=params, use_s1=False).parcels,
+                  run_parcel_set(conn, CLI, aoi="mk", year=2018, params_path=params, use_s1=False,
+                                 rules_path=rules).parcels,
+                  run_parcel_set(conn, CLI, aoi="mk", year=2018, params_path=params, use_s1=False,
+                                 rules_path=rules).parcels]
+        lit = conn.execute("SELECT count(DISTINCT parcel_key) FROM cbm.traffic_light").fetchone()[0]
+        hashes = conn.execute("SELECT count(DISTINCT r.params_hash), count(DISTINCT t.rules_hash) "
+                              "FROM cbm.traffic_light t JOIN cbm.marker_run r "
+                              "ON r.marker_run_id = t.marker_run_ids[1]").fetchone()
+    assert counts == [N_PARCELS, 0, N_PARCELS, lit, 0] and 0 < lit < N_PARCELS  # rules: parcels with a light
+    assert hashes == (1, 1)  # every light now of one parameter set and one rules file
 
 
 def test_new_observations_recompute_only_those_parcels(db_url: str, seeded: SeededSet) -> None:

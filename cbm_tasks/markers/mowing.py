@@ -192,7 +192,7 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
             # moisture signature (where SWIR exists): cut grass dries and exposes litter, so NDMI falls
             moisture_low = min(ndmi[idx[k]], ndmi[idx[b]])
             moisture_need = min_moisture_drop if t1 - t0 <= red_gap else 0.0
-            dry = not ndmi[idx[k - 1]] - moisture_low < moisture_need  # True when NDMI is unknown
+            dry = min_moisture_drop <= 0.0 or not ndmi[idx[k - 1]] - moisture_low < moisture_need  # NaN: True
             if not (drop >= min_drop and drop >= min_rel * before and before >= min_before
                     and step >= min_step_share * drop and before - high <= max_pre_share * drop
                     and not red_low < red_need and dry

@@ -23,9 +23,26 @@ import yaml
 
 from cbm_tasks.errors import ConfigError
 
-__all__ = ["MarkerParams", "ParamsFileError", "default_params", "load_params"]
+__all__ = ["NEUTRAL", "MarkerParams", "ParamsFileError", "default_params", "load_params"]
 
 _DEFAULT_FILE = "marker_params.yaml"
+
+
+# Keys added after version 1, with the value that switches their rule off. Parameters recorded by an
+# older run (cbm.marker_run.params) lack them; recomputing that run (audit report, `cbm audit verify`)
+# must give what it gave, so a missing key means "the rule did not exist yet".
+NEUTRAL: dict[tuple[str, str], float] = {
+    # version 2
+    ("validity", "max_haze_index"): 1e9,
+    ("validity", "haze_red_weight"): 0.5,
+    ("cloud_dip", "max_run"): 1.0,
+    ("cloud_dip", "min_haze_rise"): 1e9,
+    ("mowing", "min_red_ratio"): 0.0,
+    ("mowing", "red_ratio_max_gap_days"): 1e9,
+    # version 3
+    ("mowing", "min_moisture_drop"): 0.0,
+    ("mowing", "date_window_days"): 999.0,
+}
 
 
 class ParamsFileError(ConfigError):
@@ -47,8 +64,13 @@ class MarkerParams:
     source: str
 
     def get(self, section: str, key: str) -> float:
-        """Return one value as float."""
-        return float(self.sections[section][key])
+        """Return one value as float; a key newer than these parameters gives its neutral value (NEUTRAL)."""
+        values = self.sections.get(section, {})
+        if key in values:
+            return float(values[key])
+        if (section, key) in NEUTRAL:
+            return NEUTRAL[(section, key)]
+        raise KeyError(f"marker parameters {self.source} (version {self.version}) have no {section}.{key}")
 
     def as_dict(self) -> dict[str, Any]:
         """Return the plain mapping that is hashed: ``{"version": v, section: {key: value}}``."""

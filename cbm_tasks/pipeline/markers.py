@@ -4,8 +4,9 @@
 (:mod:`cbm_tasks.markers`) and the traffic light of every parcel and scheme
 (:mod:`cbm_tasks.traffic_light`), and writes them with their lineage, all in one transaction:
 
-- **incremental** (default): only parcels never computed, or with observations of images
-  extracted after (or not seen by) their last marker run; nothing to do writes nothing;
+- **incremental** (default): only parcels never computed, with observations of images extracted
+  after (or not seen by) their last marker run, or whose last run used other parameters, S1 use or
+  rules (an upgrade of the defaults reaches every parcel); nothing to do writes nothing;
 - **full**: every parcel of the set;
 - **idempotent**: a parcel's previous lights (of the evaluated schemes) and its replaced events are
   deleted in the same transaction, so a re-run leaves exactly one result per parcel and scheme;
@@ -48,7 +49,7 @@ BATCH_PARCELS = 50_000  # parcels read, computed and written at a time (bounds m
 
 _TO_COMPUTE = """
 WITH latest AS (   -- each parcel's current marker run
-    SELECT DISTINCT ON (m.parcel_key) m.parcel_key, m.marker_run_id
+    SELECT DISTINCT ON (m.parcel_key) m.parcel_key, m.marker_run_id, r.params_hash, r.use_s1
     FROM cbm.marker_parcel m JOIN cbm.marker_run r USING (marker_run_id)
     WHERE r.parcel_set_id = %(set)s
     ORDER BY m.parcel_key, m.marker_run_id DESC
@@ -58,7 +59,12 @@ WITH latest AS (   -- each parcel's current marker run
     WHERE r.parcel_set_id = %(set)s AND (e.extracted_at > r.read_at OR NOT e.product_id = ANY(r.product_ids))
 )
 SELECT p.parcel_key FROM cbm.parcel p LEFT JOIN latest l USING (parcel_key)
-WHERE p.parcel_set_id = %(set)s AND l.parcel_key IS NULL
+WHERE p.parcel_set_id = %(set)s
+  AND (l.parcel_key IS NULL OR l.params_hash IS DISTINCT FROM %(params)s OR l.use_s1 IS DISTINCT FROM %(use_s1)s)
+UNION
+SELECT t.parcel_key FROM cbm.traffic_light t
+WHERE t.parcel_set_id = %(set)s AND t.rules_hash IS DISTINCT FROM %(rules)s
+  AND (%(scheme)s::text IS NULL OR t.scheme = %(scheme)s::text)
 UNION
 SELECT o.parcel_key FROM fresh f
 JOIN cbm.parcel_obs o ON o.parcel_set_id = %(set)s AND o.product_id = f.product_id
@@ -99,13 +105,20 @@ def rules_document(path: Path | None) -> dict[str, Any]:
     return loaded
 
 
-def parcels_to_compute(conn: psycopg.Connection, parcel_set_id: int, *, full: bool) -> np.ndarray:
-    """Return the sorted parcel keys a run must compute (all of them when *full*)."""
+def parcels_to_compute(conn: psycopg.Connection, parcel_set_id: int, *, full: bool, params_hash: str = "",
+                       rules_hash: str = "", use_s1: bool = True, scheme: str | None = None) -> np.ndarray:
+    """Return the sorted parcel keys a run must compute (all of them when *full*).
+
+    Incremental: parcels never computed, with observations the last run did not see, whose last run
+    had other parameters (*params_hash*) or S1 use, or with a light of other rules (*rules_hash*; of
+    *scheme* only when given). After an upgrade of the defaults the next run brings every parcel to them.
+    """
     if full:
         rows = conn.execute("SELECT parcel_key FROM cbm.parcel WHERE parcel_set_id = %s ORDER BY 1",
                             (parcel_set_id,)).fetchall()
     else:
-        rows = conn.execute(_TO_COMPUTE, {"set": parcel_set_id}).fetchall()
+        rows = conn.execute(_TO_COMPUTE, {"set": parcel_set_id, "params": params_hash, "rules": rules_hash,
+                                          "use_s1": use_s1, "scheme": scheme}).fetchall()
     return np.array([row[0] for row in rows], dtype=np.int32)
 
 
@@ -202,7 +215,8 @@ def _in_snapshot(conn: psycopg.Connection, *, aoi: str, year: int, parcel_set_id
         # READ COMMITTED, so a run that waited sees what the one before it wrote; the reads are bounded to
         # the images listed at the start, which the run records: an image extracted later is new next time.
         cur.execute("SELECT 1 FROM cbm.parcel_set WHERE parcel_set_id = %s FOR NO KEY UPDATE", (parcel_set_id,))
-        keys = parcels_to_compute(conn, parcel_set_id, full=scope == "full")
+        keys = parcels_to_compute(conn, parcel_set_id, full=scope == "full", params_hash=params.hash,
+                                  rules_hash=rules.hash, use_s1=use_s1, scheme=scheme)
         if len(keys) == 0:
             return MarkersOutcome(aoi, year, scope, None, 0, 0, 0, colours, round(time.perf_counter() - t0, 3))
         products = db_read.read_products(conn, parcel_set_id)
