@@ -164,8 +164,9 @@ def _seasons(result: MarkerResult, year: int | None) -> tuple[np.ndarray, np.nda
     lit = np.zeros(n_parcels, bool)
     lit[owner] = True
     dark = np.flatnonzero(~lit)
-    pairs = np.unique(np.concatenate([owner * 10_000 + years, dark * 10_000 + fallback]))
-    return pairs // 10_000, pairs % 10_000
+    pairs = np.unique(np.concatenate([np.stack([owner, years], axis=1),
+                                      np.stack([dark, np.full(len(dark), fallback)], axis=1)]), axis=0)
+    return pairs[:, 0].copy(), pairs[:, 1].copy()  # rows sorted by parcel, then year
 
 
 def evaluate_lights(result: MarkerResult, rules: SchemeRules, *, crops: Mapping[str, str | None] | None = None,
