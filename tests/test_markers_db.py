@@ -6,6 +6,8 @@ SCL counts, S1 CARD-BS every 6 days) through the extraction's own writer into a 
 
 from __future__ import annotations
 
+import csv
+import re
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -301,6 +303,15 @@ def test_export_gpkg_and_csv_and_summary(db_url: str, seeded: SeededSet, tmp_pat
     lines = (tmp_path / "lights.csv").read_text().splitlines()
     assert lines[0].startswith("light_id,parcel_id,crop_code,scheme,colour,reason,rule_id")
     assert len(lines) - 1 == n_csv == sum(sum(r.values()) for r in summary["grassland_mowing"].values())
+    # each green mowing light carries the date of the mowing that decided it (a label in QGIS); red ones none
+    rows = list(csv.DictReader(lines))
+    assert list(rows[0])[-2:] == ["event_marker", "event_date"]  # appended
+    decided = {(r["colour"], r["event_marker"], bool(r["event_date"])) for r in rows}
+    assert ("green", "mowing", True) in decided and all(
+        marker == "" and not has_date for colour, marker, has_date in decided if colour != "green")
+    _, _, _, fields = pyogrio.raw.read(tmp_path / "lights.gpkg", columns=["event_marker", "event_date"])
+    dates = [d for marker, d in zip(*fields, strict=True) if marker == "mowing"]
+    assert dates and all(re.fullmatch(r"2018-\d\d-\d\d", d) for d in dates)
     assert sum(sum(sum(r.values()) for r in colours.values()) for colours in summary.values()) == outcome.lights
 
 

@@ -24,8 +24,9 @@ __all__ = ["EXPORT_COLUMNS", "export_lights"]
 
 log = logging.getLogger(__name__)
 
+# columns are only appended; event_marker / event_date: the event that decided the light (none: empty)
 EXPORT_COLUMNS = ("light_id", "parcel_id", "crop_code", "scheme", "colour", "reason", "rule_id", "rules_version",
-                  "n_clear_obs", "longest_gap_days", "event_seq", "area_m2")
+                  "n_clear_obs", "longest_gap_days", "event_seq", "area_m2", "event_marker", "event_date")
 _FORMATS = (".gpkg", ".csv")
 _DTYPES = {"light_id": np.int64, "rules_version": np.int32, "n_clear_obs": np.int32, "longest_gap_days": np.float32,
            "event_seq": np.int16, "area_m2": np.float64}
@@ -44,7 +45,8 @@ def export_lights(conn: psycopg.Connection, *, aoi: str, year: int, out: Path, s
     find_parcel_set(conn, aoi=aoi, year=year)  # a clear error for an unknown set
     rows = conn.execute(
         "SELECT light_id, parcel_id, crop_code, scheme, colour, reason, rule_id, rules_version, n_clear_obs, "
-        "longest_gap_days, event_seq, area_m2, ST_AsBinary(geom) FROM cbm.traffic_light_map "
+        "longest_gap_days, event_seq, area_m2, event_marker, to_char(event_date, 'YYYY-MM-DD'), ST_AsBinary(geom) "
+        "FROM cbm.traffic_light_map "
         "WHERE aoi = %s AND year = %s AND (%s::text IS NULL OR scheme = %s) ORDER BY parcel_id, scheme",
         (aoi, year, scheme, scheme)).fetchall()
     partial = out.with_name(f".{out.name}.partial{out.suffix}")
