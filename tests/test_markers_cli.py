@@ -96,6 +96,9 @@ def test_crops_select_schemes(tmp_path: Path) -> None:
     (RULES.replace("require: present", "require: often"), r"\(id R1\): require must be one of present, absent"),
     (RULES.replace("unknown_crop: [mown]", "unknown_crop: [grazed]"), r"crop_schemes.default: unknown scheme"),
     ("schemes: [", r"rules\.yaml: not valid YAML"),
+    (RULES.replace("min_confidence: 0.5}", "min_confidence: 0.5, min_events: 0}"), r"\(id R1\): min_events must be an"),
+    (RULES.replace("min_confidence: 0.5}", "min_confidence: 0.5, max_events: 2}"), r"\(id R1\): max_events applies to "
+                                                                                   r"require: absent"),
 ])
 def test_bad_rules_file_is_named_and_nothing_is_written(tmp_path: Path, text: str, message: str,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,6 +178,18 @@ def test_rule_outcomes() -> None:
     banned = Rule("B", "bare_soil", "absent", (6, 1), (8, 31), 0.5, 3, 30.0)
     assert outcome([june1 + 30], [0.9], r=banned) == ("red", "EVENT_IN_BANNED_PERIOD")
     assert outcome([], [], r=banned) == ("green", "NO_EVENT")
+    # counts: two mowings required (e.g. an eco-scheme), at most two cuts allowed (extensive grassland)
+    twice = Rule("T", "mowing", "present", (6, 1), (8, 31), 0.5, 3, 30.0, min_events=2)
+    assert outcome([june1 + 10, june1 + 50], [0.9, 0.8], r=twice) == ("green", "EVENT_FOUND")
+    assert outcome([june1 + 10], [0.9], r=twice) == ("red", "TOO_FEW_EVENTS")
+    assert outcome([june1 + 10, june1 + 50], [0.9, 0.3], r=twice) == ("yellow", "LOW_CONFIDENCE")
+    assert outcome([], [], r=twice) == ("red", "NO_EVENT")
+    at_most_two = Rule("X", "mowing", "absent", (6, 1), (8, 31), 0.5, 3, 30.0, max_events=2)
+    cuts = [june1 + 5, june1 + 40, june1 + 80]
+    assert outcome(cuts, [0.9, 0.8, 0.7], r=at_most_two) == ("red", "TOO_MANY_EVENTS")
+    assert outcome(cuts[:2], [0.9, 0.8], r=at_most_two) == ("green", "EVENT_FOUND")  # within the limit
+    assert outcome(cuts, [0.9, 0.8, 0.3], r=at_most_two) == ("yellow", "LOW_CONFIDENCE")  # a weak third
+    assert outcome([], [], r=at_most_two) == ("green", "NO_EVENT")
 
 
 def test_lights_trace_rule_and_event(tmp_path: Path) -> None:

@@ -3,17 +3,21 @@
 Per rule (see ``scheme_rules.yaml``), with the events whose main date falls in the rule's window
 and the clear Sentinel-2 observations in it:
 
-============ ======================================= ==========================================
-require      evidence                                colour, reason
-============ ======================================= ==========================================
-present      event with confidence >= min_confidence green, EVENT_FOUND
-absent       event with confidence >= min_confidence red, EVENT_IN_BANNED_PERIOD
-either       fewer than min_clear_obs clear obs      yellow, NO_DATA
-either       a gap longer than max_gap_days          yellow, GAP
-either       only events below min_confidence        yellow, LOW_CONFIDENCE
-present      none of the above                       red, NO_EVENT
-absent       none of the above                       green, NO_EVENT
-============ ======================================= ==========================================
+An event counts when its confidence is >= min_confidence; ``min_events`` (present, default 1) and
+``max_events`` (absent, default 0) set how many:
+
+============ ============================================ ==========================================
+require      evidence                                     colour, reason
+============ ============================================ ==========================================
+present      >= min_events events                         green, EVENT_FOUND
+absent       > max_events events                          red, EVENT_IN_BANNED_PERIOD (max_events 0)
+                                                          or TOO_MANY_EVENTS
+either       fewer than min_clear_obs clear obs           yellow, NO_DATA
+either       a gap longer than max_gap_days               yellow, GAP
+either       weaker events that could change the count    yellow, LOW_CONFIDENCE
+present      none of the above                            red, NO_EVENT (none) or TOO_FEW_EVENTS
+absent       none of the above                            green, NO_EVENT (none) or EVENT_FOUND
+============ ============================================ ==========================================
 
 A confirming event wins over missing data (a mowing seen is a mowing done); a scheme takes the
 worst colour of its rules (red > yellow > green) with that rule's reason and id.
@@ -41,7 +45,7 @@ log = logging.getLogger(__name__)
 
 COLOURS = ("green", "yellow", "red")
 REASONS = ("EVENT_FOUND", "NO_EVENT", "EVENT_IN_BANNED_PERIOD", "NO_DATA", "GAP", "LOW_CONFIDENCE",
-           "NO_SCHEME")
+           "NO_SCHEME", "TOO_FEW_EVENTS", "TOO_MANY_EVENTS")
 _EPOCH = date(1970, 1, 1)
 
 
@@ -81,15 +85,18 @@ class _Outcome:
 @njit(cache=True, nogil=True)
 def _window_kernel(clear_offsets: np.ndarray, clear_day: np.ndarray, event_offsets: np.ndarray,
                    event_marker: np.ndarray, event_main: np.ndarray, event_conf: np.ndarray, event_seq: np.ndarray,
-                   marker: int, owner: np.ndarray, lo: np.ndarray,
-                   hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per parcel-season i (of parcel ``owner[i]``), in its window [lo, hi): clear days, longest gap, best event.
+                   marker: int, min_conf: float, owner: np.ndarray, lo: np.ndarray,
+                   hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per parcel-season i (of parcel ``owner[i]``), in its window [lo, hi): clear days, longest gap, events.
 
-    The gap counts the window's edges; the best event is the rule marker's most confident one.
+    Returns (clear observations, longest gap, events >= *min_conf*, all events, seq of the best event):
+    the gap counts the window's edges; the best event is the rule marker's most confident one.
     """
     n = len(lo)
     n_clear = np.zeros(n, np.int32)
     gap = np.zeros(n, np.float64)
+    n_strong = np.zeros(n, np.int32)
+    n_any = np.zeros(n, np.int32)
     best_conf = np.full(n, -1.0)
     best_seq = np.zeros(n, np.int32)
     for i in range(n):
@@ -105,10 +112,15 @@ def _window_kernel(clear_offsets: np.ndarray, clear_day: np.ndarray, event_offse
                 n_clear[i] += 1
         gap[i] = max(gap[i], hi[i] - previous)
         for e in range(event_offsets[p], event_offsets[p + 1]):
-            if event_marker[e] == marker and lo[i] <= event_main[e] < hi[i] and event_conf[e] > best_conf[i]:
+            if event_marker[e] != marker or not lo[i] <= event_main[e] < hi[i]:
+                continue
+            n_any[i] += 1
+            if event_conf[e] >= min_conf:
+                n_strong[i] += 1
+            if event_conf[e] > best_conf[i]:
                 best_conf[i] = event_conf[e]
                 best_seq[i] = event_seq[e]
-    return n_clear, gap, best_conf, best_seq
+    return n_clear, gap, n_strong, n_any, best_seq
 
 
 def _day_number(year: int, month_day: tuple[int, int]) -> float:
@@ -118,18 +130,23 @@ def _day_number(year: int, month_day: tuple[int, int]) -> float:
     return float((date(year, month, day) - _EPOCH).days)
 
 
-def _outcomes(rule: Rule, n_clear: np.ndarray, gap: np.ndarray, best_conf: np.ndarray,
-              best_seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _outcomes(rule: Rule, n_clear: np.ndarray, gap: np.ndarray, n_strong: np.ndarray,
+              n_any: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Colour index (COLOURS) and reason index (REASONS) per parcel, as in the module's table."""
-    found = best_conf >= rule.min_confidence
-    present = rule.require == "present"
-    found_colour, found_reason = (0, 0) if present else (2, 2)
-    none_colour, none_reason = (2, 1) if present else (0, 1)
     no_data = n_clear < rule.min_clear_obs
     long_gap = gap > rule.max_gap_days
-    weak = best_seq > 0
-    colour = np.select([found, no_data, long_gap, weak], [found_colour, 1, 1, 1], none_colour)
-    reason = np.select([found, no_data, long_gap, weak], [found_reason, 3, 4, 5], none_reason)
+    if rule.require == "present":
+        decided = n_strong >= rule.min_events
+        weak = n_any > n_strong  # events below min_confidence could make up the number
+        decided_colour, decided_reason = 0, 0
+        none_colour, none_reason = 2, np.where(n_strong == 0, 1, 7)  # NO_EVENT, TOO_FEW_EVENTS
+    else:
+        decided = n_strong > rule.max_events
+        weak = n_any > rule.max_events  # events below min_confidence could break the limit
+        decided_colour, decided_reason = 2, (2 if rule.max_events == 0 else 8)  # EVENT_IN_BANNED_PERIOD / TOO_MANY
+        none_colour, none_reason = 0, np.where(n_strong == 0, 1, 0)  # NO_EVENT, or EVENT_FOUND within the limit
+    colour = np.select([decided, no_data, long_gap, weak], [decided_colour, 1, 1, 1], none_colour)
+    reason = np.select([decided, no_data, long_gap, weak], [decided_reason, 3, 4, 5], none_reason)
     return colour, reason
 
 
@@ -139,11 +156,11 @@ def evaluate_rule(rule: Rule, year: int, *, clear_day: np.ndarray, event_main: n
     lo = np.array([_day_number(year, rule.window_start)])
     hi = np.array([_day_number(year, rule.window_end) + 1.0])  # the window covers its last day whole
     n_events = len(event_main)
-    n_clear, gap, conf, seq = _window_kernel(
+    n_clear, gap, n_strong, n_any, seq = _window_kernel(
         np.array([0, len(clear_day)], np.int64), np.asarray(clear_day, np.float64), np.array([0, n_events], np.int64),
         np.zeros(n_events, np.int32), np.asarray(event_main, np.float64), np.asarray(event_confidence, np.float64),
-        np.asarray(event_seq, np.int32), 0, np.zeros(1, np.int64), lo, hi)
-    colour, reason = _outcomes(rule, n_clear, gap, conf, seq)
+        np.asarray(event_seq, np.int32), 0, rule.min_confidence, np.zeros(1, np.int64), lo, hi)
+    colour, reason = _outcomes(rule, n_clear, gap, n_strong, n_any)
     return _Outcome(COLOURS[int(colour[0])], REASONS[int(reason[0])], int(seq[0]), int(n_clear[0]), float(gap[0]))
 
 
@@ -204,11 +221,11 @@ def evaluate_lights(result: MarkerResult, rules: SchemeRules, *, crops: Mapping[
             ends = {y: _day_number(int(y), rule.window_end) + 1.0 for y in unique_years}
             lo = np.where(has, np.array([starts[y] for y in years]), np.nan) if len(owner) else np.zeros(0)
             hi = np.where(has, np.array([ends[y] for y in years]), np.nan) if len(owner) else np.zeros(0)
-            n_clear, gap, conf, seq = _window_kernel(result.clear_offsets, result.clear_day, event_offsets,
-                                                     result.marker.astype(np.int32), result.main, result.confidence,
-                                                     result.seq.astype(np.int32), MARKERS.index(rule.marker), owner,
-                                                     lo, hi)
-            colour, reason = _outcomes(rule, n_clear, gap, conf, seq)
+            n_clear, gap, n_strong, n_any, seq = _window_kernel(
+                result.clear_offsets, result.clear_day, event_offsets, result.marker.astype(np.int32), result.main,
+                result.confidence, result.seq.astype(np.int32), MARKERS.index(rule.marker), rule.min_confidence,
+                owner, lo, hi)
+            colour, reason = _outcomes(rule, n_clear, gap, n_strong, n_any)
             rule_index = np.full(len(owner), scheme.rules.index(rule))
             if not worst:
                 worst = (colour, reason, rule_index, seq, n_clear, gap)

@@ -26,7 +26,8 @@ __all__ = ["REQUIREMENTS", "Rule", "RulesFileError", "Scheme", "SchemeRules", "l
 
 REQUIREMENTS = ("present", "absent")
 _MONTH_DAY = re.compile(r"^(\d{2})-(\d{2})$")
-_RULE_KEYS = {"id", "marker", "require", "window", "min_confidence", "min_clear_obs", "max_gap_days"}
+_RULE_KEYS = {"id", "marker", "require", "window", "min_confidence", "min_clear_obs", "max_gap_days", "min_events",
+              "max_events"}
 _EVIDENCE_MARKERS = tuple(name for name in MARKERS if name != "data_sufficiency")
 
 
@@ -36,7 +37,11 @@ class RulesFileError(ConfigError):
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One rule of a scheme: a marker that must be present in (or absent from) a date window."""
+    """One rule of a scheme: a marker that must be present in (or absent from) a date window.
+
+    ``min_events`` (present): how many events at least (e.g. two mowings); ``max_events`` (absent):
+    how many are allowed (0: none, e.g. no ploughing; 2: at most two cuts of extensive grassland).
+    """
 
     rule_id: str
     marker: str
@@ -46,6 +51,8 @@ class Rule:
     min_confidence: float
     min_clear_obs: int
     max_gap_days: float
+    min_events: int = 1
+    max_events: int = 0
 
     def window(self, year: int) -> tuple[date, date]:
         """Return the window's first and last day in *year*."""
@@ -136,7 +143,15 @@ def _rule(raw: Any, where: str) -> Rule:
     gap = _number(raw, "max_gap_days", where, 45)
     if clear_obs < 0 or gap <= 0:
         raise RulesFileError(f"{where}: min_clear_obs must be >= 0 and max_gap_days > 0")
-    return Rule(str(raw["id"]), raw["marker"], raw["require"], start, end, confidence, int(clear_obs), gap)
+    present = raw["require"] == "present"
+    for key in ("min_events", "max_events"):
+        if key in raw and (key == "min_events") != present:
+            raise RulesFileError(f"{where}: {key} applies to require: {'present' if key == 'min_events' else 'absent'}")
+    min_events, max_events = _number(raw, "min_events", where, 1), _number(raw, "max_events", where, 0)
+    if min_events != int(min_events) or min_events < 1 or max_events != int(max_events) or max_events < 0:
+        raise RulesFileError(f"{where}: min_events must be an integer >= 1 and max_events an integer >= 0")
+    return Rule(str(raw["id"]), raw["marker"], raw["require"], start, end, confidence, int(clear_obs), gap,
+                int(min_events), int(max_events))
 
 
 def _parse(loaded: Any, source: str) -> SchemeRules:
