@@ -11,8 +11,10 @@ import pytest
 from markers_series import grass_rows, write_rows
 
 from cbm_tasks.cli import main
-from cbm_tasks.markers.engine import run_markers
+from cbm_tasks.markers.engine import markers_from_prepared, run_markers
 from cbm_tasks.markers.params import NEUTRAL, MarkerParams, ParamsFileError, load_params
+from cbm_tasks.markers.plot import parcel_figure
+from cbm_tasks.markers.preprocess import prepare
 from cbm_tasks.markers.reader import read_series
 from cbm_tasks.traffic_light import RulesFileError, evaluate_lights, load_rules
 from cbm_tasks.traffic_light.evaluate import evaluate_rule
@@ -207,3 +209,9 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     assert main(["markers", "plot", "--timeseries", str(series), "--parcel", "nope", "--out",
                  str(tmp_path / "n.png")]) == 2
     assert not (tmp_path / "n.png").exists()
+    # with B11 the inspector also sees the moisture index the cut test reads; without it, no such line
+    with_swir = [[*r[:3], "B11", f"{float(r[4]) * 0.6:.5f}", *r[5:]] for r in grass_rows("w", [190]) if r[3] == "B08"]
+    for rows, expected in ((grass_rows("w", [190]) + with_swir, True), (grass_rows("w", [190]), False)):
+        prepared = prepare(read_series(write_rows(tmp_path / "w.csv", rows)), load_params())
+        figure = parcel_figure(prepared, markers_from_prepared(prepared, load_params()), 0)
+        assert ("NDMI (clear)" in [line.get_label() for line in figure.axes[0].lines]) is expected

@@ -1,4 +1,4 @@
-"""The inspector's picture of one parcel: NDVI, S1 backscatter and coherence with the detected events.
+"""The inspector's picture of one parcel: NDVI (and NDMI), S1 backscatter and coherence with the events.
 
 :func:`parcel_figure` is pure (series and events in, a matplotlib ``Figure`` out; no pyplot
 state, Agg canvas); :func:`plot_parcel` computes the markers of one parcel and writes the PNG.
@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from cbm_tasks.errors import NotFoundError
 from cbm_tasks.markers.engine import MARKERS, MarkerResult, markers_from_prepared
 from cbm_tasks.markers.params import MarkerParams
-from cbm_tasks.markers.preprocess import PreparedSeries, prepare
+from cbm_tasks.markers.preprocess import PreparedSeries, moisture_index, prepare
 from cbm_tasks.markers.series import SeriesTable
 
 __all__ = ["parcel_figure", "plot_parcel"]
@@ -49,6 +49,10 @@ def parcel_figure(prepared: PreparedSeries, result: MarkerResult, parcel: int) -
     ax.plot(_dates(day[cloudy]), np.clip(ndvi[cloudy], -0.1, 1.0), "o", color="0.75", markersize=3,
             label="cloudy / rejected")
     ax.plot(_dates(day[dip]), ndvi[dip], "x", color="0.45", markersize=6, label="cloud dip (mask missed)")
+    # the moisture index the cut test reads where B11 exists (cut grass dries: NDMI falls with NDVI)
+    ndmi = moisture_index(s2.bands[rows, 2], s2.bands[rows, 3])
+    if np.isfinite(ndmi[valid]).any():
+        ax.plot(_dates(day[valid]), ndmi[valid], "--", color="#1f77b4", linewidth=1.0, label="NDMI (clear)")
     ax.set_ylim(-0.1, 1.0)
     ax.set_ylabel("NDVI")
     pick = result.parcel == parcel
