@@ -49,8 +49,9 @@ def test_file_events_name_the_bracketing_images(tmp_path: Path) -> None:
     assert list(events[0])[-1] == "products"
     mowing = {e["parcel_id"]: e for e in events if e["marker"] == "mowing"}
     # S2 every 5 days from doy 60: the last high observation is doy 185, the first low doy 190;
-    # coherence (every 6 days from doy 62) rose after the cut: its first pair after it, doy 194
-    assert mowing["cut"]["products"] == f"{S2_BASE + 185};{S2_BASE + 190};{COH_BASE + 194}"
+    # coherence (every 6 days from doy 62) rose across the cut: the first pair after it (doy 194) and the
+    # last pair before it (doy 176, the tall-grass side of the rise) are named
+    assert mowing["cut"]["products"] == f"{S2_BASE + 185};{S2_BASE + 190};{COH_BASE + 194};{COH_BASE + 176}"
     assert "coh" in mowing["cut"]["sources"]
     assert mowing["plain"]["products"] == f"{S2_BASE + 145};{S2_BASE + 150}"
     for event in events:  # every event: its first image is dated start_date, its S2 images lie in the event

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 MARKERS = ("mowing", *CROP_MARKERS)
 # columns of MarkerResult.products: the S2 images dated start / main / end, the S1 coherence pair that
-# dated main (a cut inside a long S2 gap) and the one that raised the confidence (short grass after it)
-PRODUCT_ROLES = ("start", "main", "end", "s1_date", "s1_support")
+# dated main (a cut inside a long S2 gap), and the two pairs between which coherence rose and raised the
+# confidence: the first after the cut (short grass) and the last before it (tall grass)
+PRODUCT_ROLES = ("start", "main", "end", "s1_date", "s1_support", "s1_baseline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,7 @@ class MarkerResult:
         start, main, end: float64 (n,), days since 1970-01-01 UTC.
         confidence, value: float64 (n,).
         sources: int32 (n,), ``SOURCE_BITS`` mask.
-        products: int64 (n, 5), product ids of the images behind each event by ``PRODUCT_ROLES``,
+        products: int64 (n, 6), product ids of the images behind each event by ``PRODUCT_ROLES``,
             -1 where the role has no image or the input gave no product ids.
         clear_offsets, clear_day: the valid S2 observation days of parcel p are
             ``clear_day[clear_offsets[p]:clear_offsets[p + 1]]``.
@@ -125,7 +126,7 @@ def distinct_products(products: np.ndarray) -> np.ndarray:
 
 
 def evidence_lists(products: np.ndarray) -> list[list[int]]:
-    """Return per event the distinct product ids of *products* (n, 5), in ``PRODUCT_ROLES`` order, without -1."""
+    """Return per event the distinct product ids of *products* (n, 6), in ``PRODUCT_ROLES`` order, without -1."""
     return [[value for value in row if value >= 0] for row in distinct_products(products).tolist()]
 
 

@@ -38,11 +38,12 @@ from numba import njit
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import PreparedSeries, moisture_index
 
-__all__ = ["OBS_END", "OBS_MAIN", "OBS_S1_DATE", "OBS_S1_SUPPORT", "OBS_START", "SOURCE_BITS", "EventArrays",
-           "detect_mowing", "empty_obs"]
+__all__ = ["OBS_END", "OBS_MAIN", "OBS_S1_BASELINE", "OBS_S1_DATE", "OBS_S1_SUPPORT", "OBS_START", "SOURCE_BITS",
+           "EventArrays", "detect_mowing", "empty_obs"]
 
 SOURCE_BITS = {"s2": 1, "bs": 2, "coh": 4}  # bitmask of the sensors an event used
-OBS_START, OBS_MAIN, OBS_END, OBS_S1_DATE, OBS_S1_SUPPORT = range(5)  # columns of EventArrays.obs
+OBS_START, OBS_MAIN, OBS_END, OBS_S1_DATE, OBS_S1_SUPPORT, OBS_S1_BASELINE = range(6)  # EventArrays.obs columns
+N_OBS = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +56,12 @@ class EventArrays:
         confidence: float64 (n,) in [0, 1].
         value: float64 (n,), the signal measure of the marker (e.g. the NDVI drop).
         sources: int32 (n,), bitmask of ``SOURCE_BITS``.
-        obs: int64 (n, 5), the observations that prove the event, -1 where none: rows of the
+        obs: int64 (n, 6), the observations that prove the event, -1 where none: rows of the
             prepared S2 series (columns ``OBS_START``, ``OBS_MAIN``, ``OBS_END``: the observations
             dated start_date, main_date, end_date) and of the coherence series (``OBS_S1_DATE``:
-            the pair that dated main_date; ``OBS_S1_SUPPORT``: the pair that raised the confidence).
+            the pair that dated main_date; ``OBS_S1_SUPPORT`` and ``OBS_S1_BASELINE``: the first pair
+            after the cut and the last pair before it, between which coherence rose and raised the
+            confidence).
     """
 
     parcel: np.ndarray
@@ -73,7 +76,7 @@ class EventArrays:
 
 def empty_obs(n: int) -> np.ndarray:
     """Return an ``EventArrays.obs`` block of *n* events that name no observation (all -1)."""
-    return np.full((n, 5), -1, np.int64)
+    return np.full((n, N_OBS), -1, np.int64)
 
 
 @njit(cache=True, nogil=True)
@@ -102,6 +105,16 @@ def _first_pair_after_kernel(day: np.ndarray, vv: np.ndarray, lo: int, hi: int, 
         if np.isfinite(vv[row]) and end <= day[row] <= end + window:
             return row
     return -1
+
+
+@njit(cache=True, nogil=True)
+def _last_pair_before_kernel(day: np.ndarray, vv: np.ndarray, lo: int, hi: int, start: float, window: float) -> int:
+    """Row of the last coherence pair in [*start* - *window* - 12, *start* - 6] (the before side), -1 when none."""
+    found = -1
+    for row in range(lo, hi):
+        if np.isfinite(vv[row]) and start - window - 12.0 <= day[row] <= start - 6.0:
+            found = row
+    return found
 
 
 @njit(cache=True, nogil=True)
@@ -145,11 +158,11 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
     cap = len(day) + 1  # at most one event per step between observations
     out_parcel = np.empty(cap, np.int32)
     out = np.empty((cap, 6), np.float64)  # start, main, end, confidence, value, sources
-    out_obs = np.empty((cap, 5), np.int64)
+    out_obs = np.empty((cap, 6), np.int64)
     n_out = 0
     idx = np.empty(len(day), np.int64)
     cand = np.empty((len(day), 6), np.float64)
-    cand_obs = np.empty((len(day), 5), np.int64)
+    cand_obs = np.empty((len(day), 6), np.int64)
     strength = np.empty(len(day), np.float64)
     for parcel in range(len(offsets) - 1):
         n = 0
@@ -214,7 +227,7 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
                 continue  # a drop that stays down is senescence, drought, ploughing or harvest
             confidence = base + w_drop * c_drop + w_bracket * c_bracket + w_rec * c_rec
             sources = 1.0
-            s1_date_row, s1_support_row = -1, -1
+            s1_date_row, s1_support_row, s1_baseline_row = -1, -1, -1
             rise = _coherence_rise_kernel(coh_day, coh_vv, coh_offsets[parcel], coh_offsets[parcel + 1],
                                           t0, t1, coh_window)
             if np.isfinite(rise):
@@ -223,6 +236,8 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
                     confidence += s1_bonus
                     s1_support_row = _first_pair_after_kernel(coh_day, coh_vv, coh_offsets[parcel],
                                                               coh_offsets[parcel + 1], t1, coh_window)
+                    s1_baseline_row = _last_pair_before_kernel(coh_day, coh_vv, coh_offsets[parcel],
+                                                               coh_offsets[parcel + 1], t0, coh_window)
             if t1 - t0 > refine_gap:
                 refined, refined_row = _coherence_date_kernel(coh_day, coh_vv, coh_interval, coh_offsets[parcel],
                                                               coh_offsets[parcel + 1], t0, t1, min_coh_rise)
@@ -243,6 +258,7 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
             cand_obs[n_cand, 2] = idx[k]
             cand_obs[n_cand, 3] = s1_date_row
             cand_obs[n_cand, 4] = s1_support_row
+            cand_obs[n_cand, 5] = s1_baseline_row
             strength[n_cand] = drop + step  # among the steps of one cut, the steepest holds the date
             n_cand += 1
         if n_cand == 0:
