@@ -120,7 +120,7 @@ class AirflowApi:
         self.request("PATCH", f"dags/{dag_id}", body={"is_paused": paused})
         log.info("dag=%s paused=%s", dag_id, paused)
 
-    def quiesce(self, dag_ids: Sequence[str]) -> None:
+    def quiesce(self, dag_ids: Sequence[str], *, retry_pause_s: float = 1.0) -> None:
         """Drop the queued asset events of *dag_ids* and fail their queued and running runs.
 
         For a deployment about to be measured or tested from a clean state: a run left by an
@@ -138,8 +138,32 @@ class AirflowApi:
             except NotFoundError:
                 continue
             for run in active:
-                self.request("PATCH", f"dags/{dag_id}/dagRuns/{run['dag_run_id']}", body={"state": "failed"})
+                self._fail_run(dag_id, str(run["dag_run_id"]), pause_s=retry_pause_s)
                 log.info("dag=%s run_id=%s: %s run failed by quiesce", dag_id, run["dag_run_id"], run["state"])
+
+    def _fail_run(self, dag_id: str, run_id: str, *, pause_s: float, attempts: int = 5) -> None:
+        """Set a queued or running run to failed; done when it ended (or vanished) meanwhile.
+
+        The API server answers 500 ("Database error") when the scheduler writes the same run at that
+        moment (a lock conflict in the metadata database): the state is read again and the change retried.
+        """
+        for attempt in range(attempts):
+            try:
+                self.request("PATCH", f"dags/{dag_id}/dagRuns/{run_id}", body={"state": "failed"})
+                return
+            except NotFoundError:
+                return
+            except ServiceError as err:
+                try:
+                    state = self.run(dag_id, run_id)["state"]
+                except NotFoundError:
+                    return
+                if state not in ("queued", "running"):
+                    return
+                if attempt == attempts - 1:
+                    raise
+                log.warning("dag=%s run_id=%s: failing the run did not take (%s); again", dag_id, run_id, err)
+                time.sleep(pause_s * (1 + attempt))
 
     def trigger(self, dag_id: str, *, conf: dict[str, Any] | None = None) -> str:
         """Start a manual run of *dag_id* with *conf* as its params; return its run id."""
