@@ -81,40 +81,29 @@ def empty_obs(n: int) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _coherence_rise_kernel(day: np.ndarray, vv: np.ndarray, lo: int, hi: int, start: float, end: float,
-                           window: float) -> float:
-    """Mean VV coherence of pairs after *end* minus pairs ending before *start*; NaN when one side is empty."""
+                           window: float) -> tuple[float, int, int]:
+    """Mean VV coherence of pairs after *end* minus pairs ending before *start*; NaN when one side is empty.
+
+    Also returns the rows of the last pair before (tall grass) and the first pair after (short grass),
+    -1 where a side is empty: the pairs an event names when the rise raised its confidence.
+    """
     before_sum, before_n, after_sum, after_n = 0.0, 0, 0.0, 0
+    last_before, first_after = -1, -1
     for row in range(lo, hi):
         if not np.isfinite(vv[row]):
             continue
         if start - window - 12.0 <= day[row] <= start - 6.0:
             before_sum += vv[row]
             before_n += 1
+            last_before = row
         elif end <= day[row] <= end + window:
             after_sum += vv[row]
             after_n += 1
+            if first_after < 0:
+                first_after = row
     if before_n == 0 or after_n == 0:
-        return np.nan
-    return after_sum / after_n - before_sum / before_n
-
-
-@njit(cache=True, nogil=True)
-def _first_pair_after_kernel(day: np.ndarray, vv: np.ndarray, lo: int, hi: int, end: float, window: float) -> int:
-    """Row of the first coherence pair in [*end*, *end* + *window*] (the after side of the rise), -1 when none."""
-    for row in range(lo, hi):
-        if np.isfinite(vv[row]) and end <= day[row] <= end + window:
-            return row
-    return -1
-
-
-@njit(cache=True, nogil=True)
-def _last_pair_before_kernel(day: np.ndarray, vv: np.ndarray, lo: int, hi: int, start: float, window: float) -> int:
-    """Row of the last coherence pair in [*start* - *window* - 12, *start* - 6] (the before side), -1 when none."""
-    found = -1
-    for row in range(lo, hi):
-        if np.isfinite(vv[row]) and start - window - 12.0 <= day[row] <= start - 6.0:
-            found = row
-    return found
+        return np.nan, last_before, first_after
+    return after_sum / after_n - before_sum / before_n, last_before, first_after
 
 
 @njit(cache=True, nogil=True)
@@ -228,16 +217,13 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
             confidence = base + w_drop * c_drop + w_bracket * c_bracket + w_rec * c_rec
             sources = 1.0
             s1_date_row, s1_support_row, s1_baseline_row = -1, -1, -1
-            rise = _coherence_rise_kernel(coh_day, coh_vv, coh_offsets[parcel], coh_offsets[parcel + 1],
-                                          t0, t1, coh_window)
+            rise, last_before, first_after = _coherence_rise_kernel(coh_day, coh_vv, coh_offsets[parcel],
+                                                                    coh_offsets[parcel + 1], t0, t1, coh_window)
             if np.isfinite(rise):
                 sources = 5.0
                 if rise >= min_coh_rise:
                     confidence += s1_bonus
-                    s1_support_row = _first_pair_after_kernel(coh_day, coh_vv, coh_offsets[parcel],
-                                                              coh_offsets[parcel + 1], t1, coh_window)
-                    s1_baseline_row = _last_pair_before_kernel(coh_day, coh_vv, coh_offsets[parcel],
-                                                               coh_offsets[parcel + 1], t0, coh_window)
+                    s1_support_row, s1_baseline_row = first_after, last_before
             if t1 - t0 > refine_gap:
                 refined, refined_row = _coherence_date_kernel(coh_day, coh_vv, coh_interval, coh_offsets[parcel],
                                                               coh_offsets[parcel + 1], t0, t1, min_coh_rise)
