@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit
 
 from cbm_tasks.markers.params import MarkerParams
-from cbm_tasks.markers.preprocess import PreparedSeries, moisture_index
+from cbm_tasks.markers.preprocess import PreparedSeries
 
 __all__ = ["OBS_END", "OBS_MAIN", "OBS_S1_BASELINE", "OBS_S1_DATE", "OBS_S1_SUPPORT", "OBS_START", "SOURCE_BITS",
            "EventArrays", "detect_mowing", "empty_obs"]
@@ -298,8 +298,7 @@ def detect_mowing(prepared: PreparedSeries, params: MarkerParams, *, use_s1: boo
     packed = np.array([params.get("mowing", name) for name in _PARAM_ORDER], np.float64)
     coh_offsets = coh.offsets if use_s1 else np.zeros(prepared.n_parcels + 1, np.int64)
     red = np.ascontiguousarray(s2.bands[:, 1])
-    ndmi = moisture_index(s2.bands[:, 2], s2.bands[:, 3])
-    parcel, rows, obs = _mowing_kernel(s2.offsets, s2.day, s2.doy.astype(np.float64), s2.ndvi, red, ndmi, s2.valid,
+    parcel, rows, obs = _mowing_kernel(s2.offsets, s2.day, s2.doy.astype(np.float64), s2.ndvi, red, s2.ndmi, s2.valid,
                                        coh_offsets, coh.day, coh.vv, coh.interval_days, packed)
     return EventArrays(parcel, rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].copy(), rows[:, 3].copy(),
                        rows[:, 4].copy(), rows[:, 5].astype(np.int32), obs)

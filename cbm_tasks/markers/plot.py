@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from cbm_tasks.errors import NotFoundError
 from cbm_tasks.markers.engine import MARKERS, MarkerResult, markers_from_prepared
 from cbm_tasks.markers.params import MarkerParams
-from cbm_tasks.markers.preprocess import PreparedSeries, moisture_index, prepare
+from cbm_tasks.markers.preprocess import PreparedSeries, prepare
 from cbm_tasks.markers.series import SeriesTable
 
 __all__ = ["parcel_figure", "plot_parcel"]
@@ -50,7 +50,7 @@ def parcel_figure(prepared: PreparedSeries, result: MarkerResult, parcel: int) -
             label="cloudy / rejected")
     ax.plot(_dates(day[dip]), ndvi[dip], "x", color="0.45", markersize=6, label="cloud dip (mask missed)")
     # the moisture index the cut test reads where B11 exists (cut grass dries: NDMI falls with NDVI)
-    ndmi = moisture_index(s2.bands[rows, 2], s2.bands[rows, 3])
+    ndmi = s2.ndmi[rows]
     if np.isfinite(ndmi[valid]).any():
         ax.plot(_dates(day[valid]), ndmi[valid], "--", color="#1f77b4", linewidth=1.0, label="NDMI (clear)")
     ax.set_ylim(-0.1, 1.0)

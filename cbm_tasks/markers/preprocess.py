@@ -44,6 +44,7 @@ class S2Series:
         year: int32 (n,).
         bands: float64 (n, 4), reflectance of B02, B04, B08, B11 (NaN when absent).
         ndvi: float64 (n,).
+        ndmi: float64 (n,), moisture index (:func:`moisture_index`), NaN without B11.
         clear: float64 (n,), clear share used (NaN when unknown).
         valid: bool (n,), usable for markers.
         cloud_dip: bool (n,), rejected as a dip the cloud mask missed.
@@ -56,6 +57,7 @@ class S2Series:
     year: np.ndarray
     bands: np.ndarray
     ndvi: np.ndarray
+    ndmi: np.ndarray
     clear: np.ndarray
     valid: np.ndarray
     cloud_dip: np.ndarray
@@ -250,7 +252,8 @@ def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     offsets = group_offsets(parcel, series.n_parcels)
     dip = cloud_dips(offsets, day, ndvi, valid, params=params, haze=haze)
     doy, year = _day_of_year(day)
-    return S2Series(offsets, day, doy, year, values, ndvi, clear, valid & ~dip, dip, series.product_id[rows[first]])
+    return S2Series(offsets, day, doy, year, values, ndvi, moisture_index(nir, values[:, 3]), clear, valid & ~dip, dip,
+                    series.product_id[rows[first]])
 
 
 def _s1(series: SeriesTable, sources: tuple[str, ...], *, to_db: bool) -> S1Series:
