@@ -12,7 +12,8 @@ Data sets (../shared/data, see its README):
           37 of them surveyed not mown (their share without any detected mowing is reported);
           also with the red and NIR bands alone (no haze or moisture test).
   synth   the seeded synthetic AOI (cbm demo build --synthetic), parcel means computed from its
-          images (cloud-free pixels per SCL), mowing ground truth of its grassland parcels.
+          images (cloud-free pixels per SCL), mowing ground truth of its grassland parcels; and the
+          harvest marker on its maize and winter wheat parcels (one true harvest each).
 
 Usage: python benchmarks/markers_eval.py [--data DIR] [--params FILE] [--sets salms,sk,synth]
 """
@@ -27,7 +28,7 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-from cbm_tasks.markers import load_params, prepare, read_series
+from cbm_tasks.markers import load_params, prepare, read_series, run_markers
 from cbm_tasks.markers.importers import convert_salms, read_salms_truth
 from cbm_tasks.markers.mowing import detect_mowing
 from cbm_tasks.markers.params import MarkerParams
@@ -45,6 +46,14 @@ def predict(series_file: Path, params: MarkerParams, *, use_s1: bool,
     for parcel, main, confidence in zip(events.parcel, events.main, events.confidence, strict=True):
         if confidence >= min_confidence:
             out.setdefault(str(prepared.parcel_ids[parcel]), []).append(date.fromisoformat(day_to_date(main)))
+    return out
+
+
+def predict_harvest(series_file: Path, params: MarkerParams) -> dict[str, list[date]]:
+    out: dict[str, list[date]] = {}
+    for row in run_markers(read_series(series_file), params, use_s1=False).rows():
+        if row.marker == "harvest":
+            out.setdefault(row.parcel_id, []).append(date.fromisoformat(row.main_date))
     return out
 
 
@@ -115,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             from markers_synthetic import eval_synthetic  # heavier: builds the AOI and reduces its images
 
             scores.update(eval_synthetic(work, params, match_events=match_events, predict=predict,
-                                         n_parcels=args.synthetic_parcels))
-    print(f"mowing marker, parameters version {params.version} hash {params.hash[:12]}; "
+                                         predict_harvest=predict_harvest, n_parcels=args.synthetic_parcels))
+    print(f"mowing and harvest markers, parameters version {params.version} hash {params.hash[:12]}; "
           f"a hit = within +-{TOLERANCE_DAYS} days")
     print("| data | true | predicted | precision | recall | F1 | median date error (d) | not mown without mowing |")
     print("|---|---|---|---|---|---|---|---|")

@@ -1,10 +1,10 @@
-"""Mowing scores on the seeded synthetic AOI (``cbm demo build --synthetic``), for markers_eval.py.
+"""Mowing and harvest scores on the seeded synthetic AOI (``cbm demo build --synthetic``), for markers_eval.py.
 
 The AOI is built into a temporary folder; each image is reduced to per-parcel means (all pixels
 of the parcel, as the extraction engine does) and SCL class counts, written in the export's long
 format with its ``_classes`` companion, and read back through the file path the CLI uses.
-Ground truth: the mowing dates of the grassland parcels; every other parcel (maize, wheat, bare)
-must have none.
+Ground truth: the mowing dates of the grassland parcels, every other parcel (maize, wheat, bare)
+must have none; the harvest dates of the maize and wheat parcels.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from cbm_tasks.markers.params import MarkerParams
 __all__ = ["eval_synthetic", "synthetic_series"]
 
 
-def synthetic_series(work: Path, *, n_parcels: int, seed: int = 42) -> tuple[Path, dict[str, list[date]],
-                                                                             list[str]]:
-    """Build the AOI and write its series; return (series file, mowing truth, all parcel ids)."""
+def synthetic_series(work: Path, *, n_parcels: int,
+                     seed: int = 42) -> tuple[Path, dict[str, dict[str, list[date]]], list[str]]:
+    """Build the AOI and write its series; return (series file, event -> parcel -> true dates, all parcel ids)."""
     layout = build_synthetic(work / "aoi", n_parcels=n_parcels, seed=seed)
     meta, _, wkb, fields = read_vector(layout.parcels_file)
     geometries = shapely.from_wkb(wkb)
@@ -69,20 +69,29 @@ def synthetic_series(work: Path, *, n_parcels: int, seed: int = 42) -> tuple[Pat
                 for key_, name in enumerate(parcel_ids, start=1):
                     if n[key_]:
                         rows.writerow([name, when, source, tif.stem, f"{sums[key_] / n[key_]:.6g}"])
-    truth: dict[str, list[date]] = {}
+    truth: dict[str, dict[str, list[date]]] = {"mowing": {}, "harvest": {}}
     assert layout.ground_truth_file is not None
     with layout.ground_truth_file.open(newline="") as stream:
         for record in csv.DictReader(stream):
-            if record["event"] == "mowing":
-                truth.setdefault(record["parcel_id"], []).append(date.fromisoformat(record["date"]))
+            if record["event"] not in truth:  # "none": a parcel without events
+                continue
+            truth[record["event"]].setdefault(record["parcel_id"], []).append(
+                date.fromisoformat(record["date"]))
     return series, truth, parcel_ids
 
 
 def eval_synthetic(work: Path, params: MarkerParams, *, match_events: Any, predict: Any,
-                   n_parcels: int = 600) -> dict[str, Any]:
-    """Scores of S2+S1 and S2 only on the synthetic AOI (all parcels; non-grassland ones have no mowing)."""
-    series, truth, parcels = synthetic_series(work, n_parcels=n_parcels)
+                   predict_harvest: Any, n_parcels: int = 600) -> dict[str, Any]:
+    """Mowing scores of S2+S1 and S2 only on the synthetic AOI (all parcels; non-grassland ones have no
+    mowing), and the harvest score of its arable parcels (maize, winter wheat: one harvest each)."""
+    series, truth_by_event, parcels = synthetic_series(work, n_parcels=n_parcels)
+    truth, harvests = truth_by_event["mowing"], truth_by_event["harvest"]
     negatives = {p for p in parcels if p not in truth}
-    return {f"synthetic ({n_parcels} parcels) {name}": match_events(predict(series, params, use_s1=s1), truth,
-                                                                    parcels, negatives=negatives)
-            for name, s1 in (("S2+S1", True), ("S2 only", False))}
+    scores = {f"synthetic ({n_parcels} parcels) {name}": match_events(predict(series, params, use_s1=s1), truth,
+                                                                      parcels, negatives=negatives)
+              for name, s1 in (("S2+S1", True), ("S2 only", False))}
+    arable = sorted(harvests)
+    predicted = predict_harvest(series, params)
+    scores[f"synthetic ({len(arable)} arable parcels) harvest"] = match_events(
+        {p: d for p, d in predicted.items() if p in harvests}, harvests, arable)
+    return scores

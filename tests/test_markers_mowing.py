@@ -110,6 +110,24 @@ def test_arable_markers(tmp_path: Path) -> None:
     assert by_marker["vegetation"][0].value == pytest.approx(0.9, abs=1e-3)
 
 
+def test_each_crop_cycle_ends_in_its_own_harvest(tmp_path: Path) -> None:
+    # double cropping: winter barley (green from March, harvested on doy 183), then a second crop that
+    # emerges in late July, peaks in September and is harvested on doy 288
+    days = np.arange(60, 331, 5)
+    barley = np.where(days < 183, 0.85, 0.2)
+    second = 0.2 + 0.55 * np.clip((days - 205) / 45, 0, 1)
+    ndvi = np.where(days < 205, barley, np.where(days < 288, second, 0.22))
+    rows = []
+    for doy, value in zip(days, ndvi, strict=True):
+        red, nir = 0.3 * (1 - value) / (1 + value), 0.3
+        rows += [["d", doy_date(doy).isoformat(), "s2", band, mean, 0.99, ""] for band, mean in (("B04", red),
+                                                                                               ("B08", nir))]
+    result = run_markers(read_series(write_rows(tmp_path / "d.csv", rows)), PARAMS)
+    harvests = [r for r in result.rows() if r.marker == "harvest"]
+    assert [(r.seq, r.main_date) for r in harvests] == [(1, doy_date(182).isoformat()), (2, doy_date(287).isoformat())]
+    assert [r.value for r in harvests] == pytest.approx([0.65, 0.53], abs=1e-3)
+
+
 def _dip_reference(offsets, day, ndvi, valid, rate, margin, span):  # type: ignore[no-untyped-def]
     dip = np.zeros(len(day), bool)
     for p in range(len(offsets) - 1):
@@ -167,13 +185,15 @@ def test_kernels_match_plain_references() -> None:
     np.testing.assert_allclose(compiled[1], python[1])
     np.testing.assert_array_equal(compiled[2], python[2])  # the observations that prove each event
     year = np.full(len(day), 2021, np.int32)
-    crop_params = np.array([0.5, 0.25, 0.0, 0.6, 0.4, 0.25, 0.35, 91, 273, 15, 45, 152, 319, 60, 304], np.float64)
     bsi = rng.uniform(-0.2, 0.2, len(day))
-    compiled = _crop_events_kernel(offsets, day, doy, year, ndvi, bsi, valid, crop_params)
-    python = _crop_events_kernel.py_func(offsets, day, doy, year, ndvi, bsi, valid, crop_params)
-    assert len(compiled[0]) > 5
-    for a, b in zip(compiled, python, strict=True):
-        np.testing.assert_allclose(a, b)
+    for crop_cycles in (0, 1):  # harvest after the calendar year's peak (before v4) / per crop cycle
+        crop_params = np.array([0.5, 0.25, 0.0, 0.6, 0.4, 0.25, 0.35, 91, 273, 15, 45, 152, 319, 60, 304,
+                                crop_cycles], np.float64)
+        compiled = _crop_events_kernel(offsets, day, doy, year, ndvi, bsi, valid, crop_params)
+        python = _crop_events_kernel.py_func(offsets, day, doy, year, ndvi, bsi, valid, crop_params)
+        assert len(compiled[0]) > 5 and (compiled[1] == 2).any()
+        for a, b in zip(compiled, python, strict=True):
+            np.testing.assert_allclose(a, b)
 
 
 def test_marker_names_are_stable() -> None:

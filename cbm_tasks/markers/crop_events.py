@@ -8,9 +8,14 @@ All work on the valid Sentinel-2 NDVI of each parcel and calendar year (sections
 * ``bare_soil``: each run of consecutive observations with NDVI < ``bare_soil.max_ndvi`` and, where
   B02 and B11 exist, bare soil index BSI >= ``bare_soil.min_bsi``; value = the run's lowest NDVI.
   Confidence grows with the run's length (one observation 0.6, two or more 0.85) and BSI support.
-* ``harvest``: after the peak (>= ``harvest.min_peak_ndvi``) the first observation below
-  ``harvest.max_ndvi_after`` with a drop from the peak >= ``harvest.min_drop``; the date lies
-  between it and the observation before; value = the drop.
+* ``harvest``: the end of a crop cycle (Sinergise's greening-and-harvest marker). A cycle runs from a
+  low observation (NDVI < ``harvest.max_ndvi_after``: soil, stubble) through greening to its peak; the
+  first low after a peak >= ``harvest.min_peak_ndvi`` with a drop >= ``harvest.min_drop`` ends it and
+  is a harvest when it falls in the harvest period. The date lies between the low and the observation
+  before it; value = the drop. Each cycle of a year can end in a harvest (double cropping). The peak
+  is the cycle's and not the calendar year's: a winter cover crop or grass ley that is green until
+  spring, destroyed and followed by maize, would otherwise put the "harvest" at the spring low.
+  (``harvest.crop_cycles: 0``, the parameters before version 4: one harvest, after the year's peak.)
 * ``emergence``: after a bare observation, the first upward crossing of ``emergence.ndvi_threshold``
   (date interpolated linearly); value = NDVI after the crossing.
 * ``data_sufficiency``: one per parcel and year over the mowing season: value = clear
@@ -38,6 +43,22 @@ CROP_MARKERS = ("vegetation", "bare_soil", "harvest", "emergence", "data_suffici
 
 
 @njit(cache=True, nogil=True)
+def _harvest(out_parcel: np.ndarray, out_marker: np.ndarray, out: np.ndarray, out_obs: np.ndarray, n_out: int,
+             parcel: int, day: np.ndarray, before: int, after: int, drop: float) -> int:
+    """Append a harvest between S2 rows *before* and *after*; confidence falls with the gap between them."""
+    t0, t1 = day[before], day[after]
+    out_parcel[n_out] = parcel
+    out_marker[n_out] = 2
+    out[n_out, 0] = t0
+    out[n_out, 1] = 0.5 * (t0 + t1)
+    out[n_out, 2] = t1
+    out[n_out, 3] = min(max(1.0 - (t1 - t0 - 10.0) / 40.0, 0.3), 1.0)
+    out[n_out, 4] = drop
+    out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = before, -1, after
+    return n_out + 1
+
+
+@njit(cache=True, nogil=True)
 def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, year: np.ndarray,
                         ndvi: np.ndarray, bsi: np.ndarray, valid: np.ndarray,
                         p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -48,6 +69,7 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
     (veg_peak, bare_max, bare_bsi, harv_peak, harv_after, harv_drop, emerg, season_start, season_end,
      good_gap, max_gap, harv_first, harv_last, emerg_first, emerg_last) = (
         p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14])
+    cycles = p[15] > 0
     cap = 5 * len(day) + 8  # per parcel-year at most one event per valid observation plus four
     out_parcel = np.empty(cap, np.int32)
     out_marker = np.empty(cap, np.int8)
@@ -163,28 +185,35 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                 out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = idx[k0], idx[k0], idx[k]
                 n_out += 1
                 k += 1
-            # harvest after the peak of the year
-            top = 0
-            for k in range(n):
-                if ndvi[idx[k]] > ndvi[idx[top]]:
-                    top = k
-            if ndvi[idx[top]] >= harv_peak:
-                for k in range(top + 1, n):
+            # harvest
+            if cycles:
+                # the end of each crop cycle: the peak is the highest NDVI since the last low observation
+                pk = 0
+                for k in range(1, n):
                     r = idx[k]
-                    if not harv_first <= doy[r] <= harv_last:
-                        continue
-                    if ndvi[r] < harv_after and ndvi[idx[top]] - ndvi[r] >= harv_drop:
-                        t0, t1 = day[idx[k - 1]], day[r]
-                        out_parcel[n_out] = parcel
-                        out_marker[n_out] = 2
-                        out[n_out, 0] = t0
-                        out[n_out, 1] = 0.5 * (t0 + t1)
-                        out[n_out, 2] = t1
-                        out[n_out, 3] = min(max(1.0 - (t1 - t0 - 10.0) / 40.0, 0.3), 1.0)
-                        out[n_out, 4] = ndvi[idx[top]] - ndvi[r]
-                        out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = idx[k - 1], -1, r
-                        n_out += 1
-                        break
+                    if ndvi[r] >= ndvi[idx[pk]]:
+                        pk = k
+                    elif ndvi[r] < harv_after:
+                        if (ndvi[idx[pk]] >= harv_peak and ndvi[idx[pk]] - ndvi[r] >= harv_drop
+                                and harv_first <= doy[r] <= harv_last):
+                            n_out = _harvest(out_parcel, out_marker, out, out_obs, n_out, parcel, day,
+                                             idx[k - 1], r, ndvi[idx[pk]] - ndvi[r])
+                        pk = k  # a low (soil, stubble) starts the next cycle
+            else:
+                # parameters before version 4: after the peak of the calendar year, the first low
+                top = 0
+                for k in range(n):
+                    if ndvi[idx[k]] > ndvi[idx[top]]:
+                        top = k
+                if ndvi[idx[top]] >= harv_peak:
+                    for k in range(top + 1, n):
+                        r = idx[k]
+                        if not harv_first <= doy[r] <= harv_last:
+                            continue
+                        if ndvi[r] < harv_after and ndvi[idx[top]] - ndvi[r] >= harv_drop:
+                            n_out = _harvest(out_parcel, out_marker, out, out_obs, n_out, parcel, day,
+                                             idx[k - 1], r, ndvi[idx[top]] - ndvi[r])
+                            break
             # emergence: first upward crossing after a bare observation
             seen_bare = False
             for k in range(n):
@@ -212,7 +241,8 @@ _PARAM_ORDER = (("vegetation", "min_peak_ndvi"), ("bare_soil", "max_ndvi"), ("ba
                 ("harvest", "min_peak_ndvi"), ("harvest", "max_ndvi_after"), ("harvest", "min_drop"),
                 ("emergence", "ndvi_threshold"), ("mowing", "season_start_doy"), ("mowing", "season_end_doy"),
                 ("data", "good_gap_days"), ("data", "max_gap_days"), ("harvest", "first_doy"),
-                ("harvest", "last_doy"), ("emergence", "first_doy"), ("emergence", "last_doy"))
+                ("harvest", "last_doy"), ("emergence", "first_doy"), ("emergence", "last_doy"),
+                ("harvest", "crop_cycles"))
 
 
 def bare_soil_index(bands: np.ndarray) -> np.ndarray:

@@ -42,6 +42,8 @@ NEUTRAL: dict[tuple[str, str], float] = {
     # version 3
     ("mowing", "min_moisture_drop"): 0.0,
     ("mowing", "date_window_days"): 999.0,
+    # version 4
+    ("harvest", "crop_cycles"): 0.0,
 }
 
 
@@ -102,7 +104,7 @@ def default_params() -> MarkerParams:
     return MarkerParams(int(loaded["version"]), sections, "defaults")
 
 
-def load_params(path: Path | None = None) -> MarkerParams:
+def load_params(path: str | Path | None = None) -> MarkerParams:
     """Return the defaults overridden by the values of *path* (all defaults when None).
 
     Raises:
@@ -111,6 +113,7 @@ def load_params(path: Path | None = None) -> MarkerParams:
     defaults = default_params()
     if path is None:
         return defaults
+    path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
