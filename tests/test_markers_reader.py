@@ -50,7 +50,8 @@ def test_gzip_and_parquet_read_the_same(tmp_path: Path) -> None:
                       "source": [r[2] for r in rows], "band": [r[3] for r in rows],
                       "mean": [float(str(r[4])) for r in rows], "clear_fraction": [float(str(r[5])) for r in rows]})
     pq.write_table(table, tmp_path / "s.parquet")
-    for other in (read_series(gz), read_series(tmp_path / "s.parquet")):
+    # a string path (as a notebook passes it) reads the same as a Path
+    for other in (read_series(gz), read_series(tmp_path / "s.parquet"), read_series(str(tmp_path / "s.csv"))):
         np.testing.assert_array_equal(other.parcel_ids, plain.parcel_ids)
         np.testing.assert_array_equal(other.obs_day, plain.obs_day)
         np.testing.assert_allclose(other.mean, plain.mean)

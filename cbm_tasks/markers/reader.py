@@ -326,11 +326,12 @@ def _product_ids(name: str, band_stats: pa.Table) -> np.ndarray:
     return np.where(given, values, -1.0).astype(np.int64)
 
 
-def read_series(path: Path) -> SeriesTable:
+def read_series(path: str | Path) -> SeriesTable:
     """Read a long time-series file (and its ``_classes`` companion when present).
 
     Args:
-        path: ``.csv``, ``.csv.gz`` or ``.parquet`` file in the long format (module docstring).
+        path: ``.csv``, ``.csv.gz`` or ``.parquet`` file in the long format (module docstring);
+            a string is taken as a path (notebooks pass strings).
 
     Returns:
         The observations, grouped by parcel; duplicated rows are counted once.
@@ -341,6 +342,7 @@ def read_series(path: Path) -> SeriesTable:
             known source and band.
     """
     t0 = time.perf_counter()
+    path = Path(path)
     table = read_table(path)
     companion = classes_file(path)
     classes = read_table(companion, _CLASS_COLUMNS) if companion.is_file() else None

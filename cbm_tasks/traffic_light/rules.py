@@ -193,7 +193,7 @@ def _parse(loaded: Any, source: str) -> SchemeRules:
     return SchemeRules(version, schemes, crop_schemes, unknown_crop, source, digest.hexdigest())
 
 
-def load_rules(path: Path | None = None) -> SchemeRules:
+def load_rules(path: str | Path | None = None) -> SchemeRules:
     """Load and validate a rules file (the shipped ``scheme_rules.yaml`` when None).
 
     Raises:
@@ -203,6 +203,7 @@ def load_rules(path: Path | None = None) -> SchemeRules:
         text, source = resources.files("cbm_tasks.traffic_light").joinpath("scheme_rules.yaml").read_text(), \
             "defaults"
     else:
+        path = Path(path)
         try:
             text, source = path.read_text(), str(path)
         except OSError as err:
