@@ -63,6 +63,12 @@ def test_duplicated_observations_count_once(tmp_path: Path) -> None:
     twice = read_series(write_rows(tmp_path / "twice.csv", rows + rows[:10]))
     assert twice.n_rows == once.n_rows
     np.testing.assert_array_equal(twice.mean, once.mean)
+    # the same date from two overlapping tiles, the first without a value (the parcel lies outside
+    # it): the row with the value is kept, wherever it stands in the file
+    empty_first = [[*row[:4], "nan", *row[5:]] for row in rows[:10]] + rows
+    both = read_series(write_rows(tmp_path / "tiles.csv", empty_first))
+    assert both.n_rows == once.n_rows
+    np.testing.assert_array_equal(both.mean, once.mean)
 
 
 def test_unknown_source_and_band_are_ignored_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -147,7 +147,9 @@ class SeriesTable:
         micros = np.rint(obs_day * 86_400e6).astype(np.int64) if n else np.zeros(0, np.int64)
         time_key = parcel.astype(np.int64) * (1 << 42) + (micros - (micros.min() if n else 0)) // 1000
         kind_key = (source.astype(np.int64) << 24) | ((orbit.astype(np.int64) + 1) << 8) | band.astype(np.int64)
-        order = np.lexsort((kind_key, time_key))
+        # a key given twice (e.g. one date from two overlapping tiles) keeps its first row with a value:
+        # a tile the parcel lies outside of gives NaN, and must not hide the other tile's mean
+        order = np.lexsort((np.isnan(mean), kind_key, time_key))
         time_key, kind_key = time_key[order], kind_key[order]
         keep = np.ones(n, bool)
         if n > 1:
