@@ -10,7 +10,8 @@ Data sets (../shared/data, see its README):
   salms   JRC SALMS example, 10 parcels, 17 mowing dates (converted to the long format).
   sk      Slovak grassland plots, 492 plot-years; only the 246 surveyed plot-years are scored,
           37 of them surveyed not mown (their share without any detected mowing is reported);
-          also with the red and NIR bands alone (no haze or moisture test).
+          also with the red and NIR bands alone (no haze or moisture test), and as one series per
+          plot over its three seasons (scored per plot-year).
   synth   the seeded synthetic AOI (cbm demo build --synthetic), parcel means computed from its
           images (cloud-free pixels per SCL), mowing ground truth of its grassland parcels; and the
           harvest marker on its maize and winter wheat parcels (one true harvest each).
@@ -82,6 +83,29 @@ def _red_nir_only(series: Path, out: Path) -> Path:
     return out
 
 
+def _one_series_per_plot(series: Path, out: Path) -> Path:
+    """Rename plot-years ``LR100_2021`` to their plot ``LR100``: one series per plot over its seasons, as
+    files of plots followed for several years are (the rows of each plot-year lie in its own year)."""
+    with gzip.open(series, "rt", newline="") as src, gzip.open(out, "wt", newline="") as dst:
+        rows = csv.reader(src)
+        writer = csv.writer(dst, lineterminator="\n")
+        header = next(rows)
+        writer.writerow(header)
+        pid = header.index("parcel_id")
+        for row in rows:
+            row[pid] = row[pid].rsplit("_", 1)[0]
+            writer.writerow(row)
+    return out
+
+
+def _by_plot_year(predicted: dict[str, list[date]]) -> dict[str, list[date]]:
+    out: dict[str, list[date]] = {}
+    for plot, dates in predicted.items():
+        for when in dates:
+            out.setdefault(f"{plot}_{when.year}", []).append(when)
+    return out
+
+
 def eval_sk(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
     folder = data / "grassland_sk_train"
     surveyed = {row["parcel_id"]: row["survey"] for row in _read_csv(folder / "surveyed.csv")}
@@ -100,6 +124,10 @@ def eval_sk(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
     red_nir = _red_nir_only(folder / "timeseries.csv.gz", work / "sk_red_nir.csv.gz")
     out["SK S2 only, B04 + B08 only"] = match_events(predict(red_nir, params, use_s1=False), truth, parcels,
                                                      negatives=negatives)
+    # one series per plot over 2021-2023: winter gaps and max_events must be handled per season
+    per_plot = _one_series_per_plot(folder / "timeseries.csv.gz", work / "sk_per_plot.csv.gz")
+    out["SK S2 only, one series per plot (3 seasons)"] = match_events(
+        _by_plot_year(predict(per_plot, params, use_s1=False)), truth, parcels, negatives=negatives)
     return out
 
 

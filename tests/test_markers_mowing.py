@@ -12,6 +12,7 @@ from cbm_tasks.markers import load_params, prepare, read_series
 from cbm_tasks.markers.crop_events import _crop_events_kernel
 from cbm_tasks.markers.engine import MARKERS, run_markers
 from cbm_tasks.markers.mowing import _PARAM_ORDER, _coherence_rise_kernel, _mowing_kernel, detect_mowing
+from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import _cloud_dip_kernel
 from cbm_tasks.markers.series import day_to_date
 
@@ -37,6 +38,23 @@ def test_known_cuts_found_within_tolerance_s2_only(tmp_path: Path) -> None:
         assert len(got) == len(days), (parcel, found.get(parcel))
         for want, have in zip(days, got, strict=True):
             assert abs((np.datetime64(doy_date(want)) - have).astype(int)) <= 3
+
+
+def test_max_events_counts_per_season(tmp_path: Path) -> None:
+    # one plot, three seasons in one file, 2 + 3 + 2 cuts: max_events (4) holds per season, not per series
+    cuts = {2020: [150, 200], 2021: [140, 185, 235], 2022: [160, 215]}
+    rows = [row for year, days in cuts.items() for row in grass_rows("plot", days, year=year, noise=0.01, seed=year)]
+    path = write_rows(tmp_path / "s.csv", rows)
+    want = [doy_date(d, year) for year, days in cuts.items() for d in days]
+    got = [np.datetime64(d) for d, _, _ in _mowing_dates(path, use_s1=False)["plot"]]
+    assert len(got) == 7
+    assert all(abs((np.datetime64(w) - g).astype(int)) <= 3 for w, g in zip(want, got, strict=True))
+    # parameters before version 4 counted the whole series: the 4 strongest of the 7 cuts
+    sections = {name: dict(values) for name, values in PARAMS.sections.items()}
+    del sections["mowing"]["max_events_per_season"]
+    before_v4 = MarkerParams(3, sections, "version 3")
+    old = [r for r in run_markers(read_series(path), before_v4, use_s1=False).rows() if r.marker == "mowing"]
+    assert len(old) == 4
 
 
 def test_cloudy_and_dip_observations_do_not_hide_or_fake_cuts(tmp_path: Path) -> None:
@@ -176,14 +194,16 @@ def test_kernels_match_plain_references() -> None:
     ndmi[::7] = np.nan  # no SWIR band: the moisture test does not apply
     coh_offsets = np.array([0, 60, 60, 60, 60], np.int64)
     coh_interval = np.full(60, 6.0)
-    compiled = _mowing_kernel(offsets, day, doy, ndvi, red, ndmi, valid, coh_offsets, coh_day, coh, coh_interval,
-                              packed)
-    python = _mowing_kernel.py_func(offsets, day, doy, ndvi, red, ndmi, valid, coh_offsets, coh_day, coh,
-                                    coh_interval, packed)
-    assert len(compiled[0]) > 3
-    np.testing.assert_array_equal(compiled[0], python[0])
-    np.testing.assert_allclose(compiled[1], python[1])
-    np.testing.assert_array_equal(compiled[2], python[2])  # the observations that prove each event
+    for per_season in (0.0, 1.0):  # max_events over the series (before v4) / per season
+        packed[_PARAM_ORDER.index("max_events_per_season")] = per_season
+        compiled = _mowing_kernel(offsets, day, doy, ndvi, red, ndmi, valid, coh_offsets, coh_day, coh, coh_interval,
+                                  packed)
+        python = _mowing_kernel.py_func(offsets, day, doy, ndvi, red, ndmi, valid, coh_offsets, coh_day, coh,
+                                        coh_interval, packed)
+        assert len(compiled[0]) > 3
+        np.testing.assert_array_equal(compiled[0], python[0])
+        np.testing.assert_allclose(compiled[1], python[1])
+        np.testing.assert_array_equal(compiled[2], python[2])  # the observations that prove each event
     year = np.full(len(day), 2021, np.int32)
     bsi = rng.uniform(-0.2, 0.2, len(day))
     for crop_cycles in (0, 1):  # harvest after the calendar year's peak (before v4) / per crop cycle

@@ -10,13 +10,17 @@ import csv
 from datetime import date
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pv
+import pyarrow.parquet as pq
 import pytest
 from conftest import shared_data
 
 from cbm_tasks.cli import main
 from cbm_tasks.markers import load_params, read_series, run_markers
 from cbm_tasks.markers.importers import convert_salms, read_salms_truth
-from cbm_tasks.markers.validation import match_events
+from cbm_tasks.markers.validation import Score, match_events
 
 PARAMS = load_params()
 
@@ -45,7 +49,7 @@ def test_salms_through_the_cli(tmp_path: Path) -> None:
     assert sorted(p for p, colour in lights.items() if colour != "green") == ["10", "8"]
 
 
-def test_slovak_set_defaults() -> None:
+def _slovak_truth() -> tuple[dict[str, str], dict[str, list[date]]]:
     folder = shared_data("grassland_sk_train")
     with (folder / "surveyed.csv").open(newline="") as stream:
         surveyed = {row["parcel_id"]: row["survey"] for row in csv.DictReader(stream)}
@@ -53,14 +57,38 @@ def test_slovak_set_defaults() -> None:
     with (folder / "truth.csv").open(newline="") as stream:
         for row in csv.DictReader(stream):
             truth.setdefault(row["parcel_id"], []).append(date.fromisoformat(row["date"]))
-    negatives = {p for p, survey in surveyed.items() if survey == "not_mown"}
-    series = read_series(folder / "timeseries.csv.gz")
-    result = run_markers(series, PARAMS, use_s1=False)
+    return surveyed, truth
+
+
+def _slovak_score(path: Path, *, plot_years: bool) -> Score:
+    surveyed, truth = _slovak_truth()
     predicted: dict[str, list[date]] = {}
-    for row in result.rows():
+    for row in run_markers(read_series(path), PARAMS, use_s1=False).rows():
         if row.marker == "mowing":
-            predicted.setdefault(row.parcel_id, []).append(date.fromisoformat(row.main_date))
-    score = match_events(predicted, truth, sorted(surveyed), negatives=negatives)
-    assert (score.tp, score.fp, score.fn, score.median_error) == (185, 14, 32, 4.0)
+            when = date.fromisoformat(row.main_date)
+            key = row.parcel_id if plot_years else f"{row.parcel_id}_{when.year}"
+            predicted.setdefault(key, []).append(when)
+    negatives = {p for p, survey in surveyed.items() if survey == "not_mown"}
+    return match_events(predicted, truth, sorted(surveyed), negatives=negatives)
+
+
+def test_slovak_set_defaults() -> None:
+    score = _slovak_score(shared_data("grassland_sk_train", "timeseries.csv.gz"), plot_years=True)
+    assert (score.tp, score.fp, score.fn, score.median_error) == (185, 13, 32, 4.0)
     assert (score.negatives, score.negatives_clean) == (37, 32)
     assert score.recall == pytest.approx(0.853, abs=1e-3)
+
+
+def test_slovak_set_as_one_series_per_plot(tmp_path: Path) -> None:
+    # the same observations as one series per plot over 2021-2023 (files of plots followed for years
+    # look like this): the winter gaps and max_events per season leave every plot-year as it was alone
+    table = pv.read_csv(shared_data("grassland_sk_train", "timeseries.csv.gz"))
+    plots = pc.replace_substring_regex(table.column("parcel_id").cast(pa.string()), pattern="_[0-9]{4}$",
+                                       replacement="")
+    assert len(pc.unique(plots)) < len(pc.unique(table.column("parcel_id")))
+    pq.write_table(table.set_column(table.column_names.index("parcel_id"), "parcel_id", plots),
+                   tmp_path / "plots.parquet")
+    per_plot = _slovak_score(tmp_path / "plots.parquet", plot_years=False)
+    alone = _slovak_score(shared_data("grassland_sk_train", "timeseries.csv.gz"), plot_years=True)
+    assert (per_plot.tp, per_plot.fp, per_plot.fn, per_plot.errors) == (alone.tp, alone.fp, alone.fn, alone.errors)
+    assert per_plot.negatives_clean == alone.negatives_clean == 32

@@ -141,9 +141,11 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
     (season_start, season_end, min_drop, strong_drop, min_rel, min_before, min_spacing, max_events,
      max_bracket, min_recovery, recovery_window, coh_window, min_coh_rise, w_drop, w_bracket, w_rec,
      base, s1_bonus, min_step, lookback, settle, require_recovery, min_step_share, min_emit, min_after,
-     refine_gap, max_pre_share, min_red_ratio, red_gap, min_moisture_drop, date_window) = (
+     refine_gap, max_pre_share, min_red_ratio, red_gap, min_moisture_drop, date_window, per_season,
+     max_step_days) = (
          p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15], p[16],
-         p[17], p[18], p[19], p[20], p[21], p[22], p[23], p[24], p[25], p[26], p[27], p[28], p[29], p[30])
+         p[17], p[18], p[19], p[20], p[21], p[22], p[23], p[24], p[25], p[26], p[27], p[28], p[29], p[30], p[31],
+         p[32])
     cap = len(day) + 1  # at most one event per step between observations
     out_parcel = np.empty(cap, np.int32)
     out = np.empty((cap, 6), np.float64)  # start, main, end, confidence, value, sources
@@ -153,6 +155,7 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
     cand = np.empty((len(day), 6), np.float64)
     cand_obs = np.empty((len(day), 6), np.int64)
     strength = np.empty(len(day), np.float64)
+    season = np.empty(len(day), np.float64)  # the candidate's calendar year, as the day number of its 1 January
     for parcel in range(len(offsets) - 1):
         n = 0
         for row in range(offsets[parcel], offsets[parcel + 1]):
@@ -163,9 +166,9 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
         for k in range(1, n):
             high, low = ndvi[idx[k - 1]], ndvi[idx[k]]
             step = high - low
-            if step < min_step:
-                continue
             t0, t1 = day[idx[k - 1]], day[idx[k]]
+            if step < min_step or t1 - t0 > max_step_days:
+                continue
             # the level before: the highest of the last observations within the look-back
             before = high
             j = k - 2
@@ -246,24 +249,26 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
             cand_obs[n_cand, 4] = s1_support_row
             cand_obs[n_cand, 5] = s1_baseline_row
             strength[n_cand] = drop + step  # among the steps of one cut, the steepest holds the date
+            season[n_cand] = np.floor(t1 - doy[idx[k]]) + 1.0 if per_season > 0.0 else 0.0
             n_cand += 1
         if n_cand == 0:
             continue
-        # strongest drops first; a weaker one closer than min_spacing to a kept one is dropped
+        # strongest drops first; a weaker one closer than min_spacing to a kept one is dropped, and at
+        # most max_events are kept per season (per_season; before version 4: over the whole series)
         order = np.argsort(-strength[:n_cand], kind="mergesort")
         kept = np.zeros(n_cand, np.bool_)
-        n_kept = 0
         for j in order:
-            if n_kept >= max_events:
-                break
             ok = True
+            n_kept = 0
             for m in range(n_cand):
-                if kept[m] and abs(cand[m, 1] - cand[j, 1]) < min_spacing:
-                    ok = False
-                    break
-            if ok:
+                if kept[m]:
+                    if abs(cand[m, 1] - cand[j, 1]) < min_spacing:
+                        ok = False
+                        break
+                    if season[m] == season[j]:
+                        n_kept += 1
+            if ok and n_kept < max_events:
                 kept[j] = True
-                n_kept += 1
         for j in range(n_cand):  # candidates are in date order already
             if kept[j]:
                 out_parcel[n_out] = parcel
@@ -279,7 +284,8 @@ _PARAM_ORDER = ("season_start_doy", "season_end_doy", "min_drop", "strong_drop",
                 "weight_bracket", "weight_recovery", "base_confidence", "s1_bonus", "min_step", "lookback_days",
                 "settle_days", "require_recovery", "min_step_share", "min_confidence", "min_ndvi_after",
                 "coherence_refine_gap_days", "max_pre_decline_share", "min_red_ratio",
-                "red_ratio_max_gap_days", "min_moisture_drop", "date_window_days")
+                "red_ratio_max_gap_days", "min_moisture_drop", "date_window_days", "max_events_per_season",
+                "max_step_days")
 
 
 def detect_mowing(prepared: PreparedSeries, params: MarkerParams, *, use_s1: bool = True) -> EventArrays:

@@ -44,6 +44,8 @@ NEUTRAL: dict[tuple[str, str], float] = {
     ("mowing", "date_window_days"): 999.0,
     # version 4
     ("harvest", "crop_cycles"): 0.0,
+    ("mowing", "max_events_per_season"): 0.0,
+    ("mowing", "max_step_days"): 1e9,
 }
 
 
