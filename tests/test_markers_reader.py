@@ -198,6 +198,17 @@ def test_arrow_tables_of_the_database_reader() -> None:
     assert series.n_rows == 3 and list(series.parcel_ids) == ["7"]
     np.testing.assert_allclose(series.scl_bad_share, [0.1, 0.1, 0.1])
     assert np.isnan(series.mean[series.band == BAND_CODE["B11"]]).all()
+    # integer parcel ids (as a Parquet file may hold them) read as their strings, sorted as strings;
+    # class counts of a parcel the series lacks are ignored, not given to another parcel
+    ints = pa.table({"parcel_id": pa.array([10, 9, 10, 9], pa.int64()), "obs_time": [when] * 4,
+                     "source": ["s2"] * 4, "band": ["B04", "B04", "B08", "B08"], "mean": [0.05, 0.06, 0.4, 0.5]})
+    other = pa.table({"parcel_id": pa.array([10, 11, 11], pa.int64()), "obs_time": [when] * 3,
+                      "band": ["SCL"] * 3, "class": [4, 8, 9], "count": [3, 5, 5]})
+    series = series_from_arrow(ints, other)
+    assert list(series.parcel_ids) == ["10", "9"] and list(series.offsets) == [0, 2, 4]
+    np.testing.assert_allclose(series.mean, [0.05, 0.4, 0.06, 0.5])
+    np.testing.assert_allclose(series.scl_bad_share[:2], [0.0, 0.0])
+    assert np.isnan(series.scl_bad_share[2:]).all()
     with pytest.raises(SeriesFileError, match="demo/2018: missing column"):
         series_from_arrow(stats.drop_columns(["mean"]), name="demo/2018")
 

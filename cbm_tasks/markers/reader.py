@@ -237,25 +237,47 @@ def scl_bad_share_from_counts(counts: np.ndarray) -> np.ndarray:
     return share
 
 
-def _scl_bad_share(name: str, classes: pa.Table | None, parcel_id: np.ndarray, obs_us: np.ndarray,
-                   is_s2: np.ndarray) -> np.ndarray:
-    """Share of unusable SCL pixels per row from the class counts, NaN where not given."""
-    share = np.full(len(parcel_id), np.nan)
+def _parcel_codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Return (the distinct parcel ids as sorted strings, each row's int64 index into them).
+
+    Arrow encodes the column once per distinct id, so no Python string per row is made.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    encoded = column.cast(pa.string()).dictionary_encode()
+    names = np.asarray(encoded.dictionary.to_pylist(), dtype=str)
+    order = np.argsort(names, kind="stable")
+    rank = np.empty(len(names), np.int64)
+    rank[order] = np.arange(len(names))
+    return names[order], rank[encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+
+
+def _scl_bad_share(name: str, classes: pa.Table | None, names: np.ndarray, parcel_code: np.ndarray,
+                   obs_us: np.ndarray, is_s2: np.ndarray) -> np.ndarray:
+    """Share of unusable SCL pixels per row from the class counts, NaN where not given.
+
+    *names* are the sorted parcel ids of the series, *parcel_code* each row's index into them.
+    """
+    share = np.full(len(parcel_code), np.nan)
     if classes is None:
         return share
     classes = classes.filter(pc.equal(pc.utf8_upper(classes.column("band")), "SCL"))
     _check_nulls(name, classes, _CLASS_COLUMNS)
     if classes.num_rows == 0 or not is_s2.any():
         return share
-    c_parcel = classes.column("parcel_id").to_numpy(zero_copy_only=False).astype(str)
-    c_seconds = classes.column("obs_time").cast(pa.int64()).to_numpy() // 1_000_000
-    c_class = classes.column("class").to_numpy(zero_copy_only=False).astype(np.int64)
-    c_count = classes.column("count").to_numpy(zero_copy_only=False).astype(np.float64)
+    c_names, c_code = _parcel_codes(classes.column("parcel_id"))
+    # the class rows' parcels as codes of the series' parcels (-1: a parcel the series does not have)
+    position = np.clip(np.searchsorted(names, c_names), 0, max(len(names) - 1, 0))
+    known = names[position] == c_names if len(names) else np.zeros(len(c_names), bool)
+    c_parcel = np.where(known, position, -1)[c_code]
+    keep = c_parcel >= 0
+    c_seconds = classes.column("obs_time").cast(pa.int64()).to_numpy()[keep] // 1_000_000
+    c_class = classes.column("class").to_numpy(zero_copy_only=False).astype(np.int64)[keep]
+    c_count = classes.column("count").to_numpy(zero_copy_only=False).astype(np.float64)[keep]
     rows = np.flatnonzero(is_s2)
     # one integer key per (parcel, second): parcel code x 2^31 + seconds since 1970 (fits int64)
-    _, codes = np.unique(np.concatenate([parcel_id[rows], c_parcel]), return_inverse=True)
-    row_key = codes[: len(rows)].astype(np.int64) * (1 << 31) + obs_us[rows] // 1_000_000
-    class_key = codes[len(rows):].astype(np.int64) * (1 << 31) + c_seconds
+    row_key = parcel_code[rows] * (1 << 31) + obs_us[rows] // 1_000_000
+    class_key = c_parcel[keep] * (1 << 31) + c_seconds
     keys, inverse = np.unique(class_key, return_inverse=True)
     total = np.bincount(inverse, weights=c_count, minlength=len(keys))
     bad_sum = np.bincount(inverse, weights=c_count * np.isin(c_class, SCL_BAD_CLASSES), minlength=len(keys))
@@ -290,7 +312,7 @@ def series_from_arrow(band_stats: pa.Table, class_counts: pa.Table | None = None
                                            _utc_times(Path(name), band_stats))
     _check_nulls(name, band_stats, ("parcel_id", "obs_time", "source", "band"))
     source, band, usable = _codes(name, band_stats)
-    parcel_id = band_stats.column("parcel_id").to_numpy(zero_copy_only=False).astype(str)
+    names, parcel_code = _parcel_codes(band_stats.column("parcel_id"))
     obs_us = band_stats.column("obs_time").cast(pa.int64()).to_numpy()
     mean = band_stats.column("mean").to_numpy(zero_copy_only=False).astype(np.float64)
     columns = band_stats.column_names
@@ -307,12 +329,12 @@ def series_from_arrow(band_stats: pa.Table, class_counts: pa.Table | None = None
         raise SeriesFileError(f"time-series file {name}: no row has a known source (s2, bs, c6, c12 or "
                               f"{', '.join(PRODUCT_TYPES)}) and band ({', '.join(BAND_CODE)})")
     _check_units(name, source, mean, usable)
-    scl = _scl_bad_share(name, class_counts, parcel_id, obs_us, source == SOURCE_CODE["s2"])
+    scl = _scl_bad_share(name, class_counts, names, parcel_code, obs_us, source == SOURCE_CODE["s2"])
     return SeriesTable.from_arrays(
-        parcel_id=parcel_id[usable], source=source[usable], band=band[usable],
+        parcel_id=parcel_code[usable], source=source[usable], band=band[usable],
         obs_day=obs_us[usable] / 86_400e6, mean=mean[usable], clear_fraction=clear[usable],
         orbit=orbit[usable], scl_bad_share=scl[usable],
-        product_id=None if product_id is None else product_id[usable])
+        product_id=None if product_id is None else product_id[usable], parcel_names=names)
 
 
 def _product_ids(name: str, band_stats: pa.Table) -> np.ndarray:
