@@ -106,16 +106,21 @@ def test_degenerate_series(tmp_path: Path) -> None:
     assert int(result.n_used[0]) < 49 and np.isfinite(result.confidence).all()
 
 
+def _red_nir_rows(parcel: str, days: np.ndarray, ndvi: np.ndarray) -> list[list[object]]:
+    """B04 and B08 rows of a clear S2 series with the given NDVI on days of year *days* (2021)."""
+    rows: list[list[object]] = []
+    for doy, value in zip(days, ndvi, strict=True):
+        red, nir = 0.3 * (1 - value) / (1 + value), 0.3
+        rows += [[parcel, doy_date(doy).isoformat(), "s2", band, mean, 0.99, ""] for band, mean in (("B04", red),
+                                                                                                  ("B08", nir))]
+    return rows
+
+
 def test_arable_markers(tmp_path: Path) -> None:
     # maize: bare until May, emergence, peak in August, harvest on doy 270, bare again
     days = np.arange(60, 331, 5)
     ndvi = np.where(days < 140, 0.15, np.where(days < 270, 0.15 + 0.75 * np.clip((days - 140) / 60, 0, 1), 0.18))
-    rows = []
-    for doy, value in zip(days, ndvi, strict=True):
-        red, nir = 0.3 * (1 - value) / (1 + value), 0.3
-        rows += [["m", doy_date(doy).isoformat(), "s2", band, mean, 0.99, ""] for band, mean in (("B04", red),
-                                                                                               ("B08", nir))]
-    result = run_markers(read_series(write_rows(tmp_path / "m.csv", rows)), PARAMS)
+    result = run_markers(read_series(write_rows(tmp_path / "m.csv", _red_nir_rows("m", days, ndvi))), PARAMS)
     by_marker = {}
     for row in result.rows():
         by_marker.setdefault(row.marker, []).append(row)
@@ -135,12 +140,7 @@ def test_each_crop_cycle_ends_in_its_own_harvest(tmp_path: Path) -> None:
     barley = np.where(days < 183, 0.85, 0.2)
     second = 0.2 + 0.55 * np.clip((days - 205) / 45, 0, 1)
     ndvi = np.where(days < 205, barley, np.where(days < 288, second, 0.22))
-    rows = []
-    for doy, value in zip(days, ndvi, strict=True):
-        red, nir = 0.3 * (1 - value) / (1 + value), 0.3
-        rows += [["d", doy_date(doy).isoformat(), "s2", band, mean, 0.99, ""] for band, mean in (("B04", red),
-                                                                                               ("B08", nir))]
-    result = run_markers(read_series(write_rows(tmp_path / "d.csv", rows)), PARAMS)
+    result = run_markers(read_series(write_rows(tmp_path / "d.csv", _red_nir_rows("d", days, ndvi))), PARAMS)
     harvests = [r for r in result.rows() if r.marker == "harvest"]
     assert [(r.seq, r.main_date) for r in harvests] == [(1, doy_date(182).isoformat()), (2, doy_date(287).isoformat())]
     assert [r.value for r in harvests] == pytest.approx([0.65, 0.53], abs=1e-3)
