@@ -1,4 +1,4 @@
-"""Harvest on real Flemish arable parcels of 2018 (the demo's cube: shared/data/worldcereal_31UDS).
+"""Harvest and emergence on real Flemish arable parcels of 2018 (the demo's cube: shared/data/worldcereal_31UDS).
 
 The parcels are the register rasterised in the cube (maize, potatoes, ...); their means are taken
 here from the cube's own pixels (S2 L2A, SCL for the clear share), written in the long format and
@@ -80,6 +80,15 @@ def test_maize_after_a_winter_cover_is_harvested_in_september(flemish_series: tu
     # the potatoes (demo-0017) die back through September and are lifted in early October
     assert [p for p, code in crops.items() if code == 5100] == ["demo-0017"]
     assert harvests["demo-0017"] == [date(2018, 10, 7)]
+
+
+def test_the_cover_sown_after_the_maize_emerges_too(flemish_series: tuple[Path, dict[str, int]]) -> None:
+    # demo-0011: maize emerges from bare soil in June; after its harvest the field is bare again
+    # (NDVI 0.23-0.30 in October) and a winter cover greens it by November (0.67 on 17 November)
+    series, _ = flemish_series
+    emergences = [row.main_date for row in run_markers(read_series(series), load_params(), use_s1=False).rows()
+                  if row.marker == "emergence" and row.parcel_id == "demo-0011" and row.main_date.startswith("2018")]
+    assert emergences == ["2018-06-11", "2018-10-23"]
 
 
 def test_the_calendar_year_peak_took_the_spring_low_for_the_harvest(

@@ -135,7 +135,7 @@ def test_arable_markers(tmp_path: Path) -> None:
 
 def test_each_crop_cycle_ends_in_its_own_harvest(tmp_path: Path) -> None:
     # double cropping: winter barley (green from March, harvested on doy 183), then a second crop that
-    # emerges in late July, peaks in September and is harvested on doy 288
+    # emerges in late July, peaks in September and is harvested on doy 288; each cycle's crop emerges
     days = np.arange(60, 331, 5)
     barley = np.where(days < 183, 0.85, 0.2)
     second = 0.2 + 0.55 * np.clip((days - 205) / 45, 0, 1)
@@ -144,6 +144,16 @@ def test_each_crop_cycle_ends_in_its_own_harvest(tmp_path: Path) -> None:
     harvests = [r for r in result.rows() if r.marker == "harvest"]
     assert [(r.seq, r.main_date) for r in harvests] == [(1, doy_date(182).isoformat()), (2, doy_date(287).isoformat())]
     assert [r.value for r in harvests] == pytest.approx([0.65, 0.53], abs=1e-3)
+    # the barley was green when the series starts; the second crop emerges after the bare stubble
+    emergences = [r for r in result.rows() if r.marker == "emergence"]
+    assert [r.main_date for r in emergences] == [doy_date(217).isoformat()]  # 0.35 reached 12.3 days after doy 205
+    maize = 0.15 + 0.75 * np.clip((days - 140) / 60, 0, 1)
+    maize_then_catch_crop = np.where(days < 140, 0.15, np.where(days < 270, maize, np.where(days < 290, 0.18, 0.6)))
+    result = run_markers(read_series(write_rows(tmp_path / "c.csv", _red_nir_rows("c", days, maize_then_catch_crop))),
+                         PARAMS)
+    # the maize emerges from bare soil in June, the catch crop sown after its harvest in October
+    assert [r.main_date for r in result.rows() if r.marker == "emergence"] == [doy_date(156).isoformat(),
+                                                                               doy_date(287).isoformat()]
 
 
 def _dip_reference(offsets, day, ndvi, valid, rate, margin, span):  # type: ignore[no-untyped-def]
@@ -208,7 +218,7 @@ def test_kernels_match_plain_references() -> None:
     bsi = rng.uniform(-0.2, 0.2, len(day))
     for crop_cycles in (0, 1):  # harvest after the calendar year's peak (before v4) / per crop cycle
         crop_params = np.array([0.5, 0.25, 0.0, 0.6, 0.4, 0.25, 0.35, 91, 273, 15, 45, 152, 319, 60, 304,
-                                crop_cycles], np.float64)
+                                crop_cycles, crop_cycles], np.float64)
         compiled = _crop_events_kernel(offsets, day, doy, year, ndvi, bsi, valid, crop_params)
         python = _crop_events_kernel.py_func(offsets, day, doy, year, ndvi, bsi, valid, crop_params)
         assert len(compiled[0]) > 5 and (compiled[1] == 2).any()

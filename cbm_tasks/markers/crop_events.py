@@ -17,7 +17,9 @@ All work on the valid Sentinel-2 NDVI of each parcel and calendar year (sections
   spring, destroyed and followed by maize, would otherwise put the "harvest" at the spring low.
   (``harvest.crop_cycles: 0``, the parameters before version 4: one harvest, after the year's peak.)
 * ``emergence``: after a bare observation, the first upward crossing of ``emergence.ndvi_threshold``
-  (date interpolated linearly); value = NDVI after the crossing.
+  (date interpolated linearly); value = NDVI after the crossing. With ``emergence.every_cycle`` one
+  per bare period: a catch crop or second crop sown after a harvest emerges too (before version 4
+  only the year's first emergence was reported).
 * ``data_sufficiency``: one per parcel and year over the mowing season: value = clear
   observations, start / end = first / last of them, main = middle of the longest gap,
   confidence = 1 for a longest gap <= ``data.good_gap_days`` falling to 0 at ``data.max_gap_days``.
@@ -70,6 +72,7 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
      good_gap, max_gap, harv_first, harv_last, emerg_first, emerg_last) = (
         p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14])
     cycles = p[15] > 0
+    every_cycle = p[16] > 0
     cap = 5 * len(day) + 8  # per parcel-year at most one event per valid observation plus four
     out_parcel = np.empty(cap, np.int32)
     out_marker = np.empty(cap, np.int8)
@@ -214,7 +217,7 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                             n_out = _harvest(out_parcel, out_marker, out, out_obs, n_out, parcel, day,
                                              idx[k - 1], r, ndvi[idx[top]] - ndvi[r])
                             break
-            # emergence: first upward crossing after a bare observation
+            # emergence: the first upward crossing after a bare observation (every_cycle: after each bare period)
             seen_bare = False
             for k in range(n):
                 r = idx[k]
@@ -222,6 +225,7 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                     seen_bare = True
                 elif (seen_bare and k > 0 and ndvi[r] >= emerg and ndvi[idx[k - 1]] < emerg
                       and emerg_first <= doy[r] <= emerg_last):
+                    seen_bare = False
                     r0 = idx[k - 1]
                     frac = (emerg - ndvi[r0]) / max(ndvi[r] - ndvi[r0], 1e-6)
                     out_parcel[n_out] = parcel
@@ -233,7 +237,8 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                     out[n_out, 4] = ndvi[r]
                     out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = r0, -1, r
                     n_out += 1
-                    break
+                    if not every_cycle:
+                        break
     return out_parcel[:n_out], out_marker[:n_out], out[:n_out], out_obs[:n_out]
 
 
@@ -242,7 +247,7 @@ _PARAM_ORDER = (("vegetation", "min_peak_ndvi"), ("bare_soil", "max_ndvi"), ("ba
                 ("emergence", "ndvi_threshold"), ("mowing", "season_start_doy"), ("mowing", "season_end_doy"),
                 ("data", "good_gap_days"), ("data", "max_gap_days"), ("harvest", "first_doy"),
                 ("harvest", "last_doy"), ("emergence", "first_doy"), ("emergence", "last_doy"),
-                ("harvest", "crop_cycles"))
+                ("harvest", "crop_cycles"), ("emergence", "every_cycle"))
 
 
 def bare_soil_index(bands: np.ndarray) -> np.ndarray:

@@ -46,6 +46,7 @@ NEUTRAL: dict[tuple[str, str], float] = {
     ("harvest", "crop_cycles"): 0.0,
     ("mowing", "max_events_per_season"): 0.0,
     ("mowing", "max_step_days"): 1e9,
+    ("emergence", "every_cycle"): 0.0,
 }
 
 
