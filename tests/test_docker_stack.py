@@ -20,6 +20,7 @@ import base64
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -101,6 +102,12 @@ def _env_value(env_file: Path, name: str) -> str:
     raise KeyError(f"{name} not in {env_file}")
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def _write_env_file(path: Path, *, port: int, data_dir: Path) -> None:
     """The deployment's .env: fresh random secrets (hex: they go into URLs and JSON), then the settings."""
     fernet = base64.urlsafe_b64encode(os.urandom(32)).decode()
@@ -148,8 +155,10 @@ class Preparation:
     """
 
     def __init__(self) -> None:
-        self.stack = Stack(env_file=VAR / f"{PROJECT}.env", port=int(os.environ.get("CBM_AIRFLOW_PORT", "8080")),
-                           timings={})
+        # a free port unless one is given: `make demo` leaves the local Airflow on 8080, and `make test`
+        # right after it must not collide with it
+        self.stack = Stack(env_file=VAR / f"{PROJECT}.env", port=int(os.environ.get("CBM_AIRFLOW_PORT", 0))
+                           or _free_port(), timings={})
         self.engine: docker_engine.Engine | None = None
         self.skip_reason: str | None = None
         self.error: BaseException | None = None
