@@ -16,10 +16,12 @@ from matplotlib.image import imread
 from cbm_tasks import lineage
 from cbm_tasks.cli import main
 from cbm_tasks.errors import NotFoundError
+from cbm_tasks.report.decisions import scheme_markers
 from cbm_tasks.report.parcel_audit import gather, pick_parcel
 from cbm_tasks.report.render import write_parcel_report
 from cbm_tasks.report.run_report import run_report, write_run_report
 from cbm_tasks.report.verify import verify_parcel_set
+from cbm_tasks.traffic_light import load_rules
 
 
 @pytest.fixture
@@ -58,6 +60,10 @@ def test_parcel_report_html_and_pdf(seeded_db: tuple[psycopg.Connection, Seeded]
                             "FROM cbm.traffic_light_trace WHERE parcel_key = %s AND event_seq > 0", (key,)).fetchall()
     assert deciding and all(f"{marker} #{seq}, {main} (images {', '.join(map(str, images))})" in lights_table
                             for marker, seq, main, images in deciding)
+    # its figure draws the events of the markers its schemes' rules read, as the stored rules file says
+    rules = load_rules()
+    assert scheme_markers(conn, audit.lights) == {rule.marker for light in audit.lights
+                                                   for rule in rules.schemes[light.scheme].rules} != set()
     events = conn.execute("SELECT marker, main_date FROM cbm.marker_event WHERE parcel_key = %s", (key,)).fetchall()
     assert len(audit.events) == len(events) > 0
     assert all(str(main) in html for _, main in events)

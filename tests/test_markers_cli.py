@@ -215,3 +215,8 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
         prepared = prepare(read_series(write_rows(tmp_path / "w.csv", rows)), load_params())
         figure = parcel_figure(prepared, markers_from_prepared(prepared, load_params()), 0)
         assert ("NDMI (clear)" in [line.get_label() for line in figure.axes[0].lines]) is expected
+    # the audit report draws only the events of the markers the parcel's schemes read
+    result = markers_from_prepared(prepared, load_params())
+    labels = [[line.get_label() for line in parcel_figure(prepared, result, 0, markers=only).axes[0].lines]
+              for only in (None, {"harvest"})]
+    assert "mowing" in labels[0] and "mowing" not in labels[1]

@@ -9,6 +9,7 @@ inspector sees which observations the decision used.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +31,16 @@ def _dates(day: np.ndarray) -> np.ndarray:
     return (day * 86400.0).astype("int64").astype("datetime64[s]")
 
 
-def parcel_figure(prepared: PreparedSeries, result: MarkerResult, parcel: int) -> Figure:
+def parcel_figure(prepared: PreparedSeries, result: MarkerResult, parcel: int, *,
+                  markers: Collection[str] | None = None) -> Figure:
     """Return the figure of parcel index *parcel* (index into ``prepared.parcel_ids``).
 
     Args:
         prepared: the prepared series (:func:`cbm_tasks.markers.preprocess.prepare`).
         result: its marker result (same parcels).
         parcel: parcel index.
+        markers: draw only the events of these markers (those the parcel's schemes read: a mowing
+            drawn on a maize parcel only confuses); None draws every marker's events.
     """
     s2, bs, coh = prepared.s2, prepared.backscatter, prepared.coherence
     figure = Figure(figsize=(11, 7.5), dpi=100, layout="constrained")
@@ -57,6 +61,8 @@ def parcel_figure(prepared: PreparedSeries, result: MarkerResult, parcel: int) -
     ax.set_ylabel("NDVI")
     pick = result.parcel == parcel
     for name, colour in _EVENT_COLOURS.items():
+        if markers is not None and name not in markers:
+            continue
         chosen = pick & (result.marker == MARKERS.index(name))
         for k, i in enumerate(np.flatnonzero(chosen)):
             for axis in axes:
@@ -67,8 +73,9 @@ def parcel_figure(prepared: PreparedSeries, result: MarkerResult, parcel: int) -
             ax.annotate(f"{result.confidence[i]:.2f}", (_dates(result.main[i:i + 1])[0], 0.95), color=colour,
                         fontsize=8, ha="center")
     ax.legend(loc="lower center", fontsize=8, ncol=4)
+    shown = "" if markers is None else f"; events of {', '.join(sorted(markers)) or 'no marker'}"
     ax.set_title(f"parcel {prepared.parcel_ids[parcel]}: {int(result.n_used[parcel])} clear S2 observations, "
-                 f"{int(result.n_rejected[parcel])} rejected; parameters {result.params.hash[:12]}")
+                 f"{int(result.n_rejected[parcel])} rejected; parameters {result.params.hash[:12]}{shown}")
     rows = slice(bs.offsets[parcel], bs.offsets[parcel + 1])
     for orbit in np.unique(bs.orbit[rows]):
         same = bs.orbit[rows] == orbit

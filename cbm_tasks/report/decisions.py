@@ -14,7 +14,8 @@ from typing import Any
 
 import psycopg
 
-__all__ = ["LightRecord", "MarkerEventRecord", "MarkerRunRecord", "current_runs", "events", "lights", "marker_run"]
+__all__ = ["LightRecord", "MarkerEventRecord", "MarkerRunRecord", "current_runs", "events", "lights", "marker_run",
+           "scheme_markers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +128,16 @@ def lights(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int | No
                         None if r[10] is None else float(r[10]), tuple(int(i) for i in r[11] or ()), r[12], r[13],
                         r[14])
             for r in rows]
+
+
+def scheme_markers(conn: psycopg.Connection, lights: list[LightRecord]) -> set[str]:
+    """Return the markers the rules of these lights' schemes read (from the stored rules files)."""
+    found: set[str] = set()
+    for rules_hash, scheme in sorted({(light.rules_hash, light.scheme) for light in lights if light.rules_hash}):
+        rows = conn.execute(
+            "SELECT DISTINCT rule ->> 'marker' FROM cbm.scheme_rules r, "
+            "jsonb_array_elements(r.content -> 'schemes' -> %s -> 'rules') AS rule WHERE r.rules_hash = %s",
+            (scheme, rules_hash),
+        ).fetchall()
+        found.update(str(row[0]) for row in rows if row[0] is not None)
+    return found

@@ -102,7 +102,7 @@ def _parcel(conn: psycopg.Connection, parcel_set_id: int, parcel_id: str, *, aoi
 
 
 def _figure_png(conn: psycopg.Connection, parcel_set_id: int, parcel_key: int, params: MarkerParams,
-                use_s1: bool) -> bytes | None:
+                use_s1: bool, markers: set[str] | None) -> bytes | None:
     products = db_read.read_products(conn, parcel_set_id)
     db_series = db_read.read_parcel_series(conn, parcel_set_id=parcel_set_id, products=products,
                                            parcel_keys=np.array([parcel_key], np.int32))
@@ -110,7 +110,7 @@ def _figure_png(conn: psycopg.Connection, parcel_set_id: int, parcel_key: int, p
         return None
     prepared = prepare(db_series.series, params)
     result = markers_from_prepared(prepared, params, use_s1=use_s1)
-    figure = parcel_figure(prepared, result, 0)
+    figure = parcel_figure(prepared, result, 0, markers=markers)
     buffer = io.BytesIO()
     FigureCanvasAgg(figure)  # a Figure made without pyplot has no canvas to draw on
     figure.savefig(buffer, format="png", dpi=80)
@@ -157,7 +157,9 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
         params, use_s1 = recorded_params(run.params), run.use_s1
     if scheme is not None and not lights:
         notes.append(f"No traffic light of scheme {scheme!r} is stored for this parcel.")
-    png = _figure_png(conn, set_id, parcel.parcel_key, params, use_s1)
+    # the figure draws the events of the markers the parcel's schemes read (all without lights)
+    png = _figure_png(conn, set_id, parcel.parcel_key, params, use_s1,
+                      decisions.scheme_markers(conn, lights) if lights else None)
     stamp = Stamp(
         params_hash=params.hash, params_version=str(params.version),
         marker_code_version=(run.code_version or "-") if run is not None else "-",
