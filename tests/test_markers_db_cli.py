@@ -12,6 +12,8 @@ from PIL import Image
 
 from cbm_tasks import cli
 from cbm_tasks.demo.series_seed import seed_parcel_set
+from cbm_tasks.markers import plot as plot_module
+from cbm_tasks.traffic_light import load_rules
 
 
 @pytest.fixture
@@ -22,7 +24,8 @@ def seeded(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return db_url
 
 
-def test_run_plot_export(seeded: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_plot_export(seeded: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                         monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli.main(["markers", "run", "--aoi", "mk", "--year", "2018"]) == 0
     out = capsys.readouterr().out
     assert "mk 2018: marker run 1 (incremental): 12 parcels" in out
@@ -38,6 +41,25 @@ def test_run_plot_export(seeded: str, tmp_path: Path, capsys: pytest.CaptureFixt
                      "--out", str(png)]) == 0
     with Image.open(png) as image:
         assert image.size[0] > 400 and np.asarray(image).std() > 10  # a picture, not a blank canvas
+    # it draws the events of the markers the parcel's schemes read (as the audit report), or all of them
+    drawn: list[object] = []
+
+    def spy(*args: object, markers: object = None) -> object:
+        drawn.append(markers)
+        return figure(*args, markers=markers)
+
+    figure = plot_module.parcel_figure
+    monkeypatch.setattr(plot_module, "parcel_figure", spy)
+    for extra in ([], ["--all-markers"]):
+        assert cli.main(["markers", "plot", "--aoi", "mk", "--year", "2018", "--parcel", "P0000001",
+                         "--out", str(png), *extra]) == 0
+    with psycopg.connect(seeded) as conn:
+        schemes = {row[0] for row in conn.execute(
+            "SELECT scheme FROM cbm.traffic_light t JOIN cbm.parcel p USING (parcel_set_id, parcel_key) "
+            "WHERE p.parcel_id = 'P0000001'")}
+    rules = load_rules()
+    assert drawn == [{rule.marker for scheme in schemes for rule in rules.schemes[scheme].rules}, None]
+    assert drawn[0]
 
     gpkg = tmp_path / "lights.gpkg"
     assert cli.main(["markers", "export", "--aoi", "mk", "--year", "2018", "--out", str(gpkg)]) == 0

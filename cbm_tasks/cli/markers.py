@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     plot.add_argument("--parcel", required=True, metavar="ID", help="parcel id")
     plot.add_argument("--out", required=True, type=Path, metavar="F.png", help="PNG file to write")
     plot.add_argument("--params", type=Path, metavar="FILE", help="marker parameters YAML")
+    plot.add_argument("--all-markers", action="store_true",
+                      help="database: draw every marker's events (default: those the parcel's schemes read, as "
+                      "the audit report does; every marker when the parcel has no light)")
     plot.set_defaults(func=_plot)
     markers_db.add_export(commands)
 

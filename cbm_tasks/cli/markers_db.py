@@ -55,6 +55,7 @@ def plot(args: argparse.Namespace) -> int:
     from cbm_tasks.markers import db_read
     from cbm_tasks.markers.params import load_params
     from cbm_tasks.markers.plot import plot_parcel  # matplotlib only when a plot is asked for
+    from cbm_tasks.report import decisions
 
     _need_set(args, "plot")
     params = load_params(args.params)
@@ -67,8 +68,11 @@ def plot(args: argparse.Namespace) -> int:
         products = db_read.read_products(conn, parcel_set.parcel_set_id)
         read = db_read.read_parcel_series(conn, parcel_set_id=parcel_set.parcel_set_id, products=products,
                                           parcel_keys=np.array([row[0]], np.int32))
+        lights = decisions.lights(conn, parcel_set_id=parcel_set.parcel_set_id, parcel_key=int(row[0]))
+        # the events of the markers the parcel's schemes read, as in its audit report
+        markers = None if args.all_markers or not lights else decisions.scheme_markers(conn, lights)
     series = dataclasses.replace(read.series, parcel_ids=np.array([str(args.parcel)]))
-    plot_parcel(series, str(args.parcel), params=params, out=args.out)
+    plot_parcel(series, str(args.parcel), params=params, out=args.out, markers=markers)
     sys.stdout.write(f"{args.out}\n")
     return 0
 

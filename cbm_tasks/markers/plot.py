@@ -97,8 +97,11 @@ def parcel_figure(prepared: PreparedSeries, result: MarkerResult, parcel: int, *
     return figure
 
 
-def plot_parcel(series: SeriesTable, parcel_id: str, *, params: MarkerParams, out: Path) -> Path:
+def plot_parcel(series: SeriesTable, parcel_id: str, *, params: MarkerParams, out: Path,
+                markers: Collection[str] | None = None) -> Path:
     """Compute the markers of *parcel_id* in *series* and write its figure to *out* (PNG).
+
+    *markers*: draw only these markers' events (:func:`parcel_figure`); None draws all.
 
     Raises:
         NotFoundError: *parcel_id* is not in *series*.
@@ -113,7 +116,7 @@ def plot_parcel(series: SeriesTable, parcel_id: str, *, params: MarkerParams, ou
                                   clear_fraction=series.clear_fraction[lo:hi], orbit=series.orbit[lo:hi],
                                   scl_bad_share=series.scl_bad_share[lo:hi])
     prepared = prepare(one, params)
-    figure = parcel_figure(prepared, markers_from_prepared(prepared, params), 0)
+    figure = parcel_figure(prepared, markers_from_prepared(prepared, params), 0, markers=markers)
     partial = out.with_name(f".{out.name}.partial.png")
     try:
         FigureCanvasAgg(figure)
