@@ -71,6 +71,19 @@ def test_duplicated_observations_count_once(tmp_path: Path) -> None:
     np.testing.assert_array_equal(both.mean, once.mean)
 
 
+def test_clear_fraction_stated_on_one_row_holds_for_the_observation(tmp_path: Path) -> None:
+    # an export that states the clear share once per observation: on its B08 row, or on an SCL row
+    rows = grass_rows("a", [160], cloudy=[150, 155])
+    full = read_series(write_rows(tmp_path / "full.csv", rows))
+    on_b08 = [[*r[:5], r[5] if r[3] == "B08" else "", *r[6:]] for r in rows]
+    on_scl = [[*r[:5], "", *r[6:]] for r in rows] + [[r[0], r[1], "s2", "SCL", 4.0, r[5], ""] for r in rows
+                                                      if r[3] == "B04"]
+    for variant in (on_b08, on_scl):
+        series = read_series(write_rows(tmp_path / "one.csv", variant))
+        np.testing.assert_array_equal(series.clear_fraction, full.clear_fraction)
+    assert (full.clear_fraction < 0.5).sum() > 0  # the cloudy dates stay cloudy
+
+
 def test_unknown_source_and_band_are_ignored_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     rows = grass_rows("a", []) + [["a", "2021-05-01", "landsat", "B04", 0.1, "", ""],
                                   ["a", "2021-05-01", "s2", "NDRE", 0.1, "", ""]]

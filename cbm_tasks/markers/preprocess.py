@@ -239,7 +239,7 @@ def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     parcel, _, day, values, first, rows = _pivot(series, mask, _S2_BANDS)
     clear_given = series.clear_fraction[rows][first]
     scl_bad = series.scl_bad_share[rows][first]
-    # a clear_fraction stated on any band row of the observation holds for all of its bands
+    # the reader gave every row of an observation the clear_fraction stated on any of its rows
     clear = np.where(np.isnan(clear_given), 1.0 - scl_bad, clear_given)
     blue, red, nir = values[:, 0], values[:, 1], values[:, 2]
     haze = haze_index(blue, red, red_weight=params.get("validity", "haze_red_weight"))

@@ -3,7 +3,8 @@
 Accepted files: ``.csv``, ``.csv.gz`` and ``.parquet``, one row per parcel, observation and band:
 
 * required columns: ``parcel_id, obs_time, source, band, mean``;
-* optional: ``clear_fraction`` (share of clear pixels, 0-1), ``orbit`` (S1 relative orbit),
+* optional: ``clear_fraction`` (share of clear pixels, 0-1; stated on any row of an S2 observation,
+  even an SCL row, it holds for the whole observation), ``orbit`` (S1 relative orbit),
   ``product_id`` (integer image id: the events name the images that show them),
   ``count, std, min, max, p25, p50, p75`` (read and not needed by the markers).
 
@@ -252,6 +253,26 @@ def _parcel_codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.nd
     return names[order], rank[encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
 
 
+def _clear_per_observation(parcel_code: np.ndarray, obs_us: np.ndarray, is_s2: np.ndarray,
+                           clear: np.ndarray) -> np.ndarray:
+    """Give every row of an S2 observation the ``clear_fraction`` stated on any of its rows.
+
+    A file may state it on one band's row only, or on a row of a band not read (an ``SCL`` row);
+    where the rows of one observation state different values, the lowest holds.
+    """
+    rows = np.flatnonzero(is_s2)
+    given = ~np.isnan(clear[rows])
+    if given.all() or not given.any():
+        return clear
+    order = rows[np.lexsort((obs_us[rows], parcel_code[rows]))]
+    start = np.ones(len(order), bool)
+    start[1:] = (parcel_code[order][1:] != parcel_code[order][:-1]) | (obs_us[order][1:] != obs_us[order][:-1])
+    lowest = np.fmin.reduceat(clear[order], np.flatnonzero(start))  # NaN only where no row states it
+    out = clear.copy()
+    out[order] = lowest[np.cumsum(start) - 1]
+    return out
+
+
 def _scl_bad_share(name: str, classes: pa.Table | None, names: np.ndarray, parcel_code: np.ndarray,
                    obs_us: np.ndarray, is_s2: np.ndarray) -> np.ndarray:
     """Share of unusable SCL pixels per row from the class counts, NaN where not given.
@@ -329,6 +350,7 @@ def series_from_arrow(band_stats: pa.Table, class_counts: pa.Table | None = None
         raise SeriesFileError(f"time-series file {name}: no row has a known source (s2, bs, c6, c12 or "
                               f"{', '.join(PRODUCT_TYPES)}) and band ({', '.join(BAND_CODE)})")
     _check_units(name, source, mean, usable)
+    clear = _clear_per_observation(parcel_code, obs_us, source == SOURCE_CODE["s2"], clear)
     scl = _scl_bad_share(name, class_counts, names, parcel_code, obs_us, source == SOURCE_CODE["s2"])
     return SeriesTable.from_arrays(
         parcel_id=parcel_code[usable], source=source[usable], band=band[usable],
