@@ -149,11 +149,11 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
     cap = len(day) + 1  # at most one event per step between observations
     out_parcel = np.empty(cap, np.int32)
     out = np.empty((cap, 6), np.float64)  # start, main, end, confidence, value, sources
-    out_obs = np.empty((cap, 6), np.int64)
+    out_obs = np.empty((cap, N_OBS), np.int64)
     n_out = 0
     idx = np.empty(len(day), np.int64)
     cand = np.empty((len(day), 6), np.float64)
-    cand_obs = np.empty((len(day), 6), np.int64)
+    cand_obs = np.empty((len(day), N_OBS), np.int64)
     strength = np.empty(len(day), np.float64)
     season = np.empty(len(day), np.float64)  # the candidate's calendar year, as the day number of its 1 January
     for parcel in range(len(offsets) - 1):
@@ -242,12 +242,12 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
             cand[n_cand, 3] = min(confidence, 1.0)
             cand[n_cand, 4] = drop
             cand[n_cand, 5] = sources
-            cand_obs[n_cand, 0] = idx[k - 1]
-            cand_obs[n_cand, 1] = -1
-            cand_obs[n_cand, 2] = idx[k]
-            cand_obs[n_cand, 3] = s1_date_row
-            cand_obs[n_cand, 4] = s1_support_row
-            cand_obs[n_cand, 5] = s1_baseline_row
+            cand_obs[n_cand, OBS_START] = idx[k - 1]
+            cand_obs[n_cand, OBS_MAIN] = -1
+            cand_obs[n_cand, OBS_END] = idx[k]
+            cand_obs[n_cand, OBS_S1_DATE] = s1_date_row
+            cand_obs[n_cand, OBS_S1_SUPPORT] = s1_support_row
+            cand_obs[n_cand, OBS_S1_BASELINE] = s1_baseline_row
             strength[n_cand] = drop + step  # among the steps of one cut, the steepest holds the date
             season[n_cand] = np.floor(t1 - doy[idx[k]]) + 1.0 if per_season > 0.0 else 0.0
             n_cand += 1
