@@ -133,20 +133,25 @@ def _day_number(year: int, month_day: tuple[int, int]) -> float:
 def _outcomes(rule: Rule, n_clear: np.ndarray, gap: np.ndarray, n_strong: np.ndarray,
               n_any: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Colour index (COLOURS) and reason index (REASONS) per parcel, as in the module's table."""
+    green, yellow, red = (COLOURS.index(name) for name in ("green", "yellow", "red"))
+    why = {name: REASONS.index(name) for name in REASONS}
     no_data = n_clear < rule.min_clear_obs
     long_gap = gap > rule.max_gap_days
     if rule.require == "present":
         decided = n_strong >= rule.min_events
         weak = n_any > n_strong  # events below min_confidence could make up the number
-        decided_colour, decided_reason = 0, 0
-        none_colour, none_reason = 2, np.where(n_strong == 0, 1, 7)  # NO_EVENT, TOO_FEW_EVENTS
+        decided_colour, decided_reason = green, why["EVENT_FOUND"]
+        none_colour, none_reason = red, np.where(n_strong == 0, why["NO_EVENT"], why["TOO_FEW_EVENTS"])
     else:
         decided = n_strong > rule.max_events
         weak = n_any > rule.max_events  # events below min_confidence could break the limit
-        decided_colour, decided_reason = 2, (2 if rule.max_events == 0 else 8)  # EVENT_IN_BANNED_PERIOD / TOO_MANY
-        none_colour, none_reason = 0, np.where(n_strong == 0, 1, 0)  # NO_EVENT, or EVENT_FOUND within the limit
-    colour = np.select([decided, no_data, long_gap, weak], [decided_colour, 1, 1, 1], none_colour)
-    reason = np.select([decided, no_data, long_gap, weak], [decided_reason, 3, 4, 5], none_reason)
+        decided_colour = red
+        decided_reason = why["EVENT_IN_BANNED_PERIOD"] if rule.max_events == 0 else why["TOO_MANY_EVENTS"]
+        # no event, or events within the limit
+        none_colour, none_reason = green, np.where(n_strong == 0, why["NO_EVENT"], why["EVENT_FOUND"])
+    colour = np.select([decided, no_data, long_gap, weak], [decided_colour, yellow, yellow, yellow], none_colour)
+    reason = np.select([decided, no_data, long_gap, weak],
+                       [decided_reason, why["NO_DATA"], why["GAP"], why["LOW_CONFIDENCE"]], none_reason)
     return colour, reason
 
 
