@@ -26,6 +26,7 @@ import csv
 import gzip
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -71,31 +72,27 @@ def eval_salms(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]
             for name, s1 in (("S2+S1", True), ("S2 only", False))}
 
 
-def _red_nir_only(series: Path, out: Path) -> Path:
-    """Copy the Sentinel-2 B04 and B08 rows of *series* (gzipped long CSV): the least an export may hold."""
+def _rewrite(series: Path, out: Path, change: Callable[[list[str], list[str]], list[str] | None]) -> Path:
+    """Copy the gzipped long CSV *series* to *out*, each row through *change(header, row)* (None drops it)."""
     with gzip.open(series, "rt", newline="") as src, gzip.open(out, "wt", newline="") as dst:
         rows = csv.reader(src)
         writer = csv.writer(dst, lineterminator="\n")
         header = next(rows)
         writer.writerow(header)
-        source, band = header.index("source"), header.index("band")
-        writer.writerows(row for row in rows if row[source] == "s2" and row[band] in ("B04", "B08"))
+        writer.writerows(kept for row in rows if (kept := change(header, row)) is not None)
     return out
 
 
-def _one_series_per_plot(series: Path, out: Path) -> Path:
-    """Rename plot-years ``LR100_2021`` to their plot ``LR100``: one series per plot over its seasons, as
-    files of plots followed for several years are (the rows of each plot-year lie in its own year)."""
-    with gzip.open(series, "rt", newline="") as src, gzip.open(out, "wt", newline="") as dst:
-        rows = csv.reader(src)
-        writer = csv.writer(dst, lineterminator="\n")
-        header = next(rows)
-        writer.writerow(header)
-        pid = header.index("parcel_id")
-        for row in rows:
-            row[pid] = row[pid].rsplit("_", 1)[0]
-            writer.writerow(row)
-    return out
+def _red_nir_only(header: list[str], row: list[str]) -> list[str] | None:
+    """The Sentinel-2 B04 and B08 rows only: the least an export may hold."""
+    return row if row[header.index("source")] == "s2" and row[header.index("band")] in ("B04", "B08") else None
+
+
+def _plot_of_plot_year(header: list[str], row: list[str]) -> list[str]:
+    """Plot-year ``LR100_2021`` renamed to its plot ``LR100``: one series per plot over its seasons, as files
+    of plots followed for several years are (the rows of each plot-year lie in its own year)."""
+    pid = header.index("parcel_id")
+    return [*row[:pid], row[pid].rsplit("_", 1)[0], *row[pid + 1:]]
 
 
 def _by_plot_year(predicted: dict[str, list[date]]) -> dict[str, list[date]]:
@@ -121,11 +118,11 @@ def eval_sk(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
         mown = [p for p in parcels if surveyed[p] == "mown"]
         out[f"SK {name}, mown plot-years only"] = match_events(predicted, truth, mown)
     # without blue and SWIR the haze and moisture tests cannot run (SALMS and many exports are like that)
-    red_nir = _red_nir_only(folder / "timeseries.csv.gz", work / "sk_red_nir.csv.gz")
+    red_nir = _rewrite(folder / "timeseries.csv.gz", work / "sk_red_nir.csv.gz", _red_nir_only)
     out["SK S2 only, B04 + B08 only"] = match_events(predict(red_nir, params, use_s1=False), truth, parcels,
                                                      negatives=negatives)
     # one series per plot over 2021-2023: winter gaps and max_events must be handled per season
-    per_plot = _one_series_per_plot(folder / "timeseries.csv.gz", work / "sk_per_plot.csv.gz")
+    per_plot = _rewrite(folder / "timeseries.csv.gz", work / "sk_per_plot.csv.gz", _plot_of_plot_year)
     out["SK S2 only, one series per plot (3 seasons)"] = match_events(
         _by_plot_year(predict(per_plot, params, use_s1=False)), truth, parcels, negatives=negatives)
     return out
