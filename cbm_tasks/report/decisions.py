@@ -132,12 +132,11 @@ def lights(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int | No
 
 def scheme_markers(conn: psycopg.Connection, lights: list[LightRecord]) -> set[str]:
     """Return the markers the rules of these lights' schemes read (from the stored rules files)."""
-    found: set[str] = set()
-    for rules_hash, scheme in sorted({(light.rules_hash, light.scheme) for light in lights if light.rules_hash}):
-        rows = conn.execute(
-            "SELECT DISTINCT rule ->> 'marker' FROM cbm.scheme_rules r, "
-            "jsonb_array_elements(r.content -> 'schemes' -> %s -> 'rules') AS rule WHERE r.rules_hash = %s",
-            (scheme, rules_hash),
-        ).fetchall()
-        found.update(str(row[0]) for row in rows if row[0] is not None)
-    return found
+    pairs = sorted({(light.rules_hash, light.scheme) for light in lights if light.rules_hash})
+    rows = conn.execute(
+        "SELECT DISTINCT rule ->> 'marker' FROM unnest(%s::text[], %s::text[]) AS l(rules_hash, scheme) "
+        "JOIN cbm.scheme_rules r USING (rules_hash), "
+        "jsonb_array_elements(r.content -> 'schemes' -> l.scheme -> 'rules') AS rule",
+        ([h for h, _ in pairs], [name for _, name in pairs]),
+    ).fetchall()
+    return {str(row[0]) for row in rows if row[0] is not None}
