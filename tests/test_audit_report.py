@@ -72,6 +72,11 @@ def test_parcel_report_html_and_pdf(seeded_db: tuple[psycopg.Connection, Seeded]
     bracketed = conn.execute("SELECT start_product, end_product FROM cbm.marker_event WHERE parcel_key = %s "
                              "AND start_product IS NOT NULL AND end_product IS NOT NULL", (key,)).fetchall()
     assert len(bracketed) > 0 and all(f"{start} &rarr; {end}" in markers_table for start, end in bracketed)
+    # why a mowing was found: the NDVI falls of the season judged as cuts, the stored cuts among them
+    falls = html[html.index('<table id="falls">'):html.index("</table>", html.index('<table id="falls">'))]
+    mown = [str(main) for marker, main in events if marker == "mowing"]
+    assert mown and [s.main_date for s in audit.mowing_falls if s.verdict == "mowing"] == sorted(mown)
+    assert falls.count("<b>mowing</b>") == len(mown) and all(s.start_date in falls for s in audit.mowing_falls)
     # every product of the parcel's series, each with its extraction run
     products = conn.execute("SELECT DISTINCT pr.name FROM cbm.parcel_obs o JOIN cbm.product pr USING (product_id) "
                             "WHERE o.parcel_key = %s", (key,)).fetchall()

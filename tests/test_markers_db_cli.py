@@ -1,7 +1,8 @@
-"""`cbm markers run|plot|export` on the database (no --timeseries): a real PostGIS, seeded series."""
+"""`cbm markers run|plot|explain|export` on the database (no --timeseries): a real PostGIS, seeded series."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,26 @@ def test_errors_name_the_input(seeded: str, tmp_path: Path, capsys: pytest.Captu
     assert "X-9" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
     assert cli.main(["markers", "run", "--aoi", "mk", "--year", "2018", "--scheme", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_explain_agrees_with_the_stored_events(seeded: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", "P0000001"]) == 0
+    assert "marker run" not in capsys.readouterr().out  # before any run: the default parameters
+    assert cli.main(["markers", "run", "--aoi", "mk", "--year", "2018"]) == 0
+    capsys.readouterr()
+    with psycopg.connect(seeded) as conn:
+        stored = conn.execute(
+            "SELECT p.parcel_id, array_agg(e.main_date::text ORDER BY e.main_date) FROM cbm.marker_event e "
+            "JOIN cbm.parcel p USING (parcel_key) WHERE e.marker = 'mowing' GROUP BY 1 ORDER BY 1").fetchall()
+    assert stored
+    for parcel_id, dates in stored[:3]:
+        falls = tmp_path / f"{parcel_id}.csv"
+        assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", parcel_id,
+                         "--csv", str(falls)]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("marker run 1 (") and f"parcel {parcel_id}: " in out
+        with falls.open(newline="") as stream:
+            assert [r["main_date"] for r in csv.DictReader(stream) if r["verdict"] == "mowing"] == dates
+    assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", "X-9"]) == 2
+    assert "X-9" in capsys.readouterr().err

@@ -2,9 +2,10 @@
 
 ``cbm markers run --timeseries FILE --out DIR`` writes ``DIR/events.csv`` and
 ``DIR/traffic_lights.csv``; ``cbm markers plot --timeseries FILE --parcel ID --out F.png`` draws
-the parcel's series with its events. Rules and parameters are validated before the series is
-read, and nothing is written when any input is invalid. Without ``--timeseries``, ``run`` and
-``plot`` work on the parcel set of ``--aoi`` and ``--year`` in the database, and ``export`` writes
+the parcel's series with its events, ``cbm markers explain`` lists its NDVI falls and why each is or
+is not a mowing. Rules and parameters are validated before the series is
+read, and nothing is written when any input is invalid. Without ``--timeseries``, ``run``,
+``plot`` and ``explain`` work on the parcel set of ``--aoi`` and ``--year`` in the database, and ``export`` writes
 its lights (``cbm_tasks.cli.markers_db``).
 """
 
@@ -21,7 +22,7 @@ __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``cbm markers run|plot`` to the command line."""
+    """Add ``cbm markers run|plot|explain|export`` to the command line."""
     parser = subparsers.add_parser("markers", help="markers and traffic lights from per-parcel time series")
     commands = parser.add_subparsers(dest="command", required=True, metavar="ACTION")
     run = commands.add_parser(
@@ -59,6 +60,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       help="database: draw every marker's events (default: those the parcel's schemes read, as "
                       "the audit report does; every marker when the parcel has no light)")
     plot.set_defaults(func=_plot)
+    explain = commands.add_parser(
+        "explain", help="why a parcel has or lacks a mowing: every NDVI fall and the tests it failed",
+        description="List the parcel's Sentinel-2 observations of the mowing season that were not used (and "
+        "why) and every fall of NDVI between used observations, judged by the mowing marker's own tests: "
+        "mowing, or which tests it failed.")
+    explain.add_argument("--timeseries", type=Path, metavar="FILE",
+                         help="time-series file (without it: --aoi and --year in the database, with the parameters "
+                         "of the parcel's latest marker run)")
+    explain.add_argument("--aoi", help="database: AOI name")
+    explain.add_argument("--year", type=int, help="database: parcel-set year; file: only this calendar year")
+    explain.add_argument("--parcel", required=True, metavar="ID", help="parcel id")
+    explain.add_argument("--params", type=Path, metavar="FILE", help="marker parameters YAML (file)")
+    explain.add_argument("--s2-only", action="store_true", help="ignore Sentinel-1, as a --s2-only run (file)")
+    explain.add_argument("--csv", type=Path, metavar="FILE", help="also write the falls to this CSV file")
+    explain.set_defaults(func=_explain)
     markers_db.add_export(commands)
 
 
@@ -97,6 +113,22 @@ def _run(args: argparse.Namespace) -> int:
                      f"{args.out / 'traffic_lights.csv'}: {n_lights} lights (green {colours['green']}, yellow "
                      f"{colours['yellow']}, red {colours['red']}); parameters {params.hash[:12]}, rules "
                      f"v{rules.version}\n")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    if args.timeseries is None:
+        return markers_db.explain(args)
+    from cbm_tasks.markers.mowing_explain import explain_mowing
+    from cbm_tasks.markers.params import load_params
+    from cbm_tasks.markers.reader import read_series
+
+    params = load_params(args.params)
+    explanation = explain_mowing(read_series(args.timeseries), args.parcel, params, use_s1=not args.s2_only,
+                                 year=args.year)
+    explanation.write(sys.stdout)
+    if args.csv is not None:
+        explanation.write_csv(args.csv)
     return 0
 
 

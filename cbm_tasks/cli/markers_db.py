@@ -1,4 +1,4 @@
-"""``cbm markers`` on the database: ``run --aoi A --year Y``, ``plot --aoi A --year Y --parcel ID``, ``export``.
+"""``cbm markers`` on the database: ``run --aoi A --year Y``, ``plot|explain --aoi A --year Y --parcel ID``, ``export``.
 
 ``cbm_tasks.cli.markers`` parses the command line; when no ``--timeseries`` file is given it
 calls these, which work on the CbM database of ``cbm db`` (``CBM_DATABASE_URL`` or the
@@ -15,7 +15,7 @@ from pathlib import Path
 from cbm_tasks.errors import BadInputError, NotFoundError
 from cbm_tasks.ops import settings
 
-__all__ = ["add_export", "export", "plot", "run"]
+__all__ = ["add_export", "explain", "export", "plot", "run"]
 
 
 def _need_set(args: argparse.Namespace, action: str) -> None:
@@ -74,6 +74,44 @@ def plot(args: argparse.Namespace) -> int:
     series = dataclasses.replace(read.series, parcel_ids=np.array([str(args.parcel)]))
     plot_parcel(series, str(args.parcel), params=params, out=args.out, markers=markers)
     sys.stdout.write(f"{args.out}\n")
+    return 0
+
+
+def explain(args: argparse.Namespace) -> int:
+    """Explain the mowing decision of one parcel with the parameters of its latest marker run."""
+    import numpy as np
+
+    from cbm_tasks import db
+    from cbm_tasks.aoi import find_parcel_set
+    from cbm_tasks.markers import db_read
+    from cbm_tasks.markers.mowing_explain import explain_mowing
+    from cbm_tasks.markers.params import default_params
+    from cbm_tasks.report import decisions
+    from cbm_tasks.report.recorded import recorded_params
+
+    _need_set(args, "explain")
+    with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
+        parcel_set = find_parcel_set(conn, aoi=args.aoi, year=args.year)
+        row = conn.execute("SELECT parcel_key FROM cbm.parcel WHERE parcel_set_id = %s AND parcel_id = %s",
+                           (parcel_set.parcel_set_id, args.parcel)).fetchone()
+        if row is None:
+            raise NotFoundError(f"parcel {args.parcel!r} is not in the {args.year} parcel set of AOI {args.aoi!r}")
+        current = decisions.current_runs(conn, parcel_set_id=parcel_set.parcel_set_id, parcel_key=int(row[0]))
+        run = decisions.marker_run(conn, current[int(row[0])][0]) if int(row[0]) in current else None
+        read = db_read.read_parcel_series(conn, parcel_set_id=parcel_set.parcel_set_id,
+                                          products=db_read.read_products(conn, parcel_set.parcel_set_id),
+                                          parcel_keys=np.array([row[0]], np.int32))
+    # the parameters and sensors the decision was made with; the defaults before any run
+    params = default_params() if run is None else recorded_params(run.params, expected_hash=run.params_hash)
+    series = dataclasses.replace(read.series, parcel_ids=np.array([str(args.parcel)]))
+    explanation = explain_mowing(series, str(args.parcel), params, use_s1=True if run is None else run.use_s1,
+                                 year=args.year)
+    if run is not None:
+        sys.stdout.write(f"marker run {run.marker_run_id} ({run.created_at:%Y-%m-%d %H:%M}), sensors: "
+                         f"{'S2 + S1' if run.use_s1 else 'S2 only'}\n")
+    explanation.write(sys.stdout)
+    if args.csv is not None:
+        explanation.write_csv(args.csv)
     return 0
 
 

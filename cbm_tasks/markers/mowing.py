@@ -31,6 +31,7 @@ the confidence. :func:`detect_mowing` validates its inputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 from numba import njit
@@ -129,6 +130,165 @@ def _coherence_date_kernel(day: np.ndarray, vv: np.ndarray, interval: np.ndarray
     return np.nan, -1
 
 
+class _P(IntEnum):
+    """Position of each ``mowing`` parameter in the array the kernels take (``_PARAM_ORDER``)."""
+
+    season_start_doy = 0
+    season_end_doy = 1
+    min_drop = 2
+    strong_drop = 3
+    min_relative_drop = 4
+    min_ndvi_before = 5
+    min_spacing_days = 6
+    max_events = 7
+    max_bracket_days = 8
+    min_recovery = 9
+    recovery_window_days = 10
+    coherence_window_days = 11
+    min_coherence_rise = 12
+    weight_drop = 13
+    weight_bracket = 14
+    weight_recovery = 15
+    base_confidence = 16
+    s1_bonus = 17
+    min_step = 18
+    lookback_days = 19
+    settle_days = 20
+    require_recovery = 21
+    min_step_share = 22
+    min_confidence = 23
+    min_ndvi_after = 24
+    coherence_refine_gap_days = 25
+    max_pre_decline_share = 26
+    min_red_ratio = 27
+    red_ratio_max_gap_days = 28
+    min_moisture_drop = 29
+    date_window_days = 30
+    max_events_per_season = 31
+    max_step_days = 32
+
+
+_PARAM_ORDER = tuple(member.name for member in _P)
+
+# The tests a step between two valid observations must pass to be a cut, as bits of the mask that
+# _judge_step and _score_step return (described in cbm_tasks.markers.mowing_explain).
+(SMALL_STEP, LONG_GAP, SMALL_DROP, SMALL_RELATIVE_DROP, NO_COVER_BEFORE, GRADUAL, DECLINING_BEFORE, RED_NOT_RISING,
+ NOT_DRYING, BARE_AFTER, OUT_OF_SEASON, NO_RECOVERY, LOW_CONFIDENCE) = (1 << bit for bit in range(13))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _judge_step(k: int, n: int, idx: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: np.ndarray,
+                red: np.ndarray, ndmi: np.ndarray, p: np.ndarray) -> tuple[int, float, float, int, float]:
+    """Tests of the step from valid observation ``idx[k - 1]`` to ``idx[k]`` as a cut.
+
+    Returns (mask of the failed tests, 0 for a candidate; level before; level after; position in
+    *idx* of the lowest observation after; main date).
+    """
+    high, low = ndvi[idx[k - 1]], ndvi[idx[k]]
+    step = high - low
+    t0, t1 = day[idx[k - 1]], day[idx[k]]
+    failed = 0
+    if step < p[_P.min_step]:
+        failed |= SMALL_STEP
+    if t1 - t0 > p[_P.max_step_days]:
+        failed |= LONG_GAP
+    # the level before: the highest of the last observations within the look-back
+    before = high
+    j = k - 2
+    while j >= 0 and day[idx[j]] >= t0 - p[_P.lookback_days]:
+        before = max(before, ndvi[idx[j]])
+        j -= 1
+    # the level after: the lowest within the settling days (cut grass dries, hay is removed)
+    after = low
+    b = k
+    j = k + 1
+    while j < n and day[idx[j]] <= t1 + p[_P.settle_days]:
+        if ndvi[idx[j]] < after:
+            after = ndvi[idx[j]]
+            b = j
+        j += 1
+    drop = before - after
+    # a cut early in a long gap would have regrown before t1 and shown a smaller drop: the date
+    # lies within the regrowth time before the first low observation (see date_window_days)
+    main = max(0.5 * (t0 + t1), t1 - 0.5 * p[_P.date_window_days])
+    main_doy = doy[idx[k]] - (t1 - main)
+    # cut signature: red reflectance rises at a cut (chlorophyll gone, stubble and cut grass
+    # exposed); grazing lowers NDVI mostly through NIR, cloud shadow darkens red. Beyond
+    # red_gap days regrowth may have greened the stubble again: then red must only not fall.
+    short = t1 - t0 <= p[_P.red_ratio_max_gap_days]
+    red_low = max(red[idx[k]], red[idx[b]])
+    red_need = (p[_P.min_red_ratio] if short else 1.0) * red[idx[k - 1]]
+    # moisture signature (where SWIR exists): cut grass dries and exposes litter, so NDMI falls
+    moisture_low = min(ndmi[idx[k]], ndmi[idx[b]])
+    moisture_need = p[_P.min_moisture_drop] if short else 0.0
+    if drop < p[_P.min_drop]:
+        failed |= SMALL_DROP
+    if drop < p[_P.min_relative_drop] * before:
+        failed |= SMALL_RELATIVE_DROP
+    if before < p[_P.min_ndvi_before]:
+        failed |= NO_COVER_BEFORE
+    if step < p[_P.min_step_share] * drop:
+        failed |= GRADUAL
+    if before - high > p[_P.max_pre_decline_share] * drop:
+        failed |= DECLINING_BEFORE
+    if red_low < red_need:  # NaN: passes
+        failed |= RED_NOT_RISING
+    if p[_P.min_moisture_drop] > 0.0 and ndmi[idx[k - 1]] - moisture_low < moisture_need:  # NaN: passes
+        failed |= NOT_DRYING
+    if after < p[_P.min_ndvi_after]:
+        failed |= BARE_AFTER
+    if not p[_P.season_start_doy] <= main_doy <= p[_P.season_end_doy]:
+        failed |= OUT_OF_SEASON
+    return failed, before, after, b, main
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: np.ndarray, after: float,
+                drop: float, main: float, coh_day: np.ndarray, coh_vv: np.ndarray, coh_interval: np.ndarray,
+                coh_lo: int, coh_hi: int, p: np.ndarray) -> tuple[int, float, float, float, int, int, int]:
+    """Confidence of a candidate cut (see the module's method, point 4) and its S1 support.
+
+    Returns (failed tests NO_RECOVERY / LOW_CONFIDENCE, confidence, main date (refined by coherence
+    inside a long gap), sources bitmask, coherence rows: dating pair, first pair after, last pair before).
+    """
+    t0, t1 = day[idx[k - 1]], day[idx[k]]
+    c_drop = min(max((drop - p[_P.min_drop]) / max(p[_P.strong_drop] - p[_P.min_drop], 1e-6), 0.0), 1.0)
+    c_bracket = min(max((p[_P.max_bracket_days] - (t1 - t0)) / max(p[_P.max_bracket_days] - 6.0, 1e-6), 0.0), 1.0)
+    c_rec = 0.5
+    low_day = day[idx[b]]
+    for j in range(b + 1, n):
+        if day[idx[j]] > low_day + p[_P.recovery_window_days]:
+            break
+        c_rec = 0.0
+        if ndvi[idx[j]] - after >= p[_P.min_recovery]:
+            c_rec = 1.0
+            break
+    failed = 0
+    if c_rec == 0.0 and p[_P.require_recovery] > 0.0:
+        failed |= NO_RECOVERY  # a drop that stays down is senescence, drought, ploughing or harvest
+    confidence = (p[_P.base_confidence] + p[_P.weight_drop] * c_drop + p[_P.weight_bracket] * c_bracket
+                  + p[_P.weight_recovery] * c_rec)
+    sources = 1
+    s1_date_row, s1_support_row, s1_baseline_row = -1, -1, -1
+    rise, last_before, first_after = _coherence_rise_kernel(coh_day, coh_vv, coh_lo, coh_hi, t0, t1,
+                                                            p[_P.coherence_window_days])
+    if np.isfinite(rise):
+        sources = 5
+        if rise >= p[_P.min_coherence_rise]:
+            confidence += p[_P.s1_bonus]
+            s1_support_row, s1_baseline_row = first_after, last_before
+    if t1 - t0 > p[_P.coherence_refine_gap_days]:
+        refined, refined_row = _coherence_date_kernel(coh_day, coh_vv, coh_interval, coh_lo, coh_hi, t0, t1,
+                                                      p[_P.min_coherence_rise])
+        if np.isfinite(refined):
+            main = refined
+            sources = 5
+            s1_date_row = refined_row
+    if confidence < p[_P.min_confidence]:
+        failed |= LOW_CONFIDENCE
+    return failed, min(confidence, 1.0), main, sources, s1_date_row, s1_support_row, s1_baseline_row
+
+
 @njit(cache=True, nogil=True)
 def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: np.ndarray, red: np.ndarray,
                    ndmi: np.ndarray, valid: np.ndarray, coh_offsets: np.ndarray, coh_day: np.ndarray,
@@ -138,14 +298,7 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
 
     *p* packs the parameters in the order of ``_PARAM_ORDER``.
     """
-    (season_start, season_end, min_drop, strong_drop, min_rel, min_before, min_spacing, max_events,
-     max_bracket, min_recovery, recovery_window, coh_window, min_coh_rise, w_drop, w_bracket, w_rec,
-     base, s1_bonus, min_step, lookback, settle, require_recovery, min_step_share, min_emit, min_after,
-     refine_gap, max_pre_share, min_red_ratio, red_gap, min_moisture_drop, date_window, per_season,
-     max_step_days) = (
-         p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15], p[16],
-         p[17], p[18], p[19], p[20], p[21], p[22], p[23], p[24], p[25], p[26], p[27], p[28], p[29], p[30], p[31],
-         p[32])
+    min_spacing, max_events = p[_P.min_spacing_days], p[_P.max_events]
     cap = len(day) + 1  # at most one event per step between observations
     out_parcel = np.empty(cap, np.int32)
     out = np.empty((cap, 6), np.float64)  # start, main, end, confidence, value, sources
@@ -164,82 +317,23 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
                 n += 1
         n_cand = 0
         for k in range(1, n):
-            high, low = ndvi[idx[k - 1]], ndvi[idx[k]]
-            step = high - low
+            step = ndvi[idx[k - 1]] - ndvi[idx[k]]
             t0, t1 = day[idx[k - 1]], day[idx[k]]
-            if step < min_step or t1 - t0 > max_step_days:
+            if step < p[_P.min_step] or t1 - t0 > p[_P.max_step_days]:
+                continue  # the cheap tests first: most steps are not drops
+            failed, before, after, b, main = _judge_step(k, n, idx, day, doy, ndvi, red, ndmi, p)
+            if failed:
                 continue
-            # the level before: the highest of the last observations within the look-back
-            before = high
-            j = k - 2
-            while j >= 0 and day[idx[j]] >= t0 - lookback:
-                before = max(before, ndvi[idx[j]])
-                j -= 1
-            # the level after: the lowest within the settling days (cut grass dries, hay is removed)
-            after = low
-            b = k
-            j = k + 1
-            while j < n and day[idx[j]] <= t1 + settle:
-                if ndvi[idx[j]] < after:
-                    after = ndvi[idx[j]]
-                    b = j
-                j += 1
             drop = before - after
-            # a cut early in a long gap would have regrown before t1 and shown a smaller drop: the date
-            # lies within the regrowth time before the first low observation (see date_window_days)
-            main = max(0.5 * (t0 + t1), t1 - 0.5 * date_window)
-            main_doy = doy[idx[k]] - (t1 - main)
-            # cut signature: red reflectance rises at a cut (chlorophyll gone, stubble and cut grass
-            # exposed); grazing lowers NDVI mostly through NIR, cloud shadow darkens red. Beyond
-            # red_gap days regrowth may have greened the stubble again: then red must only not fall.
-            red_low = max(red[idx[k]], red[idx[b]])
-            red_need = (min_red_ratio if t1 - t0 <= red_gap else 1.0) * red[idx[k - 1]]
-            # moisture signature (where SWIR exists): cut grass dries and exposes litter, so NDMI falls
-            moisture_low = min(ndmi[idx[k]], ndmi[idx[b]])
-            moisture_need = min_moisture_drop if t1 - t0 <= red_gap else 0.0
-            dry = min_moisture_drop <= 0.0 or not ndmi[idx[k - 1]] - moisture_low < moisture_need  # NaN: True
-            if not (drop >= min_drop and drop >= min_rel * before and before >= min_before
-                    and step >= min_step_share * drop and before - high <= max_pre_share * drop
-                    and not red_low < red_need and dry
-                    and after >= min_after
-                    and season_start <= main_doy <= season_end):
-                continue
-            c_drop = min(max((drop - min_drop) / max(strong_drop - min_drop, 1e-6), 0.0), 1.0)
-            c_bracket = min(max((max_bracket - (t1 - t0)) / max(max_bracket - 6.0, 1e-6), 0.0), 1.0)
-            c_rec = 0.5
-            low_day = day[idx[b]]
-            for j in range(b + 1, n):
-                if day[idx[j]] > low_day + recovery_window:
-                    break
-                c_rec = 0.0
-                if ndvi[idx[j]] - after >= min_recovery:
-                    c_rec = 1.0
-                    break
-            if c_rec == 0.0 and require_recovery > 0.0:
-                continue  # a drop that stays down is senescence, drought, ploughing or harvest
-            confidence = base + w_drop * c_drop + w_bracket * c_bracket + w_rec * c_rec
-            sources = 1.0
-            s1_date_row, s1_support_row, s1_baseline_row = -1, -1, -1
-            rise, last_before, first_after = _coherence_rise_kernel(coh_day, coh_vv, coh_offsets[parcel],
-                                                                    coh_offsets[parcel + 1], t0, t1, coh_window)
-            if np.isfinite(rise):
-                sources = 5.0
-                if rise >= min_coh_rise:
-                    confidence += s1_bonus
-                    s1_support_row, s1_baseline_row = first_after, last_before
-            if t1 - t0 > refine_gap:
-                refined, refined_row = _coherence_date_kernel(coh_day, coh_vv, coh_interval, coh_offsets[parcel],
-                                                              coh_offsets[parcel + 1], t0, t1, min_coh_rise)
-                if np.isfinite(refined):
-                    main = refined
-                    sources = 5.0
-                    s1_date_row = refined_row
-            if confidence < min_emit:
+            failed, confidence, main, sources, s1_date_row, s1_support_row, s1_baseline_row = _score_step(
+                k, b, n, idx, day, ndvi, after, drop, main, coh_day, coh_vv, coh_interval, coh_offsets[parcel],
+                coh_offsets[parcel + 1], p)
+            if failed:
                 continue
             cand[n_cand, 0] = t0
             cand[n_cand, 1] = main
             cand[n_cand, 2] = t1
-            cand[n_cand, 3] = min(confidence, 1.0)
+            cand[n_cand, 3] = confidence
             cand[n_cand, 4] = drop
             cand[n_cand, 5] = sources
             cand_obs[n_cand, OBS_START] = idx[k - 1]
@@ -249,7 +343,7 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
             cand_obs[n_cand, OBS_S1_SUPPORT] = s1_support_row
             cand_obs[n_cand, OBS_S1_BASELINE] = s1_baseline_row
             strength[n_cand] = drop + step  # among the steps of one cut, the steepest holds the date
-            season[n_cand] = np.floor(t1 - doy[idx[k]]) + 1.0 if per_season > 0.0 else 0.0
+            season[n_cand] = np.floor(t1 - doy[idx[k]]) + 1.0 if p[_P.max_events_per_season] > 0.0 else 0.0
             n_cand += 1
         if n_cand == 0:
             continue
@@ -276,16 +370,6 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
                 out_obs[n_out, :] = cand_obs[j, :]
                 n_out += 1
     return out_parcel[:n_out], out[:n_out], out_obs[:n_out]
-
-
-_PARAM_ORDER = ("season_start_doy", "season_end_doy", "min_drop", "strong_drop", "min_relative_drop",
-                "min_ndvi_before", "min_spacing_days", "max_events", "max_bracket_days", "min_recovery",
-                "recovery_window_days", "coherence_window_days", "min_coherence_rise", "weight_drop",
-                "weight_bracket", "weight_recovery", "base_confidence", "s1_bonus", "min_step", "lookback_days",
-                "settle_days", "require_recovery", "min_step_share", "min_confidence", "min_ndvi_after",
-                "coherence_refine_gap_days", "max_pre_decline_share", "min_red_ratio",
-                "red_ratio_max_gap_days", "min_moisture_drop", "date_window_days", "max_events_per_season",
-                "max_step_days")
 
 
 def detect_mowing(prepared: PreparedSeries, params: MarkerParams, *, use_s1: bool = True) -> EventArrays:

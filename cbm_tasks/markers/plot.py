@@ -16,7 +16,6 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cbm_tasks.errors import NotFoundError
 from cbm_tasks.markers.engine import MARKERS, MarkerResult, markers_from_prepared
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import PreparedSeries, prepare
@@ -106,15 +105,7 @@ def plot_parcel(series: SeriesTable, parcel_id: str, *, params: MarkerParams, ou
     Raises:
         NotFoundError: *parcel_id* is not in *series*.
     """
-    matches = np.flatnonzero(series.parcel_ids == str(parcel_id))
-    if len(matches) == 0:
-        sample = ", ".join(map(str, series.parcel_ids[:5]))
-        raise NotFoundError(f"parcel {parcel_id!r} is not in the series ({series.n_parcels} parcels: {sample}, ...)")
-    lo, hi = series.offsets[matches[0]], series.offsets[matches[0] + 1]
-    one = SeriesTable.from_arrays(parcel_id=series.parcel_ids[series.parcel[lo:hi]], source=series.source[lo:hi],
-                                  band=series.band[lo:hi], obs_day=series.obs_day[lo:hi], mean=series.mean[lo:hi],
-                                  clear_fraction=series.clear_fraction[lo:hi], orbit=series.orbit[lo:hi],
-                                  scl_bad_share=series.scl_bad_share[lo:hi])
+    one = series.one_parcel(parcel_id)
     prepared = prepare(one, params)
     figure = parcel_figure(prepared, markers_from_prepared(prepared, params), 0, markers=markers)
     partial = out.with_name(f".{out.name}.partial.png")

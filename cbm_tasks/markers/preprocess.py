@@ -28,9 +28,21 @@ from numba import njit
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import BAND_CODE, BANDS, SOURCE_CODE, SeriesTable, group_offsets
 
-__all__ = ["PreparedSeries", "S1Series", "S2Series", "cloud_dips", "haze_index", "moisture_index", "prepare"]
+__all__ = ["REJECTIONS", "PreparedSeries", "S1Series", "S2Series", "cloud_dips", "haze_index", "moisture_index",
+           "prepare", "rejection_codes"]
 
 _S2_BANDS = ("B02", "B04", "B08", "B11")
+
+# Why an S2 observation is not used (0: used), the first test it fails in this order
+NO_VALUE, CLOUDY, BRIGHT_BLUE, HAZE, IMPLAUSIBLE, CLOUD_DIP = range(1, 7)
+REJECTIONS = {
+    NO_VALUE: "no red or NIR value",
+    CLOUDY: "clear share below min_clear_fraction (cloud, shadow, snow)",
+    BRIGHT_BLUE: "blue above max_blue_reflectance (cloud or haze the mask missed)",
+    HAZE: "haze index above max_haze_index (haze the mask missed)",
+    IMPLAUSIBLE: "NDVI below min_plausible_ndvi (water, cloud or shadow)",
+    CLOUD_DIP: "cloud dip: back faster than grass regrows, or hazy",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +246,30 @@ def cloud_dips(offsets: np.ndarray, day: np.ndarray, ndvi: np.ndarray, valid: np
                              int(params.get("cloud_dip", "max_run")), params.get("cloud_dip", "min_haze_rise"))
 
 
+def _validity_codes(blue: np.ndarray, ndvi: np.ndarray, clear: np.ndarray, haze: np.ndarray,
+                    params: MarkerParams) -> np.ndarray:
+    """Return per observation 0 (valid) or the first validity test it fails (``REJECTIONS``, no dips)."""
+    code = np.zeros(len(ndvi), np.int8)
+    with np.errstate(invalid="ignore"):
+        tests = ((IMPLAUSIBLE, ndvi < params.get("validity", "min_plausible_ndvi")),
+                 (HAZE, haze > params.get("validity", "max_haze_index")),
+                 (BRIGHT_BLUE, blue > params.get("validity", "max_blue_reflectance")),
+                 (CLOUDY, clear < params.get("validity", "min_clear_fraction")),
+                 (NO_VALUE, ~np.isfinite(ndvi)))
+    for reason, failed in tests:  # the last assignment wins: the list runs from the last test to the first
+        code[failed] = reason
+    return code
+
+
+def rejection_codes(s2: S2Series, params: MarkerParams) -> np.ndarray:
+    """Return per S2 observation why it is not used (a ``REJECTIONS`` key), 0 where it is used."""
+    blue, red = s2.bands[:, 0], s2.bands[:, 1]
+    code = _validity_codes(blue, s2.ndvi, s2.clear,
+                           haze_index(blue, red, red_weight=params.get("validity", "haze_red_weight")), params)
+    code[(code == 0) & s2.cloud_dip] = CLOUD_DIP
+    return code
+
+
 def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     mask = series.source == SOURCE_CODE["s2"]
     parcel, _, day, values, first, rows = _pivot(series, mask, _S2_BANDS)
@@ -245,10 +281,7 @@ def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     haze = haze_index(blue, red, red_weight=params.get("validity", "haze_red_weight"))
     with np.errstate(invalid="ignore", divide="ignore"):
         ndvi = (nir - red) / (nir + red)
-        valid = (np.isfinite(ndvi) & (ndvi >= params.get("validity", "min_plausible_ndvi"))
-                 & ~(clear < params.get("validity", "min_clear_fraction"))
-                 & ~(blue > params.get("validity", "max_blue_reflectance"))
-                 & ~(haze > params.get("validity", "max_haze_index")))
+    valid = _validity_codes(blue, ndvi, clear, haze, params) == 0
     offsets = group_offsets(parcel, series.n_parcels)
     dip = cloud_dips(offsets, day, ndvi, valid, params=params, haze=haze)
     doy, year = _day_of_year(day)

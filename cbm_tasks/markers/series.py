@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cbm_tasks.errors import NotFoundError
+
 __all__ = [
     "BANDS",
     "BAND_CODE",
@@ -108,6 +110,23 @@ class SeriesTable:
     def n_rows(self) -> int:
         """Number of (parcel, observation, band) rows."""
         return len(self.parcel)
+
+    def one_parcel(self, parcel_id: str) -> SeriesTable:
+        """Return the rows of parcel *parcel_id* as a table of their own.
+
+        Raises:
+            NotFoundError: *parcel_id* is not in the table.
+        """
+        matches = np.flatnonzero(self.parcel_ids == str(parcel_id))
+        if len(matches) == 0:
+            sample = ", ".join(map(str, self.parcel_ids[:5]))
+            raise NotFoundError(f"parcel {parcel_id!r} is not in the series ({self.n_parcels} parcels: {sample}, ...)")
+        rows = slice(self.offsets[matches[0]], self.offsets[matches[0] + 1])
+        return SeriesTable(parcel_ids=self.parcel_ids[matches[:1]], offsets=np.array([0, rows.stop - rows.start]),
+                           parcel=np.zeros(rows.stop - rows.start, self.parcel.dtype), source=self.source[rows],
+                           band=self.band[rows], obs_day=self.obs_day[rows], mean=self.mean[rows],
+                           clear_fraction=self.clear_fraction[rows], orbit=self.orbit[rows],
+                           scl_bad_share=self.scl_bad_share[rows], product_id=self.product_id[rows])
 
     @classmethod
     def from_arrays(cls, *, parcel_id: np.ndarray, source: np.ndarray, band: np.ndarray, obs_day: np.ndarray,

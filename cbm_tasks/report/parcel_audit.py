@@ -2,11 +2,13 @@
 
 :func:`gather` reads the parcel, its traffic lights and marker events as stored, the products
 whose statistics it has with their lineage, and recomputes the marker figure from the stored
-time series with the recorded parameters (the same computation ``cbm audit verify`` checks).
+time series with the recorded parameters (the same computation ``cbm audit verify`` checks), and
+with them every NDVI fall of the season judged as a cut (why a mowing was or was not found).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import time
@@ -22,6 +24,7 @@ from cbm_tasks.errors import NotFoundError
 from cbm_tasks.lineage import code_version
 from cbm_tasks.markers import db_read
 from cbm_tasks.markers.engine import markers_from_prepared
+from cbm_tasks.markers.mowing_explain import StepVerdict, explain_mowing
 from cbm_tasks.markers.params import MarkerParams, default_params
 from cbm_tasks.markers.plot import parcel_figure
 from cbm_tasks.markers.preprocess import prepare
@@ -80,6 +83,7 @@ class ParcelAudit:
     n_obs_used: int
     n_obs_rejected: int
     notes: list[str] = field(default_factory=list)
+    mowing_falls: list[StepVerdict] = field(default_factory=list)  # NDVI falls judged as cuts (mowing_explain)
 
 
 def _parcel(conn: psycopg.Connection, parcel_set_id: int, parcel_id: str, *, aoi: str, year: int) -> ParcelInfo:
@@ -101,20 +105,25 @@ def _parcel(conn: psycopg.Connection, parcel_set_id: int, parcel_id: str, *, aoi
                       view_box, int(srid))
 
 
-def _figure_png(conn: psycopg.Connection, parcel_set_id: int, parcel_key: int, params: MarkerParams,
-                use_s1: bool, markers: set[str] | None) -> bytes | None:
+def _series_views(conn: psycopg.Connection, parcel_set_id: int, parcel: ParcelInfo, params: MarkerParams,
+                  use_s1: bool, markers: set[str] | None, year: int) -> tuple[bytes | None, list[StepVerdict]]:
+    """The figure (PNG) and, when the schemes read the mowing marker, the NDVI falls judged as cuts."""
     products = db_read.read_products(conn, parcel_set_id)
     db_series = db_read.read_parcel_series(conn, parcel_set_id=parcel_set_id, products=products,
-                                           parcel_keys=np.array([parcel_key], np.int32))
+                                           parcel_keys=np.array([parcel.parcel_key], np.int32))
     if db_series.series.n_rows == 0:
-        return None
-    prepared = prepare(db_series.series, params)
+        return None, []
+    series = dataclasses.replace(db_series.series, parcel_ids=np.array([parcel.parcel_id]))  # as declared
+    prepared = prepare(series, params)
     result = markers_from_prepared(prepared, params, use_s1=use_s1)
     figure = parcel_figure(prepared, result, 0, markers=markers)
     buffer = io.BytesIO()
     FigureCanvasAgg(figure)  # a Figure made without pyplot has no canvas to draw on
     figure.savefig(buffer, format="png", dpi=80)
-    return buffer.getvalue()
+    falls: list[StepVerdict] = []
+    if markers is None or "mowing" in markers:
+        falls = explain_mowing(series, parcel.parcel_id, params, use_s1=use_s1, year=year).steps
+    return buffer.getvalue(), falls
 
 
 def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, scheme: str | None = None) -> ParcelAudit:
@@ -158,8 +167,8 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
     if scheme is not None and not lights:
         notes.append(f"No traffic light of scheme {scheme!r} is stored for this parcel.")
     # the figure draws the events of the markers the parcel's schemes read (all without lights)
-    png = _figure_png(conn, set_id, parcel.parcel_key, params, use_s1,
-                      decisions.scheme_markers(conn, lights) if lights else None)
+    png, falls = _series_views(conn, set_id, parcel, params, use_s1,
+                               decisions.scheme_markers(conn, lights) if lights else None, year)
     stamp = Stamp(
         params_hash=params.hash, params_version=str(params.version),
         marker_code_version=(run.code_version or "-") if run is not None else "-",
@@ -168,7 +177,8 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
                                         for light in lights})) or "-",
         generated_at=datetime.now(UTC).replace(microsecond=0),
     )
-    audit = ParcelAudit(aoi, year, parcel, lights, events, products, runs, stamp, png, n_used, n_rejected, notes)
+    audit = ParcelAudit(aoi, year, parcel, lights, events, products, runs, stamp, png, n_used, n_rejected, notes,
+                        falls)
     log.info("gathered parcel audit aoi=%s year=%d parcel=%s lights=%d events=%d products=%d seconds=%.2f", aoi, year,
              parcel_id, len(lights), len(events), len(products), time.perf_counter() - t0)
     return audit

@@ -1,0 +1,191 @@
+"""Why a parcel has, or lacks, a mowing: every NDVI fall of its series and the tests it passed or failed.
+
+A red light ``NO_EVENT`` on a grassland scheme says that no cut was found; the inspector's next
+question is which drops the series shows and why none of them counts (too small, gradual, red did
+not rise as at a cut, outside the season, a stronger cut nearby ...). :func:`explain_mowing` answers
+it with the mowing marker's own compiled tests (:mod:`cbm_tasks.markers.mowing`), so the
+explanation cannot drift from the decision: a step is reported as ``mowing`` exactly when the
+detector emitted it (checked by the tests on every parcel of the development sets).
+
+It also lists the S2 observations that were not used, with the first validity test each failed
+(:data:`cbm_tasks.markers.preprocess.REJECTIONS`), because a cut is often missed where clouds hid it.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from cbm_tasks.markers import mowing
+from cbm_tasks.markers.mowing import _P, _PARAM_ORDER, _judge_step, _score_step, detect_mowing
+from cbm_tasks.markers.params import MarkerParams
+from cbm_tasks.markers.preprocess import REJECTIONS, prepare, rejection_codes
+from cbm_tasks.markers.series import SeriesTable, day_to_date
+
+__all__ = ["STEP_TESTS", "MowingExplanation", "ObservationVerdict", "StepVerdict", "explain_mowing"]
+
+# the tests of mowing._judge_step / _score_step, as the explanation names them
+STEP_TESTS = {
+    mowing.SMALL_STEP: "step below min_step",
+    mowing.LONG_GAP: "observations further apart than max_step_days",
+    mowing.SMALL_DROP: "drop below min_drop",
+    mowing.SMALL_RELATIVE_DROP: "drop below min_relative_drop of the level before",
+    mowing.NO_COVER_BEFORE: "level before below min_ndvi_before (no grass cover)",
+    mowing.GRADUAL: "gradual: the step holds less than min_step_share of the drop",
+    mowing.DECLINING_BEFORE: "declining before the step (max_pre_decline_share)",
+    mowing.RED_NOT_RISING: "red did not rise as at a cut (min_red_ratio): shadow or grazing",
+    mowing.NOT_DRYING: "moisture index did not fall (min_moisture_drop)",
+    mowing.BARE_AFTER: "level after below min_ndvi_after (bare soil: ploughing or harvest)",
+    mowing.OUT_OF_SEASON: "outside the mowing season",
+    mowing.NO_RECOVERY: "no regrowth after the drop (require_recovery)",
+    mowing.LOW_CONFIDENCE: "confidence below min_confidence",
+}
+_MIN_FALL = 0.02  # NDVI falls below this are noise of a parcel mean between clear dates, not listed
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationVerdict:
+    """One Sentinel-2 observation of the parcel: used by the markers, or why not."""
+
+    date: str
+    ndvi: float
+    clear: float
+    used: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepVerdict:
+    """One fall of NDVI between two consecutive used observations, judged as a cut.
+
+    ``before`` and ``after`` are the levels the drop is measured between (highest within the
+    look-back, lowest within the settling days); ``red_ratio`` the red reflectance of the low over
+    the high observation; ``ndmi_change`` the moisture index change (NaN without B11);
+    ``confidence`` NaN when a test failed before it was scored; ``verdict`` ``mowing``, ``not a cut``,
+    ``weaker than the cut of YYYY-MM-DD`` or ``over max_events``; ``failed`` the tests not passed.
+    """
+
+    start_date: str
+    end_date: str
+    main_date: str
+    ndvi_high: float
+    ndvi_low: float
+    before: float
+    after: float
+    drop: float
+    red_ratio: float
+    ndmi_change: float
+    confidence: float
+    verdict: str
+    failed: str
+
+
+@dataclass(frozen=True, slots=True)
+class MowingExplanation:
+    """The observations and NDVI falls of one parcel, with the parameters that judged them."""
+
+    parcel_id: str
+    params_hash: str
+    observations: list[ObservationVerdict]
+    steps: list[StepVerdict]
+
+    def write(self, stream: TextIO) -> None:
+        """Write both tables as aligned text, as ``cbm markers explain`` prints them."""
+        unused = [o for o in self.observations if not o.used]
+        stream.write(f"parcel {self.parcel_id}: {len(self.observations) - len(unused)} of {len(self.observations)} "
+                     f"Sentinel-2 observations used; marker parameters {self.params_hash[:12]}\n")
+        for obs in unused:
+            stream.write(f"  {obs.date}  NDVI {obs.ndvi:5.2f}  clear {obs.clear:4.2f}  not used: {obs.reason}\n")
+        stream.write(f"{len(self.steps)} falls of NDVI between used observations:\n")
+        for s in self.steps:
+            confidence = "" if np.isnan(s.confidence) else f" confidence {s.confidence:.2f}"
+            stream.write(f"  {s.start_date} -> {s.end_date}  NDVI {s.ndvi_high:.2f} -> {s.ndvi_low:.2f}  drop "
+                         f"{s.drop:.2f} ({s.before:.2f} -> {s.after:.2f})  red x{s.red_ratio:.2f}{confidence}: "
+                         f"{s.verdict}{' (' + s.failed + ')' if s.failed else ''}\n")
+
+    def write_csv(self, path: Path) -> None:
+        """Write the steps as CSV (one row per fall, the columns of :class:`StepVerdict`)."""
+        with path.open("w", newline="") as stream:
+            out = csv.writer(stream)
+            out.writerow(["parcel_id", *(f.name for f in fields(StepVerdict))])
+            out.writerows([self.parcel_id, *(_cell(value) for value in astuple(s))] for s in self.steps)
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, float):
+        return "" if np.isnan(value) else f"{value:.4f}"
+    return value
+
+
+def _ratio(low: float, high: float) -> float:
+    return float(low / high) if high > 0 else float("nan")
+
+
+def _names(mask: int) -> str:
+    return "; ".join(text for bit, text in STEP_TESTS.items() if mask & bit)
+
+
+def _in_season(day: float, doy: float, year: int | None, params: MarkerParams) -> bool:
+    return ((year is None or day_to_date(day).startswith(f"{year:04d}-"))
+            and params.get("mowing", "season_start_doy") <= doy <= params.get("mowing", "season_end_doy"))
+
+
+def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *, use_s1: bool = True,
+                   year: int | None = None) -> MowingExplanation:
+    """Judge every NDVI fall of *parcel_id* in *series* with the mowing marker's tests.
+
+    Reported are the S2 observations of the mowing season and the falls dated in it (falls of less
+    than 0.02, the noise of a parcel's mean NDVI between clear dates, are left out).
+
+    Args:
+        series: time series holding the parcel (a file or a database read).
+        parcel_id: the parcel.
+        params: marker parameters (the same that computed its events).
+        use_s1: let Sentinel-1 coherence raise the confidence, as the run did.
+        year: only observations and falls of this calendar year (None: all).
+
+    Raises:
+        NotFoundError: *parcel_id* is not in *series*.
+    """
+    prepared = prepare(series.one_parcel(parcel_id), params)
+    s2, coh = prepared.s2, prepared.coherence
+    codes = rejection_codes(s2, params)
+    observations = [ObservationVerdict(day_to_date(s2.day[r]), float(s2.ndvi[r]), float(s2.clear[r]), codes[r] == 0,
+                                       REJECTIONS.get(int(codes[r]), ""))
+                    for r in range(len(s2.day)) if _in_season(s2.day[r], s2.doy[r], year, params)]
+    events = detect_mowing(prepared, params, use_s1=use_s1)
+    kept = {(float(start), float(end)) for start, end in zip(events.start, events.end, strict=True)}
+    p = np.array([params.get("mowing", name) for name in _PARAM_ORDER], np.float64)
+    coh_hi = len(coh.day) if use_s1 else 0
+    red, doy = np.ascontiguousarray(s2.bands[:, 1]), s2.doy.astype(np.float64)
+    idx = np.flatnonzero(s2.valid).astype(np.int64)
+    steps = []
+    for k in range(1, len(idx)):
+        high, low = idx[k - 1], idx[k]
+        if s2.ndvi[high] - s2.ndvi[low] < min(_MIN_FALL, p[_P.min_step]):
+            continue
+        failed, before, after, b, main = _judge_step(k, len(idx), idx, s2.day, doy, s2.ndvi, red, s2.ndmi, p)
+        if not _in_season(main, doy[low] - (s2.day[low] - main), year, params):
+            continue
+        confidence = np.nan
+        if not failed:
+            failed, confidence, main, _, _, _, _ = _score_step(k, b, len(idx), idx, s2.day, s2.ndvi, after,
+                                                               before - after, main, coh.day, coh.vv,
+                                                               coh.interval_days, 0, coh_hi, p)
+        if failed:
+            verdict = "not a cut"
+        elif (float(s2.day[high]), float(s2.day[low])) in kept:
+            verdict = "mowing"
+        else:  # passed every test, removed by the spacing or the per-season count of cuts
+            nearby = [m for m in events.main if abs(m - main) < params.get("mowing", "min_spacing_days")]
+            verdict = f"weaker than the cut of {day_to_date(nearby[0])}" if nearby else "over max_events"
+        steps.append(StepVerdict(
+            day_to_date(s2.day[high]), day_to_date(s2.day[low]), day_to_date(main), float(s2.ndvi[high]),
+            float(s2.ndvi[low]), float(before), float(after), float(before - after),
+            _ratio(s2.bands[low, 1], s2.bands[high, 1]), float(s2.ndmi[low] - s2.ndmi[high]), float(confidence),
+            verdict, _names(failed)))
+    return MowingExplanation(str(parcel_id), params.hash, observations, steps)

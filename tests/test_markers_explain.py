@@ -1,0 +1,104 @@
+"""Why a parcel has or lacks a mowing (`cbm markers explain`, the audit report's table of NDVI falls).
+
+The explanation judges every fall with the mowing kernel's own tests, so it must name as ``mowing``
+exactly the events the detector emits: checked on every plot of the real development sets.
+"""
+
+from __future__ import annotations
+
+import csv
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import shared_data
+from markers_series import grass_rows, write_rows
+
+from cbm_tasks import cli
+from cbm_tasks.markers import load_params, prepare, read_series
+from cbm_tasks.markers.importers import convert_salms
+from cbm_tasks.markers.mowing import detect_mowing
+from cbm_tasks.markers.mowing_explain import explain_mowing
+from cbm_tasks.markers.series import SeriesTable, day_to_date
+
+PARAMS = load_params()
+
+
+def _explained(series: SeriesTable, use_s1: bool) -> dict[str, list[tuple[str, str, str, float]]]:
+    out: dict[str, list[tuple[str, str, str, float]]] = {}
+    for parcel_id in series.parcel_ids:
+        for step in explain_mowing(series, str(parcel_id), PARAMS, use_s1=use_s1).steps:
+            if step.verdict == "mowing":
+                out.setdefault(str(parcel_id), []).append((step.start_date, step.end_date, step.main_date,
+                                                           round(step.confidence, 9)))
+    return out
+
+
+def _detected(series: SeriesTable, use_s1: bool) -> dict[str, list[tuple[str, str, str, float]]]:
+    prepared = prepare(series, PARAMS)
+    events = detect_mowing(prepared, PARAMS, use_s1=use_s1)
+    out: dict[str, list[tuple[str, str, str, float]]] = {}
+    for parcel, start, main, end, confidence in zip(events.parcel, events.start, events.main, events.end,
+                                                    events.confidence, strict=True):
+        out.setdefault(str(prepared.parcel_ids[parcel]), []).append(
+            (day_to_date(start), day_to_date(end), day_to_date(main), round(float(confidence), 9)))
+    return out
+
+
+@pytest.mark.parametrize("use_s1", [True, False], ids=["s2+s1", "s2-only"])
+def test_explanation_names_exactly_the_detected_cuts(tmp_path: Path, use_s1: bool) -> None:
+    salms = read_series(convert_salms(shared_data("salms_grassland"), tmp_path / "salms.csv"))
+    slovak = read_series(shared_data("grassland_sk_train", "timeseries.csv.gz"))
+    for series in (salms, slovak):
+        detected = _detected(series, use_s1)
+        assert sum(map(len, detected.values())) > 10
+        assert _explained(series, use_s1) == detected
+
+
+def test_each_fall_names_the_tests_it_failed(tmp_path: Path) -> None:
+    # a grass plot cut on doy 180; a fall on doy 240 in which red falls with NIR (shadow-like; three images
+    # long, so not a cloud dip); a cloudy image on doy 150
+    rows = grass_rows("p", [180], cloudy=[150])
+    shadow = (date(2021, 1, 1) + timedelta(days=239)).isoformat()
+    low = {(date(2021, 1, 1) + timedelta(days=doy - 1)).isoformat() for doy in (240, 245, 250)}
+    for row in rows:
+        if row[1] in low:
+            row[4] = "0.02000" if row[3] == "B04" else "0.08000"  # NDVI 0.6 from ~0.8, red lower than before
+    explanation = explain_mowing(read_series(write_rows(tmp_path / "s.csv", rows)), "p", PARAMS, year=2021)
+    cuts = [s for s in explanation.steps if s.verdict == "mowing"]
+    assert len(cuts) == 1 and abs(np.datetime64(cuts[0].main_date) - np.datetime64("2021-06-29")).astype(int) <= 3
+    assert cuts[0].failed == "" and cuts[0].red_ratio > 1.3 and 0.5 <= cuts[0].confidence <= 1
+    fall = next(s for s in explanation.steps if s.end_date == shadow)
+    assert fall.verdict == "not a cut" and "red did not rise" in fall.failed and fall.red_ratio < 1
+    assert np.isnan(fall.confidence)
+    # every listed fall lies in the mowing season; rejected observations say why
+    assert all("2021-04-01" <= s.main_date <= "2021-09-30" for s in explanation.steps)
+    cloudy = [o for o in explanation.observations if not o.used]
+    assert [o.date for o in cloudy] == [(date(2021, 1, 1) + timedelta(days=149)).isoformat()]
+    assert cloudy[0].reason.startswith("clear share below min_clear_fraction")
+
+
+def test_weaker_cut_nearby_is_named(tmp_path: Path) -> None:
+    # SALMS plot 3: the September fall seen on 15 September loses to the larger one of 30 September
+    series = read_series(convert_salms(shared_data("salms_grassland"), tmp_path / "salms.csv"))
+    steps = explain_mowing(series, "3", PARAMS, use_s1=False, year=2020).steps
+    weaker = [s for s in steps if s.verdict.startswith("weaker than the cut of")]
+    assert [(s.end_date, s.verdict) for s in weaker] == [("2020-09-15", "weaker than the cut of 2020-09-25")]
+    assert weaker[0].failed == "" and weaker[0].confidence >= PARAMS.get("mowing", "min_confidence")
+
+
+def test_cli_explains_a_file_and_writes_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_rows(tmp_path / "s.csv", grass_rows("p", [150, 210], cloudy=[100]))
+    out_csv = tmp_path / "falls.csv"
+    assert cli.main(["markers", "explain", "--timeseries", str(path), "--parcel", "p", "--s2-only",
+                     "--csv", str(out_csv)]) == 0
+    text = capsys.readouterr().out
+    assert "parcel p: " in text and "not used: clear share below" in text and text.count(": mowing") == 2
+    with out_csv.open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [r["verdict"] for r in rows].count("mowing") == 2 and {r["parcel_id"] for r in rows} == {"p"}
+    assert all(r["confidence"] == "" for r in rows if r["verdict"] == "not a cut" and r["failed"] != "confidence "
+               "below min_confidence")
+    assert cli.main(["markers", "explain", "--timeseries", str(path), "--parcel", "nope"]) == 2
+    assert "parcel 'nope' is not in the series" in capsys.readouterr().err
