@@ -62,6 +62,8 @@ class DemoSummary:
     seconds: float = 0.0
     api: tuple[str, ...] = ()  # the REST API's URL, demo user and curl examples
     audit_report: Path | None = None
+    audit_parcel: str | None = None  # the parcel of the audit report (a red or yellow one where there is)
+    year: int = 0
 
     @property
     def ok(self) -> bool:
@@ -87,6 +89,8 @@ class DemoSummary:
             *[f"  {scheme:21s} {self._colours(colours)}" for scheme, colours in self.lights.items()],
             *(["  none             (no parcel has a scheme)"] if not self.lights else []),
             f"audit report       {self.audit_report or 'none (nothing extracted)'}",
+            *([f"  why this light   cbm markers explain --aoi {self.aoi} --year {self.year} --parcel "
+               f"{self.audit_parcel}  (every NDVI fall judged as a cut)"] if self.audit_parcel else []),
             f"Airflow UI         {self.url}/",
             f"  login            {self.username} / {self.password}  (stored in {self.password_file})",
             *self.api,
@@ -102,17 +106,18 @@ class DemoSummary:
 _COLOUR_ORDER = {"green": 0, "yellow": 1, "red": 2}
 
 
-def _audit_report(conn: psycopg.Connection, layout: demo_data.DemoLayout, out_dir: Path) -> Path | None:
-    """Write the audit report (HTML and PDF) of one demo parcel; return the PDF's path."""
+def _audit_report(conn: psycopg.Connection, layout: demo_data.DemoLayout,
+                  out_dir: Path) -> tuple[Path | None, str | None]:
+    """Write the audit report (HTML and PDF) of one demo parcel; return the PDF's path and the parcel."""
     from cbm_tasks.report.parcel_audit import gather, pick_parcel  # matplotlib, weasyprint: only here
     from cbm_tasks.report.render import write_parcel_report
 
     try:
         parcel_id = pick_parcel(conn, aoi=layout.aoi, year=layout.year)
     except NotFoundError:
-        return None
+        return None, None
     files = write_parcel_report(gather(conn, aoi=layout.aoi, year=layout.year, parcel_id=parcel_id), out_dir)
-    return files.pdf or files.html
+    return files.pdf or files.html, parcel_id
 
 
 def _prepare_database() -> str:
@@ -249,7 +254,8 @@ def run_demo(
     with db.connect(url, autocommit=True) as conn:
         summary = pipeline.aoi_summary(conn, layout.aoi)
         lights = markers_pipeline.lights_summary(conn, aoi=layout.aoi, year=layout.year)
-        report = _audit_report(conn, layout, (out_dir or settings.project_dir() / "var" / "demo") / "reports")
+        reports = (out_dir or settings.project_dir() / "var" / "demo") / "reports"
+        report, audit_parcel = _audit_report(conn, layout, reports)
     with db.connect(url) as conn:
         api_text = api_access.api_lines(conn, airflow_url=cfg.url, aoi=layout.aoi, year=layout.year,
                                         secret_file=cfg.home / "api_demo_secret")
@@ -258,7 +264,8 @@ def run_demo(
         catalogue_run=(run_id, str(catalogue_run["state"])), extract_runs=tuple(extract_runs),
         markers_run=(markers_id, str(markers_run["state"])), lights=lights, url=cfg.url,
         username=airflow_ctl.ADMIN_USER, password=airflow_ctl.admin_password(cfg), password_file=cfg.passwords_file,
-        seconds=time.perf_counter() - t0, api=tuple(api_text), audit_report=report,
+        seconds=time.perf_counter() - t0, api=tuple(api_text), audit_report=report, audit_parcel=audit_parcel,
+        year=layout.year,
     )
     log.info("demo aoi=%s images_extracted=%d rows=%d runs_ok=%s seconds=%.1f", layout.aoi,
              summary.images_extracted, summary.parcel_obs_rows, result.ok, result.seconds)
