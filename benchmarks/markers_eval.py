@@ -112,11 +112,17 @@ def eval_sk(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
     negatives = {parcel for parcel, survey in surveyed.items() if survey == "not_mown"}
     parcels = sorted(surveyed)
     out = {}
+    # some surveyed plot-years have no observation at all in the file (their images were no-data):
+    # their dates count as misses above, and are left out in the "with observations" rows
+    observed = set(read_series(folder / "timeseries.csv.gz").parcel_ids.tolist())
     for name, s1 in (("S2+S1", True), ("S2 only", False)):
         predicted = predict(folder / "timeseries.csv.gz", params, use_s1=s1)
         out[f"SK {name}"] = match_events(predicted, truth, parcels, negatives=negatives)
         mown = [p for p in parcels if surveyed[p] == "mown"]
         out[f"SK {name}, mown plot-years only"] = match_events(predicted, truth, mown)
+        with_data = [p for p in parcels if p in observed]
+        out[f"SK {name}, plot-years with observations ({len(with_data)} of {len(parcels)})"] = match_events(
+            predicted, truth, with_data, negatives=negatives & observed)
     # without blue and SWIR the haze and moisture tests cannot run (SALMS and many exports are like that)
     red_nir = _rewrite(folder / "timeseries.csv.gz", work / "sk_red_nir.csv.gz", _red_nir_only)
     out["SK S2 only, B04 + B08 only"] = match_events(predict(red_nir, params, use_s1=False), truth, parcels,

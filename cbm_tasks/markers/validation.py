@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 
-__all__ = ["TOLERANCE_DAYS", "Score", "match_events"]
+__all__ = ["TOLERANCE_DAYS", "Score", "match_events", "unmatched"]
 
 TOLERANCE_DAYS = 12  # MODCiX: a detected mowing within +-12 days of the true one is a hit
 
@@ -74,20 +74,42 @@ def match_events(predicted: Mapping[str, list[date]], truth: Mapping[str, list[d
     clean = 0
     for parcel in parcels:
         pred, true = list(predicted.get(parcel, [])), list(truth.get(parcel, []))
-        pairs = sorted((abs((p - t).days), i, j) for i, p in enumerate(pred) for j, t in enumerate(true))
-        used_p: set[int] = set()
-        used_t: set[int] = set()
-        for distance, i, j in pairs:
-            if distance > tolerance_days or i in used_p or j in used_t:
-                continue
-            used_p.add(i)
-            used_t.add(j)
-            errors.append(distance)
-        tp += len(used_p)
-        fp += len(pred) - len(used_p)
-        fn += len(true) - len(used_t)
+        distances = _match(pred, true, tolerance_days)
+        errors.extend(distances.values())
+        tp += len(distances)
+        fp += len(pred) - len(distances)
+        fn += len(true) - len(distances)
         if negatives is not None and parcel in negatives and not pred:
             clean += 1
     return Score(tp, fp, fn, tuple(errors), len(negatives or ()), clean)
 
 
+def unmatched(predicted: Mapping[str, list[date]], truth: Mapping[str, list[date]], parcels: Iterable[str], *,
+              tolerance_days: int = TOLERANCE_DAYS) -> tuple[dict[str, list[date]], dict[str, list[date]]]:
+    """Return the false negatives and the false positives of :func:`match_events`: parcel -> dates."""
+    missed: dict[str, list[date]] = {}
+    false: dict[str, list[date]] = {}
+    for parcel in parcels:
+        pred, true = list(predicted.get(parcel, [])), list(truth.get(parcel, []))
+        pairs = _match(pred, true, tolerance_days)
+        hit_p, hit_t = {i for i, _ in pairs}, {j for _, j in pairs}
+        if len(hit_t) < len(true):
+            missed[parcel] = [when for j, when in enumerate(true) if j not in hit_t]
+        if len(hit_p) < len(pred):
+            false[parcel] = [when for i, when in enumerate(pred) if i not in hit_p]
+    return missed, false
+
+
+def _match(pred: list[date], true: list[date], tolerance_days: int) -> dict[tuple[int, int], int]:
+    """One-to-one pairs (prediction, truth) within the tolerance, closest first -> their distance in days."""
+    pairs = sorted((abs((p - t).days), i, j) for i, p in enumerate(pred) for j, t in enumerate(true))
+    used_p: set[int] = set()
+    used_t: set[int] = set()
+    out: dict[tuple[int, int], int] = {}
+    for distance, i, j in pairs:
+        if distance > tolerance_days or i in used_p or j in used_t:
+            continue
+        used_p.add(i)
+        used_t.add(j)
+        out[(i, j)] = distance
+    return out

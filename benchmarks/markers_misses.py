@@ -1,0 +1,152 @@
+"""Where the mowing marker's misses and false detections come from, on the real ground-truth sets.
+
+For every true mowing date the shipped defaults miss (MODCiX matching, +-12 days, as
+``markers_eval.py``), the falls of NDVI between clear images within 12 days of it are judged by
+the marker's own tests (``cbm_tasks.markers.mowing_explain``), and the miss is put down to:
+
+* ``no observation in the series``, ``outside the mowing season`` (``season_start_doy`` ..
+  ``season_end_doy``);
+* ``no clear image within 12 days after``: clouds hid the cut;
+* ``no NDVI fall``: clear images around the date, but NDVI does not fall (the cut does not show,
+  or the recorded date is off by more than the tolerance);
+* ``a larger fall nearby won``: a fall that passed every test lost to a larger one within
+  ``min_spacing_days`` (often a haze drop the mask missed);
+* ``its fall is a mowing dated more than 12 days away``: found, but dated outside the tolerance
+  (a long gap between clear images, or a recorded date that is off);
+* otherwise the tests the largest fall failed (e.g. ``confidence below min_confidence``).
+
+Every false detection is listed with its fall (drop, red ratio, confidence), on surveyed not-mown
+plot-years apart. Sentinel-2 only (the variant every agency can run) unless ``--s1``.
+
+Usage: python benchmarks/markers_misses.py [--data DIR] [--params FILE] [--sets salms,sk] [--s1] [--list]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+from collections import Counter
+from datetime import date, timedelta
+from pathlib import Path
+
+from cbm_tasks.markers import load_params, prepare, read_series
+from cbm_tasks.markers.importers import convert_salms, read_salms_truth
+from cbm_tasks.markers.mowing import detect_mowing
+from cbm_tasks.markers.mowing_explain import MowingExplanation, StepVerdict, explain_mowing
+from cbm_tasks.markers.params import MarkerParams
+from cbm_tasks.markers.series import SeriesTable, day_to_date
+from cbm_tasks.markers.validation import TOLERANCE_DAYS, unmatched
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _predicted(series: SeriesTable, params: MarkerParams, use_s1: bool) -> dict[str, list[date]]:
+    prepared = prepare(series, params)
+    events = detect_mowing(prepared, params, use_s1=use_s1)
+    out: dict[str, list[date]] = {}
+    for parcel, main in zip(events.parcel, events.main, strict=True):
+        out.setdefault(str(prepared.parcel_ids[parcel]), []).append(date.fromisoformat(day_to_date(main)))
+    return out
+
+
+def _near(steps: list[StepVerdict], when: date) -> list[StepVerdict]:
+    """Falls whose span (last high .. first low image) comes within the tolerance of *when*."""
+    lo, hi = (when - timedelta(days=TOLERANCE_DAYS)).isoformat(), (when + timedelta(days=TOLERANCE_DAYS)).isoformat()
+    return [s for s in steps if s.start_date <= hi and s.end_date >= lo]
+
+
+def miss_reason(explanation: MowingExplanation | None, when: date, params: MarkerParams) -> str:
+    """Why the true mowing of *when* was not found (module docstring)."""
+    if explanation is None:
+        return "no observation in the series"
+    doy = when.timetuple().tm_yday
+    if not params.get("mowing", "season_start_doy") <= doy <= params.get("mowing", "season_end_doy"):
+        return "outside the mowing season"
+    falls = _near(explanation.steps, when)
+    if not falls:
+        after = (when + timedelta(days=TOLERANCE_DAYS)).isoformat()
+        clear_after = [o for o in explanation.observations if o.used and when.isoformat() <= o.date <= after]
+        return "no NDVI fall" if clear_after else f"no clear image within {TOLERANCE_DAYS} days after"
+    largest = max(falls, key=lambda s: s.drop)
+    if largest.verdict.startswith("weaker than"):
+        return "a larger fall nearby won"
+    if largest.verdict == "mowing":
+        off = abs((date.fromisoformat(largest.main_date) - when).days)
+        return (f"its fall is a mowing dated more than {TOLERANCE_DAYS} days away" if off > TOLERANCE_DAYS else
+                "its fall is a mowing matched to another true date")
+    return largest.failed or largest.verdict
+
+
+def _fall_text(steps: list[StepVerdict], when: date) -> str:
+    cut = next((s for s in steps if s.verdict == "mowing" and s.main_date == when.isoformat()), None)
+    if cut is None:
+        return ""
+    return (f"{cut.start_date} -> {cut.end_date} NDVI {cut.ndvi_high:.2f} -> {cut.ndvi_low:.2f}, drop {cut.drop:.2f}, "
+            f"red x{cut.red_ratio:.2f}, confidence {cut.confidence:.2f}")
+
+
+def report(name: str, series: SeriesTable, truth: dict[str, list[date]], parcels: list[str], params: MarkerParams, *,
+           use_s1: bool, negatives: set[str], show: bool) -> None:
+    """Print the reasons of the misses and the false detections of one data set."""
+    predicted = _predicted(series, params, use_s1)
+    missed, false = unmatched(predicted, truth, parcels)
+    known = set(series.parcel_ids.tolist())
+    explained = {p: explain_mowing(series, p, params, use_s1=use_s1) if p in known else None
+                 for p in sorted(set(missed) | set(false))}
+    reasons: Counter[str] = Counter()
+    lines = []
+    for parcel, dates in missed.items():
+        for when in dates:
+            reason = miss_reason(explained.get(parcel), when, params)
+            reasons[reason] += 1
+            lines.append(f"    missed {parcel} {when}: {reason}")
+    n_true = sum(len(truth.get(p, [])) for p in parcels)
+    n_missed = sum(map(len, missed.values()))
+    n_false = sum(map(len, false.values()))
+    print(f"{name}: {n_missed} of {n_true} true mowings missed, {n_false} false detections "
+          f"({sum(len(false[p]) for p in false if p in negatives)} on surveyed not-mown plot-years)")
+    for reason, n in reasons.most_common():
+        print(f"  {n:4d}  {reason}")
+    if show:
+        print("\n".join(lines))
+        for parcel, dates in false.items():
+            kind = "not mown" if parcel in negatives else "mown"
+            for when in dates:
+                found = explained[parcel]
+                print(f"    false  {parcel} ({kind}) {when}: {_fall_text(found.steps, when) if found else ''}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--params", type=Path)
+    parser.add_argument("--sets", default="salms,sk")
+    parser.add_argument("--s1", action="store_true", help="Sentinel-2 and Sentinel-1 (default: Sentinel-2 only)")
+    parser.add_argument("--list", action="store_true", help="list every miss and false detection")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    print(f"mowing marker, parameters version {params.version} hash {params.hash[:12]}, "
+          f"{'S2 + S1' if args.s1 else 'S2 only'}; a hit = within +-{TOLERANCE_DAYS} days")
+    sets = args.sets.split(",")
+    if "salms" in sets:
+        with tempfile.TemporaryDirectory() as tmp:
+            series = read_series(convert_salms(args.data / "salms_grassland", Path(tmp) / "salms.csv"))
+        truth = read_salms_truth(args.data / "salms_grassland")
+        report("SALMS", series, truth, sorted(truth), params, use_s1=args.s1, negatives=set(), show=args.list)
+    if "sk" in sets:
+        folder = args.data / "grassland_sk_train"
+        with (folder / "surveyed.csv").open(newline="") as stream:
+            surveyed = {row["parcel_id"]: row["survey"] for row in csv.DictReader(stream)}
+        sk_truth: dict[str, list[date]] = {}
+        with (folder / "truth.csv").open(newline="") as stream:
+            for row in csv.DictReader(stream):
+                sk_truth.setdefault(row["parcel_id"], []).append(date.fromisoformat(row["date"]))
+        report("Slovak plot-years (surveyed)", read_series(folder / "timeseries.csv.gz"), sk_truth, sorted(surveyed),
+               params, use_s1=args.s1, negatives={p for p, s in surveyed.items() if s == "not_mown"}, show=args.list)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
