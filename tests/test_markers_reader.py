@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from markers_series import grass_rows, write_rows
 
+from cbm_tasks.markers import load_params, prepare, run_markers
 from cbm_tasks.markers.reader import SeriesFileError, classes_file, read_series, scl_bad_share_from_counts
 from cbm_tasks.markers.series import BAND_CODE, SOURCE_CODE, SeriesTable
 
@@ -99,6 +101,24 @@ def test_nan_means_are_kept_as_missing(tmp_path: Path) -> None:
     rows[2][4] = ""
     series = read_series(write_rows(tmp_path / "s.csv", rows))
     assert int(np.isnan(series.mean).sum()) == 2
+
+
+def test_no_data_fills_are_missing_not_a_ploughing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # an export that writes -9999 (or 0, or -0.1: DN 0 after the offset) for images without data, on a
+    # grass plot cut on doy 180: read as values the fills make NDVI ~0 in August, a "ploughing"
+    rows = grass_rows("p", [180])
+    fills = {(date(2021, 1, 1) + timedelta(days=doy - 1)).isoformat(): value
+             for doy, value in ((230, "-9999"), (235, "0"), (240, "-0.1"))}
+    for row in rows:
+        row[4] = fills.get(str(row[1]), row[4])
+    series = read_series(write_rows(tmp_path / "s.csv", rows))
+    with caplog.at_level(logging.WARNING, logger="cbm_tasks.markers.preprocess"):
+        result = run_markers(series, load_params(), use_s1=False)
+    assert "6 of 98 band values (3 observations)" in caplog.text
+    assert {row.marker for row in result.rows()} >= {"mowing"}
+    assert not [row for row in result.rows() if row.marker == "bare_soil"]
+    prepared = prepare(series, load_params())
+    assert int((~prepared.s2.valid).sum()) == 3 and int(np.isnan(prepared.s2.ndvi).sum()) == 3
 
 
 def test_bad_value_names_file_line_and_column(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ Validity of an S2 observation (all must hold):
 * clear share >= ``validity.min_clear_fraction``: the file's ``clear_fraction`` when given, else
   1 - the share of unusable SCL classes (no data, saturated, cloud shadow, cloud medium / high,
   cirrus, snow); an observation with neither is taken as clear;
-* B04 and B08 present, NDVI >= ``validity.min_plausible_ndvi``; where B02 exists, B02 <=
+* B04 and B08 present and above 0 (a band mean <= 0 is a no-data fill such as -9999 and is taken as
+  missing), NDVI >= ``validity.min_plausible_ndvi``; where B02 exists, B02 <=
   ``validity.max_blue_reflectance`` and the haze index (:func:`haze_index`, HOT) <=
   ``validity.max_haze_index`` (haze the mask missed);
 * not a cloud dip (:func:`cloud_dips`): a run of one or two low NDVI values whose next valid
@@ -20,6 +21,7 @@ Validity of an S2 observation (all must hold):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +34,8 @@ __all__ = ["REJECTIONS", "PreparedSeries", "S1Series", "S2Series", "cloud_dips",
            "prepare", "rejection_codes"]
 
 _S2_BANDS = ("B02", "B04", "B08", "B11")
+
+log = logging.getLogger(__name__)
 
 # Why an S2 observation is not used (0: used), the first test it fails in this order
 NO_VALUE, CLOUDY, BRIGHT_BLUE, HAZE, IMPLAUSIBLE, CLOUD_DIP = range(1, 7)
@@ -273,6 +277,15 @@ def rejection_codes(s2: S2Series, params: MarkerParams) -> np.ndarray:
 def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     mask = series.source == SOURCE_CODE["s2"]
     parcel, _, day, values, first, rows = _pivot(series, mask, _S2_BANDS)
+    # reflectance <= 0 is a no-data fill, not a measurement: -9999 or -32768 in exports, 0 (DN 0 of
+    # older processing baselines) or -0.1 (DN 0 after BOA_ADD_OFFSET). Read as values, a fill makes
+    # NDVI ~0 and the fall to it a ploughing; as missing, the observation is not used (NO_VALUE).
+    with np.errstate(invalid="ignore"):
+        fill = values <= 0.0
+    if fill.any():
+        log.warning("Sentinel-2 band means <= 0 taken as no data: %d of %d band values (%d observations)",
+                    int(fill.sum()), int(np.isfinite(values).sum()), int(fill.any(axis=1).sum()))
+        values[fill] = np.nan
     clear_given = series.clear_fraction[rows][first]
     scl_bad = series.scl_bad_share[rows][first]
     # the reader gave every row of an observation the clear_fraction stated on any of its rows
