@@ -52,8 +52,24 @@ def test_max_events_counts_per_season(tmp_path: Path) -> None:
     # parameters before version 4 counted the whole series: the 4 strongest of the 7 cuts
     sections = {name: dict(values) for name, values in PARAMS.sections.items()}
     del sections["mowing"]["max_events_per_season"]
+    sections["mowing"]["max_events"] = 4  # as version 3 recorded it
     before_v4 = MarkerParams(3, sections, "version 3")
     old = [r for r in run_markers(read_series(path), before_v4, use_s1=False).rows() if r.marker == "mowing"]
+    assert len(old) == 4
+
+
+def test_five_cuts_of_an_intensive_meadow_are_all_found(tmp_path: Path) -> None:
+    # an alpine / southern German meadow cut five times, every 5 weeks from early May (parameters v5)
+    cuts = [125, 160, 195, 230, 265]
+    path = write_rows(tmp_path / "s.csv", grass_rows("meadow", cuts, noise=0.01, seed=3))
+    got = [np.datetime64(d) for d, _, _ in _mowing_dates(path, use_s1=False)["meadow"]]
+    assert len(got) == 5
+    assert all(abs((np.datetime64(doy_date(w)) - g).astype(int)) <= 3 for w, g in zip(cuts, got, strict=True))
+    # version 4 kept at most 4 cuts a season: the recorded parameters of such a run give its 4 again
+    sections = {name: dict(values) for name, values in PARAMS.sections.items()}
+    sections["mowing"]["max_events"] = 4
+    old = [r for r in run_markers(read_series(path), MarkerParams(4, sections, "version 4"), use_s1=False).rows()
+           if r.marker == "mowing"]
     assert len(old) == 4
 
 
