@@ -31,7 +31,7 @@ from datetime import date
 from pathlib import Path
 
 from cbm_tasks.markers import load_params, prepare, read_series, run_markers
-from cbm_tasks.markers.importers import convert_salms, read_salms_truth
+from cbm_tasks.markers.importers import convert_salms, read_salms_truth, read_survey_truth
 from cbm_tasks.markers.mowing import detect_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import day_to_date
@@ -57,11 +57,6 @@ def predict_harvest(series_file: Path, params: MarkerParams) -> dict[str, list[d
         if row.marker == "harvest":
             out.setdefault(row.parcel_id, []).append(date.fromisoformat(row.main_date))
     return out
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as stream:
-        return list(csv.DictReader(stream))
 
 
 def eval_salms(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
@@ -105,10 +100,7 @@ def _by_plot_year(predicted: dict[str, list[date]]) -> dict[str, list[date]]:
 
 def eval_sk(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
     folder = data / "grassland_sk_train"
-    surveyed = {row["parcel_id"]: row["survey"] for row in _read_csv(folder / "surveyed.csv")}
-    truth: dict[str, list[date]] = {}
-    for row in _read_csv(folder / "truth.csv"):
-        truth.setdefault(row["parcel_id"], []).append(date.fromisoformat(row["date"]))
+    surveyed, truth = read_survey_truth(folder)
     negatives = {parcel for parcel, survey in surveyed.items() if survey == "not_mown"}
     parcels = sorted(surveyed)
     out = {}

@@ -24,7 +24,6 @@ Usage: python benchmarks/markers_misses.py [--data DIR] [--params FILE] [--sets 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 from collections import Counter
@@ -32,7 +31,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from cbm_tasks.markers import load_params, prepare, read_series
-from cbm_tasks.markers.importers import convert_salms, read_salms_truth
+from cbm_tasks.markers.importers import convert_salms, read_salms_truth, read_survey_truth
 from cbm_tasks.markers.mowing import detect_mowing
 from cbm_tasks.markers.mowing_explain import MowingExplanation, StepVerdict, explain_mowing
 from cbm_tasks.markers.params import MarkerParams
@@ -137,12 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         report("SALMS", series, truth, sorted(truth), params, use_s1=args.s1, negatives=set(), show=args.list)
     if "sk" in sets:
         folder = args.data / "grassland_sk_train"
-        with (folder / "surveyed.csv").open(newline="") as stream:
-            surveyed = {row["parcel_id"]: row["survey"] for row in csv.DictReader(stream)}
-        sk_truth: dict[str, list[date]] = {}
-        with (folder / "truth.csv").open(newline="") as stream:
-            for row in csv.DictReader(stream):
-                sk_truth.setdefault(row["parcel_id"], []).append(date.fromisoformat(row["date"]))
+        surveyed, sk_truth = read_survey_truth(folder)
         report("Slovak plot-years (surveyed)", read_series(folder / "timeseries.csv.gz"), sk_truth, sorted(surveyed),
                params, use_s1=args.s1, negatives={p for p, s in surveyed.items() if s == "not_mown"}, show=args.list)
     return 0

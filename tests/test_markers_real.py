@@ -19,8 +19,9 @@ import pytest
 from conftest import shared_data
 
 from cbm_tasks.cli import main
+from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers import load_params, read_series, run_markers
-from cbm_tasks.markers.importers import convert_salms, read_salms_truth
+from cbm_tasks.markers.importers import convert_salms, read_salms_truth, read_survey_truth
 from cbm_tasks.markers.validation import Score, match_events, unmatched
 
 PARAMS = load_params()
@@ -51,14 +52,7 @@ def test_salms_through_the_cli(tmp_path: Path) -> None:
 
 
 def _slovak_truth() -> tuple[dict[str, str], dict[str, list[date]]]:
-    folder = shared_data("grassland_sk_train")
-    with (folder / "surveyed.csv").open(newline="") as stream:
-        surveyed = {row["parcel_id"]: row["survey"] for row in csv.DictReader(stream)}
-    truth: dict[str, list[date]] = {}
-    with (folder / "truth.csv").open(newline="") as stream:
-        for row in csv.DictReader(stream):
-            truth.setdefault(row["parcel_id"], []).append(date.fromisoformat(row["date"]))
-    return surveyed, truth
+    return read_survey_truth(shared_data("grassland_sk_train"))
 
 
 def _slovak_score(path: Path, *, plot_years: bool) -> Score:
@@ -118,3 +112,18 @@ def test_every_slovak_miss_has_a_reason(capsys: pytest.CaptureFixture[str]) -> N
     fn, fp = unmatched(predicted, truth, sorted(surveyed))
     score = match_events(predicted, truth, sorted(surveyed))
     assert (sum(map(len, fn.values())), sum(map(len, fp.values()))) == (score.fn, score.fp) == (32, 13)
+
+
+def test_survey_truth_reads_the_layout_and_names_bad_lines(tmp_path: Path) -> None:
+    surveyed, truth = _slovak_truth()
+    assert len(surveyed) == 246 and sum(s == "not_mown" for s in surveyed.values()) == 37
+    assert sum(map(len, truth.values())) == 217 and all(dates == sorted(dates) for dates in truth.values())
+    (tmp_path / "surveyed.csv").write_text("parcel_id,survey\nA_2021,mown\n")
+    (tmp_path / "truth.csv").write_text("parcel_id,event,date\nA_2021,grazing,2021-05-01\nA_2021,mowing,2021-06-3x\n")
+    with pytest.raises(BadInputError, match=r"truth.csv: line 3: .*2021-06-3x"):
+        read_survey_truth(tmp_path)
+    (tmp_path / "truth.csv").write_text("parcel_id,event,date\nA_2021,grazing,2021-05-01\nA_2021,mowing,2021-06-30\n")
+    assert read_survey_truth(tmp_path) == ({"A_2021": "mown"}, {"A_2021": [date(2021, 6, 30)]})
+    (tmp_path / "surveyed.csv").unlink()
+    with pytest.raises(BadInputError, match="surveyed.csv: no such file"):
+        read_survey_truth(tmp_path)
