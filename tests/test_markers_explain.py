@@ -83,6 +83,11 @@ def test_weaker_cut_nearby_is_named(tmp_path: Path) -> None:
     # SALMS plot 3: the September fall seen on 15 September loses to the larger one of 30 September
     series = read_series(convert_salms(shared_data("salms_grassland"), tmp_path / "salms.csv"))
     steps = explain_mowing(series, "3", PARAMS, use_s1=False, year=2020).steps
+    # a scored fall shows its confidence as the sum the marker made: base + drop + dating + regrowth + S1
+    scored = [s for s in steps if s.confidence_parts]
+    assert scored and all(abs(min(sum(float(part.split()[-1]) for part in s.confidence_parts.split(" + ")), 1.0)
+                              - s.confidence) <= 0.025 for s in scored)  # five parts rounded to 0.01
+    assert all(s.confidence_parts == "" for s in steps if np.isnan(s.confidence))
     weaker = [s for s in steps if s.verdict.startswith("weaker than the cut of")]
     assert [(s.end_date, s.verdict) for s in weaker] == [("2020-09-15", "weaker than the cut of 2020-09-25")]
     assert weaker[0].failed == "" and weaker[0].confidence >= PARAMS.get("mowing", "min_confidence")

@@ -245,11 +245,13 @@ def _judge_step(k: int, n: int, idx: np.ndarray, day: np.ndarray, doy: np.ndarra
 @njit(cache=True, nogil=True, inline="always")
 def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: np.ndarray, after: float,
                 drop: float, main: float, coh_day: np.ndarray, coh_vv: np.ndarray, coh_interval: np.ndarray,
-                coh_lo: int, coh_hi: int, p: np.ndarray) -> tuple[int, float, float, float, int, int, int]:
+                coh_lo: int, coh_hi: int,
+                p: np.ndarray) -> tuple[int, float, float, int, int, int, int, float, float, float, float]:
     """Confidence of a candidate cut (see the module's method, point 4) and its S1 support.
 
     Returns (failed tests NO_RECOVERY / LOW_CONFIDENCE, confidence, main date (refined by coherence
-    inside a long gap), sources bitmask, coherence rows: dating pair, first pair after, last pair before).
+    inside a long gap), sources bitmask, coherence rows: dating pair, first pair after, last pair before,
+    and the confidence's parts before their weights: drop, dating (bracket), regrowth, and the S1 bonus given).
     """
     t0, t1 = day[idx[k - 1]], day[idx[k]]
     c_drop = min(max((drop - p[_P.min_drop]) / max(p[_P.strong_drop] - p[_P.min_drop], 1e-6), 0.0), 1.0)
@@ -286,7 +288,9 @@ def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: 
             s1_date_row = refined_row
     if confidence < p[_P.min_confidence]:
         failed |= LOW_CONFIDENCE
-    return failed, min(confidence, 1.0), main, sources, s1_date_row, s1_support_row, s1_baseline_row
+    s1_part = p[_P.s1_bonus] if s1_support_row >= 0 else 0.0
+    return (failed, min(confidence, 1.0), main, sources, s1_date_row, s1_support_row, s1_baseline_row, c_drop,
+            c_bracket, c_rec, s1_part)
 
 
 @njit(cache=True, nogil=True)
@@ -325,7 +329,7 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
             if failed:
                 continue
             drop = before - after
-            failed, confidence, main, sources, s1_date_row, s1_support_row, s1_baseline_row = _score_step(
+            failed, confidence, main, sources, s1_date_row, s1_support_row, s1_baseline_row, _, _, _, _ = _score_step(
                 k, b, n, idx, day, ndvi, after, drop, main, coh_day, coh_vv, coh_interval, coh_offsets[parcel],
                 coh_offsets[parcel + 1], p)
             if failed:

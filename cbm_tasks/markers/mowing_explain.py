@@ -66,7 +66,10 @@ class StepVerdict:
     look-back, lowest within the settling days); ``red_ratio`` the red reflectance of the low over
     the high observation; ``ndmi_change`` the moisture index change (NaN without B11);
     ``confidence`` NaN when a test failed before it was scored; ``verdict`` ``mowing``, ``not a cut``,
-    ``weaker than the cut of YYYY-MM-DD`` or ``over max_events``; ``failed`` the tests not passed.
+    ``weaker than the cut of YYYY-MM-DD`` or ``over max_events``; ``failed`` the tests not passed;
+    ``confidence_parts`` its sum as the marker made it (``base 0.20 + drop 0.14 + dating 0.05 +
+    regrowth 0.12 + S1 0.00``: the weighted drop size, date precision (the gap between the two
+    images), regrowth after the fall and Sentinel-1 coherence support), empty when not scored.
     """
 
     start_date: str
@@ -82,6 +85,7 @@ class StepVerdict:
     confidence: float
     verdict: str
     failed: str
+    confidence_parts: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +107,11 @@ class MowingExplanation:
         stream.write(f"{len(self.steps)} falls of NDVI between used observations:\n")
         for s in self.steps:
             confidence = "" if np.isnan(s.confidence) else f" confidence {s.confidence:.2f}"
+            failed = f" ({s.failed}{' = ' + s.confidence_parts if 'min_confidence' in s.failed else ''})" \
+                if s.failed else ""
             stream.write(f"  {s.start_date} -> {s.end_date}  NDVI {s.ndvi_high:.2f} -> {s.ndvi_low:.2f}  drop "
                          f"{s.drop:.2f} ({s.before:.2f} -> {s.after:.2f})  red x{s.red_ratio:.2f}{confidence}: "
-                         f"{s.verdict}{' (' + s.failed + ')' if s.failed else ''}\n")
+                         f"{s.verdict}{failed}\n")
 
     def write_csv(self, path: Path) -> None:
         """Write the steps as CSV (one row per fall, the columns of :class:`StepVerdict`)."""
@@ -171,11 +177,14 @@ def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
         failed, before, after, b, main = _judge_step(k, len(idx), idx, s2.day, doy, s2.ndvi, red, s2.ndmi, p)
         if not _in_season(main, doy[low] - (s2.day[low] - main), year, params):
             continue
-        confidence = np.nan
+        confidence, parts = np.nan, ""
         if not failed:
-            failed, confidence, main, _, _, _, _ = _score_step(k, b, len(idx), idx, s2.day, s2.ndvi, after,
-                                                               before - after, main, coh.day, coh.vv,
-                                                               coh.interval_days, 0, coh_hi, p)
+            failed, confidence, main, _, _, _, _, c_drop, c_bracket, c_rec, s1_part = _score_step(
+                k, b, len(idx), idx, s2.day, s2.ndvi, after, before - after, main, coh.day, coh.vv, coh.interval_days,
+                0, coh_hi, p)
+            parts = (f"base {p[_P.base_confidence]:.2f} + drop {p[_P.weight_drop] * c_drop:.2f} + dating "
+                     f"{p[_P.weight_bracket] * c_bracket:.2f} + regrowth {p[_P.weight_recovery] * c_rec:.2f} + "
+                     f"S1 {s1_part:.2f}")
         if failed:
             verdict = "not a cut"
         elif (float(s2.day[high]), float(s2.day[low])) in kept:
@@ -187,5 +196,5 @@ def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
             day_to_date(s2.day[high]), day_to_date(s2.day[low]), day_to_date(main), float(s2.ndvi[high]),
             float(s2.ndvi[low]), float(before), float(after), float(before - after),
             _ratio(s2.bands[low, 1], s2.bands[high, 1]), float(s2.ndmi[low] - s2.ndmi[high]), float(confidence),
-            verdict, _names(failed)))
+            verdict, _names(failed), parts))
     return MowingExplanation(str(parcel_id), params.hash, observations, steps)
