@@ -15,6 +15,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from cbm_tasks.api.app import create_app
 from cbm_tasks.api.context import ApiConfig
+from cbm_tasks.markers import load_params
 from cbm_tasks.store import StoreConfig
 
 
@@ -228,3 +229,20 @@ def test_places_far_from_the_set_find_nothing_instead_of_failing(client: TestCli
     assert items.status_code == 200 and items.json()["features"] == [] and items.json()["numberMatched"] == 0
     # the parcels of the set are still found by location
     assert client.get("/query/parcelByLocation?parcels=alpha2018&lon=3&lat=51", auth=ann).status_code == 200
+
+
+def test_mowing_falls_explain_the_decision(client: TestClient, world: World) -> None:
+    ann = world.basic("ann")
+    body = client.get("/v1/aois/alpha/2018/parcels/1/mowing-falls", auth=ann).json()
+    assert (body["parcel_key"], body["parcel_id"]) == (1, "A-1")
+    # no marker run has recorded this parcel (cbm.marker_parcel): judged with the default parameters
+    assert body["marker_run_id"] is None and body["params_hash"] == load_params().hash and body["use_s1"]
+    # the season's images not used, each with the test it failed; every fall between the others judged
+    not_used = body["observations_not_used"]
+    assert not_used and all(o["reason"] for o in not_used)
+    assert {o["date"] for o in not_used} <= {"2018-04-05", "2018-05-10", "2018-06-15"}
+    assert all(set(f) >= {"start_date", "end_date", "drop", "verdict", "failed", "confidence_parts"}
+               for f in body["falls"])
+    assert all(f["verdict"] == "mowing" or f["failed"] or f["verdict"].startswith("weaker") for f in body["falls"])
+    assert client.get("/v1/aois/alpha/2018/parcels/99/mowing-falls", auth=ann).status_code == 404
+    assert client.get("/v1/aois/alpha/2018/parcels/1/mowing-falls", auth=world.basic("bob")).status_code == 403

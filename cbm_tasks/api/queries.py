@@ -220,9 +220,20 @@ def peers(conn: psycopg.Connection, ps: ParcelSet, key: int, *, distance_m: floa
 
 
 def _check_parcel(conn: psycopg.Connection, ps: ParcelSet, key: int) -> None:
-    if conn.execute("SELECT 1 FROM cbm.parcel WHERE parcel_set_id = %s AND parcel_key = %s",
-                    (ps.parcel_set_id, key)).fetchone() is None:
+    declared_id(conn, ps, key)
+
+
+def declared_id(conn: psycopg.Connection, ps: ParcelSet, key: int) -> str:
+    """Return the parcel id the agency declared for parcel *key*.
+
+    Raises:
+        NotFoundError: no parcel *key* in the set.
+    """
+    row = conn.execute("SELECT parcel_id FROM cbm.parcel WHERE parcel_set_id = %s AND parcel_key = %s",
+                       (ps.parcel_set_id, key)).fetchone()
+    if row is None:
         raise NotFoundError(f"parcel {key} is not in the {ps.year} parcel set of AOI {ps.aoi!r}")
+    return str(row[0])
 
 
 # the rows of one parcel in a per-image table (cbm.parcel_obs, cbm.parcel_class_counts, alias o) with the

@@ -6,8 +6,9 @@ SQL is in :mod:`.queries` and :mod:`.chips`.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
@@ -132,6 +133,32 @@ def get_markers(aoi: Aoi, year: Year, key: Key, user: CurrentUser, ctx: Context)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, aoi, year)
         return json_response({"parcel_key": key, "markers": queries.parcel_markers(conn, ps, key)})
+
+
+@router.get("/aois/{aoi}/{year}/parcels/{key}/mowing-falls",
+            summary="Why a mowing was or was not found: every NDVI fall of the season judged as a cut")
+async def get_mowing_falls(aoi: Aoi, year: Year, key: Key, user: CurrentUser, ctx: Context) -> Response:
+    """The parcel's NDVI falls judged by the mowing marker's own tests with its latest run's parameters.
+
+    Each fall: its images (``start_date``, ``end_date``), NDVI, drop, red ratio, confidence and its
+    parts, ``verdict`` (``mowing``, ``not a cut``, ``weaker than the cut of ...``) and the tests it
+    ``failed``; and the season's images that were not used, with the reason (as ``cbm markers explain``).
+    """
+    def explain() -> dict[str, Any]:
+        from cbm_tasks.report.explain import explain_stored  # numba: loaded by the first explanation, not at start
+
+        with ctx.connection() as conn:
+            ps = queries.parcel_set(conn, user, aoi, year)
+            explanation, run = explain_stored(conn, parcel_set_id=ps.parcel_set_id, parcel_key=key,
+                                              parcel_id=queries.declared_id(conn, ps, key), year=year)
+        return {"parcel_key": key, "parcel_id": explanation.parcel_id,
+                "marker_run_id": None if run is None else run.marker_run_id, "params_hash": explanation.params_hash,
+                "use_s1": True if run is None else run.use_s1,
+                "observations_not_used": [{"date": o.date, "ndvi": o.ndvi, "clear": o.clear, "reason": o.reason}
+                                          for o in explanation.observations if not o.used],
+                "falls": [dataclasses.asdict(step) for step in explanation.steps]}
+
+    return json_response(await run_in_threadpool(explain))
 
 
 @router.get("/aois/{aoi}/{year}/parcels/{key}/traffic-lights", summary="Traffic light per aid scheme of one parcel")

@@ -8,7 +8,6 @@ project-local cluster). Each run is recorded in ``cbm.pipeline_run`` as a comman
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,8 +17,6 @@ from cbm_tasks.ops import settings
 
 if TYPE_CHECKING:
     import psycopg
-
-    from cbm_tasks.markers.series import SeriesTable
 
 __all__ = ["add_export", "explain", "export", "plot", "run"]
 
@@ -52,35 +49,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parcel_series(conn: psycopg.Connection, args: argparse.Namespace) -> tuple[int, int, SeriesTable]:
-    """Return (parcel set id, parcel key, time series named by the declared id) of ``--parcel``.
+def _parcel(conn: psycopg.Connection, args: argparse.Namespace) -> tuple[int, int]:
+    """Return (parcel set id, parcel key) of ``--parcel`` in ``--aoi`` / ``--year``.
 
     Raises:
-        NotFoundError: no such parcel set or parcel, or the parcel has no observation yet.
+        NotFoundError: no such parcel set or parcel.
     """
-    import numpy as np
-
     from cbm_tasks.aoi import find_parcel_set
-    from cbm_tasks.markers import db_read
 
     parcel_set = find_parcel_set(conn, aoi=args.aoi, year=args.year)
     row = conn.execute("SELECT parcel_key FROM cbm.parcel WHERE parcel_set_id = %s AND parcel_id = %s",
                        (parcel_set.parcel_set_id, args.parcel)).fetchone()
     if row is None:
         raise NotFoundError(f"parcel {args.parcel!r} is not in the {args.year} parcel set of AOI {args.aoi!r}")
-    read = db_read.read_parcel_series(conn, parcel_set_id=parcel_set.parcel_set_id,
-                                      products=db_read.read_products(conn, parcel_set.parcel_set_id),
-                                      parcel_keys=np.array([row[0]], np.int32))
-    if read.series.n_parcels == 0:
-        raise NotFoundError(f"parcel {args.parcel!r} of AOI {args.aoi!r} {args.year} has no observation yet "
-                            "(cbm extract writes them)")
-    series = dataclasses.replace(read.series, parcel_ids=np.array([str(args.parcel)]))
-    return parcel_set.parcel_set_id, int(row[0]), series
+    return parcel_set.parcel_set_id, int(row[0])
 
 
 def plot(args: argparse.Namespace) -> int:
     """Draw one parcel of a parcel set in the database."""
     from cbm_tasks import db
+    from cbm_tasks.markers.db_read import parcel_series
     from cbm_tasks.markers.params import load_params
     from cbm_tasks.markers.plot import plot_parcel  # matplotlib only when a plot is asked for
     from cbm_tasks.report import decisions
@@ -88,7 +76,8 @@ def plot(args: argparse.Namespace) -> int:
     _need_set(args, "plot")
     params = load_params(args.params)
     with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
-        set_id, key, series = _parcel_series(conn, args)
+        set_id, key = _parcel(conn, args)
+        series = parcel_series(conn, parcel_set_id=set_id, parcel_key=key, name=str(args.parcel))
         lights = decisions.lights(conn, parcel_set_id=set_id, parcel_key=key)
         # the events of the markers the parcel's schemes read, as in its audit report
         markers = None if args.all_markers or not lights else decisions.scheme_markers(conn, lights)
@@ -100,20 +89,13 @@ def plot(args: argparse.Namespace) -> int:
 def explain(args: argparse.Namespace) -> int:
     """Explain the mowing decision of one parcel with the parameters of its latest marker run."""
     from cbm_tasks import db
-    from cbm_tasks.markers.mowing_explain import explain_mowing
-    from cbm_tasks.markers.params import default_params
-    from cbm_tasks.report import decisions
-    from cbm_tasks.report.recorded import recorded_params
+    from cbm_tasks.report.explain import explain_stored
 
     _need_set(args, "explain")
     with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
-        set_id, key, series = _parcel_series(conn, args)
-        current = decisions.current_runs(conn, parcel_set_id=set_id, parcel_key=key)
-        run = decisions.marker_run(conn, current[key][0]) if key in current else None
-    # the parameters and sensors the decision was made with; the defaults before any run
-    params = default_params() if run is None else recorded_params(run.params, expected_hash=run.params_hash)
-    explanation = explain_mowing(series, str(args.parcel), params, use_s1=True if run is None else run.use_s1,
-                                 year=args.year)
+        set_id, key = _parcel(conn, args)
+        explanation, run = explain_stored(conn, parcel_set_id=set_id, parcel_key=key, parcel_id=str(args.parcel),
+                                          year=args.year)
     if run is not None:
         sys.stdout.write(f"marker run {run.marker_run_id} ({run.created_at:%Y-%m-%d %H:%M}), sensors: "
                          f"{'S2 + S1' if run.use_s1 else 'S2 only'}\n")

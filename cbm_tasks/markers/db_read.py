@@ -14,6 +14,7 @@ came from, so that the lineage of every parcel (images used and rejected) can be
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ from cbm_tasks.markers.series import (
     group_offsets,
 )
 
-__all__ = ["DbSeries", "ProductInfo", "read_parcel_series", "read_products"]
+__all__ = ["DbSeries", "ProductInfo", "parcel_series", "read_parcel_series", "read_products"]
 
 log = logging.getLogger(__name__)
 
@@ -296,3 +297,10 @@ def _product_slots(products: list[ProductInfo]) -> tuple[np.ndarray, np.ndarray,
             raise ValueError(f"too many images for one parcel set ({len(ordered)})")
         slot[index] = (group << 8) | sub
     return slot, source, orbit, day
+
+
+def parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int, name: str) -> SeriesTable:
+    """Return the series of one parcel, named *name* (its declared id; empty when it has no observation)."""
+    read = read_parcel_series(conn, parcel_set_id=parcel_set_id, products=read_products(conn, parcel_set_id),
+                              parcel_keys=np.array([parcel_key], np.int32))
+    return dataclasses.replace(read.series, parcel_ids=np.array([name]))

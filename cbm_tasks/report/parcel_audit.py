@@ -8,14 +8,12 @@ with them every NDVI fall of the season judged as a cut (why a mowing was or was
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import numpy as np
 import psycopg
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -108,12 +106,10 @@ def _parcel(conn: psycopg.Connection, parcel_set_id: int, parcel_id: str, *, aoi
 def _series_views(conn: psycopg.Connection, parcel_set_id: int, parcel: ParcelInfo, params: MarkerParams,
                   use_s1: bool, markers: set[str] | None, year: int) -> tuple[bytes | None, list[StepVerdict]]:
     """The figure (PNG) and, when the schemes read the mowing marker, the NDVI falls judged as cuts."""
-    products = db_read.read_products(conn, parcel_set_id)
-    db_series = db_read.read_parcel_series(conn, parcel_set_id=parcel_set_id, products=products,
-                                           parcel_keys=np.array([parcel.parcel_key], np.int32))
-    if db_series.series.n_rows == 0:
+    series = db_read.parcel_series(conn, parcel_set_id=parcel_set_id, parcel_key=parcel.parcel_key,
+                                   name=parcel.parcel_id)
+    if series.n_rows == 0:
         return None, []
-    series = dataclasses.replace(db_series.series, parcel_ids=np.array([parcel.parcel_id]))  # as declared
     prepared = prepare(series, params)
     result = markers_from_prepared(prepared, params, use_s1=use_s1)
     figure = parcel_figure(prepared, result, 0, markers=markers)
