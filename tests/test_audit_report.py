@@ -101,6 +101,27 @@ def test_parcel_report_html_and_pdf(seeded_db: tuple[psycopg.Connection, Seeded]
         shutil.copy(page, keep / page.name)
 
 
+def test_report_of_an_arable_parcel_judges_its_crop_cycles(seeded_db: tuple[psycopg.Connection, Seeded],
+                                                          tmp_path: Path) -> None:
+    # a parcel whose scheme reads the harvest marker: its crop cycles judged as harvests, the stored harvests
+    # among them; and no table of NDVI falls judged as cuts when no scheme of it reads the mowing marker
+    conn, _ = seeded_db
+    row = conn.execute(
+        "SELECT p.parcel_id, p.parcel_key FROM cbm.parcel p JOIN cbm.marker_event e USING (parcel_key) "
+        "JOIN cbm.traffic_light t ON t.parcel_set_id = p.parcel_set_id AND t.parcel_key = p.parcel_key "
+        "WHERE e.marker = 'harvest' AND t.scheme = 'arable_harvest' ORDER BY p.parcel_id LIMIT 1").fetchone()
+    assert row is not None, "the seeded set has a harvested arable parcel"
+    audit = gather(conn, aoi=AOI, year=YEAR, parcel_id=str(row[0]))
+    html = write_parcel_report(audit, tmp_path / "out", pdf=False).html.read_text()
+    stored = conn.execute("SELECT event_start::text, event_end::text FROM cbm.marker_event WHERE parcel_key = %s "
+                          "AND marker = 'harvest' ORDER BY event_start", (row[1],)).fetchall()
+    assert [(c.last_high_date, c.low_date) for c in audit.harvest_cycles if c.verdict == "harvest"] == stored
+    cycles = html[html.index('<table id="cycles">'):html.index("</table>", html.index('<table id="cycles">'))]
+    assert cycles.count("<b>harvest</b>") == len(stored) > 0
+    if "mowing" not in scheme_markers(conn, audit.lights):
+        assert audit.mowing_falls == [] and 'id="falls"' not in html
+
+
 def test_report_of_unknown_parcel_names_it(seeded_db: tuple[psycopg.Connection, Seeded]) -> None:
     conn, _ = seeded_db
     # the demo's choice: a parcel with a red or yellow light when there is one, else one with a light

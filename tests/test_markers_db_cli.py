@@ -88,7 +88,8 @@ def test_explain_agrees_with_the_stored_events(seeded: str, tmp_path: Path,
     with psycopg.connect(seeded) as conn:
         stored = conn.execute(
             "SELECT p.parcel_id, array_agg(e.main_date::text ORDER BY e.main_date) FROM cbm.marker_event e "
-            "JOIN cbm.parcel p USING (parcel_key) WHERE e.marker = 'mowing' GROUP BY 1 ORDER BY 1").fetchall()
+            "JOIN cbm.parcel p USING (parcel_key) WHERE e.marker = 'mowing' AND extract(year FROM e.main_date) = 2018 "
+            "GROUP BY 1 ORDER BY 1").fetchall()
     assert stored
     for parcel_id, dates in stored[:3]:
         falls = tmp_path / f"{parcel_id}.csv"
@@ -98,5 +99,20 @@ def test_explain_agrees_with_the_stored_events(seeded: str, tmp_path: Path,
         assert out.startswith("marker run 1 (") and f"parcel {parcel_id}: " in out
         with falls.open(newline="") as stream:
             assert [r["main_date"] for r in csv.DictReader(stream) if r["verdict"] == "mowing"] == dates
+    # the crop cycles judged as harvests: the stored harvests are exactly the cycles named "harvest"
+    with psycopg.connect(seeded) as conn:
+        harvested = conn.execute(
+            "SELECT p.parcel_id, array_agg(e.event_start::text || '/' || e.event_end::text ORDER BY e.event_start) "
+            "FROM cbm.marker_event e JOIN cbm.parcel p USING (parcel_key) WHERE e.marker = 'harvest' "
+            "AND extract(year FROM e.event_end) = 2018 GROUP BY 1 ORDER BY 1").fetchall()
+    assert harvested
+    for parcel_id, spans in harvested[:3]:
+        cycles = tmp_path / f"{parcel_id}_cycles.csv"
+        assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", parcel_id,
+                         "--marker", "harvest", "--csv", str(cycles)]) == 0
+        capsys.readouterr()
+        with cycles.open(newline="") as stream:
+            assert [f"{r['last_high_date']}/{r['low_date']}" for r in csv.DictReader(stream)
+                    if r["verdict"] == "harvest"] == spans
     assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", "X-9"]) == 2
     assert "X-9" in capsys.readouterr().err

@@ -16,10 +16,13 @@ from conftest import shared_data
 from markers_series import grass_rows, write_rows
 
 from cbm_tasks import cli
-from cbm_tasks.markers import load_params, prepare, read_series
+from cbm_tasks.errors import BadInputError
+from cbm_tasks.markers import load_params, prepare, read_series, run_markers
+from cbm_tasks.markers.harvest_explain import explain_harvest
 from cbm_tasks.markers.importers import convert_salms
 from cbm_tasks.markers.mowing import detect_mowing
 from cbm_tasks.markers.mowing_explain import explain_mowing
+from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable, day_to_date
 
 PARAMS = load_params()
@@ -44,6 +47,40 @@ def _detected(series: SeriesTable, use_s1: bool) -> dict[str, list[tuple[str, st
         out.setdefault(str(prepared.parcel_ids[parcel]), []).append(
             (day_to_date(start), day_to_date(end), day_to_date(main), round(float(confidence), 9)))
     return out
+
+
+def _harvests_explained(series: SeriesTable) -> dict[str, list[tuple[str, str]]]:
+    out: dict[str, list[tuple[str, str]]] = {}
+    for parcel_id in series.parcel_ids:
+        for cycle in explain_harvest(series, str(parcel_id), PARAMS).cycles:
+            if cycle.verdict == "harvest":
+                out.setdefault(str(parcel_id), []).append((cycle.last_high_date, cycle.low_date))
+    return out
+
+
+def _harvests_detected(series: SeriesTable) -> dict[str, list[tuple[str, str]]]:
+    out: dict[str, list[tuple[str, str]]] = {}
+    for row in run_markers(series, PARAMS, use_s1=False).rows():
+        if row.marker == "harvest":
+            out.setdefault(row.parcel_id, []).append((row.start_date, row.end_date))
+    return out
+
+
+def test_harvest_explanation_names_exactly_the_detected_harvests(tmp_path: Path) -> None:
+    salms = read_series(convert_salms(shared_data("salms_grassland"), tmp_path / "salms.csv"))
+    slovak = read_series(shared_data("grassland_sk_train", "timeseries.csv.gz"))
+    for series in (salms, slovak):
+        detected = _harvests_detected(series)
+        assert _harvests_explained(series) == detected
+    assert sum(map(len, detected.values())) > 50  # grass plots grazed or cut to stubble: harvest-like cycles
+
+
+def test_harvest_explanation_needs_crop_cycles(tmp_path: Path) -> None:
+    series = read_series(write_rows(tmp_path / "s.csv", grass_rows("p", [180])))
+    sections = {name: dict(values) for name, values in PARAMS.sections.items()}
+    sections["harvest"]["crop_cycles"] = 0
+    with pytest.raises(BadInputError, match="version 4 or later"):
+        explain_harvest(series, "p", MarkerParams(3, sections, "version 3"))
 
 
 @pytest.mark.parametrize("use_s1", [True, False], ids=["s2+s1", "s2-only"])
@@ -105,5 +142,10 @@ def test_cli_explains_a_file_and_writes_csv(tmp_path: Path, capsys: pytest.Captu
     assert [r["verdict"] for r in rows].count("mowing") == 2 and {r["parcel_id"] for r in rows} == {"p"}
     assert all(r["confidence"] == "" for r in rows if r["verdict"] == "not a cut" and r["failed"] != "confidence "
                "below min_confidence")
+    assert cli.main(["markers", "explain", "--timeseries", str(path), "--parcel", "p", "--marker", "harvest",
+                     "--csv", str(out_csv)]) == 0
+    assert "parcel p: " in capsys.readouterr().out
+    with out_csv.open(newline="") as stream:
+        assert next(csv.reader(stream))[:3] == ["parcel_id", "peak_date", "peak_ndvi"]
     assert cli.main(["markers", "explain", "--timeseries", str(path), "--parcel", "nope"]) == 2
     assert "parcel 'nope' is not in the series" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from rasterio import features
 
 from cbm_tasks.demo.cube import CUBE_FILES, open_sensor_cube, polygonise_crop_types, read_parcel_raster
 from cbm_tasks.markers import load_params, read_series, run_markers
+from cbm_tasks.markers.harvest_explain import explain_harvest
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SCL_BAD_CLASSES
 
@@ -101,3 +102,18 @@ def test_the_calendar_year_peak_took_the_spring_low_for_the_harvest(
     del sections["harvest"]["crop_cycles"]
     before_v4 = MarkerParams(3, sections, "version 3")
     assert _harvests(series, before_v4)["demo-0005"] == [date(2018, 5, 30)]
+
+
+def test_the_harvest_explanation_says_why_demo_0018_has_none(flemish_series: tuple[Path, dict[str, int]]) -> None:
+    # cbm markers explain --marker harvest: the maize harvests are the ends of their own cycles; demo-0018's
+    # cycle never ends (NDVI stays at 0.41-0.49 after its fall, above the stubble level 0.40)
+    series = read_series(flemish_series[0])
+    params = load_params()
+    cycles = explain_harvest(series, "demo-0005", params, year=2018).cycles
+    assert [(c.last_high_date, c.low_date) for c in cycles if c.verdict == "harvest"] == [("2018-09-01", "2018-09-21")]
+    spring = next(c for c in cycles if c.low_date.startswith("2018-05"))  # the winter cover destroyed in May
+    assert spring.verdict == "not a harvest" and "harvest period" in spring.failed
+    (open_cycle,) = [c for c in explain_harvest(series, "demo-0018", params, year=2018).cycles
+                     if c.verdict != "not a harvest"]
+    assert open_cycle.verdict == "not ended" and "max_ndvi_after 0.40" in open_cycle.failed
+    assert 0.40 <= open_cycle.low_ndvi < 0.45

@@ -61,16 +61,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       "the audit report does; every marker when the parcel has no light)")
     plot.set_defaults(func=_plot)
     explain = commands.add_parser(
-        "explain", help="why a parcel has or lacks a mowing: every NDVI fall and the tests it failed",
+        "explain", help="why a parcel has or lacks a mowing (or a harvest): every NDVI fall (crop cycle) and the "
+        "tests it failed",
         description="List the parcel's Sentinel-2 observations of the mowing season that were not used (and "
         "why) and every fall of NDVI between used observations, judged by the mowing marker's own tests: "
-        "mowing, or which tests it failed.")
+        "mowing, or which tests it failed. With --marker harvest: every crop cycle (peak and the low that "
+        "ended it) judged by the harvest marker's own tests.")
     explain.add_argument("--timeseries", type=Path, metavar="FILE",
                          help="time-series file (without it: --aoi and --year in the database, with the parameters "
                          "of the parcel's latest marker run)")
     explain.add_argument("--aoi", help="database: AOI name")
     explain.add_argument("--year", type=int, help="database: parcel-set year; file: only this calendar year")
     explain.add_argument("--parcel", required=True, metavar="ID", help="parcel id")
+    explain.add_argument("--marker", choices=("mowing", "harvest"), default="mowing",
+                         help="mowing: every NDVI fall judged as a cut (default); harvest: every crop cycle judged as "
+                         "a harvest")
     explain.add_argument("--params", type=Path, metavar="FILE", help="marker parameters YAML (file)")
     explain.add_argument("--s2-only", action="store_true", help="ignore Sentinel-1, as a --s2-only run (file)")
     explain.add_argument("--csv", type=Path, metavar="FILE", help="also write the falls to this CSV file")
@@ -119,13 +124,16 @@ def _run(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     if args.timeseries is None:
         return markers_db.explain(args)
-    from cbm_tasks.markers.mowing_explain import explain_mowing
+    from cbm_tasks.markers.harvest_explain import HarvestExplanation, explain_harvest
+    from cbm_tasks.markers.mowing_explain import MowingExplanation, explain_mowing
     from cbm_tasks.markers.params import load_params
     from cbm_tasks.markers.reader import read_series
 
     params = load_params(args.params)
-    explanation = explain_mowing(read_series(args.timeseries), args.parcel, params, use_s1=not args.s2_only,
-                                 year=args.year)
+    series = read_series(args.timeseries)
+    explanation: MowingExplanation | HarvestExplanation = (
+        explain_harvest(series, args.parcel, params, year=args.year) if args.marker == "harvest" else
+        explain_mowing(series, args.parcel, params, use_s1=not args.s2_only, year=args.year))
     explanation.write(sys.stdout)
     if args.csv is not None:
         explanation.write_csv(args.csv)

@@ -95,7 +95,7 @@ def explain(args: argparse.Namespace) -> int:
     with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
         set_id, key = _parcel(conn, args)
         explanation, run = explain_stored(conn, parcel_set_id=set_id, parcel_key=key, parcel_id=str(args.parcel),
-                                          year=args.year)
+                                          year=args.year, marker=args.marker)
     if run is not None:
         sys.stdout.write(f"marker run {run.marker_run_id} ({run.created_at:%Y-%m-%d %H:%M}), sensors: "
                          f"{'S2 + S1' if run.use_s1 else 'S2 only'}\n")

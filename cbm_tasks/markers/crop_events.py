@@ -60,6 +60,42 @@ def _harvest(out_parcel: np.ndarray, out_marker: np.ndarray, out: np.ndarray, ou
     return n_out + 1
 
 
+# Why the end of a crop cycle is not a harvest, as bits of the mask _cycle_ends gives each end
+# (described in cbm_tasks.markers.harvest_explain)
+LOW_PEAK, SMALL_DROP, OUT_OF_PERIOD = 1, 2, 4
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _cycle_ends(n: int, idx: np.ndarray, doy: np.ndarray, ndvi: np.ndarray, min_peak: float, max_after: float,
+                min_drop: float, first_doy: float, last_doy: float, end_k: np.ndarray, end_peak: np.ndarray,
+                end_failed: np.ndarray) -> tuple[int, int]:
+    """The ends of the crop cycles of one parcel-year's valid observations ``idx[:n]``.
+
+    A cycle runs from a low observation (NDVI < *max_after*: soil, stubble) to its peak, the highest
+    NDVI since; the next low ends it and starts the next cycle. For each end ``j`` (of the returned
+    count): ``end_k[j]`` the low (position in *idx*), ``end_peak[j]`` the cycle's peak, ``end_failed[j]``
+    the tests it fails as a harvest (0: a harvest). Also returns the peak of the cycle still open.
+    """
+    m = 0
+    pk = 0
+    for k in range(1, n):
+        r = idx[k]
+        if ndvi[r] >= ndvi[idx[pk]]:
+            pk = k
+        elif ndvi[r] < max_after:
+            failed = 0
+            if ndvi[idx[pk]] < min_peak:
+                failed |= LOW_PEAK
+            if ndvi[idx[pk]] - ndvi[r] < min_drop:
+                failed |= SMALL_DROP
+            if not first_doy <= doy[r] <= last_doy:
+                failed |= OUT_OF_PERIOD
+            end_k[m], end_peak[m], end_failed[m] = k, pk, failed
+            m += 1
+            pk = k  # a low (soil, stubble) starts the next cycle
+    return m, pk
+
+
 @njit(cache=True, nogil=True)
 def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, year: np.ndarray,
                         ndvi: np.ndarray, bsi: np.ndarray, valid: np.ndarray,
@@ -80,6 +116,9 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
     out_obs = np.empty((cap, 3), np.int64)
     n_out = 0
     idx = np.empty(len(day), np.int64)
+    end_k = np.empty(len(day), np.int64)  # the ends of the crop cycles of one parcel-year (_cycle_ends)
+    end_peak = np.empty(len(day), np.int64)
+    end_failed = np.empty(len(day), np.int64)
     for parcel in range(len(offsets) - 1):
         lo = offsets[parcel]
         hi = offsets[parcel + 1]
@@ -190,18 +229,13 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                 k += 1
             # harvest
             if cycles:
-                # the end of each crop cycle: the peak is the highest NDVI since the last low observation
-                pk = 0
-                for k in range(1, n):
-                    r = idx[k]
-                    if ndvi[r] >= ndvi[idx[pk]]:
-                        pk = k
-                    elif ndvi[r] < harv_after:
-                        if (ndvi[idx[pk]] >= harv_peak and ndvi[idx[pk]] - ndvi[r] >= harv_drop
-                                and harv_first <= doy[r] <= harv_last):
-                            n_out = _harvest(out_parcel, out_marker, out, out_obs, n_out, parcel, day,
-                                             idx[k - 1], r, ndvi[idx[pk]] - ndvi[r])
-                        pk = k  # a low (soil, stubble) starts the next cycle
+                m, _ = _cycle_ends(n, idx, doy, ndvi, harv_peak, harv_after, harv_drop, harv_first, harv_last,
+                                   end_k, end_peak, end_failed)
+                for j in range(m):
+                    if end_failed[j] == 0:
+                        r = idx[end_k[j]]
+                        n_out = _harvest(out_parcel, out_marker, out, out_obs, n_out, parcel, day,
+                                         idx[end_k[j] - 1], r, ndvi[idx[end_peak[j]]] - ndvi[r])
             else:
                 # parameters before version 4: after the peak of the calendar year, the first low
                 top = 0

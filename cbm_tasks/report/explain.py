@@ -1,16 +1,21 @@
-"""Why a parcel in the database has or lacks a mowing, judged as its stored decision was made.
+"""Why a parcel in the database has or lacks a mowing or a harvest, judged as its stored decision was made.
 
 :func:`explain_stored` reads the parcel's series and the parameters and sensors of its latest
-marker run (``cbm.marker_run``; the defaults before any run) and judges every NDVI fall with them
-(:func:`cbm_tasks.markers.mowing_explain.explain_mowing`). ``cbm markers explain --aoi`` and the
+marker run (``cbm.marker_run``; the defaults before any run) and judges with them every NDVI fall
+as a cut (:func:`cbm_tasks.markers.mowing_explain.explain_mowing`) or every crop cycle as a harvest
+(:func:`cbm_tasks.markers.harvest_explain.explain_harvest`). ``cbm markers explain --aoi`` and the
 REST API (``/v1/.../parcels/{key}/mowing-falls``) answer with it.
 """
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import psycopg
 
+from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers import db_read
+from cbm_tasks.markers.harvest_explain import HarvestExplanation, explain_harvest
 from cbm_tasks.markers.mowing_explain import MowingExplanation, explain_mowing
 from cbm_tasks.markers.params import MarkerParams, default_params
 from cbm_tasks.report import decisions
@@ -31,11 +36,25 @@ def decision_params(run: MarkerRunRecord | None) -> tuple[MarkerParams, bool]:
     return recorded_params(run.params, expected_hash=run.params_hash), run.use_s1
 
 
-def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int, parcel_id: str,
-                   year: int) -> tuple[MowingExplanation, MarkerRunRecord | None]:
-    """Judge the NDVI falls of one parcel's *year* season as its latest marker run did; return the run too."""
+@overload
+def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int, parcel_id: str, year: int,
+                   marker: Literal["mowing"] = ...) -> tuple[MowingExplanation, MarkerRunRecord | None]: ...
+@overload
+def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int, parcel_id: str, year: int,
+                   marker: Literal["harvest"]) -> tuple[HarvestExplanation, MarkerRunRecord | None]: ...
+def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int, parcel_id: str, year: int,
+                   marker: str = "mowing") -> tuple[MowingExplanation | HarvestExplanation, MarkerRunRecord | None]:
+    """Judge one parcel's *year* season for *marker* as its latest marker run did; return the run too.
+
+    Raises:
+        BadInputError: an unknown marker, or a harvest explanation of parameters before version 4.
+    """
+    if marker not in ("mowing", "harvest"):
+        raise BadInputError(f"marker {marker!r}: explanations exist for mowing and harvest")
     current = decisions.current_runs(conn, parcel_set_id=parcel_set_id, parcel_key=parcel_key)
     run = decisions.marker_run(conn, current[parcel_key][0]) if parcel_key in current else None
     series = db_read.parcel_series(conn, parcel_set_id=parcel_set_id, parcel_key=parcel_key, name=parcel_id)
     params, use_s1 = decision_params(run)
+    if marker == "harvest":
+        return explain_harvest(series, parcel_id, params, year=year), run
     return explain_mowing(series, parcel_id, params, use_s1=use_s1, year=year), run

@@ -3,7 +3,8 @@
 :func:`gather` reads the parcel, its traffic lights and marker events as stored, the products
 whose statistics it has with their lineage, and recomputes the marker figure from the stored
 time series with the recorded parameters (the same computation ``cbm audit verify`` checks), and
-with them every NDVI fall of the season judged as a cut (why a mowing was or was not found).
+with them every NDVI fall of the season judged as a cut and every crop cycle as a harvest (why a
+mowing or a harvest was or was not found).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cbm_tasks.errors import NotFoundError
 from cbm_tasks.lineage import code_version
 from cbm_tasks.markers import db_read
 from cbm_tasks.markers.engine import markers_from_prepared
+from cbm_tasks.markers.harvest_explain import CycleVerdict, explain_harvest
 from cbm_tasks.markers.mowing_explain import StepVerdict, explain_mowing
 from cbm_tasks.markers.params import MarkerParams, default_params
 from cbm_tasks.markers.plot import parcel_figure
@@ -82,6 +84,7 @@ class ParcelAudit:
     n_obs_rejected: int
     notes: list[str] = field(default_factory=list)
     mowing_falls: list[StepVerdict] = field(default_factory=list)  # NDVI falls judged as cuts (mowing_explain)
+    harvest_cycles: list[CycleVerdict] = field(default_factory=list)  # crop cycles judged as harvests
 
 
 def _parcel(conn: psycopg.Connection, parcel_set_id: int, parcel_id: str, *, aoi: str, year: int) -> ParcelInfo:
@@ -104,12 +107,13 @@ def _parcel(conn: psycopg.Connection, parcel_set_id: int, parcel_id: str, *, aoi
 
 
 def _series_views(conn: psycopg.Connection, parcel_set_id: int, parcel: ParcelInfo, params: MarkerParams,
-                  use_s1: bool, markers: set[str] | None, year: int) -> tuple[bytes | None, list[StepVerdict]]:
-    """The figure (PNG) and, when the schemes read the mowing marker, the NDVI falls judged as cuts."""
+                  use_s1: bool, markers: set[str] | None,
+                  year: int) -> tuple[bytes | None, list[StepVerdict], list[CycleVerdict]]:
+    """The figure (PNG), and the NDVI falls judged as cuts and crop cycles as harvests where the schemes read those."""
     series = db_read.parcel_series(conn, parcel_set_id=parcel_set_id, parcel_key=parcel.parcel_key,
                                    name=parcel.parcel_id)
     if series.n_rows == 0:
-        return None, []
+        return None, [], []
     prepared = prepare(series, params)
     result = markers_from_prepared(prepared, params, use_s1=use_s1)
     figure = parcel_figure(prepared, result, 0, markers=markers)
@@ -119,7 +123,10 @@ def _series_views(conn: psycopg.Connection, parcel_set_id: int, parcel: ParcelIn
     falls: list[StepVerdict] = []
     if markers is None or "mowing" in markers:
         falls = explain_mowing(series, parcel.parcel_id, params, use_s1=use_s1, year=year).steps
-    return buffer.getvalue(), falls
+    cycles: list[CycleVerdict] = []
+    if (markers is None or "harvest" in markers) and params.get("harvest", "crop_cycles") > 0:
+        cycles = explain_harvest(series, parcel.parcel_id, params, year=year).cycles
+    return buffer.getvalue(), falls, cycles
 
 
 def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, scheme: str | None = None) -> ParcelAudit:
@@ -163,7 +170,7 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
     if scheme is not None and not lights:
         notes.append(f"No traffic light of scheme {scheme!r} is stored for this parcel.")
     # the figure draws the events of the markers the parcel's schemes read (all without lights)
-    png, falls = _series_views(conn, set_id, parcel, params, use_s1,
+    png, falls, cycles = _series_views(conn, set_id, parcel, params, use_s1,
                                decisions.scheme_markers(conn, lights) if lights else None, year)
     stamp = Stamp(
         params_hash=params.hash, params_version=str(params.version),
@@ -174,7 +181,7 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
         generated_at=datetime.now(UTC).replace(microsecond=0),
     )
     audit = ParcelAudit(aoi, year, parcel, lights, events, products, runs, stamp, png, n_used, n_rejected, notes,
-                        falls)
+                        falls, cycles)
     log.info("gathered parcel audit aoi=%s year=%d parcel=%s lights=%d events=%d products=%d seconds=%.2f", aoi, year,
              parcel_id, len(lights), len(events), len(products), time.perf_counter() - t0)
     return audit
