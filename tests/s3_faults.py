@@ -61,20 +61,24 @@ def fault_proxy(upstream_url: str) -> Iterator[FaultProxy]:
                 status, code = fault
                 payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
                            f"<Message>injected {code}</Message></Error>").encode()
+                # recorded before the answer is sent: a client that gives up on this answer must find it in
+                # `seen` (appended after the write, the test could read `seen` first and miss the last try)
+                with proxy.lock:
+                    proxy.seen.append((self.command, self.path, status))
                 self.send_response(status)
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(payload)
-                with proxy.lock:
-                    proxy.seen.append((self.command, self.path, status))
                 return
             conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
             conn.request(self.command, self.path, body=body or None, headers=headers)
             answer = conn.getresponse()
             data = answer.read()
+            with proxy.lock:
+                proxy.seen.append((self.command, self.path, answer.status))
             self.send_response(answer.status)
             for key, value in answer.getheaders():
                 if key.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -84,8 +88,6 @@ def fault_proxy(upstream_url: str) -> Iterator[FaultProxy]:
             if self.command != "HEAD":
                 self.wfile.write(data)
             conn.close()
-            with proxy.lock:
-                proxy.seen.append((self.command, self.path, answer.status))
 
         do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _serve  # noqa: N815 - http.server's names
 
