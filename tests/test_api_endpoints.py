@@ -244,5 +244,11 @@ def test_mowing_falls_explain_the_decision(client: TestClient, world: World) -> 
     assert all(set(f) >= {"start_date", "end_date", "drop", "verdict", "failed", "confidence_parts"}
                for f in body["falls"])
     assert all(f["verdict"] == "mowing" or f["failed"] or f["verdict"].startswith("weaker") for f in body["falls"])
-    assert client.get("/v1/aois/alpha/2018/parcels/99/mowing-falls", auth=ann).status_code == 404
-    assert client.get("/v1/aois/alpha/2018/parcels/1/mowing-falls", auth=world.basic("bob")).status_code == 403
+    for what in ("mowing-falls", "harvest-cycles"):
+        assert client.get(f"/v1/aois/alpha/2018/parcels/99/{what}", auth=ann).status_code == 404
+        assert client.get(f"/v1/aois/alpha/2018/parcels/1/{what}", auth=world.basic("bob")).status_code == 403
+    # the maize parcel's crop cycles: each with its verdict and the tests it failed
+    cycles = client.get("/v1/aois/alpha/2018/parcels/4/harvest-cycles", auth=ann).json()
+    assert (cycles["parcel_id"], cycles["marker_run_id"]) == ("A-4", None)
+    assert all(c["verdict"] in ("harvest", "not a harvest", "not ended") and (c["verdict"] == "harvest") == (
+        c["failed"] == "") for c in cycles["cycles"])

@@ -15,6 +15,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from cbm_tasks.api import chips, queries
+from cbm_tasks.api.auth import Principal
+from cbm_tasks.api.context import ApiContext
 from cbm_tasks.api.deps import Context, CurrentUser, csv_response, json_response
 from cbm_tasks.api.validation import (
     AOI_PATTERN,
@@ -135,6 +137,20 @@ def get_markers(aoi: Aoi, year: Year, key: Key, user: CurrentUser, ctx: Context)
         return json_response({"parcel_key": key, "markers": queries.parcel_markers(conn, ps, key)})
 
 
+def _explained(ctx: ApiContext, user: Principal, aoi: str, year: int, key: int,
+               marker: Literal["mowing", "harvest"]) -> tuple[Any, dict[str, Any]]:
+    """The parcel's explanation for *marker* with its latest run's parameters, and the answer's common fields."""
+    from cbm_tasks.report.explain import explain_stored  # numba: loaded by the first explanation, not at start
+
+    with ctx.connection() as conn:
+        ps = queries.parcel_set(conn, user, aoi, year)
+        explanation, run = explain_stored(conn, parcel_set_id=ps.parcel_set_id, parcel_key=key,
+                                          parcel_id=queries.declared_id(conn, ps, key), year=year, marker=marker)
+    return explanation, {"parcel_key": key, "parcel_id": explanation.parcel_id,
+                         "marker_run_id": None if run is None else run.marker_run_id,
+                         "params_hash": explanation.params_hash, "use_s1": True if run is None else run.use_s1}
+
+
 @router.get("/aois/{aoi}/{year}/parcels/{key}/mowing-falls",
             summary="Why a mowing was or was not found: every NDVI fall of the season judged as a cut")
 async def get_mowing_falls(aoi: Aoi, year: Year, key: Key, user: CurrentUser, ctx: Context) -> Response:
@@ -144,21 +160,30 @@ async def get_mowing_falls(aoi: Aoi, year: Year, key: Key, user: CurrentUser, ct
     parts, ``verdict`` (``mowing``, ``not a cut``, ``weaker than the cut of ...``) and the tests it
     ``failed``; and the season's images that were not used, with the reason (as ``cbm markers explain``).
     """
-    def explain() -> dict[str, Any]:
-        from cbm_tasks.report.explain import explain_stored  # numba: loaded by the first explanation, not at start
-
-        with ctx.connection() as conn:
-            ps = queries.parcel_set(conn, user, aoi, year)
-            explanation, run = explain_stored(conn, parcel_set_id=ps.parcel_set_id, parcel_key=key,
-                                              parcel_id=queries.declared_id(conn, ps, key), year=year)
-        return {"parcel_key": key, "parcel_id": explanation.parcel_id,
-                "marker_run_id": None if run is None else run.marker_run_id, "params_hash": explanation.params_hash,
-                "use_s1": True if run is None else run.use_s1,
-                "observations_not_used": [{"date": o.date, "ndvi": o.ndvi, "clear": o.clear, "reason": o.reason}
-                                          for o in explanation.observations if not o.used],
+    def answer() -> dict[str, Any]:
+        explanation, head = _explained(ctx, user, aoi, year, key, "mowing")
+        return {**head, "observations_not_used": [{"date": o.date, "ndvi": o.ndvi, "clear": o.clear,
+                                                    "reason": o.reason} for o in explanation.observations
+                                                   if not o.used],
                 "falls": [dataclasses.asdict(step) for step in explanation.steps]}
 
-    return json_response(await run_in_threadpool(explain))
+    return json_response(await run_in_threadpool(answer))
+
+
+@router.get("/aois/{aoi}/{year}/parcels/{key}/harvest-cycles",
+            summary="Why a harvest was or was not found: every crop cycle of the year judged as a harvest")
+async def get_harvest_cycles(aoi: Aoi, year: Year, key: Key, user: CurrentUser, ctx: Context) -> Response:
+    """The parcel's crop cycles judged by the harvest marker's own tests with its latest run's parameters.
+
+    Each cycle: its peak, the low that ended it and the image before that, the drop, ``verdict``
+    (``harvest``, ``not a harvest``, or ``not ended`` when NDVI never fell below the stubble level)
+    and the tests it ``failed`` (as ``cbm markers explain --marker harvest``).
+    """
+    def answer() -> dict[str, Any]:
+        explanation, head = _explained(ctx, user, aoi, year, key, "harvest")
+        return {**head, "cycles": [dataclasses.asdict(cycle) for cycle in explanation.cycles]}
+
+    return json_response(await run_in_threadpool(answer))
 
 
 @router.get("/aois/{aoi}/{year}/parcels/{key}/traffic-lights", summary="Traffic light per aid scheme of one parcel")

@@ -4,7 +4,7 @@
 marker run (``cbm.marker_run``; the defaults before any run) and judges with them every NDVI fall
 as a cut (:func:`cbm_tasks.markers.mowing_explain.explain_mowing`) or every crop cycle as a harvest
 (:func:`cbm_tasks.markers.harvest_explain.explain_harvest`). ``cbm markers explain --aoi`` and the
-REST API (``/v1/.../parcels/{key}/mowing-falls``) answer with it.
+REST API (``/v1/.../parcels/{key}/mowing-falls``, ``.../harvest-cycles``) answer with it.
 """
 
 from __future__ import annotations
