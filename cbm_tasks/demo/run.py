@@ -62,8 +62,7 @@ class DemoSummary:
     seconds: float = 0.0
     api: tuple[str, ...] = ()  # the REST API's URL, demo user and curl examples
     audit_report: Path | None = None
-    audit_parcel: str | None = None  # the parcel of the audit report (a red or yellow one where there is)
-    year: int = 0
+    why_red: tuple[str, ...] = ()  # per scheme with red lights: the command that explains one of them
 
     @property
     def ok(self) -> bool:
@@ -89,8 +88,7 @@ class DemoSummary:
             *[f"  {scheme:21s} {self._colours(colours)}" for scheme, colours in self.lights.items()],
             *(["  none             (no parcel has a scheme)"] if not self.lights else []),
             f"audit report       {self.audit_report or 'none (nothing extracted)'}",
-            *([f"  why this light   cbm markers explain --aoi {self.aoi} --year {self.year} --parcel "
-               f"{self.audit_parcel}  (every NDVI fall judged as a cut)"] if self.audit_parcel else []),
+            *[f"{'why red' if i == 0 else '':19s}{line}" for i, line in enumerate(self.why_red)],
             f"Airflow UI         {self.url}/",
             f"  login            {self.username} / {self.password}  (stored in {self.password_file})",
             *self.api,
@@ -106,18 +104,40 @@ class DemoSummary:
 _COLOUR_ORDER = {"green": 0, "yellow": 1, "red": 2}
 
 
-def _audit_report(conn: psycopg.Connection, layout: demo_data.DemoLayout,
-                  out_dir: Path) -> tuple[Path | None, str | None]:
-    """Write the audit report (HTML and PDF) of one demo parcel; return the PDF's path and the parcel."""
+def _why_red(conn: psycopg.Connection, layout: demo_data.DemoLayout) -> tuple[str, ...]:
+    """Per scheme with a red light that a mowing or harvest decides: the command that explains the first one."""
+    from cbm_tasks.traffic_light.rules import load_rules
+
+    schemes = load_rules().schemes  # the demo runs the shipped rules
+    rows = conn.execute(
+        "SELECT DISTINCT ON (t.scheme) t.scheme, p.parcel_id FROM cbm.traffic_light t "
+        "JOIN cbm.parcel p ON p.parcel_set_id = t.parcel_set_id AND p.parcel_key = t.parcel_key "
+        "JOIN cbm.parcel_set s ON s.parcel_set_id = t.parcel_set_id JOIN cbm.aoi a USING (aoi_id) "
+        "WHERE a.name = %s AND s.year = %s AND t.colour = 'red' ORDER BY t.scheme, p.parcel_id",
+        (layout.aoi, layout.year)).fetchall()
+    lines = []
+    for scheme, parcel_id in rows:
+        markers = {rule.marker for rule in schemes[scheme].rules} if scheme in schemes else set()
+        for marker, flag, what in (("harvest", " --marker harvest", "every crop cycle judged as a harvest"),
+                                   ("mowing", "", "every NDVI fall judged as a cut")):
+            if marker in markers:
+                lines.append(f"cbm markers explain --aoi {layout.aoi} --year {layout.year} --parcel {parcel_id}{flag}"
+                             f"  ({scheme}: {what})")
+                break
+    return tuple(lines)
+
+
+def _audit_report(conn: psycopg.Connection, layout: demo_data.DemoLayout, out_dir: Path) -> Path | None:
+    """Write the audit report (HTML and PDF) of one demo parcel; return the PDF's path."""
     from cbm_tasks.report.parcel_audit import gather, pick_parcel  # matplotlib, weasyprint: only here
     from cbm_tasks.report.render import write_parcel_report
 
     try:
         parcel_id = pick_parcel(conn, aoi=layout.aoi, year=layout.year)
     except NotFoundError:
-        return None, None
+        return None
     files = write_parcel_report(gather(conn, aoi=layout.aoi, year=layout.year, parcel_id=parcel_id), out_dir)
-    return files.pdf or files.html, parcel_id
+    return files.pdf or files.html
 
 
 def _prepare_database() -> str:
@@ -255,7 +275,8 @@ def run_demo(
         summary = pipeline.aoi_summary(conn, layout.aoi)
         lights = markers_pipeline.lights_summary(conn, aoi=layout.aoi, year=layout.year)
         reports = (out_dir or settings.project_dir() / "var" / "demo") / "reports"
-        report, audit_parcel = _audit_report(conn, layout, reports)
+        report = _audit_report(conn, layout, reports)
+        why_red = _why_red(conn, layout)
     with db.connect(url) as conn:
         api_text = api_access.api_lines(conn, airflow_url=cfg.url, aoi=layout.aoi, year=layout.year,
                                         secret_file=cfg.home / "api_demo_secret")
@@ -264,8 +285,7 @@ def run_demo(
         catalogue_run=(run_id, str(catalogue_run["state"])), extract_runs=tuple(extract_runs),
         markers_run=(markers_id, str(markers_run["state"])), lights=lights, url=cfg.url,
         username=airflow_ctl.ADMIN_USER, password=airflow_ctl.admin_password(cfg), password_file=cfg.passwords_file,
-        seconds=time.perf_counter() - t0, api=tuple(api_text), audit_report=report, audit_parcel=audit_parcel,
-        year=layout.year,
+        seconds=time.perf_counter() - t0, api=tuple(api_text), audit_report=report, why_red=why_red,
     )
     log.info("demo aoi=%s images_extracted=%d rows=%d runs_ok=%s seconds=%.1f", layout.aoi,
              summary.images_extracted, summary.parcel_obs_rows, result.ok, result.seconds)
