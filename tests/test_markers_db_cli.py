@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import psycopg
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from cbm_tasks import cli
+from cbm_tasks.demo.run import _why_red
 from cbm_tasks.demo.series_seed import seed_parcel_set
 from cbm_tasks.markers import plot as plot_module
 from cbm_tasks.traffic_light import load_rules
@@ -116,3 +118,24 @@ def test_explain_agrees_with_the_stored_events(seeded: str, tmp_path: Path,
                     if r["verdict"] == "harvest"] == spans
     assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", "X-9"]) == 2
     assert "X-9" in capsys.readouterr().err
+
+
+def test_demo_summary_commands_explain_a_red_light_per_scheme(seeded: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # the `make demo` summary prints, per scheme with red lights, a command that explains one: each runs
+    with psycopg.connect(seeded, autocommit=True) as conn:
+        seed_parcel_set(conn, tmp_path, aoi="why", year=2018, n_parcels=150, seed=11)
+    assert cli.main(["markers", "run", "--aoi", "why", "--year", "2018"]) == 0
+    with psycopg.connect(seeded) as conn:
+        lines = _why_red(conn, SimpleNamespace(aoi="why", year=2018))
+        red = {row[0] for row in conn.execute(
+            "SELECT DISTINCT t.scheme FROM cbm.traffic_light t JOIN cbm.parcel_set s USING (parcel_set_id) "
+            "JOIN cbm.aoi a USING (aoi_id) WHERE a.name = 'why' AND t.colour = 'red'")}
+    assert lines and {line.split("  (")[1].split(":")[0] for line in lines} <= red
+    capsys.readouterr()
+    for line in lines:
+        argv = line.split("  (")[0].split()
+        assert argv[:3] == ["cbm", "markers", "explain"]
+        assert cli.main(argv[1:]) == 0
+        out = capsys.readouterr().out
+        assert ("crop cycles" if "--marker" in argv else "falls of NDVI") in out
