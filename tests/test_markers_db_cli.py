@@ -11,6 +11,7 @@ import psycopg
 import pyogrio
 import pytest
 from PIL import Image
+from psycopg import sql
 
 from cbm_tasks import cli
 from cbm_tasks.demo.run import _why_red
@@ -87,35 +88,25 @@ def test_explain_agrees_with_the_stored_events(seeded: str, tmp_path: Path,
     assert "marker run" not in capsys.readouterr().out  # before any run: the default parameters
     assert cli.main(["markers", "run", "--aoi", "mk", "--year", "2018"]) == 0
     capsys.readouterr()
-    with psycopg.connect(seeded) as conn:
-        stored = conn.execute(
-            "SELECT p.parcel_id, array_agg(e.main_date::text ORDER BY e.main_date) FROM cbm.marker_event e "
-            "JOIN cbm.parcel p USING (parcel_key) WHERE e.marker = 'mowing' AND extract(year FROM e.main_date) = 2018 "
-            "GROUP BY 1 ORDER BY 1").fetchall()
-    assert stored
-    for parcel_id, dates in stored[:3]:
-        falls = tmp_path / f"{parcel_id}.csv"
-        assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", parcel_id,
-                         "--csv", str(falls)]) == 0
-        out = capsys.readouterr().out
-        assert out.startswith("marker run 1 (") and f"parcel {parcel_id}: " in out
-        with falls.open(newline="") as stream:
-            assert [r["main_date"] for r in csv.DictReader(stream) if r["verdict"] == "mowing"] == dates
-    # the crop cycles judged as harvests: the stored harvests are exactly the cycles named "harvest"
-    with psycopg.connect(seeded) as conn:
-        harvested = conn.execute(
-            "SELECT p.parcel_id, array_agg(e.event_start::text || '/' || e.event_end::text ORDER BY e.event_start) "
-            "FROM cbm.marker_event e JOIN cbm.parcel p USING (parcel_key) WHERE e.marker = 'harvest' "
-            "AND extract(year FROM e.event_end) = 2018 GROUP BY 1 ORDER BY 1").fetchall()
-    assert harvested
-    for parcel_id, spans in harvested[:3]:
-        cycles = tmp_path / f"{parcel_id}_cycles.csv"
-        assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", parcel_id,
-                         "--marker", "harvest", "--csv", str(cycles)]) == 0
-        capsys.readouterr()
-        with cycles.open(newline="") as stream:
-            assert [f"{r['last_high_date']}/{r['low_date']}" for r in csv.DictReader(stream)
-                    if r["verdict"] == "harvest"] == spans
+    # the stored events of 2018 are exactly the falls named "mowing" and the crop cycles named "harvest"
+    cases = (("mowing", "e.main_date::text", "e.main_date", lambda r: r["main_date"]),
+             ("harvest", "e.event_start::text || '/' || e.event_end::text", "e.event_end",
+              lambda r: f"{r['last_high_date']}/{r['low_date']}"))
+    for marker, value, when, explained in cases:
+        with psycopg.connect(seeded) as conn:
+            stored = conn.execute(sql.SQL(
+                "SELECT p.parcel_id, array_agg({value} ORDER BY e.event_start) FROM cbm.marker_event e "
+                "JOIN cbm.parcel p USING (parcel_key) WHERE e.marker = %s AND extract(year FROM {when}) = 2018 "
+                "GROUP BY 1 ORDER BY 1").format(value=sql.SQL(value), when=sql.SQL(when)), (marker,)).fetchall()
+        assert stored, marker
+        for parcel_id, values in stored[:3]:
+            table = tmp_path / f"{parcel_id}_{marker}.csv"
+            assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", parcel_id,
+                             "--marker", marker, "--csv", str(table)]) == 0
+            out = capsys.readouterr().out
+            assert out.startswith("marker run 1 (") and f"parcel {parcel_id}: " in out
+            with table.open(newline="") as stream:
+                assert [explained(r) for r in csv.DictReader(stream) if r["verdict"] == marker] == values
     assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", "X-9"]) == 2
     assert "X-9" in capsys.readouterr().err
 
