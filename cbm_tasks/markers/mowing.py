@@ -376,6 +376,16 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
     return out_parcel[:n_out], out[:n_out], out_obs[:n_out]
 
 
+def _packed(params: MarkerParams) -> np.ndarray:
+    """The ``mowing`` parameters as the array the kernel and its step tests take (order of ``_P``)."""
+    return np.array([params.get("mowing", name) for name in _PARAM_ORDER], np.float64)
+
+
+def _s2_inputs(prepared: PreparedSeries) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's red reflectance (contiguous) and day-of-year (float) arrays of the S2 series."""
+    return np.ascontiguousarray(prepared.s2.bands[:, 1]), prepared.s2.doy.astype(np.float64)
+
+
 def detect_mowing(prepared: PreparedSeries, params: MarkerParams, *, use_s1: bool = True) -> EventArrays:
     """Return the mowing events of every parcel of *prepared*.
 
@@ -389,10 +399,9 @@ def detect_mowing(prepared: PreparedSeries, params: MarkerParams, *, use_s1: boo
         low S2 observation and the coherence pairs that dated the cut or raised its confidence.
     """
     s2, coh = prepared.s2, prepared.coherence
-    packed = np.array([params.get("mowing", name) for name in _PARAM_ORDER], np.float64)
     coh_offsets = coh.offsets if use_s1 else np.zeros(prepared.n_parcels + 1, np.int64)
-    red = np.ascontiguousarray(s2.bands[:, 1])
-    parcel, rows, obs = _mowing_kernel(s2.offsets, s2.day, s2.doy.astype(np.float64), s2.ndvi, red, s2.ndmi, s2.valid,
-                                       coh_offsets, coh.day, coh.vv, coh.interval_days, packed)
+    red, doy = _s2_inputs(prepared)
+    parcel, rows, obs = _mowing_kernel(s2.offsets, s2.day, doy, s2.ndvi, red, s2.ndmi, s2.valid,
+                                       coh_offsets, coh.day, coh.vv, coh.interval_days, _packed(params))
     return EventArrays(parcel, rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].copy(), rows[:, 3].copy(),
                        rows[:, 4].copy(), rows[:, 5].astype(np.int32), obs)

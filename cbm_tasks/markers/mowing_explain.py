@@ -21,7 +21,7 @@ from typing import TextIO
 import numpy as np
 
 from cbm_tasks.markers import mowing
-from cbm_tasks.markers.mowing import _P, _PARAM_ORDER, _judge_step, _score_step, detect_mowing
+from cbm_tasks.markers.mowing import _P, _judge_step, _packed, _s2_inputs, _score_step, detect_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import REJECTIONS, prepare, rejection_codes
 from cbm_tasks.markers.series import SeriesTable, day_to_date
@@ -135,9 +135,13 @@ def _names(mask: int) -> str:
     return "; ".join(text for bit, text in STEP_TESTS.items() if mask & bit)
 
 
+def _in_year(day: float, year: int | None) -> bool:
+    return year is None or day_to_date(day).startswith(f"{year:04d}-")
+
+
 def _in_season(day: float, doy: float, year: int | None, params: MarkerParams) -> bool:
-    return ((year is None or day_to_date(day).startswith(f"{year:04d}-"))
-            and params.get("mowing", "season_start_doy") <= doy <= params.get("mowing", "season_end_doy"))
+    start, end = params.get("mowing", "season_start_doy"), params.get("mowing", "season_end_doy")
+    return _in_year(day, year) and start <= doy <= end
 
 
 def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *, use_s1: bool = True,
@@ -165,9 +169,9 @@ def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
                     for r in range(len(s2.day)) if _in_season(s2.day[r], s2.doy[r], year, params)]
     events = detect_mowing(prepared, params, use_s1=use_s1)
     kept = {(float(start), float(end)) for start, end in zip(events.start, events.end, strict=True)}
-    p = np.array([params.get("mowing", name) for name in _PARAM_ORDER], np.float64)
+    p = _packed(params)
     coh_hi = len(coh.day) if use_s1 else 0
-    red, doy = np.ascontiguousarray(s2.bands[:, 1]), s2.doy.astype(np.float64)
+    red, doy = _s2_inputs(prepared)
     idx = np.flatnonzero(s2.valid).astype(np.int64)
     steps = []
     for k in range(1, len(idx)):
@@ -175,7 +179,7 @@ def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
         if s2.ndvi[high] - s2.ndvi[low] < min(_MIN_FALL, p[_P.min_step]):
             continue
         failed, before, after, b, main = _judge_step(k, len(idx), idx, s2.day, doy, s2.ndvi, red, s2.ndmi, p)
-        if not _in_season(main, doy[low] - (s2.day[low] - main), year, params):
+        if failed & mowing.OUT_OF_SEASON or not _in_year(main, year):
             continue
         confidence, parts = np.nan, ""
         if not failed:
