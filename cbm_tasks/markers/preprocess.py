@@ -250,9 +250,15 @@ def cloud_dips(offsets: np.ndarray, day: np.ndarray, ndvi: np.ndarray, valid: np
                              int(params.get("cloud_dip", "max_run")), params.get("cloud_dip", "min_haze_rise"))
 
 
-def _validity_codes(blue: np.ndarray, ndvi: np.ndarray, clear: np.ndarray, haze: np.ndarray,
-                    params: MarkerParams) -> np.ndarray:
-    """Return per observation 0 (valid) or the first validity test it fails (``REJECTIONS``, no dips)."""
+def _validity_codes(bands: np.ndarray, ndvi: np.ndarray, clear: np.ndarray,
+                    params: MarkerParams) -> tuple[np.ndarray, np.ndarray]:
+    """Return (validity code per observation, the haze index the test used).
+
+    The code is 0 (valid) or the first validity test the observation fails (``REJECTIONS``, cloud dips
+    apart); *bands* holds B02, B04, B08, B11.
+    """
+    blue = bands[:, 0]
+    haze = haze_index(blue, bands[:, 1], red_weight=params.get("validity", "haze_red_weight"))
     code = np.zeros(len(ndvi), np.int8)
     with np.errstate(invalid="ignore"):
         tests = ((IMPLAUSIBLE, ndvi < params.get("validity", "min_plausible_ndvi")),
@@ -262,14 +268,12 @@ def _validity_codes(blue: np.ndarray, ndvi: np.ndarray, clear: np.ndarray, haze:
                  (NO_VALUE, ~np.isfinite(ndvi)))
     for reason, failed in tests:  # the last assignment wins: the list runs from the last test to the first
         code[failed] = reason
-    return code
+    return code, haze
 
 
 def rejection_codes(s2: S2Series, params: MarkerParams) -> np.ndarray:
     """Return per S2 observation why it is not used (a ``REJECTIONS`` key), 0 where it is used."""
-    blue, red = s2.bands[:, 0], s2.bands[:, 1]
-    code = _validity_codes(blue, s2.ndvi, s2.clear,
-                           haze_index(blue, red, red_weight=params.get("validity", "haze_red_weight")), params)
+    code, _ = _validity_codes(s2.bands, s2.ndvi, s2.clear, params)
     code[(code == 0) & s2.cloud_dip] = CLOUD_DIP
     return code
 
@@ -290,11 +294,11 @@ def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     scl_bad = series.scl_bad_share[rows][first]
     # the reader gave every row of an observation the clear_fraction stated on any of its rows
     clear = np.where(np.isnan(clear_given), 1.0 - scl_bad, clear_given)
-    blue, red, nir = values[:, 0], values[:, 1], values[:, 2]
-    haze = haze_index(blue, red, red_weight=params.get("validity", "haze_red_weight"))
+    red, nir = values[:, 1], values[:, 2]
     with np.errstate(invalid="ignore", divide="ignore"):
         ndvi = (nir - red) / (nir + red)
-    valid = _validity_codes(blue, ndvi, clear, haze, params) == 0
+    code, haze = _validity_codes(values, ndvi, clear, params)
+    valid = code == 0
     offsets = group_offsets(parcel, series.n_parcels)
     dip = cloud_dips(offsets, day, ndvi, valid, params=params, haze=haze)
     doy, year = _day_of_year(day)
