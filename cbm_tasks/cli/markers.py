@@ -3,10 +3,10 @@
 ``cbm markers run --timeseries FILE --out DIR`` writes ``DIR/events.csv`` and
 ``DIR/traffic_lights.csv``; ``cbm markers plot --timeseries FILE --parcel ID --out F.png`` draws
 the parcel's series with its events, ``cbm markers explain`` lists its NDVI falls and why each is or
-is not a mowing. Rules and parameters are validated before the series is
-read, and nothing is written when any input is invalid. Without ``--timeseries``, ``run``,
-``plot`` and ``explain`` work on the parcel set of ``--aoi`` and ``--year`` in the database, and ``export`` writes
-its lights (``cbm_tasks.cli.markers_db``).
+is not a mowing (``--marker harvest``: its crop cycles and why each is or is not a harvest). Rules
+and parameters are validated before the series is read, and nothing is written when any input is
+invalid. Without ``--timeseries``, ``run``, ``plot`` and ``explain`` work on the parcel set of
+``--aoi`` and ``--year`` in the database, and ``export`` writes its lights (``cbm_tasks.cli.markers_db``).
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          "a harvest")
     explain.add_argument("--params", type=Path, metavar="FILE", help="marker parameters YAML (file)")
     explain.add_argument("--s2-only", action="store_true", help="ignore Sentinel-1, as a --s2-only run (file)")
-    explain.add_argument("--csv", type=Path, metavar="FILE", help="also write the falls to this CSV file")
+    explain.add_argument("--csv", type=Path, metavar="FILE",
+                         help="also write the falls (or the crop cycles) to this CSV file")
     explain.set_defaults(func=_explain)
     markers_db.add_export(commands)
 

@@ -87,7 +87,7 @@ def plot(args: argparse.Namespace) -> int:
 
 
 def explain(args: argparse.Namespace) -> int:
-    """Explain the mowing decision of one parcel with the parameters of its latest marker run."""
+    """Explain the mowing (or harvest) decision of one parcel with the parameters of its latest marker run."""
     from cbm_tasks import db
     from cbm_tasks.report.explain import explain_stored
 
