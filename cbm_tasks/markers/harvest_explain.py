@@ -10,8 +10,7 @@ emitted one (tested on real plots, as ``mowing_explain`` is for the mowing marke
 
 from __future__ import annotations
 
-import csv
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -20,6 +19,7 @@ import numpy as np
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers import crop_events
 from cbm_tasks.markers.crop_events import _cycle_ends
+from cbm_tasks.markers.mowing_explain import write_verdicts
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import prepare
 from cbm_tasks.markers.series import SeriesTable, day_to_date
@@ -71,11 +71,7 @@ class HarvestExplanation:
 
     def write_csv(self, path: Path) -> None:
         """Write the cycles as CSV (one row per cycle, the columns of :class:`CycleVerdict`)."""
-        with path.open("w", newline="") as stream:
-            out = csv.writer(stream)
-            out.writerow(["parcel_id", *(f.name for f in fields(CycleVerdict))])
-            out.writerows([self.parcel_id, *(f"{v:.4f}" if isinstance(v, float) else v for v in astuple(c))]
-                          for c in self.cycles)
+        write_verdicts(path, self.parcel_id, CycleVerdict, self.cycles)
 
 
 def _names(mask: int) -> str:

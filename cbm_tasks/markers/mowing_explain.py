@@ -13,10 +13,10 @@ It also lists the S2 observations that were not used, with the first validity te
 
 from __future__ import annotations
 
-import csv
+from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -25,8 +25,10 @@ from cbm_tasks.markers.mowing import _P, _judge_step, _packed, _s2_inputs, _scor
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import REJECTIONS, prepare, rejection_codes
 from cbm_tasks.markers.series import SeriesTable, day_to_date
+from cbm_tasks.markers.writer import write_csv
 
-__all__ = ["STEP_TESTS", "MowingExplanation", "ObservationVerdict", "StepVerdict", "explain_mowing"]
+__all__ = ["STEP_TESTS", "MowingExplanation", "ObservationVerdict", "StepVerdict", "explain_mowing",
+           "write_verdicts"]
 
 # the tests of mowing._judge_step / _score_step, as the explanation names them
 STEP_TESTS = {
@@ -115,10 +117,16 @@ class MowingExplanation:
 
     def write_csv(self, path: Path) -> None:
         """Write the steps as CSV (one row per fall, the columns of :class:`StepVerdict`)."""
-        with path.open("w", newline="") as stream:
-            out = csv.writer(stream)
-            out.writerow(["parcel_id", *(f.name for f in fields(StepVerdict))])
-            out.writerows([self.parcel_id, *(_cell(value) for value in astuple(s))] for s in self.steps)
+        write_verdicts(path, self.parcel_id, StepVerdict, self.steps)
+
+
+def write_verdicts(path: Path, parcel_id: str, kind: type, verdicts: Sequence[Any]) -> None:
+    """Write *verdicts* (dataclasses of type *kind*) of one parcel as CSV, whole or not at all.
+
+    Columns: ``parcel_id`` and the fields of *kind*; floats with 4 decimals, empty where NaN.
+    """
+    write_csv(path, ["parcel_id", *(f.name for f in fields(kind))],
+              ([parcel_id, *(_cell(value) for value in astuple(v))] for v in verdicts))
 
 
 def _cell(value: object) -> object:
