@@ -34,15 +34,16 @@ from cbm_tasks.markers import load_params, prepare, read_series, run_markers
 from cbm_tasks.markers.importers import convert_salms, read_salms_truth, read_survey_truth
 from cbm_tasks.markers.mowing import detect_mowing
 from cbm_tasks.markers.params import MarkerParams
-from cbm_tasks.markers.series import day_to_date
+from cbm_tasks.markers.series import SeriesTable, day_to_date
 from cbm_tasks.markers.validation import TOLERANCE_DAYS, Score, match_events
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def predict(series_file: Path, params: MarkerParams, *, use_s1: bool,
+def predict(series: Path | SeriesTable, params: MarkerParams, *, use_s1: bool,
             min_confidence: float = 0.0) -> dict[str, list[date]]:
-    prepared = prepare(read_series(series_file), params)
+    """Parcel id -> main dates of the detected mowings of a time-series file or a series already read."""
+    prepared = prepare(series if isinstance(series, SeriesTable) else read_series(series), params)
     events = detect_mowing(prepared, params, use_s1=use_s1)
     out: dict[str, list[date]] = {}
     for parcel, main, confidence in zip(events.parcel, events.main, events.confidence, strict=True):

@@ -30,24 +30,14 @@ from collections import Counter
 from datetime import date, timedelta
 from pathlib import Path
 
-from cbm_tasks.markers import load_params, prepare, read_series
+from markers_eval import DATA, predict
+
+from cbm_tasks.markers import load_params, read_series
 from cbm_tasks.markers.importers import convert_salms, read_salms_truth, read_survey_truth
-from cbm_tasks.markers.mowing import detect_mowing
 from cbm_tasks.markers.mowing_explain import MowingExplanation, StepVerdict, explain_mowing
 from cbm_tasks.markers.params import MarkerParams
-from cbm_tasks.markers.series import SeriesTable, day_to_date
+from cbm_tasks.markers.series import SeriesTable
 from cbm_tasks.markers.validation import TOLERANCE_DAYS, unmatched
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def _predicted(series: SeriesTable, params: MarkerParams, use_s1: bool) -> dict[str, list[date]]:
-    prepared = prepare(series, params)
-    events = detect_mowing(prepared, params, use_s1=use_s1)
-    out: dict[str, list[date]] = {}
-    for parcel, main in zip(events.parcel, events.main, strict=True):
-        out.setdefault(str(prepared.parcel_ids[parcel]), []).append(date.fromisoformat(day_to_date(main)))
-    return out
 
 
 def _near(steps: list[StepVerdict], when: date) -> list[StepVerdict]:
@@ -89,7 +79,7 @@ def _fall_text(steps: list[StepVerdict], when: date) -> str:
 def report(name: str, series: SeriesTable, truth: dict[str, list[date]], parcels: list[str], params: MarkerParams, *,
            use_s1: bool, negatives: set[str], show: bool) -> None:
     """Print the reasons of the misses and the false detections of one data set."""
-    predicted = _predicted(series, params, use_s1)
+    predicted = predict(series, params, use_s1=use_s1)
     missed, false = unmatched(predicted, truth, parcels)
     known = set(series.parcel_ids.tolist())
     explained = {p: explain_mowing(series, p, params, use_s1=use_s1) if p in known else None
