@@ -244,7 +244,7 @@ def test_mowing_falls_explain_the_decision(client: TestClient, world: World) -> 
     assert all(set(f) >= {"start_date", "end_date", "drop", "verdict", "failed", "confidence_parts"}
                for f in body["falls"])
     assert all(f["verdict"] == "mowing" or f["failed"] or f["verdict"].startswith("weaker") for f in body["falls"])
-    for what in ("mowing-falls", "harvest-cycles"):
+    for what in ("mowing-falls", "harvest-cycles", "bare-soil"):
         assert client.get(f"/v1/aois/alpha/2018/parcels/99/{what}", auth=ann).status_code == 404
         assert client.get(f"/v1/aois/alpha/2018/parcels/1/{what}", auth=world.basic("bob")).status_code == 403
     # the maize parcel's crop cycles: each with its verdict and the tests it failed
@@ -252,3 +252,11 @@ def test_mowing_falls_explain_the_decision(client: TestClient, world: World) -> 
     assert (cycles["parcel_id"], cycles["marker_run_id"]) == ("A-4", None)
     assert all(c["verdict"] in ("harvest", "not a harvest", "not ended") and (c["verdict"] == "harvest") == (
         c["failed"] == "") for c in cycles["cycles"])
+    # its observations below the soil line: each judged, the runs of bare soil with their confidence
+    bare = client.get("/v1/aois/alpha/2018/parcels/4/bare-soil", auth=ann).json()
+    assert (bare["parcel_id"], bare["max_ndvi"], bare["params_hash"]) == ("A-4", 0.25, load_params().hash)
+    assert isinstance(bare["n_clouded"], int) and bare["n_clouded"] >= 0
+    assert all(o["verdict"] in ("bare soil", "not bare soil", "not used") and o["ndvi"] < 0.25
+               and (o["run"] > 0) == (o["verdict"] == "bare soil") for o in bare["observations"])
+    assert bare["runs"] and [r["run"] for r in bare["runs"]] == list(range(1, len(bare["runs"]) + 1))
+    assert {o["run"] for o in bare["observations"]} - {0} == {r["run"] for r in bare["runs"]}

@@ -94,6 +94,7 @@ def _routes(products: dict[str, int]) -> list[tuple[str, dict[str, str]]]:
         ("/v1/aois/{aoi}/{year}/parcels/{key}/chips", {"start": "2018-04-01", "end": "2018-04-30", "source": "s2"}),
         ("/v1/aois/{aoi}/{year}/parcels/{key}/mowing-falls", {}),
         ("/v1/aois/{aoi}/{year}/parcels/{key}/harvest-cycles", {}),
+        ("/v1/aois/{aoi}/{year}/parcels/{key}/bare-soil", {}),
         ("/query/parcelByID", {"aoi": "alpha", "year": "2018", "pid": "1", "withGeometry": "True"}),
         ("/query/parcelByLocation", {"parcels": "alpha2018", "lon": "3", "lat": "51"}),
         ("/query/parcelsByPolygon", {"aoi": "alpha", "year": "2018", "polygon": "3_51-3.001_51-3.001_51.001"}),

@@ -122,6 +122,53 @@ def test_report_of_an_arable_parcel_judges_its_crop_cycles(seeded_db: tuple[psyc
         assert audit.mowing_falls == [] and 'id="falls"' not in html
 
 
+def test_report_of_a_permanent_grassland_judges_its_low_observations(
+        seeded_db: tuple[psycopg.Connection, Seeded], tmp_path: Path) -> None:
+    # a parcel whose scheme reads the bare soil marker (permanent grassland: no ploughing): its observations below
+    # the soil line judged, and its runs of bare soil are the stored bare soil events
+    conn, _ = seeded_db
+
+    def stored_runs(key: int) -> list[tuple[str, str]]:
+        return conn.execute("SELECT event_start::text, event_end::text FROM cbm.marker_event WHERE parcel_key = %s "
+                            "AND marker = 'bare_soil' ORDER BY event_start", (key,)).fetchall()
+
+    grass = conn.execute(
+        "SELECT DISTINCT p.parcel_id, p.parcel_key FROM cbm.parcel p JOIN cbm.traffic_light t "
+        "ON t.parcel_set_id = p.parcel_set_id AND t.parcel_key = p.parcel_key "
+        "WHERE t.scheme = 'permanent_grassland' ORDER BY p.parcel_id").fetchall()
+    assert grass, "the seeded set has permanent grassland"
+    for parcel_id, key in grass:
+        audit = gather(conn, aoi=AOI, year=YEAR, parcel_id=str(parcel_id))
+        assert audit.bare_soil is not None and "bare_soil" in scheme_markers(conn, audit.lights)
+        assert [(r.start_date, r.end_date) for r in audit.bare_soil.runs] == stored_runs(key)
+    html = write_parcel_report(audit, tmp_path / "grass", pdf=False).html.read_text()
+    assert "Observations judged as bare soil" in html and "rejected as clouds" in html
+    # an arable parcel with bare soil in spring: no such table while its only scheme is arable_harvest; declared
+    # permanent grassland, its runs are listed and are its stored bare soil events
+    parcel_id, key = conn.execute(
+        "SELECT p.parcel_id, p.parcel_key FROM cbm.parcel p JOIN cbm.traffic_light t ON t.parcel_set_id = "
+        "p.parcel_set_id AND t.parcel_key = p.parcel_key JOIN cbm.marker_event e ON e.parcel_key = p.parcel_key "
+        "AND e.marker = 'bare_soil' GROUP BY 1, 2 HAVING bool_and(t.scheme = 'arable_harvest') "
+        "ORDER BY 1 LIMIT 1").fetchone()
+    assert gather(conn, aoi=AOI, year=YEAR, parcel_id=parcel_id).bare_soil is None
+    conn.execute("UPDATE cbm.traffic_light SET scheme = 'permanent_grassland' WHERE parcel_key = %s", (key,))
+    audit = gather(conn, aoi=AOI, year=YEAR, parcel_id=parcel_id)
+    assert audit.bare_soil is not None and audit.bare_soil.runs
+    assert [(r.start_date, r.end_date) for r in audit.bare_soil.runs] == stored_runs(key)
+    html = write_parcel_report(audit, tmp_path / "arable", pdf=False).html.read_text()
+    runs = html[html.index('<table id="bare-runs">'):html.index("</table>", html.index('<table id="bare-runs">'))]
+    assert all(r.start_date in runs and r.confidence_parts in runs for r in audit.bare_soil.runs)
+
+
+def test_report_notes_parameters_changed_after_the_run(seeded_db: tuple[psycopg.Connection, Seeded]) -> None:
+    # a marker run record whose parameters no longer hash to the recorded value: the report says so
+    conn, _ = seeded_db
+    parcel_id, _ = _parcel_with_events(conn)
+    conn.execute("UPDATE cbm.marker_run SET params = jsonb_set(params, '{mowing,min_drop}', '0.2')")
+    notes = gather(conn, aoi=AOI, year=YEAR, parcel_id=parcel_id).notes
+    assert any("were changed after the run" in note for note in notes)
+
+
 def test_report_of_unknown_parcel_names_it(seeded_db: tuple[psycopg.Connection, Seeded]) -> None:
     conn, _ = seeded_db
     # the demo's choice: a parcel with a red or yellow light when there is one, else one with a light

@@ -107,6 +107,25 @@ def test_explain_agrees_with_the_stored_events(seeded: str, tmp_path: Path,
             assert out.startswith("marker run 1 (") and f"parcel {parcel_id}: " in out
             with table.open(newline="") as stream:
                 assert [explained(r) for r in csv.DictReader(stream) if r["verdict"] == marker] == values
+    # bare soil: the observations of each run are the stored event's first to last image
+    with psycopg.connect(seeded) as conn:
+        stored = conn.execute(
+            "SELECT p.parcel_id, array_agg(e.event_start::text || '/' || e.event_end::text ORDER BY e.event_start) "
+            "FROM cbm.marker_event e JOIN cbm.parcel p USING (parcel_key) WHERE e.marker = 'bare_soil' "
+            "AND extract(year FROM e.event_start) = 2018 GROUP BY 1 ORDER BY 1").fetchall()
+    assert stored
+    for parcel_id, values in stored[:3]:
+        table = tmp_path / f"{parcel_id}_bare_soil.csv"
+        assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", parcel_id,
+                         "--marker", "bare_soil", "--csv", str(table)]) == 0
+        assert f"{len(values)} runs of bare soil" in capsys.readouterr().out
+        runs: dict[str, list[str]] = {}
+        with table.open(newline="") as stream:
+            for r in csv.DictReader(stream):
+                assert (r["verdict"] == "bare soil") == (r["run"] != "0")
+                if r["verdict"] == "bare soil":
+                    runs.setdefault(r["run"], []).append(r["date"])
+        assert [f"{dates[0]}/{dates[-1]}" for _, dates in sorted(runs.items(), key=lambda kv: int(kv[0]))] == values
     assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", "X-9"]) == 2
     assert "X-9" in capsys.readouterr().err
 
@@ -129,4 +148,5 @@ def test_demo_summary_commands_explain_a_red_light_per_scheme(seeded: str, tmp_p
         assert argv[:3] == ["cbm", "markers", "explain"]
         assert cli.main(argv[1:]) == 0
         out = capsys.readouterr().out
-        assert ("crop cycles" if "--marker" in argv else "falls of NDVI") in out
+        expected = {"harvest": "crop cycles", "bare_soil": "runs of bare soil"}.get(argv[-1], "falls of NDVI")
+        assert expected in out

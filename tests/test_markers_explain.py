@@ -7,17 +7,20 @@ exactly the events the detector emits: checked on every plot of the real develop
 from __future__ import annotations
 
 import csv
+import io
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import shared_data
+from markers_explained import bare_runs_detected, bare_runs_explained
 from markers_series import grass_rows, write_rows
 
 from cbm_tasks import cli
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers import load_params, prepare, read_series, run_markers
+from cbm_tasks.markers.bare_soil_explain import explain_bare_soil
 from cbm_tasks.markers.harvest_explain import explain_harvest
 from cbm_tasks.markers.importers import convert_salms
 from cbm_tasks.markers.mowing import detect_mowing
@@ -73,6 +76,49 @@ def test_harvest_explanation_names_exactly_the_detected_harvests(tmp_path: Path)
         detected = _harvests_detected(series)
         assert _harvests_explained(series) == detected
     assert sum(map(len, detected.values())) > 50  # grass plots grazed or cut to stubble: harvest-like cycles
+
+
+def test_bare_soil_explanation_names_exactly_the_detected_runs(tmp_path: Path) -> None:
+    salms = read_series(convert_salms(shared_data("salms_grassland"), tmp_path / "salms.csv"))
+    slovak = read_series(shared_data("grassland_sk_train", "timeseries.csv.gz"))
+    for series in (salms, slovak):
+        detected = bare_runs_detected(series)
+        assert bare_runs_explained(series) == detected and detected
+    # the Slovak set has B02 and B11: lows the soil index calls green or wet are listed as not bare
+    verdicts = {(o.verdict, o.reason.split(":")[0]) for pid in slovak.parcel_ids
+                for o in explain_bare_soil(slovak, str(pid), PARAMS).observations}
+    assert ("not bare soil", "BSI below bare_soil.min_bsi 0.00") in verdicts
+    assert ("not used", "cloud dip") in verdicts
+
+
+def test_bare_soil_explanation_of_a_ploughed_grassland(tmp_path: Path) -> None:
+    # grass ploughed in mid-May (doy 135-150 at the soil line), a one-image cloud dip in August and a cloudy image
+    rows = grass_rows("p", [], cloudy=[200], dips=[230])
+    ploughed = [r for r in rows if not (135 <= (date.fromisoformat(str(r[1])) - date(2021, 1, 1)).days + 1 <= 150)]
+    soil = []
+    for doy in (135, 140, 145, 150):
+        when = (date(2021, 1, 1) + timedelta(days=doy - 1)).isoformat()
+        soil += [["p", when, "s2", "B04", "0.12000", 0.97, ""], ["p", when, "s2", "B08", "0.16000", 0.97, ""]]
+    series = read_series(write_rows(tmp_path / "s.csv", ploughed + soil))
+    explanation = explain_bare_soil(series, "p", PARAMS)
+    (run,) = explanation.runs
+    assert (run.start_date, run.end_date, run.n_obs) == ("2021-05-15", "2021-05-30", 4)
+    assert run.confidence == 0.85 and "soil index 0.00 (no B02 and B11)" in run.confidence_parts
+    assert bare_runs_explained(series) == bare_runs_detected(series) == {"p": [("2021-05-15", "2021-05-30", 0.85)]}
+    # the cloud dip to NDVI 0.15 is listed as not used (with its test); the cloudy image only counted
+    (dip,) = [o for o in explanation.observations if o.verdict == "not used"]
+    assert dip.date == "2021-08-18" and dip.reason.startswith("cloud dip")
+    text = io.StringIO()
+    explanation.write(text)
+    assert "run 1: 2021-05-15 .. 2021-05-30  4 observations, lowest NDVI 0.14" in text.getvalue()
+    assert cli.main(["markers", "explain", "--timeseries", str(tmp_path / "s.csv"), "--parcel", "p", "--marker",
+                     "bare_soil", "--csv", str(tmp_path / "b.csv")]) == 0
+    with (tmp_path / "b.csv").open(newline="") as stream:
+        rows_out = list(csv.DictReader(stream))
+    assert [(r["date"], r["verdict"], r["run"]) for r in rows_out if r["run"] != "0"] == [
+        ("2021-05-15", "bare soil", "1"), ("2021-05-20", "bare soil", "1"), ("2021-05-25", "bare soil", "1"),
+        ("2021-05-30", "bare soil", "1")]
+    assert rows_out[0]["bsi"] == ""  # no B02, B11: no soil index
 
 
 def test_harvest_explanation_needs_crop_cycles(tmp_path: Path) -> None:

@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import shared_data
+from markers_explained import bare_runs_detected, bare_runs_explained
 from rasterio import features
 
 from cbm_tasks.demo.cube import CUBE_FILES, open_sensor_cube, polygonise_crop_types, read_parcel_raster
 from cbm_tasks.markers import load_params, read_series, run_markers
+from cbm_tasks.markers.bare_soil_explain import explain_bare_soil
 from cbm_tasks.markers.harvest_explain import explain_harvest
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SCL_BAD_CLASSES
@@ -117,3 +119,14 @@ def test_the_harvest_explanation_says_why_demo_0018_has_none(flemish_series: tup
                      if c.verdict != "not a harvest"]
     assert open_cycle.verdict == "not ended" and "max_ndvi_after 0.40" in open_cycle.failed
     assert 0.40 <= open_cycle.low_ndvi < 0.45
+
+
+def test_bare_soil_explanation_on_arable_parcels(flemish_series: tuple[Path, dict[str, int]]) -> None:
+    # cbm markers explain --marker bare_soil on real arable parcels with B02 and B11 (soil index tested): its runs
+    # are exactly the marker's bare soil events, each confidence with the soil index part
+    series = read_series(flemish_series[0])
+    params = load_params()
+    explained, detected = bare_runs_explained(series, params), bare_runs_detected(series, params)
+    assert explained == detected and sum(map(len, detected.values())) >= 5
+    runs = [run for pid in detected for run in explain_bare_soil(series, pid, params).runs]
+    assert all(run.confidence_parts.endswith("soil index 0.15") for run in runs)

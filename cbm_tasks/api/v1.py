@@ -138,7 +138,7 @@ def get_markers(aoi: Aoi, year: Year, key: Key, user: CurrentUser, ctx: Context)
 
 
 def _explained(ctx: ApiContext, user: Principal, aoi: str, year: int, key: int,
-               marker: Literal["mowing", "harvest"]) -> tuple[Any, dict[str, Any]]:
+               marker: Literal["mowing", "harvest", "bare_soil"]) -> tuple[Any, dict[str, Any]]:
     """The parcel's explanation for *marker* with its latest run's parameters, and the answer's common fields."""
     from cbm_tasks.report.explain import explain_stored  # numba: loaded by the first explanation, not at start
 
@@ -182,6 +182,27 @@ async def get_harvest_cycles(aoi: Aoi, year: Year, key: Key, user: CurrentUser, 
     def answer() -> dict[str, Any]:
         explanation, head = _explained(ctx, user, aoi, year, key, "harvest")
         return {**head, "cycles": [dataclasses.asdict(cycle) for cycle in explanation.cycles]}
+
+    return json_response(await run_in_threadpool(answer))
+
+
+@router.get("/aois/{aoi}/{year}/parcels/{key}/bare-soil",
+            summary="Why bare soil (a ploughing) was or was not found: every observation below the soil line")
+async def get_bare_soil(aoi: Aoi, year: Year, key: Key, user: CurrentUser, ctx: Context) -> Response:
+    """The parcel's observations below the soil line judged by the bare soil marker with its latest run's parameters.
+
+    Each observation: NDVI, bare soil index (null without B02 and B11), clear share, ``verdict``
+    (``bare soil`` with its ``run``, ``not bare soil``, ``not used``) and the ``reason``; the
+    observations rejected as clouds are only counted (``n_clouded``). Each run of bare soil: its
+    first and last image, number of observations, lowest NDVI and confidence with its parts (as
+    ``cbm markers explain --marker bare_soil``).
+    """
+    def answer() -> dict[str, Any]:
+        explanation, head = _explained(ctx, user, aoi, year, key, "bare_soil")
+        return {**head, "max_ndvi": explanation.max_ndvi, "min_bsi": explanation.min_bsi,
+                "n_clouded": explanation.n_clouded,
+                "observations": [dataclasses.asdict(o) for o in explanation.observations],
+                "runs": [dataclasses.asdict(run) for run in explanation.runs]}
 
     return json_response(await run_in_threadpool(answer))
 

@@ -96,6 +96,38 @@ def _cycle_ends(n: int, idx: np.ndarray, doy: np.ndarray, ndvi: np.ndarray, min_
     return m, pk
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _is_bare(ndvi: float, bsi: float, max_ndvi: float, min_bsi: float) -> bool:
+    """Bare soil: NDVI below the soil line, and BSI not below *min_bsi* where it can be computed (B02, B11)."""
+    return ndvi < max_ndvi and not (np.isfinite(bsi) and bsi < min_bsi)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bare_runs(n: int, idx: np.ndarray, ndvi: np.ndarray, bsi: np.ndarray, max_ndvi: float, min_bsi: float,
+               run_k0: np.ndarray, run_k1: np.ndarray) -> int:
+    """The runs of consecutive bare observations among one parcel-year's valid observations ``idx[:n]``.
+
+    Run ``j`` (of the returned count) spans positions ``run_k0[j] .. run_k1[j]`` of *idx*.
+    """
+    m = 0
+    k = 0
+    while k < n:
+        if _is_bare(ndvi[idx[k]], bsi[idx[k]], max_ndvi, min_bsi):
+            run_k0[m] = k
+            while k + 1 < n and _is_bare(ndvi[idx[k + 1]], bsi[idx[k + 1]], max_ndvi, min_bsi):
+                k += 1
+            run_k1[m] = k
+            m += 1
+        k += 1
+    return m
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bare_confidence(n_obs: int, bsi_tested: bool) -> float:
+    """A bare run's confidence: 0.6 for one observation, 0.85 for more, +0.15 when its first had a BSI."""
+    return (0.6 if n_obs == 1 else 0.85) + (0.15 if bsi_tested else 0.0)
+
+
 @njit(cache=True, nogil=True)
 def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, year: np.ndarray,
                         ndvi: np.ndarray, bsi: np.ndarray, valid: np.ndarray,
@@ -119,6 +151,8 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
     end_k = np.empty(len(day), np.int64)  # the ends of the crop cycles of one parcel-year (_cycle_ends)
     end_peak = np.empty(len(day), np.int64)
     end_failed = np.empty(len(day), np.int64)
+    run_k0 = np.empty(len(day), np.int64)  # the bare soil runs of one parcel-year (_bare_runs)
+    run_k1 = np.empty(len(day), np.int64)
     for parcel in range(len(offsets) - 1):
         lo = offsets[parcel]
         hi = offsets[parcel + 1]
@@ -203,30 +237,20 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                 out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = idx[k0], idx[peak_k], idx[k1]
                 n_out += 1
             # bare soil runs
-            k = 0
-            while k < n:
-                r = idx[k]
-                bare = ndvi[r] < bare_max and not (np.isfinite(bsi[r]) and bsi[r] < bare_bsi)
-                if not bare:
-                    k += 1
-                    continue
-                k0, low, bsi_ok = k, ndvi[r], np.isfinite(bsi[r])
-                while k + 1 < n:
-                    r2 = idx[k + 1]
-                    if not (ndvi[r2] < bare_max and not (np.isfinite(bsi[r2]) and bsi[r2] < bare_bsi)):
-                        break
-                    k += 1
-                    low = min(low, ndvi[r2])
+            for j in range(_bare_runs(n, idx, ndvi, bsi, bare_max, bare_bsi, run_k0, run_k1)):
+                k0, k = run_k0[j], run_k1[j]
+                low = ndvi[idx[k0]]
+                for kk in range(k0 + 1, k + 1):
+                    low = min(low, ndvi[idx[kk]])
                 out_parcel[n_out] = parcel
                 out_marker[n_out] = 1
                 out[n_out, 0] = day[idx[k0]]
                 out[n_out, 1] = day[idx[k0]]
                 out[n_out, 2] = day[idx[k]]
-                out[n_out, 3] = (0.6 if k == k0 else 0.85) + (0.15 if bsi_ok else 0.0)
+                out[n_out, 3] = _bare_confidence(k - k0 + 1, np.isfinite(bsi[idx[k0]]))
                 out[n_out, 4] = low
                 out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = idx[k0], idx[k0], idx[k]
                 n_out += 1
-                k += 1
             # harvest
             if cycles:
                 m, _ = _cycle_ends(n, idx, doy, ndvi, harv_peak, harv_after, harv_drop, harv_first, harv_last,

@@ -1,10 +1,12 @@
-"""Why a parcel in the database has or lacks a mowing or a harvest, judged as its stored decision was made.
+"""Why a parcel in the database has or lacks a mowing, a harvest or bare soil, judged as its stored decision was made.
 
 :func:`explain_stored` reads the parcel's series and the parameters and sensors of its latest
 marker run (``cbm.marker_run``; the defaults before any run) and judges with them every NDVI fall
-as a cut (:func:`cbm_tasks.markers.mowing_explain.explain_mowing`) or every crop cycle as a harvest
-(:func:`cbm_tasks.markers.harvest_explain.explain_harvest`). ``cbm markers explain --aoi`` and the
-REST API (``/v1/.../parcels/{key}/mowing-falls``, ``.../harvest-cycles``) answer with it.
+as a cut (:func:`cbm_tasks.markers.mowing_explain.explain_mowing`), every crop cycle as a harvest
+(:func:`cbm_tasks.markers.harvest_explain.explain_harvest`) or every observation below the soil
+line as bare soil (:func:`cbm_tasks.markers.bare_soil_explain.explain_bare_soil`). ``cbm markers
+explain --aoi`` and the REST API (``/v1/.../parcels/{key}/mowing-falls``, ``.../harvest-cycles``,
+``.../bare-soil``) answer with it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import psycopg
 
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers import db_read
+from cbm_tasks.markers.bare_soil_explain import BareSoilExplanation, explain_bare_soil
 from cbm_tasks.markers.harvest_explain import HarvestExplanation, explain_harvest
 from cbm_tasks.markers.mowing_explain import MowingExplanation, explain_mowing
 from cbm_tasks.markers.params import MarkerParams, default_params
@@ -22,7 +25,10 @@ from cbm_tasks.report import decisions
 from cbm_tasks.report.decisions import MarkerRunRecord
 from cbm_tasks.report.recorded import recorded_params
 
-__all__ = ["decision_params", "explain_stored"]
+__all__ = ["EXPLAINED_MARKERS", "decision_params", "explain_stored"]
+
+EXPLAINED_MARKERS = ("mowing", "harvest", "bare_soil")
+Explanation = MowingExplanation | HarvestExplanation | BareSoilExplanation
 
 
 def decision_params(run: MarkerRunRecord | None) -> tuple[MarkerParams, bool]:
@@ -42,19 +48,24 @@ def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: 
 @overload
 def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int, parcel_id: str, year: int,
                    marker: Literal["harvest"]) -> tuple[HarvestExplanation, MarkerRunRecord | None]: ...
+@overload
 def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int, parcel_id: str, year: int,
-                   marker: str = "mowing") -> tuple[MowingExplanation | HarvestExplanation, MarkerRunRecord | None]:
+                   marker: Literal["bare_soil"]) -> tuple[BareSoilExplanation, MarkerRunRecord | None]: ...
+def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int, parcel_id: str, year: int,
+                   marker: str = "mowing") -> tuple[Explanation, MarkerRunRecord | None]:
     """Judge one parcel's *year* season for *marker* as its latest marker run did; return the run too.
 
     Raises:
         BadInputError: an unknown marker, or a harvest explanation of parameters before version 4.
     """
-    if marker not in ("mowing", "harvest"):
-        raise BadInputError(f"marker {marker!r}: explanations exist for mowing and harvest")
+    if marker not in EXPLAINED_MARKERS:
+        raise BadInputError(f"marker {marker!r}: explanations exist for {', '.join(EXPLAINED_MARKERS)}")
     current = decisions.current_runs(conn, parcel_set_id=parcel_set_id, parcel_key=parcel_key)
     run = decisions.marker_run(conn, current[parcel_key][0]) if parcel_key in current else None
     series = db_read.parcel_series(conn, parcel_set_id=parcel_set_id, parcel_key=parcel_key, name=parcel_id)
     params, use_s1 = decision_params(run)
     if marker == "harvest":
         return explain_harvest(series, parcel_id, params, year=year), run
+    if marker == "bare_soil":
+        return explain_bare_soil(series, parcel_id, params, year=year), run
     return explain_mowing(series, parcel_id, params, use_s1=use_s1, year=year), run

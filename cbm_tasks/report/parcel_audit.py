@@ -22,6 +22,7 @@ from cbm_tasks.aoi import find_parcel_set
 from cbm_tasks.errors import NotFoundError
 from cbm_tasks.lineage import code_version
 from cbm_tasks.markers import db_read
+from cbm_tasks.markers.bare_soil_explain import BareSoilExplanation, explain_bare_soil
 from cbm_tasks.markers.engine import markers_from_prepared
 from cbm_tasks.markers.harvest_explain import CycleVerdict, explain_harvest
 from cbm_tasks.markers.mowing_explain import StepVerdict, explain_mowing
@@ -85,6 +86,17 @@ class ParcelAudit:
     notes: list[str] = field(default_factory=list)
     mowing_falls: list[StepVerdict] = field(default_factory=list)  # NDVI falls judged as cuts (mowing_explain)
     harvest_cycles: list[CycleVerdict] = field(default_factory=list)  # crop cycles judged as harvests
+    bare_soil: BareSoilExplanation | None = None  # observations below the soil line judged as bare soil
+
+
+@dataclass(frozen=True, slots=True)
+class _SeriesViews:
+    """The figure (PNG) and the explanations of the markers the parcel's schemes read."""
+
+    png: bytes | None = None
+    falls: list[StepVerdict] = field(default_factory=list)
+    cycles: list[CycleVerdict] = field(default_factory=list)
+    bare_soil: BareSoilExplanation | None = None
 
 
 def _parcel(conn: psycopg.Connection, parcel_set_id: int, parcel_id: str, *, aoi: str, year: int) -> ParcelInfo:
@@ -107,13 +119,15 @@ def _parcel(conn: psycopg.Connection, parcel_set_id: int, parcel_id: str, *, aoi
 
 
 def _series_views(conn: psycopg.Connection, parcel_set_id: int, parcel: ParcelInfo, params: MarkerParams,
-                  use_s1: bool, markers: set[str] | None,
-                  year: int) -> tuple[bytes | None, list[StepVerdict], list[CycleVerdict]]:
-    """The figure (PNG), and the NDVI falls judged as cuts and crop cycles as harvests where the schemes read those."""
+                  use_s1: bool, markers: set[str] | None, year: int) -> _SeriesViews:
+    """The figure and the explanations of the markers the schemes read (all of them when *markers* is None).
+
+    NDVI falls judged as cuts, crop cycles as harvests, observations below the soil line as bare soil.
+    """
     series = db_read.parcel_series(conn, parcel_set_id=parcel_set_id, parcel_key=parcel.parcel_key,
                                    name=parcel.parcel_id)
     if series.n_rows == 0:
-        return None, [], []
+        return _SeriesViews()
     prepared = prepare(series, params)
     result = markers_from_prepared(prepared, params, use_s1=use_s1)
     figure = parcel_figure(prepared, result, 0, markers=markers)
@@ -126,7 +140,10 @@ def _series_views(conn: psycopg.Connection, parcel_set_id: int, parcel: ParcelIn
     cycles: list[CycleVerdict] = []
     if (markers is None or "harvest" in markers) and params.get("harvest", "crop_cycles") > 0:
         cycles = explain_harvest(series, parcel.parcel_id, params, year=year).cycles
-    return buffer.getvalue(), falls, cycles
+    bare = None
+    if markers is None or "bare_soil" in markers:
+        bare = explain_bare_soil(series, parcel.parcel_id, params, year=year)
+    return _SeriesViews(buffer.getvalue(), falls, cycles, bare)
 
 
 def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, scheme: str | None = None) -> ParcelAudit:
@@ -167,11 +184,16 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
         params, use_s1 = default_params(), True
     else:
         params, use_s1 = recorded_params(run.params), run.use_s1
+        if run.params_hash and params.hash != run.params_hash:
+            notes.append(f"The stored parameters of marker run {run.marker_run_id} now hash to {params.hash[:12]}, "
+                         f"not the recorded {run.params_hash[:12]}: they were changed after the run, and the "
+                         "figure and the judged falls below use the changed values (cbm audit verify lists the "
+                         "difference).")
     if scheme is not None and not lights:
         notes.append(f"No traffic light of scheme {scheme!r} is stored for this parcel.")
     # the figure draws the events of the markers the parcel's schemes read (all without lights)
-    png, falls, cycles = _series_views(conn, set_id, parcel, params, use_s1,
-                               decisions.scheme_markers(conn, lights) if lights else None, year)
+    views = _series_views(conn, set_id, parcel, params, use_s1,
+                          decisions.scheme_markers(conn, lights) if lights else None, year)
     stamp = Stamp(
         params_hash=params.hash, params_version=str(params.version),
         marker_code_version=(run.code_version or "-") if run is not None else "-",
@@ -180,8 +202,8 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
                                         for light in lights})) or "-",
         generated_at=datetime.now(UTC).replace(microsecond=0),
     )
-    audit = ParcelAudit(aoi, year, parcel, lights, events, products, runs, stamp, png, n_used, n_rejected, notes,
-                        falls, cycles)
+    audit = ParcelAudit(aoi, year, parcel, lights, events, products, runs, stamp, views.png, n_used, n_rejected,
+                        notes, views.falls, views.cycles, views.bare_soil)
     log.info("gathered parcel audit aoi=%s year=%d parcel=%s lights=%d events=%d products=%d seconds=%.2f", aoi, year,
              parcel_id, len(lights), len(events), len(products), time.perf_counter() - t0)
     return audit
