@@ -26,6 +26,7 @@ import csv
 import gzip
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -36,8 +37,10 @@ from cbm_tasks.markers.mowing import detect_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable, day_to_date
 from cbm_tasks.markers.validation import TOLERANCE_DAYS, Score, match_events
+from cbm_tasks.traffic_light import evaluate_lights, load_rules
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PERMANENT_GRASS = "9120"  # the crop code the shipped mapping gives permanent grassland (its two schemes)
 
 
 def predict(series: Path | SeriesTable, params: MarkerParams, *, use_s1: bool,
@@ -127,6 +130,17 @@ def eval_sk(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
     return out
 
 
+def ploughing_lights(series: Path | SeriesTable, params: MarkerParams) -> Counter[str]:
+    """Colours of the shipped "permanent grassland: no ploughing" light on every parcel-season of *series*.
+
+    The real grassland sets hold meadows and pastures that were not ploughed: a red light is false.
+    """
+    table = series if isinstance(series, SeriesTable) else read_series(series)
+    crops = {str(pid): PERMANENT_GRASS for pid in table.parcel_ids}
+    return Counter(light.colour for light in evaluate_lights(run_markers(table, params, use_s1=False), load_rules(),
+                                                             crops=crops) if light.scheme == "permanent_grassland")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
@@ -155,6 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for name, score in scores.items():
         print(score.row(name))
+    grass: dict[str, Callable[[Path], Path]] = {
+        "salms": lambda work: convert_salms(args.data / "salms_grassland", work / "salms.csv"),
+        "sk": lambda work: args.data / "grassland_sk_train" / "timeseries.csv.gz"}
+    print("\npermanent grassland 'no ploughing' (S2 only) on grasslands that were not ploughed: a red light is false")
+    print("| data | parcel-seasons | green | yellow | red |")
+    print("|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (n for n in grass if n in sets):
+            colours = ploughing_lights(grass[name](Path(tmp)), params)
+            print(f"| {name.upper()} | {sum(colours.values())} | {colours['green']} | {colours['yellow']} | "
+                  f"{colours['red']} |")
     return 0
 
 

@@ -27,6 +27,7 @@ from cbm_tasks.markers.mowing import detect_mowing
 from cbm_tasks.markers.mowing_explain import explain_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable, day_to_date
+from cbm_tasks.traffic_light import evaluate_lights, load_rules
 
 PARAMS = load_params()
 
@@ -119,6 +120,43 @@ def test_bare_soil_explanation_of_a_ploughed_grassland(tmp_path: Path) -> None:
         ("2021-05-15", "bare soil", "1"), ("2021-05-20", "bare soil", "1"), ("2021-05-25", "bare soil", "1"),
         ("2021-05-30", "bare soil", "1")]
     assert rows_out[0]["bsi"] == ""  # no B02, B11: no soil index
+
+
+def test_bare_soil_without_green_cover_before_is_inconclusive(tmp_path: Path) -> None:
+    # two permanent grasslands with soil-low images in May: one green before (ploughed: red), one under snow
+    # until May, then brown litter, then green (no cover before: its run loses no_cover_penalty, a yellow light)
+    def low(pid: str, doys: range) -> list[list[object]]:
+        out: list[list[object]] = []
+        for doy in doys:
+            when = (date(2021, 1, 1) + timedelta(days=doy - 1)).isoformat()
+            out += [[pid, when, "s2", "B04", "0.12000", 0.97, ""], [pid, when, "s2", "B08", "0.16000", 0.97, ""]]
+        return out
+
+    def doy_of(row: list[object]) -> int:
+        return (date.fromisoformat(str(row[1])) - date(2021, 1, 1)).days + 1
+
+    ploughed = [r for r in grass_rows("ploughed", []) if not 135 <= doy_of(r) <= 150] + low("ploughed",
+                                                                                            range(135, 151, 5))
+    snowy = [r for r in grass_rows("snowy", [], cloudy=list(range(60, 135, 5))) if not 135 <= doy_of(r) <= 150]
+    path = write_rows(tmp_path / "s.csv", ploughed + snowy + low("snowy", range(135, 151, 5)))
+    series = read_series(path)
+    (run,) = explain_bare_soil(series, "ploughed", PARAMS).runs
+    assert run.cover_date == "2021-05-10" and run.cover_ndvi >= 0.4 and run.confidence == 0.85
+    (run,) = explain_bare_soil(series, "snowy", PARAMS).runs
+    assert (run.cover_date, run.confidence) == ("", 0.6)
+    assert run.confidence_parts.endswith("no green cover before it 0.25")
+    assert bare_runs_explained(series) == bare_runs_detected(series)
+    crops = {"ploughed": "9120", "snowy": "9120"}
+    lights = {(light.parcel_id, light.scheme): (light.colour, light.reason) for light in
+              evaluate_lights(run_markers(series, PARAMS, use_s1=False), load_rules(), crops=crops)}
+    assert lights[("ploughed", "permanent_grassland")] == ("red", "EVENT_IN_BANNED_PERIOD")
+    assert lights[("snowy", "permanent_grassland")] == ("yellow", "LOW_CONFIDENCE")
+    # parameters before version 6 had no cover test: the same run was a ploughing (recomputing old runs)
+    sections = {name: dict(values) for name, values in PARAMS.sections.items()}
+    for key in ("min_cover_ndvi", "cover_lookback_days", "no_cover_penalty"):
+        del sections["bare_soil"][key]
+    (run,) = explain_bare_soil(series, "snowy", MarkerParams(5, sections, "version 5")).runs
+    assert run.confidence == 0.85 and "cover" not in run.confidence_parts
 
 
 def test_harvest_explanation_needs_crop_cycles(tmp_path: Path) -> None:

@@ -128,5 +128,9 @@ def test_bare_soil_explanation_on_arable_parcels(flemish_series: tuple[Path, dic
     params = load_params()
     explained, detected = bare_runs_explained(series, params), bare_runs_detected(series, params)
     assert explained == detected and sum(map(len, detected.values())) >= 5
-    runs = [run for pid in detected for run in explain_bare_soil(series, pid, params).runs]
-    assert all(run.confidence_parts.endswith("soil index 0.15") for run in runs)
+    runs = {pid: explain_bare_soil(series, pid, params).runs for pid in detected}
+    assert all("soil index 0.15" in run.confidence_parts for pid_runs in runs.values() for run in pid_runs)
+    # the maize of demo-0011 harvested in October: bare soil after its green cover, full confidence (a ploughing
+    # of permanent grassland would look the same)
+    (autumn,) = [run for run in runs["demo-0011"] if run.start_date.startswith("2018-10")]
+    assert autumn.cover_date.startswith("2018-09") and autumn.cover_ndvi >= 0.4 and autumn.confidence == 1.0

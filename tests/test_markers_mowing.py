@@ -232,9 +232,10 @@ def test_kernels_match_plain_references() -> None:
         np.testing.assert_array_equal(compiled[2], python[2])  # the observations that prove each event
     year = np.full(len(day), 2021, np.int32)
     bsi = rng.uniform(-0.2, 0.2, len(day))
-    for crop_cycles in (0, 1):  # harvest after the calendar year's peak (before v4) / per crop cycle
+    # harvest after the calendar year's peak (before v4) / per crop cycle; bare soil without (v6) / with the cover
+    for crop_cycles, penalty in ((0, 0.0), (1, 0.0), (1, 0.25)):
         crop_params = np.array([0.5, 0.25, 0.0, 0.6, 0.4, 0.25, 0.35, 91, 273, 15, 45, 152, 319, 60, 304,
-                                crop_cycles, crop_cycles], np.float64)
+                                crop_cycles, crop_cycles, 0.4, 120, penalty], np.float64)
         compiled = _crop_events_kernel(offsets, day, doy, year, ndvi, bsi, valid, crop_params)
         python = _crop_events_kernel.py_func(offsets, day, doy, year, ndvi, bsi, valid, crop_params)
         assert len(compiled[0]) > 5 and (compiled[1] == 2).any()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections import Counter
 from datetime import date
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers import load_params, read_series, run_markers
 from cbm_tasks.markers.importers import convert_salms, read_salms_truth, read_survey_truth
 from cbm_tasks.markers.validation import Score, match_events, unmatched
+from cbm_tasks.traffic_light import evaluate_lights, load_rules
 
 PARAMS = load_params()
 
@@ -72,6 +74,18 @@ def test_slovak_set_defaults() -> None:
     assert (score.tp, score.fp, score.fn, score.median_error) == (185, 13, 32, 4.0)
     assert (score.negatives, score.negatives_clean) == (37, 32)
     assert score.recall == pytest.approx(0.853, abs=1e-3)
+
+
+def test_no_slovak_grassland_is_ploughed() -> None:
+    # none of the 492 Slovak meadow and pasture plot-years was ploughed: "permanent grassland: no ploughing" gives
+    # no red light. Six whose first clear images after snow melt show brown litter (NDVI 0.18-0.25 with a soil-like
+    # BSI until May) have no green cover before it: inconclusive (yellow), not a ploughing
+    series = read_series(shared_data("grassland_sk_train", "timeseries.csv.gz"))
+    crops = {str(pid): "9120" for pid in series.parcel_ids}
+    lights = [light for light in evaluate_lights(run_markers(series, PARAMS, use_s1=False), load_rules(),
+                                                 crops=crops) if light.scheme == "permanent_grassland"]
+    assert Counter((light.colour, light.reason) for light in lights) == {
+        ("green", "NO_EVENT"): 440, ("yellow", "GAP"): 34, ("yellow", "LOW_CONFIDENCE"): 18}
 
 
 def test_slovak_set_as_one_series_per_plot(tmp_path: Path) -> None:

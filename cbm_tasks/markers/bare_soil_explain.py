@@ -19,7 +19,7 @@ from typing import TextIO
 
 import numpy as np
 
-from cbm_tasks.markers.crop_events import _bare_confidence, _bare_runs, _is_bare, bare_soil_index
+from cbm_tasks.markers.crop_events import _bare_confidence, _bare_runs, _cover_before, _is_bare, bare_soil_index
 from cbm_tasks.markers.mowing_explain import write_verdicts
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import BRIGHT_BLUE, CLOUDY, NO_VALUE, REJECTIONS, prepare, rejection_codes
@@ -53,7 +53,10 @@ class BareRun:
     """Consecutive used observations that are all bare soil: one bare soil event of the marker.
 
     ``confidence`` as the marker gives it: 0.6 for one observation, 0.85 for more, plus 0.15 when
-    the soil index of its first observation could be tested (``confidence_parts`` spells it out).
+    the soil index of its first observation could be tested, less ``bare_soil.no_cover_penalty`` when
+    no green cover was seen before it (``confidence_parts`` spells it out). ``cover_date`` and
+    ``cover_ndvi`` are the last observation with green cover before the run (empty and NaN: none
+    within ``bare_soil.cover_lookback_days``): the cover a ploughing turned into soil.
     """
 
     run: int
@@ -61,6 +64,8 @@ class BareRun:
     end_date: str
     n_obs: int
     lowest_ndvi: float
+    cover_date: str
+    cover_ndvi: float
     confidence: float
     confidence_parts: str
 
@@ -94,8 +99,10 @@ class BareSoilExplanation:
         stream.write(f"{len(self.runs)} runs of bare soil:\n")
         for r in self.runs:
             count = f"{r.n_obs} observation{'s' if r.n_obs > 1 else ''}"
+            cover = f"after green cover {r.cover_ndvi:.2f} on {r.cover_date}" if r.cover_date else \
+                "no green cover before it"
             stream.write(f"  run {r.run}: {r.start_date} .. {r.end_date}  {count}, lowest NDVI {r.lowest_ndvi:.2f}, "
-                         f"confidence {r.confidence:.2f} ({r.confidence_parts})\n")
+                         f"{cover}, confidence {r.confidence:.2f} ({r.confidence_parts})\n")
 
     def write_csv(self, path: Path) -> None:
         """Write the low observations as CSV (one row per observation, the columns of :class:`LowObservation`)."""
@@ -119,6 +126,8 @@ def explain_bare_soil(series: SeriesTable, parcel_id: str, params: MarkerParams,
     """
     s2 = prepare(series.one_parcel(parcel_id), params).s2
     max_ndvi, min_bsi = params.get("bare_soil", "max_ndvi"), params.get("bare_soil", "min_bsi")
+    cover_ndvi, cover_days, penalty = (params.get("bare_soil", key) for key in ("min_cover_ndvi", "cover_lookback_days",
+                                                                                 "no_cover_penalty"))
     bsi = bare_soil_index(s2.bands)
     codes = rejection_codes(s2, params)
     run_of: dict[int, int] = {}  # S2 row -> run number
@@ -132,11 +141,16 @@ def explain_bare_soil(series: SeriesTable, parcel_id: str, params: MarkerParams,
         for k0, k1 in zip(k0s[:m], k1s[:m], strict=True):
             rows = idx[k0:k1 + 1]
             tested = bool(np.isfinite(bsi[rows[0]]))
-            confidence = _bare_confidence(len(rows), tested)
+            cover = _cover_before(rows[0], 0, s2.day, s2.ndvi, s2.valid, cover_ndvi, cover_days)
+            confidence = _bare_confidence(len(rows), tested, cover >= 0, penalty)
+            parts = (f"{'one observation 0.60' if len(rows) == 1 else 'two or more observations 0.85'}"
+                     f" + soil index {'0.15' if tested else '0.00 (no B02 and B11)'}")
+            if cover < 0 and penalty:
+                parts += f" - no green cover before it {penalty:.2f}"
             runs.append(BareRun(len(runs) + 1, day_to_date(s2.day[rows[0]]), day_to_date(s2.day[rows[-1]]),
-                                len(rows), float(np.min(s2.ndvi[rows])), float(confidence),
-                                f"{'one observation 0.60' if len(rows) == 1 else 'two or more observations 0.85'}"
-                                f" + soil index {'0.15' if tested else '0.00 (no B02 and B11)'}"))
+                                len(rows), float(np.min(s2.ndvi[rows])),
+                                day_to_date(s2.day[cover]) if cover >= 0 else "",
+                                float(s2.ndvi[cover]) if cover >= 0 else float("nan"), float(confidence), parts))
             run_of.update(dict.fromkeys(rows.tolist(), len(runs)))
     observations = []
     n_clouded = 0

@@ -7,7 +7,11 @@ All work on the valid Sentinel-2 NDVI of each parcel and calendar year (sections
   observation at or above it, main = the peak, value = peak NDVI.
 * ``bare_soil``: each run of consecutive observations with NDVI < ``bare_soil.max_ndvi`` and, where
   B02 and B11 exist, bare soil index BSI >= ``bare_soil.min_bsi``; value = the run's lowest NDVI.
-  Confidence grows with the run's length (one observation 0.6, two or more 0.85) and BSI support.
+  Confidence grows with the run's length (one observation 0.6, two or more 0.85) and BSI support
+  (+0.15); it falls by ``bare_soil.no_cover_penalty`` when no valid observation within
+  ``bare_soil.cover_lookback_days`` before the run shows green cover (NDVI >= ``bare_soil.min_cover_ndvi``):
+  a ploughing turns cover into soil, while a meadow's brown litter after snow melt is low from its
+  first clear image on (version 6).
 * ``harvest``: the end of a crop cycle (Sinergise's greening-and-harvest marker). A cycle runs from a
   low observation (NDVI < ``harvest.max_ndvi_after``: soil, stubble) through greening to its peak; the
   first low after a peak >= ``harvest.min_peak_ndvi`` with a drop >= ``harvest.min_drop`` ends it and
@@ -123,9 +127,29 @@ def _bare_runs(n: int, idx: np.ndarray, ndvi: np.ndarray, bsi: np.ndarray, max_n
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _bare_confidence(n_obs: int, bsi_tested: bool) -> float:
-    """A bare run's confidence: 0.6 for one observation, 0.85 for more, +0.15 when its first had a BSI."""
-    return (0.6 if n_obs == 1 else 0.85) + (0.15 if bsi_tested else 0.0)
+def _cover_before(row: int, first_row: int, day: np.ndarray, ndvi: np.ndarray, valid: np.ndarray, min_ndvi: float,
+                  lookback_days: float) -> int:
+    """The latest valid row with NDVI >= *min_ndvi* within *lookback_days* before *row*; -1 when none.
+
+    Green cover before a bare run; it looks back across calendar years, not before *first_row*
+    (the parcel's first row).
+    """
+    for r in range(row - 1, first_row - 1, -1):
+        if day[row] - day[r] > lookback_days:
+            break
+        if valid[r] and ndvi[r] >= min_ndvi:
+            return r
+    return -1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bare_confidence(n_obs: int, bsi_tested: bool, covered: bool, no_cover_penalty: float) -> float:
+    """A bare run's confidence: 0.6 for one observation, 0.85 for more, +0.15 with a BSI; less a penalty without cover.
+
+    The soil index counts when the run's first observation had one; *no_cover_penalty* applies when
+    no green cover was seen before the run (:func:`_cover_before`).
+    """
+    return (0.6 if n_obs == 1 else 0.85) + (0.15 if bsi_tested else 0.0) - (0.0 if covered else no_cover_penalty)
 
 
 @njit(cache=True, nogil=True)
@@ -141,6 +165,7 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
         p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14])
     cycles = p[15] > 0
     every_cycle = p[16] > 0
+    cover_ndvi, cover_days, no_cover_penalty = p[17], p[18], p[19]
     cap = 5 * len(day) + 8  # per parcel-year at most one event per valid observation plus four
     out_parcel = np.empty(cap, np.int32)
     out_marker = np.empty(cap, np.int8)
@@ -156,6 +181,7 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
     for parcel in range(len(offsets) - 1):
         lo = offsets[parcel]
         hi = offsets[parcel + 1]
+        parcel_lo = lo
         while lo < hi:
             this_year = year[lo]
             seg_end = lo
@@ -247,7 +273,8 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                 out[n_out, 0] = day[idx[k0]]
                 out[n_out, 1] = day[idx[k0]]
                 out[n_out, 2] = day[idx[k]]
-                out[n_out, 3] = _bare_confidence(k - k0 + 1, np.isfinite(bsi[idx[k0]]))
+                covered = _cover_before(idx[k0], parcel_lo, day, ndvi, valid, cover_ndvi, cover_days) >= 0
+                out[n_out, 3] = _bare_confidence(k - k0 + 1, np.isfinite(bsi[idx[k0]]), covered, no_cover_penalty)
                 out[n_out, 4] = low
                 out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = idx[k0], idx[k0], idx[k]
                 n_out += 1
@@ -305,7 +332,8 @@ _PARAM_ORDER = (("vegetation", "min_peak_ndvi"), ("bare_soil", "max_ndvi"), ("ba
                 ("emergence", "ndvi_threshold"), ("mowing", "season_start_doy"), ("mowing", "season_end_doy"),
                 ("data", "good_gap_days"), ("data", "max_gap_days"), ("harvest", "first_doy"),
                 ("harvest", "last_doy"), ("emergence", "first_doy"), ("emergence", "last_doy"),
-                ("harvest", "crop_cycles"), ("emergence", "every_cycle"))
+                ("harvest", "crop_cycles"), ("emergence", "every_cycle"), ("bare_soil", "min_cover_ndvi"),
+                ("bare_soil", "cover_lookback_days"), ("bare_soil", "no_cover_penalty"))
 
 
 def bare_soil_index(bands: np.ndarray) -> np.ndarray:

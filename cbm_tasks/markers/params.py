@@ -47,6 +47,10 @@ NEUTRAL: dict[tuple[str, str], float] = {
     ("mowing", "max_events_per_season"): 0.0,
     ("mowing", "max_step_days"): 1e9,
     ("emergence", "every_cycle"): 0.0,
+    # version 6
+    ("bare_soil", "min_cover_ndvi"): 0.0,
+    ("bare_soil", "cover_lookback_days"): 0.0,
+    ("bare_soil", "no_cover_penalty"): 0.0,
 }
 
 
