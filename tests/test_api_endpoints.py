@@ -244,7 +244,7 @@ def test_mowing_falls_explain_the_decision(client: TestClient, world: World) -> 
     assert all(set(f) >= {"start_date", "end_date", "drop", "verdict", "failed", "confidence_parts"}
                for f in body["falls"])
     assert all(f["verdict"] == "mowing" or f["failed"] or f["verdict"].startswith("weaker") for f in body["falls"])
-    for what in ("mowing-falls", "harvest-cycles", "bare-soil"):
+    for what in ("mowing-falls", "harvest-cycles", "bare-soil", "emergence"):
         assert client.get(f"/v1/aois/alpha/2018/parcels/99/{what}", auth=ann).status_code == 404
         assert client.get(f"/v1/aois/alpha/2018/parcels/1/{what}", auth=world.basic("bob")).status_code == 403
     # the maize parcel's crop cycles: each with its verdict and the tests it failed
@@ -260,3 +260,7 @@ def test_mowing_falls_explain_the_decision(client: TestClient, world: World) -> 
                and (o["run"] > 0) == (o["verdict"] == "bare soil") for o in bare["observations"])
     assert bare["runs"] and [r["run"] for r in bare["runs"]] == list(range(1, len(bare["runs"]) + 1))
     assert {o["run"] for o in bare["observations"]} - {0} == {r["run"] for r in bare["runs"]}
+    # and its rises of NDVI through the emergence threshold, each judged (three images: none here; the audit and
+    # CLI tests compare the rises with the stored events)
+    rises = client.get("/v1/aois/alpha/2018/parcels/4/emergence", auth=ann).json()
+    assert (rises["parcel_id"], rises["ndvi_threshold"], rises["crossings"]) == ("A-4", 0.35, [])

@@ -95,6 +95,7 @@ def _routes(products: dict[str, int]) -> list[tuple[str, dict[str, str]]]:
         ("/v1/aois/{aoi}/{year}/parcels/{key}/mowing-falls", {}),
         ("/v1/aois/{aoi}/{year}/parcels/{key}/harvest-cycles", {}),
         ("/v1/aois/{aoi}/{year}/parcels/{key}/bare-soil", {}),
+        ("/v1/aois/{aoi}/{year}/parcels/{key}/emergence", {}),
         ("/query/parcelByID", {"aoi": "alpha", "year": "2018", "pid": "1", "withGeometry": "True"}),
         ("/query/parcelByLocation", {"parcels": "alpha2018", "lon": "3", "lat": "51"}),
         ("/query/parcelsByPolygon", {"aoi": "alpha", "year": "2018", "polygon": "3_51-3.001_51-3.001_51.001"}),

@@ -160,6 +160,32 @@ def test_report_of_a_permanent_grassland_judges_its_low_observations(
     assert all(r.start_date in runs and r.confidence_parts in runs for r in audit.bare_soil.runs)
 
 
+def test_report_of_a_parcel_without_lights_explains_every_marker(seeded_db: tuple[psycopg.Connection, Seeded],
+                                                                 tmp_path: Path) -> None:
+    # no light says which markers matter: every explanation is shown, each naming exactly the stored events
+    conn, _ = seeded_db
+    parcel_id, key = conn.execute(
+        "SELECT p.parcel_id, p.parcel_key FROM cbm.parcel p JOIN cbm.marker_event e USING (parcel_key) "
+        "WHERE e.marker = 'emergence' ORDER BY 1 LIMIT 1").fetchone()
+    conn.execute("DELETE FROM cbm.traffic_light WHERE parcel_key = %s", (key,))
+    audit = gather(conn, aoi=AOI, year=YEAR, parcel_id=parcel_id)
+    assert audit.lights == [] and audit.bare_soil is not None
+
+    def stored(marker: str) -> list[tuple[str, str]]:
+        return conn.execute("SELECT event_start::text, event_end::text FROM cbm.marker_event WHERE parcel_key = %s "
+                            "AND marker = %s ORDER BY event_start", (key, marker)).fetchall()
+
+    assert [(c.start_date, c.end_date) for c in audit.emergence_rises if c.verdict == "emergence"] == \
+        stored("emergence") != []
+    assert [(r.start_date, r.end_date) for r in audit.bare_soil.runs] == stored("bare_soil")
+    assert [(c.last_high_date, c.low_date) for c in audit.harvest_cycles if c.verdict == "harvest"] == \
+        stored("harvest")
+    html = write_parcel_report(audit, tmp_path / "out", pdf=False).html.read_text()
+    rises = html[html.index('<table id="rises">'):html.index("</table>", html.index('<table id="rises">'))]
+    assert rises.count("<b>emergence</b>") == len(stored("emergence"))
+    assert 'id="falls"' in html and 'id="cycles"' in html and "Observations judged as bare soil" in html
+
+
 def test_report_notes_parameters_changed_after_the_run(seeded_db: tuple[psycopg.Connection, Seeded]) -> None:
     # a marker run record whose parameters no longer hash to the recorded value: the report says so
     conn, _ = seeded_db

@@ -88,10 +88,13 @@ def test_explain_agrees_with_the_stored_events(seeded: str, tmp_path: Path,
     assert "marker run" not in capsys.readouterr().out  # before any run: the default parameters
     assert cli.main(["markers", "run", "--aoi", "mk", "--year", "2018"]) == 0
     capsys.readouterr()
-    # the stored events of 2018 are exactly the falls named "mowing" and the crop cycles named "harvest"
+    # the stored events of 2018 are exactly the falls named "mowing", the crop cycles named "harvest" and the rises
+    # named "emergence"
     cases = (("mowing", "e.main_date::text", "e.main_date", lambda r: r["main_date"]),
              ("harvest", "e.event_start::text || '/' || e.event_end::text", "e.event_end",
-              lambda r: f"{r['last_high_date']}/{r['low_date']}"))
+              lambda r: f"{r['last_high_date']}/{r['low_date']}"),
+             ("emergence", "e.event_start::text || '/' || e.event_end::text", "e.event_end",
+              lambda r: f"{r['start_date']}/{r['end_date']}"))
     for marker, value, when, explained in cases:
         with psycopg.connect(seeded) as conn:
             stored = conn.execute(sql.SQL(
@@ -148,5 +151,6 @@ def test_demo_summary_commands_explain_a_red_light_per_scheme(seeded: str, tmp_p
         assert argv[:3] == ["cbm", "markers", "explain"]
         assert cli.main(argv[1:]) == 0
         out = capsys.readouterr().out
-        expected = {"harvest": "crop cycles", "bare_soil": "runs of bare soil"}.get(argv[-1], "falls of NDVI")
+        expected = {"harvest": "crop cycles", "bare_soil": "runs of bare soil",
+                    "emergence": "rises of NDVI"}.get(argv[-1], "falls of NDVI")
         assert expected in out

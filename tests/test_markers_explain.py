@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import shared_data
-from markers_explained import bare_runs_detected, bare_runs_explained
+from markers_explained import bare_runs_detected, bare_runs_explained, emergences_detected, emergences_explained
 from markers_series import grass_rows, write_rows
 
 from cbm_tasks import cli
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers import load_params, prepare, read_series, run_markers
 from cbm_tasks.markers.bare_soil_explain import explain_bare_soil
+from cbm_tasks.markers.emergence_explain import explain_emergence
 from cbm_tasks.markers.harvest_explain import explain_harvest
 from cbm_tasks.markers.importers import convert_salms
 from cbm_tasks.markers.mowing import detect_mowing
@@ -157,6 +158,41 @@ def test_bare_soil_without_green_cover_before_is_inconclusive(tmp_path: Path) ->
         del sections["bare_soil"][key]
     (run,) = explain_bare_soil(series, "snowy", MarkerParams(5, sections, "version 5")).runs
     assert run.confidence == 0.85 and "cover" not in run.confidence_parts
+
+
+def test_emergence_explanation_names_exactly_the_detected_emergences(tmp_path: Path) -> None:
+    salms = read_series(convert_salms(shared_data("salms_grassland"), tmp_path / "salms.csv"))
+    slovak = read_series(shared_data("grassland_sk_train", "timeseries.csv.gz"))
+    for series in (salms, slovak):
+        detected = emergences_detected(series)
+        assert emergences_explained(series) == detected and detected
+    # parameters before version 4 (every_cycle off): only the year's first emergence; later ones are named
+    sections = {name: dict(values) for name, values in PARAMS.sections.items()}
+    del sections["emergence"]["every_cycle"]
+    before_v4 = MarkerParams(3, sections, "version 3")
+    assert emergences_explained(slovak, before_v4) == emergences_detected(slovak, before_v4)
+    failed = {c.failed for pid in slovak.parcel_ids for c in explain_emergence(slovak, str(pid), before_v4).crossings}
+    assert any("after the year's first emergence" in f for f in failed)
+    assert any(f.startswith("no bare soil") for f in failed)
+
+
+def test_cli_explains_the_emergence_of_a_sown_crop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # bare soil until late April, a crop sown that greens through May: one emergence, dated where NDVI crossed 0.35
+    rows: list[list[object]] = []
+    for doy, ndvi in zip(range(90, 200, 10), (0.15, 0.16, 0.15, 0.2, 0.3, 0.45, 0.6, 0.75, 0.8, 0.8, 0.8),
+                         strict=True):
+        when = (date(2021, 1, 1) + timedelta(days=doy - 1)).isoformat()
+        red, nir = 0.05 * (1 - ndvi) / 0.5, 0.05 * (1 + ndvi) / 0.5
+        rows += [["p", when, "s2", "B04", f"{red:.5f}", 0.97, ""], ["p", when, "s2", "B08", f"{nir:.5f}", 0.97, ""]]
+    path = write_rows(tmp_path / "sown.csv", rows)
+    assert cli.main(["markers", "explain", "--timeseries", str(path), "--parcel", "p", "--marker", "emergence",
+                     "--csv", str(tmp_path / "e.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "parcel p: 1 rises of NDVI through 0.35" in out
+    assert "2021-05-10 -> 2021-05-20  NDVI 0.30 -> 0.45  crossed 2021-05-13 confidence 1.00: emergence" in out
+    with (tmp_path / "e.csv").open(newline="") as stream:
+        (row,) = list(csv.DictReader(stream))
+    assert (row["main_date"], row["verdict"], row["failed"]) == ("2021-05-13", "emergence", "")
 
 
 def test_harvest_explanation_needs_crop_cycles(tmp_path: Path) -> None:

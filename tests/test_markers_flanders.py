@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import shared_data
-from markers_explained import bare_runs_detected, bare_runs_explained
+from markers_explained import bare_runs_detected, bare_runs_explained, emergences_detected, emergences_explained
 from rasterio import features
 
 from cbm_tasks.demo.cube import CUBE_FILES, open_sensor_cube, polygonise_crop_types, read_parcel_raster
 from cbm_tasks.markers import load_params, read_series, run_markers
 from cbm_tasks.markers.bare_soil_explain import explain_bare_soil
+from cbm_tasks.markers.emergence_explain import explain_emergence
 from cbm_tasks.markers.harvest_explain import explain_harvest
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SCL_BAD_CLASSES
@@ -92,6 +93,12 @@ def test_the_cover_sown_after_the_maize_emerges_too(flemish_series: tuple[Path, 
     emergences = [row.main_date for row in run_markers(read_series(series), load_params(), use_s1=False).rows()
                   if row.marker == "emergence" and row.parcel_id == "demo-0011" and row.main_date.startswith("2018")]
     assert emergences == ["2018-06-11", "2018-10-23"]
+    # cbm markers explain --marker emergence names them, and every other rise of the Flemish parcels with its reason
+    params = load_params()
+    table = read_series(series)
+    assert emergences_explained(table, params) == emergences_detected(table, params)
+    rises = explain_emergence(table, "demo-0011", params, year=2018).crossings
+    assert [c.main_date for c in rises if c.verdict == "emergence"] == emergences
 
 
 def test_the_calendar_year_peak_took_the_spring_low_for_the_harvest(

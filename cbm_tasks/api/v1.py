@@ -138,7 +138,7 @@ def get_markers(aoi: Aoi, year: Year, key: Key, user: CurrentUser, ctx: Context)
 
 
 def _explained(ctx: ApiContext, user: Principal, aoi: str, year: int, key: int,
-               marker: Literal["mowing", "harvest", "bare_soil"]) -> tuple[Any, dict[str, Any]]:
+               marker: Literal["mowing", "harvest", "bare_soil", "emergence"]) -> tuple[Any, dict[str, Any]]:
     """The parcel's explanation for *marker* with its latest run's parameters, and the answer's common fields."""
     from cbm_tasks.report.explain import explain_stored  # numba: loaded by the first explanation, not at start
 
@@ -203,6 +203,23 @@ async def get_bare_soil(aoi: Aoi, year: Year, key: Key, user: CurrentUser, ctx: 
                 "n_clouded": explanation.n_clouded,
                 "observations": [dataclasses.asdict(o) for o in explanation.observations],
                 "runs": [dataclasses.asdict(run) for run in explanation.runs]}
+
+    return json_response(await run_in_threadpool(answer))
+
+
+@router.get("/aois/{aoi}/{year}/parcels/{key}/emergence",
+            summary="Why an emergence was or was not found: every rise of NDVI through the emergence threshold")
+async def get_emergence(aoi: Aoi, year: Year, key: Key, user: CurrentUser, ctx: Context) -> Response:
+    """The parcel's rises of NDVI through the emergence threshold judged by the marker with its latest run's parameters.
+
+    Each rise: the images before and after it with their NDVI, the interpolated date, the
+    confidence, ``verdict`` (``emergence`` or ``not an emergence``) and the tests it ``failed``
+    (as ``cbm markers explain --marker emergence``).
+    """
+    def answer() -> dict[str, Any]:
+        explanation, head = _explained(ctx, user, aoi, year, key, "emergence")
+        return {**head, "ndvi_threshold": explanation.threshold,
+                "crossings": [dataclasses.asdict(c) for c in explanation.crossings]}
 
     return json_response(await run_in_threadpool(answer))
 

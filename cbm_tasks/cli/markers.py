@@ -4,7 +4,8 @@
 ``DIR/traffic_lights.csv``; ``cbm markers plot --timeseries FILE --parcel ID --out F.png`` draws
 the parcel's series with its events, ``cbm markers explain`` lists its NDVI falls and why each is or
 is not a mowing (``--marker harvest``: its crop cycles and why each is or is not a harvest;
-``--marker bare_soil``: its observations below the soil line and its runs of bare soil). Rules
+``--marker bare_soil``: its observations below the soil line and its runs of bare soil;
+``--marker emergence``: its rises of NDVI through the emergence threshold). Rules
 and parameters are validated before the series is read, and nothing is written when any input is
 invalid. Without ``--timeseries``, ``run``, ``plot`` and ``explain`` work on the parcel set of
 ``--aoi`` and ``--year`` in the database, and ``export`` writes its lights (``cbm_tasks.cli.markers_db``).
@@ -62,27 +63,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       "the audit report does; every marker when the parcel has no light)")
     plot.set_defaults(func=_plot)
     explain = commands.add_parser(
-        "explain", help="why a parcel has or lacks a mowing (a harvest, bare soil): every NDVI fall (crop cycle, "
-        "low observation) and the tests it failed",
+        "explain", help="why a parcel has or lacks a mowing (a harvest, bare soil, an emergence): every NDVI fall "
+        "(crop cycle, low observation, rise) and the tests it failed",
         description="List the parcel's Sentinel-2 observations of the mowing season that were not used (and "
         "why) and every fall of NDVI between used observations, judged by the mowing marker's own tests: "
         "mowing, or which tests it failed. With --marker harvest: every crop cycle (peak and the low that "
         "ended it) judged by the harvest marker's own tests. With --marker bare_soil: every observation below "
         "the soil line (bare soil, not bare by its soil index, or not used and why) and the runs of bare soil "
-        "with their confidence.")
+        "with their confidence. With --marker emergence: every rise of NDVI through the emergence threshold "
+        "judged by the emergence marker's own tests.")
     explain.add_argument("--timeseries", type=Path, metavar="FILE",
                          help="time-series file (without it: --aoi and --year in the database, with the parameters "
                          "of the parcel's latest marker run)")
     explain.add_argument("--aoi", help="database: AOI name")
     explain.add_argument("--year", type=int, help="database: parcel-set year; file: only this calendar year")
     explain.add_argument("--parcel", required=True, metavar="ID", help="parcel id")
-    explain.add_argument("--marker", choices=("mowing", "harvest", "bare_soil"), default="mowing",
+    explain.add_argument("--marker", choices=("mowing", "harvest", "bare_soil", "emergence"), default="mowing",
                          help="mowing: every NDVI fall judged as a cut (default); harvest: every crop cycle judged as "
-                         "a harvest; bare_soil: every observation below the soil line judged as bare soil")
+                         "a harvest; bare_soil: every observation below the soil line judged as bare soil; "
+                         "emergence: every rise through the emergence threshold judged as an emergence")
     explain.add_argument("--params", type=Path, metavar="FILE", help="marker parameters YAML (file)")
     explain.add_argument("--s2-only", action="store_true", help="ignore Sentinel-1, as a --s2-only run (file)")
     explain.add_argument("--csv", type=Path, metavar="FILE",
-                         help="also write the falls (the crop cycles, the low observations) to this CSV file")
+                         help="also write the falls (the crop cycles, low observations, rises) to this CSV file")
     explain.set_defaults(func=_explain)
     markers_db.add_export(commands)
 
@@ -129,6 +132,7 @@ def _explain(args: argparse.Namespace) -> int:
     if args.timeseries is None:
         return markers_db.explain(args)
     from cbm_tasks.markers.bare_soil_explain import BareSoilExplanation, explain_bare_soil
+    from cbm_tasks.markers.emergence_explain import EmergenceExplanation, explain_emergence
     from cbm_tasks.markers.harvest_explain import HarvestExplanation, explain_harvest
     from cbm_tasks.markers.mowing_explain import MowingExplanation, explain_mowing
     from cbm_tasks.markers.params import load_params
@@ -136,11 +140,13 @@ def _explain(args: argparse.Namespace) -> int:
 
     params = load_params(args.params)
     series = read_series(args.timeseries)
-    explanation: MowingExplanation | HarvestExplanation | BareSoilExplanation
+    explanation: MowingExplanation | HarvestExplanation | BareSoilExplanation | EmergenceExplanation
     if args.marker == "harvest":
         explanation = explain_harvest(series, args.parcel, params, year=args.year)
     elif args.marker == "bare_soil":
         explanation = explain_bare_soil(series, args.parcel, params, year=args.year)
+    elif args.marker == "emergence":
+        explanation = explain_emergence(series, args.parcel, params, year=args.year)
     else:
         explanation = explain_mowing(series, args.parcel, params, use_s1=not args.s2_only, year=args.year)
     explanation.write(sys.stdout)

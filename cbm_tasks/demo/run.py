@@ -105,7 +105,7 @@ _COLOUR_ORDER = {"green": 0, "yellow": 1, "red": 2}
 
 
 def _why_red(conn: psycopg.Connection, layout: demo_data.DemoLayout) -> tuple[str, ...]:
-    """Per scheme with a red light that a mowing, harvest or bare soil decides: the command that explains the first."""
+    """Per scheme with a red light: the command that explains the first (by the marker its rules read)."""
     from cbm_tasks.traffic_light.rules import load_rules
 
     schemes = load_rules().schemes  # the demo runs the shipped rules
@@ -120,6 +120,7 @@ def _why_red(conn: psycopg.Connection, layout: demo_data.DemoLayout) -> tuple[st
         markers = {rule.marker for rule in schemes[scheme].rules} if scheme in schemes else set()
         for marker, flag, what in (("harvest", " --marker harvest", "every crop cycle judged as a harvest"),
                                    ("bare_soil", " --marker bare_soil", "every low observation judged as bare soil"),
+                                   ("emergence", " --marker emergence", "every rise judged as an emergence"),
                                    ("mowing", "", "every NDVI fall judged as a cut")):
             if marker in markers:
                 lines.append(f"cbm markers explain --aoi {layout.aoi} --year {layout.year} --parcel {parcel_id}{flag}"

@@ -152,6 +152,57 @@ def _bare_confidence(n_obs: int, bsi_tested: bool, covered: bool, no_cover_penal
     return (0.6 if n_obs == 1 else 0.85) + (0.15 if bsi_tested else 0.0) - (0.0 if covered else no_cover_penalty)
 
 
+# Why an upward crossing of emergence.ndvi_threshold is not an emergence, as bits of the mask _crossings
+# gives each crossing (described in cbm_tasks.markers.emergence_explain)
+NO_BARE_BEFORE, OUT_OF_EMERGENCE_PERIOD, AFTER_FIRST = 1, 2, 4
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _crossings(n: int, idx: np.ndarray, doy: np.ndarray, ndvi: np.ndarray, bare_max: float, threshold: float,
+               first_doy: float, last_doy: float, every_cycle: bool, cross_k: np.ndarray,
+               cross_failed: np.ndarray) -> int:
+    """The upward crossings of *threshold* among one parcel-year's valid observations ``idx[:n]``.
+
+    Crossing ``j`` (of the returned count) is between positions ``cross_k[j] - 1`` and ``cross_k[j]``;
+    ``cross_failed[j]`` holds the tests it fails as an emergence (0: an emergence): no bare observation
+    (NDVI < *bare_max*) since the last emergence, outside the emergence period, or after the year's
+    first emergence when not *every_cycle*.
+    """
+    m = 0
+    seen_bare = False
+    done = False
+    for k in range(n):
+        r = idx[k]
+        if ndvi[r] < bare_max:
+            seen_bare = True
+        elif k > 0 and ndvi[r] >= threshold and ndvi[idx[k - 1]] < threshold:
+            failed = 0
+            if not seen_bare:
+                failed |= NO_BARE_BEFORE
+            if not first_doy <= doy[r] <= last_doy:
+                failed |= OUT_OF_EMERGENCE_PERIOD
+            if done:
+                failed |= AFTER_FIRST
+            cross_k[m], cross_failed[m] = k, failed
+            m += 1
+            if failed == 0:
+                seen_bare = False
+                done = not every_cycle
+    return m
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _emergence_day(day0: float, day1: float, ndvi0: float, ndvi1: float, threshold: float) -> float:
+    """The day NDVI crossed *threshold*, interpolated linearly between the observations around it."""
+    return day0 + (threshold - ndvi0) / max(ndvi1 - ndvi0, 1e-6) * (day1 - day0)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _emergence_confidence(gap_days: float) -> float:
+    """1 for a crossing between images at most 10 days apart, falling by 0.25 per 10 days more, at least 0.3."""
+    return min(max(1.0 - (gap_days - 10.0) / 40.0, 0.3), 1.0)
+
+
 @njit(cache=True, nogil=True)
 def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, year: np.ndarray,
                         ndvi: np.ndarray, bsi: np.ndarray, valid: np.ndarray,
@@ -178,6 +229,8 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
     end_failed = np.empty(len(day), np.int64)
     run_k0 = np.empty(len(day), np.int64)  # the bare soil runs of one parcel-year (_bare_runs)
     run_k1 = np.empty(len(day), np.int64)
+    cross_k = np.empty(len(day), np.int64)  # its upward crossings of the emergence threshold (_crossings)
+    cross_failed = np.empty(len(day), np.int64)
     for parcel in range(len(offsets) - 1):
         lo = offsets[parcel]
         hi = offsets[parcel + 1]
@@ -303,27 +356,19 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                                              idx[k - 1], r, ndvi[idx[top]] - ndvi[r])
                             break
             # emergence: the first upward crossing after a bare observation (every_cycle: after each bare period)
-            seen_bare = False
-            for k in range(n):
-                r = idx[k]
-                if ndvi[r] < bare_max:
-                    seen_bare = True
-                elif (seen_bare and k > 0 and ndvi[r] >= emerg and ndvi[idx[k - 1]] < emerg
-                      and emerg_first <= doy[r] <= emerg_last):
-                    seen_bare = False
-                    r0 = idx[k - 1]
-                    frac = (emerg - ndvi[r0]) / max(ndvi[r] - ndvi[r0], 1e-6)
+            for j in range(_crossings(n, idx, doy, ndvi, bare_max, emerg, emerg_first, emerg_last, every_cycle,
+                                      cross_k, cross_failed)):
+                if cross_failed[j] == 0:
+                    r0, r = idx[cross_k[j] - 1], idx[cross_k[j]]
                     out_parcel[n_out] = parcel
                     out_marker[n_out] = 3
                     out[n_out, 0] = day[r0]
-                    out[n_out, 1] = day[r0] + frac * (day[r] - day[r0])
+                    out[n_out, 1] = _emergence_day(day[r0], day[r], ndvi[r0], ndvi[r], emerg)
                     out[n_out, 2] = day[r]
-                    out[n_out, 3] = min(max(1.0 - (day[r] - day[r0] - 10.0) / 40.0, 0.3), 1.0)
+                    out[n_out, 3] = _emergence_confidence(day[r] - day[r0])
                     out[n_out, 4] = ndvi[r]
                     out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = r0, -1, r
                     n_out += 1
-                    if not every_cycle:
-                        break
     return out_parcel[:n_out], out_marker[:n_out], out[:n_out], out_obs[:n_out]
 
 

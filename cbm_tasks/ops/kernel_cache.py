@@ -140,6 +140,7 @@ def _run_markers_once() -> None:
     import pyarrow as pa
 
     from cbm_tasks.markers.bare_soil_explain import explain_bare_soil
+    from cbm_tasks.markers.emergence_explain import explain_emergence
     from cbm_tasks.markers.engine import run_markers
     from cbm_tasks.markers.harvest_explain import explain_harvest
     from cbm_tasks.markers.mowing_explain import explain_mowing
@@ -180,7 +181,8 @@ def _run_markers_once() -> None:
             lights = list(evaluate_lights(result, rules))
             if not lights or not np.all([light.parcel_id in ("1", "2") for light in lights]):
                 raise ConfigError(f"kernel warm-up: the markers of the warm-up series gave {len(lights)} lights")
-            # the step, cycle and bare soil tests that cbm markers explain and the audit report call from Python
+            # the tests that cbm markers explain and the audit report call from Python (falls, cycles, lows, rises)
             explain_mowing(series, "1", params, use_s1=use_s1)
         explain_harvest(series, "1", params)
         explain_bare_soil(series, "1", params)
+        explain_emergence(series, "1", params)

@@ -1,12 +1,13 @@
-"""Why a parcel in the database has or lacks a mowing, a harvest or bare soil, judged as its stored decision was made.
+"""Why a parcel in the database has or lacks a mowing, harvest, bare soil or emergence, judged as its decision was.
 
 :func:`explain_stored` reads the parcel's series and the parameters and sensors of its latest
 marker run (``cbm.marker_run``; the defaults before any run) and judges with them every NDVI fall
 as a cut (:func:`cbm_tasks.markers.mowing_explain.explain_mowing`), every crop cycle as a harvest
 (:func:`cbm_tasks.markers.harvest_explain.explain_harvest`) or every observation below the soil
-line as bare soil (:func:`cbm_tasks.markers.bare_soil_explain.explain_bare_soil`). ``cbm markers
-explain --aoi`` and the REST API (``/v1/.../parcels/{key}/mowing-falls``, ``.../harvest-cycles``,
-``.../bare-soil``) answer with it.
+line as bare soil (:func:`cbm_tasks.markers.bare_soil_explain.explain_bare_soil`) or every rise
+through the emergence threshold (:func:`cbm_tasks.markers.emergence_explain.explain_emergence`).
+``cbm markers explain --aoi`` and the REST API (``/v1/.../parcels/{key}/mowing-falls``,
+``.../harvest-cycles``, ``.../bare-soil``, ``.../emergence``) answer with it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import psycopg
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers import db_read
 from cbm_tasks.markers.bare_soil_explain import BareSoilExplanation, explain_bare_soil
+from cbm_tasks.markers.emergence_explain import EmergenceExplanation, explain_emergence
 from cbm_tasks.markers.harvest_explain import HarvestExplanation, explain_harvest
 from cbm_tasks.markers.mowing_explain import MowingExplanation, explain_mowing
 from cbm_tasks.markers.params import MarkerParams, default_params
@@ -27,8 +29,8 @@ from cbm_tasks.report.recorded import recorded_params
 
 __all__ = ["EXPLAINED_MARKERS", "decision_params", "explain_stored"]
 
-EXPLAINED_MARKERS = ("mowing", "harvest", "bare_soil")
-Explanation = MowingExplanation | HarvestExplanation | BareSoilExplanation
+EXPLAINED_MARKERS = ("mowing", "harvest", "bare_soil", "emergence")
+Explanation = MowingExplanation | HarvestExplanation | BareSoilExplanation | EmergenceExplanation
 
 
 def decision_params(run: MarkerRunRecord | None) -> tuple[MarkerParams, bool]:
@@ -51,6 +53,9 @@ def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: 
 @overload
 def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int, parcel_id: str, year: int,
                    marker: Literal["bare_soil"]) -> tuple[BareSoilExplanation, MarkerRunRecord | None]: ...
+@overload
+def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int, parcel_id: str, year: int,
+                   marker: Literal["emergence"]) -> tuple[EmergenceExplanation, MarkerRunRecord | None]: ...
 def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int, parcel_id: str, year: int,
                    marker: str = "mowing") -> tuple[Explanation, MarkerRunRecord | None]:
     """Judge one parcel's *year* season for *marker* as its latest marker run did; return the run too.
@@ -68,4 +73,6 @@ def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: 
         return explain_harvest(series, parcel_id, params, year=year), run
     if marker == "bare_soil":
         return explain_bare_soil(series, parcel_id, params, year=year), run
+    if marker == "emergence":
+        return explain_emergence(series, parcel_id, params, year=year), run
     return explain_mowing(series, parcel_id, params, use_s1=use_s1, year=year), run

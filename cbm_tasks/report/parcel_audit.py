@@ -23,6 +23,7 @@ from cbm_tasks.errors import NotFoundError
 from cbm_tasks.lineage import code_version
 from cbm_tasks.markers import db_read
 from cbm_tasks.markers.bare_soil_explain import BareSoilExplanation, explain_bare_soil
+from cbm_tasks.markers.emergence_explain import CrossingVerdict, explain_emergence
 from cbm_tasks.markers.engine import markers_from_prepared
 from cbm_tasks.markers.harvest_explain import CycleVerdict, explain_harvest
 from cbm_tasks.markers.mowing_explain import StepVerdict, explain_mowing
@@ -87,6 +88,7 @@ class ParcelAudit:
     mowing_falls: list[StepVerdict] = field(default_factory=list)  # NDVI falls judged as cuts (mowing_explain)
     harvest_cycles: list[CycleVerdict] = field(default_factory=list)  # crop cycles judged as harvests
     bare_soil: BareSoilExplanation | None = None  # observations below the soil line judged as bare soil
+    emergence_rises: list[CrossingVerdict] = field(default_factory=list)  # rises judged as emergences
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,7 @@ class _SeriesViews:
     falls: list[StepVerdict] = field(default_factory=list)
     cycles: list[CycleVerdict] = field(default_factory=list)
     bare_soil: BareSoilExplanation | None = None
+    rises: list[CrossingVerdict] = field(default_factory=list)
 
 
 def _parcel(conn: psycopg.Connection, parcel_set_id: int, parcel_id: str, *, aoi: str, year: int) -> ParcelInfo:
@@ -122,7 +125,8 @@ def _series_views(conn: psycopg.Connection, parcel_set_id: int, parcel: ParcelIn
                   use_s1: bool, markers: set[str] | None, year: int) -> _SeriesViews:
     """The figure and the explanations of the markers the schemes read (all of them when *markers* is None).
 
-    NDVI falls judged as cuts, crop cycles as harvests, observations below the soil line as bare soil.
+    NDVI falls judged as cuts, crop cycles as harvests, observations below the soil line as bare soil,
+    rises through the emergence threshold as emergences.
     """
     series = db_read.parcel_series(conn, parcel_set_id=parcel_set_id, parcel_key=parcel.parcel_key,
                                    name=parcel.parcel_id)
@@ -143,7 +147,10 @@ def _series_views(conn: psycopg.Connection, parcel_set_id: int, parcel: ParcelIn
     bare = None
     if markers is None or "bare_soil" in markers:
         bare = explain_bare_soil(series, parcel.parcel_id, params, year=year)
-    return _SeriesViews(buffer.getvalue(), falls, cycles, bare)
+    rises: list[CrossingVerdict] = []
+    if markers is None or "emergence" in markers:
+        rises = explain_emergence(series, parcel.parcel_id, params, year=year).crossings
+    return _SeriesViews(buffer.getvalue(), falls, cycles, bare, rises)
 
 
 def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, scheme: str | None = None) -> ParcelAudit:
@@ -203,7 +210,7 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
         generated_at=datetime.now(UTC).replace(microsecond=0),
     )
     audit = ParcelAudit(aoi, year, parcel, lights, events, products, runs, stamp, views.png, n_used, n_rejected,
-                        notes, views.falls, views.cycles, views.bare_soil)
+                        notes, views.falls, views.cycles, views.bare_soil, views.rises)
     log.info("gathered parcel audit aoi=%s year=%d parcel=%s lights=%d events=%d products=%d seconds=%.2f", aoi, year,
              parcel_id, len(lights), len(events), len(products), time.perf_counter() - t0)
     return audit
