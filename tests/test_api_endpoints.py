@@ -260,6 +260,16 @@ def test_mowing_falls_explain_the_decision(client: TestClient, world: World) -> 
                and (o["run"] > 0) == (o["verdict"] == "bare soil") for o in bare["observations"])
     assert bare["runs"] and [r["run"] for r in bare["runs"]] == list(range(1, len(bare["runs"]) + 1))
     assert {o["run"] for o in bare["observations"]} - {0} == {r["run"] for r in bare["runs"]}
+    # why its light of arable_harvest (no light stored here: the shipped rules judge it) has its colour
+    why = client.get("/v1/aois/alpha/2018/parcels/4/traffic-lights/arable_harvest/explanation", auth=ann).json()
+    assert (why["parcel_id"], why["scheme"], why["stored"]) == ("A-4", "arable_harvest", None)
+    rules = why["explanation"]["rules"]
+    assert [r["rule_id"] for r in rules] == ["AR-VEG-1", "AR-HARVEST-1"]
+    assert why["explanation"]["colour"] in ("green", "yellow", "red") and all(
+        {"window_from", "gap_from", "gap_to", "gap_images", "events", "colour", "reason"} <= set(r) for r in rules)
+    assert client.get("/v1/aois/alpha/2018/parcels/4/traffic-lights/no_such/explanation", auth=ann).status_code == 400
+    assert client.get("/v1/aois/alpha/2018/parcels/4/traffic-lights/arable_harvest/explanation",
+                      auth=world.basic("bob")).status_code == 403
     # and its rises of NDVI through the emergence threshold, each judged (three images: none here; the audit and
     # CLI tests compare the rises with the stored events)
     rises = client.get("/v1/aois/alpha/2018/parcels/4/emergence", auth=ann).json()

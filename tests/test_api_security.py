@@ -96,6 +96,7 @@ def _routes(products: dict[str, int]) -> list[tuple[str, dict[str, str]]]:
         ("/v1/aois/{aoi}/{year}/parcels/{key}/harvest-cycles", {}),
         ("/v1/aois/{aoi}/{year}/parcels/{key}/bare-soil", {}),
         ("/v1/aois/{aoi}/{year}/parcels/{key}/emergence", {}),
+        ("/v1/aois/{aoi}/{year}/parcels/{key}/traffic-lights/{scheme}/explanation", {}),
         ("/query/parcelByID", {"aoi": "alpha", "year": "2018", "pid": "1", "withGeometry": "True"}),
         ("/query/parcelByLocation", {"parcels": "alpha2018", "lon": "3", "lat": "51"}),
         ("/query/parcelsByPolygon", {"aoi": "alpha", "year": "2018", "polygon": "3_51-3.001_51-3.001_51.001"}),
@@ -112,7 +113,7 @@ def test_hostile_values_in_every_parameter(client: TestClient, api_world: World,
     with psycopg.connect(api_world.db_url) as conn:
         before = conn.execute("SELECT (SELECT count(*) FROM cbm.parcel), (SELECT count(*) FROM cbm.parcel_obs), "
                               "(SELECT count(*) FROM cbm.api_user)").fetchone()
-    path_values = {"aoi": "alpha", "year": "2018", "key": "1"}
+    path_values = {"aoi": "alpha", "year": "2018", "key": "1", "scheme": "grassland_mowing"}
     n_requests = 0
     for template, params in _routes({"alpha": api_world.s2_products[0]}):
         assert client.get(template.format(**path_values), params=params, auth=ann).status_code == 200, template

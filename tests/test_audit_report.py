@@ -48,13 +48,18 @@ def test_parcel_report_html_and_pdf(seeded_db: tuple[psycopg.Connection, Seeded]
     crop, area = conn.execute("SELECT crop_code, area_m2 FROM cbm.parcel WHERE parcel_key = %s", (key,)).fetchone()
     assert f"Audit report: parcel {parcel_id}" in html and crop in html and f"{area / 10000:.2f} ha" in html
     assert '<svg class="map" id="outline"' in html and 'src="data:image/png;base64,' in html
-    lights = conn.execute("SELECT scheme, colour, reason, rule_id FROM cbm.traffic_light WHERE parcel_key = %s",
-                          (key,)).fetchall()
+    lights = conn.execute("SELECT scheme, colour, reason, rule_id FROM cbm.traffic_light WHERE parcel_key = %s "
+                          "ORDER BY scheme", (key,)).fetchall()
     lights_table = html[html.index('<table id="lights">'):html.index("</table>", html.index('<table id="lights">'))]
     assert len(audit.lights) == len(lights) > 0
     for scheme, colour, reason, rule_id in lights:
         assert re.search(rf"<td>{scheme}</td><td><span class=\"light {colour}\">.*?<td>{reason}</td>\s*<td>{rule_id}",
                          lights_table, re.S)
+    # why each light: every rule of its scheme re-evaluated with the stored rules gives the stored colour
+    assert [(x.scheme, x.colour, x.reason, x.rule_id) for x in audit.light_explanations] == sorted(lights)
+    why = html[html.index('<table id="light-rules">'):html.index("</table>", html.index('<table id="light-rules">'))]
+    assert all(r.rule_id in why and f"{r.window_from} .. {r.window_to}" in why
+               for x in audit.light_explanations for r in x.rules)
     # a light decided by an event names it, its date and the images that prove it
     deciding = conn.execute("SELECT event_marker, event_seq, event_main_date, event_products "
                             "FROM cbm.traffic_light_trace WHERE parcel_key = %s AND event_seq > 0", (key,)).fetchall()

@@ -133,6 +133,28 @@ def test_explain_agrees_with_the_stored_events(seeded: str, tmp_path: Path,
     assert "X-9" in capsys.readouterr().err
 
 
+def test_explain_a_stored_light(seeded: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # --scheme: the stored light re-evaluated with its stored rules gives the stored colour, reason and rule
+    assert cli.main(["markers", "run", "--aoi", "mk", "--year", "2018"]) == 0
+    with psycopg.connect(seeded) as conn:
+        lights = conn.execute(
+            "SELECT DISTINCT ON (t.scheme, t.colour, t.reason) p.parcel_id, t.scheme, t.colour, t.reason, t.rule_id "
+            "FROM cbm.traffic_light t JOIN cbm.parcel p ON p.parcel_set_id = t.parcel_set_id "
+            "AND p.parcel_key = t.parcel_key ORDER BY t.scheme, t.colour, t.reason, p.parcel_id").fetchall()
+    assert len(lights) >= 2
+    capsys.readouterr()
+    for parcel_id, scheme, colour, reason, rule_id in lights:
+        assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", parcel_id, "--scheme",
+                         scheme]) == 0
+        stored, explained, *rules = capsys.readouterr().out.splitlines()
+        assert stored.startswith(f"stored light: {colour} ({reason}, rule {rule_id}, rules v")
+        assert explained == f"parcel {parcel_id}, scheme {scheme} 2018: {colour} ({reason}), decided by rule {rule_id}"
+        assert any(line.startswith(f"  rule {rule_id}: ") for line in rules)
+    assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", lights[0][0], "--scheme",
+                     "no_such_scheme"]) == 2
+    assert "scheme 'no_such_scheme' is not in the rules" in capsys.readouterr().err
+
+
 def test_demo_summary_commands_explain_a_red_light_per_scheme(seeded: str, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     # the `make demo` summary prints, per scheme with red lights, a command that explains one: each runs
@@ -144,13 +166,18 @@ def test_demo_summary_commands_explain_a_red_light_per_scheme(seeded: str, tmp_p
         red = {row[0] for row in conn.execute(
             "SELECT DISTINCT t.scheme FROM cbm.traffic_light t JOIN cbm.parcel_set s USING (parcel_set_id) "
             "JOIN cbm.aoi a USING (aoi_id) WHERE a.name = 'why' AND t.colour = 'red'")}
-    assert lines and {line.split("  (")[1].split(":")[0] for line in lines} <= red
+    *by_marker, by_light = lines
+    assert by_marker and {line.split("  (")[1].split(":")[0] for line in by_marker} <= red
+    assert "--scheme" in by_light and "rule by rule" in by_light
     capsys.readouterr()
     for line in lines:
         argv = line.split("  (")[0].split()
         assert argv[:3] == ["cbm", "markers", "explain"]
         assert cli.main(argv[1:]) == 0
         out = capsys.readouterr().out
-        expected = {"harvest": "crop cycles", "bare_soil": "runs of bare soil",
-                    "emergence": "rises of NDVI"}.get(argv[-1], "falls of NDVI")
+        expected = {"harvest": "crop cycles", "bare_soil": "runs of bare soil", "emergence": "rises of NDVI"}.get(
+            argv[-1], "falls of NDVI")
+        if "--scheme" in argv:
+            colour = line.split(": why ")[1].split(",")[0]
+            expected = f"stored light: {colour} ("
         assert expected in out

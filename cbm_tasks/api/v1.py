@@ -37,6 +37,7 @@ router = APIRouter(tags=["v1"])
 Aoi = Annotated[str, Path(pattern=AOI_PATTERN, max_length=63, description="AOI name")]
 Year = Annotated[int, Path(ge=2014, le=2100, description="year of the parcel set")]
 Key = Annotated[int, Path(ge=1, le=2_147_483_647, description="parcel key (JRC ogc_fid)")]
+Scheme = Annotated[str, Path(pattern=r"^[\w .:-]{1,63}$", max_length=63, description="aid scheme")]
 Geometry = Literal["none", "wgs84", "native"]
 SourceName = Literal["s2", "bs", "c6", "c12", "scl"]
 Day = Annotated[date | None, Query(ge=date(2014, 1, 1), le=date(2100, 12, 31))]
@@ -220,6 +221,34 @@ async def get_emergence(aoi: Aoi, year: Year, key: Key, user: CurrentUser, ctx: 
         explanation, head = _explained(ctx, user, aoi, year, key, "emergence")
         return {**head, "ndvi_threshold": explanation.threshold,
                 "crossings": [dataclasses.asdict(c) for c in explanation.crossings]}
+
+    return json_response(await run_in_threadpool(answer))
+
+
+@router.get("/aois/{aoi}/{year}/parcels/{key}/traffic-lights/{scheme}/explanation",
+            summary="Why the parcel's light of one scheme has its colour: each rule's window, data, gap and events")
+async def get_light_explanation(aoi: Aoi, year: Year, key: Key, scheme: Scheme, user: CurrentUser,
+                                ctx: Context) -> Response:
+    """The light of *scheme* re-evaluated rule by rule with its stored rules and the latest run's parameters.
+
+    ``stored``: the light as stored (null when the parcel has none of that scheme: the shipped rules
+    judge it). ``explanation``: the colour, reason and deciding rule, and per rule its window, clear
+    images, longest gap (``gap_from`` .. ``gap_to`` and why the images in it were not used) and the
+    events of its marker in the window with their confidence, ``counted`` or too weak (as ``cbm
+    markers explain --scheme``).
+    """
+    from cbm_tasks.report.explain import explain_stored_light  # numba: loaded by the first explanation
+
+    def answer() -> dict[str, Any]:
+        with ctx.connection() as conn:
+            ps = queries.parcel_set(conn, user, aoi, year)
+            explanation, light = explain_stored_light(conn, parcel_set_id=ps.parcel_set_id, parcel_key=key,
+                                                      parcel_id=queries.declared_id(conn, ps, key), year=year,
+                                                      scheme=scheme)
+        stored = None if light is None else {"colour": light.colour, "reason": light.reason, "rule_id": light.rule_id,
+                                             "rules_version": light.rules_version, "rules_hash": light.rules_hash}
+        return {"parcel_key": key, "parcel_id": explanation.parcel_id, "scheme": scheme, "stored": stored,
+                "explanation": dataclasses.asdict(explanation)}
 
     return json_response(await run_in_threadpool(answer))
 

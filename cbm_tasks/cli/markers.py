@@ -5,7 +5,8 @@
 the parcel's series with its events, ``cbm markers explain`` lists its NDVI falls and why each is or
 is not a mowing (``--marker harvest``: its crop cycles and why each is or is not a harvest;
 ``--marker bare_soil``: its observations below the soil line and its runs of bare soil;
-``--marker emergence``: its rises of NDVI through the emergence threshold). Rules
+``--marker emergence``: its rises of NDVI through the emergence threshold; ``--scheme S``: why
+its traffic light of scheme S has its colour, rule by rule). Rules
 and parameters are validated before the series is read, and nothing is written when any input is
 invalid. Without ``--timeseries``, ``run``, ``plot`` and ``explain`` work on the parcel set of
 ``--aoi`` and ``--year`` in the database, and ``export`` writes its lights (``cbm_tasks.cli.markers_db``).
@@ -71,7 +72,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "ended it) judged by the harvest marker's own tests. With --marker bare_soil: every observation below "
         "the soil line (bare soil, not bare by its soil index, or not used and why) and the runs of bare soil "
         "with their confidence. With --marker emergence: every rise of NDVI through the emergence threshold "
-        "judged by the emergence marker's own tests.")
+        "judged by the emergence marker's own tests. With --scheme S: why the parcel's traffic light of scheme S "
+        "has its colour: per rule the window, the clear images, the longest gap (where, and why the images in it "
+        "were not used) and the events with their confidence.")
     explain.add_argument("--timeseries", type=Path, metavar="FILE",
                          help="time-series file (without it: --aoi and --year in the database, with the parameters "
                          "of the parcel's latest marker run)")
@@ -82,7 +85,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          help="mowing: every NDVI fall judged as a cut (default); harvest: every crop cycle judged as "
                          "a harvest; bare_soil: every observation below the soil line judged as bare soil; "
                          "emergence: every rise through the emergence threshold judged as an emergence")
+    explain.add_argument("--scheme", metavar="S",
+                         help="explain the traffic light of this aid scheme instead of a marker")
     explain.add_argument("--params", type=Path, metavar="FILE", help="marker parameters YAML (file)")
+    explain.add_argument("--rules", type=Path, metavar="FILE", help="scheme rules YAML (file, with --scheme)")
     explain.add_argument("--s2-only", action="store_true", help="ignore Sentinel-1, as a --s2-only run (file)")
     explain.add_argument("--csv", type=Path, metavar="FILE",
                          help="also write the falls (the crop cycles, low observations, rises) to this CSV file")
@@ -131,6 +137,8 @@ def _run(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     if args.timeseries is None:
         return markers_db.explain(args)
+    if args.scheme is not None:
+        return _explain_light(args)
     from cbm_tasks.markers.bare_soil_explain import BareSoilExplanation, explain_bare_soil
     from cbm_tasks.markers.emergence_explain import EmergenceExplanation, explain_emergence
     from cbm_tasks.markers.harvest_explain import HarvestExplanation, explain_harvest
@@ -152,6 +160,21 @@ def _explain(args: argparse.Namespace) -> int:
     explanation.write(sys.stdout)
     if args.csv is not None:
         explanation.write_csv(args.csv)
+    return 0
+
+
+def _explain_light(args: argparse.Namespace) -> int:
+    """``cbm markers explain --timeseries FILE --parcel ID --scheme S [--year Y]``: every season it is lit in."""
+    from cbm_tasks.markers.params import load_params
+    from cbm_tasks.markers.reader import read_series
+    from cbm_tasks.traffic_light.explain import explain_light, light_seasons
+    from cbm_tasks.traffic_light.rules import load_rules
+
+    rules, params = load_rules(args.rules), load_params(args.params)
+    series = read_series(args.timeseries)
+    for year in [args.year] if args.year is not None else light_seasons(series, args.parcel, params):
+        explain_light(series, args.parcel, args.scheme, rules, params, year=year,
+                      use_s1=not args.s2_only).write(sys.stdout)
     return 0
 
 

@@ -87,11 +87,13 @@ def plot(args: argparse.Namespace) -> int:
 
 
 def explain(args: argparse.Namespace) -> int:
-    """Explain the mowing (or harvest) decision of one parcel with the parameters of its latest marker run."""
+    """Explain one parcel's marker decision (or, with --scheme, its light) as its latest marker run made it."""
     from cbm_tasks import db
     from cbm_tasks.report.explain import explain_stored
 
     _need_set(args, "explain")
+    if args.scheme is not None:
+        return _explain_light(args)
     with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
         set_id, key = _parcel(conn, args)
         explanation, run = explain_stored(conn, parcel_set_id=set_id, parcel_key=key, parcel_id=str(args.parcel),
@@ -102,6 +104,24 @@ def explain(args: argparse.Namespace) -> int:
     explanation.write(sys.stdout)
     if args.csv is not None:
         explanation.write_csv(args.csv)
+    return 0
+
+
+def _explain_light(args: argparse.Namespace) -> int:
+    """Explain the parcel's stored light of ``--scheme`` with its rules and its latest marker run's parameters."""
+    from cbm_tasks import db
+    from cbm_tasks.report.explain import explain_stored_light
+
+    with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
+        set_id, key = _parcel(conn, args)
+        explanation, light = explain_stored_light(conn, parcel_set_id=set_id, parcel_key=key,
+                                                  parcel_id=str(args.parcel), year=args.year, scheme=args.scheme)
+    if light is None:
+        sys.stdout.write(f"no stored light of scheme {args.scheme}: judged with the shipped rules\n")
+    else:
+        sys.stdout.write(f"stored light: {light.colour} ({light.reason}, rule {light.rule_id}, rules "
+                         f"v{light.rules_version}), decided {light.decided_at:%Y-%m-%d %H:%M}\n")
+    explanation.write(sys.stdout)
     return 0
 
 

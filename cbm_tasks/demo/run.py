@@ -62,7 +62,7 @@ class DemoSummary:
     seconds: float = 0.0
     api: tuple[str, ...] = ()  # the REST API's URL, demo user and curl examples
     audit_report: Path | None = None
-    why_red: tuple[str, ...] = ()  # per scheme with red lights: the command that explains one of them
+    why_red: tuple[str, ...] = ()  # commands that explain a red light per scheme, and a yellow light rule by rule
 
     @property
     def ok(self) -> bool:
@@ -88,7 +88,7 @@ class DemoSummary:
             *[f"  {scheme:21s} {self._colours(colours)}" for scheme, colours in self.lights.items()],
             *(["  none             (no parcel has a scheme)"] if not self.lights else []),
             f"audit report       {self.audit_report or 'none (nothing extracted)'}",
-            *[f"{'why red' if i == 0 else '':19s}{line}" for i, line in enumerate(self.why_red)],
+            *[f"{'why this light' if i == 0 else '':19s}{line}" for i, line in enumerate(self.why_red)],
             f"Airflow UI         {self.url}/",
             f"  login            {self.username} / {self.password}  (stored in {self.password_file})",
             *self.api,
@@ -105,7 +105,10 @@ _COLOUR_ORDER = {"green": 0, "yellow": 1, "red": 2}
 
 
 def _why_red(conn: psycopg.Connection, layout: demo_data.DemoLayout) -> tuple[str, ...]:
-    """Per scheme with a red light: the command that explains the first (by the marker its rules read)."""
+    """Commands that explain the demo's lights: the first red one of each scheme, and a yellow (else red) one.
+
+    The red ones by the marker their rules read, the yellow one rule by rule (``--scheme``).
+    """
     from cbm_tasks.traffic_light.rules import load_rules
 
     schemes = load_rules().schemes  # the demo runs the shipped rules
@@ -126,6 +129,17 @@ def _why_red(conn: psycopg.Connection, layout: demo_data.DemoLayout) -> tuple[st
                 lines.append(f"cbm markers explain --aoi {layout.aoi} --year {layout.year} --parcel {parcel_id}{flag}"
                              f"  ({scheme}: {what})")
                 break
+    # and the most common light an inspector acts on, a yellow one (else a red one), rule by rule
+    row = conn.execute(
+        "SELECT t.scheme, p.parcel_id, t.colour FROM cbm.traffic_light t "
+        "JOIN cbm.parcel p ON p.parcel_set_id = t.parcel_set_id AND p.parcel_key = t.parcel_key "
+        "JOIN cbm.parcel_set s ON s.parcel_set_id = t.parcel_set_id JOIN cbm.aoi a USING (aoi_id) "
+        "WHERE a.name = %s AND s.year = %s AND t.colour <> 'green' "
+        "ORDER BY t.colour = 'yellow' DESC, t.scheme, p.parcel_id LIMIT 1", (layout.aoi, layout.year)).fetchone()
+    if row is not None:
+        scheme, parcel_id, colour = row
+        lines.append(f"cbm markers explain --aoi {layout.aoi} --year {layout.year} --parcel {parcel_id} --scheme "
+                     f"{scheme}  ({scheme}: why {colour}, rule by rule: window, clear images, gap, events)")
     return tuple(lines)
 
 

@@ -8,6 +8,9 @@ line as bare soil (:func:`cbm_tasks.markers.bare_soil_explain.explain_bare_soil`
 through the emergence threshold (:func:`cbm_tasks.markers.emergence_explain.explain_emergence`).
 ``cbm markers explain --aoi`` and the REST API (``/v1/.../parcels/{key}/mowing-falls``,
 ``.../harvest-cycles``, ``.../bare-soil``, ``.../emergence``) answer with it.
+:func:`explain_stored_light` explains a stored traffic light the same way, with the rules it was
+evaluated with (``cbm.scheme_rules``, hash checked): ``cbm markers explain --scheme``, the API's
+``.../traffic-lights/{scheme}/explanation``.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from cbm_tasks.markers.harvest_explain import HarvestExplanation, explain_harves
 from cbm_tasks.markers.mowing_explain import MowingExplanation, explain_mowing
 from cbm_tasks.markers.params import MarkerParams, default_params
 from cbm_tasks.report import decisions
-from cbm_tasks.report.decisions import MarkerRunRecord
-from cbm_tasks.report.recorded import recorded_params
+from cbm_tasks.report.decisions import LightRecord, MarkerRunRecord
+from cbm_tasks.report.recorded import recorded_params, recorded_rules
+from cbm_tasks.traffic_light.explain import LightExplanation, explain_light
+from cbm_tasks.traffic_light.rules import load_rules
 
-__all__ = ["EXPLAINED_MARKERS", "decision_params", "explain_stored"]
+__all__ = ["EXPLAINED_MARKERS", "decision_params", "explain_stored", "explain_stored_light"]
 
 EXPLAINED_MARKERS = ("mowing", "harvest", "bare_soil", "emergence")
 Explanation = MowingExplanation | HarvestExplanation | BareSoilExplanation | EmergenceExplanation
@@ -76,3 +81,25 @@ def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: 
     if marker == "emergence":
         return explain_emergence(series, parcel_id, params, year=year), run
     return explain_mowing(series, parcel_id, params, use_s1=use_s1, year=year), run
+
+
+def explain_stored_light(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int, parcel_id: str, year: int,
+                         scheme: str) -> tuple[LightExplanation, LightRecord | None]:
+    """Explain the parcel's light of *scheme* with the parameters of its latest marker run and the light's rules.
+
+    Returns the explanation and the stored light (None when the parcel has no light of *scheme*: the
+    explanation then uses the shipped rules, as a new run would).
+
+    Raises:
+        BadInputError: *scheme* is not in those rules, or stored parameters or rules changed after the run.
+        NotFoundError: the light's rules are not stored.
+    """
+    current = decisions.current_runs(conn, parcel_set_id=parcel_set_id, parcel_key=parcel_key)
+    run = decisions.marker_run(conn, current[parcel_key][0]) if parcel_key in current else None
+    stored = decisions.lights(conn, parcel_set_id=parcel_set_id, parcel_key=parcel_key, scheme=scheme)
+    light = stored[0] if stored else None
+    rules = recorded_rules(conn, light.rules_hash) if light is not None and light.rules_hash else load_rules()
+    series = db_read.parcel_series(conn, parcel_set_id=parcel_set_id, parcel_key=parcel_key, name=parcel_id)
+    params, use_s1 = decision_params(run)
+    season = light.season if light is not None and light.season is not None else year
+    return explain_light(series, parcel_id, scheme, rules, params, year=season, use_s1=use_s1), light

@@ -33,7 +33,9 @@ from cbm_tasks.markers.preprocess import prepare
 from cbm_tasks.report import decisions
 from cbm_tasks.report.decisions import LightRecord, MarkerEventRecord, MarkerRunRecord
 from cbm_tasks.report.lineage_read import ProductLineage, RunRecord, products_for_parcel, run_record
-from cbm_tasks.report.recorded import recorded_params
+from cbm_tasks.report.recorded import recorded_params, recorded_rules
+from cbm_tasks.traffic_light.explain import LightExplanation, explain_light
+from cbm_tasks.traffic_light.rules import SchemeRules
 
 __all__ = ["ParcelAudit", "ParcelInfo", "Stamp", "gather", "pick_parcel"]
 
@@ -89,6 +91,7 @@ class ParcelAudit:
     harvest_cycles: list[CycleVerdict] = field(default_factory=list)  # crop cycles judged as harvests
     bare_soil: BareSoilExplanation | None = None  # observations below the soil line judged as bare soil
     emergence_rises: list[CrossingVerdict] = field(default_factory=list)  # rises judged as emergences
+    light_explanations: list[LightExplanation] = field(default_factory=list)  # each stored light, rule by rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,28 @@ def _series_views(conn: psycopg.Connection, parcel_set_id: int, parcel: ParcelIn
     return _SeriesViews(buffer.getvalue(), falls, cycles, bare, rises)
 
 
+def _light_views(conn: psycopg.Connection, parcel_set_id: int, parcel: ParcelInfo, params: MarkerParams,
+                 use_s1: bool, lights: list[LightRecord], year: int) -> list[LightExplanation]:
+    """Each stored light re-evaluated rule by rule with its own stored rules (where and why its gap, which events)."""
+    if not lights:
+        return []
+    series = db_read.parcel_series(conn, parcel_set_id=parcel_set_id, parcel_key=parcel.parcel_key,
+                                   name=parcel.parcel_id)
+    if series.n_rows == 0:
+        return []
+    rules: dict[str, SchemeRules] = {}
+    out = []
+    for light in lights:
+        if not light.rules_hash:
+            continue
+        if light.rules_hash not in rules:
+            rules[light.rules_hash] = recorded_rules(conn, light.rules_hash)
+        if light.scheme in rules[light.rules_hash].schemes:
+            out.append(explain_light(series, parcel.parcel_id, light.scheme, rules[light.rules_hash], params,
+                                     year=light.season or year, use_s1=use_s1))
+    return out
+
+
 def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, scheme: str | None = None) -> ParcelAudit:
     """Read everything the audit report of one parcel shows.
 
@@ -201,6 +226,7 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
     # the figure draws the events of the markers the parcel's schemes read (all without lights)
     views = _series_views(conn, set_id, parcel, params, use_s1,
                           decisions.scheme_markers(conn, lights) if lights else None, year)
+    light_explanations = _light_views(conn, set_id, parcel, params, use_s1, lights, year)
     stamp = Stamp(
         params_hash=params.hash, params_version=str(params.version),
         marker_code_version=(run.code_version or "-") if run is not None else "-",
@@ -210,7 +236,7 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
         generated_at=datetime.now(UTC).replace(microsecond=0),
     )
     audit = ParcelAudit(aoi, year, parcel, lights, events, products, runs, stamp, views.png, n_used, n_rejected,
-                        notes, views.falls, views.cycles, views.bare_soil, views.rises)
+                        notes, views.falls, views.cycles, views.bare_soil, views.rises, light_explanations)
     log.info("gathered parcel audit aoi=%s year=%d parcel=%s lights=%d events=%d products=%d seconds=%.2f", aoi, year,
              parcel_id, len(lights), len(events), len(products), time.perf_counter() - t0)
     return audit
