@@ -26,6 +26,8 @@ from cbm_tasks.markers.emergence_explain import explain_emergence
 from cbm_tasks.markers.harvest_explain import explain_harvest
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SCL_BAD_CLASSES
+from cbm_tasks.traffic_light import evaluate_lights, load_rules
+from cbm_tasks.traffic_light.explain import explain_light
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +143,23 @@ def test_bare_soil_explanation_on_arable_parcels(flemish_series: tuple[Path, dic
     # of permanent grassland would look the same)
     (autumn,) = [run for run in runs["demo-0011"] if run.start_date.startswith("2018-10")]
     assert autumn.cover_date.startswith("2018-09") and autumn.cover_ndvi >= 0.4 and autumn.confidence == 1.0
+
+
+def test_forage_legumes_are_cut_not_harvested(flemish_series: tuple[Path, dict[str, int]]) -> None:
+    # the demo's "other leguminous crops" are forage legumes, cut several times and never bare: under the demo's
+    # mapping (scheme rules v3: forage_cut) each is green by its cut of 7 May 2018; judged as an arable harvest
+    # it would be red NO_EVENT (its NDVI never falls below the stubble level)
+    series, crops = flemish_series
+    table = read_series(series)
+    params, rules = load_params(), load_rules()
+    legumes = {pid: str(code) for pid, code in crops.items() if code == 7900}
+    assert sorted(legumes) == ["demo-0006", "demo-0008", "demo-0016"]
+    lights = list(evaluate_lights(run_markers(table, params, use_s1=False), rules, crops=legumes, aoi="demo",
+                                  year=2018))
+    assert {(light.parcel_id, light.scheme, light.colour, light.reason) for light in lights} == {
+        (pid, "forage_cut", "green", "EVENT_FOUND") for pid in legumes}
+    for pid in legumes:
+        (cut,) = explain_light(table, pid, "forage_cut", rules, params, year=2018, use_s1=False).rules
+        assert [e.main_date for e in cut.events if e.counted][0] == "2018-05-07"
+        as_harvest = explain_light(table, pid, "arable_harvest", rules, params, year=2018, use_s1=False)
+        assert (as_harvest.colour, as_harvest.reason) == ("red", "NO_EVENT")
