@@ -4,9 +4,13 @@ on every light of the real development sets, then on constructed series for what
 
 from __future__ import annotations
 
+import dataclasses
 import io
+from datetime import date
+from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import shared_data
 from markers_series import grass_rows, write_rows
@@ -16,10 +20,13 @@ from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers import load_params, read_series, run_markers
 from cbm_tasks.markers.importers import convert_salms
 from cbm_tasks.traffic_light import evaluate_lights, load_rules
+from cbm_tasks.traffic_light.evaluate import evaluate_rule
 from cbm_tasks.traffic_light.explain import explain_light, light_seasons
+from cbm_tasks.traffic_light.rules import Rule, RulesFileError
 
 PARAMS = load_params()
 RULES = load_rules()
+RULES_TEXT = resources.files("cbm_tasks.traffic_light").joinpath("scheme_rules.yaml").read_text()
 
 
 @pytest.mark.parametrize("use_s1", [True, False])
@@ -88,3 +95,25 @@ def test_cli_explains_a_light_of_a_file(tmp_path: Path, capsys: pytest.CaptureFi
     assert "scheme 'nope' is not in the rules" in capsys.readouterr().err
     with pytest.raises(BadInputError, match="scheme 'nope'"):
         explain_light(read_series(path), "p", "nope", RULES, PARAMS, year=2021)
+
+
+def test_a_period_counts_in_the_window_by_any_of_its_days(tmp_path: Path) -> None:
+    # scheme rules v4: vegetation and bare soil are states over a period; the vegetation event's main date is the
+    # season's peak. A crop green from 16 April with its peak on 1 September was grown between April and August
+    def day(month: int, dom: int) -> float:
+        return float((date(2018, month, dom) - date(1970, 1, 1)).days)
+
+    any_day = Rule("V", "vegetation", "present", (4, 1), (8, 31), 0.5, 0, 200.0, in_window="any_day")
+    events = {"clear_day": np.array([day(5, 1)]), "event_main": np.array([day(9, 1)]),
+              "event_confidence": np.array([1.0]), "event_seq": np.array([1]),
+              "event_start": np.array([day(4, 16)]), "event_end": np.array([day(9, 26)])}
+    assert evaluate_rule(any_day, 2018, **events).colour == "green"
+    assert evaluate_rule(dataclasses.replace(any_day, in_window="main_date"), 2018, **events).colour == "red"
+    before = {**events, "event_start": np.array([day(2, 1)]), "event_end": np.array([day(3, 31)]),
+              "event_main": np.array([day(3, 1)])}
+    assert evaluate_rule(any_day, 2018, **before).colour == "red"  # a period wholly before the window
+    assert [r.in_window for r in RULES.schemes["arable_harvest"].rules] == ["any_day", "main_date"]
+    bad = tmp_path / "rules.yaml"
+    bad.write_text(RULES_TEXT.replace("        in_window: any_day", "        in_window: sometimes", 1))
+    with pytest.raises(RulesFileError, match="in_window must be one of main_date, any_day, got 'sometimes'"):
+        load_rules(bad)

@@ -1,7 +1,8 @@
 """Traffic lights: one colour per parcel and aid scheme from the marker events and the scheme rules.
 
-Per rule (see ``scheme_rules.yaml``), with the events whose main date falls in the rule's window
-and the clear Sentinel-2 observations in it:
+Per rule (see ``scheme_rules.yaml``), with the events in the rule's window (their main date in it,
+or with ``in_window: any_day`` any day from their start to their end) and the clear Sentinel-2
+observations in it:
 
 An event counts when its confidence is >= min_confidence; ``min_events`` (present, default 1) and
 ``max_events`` (absent, default 0) set how many:
@@ -82,15 +83,25 @@ class _Outcome:
     gap: float
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _in_window(start: float, main: float, end: float, any_day: bool, lo: float, hi: float) -> bool:
+    """Whether an event lies in the window [lo, hi): its main day, or with *any_day* any day of start .. end."""
+    if any_day:
+        return start < hi and end >= lo
+    return lo <= main < hi
+
+
 @njit(cache=True, nogil=True)
 def _window_kernel(clear_offsets: np.ndarray, clear_day: np.ndarray, event_offsets: np.ndarray,
-                   event_marker: np.ndarray, event_main: np.ndarray, event_conf: np.ndarray, event_seq: np.ndarray,
-                   marker: int, min_conf: float, owner: np.ndarray, lo: np.ndarray,
+                   event_marker: np.ndarray, event_start: np.ndarray, event_main: np.ndarray, event_end: np.ndarray,
+                   event_conf: np.ndarray, event_seq: np.ndarray, marker: int, any_day: bool, min_conf: float,
+                   owner: np.ndarray, lo: np.ndarray,
                    hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per parcel-season i (of parcel ``owner[i]``), in its window [lo, hi): clear days, longest gap, events.
 
     Returns (clear observations, longest gap, events >= *min_conf*, all events, seq of the best event):
-    the gap counts the window's edges; the best event is the rule marker's most confident one.
+    the gap counts the window's edges; the best event is the rule marker's most confident one. An
+    event is in the window by its main day, or with *any_day* by any day from its start to its end.
     """
     n = len(lo)
     n_clear = np.zeros(n, np.int32)
@@ -112,7 +123,8 @@ def _window_kernel(clear_offsets: np.ndarray, clear_day: np.ndarray, event_offse
                 n_clear[i] += 1
         gap[i] = max(gap[i], hi[i] - previous)
         for e in range(event_offsets[p], event_offsets[p + 1]):
-            if event_marker[e] != marker or not lo[i] <= event_main[e] < hi[i]:
+            if event_marker[e] != marker or not _in_window(event_start[e], event_main[e], event_end[e], any_day,
+                                                           lo[i], hi[i]):
                 continue
             n_any[i] += 1
             if event_conf[e] >= min_conf:
@@ -156,15 +168,23 @@ def _outcomes(rule: Rule, n_clear: np.ndarray, gap: np.ndarray, n_strong: np.nda
 
 
 def evaluate_rule(rule: Rule, year: int, *, clear_day: np.ndarray, event_main: np.ndarray,
-                  event_confidence: np.ndarray, event_seq: np.ndarray) -> _Outcome:
-    """Evaluate one rule for one parcel (arrays of that parcel; events of the rule's marker only)."""
+                  event_confidence: np.ndarray, event_seq: np.ndarray, event_start: np.ndarray | None = None,
+                  event_end: np.ndarray | None = None) -> _Outcome:
+    """Evaluate one rule for one parcel (arrays of that parcel; events of the rule's marker only).
+
+    *event_start* and *event_end* (default: the main days) matter for rules with ``in_window: any_day``.
+    """
+    main = np.asarray(event_main, np.float64)
+    start = main if event_start is None else np.asarray(event_start, np.float64)
+    end = main if event_end is None else np.asarray(event_end, np.float64)
     lo = np.array([_day_number(year, rule.window_start)])
     hi = np.array([_day_number(year, rule.window_end) + 1.0])  # the window covers its last day whole
     n_events = len(event_main)
     n_clear, gap, n_strong, n_any, seq = _window_kernel(
         np.array([0, len(clear_day)], np.int64), np.asarray(clear_day, np.float64), np.array([0, n_events], np.int64),
-        np.zeros(n_events, np.int32), np.asarray(event_main, np.float64), np.asarray(event_confidence, np.float64),
-        np.asarray(event_seq, np.int32), 0, rule.min_confidence, np.zeros(1, np.int64), lo, hi)
+        np.zeros(n_events, np.int32), start, main, end, np.asarray(event_confidence, np.float64),
+        np.asarray(event_seq, np.int32), 0, rule.in_window == "any_day", rule.min_confidence, np.zeros(1, np.int64),
+        lo, hi)
     colour, reason = _outcomes(rule, n_clear, gap, n_strong, n_any)
     return _Outcome(COLOURS[int(colour[0])], REASONS[int(reason[0])], int(seq[0]), int(n_clear[0]), float(gap[0]))
 
@@ -227,9 +247,9 @@ def evaluate_lights(result: MarkerResult, rules: SchemeRules, *, crops: Mapping[
             lo = np.where(has, np.array([starts[y] for y in years]), np.nan) if len(owner) else np.zeros(0)
             hi = np.where(has, np.array([ends[y] for y in years]), np.nan) if len(owner) else np.zeros(0)
             n_clear, gap, n_strong, n_any, seq = _window_kernel(
-                result.clear_offsets, result.clear_day, event_offsets, result.marker.astype(np.int32), result.main,
-                result.confidence, result.seq.astype(np.int32), MARKERS.index(rule.marker), rule.min_confidence,
-                owner, lo, hi)
+                result.clear_offsets, result.clear_day, event_offsets, result.marker.astype(np.int32), result.start,
+                result.main, result.end, result.confidence, result.seq.astype(np.int32), MARKERS.index(rule.marker),
+                rule.in_window == "any_day", rule.min_confidence, owner, lo, hi)
             colour, reason = _outcomes(rule, n_clear, gap, n_strong, n_any)
             rule_index = np.full(len(owner), scheme.rules.index(rule))
             if not worst:

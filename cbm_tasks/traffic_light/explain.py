@@ -24,7 +24,7 @@ from cbm_tasks.markers.engine import MARKERS, MarkerResult, markers_from_prepare
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import REJECTIONS, prepare, rejection_codes
 from cbm_tasks.markers.series import SeriesTable, day_to_date
-from cbm_tasks.traffic_light.evaluate import COLOURS, _day_number, _seasons, evaluate_rule
+from cbm_tasks.traffic_light.evaluate import COLOURS, _day_number, _in_window, _seasons, evaluate_rule
 from cbm_tasks.traffic_light.rules import Rule, SchemeRules
 
 __all__ = ["EventInWindow", "LightExplanation", "RuleExplanation", "explain_light", "light_seasons"]
@@ -32,9 +32,11 @@ __all__ = ["EventInWindow", "LightExplanation", "RuleExplanation", "explain_ligh
 
 @dataclass(frozen=True, slots=True)
 class EventInWindow:
-    """An event of the rule's marker dated in its window; ``counted`` when its confidence reaches the rule's."""
+    """An event of the rule's marker in its window; ``counted`` when its confidence reaches the rule's."""
 
+    start_date: str
     main_date: str
+    end_date: str
     confidence: float
     counted: bool
 
@@ -43,7 +45,8 @@ class EventInWindow:
 class RuleExplanation:
     """One rule of the scheme for one parcel-season, and the colour and reason it gives.
 
-    ``limit`` is the rule's ``min_events`` (present) or ``max_events`` (absent). ``gap_from`` ..
+    ``limit`` is the rule's ``min_events`` (present) or ``max_events`` (absent); ``in_window`` whether
+    an event counts by its main date or by any of its days. ``gap_from`` ..
     ``gap_to`` is the longest gap between clear images in the window (``(window start)`` or
     ``(window end)`` where an edge bounds it), ``gap_images`` why the images inside it were not used
     (``5 clear share below min_clear_fraction ...; 1 cloud dip ...``, empty when none was taken).
@@ -53,6 +56,7 @@ class RuleExplanation:
     marker: str
     require: str
     limit: int
+    in_window: str
     window_from: str
     window_to: str
     min_confidence: float
@@ -97,7 +101,8 @@ class LightExplanation:
             stream.write(f"    longest gap: {r.gap_from} .. {r.gap_to}, {r.longest_gap_days:g} d (at most "
                          f"{r.max_gap_days:g}){images}\n")
             for e in r.events:
-                stream.write(f"    {r.marker} {e.main_date} confidence {e.confidence:.2f}: "
+                when = f"{e.start_date} .. {e.end_date}" if r.in_window == "any_day" else e.main_date
+                stream.write(f"    {r.marker} {when} confidence {e.confidence:.2f}: "
                              f"{'counted' if e.counted else 'below the rule, too weak to count'}\n")
             if not r.events:
                 stream.write(f"    no {r.marker} event in the window\n")
@@ -150,17 +155,22 @@ def _rule(rule: Rule, year: int, result: MarkerResult, clear: np.ndarray, s2_day
           codes: np.ndarray) -> RuleExplanation:
     pick = result.marker == MARKERS.index(rule.marker)
     outcome = evaluate_rule(rule, year, clear_day=clear, event_main=result.main[pick],
-                            event_confidence=result.confidence[pick], event_seq=result.seq[pick])
+                            event_confidence=result.confidence[pick], event_seq=result.seq[pick],
+                            event_start=result.start[pick], event_end=result.end[pick])
     lo, hi = _day_number(year, rule.window_start), _day_number(year, rule.window_end) + 1.0
     gap_from, gap_to = _gap(clear, lo, hi)
     hidden = Counter(REJECTIONS.get(int(code), "") for day, code in zip(s2_day, codes, strict=True)
                      if gap_from < day < gap_to and code)
-    events = [EventInWindow(day_to_date(main), float(conf), bool(conf >= rule.min_confidence))
-              for main, conf in zip(result.main[pick], result.confidence[pick], strict=True) if lo <= main < hi]
+    any_day = rule.in_window == "any_day"
+    events = [EventInWindow(day_to_date(start), day_to_date(main), day_to_date(end), float(conf),
+                            bool(conf >= rule.min_confidence))
+              for start, main, end, conf in zip(result.start[pick], result.main[pick], result.end[pick],
+                                                result.confidence[pick], strict=True)
+              if _in_window(start, main, end, any_day, lo, hi)]
     limit = rule.min_events if rule.require == "present" else rule.max_events
     return RuleExplanation(
-        rule.rule_id, rule.marker, rule.require, limit, day_to_date(lo), day_to_date(hi - 1.0), rule.min_confidence,
-        outcome.n_clear, rule.min_clear_obs,
+        rule.rule_id, rule.marker, rule.require, limit, rule.in_window, day_to_date(lo), day_to_date(hi - 1.0),
+        rule.min_confidence, outcome.n_clear, rule.min_clear_obs,
         day_to_date(gap_from) + (" (window start)" if gap_from == lo else ""),
         day_to_date(min(gap_to, hi - 1.0)) + (" (window end)" if gap_to == hi else ""), round(gap_to - gap_from, 1),
         rule.max_gap_days, "; ".join(f"{n} {why}" for why, n in hidden.most_common()), events, outcome.colour,

@@ -22,12 +22,15 @@ import yaml
 from cbm_tasks.errors import ConfigError
 from cbm_tasks.markers.engine import MARKERS
 
-__all__ = ["REQUIREMENTS", "Rule", "RulesFileError", "Scheme", "SchemeRules", "load_rules"]
+__all__ = ["IN_WINDOW", "REQUIREMENTS", "Rule", "RulesFileError", "Scheme", "SchemeRules", "load_rules"]
 
 REQUIREMENTS = ("present", "absent")
+# When an event counts as in a rule's window: its main date falls in it (the default, and what rules
+# files before version 4 meant), or any day of it does (a state over a period: vegetation, bare soil)
+IN_WINDOW = ("main_date", "any_day")
 _MONTH_DAY = re.compile(r"^(\d{2})-(\d{2})$")
 _RULE_KEYS = {"id", "marker", "require", "window", "min_confidence", "min_clear_obs", "max_gap_days", "min_events",
-              "max_events"}
+              "max_events", "in_window"}
 _EVIDENCE_MARKERS = tuple(name for name in MARKERS if name != "data_sufficiency")
 
 
@@ -41,6 +44,8 @@ class Rule:
 
     ``min_events`` (present): how many events at least (e.g. two mowings); ``max_events`` (absent):
     how many are allowed (0: none, e.g. no ploughing; 2: at most two cuts of extensive grassland).
+    ``in_window``: an event counts when its main date falls in the window (``main_date``) or any
+    day from its start to its end does (``any_day``).
     """
 
     rule_id: str
@@ -53,6 +58,7 @@ class Rule:
     max_gap_days: float
     min_events: int = 1
     max_events: int = 0
+    in_window: str = "main_date"
 
     def window(self, year: int) -> tuple[date, date]:
         """Return the window's first and last day in *year*."""
@@ -150,8 +156,11 @@ def _rule(raw: Any, where: str) -> Rule:
     min_events, max_events = _number(raw, "min_events", where, 1), _number(raw, "max_events", where, 0)
     if min_events != int(min_events) or min_events < 1 or max_events != int(max_events) or max_events < 0:
         raise RulesFileError(f"{where}: min_events must be an integer >= 1 and max_events an integer >= 0")
+    in_window = raw.get("in_window", "main_date")
+    if in_window not in IN_WINDOW:
+        raise RulesFileError(f"{where}: in_window must be one of {', '.join(IN_WINDOW)}, got {in_window!r}")
     return Rule(str(raw["id"]), raw["marker"], raw["require"], start, end, confidence, int(clear_obs), gap,
-                int(min_events), int(max_events))
+                int(min_events), int(max_events), in_window)
 
 
 def _parse(loaded: Any, source: str) -> SchemeRules:
