@@ -14,7 +14,7 @@ from PIL import Image
 from psycopg import sql
 
 from cbm_tasks import cli
-from cbm_tasks.demo.run import _why_red
+from cbm_tasks.demo.run import _why_lights
 from cbm_tasks.demo.series_seed import seed_parcel_set
 from cbm_tasks.markers import plot as plot_module
 from cbm_tasks.traffic_light import load_rules
@@ -148,21 +148,33 @@ def test_explain_a_stored_light(seeded: str, capsys: pytest.CaptureFixture[str])
                          scheme]) == 0
         stored, explained, *rules = capsys.readouterr().out.splitlines()
         assert stored.startswith(f"stored light: {colour} ({reason}, rule {rule_id}, rules v")
+        assert not any(line.startswith("  differs") for line in rules)  # nothing extracted since the run
         assert explained == f"parcel {parcel_id}, scheme {scheme} 2018: {colour} ({reason}), decided by rule {rule_id}"
         assert any(line.startswith(f"  rule {rule_id}: ") for line in rules)
+    # a stored light the evaluation no longer gives (as after images extracted since): the difference is said
+    parcel_id, scheme, colour, reason, _ = lights[0]
+    other = ("red", "NO_EVENT") if colour != "red" else ("green", "EVENT_FOUND")
+    with psycopg.connect(seeded, autocommit=True) as conn:
+        conn.execute("UPDATE cbm.traffic_light t SET colour = %s, reason = %s FROM cbm.parcel p WHERE "
+                     "p.parcel_key = t.parcel_key AND p.parcel_id = %s AND t.scheme = %s", (*other, parcel_id, scheme))
+    assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", parcel_id, "--scheme",
+                     scheme]) == 0
+    out = capsys.readouterr().out
+    assert f"stored light: {other[0]} ({other[1]}" in out and "  differs from the evaluation below" in out
+    assert f"scheme {scheme} 2018: {colour} ({reason})" in out
     assert cli.main(["markers", "explain", "--aoi", "mk", "--year", "2018", "--parcel", lights[0][0], "--scheme",
                      "no_such_scheme"]) == 2
     assert "scheme 'no_such_scheme' is not in the rules" in capsys.readouterr().err
 
 
-def test_demo_summary_commands_explain_a_red_light_per_scheme(seeded: str, tmp_path: Path,
+def test_demo_summary_commands_explain_its_lights(seeded: str, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     # the `make demo` summary prints, per scheme with red lights, a command that explains one: each runs
     with psycopg.connect(seeded, autocommit=True) as conn:
         seed_parcel_set(conn, tmp_path, aoi="why", year=2018, n_parcels=150, seed=11)
     assert cli.main(["markers", "run", "--aoi", "why", "--year", "2018"]) == 0
     with psycopg.connect(seeded) as conn:
-        lines = _why_red(conn, SimpleNamespace(aoi="why", year=2018))
+        lines = _why_lights(conn, SimpleNamespace(aoi="why", year=2018))
         red = {row[0] for row in conn.execute(
             "SELECT DISTINCT t.scheme FROM cbm.traffic_light t JOIN cbm.parcel_set s USING (parcel_set_id) "
             "JOIN cbm.aoi a USING (aoi_id) WHERE a.name = 'why' AND t.colour = 'red'")}

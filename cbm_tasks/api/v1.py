@@ -232,7 +232,8 @@ async def get_light_explanation(aoi: Aoi, year: Year, key: Key, scheme: Scheme, 
     """The light of *scheme* re-evaluated rule by rule with its stored rules and the latest run's parameters.
 
     ``stored``: the light as stored (null when the parcel has none of that scheme: the shipped rules
-    judge it). ``explanation``: the colour, reason and deciding rule, and per rule its window, clear
+    judge it), ``matches`` false when the evaluation now differs (images extracted since it was
+    decided). ``explanation``: the colour, reason and deciding rule, and per rule its window, clear
     images, longest gap (``gap_from`` .. ``gap_to`` and why the images in it were not used) and the
     events of its marker in the window with their confidence, ``counted`` or too weak (as ``cbm
     markers explain --scheme``).
@@ -245,8 +246,11 @@ async def get_light_explanation(aoi: Aoi, year: Year, key: Key, scheme: Scheme, 
             explanation, light = explain_stored_light(conn, parcel_set_id=ps.parcel_set_id, parcel_key=key,
                                                       parcel_id=queries.declared_id(conn, ps, key), year=year,
                                                       scheme=scheme)
-        stored = None if light is None else {"colour": light.colour, "reason": light.reason, "rule_id": light.rule_id,
-                                             "rules_version": light.rules_version, "rules_hash": light.rules_hash}
+        stored = None if light is None else {
+            "colour": light.colour, "reason": light.reason, "rule_id": light.rule_id,
+            "rules_version": light.rules_version, "rules_hash": light.rules_hash,
+            "matches": (light.colour, light.reason, light.rule_id) == (explanation.colour, explanation.reason,
+                                                                       explanation.rule_id)}
         return {"parcel_key": key, "parcel_id": explanation.parcel_id, "scheme": scheme, "stored": stored,
                 "explanation": dataclasses.asdict(explanation)}
 

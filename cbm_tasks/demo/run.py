@@ -62,7 +62,7 @@ class DemoSummary:
     seconds: float = 0.0
     api: tuple[str, ...] = ()  # the REST API's URL, demo user and curl examples
     audit_report: Path | None = None
-    why_red: tuple[str, ...] = ()  # commands that explain a red light per scheme, and a yellow light rule by rule
+    why_lights: tuple[str, ...] = ()  # commands that explain a red light per scheme, and a yellow light rule by rule
 
     @property
     def ok(self) -> bool:
@@ -88,7 +88,7 @@ class DemoSummary:
             *[f"  {scheme:21s} {self._colours(colours)}" for scheme, colours in self.lights.items()],
             *(["  none             (no parcel has a scheme)"] if not self.lights else []),
             f"audit report       {self.audit_report or 'none (nothing extracted)'}",
-            *[f"{'why this light' if i == 0 else '':19s}{line}" for i, line in enumerate(self.why_red)],
+            *[f"{'why this light' if i == 0 else '':19s}{line}" for i, line in enumerate(self.why_lights)],
             f"Airflow UI         {self.url}/",
             f"  login            {self.username} / {self.password}  (stored in {self.password_file})",
             *self.api,
@@ -104,7 +104,7 @@ class DemoSummary:
 _COLOUR_ORDER = {"green": 0, "yellow": 1, "red": 2}
 
 
-def _why_red(conn: psycopg.Connection, layout: demo_data.DemoLayout) -> tuple[str, ...]:
+def _why_lights(conn: psycopg.Connection, layout: demo_data.DemoLayout) -> tuple[str, ...]:
     """Commands that explain the demo's lights: the first red one of each scheme, and a yellow (else red) one.
 
     The red ones by the marker their rules read, the yellow one rule by rule (``--scheme``).
@@ -292,7 +292,7 @@ def run_demo(
         lights = markers_pipeline.lights_summary(conn, aoi=layout.aoi, year=layout.year)
         reports = (out_dir or settings.project_dir() / "var" / "demo") / "reports"
         report = _audit_report(conn, layout, reports)
-        why_red = _why_red(conn, layout)
+        why_lights = _why_lights(conn, layout)
     with db.connect(url) as conn:
         api_text = api_access.api_lines(conn, airflow_url=cfg.url, aoi=layout.aoi, year=layout.year,
                                         secret_file=cfg.home / "api_demo_secret")
@@ -301,7 +301,7 @@ def run_demo(
         catalogue_run=(run_id, str(catalogue_run["state"])), extract_runs=tuple(extract_runs),
         markers_run=(markers_id, str(markers_run["state"])), lights=lights, url=cfg.url,
         username=airflow_ctl.ADMIN_USER, password=airflow_ctl.admin_password(cfg), password_file=cfg.passwords_file,
-        seconds=time.perf_counter() - t0, api=tuple(api_text), audit_report=report, why_red=why_red,
+        seconds=time.perf_counter() - t0, api=tuple(api_text), audit_report=report, why_lights=why_lights,
     )
     log.info("demo aoi=%s images_extracted=%d rows=%d runs_ok=%s seconds=%.1f", layout.aoi,
              summary.images_extracted, summary.parcel_obs_rows, result.ok, result.seconds)
