@@ -19,7 +19,7 @@ from typing import TextIO
 
 import numpy as np
 
-from cbm_tasks.markers.crop_events import _bare_confidence, _bare_runs, _cover_before, _is_bare, bare_soil_index
+from cbm_tasks.markers.crop_events import _bare_confidence, _bare_runs, _cover_before, bare_soil_index
 from cbm_tasks.markers.mowing_explain import write_verdicts
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import BRIGHT_BLUE, CLOUDY, NO_VALUE, REJECTIONS, prepare, rejection_codes
@@ -164,10 +164,8 @@ def explain_bare_soil(series: SeriesTable, parcel_id: str, params: MarkerParams,
             verdict, reason = "bare soil", ""
         elif codes[r]:
             verdict, reason = "not used", REJECTIONS.get(int(codes[r]), "")
-        elif not _is_bare(s2.ndvi[r], bsi[r], max_ndvi, min_bsi):
+        else:  # used and below the soil line, yet in no run (_bare_runs takes every used bare one): its BSI
             verdict, reason = "not bare soil", f"BSI below bare_soil.min_bsi {min_bsi:.2f}: green or wet, not soil"
-        else:  # cannot happen: every used bare observation is in a run (tested)
-            verdict, reason = "bare soil", "not in a run"
         observations.append(LowObservation(day_to_date(s2.day[r]), float(s2.ndvi[r]), float(bsi[r]),
                                            float(s2.clear[r]), verdict, run_of.get(r, 0), reason))
     return BareSoilExplanation(str(parcel_id), params.hash, max_ndvi, min_bsi, n_clouded, observations, runs)

@@ -18,7 +18,7 @@ import numpy as np
 
 from cbm_tasks.markers import crop_events
 from cbm_tasks.markers.crop_events import _crossings, _emergence_confidence, _emergence_day
-from cbm_tasks.markers.mowing_explain import write_verdicts
+from cbm_tasks.markers.mowing_explain import failed_tests, write_verdicts
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import prepare
 from cbm_tasks.markers.series import SeriesTable, day_to_date
@@ -109,5 +109,5 @@ def explain_emergence(series: SeriesTable, parcel_id: str, params: MarkerParams,
                 day_to_date(_emergence_day(s2.day[r0], s2.day[r], s2.ndvi[r0], s2.ndvi[r], threshold)),
                 float("nan") if failed else float(_emergence_confidence(s2.day[r] - s2.day[r0])),
                 "not an emergence" if failed else "emergence",
-                "; ".join(text for bit, text in CROSSING_TESTS.items() if failed & bit)))
+                failed_tests(CROSSING_TESTS, int(failed))))
     return EmergenceExplanation(str(parcel_id), params.hash, threshold, crossings)

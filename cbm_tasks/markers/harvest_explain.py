@@ -19,7 +19,7 @@ import numpy as np
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers import crop_events
 from cbm_tasks.markers.crop_events import _cycle_ends
-from cbm_tasks.markers.mowing_explain import write_verdicts
+from cbm_tasks.markers.mowing_explain import failed_tests, write_verdicts
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import prepare
 from cbm_tasks.markers.series import SeriesTable, day_to_date
@@ -74,10 +74,6 @@ class HarvestExplanation:
         write_verdicts(path, self.parcel_id, CycleVerdict, self.cycles)
 
 
-def _names(mask: int) -> str:
-    return "; ".join(text for bit, text in CYCLE_TESTS.items() if mask & bit)
-
-
 def explain_harvest(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
                     year: int | None = None) -> HarvestExplanation:
     """Judge every crop cycle of *parcel_id* in *series* (per calendar year, as the marker does).
@@ -115,8 +111,8 @@ def explain_harvest(series: SeriesTable, parcel_id: str, params: MarkerParams, *
                 continue  # a "cycle" that never rose above the stubble level is bare soil: not listed
             cycles.append(CycleVerdict(day_to_date(s2.day[top]), float(s2.ndvi[top]), day_to_date(s2.day[idx[k - 1]]),
                                        day_to_date(s2.day[low]), float(s2.ndvi[low]),
-                                       float(s2.ndvi[top] - s2.ndvi[low]),
-                                       "not a harvest" if failed else "harvest", _names(int(failed))))
+                                       float(s2.ndvi[top] - s2.ndvi[low]), "not a harvest" if failed else "harvest",
+                                       failed_tests(CYCLE_TESTS, int(failed))))
         if len(idx) and open_peak < len(idx) - 1:  # the last cycle has no low after its peak
             top = idx[open_peak]
             low = idx[open_peak + 1 + int(np.argmin(s2.ndvi[idx[open_peak + 1:]]))]

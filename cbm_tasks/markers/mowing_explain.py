@@ -13,7 +13,7 @@ It also lists the S2 observations that were not used, with the first validity te
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,7 +28,7 @@ from cbm_tasks.markers.series import SeriesTable, day_to_date
 from cbm_tasks.markers.writer import write_csv
 
 __all__ = ["STEP_TESTS", "MowingExplanation", "ObservationVerdict", "StepVerdict", "explain_mowing",
-           "write_verdicts"]
+           "failed_tests", "write_verdicts"]
 
 # the tests of mowing._judge_step / _score_step, as the explanation names them
 STEP_TESTS = {
@@ -139,8 +139,9 @@ def _ratio(low: float, high: float) -> float:
     return float(low / high) if high > 0 else float("nan")
 
 
-def _names(mask: int) -> str:
-    return "; ".join(text for bit, text in STEP_TESTS.items() if mask & bit)
+def failed_tests(tests: Mapping[int, str], mask: int) -> str:
+    """The names of the tests whose bits are set in *mask* (a kernel's failed-test bitmask), ``; ``-joined."""
+    return "; ".join(text for bit, text in tests.items() if mask & bit)
 
 
 def _in_year(day: float, year: int | None) -> bool:
@@ -208,5 +209,5 @@ def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
             day_to_date(s2.day[high]), day_to_date(s2.day[low]), day_to_date(main), float(s2.ndvi[high]),
             float(s2.ndvi[low]), float(before), float(after), float(before - after),
             _ratio(s2.bands[low, 1], s2.bands[high, 1]), float(s2.ndmi[low] - s2.ndmi[high]), float(confidence),
-            verdict, _names(failed), parts))
+            verdict, failed_tests(STEP_TESTS, failed), parts))
     return MowingExplanation(str(parcel_id), params.hash, observations, steps)
