@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cbm_tasks.cli import markers_db
 from cbm_tasks.errors import BadInputError
+from cbm_tasks.markers.explain import EXPLAINED_MARKERS
 
 __all__ = ["register"]
 
@@ -81,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     explain.add_argument("--aoi", help="database: AOI name")
     explain.add_argument("--year", type=int, help="database: parcel-set year; file: only this calendar year")
     explain.add_argument("--parcel", required=True, metavar="ID", help="parcel id")
-    explain.add_argument("--marker", choices=("mowing", "harvest", "bare_soil", "emergence"), default="mowing",
+    explain.add_argument("--marker", choices=EXPLAINED_MARKERS, default="mowing",
                          help="mowing: every NDVI fall judged as a cut (default); harvest: every crop cycle judged as "
                          "a harvest; bare_soil: every observation below the soil line judged as bare soil; "
                          "emergence: every rise through the emergence threshold judged as an emergence")
@@ -139,24 +140,13 @@ def _explain(args: argparse.Namespace) -> int:
         return markers_db.explain(args)
     if args.scheme is not None:
         return _explain_light(args)
-    from cbm_tasks.markers.bare_soil_explain import BareSoilExplanation, explain_bare_soil
-    from cbm_tasks.markers.emergence_explain import EmergenceExplanation, explain_emergence
-    from cbm_tasks.markers.harvest_explain import HarvestExplanation, explain_harvest
-    from cbm_tasks.markers.mowing_explain import MowingExplanation, explain_mowing
+    from cbm_tasks.markers.explain import explain_marker
     from cbm_tasks.markers.params import load_params
     from cbm_tasks.markers.reader import read_series
 
     params = load_params(args.params)
-    series = read_series(args.timeseries)
-    explanation: MowingExplanation | HarvestExplanation | BareSoilExplanation | EmergenceExplanation
-    if args.marker == "harvest":
-        explanation = explain_harvest(series, args.parcel, params, year=args.year)
-    elif args.marker == "bare_soil":
-        explanation = explain_bare_soil(series, args.parcel, params, year=args.year)
-    elif args.marker == "emergence":
-        explanation = explain_emergence(series, args.parcel, params, year=args.year)
-    else:
-        explanation = explain_mowing(series, args.parcel, params, use_s1=not args.s2_only, year=args.year)
+    explanation = explain_marker(read_series(args.timeseries), args.parcel, params, args.marker,
+                                 use_s1=not args.s2_only, year=args.year)
     explanation.write(sys.stdout)
     if args.csv is not None:
         explanation.write_csv(args.csv)

@@ -15,16 +15,17 @@ evaluated with (``cbm.scheme_rules``, hash checked): ``cbm markers explain --sch
 
 from __future__ import annotations
 
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 import psycopg
 
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers import db_read
-from cbm_tasks.markers.bare_soil_explain import BareSoilExplanation, explain_bare_soil
-from cbm_tasks.markers.emergence_explain import EmergenceExplanation, explain_emergence
-from cbm_tasks.markers.harvest_explain import HarvestExplanation, explain_harvest
-from cbm_tasks.markers.mowing_explain import MowingExplanation, explain_mowing
+from cbm_tasks.markers.bare_soil_explain import BareSoilExplanation
+from cbm_tasks.markers.emergence_explain import EmergenceExplanation
+from cbm_tasks.markers.explain import EXPLAINED_MARKERS, explain_marker
+from cbm_tasks.markers.harvest_explain import HarvestExplanation
+from cbm_tasks.markers.mowing_explain import MowingExplanation
 from cbm_tasks.markers.params import MarkerParams, default_params
 from cbm_tasks.report import decisions
 from cbm_tasks.report.decisions import LightRecord, MarkerRunRecord
@@ -32,10 +33,10 @@ from cbm_tasks.report.recorded import recorded_params, recorded_rules
 from cbm_tasks.traffic_light.explain import LightExplanation, explain_light
 from cbm_tasks.traffic_light.rules import load_rules
 
-__all__ = ["EXPLAINED_MARKERS", "decision_params", "explain_stored", "explain_stored_light"]
+if TYPE_CHECKING:
+    from cbm_tasks.markers.explain import Explanation
 
-EXPLAINED_MARKERS = ("mowing", "harvest", "bare_soil", "emergence")
-Explanation = MowingExplanation | HarvestExplanation | BareSoilExplanation | EmergenceExplanation
+__all__ = ["decision_params", "explain_stored", "explain_stored_light"]
 
 
 def decision_params(run: MarkerRunRecord | None) -> tuple[MarkerParams, bool]:
@@ -74,13 +75,7 @@ def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: 
     run = decisions.marker_run(conn, current[parcel_key][0]) if parcel_key in current else None
     series = db_read.parcel_series(conn, parcel_set_id=parcel_set_id, parcel_key=parcel_key, name=parcel_id)
     params, use_s1 = decision_params(run)
-    if marker == "harvest":
-        return explain_harvest(series, parcel_id, params, year=year), run
-    if marker == "bare_soil":
-        return explain_bare_soil(series, parcel_id, params, year=year), run
-    if marker == "emergence":
-        return explain_emergence(series, parcel_id, params, year=year), run
-    return explain_mowing(series, parcel_id, params, use_s1=use_s1, year=year), run
+    return explain_marker(series, parcel_id, params, marker, use_s1=use_s1, year=year), run
 
 
 def explain_stored_light(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int, parcel_id: str, year: int,

@@ -30,6 +30,7 @@ from cbm_tasks.markers.mowing_explain import StepVerdict, explain_mowing
 from cbm_tasks.markers.params import MarkerParams, default_params
 from cbm_tasks.markers.plot import parcel_figure
 from cbm_tasks.markers.preprocess import prepare
+from cbm_tasks.markers.series import SeriesTable
 from cbm_tasks.report import decisions
 from cbm_tasks.report.decisions import LightRecord, MarkerEventRecord, MarkerRunRecord
 from cbm_tasks.report.lineage_read import ProductLineage, RunRecord, products_for_parcel, run_record
@@ -124,15 +125,13 @@ def _parcel(conn: psycopg.Connection, parcel_set_id: int, parcel_id: str, *, aoi
                       view_box, int(srid))
 
 
-def _series_views(conn: psycopg.Connection, parcel_set_id: int, parcel: ParcelInfo, params: MarkerParams,
-                  use_s1: bool, markers: set[str] | None, year: int) -> _SeriesViews:
+def _series_views(series: SeriesTable, parcel: ParcelInfo, params: MarkerParams, use_s1: bool,
+                  markers: set[str] | None, year: int) -> _SeriesViews:
     """The figure and the explanations of the markers the schemes read (all of them when *markers* is None).
 
     NDVI falls judged as cuts, crop cycles as harvests, observations below the soil line as bare soil,
     rises through the emergence threshold as emergences.
     """
-    series = db_read.parcel_series(conn, parcel_set_id=parcel_set_id, parcel_key=parcel.parcel_key,
-                                   name=parcel.parcel_id)
     if series.n_rows == 0:
         return _SeriesViews()
     prepared = prepare(series, params)
@@ -156,14 +155,10 @@ def _series_views(conn: psycopg.Connection, parcel_set_id: int, parcel: ParcelIn
     return _SeriesViews(buffer.getvalue(), falls, cycles, bare, rises)
 
 
-def _light_views(conn: psycopg.Connection, parcel_set_id: int, parcel: ParcelInfo, params: MarkerParams,
+def _light_views(conn: psycopg.Connection, series: SeriesTable, parcel: ParcelInfo, params: MarkerParams,
                  use_s1: bool, lights: list[LightRecord], year: int) -> list[LightExplanation]:
     """Each stored light re-evaluated rule by rule with its own stored rules (where and why its gap, which events)."""
-    if not lights:
-        return []
-    series = db_read.parcel_series(conn, parcel_set_id=parcel_set_id, parcel_key=parcel.parcel_key,
-                                   name=parcel.parcel_id)
-    if series.n_rows == 0:
+    if not lights or series.n_rows == 0:
         return []
     rules: dict[str, SchemeRules] = {}
     out = []
@@ -224,9 +219,10 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
     if scheme is not None and not lights:
         notes.append(f"No traffic light of scheme {scheme!r} is stored for this parcel.")
     # the figure draws the events of the markers the parcel's schemes read (all without lights)
-    views = _series_views(conn, set_id, parcel, params, use_s1,
-                          decisions.scheme_markers(conn, lights) if lights else None, year)
-    light_explanations = _light_views(conn, set_id, parcel, params, use_s1, lights, year)
+    series = db_read.parcel_series(conn, parcel_set_id=set_id, parcel_key=parcel.parcel_key, name=parcel.parcel_id)
+    views = _series_views(series, parcel, params, use_s1, decisions.scheme_markers(conn, lights) if lights else None,
+                          year)
+    light_explanations = _light_views(conn, series, parcel, params, use_s1, lights, year)
     stamp = Stamp(
         params_hash=params.hash, params_version=str(params.version),
         marker_code_version=(run.code_version or "-") if run is not None else "-",
