@@ -249,8 +249,7 @@ async def get_light_explanation(aoi: Aoi, year: Year, key: Key, scheme: Scheme, 
         stored = None if light is None else {
             "colour": light.colour, "reason": light.reason, "rule_id": light.rule_id,
             "rules_version": light.rules_version, "rules_hash": light.rules_hash,
-            "matches": (light.colour, light.reason, light.rule_id) == (explanation.colour, explanation.reason,
-                                                                       explanation.rule_id)}
+            "matches": explanation.matches(light.colour, light.reason, light.rule_id)}
         return {"parcel_key": key, "parcel_id": explanation.parcel_id, "scheme": scheme, "stored": stored,
                 "explanation": dataclasses.asdict(explanation)}
 

@@ -121,7 +121,7 @@ def _explain_light(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(f"stored light: {light.colour} ({light.reason}, rule {light.rule_id}, rules "
                          f"v{light.rules_version}), decided {light.decided_at:%Y-%m-%d %H:%M}\n")
-        if (light.colour, light.reason, light.rule_id) != (explanation.colour, explanation.reason, explanation.rule_id):
+        if not explanation.matches(light.colour, light.reason, light.rule_id):
             sys.stdout.write("  differs from the evaluation below: images were extracted after the light was decided "
                              "(cbm markers run brings it up to date)\n")
     explanation.write(sys.stdout)

@@ -89,6 +89,10 @@ class LightExplanation:
     rule_id: str
     rules: list[RuleExplanation]
 
+    def matches(self, colour: str, reason: str, rule_id: str | None) -> bool:
+        """Whether a stored light (its colour, reason and deciding rule) is the one this evaluation gives."""
+        return (colour, reason, rule_id) == (self.colour, self.reason, self.rule_id)
+
     def write(self, stream: TextIO) -> None:
         """Write the explanation as text lines, as ``cbm markers explain --scheme`` prints it."""
         stream.write(f"parcel {self.parcel_id}, scheme {self.scheme} {self.year}: {self.colour} ({self.reason}), "
