@@ -28,8 +28,12 @@ def reflectance(ndvi: np.ndarray, nir: float = 0.3) -> tuple[np.ndarray, np.ndar
 
 def grass_rows(parcel_id: str, cuts: Sequence[int], *, year: int = 2021, every: int = 5, cloudy: Sequence[int] = (),
                dips: Sequence[int] = (), coherence: bool = False, noise: float = 0.0,
-               seed: int = 0) -> list[list[object]]:
-    """Rows of one grass parcel: S2 every *every* days (doy 60..300), cloudy / dip observations on the given doys."""
+               seed: int = 0, coherence_rise: float = 0.25, coherence_noise: float = 0.0) -> list[list[object]]:
+    """Rows of one grass parcel: S2 every *every* days (doy 60..300), cloudy / dip observations on the given doys.
+
+    With *coherence*, 6-day VV coherence 0.3 on tall grass and *coherence_rise* higher within 20 days after a
+    cut, plus seeded normal noise of *coherence_noise*.
+    """
     rng = np.random.default_rng(seed)
     days = np.arange(60, 301, every)
     ndvi = grass_ndvi(days, cuts) + rng.normal(0.0, noise, len(days))
@@ -46,7 +50,8 @@ def grass_rows(parcel_id: str, cuts: Sequence[int], *, year: int = 2021, every: 
         for doy in range(62, 301, 6):
             cut_near = any(0 <= doy - cut <= 20 for cut in cuts)
             when = (date(year, 1, 1) + timedelta(days=doy - 1)).isoformat()
-            rows.append([parcel_id, when, "c6", "VV", 0.55 if cut_near else 0.3, "", ""])
+            vv = 0.3 + (coherence_rise if cut_near else 0.0) + rng.normal(0.0, coherence_noise)
+            rows.append([parcel_id, when, "c6", "VV", float(np.clip(vv, 0.01, 1.0)), "", ""])
             rows.append([parcel_id, when, "c6", "VH", 0.45 if cut_near else 0.25, "", ""])
     return rows
 

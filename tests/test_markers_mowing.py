@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,14 @@ from markers_series import doy_date, grass_rows, write_rows
 from cbm_tasks.markers import load_params, prepare, read_series
 from cbm_tasks.markers.crop_events import _crop_events_kernel
 from cbm_tasks.markers.engine import MARKERS, run_markers
-from cbm_tasks.markers.mowing import _PARAM_ORDER, _coherence_rise_kernel, _mowing_kernel, detect_mowing
+from cbm_tasks.markers.mowing import (
+    _PARAM_ORDER,
+    _coherence_noise_kernel,
+    _coherence_rise_kernel,
+    _mowing_kernel,
+    detect_mowing,
+)
+from cbm_tasks.markers.mowing_explain import explain_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import _cloud_dip_kernel
 from cbm_tasks.markers.series import day_to_date
@@ -101,6 +109,37 @@ def test_coherence_raises_confidence(tmp_path: Path) -> None:
     s2_only = _mowing_dates(path, use_s1=False)["p"]
     assert with_s1[0][2] == "s2+coh" and s2_only[0][2] == "s2"
     assert with_s1[0][1] == pytest.approx(min(s2_only[0][1] + PARAMS.get("mowing", "s1_bonus"), 1.0))
+
+
+def _s1_test(path: Path, params: MarkerParams) -> tuple[float, float, float]:
+    """(confidence, coherence rise, rise needed) of the one mowing of parcel p, from its explanation."""
+    steps = [s for s in explain_mowing(read_series(path), "p", params).steps if s.verdict == "mowing"]
+    assert len(steps) == 1
+    rise, need = re.search(r"coherence ([+-][0-9.]+) [<>]=? ([0-9.]+)", steps[0].confidence_parts).groups()
+    return steps[0].confidence, float(rise), float(need)
+
+
+def test_coherence_rise_within_its_noise_is_no_support(tmp_path: Path) -> None:
+    """Coherence of small parcels is noisy: the same rise supports a cut on a calm series, not on a noisy one."""
+    bonus = PARAMS.get("mowing", "s1_bonus")
+    calm = write_rows(tmp_path / "calm.csv", grass_rows("p", [170], coherence=True, coherence_rise=0.08,
+                                                        coherence_noise=0.01, seed=3))
+    s2_only = _mowing_dates(calm, use_s1=False)["p"][0][1]
+    confidence, rise, need = _s1_test(calm, PARAMS)
+    assert rise >= need == pytest.approx(PARAMS.get("mowing", "min_coherence_rise"), abs=0.02)
+    assert confidence == pytest.approx(min(s2_only + bonus, 1.0))
+    assert _mowing_dates(calm)["p"][0][2] == "s2+coh"
+    noisy = write_rows(tmp_path / "noisy.csv", grass_rows("p", [170], coherence=True, coherence_rise=0.08,
+                                                          coherence_noise=0.15, seed=3))
+    confidence, rise, need = _s1_test(noisy, PARAMS)
+    assert PARAMS.get("mowing", "min_coherence_rise") <= rise < need  # a rise the old test took as support
+    assert confidence == pytest.approx(s2_only)
+    assert _mowing_dates(noisy)["p"][0][2] == "s2+coh"  # coherence was read, it did not support the cut
+    # parameters before version 7 have no noise test: a recomputed old run gives the bonus as it did
+    old = MarkerParams(6, {**PARAMS.sections, "mowing": {k: v for k, v in PARAMS.sections["mowing"].items()
+                                                          if k != "coherence_noise_z"}}, "v6")
+    confidence, rise, need = _s1_test(noisy, old)
+    assert need == PARAMS.get("mowing", "min_coherence_rise") and confidence == pytest.approx(min(s2_only + bonus, 1.0))
 
 
 def test_degenerate_series(tmp_path: Path) -> None:
@@ -212,6 +251,14 @@ def test_kernels_match_plain_references() -> None:
         after = coh[(coh_day >= start + 5) & (coh_day <= start + 5 + 18)]
         assert _coherence_rise_kernel(coh_day, coh, 0, 60, start, start + 5, 18.0)[0] == pytest.approx(
             after.mean() - before.mean())
+    # the noise of one pair: robust scatter of successive pairs of the same interval, over sqrt(2)
+    interval = np.where(np.arange(60) % 3 == 0, 12.0, 6.0)
+    noisy = 0.4 + rng.normal(0.0, 0.1, 60)
+    diffs = np.concatenate([np.diff(noisy[interval == k]) for k in (6.0, 12.0)])
+    want_noise = 1.4826 * np.median(np.abs(diffs)) / np.sqrt(2.0)
+    assert _coherence_noise_kernel(noisy, interval, 0, 60) == pytest.approx(want_noise)
+    assert 0.07 < want_noise < 0.13  # it estimates the noise put in
+    assert np.isnan(_coherence_noise_kernel(noisy, interval, 0, 4))  # too few pairs to tell
     # the compiled kernels give what their Python source gives
     doy = (day % 365).astype(np.float64) + 1
     packed = np.array([PARAMS.get("mowing", k) for k in _PARAM_ORDER])

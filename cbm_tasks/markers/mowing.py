@@ -20,7 +20,9 @@ Method (S2, per parcel, valid observations only; ``mowing`` section of the param
    ``max_bracket_days``) + ``weight_recovery`` x (1 when NDVI rises again by ``min_recovery``
    within ``recovery_window_days`` - Sinergise's drop-and-recovery test; 0.5 when no later
    observation can tell) + ``s1_bonus`` when Sentinel-1 coherence rises after the cut (short,
-   stable grass: Tamm 2016, Sen4CAP L4B coherence test) by ``min_coherence_rise``.
+   stable grass: Tamm 2016, Sen4CAP L4B coherence test) by ``min_coherence_rise`` and by
+   ``coherence_noise_z`` standard errors of the rise, from the parcel's own coherence scatter (the
+   coherence of a small parcel is noisy: a rise within its noise is no support).
 
 The kernel returns flat arrays (one row per event) and, per event, the rows of the observations
 that prove it (``EventArrays.obs``): the last high and the first low S2 observation, the coherence
@@ -82,11 +84,12 @@ def empty_obs(n: int) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _coherence_rise_kernel(day: np.ndarray, vv: np.ndarray, lo: int, hi: int, start: float, end: float,
-                           window: float) -> tuple[float, int, int]:
+                           window: float) -> tuple[float, int, int, int, int]:
     """Mean VV coherence of pairs after *end* minus pairs ending before *start*; NaN when one side is empty.
 
     Also returns the rows of the last pair before (tall grass) and the first pair after (short grass),
-    -1 where a side is empty: the pairs an event names when the rise raised its confidence.
+    -1 where a side is empty: the pairs an event names when the rise raised its confidence; and the
+    number of pairs on each side (before, after), which set the rise's standard error.
     """
     before_sum, before_n, after_sum, after_n = 0.0, 0, 0.0, 0
     last_before, first_after = -1, -1
@@ -103,8 +106,32 @@ def _coherence_rise_kernel(day: np.ndarray, vv: np.ndarray, lo: int, hi: int, st
             if first_after < 0:
                 first_after = row
     if before_n == 0 or after_n == 0:
-        return np.nan, last_before, first_after
-    return after_sum / after_n - before_sum / before_n, last_before, first_after
+        return np.nan, last_before, first_after, before_n, after_n
+    return after_sum / after_n - before_sum / before_n, last_before, first_after, before_n, after_n
+
+
+@njit(cache=True, nogil=True)
+def _coherence_noise_kernel(vv: np.ndarray, interval: np.ndarray, lo: int, hi: int) -> float:
+    """Scatter (standard deviation) of one coherence pair of a parcel around its slowly changing level.
+
+    Robust: 1.4826 x the median absolute difference between successive pairs of the same interval
+    (6-day with 6-day, 12-day with 12-day), divided by sqrt(2) because a difference holds the noise of two
+    pairs. Slow seasonal change adds little to differences 6-12 days apart; cuts are a few of them. NaN
+    with fewer than 4 differences (no estimate).
+    """
+    diffs = np.empty(max(hi - lo, 1), np.float64)
+    n = 0
+    for row in range(lo, hi):
+        if not np.isfinite(vv[row]):
+            continue
+        for prev in range(row - 1, max(lo, row - 4) - 1, -1):  # the previous pair of this interval
+            if np.isfinite(vv[prev]) and interval[prev] == interval[row]:
+                diffs[n] = abs(vv[row] - vv[prev])
+                n += 1
+                break
+    if n < 4:
+        return np.nan
+    return float(1.4826 * np.median(diffs[:n]) / np.sqrt(2.0))
 
 
 @njit(cache=True, nogil=True)
@@ -166,6 +193,7 @@ class _P(IntEnum):
     date_window_days = 30
     max_events_per_season = 31
     max_step_days = 32
+    coherence_noise_z = 33
 
 
 _PARAM_ORDER = tuple(member.name for member in _P)
@@ -242,16 +270,25 @@ def _judge_step(k: int, n: int, idx: np.ndarray, day: np.ndarray, doy: np.ndarra
     return failed, before, after, b, main
 
 
+# _score_step's answer: failed tests, confidence, main day, sources, three coherence rows, the confidence's
+# four parts, the coherence rise and the rise it had to reach
+_StepScore = tuple[int, float, float, int, int, int, int, float, float, float, float, float, float]
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: np.ndarray, after: float,
                 drop: float, main: float, coh_day: np.ndarray, coh_vv: np.ndarray, coh_interval: np.ndarray,
-                coh_lo: int, coh_hi: int,
-                p: np.ndarray) -> tuple[int, float, float, int, int, int, int, float, float, float, float]:
+                coh_lo: int, coh_hi: int, coh_noise: float,
+                p: np.ndarray) -> _StepScore:
     """Confidence of a candidate cut (see the module's method, point 4) and its S1 support.
 
     Returns (failed tests NO_RECOVERY / LOW_CONFIDENCE, confidence, main date (refined by coherence
     inside a long gap), sources bitmask, coherence rows: dating pair, first pair after, last pair before,
-    and the confidence's parts before their weights: drop, dating (bracket), regrowth, and the S1 bonus given).
+    the confidence's parts before their weights: drop, dating (bracket), regrowth, and the S1 bonus given; and
+    the coherence rise with the rise it had to reach (NaN without coherence on both sides).
+
+    The rise must reach ``min_coherence_rise`` and ``coherence_noise_z`` standard errors of itself, from the
+    parcel's own pair scatter *coh_noise* (``_coherence_noise_kernel``; NaN: only the absolute floor).
     """
     t0, t1 = day[idx[k - 1]], day[idx[k]]
     c_drop = min(max((drop - p[_P.min_drop]) / max(p[_P.strong_drop] - p[_P.min_drop], 1e-6), 0.0), 1.0)
@@ -272,11 +309,15 @@ def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: 
                   + p[_P.weight_recovery] * c_rec)
     sources = 1
     s1_date_row, s1_support_row, s1_baseline_row = -1, -1, -1
-    rise, last_before, first_after = _coherence_rise_kernel(coh_day, coh_vv, coh_lo, coh_hi, t0, t1,
-                                                            p[_P.coherence_window_days])
+    rise, last_before, first_after, n_before, n_after = _coherence_rise_kernel(
+        coh_day, coh_vv, coh_lo, coh_hi, t0, t1, p[_P.coherence_window_days])
+    need = np.nan
     if np.isfinite(rise):
         sources = 5
-        if rise >= p[_P.min_coherence_rise]:
+        need = p[_P.min_coherence_rise]
+        if np.isfinite(coh_noise) and p[_P.coherence_noise_z] > 0.0:
+            need = max(need, p[_P.coherence_noise_z] * coh_noise * np.sqrt(1.0 / n_before + 1.0 / n_after))
+        if rise >= need:
             confidence += p[_P.s1_bonus]
             s1_support_row, s1_baseline_row = first_after, last_before
     if t1 - t0 > p[_P.coherence_refine_gap_days]:
@@ -290,7 +331,7 @@ def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: 
         failed |= LOW_CONFIDENCE
     s1_part = p[_P.s1_bonus] if s1_support_row >= 0 else 0.0
     return (failed, min(confidence, 1.0), main, sources, s1_date_row, s1_support_row, s1_baseline_row, c_drop,
-            c_bracket, c_rec, s1_part)
+            c_bracket, c_rec, s1_part, rise, need)
 
 
 @njit(cache=True, nogil=True)
@@ -320,6 +361,7 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
                 idx[n] = row
                 n += 1
         n_cand = 0
+        coh_noise = _coherence_noise_kernel(coh_vv, coh_interval, coh_offsets[parcel], coh_offsets[parcel + 1])
         for k in range(1, n):
             step = ndvi[idx[k - 1]] - ndvi[idx[k]]
             t0, t1 = day[idx[k - 1]], day[idx[k]]
@@ -329,9 +371,10 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
             if failed:
                 continue
             drop = before - after
-            failed, confidence, main, sources, s1_date_row, s1_support_row, s1_baseline_row, _, _, _, _ = _score_step(
+            (failed, confidence, main, sources, s1_date_row, s1_support_row, s1_baseline_row,
+             _, _, _, _, _, _) = _score_step(
                 k, b, n, idx, day, ndvi, after, drop, main, coh_day, coh_vv, coh_interval, coh_offsets[parcel],
-                coh_offsets[parcel + 1], p)
+                coh_offsets[parcel + 1], coh_noise, p)
             if failed:
                 continue
             cand[n_cand, 0] = t0

@@ -21,7 +21,15 @@ from typing import Any, TextIO
 import numpy as np
 
 from cbm_tasks.markers import mowing
-from cbm_tasks.markers.mowing import _P, _judge_step, _packed, _s2_inputs, _score_step, detect_mowing
+from cbm_tasks.markers.mowing import (
+    _P,
+    _coherence_noise_kernel,
+    _judge_step,
+    _packed,
+    _s2_inputs,
+    _score_step,
+    detect_mowing,
+)
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import REJECTIONS, prepare, rejection_codes
 from cbm_tasks.markers.series import SeriesTable, day_to_date
@@ -70,8 +78,9 @@ class StepVerdict:
     ``confidence`` NaN when a test failed before it was scored; ``verdict`` ``mowing``, ``not a cut``,
     ``weaker than the cut of YYYY-MM-DD`` or ``over max_events``; ``failed`` the tests not passed;
     ``confidence_parts`` its sum as the marker made it (``base 0.20 + drop 0.14 + dating 0.05 +
-    regrowth 0.12 + S1 0.00``: the weighted drop size, date precision (the gap between the two
-    images), regrowth after the fall and Sentinel-1 coherence support), empty when not scored.
+    regrowth 0.12 + S1 0.00 (coherence +0.03 < 0.11)``: the weighted drop size, date precision (the gap
+    between the two images), regrowth after the fall and Sentinel-1 coherence support, with the rise of VV
+    coherence and the rise it had to reach where coherence exists), empty when not scored.
     """
 
     start_date: str
@@ -139,6 +148,13 @@ def _ratio(low: float, high: float) -> float:
     return float(low / high) if high > 0 else float("nan")
 
 
+def _coherence_note(rise: float, need: float) -> str:
+    """`` (coherence +0.08 >= 0.05)``: the S1 test of a scored step; empty without coherence on both sides."""
+    if not np.isfinite(rise):
+        return ""
+    return f" (coherence {rise:+.2f} {'>=' if rise >= need else '<'} {need:.2f})"
+
+
 def failed_tests(tests: Mapping[int, str], mask: int) -> str:
     """The names of the tests whose bits are set in *mask* (a kernel's failed-test bitmask), ``; ``-joined."""
     return "; ".join(text for bit, text in tests.items() if mask & bit)
@@ -180,6 +196,7 @@ def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
     kept = {(float(start), float(end)) for start, end in zip(events.start, events.end, strict=True)}
     p = _packed(params)
     coh_hi = len(coh.day) if use_s1 else 0
+    coh_noise = _coherence_noise_kernel(coh.vv, coh.interval_days, 0, coh_hi)
     red, doy = _s2_inputs(prepared)
     idx = np.flatnonzero(s2.valid).astype(np.int64)
     steps = []
@@ -192,12 +209,12 @@ def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
             continue
         confidence, parts = np.nan, ""
         if not failed:
-            failed, confidence, main, _, _, _, _, c_drop, c_bracket, c_rec, s1_part = _score_step(
+            failed, confidence, main, _, _, _, _, c_drop, c_bracket, c_rec, s1_part, rise, need = _score_step(
                 k, b, len(idx), idx, s2.day, s2.ndvi, after, before - after, main, coh.day, coh.vv, coh.interval_days,
-                0, coh_hi, p)
+                0, coh_hi, coh_noise, p)
             parts = (f"base {p[_P.base_confidence]:.2f} + drop {p[_P.weight_drop] * c_drop:.2f} + dating "
                      f"{p[_P.weight_bracket] * c_bracket:.2f} + regrowth {p[_P.weight_recovery] * c_rec:.2f} + "
-                     f"S1 {s1_part:.2f}")
+                     f"S1 {s1_part:.2f}{_coherence_note(rise, need)}")
         if failed:
             verdict = "not a cut"
         elif (float(s2.day[high]), float(s2.day[low])) in kept:

@@ -51,6 +51,8 @@ NEUTRAL: dict[tuple[str, str], float] = {
     ("bare_soil", "min_cover_ndvi"): 0.0,
     ("bare_soil", "cover_lookback_days"): 0.0,
     ("bare_soil", "no_cover_penalty"): 0.0,
+    # version 7
+    ("mowing", "coherence_noise_z"): 0.0,
 }
 
 
