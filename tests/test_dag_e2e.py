@@ -7,7 +7,9 @@ AIRFLOW_CONN_CBM_POSTGIS exactly as `cbm airflow start` does.
 
 from __future__ import annotations
 
+import functools
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from airflow.dag_processing.dagbag import DagBag  # noqa: E402
 from cbm_tasks.catalogue.local import LocalCatalogue  # noqa: E402
 from cbm_tasks.demo import data as demo_data  # noqa: E402
 from cbm_tasks.parcels import sets as parcel  # noqa: E402
+from cbm_tasks.pipeline import lease  # noqa: E402
 from cbm_tasks.pipeline.poll import poll_aoi  # noqa: E402
 from cbm_tasks.timeseries import write as obs  # noqa: E402
 
@@ -139,9 +142,17 @@ def test_dropped_connection_is_retried_without_duplicates(
 
     monkeypatch.setattr(obs, "replace_image_stats", write_after_a_dropped_connection)
     dag = _dags().dags["cbm_extract"]
+    # the retry is what is tested, not its minute of waiting: for the task's retry delay, and for the lease
+    # the dropped try could not give back to run out (cbm_tasks.pipeline.lease)
+    for task in dag.tasks:
+        monkeypatch.setattr(task, "retry_delay", timedelta(seconds=1))
+    monkeypatch.setattr(lease, "LeaseTerms", functools.partial(
+        lease.LeaseTerms, lease=timedelta(seconds=6), renew_every=timedelta(seconds=2), wait=timedelta(seconds=10)))
+    started = time.monotonic()
     run = dag.test(run_conf={"aoi": "demo"})
 
     assert run.state == "success"
+    assert time.monotonic() - started < 50  # the shortened delay was the one waited for
     assert len(calls) == N_PER_SENSOR + 1
     with psycopg.connect(db_url) as conn:
         status = conn.execute("SELECT status, attempts, claimed_by FROM cbm.product_status ORDER BY product_id")
