@@ -10,15 +10,10 @@ import pytest
 from markers_series import doy_date, grass_rows, write_rows
 
 from cbm_tasks.markers import load_params, prepare, read_series
+from cbm_tasks.markers.coherence import coherence_cut_date, coherence_noise, coherence_rise
 from cbm_tasks.markers.crop_events import _crop_events_kernel
 from cbm_tasks.markers.engine import MARKERS, run_markers
-from cbm_tasks.markers.mowing import (
-    _PARAM_ORDER,
-    _coherence_noise_kernel,
-    _coherence_rise_kernel,
-    _mowing_kernel,
-    detect_mowing,
-)
+from cbm_tasks.markers.mowing import _PARAM_ORDER, _mowing_kernel, detect_mowing
 from cbm_tasks.markers.mowing_explain import explain_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import _cloud_dip_kernel
@@ -142,6 +137,18 @@ def test_coherence_rise_within_its_noise_is_no_support(tmp_path: Path) -> None:
     assert need == PARAMS.get("mowing", "min_coherence_rise") and confidence == pytest.approx(min(s2_only + bonus, 1.0))
 
 
+def test_one_noisy_pair_does_not_date_a_cut_in_a_long_gap() -> None:
+    """Inside a 40-day S2 gap (doy 100-140) the first pair clearly above tall grass dates the cut, not a noise spike."""
+    day = np.array([70.0, 76.0, 82.0, 88.0, 94.0, 106.0, 118.0, 124.0])
+    vv = np.array([0.30, 0.25, 0.35, 0.30, 0.30, 0.36, 0.60, 0.62])  # doy 106: +0.06, within the noise
+    interval = np.full(len(day), 6.0)
+    args = (day, vv, interval, 0, len(day), 100.0, 140.0, 0.04)
+    noise = coherence_noise(vv, interval, 0, len(day))
+    assert 0.03 < noise < 0.2
+    assert coherence_cut_date(*args, np.nan, 0.0) == (103.0, 5)  # the absolute floor alone (before version 7)
+    assert coherence_cut_date(*args, noise, 1.645) == (115.0, 6)  # the pair of short grass
+
+
 def test_degenerate_series(tmp_path: Path) -> None:
     one = write_rows(tmp_path / "one.csv", grass_rows("p", [])[:2])
     result = run_markers(read_series(one), PARAMS)
@@ -249,16 +256,16 @@ def test_kernels_match_plain_references() -> None:
     for start in (50.0, 120.0, 200.0):
         before = coh[(coh_day >= start - 18 - 12) & (coh_day <= start - 6)]
         after = coh[(coh_day >= start + 5) & (coh_day <= start + 5 + 18)]
-        assert _coherence_rise_kernel(coh_day, coh, 0, 60, start, start + 5, 18.0)[0] == pytest.approx(
+        assert coherence_rise(coh_day, coh, 0, 60, start, start + 5, 18.0)[0] == pytest.approx(
             after.mean() - before.mean())
     # the noise of one pair: robust scatter of successive pairs of the same interval, over sqrt(2)
     interval = np.where(np.arange(60) % 3 == 0, 12.0, 6.0)
     noisy = 0.4 + rng.normal(0.0, 0.1, 60)
     diffs = np.concatenate([np.diff(noisy[interval == k]) for k in (6.0, 12.0)])
     want_noise = 1.4826 * np.median(np.abs(diffs)) / np.sqrt(2.0)
-    assert _coherence_noise_kernel(noisy, interval, 0, 60) == pytest.approx(want_noise)
+    assert coherence_noise(noisy, interval, 0, 60) == pytest.approx(want_noise)
     assert 0.07 < want_noise < 0.13  # it estimates the noise put in
-    assert np.isnan(_coherence_noise_kernel(noisy, interval, 0, 4))  # too few pairs to tell
+    assert np.isnan(coherence_noise(noisy, interval, 0, 4))  # too few pairs to tell
     # the compiled kernels give what their Python source gives
     doy = (day % 365).astype(np.float64) + 1
     packed = np.array([PARAMS.get("mowing", k) for k in _PARAM_ORDER])

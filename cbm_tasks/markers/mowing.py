@@ -38,6 +38,12 @@ from enum import IntEnum
 import numpy as np
 from numba import njit
 
+from cbm_tasks.markers.coherence import (
+    coherence_cut_date,
+    coherence_noise,
+    coherence_rise,
+    rise_needed,
+)
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import PreparedSeries
 
@@ -80,81 +86,6 @@ class EventArrays:
 def empty_obs(n: int) -> np.ndarray:
     """Return an ``EventArrays.obs`` block of *n* events that name no observation (all -1)."""
     return np.full((n, N_OBS), -1, np.int64)
-
-
-@njit(cache=True, nogil=True)
-def _coherence_rise_kernel(day: np.ndarray, vv: np.ndarray, lo: int, hi: int, start: float, end: float,
-                           window: float) -> tuple[float, int, int, int, int]:
-    """Mean VV coherence of pairs after *end* minus pairs ending before *start*; NaN when one side is empty.
-
-    Also returns the rows of the last pair before (tall grass) and the first pair after (short grass),
-    -1 where a side is empty: the pairs an event names when the rise raised its confidence; and the
-    number of pairs on each side (before, after), which set the rise's standard error.
-    """
-    before_sum, before_n, after_sum, after_n = 0.0, 0, 0.0, 0
-    last_before, first_after = -1, -1
-    for row in range(lo, hi):
-        if not np.isfinite(vv[row]):
-            continue
-        if start - window - 12.0 <= day[row] <= start - 6.0:
-            before_sum += vv[row]
-            before_n += 1
-            last_before = row
-        elif end <= day[row] <= end + window:
-            after_sum += vv[row]
-            after_n += 1
-            if first_after < 0:
-                first_after = row
-    if before_n == 0 or after_n == 0:
-        return np.nan, last_before, first_after, before_n, after_n
-    return after_sum / after_n - before_sum / before_n, last_before, first_after, before_n, after_n
-
-
-@njit(cache=True, nogil=True)
-def _coherence_noise_kernel(vv: np.ndarray, interval: np.ndarray, lo: int, hi: int) -> float:
-    """Scatter (standard deviation) of one coherence pair of a parcel around its slowly changing level.
-
-    Robust: 1.4826 x the median absolute difference between successive pairs of the same interval
-    (6-day with 6-day, 12-day with 12-day), divided by sqrt(2) because a difference holds the noise of two
-    pairs. Slow seasonal change adds little to differences 6-12 days apart; cuts are a few of them. NaN
-    with fewer than 4 differences (no estimate).
-    """
-    diffs = np.empty(max(hi - lo, 1), np.float64)
-    n = 0
-    for row in range(lo, hi):
-        if not np.isfinite(vv[row]):
-            continue
-        for prev in range(row - 1, max(lo, row - 4) - 1, -1):  # the previous pair of this interval
-            if np.isfinite(vv[prev]) and interval[prev] == interval[row]:
-                diffs[n] = abs(vv[row] - vv[prev])
-                n += 1
-                break
-    if n < 4:
-        return np.nan
-    return float(1.4826 * np.median(diffs[:n]) / np.sqrt(2.0))
-
-
-@njit(cache=True, nogil=True)
-def _coherence_date_kernel(day: np.ndarray, vv: np.ndarray, interval: np.ndarray, lo: int, hi: int, start: float,
-                           end: float, min_rise: float) -> tuple[float, int]:
-    """Date of a cut inside a long S2 gap from coherence and the pair's row; (NaN, -1) when coherence cannot tell.
-
-    Pairs before the gap give the tall-grass level; the first pair starting inside the gap whose
-    coherence is at least *min_rise* above it was taken on short grass, so the cut lies within the
-    pair interval before it: its middle is returned, clamped to the gap.
-    """
-    base_sum, base_n = 0.0, 0
-    for row in range(lo, hi):
-        if np.isfinite(vv[row]) and start - 30.0 <= day[row] <= start - interval[row]:
-            base_sum += vv[row]
-            base_n += 1
-    if base_n == 0:
-        return np.nan, -1
-    baseline = base_sum / base_n
-    for row in range(lo, hi):
-        if np.isfinite(vv[row]) and start < day[row] <= end and vv[row] >= baseline + min_rise:
-            return float(min(max(day[row] - 0.5 * max(interval[row], 6.0), start), end)), row
-    return np.nan, -1
 
 
 class _P(IntEnum):
@@ -288,7 +219,7 @@ def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: 
     the coherence rise with the rise it had to reach (NaN without coherence on both sides).
 
     The rise must reach ``min_coherence_rise`` and ``coherence_noise_z`` standard errors of itself, from the
-    parcel's own pair scatter *coh_noise* (``_coherence_noise_kernel``; NaN: only the absolute floor).
+    parcel's own pair scatter *coh_noise* (``coherence_noise``; NaN: only the absolute floor).
     """
     t0, t1 = day[idx[k - 1]], day[idx[k]]
     c_drop = min(max((drop - p[_P.min_drop]) / max(p[_P.strong_drop] - p[_P.min_drop], 1e-6), 0.0), 1.0)
@@ -309,20 +240,18 @@ def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: 
                   + p[_P.weight_recovery] * c_rec)
     sources = 1
     s1_date_row, s1_support_row, s1_baseline_row = -1, -1, -1
-    rise, last_before, first_after, n_before, n_after = _coherence_rise_kernel(
+    rise, last_before, first_after, n_before, n_after = coherence_rise(
         coh_day, coh_vv, coh_lo, coh_hi, t0, t1, p[_P.coherence_window_days])
     need = np.nan
     if np.isfinite(rise):
         sources = 5
-        need = p[_P.min_coherence_rise]
-        if np.isfinite(coh_noise) and p[_P.coherence_noise_z] > 0.0:
-            need = max(need, p[_P.coherence_noise_z] * coh_noise * np.sqrt(1.0 / n_before + 1.0 / n_after))
+        need = rise_needed(p[_P.min_coherence_rise], coh_noise, p[_P.coherence_noise_z], n_before, n_after)
         if rise >= need:
             confidence += p[_P.s1_bonus]
             s1_support_row, s1_baseline_row = first_after, last_before
     if t1 - t0 > p[_P.coherence_refine_gap_days]:
-        refined, refined_row = _coherence_date_kernel(coh_day, coh_vv, coh_interval, coh_lo, coh_hi, t0, t1,
-                                                      p[_P.min_coherence_rise])
+        refined, refined_row = coherence_cut_date(coh_day, coh_vv, coh_interval, coh_lo, coh_hi, t0, t1,
+                                                  p[_P.min_coherence_rise], coh_noise, p[_P.coherence_noise_z])
         if np.isfinite(refined):
             main = refined
             sources = 5
@@ -361,7 +290,7 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
                 idx[n] = row
                 n += 1
         n_cand = 0
-        coh_noise = _coherence_noise_kernel(coh_vv, coh_interval, coh_offsets[parcel], coh_offsets[parcel + 1])
+        coh_noise = coherence_noise(coh_vv, coh_interval, coh_offsets[parcel], coh_offsets[parcel + 1])
         for k in range(1, n):
             step = ndvi[idx[k - 1]] - ndvi[idx[k]]
             t0, t1 = day[idx[k - 1]], day[idx[k]]

@@ -21,15 +21,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from cbm_tasks.markers import mowing
-from cbm_tasks.markers.mowing import (
-    _P,
-    _coherence_noise_kernel,
-    _judge_step,
-    _packed,
-    _s2_inputs,
-    _score_step,
-    detect_mowing,
-)
+from cbm_tasks.markers.coherence import coherence_noise
+from cbm_tasks.markers.mowing import _P, _judge_step, _packed, _s2_inputs, _score_step, detect_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import REJECTIONS, prepare, rejection_codes
 from cbm_tasks.markers.series import SeriesTable, day_to_date
@@ -196,7 +189,7 @@ def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
     kept = {(float(start), float(end)) for start, end in zip(events.start, events.end, strict=True)}
     p = _packed(params)
     coh_hi = len(coh.day) if use_s1 else 0
-    coh_noise = _coherence_noise_kernel(coh.vv, coh.interval_days, 0, coh_hi)
+    coh_noise = coherence_noise(coh.vv, coh.interval_days, 0, coh_hi)
     red, doy = _s2_inputs(prepared)
     idx = np.flatnonzero(s2.valid).astype(np.int64)
     steps = []
