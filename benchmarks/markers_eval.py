@@ -106,6 +106,8 @@ def eval_sk(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
     folder = data / "grassland_sk_train"
     surveyed, truth = read_survey_truth(folder)
     negatives = {parcel for parcel, survey in surveyed.items() if survey == "not_mown"}
+    with (folder / "plots.csv").open(newline="") as stream:
+        land_use = {row["parcel_id"]: row["land_use"] for row in csv.DictReader(stream)}
     parcels = sorted(surveyed)
     out = {}
     # some surveyed plot-years have no observation at all in the file (their images were no-data):
@@ -119,6 +121,10 @@ def eval_sk(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
         with_data = [p for p in parcels if p in observed]
         out[f"SK {name}, plot-years with observations ({len(with_data)} of {len(parcels)})"] = match_events(
             predicted, truth, with_data, negatives=negatives & observed)
+        # the not-mown plot-years by land use: grazing on pastures lowers NDVI as a cut does, abandoned ones not
+        for use in sorted({land_use[p] for p in negatives}):
+            group = sorted(p for p in negatives if land_use[p] == use)
+            out[f"SK {name}, not mown: {use}"] = match_events(predicted, truth, group, negatives=set(group))
     # without blue and SWIR the haze and moisture tests cannot run (SALMS and many exports are like that)
     red_nir = _rewrite(folder / "timeseries.csv.gz", work / "sk_red_nir.csv.gz", _red_nir_only)
     out["SK S2 only, B04 + B08 only"] = match_events(predict(red_nir, params, use_s1=False), truth, parcels,

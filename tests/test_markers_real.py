@@ -58,16 +58,37 @@ def _slovak_truth() -> tuple[dict[str, str], dict[str, list[date]]]:
     return read_survey_truth(shared_data("grassland_sk_train"))
 
 
-def _slovak_score(path: Path, *, plot_years: bool, use_s1: bool = False, params: MarkerParams = PARAMS) -> Score:
-    surveyed, truth = _slovak_truth()
+def _slovak_mowings(path: Path, *, plot_years: bool, use_s1: bool = False,
+                    params: MarkerParams = PARAMS) -> dict[str, list[date]]:
     predicted: dict[str, list[date]] = {}
     for row in run_markers(read_series(path), params, use_s1=use_s1).rows():
         if row.marker == "mowing":
             when = date.fromisoformat(row.main_date)
             key = row.parcel_id if plot_years else f"{row.parcel_id}_{when.year}"
             predicted.setdefault(key, []).append(when)
+    return predicted
+
+
+def _slovak_score(path: Path, *, plot_years: bool, use_s1: bool = False, params: MarkerParams = PARAMS) -> Score:
+    surveyed, truth = _slovak_truth()
+    predicted = _slovak_mowings(path, plot_years=plot_years, use_s1=use_s1, params=params)
     negatives = {p for p, survey in surveyed.items() if survey == "not_mown"}
     return match_events(predicted, truth, sorted(surveyed), negatives=negatives)
+
+
+def test_false_mowings_on_not_mown_plots_are_grazed_pastures() -> None:
+    """Every abandoned plot-year is clean; the not-mown ones with a mowing are pastures (grazing lowers NDVI too)."""
+    surveyed, truth = _slovak_truth()
+    with shared_data("grassland_sk_train", "plots.csv").open(newline="") as stream:
+        land_use = {row["parcel_id"]: row["land_use"] for row in csv.DictReader(stream)}
+    predicted = _slovak_mowings(shared_data("grassland_sk_train", "timeseries.csv.gz"), plot_years=True)
+    by_use = {}
+    for use in ("abandoned", "pasture"):
+        group = {p for p, survey in surveyed.items() if survey == "not_mown" and land_use[p] == use}
+        by_use[use] = match_events(predicted, truth, sorted(group), negatives=group)
+    assert [(s.negatives, s.negatives_clean) for s in by_use.values()] == [(13, 13), (24, 19)]
+    # a group without true or predicted events has no precision, recall or F1: the table says "-", not "nan"
+    assert by_use["abandoned"].row("abandoned") == "| abandoned | 0 | 0 | - | - | - | - | 13/13 = 100% |"
 
 
 def test_slovak_set_defaults() -> None:

@@ -7,6 +7,7 @@ Per parcel, predicted and true event dates are matched one to one within +-``tol
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -53,8 +54,11 @@ class Score:
         """One Markdown table row: name, true, predicted, P, R, F1, median error, clean negatives."""
         clean = f"{self.negatives_clean}/{self.negatives} = {self.negatives_clean / self.negatives:.0%}" \
             if self.negatives else "-"
-        return (f"| {name} | {self.tp + self.fn} | {self.tp + self.fp} | {self.precision:.2f} | {self.recall:.2f} | "
-                f"{self.f1:.2f} | {self.median_error:.1f} | {clean} |")
+        def cell(value: float, digits: int) -> str:  # "-" where the figure is undefined (no true or no predicted event)
+            return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+        return (f"| {name} | {self.tp + self.fn} | {self.tp + self.fp} | {cell(self.precision, 2)} | "
+                f"{cell(self.recall, 2)} | {cell(self.f1, 2)} | {cell(self.median_error, 1)} | {clean} |")
 
 
 def match_events(predicted: Mapping[str, list[date]], truth: Mapping[str, list[date]],
