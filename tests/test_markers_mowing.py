@@ -143,7 +143,7 @@ def test_one_noisy_pair_does_not_date_a_cut_in_a_long_gap() -> None:
     vv = np.array([0.30, 0.25, 0.35, 0.30, 0.30, 0.36, 0.60, 0.62])  # doy 106: +0.06, within the noise
     interval = np.full(len(day), 6.0)
     args = (day, vv, interval, 0, len(day), 100.0, 140.0, 0.04)
-    noise = coherence_noise(vv, interval, 0, len(day))
+    noise = coherence_noise(vv, interval, np.full(len(day), -1, np.int32), 0, len(day))
     assert 0.03 < noise < 0.2
     assert coherence_cut_date(*args, np.nan, 0.0) == (103.0, 5)  # the absolute floor alone (before version 7)
     assert coherence_cut_date(*args, noise, 1.645) == (115.0, 6)  # the pair of short grass
@@ -258,14 +258,20 @@ def test_kernels_match_plain_references() -> None:
         after = coh[(coh_day >= start + 5) & (coh_day <= start + 5 + 18)]
         assert coherence_rise(coh_day, coh, 0, 60, start, start + 5, 18.0)[0] == pytest.approx(
             after.mean() - before.mean())
-    # the noise of one pair: robust scatter of successive pairs of the same interval, over sqrt(2)
+    # the noise of one pair: robust scatter of successive pairs of the same interval and orbit, over sqrt(2)
     interval = np.where(np.arange(60) % 3 == 0, 12.0, 6.0)
+    no_orbit = np.full(60, -1, np.int32)
     noisy = 0.4 + rng.normal(0.0, 0.1, 60)
     diffs = np.concatenate([np.diff(noisy[interval == k]) for k in (6.0, 12.0)])
     want_noise = 1.4826 * np.median(np.abs(diffs)) / np.sqrt(2.0)
-    assert coherence_noise(noisy, interval, 0, 60) == pytest.approx(want_noise)
+    assert coherence_noise(noisy, interval, no_orbit, 0, 60) == pytest.approx(want_noise)
     assert 0.07 < want_noise < 0.13  # it estimates the noise put in
-    assert np.isnan(coherence_noise(noisy, interval, 0, 4))  # too few pairs to tell
+    assert np.isnan(coherence_noise(noisy, interval, no_orbit, 0, 4))  # too few pairs to tell
+    # two orbits in turn, their levels 0.15 apart (incidence, time of day): the offset is not noise
+    orbit = np.where(np.arange(60) % 2 == 0, 22, 95).astype(np.int32)
+    calm = 0.4 + np.where(orbit == 22, 0.15, 0.0) + np.random.default_rng(7).normal(0.0, 0.02, 60)
+    six = np.full(60, 6.0)
+    assert coherence_noise(calm, six, orbit, 0, 60) < 0.04 < coherence_noise(calm, six, no_orbit, 0, 60)
     # the compiled kernels give what their Python source gives
     doy = (day % 365).astype(np.float64) + 1
     packed = np.array([PARAMS.get("mowing", k) for k in _PARAM_ORDER])
@@ -274,12 +280,13 @@ def test_kernels_match_plain_references() -> None:
     ndmi[::7] = np.nan  # no SWIR band: the moisture test does not apply
     coh_offsets = np.array([0, 60, 60, 60, 60], np.int64)
     coh_interval = np.full(60, 6.0)
+    coh_orbit = np.where(np.arange(60) % 2 == 0, 22, 95).astype(np.int32)
     for per_season in (0.0, 1.0):  # max_events over the series (before v4) / per season
         packed[_PARAM_ORDER.index("max_events_per_season")] = per_season
         compiled = _mowing_kernel(offsets, day, doy, ndvi, red, ndmi, valid, coh_offsets, coh_day, coh, coh_interval,
-                                  packed)
+                                  coh_orbit, packed)
         python = _mowing_kernel.py_func(offsets, day, doy, ndvi, red, ndmi, valid, coh_offsets, coh_day, coh,
-                                        coh_interval, packed)
+                                        coh_interval, coh_orbit, packed)
         assert len(compiled[0]) > 3
         np.testing.assert_array_equal(compiled[0], python[0])
         np.testing.assert_allclose(compiled[1], python[1])

@@ -5,8 +5,8 @@ Mown grass is short and stable between two passes, so the 6/12-day VV coherence 
 rise supports a cut only when it stands out of the parcel's own scatter (``coherence_noise_z``).
 
 The kernels take one parcel's coherence pairs as rows ``lo:hi`` of flat arrays (``day`` the pair's
-first acquisition, ``vv`` its coherence, ``interval`` 6 or 12 days) and are called from the mowing
-kernel and its explanation.
+first acquisition, ``vv`` its coherence, ``interval`` 6 or 12 days, ``orbit`` the relative orbit or -1)
+and are called from the mowing kernel and its explanation.
 """
 
 from __future__ import annotations
@@ -46,21 +46,23 @@ def coherence_rise(day: np.ndarray, vv: np.ndarray, lo: int, hi: int, start: flo
 
 
 @njit(cache=True, nogil=True)
-def coherence_noise(vv: np.ndarray, interval: np.ndarray, lo: int, hi: int) -> float:
+def coherence_noise(vv: np.ndarray, interval: np.ndarray, orbit: np.ndarray, lo: int, hi: int) -> float:
     """Scatter (standard deviation) of one coherence pair of a parcel around its slowly changing level.
 
-    Robust: 1.4826 x the median absolute difference between successive pairs of the same interval
-    (6-day with 6-day, 12-day with 12-day), divided by sqrt(2) because a difference holds the noise of two
-    pairs. Slow seasonal change adds little to differences 6-12 days apart; cuts are a few of them. NaN
-    with fewer than 4 differences (no estimate).
+    Robust: 1.4826 x the median absolute difference between successive pairs of the same interval and
+    relative orbit (6-day with 6-day, 12-day with 12-day; orbits differ in incidence angle and time of
+    day, so their levels differ), divided by sqrt(2) because a difference holds the noise of two pairs.
+    Slow seasonal change adds little to differences 6-12 days apart; cuts are a few of them. NaN with
+    fewer than 4 differences (no estimate).
     """
     diffs = np.empty(max(hi - lo, 1), np.float64)
     n = 0
     for row in range(lo, hi):
         if not np.isfinite(vv[row]):
             continue
-        for prev in range(row - 1, max(lo, row - 4) - 1, -1):  # the previous pair of this interval
-            if np.isfinite(vv[prev]) and interval[prev] == interval[row]:
+        # the previous pair of this interval and orbit: at most a few rows back (two intervals, a few orbits)
+        for prev in range(row - 1, max(lo, row - 8) - 1, -1):
+            if np.isfinite(vv[prev]) and interval[prev] == interval[row] and orbit[prev] == orbit[row]:
                 diffs[n] = abs(vv[row] - vv[prev])
                 n += 1
                 break

@@ -266,7 +266,7 @@ def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: 
 @njit(cache=True, nogil=True)
 def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: np.ndarray, red: np.ndarray,
                    ndmi: np.ndarray, valid: np.ndarray, coh_offsets: np.ndarray, coh_day: np.ndarray,
-                   coh_vv: np.ndarray, coh_interval: np.ndarray,
+                   coh_vv: np.ndarray, coh_interval: np.ndarray, coh_orbit: np.ndarray,
                    p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mowing events of every parcel: (parcel, rows, obs as in ``EventArrays.obs``).
 
@@ -290,7 +290,7 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
                 idx[n] = row
                 n += 1
         n_cand = 0
-        coh_noise = coherence_noise(coh_vv, coh_interval, coh_offsets[parcel], coh_offsets[parcel + 1])
+        coh_noise = coherence_noise(coh_vv, coh_interval, coh_orbit, coh_offsets[parcel], coh_offsets[parcel + 1])
         for k in range(1, n):
             step = ndvi[idx[k - 1]] - ndvi[idx[k]]
             t0, t1 = day[idx[k - 1]], day[idx[k]]
@@ -374,6 +374,7 @@ def detect_mowing(prepared: PreparedSeries, params: MarkerParams, *, use_s1: boo
     coh_offsets = coh.offsets if use_s1 else np.zeros(prepared.n_parcels + 1, np.int64)
     red, doy = _s2_inputs(prepared)
     parcel, rows, obs = _mowing_kernel(s2.offsets, s2.day, doy, s2.ndvi, red, s2.ndmi, s2.valid,
-                                       coh_offsets, coh.day, coh.vv, coh.interval_days, _packed(params))
+                                       coh_offsets, coh.day, coh.vv, coh.interval_days, coh.orbit,
+                                       _packed(params))
     return EventArrays(parcel, rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].copy(), rows[:, 3].copy(),
                        rows[:, 4].copy(), rows[:, 5].astype(np.int32), obs)

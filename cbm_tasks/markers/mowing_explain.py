@@ -189,7 +189,7 @@ def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
     kept = {(float(start), float(end)) for start, end in zip(events.start, events.end, strict=True)}
     p = _packed(params)
     coh_hi = len(coh.day) if use_s1 else 0
-    coh_noise = coherence_noise(coh.vv, coh.interval_days, 0, coh_hi)
+    coh_noise = coherence_noise(coh.vv, coh.interval_days, coh.orbit, 0, coh_hi)
     red, doy = _s2_inputs(prepared)
     idx = np.flatnonzero(s2.valid).astype(np.int64)
     steps = []
