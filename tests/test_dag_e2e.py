@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -148,11 +147,9 @@ def test_dropped_connection_is_retried_without_duplicates(
         monkeypatch.setattr(task, "retry_delay", timedelta(seconds=1))
     monkeypatch.setattr(lease, "LeaseTerms", functools.partial(
         lease.LeaseTerms, lease=timedelta(seconds=6), renew_every=timedelta(seconds=2), wait=timedelta(seconds=10)))
-    started = time.monotonic()
     run = dag.test(run_conf={"aoi": "demo"})
 
     assert run.state == "success"
-    assert time.monotonic() - started < 50  # the shortened delay was the one waited for
     assert len(calls) == N_PER_SENSOR + 1
     with psycopg.connect(db_url) as conn:
         status = conn.execute("SELECT status, attempts, claimed_by FROM cbm.product_status ORDER BY product_id")
