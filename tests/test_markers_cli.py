@@ -12,7 +12,7 @@ from markers_series import grass_rows, write_rows
 
 from cbm_tasks.cli import main
 from cbm_tasks.markers.engine import markers_from_prepared, run_markers
-from cbm_tasks.markers.params import NEUTRAL, MarkerParams, ParamsFileError, load_params
+from cbm_tasks.markers.params import NEUTRAL, MarkerParams, ParamsFileError, check_ranges, default_params, load_params
 from cbm_tasks.markers.plot import parcel_figure
 from cbm_tasks.markers.preprocess import prepare
 from cbm_tasks.markers.reader import read_series
@@ -127,6 +127,35 @@ def test_bad_series_and_params_write_nothing(tmp_path: Path) -> None:
     assert main(["markers", "run", "--timeseries", str(_series(tmp_path)), "--params", str(params), "--out",
                  str(tmp_path / "o2")]) == 2
     assert not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("validity:\n  min_clear_fraction: 80\n", r"validity\.min_clear_fraction must be a fraction, 0-1, got 80"),
+    ("mowing:\n  season_end_doy: 400\n", r"mowing\.season_end_doy must be a day of year, 1-366, got 400"),
+    ("mowing:\n  season_start_doy: 250\n  season_end_doy: 120\n",
+     r"mowing\.season_start_doy \(250\) is after mowing\.season_end_doy \(120\)"),
+    ("mowing:\n  min_drop: .nan\n", r"mowing\.min_drop must be finite"),
+    ("mowing:\n  max_step_days: .inf\n", r"mowing\.max_step_days must be finite"),
+    ("mowing:\n  lookback_days: -5\n", r"mowing\.lookback_days must not be negative \(days\), got -5"),
+    ("harvest:\n  crop_cycles: 2\n", r"harvest\.crop_cycles must be 0 or 1, got 2"),
+    ("bare_soil:\n  max_ndvi: 25\n", r"bare_soil\.max_ndvi must be an index value, -1 to 1, got 25"),
+    ("mowing:\n  max_events: 0\n", r"mowing\.max_events must be at least 1, got 0"),
+])
+def test_params_out_of_range_are_named_and_write_nothing(tmp_path: Path, text: str, error: str) -> None:
+    """A mis-scaled threshold (percent for a fraction, reflectance x 10000 ...) is an error, not a silent change."""
+    params = tmp_path / "p.yaml"
+    params.write_text(text)
+    with pytest.raises(ParamsFileError, match=r"p\.yaml: " + error):
+        load_params(params)
+    assert main(["markers", "run", "--timeseries", str(_series(tmp_path)), "--params", str(params), "--out",
+                 str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_params_are_in_range() -> None:
+    check_ranges(default_params().sections, "defaults")  # the shipped file passes the checks users' files get
+    # a negative NDVI threshold and 999 days ("off") are in range
+    check_ranges({"validity": {"min_plausible_ndvi": -0.2}, "mowing": {"coherence_refine_gap_days": 999.0}}, "x")
 
 
 def test_params_override_and_hash(tmp_path: Path) -> None:

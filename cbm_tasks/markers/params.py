@@ -2,8 +2,10 @@
 
 A parameter file is YAML with ``version`` and sections of numbers (see the shipped file, where
 every default is documented with its source). A user file may give only the values it changes;
-the rest come from the defaults. Unknown sections or keys and non-numeric values are errors, so
-a misspelt threshold never silently falls back to its default.
+the rest come from the defaults. Unknown sections or keys, non-numeric values and values outside
+their physical range (:func:`check_ranges`: a day of year above 366, a fraction above 1, an NDVI
+outside -1..1, a negative number of days, NaN or infinity, a season that ends before it starts) are
+errors, so a misspelt or mis-scaled threshold never silently changes what the markers find.
 
 ``MarkerParams.hash`` is the sha256 of the canonical JSON (sorted keys, no spaces) of the
 complete mapping: two runs with the same hash used the same thresholds (lineage).
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -23,7 +26,7 @@ import yaml
 
 from cbm_tasks.errors import ConfigError
 
-__all__ = ["NEUTRAL", "MarkerParams", "ParamsFileError", "default_params", "load_params"]
+__all__ = ["NEUTRAL", "MarkerParams", "ParamsFileError", "check_ranges", "default_params", "load_params"]
 
 _DEFAULT_FILE = "marker_params.yaml"
 
@@ -94,6 +97,53 @@ class MarkerParams:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# Range of each kind of parameter (keys mean the same in every section: min_drop is an NDVI drop in
+# mowing and harvest alike). A key in none of these sets is a non-negative threshold.
+_FLAGS = frozenset({"require_recovery", "max_events_per_season", "crop_cycles", "every_cycle"})
+_FRACTIONS = frozenset({"min_clear_fraction", "max_blue_reflectance", "min_step_share", "max_pre_decline_share",
+                        "min_relative_drop", "weight_drop", "weight_bracket", "weight_recovery", "base_confidence",
+                        "s1_bonus", "min_confidence", "no_cover_penalty"})
+_INDICES = frozenset({"min_bsi", "ndvi_threshold"})  # normalised differences, -1..1, like every *ndvi* key
+_AT_LEAST_ONE = frozenset({"max_events", "max_run"})
+# (section, first, last): a period that must not end before it starts
+_PERIODS = (("mowing", "season_start_doy", "season_end_doy"), ("harvest", "first_doy", "last_doy"),
+            ("emergence", "first_doy", "last_doy"), ("mowing", "min_drop", "strong_drop"),
+            ("data", "good_gap_days", "max_gap_days"))
+
+
+def _range_error(key: str, value: float) -> str | None:
+    """What is wrong with *value* for parameter *key*, or None."""
+    if not math.isfinite(value):
+        return "must be finite (switch a test off with a large number, as the file's comments say)"
+    if key in _FLAGS and value not in (0, 1):
+        return "must be 0 or 1"
+    if key.endswith("_doy") and not 1 <= value <= 366:
+        return "must be a day of year, 1-366"
+    if key in _FRACTIONS and not 0 <= value <= 1:
+        return "must be a fraction, 0-1"
+    if ("ndvi" in key or key in _INDICES) and not -1 <= value <= 1:
+        return "must be an index value, -1 to 1"
+    if key in _AT_LEAST_ONE and value < 1:
+        return "must be at least 1"
+    if not ("ndvi" in key or key in _INDICES) and value < 0:
+        return "must not be negative" + (" (days)" if key.endswith("_days") else "")
+    return None
+
+
+def check_ranges(sections: Mapping[str, Mapping[str, float]], source: str) -> None:
+    """Raise :class:`ParamsFileError` naming *source* and the first value outside its physical range."""
+    for section, values in sections.items():
+        for key, value in values.items():
+            problem = _range_error(key, float(value))
+            if problem:
+                raise ParamsFileError(f"marker parameters {source}: {section}.{key} {problem}, got {value!r}")
+    for section, first, last in _PERIODS:
+        values = sections.get(section, {})
+        if first in values and last in values and values[first] > values[last]:
+            raise ParamsFileError(f"marker parameters {source}: {section}.{first} ({values[first]!r}) is after "
+                                  f"{section}.{last} ({values[last]!r})")
+
+
 def _parse(text: str, source: str) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(text)
@@ -117,7 +167,8 @@ def load_params(path: str | Path | None = None) -> MarkerParams:
     """Return the defaults overridden by the values of *path* (all defaults when None).
 
     Raises:
-        ParamsFileError: unreadable file, unknown section or key, or a value that is not a number.
+        ParamsFileError: unreadable file, unknown section or key, a value that is not a number or is
+            outside its range (:func:`check_ranges`).
     """
     defaults = default_params()
     if path is None:
@@ -145,4 +196,5 @@ def load_params(path: str | Path | None = None) -> MarkerParams:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ParamsFileError(f"marker parameters {path}: {name}.{key} must be a number, got {value!r}")
             sections[name][key] = value
+    check_ranges(sections, str(path))
     return MarkerParams(version, sections, str(path))
