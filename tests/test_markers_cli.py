@@ -101,6 +101,8 @@ def test_crops_select_schemes(tmp_path: Path) -> None:
     (RULES.replace("min_confidence: 0.5}", "min_confidence: 0.5, min_events: 0}"), r"\(id R1\): min_events must be an"),
     (RULES.replace("min_confidence: 0.5}", "min_confidence: 0.5, max_events: 2}"), r"\(id R1\): max_events applies to "
                                                                                    r"require: absent"),
+    (RULES.replace("min_confidence: 0.5}", "min_confidence: 0.5, max_gap_days: .nan}"),
+     r"\(id R1\): max_gap_days must be a finite number, got nan"),
 ])
 def test_bad_rules_file_is_named_and_nothing_is_written(tmp_path: Path, text: str, message: str,
                                                         capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -116,8 +117,8 @@ def _month_day(value: Any, where: str) -> tuple[int, int]:
 
 def _number(rule: Mapping[str, Any], key: str, where: str, default: float) -> float:
     value = rule.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RulesFileError(f"{where}: {key} must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RulesFileError(f"{where}: {key} must be a finite number, got {value!r}")
     return float(value)
 
 
