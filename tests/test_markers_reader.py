@@ -121,6 +121,29 @@ def test_no_data_fills_are_missing_not_a_ploughing(tmp_path: Path, caplog: pytes
     assert int((~prepared.s2.valid).sum()) == 3 and int(np.isnan(prepared.s2.ndvi).sum()) == 3
 
 
+def test_spreadsheet_exports_semicolons_tabs_and_a_bom(tmp_path: Path) -> None:
+    """Spreadsheets save "CSV" with semicolons (decimal-comma locales) or tabs, often with a BOM: read as such."""
+    rows = grass_rows("a", [160]) + grass_rows("b", [])
+    plain = read_series(write_rows(tmp_path / "s.csv", rows))
+    text = (tmp_path / "s.csv").read_text()
+    for name, content in (("semicolon.csv", text.replace(",", ";")), ("tab.csv", text.replace(",", "\t")),
+                          ("bom.csv", "\ufeff" + text)):
+        (tmp_path / name).write_text(content, encoding="utf-8")
+        other = read_series(tmp_path / name)
+        np.testing.assert_array_equal(other.parcel_ids, plain.parcel_ids)
+        np.testing.assert_array_equal(other.obs_day, plain.obs_day)
+        np.testing.assert_allclose(other.mean, plain.mean)
+        np.testing.assert_allclose(other.clear_fraction, plain.clear_fraction)
+    # a decimal comma is not guessed at: the value is named, with what is wrong with it
+    rows[6][4] = "0,3"
+    (tmp_path / "comma.csv").write_text("\n".join(";".join(map(str, r)) for r in
+                                               [["parcel_id", "obs_time", "source", "band", "mean", "clear_fraction",
+                                                 "orbit"], *rows]) + "\n")
+    with pytest.raises(SeriesFileError, match=r"comma\.csv: line 8, column 'mean': cannot read '0,3' as double "
+                                              r"\(a decimal comma: the format wants a point\)"):
+        read_series(tmp_path / "comma.csv")
+
+
 def test_bad_value_names_file_line_and_column(tmp_path: Path) -> None:
     rows = grass_rows("a", [])
     rows[6][4] = "0.3x"

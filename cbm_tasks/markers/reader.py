@@ -1,6 +1,8 @@
 """Read a per-parcel time-series file (``cbm timeseries export`` output) into a :class:`SeriesTable`.
 
-Accepted files: ``.csv``, ``.csv.gz`` and ``.parquet``, one row per parcel, observation and band:
+Accepted files: ``.csv``, ``.csv.gz`` and ``.parquet``, one row per parcel, observation and band (a CSV
+is comma-separated; one whose header has no comma but semicolons or tabs, as spreadsheets save it, is
+read with that separator, and a leading BOM is skipped; numbers always take a decimal point):
 
 * required columns: ``parcel_id, obs_time, source, band, mean``;
 * optional: ``clear_fraction`` (share of clear pixels, 0-1; stated on any row of an S2 observation,
@@ -64,9 +66,9 @@ def classes_file(path: Path) -> Path:
     return path.with_name(f"{path.stem}_classes{path.suffix}")
 
 
-def _first_bad_line(path: Path, column: str, target: pa.DataType) -> tuple[int, str]:
+def _first_bad_line(path: Path, column: str, target: pa.DataType, delimiter: str) -> tuple[int, str]:
     """Find the first line whose *column* cannot be converted to *target* (slow path, errors only)."""
-    table = _read_csv(path, {column: pa.string()}, strings_only=True)
+    table = _read_csv(path, {column: pa.string()}, strings_only=True, delimiter=delimiter)
     values = table.column(column).to_pylist()
     for line, value in enumerate(values, start=2):
         if value is None or value == "":
@@ -78,11 +80,24 @@ def _first_bad_line(path: Path, column: str, target: pa.DataType) -> tuple[int, 
     return -1, ""
 
 
-def _read_csv(path: Path, types: dict[str, pa.DataType], *, strings_only: bool = False) -> pa.Table:
+def _delimiter(header: str) -> str:
+    """The header's field separator: ``,`` (the format), else ``;`` or a tab when the header has no comma.
+
+    Spreadsheets in locales with a decimal comma save "CSV" with semicolons; such a file is read as it
+    is rather than failing on its first line (a decimal comma in a value is still an error, named).
+    """
+    if "," in header:
+        return ","
+    return next((candidate for candidate in (";", "\t") if candidate in header), ",")
+
+
+def _read_csv(path: Path, types: dict[str, pa.DataType], *, strings_only: bool = False,
+              delimiter: str = ",") -> pa.Table:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as stream:
         return pa_csv.read_csv(
             stream,
+            parse_options=pa_csv.ParseOptions(delimiter=delimiter),
             convert_options=pa_csv.ConvertOptions(
                 column_types=types, include_columns=list(types) if strings_only else None,
                 strings_can_be_null=True, quoted_strings_can_be_null=True,
@@ -105,19 +120,23 @@ def read_table(path: Path, required: tuple[str, ...] = REQUIRED_COLUMNS) -> pa.T
             table = pq.read_table(path)
         elif name.endswith((".csv", ".csv.gz")):
             with (gzip.open if name.endswith(".gz") else open)(path, "rb") as stream:
-                header = stream.readline().decode("utf-8", "replace").strip().split(",")
-            header = [column.strip().strip('"') for column in header]
+                first = stream.readline().decode("utf-8-sig", "replace").strip()  # -sig: a spreadsheet's BOM
+            delimiter = _delimiter(first)
+            if delimiter != ",":
+                log.info("time-series file %s: fields separated by %r", path, delimiter)
+            header = [column.strip().strip('"') for column in first.split(delimiter)]
             types = {column: _TYPES[column] for column in header if column in _TYPES}
             try:
-                table = _read_csv(path, types)
+                table = _read_csv(path, types, delimiter=delimiter)
             except pa.ArrowInvalid as err:
                 match = re.search(r"CSV column #(\d+)", str(err))
                 if match is None or int(match.group(1)) >= len(header):
                     raise
                 column = header[int(match.group(1))]
-                line, value = _first_bad_line(path, column, types.get(column, pa.string()))
+                line, value = _first_bad_line(path, column, types.get(column, pa.string()), delimiter)
+                hint = " (a decimal comma: the format wants a point)" if re.fullmatch(r"-?\d+,\d+", value) else ""
                 raise SeriesFileError(f"time-series file {path}: line {line}, column {column!r}: cannot read "
-                                      f"{value!r} as {types.get(column)}") from err
+                                      f"{value!r} as {types.get(column)}{hint}") from err
         else:
             raise SeriesFileError(f"time-series file {path}: extension must be .csv, .csv.gz or .parquet")
     except (pa.ArrowInvalid, OSError, EOFError, UnicodeDecodeError) as err:
