@@ -55,7 +55,9 @@ def coherence_noise(vv: np.ndarray, interval: np.ndarray, orbit: np.ndarray, lo:
     Slow seasonal change adds little to differences 6-12 days apart; cuts are a few of them. NaN with
     fewer than 4 differences (no estimate).
     """
-    diffs = np.empty(max(hi - lo, 1), np.float64)
+    if hi - lo < 5:  # fewer than 4 differences, whatever they are: most parcels of an S2-only run have no pair
+        return np.nan
+    diffs = np.empty(hi - lo, np.float64)
     n = 0
     for row in range(lo, hi):
         if not np.isfinite(vv[row]):

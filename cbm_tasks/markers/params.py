@@ -105,8 +105,8 @@ _FRACTIONS = frozenset({"min_clear_fraction", "max_blue_reflectance", "min_step_
                         "s1_bonus", "min_confidence", "no_cover_penalty"})
 _INDICES = frozenset({"min_bsi", "ndvi_threshold"})  # normalised differences, -1..1, like every *ndvi* key
 _AT_LEAST_ONE = frozenset({"max_events", "max_run"})
-# (section, first, last): a period that must not end before it starts
-_PERIODS = (("mowing", "season_start_doy", "season_end_doy"), ("harvest", "first_doy", "last_doy"),
+# (section, first, last): the first must not exceed the last (periods, and the two ends of a scale)
+_ORDERED = (("mowing", "season_start_doy", "season_end_doy"), ("harvest", "first_doy", "last_doy"),
             ("emergence", "first_doy", "last_doy"), ("mowing", "min_drop", "strong_drop"),
             ("data", "good_gap_days", "max_gap_days"))
 
@@ -121,11 +121,12 @@ def _range_error(key: str, value: float) -> str | None:
         return "must be a day of year, 1-366"
     if key in _FRACTIONS and not 0 <= value <= 1:
         return "must be a fraction, 0-1"
-    if ("ndvi" in key or key in _INDICES) and not -1 <= value <= 1:
+    index = "ndvi" in key or key in _INDICES
+    if index and not -1 <= value <= 1:
         return "must be an index value, -1 to 1"
     if key in _AT_LEAST_ONE and value < 1:
         return "must be at least 1"
-    if not ("ndvi" in key or key in _INDICES) and value < 0:
+    if not index and value < 0:
         return "must not be negative" + (" (days)" if key.endswith("_days") else "")
     return None
 
@@ -137,7 +138,7 @@ def check_ranges(sections: Mapping[str, Mapping[str, float]], source: str) -> No
             problem = _range_error(key, float(value))
             if problem:
                 raise ParamsFileError(f"marker parameters {source}: {section}.{key} {problem}, got {value!r}")
-    for section, first, last in _PERIODS:
+    for section, first, last in _ORDERED:
         values = sections.get(section, {})
         if first in values and last in values and values[first] > values[last]:
             raise ParamsFileError(f"marker parameters {source}: {section}.{first} ({values[first]!r}) is after "
