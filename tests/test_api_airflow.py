@@ -32,3 +32,8 @@ def test_api_is_served_under_cbm_with_auth_enforced(api_world: World) -> None:
         assert items_link == f"{url}/ogc/collections/alpha_2018/items"  # links carry the mount prefix
         assert requests.get(items_link, auth=ann, timeout=30).json()["numberMatched"] == 6
         assert requests.get(f"{url}/openapi.json", timeout=30).json()["info"]["title"] == "CbM REST API"
+        info = requests.get(f"{url}/query/info", auth=ann, timeout=30).json()  # JRC's info page, its URLs under /cbm
+        assert info["helpers"]["information_page"] == f"{url}/query/info"
+        example = info["aois"]["alpha"]["request_examples"]["markers"]
+        assert example == f"{url}/query/markers?aoi=alpha&year=2018&pid=1"
+        assert requests.get(example, auth=ann, timeout=30).json()["marker"] == ["mowing", "mowing"]

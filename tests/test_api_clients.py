@@ -33,6 +33,7 @@ def test_jrc_style_notebook_runs_unchanged(api_url: str, api_world: World) -> No
                             check=False)
     assert result.returncode == 0, result.stderr
     lines = {line.split(" ", 1)[0]: line for line in result.stdout.splitlines()}
+    assert lines["info"] == "info ['alpha'] ['s2', 'bs']"
     assert lines["parcel"] == "parcel 2 grassland 201 10000 32631"
     assert lines["geometry"] == "geometry MultiPolygon 5"
     assert lines["byid"].startswith("byid ['ogc_fid', 'cropname', 'cropcode', 'srid', 'area', 'clon', 'clat']")
@@ -43,6 +44,7 @@ def test_jrc_style_notebook_runs_unchanged(api_url: str, api_world: World) -> No
     assert lines["b8"] == "b8 3" and lines["csv"] == "csv 12"
     assert lines["bs"] == "bs 4 ['VH', 'VV'] 0.05"
     assert lines["scl"] == "scl 3 ['SC'] 4.25"
+    assert lines["markers"] == "markers ['mowing', 'mowing'] ['2018-05-01', '2018-06-01'] [9, 14]"
 
 
 def _ogrinfo(args: list[str], user: str, secret: str) -> subprocess.CompletedProcess[str]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 from api_world import S2_DATES, World, s2_stats
@@ -147,6 +149,47 @@ def test_markers_lights_and_summary(client: TestClient, world: World) -> None:
     assert summary["n_parcels"] == 6
     assert [(s["scheme"], s["colour"], s["n_parcels"]) for s in summary["summary"]] == [
         ("BISS", "yellow", 1), ("ECO-MOW", "red", 1), ("ECO-MOW", "green", 2)]
+
+
+def test_jrc_markers_answer_the_events_in_jrc_marker_table_columns(client: TestClient, world: World) -> None:
+    ann = world.basic("ann")
+    answer = client.get("/query/markers?aoi=alpha&year=2018&pid=1", auth=ann).json()
+    assert list(answer) == ["foi_id", "marker", "marker_type", "date_start", "date_main", "date_end", "duration_days",
+                            "value_1", "value_2", "value_3", "pid", "practice"]
+    table = pd.read_json(io.StringIO(json.dumps(answer)))  # as a notebook reads it
+    assert table[["foi_id", "marker", "date_start", "date_end", "duration_days", "value_3", "pid"]].values.tolist() == [
+        ["A-1", "mowing", "2018-05-01", "2018-05-10", 9, 1, 1], ["A-1", "mowing", "2018-06-01", "2018-06-15", 14, 2, 1]]
+    assert table["value_1"].tolist() == pytest.approx([0.3, 0.2])  # the marker's value: the NDVI drop
+    assert table["value_2"].tolist() == pytest.approx([0.9, 0.7])  # its confidence
+    assert answer["date_main"] == [None, None] and set(answer["practice"]) == {"grassland"}
+    # the same events as /v1, and parcels=<aoi><year> as the other JRC queries
+    assert client.get("/query/markers?parcels=alpha2018&pid=1", auth=ann).json() == answer
+    assert len(client.get("/v1/aois/alpha/2018/parcels/1/markers", auth=ann).json()["markers"]) == 2
+    # a parcel without events: the columns with empty lists; an unknown parcel: 404
+    assert client.get("/query/markers?aoi=alpha&year=2018&pid=5", auth=ann).json() == {
+        name: [] for name in answer}
+    assert client.get("/query/markers?aoi=alpha&year=2018&pid=99", auth=ann).status_code == 404
+    assert client.get("/query/markers?aoi=alpha&year=2018&pid=1&ptype=x", auth=ann).status_code == 422
+
+
+def test_jrc_info_lists_the_granted_aois_with_working_examples(client: TestClient, world: World) -> None:
+    root = world.basic("root")
+    info = client.get("/query/info", auth=root).json()
+    assert set(info["aois"]) == {"alpha", "beta"} and info["server"]["version"]
+    alpha = info["aois"]["alpha"]
+    assert alpha["years"] == [2018] and alpha["time_series"] == ["s2", "bs"]
+    assert alpha["id_examples_2018"] == [1, 2, 3, 4, 5] and info["aois"]["beta"]["time_series"] == ["s2"]
+    # every example request is a URL of this server that answers
+    for name, url in alpha["request_examples"].items():
+        assert url.startswith("http://testserver/query/"), name
+        assert client.get(url.removeprefix("http://testserver"), auth=root).status_code == 200, name
+    assert info["helpers"]["information_page"] == "http://testserver/query/info"
+    # a user sees only the AOIs granted; one AOI asked for: only it, or 403 when not granted
+    assert set(client.get("/query/info", auth=world.basic("ann")).json()["aois"]) == {"alpha"}
+    assert client.get("/query/info", auth=world.basic("eve")).json()["aois"] == {}
+    assert set(client.get("/query/info?aoi=beta", auth=root).json()["aois"]) == {"beta"}
+    assert client.get("/query/info?aoi=beta", auth=world.basic("ann")).status_code == 403
+    assert client.get("/query/info").status_code == 401
 
 
 def test_chip_png_and_geotiff_cut_around_the_parcel(client: TestClient, world: World) -> None:

@@ -43,6 +43,8 @@ def _urls(aoi: str, product_id: int) -> list[str]:
         f"/query/parcelsByPolygon?{q}&polygon=3_51-3.001_51-3.001_51.001-3_51.001",
         f"/query/parcelPeers?{q}&pid=1",
         f"/query/parcelTimeSeries?{q}&pid=1&tstype=s2",
+        f"/query/markers?{q}&pid=1",
+        f"/query/info?aoi={aoi}",
         f"/ogc/collections/{aoi}_2018",
         f"/ogc/collections/{aoi}_2018/items",
         f"/ogc/collections/{aoi}_2018/items/1",
@@ -103,6 +105,8 @@ def _routes(products: dict[str, int]) -> list[tuple[str, dict[str, str]]]:
         ("/query/parcelPeers", {"aoi": "alpha", "year": "2018", "pid": "1", "distance": "100", "max": "3"}),
         ("/query/parcelTimeSeries", {"aoi": "alpha", "year": "2018", "pid": "1", "tstype": "s2", "band": "B4",
                                      "tsformat": "json"}),
+        ("/query/markers", {"aoi": "alpha", "year": "2018", "pid": "1"}),
+        ("/query/info", {"aoi": "alpha"}),
         ("/ogc/collections/{aoi}_{year}/items", {"bbox": "3,51,3.1,51.1", "limit": "2", "offset": "0",
                                                   "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"}),
     ]

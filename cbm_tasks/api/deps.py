@@ -25,7 +25,7 @@ from cbm_tasks.api.auth import Principal, parse_bearer
 from cbm_tasks.api.context import ApiContext
 from cbm_tasks.errors import BadInputError, CbmError
 
-__all__ = ["AuthError", "Context", "CurrentUser", "csv_response", "json_response", "jsonable"]
+__all__ = ["AuthError", "Context", "CurrentUser", "app_root", "csv_response", "json_response", "jsonable"]
 
 _basic = HTTPBasic(auto_error=False, realm="cbm", description="API user name and secret")
 _bearer = HTTPBearer(auto_error=False, description="token <user>.<secret>")
@@ -33,6 +33,20 @@ _bearer = HTTPBearer(auto_error=False, description="token <user>.<secret>")
 
 class AuthError(CbmError):
     """No credential, or a wrong one (HTTP 401)."""
+
+
+def app_root(request: Request) -> str:
+    """The application's own base URL, with whatever prefix it is mounted under (Airflow: /cbm).
+
+    Taken from the request URL less as many path segments as the matched route has, because
+    ``request.base_url`` does not carry the prefix of a mounted application in every server.
+    """
+    route = request.scope.get("route")
+    segments = len(route.path.strip("/").split("/")) if route is not None and route.path.strip("/") else 0
+    path = request.url.path.rstrip("/")
+    for _ in range(segments):
+        path = path.rsplit("/", 1)[0]
+    return str(request.url.replace(path=path, query="", fragment="")).rstrip("/")
 
 
 def _context(request: Request) -> ApiContext:

@@ -9,9 +9,19 @@ epoch seconds), ``band`` (JRC names: ``B2`` ... ``B12``, ``B8A``, ``SC`` for the
 classification, ``VV``/``VH``), ``count``, ``mean``, ``std``, ``min``, ``p25``, ``p50``, ``p75``,
 ``max``; ``tsformat=csv`` gives the same table as CSV.
 
+``info`` describes the server and, per granted AOI, its years, time-series types, example parcel
+ids and request URLs (JRC's first notebook cell). ``markers`` answers a parcel's marker events in
+JRC's marker-table columns: ``foi_id`` (the declared parcel id), ``marker`` (mowing, harvest,
+bare_soil, emergence, vegetation), ``marker_type`` (the sensors that show it: ``s2``, ``s2+c6``;
+JRC's signal), ``date_start`` / ``date_main`` / ``date_end`` (``YYYY-MM-DD``), ``duration_days``,
+``value_1`` (the marker's value, e.g. the NDVI drop of a mowing), ``value_2`` (its confidence),
+``value_3`` (its number in the parcel's series of that marker), ``pid``, ``practice`` (the declared
+crop). The events are those of the parcel's current marker run, as ``/v1/.../markers``.
+
 Differences from JRC's service, on purpose: errors are HTTP 400/401/403/404/422 with a JSON
 body instead of ``{}`` with 200; every parameter is validated; ``parcelsByPolygon`` also takes
-WKT or GeoJSON and pages (``limit`` <= 1000 instead of a silent 100).
+WKT or GeoJSON and pages (``limit`` <= 1000 instead of a silent 100). No ``ptype`` (one parcel
+set per AOI and year), no orthophoto backgrounds and no weather series; image chips are ``/v1``'s.
 """
 
 from __future__ import annotations
@@ -22,22 +32,25 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from cbm_tasks import __version__
 from cbm_tasks.api import queries
-from cbm_tasks.api.deps import Context, CurrentUser, csv_response, json_response
+from cbm_tasks.api.deps import Context, CurrentUser, app_root, csv_response, json_response
 from cbm_tasks.api.validation import (
     AOI_PATTERN,
     JRC_BANDS,
     MAX_DISTANCE_M,
     MAX_PAGE,
     MAX_PEERS,
+    SOURCES,
     ApiInputError,
     bands_for,
     parse_polygon,
     source,
 )
+from cbm_tasks.errors import NotFoundError
 
 __all__ = ["router", "scl_stats"]
 
@@ -46,6 +59,8 @@ router = APIRouter(tags=["JRC compatible"])
 _PARCELS = re.compile(r"^([a-z][a-z0-9_]{0,62}?)_?(\d{4})$")
 _PARCEL_COLUMNS = ("ogc_fid", "cropname", "cropcode", "srid", "area", "clon", "clat")
 _TS_COLUMNS = ("date_part", "band", "count", "mean", "std", "min", "p25", "p50", "p75", "max")
+_MARKER_COLUMNS = ("foi_id", "marker", "marker_type", "date_start", "date_main", "date_end", "duration_days",
+                   "value_1", "value_2", "value_3", "pid", "practice")
 
 AoiParam = Annotated[str | None, Query(pattern=AOI_PATTERN, max_length=63)]
 YearParam = Annotated[int | None, Query(ge=2014, le=2100)]
@@ -211,3 +226,59 @@ def parcel_time_series(
     if tsformat == "csv":
         return csv_response(_TS_COLUMNS, rows, filename=f"{name}{season}_{pid}_{src.name}.csv")
     return json_response(_columns(_TS_COLUMNS, rows))
+
+
+@router.get("/info", summary="The server, and per granted AOI its years, data and example requests (JRC)")
+def info(
+    user: CurrentUser, ctx: Context, request: Request,
+    aoi: Annotated[str | None, Query(pattern=AOI_PATTERN, max_length=63, description="one AOI only")] = None,
+) -> Response:
+    base = app_root(request)
+    with ctx.connection() as conn:
+        sets = queries.aoi_parcel_sets(conn, user)
+        if aoi is not None and aoi not in user.aois:
+            raise queries.AccessDeniedError(f"user {user.name} is not granted AOI {aoi!r}")
+        if aoi is not None and aoi not in {s["aoi"] for s in sets}:
+            raise NotFoundError(f"AOI {aoi!r} has no parcel set")
+        aois: dict[str, Any] = {}
+        for name in sorted({s["aoi"] for s in sets if aoi in (None, s["aoi"])}):
+            years = [s["year"] for s in sets if s["aoi"] == name]
+            year = years[-1]  # examples of the latest set
+            types, pids = queries.set_overview(conn, queries.parcel_set(conn, user, name, year))
+            ts = [src.name for src in SOURCES.values() if not src.categorical and set(src.product_types) & set(types)]
+            q = f"{base}/query/{{}}?aoi={name}&year={year}&pid={pids[0] if pids else 1}"
+            examples = {"parcelByID": q.format("parcelByID") + "&withGeometry=True",
+                        **{f"parcelTimeSeries_{t}": q.format("parcelTimeSeries") + f"&tstype={t}" for t in ts},
+                        "parcelPeers": q.format("parcelPeers"), "markers": q.format("markers")}
+            aois[name] = {"years": years, "datasets": [], "time_series": ts, "id_table_column": "ogc_fid",
+                          f"id_examples_{year}": pids, "request_examples": examples}
+    return json_response({
+        "server": {"title": "RESTful API for CbM", "description": "Checks by Monitoring backend (cbm_tasks)",
+                   "version": __version__},
+        "helpers": {"information_page": f"{base}/query/info", "swagger": f"{base}/docs",
+                    "openapi": f"{base}/openapi.json", "api_v1": f"{base}/v1/aois"},
+        "aois": aois,
+    })
+
+
+@router.get("/markers", summary="Marker events of a parcel in JRC's marker-table columns (JRC)")
+def markers(
+    user: CurrentUser, ctx: Context, pid: Pid,
+    aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
+    ptype: Annotated[str, Query(max_length=0)] = "",  # accepted when empty, as parcelTimeSeries
+) -> Response:
+    name, season = _aoi_year(aoi, year, parcels)
+    with ctx.connection() as conn:
+        ps = queries.parcel_set(conn, user, name, season)
+        parcel = queries.parcel_by_key(conn, ps, pid)
+        events = queries.parcel_markers(conn, ps, pid)
+    rows = [(parcel["parcel_id"], e["marker"], e["sources"], *_dates(e), e["value"], e["confidence"], e["seq"], pid,
+             parcel["crop_name"]) for e in events]
+    return json_response(_columns(_MARKER_COLUMNS, rows))
+
+
+def _dates(event: dict[str, Any]) -> tuple[str | None, str | None, str | None, int | None]:
+    start, main, end = event["event_start"], event["main_date"], event["event_end"]
+    duration = (end - start).days if start is not None and end is not None else None
+    start_text, main_text, end_text = (None if d is None else d.isoformat() for d in (start, main, end))
+    return start_text, main_text, end_text, duration

@@ -26,7 +26,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
 from cbm_tasks.api import features, queries
-from cbm_tasks.api.deps import Context, CurrentUser, json_response
+from cbm_tasks.api.deps import Context, CurrentUser, app_root, json_response
 from cbm_tasks.api.validation import MAX_PAGE, ApiInputError
 from cbm_tasks.errors import NotFoundError
 
@@ -47,22 +47,8 @@ CollectionId = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,62}_\d{4}$", max_
 Format = Annotated[str | None, Query(pattern="^(json|geojson)$", description="only JSON is served")]
 
 
-def _root(request: Request) -> str:
-    """The application's own base URL, with whatever prefix it is mounted under (Airflow: /cbm).
-
-    Taken from the request URL less as many path segments as the matched route has, because
-    ``request.base_url`` does not carry the prefix of a mounted application in every server.
-    """
-    route = request.scope.get("route")
-    segments = len(route.path.strip("/").split("/")) if route is not None and route.path.strip("/") else 0
-    path = request.url.path.rstrip("/")
-    for _ in range(segments):
-        path = path.rsplit("/", 1)[0]
-    return str(request.url.replace(path=path, query="", fragment="")).rstrip("/")
-
-
 def _base(request: Request) -> str:
-    return _root(request) + "/ogc"
+    return app_root(request) + "/ogc"
 
 
 def _split(collection_id: str) -> tuple[str, int]:
@@ -117,7 +103,7 @@ def _collection(base: str, entry: dict[str, Any]) -> dict[str, Any]:
 @router.get("/", include_in_schema=False)
 def landing(request: Request, user: CurrentUser, f: Format = None) -> Response:
     base = _base(request)
-    root = _root(request)
+    root = app_root(request)
     return json_response({
         "title": "CbM parcels and traffic lights",
         "description": "OGC API - Features over the parcel sets granted to you",

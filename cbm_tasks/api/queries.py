@@ -45,6 +45,7 @@ __all__ = [
     "parcels_in_polygon",
     "peers",
     "reaches_set",
+    "set_overview",
     "time_series",
     "traffic_light_summary",
 ]
@@ -310,6 +311,15 @@ def class_counts(conn: psycopg.Connection, ps: ParcelSet, key: int, src: Source,
         order="p.acquired_at, o.product_id, o.class_band",
     )
     return [(r[0], int(r[1]), str(r[2]), list(r[3])) for r in rows]
+
+
+def set_overview(conn: psycopg.Connection, ps: ParcelSet, *, n_examples: int = 5) -> tuple[list[str], list[int]]:
+    """Return the product types extracted for parcel set *ps* and its first *n_examples* parcel keys."""
+    types = conn.execute("SELECT DISTINCT p.product_type FROM cbm.extraction e JOIN cbm.product p USING (product_id) "
+                         "WHERE e.parcel_set_id = %s ORDER BY 1", (ps.parcel_set_id,)).fetchall()
+    keys = conn.execute("SELECT parcel_key FROM cbm.parcel WHERE parcel_set_id = %s ORDER BY parcel_key LIMIT %s",
+                        (ps.parcel_set_id, n_examples)).fetchall()
+    return [str(t[0]) for t in types], [int(k[0]) for k in keys]
 
 
 def parcel_markers(conn: psycopg.Connection, ps: ParcelSet, key: int) -> list[dict[str, Any]]:

@@ -19,6 +19,11 @@ aoi = os.environ["AOI"]
 year = int(os.environ["YEAR"])
 lon, lat = float(os.environ["LON"]), float(os.environ["LAT"])
 
+# What the server holds: JRC's first cell
+response = requests.get(f"{api_url}/query/info", auth=(api_user, api_pass))
+info = json.loads(response.content)
+print("info", sorted(info["aois"]), info["aois"][aoi]["time_series"])
+
 # Parcel information by location
 url = f"{api_url}/query/parcelByLocation?parcels={aoi}{year}&lon={lon}&lat={lat}&withGeometry=True"
 response = requests.get(url, auth=(api_user, api_pass))
@@ -73,3 +78,8 @@ for tstype in ("bs", "scl"):
     df = pd.read_json(io.StringIO(response.text))
     df["date"] = pd.to_datetime(df["date_part"], unit="s")
     print(tstype, len(df), sorted(df["band"].unique()), round(float(df["mean"].iloc[0]), 4))
+
+# The parcel's markers as JRC's marker table
+response = requests.get(f"{api_url}/query/markers?aoi={aoi}&year={year}&pid=1", auth=(api_user, api_pass))
+markers = pd.read_json(io.StringIO(response.text))
+print("markers", markers["marker"].tolist(), markers["date_start"].tolist(), markers["duration_days"].tolist())
