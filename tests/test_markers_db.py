@@ -329,3 +329,27 @@ def test_database_series_equals_the_cores_own_grouping(db_url: str, seeded: Seed
     for name in ("offsets", "parcel", "source", "band", "obs_day", "mean", "orbit", "scl_bad_share", "product_id"):
         np.testing.assert_array_equal(getattr(got, name), getattr(reference, name), err_msg=name)
     assert got.n_parcels == N_PARCELS and set(np.unique(got.band).tolist()) == {0, 2, 6, 8, 10, 11}
+
+
+def test_one_overpass_in_two_tiles_is_one_observation(db_url: str, seeded: SeededSet) -> None:
+    """Two tiles of one datatake, dated 17 s apart (STAC dates each tile): a parcel in both is seen once."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        first = add_s2_image(conn, aoi="mk", year=2018, when=datetime(2018, 11, 3, 10, 30, tzinfo=UTC),
+                             parcel_keys=np.array([3, 5], np.int32))
+        second = add_s2_image(conn, aoi="mk", year=2018, when=datetime(2018, 11, 3, 10, 30, 17, tzinfo=UTC),
+                              parcel_keys=np.array([5, 8], np.int32))
+        read = db_read.read_parcel_series(conn, parcel_set_id=seeded.parcel_set_id,
+                                          products=db_read.read_products(conn, seeded.parcel_set_id),
+                                          parcel_keys=np.array([3, 5, 8], np.int32))
+    series, overpass = read.series, (datetime(2018, 11, 3, 10, 30, tzinfo=UTC).timestamp()) / 86_400
+    for index, key in enumerate((3, 5, 8)):
+        rows = slice(series.offsets[index], series.offsets[index + 1])
+        days, products = series.obs_day[rows], series.product_id[rows]
+        on_the_day = np.floor(days) == np.floor(overpass)
+        assert set(days[on_the_day].tolist()) == {overpass}, key  # one observation, at the overpass's first time
+        expected = {3: {first}, 5: {first}, 8: {second}}[key]  # parcel 5: the first tile's values
+        assert set(products[on_the_day].tolist()) == expected, key
+        assert len(products[on_the_day]) == len(set(series.band[rows][on_the_day].tolist()))  # one row per band
+    # the lineage still names every image read: both tiles for parcel 5
+    read_by_5 = {int(p) for k, p in zip(read.obs_parcel, read.obs_product, strict=True) if read.parcel_keys[k] == 5}
+    assert {first, second} <= read_by_5

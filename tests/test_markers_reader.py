@@ -73,6 +73,29 @@ def test_duplicated_observations_count_once(tmp_path: Path) -> None:
     np.testing.assert_array_equal(both.mean, once.mean)
 
 
+def test_one_overpass_seen_in_two_tiles_seconds_apart_is_one_observation(tmp_path: Path) -> None:
+    # catalogues that date each tile by its own sensing time (STAC) give a parcel in the overlap of
+    # two tiles two observations seconds apart: one overpass, counted once, at its first time
+    rows = grass_rows("a", [160, 220], cloudy=[150, 155])
+    once = read_series(write_rows(tmp_path / "once.csv", rows))
+    other_tile = [[r[0], f"{r[1]}T00:00:17Z", r[2], r[3], f"{float(str(r[4])) * 1.01:.5f}", *r[5:]] for r in rows]
+    both = read_series(write_rows(tmp_path / "tiles.csv", other_tile + rows))
+    assert both.n_rows == once.n_rows
+    np.testing.assert_array_equal(both.obs_day, once.obs_day)
+    np.testing.assert_array_equal(both.mean, once.mean)  # the first tile's values
+    params = load_params()
+    events = list(run_markers(once, params).rows())
+    assert [e.main_date for e in events if e.marker == "mowing"] and list(run_markers(both, params).rows()) == events
+    # the first tile without a value for the parcel: the second tile's, still at the overpass's time
+    empty_first = [[*r[:4], "nan", *r[5:]] for r in rows] + other_tile
+    second = read_series(write_rows(tmp_path / "second.csv", empty_first))
+    np.testing.assert_array_equal(second.obs_day, once.obs_day)
+    np.testing.assert_allclose(second.mean, once.mean * 1.01, atol=1e-5)
+    # ten minutes apart is not one overpass (no satellite revisits that fast): both observations stay
+    later = [[r[0], f"{r[1]}T00:10:00Z", *r[2:]] for r in rows]
+    assert read_series(write_rows(tmp_path / "later.csv", later + rows)).n_rows == 2 * once.n_rows
+
+
 def test_clear_fraction_stated_on_one_row_holds_for_the_observation(tmp_path: Path) -> None:
     # an export that states the clear share once per observation: on its B08 row, or on an SCL row
     rows = grass_rows("a", [160], cloudy=[150, 155])

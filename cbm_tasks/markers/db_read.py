@@ -26,6 +26,7 @@ from psycopg import sql
 
 from cbm_tasks.markers.series import (
     BAND_CODE,
+    OVERPASS_SECONDS,
     PRODUCT_TYPES,
     SCL_BAD_CLASSES,
     SOURCE_CODE,
@@ -252,7 +253,7 @@ def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products
     # lineage: one entry per (parcel, image) read, by parcel and product id
     _, first = np.unique((parcel_index << 32) | row_product.astype(np.int64), return_index=True)
     # the same observation from two images (overlapping tiles of one datatake) counts once, as in
-    # SeriesTable.from_arrays: rows equal in (parcel, source, orbit, time, band) after the first go
+    # SeriesTable.from_arrays: rows equal in (parcel, source, orbit, overpass, band) after the first go
     without_sub = sort_key >> 8
     keep = np.ones(len(sort_key), bool)
     keep[1:] = without_sub[1:] != without_sub[:-1]
@@ -273,8 +274,10 @@ def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products
 def _product_slots(products: list[ProductInfo]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per product (in product-id order): sort slot, source code, orbit (-1 for S2) and day.
 
-    The slot orders images by (time to the millisecond, source, orbit, product id); images that
-    share time, source and orbit share the slot's upper bits (``slot >> 8``) and differ in the lower 8.
+    The slot orders images by (time to the millisecond, source, orbit, product id); images of one
+    overpass (same source and orbit, less than ``OVERPASS_SECONDS`` apart: overlapping tiles of a
+    datatake) share the slot's upper bits (``slot >> 8``), differ in the lower 8 and take the day
+    of the overpass's first image, as in :meth:`SeriesTable.from_arrays`.
     """
     ordered = sorted(products, key=lambda p: p.product_id)
     source = np.array([SOURCE_CODE[p.source] for p in ordered], np.int8)
@@ -285,16 +288,21 @@ def _product_slots(products: list[ProductInfo]) -> tuple[np.ndarray, np.ndarray,
     millis = np.rint(day * 86_400e3).astype(np.int64)
     order = np.lexsort((ids, orbit, source, millis))
     slot = np.zeros(len(ordered), np.int64)
-    group, sub = 0, 0
-    for rank, index in enumerate(order.tolist()):
-        if rank:
-            previous = order[rank - 1]
-            if (millis[index], source[index], orbit[index]) != (millis[previous], source[previous], orbit[previous]):
-                group, sub = group + 1, 0
-            else:
-                sub += 1
+    # per (source, orbit): the overpass last seen, as (its group, subs used, its first image, its last image's time)
+    overpass: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+    n_groups = 0
+    for index in order.tolist():
+        kind = (int(source[index]), int(orbit[index]))
+        seen = overpass.get(kind)
+        if seen is not None and millis[index] - seen[3] < OVERPASS_SECONDS * 1000:  # one overpass: its first time
+            group, sub, first = seen[0], seen[1] + 1, seen[2]
+            day[index] = day[first]
+        else:
+            group, sub, first = n_groups, 0, index
+            n_groups += 1
         if sub > 255 or group >= 1 << 24:
             raise ValueError(f"too many images for one parcel set ({len(ordered)})")
+        overpass[kind] = (group, sub, first, int(millis[index]))
         slot[index] = (group << 8) | sub
     return slot, source, orbit, day
 

@@ -28,6 +28,7 @@ from cbm_tasks.errors import NotFoundError
 __all__ = [
     "BANDS",
     "BAND_CODE",
+    "OVERPASS_SECONDS",
     "PRODUCT_TYPES",
     "SCL_BAD_CLASSES",
     "SOURCES",
@@ -46,6 +47,11 @@ BAND_CODE = {name: code for code, name in enumerate(BANDS)}
 # 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus, 11 snow or ice.
 # (2 dark area and 7 unclassified are kept: they are frequent over wet or dark grassland.)
 SCL_BAD_CLASSES = (0, 1, 3, 8, 9, 10, 11)
+
+# Rows of one parcel this close in time are one overpass: the tiles of one Sentinel-2 datatake (or
+# the slices of one Sentinel-1 pass) carry per-granule times seconds apart in some catalogues and
+# exports (STAC's per-item datetime). Real revisits are a day or more apart (ARCHITECTURE.md).
+OVERPASS_SECONDS = 600
 
 _EPOCH = np.datetime64("1970-01-01", "D")
 
@@ -140,10 +146,12 @@ class SeriesTable:
         (sorted, unique strings), *parcel_id* holds integer codes into it: a file's ids are encoded
         once per distinct id instead of as one string per row (25 M rows: gigabytes and a string sort).
 
-        Duplicated (parcel, source, orbit, time to the millisecond, band) rows are reduced to the
-        first one, so a file listing an observation twice counts it once. Parcel keys must be
-        below 2^21 distinct values per table (batch a country by parcel ranges). ``product_id``
-        (integer image ids, -1 or None when unknown) is carried along and not used for grouping.
+        Rows of a parcel less than ``OVERPASS_SECONDS`` apart are one overpass, dated at its first
+        row. Duplicated (parcel, source, orbit, overpass, band) rows are reduced to the first one with
+        a value, so a file listing an observation twice, or once per overlapping tile, counts it
+        once. Parcel keys must be below 2^21 distinct values per table (batch a country by parcel
+        ranges). ``product_id`` (integer image ids, -1 or None when unknown) is carried along and
+        not used for grouping.
         """
         n = len(parcel_id)
         clear_fraction = np.full(n, np.nan) if clear_fraction is None else clear_fraction.astype(np.float64)
@@ -176,7 +184,12 @@ class SeriesTable:
         # a key given twice (e.g. one date from two overlapping tiles) keeps its first row with a value:
         # a tile the parcel lies outside of gives NaN, and must not hide the other tile's mean
         order = np.lexsort((np.isnan(mean), kind_key, time_key))
-        time_key, kind_key = time_key[order], kind_key[order]
+        time_key, kind_key, day = time_key[order], kind_key[order], obs_day[order]
+        start = _overpass_starts(time_key)
+        if start is not None:  # rows of one overpass take its first time; sorted again, the earliest row first
+            time_key, day = time_key[start], day[start]
+            again = np.lexsort((np.isnan(mean[order]), kind_key, time_key))
+            order, time_key, kind_key, day = order[again], time_key[again], kind_key[again], day[again]
         keep = np.ones(n, bool)
         if n > 1:
             keep[1:] = (time_key[1:] != time_key[:-1]) | (kind_key[1:] != kind_key[:-1])
@@ -188,10 +201,27 @@ class SeriesTable:
             parcel=parcel,
             source=source[order],
             band=band[order],
-            obs_day=obs_day[order],
+            obs_day=day[keep],
             mean=mean.astype(np.float64)[order],
             clear_fraction=clear_fraction[order],
             orbit=orbit[order],
             scl_bad_share=scl_bad_share[order],
             product_id=product_id[order],
         )
+
+
+def _overpass_starts(time_key: np.ndarray) -> np.ndarray | None:
+    """Per row of sorted (parcel, time in ms) keys, the index of the first row of its overpass.
+
+    None when every row is more than ``OVERPASS_SECONDS`` from the row before (or of another
+    parcel, whose keys differ by far more): the usual case, and it costs one pass.
+    """
+    if len(time_key) < 2:
+        return None
+    step = np.diff(time_key)
+    close = step < OVERPASS_SECONDS * 1000
+    if not (close & (step > 0)).any():
+        return None
+    first = np.ones(len(time_key), bool)
+    first[1:] = ~close
+    return np.maximum.accumulate(np.where(first, np.arange(len(time_key)), 0))
