@@ -15,6 +15,7 @@ from cbm_common import (
     EXTRACT_POOL,
     PARCEL_STATS,
     READY_PRODUCTS,
+    claim_lease,
     default_args,
     fail_on_bad_input,
 )
@@ -114,7 +115,8 @@ def cbm_extract() -> None:
                 report_lineage(inputs=[*product_uris(conn, list(images.product_ids), store_root=store.root),
                                        *tables("cbm.parcel")])
                 outcome = extract_batch(conn, open_store(store), images, run=run,
-                                        last_try=ti.try_number > ti.max_tries, label_cache=label_cache())
+                                        last_try=ti.try_number > ti.max_tries, label_cache=label_cache(),
+                                        lease=claim_lease())
         if outcome.outcomes:
             report_lineage(outputs=tables("cbm.parcel_obs", "cbm.parcel_class_counts", "cbm.extraction"))
         if outcome.failed:  # corrupt raster, missing band: marked failed, a retry cannot help

@@ -46,6 +46,10 @@ def test_config_file_has_the_deployment_settings_and_is_private(cfg: airflow_ctl
     assert (parsed["api"]["host"], parsed["api"]["port"]) == ("127.0.0.1", "18123")
     assert parsed["scheduler"]["mp_start_method"] == "forkserver"
     assert "cbm_tasks.pipeline.extract" in parsed["scheduler"]["mp_forkserver_preload"]
+    assert dict(parsed["cbm"]) == {}  # the DAGs' own retry delays and the 60 s claim lease
+    tuned = configparser.ConfigParser(interpolation=None)
+    tuned.read(airflow_ctl.write_config(dataclasses.replace(cfg, retry_delay_s=5, claim_lease_s=20)))
+    assert dict(tuned["cbm"]) == {"retry_delay_seconds": "5", "claim_lease_seconds": "20"}
 
 
 def test_secrets_and_password_are_generated_once(cfg: airflow_ctl.AirflowConfig) -> None:
@@ -84,6 +88,10 @@ def test_bad_settings_are_refused() -> None:
         airflow_ctl.AirflowConfig(**base, host="0.0.0.0")
     with pytest.raises(ConfigError, match="extract_pool_slots"):
         airflow_ctl.AirflowConfig(**base, extract_pool_slots=0)
+    with pytest.raises(ConfigError, match="retry_delay_s"):
+        airflow_ctl.AirflowConfig(**base, retry_delay_s=0)
+    with pytest.raises(ConfigError, match="claim_lease_s"):
+        airflow_ctl.AirflowConfig(**base, claim_lease_s=3)
 
 
 def test_stale_or_foreign_pid_files_mean_stopped(cfg: airflow_ctl.AirflowConfig) -> None:

@@ -5,8 +5,10 @@ redis-server on a free port of 127.0.0.1, the Airflow components and two ``airfl
 processes, on a private metadata database (airflow_testenv) and this test's CbM database. While
 both workers hold an image (their write waits on a row lock the test holds on the parcel set),
 one worker is SIGKILLed with every process it started: its task's heartbeat stops, Airflow fails
-the try after ``task_instance_heartbeat_timeout`` (20 s here), the claim lease of the image runs
-out (60 s) and the retry on the other worker extracts it. Every image ends ``extracted`` once.
+the try after ``task_instance_heartbeat_timeout`` (20 s here), the retry starts after the
+deployment's ``[cbm] retry_delay_seconds`` (5 s here; the DAG's own is a minute), waits for the
+claim lease of the image to run out (``[cbm] claim_lease_seconds``, 20 s here; 60 s by default)
+and extracts it on the other worker. Every image ends ``extracted`` once.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def celery_airflow(db_url: str, tmp_path: Path) -> Iterator[airflow_ctl.AirflowC
     cfg = dataclasses.replace(airflow_testenv.config(), data_url=db_url, store_root=tmp_path, executor="celery",
                               celery_workers=2, worker_concurrency=1, redis_port=free_port(),
                               task_heartbeat_timeout_s=20, parallelism=4, max_active_tasks_per_dag=4,
-                              extract_pool_slots=2)
+                              extract_pool_slots=2, retry_delay_s=5, claim_lease_s=20)
     try:
         airflow_ctl.start(cfg, migrate=False, timeout_s=300)
         yield cfg

@@ -141,6 +141,30 @@ def test_each_dag_keeps_its_retry_policy(dagbag: DagBag) -> None:
             retries, delay, max_delay, timeout), dag_id
 
 
+def test_deployment_settings_replace_the_retry_delay_and_the_claim_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cbm_common
+
+    from cbm_tasks.pipeline.lease import LeaseTerms
+
+    args = dict(retries=3, retry_delay=timedelta(minutes=1), execution_timeout=timedelta(minutes=30))
+    assert cbm_common.default_args(**args)["retry_delay"] == timedelta(minutes=1)
+    assert cbm_common.claim_lease() is None  # LeaseTerms() defaults: 60 s
+    monkeypatch.setenv("AIRFLOW__CBM__RETRY_DELAY_SECONDS", "5")
+    monkeypatch.setenv("AIRFLOW__CBM__CLAIM_LEASE_SECONDS", "20")
+    assert cbm_common.default_args(**args)["retry_delay"] == timedelta(seconds=5)
+    assert cbm_common.claim_lease() == LeaseTerms(lease=timedelta(seconds=20), renew_every=timedelta(seconds=5),
+                                                  wait=timedelta(seconds=30))
+    monkeypatch.setenv("AIRFLOW__CBM__RETRY_DELAY_SECONDS", "")  # docker-compose passes unset as empty
+    assert cbm_common.default_args(**args)["retry_delay"] == timedelta(minutes=1)
+    for bad in ("5s", "-1", "0", "1.5"):
+        monkeypatch.setenv("AIRFLOW__CBM__RETRY_DELAY_SECONDS", bad)
+        with pytest.raises(ValueError, match=r"\[cbm\] retry_delay_seconds .* got"):
+            cbm_common.default_args(**args)
+    monkeypatch.setenv("AIRFLOW__CBM__CLAIM_LEASE_SECONDS", "2")
+    with pytest.raises(Exception, match="at least 4 s"):
+        cbm_common.claim_lease()
+
+
 def test_bad_input_fails_the_task_at_once_naming_the_input() -> None:
     from airflow.sdk.exceptions import AirflowFailException
     from cbm_common import fail_on_bad_input

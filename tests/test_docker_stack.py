@@ -116,8 +116,9 @@ def _write_env_file(path: Path, *, port: int, data_dir: Path) -> None:
     lines = [f"{name}={secrets.token_hex(24)}" for name in names]
     lines += [f"AIRFLOW_FERNET_KEY={fernet}", "CBM_EXECUTOR=CeleryExecutor", f"CBM_AIRFLOW_PORT={port}",
               f"CBM_AIRFLOW_BASE_URL=http://127.0.0.1:{port}", f"CBM_DATA_DIR={data_dir}",
-              # a killed worker's task is failed and retried after 30 s without heartbeat (default 300)
-              "CBM_TASK_HEARTBEAT_TIMEOUT=30",
+              # a killed worker's task is failed after 30 s without heartbeat (default 300), retried 5 s
+              # later (the DAG's own: a minute) and takes the image once its 20 s lease ran out (60 s)
+              "CBM_TASK_HEARTBEAT_TIMEOUT=30", "CBM_TASK_RETRY_DELAY=5", "CBM_CLAIM_LEASE=20",
               *(f"{name}={image}" for name, image in LOCAL_IMAGES.items())]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

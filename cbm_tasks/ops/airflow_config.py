@@ -91,6 +91,10 @@ class AirflowConfig:
         redis_port: port of the Celery broker on 127.0.0.1.
         task_heartbeat_timeout_s: a running task whose heartbeat stops this long (its worker
             died) is failed by the scheduler and retried ([scheduler] task_instance_heartbeat_timeout).
+        retry_delay_s: every cbm task's first retry delay, replacing each DAG's own (1-2 min);
+            None keeps those ([cbm] retry_delay_seconds, read by ``dags/cbm_common.py``).
+        claim_lease_s: how long an image whose worker died stays taken before a retry may take it
+            (``pipeline.lease.LeaseTerms``, 60 s); None keeps it ([cbm] claim_lease_seconds).
     """
 
     home: Path
@@ -111,6 +115,8 @@ class AirflowConfig:
     worker_concurrency: int = 1
     redis_port: int = 6379
     task_heartbeat_timeout_s: int = 300
+    retry_delay_s: int | None = None
+    claim_lease_s: int | None = None
 
     def __post_init__(self) -> None:
         if not 1024 <= self.port <= 65535:
@@ -130,6 +136,10 @@ class AirflowConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.task_heartbeat_timeout_s < 10:
             raise ConfigError(f"task_heartbeat_timeout_s must be >= 10, got {self.task_heartbeat_timeout_s}")
+        if self.retry_delay_s is not None and self.retry_delay_s < 1:
+            raise ConfigError(f"retry_delay_s must be >= 1, got {self.retry_delay_s}")
+        if self.claim_lease_s is not None and self.claim_lease_s < 4:
+            raise ConfigError(f"claim_lease_s must be >= 4, got {self.claim_lease_s}")
 
     @property
     def url(self) -> str:
@@ -341,6 +351,9 @@ def _settings(cfg: AirflowConfig) -> dict[str, dict[str, str]]:
     values["core"]["executor"] = EXECUTORS[cfg.executor]
     # a task whose worker died (no heartbeat) is failed and retried by the scheduler after this long
     values["scheduler"]["task_instance_heartbeat_timeout"] = str(cfg.task_heartbeat_timeout_s)
+    # the deployment's own settings, read by dags/cbm_common.py (cbm_setting)
+    cbm = {"retry_delay_seconds": cfg.retry_delay_s, "claim_lease_seconds": cfg.claim_lease_s}
+    values["cbm"] = {key: str(value) for key, value in cbm.items() if value is not None}
     if cfg.executor == "celery":
         values.update(_celery_settings(cfg, keys["redis_password"]))
     return values

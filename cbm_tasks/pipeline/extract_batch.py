@@ -25,6 +25,7 @@ from cbm_tasks.extraction.label_cache import LabelCache
 from cbm_tasks.extraction.raster_io import RasterStore
 from cbm_tasks.pipeline.batches import ExtractBatch
 from cbm_tasks.pipeline.extract import ExtractOutcome, extract_claimed, release_after_failure
+from cbm_tasks.pipeline.lease import LeaseTerms
 
 __all__ = ["BatchOutcome", "BatchRetryError", "extract_batch", "run_totals"]
 
@@ -81,6 +82,7 @@ def extract_batch(
     run: lineage.RunContext,
     last_try: bool,
     label_cache: LabelCache | None = None,
+    lease: LeaseTerms | None = None,
 ) -> BatchOutcome:
     """Extract each image of *batch* still claimed under ``batch.claimed_by``, one after the other.
 
@@ -100,6 +102,7 @@ def extract_batch(
         run: lineage of this task try; each image's run row carries it.
         last_try: no retry follows (Airflow's last try): a failing image gives its claim back.
         label_cache: label rasters shared with the worker's other tasks; None = one for this batch.
+        lease: lease, heartbeat and wait of each image's claim; None = :class:`LeaseTerms` defaults.
 
     Returns:
         The outcome per image; bad input does not stop the batch (those images are ``failed``).
@@ -126,7 +129,7 @@ def extract_batch(
         product_id = todo.pop(0)
         try:
             outcomes.append(extract_claimed(conn, store, product_id, aoi=batch.aoi, run=run, last_try=last_try,
-                                            label_cache=cache))
+                                            label_cache=cache, lease=lease))
         except ClaimLostError:  # another try or run took it over (its lease ran out): theirs to record
             not_held.append(product_id)
         except BadInputError as err:  # marked failed by extract_claimed; the next image may be fine

@@ -46,6 +46,14 @@ class LeaseTerms:
     renew_every: timedelta = timedelta(seconds=15)
     wait: timedelta = timedelta(seconds=90)
 
+    @classmethod
+    def of(cls, lease_seconds: float) -> LeaseTerms:
+        """Terms of a lease of *lease_seconds*, renewed four times per lease, a retry waiting 1.5 leases."""
+        if not lease_seconds >= 4:
+            raise ConfigError(f"a claim lease must be at least 4 s, got {lease_seconds}")
+        lease = timedelta(seconds=lease_seconds)
+        return cls(lease=lease, renew_every=lease / 4, wait=lease * 1.5)
+
     def __post_init__(self) -> None:
         if not timedelta(0) < self.renew_every * 2 <= self.lease:
             raise ConfigError(f"lease renewal every {self.renew_every} must be > 0 and at most half the "
