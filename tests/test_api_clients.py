@@ -40,8 +40,10 @@ def test_jrc_style_notebook_runs_unchanged(api_url: str, api_world: World) -> No
     assert lines["polygon"] == "polygon [1, 2, 3]"
     assert lines["peers"] == "peers [1, 3, 6] [10, 10, 340]"
     # 3 dates x 10 bands... of which the world has B2 B3 B4 B8; NDVI from the stored means
-    assert lines["s2"].startswith("s2 12 ['B2', 'B3', 'B4', 'B8'] ndvi [")
-    assert lines["b8"] == "b8 3" and lines["csv"] == "csv 12"
+    # 3 dates x (4 bands + JRC's SC row of the scene classification)
+    assert lines["s2"].startswith("s2 15 ['B2', 'B3', 'B4', 'B8', 'SC'] ndvi [")
+    assert lines["clouds"] == "clouds 3 [0] S2_alpha_20180405 {'4': 30, '5': 10}"
+    assert lines["b8"] == "b8 3" and lines["csv"] == "csv 15"
     assert lines["bs"] == "bs 4 ['VH', 'VV'] 0.05"
     assert lines["scl"] == "scl 3 ['SC'] 4.25"
     assert lines["markers"] == "markers ['mowing', 'mowing'] ['2018-05-01', '2018-06-01'] [9, 14]"

@@ -172,6 +172,32 @@ def test_jrc_markers_answer_the_events_in_jrc_marker_table_columns(client: TestC
     assert client.get("/query/markers?aoi=alpha&year=2018&pid=1&ptype=x", auth=ann).status_code == 422
 
 
+def test_jrc_time_series_carry_the_scl_histogram_the_sc_band_and_the_product_name(client: TestClient,
+                                                                                   world: World) -> None:
+    ann = world.basic("ann")
+    q = "/query/parcelTimeSeries?aoi=alpha&year=2018&pid=1"
+    s2 = client.get(f"{q}&tstype=s2&ref=True", auth=ann).json()
+    assert list(s2)[-2:] == ["hist", "reference"]  # after JRC's ten columns: scl=True is the default
+    # per image its four bands, then SC (the scene classification statistics, as tstype=scl gives them)
+    assert s2["band"] == ["B2", "B3", "B4", "B8", "SC"] * 3
+    scl = client.get(f"{q}&tstype=scl", auth=ann).json()
+    sc = [i for i, b in enumerate(s2["band"]) if b == "SC"]
+    for name in ("date_part", "count", "mean", "p50", "max"):
+        assert [s2[name][i] for i in sc] == scl[name], name
+    # each row names its image's SCL pixel counts per class and the product: the same for all its bands
+    assert s2["hist"][:5] == [{"4": 30, "5": 10}] * 5 and s2["hist"][5] == {"4": 31, "5": 10}
+    assert s2["reference"] == [n for n in ("S2_alpha_20180405", "S2_alpha_20180510", "S2_alpha_20180615")
+                               for _ in range(5)]
+    # without the histogram; one band; the SC band alone; Sentinel-1 has no histogram
+    assert "hist" not in client.get(f"{q}&tstype=s2&scl=False", auth=ann).json()
+    assert client.get(f"{q}&tstype=s2&band=B4", auth=ann).json()["band"] == ["B4"] * 3
+    assert client.get(f"{q}&tstype=s2&band=SC", auth=ann).json()["mean"] == scl["mean"]
+    assert list(client.get(f"{q}&tstype=bs", auth=ann).json())[-1] == "max"
+    # CSV: the histogram as JSON text
+    lines = client.get(f"{q}&tstype=s2&tsformat=csv", auth=ann).text.splitlines()
+    assert lines[0].endswith(",max,hist") and lines[1].endswith(',"{""4"":30,""5"":10}"')
+
+
 def test_jrc_info_lists_the_granted_aois_with_working_examples(client: TestClient, world: World) -> None:
     root = world.basic("root")
     info = client.get("/query/info", auth=root).json()

@@ -104,7 +104,7 @@ def _routes(products: dict[str, int]) -> list[tuple[str, dict[str, str]]]:
         ("/query/parcelsByPolygon", {"aoi": "alpha", "year": "2018", "polygon": "3_51-3.001_51-3.001_51.001"}),
         ("/query/parcelPeers", {"aoi": "alpha", "year": "2018", "pid": "1", "distance": "100", "max": "3"}),
         ("/query/parcelTimeSeries", {"aoi": "alpha", "year": "2018", "pid": "1", "tstype": "s2", "band": "B4",
-                                     "tsformat": "json"}),
+                                     "tsformat": "json", "scl": "True", "ref": "True"}),
         ("/query/markers", {"aoi": "alpha", "year": "2018", "pid": "1"}),
         ("/query/info", {"aoi": "alpha"}),
         ("/ogc/collections/{aoi}_{year}/items", {"bbox": "3,51,3.1,51.1", "limit": "2", "offset": "0",

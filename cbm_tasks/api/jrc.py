@@ -7,7 +7,11 @@ parcel key, the ``pid`` the other queries take), ``cropname``, ``cropcode``, ``s
 the set's CRS or with ``wgs84=True`` in WGS84). Time series answer ``date_part`` (acquisition,
 epoch seconds), ``band`` (JRC names: ``B2`` ... ``B12``, ``B8A``, ``SC`` for the scene
 classification, ``VV``/``VH``), ``count``, ``mean``, ``std``, ``min``, ``p25``, ``p50``, ``p75``,
-``max``; ``tsformat=csv`` gives the same table as CSV.
+``max``; ``tsformat=csv`` gives the same table as CSV. As JRC's: ``tstype=s2`` gives after each
+image's bands its ``SC`` row (the statistics of its scene classification, as ``tstype=scl``);
+``scl=True`` (the default) adds ``hist``, the image's SCL pixel counts per class (``{"4": 812,
+"8": 3}``; JSON text in CSV; ``{}`` where the image has none, where JRC leaves the row out) for
+Sentinel-2; ``ref=True`` adds ``reference``, the product name.
 
 ``info`` describes the server and, per granted AOI, its years, time-series types, example parcel
 ids and request URLs (JRC's first notebook cell). ``markers`` answers a parcel's marker events in
@@ -207,25 +211,44 @@ def parcel_time_series(
     tstype: Literal["s2", "bs", "c6", "c12", "scl", "S2", "BS", "C6", "C12", "SCL"] = "s2",
     band: Annotated[str | None, Query(max_length=16)] = None,
     tsformat: Literal["json", "csv"] = "json",
-    scl: Flag = "True", ptype: Annotated[str, Query(max_length=0)] = "",  # accepted and ignored, as JRC's
+    scl: Flag = "True", ref: Flag = "False",
+    ptype: Annotated[str, Query(max_length=0)] = "",  # accepted when empty, as JRC's
 ) -> Response:
     name, season = _aoi_year(aoi, year, parcels)
     src = source(tstype)
-    bands = bands_for(src, [band] if band else None)
+    optical = src.name in ("s2", "scl")
+    only_scl = src.categorical or (src.name == "s2" and band is not None and band.upper() in ("SC", "SCL"))
+    bands = None if only_scl else bands_for(src, [band] if band else None)
+    with_hist, with_ref = optical and _flag(scl), _flag(ref)  # JRC: no SCL histogram for Sentinel-1
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
-        rows: list[tuple[Any, ...]] = []
-        if src.categorical:
-            rows = [(int(t.timestamp()), JRC_BANDS.get(b, b), *scl_stats(values))
-                    for t, _, b, values in queries.class_counts(conn, ps, pid, src)]
-        else:
-            for r in queries.time_series(conn, ps, pid, src, bands=bands):
-                count, mean, std, vmin, vmax, p25, p50, p75 = r.stats
-                rows.append((int(r.obs_time.timestamp()), JRC_BANDS.get(r.band, r.band), int(count), mean, std, vmin,
-                             p25, p50, p75, vmax))
+        classes = queries.class_counts(conn, ps, pid, SOURCES["scl"]) if optical else []
+        series = [] if only_scl else queries.time_series(conn, ps, pid, src, bands=bands)
+        names = queries.product_names(conn, sorted({r.product_id for r in series} | {c[1] for c in classes})
+                                      ) if with_ref else {}
+    hist = {product: {str(value): int(n) for value, n in enumerate(counts) if n} for _, product, _, counts in classes}
+    sc_rows = {product: (int(t.timestamp()), JRC_BANDS.get(b, b), *scl_stats(counts))
+               for t, product, b, counts in classes} if only_scl or bands is None else {}
+
+    def extra(product: int) -> tuple[Any, ...]:
+        return (*([hist.get(product, {})] if with_hist else []), *([names.get(product)] if with_ref else []))
+
+    # per image (by time and product id): its bands, then its SCL statistics as the band SC (JRC's s2 answer
+    # carries both; tstype=scl or band=SC the SC rows alone)
+    keyed: list[tuple[int, int, int, tuple[Any, ...]]] = []
+    for rank, r in enumerate(series):
+        count, mean, std, vmin, vmax, p25, p50, p75 = r.stats
+        keyed.append((int(r.obs_time.timestamp()), r.product_id, rank, (
+            int(r.obs_time.timestamp()), JRC_BANDS.get(r.band, r.band), int(count), mean, std, vmin, p25, p50, p75,
+            vmax, *extra(r.product_id))))
+    keyed += [(row[0], product, len(series), (*row, *extra(product))) for product, row in sc_rows.items()]
+    rows = [item[3] for item in sorted(keyed, key=lambda item: item[:3])]
+    columns = (*_TS_COLUMNS, *(["hist"] if with_hist else []), *(["reference"] if with_ref else []))
     if tsformat == "csv":
-        return csv_response(_TS_COLUMNS, rows, filename=f"{name}{season}_{pid}_{src.name}.csv")
-    return json_response(_columns(_TS_COLUMNS, rows))
+        text_rows = [tuple(json.dumps(v, separators=(",", ":")) if isinstance(v, dict) else v for v in row)
+                     for row in rows]
+        return csv_response(columns, text_rows, filename=f"{name}{season}_{pid}_{src.name}.csv")
+    return json_response(_columns(columns, rows))
 
 
 @router.get("/info", summary="The server, and per granted AOI its years, data and example requests (JRC)")

@@ -44,6 +44,7 @@ __all__ = [
     "parcels_by_id",
     "parcels_in_polygon",
     "peers",
+    "product_names",
     "reaches_set",
     "set_overview",
     "time_series",
@@ -320,6 +321,13 @@ def set_overview(conn: psycopg.Connection, ps: ParcelSet, *, n_examples: int = 5
     keys = conn.execute("SELECT parcel_key FROM cbm.parcel WHERE parcel_set_id = %s ORDER BY parcel_key LIMIT %s",
                         (ps.parcel_set_id, n_examples)).fetchall()
     return [str(t[0]) for t in types], [int(k[0]) for k in keys]
+
+
+def product_names(conn: psycopg.Connection, product_ids: Sequence[int]) -> dict[int, str]:
+    """Return the product name (e.g. ``S2A_MSIL2A_20180405T105031_...``) of each product id."""
+    rows = conn.execute("SELECT product_id, name FROM cbm.product WHERE product_id = ANY(%s)",
+                        (list(product_ids),)).fetchall()
+    return {int(r[0]): str(r[1]) for r in rows}
 
 
 def parcel_markers(conn: psycopg.Connection, ps: ParcelSet, key: int) -> list[dict[str, Any]]:

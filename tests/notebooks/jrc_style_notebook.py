@@ -63,6 +63,16 @@ b8 = df[df["band"] == "B8"].set_index("date")["mean"]
 ndvi = (b8 - b4) / (b8 + b4)
 print("s2", len(df), sorted(df["band"].unique()), "ndvi", [round(v, 4) for v in ndvi])
 
+# Cloud cover per image as JRC's S2 notebook computes it: the SCL histogram of each image (scl=True, the
+# default) and the product name (ref=True), the two bands joined on it
+url = f"{api_url}/query/parcelTimeSeries?aoi={aoi}&year={year}&pid={pid}&tstype=s2&scl=True&ref=True"
+df = pd.read_json(io.StringIO(requests.get(url, auth=(api_user, api_pass)).text))
+cloudy = {3, 8, 9, 10, 11}
+df["cloud_pct"] = df["hist"].apply(lambda h: round(100 * sum(n for c, n in h.items() if int(c) in cloudy)
+                                                   / max(sum(h.values()), 1)))
+both = pd.merge(df[df["band"] == "B4"], df[df["band"] == "B8"], on="reference", suffixes=("B4", "B8"))
+print("clouds", len(both), sorted(set(both["cloud_pctB4"])), both["reference"].iloc[0], dict(df["hist"].iloc[0]))
+
 # One band only, and the CSV form
 response = requests.get(f"{api_url}/query/parcelTimeSeries?aoi={aoi}&year={year}&pid={pid}&tstype=s2&band=B8",
                         auth=(api_user, api_pass))
