@@ -193,6 +193,7 @@ def test_jrc_time_series_carry_the_scl_histogram_the_sc_band_and_the_product_nam
     assert client.get(f"{q}&tstype=s2&band=B4", auth=ann).json()["band"] == ["B4"] * 3
     assert client.get(f"{q}&tstype=s2&band=SC", auth=ann).json()["mean"] == scl["mean"]
     assert list(client.get(f"{q}&tstype=bs", auth=ann).json())[-1] == "max"
+    assert client.get(f"{q}&tstype=bs&band=VVb", auth=ann).json()["band"] == ["VV"] * 2  # JRC's table suffix
     # CSV: the histogram as JSON text
     lines = client.get(f"{q}&tstype=s2&tsformat=csv", auth=ann).text.splitlines()
     assert lines[0].endswith(",max,hist") and lines[1].endswith(',"{""4"":30,""5"":10}"')

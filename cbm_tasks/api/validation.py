@@ -76,7 +76,8 @@ SOURCES: dict[str, Source] = {
 # JRC's band names (its S2 signature tables drop the leading zero; SC is the SCL band)
 JRC_BANDS = {band: (band[0] + band[2:] if band[1] == "0" else band) for band in _S2_BANDS} | {
     "SCL": "SC", "VV": "VV", "VH": "VH"}
-_FROM_JRC = {jrc: ours for ours, jrc in JRC_BANDS.items()}
+# JRC's own tables also name Sentinel-1 bands VVb/VHb (backscatter), VVc/VHc (coherence): accepted, not answered
+_FROM_JRC = {jrc: ours for ours, jrc in JRC_BANDS.items()} | {f"{p}{t}": p for p in ("VV", "VH") for t in "bc"}
 
 
 def source(name: str) -> Source:
