@@ -36,7 +36,8 @@ def test_jrc_style_notebook_runs_unchanged(api_url: str, api_world: World) -> No
     assert lines["info"] == "info ['alpha'] ['s2', 'bs']"
     assert lines["parcel"] == "parcel 2 grassland 201 10000 32631"
     assert lines["geometry"] == "geometry MultiPolygon 5"
-    assert lines["byid"].startswith("byid ['ogc_fid', 'cropname', 'cropcode', 'srid', 'area', 'clon', 'clat']")
+    assert lines["byid"].startswith("byid ['ogc_fid', 'pid', 'cropname', 'cropcode', 'srid', 'area', 'clon', 'clat']")
+    assert lines["newer"] == "newer True True"
     assert lines["polygon"] == "polygon [1, 2, 3]"
     assert lines["peers"] == "peers [1, 3, 6] [10, 10, 340]"
     # 3 dates x 10 bands... of which the world has B2 B3 B4 B8; NDVI from the stored means

@@ -1,8 +1,9 @@
 """``/query``: JRC's CbM query names, parameters and answer shapes, for notebooks written for JRC's API.
 
 An answer is a JSON object of equal-length column lists (``pandas.read_json`` reads it as a
-table); no rows give the columns with empty lists. Parcel queries answer ``ogc_fid`` (our
-parcel key, the ``pid`` the other queries take), ``cropname``, ``cropcode``, ``srid``, ``area``
+table); no rows give the columns with empty lists. Parcel queries answer ``ogc_fid`` and ``pid``
+(both our parcel key, the ``pid`` the other queries take: JRC's API named it ``ogc_fid`` until
+2022 and ``pid`` since; peers give it as ``pid`` and ``pids``), ``cropname``, ``cropcode``, ``srid``, ``area``
 (m2), ``clon``, ``clat`` (WGS84 centroid) and with ``withGeometry=True`` ``geom`` (GeoJSON text, in
 the set's CRS or with ``wgs84=True`` in WGS84). Time series answer ``date_part`` (acquisition,
 epoch seconds), ``band`` (JRC names: ``B2`` ... ``B12``, ``B8A``, ``SC`` for the scene
@@ -61,7 +62,8 @@ __all__ = ["router", "scl_stats"]
 router = APIRouter(tags=["JRC compatible"])
 
 _PARCELS = re.compile(r"^([a-z][a-z0-9_]{0,62}?)_?(\d{4})$")
-_PARCEL_COLUMNS = ("ogc_fid", "cropname", "cropcode", "srid", "area", "clon", "clat")
+# ogc_fid (JRC's API until 2022) and pid (since): the same parcel key, so notebooks of either generation run
+_PARCEL_COLUMNS = ("ogc_fid", "pid", "cropname", "cropcode", "srid", "area", "clon", "clat")
 _TS_COLUMNS = ("date_part", "band", "count", "mean", "std", "min", "p25", "p50", "p75", "max")
 _MARKER_COLUMNS = ("foi_id", "marker", "marker_type", "date_start", "date_main", "date_end", "duration_days",
                    "value_1", "value_2", "value_3", "pid", "practice")
@@ -95,8 +97,8 @@ def _columns(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, l
 def _parcel_answer(found: list[dict[str, Any]], with_geometry: bool) -> Response:
     names = list(_PARCEL_COLUMNS)
     if with_geometry:
-        names.insert(4, "geom")
-    rows = [[p["parcel_key"], p["crop_name"], p["crop_code"], p["srid"],
+        names.insert(5, "geom")
+    rows = [[p["parcel_key"], p["parcel_key"], p["crop_name"], p["crop_code"], p["srid"],
              *([_geojson_text(p)] if with_geometry else []), p["area_m2"], p["clon"], p["clat"]] for p in found]
     return json_response(_columns(names, rows))
 
@@ -155,8 +157,8 @@ def parcels_by_polygon(
         found = queries.parcels_in_polygon(conn, ps, shape, limit=limit, offset=offset,
                                            geometry=_geometry(with_geometry, _flag(wgs84)))
     if _flag(only_ids):
-        names = ["ogc_fid", "geom"] if with_geometry else ["ogc_fid"]
-        rows = [[p["parcel_key"], *([_geojson_text(p)] if with_geometry else [])] for p in found]
+        names = ["ogc_fid", "pid", "geom"] if with_geometry else ["ogc_fid", "pid"]
+        rows = [[p["parcel_key"], p["parcel_key"], *([_geojson_text(p)] if with_geometry else [])] for p in found]
         return json_response(_columns(names, rows))
     return _parcel_answer(found, with_geometry)
 
@@ -172,7 +174,8 @@ def parcel_peers(
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
         found = queries.peers(conn, ps, pid, distance_m=distance, limit=max)
-    return json_response(_columns(("pid", "distance"), [(p["parcel_key"], p["distance_m"]) for p in found]))
+    return json_response(_columns(("pid", "pids", "distance"),  # pids: JRC's name since 2022, the same keys
+                                  [(p["parcel_key"], p["parcel_key"], p["distance_m"]) for p in found]))
 
 
 def scl_stats(counts: Sequence[int]) -> tuple[int, float, float, float, float, float, float, float]:

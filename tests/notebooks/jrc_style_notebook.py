@@ -51,6 +51,8 @@ response = requests.get(f"{api_url}/query/parcelPeers?aoi={aoi}&year={year}&pid=
                         auth=(api_user, api_pass))
 peers = pd.read_json(io.StringIO(response.text))
 print("peers", peers["pid"].tolist(), [round(x) for x in peers["distance"]])
+# the names of JRC's API since 2022 (cbm package): pid for the parcel, pids for its peers
+print("newer", parcel["pid"][0] == pid, peers["pids"].tolist() == peers["pid"].tolist())
 
 # Sentinel-2 time series, NDVI from B4 and B8
 response = requests.get(f"{api_url}/query/parcelTimeSeries?aoi={aoi}&year={year}&pid={pid}&tstype=s2",
