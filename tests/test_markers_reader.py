@@ -96,6 +96,22 @@ def test_one_overpass_seen_in_two_tiles_seconds_apart_is_one_observation(tmp_pat
     assert read_series(write_rows(tmp_path / "later.csv", later + rows)).n_rows == 2 * once.n_rows
 
 
+def test_times_with_and_without_zone_offsets_in_one_file(tmp_path: Path) -> None:
+    # a file assembled from several exports: offsets, Z, none (UTC), nanoseconds, a bare date
+    rows = [["a", when, "s2", band, value, 1.0, ""]
+            for when in ("2021-05-01T10:30:00+02:00", "2021-05-06 10:30:00", "2021-05-11",
+                         "2021-05-16T10:30:00.123456789Z")
+            for band, value in (("B04", 0.03), ("B08", 0.3))]
+    series = read_series(write_rows(tmp_path / "mixed.csv", rows))
+    hours = np.round((series.obs_day % 1) * 24, 3)
+    assert hours.tolist() == [8.5, 8.5, 10.5, 10.5, 0.0, 0.0, 10.5, 10.5]  # all in UTC
+    bad = [*rows[:2], ["a", "2021/05/16", "s2", "B04", 0.03, 1.0, ""], ["a", None, "s2", "B08", 0.3, 1.0, ""]]
+    with pytest.raises(SeriesFileError, match=r"line 4, column 'obs_time': cannot read '2021/05/16'"):
+        read_series(write_rows(tmp_path / "bad.csv", bad))
+    with pytest.raises(SeriesFileError, match=r"line 4, column 'obs_time': empty value"):
+        read_series(write_rows(tmp_path / "empty.csv", [*rows[:2], bad[3]]))
+
+
 def test_clear_fraction_stated_on_one_row_holds_for_the_observation(tmp_path: Path) -> None:
     # an export that states the clear share once per observation: on its B08 row, or on an SCL row
     rows = grass_rows("a", [160], cloudy=[150, 155])

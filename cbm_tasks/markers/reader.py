@@ -29,6 +29,7 @@ import gzip
 import logging
 import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -171,15 +172,21 @@ def _utc_times(path: Path, table: pa.Table) -> pa.ChunkedArray:
     text = pc.replace_substring_regex(column.cast(pa.string()), r"(Z|[+-]00:?00)$", "")
     try:
         return pc.assume_timezone(pc.cast(text, pa.timestamp("us")), "UTC").cast(_TIME)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        values = text.to_pylist()
-        for line, value in enumerate(values, start=2):
-            try:
-                pc.cast(pa.array([value]), pa.timestamp("us"))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                raise SeriesFileError(f"time-series file {path}: line {line}, column 'obs_time': cannot read "
-                                      f"{column[line - 2].as_py()!r} as an ISO 8601 UTC time") from err
-        raise SeriesFileError(f"time-series file {path}: column 'obs_time': {err}") from err
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    # one value at a time (slow, rare): offsets mixed with times without one, nanoseconds
+    out: list[datetime | None] = []
+    for line, value in enumerate(column.cast(pa.string()).to_pylist(), start=2):
+        if value is None:  # named by the check for empty values
+            out.append(None)
+            continue
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise SeriesFileError(f"time-series file {path}: line {line}, column 'obs_time': cannot read "
+                                  f"{value!r} as an ISO 8601 UTC time") from None
+        out.append(when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC))
+    return pa.chunked_array([pa.array(out, _TIME)])
 
 
 def _check_nulls(name: str, table: pa.Table, columns: tuple[str, ...]) -> None:
