@@ -10,8 +10,8 @@ Data sets (../shared/data, see its README):
   salms   JRC SALMS example, 10 parcels, 17 mowing dates (converted to the long format).
   sk      Slovak grassland plots, 492 plot-years; only the 246 surveyed plot-years are scored,
           37 of them surveyed not mown (their share without any detected mowing is reported);
-          also with the red and NIR bands alone (no haze or moisture test), and as one series per
-          plot over its three seasons (scored per plot-year).
+          also with the red and NIR bands alone (no haze or moisture test), with NDVI alone (no red
+          test either), and as one series per plot over its three seasons (scored per plot-year).
   synth   the seeded synthetic AOI (cbm demo build --synthetic), parcel means computed from its
           images (cloud-free pixels per SCL), mowing ground truth of its grassland parcels; and the
           harvest marker on its maize and winter wheat parcels (one true harvest each).
@@ -87,6 +87,25 @@ def _red_nir_only(header: list[str], row: list[str]) -> list[str] | None:
     return row if row[header.index("source")] == "s2" and row[header.index("band")] in ("B04", "B08") else None
 
 
+def _ndvi_only(series: Path, out: Path) -> Path:
+    """The Sentinel-2 observations of the gzipped long CSV *series* as one NDVI row each (from B04 and B08,
+    the clear share kept): files of the index alone, as some tools export."""
+    bands: dict[tuple[str, ...], dict[str, float]] = {}
+    with gzip.open(series, "rt", newline="") as src:
+        for row in csv.DictReader(src):
+            if row["source"] == "s2" and row["band"] in ("B04", "B08"):
+                key = (row["parcel_id"], row["obs_time"], row.get("clear_fraction", ""))
+                bands.setdefault(key, {})[row["band"]] = float(row["mean"])
+    with gzip.open(out, "wt", newline="") as dst:
+        writer = csv.writer(dst, lineterminator="\n")
+        writer.writerow(["parcel_id", "obs_time", "source", "band", "mean", "clear_fraction"])
+        for (parcel, when, clear), value in bands.items():
+            red, nir = value.get("B04", -1.0), value.get("B08", -1.0)
+            if red > 0 and nir > 0:
+                writer.writerow([parcel, when, "s2", "NDVI", f"{(nir - red) / (nir + red):.6f}", clear])
+    return out
+
+
 def _plot_of_plot_year(header: list[str], row: list[str]) -> list[str]:
     """Plot-year ``LR100_2021`` renamed to its plot ``LR100``: one series per plot over its seasons, as files
     of plots followed for several years are (the rows of each plot-year lie in its own year)."""
@@ -129,6 +148,10 @@ def eval_sk(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
     red_nir = _rewrite(folder / "timeseries.csv.gz", work / "sk_red_nir.csv.gz", _red_nir_only)
     out["SK S2 only, B04 + B08 only"] = match_events(predict(red_nir, params, use_s1=False), truth, parcels,
                                                      negatives=negatives)
+    # the index alone: no red test of a cut either
+    ndvi = _ndvi_only(folder / "timeseries.csv.gz", work / "sk_ndvi.csv.gz")
+    out["SK S2 only, NDVI only"] = match_events(predict(ndvi, params, use_s1=False), truth, parcels,
+                                                negatives=negatives)
     # one series per plot over 2021-2023: winter gaps and max_events must be handled per season
     per_plot = _rewrite(folder / "timeseries.csv.gz", work / "sk_per_plot.csv.gz", _plot_of_plot_year)
     out["SK S2 only, one series per plot (3 seasons)"] = match_events(

@@ -112,6 +112,31 @@ def test_times_with_and_without_zone_offsets_in_one_file(tmp_path: Path) -> None
         read_series(write_rows(tmp_path / "empty.csv", [*rows[:2], bad[3]]))
 
 
+def test_a_file_of_ndvi_alone_is_read_and_its_cuts_found(tmp_path: Path) -> None:
+    # some tools export the index, not the bands: NDVI stands in for red and NIR where they are missing
+    rows = grass_rows("a", [160, 220], cloudy=[150])
+    bands = read_series(write_rows(tmp_path / "bands.csv", rows))
+    by_obs: dict[tuple[object, ...], dict[object, float]] = {}
+    for r in rows:
+        by_obs.setdefault((r[0], r[1], r[5]), {})[r[3]] = float(str(r[4]))
+    index_rows = [[pid, when, "s2", "NDVI", f"{(b['B08'] - b['B04']) / (b['B08'] + b['B04']):.6f}", clear, ""]
+                  for (pid, when, clear), b in by_obs.items()]
+    index = read_series(write_rows(tmp_path / "ndvi.csv", index_rows))
+    params = load_params()
+    np.testing.assert_allclose(prepare(index, params).s2.ndvi, prepare(bands, params).s2.ndvi, atol=1e-5)
+    mowing = [e.main_date for e in run_markers(index, params, use_s1=False).rows() if e.marker == "mowing"]
+    assert mowing == [e.main_date for e in run_markers(bands, params, use_s1=False).rows() if e.marker == "mowing"]
+    assert len(mowing) == 2
+    # beside the bands, the bands' own NDVI is used (the file's may be rounded, or of other bands)
+    skewed = [[*r[:4], "0.1", *r[5:]] for r in index_rows]
+    both = read_series(write_rows(tmp_path / "both.csv", rows + skewed))
+    np.testing.assert_array_equal(prepare(both, params).s2.ndvi, prepare(bands, params).s2.ndvi)
+    # an index scaled to integers is named, not read as values of 0.8e4
+    scaled = [[*r[:4], f"{float(str(r[4])) * 10000:.0f}", *r[5:]] for r in index_rows]
+    with pytest.raises(SeriesFileError, match=r"NDVI outside -1\.\.1 \(median 7\d\d\d\)"):
+        read_series(write_rows(tmp_path / "scaled.csv", scaled))
+
+
 def test_clear_fraction_stated_on_one_row_holds_for_the_observation(tmp_path: Path) -> None:
     # an export that states the clear share once per observation: on its B08 row, or on an SCL row
     rows = grass_rows("a", [160], cloudy=[150, 155])

@@ -11,9 +11,9 @@ Validity of an S2 observation (all must hold):
   1 - the share of unusable SCL classes (no data, saturated, cloud shadow, cloud medium / high,
   cirrus, snow); an observation with neither is taken as clear;
 * B04 and B08 present and above 0 (a band mean <= 0 is a no-data fill such as -9999 and is taken as
-  missing), NDVI >= ``validity.min_plausible_ndvi``; where B02 exists, B02 <=
-  ``validity.max_blue_reflectance`` and the haze index (:func:`haze_index`, HOT) <=
-  ``validity.max_haze_index`` (haze the mask missed);
+  missing), or else the file's own NDVI (band ``NDVI``); NDVI >= ``validity.min_plausible_ndvi``;
+  where B02 exists, B02 <= ``validity.max_blue_reflectance`` and the haze index (:func:`haze_index`,
+  HOT) <= ``validity.max_haze_index`` (haze the mask missed);
 * not a cloud dip (:func:`cloud_dips`): a run of one or two low NDVI values whose next valid
   neighbour is back near the level before it, either faster than grass can regrow or with the blue
   excess of haze. A real mowing does not recover within days and has no blue excess, so it is kept.
@@ -280,7 +280,8 @@ def rejection_codes(s2: S2Series, params: MarkerParams) -> np.ndarray:
 
 def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     mask = series.source == SOURCE_CODE["s2"]
-    parcel, _, day, values, first, rows = _pivot(series, mask, _S2_BANDS)
+    parcel, _, day, with_index, first, rows = _pivot(series, mask, (*_S2_BANDS, "NDVI"))
+    values, given_ndvi = np.ascontiguousarray(with_index[:, :4]), with_index[:, 4]
     # reflectance <= 0 is a no-data fill, not a measurement: -9999 or -32768 in exports, 0 (DN 0 of
     # older processing baselines) or -0.1 (DN 0 after BOA_ADD_OFFSET). Read as values, a fill makes
     # NDVI ~0 and the fall to it a ploughing; as missing, the observation is not used (NO_VALUE).
@@ -297,6 +298,9 @@ def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     red, nir = values[:, 1], values[:, 2]
     with np.errstate(invalid="ignore", divide="ignore"):
         ndvi = (nir - red) / (nir + red)
+    # a file's own NDVI stands in where it has no red or NIR (exports of the index alone); the red and
+    # moisture tests of a cut, and the haze test, then have nothing to judge and pass
+    ndvi = np.where(np.isfinite(ndvi), ndvi, given_ndvi)
     code, haze = _validity_codes(values, ndvi, clear, params)
     valid = code == 0
     offsets = group_offsets(parcel, series.n_parcels)

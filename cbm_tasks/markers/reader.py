@@ -203,7 +203,7 @@ def _band_name(text: str) -> str:
     return f"B0{upper[1]}" if re.fullmatch(r"B[1-9]", upper) else upper
 
 
-def _check_units(name: str, source: np.ndarray, mean: np.ndarray, usable: np.ndarray) -> None:
+def _check_units(name: str, source: np.ndarray, band: np.ndarray, mean: np.ndarray, usable: np.ndarray) -> None:
     """Reject a file whose values are in other units than the format's (module docstring).
 
     Judged on the median of each kind, so that a few odd observations (a saturated cloud) do not
@@ -216,7 +216,13 @@ def _check_units(name: str, source: np.ndarray, mean: np.ndarray, usable: np.nda
         values = values[np.isfinite(values)]
         return float(np.median(values)) if len(values) else float("nan")
 
+    index = usable & (band == BAND_CODE["NDVI"])
+    usable = usable & ~index  # NDVI is not a reflectance
     s2, backscatter, coherence = median("s2"), median("bs"), median("c6", "c12")  # NaN: no such rows
+    ndvi = mean[index & np.isfinite(mean)]
+    if len(ndvi) and not -1.0 <= float(np.median(ndvi)) <= 1.0:
+        raise SeriesFileError(f"time-series file {name}: NDVI outside -1..1 (median {float(np.median(ndvi)):.4g}); "
+                              "the format wants the index itself, not scaled (e.g. x 10000)")
     if s2 > 2.0:
         raise SeriesFileError(f"time-series file {name}: Sentinel-2 means look like digital numbers (median "
                               f"{s2:.4g}); the format wants surface reflectance 0-1 (DN / 10000, after "
@@ -375,7 +381,7 @@ def series_from_arrow(band_stats: pa.Table, class_counts: pa.Table | None = None
     if band_stats.num_rows and not usable.any():
         raise SeriesFileError(f"time-series file {name}: no row has a known source (s2, bs, c6, c12 or "
                               f"{', '.join(PRODUCT_TYPES)}) and band ({', '.join(BAND_CODE)})")
-    _check_units(name, source, mean, usable)
+    _check_units(name, source, band, mean, usable)
     clear = _clear_per_observation(parcel_code, obs_us, source == SOURCE_CODE["s2"], clear)
     scl = _scl_bad_share(name, class_counts, names, parcel_code, obs_us, source == SOURCE_CODE["s2"])
     return SeriesTable.from_arrays(

@@ -10,8 +10,8 @@ Codes (stable; they are part of the public API):
 
 * sources: ``SOURCES`` = ("s2", "bs", "c6", "c12"); the catalogue's product types map to them
   through ``PRODUCT_TYPES`` (S2MSI2A, CARD-BS, CARD-COH6, CARD-COH12).
-* bands: ``BANDS`` = S2 reflectance bands B02..B12 (0-1), and VV / VH (S1 linear backscatter,
-  or coherence 0-1 for c6 / c12).
+* bands: ``BANDS`` = S2 reflectance bands B02..B12 (0-1) and NDVI (-1..1, for files that carry the
+  index rather than red and NIR), and VV / VH (S1 linear backscatter, or coherence 0-1 for c6 / c12).
 
 Times are float64 days since 1970-01-01 UTC (``obs_day``), so a day's fraction is kept and
 date arithmetic is plain subtraction.
@@ -41,7 +41,8 @@ __all__ = [
 SOURCES = ("s2", "bs", "c6", "c12")
 SOURCE_CODE = {name: code for code, name in enumerate(SOURCES)}
 PRODUCT_TYPES = {"S2MSI2A": "s2", "CARD-BS": "bs", "CARD-COH6": "c6", "CARD-COH12": "c12"}
-BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "VV", "VH")
+# NDVI: an index some exports carry instead of (or beside) red and NIR; used where B04 or B08 is missing
+BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "VV", "VH", "NDVI")
 BAND_CODE = {name: code for code, name in enumerate(BANDS)}
 # SCL classes that make a pixel unusable: 0 no data, 1 saturated/defective, 3 cloud shadow,
 # 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus, 11 snow or ice.
