@@ -13,6 +13,7 @@ It also lists the S2 observations that were not used, with the first validity te
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
@@ -114,7 +115,7 @@ class MowingExplanation:
             failed = f" ({s.failed}{' = ' + s.confidence_parts if 'min_confidence' in s.failed else ''})" \
                 if s.failed else ""
             stream.write(f"  {s.start_date} -> {s.end_date}  NDVI {s.ndvi_high:.2f} -> {s.ndvi_low:.2f}  drop "
-                         f"{s.drop:.2f} ({s.before:.2f} -> {s.after:.2f})  red x{s.red_ratio:.2f}{confidence}: "
+                         f"{s.drop:.2f} ({s.before:.2f} -> {s.after:.2f})  {_red_text(s.red_ratio)}{confidence}: "
                          f"{s.verdict}{failed}\n")
 
     def write_csv(self, path: Path) -> None:
@@ -221,3 +222,8 @@ def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
             _ratio(s2.bands[low, 1], s2.bands[high, 1]), float(s2.ndmi[low] - s2.ndmi[high]), float(confidence),
             verdict, failed_tests(STEP_TESTS, failed), parts))
     return MowingExplanation(str(parcel_id), params.hash, observations, steps)
+
+
+def _red_text(ratio: float) -> str:
+    """The red reflectance's change across a fall, or that the file has no red band to tell."""
+    return f"red x{ratio:.2f}" if math.isfinite(ratio) else "red -"
