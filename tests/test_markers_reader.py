@@ -137,6 +137,20 @@ def test_a_file_of_ndvi_alone_is_read_and_its_cuts_found(tmp_path: Path) -> None
         read_series(write_rows(tmp_path / "scaled.csv", scaled))
 
 
+def test_b8a_is_the_nir_of_a_file_without_b08(tmp_path: Path) -> None:
+    rows = grass_rows("a", [160, 220], cloudy=[150])
+    narrow = [[*r[:3], "B8A" if r[3] == "B08" else r[3], *r[4:]] for r in rows]  # a 20 m export
+    params = load_params()
+    with_b08 = prepare(read_series(write_rows(tmp_path / "b08.csv", rows)), params).s2
+    with_b8a = prepare(read_series(write_rows(tmp_path / "b8a.csv", narrow)), params).s2
+    np.testing.assert_array_equal(with_b8a.ndvi, with_b08.ndvi)
+    np.testing.assert_array_equal(with_b8a.valid, with_b08.valid)
+    # beside B08, B8A is not used
+    other = [[*r[:3], "B8A", "0.9", *r[5:]] for r in rows if r[3] == "B08"]
+    both = prepare(read_series(write_rows(tmp_path / "both.csv", rows + other)), params).s2
+    np.testing.assert_array_equal(both.ndvi, with_b08.ndvi)
+
+
 def test_clear_fraction_stated_on_one_row_holds_for_the_observation(tmp_path: Path) -> None:
     # an export that states the clear share once per observation: on its B08 row, or on an SCL row
     rows = grass_rows("a", [160], cloudy=[150, 155])

@@ -10,8 +10,9 @@ Validity of an S2 observation (all must hold):
 * clear share >= ``validity.min_clear_fraction``: the file's ``clear_fraction`` when given, else
   1 - the share of unusable SCL classes (no data, saturated, cloud shadow, cloud medium / high,
   cirrus, snow); an observation with neither is taken as clear;
-* B04 and B08 present and above 0 (a band mean <= 0 is a no-data fill such as -9999 and is taken as
-  missing), or else the file's own NDVI (band ``NDVI``); NDVI >= ``validity.min_plausible_ndvi``;
+* B04 and B08 (or, without B08, B8A) present and above 0 (a band mean <= 0 is a no-data fill such as
+  -9999 and is taken as missing), or else the file's own NDVI (band ``NDVI``); NDVI >=
+  ``validity.min_plausible_ndvi``;
   where B02 exists, B02 <= ``validity.max_blue_reflectance`` and the haze index (:func:`haze_index`,
   HOT) <= ``validity.max_haze_index`` (haze the mask missed);
 * not a cloud dip (:func:`cloud_dips`): a run of one or two low NDVI values whose next valid
@@ -280,8 +281,10 @@ def rejection_codes(s2: S2Series, params: MarkerParams) -> np.ndarray:
 
 def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     mask = series.source == SOURCE_CODE["s2"]
-    parcel, _, day, with_index, first, rows = _pivot(series, mask, (*_S2_BANDS, "NDVI"))
-    values, given_ndvi = np.ascontiguousarray(with_index[:, :4]), with_index[:, 4]
+    parcel, _, day, pivoted, first, rows = _pivot(series, mask, (*_S2_BANDS, "NDVI", "B8A"))
+    values, given_ndvi = np.ascontiguousarray(pivoted[:, :4]), pivoted[:, 4]
+    # the narrow NIR band (20 m) where a file has no B08: exports at 20 m carry B8A only
+    values[:, 2] = np.where(np.isnan(values[:, 2]), pivoted[:, 5], values[:, 2])
     # reflectance <= 0 is a no-data fill, not a measurement: -9999 or -32768 in exports, 0 (DN 0 of
     # older processing baselines) or -0.1 (DN 0 after BOA_ADD_OFFSET). Read as values, a fill makes
     # NDVI ~0 and the fall to it a ploughing; as missing, the observation is not used (NO_VALUE).
