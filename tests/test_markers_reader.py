@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +149,21 @@ def test_b8a_is_the_nir_of_a_file_without_b08(tmp_path: Path) -> None:
     other = [[*r[:3], "B8A", "0.9", *r[5:]] for r in rows if r[3] == "B08"]
     both = prepare(read_series(write_rows(tmp_path / "both.csv", rows + other)), params).s2
     np.testing.assert_array_equal(both.ndvi, with_b08.ndvi)
+
+
+def test_unix_times_in_seconds_or_milliseconds(tmp_path: Path) -> None:
+    # JRC's API dates observations in epoch seconds (date_part), Earth Engine in milliseconds
+    rows = grass_rows("a", [160])
+    iso = read_series(write_rows(tmp_path / "iso.csv", rows))
+    epoch = [[r[0], int(datetime.fromisoformat(str(r[1])).replace(tzinfo=UTC).timestamp()), *r[2:]] for r in rows]
+    seconds = read_series(write_rows(tmp_path / "s.csv", epoch))
+    millis = read_series(write_rows(tmp_path / "ms.csv", [[r[0], r[1] * 1000, *r[2:]] for r in epoch]))
+    np.testing.assert_array_equal(seconds.obs_day, iso.obs_day)
+    np.testing.assert_array_equal(millis.obs_day, iso.obs_day)
+    with pytest.raises(SeriesFileError, match=r"line 3, column 'obs_time': '12' is no Unix time"):
+        read_series(write_rows(tmp_path / "bad.csv", [epoch[0], [epoch[1][0], 12, *epoch[1][2:]]]))
+    with pytest.raises(SeriesFileError, match=r"line 3, column 'obs_time': empty value"):
+        read_series(write_rows(tmp_path / "empty.csv", [epoch[0], [epoch[1][0], None, *epoch[1][2:]]]))
 
 
 def test_clear_fraction_stated_on_one_row_holds_for_the_observation(tmp_path: Path) -> None:

@@ -4,14 +4,16 @@ Accepted files: ``.csv``, ``.csv.gz`` and ``.parquet``, one row per parcel, obse
 is comma-separated; one whose header has no comma but semicolons or tabs, as spreadsheets save it, is
 read with that separator, and a leading BOM is skipped; numbers always take a decimal point):
 
-* required columns: ``parcel_id, obs_time, source, band, mean``;
+* required columns: ``parcel_id, obs_time, source, band, mean``; ``obs_time`` is ISO 8601 (UTC
+  without an offset) or a Unix time in seconds or milliseconds;
 * optional: ``clear_fraction`` (share of clear pixels, 0-1; stated on any row of an S2 observation,
   even an SCL row, it holds for the whole observation), ``orbit`` (S1 relative orbit),
   ``product_id`` (integer image id: the events name the images that show them),
   ``count, std, min, max, p25, p50, p75`` (read and not needed by the markers).
 
 ``source`` is ``s2 | bs | c6 | c12`` or a catalogue product type (S2MSI2A, CARD-BS, CARD-COH6,
-CARD-COH12); band names are case-insensitive and ``B4`` means ``B04``. Values are physical units
+CARD-COH12); band names are case-insensitive and ``B4`` means ``B04``; ``NDVI`` is read too (used
+where an image has no red or NIR). Values are physical units
 (S2 reflectance 0-1, S1 linear backscatter, coherence 0-1): a file in other units (digital numbers,
 dB) is an error.
 Rows of other sources or bands (e.g. SCL means, product type ``UNKNOWN``) are dropped with one
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("parcel_id", "obs_time", "source", "band", "mean")
 _TIME = pa.timestamp("us", tz="UTC")
+_MIN_UNIX_SECONDS, _MAX_UNIX_SECONDS = 1_388_534_400, 4_102_444_800  # 2014-01-01 (Sentinel-1A) .. 2100-01-01
 _TYPES = {"parcel_id": pa.string(), "obs_time": pa.string(), "source": pa.string(), "band": pa.string(),
           "mean": pa.float64(), "clear_fraction": pa.float64(), "orbit": pa.float64(),
           "product_id": pa.float64(), "count": pa.float64(), "class": pa.float64()}
@@ -161,10 +164,19 @@ def read_table(path: Path, required: tuple[str, ...] = REQUIRED_COLUMNS) -> pa.T
 
 
 def _utc_times(path: Path, table: pa.Table) -> pa.ChunkedArray:
-    """Parse ``obs_time`` (ISO 8601 date or date-time, UTC when no offset is given) to UTC timestamps."""
+    """Parse ``obs_time`` (ISO 8601 date or date-time, UTC when no offset is given) to UTC timestamps.
+
+    Numbers are Unix times, as JRC's API gives them (``date_part``) and Earth Engine exports do: in
+    seconds, or in milliseconds where they are too large for seconds of this century.
+    """
     column = table.column("obs_time")
     if pa.types.is_timestamp(column.type):
         return column.cast(_TIME) if column.type.tz else pc.assume_timezone(column, "UTC").cast(_TIME)
+    numeric = pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+    if not numeric and pa.types.is_string(column.type):  # a CSV's column: read as text
+        numeric = bool(pc.all(pc.match_substring_regex(column, r"^\d+(\.\d*)?$")).as_py() or False)
+    if numeric:
+        return _unix_times(path, column)
     try:  # every value with a zone offset (Z, +02:00): converted to UTC
         return pc.cast(column.cast(pa.string()), _TIME)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -187,6 +199,21 @@ def _utc_times(path: Path, table: pa.Table) -> pa.ChunkedArray:
                                   f"{value!r} as an ISO 8601 UTC time") from None
         out.append(when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC))
     return pa.chunked_array([pa.array(out, _TIME)])
+
+
+def _unix_times(path: Path, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Unix times in seconds, or in milliseconds where the values are too large for seconds (see _utc_times)."""
+    empty = column.is_null().to_numpy(zero_copy_only=False)  # named by the check for empty values
+    seconds = np.where(empty, _MIN_UNIX_SECONDS, pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False))
+    finite = seconds[np.isfinite(seconds) & ~empty]
+    if len(finite) and float(np.median(finite)) > _MAX_UNIX_SECONDS:
+        seconds = np.where(empty, seconds, seconds / 1000.0)
+    bad = ~(np.isfinite(seconds) & (seconds >= _MIN_UNIX_SECONDS) & (seconds <= _MAX_UNIX_SECONDS))
+    if bad.any():
+        line = int(np.flatnonzero(bad)[0]) + 2
+        raise SeriesFileError(f"time-series file {path}: line {line}, column 'obs_time': {column[line - 2].as_py()!r} "
+                              "is no Unix time of 2014-2100 (seconds or milliseconds) nor an ISO 8601 time")
+    return pa.chunked_array([pa.array(np.rint(seconds * 1e6).astype(np.int64), _TIME, mask=empty)])
 
 
 def _check_nulls(name: str, table: pa.Table, columns: tuple[str, ...]) -> None:
