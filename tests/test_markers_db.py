@@ -25,8 +25,8 @@ from cbm_tasks.errors import BadInputError, ConfigError
 from cbm_tasks.markers import db_read
 from cbm_tasks.markers.engine import run_markers
 from cbm_tasks.markers.export import export_lights
-from cbm_tasks.markers.params import MarkerParams
-from cbm_tasks.markers.series import SeriesTable
+from cbm_tasks.markers.params import MarkerParams, default_params, load_params
+from cbm_tasks.markers.series import OVERPASS_SECONDS, SeriesTable
 from cbm_tasks.parcels.sets import import_parcels
 from cbm_tasks.pipeline.markers import lights_summary, run_parcel_set
 from cbm_tasks.traffic_light.evaluate import evaluate_lights
@@ -353,3 +353,18 @@ def test_one_overpass_in_two_tiles_is_one_observation(db_url: str, seeded: Seede
     # the lineage still names every image read: both tiles for parcel 5
     read_by_5 = {int(p) for k, p in zip(read.obs_parcel, read.obs_product, strict=True) if read.parcel_keys[k] == 5}
     assert {first, second} <= read_by_5
+    # runs of parameters before version 8 (data.overpass_seconds neutral: 0) read both tiles, as they ran
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        old = db_read.read_parcel_series(conn, parcel_set_id=seeded.parcel_set_id,
+                                         products=db_read.read_products(conn, seeded.parcel_set_id),
+                                         parcel_keys=np.array([5], np.int32),
+                                         overpass_seconds=v7_params().get("data", "overpass_seconds")).series
+    assert len(set(old.obs_day[np.floor(old.obs_day) == np.floor(overpass)].tolist())) == 2
+    assert load_params().get("data", "overpass_seconds") == OVERPASS_SECONDS  # the file reader's rule
+
+
+def v7_params() -> MarkerParams:
+    """The shipped parameters without the keys of version 8, as a run of version 7 recorded them."""
+    sections = {name: dict(values) for name, values in default_params().sections.items()}
+    del sections["data"]["overpass_seconds"]
+    return MarkerParams(version=7, sections=sections, source="v7")

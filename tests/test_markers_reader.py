@@ -91,8 +91,8 @@ def test_one_overpass_seen_in_two_tiles_seconds_apart_is_one_observation(tmp_pat
     second = read_series(write_rows(tmp_path / "second.csv", empty_first))
     np.testing.assert_array_equal(second.obs_day, once.obs_day)
     np.testing.assert_allclose(second.mean, once.mean * 1.01, atol=1e-5)
-    # ten minutes apart is not one overpass (no satellite revisits that fast): both observations stay
-    later = [[r[0], f"{r[1]}T00:10:00Z", *r[2:]] for r in rows]
+    # more than ten minutes apart is not one overpass (no satellite revisits that fast): both stay
+    later = [[r[0], f"{r[1]}T00:10:01Z", *r[2:]] for r in rows]
     assert read_series(write_rows(tmp_path / "later.csv", later + rows)).n_rows == 2 * once.n_rows
 
 

@@ -77,7 +77,8 @@ def plot(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
         set_id, key = _parcel(conn, args)
-        series = parcel_series(conn, parcel_set_id=set_id, parcel_key=key, name=str(args.parcel))
+        series = parcel_series(conn, parcel_set_id=set_id, parcel_key=key, name=str(args.parcel),
+                               overpass_seconds=params.get("data", "overpass_seconds"))
         lights = decisions.lights(conn, parcel_set_id=set_id, parcel_key=key)
         # the events of the markers the parcel's schemes read, as in its audit report
         markers = None if args.all_markers or not lights else decisions.scheme_markers(conn, lights)

@@ -207,7 +207,8 @@ def _read_scl_share(conn: psycopg.Connection, parcel_set_id: int, products: list
 
 
 def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products: list[ProductInfo],
-                       parcel_keys: np.ndarray, whole_range: bool = False) -> DbSeries:
+                       parcel_keys: np.ndarray, whole_range: bool = False,
+                       overpass_seconds: float = OVERPASS_SECONDS) -> DbSeries:
     """Read the series of *parcel_keys* (sorted int array) of a parcel set.
 
     Args:
@@ -218,6 +219,8 @@ def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products
             gets an (empty) entry, so that its light says NO_DATA.
         whole_range: every parcel of the set with a key between the first and the last of
             *parcel_keys* is in it (a full run's batch): the keys are then not sent as a list.
+        overpass_seconds: images at most this far apart (same source and orbit) are one
+            observation: the run's ``data.overpass_seconds`` (0 for parameters before version 8).
 
     Returns:
         The series and the image of every observation.
@@ -232,7 +235,7 @@ def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products
     else:
         row_key, row_product = np.zeros(0, np.int32), np.zeros(0, np.int32)
         band, mean = np.zeros(0, np.int8), np.zeros(0)
-    slot, source_of, orbit_of, day_of = _product_slots(products)
+    slot, source_of, orbit_of, day_of = _product_slots(products, overpass_seconds)
     ids = np.array(sorted(by_id), dtype=np.int32)
     product_index = np.searchsorted(ids, row_product)
     parcel_index = np.searchsorted(keys, row_key).astype(np.int64)
@@ -271,11 +274,12 @@ def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products
                     source[first] == SOURCE_CODE["s2"], np.unique(obs_product))
 
 
-def _product_slots(products: list[ProductInfo]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _product_slots(products: list[ProductInfo],
+                   overpass_seconds: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per product (in product-id order): sort slot, source code, orbit (-1 for S2) and day.
 
     The slot orders images by (time to the millisecond, source, orbit, product id); images of one
-    overpass (same source and orbit, less than ``OVERPASS_SECONDS`` apart: overlapping tiles of a
+    overpass (same source and orbit, at most *overpass_seconds* apart: overlapping tiles of a
     datatake) share the slot's upper bits (``slot >> 8``), differ in the lower 8 and take the day
     of the overpass's first image, as in :meth:`SeriesTable.from_arrays`.
     """
@@ -294,7 +298,7 @@ def _product_slots(products: list[ProductInfo]) -> tuple[np.ndarray, np.ndarray,
     for index in order.tolist():
         kind = (int(source[index]), int(orbit[index]))
         seen = overpass.get(kind)
-        if seen is not None and millis[index] - seen[3] < OVERPASS_SECONDS * 1000:  # one overpass: its first time
+        if seen is not None and millis[index] - seen[3] <= overpass_seconds * 1000:  # one overpass: its first time
             group, sub, first = seen[0], seen[1] + 1, seen[2]
             day[index] = day[first]
         else:
@@ -307,8 +311,9 @@ def _product_slots(products: list[ProductInfo]) -> tuple[np.ndarray, np.ndarray,
     return slot, source, orbit, day
 
 
-def parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int, name: str) -> SeriesTable:
+def parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: int, name: str,
+                  overpass_seconds: float = OVERPASS_SECONDS) -> SeriesTable:
     """Return the series of one parcel, named *name* (its declared id; empty when it has no observation)."""
     read = read_parcel_series(conn, parcel_set_id=parcel_set_id, products=read_products(conn, parcel_set_id),
-                              parcel_keys=np.array([parcel_key], np.int32))
+                              parcel_keys=np.array([parcel_key], np.int32), overpass_seconds=overpass_seconds)
     return dataclasses.replace(read.series, parcel_ids=np.array([name]))

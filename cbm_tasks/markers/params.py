@@ -56,6 +56,8 @@ NEUTRAL: dict[tuple[str, str], float] = {
     ("bare_soil", "no_cover_penalty"): 0.0,
     # version 7
     ("mowing", "coherence_noise_z"): 0.0,
+    # version 8
+    ("data", "overpass_seconds"): 0.0,
 }
 
 

@@ -49,9 +49,11 @@ BAND_CODE = {name: code for code, name in enumerate(BANDS)}
 # (2 dark area and 7 unclassified are kept: they are frequent over wet or dark grassland.)
 SCL_BAD_CLASSES = (0, 1, 3, 8, 9, 10, 11)
 
-# Rows of one parcel this close in time are one overpass: the tiles of one Sentinel-2 datatake (or
-# the slices of one Sentinel-1 pass) carry per-granule times seconds apart in some catalogues and
-# exports (STAC's per-item datetime). Real revisits are a day or more apart (ARCHITECTURE.md).
+# Rows of one parcel at most this far apart in time are one overpass: the tiles of one Sentinel-2
+# datatake (or the slices of one Sentinel-1 pass) carry per-granule times seconds apart in some
+# catalogues and exports (STAC's per-item datetime). Real revisits are a day or more apart
+# (ARCHITECTURE.md). The shipped marker parameters' data.overpass_seconds, which the database read
+# takes from a run's parameters (0 for runs before version 8, so that they recompute as they ran).
 OVERPASS_SECONDS = 600
 
 _EPOCH = np.datetime64("1970-01-01", "D")
@@ -147,7 +149,7 @@ class SeriesTable:
         (sorted, unique strings), *parcel_id* holds integer codes into it: a file's ids are encoded
         once per distinct id instead of as one string per row (25 M rows: gigabytes and a string sort).
 
-        Rows of a parcel less than ``OVERPASS_SECONDS`` apart are one overpass, dated at its first
+        Rows of a parcel at most ``OVERPASS_SECONDS`` apart are one overpass, dated at its first
         row. Duplicated (parcel, source, orbit, overpass, band) rows are reduced to the first one with
         a value, so a file listing an observation twice, or once per overlapping tile, counts it
         once. Parcel keys must be below 2^21 distinct values per table (batch a country by parcel
@@ -220,7 +222,7 @@ def _overpass_starts(time_key: np.ndarray) -> np.ndarray | None:
     if len(time_key) < 2:
         return None
     step = np.diff(time_key)
-    close = step < OVERPASS_SECONDS * 1000
+    close = step <= OVERPASS_SECONDS * 1000
     if not (close & (step > 0)).any():
         return None
     first = np.ones(len(time_key), bool)

@@ -227,7 +227,8 @@ def _in_snapshot(conn: psycopg.Connection, *, aoi: str, year: int, parcel_set_id
         for start in range(0, len(keys), batch_parcels):
             batch = keys[start:start + batch_parcels]
             db_series = db_read.read_parcel_series(conn, parcel_set_id=parcel_set_id, products=products,
-                                                   parcel_keys=batch, whole_range=scope == "full")
+                                                   parcel_keys=batch, whole_range=scope == "full",
+                                                   overpass_seconds=params.get("data", "overpass_seconds"))
             result = run_markers(db_series.series, params, use_s1=use_s1)
             crops = _crops(conn, parcel_set_id, batch)
             lights = [light for light in evaluate_lights(result, rules, crops=crops, aoi=aoi, year=year)

@@ -73,8 +73,9 @@ def explain_stored(conn: psycopg.Connection, *, parcel_set_id: int, parcel_key: 
         raise BadInputError(f"marker {marker!r}: explanations exist for {', '.join(EXPLAINED_MARKERS)}")
     current = decisions.current_runs(conn, parcel_set_id=parcel_set_id, parcel_key=parcel_key)
     run = decisions.marker_run(conn, current[parcel_key][0]) if parcel_key in current else None
-    series = db_read.parcel_series(conn, parcel_set_id=parcel_set_id, parcel_key=parcel_key, name=parcel_id)
     params, use_s1 = decision_params(run)
+    series = db_read.parcel_series(conn, parcel_set_id=parcel_set_id, parcel_key=parcel_key, name=parcel_id,
+                                   overpass_seconds=params.get("data", "overpass_seconds"))
     return explain_marker(series, parcel_id, params, marker, use_s1=use_s1, year=year), run
 
 
@@ -94,7 +95,8 @@ def explain_stored_light(conn: psycopg.Connection, *, parcel_set_id: int, parcel
     stored = decisions.lights(conn, parcel_set_id=parcel_set_id, parcel_key=parcel_key, scheme=scheme)
     light = stored[0] if stored else None
     rules = recorded_rules(conn, light.rules_hash) if light is not None and light.rules_hash else load_rules()
-    series = db_read.parcel_series(conn, parcel_set_id=parcel_set_id, parcel_key=parcel_key, name=parcel_id)
     params, use_s1 = decision_params(run)
+    series = db_read.parcel_series(conn, parcel_set_id=parcel_set_id, parcel_key=parcel_key, name=parcel_id,
+                                   overpass_seconds=params.get("data", "overpass_seconds"))
     season = light.season if light is not None and light.season is not None else year
     return explain_light(series, parcel_id, scheme, rules, params, year=season, use_s1=use_s1), light

@@ -219,7 +219,8 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
     if scheme is not None and not lights:
         notes.append(f"No traffic light of scheme {scheme!r} is stored for this parcel.")
     # the figure draws the events of the markers the parcel's schemes read (all without lights)
-    series = db_read.parcel_series(conn, parcel_set_id=set_id, parcel_key=parcel.parcel_key, name=parcel.parcel_id)
+    series = db_read.parcel_series(conn, parcel_set_id=set_id, parcel_key=parcel.parcel_key, name=parcel.parcel_id,
+                                   overpass_seconds=params.get("data", "overpass_seconds"))
     views = _series_views(series, parcel, params, use_s1, decisions.scheme_markers(conn, lights) if lights else None,
                           year)
     light_explanations = _light_views(conn, series, parcel, params, use_s1, lights, year)

@@ -121,7 +121,8 @@ def _check_run(conn: psycopg.Connection, *, aoi: str, year: int, parcel_set_id: 
     params = recorded_params(run.params, expected_hash=run.params_hash)
     products = db_read.read_products(conn, parcel_set_id)
     db_series = db_read.read_parcel_series(conn, parcel_set_id=parcel_set_id, products=products,
-                                           parcel_keys=np.array(keys, np.int32))
+                                           parcel_keys=np.array(keys, np.int32),
+                                           overpass_seconds=params.get("data", "overpass_seconds"))
     result = run_markers(db_series.series, params, use_s1=run.use_s1)
     row_keys = [int(k) for k in db_series.parcel_keys]
     differences: list[Difference] = []
