@@ -11,7 +11,7 @@ from pathlib import Path
 import airflow_testenv
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -59,8 +59,9 @@ def _wait_for_text(driver: webdriver.Chrome, *texts: str, timeout_s: float = 60)
         body = d.find_element(By.TAG_NAME, "body").text
         return body if all(t.lower() in body.lower() for t in texts) else False
 
-    try:
-        return str(WebDriverWait(driver, timeout_s, poll_frequency=1).until(page_has_all))
+    try:  # a page (or frame) that navigates while it is read replaces its body: read the new one next time
+        return str(WebDriverWait(driver, timeout_s, poll_frequency=1,
+                                 ignored_exceptions=(StaleElementReferenceException,)).until(page_has_all))
     except TimeoutException:
         body = driver.find_element(By.TAG_NAME, "body").text
         raise AssertionError(f"page {driver.current_url} never showed {texts}; it shows:\n{body[:2000]}") from None
