@@ -1,7 +1,8 @@
 """What the DAGs share: the assets that connect them, pools, parameter patterns, retry policy, error translation.
 
-This file holds no DAG and is listed in ``.airflowignore``. Module level is constants and two
-small functions only: the DAG processor imports it with every DAG file.
+This file holds no DAG and is listed in ``.airflowignore``. Module level is constants and small
+functions only (no import of the heavy libraries): the DAG processor imports it with every DAG
+file. The retry policy reads the deployment's `[cbm]` settings (cbm_setting).
 """
 
 from __future__ import annotations
