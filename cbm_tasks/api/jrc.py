@@ -223,15 +223,16 @@ def parcel_time_series(
     only_scl = src.categorical or (src.name == "s2" and band is not None and band.upper() in ("SC", "SCL"))
     bands = None if only_scl else bands_for(src, [band] if band else None)
     with_hist, with_ref = optical and _flag(scl), _flag(ref)  # JRC: no SCL histogram for Sentinel-1
+    with_sc = optical and (only_scl or bands is None)  # the SC rows
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
-        classes = queries.class_counts(conn, ps, pid, SOURCES["scl"]) if optical else []
+        classes = queries.class_counts(conn, ps, pid, SOURCES["scl"]) if with_hist or with_sc else []
         series = [] if only_scl else queries.time_series(conn, ps, pid, src, bands=bands)
         names = queries.product_names(conn, sorted({r.product_id for r in series} | {c[1] for c in classes})
                                       ) if with_ref else {}
     hist = {product: {str(value): int(n) for value, n in enumerate(counts) if n} for _, product, _, counts in classes}
     sc_rows = {product: (int(t.timestamp()), JRC_BANDS.get(b, b), *scl_stats(counts))
-               for t, product, b, counts in classes} if only_scl or bands is None else {}
+               for t, product, b, counts in classes} if with_sc else {}
 
     def extra(product: int) -> tuple[Any, ...]:
         return (*([hist.get(product, {})] if with_hist else []), *([names.get(product)] if with_ref else []))
@@ -241,9 +242,9 @@ def parcel_time_series(
     keyed: list[tuple[int, int, int, tuple[Any, ...]]] = []
     for rank, r in enumerate(series):
         count, mean, std, vmin, vmax, p25, p50, p75 = r.stats
-        keyed.append((int(r.obs_time.timestamp()), r.product_id, rank, (
-            int(r.obs_time.timestamp()), JRC_BANDS.get(r.band, r.band), int(count), mean, std, vmin, p25, p50, p75,
-            vmax, *extra(r.product_id))))
+        seconds = int(r.obs_time.timestamp())
+        keyed.append((seconds, r.product_id, rank, (seconds, JRC_BANDS.get(r.band, r.band), int(count), mean, std,
+                                                    vmin, p25, p50, p75, vmax, *extra(r.product_id))))
     keyed += [(row[0], product, len(series), (*row, *extra(product))) for product, row in sc_rows.items()]
     rows = [item[3] for item in sorted(keyed, key=lambda item: item[:3])]
     columns = (*_TS_COLUMNS, *(["hist"] if with_hist else []), *(["reference"] if with_ref else []))

@@ -247,8 +247,9 @@ def _check_units(name: str, source: np.ndarray, band: np.ndarray, mean: np.ndarr
     usable = usable & ~index  # NDVI is not a reflectance
     s2, backscatter, coherence = median("s2"), median("bs"), median("c6", "c12")  # NaN: no such rows
     ndvi = mean[index & np.isfinite(mean)]
-    if len(ndvi) and not -1.0 <= float(np.median(ndvi)) <= 1.0:
-        raise SeriesFileError(f"time-series file {name}: NDVI outside -1..1 (median {float(np.median(ndvi)):.4g}); "
+    ndvi_median = float(np.median(ndvi)) if len(ndvi) else 0.0
+    if not -1.0 <= ndvi_median <= 1.0:
+        raise SeriesFileError(f"time-series file {name}: NDVI outside -1..1 (median {ndvi_median:.4g}); "
                               "the format wants the index itself, not scaled (e.g. x 10000)")
     if s2 > 2.0:
         raise SeriesFileError(f"time-series file {name}: Sentinel-2 means look like digital numbers (median "
