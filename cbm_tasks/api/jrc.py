@@ -263,8 +263,8 @@ def info(
     base = app_root(request)
     with ctx.connection() as conn:
         sets = queries.aoi_parcel_sets(conn, user)
-        if aoi is not None and aoi not in user.aois:
-            raise queries.AccessDeniedError(f"user {user.name} is not granted AOI {aoi!r}")
+        if aoi is not None:
+            queries.require_grant(user, aoi)
         if aoi is not None and aoi not in {s["aoi"] for s in sets}:
             raise NotFoundError(f"AOI {aoi!r} has no parcel set")
         aois: dict[str, Any] = {}

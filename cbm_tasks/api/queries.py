@@ -46,6 +46,7 @@ __all__ = [
     "peers",
     "product_names",
     "reaches_set",
+    "require_grant",
     "set_overview",
     "time_series",
     "traffic_light_summary",
@@ -88,10 +89,15 @@ def parcel_set(conn: psycopg.Connection, principal: Principal, aoi: str, year: i
         AccessDeniedError: *aoi* is not granted to the principal (existing or not).
         NotFoundError: the AOI has no parcel set for *year*.
     """
-    if aoi not in principal.aois:
-        raise AccessDeniedError(f"user {principal.name} is not granted AOI {aoi!r}")
+    require_grant(principal, aoi)
     ref = find_parcel_set(conn, aoi=aoi, year=year)
     return ParcelSet(aoi, year, ref.parcel_set_id, ref.srid, ref.n_parcels)
+
+
+def require_grant(principal: Principal, aoi: str) -> None:
+    """Raise AccessDeniedError unless *principal* may read *aoi* (whether it exists or not)."""
+    if aoi not in principal.aois:
+        raise AccessDeniedError(f"user {principal.name} is not granted AOI {aoi!r}")
 
 
 def aoi_parcel_sets(conn: psycopg.Connection, principal: Principal) -> list[dict[str, Any]]:
