@@ -37,3 +37,8 @@ def test_api_is_served_under_cbm_with_auth_enforced(api_world: World) -> None:
         example = info["aois"]["alpha"]["request_examples"]["markers"]
         assert example == f"{url}/query/markers?aoi=alpha&year=2018&pid=1"
         assert requests.get(example, auth=ann, timeout=30).json()["marker"] == ["mowing", "mowing"]
+        # JRC's raw chips: the answer's relative link, appended to the base URL as JRC's notebooks do, without login
+        raw = requests.get(f"{url}/query/rawChipByParcelID?aoi=alpha&year=2018&pid=1&start_date=2018-04-01"
+                           "&end_date=2018-04-30&band=SCL", auth=ann, timeout=30).json()
+        tif = requests.get(f"{url}{raw['chips'][0]}", timeout=30)
+        assert tif.status_code == 200 and tif.content[:4] in (b"II*\x00", b"MM\x00*")

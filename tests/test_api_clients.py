@@ -10,9 +10,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyproj
 import pytest
-from api_world import X0, Y0, World
+import rasterio
+import rasterio.features
+from api_world import S2_DATES, X0, Y0, World
+from shapely.geometry import box
 
 from cbm_tasks.ops.api_process import serve_standalone
 
@@ -48,6 +52,19 @@ def test_jrc_style_notebook_runs_unchanged(api_url: str, api_world: World) -> No
     assert lines["bs"] == "bs 4 ['VH', 'VV'] 0.05"
     assert lines["scl"] == "scl 3 ['SC'] 4.25"
     assert lines["markers"] == "markers ['mowing', 'mowing'] ['2018-05-01', '2018-06-01'] [9, 14]"
+    # the SCL classes under parcel 2 in each raw chip: those of the product's own raster, counted here apart
+    expected = [_classes_under(api_world.store_root / f"S2_alpha_{d:%Y%m%d}_SCL.tif", 2) for d in S2_DATES[:2]]
+    assert lines["rawchips"] == f"rawchips {[f'{d:%Y%m%dT%H%M%S}' for d in S2_DATES[:2]]} {expected}"
+    assert all(sum(h.values()) >= 20 and set(h) <= {4, 5} for h in expected)  # 100 m x 100 m of 20 m pixels
+
+
+def _classes_under(scl_file: Path, key: int) -> dict[int, int]:
+    with rasterio.open(scl_file) as src:
+        data, transform = src.read(1), src.transform
+    parcel = box(X0 + (key - 1) * 110, Y0, X0 + (key - 1) * 110 + 100, Y0 + 100)
+    inside = rasterio.features.geometry_mask([parcel], out_shape=data.shape, transform=transform, invert=True)
+    classes, counts = np.unique(data[inside & (data != 0)], return_counts=True)
+    return {int(k): int(n) for k, n in zip(classes, counts, strict=True)}
 
 
 def _ogrinfo(args: list[str], user: str, secret: str) -> subprocess.CompletedProcess[str]:

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import pyproj
 import pytest
-from api_world import World
+from api_world import X0, Y0, World
 from fastapi.testclient import TestClient
 
 from cbm_tasks.api import auth
@@ -45,6 +46,7 @@ def _urls(aoi: str, product_id: int) -> list[str]:
         f"/query/parcelTimeSeries?{q}&pid=1&tstype=s2",
         f"/query/markers?{q}&pid=1",
         f"/query/info?aoi={aoi}",
+        f"/query/rawChipByParcelID?{q}&pid=1&start_date=2018-04-01&end_date=2018-04-30&band=SCL",
         f"/ogc/collections/{aoi}_2018",
         f"/ogc/collections/{aoi}_2018/items",
         f"/ogc/collections/{aoi}_2018/items/1",
@@ -76,6 +78,8 @@ def test_authorisation_matrix(client: TestClient, api_world: World) -> None:
     assert [s["aoi"] for s in client.get("/v1/aois", auth=api_world.basic("bob")).json()["parcel_sets"]] == ["beta"]
 
 
+ALPHA_LON, ALPHA_LAT = (str(v) for v in pyproj.Transformer.from_crs(32631, 4326, always_xy=True).transform(
+    X0 + 50, Y0 + 50))  # parcel 1
 HOSTILE = ["1 OR 1=1", "1'; DROP TABLE cbm.parcel; --", "alpha' OR '1'='1", "../../etc/passwd", "%00", "\u202e",
            "A" * 5000, "-1", "1e309", "NaN", "{\"type\": \"Point\"}", "POLYGON((0 0))", "$(reboot)", "<script>"]
 
@@ -107,6 +111,10 @@ def _routes(products: dict[str, int]) -> list[tuple[str, dict[str, str]]]:
                                      "tsformat": "json", "scl": "True", "ref": "True"}),
         ("/query/markers", {"aoi": "alpha", "year": "2018", "pid": "1"}),
         ("/query/info", {"aoi": "alpha"}),
+        ("/query/rawChipByLocation", {"lon": ALPHA_LON, "lat": ALPHA_LAT, "start_date": "2018-04-01",
+                                      "end_date": "2018-04-30", "band": "B4", "chipsize": "640", "plevel": "LEVEL2A"}),
+        ("/query/rawChipByParcelID", {"aoi": "alpha", "year": "2018", "pid": "1", "start_date": "2018-04-01",
+                                      "end_date": "2018-04-30", "band": "SCL", "chipsize": "640"}),
         ("/ogc/collections/{aoi}_{year}/items", {"bbox": "3,51,3.1,51.1", "limit": "2", "offset": "0",
                                                   "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"}),
     ]
@@ -146,12 +154,20 @@ def test_hostile_values_in_every_parameter(client: TestClient, api_world: World,
     assert after == before
 
 
+def test_hostile_chip_links_are_refused(client: TestClient, api_world: World) -> None:
+    for value in [*HOSTILE, "a.b", "e30.", ".AAAA"]:
+        for url in (f"/dump/{value}/x.SCL.tif", f"/dump/AAAA.AAAA/{value}"):
+            response = client.get(url)  # no credentials: a link is its own proof, and these prove nothing
+            assert response.status_code in (404, 422), (url, response.text)
+            assert "Traceback" not in response.text and "psycopg" not in response.text
+
+
 def test_reader_connections_cannot_read_secrets_but_can_authenticate(api_world: World) -> None:
     context = ApiContext(ApiConfig(dsn=api_world.db_url))
     try:
         with context.connection() as conn:
             assert conn.execute("SELECT current_user").fetchone() == ("cbm_reader",)
-            for table in ("cbm.api_user", "cbm.api_grant"):
+            for table in ("cbm.api_user", "cbm.api_grant", "cbm.api_link_key"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(f"SELECT * FROM {table}")  # noqa: S608 - constant names
             with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):

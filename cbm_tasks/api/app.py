@@ -3,9 +3,11 @@
 :func:`create_app` builds one FastAPI application; ``cbm api serve`` runs it with uvicorn, and
 ``plugins/cbm_api_plugin.py`` mounts it in the Airflow api-server under ``/cbm``. Routes:
 
-- ``/health``, ``/version``: the only routes without authentication;
+- ``/health``, ``/version``: without authentication, as ``/dump`` (signed links);
 - ``/v1/...``: parcels, peers, time series, markers, traffic lights, image chips (:mod:`.v1`);
-- ``/query/...``: JRC's query names and answer shapes for existing notebooks (:mod:`.jrc`);
+- ``/query/...``: JRC's query names and answer shapes for existing notebooks (:mod:`.jrc`), its raw
+  chip queries (:mod:`.jrc_chips`);
+- ``/dump/...``: the chips those answer, behind signed links (no login: JRC's notebooks send none);
 - ``/ogc/...``: OGC API - Features, parcels with their traffic lights (:mod:`.ogc`).
 
 Errors are JSON ``{"error": <kind>, "detail": <message>}`` with 400 (bad parameter), 401 (no or
@@ -27,7 +29,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cbm_tasks import __version__
-from cbm_tasks.api import jrc, ogc, v1
+from cbm_tasks.api import jrc, jrc_chips, ogc, v1
 from cbm_tasks.api.context import ApiConfig, ApiContext
 from cbm_tasks.api.deps import AuthError, json_response
 from cbm_tasks.api.login_limit import TooManyLoginsError
@@ -130,5 +132,7 @@ def create_app(config: ApiConfig | Callable[[], ApiConfig], *, root_path: str = 
 
     app.include_router(v1.router, prefix="/v1")
     app.include_router(jrc.router, prefix="/query")
+    app.include_router(jrc_chips.router, prefix="/query")
+    app.include_router(jrc_chips.dump_router)
     app.include_router(ogc.router, prefix="/ogc")
     return app

@@ -26,7 +26,8 @@ crop). The events are those of the parcel's current marker run, as ``/v1/.../mar
 Differences from JRC's service, on purpose: errors are HTTP 400/401/403/404/422 with a JSON
 body instead of ``{}`` with 200; every parameter is validated; ``parcelsByPolygon`` also takes
 WKT or GeoJSON and pages (``limit`` <= 1000 instead of a silent 100). No ``ptype`` (one parcel
-set per AOI and year), no orthophoto backgrounds and no weather series; image chips are ``/v1``'s.
+set per AOI and year), no orthophoto backgrounds and no weather series. JRC's raw chip queries are
+:mod:`.jrc_chips`'.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from cbm_tasks.api.validation import (
 )
 from cbm_tasks.errors import NotFoundError
 
-__all__ = ["router", "scl_stats"]
+__all__ = ["AoiParam", "ParcelsParam", "Pid", "YearParam", "aoi_year", "router", "scl_stats"]
 
 router = APIRouter(tags=["JRC compatible"])
 
@@ -79,7 +80,8 @@ def _flag(value: str) -> bool:
     return value in ("True", "true", "1")
 
 
-def _aoi_year(aoi: str | None, year: int | None, parcels: str | None) -> tuple[str, int]:
+def aoi_year(aoi: str | None, year: int | None, parcels: str | None) -> tuple[str, int]:
+    """The (AOI, year) of a JRC query: ``aoi`` and ``year``, or ``parcels`` as JRC writes them (``nl2023``)."""
     if parcels is not None:
         match = _PARCELS.match(parcels)
         if match is None:
@@ -119,7 +121,7 @@ def parcel_by_location(
     aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
     withGeometry: Flag = "False", wgs84: Flag = "False",  # noqa: N803 - JRC's parameter names
 ) -> Response:
-    name, season = _aoi_year(aoi, year, parcels)
+    name, season = aoi_year(aoi, year, parcels)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
         found = queries.parcels_at(conn, ps, lon, lat, geometry=_geometry(_flag(withGeometry), _flag(wgs84)))
@@ -133,7 +135,7 @@ def parcel_by_id(
     aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
     withGeometry: Flag = "False", wgs84: Flag = "False",  # noqa: N803
 ) -> Response:
-    name, season = _aoi_year(aoi, year, parcels)
+    name, season = aoi_year(aoi, year, parcels)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
         found = [queries.parcel_by_key(conn, ps, pid, geometry=_geometry(_flag(withGeometry), _flag(wgs84)))]
@@ -149,7 +151,7 @@ def parcels_by_polygon(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Response:
-    name, season = _aoi_year(aoi, year, parcels)
+    name, season = aoi_year(aoi, year, parcels)
     shape = parse_polygon(polygon)
     with_geometry = _flag(withGeometry)
     with ctx.connection() as conn:
@@ -170,7 +172,7 @@ def parcel_peers(
     distance: Annotated[float, Query(gt=0, le=MAX_DISTANCE_M)] = 1000.0,
     max: Annotated[int, Query(ge=1, le=MAX_PEERS)] = 10,  # noqa: A002 - JRC's parameter name
 ) -> Response:
-    name, season = _aoi_year(aoi, year, parcels)
+    name, season = aoi_year(aoi, year, parcels)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
         found = queries.peers(conn, ps, pid, distance_m=distance, limit=max)
@@ -217,7 +219,7 @@ def parcel_time_series(
     scl: Flag = "True", ref: Flag = "False",
     ptype: Annotated[str, Query(max_length=0)] = "",  # accepted when empty, as JRC's
 ) -> Response:
-    name, season = _aoi_year(aoi, year, parcels)
+    name, season = aoi_year(aoi, year, parcels)
     src = source(tstype)
     optical = src.name in ("s2", "scl")
     only_scl = src.categorical or (src.name == "s2" and band is not None and band.upper() in ("SC", "SCL"))
@@ -294,7 +296,7 @@ def markers(
     aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
     ptype: Annotated[str, Query(max_length=0)] = "",  # accepted when empty, as parcelTimeSeries
 ) -> Response:
-    name, season = _aoi_year(aoi, year, parcels)
+    name, season = aoi_year(aoi, year, parcels)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
         parcel = queries.parcel_by_key(conn, ps, pid)

@@ -53,5 +53,7 @@ def api_lines(conn: psycopg.Connection, *, airflow_url: str, aoi: str, year: int
         f"'{base}/query/parcelTimeSeries?aoi={aoi}&year={year}&pid={key}&tstype=s2&band=B4'",
         f"  JRC markers      curl -u {DEMO_USER}:{secret} '{base}/query/markers?aoi={aoi}&year={year}&pid={key}'",
         f"  JRC info page    {base}/query/info",
+        f"  JRC raw chips    curl -u {DEMO_USER}:{secret} '{base}/query/rawChipByParcelID?aoi={aoi}&year={year}"
+        f"&pid={key}&start_date={year}-01-01&end_date={year}-12-31&band=SCL'  (then GET {base}<chip>, no login)",
         f"  QGIS / GDAL      OGC API - Features at {base}/ogc (HTTP Basic, user {DEMO_USER})",
     ]

@@ -5,11 +5,17 @@ Reads API_URL, API_USER, API_PASS, AOI, YEAR, LON, LAT from the environment; pri
 found. Nothing in it knows which server answers.
 """
 
+import glob
 import io
 import json
 import os
+import tempfile
 
+import numpy as np
 import pandas as pd
+import rasterio
+import rasterio.features
+import rasterio.warp
 import requests
 
 api_url = os.environ["API_URL"]
@@ -95,3 +101,25 @@ for tstype in ("bs", "scl"):
 response = requests.get(f"{api_url}/query/markers?aoi={aoi}&year={year}&pid=1", auth=(api_user, api_pass))
 markers = pd.read_json(io.StringIO(response.text))
 print("markers", markers["marker"].tolist(), markers["date_start"].tolist(), markers["duration_days"].tolist())
+
+# Raw chips of the scene classification around the parcel, as JRC's chip notebook: list them, fetch each GeoTIFF
+# without credentials (api_url + the relative link), then histogram the classes under the parcel in every chip
+url = (f"{api_url}/query/rawChipByLocation?lon={lon}&lat={lat}&start_date={year}-04-01&end_date={year}-05-31"
+       "&band=SCL&chipsize=1280")
+chips = pd.read_json(io.StringIO(requests.get(url, auth=(api_user, api_pass)).text))
+with tempfile.TemporaryDirectory() as folder:
+    for c in chips.chips:
+        res = requests.get(f"{api_url}{c}", stream=True)
+        with open(os.path.join(folder, c.split("/")[-1]), "wb") as handle:
+            for chunk in res.iter_content(chunk_size=512):
+                handle.write(chunk)
+    histograms = []
+    for tif in sorted(glob.glob(os.path.join(folder, "*.SCL.tif"))):
+        with rasterio.open(tif) as src:
+            data, affine, crs = src.read(1), src.transform, src.crs.to_epsg()
+        shape = geom if crs == parcel["srid"][0] else rasterio.warp.transform_geom(
+            f"EPSG:{parcel['srid'][0]}", f"EPSG:{crs}", geom)
+        inside = rasterio.features.geometry_mask([shape], out_shape=data.shape, transform=affine, invert=True)
+        classes, counts = np.unique(data[inside & (data != 0)], return_counts=True)
+        histograms.append({int(k): int(n) for k, n in zip(classes, counts, strict=True)})
+print("rawchips", chips["dates"].tolist(), histograms)

@@ -1,0 +1,164 @@
+"""JRC's raw chip queries and ``/dump``, the signed links their answers point to.
+
+``/query/rawChipByLocation`` and ``rawChipByParcelID`` (one Sentinel-2 band over a date range),
+``POST /query/rawChipsBatch`` (named Sentinel-2 products x bands) and ``POST /query/rawS1ChipsBatch``
+(the VV and VH chips of the Sentinel-1 CARD products of ``plevel`` CARD-BS, CARD-COH6 or CARD-COH12
+between two dates). As JRC's service, each answers ``{"dates": [...], "chips": [...]}``: the sensing
+times (``YYYYmmddTHHMMSS``; ``<time>_<band>`` in batch answers) and, for each, a URL relative to the
+API's base (``/dump/...``) of a GeoTIFF named ``<product>.<band>.tif`` (``<product>_<band>.tif`` for
+Sentinel-1) that the client downloads without credentials (JRC's notebooks do:
+``requests.get(api_url + chip)``). What is in a chip: :mod:`.raw_chips`. Each URL is a signed link
+valid for a day (:mod:`.links`): the grant is checked when the query answers; the chip is cut when
+the link is fetched, so a long list costs nothing until it is downloaded.
+
+``chipsize`` is the side of the chip in metres (JRC: 1280 = 128 pixels of a 10 m band, at most
+5120); ``plevel`` LEVEL2A (default) or LEVEL1C; ``band`` one Sentinel-2 band (``B02``, ``B8A``,
+``SCL``; JRC's short names ``B2`` ... work too). Differences from JRC: an empty list instead of
+``{}`` when nothing matches; a location outside every granted parcel set is 404; the date range is
+at most MAX_DATE_SPAN_DAYS and the list at most MAX_RAW_CHIPS products (400 beyond: narrow it); a
+batch body with an unknown key is 422 (JRC: an ``error`` member with 200).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from cbm_tasks.api import links, queries, raw_chips
+from cbm_tasks.api.deps import Context, CurrentUser, json_response
+from cbm_tasks.api.jrc import AoiParam, ParcelsParam, Pid, YearParam, aoi_year
+from cbm_tasks.api.validation import check_date_range
+from cbm_tasks.errors import NotFoundError
+
+__all__ = ["dump_router", "router"]
+
+router = APIRouter(tags=["JRC compatible"])
+dump_router = APIRouter(tags=["JRC compatible"])
+
+Day = Annotated[date, Query(ge=date(2014, 1, 1), le=date(2100, 12, 31))]
+BAND_PATTERN = r"^(B0?[1-9]|B1[0-2]|B8A|SCL)$"
+MAX_TILES = 100
+Band = Annotated[str, Query(pattern=BAND_PATTERN, description="one band: B02 ... B12, B8A, SCL")]
+Lon = Annotated[float, Query(ge=-180, le=180)]
+Lat = Annotated[float, Query(ge=-90, le=90)]
+ChipSize = Annotated[int, Query(ge=10, le=raw_chips.MAX_SIZE_M, description="side of the chip in metres")]
+Plevel = Literal["LEVEL2A", "LEVEL1C"]
+
+
+def _band(name: str) -> str:
+    return name if name in ("B8A", "SCL") or len(name) == 3 else f"B0{name[1]}"  # JRC's B2 is our B02
+
+
+def _answer(ctx: Context, aois: frozenset[str], lon: float, lat: float, bands: Sequence[str], chipsize: int, *,
+            product_types: Sequence[str], start: date | None = None, end: date | None = None,
+            names: Sequence[str] | None = None, parcel_set_id: int | None = None, batch: bool = False,
+            s1: bool = False) -> Response:
+    """List the chips (product x band) as JRC's ``{"dates": [...], "chips": [...]}``, sorted by date label."""
+    check_date_range(start, end)
+    ctx.store()  # 404 now, not at each link, when this API serves no imagery
+    with ctx.connection() as conn:
+        found = raw_chips.find_raw_chips(conn, aois, lon, lat, product_types=product_types, start=start, end=end,
+                                         names=names, parcel_set_id=parcel_set_id)
+        wanted = [(c, b) for c in found for b in bands if c.may_have(b)]
+        files = [raw_chips.chip_file_name(c.name, b, "_" if s1 else ".") for c, b in wanted]
+        tokens = links.sign_links(conn, [{"p": c.product_id, "s": c.parcel_set_id, "n": c.name,
+                                          "t": c.acquired_at.isoformat(), "b": b, "x": lon, "y": lat, "m": chipsize,
+                                          "f": f} for (c, b), f in zip(wanted, files, strict=True)])
+    labels = [f"{c.label}_{b}" if batch else c.label for c, b in wanted]  # JRC: date_band in batch answers
+    order = sorted(range(len(wanted)), key=lambda i: (labels[i], i))
+    return json_response({"dates": [labels[i] for i in order],
+                          "chips": [f"/dump/{tokens[i]}/{files[i]}" for i in order]})
+
+
+@router.get("/rawChipByLocation", summary="Raw Sentinel-2 chips (GeoTIFF links) around a WGS84 location (JRC)")
+def raw_chip_by_location(
+    user: CurrentUser, ctx: Context, lon: Lon, lat: Lat, start_date: Day, end_date: Day, band: Band,
+    chipsize: ChipSize = 1280, plevel: Plevel = "LEVEL2A",
+) -> Response:
+    return _answer(ctx, user.aois, lon, lat, [_band(band)], chipsize, product_types=raw_chips.PLEVELS[plevel],
+                   start=start_date, end=end_date)
+
+
+@router.get("/rawChipByParcelID", summary="Raw Sentinel-2 chips (GeoTIFF links) around a parcel (JRC)")
+@router.get("/rawChipByParcelId", include_in_schema=False)
+def raw_chip_by_parcel_id(
+    user: CurrentUser, ctx: Context, pid: Pid, start_date: Day, end_date: Day, band: Band,
+    aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
+    chipsize: ChipSize = 1280, plevel: Plevel = "LEVEL2A",
+) -> Response:
+    name, season = aoi_year(aoi, year, parcels)
+    with ctx.connection() as conn:
+        ps = queries.parcel_set(conn, user, name, season)
+        parcel = queries.parcel_by_key(conn, ps, pid, geometry=None)
+    return _answer(ctx, frozenset({name}), parcel["clon"], parcel["clat"], [_band(band)], chipsize,
+                   product_types=raw_chips.PLEVELS[plevel], start=start_date, end=end_date,
+                   parcel_set_id=ps.parcel_set_id)
+
+
+class _Batch(BaseModel):
+    """JRC's rawChipsBatch body: the named Sentinel-2 products (``tiles``) x ``bands``."""
+
+    model_config = ConfigDict(extra="forbid")
+    lon: float = Field(ge=-180, le=180)
+    lat: float = Field(ge=-90, le=90)
+    tiles: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1, max_length=MAX_TILES)
+    bands: list[Annotated[str, Field(pattern=BAND_PATTERN)]] = Field(min_length=1, max_length=14)
+    chipsize: int = Field(ge=10, le=raw_chips.MAX_SIZE_M)
+
+
+class _S1Batch(BaseModel):
+    """JRC's rawS1ChipsBatch body: the CARD products of ``plevel`` sensed between ``dates[0]`` and ``dates[1]``."""
+
+    model_config = ConfigDict(extra="forbid")
+    lon: float = Field(ge=-180, le=180)
+    lat: float = Field(ge=-90, le=90)
+    dates: list[Annotated[date, Field(ge=date(2014, 1, 1), le=date(2100, 12, 31))]] = Field(min_length=2,
+                                                                                           max_length=2)
+    chipsize: int = Field(ge=10, le=raw_chips.MAX_SIZE_M)
+    plevel: Literal["CARD-BS", "CARD-COH6", "CARD-COH12"]
+
+
+@router.post("/rawChipsBatch", summary="Raw chips of named Sentinel-2 products x bands (JRC)")
+def raw_chips_batch(user: CurrentUser, ctx: Context, body: _Batch) -> Response:
+    bands = list(dict.fromkeys(_band(b) for b in body.bands))
+    return _answer(ctx, user.aois, body.lon, body.lat, bands, body.chipsize, product_types=("S2MSI2A", "S2MSI1C"),
+                   names=list(dict.fromkeys(body.tiles)), batch=True)
+
+
+@router.post("/rawS1ChipsBatch", summary="Raw chips of Sentinel-1 CARD products (VV, VH) in a date range (JRC)")
+def raw_s1_chips_batch(user: CurrentUser, ctx: Context, body: _S1Batch) -> Response:
+    return _answer(ctx, user.aois, body.lon, body.lat, ["VV", "VH"], body.chipsize, product_types=[body.plevel],
+                   start=body.dates[0], end=body.dates[1], batch=True, s1=True)
+
+
+@dump_router.get("/dump/{token}/{filename}", summary="One raw chip of a rawChip* answer (signed link, no login)",
+                 response_class=Response, responses={200: {"content": {"image/tiff": {}}}})
+async def dump(ctx: Context, token: Annotated[str, Path(max_length=1024)],
+               filename: Annotated[str, Path(max_length=256)]) -> Response:
+    def render() -> bytes:
+        with ctx.connection() as conn:
+            payload = links.open_link(conn, token)
+            chip, band = _chip(payload)
+            if filename != payload.get("f"):
+                raise NotFoundError(f"no chip {filename[:80]!r} behind this link")
+            return raw_chips.render_raw_chip(conn, ctx.store(), chip, band, float(payload["x"]),
+                                             float(payload["y"]), float(payload["m"]))
+
+    body = await run_in_threadpool(render)
+    return Response(body, media_type="image/tiff",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"',
+                             "Cache-Control": "private, max-age=3600"})
+
+
+def _chip(payload: dict[str, Any]) -> tuple[raw_chips.RawChip, str]:
+    try:
+        return (raw_chips.RawChip(int(payload["p"]), int(payload["s"]), str(payload["n"]),
+                                  datetime.fromisoformat(str(payload["t"]))), str(payload["b"]))
+    except (KeyError, TypeError, ValueError):  # signed by us, so only an older link format gets here
+        raise NotFoundError("no such chip: the link is of another version; ask the query again") from None

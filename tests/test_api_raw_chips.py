@@ -1,0 +1,188 @@
+"""JRC's raw chips (rawChipByLocation, rawChipByParcelID) and their signed /dump links, on the API test world."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+from collections.abc import Iterator
+
+import numpy as np
+import psycopg
+import pyproj
+import pytest
+import rasterio
+from api_world import S2_DATES, X0, Y0, World
+from fastapi.testclient import TestClient
+from rasterio.windows import from_bounds
+
+from cbm_tasks.api import links
+from cbm_tasks.api.app import create_app
+from cbm_tasks.api.context import ApiConfig
+from cbm_tasks.store import StoreConfig
+
+TO_WGS84 = pyproj.Transformer.from_crs(32631, 4326, always_xy=True)
+LON, LAT = TO_WGS84.transform(X0 + 160, Y0 + 50)  # the centre of parcel 2
+SPRING = {"start_date": "2018-04-01", "end_date": "2018-05-31"}
+
+
+@pytest.fixture(scope="module")
+def world(api_world: World) -> World:
+    return api_world
+
+
+@pytest.fixture(scope="module")
+def client(world: World) -> Iterator[TestClient]:
+    app = create_app(ApiConfig(dsn=world.db_url, store=StoreConfig(root=str(world.store_root))))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def _by_location(client: TestClient, world: World, user: str = "ann", **params: object) -> dict[str, list[str]]:
+    response = client.get("/query/rawChipByLocation", params={"lon": LON, "lat": LAT, **SPRING, **params},
+                          auth=world.basic(user))
+    assert response.status_code == 200, response.text
+    answer: dict[str, list[str]] = response.json()
+    return answer
+
+
+def _source_window(world: World, name: str, suffix: str, band: int, bounds: tuple[float, ...]) -> np.ndarray:
+    with rasterio.open(world.store_root / f"{name}_{suffix}.tif") as src:
+        window = from_bounds(*bounds, transform=src.transform).round_offsets().round_lengths()
+        return src.read(band, window=window, boundless=True, fill_value=0)
+
+
+def test_raw_chips_list_the_images_and_download_without_credentials(client: TestClient, world: World) -> None:
+    answer = _by_location(client, world, band="SCL")
+    assert answer["dates"] == [f"{d:%Y%m%dT%H%M%S}" for d in S2_DATES[:2]]  # JRC's labels, in the date range
+    names = [chip.rsplit("/", 1)[1] for chip in answer["chips"]]
+    assert names == [f"S2_alpha_{d:%Y%m%d}.SCL.tif" for d in S2_DATES[:2]]  # what clients glob: *.SCL.tif
+    assert all(chip.startswith("/dump/") for chip in answer["chips"])
+
+    response = client.get(answer["chips"][0])  # no credentials, as JRC's notebooks fetch them
+    assert response.status_code == 200 and response.headers["content-type"] == "image/tiff"
+    with rasterio.open(io.BytesIO(response.content)) as chip:
+        assert chip.crs.to_epsg() == 32631 and chip.res == (20.0, 20.0)
+        assert (chip.width, chip.height) == (64, 64)  # 1280 m of a 20 m band, JRC's default chipsize
+        assert chip.dtypes[0] == "uint8" and chip.nodata == 0 and chip.descriptions == ("SCL",)
+        centre = chip.xy(32, 32)
+        assert abs(centre[0] - (X0 + 160)) <= 20 and abs(centre[1] - (Y0 + 50)) <= 20
+        pixels = chip.read(1)
+        expected = _source_window(world, "S2_alpha_20180405", "SCL", 1, tuple(chip.bounds))
+    np.testing.assert_array_equal(pixels, expected)  # the product's own pixels, on its own grid
+    assert set(np.unique(pixels)) == {0, 4, 5}  # classes 4 and 5 in the raster, nodata (0) beyond its edge
+
+
+def test_raw_chip_keeps_dns_and_writes_scale_and_offset(client: TestClient, world: World) -> None:
+    answer = _by_location(client, world, band="B4", chipsize=300)  # JRC's short band name
+    assert answer["chips"][1].endswith("/S2_alpha_20180510.B04.tif")
+    with rasterio.open(io.BytesIO(client.get(answer["chips"][1]).content)) as chip:
+        assert (chip.width, chip.height) == (30, 30) and chip.dtypes[0] == "uint16"
+        assert chip.scales == (1e-4,) and chip.offsets == (0.0,) and chip.nodata == 0
+        assert chip.tags()["PRODUCT"] == "S2_alpha_20180510"
+        expected = _source_window(world, "S2_alpha_20180510", "10m", 3, tuple(chip.bounds))
+        np.testing.assert_array_equal(chip.read(1), expected)
+
+
+def test_raw_chips_by_parcel_id_cut_around_the_parcel(client: TestClient, world: World) -> None:
+    response = client.get("/query/rawChipByParcelID", auth=world.basic("ann"),
+                          params={"aoi": "alpha", "year": 2018, "pid": 2, "band": "B08", **SPRING})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer == {**answer, "dates": [f"{d:%Y%m%dT%H%M%S}" for d in S2_DATES[:2]]}
+    with rasterio.open(io.BytesIO(client.get(answer["chips"][0]).content)) as chip:
+        assert (chip.width, chip.height) == (128, 128)
+        x, y = chip.xy(64, 64)
+        assert abs(x - (X0 + 160)) <= 10 and abs(y - (Y0 + 50)) <= 10  # the parcel's centroid
+    # a band the products do not have gives no chip; a date range with no image an empty list
+    assert _by_location(client, world, band="B8A") == {"dates": [], "chips": []}
+    assert _by_location(client, world, band="SCL", start_date="2019-01-01", end_date="2019-02-01") == {
+        "dates": [], "chips": []}
+
+
+def test_raw_chips_stay_inside_the_granted_aois(client: TestClient, world: World) -> None:
+    params = {"lon": LON, "lat": LAT, "band": "SCL", **SPRING}
+    assert client.get("/query/rawChipByLocation", params=params, auth=world.basic("bob")).status_code == 404
+    assert client.get("/query/rawChipByLocation", params=params, auth=world.basic("eve")).status_code == 404
+    assert client.get("/query/rawChipByLocation", params={**params, "lon": 10.0}, auth=world.basic("ann")
+                      ).status_code == 404  # no granted parcel set there
+    assert client.get("/query/rawChipByLocation", params=params).status_code == 401
+    assert client.get("/query/rawChipByParcelID", params={"aoi": "alpha", "year": 2018, "pid": 2, "band": "SCL",
+                                                          **SPRING}, auth=world.basic("bob")).status_code == 403
+
+
+@pytest.mark.parametrize(("change", "status"), [
+    ({"band": "B13"}, 422), ({"band": "B02;x"}, 422), ({"chipsize": 5121}, 422), ({"chipsize": 0}, 422),
+    ({"plevel": "LEVEL3"}, 422), ({"start_date": "2018-06-01", "end_date": "2018-05-01"}, 400),
+    ({"start_date": "2014-01-01", "end_date": "2018-05-01"}, 400), ({"lat": 91}, 422),
+])
+def test_raw_chip_parameters_are_checked(client: TestClient, world: World, change: dict[str, object],
+                                         status: int) -> None:
+    params = {"lon": LON, "lat": LAT, "band": "SCL", **SPRING, **change}
+    assert client.get("/query/rawChipByLocation", params=params, auth=world.basic("ann")).status_code == status
+
+
+def test_dump_links_cannot_be_altered_or_used_after_expiry(client: TestClient, world: World) -> None:
+    chip = _by_location(client, world, band="SCL")["chips"][0]
+    _, _, token, name = chip.split("/")
+    body, mac = token.split(".")
+    flipped = ("B" if body[5] == "A" else "A")
+    altered = [f"/dump/{body[:5]}{flipped}{body[6:]}.{mac}/{name}",  # the payload changed
+               f"/dump/{body}.{mac[:-2]}AA/{name}",  # the MAC changed
+               f"/dump/{body}/{name}", f"/dump/x.y.z/{name}", f"/dump/{body}.{mac}/other.SCL.tif",
+               f"/dump/{body}.{'!' * 43}/{name}"]
+    for url in altered:
+        response = client.get(url)
+        assert response.status_code == 404, url
+        assert "no such chip" in response.json()["detail"] or "no chip" in response.json()["detail"]
+    with psycopg.connect(world.db_url) as conn:
+        conn.execute("SET ROLE cbm_reader")
+        [old] = links.sign_links(conn, [{"p": 1}], ttl_s=60, now=1_000_000_000)  # expired in 2001
+        assert links.open_link(conn, old, now=1_000_000_000)["p"] == 1
+        assert client.get(f"/dump/{old}/{name}").status_code == 404
+
+
+def test_link_mac_is_rfc2104_hmac_sha256_and_the_key_stays_in_the_database(world: World) -> None:
+    with psycopg.connect(world.db_url) as conn:
+        row = conn.execute("SELECT key FROM cbm.api_link_key").fetchone()
+        assert row is not None and len(bytes(row[0])) == 32
+        key = bytes(row[0])
+        for message in (b"", b"cbm chip link v1\n{}", bytes(range(256)) * 3):
+            mac = conn.execute("SELECT cbm.api_link_mac(%s)", (message,)).fetchone()
+            assert mac is not None and bytes(mac[0]) == hmac.new(key, message, hashlib.sha256).digest()
+        conn.execute("SET ROLE cbm_reader")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT key FROM cbm.api_link_key")
+
+
+def test_batches_of_named_sentinel2_products_and_of_sentinel1_card(client: TestClient, world: World) -> None:
+    body = {"lon": LON, "lat": LAT, "tiles": ["S2_alpha_20180510", "S2_alpha_20180405", "S2_elsewhere"],
+            "bands": ["B08", "B4"], "chipsize": 200}
+    answer = client.post("/query/rawChipsBatch", json=body, auth=world.basic("ann")).json()
+    assert answer["dates"] == [f"{d:%Y%m%dT%H%M%S}_{b}" for d in S2_DATES[:2] for b in ("B04", "B08")]
+    assert [c.rsplit("/", 1)[1] for c in answer["chips"]] == [
+        f"S2_alpha_{d:%Y%m%d}.{b}.tif" for d in S2_DATES[:2] for b in ("B04", "B08")]
+    assert client.post("/query/rawChipsBatch", json={**body, "extra": 1}, auth=world.basic("ann")).status_code == 422
+    assert client.post("/query/rawChipsBatch", json=body, auth=world.basic("bob")).status_code == 404
+
+    s1 = {"lon": LON, "lat": LAT, "dates": ["2018-04-01", "2018-05-31"], "chipsize": 1280, "plevel": "CARD-BS"}
+    answer = client.post("/query/rawS1ChipsBatch", json=s1, auth=world.basic("ann")).json()
+    assert answer["dates"] == ["20180407T173000_VH", "20180407T173000_VV", "20180513T173000_VH",
+                               "20180513T173000_VV"]
+    assert answer["chips"][1].endswith("/BS_alpha_20180407_VV.tif")  # JRC's Sentinel-1 names: _VV, _VH
+    with rasterio.open(io.BytesIO(client.get(answer["chips"][3]).content)) as chip:
+        assert (chip.width, chip.height) == (64, 64) and chip.dtypes[0] == "float32"
+        values = chip.read(1)
+    assert np.isnan(chip.nodata) and np.nanmin(values) == np.nanmax(values) == np.float32(0.06)
+    assert np.isnan(values).any()  # beyond the raster's edge: NaN, not a false 0 backscatter
+    assert client.post("/query/rawS1ChipsBatch", json={**s1, "plevel": "CARD-COH6"},
+                       auth=world.basic("ann")).json() == {"dates": [], "chips": []}
+    assert client.post("/query/rawS1ChipsBatch", json={**s1, "dates": ["2018-04-01"]},
+                       auth=world.basic("ann")).status_code == 422
+
+
+def test_an_api_without_an_object_store_lists_no_chips(world: World) -> None:
+    with TestClient(create_app(ApiConfig(dsn=world.db_url))) as bare:
+        response = bare.get("/query/rawChipByLocation", params={"lon": LON, "lat": LAT, "band": "SCL", **SPRING},
+                            auth=world.basic("ann"))
+    assert response.status_code == 404 and "no object store" in response.json()["detail"]
