@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -9,16 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
+import pyproj
 import pytest
 import rasterio
 import rasterio.features
 import rasterio.shutil
+import rasterio.transform
 import shapely
 from affine import Affine
 from conftest import shared_data
 from s3_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, moto_server
 from test_extract_support import add_parcel_set, add_product, obs_rows, row_counts, write_tif
 
+from cbm_tasks.api import raw_chips
 from cbm_tasks.errors import BandError, TransientError
 from cbm_tasks.extraction.extract import extract_product
 from cbm_tasks.store import Store, StoreConfig, open_store
@@ -163,3 +167,24 @@ def test_cli_extracts_an_image_on_s3_with_the_store_from_the_environment(
     got = obs_rows(conn, product_id)
     mask = rasterio.features.geometry_mask([PARCELS[0][1]], out_shape=(1024, 1024), transform=TRANSFORM, invert=True)
     assert got[1][0] == mask.sum() and got[1][1] == pytest.approx(values[0][mask].mean(), rel=1e-6)
+
+
+def test_raw_chip_of_a_cog_on_s3_keeps_its_pixels(conn: psycopg.Connection, s3: MotoServer, bucket: str,
+                                                  tmp_path: Path) -> None:
+    """JRC's raw chips (cbm_tasks.api.raw_chips) read the product where it lies: here a COG in S3."""
+    store = _store(s3.endpoint_url, bucket, tmp_path)
+    cog, values = _cog(tmp_path)
+    store.upload(cog, f"s3://{bucket}/S2/B04.tif")
+    add_parcel_set(conn, aoi="s3", year=2018, srid=32631, parcels=PARCELS)
+    descriptors = [{"name": "B04", "href": f"s3://{bucket}/S2/B04.tif", "nodata": 0, "scale": 1e-4}]
+    product_id = add_product(conn, aoi="s3", name="S2_ON_S3", location=f"s3://{bucket}/S2/", acquired_at=WHEN,
+                             bands=descriptors)
+    extract_product(conn, store, product_id, aoi="s3")
+    lon, lat = pyproj.Transformer.from_crs(32631, 4326, always_xy=True).transform(501_500, 5_609_400)
+    [chip] = raw_chips.find_raw_chips(conn, {"s3"}, lon, lat, product_types=["S2MSI2A"], start=WHEN.date(),
+                                      end=WHEN.date())
+    assert chip.product_id == product_id and not chip.may_have("B08")
+    with rasterio.open(io.BytesIO(raw_chips.render_raw_chip(conn, store, chip, "B04", lon, lat, 640))) as tif:
+        row, col = rasterio.transform.rowcol(TRANSFORM, tif.bounds.left + 1, tif.bounds.top - 1)
+        np.testing.assert_array_equal(tif.read(1), values[row:row + 64, col:col + 64])
+        assert tif.scales == (1e-4,) and tif.nodata == 0

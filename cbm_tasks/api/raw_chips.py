@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+import rasterio
 from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 from rasterio.warp import transform as transform_points
@@ -44,6 +45,9 @@ MAX_RAW_CHIPS = 200  # chips in one answer (a season of one band, overlapping or
 PLEVELS = {"LEVEL2A": ("S2MSI2A",), "LEVEL1C": ("S2MSI1C",)}
 RAW_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12", "SCL")
 OVERPASS_S = 600  # products sensed this close are one overpass (tiles of one datatake), as data.overpass_seconds
+# a set imported before its extent was recorded: the extent of its parcels
+_PARCELS_EXTENT = ("SELECT ST_Transform(ST_SetSRID(ST_Extent(q.geom)::geometry, s.srid), 4326) FROM cbm.parcel q "
+                   "WHERE q.parcel_set_id = s.parcel_set_id")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -99,7 +103,7 @@ def find_raw_chips(conn: psycopg.Connection, aois: Collection[str], lon: float, 
     point = "ST_SetSRID(ST_MakePoint(%(lon)s, %(lat)s), 4326)"
     sets = conn.execute(
         f"SELECT s.parcel_set_id FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) "  # noqa: S608 - constant
-        f"WHERE a.name = ANY(%(aois)s) AND ST_Intersects(s.extent, {point}) "
+        f"WHERE a.name = ANY(%(aois)s) AND ST_Intersects(coalesce(s.extent, ({_PARCELS_EXTENT})), {point}) "
         "AND (%(set)s::integer IS NULL OR s.parcel_set_id = %(set)s)",
         {"aois": sorted(aois), "lon": lon, "lat": lat, "set": parcel_set_id},
     ).fetchall()
@@ -157,7 +161,8 @@ def render_raw_chip(conn: psycopg.Connection, store: Store, chip: RawChip, band:
     source = {b.name: b for b in product_bands(product, store=store)}.get(band)
     if source is None:
         raise NotFoundError(f"product {product.name} has no band {band}")
-    with open_raster(source.href, store=store, product=product.name, band=band) as ds:
+    with rasterio.Env(**store.rasterio_env()), open_raster(source.href, store=store, product=product.name,
+                                                          band=band) as ds:
         xs, ys = transform_points("EPSG:4326", ds.crs, [lon], [lat])
         col, row = ~ds.transform * (xs[0], ys[0])
         n = max(1, round(size_m / abs(ds.transform.a)))
