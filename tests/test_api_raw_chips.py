@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import re
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,7 +16,8 @@ import pytest
 import rasterio
 from api_world import S2_DATES, X0, Y0, World
 from fastapi.testclient import TestClient
-from rasterio.windows import from_bounds
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window, from_bounds
 
 from cbm_tasks.api import links
 from cbm_tasks.api.app import create_app
@@ -186,3 +189,35 @@ def test_an_api_without_an_object_store_lists_no_chips(world: World) -> None:
         response = bare.get("/query/rawChipByLocation", params={"lon": LON, "lat": LAT, "band": "SCL", **SPRING},
                             auth=world.basic("ann"))
     assert response.status_code == 404 and "no object store" in response.json()["detail"]
+
+
+def test_chips_page_shows_composites_of_the_date_range(client: TestClient, world: World) -> None:
+    response = client.get("/query/chipsByLocation", auth=world.basic("ann"),
+                          params={"lon": LON, "lat": LAT, **SPRING, "lut": "0_3000_0_3000_0_3000"})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    sources = re.findall(r'<img src="([^"]+)"', response.text)
+    assert len(sources) == 2 and all(s.startswith("../dump/") and s.endswith(".B08_B04_B03.png") for s in sources)
+    assert "2018-04-05 10:50" in response.text and "2018-05-10 10:50" in response.text
+    png = client.get(sources[0].replace("..", "", 1))  # relative to /query/: the API's base
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(io.BytesIO(png.content)) as image:
+            rgba = image.read()
+    assert rgba.shape == (4, 128, 128)  # 1280 m of the 10 m B08 grid
+    with rasterio.open(world.store_root / "S2_alpha_20180405_10m.tif") as src:  # B02 B03 B04 B08
+        row, col = src.index(X0 + 160, Y0 + 50)
+        dn = src.read(window=Window(col - 64, row - 64, 128, 128), boundless=True, fill_value=0)
+    expected = np.clip(dn[[3, 2, 1]].astype(np.float64) / 3000 * 255, 0, 255).astype(np.uint8)
+    inside = rgba[3] == 255
+    assert inside.sum() > 3000 and not inside.all()  # transparent beyond the raster's edge
+    np.testing.assert_array_equal(rgba[:3][:, inside], expected[:, inside])
+    by_parcel = client.get("/query/chipsByParcelID", auth=world.basic("ann"),
+                           params={"aoi": "alpha", "year": 2018, "pid": 2, **SPRING})
+    assert len(re.findall(r"<img ", by_parcel.text)) == 2
+    for lut in ("95_5", "5_101", "1_2_3_4", "0_1_2_1_0_9", "5;95"):
+        bad = client.get("/query/chipsByLocation", params={"lon": LON, "lat": LAT, **SPRING, "lut": lut},
+                         auth=world.basic("ann"))
+        assert bad.status_code in (400, 422), lut
+    assert client.get("/query/chipsByLocation", params={"lon": LON, "lat": LAT, **SPRING, "bands": "SCL_B04_B03"},
+                      auth=world.basic("ann")).status_code == 422

@@ -47,6 +47,7 @@ def _urls(aoi: str, product_id: int) -> list[str]:
         f"/query/markers?{q}&pid=1",
         f"/query/info?aoi={aoi}",
         f"/query/rawChipByParcelID?{q}&pid=1&start_date=2018-04-01&end_date=2018-04-30&band=SCL",
+        f"/query/chipsByParcelID?{q}&pid=1&start_date=2018-04-01&end_date=2018-04-30",
         f"/ogc/collections/{aoi}_2018",
         f"/ogc/collections/{aoi}_2018/items",
         f"/ogc/collections/{aoi}_2018/items/1",
@@ -115,6 +116,8 @@ def _routes(products: dict[str, int]) -> list[tuple[str, dict[str, str]]]:
                                       "end_date": "2018-04-30", "band": "B4", "chipsize": "640", "plevel": "LEVEL2A"}),
         ("/query/rawChipByParcelID", {"aoi": "alpha", "year": "2018", "pid": "1", "start_date": "2018-04-01",
                                       "end_date": "2018-04-30", "band": "SCL", "chipsize": "640"}),
+        ("/query/chipsByLocation", {"lon": ALPHA_LON, "lat": ALPHA_LAT, "start_date": "2018-04-01",
+                                    "end_date": "2018-04-30", "bands": "B8_B4_B3", "lut": "2_98", "chipsize": "640"}),
         ("/ogc/collections/{aoi}_{year}/items", {"bbox": "3,51,3.1,51.1", "limit": "2", "offset": "0",
                                                   "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"}),
     ]

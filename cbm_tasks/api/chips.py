@@ -43,7 +43,8 @@ from cbm_tasks.extraction.raster_io import open_raster, raster_error
 from cbm_tasks.extraction.sources import product_bands
 from cbm_tasks.store import Store
 
-__all__ = ["MAX_BUFFER_M", "MAX_CHIP_PX", "MAX_STRIP", "ChipSource", "chip_source", "render_chip", "render_strip",
+__all__ = ["MAX_BUFFER_M", "MAX_CHIP_PX", "MAX_STRIP", "ChipSource", "chip_source", "png_bytes", "render_chip",
+           "render_strip", "stretch",
            "strip_sources"]
 
 MAX_CHIP_PX = 1024
@@ -154,11 +155,15 @@ def _cut(chip: ChipSource, store: Store, band_names: Sequence[str], *, size: int
     return np.stack(planes), crs, read_bounds, parcel
 
 
-def _stretch(values: np.ndarray) -> np.ndarray:
+def stretch(values: np.ndarray, low: float = 2, high: float = 98, *, percentiles: bool = True) -> np.ndarray:
+    """Scale *values* to 0..255 between *low* and *high*, NaN to 0.
+
+    *low* and *high* are percentiles of the finite values, or values themselves with ``percentiles=False``.
+    """
     valid = values[np.isfinite(values)]
     if valid.size == 0:
         return np.zeros(values.shape, np.uint8)
-    lo, hi = np.percentile(valid, [2, 98])
+    lo, hi = np.percentile(valid, [low, high]) if percentiles else (low, high)
     scaled = (values - lo) / (hi - lo if hi > lo else 1.0) * 255
     out: np.ndarray = np.nan_to_num(np.clip(scaled, 0, 255), nan=0).astype(np.uint8)
     return out
@@ -166,7 +171,7 @@ def _stretch(values: np.ndarray) -> np.ndarray:
 
 def _rgba(planes: np.ndarray, parcel: dict[str, Any], bounds: tuple[float, float, float, float]) -> np.ndarray:
     n, height, width = planes.shape
-    rgb = np.stack([_stretch(planes[i]) for i in range(n)])
+    rgb = np.stack([stretch(planes[i]) for i in range(n)])
     if n == 1:
         rgb = np.repeat(rgb, 3, axis=0)
     elif n == 2:
@@ -180,7 +185,8 @@ def _rgba(planes: np.ndarray, parcel: dict[str, Any], bounds: tuple[float, float
     return rgba
 
 
-def _png(rgba: np.ndarray) -> bytes:
+def png_bytes(rgba: np.ndarray) -> bytes:
+    """Encode a (4, height, width) uint8 RGBA array as PNG."""
     with warnings.catch_warnings(), MemoryFile() as mem:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture, georeferenced by the request
         with mem.open(driver="PNG", width=rgba.shape[2], height=rgba.shape[1], count=4, dtype="uint8") as out:
@@ -215,7 +221,7 @@ def render_chip(chip: ChipSource, store: Store, band_names: Sequence[str], *, si
                 for i, name in enumerate(band_names, start=1):
                     out.set_band_description(i, name)
             return bytes(mem.read())
-    return _png(_rgba(planes, parcel, bounds))
+    return png_bytes(_rgba(planes, parcel, bounds))
 
 
 def render_strip(chips: Sequence[ChipSource], store: Store, band_names: Sequence[str], *, size: int = 128,
@@ -239,4 +245,4 @@ def render_strip(chips: Sequence[ChipSource], store: Store, band_names: Sequence
     for tile in tiles:
         strip[:, : tile.shape[1], x : x + tile.shape[2]] = tile
         x += tile.shape[2] + gap
-    return _png(strip), [(c.product_id, c.product.acquired_at) for c in chips]
+    return png_bytes(strip), [(c.product_id, c.product.acquired_at) for c in chips]

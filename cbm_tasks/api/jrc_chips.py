@@ -3,11 +3,14 @@
 ``/query/rawChipByLocation`` and ``rawChipByParcelID`` (one Sentinel-2 band over a date range),
 ``POST /query/rawChipsBatch`` (named Sentinel-2 products x bands) and ``POST /query/rawS1ChipsBatch``
 (the VV and VH chips of the Sentinel-1 CARD products of ``plevel`` CARD-BS, CARD-COH6 or CARD-COH12
-between two dates). As JRC's service, each answers ``{"dates": [...], "chips": [...]}``: the sensing
-times (``YYYYmmddTHHMMSS``; ``<time>_<band>`` in batch answers) and, for each, a URL relative to the
-API's base (``/dump/...``) of a GeoTIFF named ``<product>.<band>.tif`` (``<product>_<band>.tif`` for
+between two dates) answer as JRC's service ``{"dates": [...], "chips": [...]}``: the sensing times
+(``YYYYmmddTHHMMSS``; ``<time>_<band>`` in batch answers) and, for each, a URL relative to the API's
+base (``/dump/...``) of a GeoTIFF named ``<product>.<band>.tif`` (``<product>_<band>.tif`` for
 Sentinel-1) that the client downloads without credentials (JRC's notebooks do:
-``requests.get(api_url + chip)``). What is in a chip: :mod:`.raw_chips`. Each URL is a signed link
+``requests.get(api_url + chip)``). ``/query/chipsByLocation`` and ``chipsByParcelID`` answer JRC's
+page of three-band composites (``bands`` red_green_blue, default B08_B04_B03; ``lut`` low_high
+percentiles, default 5_95, or three low_high pairs of DNs): at most 24 images, 8 to a row, each PNG
+such a link. What is in a chip: :mod:`.raw_chips`. Each URL is a signed link
 valid for a day (:mod:`.links`): the grant is checked when the query answers; the chip is cut when
 the link is fetched, so a long list costs nothing until it is downloaded.
 
@@ -21,19 +24,20 @@ batch body with an unknown key is 422 (JRC: an ``error`` member with 200).
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from cbm_tasks.api import links, queries, raw_chips
 from cbm_tasks.api.deps import Context, CurrentUser, json_response
 from cbm_tasks.api.jrc import AoiParam, ParcelsParam, Pid, YearParam, aoi_year
-from cbm_tasks.api.validation import check_date_range
+from cbm_tasks.api.validation import ApiInputError, check_date_range
 from cbm_tasks.errors import NotFoundError
 
 __all__ = ["dump_router", "router"]
@@ -49,6 +53,13 @@ Lon = Annotated[float, Query(ge=-180, le=180)]
 Lat = Annotated[float, Query(ge=-90, le=90)]
 ChipSize = Annotated[int, Query(ge=10, le=raw_chips.MAX_SIZE_M, description="side of the chip in metres")]
 Plevel = Literal["LEVEL2A", "LEVEL1C"]
+_ONE = r"(B0?[1-9]|B1[0-2]|B8A)"
+Bands = Annotated[str, Query(pattern=rf"^{_ONE}_{_ONE}_{_ONE}$", description="red_green_blue, e.g. B08_B04_B03")]
+_NUM = r"[0-9]{1,5}(\.[0-9]{1,4})?"
+Lut = Annotated[str, Query(pattern=rf"^{_NUM}_{_NUM}((_{_NUM}){{4}})?$", description="low_high percentiles, or "
+                           "three low_high pairs of DNs")]
+MAX_PAGE_CHIPS = 24  # JRC's limit of a chips page
+CHIP_PX = 128  # as JRC shows them
 
 
 def _band(name: str) -> str:
@@ -137,8 +148,72 @@ def raw_s1_chips_batch(user: CurrentUser, ctx: Context, body: _S1Batch) -> Respo
                    start=body.dates[0], end=body.dates[1], batch=True, s1=True)
 
 
-@dump_router.get("/dump/{token}/{filename}", summary="One raw chip of a rawChip* answer (signed link, no login)",
-                 response_class=Response, responses={200: {"content": {"image/tiff": {}}}})
+def _lut(text: str) -> list[float]:
+    values = [float(v) for v in text.split("_")]
+    pairs = list(zip(values[::2], values[1::2], strict=True))
+    if any(low >= high for low, high in pairs) or (len(values) == 2 and not 0 <= values[0] < values[1] <= 100):
+        raise ApiInputError(f"lut {text[:60]!r}: give low_high percentiles (0..100) or three low_high pairs of "
+                            "values, each low below its high")
+    return values
+
+
+def _page(ctx: Context, aois: frozenset[str], lon: float, lat: float, start: date, end: date, bands: str,
+          lut: str, chipsize: int, plevel: str, parcel_set_id: int | None = None) -> Response:
+    """JRC's chips page: the composites of the images at the location, 8 to a row, each a signed PNG link."""
+    check_date_range(start, end)
+    names, stretch = [_band(b) for b in bands.split("_")], _lut(lut)
+    ctx.store()
+    with ctx.connection() as conn:
+        found = raw_chips.find_raw_chips(conn, aois, lon, lat, product_types=raw_chips.PLEVELS[plevel], start=start,
+                                         end=end, parcel_set_id=parcel_set_id)
+        found = [c for c in found if all(c.may_have(b) for b in names)]
+        if len(found) > MAX_PAGE_CHIPS:
+            raise ApiInputError(f"{len(found)} images between {start} and {end}: a page shows at most "
+                                f"{MAX_PAGE_CHIPS} (JRC's limit); narrow the date range")
+        files = [raw_chips.chip_file_name(c.name, "_".join(names)).removesuffix(".tif") + ".png" for c in found]
+        tokens = links.sign_links(conn, [{"p": c.product_id, "s": c.parcel_set_id, "n": c.name, "k": "png",
+                                          "t": c.acquired_at.isoformat(), "b": "_".join(names), "l": stretch,
+                                          "x": lon, "y": lat, "m": chipsize, "f": f} for c, f in zip(found, files,
+                                                                                                       strict=True)])
+    cells = [f'<td><img src="../dump/{t}/{html.escape(f)}" width="{CHIP_PX}" height="{CHIP_PX}" alt="{c.label}">'
+             f"<br>{c.acquired_at:%Y-%m-%d %H:%M}</td>" for c, t, f in zip(found, tokens, files, strict=True)]
+    rows = "".join(f"<tr>{''.join(cells[i:i + 8])}</tr>" for i in range(0, len(cells), 8))
+    title = html.escape(f"Sentinel-2 {'_'.join(names)} at {lon:.5f}, {lat:.5f}, {start} .. {end}")
+    body = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            "<style>body{font-family:sans-serif}td{text-align:center;font-size:12px;padding:4px}</style></head>"
+            f"<body><h1>{title}</h1><p>{len(found)} images; lut {html.escape(lut)}</p><table>{rows}</table>"
+            "</body></html>")
+    return HTMLResponse(body)
+
+
+@router.get("/chipsByLocation", response_class=HTMLResponse,
+            summary="Page of Sentinel-2 composites around a WGS84 location (JRC)")
+def chips_by_location(
+    user: CurrentUser, ctx: Context, lon: Lon, lat: Lat, start_date: Day, end_date: Day, bands: Bands = "B08_B04_B03",
+    lut: Lut = "5_95", chipsize: ChipSize = 1280, plevel: Plevel = "LEVEL2A",
+) -> Response:
+    return _page(ctx, user.aois, lon, lat, start_date, end_date, bands, lut, chipsize, plevel)
+
+
+@router.get("/chipsByParcelID", response_class=HTMLResponse,
+            summary="Page of Sentinel-2 composites around a parcel (JRC)")
+@router.get("/chipsByParcelId", include_in_schema=False)
+def chips_by_parcel_id(
+    user: CurrentUser, ctx: Context, pid: Pid, start_date: Day, end_date: Day,
+    aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None, bands: Bands = "B08_B04_B03",
+    lut: Lut = "5_95", chipsize: ChipSize = 1280, plevel: Plevel = "LEVEL2A",
+) -> Response:
+    name, season = aoi_year(aoi, year, parcels)
+    with ctx.connection() as conn:
+        ps = queries.parcel_set(conn, user, name, season)
+        parcel = queries.parcel_by_key(conn, ps, pid, geometry=None)
+    return _page(ctx, frozenset({name}), parcel["clon"], parcel["clat"], start_date, end_date, bands, lut, chipsize,
+                 plevel, ps.parcel_set_id)
+
+
+@dump_router.get("/dump/{token}/{filename}",
+                 summary="One chip of a rawChip* or chipsBy* answer (signed link, no login)",
+                 response_class=Response, responses={200: {"content": {"image/tiff": {}, "image/png": {}}}})
 async def dump(ctx: Context, token: Annotated[str, Path(max_length=1024)],
                filename: Annotated[str, Path(max_length=256)]) -> Response:
     def render() -> bytes:
@@ -147,10 +222,15 @@ async def dump(ctx: Context, token: Annotated[str, Path(max_length=1024)],
             chip, band = _chip(payload)
             if filename != payload.get("f"):
                 raise NotFoundError(f"no chip {filename[:80]!r} behind this link")
-            return raw_chips.render_raw_chip(conn, ctx.store(), chip, band, float(payload["x"]),
-                                             float(payload["y"]), float(payload["m"]))
+            where = (float(payload["x"]), float(payload["y"]), float(payload["m"]))
+            if payload.get("k") == "png":
+                return raw_chips.render_composite(conn, ctx.store(), chip, band.split("_"), *where,
+                                                  lut=[float(v) for v in payload["l"]])
+            return raw_chips.render_raw_chip(conn, ctx.store(), chip, band, *where)
 
     body = await run_in_threadpool(render)
+    if filename.endswith(".png"):
+        return Response(body, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
     return Response(body, media_type="image/tiff",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"',
                              "Cache-Control": "private, max-age=3600"})

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -25,20 +25,23 @@ from typing import Any
 import numpy as np
 import psycopg
 import rasterio
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 from rasterio.warp import transform as transform_points
-from rasterio.windows import Window
+from rasterio.windows import Window, from_bounds
 
+from cbm_tasks.api.chips import png_bytes, stretch
 from cbm_tasks.api.validation import ApiInputError
 from cbm_tasks.catalogue import registry
 from cbm_tasks.errors import NotFoundError
+from cbm_tasks.extraction.bands import BandSource
 from cbm_tasks.extraction.raster_io import open_raster, raster_error
 from cbm_tasks.extraction.sources import product_bands
 from cbm_tasks.store import Store
 
 __all__ = ["MAX_RAW_CHIPS", "MAX_SIZE_M", "PLEVELS", "RAW_BANDS", "RawChip", "chip_file_name", "find_raw_chips",
-           "render_raw_chip"]
+           "render_composite", "render_raw_chip"]
 
 MAX_SIZE_M = 5120  # JRC's limit of chipsize
 MAX_RAW_CHIPS = 200  # chips in one answer (a season of one band, overlapping orbits included)
@@ -146,6 +149,42 @@ def find_raw_chips(conn: psycopg.Connection, aois: Collection[str], lon: float, 
     return chips
 
 
+def _bands(conn: psycopg.Connection, store: Store, chip: RawChip, names: Sequence[str]) -> tuple[str, list[BandSource]]:
+    """The product's name and its bands *names*, once the product is known to be extracted for the chip's set."""
+    if conn.execute("SELECT 1 FROM cbm.extraction WHERE parcel_set_id = %s AND product_id = %s",
+                    (chip.parcel_set_id, chip.product_id)).fetchone() is None:
+        raise NotFoundError(f"product {chip.product_id} has no data for parcel set {chip.parcel_set_id}")
+    product = registry.get_product(conn, chip.product_id)
+    available = {b.name: b for b in product_bands(product, store=store)}
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise NotFoundError(f"product {product.name} has no band {', '.join(missing)}")
+    return product.name, [available[n] for n in names]
+
+
+def _read(ds: rasterio.DatasetReader, source: BandSource, window: Window, product: str, store: Store, *,
+          shape: tuple[int, int] | None = None) -> tuple[np.ndarray, float | None]:
+    """DNs of *window* (nodata beyond the raster's edge) and the nodata value they use."""
+    nodata = source.nodata
+    if nodata is None and np.dtype(ds.dtypes[source.band_index - 1]).kind == "f":
+        nodata = float("nan")  # beyond the edge of a float raster without nodata: NaN, not a false 0
+    try:
+        dn = ds.read(source.band_index, window=window, boundless=True, out_shape=shape,
+                     fill_value=0 if nodata is None else nodata, resampling=Resampling.nearest)
+    except RasterioError as err:
+        raise raster_error(err, source.href, store=store, product=product, band=source.name, action="read") from err
+    return dn, nodata
+
+
+def _window(ds: rasterio.DatasetReader, lon: float, lat: float, size_m: float) -> Window:
+    """*size_m* metres a side around (*lon*, *lat*) on the raster's own pixel grid."""
+    xs, ys = transform_points("EPSG:4326", ds.crs, [lon], [lat])
+    col, row = ~ds.transform * (xs[0], ys[0])
+    n = max(1, round(size_m / abs(ds.transform.a)))
+    # floor(x + 0.5), not round(): no banker's rounding at a pixel's edge
+    return Window(math.floor(col - n / 2 + 0.5), math.floor(row - n / 2 + 0.5), n, n)
+
+
 def render_raw_chip(conn: psycopg.Connection, store: Store, chip: RawChip, band: str, lon: float, lat: float,
                     size_m: float) -> bytes:
     """Cut *size_m* metres of *band* of *chip*'s product around (*lon*, *lat*); return a GeoTIFF.
@@ -154,33 +193,51 @@ def render_raw_chip(conn: psycopg.Connection, store: Store, chip: RawChip, band:
         NotFoundError: the product is gone, was not extracted for the parcel set, or has no *band*.
         BandError, CorruptProductError, TransientError: the product's files cannot be read.
     """
-    if conn.execute("SELECT 1 FROM cbm.extraction WHERE parcel_set_id = %s AND product_id = %s",
-                    (chip.parcel_set_id, chip.product_id)).fetchone() is None:
-        raise NotFoundError(f"product {chip.product_id} has no data for parcel set {chip.parcel_set_id}")
-    product = registry.get_product(conn, chip.product_id)
-    source = {b.name: b for b in product_bands(product, store=store)}.get(band)
-    if source is None:
-        raise NotFoundError(f"product {product.name} has no band {band}")
-    with rasterio.Env(**store.rasterio_env()), open_raster(source.href, store=store, product=product.name,
+    product, [source] = _bands(conn, store, chip, [band])
+    with rasterio.Env(**store.rasterio_env()), open_raster(source.href, store=store, product=product,
                                                           band=band) as ds:
-        xs, ys = transform_points("EPSG:4326", ds.crs, [lon], [lat])
-        col, row = ~ds.transform * (xs[0], ys[0])
-        n = max(1, round(size_m / abs(ds.transform.a)))
-        # on the raster's own pixel grid; floor(x + 0.5), not round(): no banker's rounding at a pixel's edge
-        window = Window(math.floor(col - n / 2 + 0.5), math.floor(row - n / 2 + 0.5), n, n)
-        nodata = source.nodata
-        if nodata is None and np.dtype(ds.dtypes[source.band_index - 1]).kind == "f":
-            nodata = float("nan")  # beyond the edge of a float raster without nodata: NaN, not a false 0
-        try:
-            dn = ds.read(source.band_index, window=window, boundless=True, fill_value=0 if nodata is None else nodata)
-        except RasterioError as err:
-            raise raster_error(err, source.href, store=store, product=product.name, band=band, action="read") from err
-        profile = {"driver": "GTiff", "width": n, "height": n, "count": 1, "dtype": dn.dtype.name, "crs": ds.crs,
-                   "transform": ds.window_transform(window), "nodata": nodata, "compress": "deflate"}
+        window = _window(ds, lon, lat, size_m)
+        dn, nodata = _read(ds, source, window, product, store)
+        profile = {"driver": "GTiff", "width": window.width, "height": window.height, "count": 1,
+                   "dtype": dn.dtype.name, "crs": ds.crs, "transform": ds.window_transform(window), "nodata": nodata,
+                   "compress": "deflate"}
     with MemoryFile() as mem:
         with mem.open(**profile) as out:
             out.write(np.ascontiguousarray(dn), 1)
             out.set_band_description(1, band)
             out.scales, out.offsets = (source.scale,), (source.offset,)
-            out.update_tags(PRODUCT=product.name, SENSING_TIME=chip.acquired_at.isoformat(), BAND=band)
+            out.update_tags(PRODUCT=product, SENSING_TIME=chip.acquired_at.isoformat(), BAND=band)
         return bytes(mem.read())
+
+
+def render_composite(conn: psycopg.Connection, store: Store, chip: RawChip, bands: Sequence[str], lon: float,
+                     lat: float, size_m: float, lut: Sequence[float]) -> bytes:
+    """Three bands of *chip*'s product as red, green and blue around (*lon*, *lat*): a PNG (JRC's chipsByLocation).
+
+    The first band sets the grid (as JRC: ``B08_B04_B03`` gives 10 m); the others are read onto it
+    (nearest neighbour). *lut*: two percentiles (low, high) stretched per band over the chip, or
+    three (low, high) pairs of DNs, one per band, as JRC's ``lut``. Nodata is transparent.
+
+    Raises:
+        NotFoundError: the product is gone, was not extracted for the parcel set, or lacks a band.
+    """
+    product, sources = _bands(conn, store, chip, bands)
+    planes: list[np.ndarray] = []
+    with rasterio.Env(**store.rasterio_env()):
+        for i, source in enumerate(sources):
+            with open_raster(source.href, store=store, product=product, band=source.name) as ds:
+                if i == 0:
+                    window = _window(ds, lon, lat, size_m)
+                    bounds = ds.window_bounds(window)
+                    dn, nodata = _read(ds, source, window, product, store)
+                else:
+                    other = from_bounds(*bounds, transform=ds.transform)
+                    dn, nodata = _read(ds, source, other, product, store, shape=(window.height, window.width))
+            values = dn.astype(np.float64)
+            if nodata is not None:
+                values[np.isnan(values) if np.isnan(nodata) else dn == nodata] = np.nan
+            planes.append(values)
+    pairs = [lut[2 * i:2 * i + 2] if len(lut) == 6 else lut for i in range(len(planes))]
+    rgb = np.stack([stretch(v, *pair, percentiles=len(lut) == 2) for v, pair in zip(planes, pairs, strict=True)])
+    alpha = np.where(np.all(np.isnan(np.stack(planes)), axis=0), 0, 255).astype(np.uint8)
+    return png_bytes(np.concatenate([rgb, alpha[None]]))
