@@ -22,6 +22,8 @@ Connections and variables:
 - ``cbm_odp`` (http, optional): the CDSE on-demand production service for backend ``cdse-odp``:
   host = OData root (default the public service), password = bearer token, extras = the other
   fields of :class:`cbm_tasks.card.odp.OdpConfig` (``workflows``, ``priority``, ``poll_interval_s``, ``timeout_s``).
+- Variable ``cbm_backgrounds`` (JSON, optional): the orthophoto backgrounds the REST API serves (JRC's
+  ``backgroundByLocation``), ``{"<name>": "<anything GDAL opens: WMS/TMS XML file, WMTS:..., /vsicurl/ COG>"}``.
 - Variable ``cbm_reports_dir`` (optional): folder of the audit and run reports; default
   ``<AIRFLOW_HOME>/reports``.
 - Variable ``cbm_label_cache`` (JSON, optional): ``{"directory": "...", "max_disk_gb": 8}``, where
@@ -74,6 +76,7 @@ LABEL_CACHE_VARIABLE = "cbm_label_cache"
 CARD_VARIABLE = "cbm_card"
 ODP_CONN_ID = "cbm_odp"
 REPORTS_VARIABLE = "cbm_reports_dir"
+BACKGROUNDS_VARIABLE = "cbm_backgrounds"
 
 
 def postgis_dsn() -> str:
@@ -100,7 +103,10 @@ def api_config() -> ApiConfig:
         store: StoreConfig | None = store_config()
     except AirflowNotFoundException:
         store = None  # no image chips
-    return ApiConfig(dsn=dsn, store=store)
+    from cbm_tasks.api.backgrounds import parse_backgrounds  # rasterio and the chips: only the API server needs them
+
+    backgrounds = parse_backgrounds(Variable.get(BACKGROUNDS_VARIABLE, default=None), where="Variable cbm_backgrounds")
+    return ApiConfig(dsn=dsn, store=store, backgrounds=backgrounds)
 
 
 def postgis_namespace() -> DatabaseNamespace:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
@@ -36,6 +36,7 @@ class ApiConfig:
         db_role: role every pooled connection switches to (``SET ROLE``); the login of *dsn* must
             be a member. None = use the login as is (it must then be a cbm_reader member itself).
         store: object store of the product files (image chips); None = chips answer 404.
+        backgrounds: orthophoto sources by name (JRC's ``tms``; :mod:`.backgrounds`); {} = none served.
         pool_min, pool_max: connections kept open / at most.
         pool_timeout_s: wait for a free connection before answering 503.
         statement_timeout_ms: longest query (a hostile or unlucky request cannot hold the database).
@@ -48,6 +49,7 @@ class ApiConfig:
     dsn: str
     db_role: str | None = "cbm_reader"
     store: StoreConfig | None = None
+    backgrounds: Mapping[str, str] = field(default_factory=dict)
     pool_min: int = 1
     pool_max: int = 8
     pool_timeout_s: float = 10.0
@@ -67,7 +69,8 @@ class ApiConfig:
                               f"got {self.login_max_failures}, {self.login_window_s}")
 
     def __repr__(self) -> str:  # the DSN may hold a password
-        return f"ApiConfig(db_role={self.db_role!r}, store={self.store!r}, pool_max={self.pool_max})"
+        return (f"ApiConfig(db_role={self.db_role!r}, store={self.store!r}, backgrounds={sorted(self.backgrounds)}, "
+                f"pool_max={self.pool_max})")
 
 
 class ApiContext:

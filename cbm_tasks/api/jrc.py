@@ -58,7 +58,7 @@ from cbm_tasks.api.validation import (
 )
 from cbm_tasks.errors import NotFoundError
 
-__all__ = ["AoiParam", "ParcelsParam", "Pid", "YearParam", "aoi_year", "router", "scl_stats"]
+__all__ = ["AoiParam", "Flag", "ParcelsParam", "Pid", "YearParam", "aoi_year", "router", "scl_stats"]
 
 router = APIRouter(tags=["JRC compatible"])
 

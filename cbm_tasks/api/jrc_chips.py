@@ -29,14 +29,14 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from cbm_tasks.api import links, queries, raw_chips
-from cbm_tasks.api.deps import Context, CurrentUser, json_response
-from cbm_tasks.api.jrc import AoiParam, ParcelsParam, Pid, YearParam, aoi_year
+from cbm_tasks.api import backgrounds, links, queries, raw_chips
+from cbm_tasks.api.deps import Context, CurrentUser, app_root, json_response
+from cbm_tasks.api.jrc import AoiParam, Flag, ParcelsParam, Pid, YearParam, aoi_year
 from cbm_tasks.api.validation import ApiInputError, check_date_range
 from cbm_tasks.errors import NotFoundError
 
@@ -59,6 +59,9 @@ _NUM = r"[0-9]{1,5}(\.[0-9]{1,4})?"
 Lut = Annotated[str, Query(pattern=rf"^{_NUM}_{_NUM}((_{_NUM}){{4}})?$", description="low_high percentiles, or "
                            "three low_high pairs of DNs")]
 MAX_PAGE_CHIPS = 24  # JRC's limit of a chips page
+Tms = Annotated[str, Query(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="a background this server configures")]
+BgSize = Annotated[int, Query(ge=16, le=backgrounds.MAX_SIZE_PX, description="side of the image in pixels")]
+BgExtend = Annotated[float, Query(gt=0, le=backgrounds.MAX_EXTEND_M, description="side of the image in metres")]
 CHIP_PX = 128  # as JRC shows them
 
 
@@ -211,22 +214,76 @@ def chips_by_parcel_id(
                  plevel, ps.parcel_set_id)
 
 
+def _background(request: Request, ctx: Context, aois: frozenset[str], lon: float, lat: float, *, tms: str,
+                chipsize: int, extend: float, iformat: str, raw: bool, parcel_set_id: int | None = None) -> Response:
+    """JRC's background answer: the URL of the image (``iformat=tif`` or ``raw``), else a page showing it."""
+    name = tms.lower()
+    if name not in ctx.config.backgrounds:
+        configured = ", ".join(sorted(ctx.config.backgrounds)) or "none"
+        raise NotFoundError(f"no background {name!r} is configured on this server (configured: {configured})")
+    with ctx.connection() as conn:
+        raw_chips.granted_sets(conn, aois, lon, lat, parcel_set_id)  # not an open proxy to the agency's imagery
+        [token] = links.sign_links(conn, [{"k": "bg", "g": name, "x": lon, "y": lat, "e": extend, "c": chipsize,
+                                           "i": iformat, "f": f"{name}.{iformat}"}])
+    url = f"{app_root(request)}/dump/{token}/{name}.{iformat}"
+    if iformat == "tif" or raw:
+        return Response(url, media_type="text/plain")
+    title = html.escape(f"{name} around {lon:.5f}, {lat:.5f} ({extend:g} m)")
+    return HTMLResponse(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>'
+                        f'<body><h1>{title}</h1><img src="{html.escape(url)}" width="{chipsize}" '
+                        f'height="{chipsize}" alt="{title}"></body></html>')
+
+
+@router.get("/backgroundByLocation", response_class=Response,
+            summary="Orthophoto background around a WGS84 location: its URL, or a page (JRC)")
+def background_by_location(
+    request: Request, user: CurrentUser, ctx: Context, lon: Lon, lat: Lat, tms: Tms = "google",
+    chipsize: BgSize = 256, extend: BgExtend = 256.0, iformat: Literal["png", "tif"] = "png", raw: Flag = "False",
+) -> Response:
+    return _background(request, ctx, user.aois, lon, lat, tms=tms, chipsize=chipsize, extend=extend,
+                       iformat=iformat, raw=raw in ("True", "true", "1"))
+
+
+@router.get("/backgroundByParcelID", response_class=Response,
+            summary="Orthophoto background around a parcel: its URL, or a page (JRC)")
+@router.get("/backgroundByParcelId", include_in_schema=False)
+def background_by_parcel_id(
+    request: Request, user: CurrentUser, ctx: Context, pid: Pid, aoi: AoiParam = None, year: YearParam = None,
+    parcels: ParcelsParam = None, tms: Tms = "google", chipsize: BgSize = 256, extend: BgExtend = 256.0,
+    iformat: Literal["png", "tif"] = "png", raw: Flag = "False",
+    withGeometry: Flag = "False",  # noqa: N803, ARG001 - JRC's parameter: accepted, no outline is drawn
+) -> Response:
+    name, season = aoi_year(aoi, year, parcels)
+    with ctx.connection() as conn:
+        ps = queries.parcel_set(conn, user, name, season)
+        parcel = queries.parcel_by_key(conn, ps, pid, geometry=None)
+    return _background(request, ctx, frozenset({name}), parcel["clon"], parcel["clat"], tms=tms, chipsize=chipsize,
+                       extend=extend, iformat=iformat, raw=raw in ("True", "true", "1"), parcel_set_id=ps.parcel_set_id)
+
+
 @dump_router.get("/dump/{token}/{filename}",
-                 summary="One chip of a rawChip* or chipsBy* answer (signed link, no login)",
+                 summary="One chip of a rawChip*, chipsBy* or background* answer (signed link, no login)",
                  response_class=Response, responses={200: {"content": {"image/tiff": {}, "image/png": {}}}})
 async def dump(ctx: Context, token: Annotated[str, Path(max_length=1024)],
                filename: Annotated[str, Path(max_length=256)]) -> Response:
     def render() -> bytes:
         with ctx.connection() as conn:
             payload = links.open_link(conn, token)
-            chip, band = _chip(payload)
             if filename != payload.get("f"):
                 raise NotFoundError(f"no chip {filename[:80]!r} behind this link")
-            where = (float(payload["x"]), float(payload["y"]), float(payload["m"]))
-            if payload.get("k") == "png":
-                return raw_chips.render_composite(conn, ctx.store(), chip, band.split("_"), *where,
-                                                  lut=[float(v) for v in payload["l"]])
-            return raw_chips.render_raw_chip(conn, ctx.store(), chip, band, *where)
+            if payload.get("k") != "bg":
+                chip, band = _chip(payload)
+                where = (float(payload["x"]), float(payload["y"]), float(payload["m"]))
+                if payload.get("k") == "png":
+                    return raw_chips.render_composite(conn, ctx.store(), chip, band.split("_"), *where,
+                                                      lut=[float(v) for v in payload["l"]])
+                return raw_chips.render_raw_chip(conn, ctx.store(), chip, band, *where)
+        source = ctx.config.backgrounds.get(str(payload["g"]))  # a web service: no pooled connection held
+        if source is None:
+            raise NotFoundError(f"background {payload['g']!r} is no longer configured")
+        return backgrounds.render_background(str(payload["g"]), source, float(payload["x"]), float(payload["y"]),
+                                             extend_m=float(payload["e"]), size_px=int(payload["c"]),
+                                             fmt=str(payload["i"]))
 
     body = await run_in_threadpool(render)
     if filename.endswith(".png"):

@@ -41,13 +41,14 @@ from cbm_tasks.extraction.sources import product_bands
 from cbm_tasks.store import Store
 
 __all__ = ["MAX_RAW_CHIPS", "MAX_SIZE_M", "PLEVELS", "RAW_BANDS", "RawChip", "chip_file_name", "find_raw_chips",
-           "render_composite", "render_raw_chip"]
+           "granted_sets", "render_composite", "render_raw_chip"]
 
 MAX_SIZE_M = 5120  # JRC's limit of chipsize
 MAX_RAW_CHIPS = 200  # chips in one answer (a season of one band, overlapping orbits included)
 PLEVELS = {"LEVEL2A": ("S2MSI2A",), "LEVEL1C": ("S2MSI1C",)}
 RAW_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12", "SCL")
 OVERPASS_S = 600  # products sensed this close are one overpass (tiles of one datatake), as data.overpass_seconds
+_POINT = "ST_SetSRID(ST_MakePoint(%(lon)s, %(lat)s), 4326)"
 # a set imported before its extent was recorded: the extent of its parcels
 _PARCELS_EXTENT = ("SELECT ST_Transform(ST_SetSRID(ST_Extent(q.geom)::geometry, s.srid), 4326) FROM cbm.parcel q "
                    "WHERE q.parcel_set_id = s.parcel_set_id")
@@ -79,6 +80,24 @@ def chip_file_name(product_name: str, band: str, separator: str = ".") -> str:
     return f"{_UNSAFE.sub('_', product_name)[:200]}{separator}{band}.tif"
 
 
+def granted_sets(conn: psycopg.Connection, aois: Collection[str], lon: float, lat: float,
+                 parcel_set_id: int | None = None) -> list[int]:
+    """The parcel sets of *aois* (only *parcel_set_id* when given) whose extent holds (*lon*, *lat*).
+
+    Raises:
+        NotFoundError: none: the location is in no granted parcel set.
+    """
+    rows = conn.execute(
+        f"SELECT s.parcel_set_id FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) "  # noqa: S608 - constant
+        f"WHERE a.name = ANY(%(aois)s) AND ST_Intersects(coalesce(s.extent, ({_PARCELS_EXTENT})), {_POINT}) "
+        "AND (%(set)s::integer IS NULL OR s.parcel_set_id = %(set)s)",
+        {"aois": sorted(aois), "lon": lon, "lat": lat, "set": parcel_set_id},
+    ).fetchall()
+    if not rows:
+        raise NotFoundError(f"no granted parcel set covers lon {lon}, lat {lat}")
+    return [int(r[0]) for r in rows]
+
+
 def find_raw_chips(conn: psycopg.Connection, aois: Collection[str], lon: float, lat: float, *,
                    product_types: Collection[str], start: date | None = None, end: date | None = None,
                    names: Collection[str] | None = None, parcel_set_id: int | None = None) -> list[RawChip]:
@@ -103,26 +122,18 @@ def find_raw_chips(conn: psycopg.Connection, aois: Collection[str], lon: float, 
         NotFoundError: the location is in no granted parcel set.
         ApiInputError: more than MAX_RAW_CHIPS products.
     """
-    point = "ST_SetSRID(ST_MakePoint(%(lon)s, %(lat)s), 4326)"
-    sets = conn.execute(
-        f"SELECT s.parcel_set_id FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) "  # noqa: S608 - constant
-        f"WHERE a.name = ANY(%(aois)s) AND ST_Intersects(coalesce(s.extent, ({_PARCELS_EXTENT})), {point}) "
-        "AND (%(set)s::integer IS NULL OR s.parcel_set_id = %(set)s)",
-        {"aois": sorted(aois), "lon": lon, "lat": lat, "set": parcel_set_id},
-    ).fetchall()
-    if not sets:
-        raise NotFoundError(f"no granted parcel set covers lon {lon}, lat {lat}")
+    sets = granted_sets(conn, aois, lon, lat, parcel_set_id)
     rows = conn.execute(
         f"SELECT p.product_id, e.parcel_set_id, p.name, p.acquired_at, p.attributes -> 'bands', "  # noqa: S608
-        f"coalesce(ST_Distance(ST_Boundary(p.footprint), {point}), 0) "
+        f"coalesce(ST_Distance(ST_Boundary(p.footprint), {_POINT}), 0) "
         "FROM cbm.product p JOIN cbm.extraction e USING (product_id) "
         "WHERE e.parcel_set_id = ANY(%(sets)s) AND p.product_type = ANY(%(types)s) "
         "AND (%(start)s::date IS NULL OR p.acquired_at >= %(start)s) "
         "AND (%(end)s::date IS NULL OR p.acquired_at < %(end)s) "
         "AND (%(names)s::text[] IS NULL OR p.name = ANY(%(names)s)) "
-        f"AND (p.footprint IS NULL OR ST_Intersects(p.footprint, {point})) "
+        f"AND (p.footprint IS NULL OR ST_Intersects(p.footprint, {_POINT})) "
         "ORDER BY p.acquired_at, p.product_id LIMIT %(limit)s",
-        {"sets": [r[0] for r in sets], "types": list(product_types), "start": start,
+        {"sets": sets, "types": list(product_types), "start": start,
          "end": end + timedelta(days=1) if end is not None else None, "names": list(names) if names else None,
          "lon": lon, "lat": lat, "limit": 4 * MAX_RAW_CHIPS},
     ).fetchall()

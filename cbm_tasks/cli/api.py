@@ -8,7 +8,8 @@
 
 The server reads ``CBM_API_DATABASE_URL`` (a login that is a member of cbm_reader; default:
 the database of ``cbm db url``, reading as cbm_reader through ``SET ROLE``) and the
-``CBM_STORE_*`` variables for image chips. User management writes ``cbm.api_user`` and needs
+``CBM_STORE_*`` variables for image chips, ``CBM_API_BACKGROUNDS`` for orthophoto backgrounds (JSON
+``{"<name>": "<GDAL source>"}``, :mod:`cbm_tasks.api.backgrounds`). User management writes ``cbm.api_user`` and needs
 the owner's connection (``CBM_DATABASE_URL`` or the local cluster).
 """
 
@@ -32,10 +33,12 @@ DEFAULT_PORT = 8090
 
 def api_config() -> ApiConfig:
     """Return the standalone server's settings from the environment (see the module docstring)."""
+    from cbm_tasks.api.backgrounds import parse_backgrounds
     from cbm_tasks.api.context import ApiConfig  # FastAPI: only the server needs it
 
     return ApiConfig(dsn=os.environ.get("CBM_API_DATABASE_URL") or settings.database_url(),
-                     store=settings.store_config())
+                     store=settings.store_config(),
+                     backgrounds=parse_backgrounds(os.environ.get("CBM_API_BACKGROUNDS"), where="CBM_API_BACKGROUNDS"))
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
