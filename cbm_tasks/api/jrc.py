@@ -26,8 +26,7 @@ crop). The events are those of the parcel's current marker run, as ``/v1/.../mar
 Differences from JRC's service, on purpose: errors are HTTP 400/401/403/404/422 with a JSON
 body instead of ``{}`` with 200; every parameter is validated; ``parcelsByPolygon`` also takes
 WKT or GeoJSON and pages (``limit`` <= 1000 instead of a silent 100). No ``ptype`` (one parcel
-set per AOI and year), no orthophoto backgrounds and no weather series. JRC's raw chip queries are
-:mod:`.jrc_chips`'.
+set per AOI and year), no weather series. JRC's chip and background queries are :mod:`.jrc_chips`'.
 """
 
 from __future__ import annotations

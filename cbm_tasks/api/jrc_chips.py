@@ -1,4 +1,4 @@
-"""JRC's raw chip queries and ``/dump``, the signed links their answers point to.
+"""JRC's chip and background queries and ``/dump``, the signed links their answers point to.
 
 ``/query/rawChipByLocation`` and ``rawChipByParcelID`` (one Sentinel-2 band over a date range),
 ``POST /query/rawChipsBatch`` (named Sentinel-2 products x bands) and ``POST /query/rawS1ChipsBatch``
@@ -10,7 +10,9 @@ Sentinel-1) that the client downloads without credentials (JRC's notebooks do:
 ``requests.get(api_url + chip)``). ``/query/chipsByLocation`` and ``chipsByParcelID`` answer JRC's
 page of three-band composites (``bands`` red_green_blue, default B08_B04_B03; ``lut`` low_high
 percentiles, default 5_95, or three low_high pairs of DNs): at most 24 images, 8 to a row, each PNG
-such a link. What is in a chip: :mod:`.raw_chips`. Each URL is a signed link
+such a link. ``/query/backgroundByLocation`` and ``backgroundByParcelID`` answer the URL of an
+orthophoto background (``iformat=tif`` or ``raw=True``), else a page showing it: :mod:`.backgrounds`.
+What is in a chip: :mod:`.raw_chips`. Each URL is a signed link
 valid for a day (:mod:`.links`): the grant is checked when the query answers; the chip is cut when
 the link is fetched, so a long list costs nothing until it is downloaded.
 
