@@ -22,13 +22,17 @@ import psycopg
 import pytest
 import shapely
 from affine import Affine
+from fastapi.testclient import TestClient
 from psycopg import sql
 from shapely.geometry import box
 from test_extract_support import add_product, write_tif
 
 from cbm_tasks import aoi as aoi_registry
 from cbm_tasks.api import auth
+from cbm_tasks.api.app import create_app
+from cbm_tasks.api.context import ApiConfig
 from cbm_tasks.ops import cluster
+from cbm_tasks.store import StoreConfig
 from cbm_tasks.timeseries import write as obs
 
 X0, Y0 = 500_000.0, 5_650_000.0  # UTM 31N, West Flanders
@@ -197,3 +201,11 @@ def api_world(pg_cluster: cluster.ClusterConfig, template_db: str,
         yield world
     finally:
         cluster.drop_database(pg_cluster, name)
+
+
+@pytest.fixture(scope="module")
+def api_client(api_world: World) -> Iterator[TestClient]:
+    """The API application on the world, in process, with the world's files as the object store of the chips."""
+    app = create_app(ApiConfig(dsn=api_world.db_url, store=StoreConfig(root=str(api_world.store_root))))
+    with TestClient(app) as client:
+        yield client

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import warnings
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -15,10 +14,7 @@ from api_world import S2_DATES, World, s2_stats
 from fastapi.testclient import TestClient
 from rasterio.errors import NotGeoreferencedWarning
 
-from cbm_tasks.api.app import create_app
-from cbm_tasks.api.context import ApiConfig
 from cbm_tasks.markers import load_params
-from cbm_tasks.store import StoreConfig
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +23,8 @@ def world(api_world: World) -> World:
 
 
 @pytest.fixture(scope="module")
-def client(world: World) -> Iterator[TestClient]:
-    app = create_app(ApiConfig(dsn=world.db_url, store=StoreConfig(root=str(world.store_root))))
-    with TestClient(app) as test_client:
-        yield test_client
+def client(api_client: TestClient) -> TestClient:
+    return api_client
 
 
 def _read_png(data: bytes) -> np.ndarray:

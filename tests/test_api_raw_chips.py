@@ -7,7 +7,6 @@ import hmac
 import io
 import re
 import warnings
-from collections.abc import Iterator
 
 import numpy as np
 import psycopg
@@ -22,47 +21,34 @@ from rasterio.windows import Window, from_bounds
 from cbm_tasks.api import links
 from cbm_tasks.api.app import create_app
 from cbm_tasks.api.context import ApiConfig
-from cbm_tasks.store import StoreConfig
 
 TO_WGS84 = pyproj.Transformer.from_crs(32631, 4326, always_xy=True)
 LON, LAT = TO_WGS84.transform(X0 + 160, Y0 + 50)  # the centre of parcel 2
 SPRING = {"start_date": "2018-04-01", "end_date": "2018-05-31"}
 
 
-@pytest.fixture(scope="module")
-def world(api_world: World) -> World:
-    return api_world
-
-
-@pytest.fixture(scope="module")
-def client(world: World) -> Iterator[TestClient]:
-    app = create_app(ApiConfig(dsn=world.db_url, store=StoreConfig(root=str(world.store_root))))
-    with TestClient(app) as test_client:
-        yield test_client
-
-
-def _by_location(client: TestClient, world: World, user: str = "ann", **params: object) -> dict[str, list[str]]:
-    response = client.get("/query/rawChipByLocation", params={"lon": LON, "lat": LAT, **SPRING, **params},
-                          auth=world.basic(user))
+def _by_location(api_client: TestClient, api_world: World, user: str = "ann", **params: object) -> dict[str, list[str]]:
+    response = api_client.get("/query/rawChipByLocation", params={"lon": LON, "lat": LAT, **SPRING, **params},
+                              auth=api_world.basic(user))
     assert response.status_code == 200, response.text
     answer: dict[str, list[str]] = response.json()
     return answer
 
 
-def _source_window(world: World, name: str, suffix: str, band: int, bounds: tuple[float, ...]) -> np.ndarray:
-    with rasterio.open(world.store_root / f"{name}_{suffix}.tif") as src:
+def _source_window(api_world: World, name: str, suffix: str, band: int, bounds: tuple[float, ...]) -> np.ndarray:
+    with rasterio.open(api_world.store_root / f"{name}_{suffix}.tif") as src:
         window = from_bounds(*bounds, transform=src.transform).round_offsets().round_lengths()
         return src.read(band, window=window, boundless=True, fill_value=0)
 
 
-def test_raw_chips_list_the_images_and_download_without_credentials(client: TestClient, world: World) -> None:
-    answer = _by_location(client, world, band="SCL")
+def test_raw_chips_list_the_images_and_download_without_credentials(api_client: TestClient, api_world: World) -> None:
+    answer = _by_location(api_client, api_world, band="SCL")
     assert answer["dates"] == [f"{d:%Y%m%dT%H%M%S}" for d in S2_DATES[:2]]  # JRC's labels, in the date range
     names = [chip.rsplit("/", 1)[1] for chip in answer["chips"]]
     assert names == [f"S2_alpha_{d:%Y%m%d}.SCL.tif" for d in S2_DATES[:2]]  # what clients glob: *.SCL.tif
     assert all(chip.startswith("/dump/") for chip in answer["chips"])
 
-    response = client.get(answer["chips"][0])  # no credentials, as JRC's notebooks fetch them
+    response = api_client.get(answer["chips"][0])  # no credentials, as JRC's notebooks fetch them
     assert response.status_code == 200 and response.headers["content-type"] == "image/tiff"
     with rasterio.open(io.BytesIO(response.content)) as chip:
         assert chip.crs.to_epsg() == 32631 and chip.res == (20.0, 20.0)
@@ -71,47 +57,47 @@ def test_raw_chips_list_the_images_and_download_without_credentials(client: Test
         centre = chip.xy(32, 32)
         assert abs(centre[0] - (X0 + 160)) <= 20 and abs(centre[1] - (Y0 + 50)) <= 20
         pixels = chip.read(1)
-        expected = _source_window(world, "S2_alpha_20180405", "SCL", 1, tuple(chip.bounds))
+        expected = _source_window(api_world, "S2_alpha_20180405", "SCL", 1, tuple(chip.bounds))
     np.testing.assert_array_equal(pixels, expected)  # the product's own pixels, on its own grid
     assert set(np.unique(pixels)) == {0, 4, 5}  # classes 4 and 5 in the raster, nodata (0) beyond its edge
 
 
-def test_raw_chip_keeps_dns_and_writes_scale_and_offset(client: TestClient, world: World) -> None:
-    answer = _by_location(client, world, band="B4", chipsize=300)  # JRC's short band name
+def test_raw_chip_keeps_dns_and_writes_scale_and_offset(api_client: TestClient, api_world: World) -> None:
+    answer = _by_location(api_client, api_world, band="B4", chipsize=300)  # JRC's short band name
     assert answer["chips"][1].endswith("/S2_alpha_20180510.B04.tif")
-    with rasterio.open(io.BytesIO(client.get(answer["chips"][1]).content)) as chip:
+    with rasterio.open(io.BytesIO(api_client.get(answer["chips"][1]).content)) as chip:
         assert (chip.width, chip.height) == (30, 30) and chip.dtypes[0] == "uint16"
         assert chip.scales == (1e-4,) and chip.offsets == (0.0,) and chip.nodata == 0
         assert chip.tags()["PRODUCT"] == "S2_alpha_20180510"
-        expected = _source_window(world, "S2_alpha_20180510", "10m", 3, tuple(chip.bounds))
+        expected = _source_window(api_world, "S2_alpha_20180510", "10m", 3, tuple(chip.bounds))
         np.testing.assert_array_equal(chip.read(1), expected)
 
 
-def test_raw_chips_by_parcel_id_cut_around_the_parcel(client: TestClient, world: World) -> None:
-    response = client.get("/query/rawChipByParcelID", auth=world.basic("ann"),
-                          params={"aoi": "alpha", "year": 2018, "pid": 2, "band": "B08", **SPRING})
+def test_raw_chips_by_parcel_id_cut_around_the_parcel(api_client: TestClient, api_world: World) -> None:
+    response = api_client.get("/query/rawChipByParcelID", auth=api_world.basic("ann"),
+                              params={"aoi": "alpha", "year": 2018, "pid": 2, "band": "B08", **SPRING})
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer == {**answer, "dates": [f"{d:%Y%m%dT%H%M%S}" for d in S2_DATES[:2]]}
-    with rasterio.open(io.BytesIO(client.get(answer["chips"][0]).content)) as chip:
+    with rasterio.open(io.BytesIO(api_client.get(answer["chips"][0]).content)) as chip:
         assert (chip.width, chip.height) == (128, 128)
         x, y = chip.xy(64, 64)
         assert abs(x - (X0 + 160)) <= 10 and abs(y - (Y0 + 50)) <= 10  # the parcel's centroid
     # a band the products do not have gives no chip; a date range with no image an empty list
-    assert _by_location(client, world, band="B8A") == {"dates": [], "chips": []}
-    assert _by_location(client, world, band="SCL", start_date="2019-01-01", end_date="2019-02-01") == {
+    assert _by_location(api_client, api_world, band="B8A") == {"dates": [], "chips": []}
+    assert _by_location(api_client, api_world, band="SCL", start_date="2019-01-01", end_date="2019-02-01") == {
         "dates": [], "chips": []}
 
 
-def test_raw_chips_stay_inside_the_granted_aois(client: TestClient, world: World) -> None:
+def test_raw_chips_stay_inside_the_granted_aois(api_client: TestClient, api_world: World) -> None:
     params = {"lon": LON, "lat": LAT, "band": "SCL", **SPRING}
-    assert client.get("/query/rawChipByLocation", params=params, auth=world.basic("bob")).status_code == 404
-    assert client.get("/query/rawChipByLocation", params=params, auth=world.basic("eve")).status_code == 404
-    assert client.get("/query/rawChipByLocation", params={**params, "lon": 10.0}, auth=world.basic("ann")
-                      ).status_code == 404  # no granted parcel set there
-    assert client.get("/query/rawChipByLocation", params=params).status_code == 401
-    assert client.get("/query/rawChipByParcelID", params={"aoi": "alpha", "year": 2018, "pid": 2, "band": "SCL",
-                                                          **SPRING}, auth=world.basic("bob")).status_code == 403
+    assert api_client.get("/query/rawChipByLocation", params=params, auth=api_world.basic("bob")).status_code == 404
+    assert api_client.get("/query/rawChipByLocation", params=params, auth=api_world.basic("eve")).status_code == 404
+    assert api_client.get("/query/rawChipByLocation", params={**params, "lon": 10.0}, auth=api_world.basic("ann")
+                          ).status_code == 404  # no granted parcel set there
+    assert api_client.get("/query/rawChipByLocation", params=params).status_code == 401
+    assert api_client.get("/query/rawChipByParcelID", params={"aoi": "alpha", "year": 2018, "pid": 2, "band": "SCL",
+                                                              **SPRING}, auth=api_world.basic("bob")).status_code == 403
 
 
 @pytest.mark.parametrize(("change", "status"), [
@@ -119,14 +105,14 @@ def test_raw_chips_stay_inside_the_granted_aois(client: TestClient, world: World
     ({"plevel": "LEVEL3"}, 422), ({"start_date": "2018-06-01", "end_date": "2018-05-01"}, 400),
     ({"start_date": "2014-01-01", "end_date": "2018-05-01"}, 400), ({"lat": 91}, 422),
 ])
-def test_raw_chip_parameters_are_checked(client: TestClient, world: World, change: dict[str, object],
-                                         status: int) -> None:
+def test_raw_chip_parameters_are_checked(api_client: TestClient, api_world: World, change: dict[str, object],
+                                        status: int) -> None:
     params = {"lon": LON, "lat": LAT, "band": "SCL", **SPRING, **change}
-    assert client.get("/query/rawChipByLocation", params=params, auth=world.basic("ann")).status_code == status
+    assert api_client.get("/query/rawChipByLocation", params=params, auth=api_world.basic("ann")).status_code == status
 
 
-def test_dump_links_cannot_be_altered_or_used_after_expiry(client: TestClient, world: World) -> None:
-    chip = _by_location(client, world, band="SCL")["chips"][0]
+def test_dump_links_cannot_be_altered_or_used_after_expiry(api_client: TestClient, api_world: World) -> None:
+    chip = _by_location(api_client, api_world, band="SCL")["chips"][0]
     _, _, token, name = chip.split("/")
     body, mac = token.split(".")
     flipped = ("B" if body[5] == "A" else "A")
@@ -135,18 +121,18 @@ def test_dump_links_cannot_be_altered_or_used_after_expiry(client: TestClient, w
                f"/dump/{body}/{name}", f"/dump/x.y.z/{name}", f"/dump/{body}.{mac}/other.SCL.tif",
                f"/dump/{body}.{'!' * 43}/{name}"]
     for url in altered:
-        response = client.get(url)
+        response = api_client.get(url)
         assert response.status_code == 404, url
         assert "no such chip" in response.json()["detail"] or "no chip" in response.json()["detail"]
-    with psycopg.connect(world.db_url) as conn:
+    with psycopg.connect(api_world.db_url) as conn:
         conn.execute("SET ROLE cbm_reader")
         [old] = links.sign_links(conn, [{"p": 1}], ttl_s=60, now=1_000_000_000)  # expired in 2001
         assert links.open_link(conn, old, now=1_000_000_000)["p"] == 1
-        assert client.get(f"/dump/{old}/{name}").status_code == 404
+        assert api_client.get(f"/dump/{old}/{name}").status_code == 404
 
 
-def test_link_mac_is_rfc2104_hmac_sha256_and_the_key_stays_in_the_database(world: World) -> None:
-    with psycopg.connect(world.db_url) as conn:
+def test_link_mac_is_rfc2104_hmac_sha256_and_the_key_stays_in_the_database(api_world: World) -> None:
+    with psycopg.connect(api_world.db_url) as conn:
         row = conn.execute("SELECT key FROM cbm.api_link_key").fetchone()
         assert row is not None and len(bytes(row[0])) == 32
         key = bytes(row[0])
@@ -158,66 +144,67 @@ def test_link_mac_is_rfc2104_hmac_sha256_and_the_key_stays_in_the_database(world
             conn.execute("SELECT key FROM cbm.api_link_key")
 
 
-def test_batches_of_named_sentinel2_products_and_of_sentinel1_card(client: TestClient, world: World) -> None:
+def test_batches_of_named_sentinel2_products_and_of_sentinel1_card(api_client: TestClient, api_world: World) -> None:
     body = {"lon": LON, "lat": LAT, "tiles": ["S2_alpha_20180510", "S2_alpha_20180405", "S2_elsewhere"],
             "bands": ["B08", "B4"], "chipsize": 200}
-    answer = client.post("/query/rawChipsBatch", json=body, auth=world.basic("ann")).json()
+    answer = api_client.post("/query/rawChipsBatch", json=body, auth=api_world.basic("ann")).json()
     assert answer["dates"] == [f"{d:%Y%m%dT%H%M%S}_{b}" for d in S2_DATES[:2] for b in ("B04", "B08")]
     assert [c.rsplit("/", 1)[1] for c in answer["chips"]] == [
         f"S2_alpha_{d:%Y%m%d}.{b}.tif" for d in S2_DATES[:2] for b in ("B04", "B08")]
-    assert client.post("/query/rawChipsBatch", json={**body, "extra": 1}, auth=world.basic("ann")).status_code == 422
-    assert client.post("/query/rawChipsBatch", json=body, auth=world.basic("bob")).status_code == 404
+    extra = api_client.post("/query/rawChipsBatch", json={**body, "extra": 1}, auth=api_world.basic("ann"))
+    assert extra.status_code == 422
+    assert api_client.post("/query/rawChipsBatch", json=body, auth=api_world.basic("bob")).status_code == 404
 
     s1 = {"lon": LON, "lat": LAT, "dates": ["2018-04-01", "2018-05-31"], "chipsize": 1280, "plevel": "CARD-BS"}
-    answer = client.post("/query/rawS1ChipsBatch", json=s1, auth=world.basic("ann")).json()
+    answer = api_client.post("/query/rawS1ChipsBatch", json=s1, auth=api_world.basic("ann")).json()
     assert answer["dates"] == ["20180407T173000_VH", "20180407T173000_VV", "20180513T173000_VH",
                                "20180513T173000_VV"]
     assert answer["chips"][1].endswith("/BS_alpha_20180407_VV.tif")  # JRC's Sentinel-1 names: _VV, _VH
-    with rasterio.open(io.BytesIO(client.get(answer["chips"][3]).content)) as chip:
+    with rasterio.open(io.BytesIO(api_client.get(answer["chips"][3]).content)) as chip:
         assert (chip.width, chip.height) == (64, 64) and chip.dtypes[0] == "float32"
         values = chip.read(1)
     assert np.isnan(chip.nodata) and np.nanmin(values) == np.nanmax(values) == np.float32(0.06)
     assert np.isnan(values).any()  # beyond the raster's edge: NaN, not a false 0 backscatter
-    assert client.post("/query/rawS1ChipsBatch", json={**s1, "plevel": "CARD-COH6"},
-                       auth=world.basic("ann")).json() == {"dates": [], "chips": []}
-    assert client.post("/query/rawS1ChipsBatch", json={**s1, "dates": ["2018-04-01"]},
-                       auth=world.basic("ann")).status_code == 422
+    assert api_client.post("/query/rawS1ChipsBatch", json={**s1, "plevel": "CARD-COH6"},
+                           auth=api_world.basic("ann")).json() == {"dates": [], "chips": []}
+    assert api_client.post("/query/rawS1ChipsBatch", json={**s1, "dates": ["2018-04-01"]},
+                           auth=api_world.basic("ann")).status_code == 422
 
 
-def test_an_api_without_an_object_store_lists_no_chips(world: World) -> None:
-    with TestClient(create_app(ApiConfig(dsn=world.db_url))) as bare:
+def test_an_api_without_an_object_store_lists_no_chips(api_world: World) -> None:
+    with TestClient(create_app(ApiConfig(dsn=api_world.db_url))) as bare:
         response = bare.get("/query/rawChipByLocation", params={"lon": LON, "lat": LAT, "band": "SCL", **SPRING},
-                            auth=world.basic("ann"))
+                            auth=api_world.basic("ann"))
     assert response.status_code == 404 and "no object store" in response.json()["detail"]
 
 
-def test_chips_page_shows_composites_of_the_date_range(client: TestClient, world: World) -> None:
-    response = client.get("/query/chipsByLocation", auth=world.basic("ann"),
-                          params={"lon": LON, "lat": LAT, **SPRING, "lut": "0_3000_0_3000_0_3000"})
+def test_chips_page_shows_composites_of_the_date_range(api_client: TestClient, api_world: World) -> None:
+    response = api_client.get("/query/chipsByLocation", auth=api_world.basic("ann"),
+                              params={"lon": LON, "lat": LAT, **SPRING, "lut": "0_3000_0_3000_0_3000"})
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     sources = re.findall(r'<img src="([^"]+)"', response.text)
     assert len(sources) == 2 and all(s.startswith("../dump/") and s.endswith(".B08_B04_B03.png") for s in sources)
     assert "2018-04-05 10:50" in response.text and "2018-05-10 10:50" in response.text
-    png = client.get(sources[0].replace("..", "", 1))  # relative to /query/: the API's base
+    png = api_client.get(sources[0].replace("..", "", 1))  # relative to /query/: the API's base
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(io.BytesIO(png.content)) as image:
             rgba = image.read()
     assert rgba.shape == (4, 128, 128)  # 1280 m of the 10 m B08 grid
-    with rasterio.open(world.store_root / "S2_alpha_20180405_10m.tif") as src:  # B02 B03 B04 B08
+    with rasterio.open(api_world.store_root / "S2_alpha_20180405_10m.tif") as src:  # B02 B03 B04 B08
         row, col = src.index(X0 + 160, Y0 + 50)
         dn = src.read(window=Window(col - 64, row - 64, 128, 128), boundless=True, fill_value=0)
     expected = np.clip(dn[[3, 2, 1]].astype(np.float64) / 3000 * 255, 0, 255).astype(np.uint8)
     inside = rgba[3] == 255
     assert inside.sum() > 3000 and not inside.all()  # transparent beyond the raster's edge
     np.testing.assert_array_equal(rgba[:3][:, inside], expected[:, inside])
-    by_parcel = client.get("/query/chipsByParcelID", auth=world.basic("ann"),
-                           params={"aoi": "alpha", "year": 2018, "pid": 2, **SPRING})
+    by_parcel = api_client.get("/query/chipsByParcelID", auth=api_world.basic("ann"),
+                               params={"aoi": "alpha", "year": 2018, "pid": 2, **SPRING})
     assert len(re.findall(r"<img ", by_parcel.text)) == 2
     for lut in ("95_5", "5_101", "1_2_3_4", "0_1_2_1_0_9", "5;95"):
-        bad = client.get("/query/chipsByLocation", params={"lon": LON, "lat": LAT, **SPRING, "lut": lut},
-                         auth=world.basic("ann"))
+        bad = api_client.get("/query/chipsByLocation", params={"lon": LON, "lat": LAT, **SPRING, "lut": lut},
+                             auth=api_world.basic("ann"))
         assert bad.status_code in (400, 422), lut
-    assert client.get("/query/chipsByLocation", params={"lon": LON, "lat": LAT, **SPRING, "bands": "SCL_B04_B03"},
-                      auth=world.basic("ann")).status_code == 422
+    assert api_client.get("/query/chipsByLocation", params={"lon": LON, "lat": LAT, **SPRING, "bands": "SCL_B04_B03"},
+                          auth=api_world.basic("ann")).status_code == 422

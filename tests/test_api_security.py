@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -15,14 +14,11 @@ from cbm_tasks.api import auth
 from cbm_tasks.api.app import create_app
 from cbm_tasks.api.context import ApiConfig, ApiContext
 from cbm_tasks.errors import BadInputError, NotFoundError
-from cbm_tasks.store import StoreConfig
 
 
 @pytest.fixture(scope="module")
-def client(api_world: World) -> Iterator[TestClient]:
-    app = create_app(ApiConfig(dsn=api_world.db_url, store=StoreConfig(root=str(api_world.store_root))))
-    with TestClient(app) as test_client:
-        yield test_client
+def client(api_client: TestClient) -> TestClient:
+    return api_client
 
 
 def _urls(aoi: str, product_id: int) -> list[str]:

@@ -63,8 +63,9 @@ def _cog(tmp_path: Path) -> tuple[Path, np.ndarray]:
     return cog, values
 
 
-def test_cog_on_s3_is_read_by_window(conn: psycopg.Connection, s3: MotoServer, bucket: str,
-                                     tmp_path: Path) -> None:
+def _cog_product(conn: psycopg.Connection, s3: MotoServer, bucket: str,
+                 tmp_path: Path) -> tuple[Store, np.ndarray, int]:
+    """A B04 COG uploaded to the bucket, the two parcels of AOI s3 and the product registered for them."""
     store = _store(s3.endpoint_url, bucket, tmp_path)
     cog, values = _cog(tmp_path)
     store.upload(cog, f"s3://{bucket}/S2/B04.tif")
@@ -72,6 +73,12 @@ def test_cog_on_s3_is_read_by_window(conn: psycopg.Connection, s3: MotoServer, b
     descriptors = [{"name": "B04", "href": f"s3://{bucket}/S2/B04.tif", "nodata": 0, "scale": 1e-4}]
     product_id = add_product(conn, aoi="s3", name="S2_ON_S3", location=f"s3://{bucket}/S2/", acquired_at=WHEN,
                              bands=descriptors)
+    return store, values, product_id
+
+
+def test_cog_on_s3_is_read_by_window(conn: psycopg.Connection, s3: MotoServer, bucket: str,
+                                     tmp_path: Path) -> None:
+    store, values, product_id = _cog_product(conn, s3, bucket, tmp_path)
     n_logged = len(s3.requests())
     result = extract_product(conn, store, product_id, aoi="s3")
     assert result.n_parcels == 2
@@ -172,13 +179,7 @@ def test_cli_extracts_an_image_on_s3_with_the_store_from_the_environment(
 def test_raw_chip_of_a_cog_on_s3_keeps_its_pixels(conn: psycopg.Connection, s3: MotoServer, bucket: str,
                                                   tmp_path: Path) -> None:
     """JRC's raw chips (cbm_tasks.api.raw_chips) read the product where it lies: here a COG in S3."""
-    store = _store(s3.endpoint_url, bucket, tmp_path)
-    cog, values = _cog(tmp_path)
-    store.upload(cog, f"s3://{bucket}/S2/B04.tif")
-    add_parcel_set(conn, aoi="s3", year=2018, srid=32631, parcels=PARCELS)
-    descriptors = [{"name": "B04", "href": f"s3://{bucket}/S2/B04.tif", "nodata": 0, "scale": 1e-4}]
-    product_id = add_product(conn, aoi="s3", name="S2_ON_S3", location=f"s3://{bucket}/S2/", acquired_at=WHEN,
-                             bands=descriptors)
+    store, values, product_id = _cog_product(conn, s3, bucket, tmp_path)
     extract_product(conn, store, product_id, aoi="s3")
     lon, lat = pyproj.Transformer.from_crs(32631, 4326, always_xy=True).transform(501_500, 5_609_400)
     [chip] = raw_chips.find_raw_chips(conn, {"s3"}, lon, lat, product_types=["S2MSI2A"], start=WHEN.date(),
