@@ -131,6 +131,14 @@ def test_background_from_a_tms_tile_service(client: TestClient, api_world: World
     np.testing.assert_array_equal(rgba[:, 128, 128], [200, 120, 40, 255])
 
 
+def test_info_page_lists_the_backgrounds_with_working_examples(client: TestClient, api_world: World) -> None:
+    info = client.get("/query/info", auth=api_world.basic("ann")).json()
+    assert info["helpers"]["backgrounds"] == ["ortho", "tiles"]
+    example = info["aois"]["alpha"]["request_examples"]["backgroundByParcelID_ortho"]
+    url = client.get(example.removeprefix("http://testserver"), auth=api_world.basic("ann")).text
+    assert url.endswith("/ortho.png") and client.get(url).headers["content-type"] == "image/png"
+
+
 def test_background_errors(client: TestClient, api_world: World) -> None:
     ann = api_world.basic("ann")
     unknown = client.get("/query/backgroundByLocation", params={"lon": LON, "lat": LAT, "tms": "google"}, auth=ann)

@@ -205,6 +205,10 @@ def test_jrc_info_lists_the_granted_aois_with_working_examples(client: TestClien
         assert url.startswith("http://testserver/query/"), name
         assert client.get(url.removeprefix("http://testserver"), auth=root).status_code == 200, name
     assert info["helpers"]["information_page"] == "http://testserver/query/info"
+    assert {"rawChipByParcelID", "chipsByParcelID"} <= set(alpha["request_examples"])  # this server has a store
+    assert info["helpers"]["backgrounds"] == []  # none configured
+    weather = client.get("/query/weatherTimeSeries?aoi=alpha&year=2018&pid=1", auth=root)
+    assert weather.status_code == 404 and "no weather data" in weather.json()["detail"]
     # a user sees only the AOIs granted; one AOI asked for: only it, or 403 when not granted
     assert set(client.get("/query/info", auth=world.basic("ann")).json()["aois"]) == {"alpha"}
     assert client.get("/query/info", auth=world.basic("eve")).json()["aois"] == {}

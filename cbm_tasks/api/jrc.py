@@ -278,15 +278,28 @@ def info(
             examples = {"parcelByID": q.format("parcelByID") + "&withGeometry=True",
                         **{f"parcelTimeSeries_{t}": q.format("parcelTimeSeries") + f"&tstype={t}" for t in ts},
                         "parcelPeers": q.format("parcelPeers"), "markers": q.format("markers")}
+            if "s2" in ts and ctx.config.store is not None:  # the chips of June (JRC: a page holds 24)
+                june = f"&start_date={year}-06-01&end_date={year}-06-30"
+                examples |= {"rawChipByParcelID": q.format("rawChipByParcelID") + june + "&band=SCL",
+                             "chipsByParcelID": q.format("chipsByParcelID") + june}
+            examples |= {f"backgroundByParcelID_{name}": q.format("backgroundByParcelID") + f"&tms={name}&raw=True"
+                         for name in sorted(ctx.config.backgrounds)}
             aois[name] = {"years": years, "datasets": [], "time_series": ts, "id_table_column": "ogc_fid",
                           f"id_examples_{year}": pids, "request_examples": examples}
     return json_response({
         "server": {"title": "RESTful API for CbM", "description": "Checks by Monitoring backend (cbm_tasks)",
                    "version": __version__},
         "helpers": {"information_page": f"{base}/query/info", "swagger": f"{base}/docs",
-                    "openapi": f"{base}/openapi.json", "api_v1": f"{base}/v1/aois"},
+                    "openapi": f"{base}/openapi.json", "api_v1": f"{base}/v1/aois",
+                    "backgrounds": sorted(ctx.config.backgrounds)},
         "aois": aois,
     })
+
+
+@router.get("/weatherTimeSeries", summary="Not served: this deployment holds no weather series (JRC)")
+def weather_time_series(user: CurrentUser) -> Response:
+    raise NotFoundError("weatherTimeSeries: this deployment holds no weather data (JRC's meteo grids are not part "
+                        "of it); parcel time series are /query/parcelTimeSeries")
 
 
 @router.get("/markers", summary="Marker events of a parcel in JRC's marker-table columns (JRC)")

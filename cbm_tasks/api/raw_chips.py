@@ -40,13 +40,12 @@ from cbm_tasks.extraction.raster_io import open_raster, raster_error
 from cbm_tasks.extraction.sources import product_bands
 from cbm_tasks.store import Store
 
-__all__ = ["MAX_RAW_CHIPS", "MAX_SIZE_M", "PLEVELS", "RAW_BANDS", "RawChip", "chip_file_name", "find_raw_chips",
+__all__ = ["MAX_RAW_CHIPS", "MAX_SIZE_M", "PLEVELS", "RawChip", "chip_file_name", "find_raw_chips",
            "granted_sets", "render_composite", "render_raw_chip"]
 
 MAX_SIZE_M = 5120  # JRC's limit of chipsize
 MAX_RAW_CHIPS = 200  # chips in one answer (a season of one band, overlapping orbits included)
 PLEVELS = {"LEVEL2A": ("S2MSI2A",), "LEVEL1C": ("S2MSI1C",)}
-RAW_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12", "SCL")
 OVERPASS_S = 600  # products sensed this close are one overpass (tiles of one datatake), as data.overpass_seconds
 _POINT = "ST_SetSRID(ST_MakePoint(%(lon)s, %(lat)s), 4326)"
 # a set imported before its extent was recorded: the extent of its parcels
