@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -267,6 +269,22 @@ def expected_touching_area_m2() -> float:
     left = shapely.Polygon([(x, y), (x + d / 2, y), (x, y + d)])
     right = shapely.Polygon([(x + d / 2, y), (x + d, y), (x + d, y + d)])
     return sum(abs(geod.geometry_area_perimeter(p)[0]) for p in (left, right))
+
+
+def test_curved_parcels_of_a_geopackage_are_imported_linear(conn: psycopg.Connection, tmp_path: Path) -> None:
+    """A register whose plots have circular edges (GML, GeoPackage): kept, made linear, counted as repaired."""
+    x, y = 500_000.0, 5_650_000.0
+    round_plot = struct.pack("<BII", 1, 10, 1) + struct.pack("<BII6d", 1, 8, 3, x, y, x + 200, y, x, y)
+    field = shapely.to_wkb(shapely.box(x + 300, y, x + 400, y + 100))
+    path = tmp_path / "curved.gpkg"
+    pyogrio.raw.write(path, np.array([round_plot, field], dtype=object),
+                      [np.array(["round", "field"], dtype=object), np.array(["265", "265"], dtype=object),
+                       np.array(["grass", "grass"], dtype=object)],
+                      ["parcel_id", "crop_code", "crop_name"], driver="GPKG", geometry_type="Unknown", crs="EPSG:32631")
+    report = import_parcels(conn, path, aoi="curved", year=2024)
+    assert (report.n_read, report.n_imported, report.n_repaired, report.n_rejected) == (2, 2, 1, 0)
+    areas = dict(conn.execute("SELECT parcel_id, area_m2 FROM cbm.parcel"))
+    assert areas["round"] == pytest.approx(math.pi * 100**2, rel=1e-3) and areas["field"] == pytest.approx(10_000)
 
 
 def test_strict_fails_without_writing(conn: psycopg.Connection, tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import struct
+
 import numpy as np
 import pyproj
 import pytest
@@ -127,11 +130,37 @@ def test_geometry_md5_matches_wkb() -> None:
     assert geometry_md5(np.array([geom], dtype=object)) == [hashlib.md5(shapely.to_wkb(geom, byte_order=1)).hexdigest()]
 
 
-def test_curved_geometry_is_rejected_with_a_hint() -> None:
-    import struct
+def _wkb(order: int, code: int, body: bytes) -> bytes:
+    endian = "<" if order == 1 else ">"
+    return struct.pack(f"{endian}BI", order, code) + body
 
-    arc = struct.pack("<BII", 1, 8, 5) + struct.pack("<10d", 0, 0, 1, 1, 2, 0, 1, -1, 0, 0)
-    curve_polygon = struct.pack("<BII", 1, 10, 1) + arc  # CurvePolygon with one circular ring
-    result = clean_geometries([curve_polygon, b"\x01\x03"])
-    assert result.reasons[0] is not None and result.reasons[0].startswith("curved geometry (CurvePolygon)")
-    assert result.reasons[1] == "undecodable geometry (bad WKB)"
+
+def _circle_string(order: int, points: list[float], code: int = 8, dims: int = 2) -> bytes:
+    endian = "<" if order == 1 else ">"
+    return _wkb(order, code, struct.pack(f"{endian}I{len(points)}d", len(points) // dims, *points))
+
+
+def test_curved_geometries_are_made_linear() -> None:
+    circle = _circle_string(1, [0, 0, 200, 0, 0, 0])  # r = 100 around (100, 0): a round plot
+    curve_polygon = _wkb(1, 10, struct.pack("<I", 1) + circle)
+    # big-endian ISO Z (1010): a half disc closed by a straight edge (CompoundCurve), with a round hole
+    half = _circle_string(0, [0, 0, 0, 100, 100, 0, 200, 0, 0], code=1008, dims=3)
+    back = _wkb(0, 1002, struct.pack(">I6d", 2, 200, 0, 0, 0, 0, 0))
+    outer = _wkb(0, 1009, struct.pack(">I", 2) + half + back)
+    hole = _circle_string(0, [90, 20, 0, 110, 20, 0, 90, 20, 0], code=1008, dims=3)  # r = 10 around (100, 20)
+    with_hole = _wkb(0, 1010, struct.pack(">I", 2) + outer + hole)
+    square = _wkb(1, 3, struct.pack("<II10d", 1, 5, 300, 0, 400, 0, 400, 100, 300, 100, 300, 0))
+    multi_surface = _wkb(1, 12, struct.pack("<I", 2) + curve_polygon + square)
+    multi_curve = _wkb(1, 11, struct.pack("<I", 1) + circle)
+    truncated = curve_polygon[:-9]
+    result = clean_geometries([curve_polygon, with_hole, multi_surface, multi_curve, truncated,
+                               shapely.to_wkb(shapely.box(0, 0, 1, 1)), b"\x01\x03"])
+    areas = [None if g is None else g.area for g in result.geometries]
+    assert areas[0] == pytest.approx(math.pi * 100**2, rel=1e-3)
+    assert areas[1] == pytest.approx(math.pi * 100**2 / 2 - math.pi * 10**2, rel=1e-3)
+    assert areas[2] == pytest.approx(math.pi * 100**2 + 100 * 100, rel=1e-3)
+    assert not any(shapely.has_z(g) for g in result.geometries[:3])
+    assert result.repaired.tolist() == [True, True, True, False, False, False, False]
+    assert result.reasons[3] == "curved geometry (MultiCurve): not a polygon (MultiCurve)"
+    assert result.reasons[4] == "curved geometry (CurvePolygon): truncated WKB"
+    assert result.reasons[5] is None and result.reasons[6] == "undecodable geometry (bad WKB)"

@@ -1,11 +1,12 @@
 """Parcel geometries: validation, repair and area (pure functions, no I/O).
 
 Every parcel is stored as a 2-D MultiPolygon. A geometry that is not polygonal (point,
-line, collection), empty, missing or undecodable is rejected. An invalid polygon (self-
-intersection, ring crossing a hole, overlapping parts) is repaired with GEOS ``make_valid``
-and kept only when the polygonal part of the repair still has the area the agency drew:
-a repair that moves the area by more than ``max_area_change`` (1 % by default) changed the
-shape, not just its encoding, and is rejected. A bow-tie ring, whose signed area cancels to
+line, collection), empty, missing or undecodable is rejected. Circular arcs (CurvePolygon,
+MultiSurface: GML and GeoPackage registers) are made linear (``curves``) and count as repaired.
+An invalid polygon (self-intersection, ring crossing a hole, overlapping parts) is repaired with
+GEOS ``make_valid`` and kept only when the polygonal part of the repair still has the area the
+agency drew: a repair that moves the area by more than ``max_area_change`` (1 % by default)
+changed the shape, not just its encoding, and is rejected. A bow-tie ring, whose signed area cancels to
 zero, is therefore rejected, while a duplicated or touching vertex is repaired.
 """
 
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 import pyproj
 import shapely
+
+from cbm_tasks.parcels.curves import CURVED_TYPES, CurveError, linearize
 
 __all__ = ["MAX_AREA_CHANGE", "CleanedGeometries", "clean_geometries", "geometry_md5", "parcel_areas_m2"]
 
@@ -43,7 +46,7 @@ class CleanedGeometries:
 
     Attributes:
         geometries: object array of 2-D MultiPolygons; None where rejected.
-        repaired: bool array, True where an invalid geometry was repaired and kept.
+        repaired: bool array, True where an invalid geometry was repaired, or a curved one made linear, and kept.
         reasons: why each rejected geometry was rejected; None where kept.
     """
 
@@ -70,18 +73,24 @@ def clean_geometries(wkb: Sequence[bytes | None], *, max_area_change: float = MA
     raw = np.empty(len(wkb), dtype=object)
     raw[:] = list(wkb)
     reasons: list[str | None] = [None] * len(raw)
+    repaired = np.zeros(len(raw), dtype=bool)
     try:
         decoded = shapely.from_wkb(raw, on_invalid="ignore")
-    except NotImplementedError:  # GEOS refuses curved types outright: take them out, decode the rest
+    except NotImplementedError:  # GEOS refuses curved types outright: made linear here (curves.py)
         linear = raw.copy()
         for index, blob in enumerate(raw):
-            reasons[index] = _curved_reason(blob)
-            if reasons[index] is not None:
+            name = _curved_type(blob)
+            if name is None:
+                continue
+            try:
+                linear[index] = shapely.to_wkb(linearize(blob))
+                repaired[index] = True  # the arcs the agency drew are now polylines
+            except CurveError as err:
+                reasons[index] = f"curved geometry ({name}): {err}"
                 linear[index] = None
         decoded = shapely.from_wkb(linear, on_invalid="ignore")
     geoms = shapely.force_2d(decoded)
     type_ids = shapely.get_type_id(geoms)
-    repaired = np.zeros(len(raw), dtype=bool)
     for i in np.flatnonzero(type_ids < 0):
         if reasons[i] is None:
             reasons[i] = "no geometry" if raw[i] is None else "undecodable geometry (bad WKB)"
@@ -107,18 +116,12 @@ def clean_geometries(wkb: Sequence[bytes | None], *, max_area_change: float = MA
     return CleanedGeometries(geometries=out, repaired=repaired, reasons=tuple(reasons))
 
 
-_CURVED = {8: "CircularString", 9: "CompoundCurve", 10: "CurvePolygon", 11: "MultiCurve", 12: "MultiSurface"}
-
-
-def _curved_reason(blob: bytes | None) -> str | None:
-    """Return the rejection reason of a curved WKB (GeoPackage, GML), None for any other."""
+def _curved_type(blob: bytes | None) -> str | None:
+    """The curve type name of a curved WKB (GeoPackage, GML), None for any other."""
     if blob is None or len(blob) < 5 or blob[0] not in (0, 1):
         return None
     code = int.from_bytes(blob[1:5], "little" if blob[0] == 1 else "big") & 0x0FFFFFFF  # drop EWKB flags
-    name = _CURVED.get(code % 1000)
-    if name is None:
-        return None
-    return f"curved geometry ({name}); linearise it first, e.g. ogr2ogr -nlt CONVERT_TO_LINEAR"
+    return CURVED_TYPES.get(code % 1000)
 
 
 def _repair(geom: Any, *, max_area_change: float) -> tuple[Any, str]:
