@@ -273,6 +273,18 @@ def test_band_names_without_the_zero_and_in_lower_case(tmp_path: Path) -> None:
     np.testing.assert_array_equal(short.band, plain.band)
 
 
+def test_stac_asset_names_and_other_names_of_sentinel2(tmp_path: Path) -> None:
+    """Files written by other tools: Earth Search's asset names (red, nir) and its collection id as the source."""
+    rows = grass_rows("a", [182])
+    renamed = [[r[0], r[1], ["sentinel-2-l2a", "S2_L2A"][i % 2], {"B04": "red", "B08": "NIR"}[r[3]], *r[4:]]
+               for i, r in enumerate(rows)]
+    plain = read_series(write_rows(tmp_path / "a.csv", rows))
+    other = read_series(write_rows(tmp_path / "b.csv", renamed))
+    assert other.n_rows == plain.n_rows == len(rows)
+    np.testing.assert_array_equal(other.band, plain.band)
+    np.testing.assert_array_equal(other.source, plain.source)
+
+
 def test_bad_time_names_line(tmp_path: Path) -> None:
     rows = grass_rows("a", [])
     rows[3][1] = "2021-13-45"

@@ -12,8 +12,10 @@ read with that separator, and a leading BOM is skipped; numbers always take a de
   ``count, std, min, max, p25, p50, p75`` (read and not needed by the markers).
 
 ``source`` is ``s2 | bs | c6 | c12`` or a catalogue product type (S2MSI2A, CARD-BS, CARD-COH6,
-CARD-COH12); band names are case-insensitive and ``B4`` means ``B04``; ``NDVI`` is read too (used
-where an image has no red or NIR). Values are physical units
+CARD-COH12), and Sentinel-2 L2A by other tools' names too (``sentinel-2-l2a``, ``S2_L2A``, ...); band
+names are case-insensitive, ``B4`` means ``B04`` and STAC's asset names (``red``, ``nir``,
+``swir16``, ...) the bands they name; ``NDVI`` is read too (used where an image has no red or NIR).
+Values are physical units
 (S2 reflectance 0-1, S1 linear backscatter, coherence 0-1): a file in other units (digital numbers,
 dB) is an error.
 Rows of other sources or bands (e.g. SCL means, product type ``UNKNOWN``) are dropped with one
@@ -41,7 +43,15 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from cbm_tasks.errors import BadInputError
-from cbm_tasks.markers.series import BAND_CODE, PRODUCT_TYPES, SCL_BAD_CLASSES, SOURCE_CODE, SeriesTable
+from cbm_tasks.markers.series import (
+    BAND_CODE,
+    PRODUCT_TYPES,
+    SCL_BAD_CLASSES,
+    SOURCE_CODE,
+    SeriesTable,
+    band_name,
+    source_name,
+)
 
 __all__ = ["REQUIRED_COLUMNS", "SeriesFileError", "classes_file", "read_series", "read_table",
            "scl_bad_share_from_counts", "series_from_arrow"]
@@ -224,12 +234,6 @@ def _check_nulls(name: str, table: pa.Table, columns: tuple[str, ...]) -> None:
             raise SeriesFileError(f"time-series file {name}: line {line}, column {column!r}: empty value")
 
 
-def _band_name(text: str) -> str:
-    """Upper-case band name with the zero Sentinel-2 names carry (``b4`` and ``B4`` are ``B04``)."""
-    upper = text.strip().upper()
-    return f"B0{upper[1]}" if re.fullmatch(r"B[1-9]", upper) else upper
-
-
 def _check_units(name: str, source: np.ndarray, band: np.ndarray, mean: np.ndarray, usable: np.ndarray) -> None:
     """Reject a file whose values are in other units than the format's (module docstring).
 
@@ -268,9 +272,9 @@ def _codes(name: str, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarr
     source_column = table.column("source").combine_chunks().dictionary_encode()
     band_column = table.column("band").combine_chunks().dictionary_encode()
     names = [str(v) for v in source_column.dictionary.to_pylist()]
-    source_map = np.array([SOURCE_CODE.get(PRODUCT_TYPES.get(n, n.lower()), -1) for n in names] or [-1])
+    source_map = np.array([SOURCE_CODE.get(source_name(n), -1) for n in names] or [-1])
     names_b = [str(v) for v in band_column.dictionary.to_pylist()]
-    band_map = np.array([BAND_CODE.get(_band_name(n), -1) for n in names_b] or [-1])
+    band_map = np.array([BAND_CODE.get(band_name(n), -1) for n in names_b] or [-1])
     source = source_map[source_column.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
     band = band_map[band_column.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
     usable = (source >= 0) & (band >= 0)

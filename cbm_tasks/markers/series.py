@@ -19,6 +19,7 @@ date arithmetic is plain subtraction.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,8 +35,10 @@ __all__ = [
     "SOURCES",
     "SOURCE_CODE",
     "SeriesTable",
+    "band_name",
     "day_to_date",
     "group_offsets",
+    "source_name",
 ]
 
 SOURCES = ("s2", "bs", "c6", "c12")
@@ -44,6 +47,27 @@ PRODUCT_TYPES = {"S2MSI2A": "s2", "CARD-BS": "bs", "CARD-COH6": "c6", "CARD-COH1
 # NDVI: an index some exports carry instead of (or beside) red and NIR; used where B04 or B08 is missing
 BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "VV", "VH", "NDVI")
 BAND_CODE = {name: code for code, name in enumerate(BANDS)}
+# Sentinel-2 bands by the names STAC catalogues give their assets (Earth Search: red, nir, swir16, ...; the
+# eo:common_name of each band where it names one band only)
+_COMMON_NAMES = {"BLUE": "B02", "GREEN": "B03", "RED": "B04", "REDEDGE1": "B05", "REDEDGE2": "B06",
+                 "REDEDGE3": "B07", "NIR": "B08", "NIR08": "B8A", "SWIR16": "B11", "SWIR22": "B12"}
+# Sentinel-2 L2A by the names of other tools and catalogues (STAC collection ids, openEO)
+_S2_SOURCES = {"s2", "s2l2a", "s2_l2a", "sentinel-2", "sentinel2", "sentinel-2-l2a", "sentinel_2_l2a",
+               "sentinel2_l2a", "s2msi2a"}
+
+
+def band_name(text: str) -> str:
+    """Upper-case band name with the zero Sentinel-2 names carry (``b4`` and ``B4`` are ``B04``; ``red`` too)."""
+    upper = text.strip().upper()
+    return f"B0{upper[1]}" if re.fullmatch(r"B[1-9]", upper) else _COMMON_NAMES.get(upper, upper)
+
+
+def source_name(text: str) -> str:
+    """``s2``, ``bs``, ``c6``, ``c12`` from ours, a catalogue product type or another tool's name of Sentinel-2 L2A."""
+    lower = text.strip().lower()
+    return "s2" if lower in _S2_SOURCES else PRODUCT_TYPES.get(text.strip().upper(), lower)
+
+
 # SCL classes that make a pixel unusable: 0 no data, 1 saturated/defective, 3 cloud shadow,
 # 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus, 11 snow or ice.
 # (2 dark area and 7 unclassified are kept: they are frequent over wet or dark grassland.)
