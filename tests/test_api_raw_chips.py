@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window, from_bounds
 
-from cbm_tasks.api import links
+from cbm_tasks.api import links, raw_chips
 from cbm_tasks.api.app import create_app
 from cbm_tasks.api.context import ApiConfig
 
@@ -208,3 +208,10 @@ def test_chips_page_shows_composites_of_the_date_range(api_client: TestClient, a
         assert bad.status_code in (400, 422), lut
     assert api_client.get("/query/chipsByLocation", params={"lon": LON, "lat": LAT, **SPRING, "bands": "SCL_B04_B03"},
                           auth=api_world.basic("ann")).status_code == 422
+
+
+def test_chip_file_names_have_one_dot_before_the_band() -> None:
+    """JRC's cbm client takes the name up to the first dot as the date's stem and adds .B03.tif, .B04.tif."""
+    name = "S2A_MSIL2A_20221005T115411_N0400_R023_T29UNU_20221005T164454.SAFE"
+    assert raw_chips.chip_file_name(name, "B04") == name.removesuffix(".SAFE") + ".B04.tif"
+    assert raw_chips.chip_file_name("a.b/c d", "VV", "_") == "a_b_c_d_VV.tif"

@@ -11,7 +11,9 @@ Sentinel-1) that the client downloads without credentials (JRC's notebooks do:
 page of three-band composites (``bands`` red_green_blue, default B08_B04_B03; ``lut`` low_high
 percentiles, default 5_95, or three low_high pairs of DNs): at most 24 images, 8 to a row, each PNG
 such a link. ``/query/backgroundByLocation`` and ``backgroundByParcelID`` answer the URL of an
-orthophoto background (``iformat=tif`` or ``raw=True``), else a page showing it: :mod:`.backgrounds`.
+orthophoto background (``iformat=tif`` or ``raw=True``), else a page showing it: :mod:`.backgrounds`;
+a ``tms`` this server does not configure gets 404 with JRC's ``{}`` (its ``cbm`` client moves on to the
+next ``tms`` on exactly that) and the reason in the ``X-Detail`` header.
 What is in a chip: :mod:`.raw_chips`. Each URL is a signed link
 valid for a day (:mod:`.links`): the grant is checked when the query answers; the chip is cut when
 the link is fetched, so a long list costs nothing until it is downloaded.
@@ -220,9 +222,10 @@ def _background(request: Request, ctx: Context, aois: frozenset[str], lon: float
                 chipsize: int, extend: float, iformat: str, raw: bool, parcel_set_id: int | None = None) -> Response:
     """JRC's background answer: the URL of the image (``iformat=tif`` or ``raw``), else a page showing it."""
     name = tms.lower()
-    if name not in ctx.config.backgrounds:
+    if name not in ctx.config.backgrounds:  # JRC's answer for no image, {}, which its cbm client checks for
         configured = ", ".join(sorted(ctx.config.backgrounds)) or "none"
-        raise NotFoundError(f"no background {name!r} is configured on this server (configured: {configured})")
+        return Response("{}", status_code=404, media_type="application/json", headers={
+            "X-Detail": f"no background {name!r} is configured on this server (configured: {configured})"})
     with ctx.connection() as conn:
         raw_chips.granted_sets(conn, aois, lon, lat, parcel_set_id)  # not an open proxy to the agency's imagery
         [token] = links.sign_links(conn, [{"k": "bg", "g": name, "x": lon, "y": lat, "e": extend, "c": chipsize,

@@ -51,7 +51,7 @@ _POINT = "ST_SetSRID(ST_MakePoint(%(lon)s, %(lat)s), 4326)"
 # a set imported before its extent was recorded: the extent of its parcels
 _PARCELS_EXTENT = ("SELECT ST_Transform(ST_SetSRID(ST_Extent(q.geom)::geometry, s.srid), 4326) FROM cbm.parcel q "
                    "WHERE q.parcel_set_id = s.parcel_set_id")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +75,13 @@ class RawChip:
 
 
 def chip_file_name(product_name: str, band: str, separator: str = ".") -> str:
-    """``<product>.<band>.tif`` as JRC names Sentinel-2 chips (clients glob ``*.SCL.tif``); ``_`` for Sentinel-1."""
-    return f"{_UNSAFE.sub('_', product_name)[:200]}{separator}{band}.tif"
+    """``<product>.<band>.tif`` as JRC names Sentinel-2 chips (clients glob ``*.SCL.tif``); ``_`` for Sentinel-1.
+
+    The product part has no dot (``.SAFE`` dropped, others made ``_``): JRC's ``cbm`` client finds a
+    date's other bands by the name up to the first dot (``<stem>.B03.tif`` beside ``<stem>.B04.tif``).
+    """
+    stem = product_name.removesuffix(".SAFE").removesuffix(".safe")
+    return f"{_UNSAFE.sub('_', stem)[:200]}{separator}{band}.tif"
 
 
 def granted_sets(conn: psycopg.Connection, aois: Collection[str], lon: float, lat: float,
