@@ -18,7 +18,7 @@ test: install
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml scripts/install.sh
+$(VENV)/.installed: requirements.txt pyproject.toml scripts/install.sh tests/jrc_client/requirements.txt
 	bash scripts/install.sh
 	touch $@
 

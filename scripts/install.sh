@@ -64,6 +64,10 @@ fi
 [ -x .venv/bin/uv ] || .venv/bin/python -m pip install -q --disable-pip-version-check "uv==0.13.8"
 .venv/bin/uv pip install -q --python .venv/bin/python -r requirements.txt
 .venv/bin/uv pip install -q --python .venv/bin/python --no-deps -e .
+# JRC's CbM client library, for the test that runs it against our API (tests/jrc_client/requirements.txt):
+# a folder of its own, never imported by the project
+.venv/bin/uv pip install -q --python .venv/bin/python --target .venv/var/jrc_client --no-deps \
+  -r tests/jrc_client/requirements.txt
 # Byte-compile the venv and the project: every `cbm` command and every Airflow task process then loads
 # .pyc files instead of parsing its imports again (where PYTHONDONTWRITEBYTECODE is set, Python never
 # writes them itself: `cbm --help` took 3.5 s). compileall skips what is up to date.

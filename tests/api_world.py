@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+import rasterio
 import shapely
 from affine import Affine
 from fastapi.testclient import TestClient
@@ -183,6 +184,16 @@ def build_world(conn: psycopg.Connection, store_root: Path) -> World:
         world.secrets[user] = auth.add_user(conn, user, aois=aois)
     conn.commit()
     return world
+
+
+def write_ortho(path: Path) -> Path:
+    """A 1 m 16-bit orthophoto over alpha's parcels, red = column, green = row: where a pixel comes from shows."""
+    rows, cols = np.mgrid[0:600, 0:900]
+    values = np.stack([cols, rows, np.full_like(cols, 500)]).astype(np.uint16)
+    with rasterio.open(path, "w", driver="GTiff", width=900, height=600, count=3, dtype="uint16", crs="EPSG:32631",
+                       transform=Affine(1, 0, X0 - 200, 0, -1, Y0 + 300), nodata=0) as out:
+        out.write(values)
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ import numpy as np
 import pyproj
 import pytest
 import rasterio
-from affine import Affine
-from api_world import X0, Y0, World
+from api_world import X0, Y0, World, write_ortho
 from fastapi.testclient import TestClient
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
@@ -73,14 +72,7 @@ def tile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
 
 @pytest.fixture(scope="module")
 def ortho(api_world: World) -> Path:
-    """A 1 m 16-bit orthophoto over the parcels, red = column, green = row: where a pixel comes from shows."""
-    rows, cols = np.mgrid[0:600, 0:900]
-    values = np.stack([cols, rows, np.full_like(cols, 500)]).astype(np.uint16)
-    path = api_world.store_root / "ortho.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=900, height=600, count=3, dtype="uint16", crs="EPSG:32631",
-                       transform=Affine(1, 0, X0 - 200, 0, -1, Y0 + 300), nodata=0) as out:
-        out.write(values)
-    return path
+    return write_ortho(api_world.store_root / "ortho.tif")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ error when it does not come up.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -39,13 +40,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_standalone(db_url: str, *, store_root: Path | None = None, timeout_s: float = 60) -> Iterator[str]:
+def serve_standalone(db_url: str, *, store_root: Path | None = None, backgrounds: Mapping[str, str] | None = None,
+                     timeout_s: float = 60) -> Iterator[str]:
     """Run ``cbm api serve`` (uvicorn) on a free port; yield its base URL; stop it.
 
     Args:
         db_url: the CbM database (``CBM_API_DATABASE_URL``).
         store_root: the product store for image chips (``CBM_STORE_ROOT``); the caller's other
             ``CBM_STORE_*`` settings are not passed on. None = no store.
+        backgrounds: orthophoto sources by name (``CBM_API_BACKGROUNDS``); None = the caller's setting.
         timeout_s: how long it may take to answer ``/version``.
 
     Raises:
@@ -54,6 +57,7 @@ def serve_standalone(db_url: str, *, store_root: Path | None = None, timeout_s: 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBM_STORE_")}
     env |= {"CBM_API_DATABASE_URL": db_url} | ({"CBM_STORE_ROOT": str(store_root)} if store_root else {})
+    env |= {"CBM_API_BACKGROUNDS": json.dumps(dict(backgrounds))} if backgrounds is not None else {}
     with tempfile.TemporaryDirectory(prefix="cbm-api-") as folder:
         with _running([str(_BIN / "cbm"), "api", "serve", "--port", str(port)], env=env,
                       log_path=Path(folder) / "api.log", ready_url=f"http://127.0.0.1:{port}/version",
