@@ -298,8 +298,10 @@ def info(
 
 @router.get("/weatherTimeSeries", summary="Not served: this deployment holds no weather series (JRC)")
 def weather_time_series(user: CurrentUser) -> Response:
-    raise NotFoundError("weatherTimeSeries: this deployment holds no weather data (JRC's meteo grids are not part "
-                        "of it); parcel time series are /query/parcelTimeSeries")
+    # JRC's answer for no data, {}, which its cbm client reads as an empty table; the reason in X-Detail
+    return Response("{}", status_code=404, media_type="application/json", headers={
+        "X-Detail": "weatherTimeSeries: this deployment holds no weather data (JRC's meteo grids are not part of "
+                    "it); parcel time series are /query/parcelTimeSeries"})
 
 
 @router.get("/markers", summary="Marker events of a parcel in JRC's marker-table columns (JRC)")

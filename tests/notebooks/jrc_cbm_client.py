@@ -26,6 +26,9 @@ print("s2", len(s2["band"]), sorted(set(s2["band"])))
 bs = cbm.get.time_series.by_pid(aoi, year, pid, "bs", "")
 print("bs", len(bs["band"]), sorted(set(bs["band"])))
 
+weather = cbm.get.time_series.weather(aoi, year, pid, "")  # no weather data on this server: an empty answer
+print("weather", len(weather))
+
 peers = cbm.get.parcels_list.peers(aoi, year, pid, distance=500, maxPeers=5, ptype="")
 print("peers", peers["pids"])
 
