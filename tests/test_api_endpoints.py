@@ -163,7 +163,12 @@ def test_jrc_markers_answer_the_events_in_jrc_marker_table_columns(client: TestC
     assert client.get("/query/markers?aoi=alpha&year=2018&pid=5", auth=ann).json() == {
         name: [] for name in answer}
     assert client.get("/query/markers?aoi=alpha&year=2018&pid=99", auth=ann).status_code == 404
-    assert client.get("/query/markers?aoi=alpha&year=2018&pid=1&ptype=x", auth=ann).status_code == 422
+    assert client.get("/query/markers?aoi=alpha&year=2018&pid=1&ptype=", auth=ann).json() == answer  # JRC's empty
+    for route in ("markers", "parcelByID", "parcelPeers", "parcelTimeSeries", "rawChipByParcelID",
+                  "backgroundByParcelID"):  # another parcel table of the AOI and year: refused, not answered from ours
+        refused = client.get(f"/query/{route}?aoi=alpha&year=2018&pid=1&ptype=m&start_date=2018-04-01"
+                             "&end_date=2018-04-30&band=SCL", auth=ann)
+        assert refused.status_code == 400 and "leave ptype empty" in refused.json()["detail"], route
 
 
 def test_jrc_time_series_carry_the_scl_histogram_the_sc_band_and_the_product_name(client: TestClient,

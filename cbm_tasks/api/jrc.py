@@ -25,8 +25,9 @@ crop). The events are those of the parcel's current marker run, as ``/v1/.../mar
 
 Differences from JRC's service, on purpose: errors are HTTP 400/401/403/404/422 with a JSON
 body instead of ``{}`` with 200; every parameter is validated; ``parcelsByPolygon`` also takes
-WKT or GeoJSON and pages (``limit`` <= 1000 instead of a silent 100). No ``ptype`` (one parcel
-set per AOI and year), no weather series. JRC's chip and background queries are :mod:`.jrc_chips`'.
+WKT or GeoJSON and pages (``limit`` <= 1000 instead of a silent 100). ``ptype`` must be empty (one
+parcel set per AOI and year; 400 otherwise, on every parcel query), no weather series. JRC's chip
+and background queries are :mod:`.jrc_chips`'.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from cbm_tasks.api.validation import (
 )
 from cbm_tasks.errors import NotFoundError
 
-__all__ = ["AoiParam", "Flag", "ParcelsParam", "Pid", "YearParam", "aoi_year", "router", "scl_stats"]
+__all__ = ["AoiParam", "Flag", "ParcelsParam", "Pid", "Ptype", "YearParam", "aoi_year", "router", "scl_stats"]
 
 router = APIRouter(tags=["JRC compatible"])
 
@@ -73,14 +74,22 @@ YearParam = Annotated[int | None, Query(ge=2014, le=2100)]
 ParcelsParam = Annotated[str | None, Query(max_length=67, description="AOI and year run together, e.g. nl2023")]
 Pid = Annotated[int, Query(ge=1, le=2_147_483_647, description="ogc_fid of the parcel")]
 Flag = Annotated[str, Query(max_length=5, pattern="^(True|False|true|false|1|0)$")]
+Ptype = Annotated[str, Query(max_length=20, description="JRC's parcel table type: empty (one set per AOI and year)")]
 
 
 def _flag(value: str) -> bool:
     return value in ("True", "true", "1")
 
 
-def aoi_year(aoi: str | None, year: int | None, parcels: str | None) -> tuple[str, int]:
-    """The (AOI, year) of a JRC query: ``aoi`` and ``year``, or ``parcels`` as JRC writes them (``nl2023``)."""
+def aoi_year(aoi: str | None, year: int | None, parcels: str | None, ptype: str = "") -> tuple[str, int]:
+    """The (AOI, year) of a JRC query: ``aoi`` and ``year``, or ``parcels`` as JRC writes them (``nl2023``).
+
+    JRC's ``ptype`` (a second parcel table of the same AOI and year) must be empty: this server keeps one
+    parcel set per AOI and year, and answering from it for another table would answer the wrong parcels.
+    """
+    if ptype:
+        raise ApiInputError(f"ptype {ptype[:20]!r}: this server keeps one parcel set per AOI and year; "
+                            "leave ptype empty")
     if parcels is not None:
         match = _PARCELS.match(parcels)
         if match is None:
@@ -119,8 +128,9 @@ def parcel_by_location(
     lon: Annotated[float, Query(ge=-180, le=180)], lat: Annotated[float, Query(ge=-90, le=90)],
     aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
     withGeometry: Flag = "False", wgs84: Flag = "False",  # noqa: N803 - JRC's parameter names
+    ptype: Ptype = "",
 ) -> Response:
-    name, season = aoi_year(aoi, year, parcels)
+    name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
         found = queries.parcels_at(conn, ps, lon, lat, geometry=_geometry(_flag(withGeometry), _flag(wgs84)))
@@ -133,8 +143,9 @@ def parcel_by_id(
     user: CurrentUser, ctx: Context, pid: Pid,
     aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
     withGeometry: Flag = "False", wgs84: Flag = "False",  # noqa: N803
+    ptype: Ptype = "",
 ) -> Response:
-    name, season = aoi_year(aoi, year, parcels)
+    name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
         found = [queries.parcel_by_key(conn, ps, pid, geometry=_geometry(_flag(withGeometry), _flag(wgs84)))]
@@ -148,9 +159,9 @@ def parcels_by_polygon(
     aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
     withGeometry: Flag = "False", only_ids: Flag = "True", wgs84: Flag = "False",  # noqa: N803
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0, ptype: Ptype = "",
 ) -> Response:
-    name, season = aoi_year(aoi, year, parcels)
+    name, season = aoi_year(aoi, year, parcels, ptype)
     shape = parse_polygon(polygon)
     with_geometry = _flag(withGeometry)
     with ctx.connection() as conn:
@@ -170,8 +181,9 @@ def parcel_peers(
     aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
     distance: Annotated[float, Query(gt=0, le=MAX_DISTANCE_M)] = 1000.0,
     max: Annotated[int, Query(ge=1, le=MAX_PEERS)] = 10,  # noqa: A002 - JRC's parameter name
+    ptype: Ptype = "",
 ) -> Response:
-    name, season = aoi_year(aoi, year, parcels)
+    name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
         found = queries.peers(conn, ps, pid, distance_m=distance, limit=max)
@@ -215,10 +227,9 @@ def parcel_time_series(
     tstype: Literal["s2", "bs", "c6", "c12", "scl", "S2", "BS", "C6", "C12", "SCL"] = "s2",
     band: Annotated[str | None, Query(max_length=16)] = None,
     tsformat: Literal["json", "csv"] = "json",
-    scl: Flag = "True", ref: Flag = "False",
-    ptype: Annotated[str, Query(max_length=0)] = "",  # accepted when empty, as JRC's
+    scl: Flag = "True", ref: Flag = "False", ptype: Ptype = "",
 ) -> Response:
-    name, season = aoi_year(aoi, year, parcels)
+    name, season = aoi_year(aoi, year, parcels, ptype)
     src = source(tstype)
     optical = src.name in ("s2", "scl")
     only_scl = src.categorical or (src.name == "s2" and band is not None and band.upper() in ("SC", "SCL"))
@@ -307,10 +318,9 @@ def weather_time_series(user: CurrentUser) -> Response:
 @router.get("/markers", summary="Marker events of a parcel in JRC's marker-table columns (JRC)")
 def markers(
     user: CurrentUser, ctx: Context, pid: Pid,
-    aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
-    ptype: Annotated[str, Query(max_length=0)] = "",  # accepted when empty, as parcelTimeSeries
+    aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None, ptype: Ptype = "",
 ) -> Response:
-    name, season = aoi_year(aoi, year, parcels)
+    name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
         parcel = queries.parcel_by_key(conn, ps, pid)

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cbm_tasks.api import backgrounds, links, queries, raw_chips
 from cbm_tasks.api.deps import Context, CurrentUser, app_root, json_response
-from cbm_tasks.api.jrc import AoiParam, Flag, ParcelsParam, Pid, YearParam, aoi_year
+from cbm_tasks.api.jrc import AoiParam, Flag, ParcelsParam, Pid, Ptype, YearParam, aoi_year
 from cbm_tasks.api.validation import ApiInputError, check_date_range
 from cbm_tasks.errors import NotFoundError
 
@@ -108,9 +108,9 @@ def raw_chip_by_location(
 def raw_chip_by_parcel_id(
     user: CurrentUser, ctx: Context, pid: Pid, start_date: Day, end_date: Day, band: Band,
     aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None,
-    chipsize: ChipSize = 1280, plevel: Plevel = "LEVEL2A",
+    chipsize: ChipSize = 1280, plevel: Plevel = "LEVEL2A", ptype: Ptype = "",
 ) -> Response:
-    name, season = aoi_year(aoi, year, parcels)
+    name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
         parcel = queries.parcel_by_key(conn, ps, pid, geometry=None)
@@ -208,9 +208,9 @@ def chips_by_location(
 def chips_by_parcel_id(
     user: CurrentUser, ctx: Context, pid: Pid, start_date: Day, end_date: Day,
     aoi: AoiParam = None, year: YearParam = None, parcels: ParcelsParam = None, bands: Bands = "B08_B04_B03",
-    lut: Lut = "5_95", chipsize: ChipSize = 1280, plevel: Plevel = "LEVEL2A",
+    lut: Lut = "5_95", chipsize: ChipSize = 1280, plevel: Plevel = "LEVEL2A", ptype: Ptype = "",
 ) -> Response:
-    name, season = aoi_year(aoi, year, parcels)
+    name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
         parcel = queries.parcel_by_key(conn, ps, pid, geometry=None)
@@ -257,8 +257,9 @@ def background_by_parcel_id(
     parcels: ParcelsParam = None, tms: Tms = "google", chipsize: BgSize = 256, extend: BgExtend = 256.0,
     iformat: Literal["png", "tif"] = "png", raw: Flag = "False",
     withGeometry: Flag = "False",  # noqa: N803, ARG001 - JRC's parameter: accepted, no outline is drawn
+    ptype: Ptype = "",
 ) -> Response:
-    name, season = aoi_year(aoi, year, parcels)
+    name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
         parcel = queries.parcel_by_key(conn, ps, pid, geometry=None)
