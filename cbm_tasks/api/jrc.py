@@ -24,10 +24,11 @@ JRC's signal), ``date_start`` / ``date_main`` / ``date_end`` (``YYYY-MM-DD``), `
 crop). The events are those of the parcel's current marker run, as ``/v1/.../markers``.
 
 Differences from JRC's service, on purpose: errors are HTTP 400/401/403/404/422 with a JSON
-body instead of ``{}`` with 200; every parameter is validated; ``parcelsByPolygon`` also takes
-WKT or GeoJSON and pages (``limit`` <= 1000 instead of a silent 100). ``ptype`` must be empty (one
-parcel set per AOI and year; 400 otherwise, on every parcel query), no weather series. JRC's chip
-and background queries are :mod:`.jrc_chips`'.
+body instead of ``{}`` with 200 (a background or weather series this server cannot give: 404 with
+JRC's ``{}``, which JRC's client expects, and the reason in ``X-Detail``); every parameter is
+validated; ``parcelsByPolygon`` also takes WKT or GeoJSON and pages (``limit`` <= 1000 instead of a
+silent 100). ``ptype`` must be empty (one parcel set per AOI and year; 400 otherwise, on every
+parcel query); no weather series. JRC's chip and background queries are :mod:`.jrc_chips`'.
 """
 
 from __future__ import annotations
