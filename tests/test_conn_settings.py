@@ -59,3 +59,20 @@ def test_a_misspelt_setting_or_a_bad_variable_fails_by_name(monkeypatch: pytest.
     _variable(monkeypatch, ["not", "an", "object"])
     with pytest.raises(TypeError, match="must be a JSON object of AOI -> settings, got list"):
         cbm_conn.catalogue_config("demo")
+
+
+def test_api_backgrounds_come_from_their_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The REST API's orthophoto sources (JRC's backgrounds): Variable cbm_backgrounds, names lower-cased."""
+    from cbm_tasks.errors import ConfigError
+
+    monkeypatch.setenv("AIRFLOW_CONN_CBM_POSTGIS", json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
+                                                               "port": 5432, "schema": "cbm", "login": "cbm"}))
+    monkeypatch.delenv("AIRFLOW_CONN_CBM_API", raising=False)
+    monkeypatch.delenv("AIRFLOW_VAR_CBM_BACKGROUNDS", raising=False)
+    assert cbm_conn.api_config().backgrounds == {}
+    monkeypatch.setenv("AIRFLOW_VAR_CBM_BACKGROUNDS", json.dumps({"Ortho": "/data/ortho.vrt"}))
+    config = cbm_conn.api_config()
+    assert config.backgrounds == {"ortho": "/data/ortho.vrt"} and "ortho" in repr(config)
+    monkeypatch.setenv("AIRFLOW_VAR_CBM_BACKGROUNDS", '{"ortho": ""}')
+    with pytest.raises(ConfigError, match="Variable cbm_backgrounds"):
+        cbm_conn.api_config()

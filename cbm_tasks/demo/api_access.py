@@ -55,5 +55,7 @@ def api_lines(conn: psycopg.Connection, *, airflow_url: str, aoi: str, year: int
         f"  JRC info page    {base}/query/info",
         f"  JRC raw chips    curl -u {DEMO_USER}:{secret} '{base}/query/rawChipByParcelID?aoi={aoi}&year={year}"
         f"&pid={key}&start_date={year}-01-01&end_date={year}-12-31&band=SCL'  (then GET {base}<chip>, no login)",
+        f"  JRC chips page   {base}/query/chipsByParcelID?aoi={aoi}&year={year}&pid={key}&start_date={year}-06-01"
+        f"&end_date={year}-06-30  (a browser, user {DEMO_USER})",
         f"  QGIS / GDAL      OGC API - Features at {base}/ogc (HTTP Basic, user {DEMO_USER})",
     ]
