@@ -164,3 +164,11 @@ def test_curved_geometries_are_made_linear() -> None:
     assert result.reasons[3] == "curved geometry (MultiCurve): not a polygon (MultiCurve)"
     assert result.reasons[4] == "curved geometry (CurvePolygon): truncated WKB"
     assert result.reasons[5] is None and result.reasons[6] == "undecodable geometry (bad WKB)"
+    # a curve inside a collection (GEOS decodes it, shapely cannot use it); a circle that is no area after all
+    # (made linear, then rejected: not counted as repaired)
+    collection = _wkb(1, 7, struct.pack("<I", 1) + curve_polygon)
+    flat = _wkb(1, 10, struct.pack("<I", 1) + _circle_string(1, [0, 0, 100, 0, 200, 0]))  # collinear "arc"
+    result = clean_geometries([collection, flat, shapely.to_wkb(shapely.box(0, 0, 1, 1))])
+    assert result.reasons[0] == "undecodable geometry (bad WKB)"
+    assert result.reasons[1] is not None and result.repaired.tolist() == [False, False, False]
+    assert result.reasons[2] is None

@@ -113,7 +113,7 @@ def clean_geometries(wkb: Sequence[bytes | None], *, max_area_change: float = MA
     if kept.any():
         parts, index = shapely.get_parts(geoms[kept], return_index=True)
         out[np.flatnonzero(kept)] = shapely.multipolygons(parts, indices=index)
-    return CleanedGeometries(geometries=out, repaired=repaired, reasons=tuple(reasons))
+    return CleanedGeometries(geometries=out, repaired=repaired & kept, reasons=tuple(reasons))
 
 
 def _curved_type(blob: bytes | None) -> str | None:
