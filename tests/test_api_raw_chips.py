@@ -21,6 +21,7 @@ from rasterio.windows import Window, from_bounds
 from cbm_tasks.api import links, raw_chips
 from cbm_tasks.api.app import create_app
 from cbm_tasks.api.context import ApiConfig
+from cbm_tasks.cli import main
 
 TO_WGS84 = pyproj.Transformer.from_crs(32631, 4326, always_xy=True)
 LON, LAT = TO_WGS84.transform(X0 + 160, Y0 + 50)  # the centre of parcel 2
@@ -215,3 +216,16 @@ def test_chip_file_names_have_one_dot_before_the_band() -> None:
     name = "S2A_MSIL2A_20221005T115411_N0400_R023_T29UNU_20221005T164454.SAFE"
     assert raw_chips.chip_file_name(name, "B04") == name.removesuffix(".SAFE") + ".B04.tif"
     assert raw_chips.chip_file_name("a.b/c d", "VV", "_") == "a_b_c_d_VV.tif"
+
+
+def test_rotating_the_link_key_ends_every_link(api_client: TestClient, api_world: World,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    chip = _by_location(api_client, api_world, band="SCL")["chips"][0]
+    assert api_client.get(chip).status_code == 200
+    monkeypatch.setenv("CBM_DATABASE_URL", api_world.db_url)
+    assert main(["api", "rotate-link-key"]) == 0
+    assert "rotated" in capsys.readouterr().out
+    assert api_client.get(chip).status_code == 404  # signed under the old key
+    fresh = _by_location(api_client, api_world, band="SCL")["chips"][0]
+    assert api_client.get(fresh).status_code == 200

@@ -14,6 +14,7 @@ import base64
 import binascii
 import hmac
 import json
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,7 +23,7 @@ import psycopg
 
 from cbm_tasks.errors import NotFoundError
 
-__all__ = ["LINK_TTL_S", "open_link", "sign_links"]
+__all__ = ["LINK_TTL_S", "open_link", "rotate_key", "sign_links"]
 
 LINK_TTL_S = 24 * 3600  # a day: JRC's service flushes its chip cache every night
 _DOMAIN = b"cbm chip link v1\n"  # the MAC covers this prefix too: a MAC made for another use never verifies
@@ -73,3 +74,12 @@ def open_link(conn: psycopg.Connection, token: str, *, now: float | None = None)
     if payload["exp"] < (time.time() if now is None else now):
         raise gone
     return payload
+
+
+def rotate_key(conn: psycopg.Connection) -> None:
+    """Replace the link key with 32 new random bytes: every link handed out before answers 404 from now on.
+
+    Needs the schema owner's connection (cbm_reader cannot touch the key); commits.
+    """
+    conn.execute("UPDATE cbm.api_link_key SET key = %s, created_at = now()", (secrets.token_bytes(32),))
+    conn.commit()

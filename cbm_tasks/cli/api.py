@@ -5,6 +5,7 @@
     cbm api user remove NAME
     cbm api user list
     cbm api user grant NAME --aoi A [--revoke]
+    cbm api rotate-link-key                                  every signed chip link stops working
 
 The server reads ``CBM_API_DATABASE_URL`` (a login that is a member of cbm_reader; default:
 the database of ``cbm db url``, reading as cbm_reader through ``SET ROLE``) and the
@@ -67,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     grant.add_argument("--aoi", required=True, action="append", help="AOI (repeatable)")
     grant.add_argument("--revoke", action="store_true", help="take the grant away")
     grant.set_defaults(func=_grant)
+    rotate = commands.add_parser("rotate-link-key",
+                                 help="new key for the signed chip links: every link handed out before stops working")
+    rotate.set_defaults(func=_rotate)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -125,4 +129,14 @@ def _grant(args: argparse.Namespace) -> int:
             changed = auth.grant(conn, args.name, aoi, revoke=args.revoke)
             verb = "revoked" if args.revoke else "granted"
             sys.stdout.write(f"{args.name} {aoi}: {verb if changed else 'unchanged'}\n")
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from cbm_tasks import db
+    from cbm_tasks.api import links
+
+    with db.connect(settings.database_url()) as conn:
+        links.rotate_key(conn)
+    sys.stdout.write("chip link key rotated: every /dump link handed out before now answers 404\n")
     return 0
