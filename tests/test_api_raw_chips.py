@@ -13,14 +13,17 @@ import psycopg
 import pyproj
 import pytest
 import rasterio
+from affine import Affine
 from api_world import S2_DATES, X0, Y0, World
 from fastapi.testclient import TestClient
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.io import MemoryFile
 from rasterio.windows import Window, from_bounds
 
 from cbm_tasks.api import links, raw_chips
 from cbm_tasks.api.app import create_app
 from cbm_tasks.api.context import ApiConfig
+from cbm_tasks.api.validation import ApiInputError
 from cbm_tasks.cli import main
 
 TO_WGS84 = pyproj.Transformer.from_crs(32631, 4326, always_xy=True)
@@ -229,3 +232,18 @@ def test_rotating_the_link_key_ends_every_link(api_client: TestClient, api_world
     assert api_client.get(chip).status_code == 404  # signed under the old key
     fresh = _by_location(api_client, api_world, band="SCL")["chips"][0]
     assert api_client.get(fresh).status_code == 200
+
+
+def test_chip_windows_in_degrees_and_on_fine_rasters() -> None:
+    """A product in EPSG:4326 gets a chip of the metres asked, not of that many degrees; a 0.5 m raster refuses
+    a chip that would be more than MAX_CHIP_PX pixels a side."""
+    lon, lat = 5.0, 52.0
+    geographic = {"driver": "GTiff", "width": 2000, "height": 2000, "count": 1, "dtype": "uint8", "crs": "EPSG:4326",
+                  "transform": Affine(0.0001, 0, lon - 0.1, 0, -0.0001, lat + 0.1)}
+    with MemoryFile() as mem, mem.open(**geographic) as ds:
+        window = raw_chips._window(ds, lon, lat, 1280)
+    # 0.0001 degree: 6.85 m of longitude and 11.13 m of latitude at 52 N
+    assert (window.width, window.height) == (187, 115)
+    fine = {**geographic, "crs": "EPSG:32631", "transform": Affine(0.5, 0, 600_000, 0, -0.5, 5_770_000)}
+    with MemoryFile() as mem, mem.open(**fine) as ds, pytest.raises(ApiInputError, match="smaller chipsize"):
+        raw_chips._window(ds, lon, lat, 5120)

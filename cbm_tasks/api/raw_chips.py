@@ -44,6 +44,7 @@ __all__ = ["MAX_RAW_CHIPS", "MAX_SIZE_M", "PLEVELS", "RawChip", "chip_file_name"
            "granted_sets", "render_composite", "render_raw_chip"]
 
 MAX_SIZE_M = 5120  # JRC's limit of chipsize
+MAX_CHIP_PX = 2048  # pixels a side: a raster finer than ~2.5 m asks for a smaller chipsize
 MAX_RAW_CHIPS = 200  # chips in one answer (a season of one band, overlapping orbits included)
 PLEVELS = {"LEVEL2A": ("S2MSI2A",), "LEVEL1C": ("S2MSI1C",)}
 OVERPASS_S = 600  # products sensed this close are one overpass (tiles of one datatake), as data.overpass_seconds
@@ -192,12 +193,26 @@ def _read(ds: rasterio.DatasetReader, source: BandSource, window: Window, produc
 
 
 def _window(ds: rasterio.DatasetReader, lon: float, lat: float, size_m: float) -> Window:
-    """*size_m* metres a side around (*lon*, *lat*) on the raster's own pixel grid."""
+    """*size_m* metres a side around (*lon*, *lat*) on the raster's own pixel grid.
+
+    Raises:
+        NotFoundError: the raster has no CRS.
+        ApiInputError: its pixels are so fine that the chip would exceed MAX_CHIP_PX a side.
+    """
+    if ds.crs is None:
+        raise NotFoundError(f"{ds.name}: the raster has no CRS; no chip can be placed on it")
     xs, ys = transform_points("EPSG:4326", ds.crs, [lon], [lat])
     col, row = ~ds.transform * (xs[0], ys[0])
-    n = max(1, round(size_m / abs(ds.transform.a)))
+    width_m, height_m = abs(ds.transform.a), abs(ds.transform.e)
+    if ds.crs.is_geographic:  # degrees: 111.32 km of latitude, of longitude that times cos(latitude)
+        width_m *= 111_320.0 * max(math.cos(math.radians(lat)), 1e-6)
+        height_m *= 111_320.0
+    nx, ny = max(1, round(size_m / width_m)), max(1, round(size_m / height_m))
+    if max(nx, ny) > MAX_CHIP_PX:
+        raise ApiInputError(f"a chip of {size_m:g} m is {max(nx, ny)} pixels of this raster; at most {MAX_CHIP_PX}: "
+                            "ask a smaller chipsize")
     # floor(x + 0.5), not round(): no banker's rounding at a pixel's edge
-    return Window(math.floor(col - n / 2 + 0.5), math.floor(row - n / 2 + 0.5), n, n)
+    return Window(math.floor(col - nx / 2 + 0.5), math.floor(row - ny / 2 + 0.5), nx, ny)
 
 
 def render_raw_chip(conn: psycopg.Connection, store: Store, chip: RawChip, band: str, lon: float, lat: float,
