@@ -59,7 +59,8 @@ from cbm_tasks.api.validation import (
 )
 from cbm_tasks.errors import NotFoundError
 
-__all__ = ["AoiParam", "Flag", "ParcelsParam", "Pid", "Ptype", "YearParam", "aoi_year", "router", "scl_stats"]
+__all__ = ["AoiParam", "Flag", "ParcelsParam", "Pid", "Ptype", "YearParam", "aoi_year", "flag", "nothing", "router",
+           "scl_stats"]
 
 router = APIRouter(tags=["JRC compatible"])
 
@@ -78,7 +79,8 @@ Flag = Annotated[str, Query(max_length=5, pattern="^(True|False|true|false|1|0)$
 Ptype = Annotated[str, Query(max_length=20, description="JRC's parcel table type: empty (one set per AOI and year)")]
 
 
-def _flag(value: str) -> bool:
+def flag(value: str) -> bool:
+    """A JRC flag parameter (``Flag``) as a bool."""
     return value in ("True", "true", "1")
 
 
@@ -134,8 +136,8 @@ def parcel_by_location(
     name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
-        found = queries.parcels_at(conn, ps, lon, lat, geometry=_geometry(_flag(withGeometry), _flag(wgs84)))
-    return _parcel_answer(found, _flag(withGeometry))
+        found = queries.parcels_at(conn, ps, lon, lat, geometry=_geometry(flag(withGeometry), flag(wgs84)))
+    return _parcel_answer(found, flag(withGeometry))
 
 
 @router.get("/parcelByID", summary="Parcel by ogc_fid (JRC)")
@@ -149,8 +151,8 @@ def parcel_by_id(
     name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
-        found = [queries.parcel_by_key(conn, ps, pid, geometry=_geometry(_flag(withGeometry), _flag(wgs84)))]
-    return _parcel_answer(found, _flag(withGeometry))
+        found = [queries.parcel_by_key(conn, ps, pid, geometry=_geometry(flag(withGeometry), flag(wgs84)))]
+    return _parcel_answer(found, flag(withGeometry))
 
 
 @router.get("/parcelsByPolygon", summary="Parcels intersecting a WGS84 polygon (JRC)")
@@ -164,12 +166,12 @@ def parcels_by_polygon(
 ) -> Response:
     name, season = aoi_year(aoi, year, parcels, ptype)
     shape = parse_polygon(polygon)
-    with_geometry = _flag(withGeometry)
+    with_geometry = flag(withGeometry)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
         found = queries.parcels_in_polygon(conn, ps, shape, limit=limit, offset=offset,
-                                           geometry=_geometry(with_geometry, _flag(wgs84)))
-    if _flag(only_ids):
+                                           geometry=_geometry(with_geometry, flag(wgs84)))
+    if flag(only_ids):
         names = ["ogc_fid", "pid", "geom"] if with_geometry else ["ogc_fid", "pid"]
         rows = [[p["parcel_key"], p["parcel_key"], *([_geojson_text(p)] if with_geometry else [])] for p in found]
         return json_response(_columns(names, rows))
@@ -235,7 +237,7 @@ def parcel_time_series(
     optical = src.name in ("s2", "scl")
     only_scl = src.categorical or (src.name == "s2" and band is not None and band.upper() in ("SC", "SCL"))
     bands = None if only_scl else bands_for(src, [band] if band else None)
-    with_hist, with_ref = optical and _flag(scl), _flag(ref)  # JRC: no SCL histogram for Sentinel-1
+    with_hist, with_ref = optical and flag(scl), flag(ref)  # JRC: no SCL histogram for Sentinel-1
     with_sc = optical and (only_scl or bands is None)  # the SC rows
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
@@ -310,10 +312,16 @@ def info(
 
 @router.get("/weatherTimeSeries", summary="Not served: this deployment holds no weather series (JRC)")
 def weather_time_series(user: CurrentUser) -> Response:
-    # JRC's answer for no data, {}, which its cbm client reads as an empty table; the reason in X-Detail
-    return Response("{}", status_code=404, media_type="application/json", headers={
-        "X-Detail": "weatherTimeSeries: this deployment holds no weather data (JRC's meteo grids are not part of "
-                    "it); parcel time series are /query/parcelTimeSeries"})
+    return nothing("weatherTimeSeries: this deployment holds no weather data (JRC's meteo grids are not part of "
+                   "it); parcel time series are /query/parcelTimeSeries")
+
+
+def nothing(detail: str) -> Response:
+    """JRC's answer when it has nothing to give: ``{}`` as 404, the reason in ``X-Detail``.
+
+    JRC's cbm client reads ``{}`` as "no image" or an empty table; anything else it fails on.
+    """
+    return Response("{}", status_code=404, media_type="application/json", headers={"X-Detail": detail})
 
 
 @router.get("/markers", summary="Marker events of a parcel in JRC's marker-table columns (JRC)")

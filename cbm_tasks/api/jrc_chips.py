@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cbm_tasks.api import backgrounds, links, queries, raw_chips
 from cbm_tasks.api.deps import Context, CurrentUser, app_root, json_response
-from cbm_tasks.api.jrc import AoiParam, Flag, ParcelsParam, Pid, Ptype, YearParam, aoi_year
+from cbm_tasks.api.jrc import AoiParam, Flag, ParcelsParam, Pid, Ptype, YearParam, aoi_year, flag, nothing
 from cbm_tasks.api.validation import ApiInputError, check_date_range
 from cbm_tasks.errors import NotFoundError
 
@@ -222,10 +222,9 @@ def _background(request: Request, ctx: Context, aois: frozenset[str], lon: float
                 chipsize: int, extend: float, iformat: str, raw: bool, parcel_set_id: int | None = None) -> Response:
     """JRC's background answer: the URL of the image (``iformat=tif`` or ``raw``), else a page showing it."""
     name = tms.lower()
-    if name not in ctx.config.backgrounds:  # JRC's answer for no image, {}, which its cbm client checks for
+    if name not in ctx.config.backgrounds:  # JRC's {}: its cbm client moves on to the next tms
         configured = ", ".join(sorted(ctx.config.backgrounds)) or "none"
-        return Response("{}", status_code=404, media_type="application/json", headers={
-            "X-Detail": f"no background {name!r} is configured on this server (configured: {configured})"})
+        return nothing(f"no background {name!r} is configured on this server (configured: {configured})")
     with ctx.connection() as conn:
         raw_chips.granted_sets(conn, aois, lon, lat, parcel_set_id)  # not an open proxy to the agency's imagery
         [token] = links.sign_links(conn, [{"k": "bg", "g": name, "x": lon, "y": lat, "e": extend, "c": chipsize,
@@ -246,7 +245,7 @@ def background_by_location(
     chipsize: BgSize = 256, extend: BgExtend = 256.0, iformat: Literal["png", "tif"] = "png", raw: Flag = "False",
 ) -> Response:
     return _background(request, ctx, user.aois, lon, lat, tms=tms, chipsize=chipsize, extend=extend,
-                       iformat=iformat, raw=raw in ("True", "true", "1"))
+                       iformat=iformat, raw=flag(raw))
 
 
 @router.get("/backgroundByParcelID", response_class=Response,
@@ -264,7 +263,7 @@ def background_by_parcel_id(
         ps = queries.parcel_set(conn, user, name, season)
         parcel = queries.parcel_by_key(conn, ps, pid, geometry=None)
     return _background(request, ctx, frozenset({name}), parcel["clon"], parcel["clat"], tms=tms, chipsize=chipsize,
-                       extend=extend, iformat=iformat, raw=raw in ("True", "true", "1"), parcel_set_id=ps.parcel_set_id)
+                       extend=extend, iformat=iformat, raw=flag(raw), parcel_set_id=ps.parcel_set_id)
 
 
 @dump_router.get("/dump/{token}/{filename}",
