@@ -85,9 +85,8 @@ def _answer(ctx: Context, aois: frozenset[str], lon: float, lat: float, bands: S
                                          names=names, parcel_set_id=parcel_set_id)
         wanted = [(c, b) for c in found for b in bands if c.may_have(b)]
         files = [raw_chips.chip_file_name(c.name, b, "_" if s1 else ".") for c, b in wanted]
-        tokens = links.sign_links(conn, [{"p": c.product_id, "s": c.parcel_set_id, "n": c.name,
-                                          "t": c.acquired_at.isoformat(), "b": b, "x": lon, "y": lat, "m": chipsize,
-                                          "f": f} for (c, b), f in zip(wanted, files, strict=True)])
+        tokens = links.sign_links(conn, [_payload(c, b, lon, lat, chipsize, f)
+                                         for (c, b), f in zip(wanted, files, strict=True)])
     labels = [f"{c.label}_{b}" if batch else c.label for c, b in wanted]  # JRC: date_band in batch answers
     order = sorted(range(len(wanted)), key=lambda i: (labels[i], i))
     return json_response({"dates": [labels[i] for i in order],
@@ -178,10 +177,8 @@ def _page(ctx: Context, aois: frozenset[str], lon: float, lat: float, start: dat
             raise ApiInputError(f"{len(found)} images between {start} and {end}: a page shows at most "
                                 f"{MAX_PAGE_CHIPS} (JRC's limit); narrow the date range")
         files = [raw_chips.chip_file_name(c.name, "_".join(names)).removesuffix(".tif") + ".png" for c in found]
-        tokens = links.sign_links(conn, [{"p": c.product_id, "s": c.parcel_set_id, "n": c.name, "k": "png",
-                                          "t": c.acquired_at.isoformat(), "b": "_".join(names), "l": stretch,
-                                          "x": lon, "y": lat, "m": chipsize, "f": f} for c, f in zip(found, files,
-                                                                                                       strict=True)])
+        tokens = links.sign_links(conn, [_payload(c, "_".join(names), lon, lat, chipsize, f, k="png", l=stretch)
+                                         for c, f in zip(found, files, strict=True)])
     cells = [f'<td><img src="../dump/{t}/{html.escape(f)}" width="{CHIP_PX}" height="{CHIP_PX}" alt="{c.label}">'
              f"<br>{c.acquired_at:%Y-%m-%d %H:%M}</td>" for c, t, f in zip(found, tokens, files, strict=True)]
     rows = "".join(f"<tr>{''.join(cells[i:i + 8])}</tr>" for i in range(0, len(cells), 8))
@@ -296,6 +293,13 @@ async def dump(ctx: Context, token: Annotated[str, Path(max_length=1024)],
     return Response(body, media_type="image/tiff",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"',
                              "Cache-Control": "private, max-age=3600"})
+
+
+def _payload(chip: raw_chips.RawChip, band: str, lon: float, lat: float, chipsize: int, filename: str,
+             **extra: Any) -> dict[str, Any]:
+    """What a chip link carries (read back by :func:`_chip`): product, parcel set, band(s), place, size, file."""
+    return {"p": chip.product_id, "s": chip.parcel_set_id, "n": chip.name, "t": chip.acquired_at.isoformat(),
+            "b": band, "x": lon, "y": lat, "m": chipsize, "f": filename, **extra}
 
 
 def _chip(payload: dict[str, Any]) -> tuple[raw_chips.RawChip, str]:

@@ -264,8 +264,8 @@ def render_composite(conn: psycopg.Connection, store: Store, chip: RawChip, band
                     other = from_bounds(*bounds, transform=ds.transform)
                     dn, nodata = _read(ds, source, other, product, store, shape=(window.height, window.width))
             values = dn.astype(np.float64)
-            if nodata is not None:
-                values[np.isnan(values) if np.isnan(nodata) else dn == nodata] = np.nan
+            if nodata is not None and not np.isnan(nodata):  # a NaN nodata is NaN in values already
+                values[dn == nodata] = np.nan
             planes.append(values)
     pairs = [lut[2 * i:2 * i + 2] if len(lut) == 6 else lut for i in range(len(planes))]
     rgb = np.stack([stretch(v, *pair, percentiles=len(lut) == 2) for v, pair in zip(planes, pairs, strict=True)])
