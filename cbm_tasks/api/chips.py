@@ -43,9 +43,8 @@ from cbm_tasks.extraction.raster_io import open_raster, raster_error
 from cbm_tasks.extraction.sources import product_bands
 from cbm_tasks.store import Store
 
-__all__ = ["MAX_BUFFER_M", "MAX_CHIP_PX", "MAX_STRIP", "ChipSource", "chip_source", "png_bytes", "render_chip",
-           "render_strip", "stretch",
-           "strip_sources"]
+__all__ = ["MAX_BUFFER_M", "MAX_CHIP_PX", "MAX_STRIP", "ChipSource", "chip_source", "extracted_product", "png_bytes",
+           "render_chip", "render_strip", "stretch", "strip_sources"]
 
 MAX_CHIP_PX = 1024
 MAX_STRIP = 24  # chips in one strip
@@ -79,10 +78,22 @@ def chip_source(conn: psycopg.Connection, ps: ParcelSet, key: int, product_id: i
         NotFoundError: no parcel *key*, or the product was not extracted for this parcel set.
     """
     geometry = _parcel_geometry(conn, ps, key)
+    product = extracted_product(conn, ps.parcel_set_id, product_id, f"the {ps.year} parcel set of AOI {ps.aoi!r}")
+    return ChipSource(product_id, product, geometry, ps.srid)
+
+
+def extracted_product(conn: psycopg.Connection, parcel_set_id: int, product_id: int, set_name: str) -> Product:
+    """Return *product_id* when it was extracted for the parcel set (*set_name* names it in the error).
+
+    A user sees imagery only of products extracted for a parcel set granted to them.
+
+    Raises:
+        NotFoundError: the product was not extracted for that set.
+    """
     if conn.execute("SELECT 1 FROM cbm.extraction WHERE parcel_set_id = %s AND product_id = %s",
-                    (ps.parcel_set_id, product_id)).fetchone() is None:
-        raise NotFoundError(f"product {product_id} has no data for the {ps.year} parcel set of AOI {ps.aoi!r}")
-    return ChipSource(product_id, registry.get_product(conn, product_id), geometry, ps.srid)
+                    (parcel_set_id, product_id)).fetchone() is None:
+        raise NotFoundError(f"product {product_id} has no data for {set_name}")
+    return registry.get_product(conn, product_id)
 
 
 def strip_sources(conn: psycopg.Connection, ps: ParcelSet, key: int, src: Source, *, start: date,

@@ -31,9 +31,8 @@ from rasterio.io import MemoryFile
 from rasterio.warp import transform as transform_points
 from rasterio.windows import Window, from_bounds
 
-from cbm_tasks.api.chips import png_bytes, stretch
+from cbm_tasks.api.chips import extracted_product, png_bytes, stretch
 from cbm_tasks.api.validation import ApiInputError
-from cbm_tasks.catalogue import registry
 from cbm_tasks.errors import NotFoundError
 from cbm_tasks.extraction.bands import BandSource
 from cbm_tasks.extraction.raster_io import open_raster, raster_error
@@ -129,7 +128,8 @@ def find_raw_chips(conn: psycopg.Connection, aois: Collection[str], lon: float, 
     """
     sets = granted_sets(conn, aois, lon, lat, parcel_set_id)
     rows = conn.execute(
-        f"SELECT p.product_id, e.parcel_set_id, p.name, p.acquired_at, p.attributes -> 'bands', "  # noqa: S608
+        f"SELECT DISTINCT ON (p.acquired_at, p.product_id) "  # noqa: S608 - a product of two granted sets: once
+        "p.product_id, e.parcel_set_id, p.name, p.acquired_at, p.attributes -> 'bands', "
         f"coalesce(ST_Distance(ST_Boundary(p.footprint), {_POINT}), 0) "
         "FROM cbm.product p JOIN cbm.extraction e USING (product_id) "
         "WHERE e.parcel_set_id = ANY(%(sets)s) AND p.product_type = ANY(%(types)s) "
@@ -137,7 +137,7 @@ def find_raw_chips(conn: psycopg.Connection, aois: Collection[str], lon: float, 
         "AND (%(end)s::date IS NULL OR p.acquired_at < %(end)s) "
         "AND (%(names)s::text[] IS NULL OR p.name = ANY(%(names)s)) "
         f"AND (p.footprint IS NULL OR ST_Intersects(p.footprint, {_POINT})) "
-        "ORDER BY p.acquired_at, p.product_id LIMIT %(limit)s",
+        "ORDER BY p.acquired_at, p.product_id, e.parcel_set_id LIMIT %(limit)s",
         {"sets": sets, "types": list(product_types), "start": start,
          "end": end + timedelta(days=1) if end is not None else None, "names": list(names) if names else None,
          "lon": lon, "lat": lat, "limit": 4 * MAX_RAW_CHIPS},
@@ -152,12 +152,8 @@ def find_raw_chips(conn: psycopg.Connection, aois: Collection[str], lon: float, 
         else:
             groups.append([row])
     chips = []
-    seen: set[int] = set()
     for group in groups:
         best = max(group, key=lambda r: r[5])  # ties: the first (oldest, lowest id)
-        if best[0] in seen:  # extracted for two granted sets: one chip
-            continue
-        seen.add(best[0])
         known = tuple(str(d["name"]) for d in best[4] if isinstance(d, dict) and "name" in d) if best[4] else None
         chips.append(RawChip(int(best[0]), int(best[1]), best[2], best[3], known or None))
     if len(chips) > MAX_RAW_CHIPS:
@@ -167,10 +163,7 @@ def find_raw_chips(conn: psycopg.Connection, aois: Collection[str], lon: float, 
 
 def _bands(conn: psycopg.Connection, store: Store, chip: RawChip, names: Sequence[str]) -> tuple[str, list[BandSource]]:
     """The product's name and its bands *names*, once the product is known to be extracted for the chip's set."""
-    if conn.execute("SELECT 1 FROM cbm.extraction WHERE parcel_set_id = %s AND product_id = %s",
-                    (chip.parcel_set_id, chip.product_id)).fetchone() is None:
-        raise NotFoundError(f"product {chip.product_id} has no data for parcel set {chip.parcel_set_id}")
-    product = registry.get_product(conn, chip.product_id)
+    product = extracted_product(conn, chip.parcel_set_id, chip.product_id, f"parcel set {chip.parcel_set_id}")
     available = {b.name: b for b in product_bands(product, store=store)}
     missing = [n for n in names if n not in available]
     if missing:
