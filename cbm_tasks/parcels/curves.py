@@ -16,7 +16,7 @@ import struct
 
 import shapely
 
-__all__ = ["ARC_STEP_DEG", "CURVED_TYPES", "CurveError", "linearize"]
+__all__ = ["ARC_STEP_DEG", "CURVED_TYPES", "CurveError", "curved_type", "linearize"]
 
 ARC_STEP_DEG = 2.0
 CURVED_TYPES = {8: "CircularString", 9: "CompoundCurve", 10: "CurvePolygon", 11: "MultiCurve", 12: "MultiSurface"}
@@ -124,6 +124,17 @@ def _surface(reader: _Reader) -> shapely.Polygon:
         raise CurveError(f"a part of type {CURVED_TYPES.get(kind, kind)} is not a surface")
     rings = [ring for ring in rings if ring]
     return shapely.Polygon(rings[0], rings[1:]) if rings else shapely.Polygon()
+
+
+def curved_type(blob: bytes | None) -> str | None:
+    """The curve type name of a curved WKB (GeoPackage, GML), None for any other or a malformed header."""
+    if blob is None:
+        return None
+    try:
+        _, kind, _ = _Reader(blob).header()
+    except CurveError:
+        return None
+    return CURVED_TYPES.get(kind)
 
 
 def linearize(blob: bytes) -> shapely.Geometry:

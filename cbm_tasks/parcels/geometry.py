@@ -21,7 +21,7 @@ import numpy as np
 import pyproj
 import shapely
 
-from cbm_tasks.parcels.curves import CURVED_TYPES, CurveError, linearize
+from cbm_tasks.parcels.curves import CurveError, curved_type, linearize
 
 __all__ = ["MAX_AREA_CHANGE", "CleanedGeometries", "clean_geometries", "geometry_md5", "parcel_areas_m2"]
 
@@ -79,7 +79,7 @@ def clean_geometries(wkb: Sequence[bytes | None], *, max_area_change: float = MA
     except NotImplementedError:  # GEOS refuses curved types outright: made linear here (curves.py)
         linear = raw.copy()
         for index, blob in enumerate(raw):
-            name = _curved_type(blob)
+            name = curved_type(blob)
             if name is None:
                 continue
             try:
@@ -114,14 +114,6 @@ def clean_geometries(wkb: Sequence[bytes | None], *, max_area_change: float = MA
         parts, index = shapely.get_parts(geoms[kept], return_index=True)
         out[np.flatnonzero(kept)] = shapely.multipolygons(parts, indices=index)
     return CleanedGeometries(geometries=out, repaired=repaired & kept, reasons=tuple(reasons))
-
-
-def _curved_type(blob: bytes | None) -> str | None:
-    """The curve type name of a curved WKB (GeoPackage, GML), None for any other."""
-    if blob is None or len(blob) < 5 or blob[0] not in (0, 1):
-        return None
-    code = int.from_bytes(blob[1:5], "little" if blob[0] == 1 else "big") & 0x0FFFFFFF  # drop EWKB flags
-    return CURVED_TYPES.get(code % 1000)
 
 
 def _repair(geom: Any, *, max_area_change: float) -> tuple[Any, str]:
