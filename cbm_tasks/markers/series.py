@@ -52,8 +52,8 @@ BAND_CODE = {name: code for code, name in enumerate(BANDS)}
 _COMMON_NAMES = {"BLUE": "B02", "GREEN": "B03", "RED": "B04", "REDEDGE1": "B05", "REDEDGE2": "B06",
                  "REDEDGE3": "B07", "NIR": "B08", "NIR08": "B8A", "SWIR16": "B11", "SWIR22": "B12"}
 # Sentinel-2 L2A by the names of other tools and catalogues (STAC collection ids, openEO)
-_S2_SOURCES = {"s2", "s2l2a", "s2_l2a", "sentinel-2", "sentinel2", "sentinel-2-l2a", "sentinel_2_l2a",
-               "sentinel2_l2a", "s2msi2a"}
+# (``s2`` itself and the product type S2MSI2A come through source_name's other two ways)
+_S2_SOURCES = {"s2l2a", "s2_l2a", "sentinel-2", "sentinel2", "sentinel-2-l2a", "sentinel_2_l2a", "sentinel2_l2a"}
 
 
 def band_name(text: str) -> str:
