@@ -24,6 +24,8 @@ Connections and variables:
   fields of :class:`cbm_tasks.card.odp.OdpConfig` (``workflows``, ``priority``, ``poll_interval_s``, ``timeout_s``).
 - Variable ``cbm_backgrounds`` (JSON, optional): the orthophoto backgrounds the REST API serves (JRC's
   ``backgroundByLocation``), ``{"<name>": "<anything GDAL opens: WMS/TMS XML file, WMTS:..., /vsicurl/ COG>"}``.
+- Variable ``cbm_jrc_band_names`` (optional): ``B4`` (default) or ``B04``, how the JRC-compatible time
+  series name Sentinel-2 bands (JRC's current tables or its earlier ones; ``ApiConfig.jrc_band_names``).
 - Variable ``cbm_reports_dir`` (optional): folder of the audit and run reports; default
   ``<AIRFLOW_HOME>/reports``.
 - Variable ``cbm_label_cache`` (JSON, optional): ``{"directory": "...", "max_disk_gb": 8}``, where
@@ -77,6 +79,7 @@ CARD_VARIABLE = "cbm_card"
 ODP_CONN_ID = "cbm_odp"
 REPORTS_VARIABLE = "cbm_reports_dir"
 BACKGROUNDS_VARIABLE = "cbm_backgrounds"
+JRC_BAND_NAMES_VARIABLE = "cbm_jrc_band_names"
 
 
 def postgis_dsn() -> str:
@@ -106,7 +109,8 @@ def api_config() -> ApiConfig:
     from cbm_tasks.api.backgrounds import parse_backgrounds  # rasterio and the chips: only the API server needs them
 
     backgrounds = parse_backgrounds(Variable.get(BACKGROUNDS_VARIABLE, default=None), where="Variable cbm_backgrounds")
-    return ApiConfig(dsn=dsn, store=store, backgrounds=backgrounds)
+    band_names = Variable.get(JRC_BAND_NAMES_VARIABLE, default=None) or "B4"
+    return ApiConfig(dsn=dsn, store=store, backgrounds=backgrounds, jrc_band_names=band_names.strip())
 
 
 def postgis_namespace() -> DatabaseNamespace:

@@ -10,10 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-from api_world import S2_DATES, World, s2_stats
+from api_world import S2_BANDS, S2_DATES, World, s2_stats
 from fastapi.testclient import TestClient
 from rasterio.errors import NotGeoreferencedWarning
 
+from cbm_tasks.api.app import create_app
+from cbm_tasks.api.context import ApiConfig
+from cbm_tasks.errors import ConfigError
 from cbm_tasks.markers import load_params
 
 
@@ -192,10 +195,30 @@ def test_jrc_time_series_carry_the_scl_histogram_the_sc_band_and_the_product_nam
     assert client.get(f"{q}&tstype=s2&band=B4", auth=ann).json()["band"] == ["B4"] * 3
     assert client.get(f"{q}&tstype=s2&band=SC", auth=ann).json()["mean"] == scl["mean"]
     assert list(client.get(f"{q}&tstype=bs", auth=ann).json())[-1] == "max"
-    assert client.get(f"{q}&tstype=bs&band=VVb", auth=ann).json()["band"] == ["VV"] * 2  # JRC's table suffix
+    # a band asked for by another of its JRC names is answered under that name (what the notebook then filters
+    # on): B04 as JRC's earlier tables, VVb as JRC's backscatter tables
+    assert client.get(f"{q}&tstype=s2&band=B04", auth=ann).json()["band"] == ["B04"] * 3
+    assert client.get(f"{q}&tstype=bs&band=VVb", auth=ann).json()["band"] == ["VVb"] * 2
+    assert client.get(f"{q}&tstype=bs&band=VV", auth=ann).json()["band"] == ["VV"] * 2
     # CSV: the histogram as JSON text
     lines = client.get(f"{q}&tstype=s2&tsformat=csv", auth=ann).text.splitlines()
     assert lines[0].endswith(",max,hist") and lines[1].endswith(',"{""4"":30,""5"":10}"')
+
+
+def test_a_deployment_names_bands_as_jrc_s_earlier_tables(world: World) -> None:
+    """``jrc_band_names="B04"``: a notebook written against JRC's earlier tables finds B04 and B08."""
+    ann = world.basic("ann")
+    q = "/query/parcelTimeSeries?aoi=alpha&year=2018&pid=1"
+    with TestClient(create_app(ApiConfig(dsn=world.db_url, jrc_band_names="B04"))) as padded:
+        frame = pd.read_json(io.StringIO(padded.get(f"{q}&tstype=s2", auth=ann).text))
+        assert padded.get("/query/info", auth=ann).json()["helpers"]["band_names"] == "B04"
+        assert padded.get(f"{q}&tstype=s2&band=B4", auth=ann).json()["band"] == ["B4"] * 3  # asked by that name
+    assert list(frame["band"]) == ["B02", "B03", "B04", "B08", "SC"] * 3  # the scene classification stays SC
+    red, nir = (frame[frame["band"] == name].set_index("date_part")["mean"] for name in ("B04", "B08"))
+    expected = [s2_stats(1, d, S2_BANDS.index("B08"))[1] for d in range(len(S2_DATES))]
+    assert list(nir) == pytest.approx(expected) and ((nir - red) / (nir + red)).between(-1, 1).all()
+    with pytest.raises(ConfigError, match="B4, B04"):
+        ApiConfig(dsn=world.db_url, jrc_band_names="b04")
 
 
 def test_jrc_info_lists_the_granted_aois_with_working_examples(client: TestClient, world: World) -> None:

@@ -19,6 +19,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cbm_tasks.api.auth import CredentialCache, Principal, authenticate
 from cbm_tasks.api.login_limit import LoginLimiter
+from cbm_tasks.api.validation import JRC_BAND_STYLES
 from cbm_tasks.errors import ConfigError, NotFoundError, TransientError
 from cbm_tasks.store import Store, StoreConfig, open_store
 
@@ -37,6 +38,9 @@ class ApiConfig:
             be a member. None = use the login as is (it must then be a cbm_reader member itself).
         store: object store of the product files (image chips); None = chips answer 404.
         backgrounds: orthophoto sources by name (JRC's ``tms``; :mod:`.backgrounds`); {} = none served.
+        jrc_band_names: how JRC time-series answers name Sentinel-2 bands, by the red band: ``B4``
+            (JRC's current extraction, the default) or ``B04`` (its earlier tables), for notebooks that
+            look for one of them only; a band asked for by name is answered under that name either way.
         pool_min, pool_max: connections kept open / at most.
         pool_timeout_s: wait for a free connection before answering 503.
         statement_timeout_ms: longest query (a hostile or unlucky request cannot hold the database).
@@ -50,6 +54,7 @@ class ApiConfig:
     db_role: str | None = "cbm_reader"
     store: StoreConfig | None = None
     backgrounds: Mapping[str, str] = field(default_factory=dict)
+    jrc_band_names: str = "B4"
     pool_min: int = 1
     pool_max: int = 8
     pool_timeout_s: float = 10.0
@@ -59,6 +64,10 @@ class ApiConfig:
     login_window_s: float = 300.0
 
     def __post_init__(self) -> None:
+        if self.jrc_band_names not in JRC_BAND_STYLES:
+            raise ConfigError(f"JRC band naming (Airflow Variable cbm_jrc_band_names, standalone "
+                              f"CBM_API_JRC_BAND_NAMES) must be one of {', '.join(JRC_BAND_STYLES)} (the red "
+                              f"band's name), got {self.jrc_band_names!r}")
         if not 0 <= self.pool_min <= self.pool_max or self.pool_max < 1:
             raise ConfigError(f"API pool sizes must satisfy 0 <= pool_min <= pool_max >= 1, "
                               f"got {self.pool_min}, {self.pool_max}")
@@ -70,6 +79,7 @@ class ApiConfig:
 
     def __repr__(self) -> str:  # the DSN may hold a password
         return (f"ApiConfig(db_role={self.db_role!r}, store={self.store!r}, backgrounds={sorted(self.backgrounds)}, "
+                f"jrc_band_names={self.jrc_band_names!r}, "
                 f"pool_max={self.pool_max})")
 
 

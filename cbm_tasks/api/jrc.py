@@ -7,7 +7,9 @@ table); no rows give the columns with empty lists. Parcel queries answer ``ogc_f
 (m2), ``clon``, ``clat`` (WGS84 centroid) and with ``withGeometry=True`` ``geom`` (GeoJSON text, in
 the set's CRS or with ``wgs84=True`` in WGS84). Time series answer ``date_part`` (acquisition,
 epoch seconds), ``band`` (JRC names: ``B2`` ... ``B12``, ``B8A``, ``SC`` for the scene
-classification, ``VV``/``VH``), ``count``, ``mean``, ``std``, ``min``, ``p25``, ``p50``, ``p75``,
+classification, ``VV``/``VH``; ``B02`` ... where the deployment names them as JRC's earlier tables,
+``ApiConfig.jrc_band_names``; a band asked for by name, ``band=B04``, is answered under that name),
+``count``, ``mean``, ``std``, ``min``, ``p25``, ``p50``, ``p75``,
 ``max``; ``tsformat=csv`` gives the same table as CSV. As JRC's: ``tstype=s2`` gives after each
 image's bands its ``SC`` row (the statistics of its scene classification, as ``tstype=scl``);
 ``scl=True`` (the default) adds ``hist``, the image's SCL pixel counts per class (``{"4": 812,
@@ -47,13 +49,13 @@ from cbm_tasks.api import queries
 from cbm_tasks.api.deps import Context, CurrentUser, app_root, csv_response, json_response
 from cbm_tasks.api.validation import (
     AOI_PATTERN,
-    JRC_BANDS,
     MAX_DISTANCE_M,
     MAX_PAGE,
     MAX_PEERS,
     SOURCES,
     ApiInputError,
     bands_for,
+    jrc_band_labels,
     parse_polygon,
     source,
 )
@@ -245,8 +247,9 @@ def parcel_time_series(
         series = [] if only_scl else queries.time_series(conn, ps, pid, src, bands=bands)
         names = queries.product_names(conn, sorted({r.product_id for r in series} | {c[1] for c in classes})
                                       ) if with_ref else {}
+    labels = jrc_band_labels(ctx.config.jrc_band_names, band)
     hist = {product: {str(value): int(n) for value, n in enumerate(counts) if n} for _, product, _, counts in classes}
-    sc_rows = {product: (int(t.timestamp()), JRC_BANDS.get(b, b), *scl_stats(counts))
+    sc_rows = {product: (int(t.timestamp()), labels.get(b, b), *scl_stats(counts))
                for t, product, b, counts in classes} if with_sc else {}
 
     def extra(product: int) -> tuple[Any, ...]:
@@ -258,7 +261,7 @@ def parcel_time_series(
     for rank, r in enumerate(series):
         count, mean, std, vmin, vmax, p25, p50, p75 = r.stats
         seconds = int(r.obs_time.timestamp())
-        keyed.append((seconds, r.product_id, rank, (seconds, JRC_BANDS.get(r.band, r.band), int(count), mean, std,
+        keyed.append((seconds, r.product_id, rank, (seconds, labels.get(r.band, r.band), int(count), mean, std,
                                                     vmin, p25, p50, p75, vmax, *extra(r.product_id))))
     keyed += [(row[0], product, len(series), (*row, *extra(product))) for product, row in sc_rows.items()]
     rows = [item[3] for item in sorted(keyed, key=lambda item: item[:3])]
@@ -305,7 +308,7 @@ def info(
                    "version": __version__},
         "helpers": {"information_page": f"{base}/query/info", "swagger": f"{base}/docs",
                     "openapi": f"{base}/openapi.json", "api_v1": f"{base}/v1/aois",
-                    "backgrounds": sorted(ctx.config.backgrounds)},
+                    "backgrounds": sorted(ctx.config.backgrounds), "band_names": ctx.config.jrc_band_names},
         "aois": aois,
     })
 

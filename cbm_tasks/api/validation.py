@@ -23,6 +23,7 @@ from cbm_tasks.errors import BadInputError
 __all__ = [
     "AOI_PATTERN",
     "JRC_BANDS",
+    "JRC_BAND_STYLES",
     "MAX_DATE_SPAN_DAYS",
     "MAX_DISTANCE_M",
     "MAX_PAGE",
@@ -35,6 +36,7 @@ __all__ = [
     "Source",
     "bands_for",
     "check_date_range",
+    "jrc_band_labels",
     "parse_polygon",
     "source",
 ]
@@ -78,6 +80,25 @@ JRC_BANDS = {band: (band[0] + band[2:] if band[1] == "0" else band) for band in 
     "SCL": "SC", "VV": "VV", "VH": "VH"}
 # JRC's own tables also name Sentinel-1 bands VVb/VHb (backscatter), VVc/VHc (coherence): accepted, not answered
 _FROM_JRC = {jrc: ours for ours, jrc in JRC_BANDS.items()} | {f"{p}{t}": p for p in ("VV", "VH") for t in "bc"}
+# the deployment's naming of Sentinel-2 bands in JRC answers, by the red band's name: B4 (JRC's current
+# extraction, pgS2Extract) or B04 (JRC's earlier signature tables and its chip queries)
+JRC_BAND_STYLES = ("B4", "B04")
+
+
+def jrc_band_labels(style: str, requested: str | None = None) -> dict[str, str]:
+    """Return our band name -> the name a JRC time-series answer gives it.
+
+    The deployment's *style* (``JRC_BAND_STYLES``) names every band; a band the client asked for by
+    name (``band=B04``, ``band=VVb``) is answered under that name, which is what a notebook that
+    asked then filters on. The scene classification is always JRC's ``SC``.
+    """
+    labels = dict(JRC_BANDS) if style == "B4" else {band: "SC" if band == "SCL" else band for band in JRC_BANDS}
+    for item in (requested or "").split(","):
+        name = item.strip()
+        ours = name if name in JRC_BANDS else _FROM_JRC.get(name)
+        if ours is not None and ours != "SCL":
+            labels[ours] = name
+    return labels
 
 
 def source(name: str) -> Source:
