@@ -49,7 +49,7 @@ def test_jrc_style_notebook_runs_unchanged(api_url: str, api_world: World) -> No
     assert lines["s2"].startswith("s2 15 ['B2', 'B3', 'B4', 'B8', 'SC'] ndvi [")
     assert lines["clouds"] == "clouds 3 [0] S2_alpha_20180405 {'4': 30, '5': 10}"
     assert lines["b8"] == "b8 3" and lines["csv"] == "csv 15"
-    assert lines["bs"] == "bs 4 ['VH', 'VV'] 0.05"
+    assert lines["bs"] == "bs 4 ['VHb', 'VVb'] 0.05"
     assert lines["scl"] == "scl 3 ['SC'] 4.25"
     assert lines["markers"] == "markers ['mowing', 'mowing'] ['2018-05-01', '2018-06-01'] [9, 14]"
     # the SCL classes under parcel 2 in each raw chip: those of the product's own raster, counted here apart

@@ -200,6 +200,8 @@ def test_jrc_time_series_carry_the_scl_histogram_the_sc_band_and_the_product_nam
     assert client.get(f"{q}&tstype=s2&band=B04", auth=ann).json()["band"] == ["B04"] * 3
     assert client.get(f"{q}&tstype=bs&band=VVb", auth=ann).json()["band"] == ["VVb"] * 2
     assert client.get(f"{q}&tstype=bs&band=VV", auth=ann).json()["band"] == ["VV"] * 2
+    # Sentinel-1 as JRC's server names it (its client plots VVb / VVc): b backscatter, c coherence
+    assert client.get(f"{q}&tstype=bs", auth=ann).json()["band"] == ["VVb", "VHb"] * 2
     # CSV: the histogram as JSON text
     lines = client.get(f"{q}&tstype=s2&tsformat=csv", auth=ann).text.splitlines()
     assert lines[0].endswith(",max,hist") and lines[1].endswith(',"{""4"":30,""5"":10}"')

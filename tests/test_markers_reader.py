@@ -273,6 +273,19 @@ def test_band_names_without_the_zero_and_in_lower_case(tmp_path: Path) -> None:
     np.testing.assert_array_equal(short.band, plain.band)
 
 
+def test_jrc_names_of_sentinel1_bands(tmp_path: Path) -> None:
+    """A file made from JRC's API answers: VVb / VHb backscatter, VVc / VHc coherence."""
+    rows = grass_rows("a", [182], coherence=True)
+    rows += [["a", "2021-06-01", "bs", band, value, "", "37"] for band, value in (("VV", 0.11), ("VH", 0.025))]
+    suffix = {"bs": "b", "c6": "c"}
+    renamed = [[*r[:3], r[3] + suffix[r[2]] if r[2] in suffix else r[3], *r[4:]] for r in rows]
+    assert {r[3] for r in renamed if r[2] != "s2"} == {"VVb", "VHb", "VVc", "VHc"}
+    plain = read_series(write_rows(tmp_path / "a.csv", rows))
+    jrc = read_series(write_rows(tmp_path / "b.csv", renamed))
+    assert jrc.n_rows == plain.n_rows == len(rows)
+    np.testing.assert_array_equal(jrc.band, plain.band)
+
+
 def test_stac_asset_names_and_other_names_of_sentinel2(tmp_path: Path) -> None:
     """Files written by other tools: Earth Search's asset names (red, nir) and its collection id as the source."""
     rows = grass_rows("a", [182])

@@ -1,20 +1,20 @@
 """``/query``: JRC's CbM query names, parameters and answer shapes, for notebooks written for JRC's API.
 
-An answer is a JSON object of equal-length column lists (``pandas.read_json`` reads it as a
-table); no rows give the columns with empty lists. Parcel queries answer ``ogc_fid`` and ``pid``
-(both our parcel key, the ``pid`` the other queries take: JRC's API named it ``ogc_fid`` until
-2022 and ``pid`` since; peers give it as ``pid`` and ``pids``), ``cropname``, ``cropcode``, ``srid``, ``area``
-(m2), ``clon``, ``clat`` (WGS84 centroid) and with ``withGeometry=True`` ``geom`` (GeoJSON text, in
-the set's CRS or with ``wgs84=True`` in WGS84). Time series answer ``date_part`` (acquisition,
-epoch seconds), ``band`` (JRC names: ``B2`` ... ``B12``, ``B8A``, ``SC`` for the scene
-classification, ``VV``/``VH``; ``B02`` ... where the deployment names them as JRC's earlier tables,
-``ApiConfig.jrc_band_names``; a band asked for by name, ``band=B04``, is answered under that name),
-``count``, ``mean``, ``std``, ``min``, ``p25``, ``p50``, ``p75``,
-``max``; ``tsformat=csv`` gives the same table as CSV. As JRC's: ``tstype=s2`` gives after each
+An answer is a JSON object of equal-length column lists (``pandas.read_json`` reads it as a table); no
+rows give the columns with empty lists. Parcel queries answer ``ogc_fid`` and ``pid`` (both our parcel
+key, the ``pid`` the other queries take: JRC's API named it ``ogc_fid`` until 2022 and ``pid`` since;
+peers give it as ``pid`` and ``pids``), ``cropname``, ``cropcode``, ``srid``, ``area`` (m2), ``clon``,
+``clat`` (WGS84 centroid) and with ``withGeometry=True`` ``geom`` (GeoJSON text, in the set's CRS or
+with ``wgs84=True`` in WGS84). Time series answer ``date_part`` (acquisition, epoch seconds), ``band``
+(JRC names: ``B2`` ... ``B12``, ``B8A``, ``SC`` for the scene classification, ``VVb``/``VHb`` for
+backscatter and ``VVc``/``VHc`` for coherence, as JRC's server answers; ``B02`` ... where the deployment
+names them as JRC's earlier tables, ``ApiConfig.jrc_band_names``; a band asked for by name,
+``band=B04``, is answered under that name), ``count``, ``mean``, ``std``, ``min``, ``p25``, ``p50``,
+``p75``, ``max``; ``tsformat=csv`` gives the same table as CSV. As JRC's: ``tstype=s2`` gives after each
 image's bands its ``SC`` row (the statistics of its scene classification, as ``tstype=scl``);
-``scl=True`` (the default) adds ``hist``, the image's SCL pixel counts per class (``{"4": 812,
-"8": 3}``; JSON text in CSV; ``{}`` where the image has none, where JRC leaves the row out) for
-Sentinel-2; ``ref=True`` adds ``reference``, the product name.
+``scl=True`` (the default) adds ``hist``, the image's SCL pixel counts per class (``{"4": 812, "8":
+3}``; JSON text in CSV; ``{}`` where the image has none, where JRC leaves the row out) for Sentinel-2;
+``ref=True`` adds ``reference``, the product name.
 
 ``info`` describes the server and, per granted AOI, its years, time-series types, example parcel
 ids and request URLs (JRC's first notebook cell). ``markers`` answers a parcel's marker events in
@@ -247,7 +247,7 @@ def parcel_time_series(
         series = [] if only_scl else queries.time_series(conn, ps, pid, src, bands=bands)
         names = queries.product_names(conn, sorted({r.product_id for r in series} | {c[1] for c in classes})
                                       ) if with_ref else {}
-    labels = jrc_band_labels(ctx.config.jrc_band_names, band)
+    labels = jrc_band_labels(ctx.config.jrc_band_names, src, band)
     hist = {product: {str(value): int(n) for value, n in enumerate(counts) if n} for _, product, _, counts in classes}
     sc_rows = {product: (int(t.timestamp()), labels.get(b, b), *scl_stats(counts))
                for t, product, b, counts in classes} if with_sc else {}

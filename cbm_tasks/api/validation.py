@@ -78,21 +78,26 @@ SOURCES: dict[str, Source] = {
 # JRC's band names (its S2 signature tables drop the leading zero; SC is the SCL band)
 JRC_BANDS = {band: (band[0] + band[2:] if band[1] == "0" else band) for band in _S2_BANDS} | {
     "SCL": "SC", "VV": "VV", "VH": "VH"}
-# JRC's own tables also name Sentinel-1 bands VVb/VHb (backscatter), VVc/VHc (coherence): accepted, not answered
+# JRC's API names Sentinel-1 bands by their table: VVb/VHb backscatter, VVc/VHc coherence (its server selects
+# only these, and its client plots VV{tstype[0]}); the plain VV/VH is accepted too
 _FROM_JRC = {jrc: ours for ours, jrc in JRC_BANDS.items()} | {f"{p}{t}": p for p in ("VV", "VH") for t in "bc"}
+_S1_SUFFIX = {"bs": "b", "c6": "c", "c12": "c"}
 # the deployment's naming of Sentinel-2 bands in JRC answers, by the red band's name: B4 (JRC's current
 # extraction, pgS2Extract) or B04 (JRC's earlier signature tables and its chip queries)
 JRC_BAND_STYLES = ("B4", "B04")
 
 
-def jrc_band_labels(style: str, requested: str | None = None) -> dict[str, str]:
-    """Return our band name -> the name a JRC time-series answer gives it.
+def jrc_band_labels(style: str, src: Source, requested: str | None = None) -> dict[str, str]:
+    """Return our band name -> the name a JRC time-series answer of *src* gives it.
 
-    The deployment's *style* (``JRC_BAND_STYLES``) names every band; a band the client asked for by
-    name (``band=B04``, ``band=VVb``) is answered under that name, which is what a notebook that
-    asked then filters on. The scene classification is always JRC's ``SC``.
+    Sentinel-2 bands are named in the deployment's *style* (``JRC_BAND_STYLES``), the scene
+    classification ``SC``, Sentinel-1 bands as JRC's tables (``VVb`` backscatter, ``VVc`` coherence).
+    A band the client asked for by name (``band=B04``, ``band=VV``) is answered under that name,
+    which is what a notebook that asked then filters on.
     """
-    labels = dict(JRC_BANDS) if style == "B4" else {band: "SC" if band == "SCL" else band for band in JRC_BANDS}
+    labels = {band: JRC_BANDS[band] if style == "B4" or band == "SCL" else band for band in JRC_BANDS}
+    suffix = _S1_SUFFIX.get(src.name, "")
+    labels |= {band: band + suffix for band in ("VV", "VH")}
     for item in (requested or "").split(","):
         name = item.strip()
         ours = name if name in JRC_BANDS else _FROM_JRC.get(name)

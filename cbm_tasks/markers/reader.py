@@ -13,8 +13,9 @@ read with that separator, and a leading BOM is skipped; numbers always take a de
 
 ``source`` is ``s2 | bs | c6 | c12`` or a catalogue product type (S2MSI2A, CARD-BS, CARD-COH6,
 CARD-COH12), and Sentinel-2 L2A by other tools' names too (``sentinel-2-l2a``, ``S2_L2A``, ...); band
-names are case-insensitive, ``B4`` means ``B04`` and STAC's asset names (``red``, ``nir``,
-``swir16``, ...) the bands they name; ``NDVI`` is read too (used where an image has no red or NIR).
+names are case-insensitive, ``B4`` means ``B04``, STAC's asset names (``red``, ``nir``, ``swir16``, ...)
+the bands they name and JRC's ``VVb``/``VVc`` (backscatter, coherence) ``VV``; ``NDVI`` is read too
+(used where an image has no red or NIR).
 Values are physical units
 (S2 reflectance 0-1, S1 linear backscatter, coherence 0-1): a file in other units (digital numbers,
 dB) is an error.

@@ -50,14 +50,16 @@ BAND_CODE = {name: code for code, name in enumerate(BANDS)}
 # Sentinel-2 bands by the names STAC catalogues give their assets (Earth Search: red, nir, swir16, ...; the
 # eo:common_name of each band where it names one band only)
 _COMMON_NAMES = {"BLUE": "B02", "GREEN": "B03", "RED": "B04", "REDEDGE1": "B05", "REDEDGE2": "B06",
-                 "REDEDGE3": "B07", "NIR": "B08", "NIR08": "B8A", "SWIR16": "B11", "SWIR22": "B12"}
+                 "REDEDGE3": "B07", "NIR": "B08", "NIR08": "B8A", "SWIR16": "B11", "SWIR22": "B12",
+                 # JRC's API and tables: VVb/VHb backscatter, VVc/VHc coherence (the source says which)
+                 "VVB": "VV", "VHB": "VH", "VVC": "VV", "VHC": "VH"}
 # Sentinel-2 L2A by the names of other tools and catalogues (STAC collection ids, openEO)
 # (``s2`` itself and the product type S2MSI2A come through source_name's other two ways)
 _S2_SOURCES = {"s2l2a", "s2_l2a", "sentinel-2", "sentinel2", "sentinel-2-l2a", "sentinel_2_l2a", "sentinel2_l2a"}
 
 
 def band_name(text: str) -> str:
-    """Upper-case band name with the zero Sentinel-2 names carry (``b4`` and ``B4`` are ``B04``; ``red`` too)."""
+    """Upper-case band name as the markers know it: ``b4``, ``B4`` and ``red`` are ``B04``, JRC's ``VVb`` ``VV``."""
     upper = text.strip().upper()
     return f"B0{upper[1]}" if re.fullmatch(r"B[1-9]", upper) else _COMMON_NAMES.get(upper, upper)
 

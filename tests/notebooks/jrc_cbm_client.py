@@ -46,6 +46,10 @@ figures = {
 for name, figure in figures.items():
     figure.savefig(f"{name}.png")
 print("figures", sorted(figures))
+# what the time-series figures plot: points of the data lines (a band the library filters for but does not find
+# draws an empty figure without an error)
+print("points", {name: sum(len(line.get_xdata()) for axes in figures[name].axes for line in axes.lines)
+                 for name in ("ndvi", "s2_bands", "s1_bs")})
 print("chips", sorted(os.path.basename(f) for f in glob.glob("temp/**/chip_images/*.tif", recursive=True)))
 
 # orthophoto backgrounds: "ortho" is configured on the server, "google" is not (JRC's {}: skipped)
