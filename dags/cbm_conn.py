@@ -24,8 +24,8 @@ Connections and variables:
   fields of :class:`cbm_tasks.card.odp.OdpConfig` (``workflows``, ``priority``, ``poll_interval_s``, ``timeout_s``).
 - Variable ``cbm_backgrounds`` (JSON, optional): the orthophoto backgrounds the REST API serves (JRC's
   ``backgroundByLocation``), ``{"<name>": "<anything GDAL opens: WMS/TMS XML file, WMTS:..., /vsicurl/ COG>"}``.
-- Variable ``cbm_jrc_band_names`` (optional): ``B4`` (default) or ``B04``, how the JRC-compatible time
-  series name Sentinel-2 bands (JRC's current tables or its earlier ones; ``ApiConfig.jrc_band_names``).
+- Variable ``cbm_jrc_band_names`` (optional): ``B04`` (default) or ``B4``, how the JRC-compatible time
+  series name Sentinel-2 bands (as JRC's servers, or as its open-source extractor; ``ApiConfig.jrc_band_names``).
 - Variable ``cbm_reports_dir`` (optional): folder of the audit and run reports; default
   ``<AIRFLOW_HOME>/reports``.
 - Variable ``cbm_label_cache`` (JSON, optional): ``{"directory": "...", "max_disk_gb": 8}``, where
@@ -109,7 +109,7 @@ def api_config() -> ApiConfig:
     from cbm_tasks.api.backgrounds import parse_backgrounds  # rasterio and the chips: only the API server needs them
 
     backgrounds = parse_backgrounds(Variable.get(BACKGROUNDS_VARIABLE, default=None), where="Variable cbm_backgrounds")
-    band_names = Variable.get(JRC_BAND_NAMES_VARIABLE, default=None) or "B4"
+    band_names = Variable.get(JRC_BAND_NAMES_VARIABLE, default=None) or "B04"
     return ApiConfig(dsn=dsn, store=store, backgrounds=backgrounds, jrc_band_names=band_names.strip())
 
 

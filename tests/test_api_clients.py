@@ -46,7 +46,7 @@ def test_jrc_style_notebook_runs_unchanged(api_url: str, api_world: World) -> No
     assert lines["peers"] == "peers [1, 3, 6] [10, 10, 340]"
     # 3 dates x 10 bands... of which the world has B2 B3 B4 B8; NDVI from the stored means
     # 3 dates x (4 bands + JRC's SC row of the scene classification)
-    assert lines["s2"].startswith("s2 15 ['B2', 'B3', 'B4', 'B8', 'SC'] ndvi [")
+    assert lines["s2"].startswith("s2 15 ['B02', 'B03', 'B04', 'B08', 'SC'] ndvi [")
     assert lines["clouds"] == "clouds 3 [0] S2_alpha_20180405 {'4': 30, '5': 10}"
     assert lines["b8"] == "b8 3" and lines["csv"] == "csv 15"
     assert lines["bs"] == "bs 4 ['VHb', 'VVb'] 0.05"

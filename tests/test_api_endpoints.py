@@ -181,7 +181,7 @@ def test_jrc_time_series_carry_the_scl_histogram_the_sc_band_and_the_product_nam
     s2 = client.get(f"{q}&tstype=s2&ref=True", auth=ann).json()
     assert list(s2)[-2:] == ["hist", "reference"]  # after JRC's ten columns: scl=True is the default
     # per image its four bands, then SC (the scene classification statistics, as tstype=scl gives them)
-    assert s2["band"] == ["B2", "B3", "B4", "B8", "SC"] * 3
+    assert s2["band"] == ["B02", "B03", "B04", "B08", "SC"] * 3  # as JRC's servers (B4: a setting, below)
     scl = client.get(f"{q}&tstype=scl", auth=ann).json()
     sc = [i for i, b in enumerate(s2["band"]) if b == "SC"]
     for name in ("date_part", "count", "mean", "p50", "max"):
@@ -196,7 +196,7 @@ def test_jrc_time_series_carry_the_scl_histogram_the_sc_band_and_the_product_nam
     assert client.get(f"{q}&tstype=s2&band=SC", auth=ann).json()["mean"] == scl["mean"]
     assert list(client.get(f"{q}&tstype=bs", auth=ann).json())[-1] == "max"
     # a band asked for by another of its JRC names is answered under that name (what the notebook then filters
-    # on): B04 as JRC's earlier tables, VVb as JRC's backscatter tables
+    # on): B4 as JRC's open-source extractor writes it, VV without the table's suffix
     assert client.get(f"{q}&tstype=s2&band=B04", auth=ann).json()["band"] == ["B04"] * 3
     assert client.get(f"{q}&tstype=bs&band=VVb", auth=ann).json()["band"] == ["VVb"] * 2
     assert client.get(f"{q}&tstype=bs&band=VV", auth=ann).json()["band"] == ["VV"] * 2
@@ -207,20 +207,22 @@ def test_jrc_time_series_carry_the_scl_histogram_the_sc_band_and_the_product_nam
     assert lines[0].endswith(",max,hist") and lines[1].endswith(',"{""4"":30,""5"":10}"')
 
 
-def test_a_deployment_names_bands_as_jrc_s_earlier_tables(world: World) -> None:
-    """``jrc_band_names="B04"``: a notebook written against JRC's earlier tables finds B04 and B08."""
+def test_a_deployment_names_bands_as_jrc_s_open_source_extractor(world: World) -> None:
+    """``jrc_band_names="B4"``: B2 ... B8 as the extractor of JRC's repository writes them; SC and VVb stay."""
     ann = world.basic("ann")
     q = "/query/parcelTimeSeries?aoi=alpha&year=2018&pid=1"
-    with TestClient(create_app(ApiConfig(dsn=world.db_url, jrc_band_names="B04"))) as padded:
-        frame = pd.read_json(io.StringIO(padded.get(f"{q}&tstype=s2", auth=ann).text))
-        assert padded.get("/query/info", auth=ann).json()["helpers"]["band_names"] == "B04"
-        assert padded.get(f"{q}&tstype=s2&band=B4", auth=ann).json()["band"] == ["B4"] * 3  # asked by that name
-    assert list(frame["band"]) == ["B02", "B03", "B04", "B08", "SC"] * 3  # the scene classification stays SC
-    red, nir = (frame[frame["band"] == name].set_index("date_part")["mean"] for name in ("B04", "B08"))
+    with TestClient(create_app(ApiConfig(dsn=world.db_url, jrc_band_names="B4"))) as short:
+        frame = pd.read_json(io.StringIO(short.get(f"{q}&tstype=s2", auth=ann).text))
+        assert short.get("/query/info", auth=ann).json()["helpers"]["band_names"] == "B4"
+        assert short.get(f"{q}&tstype=s2&band=B04", auth=ann).json()["band"] == ["B04"] * 3  # asked by that name
+        assert short.get(f"{q}&tstype=bs", auth=ann).json()["band"] == ["VVb", "VHb"] * 2
+    assert list(frame["band"]) == ["B2", "B3", "B4", "B8", "SC"] * 3
+    red, nir = (frame[frame["band"] == name].set_index("date_part")["mean"] for name in ("B4", "B8"))
     expected = [s2_stats(1, d, S2_BANDS.index("B08"))[1] for d in range(len(S2_DATES))]
     assert list(nir) == pytest.approx(expected) and ((nir - red) / (nir + red)).between(-1, 1).all()
-    with pytest.raises(ConfigError, match="B4, B04"):
-        ApiConfig(dsn=world.db_url, jrc_band_names="b04")
+    with pytest.raises(ConfigError, match="B04, B4"):
+        ApiConfig(dsn=world.db_url, jrc_band_names="b4")
+    assert ApiConfig(dsn=world.db_url).jrc_band_names == "B04"
 
 
 def test_jrc_info_lists_the_granted_aois_with_working_examples(client: TestClient, world: World) -> None:

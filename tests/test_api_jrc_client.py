@@ -43,7 +43,7 @@ def test_jrc_cbm_library_runs_its_notebook_cells(api_url: str, api_world: World,
     assert result.returncode == 0, result.stderr[-3000:]
     lines = {line.split(" ", 1)[0]: line for line in result.stdout.splitlines() if " " in line}
     assert lines["parcel"] == "parcel 2 grassland 32631"
-    assert lines["s2"] == "s2 15 ['B2', 'B3', 'B4', 'B8', 'SC']" and lines["bs"] == "bs 4 ['VHb', 'VVb']"
+    assert lines["s2"] == "s2 15 ['B02', 'B03', 'B04', 'B08', 'SC']" and lines["bs"] == "bs 4 ['VHb', 'VVb']"
     assert lines["peers"] == "peers [1, 3, 6]" and lines["weather"] == "weather 0"
     assert lines["figures"] == "figures ['chips_ndvi', 'chips_true_color', 'ndvi', 's1_bs', 's2_bands']"
     # the figures plot the data: JRC's client draws VV{b,c} of Sentinel-1 (with plain VV its figure stayed empty)

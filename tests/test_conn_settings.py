@@ -79,7 +79,7 @@ def test_api_backgrounds_come_from_their_variable(monkeypatch: pytest.MonkeyPatc
 
 
 def test_api_band_naming_comes_from_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Variable cbm_jrc_band_names: B4 (JRC's current tables) unless set to B04; anything else fails by name."""
+    """Variable cbm_jrc_band_names: B04 (as JRC's servers) unless set to B4; anything else fails by name."""
     from cbm_tasks.errors import ConfigError
 
     monkeypatch.setenv("AIRFLOW_CONN_CBM_POSTGIS", json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
@@ -87,9 +87,9 @@ def test_api_band_naming_comes_from_its_variable(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("AIRFLOW_CONN_CBM_API", raising=False)
     monkeypatch.delenv("AIRFLOW_VAR_CBM_BACKGROUNDS", raising=False)
     monkeypatch.delenv("AIRFLOW_VAR_CBM_JRC_BAND_NAMES", raising=False)
-    assert cbm_conn.api_config().jrc_band_names == "B4"
-    monkeypatch.setenv("AIRFLOW_VAR_CBM_JRC_BAND_NAMES", "B04")
     assert cbm_conn.api_config().jrc_band_names == "B04"
+    monkeypatch.setenv("AIRFLOW_VAR_CBM_JRC_BAND_NAMES", "B4")
+    assert cbm_conn.api_config().jrc_band_names == "B4"
     monkeypatch.setenv("AIRFLOW_VAR_CBM_JRC_BAND_NAMES", "padded")
     with pytest.raises(ConfigError, match="Variable cbm_jrc_band_names.*got 'padded'"):
         cbm_conn.api_config()

@@ -38,9 +38,10 @@ class ApiConfig:
             be a member. None = use the login as is (it must then be a cbm_reader member itself).
         store: object store of the product files (image chips); None = chips answer 404.
         backgrounds: orthophoto sources by name (JRC's ``tms``; :mod:`.backgrounds`); {} = none served.
-        jrc_band_names: how JRC time-series answers name Sentinel-2 bands, by the red band: ``B4``
-            (JRC's current extraction, the default) or ``B04`` (its earlier tables), for notebooks that
-            look for one of them only; a band asked for by name is answered under that name either way.
+        jrc_band_names: how JRC time-series answers name Sentinel-2 bands, by the red band: ``B04`` (the
+            default: JRC's servers, whose notebooks and database client filter on B04) or ``B4`` (the
+            extractor of JRC's open-source repository); a band asked for by name is answered under that
+            name either way.
         pool_min, pool_max: connections kept open / at most.
         pool_timeout_s: wait for a free connection before answering 503.
         statement_timeout_ms: longest query (a hostile or unlucky request cannot hold the database).
@@ -54,7 +55,7 @@ class ApiConfig:
     db_role: str | None = "cbm_reader"
     store: StoreConfig | None = None
     backgrounds: Mapping[str, str] = field(default_factory=dict)
-    jrc_band_names: str = "B4"
+    jrc_band_names: str = "B04"
     pool_min: int = 1
     pool_max: int = 8
     pool_timeout_s: float = 10.0

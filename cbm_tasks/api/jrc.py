@@ -6,10 +6,10 @@ key, the ``pid`` the other queries take: JRC's API named it ``ogc_fid`` until 20
 peers give it as ``pid`` and ``pids``), ``cropname``, ``cropcode``, ``srid``, ``area`` (m2), ``clon``,
 ``clat`` (WGS84 centroid) and with ``withGeometry=True`` ``geom`` (GeoJSON text, in the set's CRS or
 with ``wgs84=True`` in WGS84). Time series answer ``date_part`` (acquisition, epoch seconds), ``band``
-(JRC names: ``B2`` ... ``B12``, ``B8A``, ``SC`` for the scene classification, ``VVb``/``VHb`` for
-backscatter and ``VVc``/``VHc`` for coherence, as JRC's server answers; ``B02`` ... where the deployment
-names them as JRC's earlier tables, ``ApiConfig.jrc_band_names``; a band asked for by name,
-``band=B04``, is answered under that name), ``count``, ``mean``, ``std``, ``min``, ``p25``, ``p50``,
+(JRC's names: ``B02`` ... ``B12``, ``B8A``, ``SC`` for the scene classification, ``VVb``/``VHb`` for
+backscatter and ``VVc``/``VHc`` for coherence, as JRC's servers answer; ``B2`` ... where the deployment
+names them as the extractor of JRC's repository, ``ApiConfig.jrc_band_names``; a band asked for by name,
+``band=B4``, is answered under that name), ``count``, ``mean``, ``std``, ``min``, ``p25``, ``p50``,
 ``p75``, ``max``; ``tsformat=csv`` gives the same table as CSV. As JRC's: ``tstype=s2`` gives after each
 image's bands its ``SC`` row (the statistics of its scene classification, as ``tstype=scl``);
 ``scl=True`` (the default) adds ``hist``, the image's SCL pixel counts per class (``{"4": 812, "8":

@@ -82,9 +82,10 @@ JRC_BANDS = {band: (band[0] + band[2:] if band[1] == "0" else band) for band in 
 # only these, and its client plots VV{tstype[0]}); the plain VV/VH is accepted too
 _FROM_JRC = {jrc: ours for ours, jrc in JRC_BANDS.items()} | {f"{p}{t}": p for p in ("VV", "VH") for t in "bc"}
 _S1_SUFFIX = {"bs": "b", "c6": "c", "c12": "c"}
-# the deployment's naming of Sentinel-2 bands in JRC answers, by the red band's name: B4 (JRC's current
-# extraction, pgS2Extract) or B04 (JRC's earlier signature tables and its chip queries)
-JRC_BAND_STYLES = ("B4", "B04")
+# the deployment's naming of Sentinel-2 bands in JRC answers, by the red band's name: B04 (JRC's servers: its
+# calendar-view and time-series notebooks and its database client select B04; its chip queries take it) or B4
+# (what the extractor of JRC's open-source repository writes; JRC's own client reads both)
+JRC_BAND_STYLES = ("B04", "B4")
 
 
 def jrc_band_labels(style: str, src: Source, requested: str | None = None) -> dict[str, str]:

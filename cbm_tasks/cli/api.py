@@ -10,8 +10,8 @@
 The server reads ``CBM_API_DATABASE_URL`` (a login that is a member of cbm_reader; default:
 the database of ``cbm db url``, reading as cbm_reader through ``SET ROLE``) and the
 ``CBM_STORE_*`` variables for image chips, ``CBM_API_BACKGROUNDS`` for orthophoto backgrounds (JSON
-``{"<name>": "<GDAL source>"}``, :mod:`cbm_tasks.api.backgrounds`), ``CBM_API_JRC_BAND_NAMES`` (``B4``, the
-default, or ``B04``: how JRC time series name Sentinel-2 bands, ``ApiConfig``). User management writes
+``{"<name>": "<GDAL source>"}``, :mod:`cbm_tasks.api.backgrounds`), ``CBM_API_JRC_BAND_NAMES`` (``B04``, the
+default, or ``B4``: how JRC time series name Sentinel-2 bands, ``ApiConfig``). User management writes
 ``cbm.api_user`` and needs the owner's connection (``CBM_DATABASE_URL`` or the local cluster).
 """
 
@@ -41,7 +41,7 @@ def api_config() -> ApiConfig:
     return ApiConfig(dsn=os.environ.get("CBM_API_DATABASE_URL") or settings.database_url(),
                      store=settings.store_config(),
                      backgrounds=parse_backgrounds(os.environ.get("CBM_API_BACKGROUNDS"), where="CBM_API_BACKGROUNDS"),
-                     jrc_band_names=os.environ.get("CBM_API_JRC_BAND_NAMES") or "B4")
+                     jrc_band_names=os.environ.get("CBM_API_JRC_BAND_NAMES") or "B04")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

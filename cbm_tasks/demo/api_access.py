@@ -50,7 +50,7 @@ def api_lines(conn: psycopg.Connection, *, airflow_url: str, aoi: str, year: int
         f"  time series      curl -u {DEMO_USER}:{secret} "
         f"'{base}/v1/aois/{aoi}/{year}/parcels/{key}/timeseries?source=s2&band=B04'",
         f"  JRC style        curl -u {DEMO_USER}:{secret} "
-        f"'{base}/query/parcelTimeSeries?aoi={aoi}&year={year}&pid={key}&tstype=s2&band=B4'",
+        f"'{base}/query/parcelTimeSeries?aoi={aoi}&year={year}&pid={key}&tstype=s2&band=B04'",
         f"  JRC markers      curl -u {DEMO_USER}:{secret} '{base}/query/markers?aoi={aoi}&year={year}&pid={key}'",
         f"  JRC info page    {base}/query/info",
         f"  JRC raw chips    curl -u {DEMO_USER}:{secret} '{base}/query/rawChipByParcelID?aoi={aoi}&year={year}"

@@ -60,14 +60,14 @@ print("peers", peers["pid"].tolist(), [round(x) for x in peers["distance"]])
 # the names of JRC's API since 2022 (cbm package): pid for the parcel, pids for its peers
 print("newer", parcel["pid"][0] == pid, peers["pids"].tolist() == peers["pid"].tolist())
 
-# Sentinel-2 time series, NDVI from B4 and B8
+# Sentinel-2 time series, NDVI from B4 and B8 (by either of the names JRC's servers give them, as JRC's docs do)
 response = requests.get(f"{api_url}/query/parcelTimeSeries?aoi={aoi}&year={year}&pid={pid}&tstype=s2",
                         auth=(api_user, api_pass))
 df = pd.read_json(io.StringIO(response.text))
 df["date"] = pd.to_datetime(df["date_part"], unit="s")
 df = df[df["count"] > 0]
-b4 = df[df["band"] == "B4"].set_index("date")["mean"]
-b8 = df[df["band"] == "B8"].set_index("date")["mean"]
+b4 = df[df["band"].isin(["B4", "B04"])].set_index("date")["mean"]
+b8 = df[df["band"].isin(["B8", "B08"])].set_index("date")["mean"]
 ndvi = (b8 - b4) / (b8 + b4)
 print("s2", len(df), sorted(df["band"].unique()), "ndvi", [round(v, 4) for v in ndvi])
 
@@ -78,7 +78,7 @@ df = pd.read_json(io.StringIO(requests.get(url, auth=(api_user, api_pass)).text)
 cloudy = {3, 8, 9, 10, 11}
 df["cloud_pct"] = df["hist"].apply(lambda h: round(100 * sum(n for c, n in h.items() if int(c) in cloudy)
                                                    / max(sum(h.values()), 1)))
-both = pd.merge(df[df["band"] == "B4"], df[df["band"] == "B8"], on="reference", suffixes=("B4", "B8"))
+both = pd.merge(df[df["band"] == "B04"], df[df["band"] == "B08"], on="reference", suffixes=("B4", "B8"))
 print("clouds", len(both), sorted(set(both["cloud_pctB4"])), both["reference"].iloc[0], dict(df["hist"].iloc[0]))
 
 # One band only, and the CSV form
