@@ -29,7 +29,7 @@ LIBRARY = Path(sys.prefix) / "var" / "jrc_client"  # .venv/var/jrc_client, made 
 def api_url(api_world: World) -> Iterator[str]:
     ortho = write_ortho(api_world.store_root / "ortho.tif")
     with serve_standalone(api_world.db_url, store_root=api_world.store_root,
-                          backgrounds={"ortho": str(ortho)}) as url:
+                          backgrounds={"ortho": str(ortho), "osm": str(ortho)}) as url:
         yield url
 
 
@@ -52,6 +52,8 @@ def test_jrc_cbm_library_runs_its_notebook_cells(api_url: str, api_world: World,
     assert lines["chips"] == "chips " + str(sorted(f"S2_alpha_{d}.{b}.tif" for d in dates
                                                    for b in ("B02", "B03", "B04", "B08")))
     assert lines["backgrounds"] == "backgrounds ['ortho.tif']"  # google: not configured, skipped
+    # the parcel's card and the background grid show the orthophoto with the parcel's outline (an image + a patch)
+    assert lines["cards"] == "cards {'parcel_card': 2, 'background_grid': 2}"
     for figure in tmp_path.glob("*.png"):  # every figure drew something
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture

@@ -55,3 +55,10 @@ print("chips", sorted(os.path.basename(f) for f in glob.glob("temp/**/chip_image
 # orthophoto backgrounds: "ortho" is configured on the server, "google" is not (JRC's {}: skipped)
 cbm.get.background.by_pid(aoi, year, pid, 256, 300, tms=["ortho", "google"], ptype="")
 print("backgrounds", sorted(os.path.basename(f) for f in glob.glob("temp/**/backgrounds/*.tif", recursive=True)))
+# the parcel's card (its attributes beside its default background, "osm", with the outline) and the background grid
+cards = {"parcel_card": cbm.show.parcel_info.by_pid(aoi, year, pid, ptype="", view=False),
+         "background_grid": cbm.show.background.by_pid(aoi, year, pid, 256, 300, tms=["ortho"], ptype="", view=False)}
+for name, figure in cards.items():
+    figure.savefig(f"{name}.png")
+print("cards", {name: sum(len(axes.images) + len(axes.patches) for axes in figure.axes)
+               for name, figure in cards.items()})
