@@ -149,7 +149,8 @@ def test_link_mac_is_rfc2104_hmac_sha256_and_the_key_stays_in_the_database(api_w
 
 
 def test_batches_of_named_sentinel2_products_and_of_sentinel1_card(api_client: TestClient, api_world: World) -> None:
-    body = {"lon": LON, "lat": LAT, "tiles": ["S2_alpha_20180510", "S2_alpha_20180405", "S2_elsewhere"],
+    # a tile by the product name the time series give as reference, or by its SAFE folder's name
+    body = {"lon": LON, "lat": LAT, "tiles": ["S2_alpha_20180510", "S2_alpha_20180405.SAFE", "S2_elsewhere"],
             "bands": ["B08", "B4"], "chipsize": 200}
     answer = api_client.post("/query/rawChipsBatch", json=body, auth=api_world.basic("ann")).json()
     assert answer["dates"] == [f"{d:%Y%m%dT%H%M%S}_{b}" for d in S2_DATES[:2] for b in ("B04", "B08")]

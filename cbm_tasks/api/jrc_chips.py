@@ -145,7 +145,7 @@ class _S1Batch(BaseModel):
 def raw_chips_batch(user: CurrentUser, ctx: Context, body: _Batch) -> Response:
     bands = list(dict.fromkeys(_band(b) for b in body.bands))
     return _answer(ctx, user.aois, body.lon, body.lat, bands, body.chipsize, product_types=("S2MSI2A", "S2MSI1C"),
-                   names=list(dict.fromkeys(body.tiles)), batch=True)
+                   names=list(dict.fromkeys(t.removesuffix(".SAFE") for t in body.tiles)), batch=True)  # as ref=True
 
 
 @router.post("/rawS1ChipsBatch", summary="Raw chips of Sentinel-1 CARD products (VV, VH) in a date range (JRC)")
