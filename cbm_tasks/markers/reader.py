@@ -34,7 +34,6 @@ import gzip
 import logging
 import re
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from cbm_tasks.errors import BadInputError
+from cbm_tasks.markers.obs_time import UTC_TIME, SeriesFileError, utc_times
 from cbm_tasks.markers.series import (
     BAND_CODE,
     PRODUCT_TYPES,
@@ -60,16 +59,10 @@ __all__ = ["REQUIRED_COLUMNS", "SeriesFileError", "classes_file", "read_series",
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("parcel_id", "obs_time", "source", "band", "mean")
-_TIME = pa.timestamp("us", tz="UTC")
-_MIN_UNIX_SECONDS, _MAX_UNIX_SECONDS = 1_388_534_400, 4_102_444_800  # 2014-01-01 (Sentinel-1A) .. 2100-01-01
 _TYPES = {"parcel_id": pa.string(), "obs_time": pa.string(), "source": pa.string(), "band": pa.string(),
           "mean": pa.float64(), "clear_fraction": pa.float64(), "orbit": pa.float64(),
           "product_id": pa.float64(), "count": pa.float64(), "class": pa.float64()}
 _CLASS_COLUMNS = ("parcel_id", "obs_time", "band", "class", "count")
-
-
-class SeriesFileError(BadInputError):
-    """A time-series file is missing, malformed or has values outside their range."""
 
 
 def classes_file(path: Path) -> Path:
@@ -160,8 +153,8 @@ def read_table(path: Path, required: tuple[str, ...] = REQUIRED_COLUMNS) -> pa.T
     if missing:
         raise SeriesFileError(f"time-series file {path}: line 1: missing column(s) {', '.join(missing)}; "
                               f"required: {', '.join(required)}; found: {', '.join(table.column_names)}")
-    if "obs_time" in table.column_names and table.column("obs_time").type != _TIME:
-        table = table.set_column(table.column_names.index("obs_time"), "obs_time", _utc_times(path, table))
+    if "obs_time" in table.column_names and table.column("obs_time").type != UTC_TIME:
+        table = table.set_column(table.column_names.index("obs_time"), "obs_time", utc_times(path, table))
     for column in table.column_names:
         want = _TYPES.get(column)
         if want is not None and column != "obs_time" and table.column(column).type != want:
@@ -172,59 +165,6 @@ def read_table(path: Path, required: tuple[str, ...] = REQUIRED_COLUMNS) -> pa.T
                 raise SeriesFileError(f"time-series file {path}: column {column!r} of type "
                                       f"{table.column(column).type} cannot be read as {want}: {err}") from err
     return table
-
-
-def _utc_times(path: Path, table: pa.Table) -> pa.ChunkedArray:
-    """Parse ``obs_time`` (ISO 8601 date or date-time, UTC when no offset is given) to UTC timestamps.
-
-    Numbers are Unix times, as JRC's API gives them (``date_part``) and Earth Engine exports do: in
-    seconds, or in milliseconds where they are too large for seconds of this century.
-    """
-    column = table.column("obs_time")
-    if pa.types.is_timestamp(column.type):
-        return column.cast(_TIME) if column.type.tz else pc.assume_timezone(column, "UTC").cast(_TIME)
-    numeric = pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
-    if not numeric and pa.types.is_string(column.type):  # a CSV's column: read as text
-        numeric = bool(pc.all(pc.match_substring_regex(column, r"^\d+(\.\d*)?$")).as_py() or False)
-    if numeric:
-        return _unix_times(path, column)
-    try:  # every value with a zone offset (Z, +02:00): converted to UTC
-        return pc.cast(column.cast(pa.string()), _TIME)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
-    text = pc.replace_substring_regex(column.cast(pa.string()), r"(Z|[+-]00:?00)$", "")
-    try:
-        return pc.assume_timezone(pc.cast(text, pa.timestamp("us")), "UTC").cast(_TIME)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
-    # one value at a time (slow, rare): offsets mixed with times without one, nanoseconds
-    out: list[datetime | None] = []
-    for line, value in enumerate(column.cast(pa.string()).to_pylist(), start=2):
-        if value is None:  # named by the check for empty values
-            out.append(None)
-            continue
-        try:
-            when = datetime.fromisoformat(value)
-        except ValueError:
-            raise SeriesFileError(f"time-series file {path}: line {line}, column 'obs_time': cannot read "
-                                  f"{value!r} as an ISO 8601 UTC time") from None
-        out.append(when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC))
-    return pa.chunked_array([pa.array(out, _TIME)])
-
-
-def _unix_times(path: Path, column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Unix times in seconds, or in milliseconds where the values are too large for seconds (see _utc_times)."""
-    empty = column.is_null().to_numpy(zero_copy_only=False)  # named by the check for empty values
-    seconds = np.where(empty, _MIN_UNIX_SECONDS, pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False))
-    finite = seconds[np.isfinite(seconds) & ~empty]
-    if len(finite) and float(np.median(finite)) > _MAX_UNIX_SECONDS:
-        seconds = np.where(empty, seconds, seconds / 1000.0)
-    bad = ~(np.isfinite(seconds) & (seconds >= _MIN_UNIX_SECONDS) & (seconds <= _MAX_UNIX_SECONDS))
-    if bad.any():
-        line = int(np.flatnonzero(bad)[0]) + 2
-        raise SeriesFileError(f"time-series file {path}: line {line}, column 'obs_time': {column[line - 2].as_py()!r} "
-                              "is no Unix time of 2014-2100 (seconds or milliseconds) nor an ISO 8601 time")
-    return pa.chunked_array([pa.array(np.rint(seconds * 1e6).astype(np.int64), _TIME, mask=empty)])
 
 
 def _check_nulls(name: str, table: pa.Table, columns: tuple[str, ...]) -> None:
@@ -393,9 +333,9 @@ def series_from_arrow(band_stats: pa.Table, class_counts: pa.Table | None = None
     missing = [column for column in REQUIRED_COLUMNS if column not in band_stats.column_names]
     if missing:
         raise SeriesFileError(f"time-series file {name}: missing column(s) {', '.join(missing)}")
-    if band_stats.column("obs_time").type != _TIME:
+    if band_stats.column("obs_time").type != UTC_TIME:
         band_stats = band_stats.set_column(band_stats.column_names.index("obs_time"), "obs_time",
-                                           _utc_times(Path(name), band_stats))
+                                           utc_times(Path(name), band_stats))
     _check_nulls(name, band_stats, ("parcel_id", "obs_time", "source", "band"))
     source, band, usable = _codes(name, band_stats)
     names, parcel_code = _parcel_codes(band_stats.column("parcel_id"))
