@@ -119,7 +119,8 @@ def test_dump_links_cannot_be_altered_or_used_after_expiry(api_client: TestClien
     chip = _by_location(api_client, api_world, band="SCL")["chips"][0]
     _, _, token, name = chip.split("/")
     body, mac = token.split(".")
-    flipped = ("B" if body[5] == "A" else "A")
+    assert re.fullmatch(r"[0-9a-f]+\.[0-9a-f]{64}", token)  # hex: no capital a client's URL edit could change
+    flipped = "0" if body[5] != "0" else "1"
     altered = [f"/dump/{body[:5]}{flipped}{body[6:]}.{mac}/{name}",  # the payload changed
                f"/dump/{body}.{mac[:-2]}AA/{name}",  # the MAC changed
                f"/dump/{body}/{name}", f"/dump/x.y.z/{name}", f"/dump/{body}.{mac}/other.SCL.tif",
@@ -133,6 +134,34 @@ def test_dump_links_cannot_be_altered_or_used_after_expiry(api_client: TestClien
         [old] = links.sign_links(conn, [{"p": 1}], ttl_s=60, now=1_000_000_000)  # expired in 2001
         assert links.open_link(conn, old, now=1_000_000_000)["p"] == 1
         assert api_client.get(f"/dump/{old}/{name}").status_code == 404
+
+
+def test_a_chip_link_edited_to_another_band_of_its_product_serves_that_band(api_client: TestClient,
+                                                                           api_world: World) -> None:
+    """JRC's tests/test_post*.py edit the whole URL: ``replace('B08.tif', 'B04.tif')``, ``replace('VV', 'VH')``."""
+    ann = api_world.basic("ann")
+    body = {"lon": LON, "lat": LAT, "tiles": ["S2_alpha_20180405"], "bands": ["B08", "B04"], "chipsize": 200}
+    batch = api_client.post("/query/rawChipsBatch", json=body, auth=ann).json()
+    listed = dict(zip(batch["dates"], batch["chips"], strict=True))
+    label = f"{S2_DATES[0]:%Y%m%dT%H%M%S}"
+    nir = listed[f"{label}_B08"]
+    red = api_client.get(nir.replace("B08.tif", "B04.tif"))  # no login, as JRC's scripts fetch them
+    assert red.status_code == 200 and red.content == api_client.get(listed[f"{label}_B04"]).content
+    assert api_client.get(nir.replace("B08.tif", "SCL.tif")).status_code == 200  # any band of the product
+    for edit in ("B09.tif", "XYZ.tif", "B04.png"):  # a band the product lacks, no band, another kind
+        assert api_client.get(nir.replace("B08.tif", edit)).status_code == 404, edit
+    assert api_client.get(nir.replace("S2_alpha_20180405", "S2_alpha_20180510")).status_code == 404  # another product
+
+    s1 = {"lon": LON, "lat": LAT, "dates": ["2018-04-01", "2018-04-30"], "chipsize": 640, "plevel": "CARD-BS"}
+    answer = api_client.post("/query/rawS1ChipsBatch", json=s1, auth=ann).json()
+    vv = next(c for c in answer["chips"] if c.endswith("_VV.tif"))
+    vh = next(c for c in answer["chips"] if c.endswith("_VH.tif"))
+    assert api_client.get(vv.replace("VV", "VH")).content == api_client.get(vh).content
+
+    page = api_client.get("/query/chipsByLocation", auth=ann, params={"lon": LON, "lat": LAT, **SPRING}).text
+    composite = "/dump/" + page.split('src="../dump/', 1)[1].split('"', 1)[0]
+    assert api_client.get(composite).status_code == 200
+    assert api_client.get(composite.replace("B08_B04_B03.png", "B04_B03_B02.png")).status_code == 404  # its own only
 
 
 def test_link_mac_is_rfc2104_hmac_sha256_and_the_key_stays_in_the_database(api_world: World) -> None:

@@ -16,7 +16,9 @@ a ``tms`` this server does not configure gets 404 with JRC's ``{}`` (its ``cbm``
 next ``tms`` on exactly that) and the reason in the ``X-Detail`` header.
 What is in a chip: :mod:`.raw_chips`. Each URL is a signed link
 valid for a day (:mod:`.links`): the grant is checked when the query answers; the chip is cut when
-the link is fetched, so a long list costs nothing until it is downloaded.
+the link is fetched, so a long list costs nothing until it is downloaded. A raw chip's link also
+serves the other bands of its product when its file name is edited (``...B08.tif`` -> ``...B04.tif``,
+``_VV`` -> ``_VH``), as JRC's scripts fetch them from JRC's one folder per request.
 
 ``chipsize`` is the side of the chip in metres (JRC: 1280 = 128 pixels of a 10 m band, at most
 5120); ``plevel`` LEVEL2A (default) or LEVEL1C; ``band`` one Sentinel-2 band (``B02``, ``B8A``,
@@ -29,6 +31,7 @@ batch body with an unknown key is 422 (JRC: an ``error`` member with 200).
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
@@ -266,15 +269,14 @@ def background_by_parcel_id(
 @dump_router.get("/dump/{token}/{filename}",
                  summary="One chip of a rawChip*, chipsBy* or background* answer (signed link, no login)",
                  response_class=Response, responses={200: {"content": {"image/tiff": {}, "image/png": {}}}})
-async def dump(ctx: Context, token: Annotated[str, Path(max_length=1024)],
+async def dump(ctx: Context, token: Annotated[str, Path(max_length=links.MAX_TOKEN)],
                filename: Annotated[str, Path(max_length=256)]) -> Response:
     def render() -> bytes:
         with ctx.connection() as conn:
             payload = links.open_link(conn, token)
-            if filename != payload.get("f"):
-                raise NotFoundError(f"no chip {filename[:80]!r} behind this link")
+            band = _linked_band(payload, filename)
             if payload.get("k") != "bg":
-                chip, band = _chip(payload)
+                chip, _ = _chip(payload)
                 where = (float(payload["x"]), float(payload["y"]), float(payload["m"]))
                 if payload.get("k") == "png":
                     return raw_chips.render_composite(conn, ctx.store(), chip, band.split("_"), *where,
@@ -300,6 +302,25 @@ def _payload(chip: raw_chips.RawChip, band: str, lon: float, lat: float, chipsiz
     """What a chip link carries (read back by :func:`_chip`): product, parcel set, band(s), place, size, file."""
     return {"p": chip.product_id, "s": chip.parcel_set_id, "n": chip.name, "t": chip.acquired_at.isoformat(),
             "b": band, "x": lon, "y": lat, "m": chipsize, "f": filename, **extra}
+
+
+def _linked_band(payload: dict[str, Any], filename: str) -> str:
+    """The band *filename* asks of the link's product: the linked file's, or another band of the same raw chip.
+
+    JRC's scripts fetch a chip's other bands by editing its URL (``B08.tif`` -> ``B04.tif``, ``_VV`` ->
+    ``_VH``), as JRC's chips of one request lie in one folder: a raw chip's link serves every band of its
+    product at its place (the query would have listed them to the same user). Composites and backgrounds
+    serve their own file only.
+    """
+    signed, band = str(payload.get("f")), str(payload.get("b"))
+    if filename == signed:
+        return band
+    prefix = signed.removesuffix(f"{band}.tif")
+    other = filename.removeprefix(prefix).removesuffix(".tif")
+    if (payload.get("k") is None and prefix != signed and filename == f"{prefix}{other}.tif"
+            and re.fullmatch(r"B0[1-9]|B1[0-2]|B8A|SCL|VV|VH", other)):
+        return other
+    raise NotFoundError(f"no chip {filename[:80]!r} behind this link")
 
 
 def _chip(payload: dict[str, Any]) -> tuple[raw_chips.RawChip, str]:

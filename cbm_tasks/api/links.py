@@ -3,17 +3,20 @@
 JRC's raw-chip queries answer relative URLs that the client downloads without credentials
 (``requests.get(api_url + chip)`` in JRC's notebooks). The API checks the user's grant when it
 writes a link; the link itself is a capability: ``<payload>.<mac>``, the payload a compact JSON
-object (base64url) with an expiry, the MAC HMAC-SHA256 of the payload under a key that never
-leaves the database (sql/021_api_link_key.sql). Changing one character of the link, or using it
-after its expiry, gets 404; nothing in it is secret, so it may be logged.
+object with an expiry, the MAC HMAC-SHA256 of the payload under a key that never leaves the
+database (sql/021_api_link_key.sql). Changing one character of the link, or using it after its
+expiry, gets 404; nothing in it is secret, so it may be logged.
+
+Both parts are lower-case hex, not base64: JRC's own scripts make a chip's other band by editing
+the whole URL (``url.replace('VV', 'VH')``, ``url.replace('B08.tif', 'B04.tif')``), and a token
+in hex holds no capital letter that such an edit could change.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import json
+import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -23,19 +26,12 @@ import psycopg
 
 from cbm_tasks.errors import NotFoundError
 
-__all__ = ["LINK_TTL_S", "open_link", "rotate_key", "sign_links"]
+__all__ = ["LINK_TTL_S", "MAX_TOKEN", "open_link", "rotate_key", "sign_links"]
 
 LINK_TTL_S = 24 * 3600  # a day: JRC's service flushes its chip cache every night
 _DOMAIN = b"cbm chip link v1\n"  # the MAC covers this prefix too: a MAC made for another use never verifies
-_MAX_TOKEN = 1024
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+MAX_TOKEN = 2048  # a Sentinel-1 coherence chip names two scenes: ~900 characters
+_HEX = re.compile(r"^[0-9a-f]+\.[0-9a-f]{64}$")
 
 
 def _macs(conn: psycopg.Connection, messages: Sequence[bytes]) -> list[bytes]:
@@ -49,7 +45,7 @@ def sign_links(conn: psycopg.Connection, payloads: Sequence[Mapping[str, Any]], 
     """Return one token ``<payload>.<mac>`` per payload (JSON-able mappings), valid for *ttl_s* seconds."""
     expires = int((time.time() if now is None else now) + ttl_s)
     bodies = [json.dumps({**p, "exp": expires}, separators=(",", ":"), sort_keys=True).encode() for p in payloads]
-    return [f"{_b64(body)}.{_b64(mac)}" for body, mac in zip(bodies, _macs(conn, bodies), strict=True)]
+    return [f"{body.hex()}.{mac.hex()}" for body, mac in zip(bodies, _macs(conn, bodies), strict=True)]
 
 
 def open_link(conn: psycopg.Connection, token: str, *, now: float | None = None) -> dict[str, Any]:
@@ -59,12 +55,12 @@ def open_link(conn: psycopg.Connection, token: str, *, now: float | None = None)
         NotFoundError: malformed, altered or expired (one answer for all: a prober learns nothing).
     """
     gone = NotFoundError("no such chip: the link is malformed, altered or expired; ask the query again")
-    if len(token) > _MAX_TOKEN or token.count(".") != 1:
+    if len(token) > MAX_TOKEN or not _HEX.match(token):
         raise gone
     body_text, mac_text = token.split(".")
     try:
-        body, mac = _unb64(body_text), _unb64(mac_text)
-    except (binascii.Error, ValueError):
+        body, mac = bytes.fromhex(body_text), bytes.fromhex(mac_text)
+    except ValueError:  # an odd number of digits
         raise gone from None
     if not hmac.compare_digest(_macs(conn, [body])[0], mac):
         raise gone
