@@ -225,6 +225,22 @@ def test_a_deployment_names_bands_as_jrc_s_open_source_extractor(world: World) -
     assert ApiConfig(dsn=world.db_url).jrc_band_names == "B04"
 
 
+def test_jrc_queries_take_the_declared_parcel_id_as_pid(client: TestClient, world: World) -> None:
+    """JRC's deployments took their configured parcel id as ``pid`` (the Czech notebook: ``pid=767110201/3``)."""
+    ann = world.basic("ann")
+    q = "/query/{}?aoi=alpha&year=2018&pid={}"
+    by_id = client.get(q.format("parcelByID", "A-2"), auth=ann).json()
+    assert by_id == client.get(q.format("parcelByID", "2"), auth=ann).json() and by_id["pid"] == [2]
+    for route in ("parcelTimeSeries", "parcelPeers", "markers"):
+        assert client.get(q.format(route, "A-1"), auth=ann).json() == client.get(q.format(route, "1"), auth=ann).json()
+    chips = client.get(q.format("rawChipByParcelID", "A-1") + "&start_date=2018-04-01&end_date=2018-04-30&band=SCL",
+                       auth=ann).json()
+    assert chips["dates"]
+    missing = client.get(q.format("parcelByID", "767110201/3"), auth=ann)
+    assert missing.status_code == 404 and "neither a parcel key nor a declared parcel id" in missing.json()["detail"]
+    assert client.get(q.format("parcelByID", "A-1%00"), auth=ann).status_code == 422  # no control characters
+
+
 def test_jrc_info_lists_the_granted_aois_with_working_examples(client: TestClient, world: World) -> None:
     root = world.basic("root")
     info = client.get("/query/info", auth=root).json()

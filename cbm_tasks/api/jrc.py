@@ -1,7 +1,8 @@
 """``/query``: JRC's CbM query names, parameters and answer shapes, for notebooks written for JRC's API.
 
 An answer is a JSON object of equal-length column lists (``pandas.read_json`` reads it as a table); no
-rows give the columns with empty lists. Parcel queries answer ``ogc_fid`` and ``pid`` (both our parcel
+rows give the columns with empty lists. ``pid`` takes a parcel's key or the parcel id it was declared
+with (JRC's deployments configured either). Parcel queries answer ``ogc_fid`` and ``pid`` (both our parcel
 key, the ``pid`` the other queries take: JRC's API named it ``ogc_fid`` until 2022 and ``pid`` since;
 peers give it as ``pid`` and ``pids``), ``cropname``, ``cropcode``, ``srid``, ``area`` (m2), ``clon``,
 ``clat`` (WGS84 centroid) and with ``withGeometry=True`` ``geom`` (GeoJSON text, in the set's CRS or
@@ -76,7 +77,8 @@ _MARKER_COLUMNS = ("foi_id", "marker", "marker_type", "date_start", "date_main",
 AoiParam = Annotated[str | None, Query(pattern=AOI_PATTERN, max_length=63)]
 YearParam = Annotated[int | None, Query(ge=2014, le=2100)]
 ParcelsParam = Annotated[str | None, Query(max_length=67, description="AOI and year run together, e.g. nl2023")]
-Pid = Annotated[int, Query(ge=1, le=2_147_483_647, description="ogc_fid of the parcel")]
+Pid = Annotated[str, Query(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$",
+                           description="the parcel's ogc_fid (its key), or the parcel id it was declared with")]
 Flag = Annotated[str, Query(max_length=5, pattern="^(True|False|true|false|1|0)$")]
 Ptype = Annotated[str, Query(max_length=20, description="JRC's parcel table type: empty (one set per AOI and year)")]
 
@@ -153,7 +155,8 @@ def parcel_by_id(
     name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
-        found = [queries.parcel_by_key(conn, ps, pid, geometry=_geometry(flag(withGeometry), flag(wgs84)))]
+        found = [queries.parcel_by_key(conn, ps, queries.parcel_key_of(conn, ps, pid),
+                                       geometry=_geometry(flag(withGeometry), flag(wgs84)))]
     return _parcel_answer(found, flag(withGeometry))
 
 
@@ -191,7 +194,7 @@ def parcel_peers(
     name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
-        found = queries.peers(conn, ps, pid, distance_m=distance, limit=max)
+        found = queries.peers(conn, ps, queries.parcel_key_of(conn, ps, pid), distance_m=distance, limit=max)
     return json_response(_columns(("pid", "pids", "distance"),  # pids: JRC's name since 2022, the same keys
                                   [(p["parcel_key"], p["parcel_key"], p["distance_m"]) for p in found]))
 
@@ -243,8 +246,9 @@ def parcel_time_series(
     with_sc = optical and (only_scl or bands is None)  # the SC rows
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
-        classes = queries.class_counts(conn, ps, pid, SOURCES["scl"]) if with_hist or with_sc else []
-        series = [] if only_scl else queries.time_series(conn, ps, pid, src, bands=bands)
+        key = queries.parcel_key_of(conn, ps, pid)
+        classes = queries.class_counts(conn, ps, key, SOURCES["scl"]) if with_hist or with_sc else []
+        series = [] if only_scl else queries.time_series(conn, ps, key, src, bands=bands)
         names = queries.product_names(conn, sorted({r.product_id for r in series} | {c[1] for c in classes})
                                       ) if with_ref else {}
     labels = jrc_band_labels(ctx.config.jrc_band_names, src, band)
@@ -269,7 +273,7 @@ def parcel_time_series(
     if tsformat == "csv":
         text_rows = [tuple(json.dumps(v, separators=(",", ":")) if isinstance(v, dict) else v for v in row)
                      for row in rows]
-        return csv_response(columns, text_rows, filename=f"{name}{season}_{pid}_{src.name}.csv")
+        return csv_response(columns, text_rows, filename=f"{name}{season}_{key}_{src.name}.csv")
     return json_response(_columns(columns, rows))
 
 
@@ -335,9 +339,10 @@ def markers(
     name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
-        parcel = queries.parcel_by_key(conn, ps, pid)
-        events = queries.parcel_markers(conn, ps, pid)
-    rows = [(parcel["parcel_id"], e["marker"], e["sources"], *_dates(e), e["value"], e["confidence"], e["seq"], pid,
+        key = queries.parcel_key_of(conn, ps, pid)
+        parcel = queries.parcel_by_key(conn, ps, key)
+        events = queries.parcel_markers(conn, ps, key)
+    rows = [(parcel["parcel_id"], e["marker"], e["sources"], *_dates(e), e["value"], e["confidence"], e["seq"], key,
              parcel["crop_name"]) for e in events]
     return json_response(_columns(_MARKER_COLUMNS, rows))
 

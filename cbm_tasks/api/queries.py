@@ -12,6 +12,7 @@ re-imports; JRC's ``ogc_fid``/``pid``) or by the declared ``parcel_id``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -37,6 +38,7 @@ __all__ = [
     "aoi_parcel_sets",
     "class_counts",
     "parcel_by_key",
+    "parcel_key_of",
     "parcel_markers",
     "parcel_set",
     "parcel_traffic_lights",
@@ -169,6 +171,26 @@ def parcel_by_key(conn: psycopg.Connection, ps: ParcelSet, key: int, *,
     if not found:
         raise NotFoundError(f"parcel {key} is not in the {ps.year} parcel set of AOI {ps.aoi!r}")
     return found[0]
+
+
+def parcel_key_of(conn: psycopg.Connection, ps: ParcelSet, pid: str) -> int:
+    """Return the key of the parcel JRC's ``pid`` names: its key (``ogc_fid``), else its declared id.
+
+    JRC's deployments configured either as the parcel id its queries take (``767110201/3`` in JRC's
+    Czech notebook). A number that is both one parcel's key and another's declared id is the key.
+
+    Raises:
+        NotFoundError: no parcel has that key or declared id.
+    """
+    key = int(pid) if re.fullmatch(r"[0-9]{1,10}", pid) and int(pid) <= 2_147_483_647 else None
+    row = conn.execute("SELECT parcel_key FROM cbm.parcel WHERE parcel_set_id = %(set)s "
+                       "AND (parcel_key = %(key)s OR parcel_id = %(pid)s) "
+                       "ORDER BY parcel_key = %(key)s DESC NULLS LAST LIMIT 1",
+                       {"set": ps.parcel_set_id, "key": key, "pid": pid}).fetchone()
+    if row is None:
+        raise NotFoundError(f"parcel {pid[:100]!r} is not in the {ps.year} parcel set of AOI {ps.aoi!r} "
+                            "(neither a parcel key nor a declared parcel id)")
+    return int(row[0])
 
 
 def parcels_by_id(conn: psycopg.Connection, ps: ParcelSet, parcel_id: str, *,
