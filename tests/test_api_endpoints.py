@@ -183,6 +183,9 @@ def test_jrc_time_series_carry_the_scl_histogram_the_sc_band_and_the_product_nam
     # per image its four bands, then SC (the scene classification statistics, as tstype=scl gives them)
     assert s2["band"] == ["B02", "B03", "B04", "B08", "SC"] * 3  # as JRC's servers (B4: a setting, below)
     scl = client.get(f"{q}&tstype=scl", auth=ann).json()
+    # JRC's tstype=scl answer is obsid (its image id) and hist: both there, beside the SC statistics
+    assert scl["obsid"] == world.s2_products and scl["hist"][0] == {"4": 30, "5": 10}
+    assert "hist" in client.get(f"{q}&tstype=scl&scl=False", auth=ann).json()
     sc = [i for i, b in enumerate(s2["band"]) if b == "SC"]
     for name in ("date_part", "count", "mean", "p50", "max"):
         assert [s2[name][i] for i in sc] == scl[name], name

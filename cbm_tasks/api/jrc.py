@@ -12,7 +12,8 @@ backscatter and ``VVc``/``VHc`` for coherence, as JRC's servers answer; ``B2`` .
 names them as the extractor of JRC's repository, ``ApiConfig.jrc_band_names``; a band asked for by name,
 ``band=B4``, is answered under that name), ``count``, ``mean``, ``std``, ``min``, ``p25``, ``p50``,
 ``p75``, ``max``; ``tsformat=csv`` gives the same table as CSV. As JRC's: ``tstype=s2`` gives after each
-image's bands its ``SC`` row (the statistics of its scene classification, as ``tstype=scl``);
+image's bands its ``SC`` row (the statistics of its scene classification, as ``tstype=scl``, which
+also answers JRC's ``obsid``, the image id, and always ``hist``);
 ``scl=True`` (the default) adds ``hist``, the image's SCL pixel counts per class (``{"4": 812, "8":
 3}``; JSON text in CSV; ``{}`` where the image has none, where JRC leaves the row out) for Sentinel-2;
 ``ref=True`` adds ``reference``, the product name.
@@ -242,7 +243,8 @@ def parcel_time_series(
     optical = src.name in ("s2", "scl")
     only_scl = src.categorical or (src.name == "s2" and band is not None and band.upper() in ("SC", "SCL"))
     bands = None if only_scl else bands_for(src, [band] if band else None)
-    with_hist, with_ref = optical and flag(scl), flag(ref)  # JRC: no SCL histogram for Sentinel-1
+    with_hist, with_ref = optical and (flag(scl) or src.categorical), flag(ref)  # JRC: none for Sentinel-1
+    with_obsid = src.categorical  # JRC's tstype=scl answers obsid (its image id) and hist
     with_sc = optical and (only_scl or bands is None)  # the SC rows
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
@@ -257,7 +259,8 @@ def parcel_time_series(
                for t, product, b, counts in classes} if with_sc else {}
 
     def extra(product: int) -> tuple[Any, ...]:
-        return (*([hist.get(product, {})] if with_hist else []), *([names.get(product)] if with_ref else []))
+        return (*([product] if with_obsid else []), *([hist.get(product, {})] if with_hist else []),
+                *([names.get(product)] if with_ref else []))
 
     # per image (by time and product id): its bands, then its SCL statistics as the band SC (JRC's s2 answer
     # carries both; tstype=scl or band=SC the SC rows alone)
@@ -269,7 +272,8 @@ def parcel_time_series(
                                                     vmin, p25, p50, p75, vmax, *extra(r.product_id))))
     keyed += [(row[0], product, len(series), (*row, *extra(product))) for product, row in sc_rows.items()]
     rows = [item[3] for item in sorted(keyed, key=lambda item: item[:3])]
-    columns = (*_TS_COLUMNS, *(["hist"] if with_hist else []), *(["reference"] if with_ref else []))
+    columns = (*_TS_COLUMNS, *(["obsid"] if with_obsid else []), *(["hist"] if with_hist else []),
+               *(["reference"] if with_ref else []))
     if tsformat == "csv":
         text_rows = [tuple(json.dumps(v, separators=(",", ":")) if isinstance(v, dict) else v for v in row)
                      for row in rows]
