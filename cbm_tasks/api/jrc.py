@@ -47,7 +47,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from cbm_tasks import __version__
-from cbm_tasks.api import queries
+from cbm_tasks.api import decision_queries, queries
 from cbm_tasks.api.deps import Context, CurrentUser, app_root, csv_response, json_response
 from cbm_tasks.api.validation import (
     AOI_PATTERN,
@@ -345,7 +345,7 @@ def markers(
         ps = queries.parcel_set(conn, user, name, season)
         key = queries.parcel_key_of(conn, ps, pid)
         parcel = queries.parcel_by_key(conn, ps, key)
-        events = queries.parcel_markers(conn, ps, key)
+        events = decision_queries.parcel_markers(conn, ps, key)
     rows = [(parcel["parcel_id"], e["marker"], e["sources"], *_dates(e), e["value"], e["confidence"], e["seq"], key,
              parcel["crop_name"]) for e in events]
     return json_response(_columns(_MARKER_COLUMNS, rows))

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from cbm_tasks.api import chips, queries
+from cbm_tasks.api import chips, decision_queries, queries
 from cbm_tasks.api.auth import Principal
 from cbm_tasks.api.context import ApiContext
 from cbm_tasks.api.deps import Context, CurrentUser, csv_response, json_response
@@ -135,7 +135,7 @@ def get_time_series(
 def get_markers(aoi: Aoi, year: Year, key: Key, user: CurrentUser, ctx: Context) -> Response:
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, aoi, year)
-        return json_response({"parcel_key": key, "markers": queries.parcel_markers(conn, ps, key)})
+        return json_response({"parcel_key": key, "markers": decision_queries.parcel_markers(conn, ps, key)})
 
 
 def _explained(ctx: ApiContext, user: Principal, aoi: str, year: int, key: int,
@@ -260,14 +260,15 @@ async def get_light_explanation(aoi: Aoi, year: Year, key: Key, scheme: Scheme, 
 def get_traffic_lights(aoi: Aoi, year: Year, key: Key, user: CurrentUser, ctx: Context) -> Response:
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, aoi, year)
-        return json_response({"parcel_key": key, "traffic_lights": queries.parcel_traffic_lights(conn, ps, key)})
+        lights = decision_queries.parcel_traffic_lights(conn, ps, key)
+        return json_response({"parcel_key": key, "traffic_lights": lights})
 
 
 @router.get("/aois/{aoi}/{year}/traffic-lights", summary="Parcels per scheme, colour and reason")
 def get_traffic_light_summary(aoi: Aoi, year: Year, user: CurrentUser, ctx: Context) -> Response:
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, aoi, year)
-        summary = queries.traffic_light_summary(conn, ps)
+        summary = decision_queries.traffic_light_summary(conn, ps)
     return json_response({"aoi": aoi, "year": year, "n_parcels": ps.n_parcels, "summary": summary})
 
 
