@@ -21,19 +21,17 @@ No Airflow import here (STYLE R1).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import secrets
 import shlex
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cbm_tasks.errors import ConfigError
 from cbm_tasks.ops import kernel_cache, redis_broker, settings
+from cbm_tasks.ops.airflow_secrets import ADMIN_USER, admin_password, broker_password, deployment_secrets, write_private
 from cbm_tasks.ops.cluster import ClusterConfig
 
 __all__ = [
@@ -52,7 +50,6 @@ __all__ = [
     "write_config",
 ]
 
-ADMIN_USER = "admin"
 EXTRACT_POOL = "cbm_extract"
 CARD_POOL = "cbm_card"
 _PRELOAD = ("airflow.executors.local_executor", "airflow.sdk.execution_time.task_runner",
@@ -265,52 +262,8 @@ def record_deployment(cfg: AirflowConfig) -> None:
                                                "worker_concurrency": cfg.worker_concurrency}) + "\n")
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write *text* to *path*, readable by the owner only (the file holds secrets)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    path.chmod(0o600)
-
-
-def _secrets(cfg: AirflowConfig) -> dict[str, str]:
-    """Return the deployment's secrets, generating them on first use.
-
-    The fernet key must never change once connections or variables are stored encrypted in
-    the metadata database, so a stored secret is only read; a secret added by a later version
-    (the Redis password) is generated and stored beside the others once.
-    """
-    path = cfg.home / "secrets.json"
-    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    makers: dict[str, Callable[[], str]] = {
-        "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
-        "jwt_secret": lambda: secrets.token_urlsafe(32),
-        "api_secret_key": lambda: secrets.token_urlsafe(32),
-        "redis_password": lambda: secrets.token_urlsafe(24),
-    }
-    missing = {name: make() for name, make in makers.items() if name not in stored}
-    if missing:
-        stored.update(missing)
-        _write_private(path, json.dumps(stored, indent=1) + "\n")
-    return stored
-
-
-def admin_password(cfg: AirflowConfig) -> str:
-    """Return the UI password of user ``admin``, generating it on first use."""
-    if cfg.passwords_file.exists():
-        passwords: dict[str, str] = json.loads(cfg.passwords_file.read_text() or "{}")
-        if ADMIN_USER in passwords:
-            return passwords[ADMIN_USER]
-    else:
-        passwords = {}
-    passwords[ADMIN_USER] = secrets.token_urlsafe(12)
-    _write_private(cfg.passwords_file, json.dumps(passwords) + "\n")
-    return passwords[ADMIN_USER]
-
-
 def _settings(cfg: AirflowConfig) -> dict[str, dict[str, str]]:
-    keys = _secrets(cfg)
+    keys = deployment_secrets(cfg)
     values = {
         "core": {
             "dags_folder": str(cfg.project / "dags"),
@@ -394,15 +347,10 @@ def write_config(cfg: AirflowConfig) -> Path:
         # configparser interpolates %(...)s: a literal % is written %%
         lines.extend(f"{key} = {value.replace('%', '%%')}" for key, value in values.items())
     path = cfg.home / "airflow.cfg"
-    _write_private(path, "\n".join(lines) + "\n")
+    write_private(path, "\n".join(lines) + "\n")
     if cfg.executor == "celery":
         redis_broker.write_redis_config(cfg.redis_dir, port=cfg.redis_port, password=broker_password(cfg))
     return path
-
-
-def broker_password(cfg: AirflowConfig) -> str:
-    """Return the Celery broker's (Redis) password, generating it on first use."""
-    return _secrets(cfg)["redis_password"]
 
 
 def _postgis_connection(data_url: str) -> dict[str, Any]:
