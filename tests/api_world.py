@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
+import pyproj
 import pytest
 import rasterio
 import shapely
@@ -37,6 +38,8 @@ from cbm_tasks.store import StoreConfig
 from cbm_tasks.timeseries import write as obs
 
 X0, Y0 = 500_000.0, 5_650_000.0  # UTM 31N, West Flanders
+P2_X, P2_Y = X0 + 160, Y0 + 50  # inside parcel 2 (its centre)
+P2_LON, P2_LAT = pyproj.Transformer.from_crs(32631, 4326, always_xy=True).transform(P2_X, P2_Y)
 S2_DATES = (datetime(2018, 4, 5, 10, 50, 31, tzinfo=UTC), datetime(2018, 5, 10, 10, 50, 31, tzinfo=UTC),
             datetime(2018, 6, 15, 10, 50, 31, tzinfo=UTC))
 BS_DATES = (datetime(2018, 4, 7, 17, 30, tzinfo=UTC), datetime(2018, 5, 13, 17, 30, tzinfo=UTC))

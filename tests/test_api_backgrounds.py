@@ -11,10 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyproj
 import pytest
 import rasterio
-from api_world import X0, Y0, World, write_ortho
+from api_world import P2_LAT, P2_LON, World, write_ortho
 from fastapi.testclient import TestClient
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
@@ -25,7 +24,7 @@ from cbm_tasks.api.context import ApiConfig
 from cbm_tasks.errors import ConfigError
 from cbm_tasks.store import StoreConfig
 
-LON, LAT = pyproj.Transformer.from_crs(32631, 4326, always_xy=True).transform(X0 + 160, Y0 + 50)  # parcel 2
+LON, LAT = P2_LON, P2_LAT
 
 
 def _tile() -> bytes:

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyproj
 import pytest
 import rasterio
 import rasterio.features
-from api_world import S2_DATES, X0, Y0, World
+from api_world import P2_LAT, P2_LON, S2_DATES, X0, Y0, World
 from shapely.geometry import box
 
 from cbm_tasks.ops.api_process import serve_standalone
@@ -30,7 +29,7 @@ def api_url(api_world: World) -> Iterator[str]:
 
 
 def test_jrc_style_notebook_runs_unchanged(api_url: str, api_world: World) -> None:
-    lon, lat = pyproj.Transformer.from_crs(32631, 4326, always_xy=True).transform(X0 + 160, Y0 + 50)  # parcel 2
+    lon, lat = P2_LON, P2_LAT
     env = os.environ | {"API_URL": f"{api_url}", "API_USER": "ann", "API_PASS": api_world.secrets["ann"],
                         "AOI": "alpha", "YEAR": "2018", "LON": str(lon), "LAT": str(lat)}
     result = subprocess.run([sys.executable, str(NOTEBOOK)], env=env, capture_output=True, text=True, timeout=120,

@@ -10,11 +10,10 @@ import warnings
 
 import numpy as np
 import psycopg
-import pyproj
 import pytest
 import rasterio
 from affine import Affine
-from api_world import S2_DATES, X0, Y0, World
+from api_world import P2_LAT, P2_LON, P2_X, P2_Y, S2_DATES, X0, Y0, World
 from fastapi.testclient import TestClient
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
@@ -26,8 +25,7 @@ from cbm_tasks.api.context import ApiConfig
 from cbm_tasks.api.validation import ApiInputError
 from cbm_tasks.cli import main
 
-TO_WGS84 = pyproj.Transformer.from_crs(32631, 4326, always_xy=True)
-LON, LAT = TO_WGS84.transform(X0 + 160, Y0 + 50)  # the centre of parcel 2
+LON, LAT = P2_LON, P2_LAT
 SPRING = {"start_date": "2018-04-01", "end_date": "2018-05-31"}
 
 
@@ -227,7 +225,7 @@ def test_chips_page_shows_composites_of_the_date_range(api_client: TestClient, a
             rgba = image.read()
     assert rgba.shape == (4, 128, 128)  # 1280 m of the 10 m B08 grid
     with rasterio.open(api_world.store_root / "S2_alpha_20180405_10m.tif") as src:  # B02 B03 B04 B08
-        row, col = src.index(X0 + 160, Y0 + 50)
+        row, col = src.index(P2_X, P2_Y)
         dn = src.read(window=Window(col - 64, row - 64, 128, 128), boundless=True, fill_value=0)
     expected = np.clip(dn[[3, 2, 1]].astype(np.float64) / 3000 * 255, 0, 255).astype(np.uint8)
     inside = rgba[3] == 255
