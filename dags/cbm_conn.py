@@ -44,6 +44,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 from psycopg.conninfo import make_conninfo
 
 from cbm_tasks.api.context import ApiConfig
+from cbm_tasks.api.validation import DEFAULT_JRC_BAND_STYLE
 from cbm_tasks.card.backend import BackendConfig
 from cbm_tasks.card.odp import OdpConfig
 from cbm_tasks.catalogue.clients import CatalogueConfig
@@ -109,7 +110,7 @@ def api_config() -> ApiConfig:
     from cbm_tasks.api.backgrounds import parse_backgrounds  # rasterio and the chips: only the API server needs them
 
     backgrounds = parse_backgrounds(Variable.get(BACKGROUNDS_VARIABLE, default=None), where="Variable cbm_backgrounds")
-    band_names = Variable.get(JRC_BAND_NAMES_VARIABLE, default=None) or "B04"
+    band_names = Variable.get(JRC_BAND_NAMES_VARIABLE, default=None) or DEFAULT_JRC_BAND_STYLE
     return ApiConfig(dsn=dsn, store=store, backgrounds=backgrounds, jrc_band_names=band_names.strip())
 
 

@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cbm_tasks.api.auth import CredentialCache, Principal, authenticate
 from cbm_tasks.api.login_limit import LoginLimiter
-from cbm_tasks.api.validation import JRC_BAND_STYLES
+from cbm_tasks.api.validation import DEFAULT_JRC_BAND_STYLE, JRC_BAND_STYLES
 from cbm_tasks.errors import ConfigError, NotFoundError, TransientError
 from cbm_tasks.store import Store, StoreConfig, open_store
 
@@ -55,7 +55,7 @@ class ApiConfig:
     db_role: str | None = "cbm_reader"
     store: StoreConfig | None = None
     backgrounds: Mapping[str, str] = field(default_factory=dict)
-    jrc_band_names: str = "B04"
+    jrc_band_names: str = DEFAULT_JRC_BAND_STYLE
     pool_min: int = 1
     pool_max: int = 8
     pool_timeout_s: float = 10.0

@@ -156,8 +156,7 @@ def parcel_by_id(
     name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
-        found = [queries.parcel_by_key(conn, ps, queries.parcel_key_of(conn, ps, pid),
-                                       geometry=_geometry(flag(withGeometry), flag(wgs84)))]
+        found = [queries.parcel_by_pid(conn, ps, pid, geometry=_geometry(flag(withGeometry), flag(wgs84)))]
     return _parcel_answer(found, flag(withGeometry))
 
 
@@ -195,7 +194,8 @@ def parcel_peers(
     name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
-        found = queries.peers(conn, ps, queries.parcel_key_of(conn, ps, pid), distance_m=distance, limit=max)
+        key = queries.parcel_by_pid(conn, ps, pid)["parcel_key"]
+        found = queries.peers(conn, ps, key, distance_m=distance, limit=max)
     return json_response(_columns(("pid", "pids", "distance"),  # pids: JRC's name since 2022, the same keys
                                   [(p["parcel_key"], p["parcel_key"], p["distance_m"]) for p in found]))
 
@@ -248,7 +248,7 @@ def parcel_time_series(
     with_sc = optical and (only_scl or bands is None)  # the SC rows
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
-        key = queries.parcel_key_of(conn, ps, pid)
+        key = queries.parcel_by_pid(conn, ps, pid)["parcel_key"]
         classes = queries.class_counts(conn, ps, key, SOURCES["scl"]) if with_hist or with_sc else []
         series = [] if only_scl else queries.time_series(conn, ps, key, src, bands=bands)
         names = queries.product_names(conn, sorted({r.product_id for r in series} | {c[1] for c in classes})
@@ -343,8 +343,8 @@ def markers(
     name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
-        key = queries.parcel_key_of(conn, ps, pid)
-        parcel = queries.parcel_by_key(conn, ps, key)
+        parcel = queries.parcel_by_pid(conn, ps, pid)
+        key = parcel["parcel_key"]
         events = decision_queries.parcel_markers(conn, ps, key)
     rows = [(parcel["parcel_id"], e["marker"], e["sources"], *_dates(e), e["value"], e["confidence"], e["seq"], key,
              parcel["crop_name"]) for e in events]

@@ -115,7 +115,7 @@ def raw_chip_by_parcel_id(
     name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
-        parcel = queries.parcel_by_key(conn, ps, queries.parcel_key_of(conn, ps, pid), geometry=None)
+        parcel = queries.parcel_by_pid(conn, ps, pid)
     return _answer(ctx, frozenset({name}), parcel["clon"], parcel["clat"], [_band(band)], chipsize,
                    product_types=raw_chips.PLEVELS[plevel], start=start_date, end=end_date,
                    parcel_set_id=ps.parcel_set_id)
@@ -213,7 +213,7 @@ def chips_by_parcel_id(
     name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
-        parcel = queries.parcel_by_key(conn, ps, queries.parcel_key_of(conn, ps, pid), geometry=None)
+        parcel = queries.parcel_by_pid(conn, ps, pid)
     return _page(ctx, frozenset({name}), parcel["clon"], parcel["clat"], start_date, end_date, bands, lut, chipsize,
                  plevel, ps.parcel_set_id)
 
@@ -261,7 +261,7 @@ def background_by_parcel_id(
     name, season = aoi_year(aoi, year, parcels, ptype)
     with ctx.connection() as conn:
         ps = queries.parcel_set(conn, user, name, season)
-        parcel = queries.parcel_by_key(conn, ps, queries.parcel_key_of(conn, ps, pid), geometry=None)
+        parcel = queries.parcel_by_pid(conn, ps, pid)
     return _background(request, ctx, frozenset({name}), parcel["clon"], parcel["clat"], tms=tms, chipsize=chipsize,
                        extend=extend, iformat=iformat, raw=flag(raw), parcel_set_id=ps.parcel_set_id)
 

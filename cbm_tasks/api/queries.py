@@ -39,7 +39,7 @@ __all__ = [
     "class_counts",
     "check_parcel",
     "parcel_by_key",
-    "parcel_key_of",
+    "parcel_by_pid",
     "parcel_set",
     "parcels_at",
     "parcels_by_id",
@@ -151,9 +151,10 @@ def reaches_set(conn: psycopg.Connection, ps: ParcelSet, wkt: str) -> bool:
 
 
 def _select_parcels(conn: psycopg.Connection, ps: ParcelSet, where: sql.Composable, params: dict[str, Any], *,
-                    geometry: str | None, limit: int, offset: int = 0) -> list[dict[str, Any]]:
-    """One page (*limit*, *offset*, by parcel key) of the set's parcels matching *where*, as PARCEL_COLUMNS records."""
-    rows = conn.execute(_parcel_query(where, geometry),
+                    geometry: str | None, limit: int, offset: int = 0,
+                    order: str = "p.parcel_key") -> list[dict[str, Any]]:
+    """One page (*limit*, *offset*, by *order*) of the set's parcels matching *where*, as PARCEL_COLUMNS records."""
+    rows = conn.execute(_parcel_query(where, geometry, order=order),
                         {**params, "set": ps.parcel_set_id, "limit": limit, "offset": offset}).fetchall()
     return _parcels(rows)
 
@@ -171,8 +172,9 @@ def parcel_by_key(conn: psycopg.Connection, ps: ParcelSet, key: int, *,
     return found[0]
 
 
-def parcel_key_of(conn: psycopg.Connection, ps: ParcelSet, pid: str) -> int:
-    """Return the key of the parcel JRC's ``pid`` names: its key (``ogc_fid``), else its declared id.
+def parcel_by_pid(conn: psycopg.Connection, ps: ParcelSet, pid: str, *,
+                  geometry: str | None = None) -> dict[str, Any]:
+    """Return the parcel JRC's ``pid`` names: the parcel of that key (``ogc_fid``), else of that declared id.
 
     JRC's deployments configured either as the parcel id its queries take (``767110201/3`` in JRC's
     Czech notebook). A number that is both one parcel's key and another's declared id is the key.
@@ -181,14 +183,13 @@ def parcel_key_of(conn: psycopg.Connection, ps: ParcelSet, pid: str) -> int:
         NotFoundError: no parcel has that key or declared id.
     """
     key = int(pid) if re.fullmatch(r"[0-9]{1,10}", pid) and int(pid) <= 2_147_483_647 else None
-    row = conn.execute("SELECT parcel_key FROM cbm.parcel WHERE parcel_set_id = %(set)s "
-                       "AND (parcel_key = %(key)s OR parcel_id = %(pid)s) "
-                       "ORDER BY parcel_key = %(key)s DESC NULLS LAST LIMIT 1",
-                       {"set": ps.parcel_set_id, "key": key, "pid": pid}).fetchone()
-    if row is None:
+    found = _select_parcels(conn, ps, sql.SQL("(p.parcel_key = %(key)s OR p.parcel_id = %(pid)s)"),
+                            {"key": key, "pid": pid}, geometry=geometry, limit=1,
+                            order="p.parcel_key = %(key)s DESC NULLS LAST")
+    if not found:
         raise NotFoundError(f"parcel {pid[:100]!r} is not in the {ps.year} parcel set of AOI {ps.aoi!r} "
                             "(neither a parcel key nor a declared parcel id)")
-    return int(row[0])
+    return found[0]
 
 
 def parcels_by_id(conn: psycopg.Connection, ps: ParcelSet, parcel_id: str, *,

@@ -22,6 +22,7 @@ from cbm_tasks.errors import BadInputError
 
 __all__ = [
     "AOI_PATTERN",
+    "DEFAULT_JRC_BAND_STYLE",
     "JRC_BANDS",
     "JRC_BAND_STYLES",
     "MAX_DATE_SPAN_DAYS",
@@ -82,10 +83,18 @@ JRC_BANDS = {band: (band[0] + band[2:] if band[1] == "0" else band) for band in 
 # only these, and its client plots VV{tstype[0]}); the plain VV/VH is accepted too
 _FROM_JRC = {jrc: ours for ours, jrc in JRC_BANDS.items()} | {f"{p}{t}": p for p in ("VV", "VH") for t in "bc"}
 _S1_SUFFIX = {"bs": "b", "c6": "c", "c12": "c"}
+
+
+def _our_band(name: str) -> str | None:
+    """Our name of a band given by its name or one of JRC's (``B4``, ``SC``, ``VVb``), None if neither."""
+    return name if name in JRC_BANDS else _FROM_JRC.get(name)
+
+
 # the deployment's naming of Sentinel-2 bands in JRC answers, by the red band's name: B04 (JRC's servers: its
 # calendar-view and time-series notebooks and its database client select B04; its chip queries take it) or B4
 # (what the extractor of JRC's open-source repository writes; JRC's own client reads both)
-JRC_BAND_STYLES = ("B04", "B4")
+DEFAULT_JRC_BAND_STYLE = "B04"
+JRC_BAND_STYLES = (DEFAULT_JRC_BAND_STYLE, "B4")
 
 
 def jrc_band_labels(style: str, src: Source, requested: str | None = None) -> dict[str, str]:
@@ -101,7 +110,7 @@ def jrc_band_labels(style: str, src: Source, requested: str | None = None) -> di
     labels |= {band: band + suffix for band in ("VV", "VH")}
     for item in (requested or "").split(","):
         name = item.strip()
-        ours = name if name in JRC_BANDS else _FROM_JRC.get(name)
+        ours = _our_band(name)
         if ours is not None and ours != "SCL":
             labels[ours] = name
     return labels
@@ -131,7 +140,7 @@ def bands_for(src: Source, requested: list[str] | None) -> tuple[str, ...] | Non
     for item in requested:
         for band in item.split(","):
             name = band.strip()
-            name = name if name in src.bands else _FROM_JRC.get(name, name)
+            name = _our_band(name) or name
             if name not in src.bands:
                 raise ApiInputError(f"band {band[:20]!r} is not a band of source {src.name}; "
                                     f"bands: {', '.join(src.bands)} (JRC names "

@@ -37,11 +37,12 @@ def api_config() -> ApiConfig:
     """Return the standalone server's settings from the environment (see the module docstring)."""
     from cbm_tasks.api.backgrounds import parse_backgrounds
     from cbm_tasks.api.context import ApiConfig  # FastAPI: only the server needs it
+    from cbm_tasks.api.validation import DEFAULT_JRC_BAND_STYLE
 
     return ApiConfig(dsn=os.environ.get("CBM_API_DATABASE_URL") or settings.database_url(),
                      store=settings.store_config(),
                      backgrounds=parse_backgrounds(os.environ.get("CBM_API_BACKGROUNDS"), where="CBM_API_BACKGROUNDS"),
-                     jrc_band_names=os.environ.get("CBM_API_JRC_BAND_NAMES") or "B04")
+                     jrc_band_names=os.environ.get("CBM_API_JRC_BAND_NAMES") or DEFAULT_JRC_BAND_STYLE)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
