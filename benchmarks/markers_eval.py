@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -61,6 +62,15 @@ def predict_harvest(series_file: Path, params: MarkerParams) -> dict[str, list[d
         if row.marker == "harvest":
             out.setdefault(row.parcel_id, []).append(date.fromisoformat(row.main_date))
     return out
+
+
+def _scored(name: str, data: Path) -> tuple[dict[str, list[date]], list[str], set[str]]:
+    """(truth, scored parcels, surveyed not-mown parcels) of the real set *name* (salms or sk)."""
+    if name == "salms":
+        truth = read_salms_truth(data / "salms_grassland")
+        return truth, sorted(truth), set()
+    surveyed, truth = read_survey_truth(data / "grassland_sk_train")
+    return truth, sorted(surveyed), {parcel for parcel, survey in surveyed.items() if survey == "not_mown"}
 
 
 def eval_salms(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
@@ -170,6 +180,43 @@ def ploughing_lights(series: Path | SeriesTable, params: MarkerParams) -> Counte
                                                              crops=crops) if light.scheme == "permanent_grassland")
 
 
+MOWING_SCHEME = "grassland_mowing"  # the shipped scheme for grassland of unknown crop: a cut in its window
+
+
+def mowing_lights(series: Path | SeriesTable, params: MarkerParams) -> dict[str, str]:
+    """Parcel-season (``<parcel id>@<year>``) -> colour of the shipped grassland mowing light (S2 only)."""
+    table = series if isinstance(series, SeriesTable) else read_series(series)
+    return {f"{light.parcel_id}@{light.year}": light.colour
+            for light in evaluate_lights(run_markers(table, params, use_s1=False), load_rules())
+            if light.scheme == MOWING_SCHEME}
+
+
+def light_groups(truth: dict[str, list[date]], parcels: list[str], negatives: set[str],
+                 lights: dict[str, str]) -> dict[str, Counter[str]]:
+    """Colours of the mowing light of the scored parcel-seasons, by what the ground truth says of the rule.
+
+    ``mown in the window``: a true mowing date in the scheme's window (green is right, red accuses a
+    compliant farmer); ``mown outside it`` (red is right by the rule); ``not mown`` (red is right, green
+    misses a non-compliant parcel). A scored parcel-season without observations gets no light (``none``).
+    """
+    (rule,) = load_rules().schemes[MOWING_SCHEME].rules
+    groups: dict[str, Counter[str]] = {}
+    for parcel in parcels:
+        dates = truth.get(parcel, [])
+        # a plot-year (LR100_2021) is its year's season; other parcels: the years of their mowings
+        plot_year = re.fullmatch(r".+_(\d{4})", parcel)
+        for year in [int(plot_year.group(1))] if plot_year else sorted({d.year for d in dates}):
+            first, last = rule.window(year)
+            if parcel in negatives:
+                group = "not mown"
+            elif any(first <= d <= last for d in dates if d.year == year):
+                group = "mown in the window"
+            else:
+                group = "mown outside it"
+            groups.setdefault(group, Counter())[lights.get(f"{parcel}@{year}", "none")] += 1
+    return groups
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
@@ -209,6 +256,22 @@ def main(argv: list[str] | None = None) -> int:
             colours = ploughing_lights(grass[name](Path(tmp)), params)
             print(f"| {name.upper()} | {sum(colours.values())} | {colours['green']} | {colours['yellow']} | "
                   f"{colours['red']} |")
+    print(f"\n'{MOWING_SCHEME}' light (S2 only) against the ground truth: green is right for a parcel mown in the "
+          "rule's window, red for the others")
+    print("| data | ground truth | parcel-seasons | green | yellow | red | no light | right |")
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (n for n in grass if n in sets):
+            truth, parcels, negatives = _scored(name, args.data)
+            groups = light_groups(truth, parcels, negatives, mowing_lights(grass[name](Path(tmp)), params))
+            for group in ("mown in the window", "mown outside it", "not mown"):
+                if group in groups:
+                    c = groups[group]
+                    right = c["green"] if group == "mown in the window" else c["red"]
+                    lit = sum(c.values()) - c["none"]
+                    print(f"| {name.upper()} | {group} | {sum(c.values())} | {c['green']} | {c['yellow']} | "
+                          f"{c['red']} | {c['none']} | {right}/{lit} = {right / lit:.0%} |" if lit else
+                          f"| {name.upper()} | {group} | {sum(c.values())} | 0 | 0 | 0 | {c['none']} | - |")
     return 0
 
 

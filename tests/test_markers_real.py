@@ -124,6 +124,30 @@ def test_no_slovak_grassland_is_ploughed() -> None:
         ("green", "NO_EVENT"): 438, ("yellow", "GAP"): 34, ("yellow", "LOW_CONFIDENCE"): 20}
 
 
+def test_grassland_mowing_light_against_the_survey() -> None:
+    """benchmarks/markers_eval.py's light table: what the shipped grassland mowing rule says of surveyed plot-years.
+
+    Green is right for a plot-year mown in the rule's window (1 June - 31 August), red for the others. A
+    window whose clear images lie more than 30 days apart leaves a plot-year without a cut yellow (rules
+    version 5; with 40 those two were red although mown).
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import markers_eval
+
+    lights = markers_eval.mowing_lights(shared_data("grassland_sk_train", "timeseries.csv.gz"), PARAMS)
+    truth, parcels, negatives = markers_eval._scored("sk", shared_data())
+    groups = markers_eval.light_groups(truth, parcels, negatives, lights)
+    assert groups == {"mown in the window": Counter(green=175, yellow=2, red=17, none=8),
+                      "mown outside it": Counter(green=1, red=6),
+                      "not mown": Counter(green=5, red=32)}
+    # no light: exactly the surveyed plot-years that have no observation in the file (8 misses of the event scores)
+    observed = set(read_series(shared_data("grassland_sk_train", "timeseries.csv.gz")).parcel_ids.tolist())
+    assert {p for p in parcels if f"{p}@{p[-4:]}" not in lights} == set(parcels) - observed
+    assert len(set(parcels) - observed) == 8
+    (rule,) = load_rules().schemes[markers_eval.MOWING_SCHEME].rules
+    assert (rule.window(2021), rule.max_gap_days) == ((date(2021, 6, 1), date(2021, 8, 31)), 30)
+
+
 def test_slovak_set_as_one_series_per_plot(tmp_path: Path) -> None:
     # the same observations as one series per plot over 2021-2023 (files of plots followed for years
     # look like this): the winter gaps and max_events per season leave every plot-year as it was alone

@@ -69,7 +69,7 @@ def test_a_gap_names_its_days_and_the_clouds_in_it(tmp_path: Path) -> None:
     assert pg.events == [] and (pg.colour, pg.reason) == ("green", "NO_EVENT")
     text = io.StringIO()
     explained.write(text)
-    assert "longest gap: 2021-06-04 .. 2021-07-14, 40 d (at most 40); not used in it: 7 clear share" in text.getvalue()
+    assert "longest gap: 2021-06-04 .. 2021-07-14, 40 d (at most 30); not used in it: 7 clear share" in text.getvalue()
 
 
 def test_a_gap_to_the_window_end(tmp_path: Path) -> None:
