@@ -34,7 +34,7 @@ ParcelId = Annotated[str, Query(min_length=1, max_length=100, description="parce
 Scheme = Annotated[str | None, Query(max_length=100, description="only this aid scheme")]
 
 
-def _postgis_dsn() -> str:
+def _cbm_conn() -> Any:
     # dags/cbm_conn.py is the one reader of connections (STYLE R2); the api-server does not put
     # the DAGs folder on sys.path as the DAG processor does
     dags_folder = conf.get("core", "dags_folder")
@@ -42,19 +42,23 @@ def _postgis_dsn() -> str:
         sys.path.append(dags_folder)
     import cbm_conn
 
-    return str(cbm_conn.postgis_dsn())
+    return cbm_conn
 
 
 def _gather(aoi: str, year: int, parcel: str, scheme: str | None) -> Any:
     from cbm_tasks import db
     from cbm_tasks.errors import NotFoundError
     from cbm_tasks.report.parcel_audit import gather
+    from cbm_tasks.store import open_store
 
     if not _AOI.match(aoi):
         raise HTTPException(status_code=422, detail=f"AOI must match {_AOI.pattern}, got {aoi!r}")
+    connections = _cbm_conn()
     try:
-        with db.connect(_postgis_dsn(), autocommit=True, application_name="cbm audit page") as conn:
-            return gather(conn, aoi=aoi, year=year, parcel_id=parcel, scheme=scheme)
+        with db.connect(str(connections.postgis_dsn()), autocommit=True, application_name="cbm audit page") as conn:
+            # the images behind the events come from connection cbm_store, as the tasks read them
+            return gather(conn, aoi=aoi, year=year, parcel_id=parcel, scheme=scheme,
+                          store=open_store(connections.store_config()))
     except NotFoundError as err:
         raise HTTPException(status_code=404, detail=str(err)) from err
 

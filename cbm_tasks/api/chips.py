@@ -43,13 +43,15 @@ from cbm_tasks.extraction.raster_io import open_raster, raster_error
 from cbm_tasks.extraction.sources import product_bands
 from cbm_tasks.store import Store
 
-__all__ = ["MAX_BUFFER_M", "MAX_CHIP_PX", "MAX_STRIP", "ChipSource", "chip_source", "extracted_product", "png_bytes",
-           "render_chip", "render_strip", "stretch", "strip_sources"]
+__all__ = ["MAX_BUFFER_M", "MAX_CHIP_PX", "MAX_STRIP", "ChipSource", "chip_source", "display_bands",
+           "extracted_product", "png_bytes", "render_chip", "render_comparable", "render_strip", "stretch",
+           "strip_sources"]
 
 MAX_CHIP_PX = 1024
 MAX_STRIP = 24  # chips in one strip
 MAX_BUFFER_M = 1000.0
 _OUTLINE = np.array([255, 255, 0], np.uint8)
+_MAX_UPSAMPLE = 16  # a picture's pixel repeats an image pixel at most this often a side
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,15 +129,20 @@ def _pick_bands(product: Product, store: Store, names: Sequence[str]) -> list[Ba
 
 
 def _read_window(band: BandSource, store: Store, bounds: tuple[float, float, float, float], crs: Any,
-                 shape_px: tuple[int, int] | None, size: int, product: str) -> tuple[np.ndarray, Any, Any]:
-    """Return (physical values with NaN for nodata, window CRS, bounds actually read) of one band."""
+                 shape_px: tuple[int, int] | None, size: int, product: str,
+                 upsample: bool = False) -> tuple[np.ndarray, Any, Any]:
+    """Return (physical values with NaN for nodata, window CRS, bounds actually read) of one band.
+
+    The longer side is decimated to at most *size* pixels; with *upsample* a smaller window is also
+    enlarged to about *size* (each pixel repeated, at most 16 times: a picture, not data).
+    """
     with open_raster(band.href, store=store, product=product, band=band.name) as ds:
         if crs is not None and ds.crs != crs:
             raise ApiInputError(f"product {product}: band {band.name} is in another CRS than the first band")
         window = window_from_bounds(*bounds, transform=ds.transform).round_offsets().round_lengths()
         if shape_px is None:
             scale = max(window.width, window.height) / size
-            factor = max(scale, 1.0)
+            factor = max(scale, 1 / _MAX_UPSAMPLE) if upsample else max(scale, 1.0)
             shape_px = (max(1, math.ceil(window.height / factor)), max(1, math.ceil(window.width / factor)))
         try:
             dn = ds.read(band.band_index, window=window, out_shape=shape_px, boundless=True,
@@ -148,8 +155,8 @@ def _read_window(band: BandSource, store: Store, bounds: tuple[float, float, flo
         return values, ds.crs, ds.window_bounds(window)
 
 
-def _cut(chip: ChipSource, store: Store, band_names: Sequence[str], *, size: int,
-         buffer_m: float) -> tuple[np.ndarray, Any, tuple[float, float, float, float], dict[str, Any]]:
+def _cut(chip: ChipSource, store: Store, band_names: Sequence[str], *, size: int, buffer_m: float,
+         upsample: bool = False) -> tuple[np.ndarray, Any, tuple[float, float, float, float], dict[str, Any]]:
     bands = _pick_bands(chip.product, store, band_names)
     with rasterio.Env(**store.rasterio_env()):
         with open_raster(bands[0].href, store=store, product=chip.product.name, band=bands[0].name) as first:
@@ -160,8 +167,8 @@ def _cut(chip: ChipSource, store: Store, band_names: Sequence[str], *, size: int
         planes: list[np.ndarray] = []
         read_bounds = bounds
         for band in bands:
-            values, _, read_bounds = _read_window(band, store, bounds, crs,
-                                                  planes[0].shape if planes else None, size, chip.product.name)
+            values, _, read_bounds = _read_window(band, store, bounds, crs, planes[0].shape if planes else None,
+                                                  size, chip.product.name, upsample)
             planes.append(values)
     return np.stack(planes), crs, read_bounds, parcel
 
@@ -180,9 +187,12 @@ def stretch(values: np.ndarray, low: float = 2, high: float = 98, *, percentiles
     return out
 
 
-def _rgba(planes: np.ndarray, parcel: dict[str, Any], bounds: tuple[float, float, float, float]) -> np.ndarray:
+def _rgba(planes: np.ndarray, parcel: dict[str, Any], bounds: tuple[float, float, float, float],
+          limits: Sequence[tuple[float, float]] | None = None) -> np.ndarray:
+    """RGBA of 1-3 band planes with the parcel outline; each band stretched over its own 2-98 % or *limits*."""
     n, height, width = planes.shape
-    rgb = np.stack([stretch(planes[i]) for i in range(n)])
+    rgb = np.stack([stretch(planes[i]) if limits is None else stretch(planes[i], *limits[i], percentiles=False)
+                    for i in range(n)])
     if n == 1:
         rgb = np.repeat(rgb, 3, axis=0)
     elif n == 2:
@@ -233,6 +243,41 @@ def render_chip(chip: ChipSource, store: Store, band_names: Sequence[str], *, si
                     out.set_band_description(i, name)
             return bytes(mem.read())
     return png_bytes(_rgba(planes, parcel, bounds))
+
+
+def display_bands(product: Product, store: Store) -> tuple[str, ...]:
+    """The bands a picture of *product* shows: true colour, else false colour, else its first band.
+
+    True colour is B04 B03 B02, false colour B08 B04 B03; one band is grey (Sentinel-1 VV, a single-band image).
+
+    Raises:
+        ApiInputError: the product has no band to show (only class bands such as SCL).
+    """
+    names = [b.name for b in product_bands(product, store=store) if not b.categorical]
+    for choice in (("B04", "B03", "B02"), ("B08", "B04", "B03")):
+        if set(choice) <= set(names):
+            return choice
+    if not names:
+        raise ApiInputError(f"product {product.product_type} {product.name} has no band to show")
+    return (names[0],)
+
+
+def render_comparable(chips: Sequence[ChipSource], store: Store, band_names: Sequence[str], *,
+                      size: int = 192, buffer_m: float = 50.0) -> list[bytes]:
+    """Render *chips* (one parcel, several dates) as PNGs with one stretch for all of them.
+
+    The bands are stretched between the 2nd and 98th percentile of their values over every chip together,
+    so that a change between two dates (a cut: the parcel turns from green to the brown of stubble)
+    shows as it is, where a stretch per chip would make each picture look alike. A small parcel's window
+    is enlarged to about *size* pixels (pixels repeated), so that its outline stays thin.
+    """
+    cut = [_cut(chip, store, band_names, size=size, buffer_m=buffer_m, upsample=True) for chip in chips]
+    # one stretch for the bands too: red, green and blue keep their ratios (grass green, stubble brown)
+    pooled = np.concatenate([planes.ravel() for planes, *_ in cut])
+    pooled = pooled[np.isfinite(pooled)]
+    low, high = (float(np.percentile(pooled, 2)), float(np.percentile(pooled, 98))) if pooled.size else (0.0, 1.0)
+    return [png_bytes(_rgba(planes, parcel, bounds, [(low, high)] * len(band_names)))
+            for planes, _, bounds, parcel in cut]
 
 
 def render_strip(chips: Sequence[ChipSource], store: Store, band_names: Sequence[str], *, size: int = 128,

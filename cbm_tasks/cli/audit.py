@@ -25,13 +25,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     parcel = commands.add_parser("parcel", help="HTML and PDF audit report of one parcel",
                                  description="Lights, markers, time series and the lineage of every product "
-                                 "behind them, with a reproducibility stamp.")
+                                 "behind them, with a reproducibility stamp; the images behind the events cut "
+                                 "around the parcel (from the store of the CBM_STORE_* variables).")
     parcel.add_argument("--aoi", required=True, help="AOI name")
     parcel.add_argument("--year", required=True, type=int, help="parcel-set year")
     parcel.add_argument("--parcel", required=True, help="parcel id as declared")
     parcel.add_argument("--scheme", help="only this aid scheme's light")
     parcel.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the report files")
     parcel.add_argument("--no-pdf", action="store_true", help="HTML only")
+    parcel.add_argument("--no-images", action="store_true",
+                        help="without the pictures of the images behind the events (no store access)")
     parcel.set_defaults(func=_parcel)
 
     run = commands.add_parser("run", help="summary of one Airflow run (from the lineage records)")
@@ -50,10 +53,12 @@ def _parcel(args: argparse.Namespace) -> int:
     from cbm_tasks import db
     from cbm_tasks.report.parcel_audit import gather  # matplotlib and weasyprint only for this command
     from cbm_tasks.report.render import write_parcel_report
+    from cbm_tasks.store import open_store
 
     t0 = time.perf_counter()
+    store = None if args.no_images else open_store(settings.store_config())
     with db.connect(settings.database_url(), autocommit=True, application_name="cbm audit") as conn:
-        audit = gather(conn, aoi=args.aoi, year=args.year, parcel_id=args.parcel, scheme=args.scheme)
+        audit = gather(conn, aoi=args.aoi, year=args.year, parcel_id=args.parcel, scheme=args.scheme, store=store)
     files = write_parcel_report(audit, args.out, pdf=not args.no_pdf)
     lines = [str(files.html)] + ([str(files.pdf)] if files.pdf else [])
     sys.stdout.write("\n".join(lines) + f"\n({time.perf_counter() - t0:.2f} s)\n")

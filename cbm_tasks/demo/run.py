@@ -147,12 +147,15 @@ def _audit_report(conn: psycopg.Connection, layout: demo_data.DemoLayout, out_di
     """Write the audit report (HTML and PDF) of one demo parcel; return the PDF's path."""
     from cbm_tasks.report.parcel_audit import gather, pick_parcel  # matplotlib, weasyprint: only here
     from cbm_tasks.report.render import write_parcel_report
+    from cbm_tasks.store import open_store
 
     try:
         parcel_id = pick_parcel(conn, aoi=layout.aoi, year=layout.year)
     except NotFoundError:
         return None
-    files = write_parcel_report(gather(conn, aoi=layout.aoi, year=layout.year, parcel_id=parcel_id), out_dir)
+    store = open_store(settings.store_config())  # the images behind the events, where the tasks read them
+    files = write_parcel_report(gather(conn, aoi=layout.aoi, year=layout.year, parcel_id=parcel_id, store=store),
+                                out_dir)
     return files.pdf or files.html
 
 

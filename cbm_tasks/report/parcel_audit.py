@@ -4,7 +4,7 @@
 whose statistics it has with their lineage, and recomputes the marker figure from the stored
 time series with the recorded parameters (the same computation ``cbm audit verify`` checks), and
 with them every NDVI fall of the season judged as a cut and every crop cycle as a harvest (why a
-mowing or a harvest was or was not found).
+mowing or a harvest was or was not found); given the object store, the images behind the events.
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ from cbm_tasks.markers.preprocess import prepare
 from cbm_tasks.markers.series import SeriesTable
 from cbm_tasks.report import decisions
 from cbm_tasks.report.decisions import LightRecord, MarkerEventRecord, MarkerRunRecord
+from cbm_tasks.report.evidence import EventEvidence, event_evidence
 from cbm_tasks.report.lineage_read import ProductLineage, RunRecord, products_for_parcel, run_record
 from cbm_tasks.report.recorded import recorded_params, recorded_rules
+from cbm_tasks.store import Store
 from cbm_tasks.traffic_light.explain import LightExplanation, explain_light
 from cbm_tasks.traffic_light.rules import SchemeRules
 
@@ -93,6 +95,7 @@ class ParcelAudit:
     bare_soil: BareSoilExplanation | None = None  # observations below the soil line judged as bare soil
     emergence_rises: list[CrossingVerdict] = field(default_factory=list)  # rises judged as emergences
     light_explanations: list[LightExplanation] = field(default_factory=list)  # each stored light, rule by rule
+    evidence: list[EventEvidence] = field(default_factory=list)  # the images behind the events (with a store)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +176,8 @@ def _light_views(conn: psycopg.Connection, series: SeriesTable, parcel: ParcelIn
     return out
 
 
-def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, scheme: str | None = None) -> ParcelAudit:
+def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, scheme: str | None = None,
+           store: Store | None = None) -> ParcelAudit:
     """Read everything the audit report of one parcel shows.
 
     Args:
@@ -182,6 +186,8 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
         year: its year.
         parcel_id: the parcel, as the agency declares it.
         scheme: only this aid scheme's light; None = all schemes of the parcel.
+        store: the object store of the images: with it the report shows the images behind the events
+            (:mod:`cbm_tasks.report.evidence`); None = without them.
 
     Raises:
         NotFoundError: no parcel set for (aoi, year), or no such parcel in it.
@@ -224,6 +230,8 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
     views = _series_views(series, parcel, params, use_s1, decisions.scheme_markers(conn, lights) if lights else None,
                           year)
     light_explanations = _light_views(conn, series, parcel, params, use_s1, lights, year)
+    evidence = [] if store is None else event_evidence(conn, store, parcel_set_id=set_id, parcel_key=parcel.parcel_key,
+                                                        srid=parcel.srid, events=events, lights=lights)
     stamp = Stamp(
         params_hash=params.hash, params_version=str(params.version),
         marker_code_version=(run.code_version or "-") if run is not None else "-",
@@ -233,7 +241,7 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
         generated_at=datetime.now(UTC).replace(microsecond=0),
     )
     audit = ParcelAudit(aoi, year, parcel, lights, events, products, runs, stamp, views.png, n_used, n_rejected,
-                        notes, views.falls, views.cycles, views.bare_soil, views.rises, light_explanations)
+                        notes, views.falls, views.cycles, views.bare_soil, views.rises, light_explanations, evidence)
     log.info("gathered parcel audit aoi=%s year=%d parcel=%s lights=%d events=%d products=%d seconds=%.2f", aoi, year,
              parcel_id, len(lights), len(events), len(products), time.perf_counter() - t0)
     return audit

@@ -1,7 +1,7 @@
 """Render a parcel audit as HTML (one self-contained file) and PDF (weasyprint).
 
-The HTML embeds the figure (PNG, base64) and the outline (inline SVG), so the file can be
-mailed or archived alone; the PDF is made from the same HTML.
+The HTML embeds the figure and the pictures of the images behind the events (PNG, base64) and the
+outline (inline SVG), so the file can be mailed or archived alone; the PDF is made from the same HTML.
 """
 
 from __future__ import annotations
@@ -34,8 +34,11 @@ class ReportFiles:
 
 
 def _environment() -> Environment:
-    return Environment(loader=PackageLoader("cbm_tasks.report", "templates"), autoescape=select_autoescape(["html"]),
-                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    environment = Environment(loader=PackageLoader("cbm_tasks.report", "templates"),
+                              autoescape=select_autoescape(["html"]), undefined=StrictUndefined, trim_blocks=True,
+                              lstrip_blocks=True)
+    environment.filters["b64"] = lambda data: base64.b64encode(data).decode()  # embedded pictures (PNG)
+    return environment
 
 
 def render_html(audit: ParcelAudit) -> str:
