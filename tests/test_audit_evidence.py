@@ -12,7 +12,7 @@ import io
 import logging
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +133,30 @@ def test_the_mowing_that_decided_the_light_shows_the_cut(demo_db: psycopg.Connec
             assert f"{image.role}: {image.acquired} {image.product_name} ({image.product_id})" in html
     files = write_parcel_report(audit, tmp_path / "report")
     assert files.pdf is not None and files.pdf.stat().st_size > 50_000
+
+
+def test_a_red_mowing_light_shows_the_largest_fall_that_was_not_a_cut(demo_db: psycopg.Connection,
+                                                                       demo_layout: DemoLayout) -> None:
+    conn = demo_db
+    row = conn.execute("SELECT p.parcel_id FROM cbm.traffic_light t JOIN cbm.parcel p USING (parcel_set_id, "
+                       "parcel_key) WHERE t.scheme = 'grassland_mowing' AND t.colour = 'red' ORDER BY 1 LIMIT 1"
+                       ).fetchone()
+    assert row is not None, "the demo has grassland without a cut found in June-August"
+    audit = gather(conn, aoi=demo_layout.aoi, year=demo_layout.year, parcel_id=row[0], store=STORE)
+    shown = audit.evidence[0]
+    assert (shown.marker, shown.seq, shown.decides) == ("mowing", 0, ("grassland_mowing",))
+    assert shown.main is not None and date(2018, 6, 1) <= shown.main <= date(2018, 8, 31)
+    # the largest fall of the window among the falls the marker judged, with the tests it failed
+    in_window = [f for f in audit.mowing_falls if "2018-06-01" <= f.main_date <= "2018-08-31"]
+    largest = max(in_window, key=lambda f: f.drop)
+    assert largest.verdict != "mowing" and shown.main.isoformat() == largest.main_date
+    assert f"drop {largest.drop:.2f}" in shown.note and largest.failed in shown.note
+    # its pictures are the Sentinel-2 images of the fall's two days
+    start, end = shown.images
+    assert (start.acquired.isoformat() if start.acquired else "", end.acquired.isoformat() if end.acquired else "") == (
+        largest.start_date, largest.end_date)
+    assert start.png is not None and end.png is not None and start.bands == "B04 B03 B02"
+    assert f"no mowing in grassland_mowing: the fall of {largest.main_date}" in render_html(audit)
 
 
 def test_an_image_gone_from_the_store_is_named_and_the_report_still_made(

@@ -87,7 +87,8 @@ class DemoSummary:
             "traffic lights     (parcels per scheme: colour, reasons; cbm markers export for QGIS)",
             *[f"  {scheme:21s} {self._colours(colours)}" for scheme, colours in self.lights.items()],
             *(["  none             (no parcel has a scheme)"] if not self.lights else []),
-            f"audit report       {self.audit_report or 'none (nothing extracted)'}",
+            f"audit report       {self.audit_report or 'none (nothing extracted)'}"
+            + ("  (lights, events and the images behind them)" if self.audit_report else ""),
             *[f"{'why this light' if i == 0 else '':19s}{line}" for i, line in enumerate(self.why_lights)],
             f"Airflow UI         {self.url}/",
             f"  login            {self.username} / {self.password}  (stored in {self.password_file})",

@@ -230,8 +230,9 @@ def gather(conn: psycopg.Connection, *, aoi: str, year: int, parcel_id: str, sch
     views = _series_views(series, parcel, params, use_s1, decisions.scheme_markers(conn, lights) if lights else None,
                           year)
     light_explanations = _light_views(conn, series, parcel, params, use_s1, lights, year)
-    evidence = [] if store is None else event_evidence(conn, store, parcel_set_id=set_id, parcel_key=parcel.parcel_key,
-                                                        srid=parcel.srid, events=events, lights=lights)
+    evidence = [] if store is None else event_evidence(
+        conn, store, parcel_set_id=set_id, parcel_key=parcel.parcel_key, srid=parcel.srid, events=events,
+        lights=lights, explanations=light_explanations, falls=views.falls, products=products)
     stamp = Stamp(
         params_hash=params.hash, params_version=str(params.version),
         marker_code_version=(run.code_version or "-") if run is not None else "-",
