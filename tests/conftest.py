@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -71,16 +72,25 @@ def template_db(pg_cluster: cluster.ClusterConfig) -> Iterator[str]:
     cluster.drop_database(pg_cluster, name)
 
 
-@pytest.fixture
-def db_url(pg_cluster: cluster.ClusterConfig, template_db: str) -> Iterator[str]:
-    """URL of a fresh, migrated database for this test only."""
+@contextmanager
+def fresh_database(pg_cluster: cluster.ClusterConfig, template_db: str) -> Iterator[str]:
+    """URL of a new database copied from the migrated template, dropped at the end."""
     name = f"cbm_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
         admin.execute(
             sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_db))
         )
-    yield pg_cluster.url(name)
-    cluster.drop_database(pg_cluster, name)
+    try:
+        yield pg_cluster.url(name)
+    finally:
+        cluster.drop_database(pg_cluster, name)
+
+
+@pytest.fixture
+def db_url(pg_cluster: cluster.ClusterConfig, template_db: str) -> Iterator[str]:
+    """URL of a fresh, migrated database for this test only."""
+    with fresh_database(pg_cluster, template_db) as url:
+        yield url
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import logging
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -18,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
-from conftest import shared_data
+from conftest import fresh_database, shared_data
 from matplotlib.image import imread
-from psycopg import sql
 from scipy import ndimage
 
 from cbm_tasks import lineage
@@ -52,12 +50,8 @@ def demo_layout(tmp_path_factory: pytest.TempPathFactory) -> DemoLayout:
 @pytest.fixture(scope="module")
 def demo_db_url(pg_cluster: cluster.ClusterConfig, template_db: str) -> Iterator[str]:
     """One database for the module: its tests only read it (extracting 118 images takes seconds)."""
-    name = f"cbm_test_evidence_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
-                                                                        sql.Identifier(template_db)))
-    yield pg_cluster.url(name)
-    cluster.drop_database(pg_cluster, name)
+    with fresh_database(pg_cluster, template_db) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

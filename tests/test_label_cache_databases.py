@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import psycopg
 import pytest
 import shapely
 from affine import Affine
-from psycopg import sql
+from conftest import fresh_database
 from test_extract_support import add_parcel_set, write_tif
 
 from cbm_tasks.ops import cluster
@@ -33,12 +32,8 @@ BOXES = [shapely.box(X0 + 20 * i, Y0 - 60, X0 + 20 * i + 20, Y0) for i in range(
 @pytest.fixture
 def other_db_url(pg_cluster: cluster.ClusterConfig, template_db: str) -> Iterator[str]:
     """A second fresh database beside the test's own (``db_url``)."""
-    name = f"cbm_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
-                                                                        sql.Identifier(template_db)))
-    yield pg_cluster.url(name)
-    cluster.drop_database(pg_cluster, name)
+    with fresh_database(pg_cluster, template_db) as url:
+        yield url
 
 
 def _extract(image: Path, db_url: str, label_dir: Path, store: Path) -> None:
