@@ -16,13 +16,15 @@ import rasterio
 import rasterio.features
 import rasterio.shutil
 import rasterio.transform
+import rasterio.windows
 import shapely
+import shapely.geometry
 from affine import Affine
 from conftest import shared_data
 from s3_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, moto_server
 from test_extract_support import add_parcel_set, add_product, obs_rows, row_counts, write_tif
 
-from cbm_tasks.api import raw_chips
+from cbm_tasks.api import chips, raw_chips
 from cbm_tasks.errors import BandError, TransientError
 from cbm_tasks.extraction.extract import extract_product
 from cbm_tasks.store import Store, StoreConfig, open_store
@@ -189,3 +191,32 @@ def test_raw_chip_of_a_cog_on_s3_keeps_its_pixels(conn: psycopg.Connection, s3: 
         row, col = rasterio.transform.rowcol(TRANSFORM, tif.bounds.left + 1, tif.bounds.top - 1)
         np.testing.assert_array_equal(tif.read(1), values[row:row + 64, col:col + 64])
         assert tif.scales == (1e-4,) and tif.nodata == 0
+
+
+def test_audit_pictures_of_a_cog_on_s3(conn: psycopg.Connection, s3: MotoServer, bucket: str,
+                                       tmp_path: Path) -> None:
+    """The audit report's pictures (cbm_tasks.api.chips.render_comparable) cut the product where it lies: S3."""
+    store, values, product_id = _cog_product(conn, s3, bucket, tmp_path)
+    extract_product(conn, store, product_id, aoi="s3")
+    product = chips.extracted_product(conn, 1, product_id, "parcel set 1")
+    geometry = shapely.geometry.mapping(PARCELS[1][1])  # parcel b, inside the image
+    source = chips.ChipSource(product_id, product, geometry, 32631)
+    assert chips.display_bands(product, store) == ("B04",)  # one band: grey
+    pictures = chips.render_comparable([source, source], store, ["B04"], size=192)
+    assert pictures[0] == pictures[1]
+    with rasterio.open(io.BytesIO(pictures[0])) as png:
+        rgba = png.read()
+    # parcel b (994 x 794 m) with 50 m around it, ~109 x 89 pixels of 10 m, enlarged to 192 pixels wide
+    window = rasterio.windows.from_bounds(501003 - 50, 5609003 - 50, 501997 + 50, 5609797 + 50, TRANSFORM)
+    window = window.round_offsets().round_lengths()
+    assert rgba.shape[2] == 192 and abs(rgba.shape[1] / 192 - window.height / window.width) < 0.02
+    outline = (rgba[0] == 255) & (rgba[1] == 255) & (rgba[2] == 0)
+    assert outline.any() and (rgba[3] == 255).all()
+    # grey: the three channels equal off the outline, and they follow the pixels read from S3
+    assert (rgba[0][~outline] == rgba[2][~outline]).all()
+    pixels = values[window.row_off:window.row_off + window.height, window.col_off:window.col_off + window.width]
+    rows = ((np.arange(window.height) + 0.5) * rgba.shape[1] / window.height).astype(int)
+    cols = ((np.arange(window.width) + 0.5) * rgba.shape[2] / window.width).astype(int)
+    picture = rgba[2][np.ix_(rows, cols)].astype(float)
+    inside = ~outline[np.ix_(rows, cols)]
+    assert np.corrcoef(pixels[inside].astype(float), picture[inside])[0, 1] > 0.95
