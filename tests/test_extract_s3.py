@@ -198,7 +198,8 @@ def test_audit_pictures_of_a_cog_on_s3(conn: psycopg.Connection, s3: MotoServer,
     """The audit report's pictures (cbm_tasks.api.chips.render_comparable) cut the product where it lies: S3."""
     store, values, product_id = _cog_product(conn, s3, bucket, tmp_path)
     extract_product(conn, store, product_id, aoi="s3")
-    product = chips.extracted_product(conn, 1, product_id, "parcel set 1")
+    (set_id,) = conn.execute("SELECT parcel_set_id FROM cbm.extraction WHERE product_id = %s", (product_id,)).fetchone()
+    product = chips.extracted_product(conn, set_id, product_id, f"parcel set {set_id}")
     geometry = shapely.geometry.mapping(PARCELS[1][1])  # parcel b, inside the image
     source = chips.ChipSource(product_id, product, geometry, 32631)
     assert chips.display_bands(product, store) == ("B04",)  # one band: grey
