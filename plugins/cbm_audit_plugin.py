@@ -9,6 +9,7 @@ login like the rest of the UI. The routes hold no SQL: they call ``cbm_tasks.rep
 
 from __future__ import annotations
 
+import base64
 import re
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 _AOI = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
                          autoescape=select_autoescape(["html"]))
+_TEMPLATES.filters["b64"] = lambda data: base64.b64encode(data).decode()  # the pictures of the images (PNG)
 
 app = FastAPI(title="CbM parcel audit", docs_url=None, redoc_url=None, openapi_url=None,
               dependencies=[Depends(get_user)])
@@ -45,7 +47,7 @@ def _cbm_conn() -> Any:
     return cbm_conn
 
 
-def _gather(aoi: str, year: int, parcel: str, scheme: str | None) -> Any:
+def _gather(aoi: str, year: int, parcel: str, scheme: str | None, *, images: bool = True) -> Any:
     from cbm_tasks import db
     from cbm_tasks.errors import NotFoundError
     from cbm_tasks.report.parcel_audit import gather
@@ -57,8 +59,8 @@ def _gather(aoi: str, year: int, parcel: str, scheme: str | None) -> Any:
     try:
         with db.connect(str(connections.postgis_dsn()), autocommit=True, application_name="cbm audit page") as conn:
             # the images behind the events come from connection cbm_store, as the tasks read them
-            return gather(conn, aoi=aoi, year=year, parcel_id=parcel, scheme=scheme,
-                          store=open_store(connections.store_config()))
+            store = open_store(connections.store_config()) if images else None
+            return gather(conn, aoi=aoi, year=year, parcel_id=parcel, scheme=scheme, store=store)
     except NotFoundError as err:
         raise HTTPException(status_code=404, detail=str(err)) from err
 
@@ -66,7 +68,7 @@ def _gather(aoi: str, year: int, parcel: str, scheme: str | None) -> Any:
 @app.get("/", response_class=HTMLResponse)
 def parcel_page(aoi: Aoi = "", year: Annotated[int | None, Query(ge=2014, le=2100)] = None,
                 parcel: Annotated[str, Query(max_length=100)] = "", scheme: Scheme = None) -> HTMLResponse:
-    """The form, and when it is filled in, the parcel's lights, markers and time series."""
+    """The form, and when it is filled in, the parcel's lights, markers, the images behind them and time series."""
     audit, error = None, None
     scheme = scheme or None  # the form sends an empty field when no scheme is chosen
     if aoi and year and parcel:
@@ -82,7 +84,7 @@ def parcel_page(aoi: Aoi = "", year: Annotated[int | None, Query(ge=2014, le=210
 @app.get("/plot.png")
 def parcel_plot(aoi: Aoi, year: Year, parcel: ParcelId) -> Response:
     """The parcel's time-series figure with its events (PNG)."""
-    audit = _gather(aoi, year, parcel, None)
+    audit = _gather(aoi, year, parcel, None, images=False)
     if audit.plot_png is None:
         raise HTTPException(status_code=404, detail=f"parcel {parcel!r} has no observation")
     return Response(audit.plot_png, media_type="image/png")

@@ -54,6 +54,10 @@ def test_parcel_page_behind_login(airflow: airflow_ctl.AirflowConfig, browser: w
     assert len(lights) > 0
     for scheme, colour, reason in lights:
         assert any(f"{scheme} {colour} {reason}" in row for row in rows), (scheme, colour, reason, rows, page)
+    # the images behind the events, from connection cbm_store: the seeded products have no files, so each
+    # picture is replaced by the reason the store gives
+    evidence = " ".join(browser.find_element(By.ID, "evidence").text.split())
+    assert "mowing #1" in evidence and "not shown: the local store cannot open 'synthetic://" in evidence, evidence
     WebDriverWait(browser, 60).until(
         lambda d: d.execute_script("const i = document.getElementById('plot'); return i.complete && i.naturalWidth"))
     assert browser.execute_script("return document.getElementById('plot').naturalWidth") > 400
@@ -65,7 +69,7 @@ def test_parcel_page_behind_login(airflow: airflow_ctl.AirflowConfig, browser: w
 
     browser.get(report_href)
     report = _wait_for_text(browser, f"Audit report: parcel {parcel_id}", "Products used and their lineage")
-    assert "Reproducibility stamp" in report
+    assert "Reproducibility stamp" in report and "Images behind the events" in report
 
     browser.get(f"{airflow.url}/cbm-audit/?aoi={AOI}&year={YEAR}&parcel=NOPE")
     assert "parcel 'NOPE' is not in the 2018 parcel set" in _wait_for_text(browser, "NOPE")
