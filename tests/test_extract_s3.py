@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import uuid
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ import shapely
 import shapely.geometry
 from affine import Affine
 from conftest import shared_data
+from rasterio.errors import NotGeoreferencedWarning
 from s3_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, moto_server
 from test_extract_support import add_parcel_set, add_product, obs_rows, row_counts, write_tif
 
@@ -205,8 +207,10 @@ def test_audit_pictures_of_a_cog_on_s3(conn: psycopg.Connection, s3: MotoServer,
     assert chips.display_bands(product, store) == ("B04",)  # one band: grey
     pictures = chips.render_comparable([source, source], store, ["B04"], size=192)
     assert pictures[0] == pictures[1]
-    with rasterio.open(io.BytesIO(pictures[0])) as png:
-        rgba = png.read()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture: no georeferencing
+        with rasterio.open(io.BytesIO(pictures[0])) as png:
+            rgba = png.read()
     # parcel b (994 x 794 m) with 50 m around it, ~109 x 89 pixels of 10 m, enlarged to 192 pixels wide
     window = rasterio.windows.from_bounds(501003 - 50, 5609003 - 50, 501997 + 50, 5609797 + 50, TRANSFORM)
     window = window.round_offsets().round_lengths()
