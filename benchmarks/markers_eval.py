@@ -64,7 +64,7 @@ def predict_harvest(series_file: Path, params: MarkerParams) -> dict[str, list[d
     return out
 
 
-def _scored(name: str, data: Path) -> tuple[dict[str, list[date]], list[str], set[str]]:
+def ground_truth(name: str, data: Path) -> tuple[dict[str, list[date]], list[str], set[str]]:
     """(truth, scored parcels, surveyed not-mown parcels) of the real set *name* (salms or sk)."""
     if name == "salms":
         truth = read_salms_truth(data / "salms_grassland")
@@ -74,9 +74,8 @@ def _scored(name: str, data: Path) -> tuple[dict[str, list[date]], list[str], se
 
 
 def eval_salms(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
-    truth = {k: v for k, v in read_salms_truth(data / "salms_grassland").items()}
+    truth, parcels, _ = ground_truth("salms", data)
     series = convert_salms(data / "salms_grassland", work / "salms.csv")
-    parcels = sorted(truth)
     return {f"SALMS {name}": match_events(predict(series, params, use_s1=s1), truth, parcels)
             for name, s1 in (("S2+S1", True), ("S2 only", False))}
 
@@ -262,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in (n for n in grass if n in sets):
-            truth, parcels, negatives = _scored(name, args.data)
+            truth, parcels, negatives = ground_truth(name, args.data)
             groups = light_groups(truth, parcels, negatives, mowing_lights(grass[name](Path(tmp)), params))
             for group in ("mown in the window", "mown outside it", "not mown"):
                 if group in groups:

@@ -135,7 +135,7 @@ def test_grassland_mowing_light_against_the_survey() -> None:
     import markers_eval
 
     lights = markers_eval.mowing_lights(shared_data("grassland_sk_train", "timeseries.csv.gz"), PARAMS)
-    truth, parcels, negatives = markers_eval._scored("sk", shared_data())
+    truth, parcels, negatives = markers_eval.ground_truth("sk", shared_data())
     groups = markers_eval.light_groups(truth, parcels, negatives, lights)
     assert groups == {"mown in the window": Counter(green=175, yellow=2, red=17, none=8),
                       "mown outside it": Counter(green=1, red=6),

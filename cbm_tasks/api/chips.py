@@ -44,8 +44,8 @@ from cbm_tasks.extraction.sources import product_bands
 from cbm_tasks.store import Store
 
 __all__ = ["MAX_BUFFER_M", "MAX_CHIP_PX", "MAX_STRIP", "ChipSource", "chip_source", "display_bands",
-           "extracted_product", "png_bytes", "render_chip", "render_comparable", "render_strip", "stretch",
-           "strip_sources"]
+           "extracted_product", "parcel_geometry", "png_bytes", "render_chip", "render_comparable", "render_strip",
+           "stretch", "strip_sources"]
 
 MAX_CHIP_PX = 1024
 MAX_STRIP = 24  # chips in one strip
@@ -64,13 +64,22 @@ class ChipSource:
     srid: int
 
 
-def _parcel_geometry(conn: psycopg.Connection, ps: ParcelSet, key: int) -> dict[str, Any]:
+def parcel_geometry(conn: psycopg.Connection, parcel_set_id: int, key: int, set_name: str) -> dict[str, Any]:
+    """Return parcel *key*'s outline as GeoJSON in its set's CRS (*set_name* names the set in the error).
+
+    Raises:
+        NotFoundError: no parcel *key* in the set.
+    """
     row = conn.execute("SELECT ST_AsGeoJSON(geom) FROM cbm.parcel WHERE parcel_set_id = %s AND parcel_key = %s",
-                       (ps.parcel_set_id, key)).fetchone()
+                       (parcel_set_id, key)).fetchone()
     if row is None:
-        raise NotFoundError(f"parcel {key} is not in the {ps.year} parcel set of AOI {ps.aoi!r}")
+        raise NotFoundError(f"parcel {key} is not in {set_name}")
     geometry: dict[str, Any] = json.loads(row[0])
     return geometry
+
+
+def _parcel_geometry(conn: psycopg.Connection, ps: ParcelSet, key: int) -> dict[str, Any]:
+    return parcel_geometry(conn, ps.parcel_set_id, key, f"the {ps.year} parcel set of AOI {ps.aoi!r}")
 
 
 def chip_source(conn: psycopg.Connection, ps: ParcelSet, key: int, product_id: int) -> ChipSource:
@@ -188,10 +197,10 @@ def stretch(values: np.ndarray, low: float = 2, high: float = 98, *, percentiles
 
 
 def _rgba(planes: np.ndarray, parcel: dict[str, Any], bounds: tuple[float, float, float, float],
-          limits: Sequence[tuple[float, float]] | None = None) -> np.ndarray:
-    """RGBA of 1-3 band planes with the parcel outline; each band stretched over its own 2-98 % or *limits*."""
+          limits: tuple[float, float] | None = None) -> np.ndarray:
+    """RGBA of 1-3 band planes with the parcel outline; each band stretched over its own 2-98 % or all over *limits*."""
     n, height, width = planes.shape
-    rgb = np.stack([stretch(planes[i]) if limits is None else stretch(planes[i], *limits[i], percentiles=False)
+    rgb = np.stack([stretch(planes[i]) if limits is None else stretch(planes[i], *limits, percentiles=False)
                     for i in range(n)])
     if n == 1:
         rgb = np.repeat(rgb, 3, axis=0)
@@ -276,8 +285,7 @@ def render_comparable(chips: Sequence[ChipSource], store: Store, band_names: Seq
     pooled = np.concatenate([planes.ravel() for planes, *_ in cut])
     pooled = pooled[np.isfinite(pooled)]
     low, high = (float(np.percentile(pooled, 2)), float(np.percentile(pooled, 98))) if pooled.size else (0.0, 1.0)
-    return [png_bytes(_rgba(planes, parcel, bounds, [(low, high)] * len(band_names)))
-            for planes, _, bounds, parcel in cut]
+    return [png_bytes(_rgba(planes, parcel, bounds, (low, high))) for planes, _, bounds, parcel in cut]
 
 
 def render_strip(chips: Sequence[ChipSource], store: Store, band_names: Sequence[str], *, size: int = 128,

@@ -15,7 +15,6 @@ report: its picture is replaced by the reason.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,8 +22,8 @@ from datetime import UTC, date
 
 import psycopg
 
-from cbm_tasks.api.chips import ChipSource, display_bands, extracted_product, render_comparable
-from cbm_tasks.errors import CbmError
+from cbm_tasks.api.chips import ChipSource, display_bands, extracted_product, parcel_geometry, render_comparable
+from cbm_tasks.errors import CbmError, NotFoundError
 from cbm_tasks.markers.mowing_explain import StepVerdict
 from cbm_tasks.markers.series import PRODUCT_TYPES
 from cbm_tasks.report.decisions import LightRecord, MarkerEventRecord
@@ -169,11 +168,11 @@ def event_evidence(conn: psycopg.Connection, store: Store, *, parcel_set_id: int
     rejected = _largest_rejected_falls(explanations, falls)
     if not chosen and not rejected:
         return []
-    row = conn.execute("SELECT ST_AsGeoJSON(geom) FROM cbm.parcel WHERE parcel_set_id = %s AND parcel_key = %s",
-                       (parcel_set_id, parcel_key)).fetchone()
-    if row is None:
+    try:
+        geometry = parcel_geometry(conn, parcel_set_id, parcel_key, f"parcel set {parcel_set_id}")
+    except NotFoundError:  # removed since the report read it
         return []
-    parcel = _Parcel(parcel_set_id, srid, json.loads(row[0]))
+    parcel = _Parcel(parcel_set_id, srid, geometry)
     out = []
     for scheme, fall in rejected:
         start, end = _s2_product_of_day(products, fall.start_date), _s2_product_of_day(products, fall.end_date)

@@ -43,9 +43,8 @@ def _environment() -> Environment:
 
 def render_html(audit: ParcelAudit) -> str:
     """Return the report as one self-contained HTML document."""
-    plot = base64.b64encode(audit.plot_png).decode() if audit.plot_png else ""
     width = float(audit.parcel.view_box.split()[2])
-    return _environment().get_template("parcel.html").render(a=audit, plot=plot, stroke=f"{width / 150:.3f}")
+    return _environment().get_template("parcel.html").render(a=audit, stroke=f"{width / 150:.3f}")
 
 
 def _write_atomic(path: Path, content: bytes) -> None:
