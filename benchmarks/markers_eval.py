@@ -33,11 +33,12 @@ from datetime import date
 from pathlib import Path
 
 from cbm_tasks.markers import load_params, prepare, read_series, run_markers
-from cbm_tasks.markers.importers import convert_salms, read_salms_truth, read_survey_truth
+from cbm_tasks.markers.importers import convert_salms
 from cbm_tasks.markers.mowing import detect_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable, day_to_date
-from cbm_tasks.markers.validation import TOLERANCE_DAYS, Score, match_events
+from cbm_tasks.markers.truth import read_salms_truth, read_survey_truth
+from cbm_tasks.markers.validation import TOLERANCE_DAYS, Score, bootstrap_intervals, match_events
 from cbm_tasks.traffic_light import evaluate_lights, load_rules
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -168,6 +169,25 @@ def eval_sk(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
     return out
 
 
+def headline_intervals(data: Path, sets: list[str], params: MarkerParams, work: Path) -> list[str]:
+    """Table rows: 95 % bootstrap intervals (over parcels) of the headline scores of the real sets."""
+    rows = []
+    for name in (n for n in ("salms", "sk") if n in sets):
+        truth, parcels, negatives = ground_truth(name, data)
+        series = (convert_salms(data / "salms_grassland", work / "salms_ci.csv") if name == "salms"
+                  else data / "grassland_sk_train" / "timeseries.csv.gz")
+        for variant, s1 in (("S2+S1", True), ("S2 only", False)):
+            predicted = predict(series, params, use_s1=s1)
+            score = match_events(predicted, truth, parcels, negatives=negatives)
+            ci = bootstrap_intervals(predicted, truth, parcels, negatives=negatives)
+            clean = (f"{score.negatives_clean / score.negatives:.0%} ({ci['negatives_clean'][0]:.0%}-"
+                     f"{ci['negatives_clean'][1]:.0%})" if score.negatives else "-")
+            rows.append(f"| {name.upper()} {variant} | {len(parcels)} | {score.f1:.2f} ({ci['f1'][0]:.2f}-"
+                        f"{ci['f1'][1]:.2f}) | {score.recall:.2f} ({ci['recall'][0]:.2f}-{ci['recall'][1]:.2f}) | "
+                        f"{clean} |")
+    return rows
+
+
 def ploughing_lights(series: Path | SeriesTable, params: MarkerParams) -> Counter[str]:
     """Colours of the shipped "permanent grassland: no ploughing" light on every parcel-season of *series*.
 
@@ -244,6 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for name, score in scores.items():
         print(score.row(name))
+    if "salms" in sets or "sk" in sets:
+        print("\n95 % intervals of the headline scores (1000 bootstrap resamples of the parcels, seed 0; as "
+              "'cbm markers validate' gives them)")
+        print("| data | parcels | F1 | recall | not mown without mowing |")
+        print("|---|---|---|---|---|")
+        with tempfile.TemporaryDirectory() as tmp:
+            for row in headline_intervals(args.data, sets, params, Path(tmp)):
+                print(row)
     grass: dict[str, Callable[[Path], Path]] = {
         "salms": lambda work: convert_salms(args.data / "salms_grassland", work / "salms.csv"),
         "sk": lambda work: args.data / "grassland_sk_train" / "timeseries.csv.gz"}

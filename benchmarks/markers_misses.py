@@ -33,10 +33,11 @@ from pathlib import Path
 from markers_eval import DATA, predict
 
 from cbm_tasks.markers import load_params, read_series
-from cbm_tasks.markers.importers import convert_salms, read_salms_truth, read_survey_truth
+from cbm_tasks.markers.importers import convert_salms
 from cbm_tasks.markers.mowing_explain import MowingExplanation, StepVerdict, explain_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable
+from cbm_tasks.markers.truth import read_salms_truth, read_survey_truth
 from cbm_tasks.markers.validation import TOLERANCE_DAYS, unmatched
 
 

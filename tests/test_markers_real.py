@@ -7,6 +7,7 @@ defaults or of the algorithm shows here as a change of numbers, to be reported.
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from collections import Counter
 from datetime import date
@@ -22,8 +23,9 @@ from conftest import shared_data
 from cbm_tasks.cli import main
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers import load_params, read_series, run_markers
-from cbm_tasks.markers.importers import convert_salms, read_salms_truth, read_survey_truth
+from cbm_tasks.markers.importers import convert_salms
 from cbm_tasks.markers.params import MarkerParams
+from cbm_tasks.markers.truth import read_salms_truth, read_survey_truth
 from cbm_tasks.markers.validation import Score, match_events, unmatched
 from cbm_tasks.traffic_light import evaluate_lights, load_rules
 
@@ -201,3 +203,24 @@ def test_survey_truth_reads_the_layout_and_names_bad_lines(tmp_path: Path) -> No
     (tmp_path / "surveyed.csv").unlink()
     with pytest.raises(BadInputError, match="surveyed.csv: no such file"):
         read_survey_truth(tmp_path)
+
+
+def test_validate_command_scores_the_real_sets_as_the_benchmark(tmp_path: Path) -> None:
+    """``cbm markers validate`` on JRC's FOIinfo.csv and on the Slovak survey folder gives markers_eval's figures."""
+    salms = shared_data("salms_grassland")
+    series = convert_salms(salms, tmp_path / "salms.csv")
+    assert main(["markers", "validate", "--timeseries", str(series), "--truth", str(salms / "gtdir" / "FOIinfo.csv"),
+                 "--out", str(tmp_path / "salms")]) == 0
+    scores = json.loads((tmp_path / "salms" / "scores.json").read_text())
+    assert (scores["hits"], scores["false"], scores["missed"], scores["median_error_days"]) == (8, 8, 9, 5.5)
+    low, high = scores["intervals_95"]["f1"]
+    assert low < 0.3 and high > 0.65  # ten parcels: an F1 of 0.48 says little either way
+    folder = shared_data("grassland_sk_train")
+    assert main(["markers", "validate", "--timeseries", str(folder / "timeseries.csv.gz"), "--truth", str(folder),
+                 "--s2-only", "--out", str(tmp_path / "sk")]) == 0
+    scores = json.loads((tmp_path / "sk" / "scores.json").read_text())
+    assert (scores["hits"], scores["false"], scores["missed"], scores["negatives"], scores["negatives_clean"],
+            scores["parcels_without_observations"]) == (185, 13, 32, 37, 32, 8)
+    with (tmp_path / "sk" / "matches.csv").open(newline="") as stream:
+        outcomes = Counter(row["outcome"] for row in csv.DictReader(stream))
+    assert outcomes == {"hit": 185, "false": 13, "missed": 32}

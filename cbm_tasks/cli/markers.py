@@ -6,7 +6,8 @@ the parcel's series with its events, ``cbm markers explain`` lists its NDVI fall
 is not a mowing (``--marker harvest``: its crop cycles and why each is or is not a harvest;
 ``--marker bare_soil``: its observations below the soil line and its runs of bare soil;
 ``--marker emergence``: its rises of NDVI through the emergence threshold; ``--scheme S``: why
-its traffic light of scheme S has its colour, rule by rule). Rules
+its traffic light of scheme S has its colour, rule by rule), ``cbm markers validate --timeseries FILE
+--truth T`` scores a marker's events against the agency's own ground truth (``cbm_tasks.markers.scoring``). Rules
 and parameters are validated before the series is read, and nothing is written when any input is
 invalid. Without ``--timeseries``, ``run``, ``plot`` and ``explain`` work on the parcel set of
 ``--aoi`` and ``--year`` in the database, and ``export`` writes its lights (``cbm_tasks.cli.markers_db``).
@@ -26,7 +27,7 @@ __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``cbm markers run|plot|explain|export`` to the command line."""
+    """Add ``cbm markers run|plot|explain|validate|export`` to the command line."""
     parser = subparsers.add_parser("markers", help="markers and traffic lights from per-parcel time series")
     commands = parser.add_subparsers(dest="command", required=True, metavar="ACTION")
     run = commands.add_parser(
@@ -94,6 +95,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     explain.add_argument("--csv", type=Path, metavar="FILE",
                          help="also write the falls (the crop cycles, low observations, rises) to this CSV file")
     explain.set_defaults(func=_explain)
+    validate = commands.add_parser(
+        "validate", help="score a marker's events against your own ground truth (precision, recall, F1)",
+        description="Run the markers on FILE as 'cbm markers run' does and score one marker's event dates against "
+        "ground truth: a CSV with parcel_id (or ID) and date (YYYY-MM-DD or DD/MM/YYYY; optional event column "
+        "naming the marker; an empty date: checked, no such event), or a survey folder (surveyed.csv + truth.csv). "
+        "MODCiX protocol: per parcel, detected and true dates matched one to one within the tolerance. Prints "
+        "precision, recall and F1 with 95 %% bootstrap intervals over the parcels, the date error and the share of "
+        "checked negatives without a detection; --out DIR also writes matches.csv (every hit, miss and false "
+        "detection) and scores.json.")
+    validate.add_argument("--timeseries", type=Path, required=True, metavar="FILE",
+                          help="time-series file (long format of 'cbm timeseries export')")
+    validate.add_argument("--truth", type=Path, required=True, metavar="T",
+                          help="ground-truth CSV file or survey folder")
+    validate.add_argument("--marker", choices=EXPLAINED_MARKERS, default="mowing",
+                          help="the marker scored (default mowing)")
+    validate.add_argument("--params", type=Path, metavar="FILE", help="marker parameters YAML overriding the defaults")
+    validate.add_argument("--s2-only", action="store_true", help="ignore Sentinel-1 (the Sentinel-2-only variant)")
+    validate.add_argument("--tolerance-days", type=int, default=12, metavar="N",
+                          help="largest date difference of a hit (default 12, as MODCiX)")
+    validate.add_argument("--out", type=Path, metavar="DIR", help="also write DIR/matches.csv and DIR/scores.json")
+    validate.set_defaults(func=_validate)
     markers_db.add_export(commands)
 
 
@@ -132,6 +154,27 @@ def _run(args: argparse.Namespace) -> int:
                      f"{args.out / 'traffic_lights.csv'}: {n_lights} lights (green {colours['green']}, yellow "
                      f"{colours['yellow']}, red {colours['red']}); parameters {params.hash[:12]}, rules "
                      f"v{rules.version}\n")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from cbm_tasks.markers.params import load_params
+    from cbm_tasks.markers.reader import read_series
+    from cbm_tasks.markers.scoring import validate_marker
+    from cbm_tasks.markers.truth import read_truth
+
+    if args.tolerance_days < 0:
+        raise BadInputError(f"--tolerance-days {args.tolerance_days}: must be 0 or more")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise BadInputError(f"--out {args.out}: exists and is not a folder")
+    params = load_params(args.params)
+    truth = read_truth(args.truth, args.marker)  # checked before the series is read
+    result = validate_marker(read_series(args.timeseries), truth, params, use_s1=not args.s2_only,
+                             tolerance_days=args.tolerance_days)
+    sys.stdout.write(result.summary(str(args.timeseries)))
+    if args.out is not None:
+        matches_csv, scores = result.write(args.out)
+        sys.stdout.write(f"{matches_csv}: every hit, miss and false detection; {scores}: the scores\n")
     return 0
 
 

@@ -9,20 +9,20 @@ What is converted: S2 B02..B12 band means (reflectance) with their SCL class cou
 6-day coherence VV / VH (``c6``, dated at the acquisition the SALMS file gives). The SALMS
 backscatter files hold ratios (``s1_bs_rAD``), not backscatter, and are left out.
 
-:func:`read_survey_truth` reads surveyed ground truth in the layout of the Slovak development set.
+Their ground truth is read by :mod:`cbm_tasks.markers.truth`.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers.series import BANDS
 
-__all__ = ["convert_salms", "read_salms_truth", "read_survey_truth"]
+__all__ = ["convert_salms"]
 
 _S2_BANDS = {name for name in BANDS if name.startswith("B")}
 
@@ -34,54 +34,6 @@ def _salms_time(text: str, where: str) -> str:
         except ValueError:
             continue
     raise BadInputError(f"SALMS file {where}: cannot read date {text!r}")
-
-
-def read_salms_truth(salms_dir: Path) -> dict[str, list[date]]:
-    """Return the mowing dates of ``gtdir/FOIinfo.csv`` per parcel id (dates given dd/mm/yyyy).
-
-    Raises:
-        BadInputError: the file is missing or a date does not parse.
-    """
-    path = salms_dir / "gtdir" / "FOIinfo.csv"
-    if not path.is_file():
-        raise BadInputError(f"SALMS ground truth {path}: no such file")
-    truth: dict[str, list[date]] = {}
-    with path.open(newline="") as stream:
-        for line, row in enumerate(csv.DictReader(stream), start=2):
-            try:
-                when = datetime.strptime(row["Event_date"], "%d/%m/%Y").date()
-            except (KeyError, ValueError) as err:
-                raise BadInputError(f"SALMS ground truth {path}: line {line}: bad Event_date: {err}") from err
-            truth.setdefault(row["ID"], []).append(when)
-    return {parcel: sorted(dates) for parcel, dates in truth.items()}
-
-
-def read_survey_truth(folder: Path) -> tuple[dict[str, str], dict[str, list[date]]]:
-    """Return (plot -> survey outcome, plot -> mowing dates) of a surveyed ground-truth folder.
-
-    The layout of the Slovak development set (``../shared/data/grassland_sk_train``): ``surveyed.csv``
-    (``parcel_id, survey``: ``mown`` or ``not_mown``; only these plots may be scored) and ``truth.csv``
-    (``parcel_id, event, date``; rows of other events than ``mowing`` are left out).
-
-    Raises:
-        BadInputError: a file is missing, or a line lacks a column or has a date that does not parse.
-    """
-    surveyed: dict[str, str] = {}
-    truth: dict[str, list[date]] = {}
-    for name in ("surveyed.csv", "truth.csv"):
-        path = folder / name
-        if not path.is_file():
-            raise BadInputError(f"ground truth {path}: no such file")
-        with path.open(newline="") as stream:
-            for line, row in enumerate(csv.DictReader(stream), start=2):
-                try:
-                    if name == "surveyed.csv":
-                        surveyed[row["parcel_id"]] = row["survey"]
-                    elif row.get("event", "mowing") == "mowing":
-                        truth.setdefault(row["parcel_id"], []).append(date.fromisoformat(row["date"]))
-                except (KeyError, TypeError, ValueError) as err:
-                    raise BadInputError(f"ground truth {path}: line {line}: {err!r}") from err
-    return surveyed, {plot: sorted(dates) for plot, dates in truth.items()}
 
 
 def convert_salms(salms_dir: Path, out: Path) -> Path:

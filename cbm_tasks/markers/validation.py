@@ -3,6 +3,11 @@
 Per parcel, predicted and true event dates are matched one to one within +-``tolerance_days``
 (closest pairs first); matched pairs are true positives, unmatched predictions false positives
 (every prediction on a parcel without true events included), unmatched truths false negatives.
+
+How sure a score is: :func:`bootstrap_intervals` resamples the parcels (not the events: the events of one
+parcel share its observations and its errors) and gives percentile intervals of precision, recall, F1 and
+the share of surveyed negatives without a detection. On ten parcels (JRC's SALMS example) an F1 of 0.5 is
+compatible with anything from ~0.3 to ~0.7; a validation set needs hundreds of parcel-seasons.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 
-__all__ = ["TOLERANCE_DAYS", "Score", "match_events", "unmatched"]
+import numpy as np
+
+__all__ = ["TOLERANCE_DAYS", "Match", "Score", "bootstrap_intervals", "match_events", "matches", "unmatched"]
 
 TOLERANCE_DAYS = 12  # MODCiX: a detected mowing within +-12 days of the true one is a hit
 
@@ -93,14 +100,11 @@ def unmatched(predicted: Mapping[str, list[date]], truth: Mapping[str, list[date
     """Return the false negatives and the false positives of :func:`match_events`: parcel -> dates."""
     missed: dict[str, list[date]] = {}
     false: dict[str, list[date]] = {}
-    for parcel in parcels:
-        pred, true = list(predicted.get(parcel, [])), list(truth.get(parcel, []))
-        pairs = _match(pred, true, tolerance_days)
-        hit_p, hit_t = {i for i, _ in pairs}, {j for _, j in pairs}
-        if len(hit_t) < len(true):
-            missed[parcel] = [when for j, when in enumerate(true) if j not in hit_t]
-        if len(hit_p) < len(pred):
-            false[parcel] = [when for i, when in enumerate(pred) if i not in hit_p]
+    for line in matches(predicted, truth, parcels, tolerance_days=tolerance_days):
+        if line.predicted_date is None and line.true_date is not None:
+            missed.setdefault(line.parcel_id, []).append(line.true_date)
+        elif line.true_date is None and line.predicted_date is not None:
+            false.setdefault(line.parcel_id, []).append(line.predicted_date)
     return missed, false
 
 
@@ -116,4 +120,75 @@ def _match(pred: list[date], true: list[date], tolerance_days: int) -> dict[tupl
         used_p.add(i)
         used_t.add(j)
         out[(i, j)] = distance
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One line of a scoring: a hit (both dates), a missed true event or a false detection."""
+
+    parcel_id: str
+    true_date: date | None
+    predicted_date: date | None
+
+    @property
+    def outcome(self) -> str:
+        """``hit``, ``missed`` or ``false``."""
+        if self.true_date is None:
+            return "false"
+        return "missed" if self.predicted_date is None else "hit"
+
+    @property
+    def error_days(self) -> int | None:
+        """Predicted minus true date of a hit, in days (negative: detected early)."""
+        if self.true_date is None or self.predicted_date is None:
+            return None
+        return (self.predicted_date - self.true_date).days
+
+
+def matches(predicted: Mapping[str, list[date]], truth: Mapping[str, list[date]], parcels: Iterable[str], *,
+            tolerance_days: int = TOLERANCE_DAYS) -> list[Match]:
+    """Every hit, miss and false detection of :func:`match_events`, by parcel and date."""
+    out: list[Match] = []
+    for parcel in parcels:
+        pred, true = list(predicted.get(parcel, [])), list(truth.get(parcel, []))
+        pairs = _match(pred, true, tolerance_days)
+        hit_p, hit_t = {i for i, _ in pairs}, {j for _, j in pairs}
+        lines = [Match(parcel, true[j], pred[i]) for i, j in pairs]
+        lines += [Match(parcel, when, None) for j, when in enumerate(true) if j not in hit_t]
+        lines += [Match(parcel, None, when) for i, when in enumerate(pred) if i not in hit_p]
+        out.extend(sorted(lines, key=lambda m: (m.true_date or m.predicted_date or date.min)))
+    return out
+
+
+def bootstrap_intervals(predicted: Mapping[str, list[date]], truth: Mapping[str, list[date]], parcels: Iterable[str],
+                        *, negatives: set[str] | frozenset[str] | None = None,
+                        tolerance_days: int = TOLERANCE_DAYS, resamples: int = 1000, level: float = 0.95,
+                        seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of ``precision``, ``recall``, ``f1`` and ``negatives_clean`` over resampled parcels.
+
+    The parcels are drawn with replacement *resamples* times (seeded: the same call gives the same
+    intervals); a figure undefined in a resample (no prediction, no negative) is left out of its
+    interval, and a figure undefined in every resample has (NaN, NaN).
+    """
+    parcels = list(parcels)
+    negatives = negatives or set()
+    counts = np.zeros((len(parcels), 5))  # tp, fp, fn, negative, negative without a detection
+    for row, parcel in enumerate(parcels):
+        score = match_events(predicted, truth, [parcel], tolerance_days=tolerance_days,
+                             negatives={parcel} & set(negatives))
+        counts[row] = (score.tp, score.fp, score.fn, score.negatives, score.negatives_clean)
+    if not parcels:
+        return {name: (math.nan, math.nan) for name in ("precision", "recall", "f1", "negatives_clean")}
+    draws = np.random.default_rng(seed).integers(0, len(parcels), (resamples, len(parcels)))
+    tp, fp, fn, neg, clean = counts[draws].sum(axis=1).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        figures = {"precision": tp / (tp + fp), "recall": tp / (tp + fn), "f1": 2 * tp / (2 * tp + fp + fn),
+                   "negatives_clean": clean / neg}
+    tail = 50.0 * (1.0 - level)
+    out: dict[str, tuple[float, float]] = {}
+    for name, values in figures.items():
+        values = values[np.isfinite(values)]
+        out[name] = ((float(np.percentile(values, tail)), float(np.percentile(values, 100.0 - tail)))
+                     if len(values) else (math.nan, math.nan))
     return out

@@ -1,0 +1,167 @@
+"""``cbm markers validate``: a marker's events scored against the agency's own ground truth."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+from datetime import date
+from pathlib import Path
+
+import pytest
+from markers_series import doy_date, grass_rows, write_rows
+
+from cbm_tasks.cli import main
+from cbm_tasks.errors import BadInputError
+from cbm_tasks.markers.truth import read_truth
+from cbm_tasks.markers.validation import bootstrap_intervals, match_events, matches, unmatched
+
+
+def _truth_file(path: Path, rows: list[list[str]], header: tuple[str, ...] = ("parcel_id", "date", "event")) -> Path:
+    with path.open("w", newline="") as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_validate_counts_hits_misses_false_detections_and_clean_negatives(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    series = write_rows(tmp_path / "series.csv", grass_rows("two_cuts", [150, 205], noise=0.005)
+                        + grass_rows("one_cut", [190], noise=0.005, seed=1)
+                        + grass_rows("uncut", [], noise=0.005, seed=2))
+    truth = _truth_file(tmp_path / "truth.csv", [
+        ["two_cuts", doy_date(151).isoformat(), "mowing"], ["two_cuts", doy_date(204).isoformat(), "Mowing"],
+        ["one_cut", doy_date(230).isoformat(), "mowing"],  # declared 40 days after the cut: a miss and a false one
+        ["one_cut", doy_date(230).isoformat(), "mowing"],  # a duplicated row is one event
+        ["uncut", "", "mowing"],  # checked, not mown
+        ["unseen", doy_date(180).isoformat(), "mowing"],  # no observation in the series
+        ["uncut", doy_date(250).isoformat(), "harvest"],  # another marker: not read
+    ])
+    out = tmp_path / "scores"
+    args = ["markers", "validate", "--timeseries", str(series), "--truth", str(truth), "--out", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "parcels scored: 4 (1 without any observation in the series" in text
+    assert "true events 4, detected 3: hits 2, missed 2, false 1" in text
+    assert "checked without mowing: 1 parcel, 1 of them without a detection" in text
+    lines = _read(out / "matches.csv")
+    assert [(r["parcel_id"], r["outcome"], r["true_date"]) for r in lines] == [
+        ("one_cut", "false", ""), ("one_cut", "missed", doy_date(230).isoformat()),
+        ("two_cuts", "hit", doy_date(151).isoformat()), ("two_cuts", "hit", doy_date(204).isoformat()),
+        ("unseen", "missed", doy_date(180).isoformat())]
+    for row in lines:
+        if row["outcome"] == "hit":  # error = predicted - true, within the tolerance, with the event's confidence
+            error = (date.fromisoformat(row["predicted_date"]) - date.fromisoformat(row["true_date"])).days
+            assert int(row["error_days"]) == error and abs(error) <= 12 and 0.5 <= float(row["confidence"]) <= 1
+    scores = json.loads((out / "scores.json").read_text())
+    assert (scores["hits"], scores["missed"], scores["false"], scores["negatives"], scores["negatives_clean"],
+            scores["parcels_without_observations"]) == (2, 2, 1, 1, 1, 1)
+    assert scores["precision"] == pytest.approx(2 / 3, abs=1e-4) and scores["recall"] == pytest.approx(0.5)
+    low, high = scores["intervals_95"]["f1"]
+    assert 0 <= low <= scores["f1"] <= high <= 1
+    # the same run again gives the same files (seeded bootstrap, fixed order)
+    first = {name: (out / name).read_bytes() for name in ("matches.csv", "scores.json")}
+    assert main(args) == 0
+    assert {name: (out / name).read_bytes() for name in first} == first
+    # a tolerance of 0 days turns the hits into misses and false detections
+    assert main(args[:-2] + ["--tolerance-days", "0"]) == 0
+    assert "hits 0, missed 4, false 3" in capsys.readouterr().out
+
+
+def test_validate_scores_other_markers_by_their_event_column(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # a cut of grass from NDVI 0.85 to 0.35 is also the end of a crop cycle to the harvest marker
+    series = write_rows(tmp_path / "series.csv", grass_rows("one_cut", [190]) + grass_rows("uncut", []))
+    truth = _truth_file(tmp_path / "truth.csv", [["one_cut", doy_date(190).isoformat(), "harvest"],
+                                                 ["uncut", "", "harvest"], ["uncut", "2021-06-01", "mowing"]])
+    assert main(["markers", "validate", "--timeseries", str(series), "--truth", str(truth), "--marker", "harvest"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("harvest marker of ")
+    assert "true events 1, detected 1: hits 1, missed 0, false 0" in text
+    assert "checked without harvest: 1 parcel, 1 of them without a detection" in text
+
+
+def test_truth_file_formats(tmp_path: Path) -> None:
+    # JRC's SALMS layout: ID, Event_date as DD/MM/YYYY, numeric Event_type (not a marker name: not read)
+    foi = _truth_file(tmp_path / "FOIinfo.csv",
+                      [["0", "7", "1.3", "10/07/2020", "1"], ["1", "7", "1.3", "09/09/2020", "1"]],
+                      header=("", "ID", "area", "Event_date", "Event_type"))
+    truth = read_truth(foi)
+    assert truth.events == {"7": [date(2020, 7, 10), date(2020, 9, 9)]} and truth.parcels == ("7",)
+    assert truth.negatives == frozenset()
+    # gzipped, with a byte-order mark and timestamps
+    packed = tmp_path / "truth.csv.gz"
+    with gzip.open(packed, "wt", encoding="utf-8-sig") as stream:
+        stream.write("parcel_id,date\nA,2021-06-30T00:00:00Z\nB,\n")
+    truth = read_truth(packed)
+    assert truth.events == {"A": [date(2021, 6, 30)]} and truth.parcels == ("A", "B")
+    assert truth.negatives == frozenset({"B"})
+
+
+@pytest.mark.parametrize(("rows", "header", "message"), [
+    ([["A", "2021-13-01"]], ("parcel_id", "date"), "line 2: column 'date': cannot read date '2021-13-01'"),
+    ([["A", "2021-06-01"]], ("plot", "date"), "needs a parcel column"),
+    ([["A", "2021-06-01"], ["A", ""]], ("parcel_id", "date"), "line 3: parcel 'A' has no mowing here but dated"),
+    ([["", "2021-06-01"]], ("parcel_id", "date"), "line 2: column 'parcel_id' is empty"),
+    ([["A", "2021-06-01", "harvest"]], ("parcel_id", "date", "event"), "no rows of marker 'mowing'"),
+])
+def test_bad_truth_files_are_named_and_nothing_is_written(tmp_path: Path, rows: list[list[str]],
+                                                          header: tuple[str, ...], message: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    truth = _truth_file(tmp_path / "truth.csv", rows, header=header)
+    with pytest.raises(BadInputError, match=message) as error:
+        read_truth(truth)
+    assert str(truth) in str(error.value)
+    series = write_rows(tmp_path / "series.csv", grass_rows("A", [190]))
+    assert main(["markers", "validate", "--timeseries", str(series), "--truth", str(truth), "--out",
+                 str(tmp_path / "out")]) == 2
+    assert str(truth) in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_truth_and_survey_folders_of_other_markers_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="no such file or folder"):
+        read_truth(tmp_path / "absent.csv")
+    with pytest.raises(BadInputError, match="holds mowing only, not 'harvest'"):
+        read_truth(tmp_path, "harvest")
+
+
+def test_bootstrap_intervals() -> None:
+    truth = {f"p{i}": [date(2021, 6, 1)] for i in range(40)}
+    # 30 parcels found on the day, 10 missed, and a false detection on 5 of the found ones
+    predicted = {f"p{i}": [date(2021, 6, 3)] + ([date(2021, 8, 1)] if i < 5 else []) for i in range(30)}
+    parcels = sorted(truth) + ["n1", "n2"]
+    negatives = {"n1", "n2"}
+    predicted["n2"] = [date(2021, 7, 1)]
+    score = match_events(predicted, truth, parcels, negatives=negatives)
+    intervals = bootstrap_intervals(predicted, truth, parcels, negatives=negatives)
+    assert intervals == bootstrap_intervals(predicted, truth, parcels, negatives=negatives)  # seeded
+    for name, value in (("precision", score.precision), ("recall", score.recall), ("f1", score.f1),
+                        ("negatives_clean", 0.5)):
+        low, high = intervals[name]
+        assert low <= value <= high, name
+    # fewer parcels, wider interval
+    few = bootstrap_intervals(predicted, truth, [f"p{i}" for i in (0, 1, 2, 3, 30, 31)])  # recall 4/6
+    assert few["recall"][1] - few["recall"][0] >= intervals["recall"][1] - intervals["recall"][0]
+    assert all(math.isnan(v) for v in few["negatives_clean"])  # no negative among them
+    assert all(math.isnan(v) for v in bootstrap_intervals({}, {}, [])["f1"])
+
+
+def test_matches_agree_with_the_score_and_unmatched() -> None:
+    truth = {"a": [date(2021, 6, 1), date(2021, 7, 20)], "b": [date(2021, 6, 10)]}
+    predicted = {"a": [date(2021, 6, 5), date(2021, 9, 1)], "c": [date(2021, 6, 1)]}
+    lines = matches(predicted, truth, ["a", "b", "c"])
+    score = match_events(predicted, truth, ["a", "b", "c"])
+    outcomes = [line.outcome for line in lines]
+    assert (outcomes.count("hit"), outcomes.count("false"), outcomes.count("missed")) == (score.tp, score.fp, score.fn)
+    assert [line.error_days for line in lines if line.outcome == "hit"] == [4]
+    missed, false = unmatched(predicted, truth, ["a", "b", "c"])
+    assert missed == {"a": [date(2021, 7, 20)], "b": [date(2021, 6, 10)]}
+    assert false == {"a": [date(2021, 9, 1)], "c": [date(2021, 6, 1)]}
