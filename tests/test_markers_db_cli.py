@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+from datetime import date, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -193,3 +195,46 @@ def test_demo_summary_commands_explain_its_lights(seeded: str, tmp_path: Path,
             colour = line.split(": why ")[1].split(",")[0]
             expected = f"stored light: {colour} ("
         assert expected in out
+
+
+def test_validate_scores_the_stored_events_as_the_exported_series(db_url: str, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``validate --aoi --year`` scores the events the lights were decided on; the exported series scores the same."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        truth_of = seed_parcel_set(conn, tmp_path, aoi="mk", year=2018, n_parcels=12, seed=5).truth
+    monkeypatch.setenv("CBM_DATABASE_URL", db_url)
+    truth = tmp_path / "checks.csv"
+    with truth.open("w", newline="") as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(["parcel_id", "date", "event"])
+        for parcel, events in sorted(truth_of.items()):
+            mowings = [(date(2018, 1, 1) + timedelta(days=doy - 1)).isoformat() for doy, kind in events
+                       if kind == "mowing"]
+            writer.writerows([parcel, when, "mowing"] for when in mowings or [""])  # "": checked, not mown
+        writer.writerow(["P9999999", "2018-06-01", "mowing"])  # not in the parcel set
+    stored = ["markers", "validate", "--aoi", "mk", "--year", "2018", "--truth", str(truth)]
+    # before any marker run nothing is computed: every true mowing is missed, and the summary says to run first
+    assert cli.main([*stored, "--out", str(tmp_path / "none")]) == 0
+    text = capsys.readouterr().out
+    assert "none: run cbm markers run first" in text and "parcels scored: 13 (13 without markers computed" in text
+    assert cli.main(["markers", "run", "--aoi", "mk", "--year", "2018"]) == 0
+    capsys.readouterr()
+    assert cli.main([*stored, "--out", str(tmp_path / "db")]) == 0
+    text = capsys.readouterr().out
+    assert "mowing marker of mk 2018 in the database" in text and "stored events of marker run 1" in text
+    assert "parcels scored: 13 (1 without markers computed" in text
+    assert cli.main(["timeseries", "export", "--aoi", "mk", "--year", "2018", "--out", str(tmp_path / "s.csv")]) == 0
+    assert cli.main(["markers", "validate", "--timeseries", str(tmp_path / "s.csv"), "--truth", str(truth),
+                     "--out", str(tmp_path / "file")]) == 0
+    db_lines, file_lines = ((tmp_path / out / "matches.csv").read_text() for out in ("db", "file"))
+    assert db_lines == file_lines and db_lines.count("\n") > 10
+    db_scores = json.loads((tmp_path / "db" / "scores.json").read_text())
+    assert db_scores["marker_runs"] == [1] and db_scores["hits"] >= 8 and db_scores["parcels_without_observations"] == 1
+    with psycopg.connect(db_url) as conn:  # every detection scored is a stored mowing of the parcel's current run
+        stored_count = conn.execute("SELECT count(*) FROM cbm.marker_event e JOIN cbm.parcel p ON "
+                                    "p.parcel_key = e.parcel_key WHERE e.marker = 'mowing'").fetchone()
+    assert db_scores["detected"] == stored_count[0]
+    # the file options do not apply to stored events
+    assert cli.main([*stored, "--s2-only"]) == 2
+    assert "--params and --s2-only apply to --timeseries only" in capsys.readouterr().err

@@ -48,7 +48,7 @@ def test_validate_counts_hits_misses_false_detections_and_clean_negatives(tmp_pa
     args = ["markers", "validate", "--timeseries", str(series), "--truth", str(truth), "--out", str(out)]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "parcels scored: 4 (1 without any observation in the series" in text
+    assert "parcels scored: 4 (1 without markers computed" in text
     assert "true events 4, detected 3: hits 2, missed 2, false 1" in text
     assert "checked without mowing: 1 parcel, 1 of them without a detection" in text
     lines = _read(out / "matches.csv")

@@ -97,21 +97,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     explain.set_defaults(func=_explain)
     validate = commands.add_parser(
         "validate", help="score a marker's events against your own ground truth (precision, recall, F1)",
-        description="Run the markers on FILE as 'cbm markers run' does and score one marker's event dates against "
+        description="Run the markers on FILE as 'cbm markers run' does (or take the events stored for --aoi and "
+        "--year, those the traffic lights were decided on) and score one marker's event dates against "
         "ground truth: a CSV with parcel_id (or ID) and date (YYYY-MM-DD or DD/MM/YYYY; optional event column "
         "naming the marker; an empty date: checked, no such event), or a survey folder (surveyed.csv + truth.csv). "
         "MODCiX protocol: per parcel, detected and true dates matched one to one within the tolerance. Prints "
         "precision, recall and F1 with 95 %% bootstrap intervals over the parcels, the date error and the share of "
         "checked negatives without a detection; --out DIR also writes matches.csv (every hit, miss and false "
         "detection) and scores.json.")
-    validate.add_argument("--timeseries", type=Path, required=True, metavar="FILE",
-                          help="time-series file (long format of 'cbm timeseries export')")
+    validate.add_argument("--timeseries", type=Path, metavar="FILE",
+                          help="time-series file (long format of 'cbm timeseries export'); without it: the events "
+                          "stored for --aoi and --year in the database, each parcel's from its current marker run")
+    validate.add_argument("--aoi", help="database: AOI name")
+    validate.add_argument("--year", type=int, help="database: parcel-set year")
     validate.add_argument("--truth", type=Path, required=True, metavar="T",
                           help="ground-truth CSV file or survey folder")
     validate.add_argument("--marker", choices=EXPLAINED_MARKERS, default="mowing",
                           help="the marker scored (default mowing)")
-    validate.add_argument("--params", type=Path, metavar="FILE", help="marker parameters YAML overriding the defaults")
-    validate.add_argument("--s2-only", action="store_true", help="ignore Sentinel-1 (the Sentinel-2-only variant)")
+    validate.add_argument("--params", type=Path, metavar="FILE",
+                          help="file: marker parameters YAML overriding the defaults")
+    validate.add_argument("--s2-only", action="store_true",
+                          help="file: ignore Sentinel-1 (the Sentinel-2-only variant)")
     validate.add_argument("--tolerance-days", type=int, default=12, metavar="N",
                           help="largest date difference of a hit (default 12, as MODCiX)")
     validate.add_argument("--out", type=Path, metavar="DIR", help="also write DIR/matches.csv and DIR/scores.json")
@@ -158,20 +164,25 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from cbm_tasks.markers.params import load_params
-    from cbm_tasks.markers.reader import read_series
-    from cbm_tasks.markers.scoring import validate_marker
+    from cbm_tasks.markers.scoring import file_predictions, score
     from cbm_tasks.markers.truth import read_truth
 
     if args.tolerance_days < 0:
         raise BadInputError(f"--tolerance-days {args.tolerance_days}: must be 0 or more")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise BadInputError(f"--out {args.out}: exists and is not a folder")
-    params = load_params(args.params)
-    truth = read_truth(args.truth, args.marker)  # checked before the series is read
-    result = validate_marker(read_series(args.timeseries), truth, params, use_s1=not args.s2_only,
-                             tolerance_days=args.tolerance_days)
-    sys.stdout.write(result.summary(str(args.timeseries)))
+    truth = read_truth(args.truth, args.marker)  # checked before the events are read or computed
+    if args.timeseries is None:
+        predictions = markers_db.stored_predictions(args)
+    else:
+        from cbm_tasks.markers.params import load_params
+        from cbm_tasks.markers.reader import read_series
+
+        params = load_params(args.params)
+        predictions = file_predictions(read_series(args.timeseries), params, args.marker,
+                                       source=str(args.timeseries), use_s1=not args.s2_only)
+    result = score(predictions, truth, tolerance_days=args.tolerance_days)
+    sys.stdout.write(result.summary())
     if args.out is not None:
         matches_csv, scores = result.write(args.out)
         sys.stdout.write(f"{matches_csv}: every hit, miss and false detection; {scores}: the scores\n")

@@ -1,4 +1,4 @@
-"""``cbm markers`` on the database: ``run --aoi A --year Y``, ``plot|explain --aoi A --year Y --parcel ID``, ``export``.
+"""``cbm markers`` on the database: ``run``, ``plot``, ``explain``, ``export`` and ``validate`` of ``--aoi A --year Y``.
 
 ``cbm_tasks.cli.markers`` parses the command line; when no ``--timeseries`` file is given it
 calls these, which work on the CbM database of ``cbm db`` (``CBM_DATABASE_URL`` or the
@@ -18,7 +18,9 @@ from cbm_tasks.ops import settings
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["add_export", "explain", "export", "plot", "run"]
+    from cbm_tasks.markers.scoring import Predictions
+
+__all__ = ["add_export", "explain", "export", "plot", "run", "stored_predictions"]
 
 
 def _need_set(args: argparse.Namespace, action: str) -> None:
@@ -47,6 +49,22 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"  {scheme}: " + "; ".join(parts))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+def stored_predictions(args: argparse.Namespace) -> Predictions:
+    """The stored events of ``--marker`` of the parcel set ``--aoi`` / ``--year`` (``cbm markers validate``)."""
+    from cbm_tasks import db
+    from cbm_tasks.aoi import find_parcel_set
+    from cbm_tasks.markers.scoring import stored_predictions as read_stored
+
+    _need_set(args, "validate")
+    if args.params is not None or args.s2_only:
+        raise BadInputError("cbm markers validate --aoi/--year scores the stored events as their runs made them: "
+                            "--params and --s2-only apply to --timeseries only")
+    with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
+        parcel_set = find_parcel_set(conn, aoi=args.aoi, year=args.year)
+        return read_stored(conn, parcel_set_id=parcel_set.parcel_set_id, marker=args.marker,
+                           source=f"{args.aoi} {args.year} in the database")
 
 
 def _parcel(conn: psycopg.Connection, args: argparse.Namespace) -> tuple[int, int]:

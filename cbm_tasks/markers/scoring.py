@@ -1,11 +1,13 @@
-"""Score a marker's events on a time-series file against the agency's own ground truth.
+"""Score a marker's events (from a time-series file, or stored in the database) against ground truth.
 
-``cbm markers validate`` runs the markers exactly as ``cbm markers run`` does (the same engine, parameters
-and sensors: the events it scores are the events ``run`` writes) and scores one marker's main dates against
-dated ground truth (:mod:`cbm_tasks.markers.truth`: field checks, surveys, camera-verified plots) with the
-MODCiX protocol of :mod:`cbm_tasks.markers.validation`, with bootstrap intervals over the parcels. Before an
-agency trusts the shipped defaults (or its own parameter file) on its grasslands, it scores them here on a
-few hundred checked parcel-seasons of its own.
+``cbm markers validate --timeseries FILE`` runs the markers exactly as ``cbm markers run`` does (the same
+engine, parameters and sensors: the events it scores are the events ``run`` writes; :func:`file_predictions`),
+``--aoi A --year Y`` takes the events stored in the database, each parcel's from its current marker run
+(:func:`stored_predictions`: the events its traffic lights were decided on), and :func:`score` compares one
+marker's main dates with dated ground truth (:mod:`cbm_tasks.markers.truth`: field checks, surveys,
+camera-verified plots) with the MODCiX protocol of :mod:`cbm_tasks.markers.validation`, with bootstrap
+intervals over the parcels. Before an agency trusts the shipped defaults (or its own parameter file) on its
+grasslands, it scores them here on a few hundred checked parcel-seasons of its own.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cbm_tasks.markers.engine import run_markers
 from cbm_tasks.markers.params import MarkerParams
@@ -24,9 +28,90 @@ from cbm_tasks.markers.truth import GroundTruth
 from cbm_tasks.markers.validation import TOLERANCE_DAYS, Match, Score, bootstrap_intervals, match_events, matches
 from cbm_tasks.markers.writer import write_csv
 
-__all__ = ["MATCH_COLUMNS", "MarkerValidation", "validate_marker"]
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["MATCH_COLUMNS", "MarkerValidation", "Predictions", "file_predictions", "score", "stored_predictions"]
 
 MATCH_COLUMNS = ("parcel_id", "outcome", "true_date", "predicted_date", "error_days", "confidence")
+
+
+@dataclass(frozen=True, slots=True)
+class Predictions:
+    """The detected events of one marker, and what detected them.
+
+    Attributes:
+        marker: the marker.
+        events: parcel id -> main dates of its events, sorted.
+        confidence: (parcel id, main date) -> the event's confidence.
+        computed: the parcels the marker was computed for (the series' parcels, or those with a marker run).
+        source: what was scored, for the summary (``FILE``, or ``AOI YEAR in the database``).
+        described: how the events were made (parameters, sensors; stored marker runs).
+        provenance: the same as JSON-ready fields.
+    """
+
+    marker: str
+    events: dict[str, list[date]]
+    confidence: dict[tuple[str, date], float] = field(repr=False)
+    computed: frozenset[str]
+    source: str
+    described: str
+    provenance: dict[str, Any]
+
+
+def _sensors(use_s1: bool) -> str:
+    return "Sentinel-2, and Sentinel-1 where the series has it" if use_s1 else "Sentinel-2 only"
+
+
+def file_predictions(series: SeriesTable, params: MarkerParams, marker: str, *, source: str,
+                     use_s1: bool = True) -> Predictions:
+    """Run every marker on *series* as ``cbm markers run`` does and keep *marker*'s events."""
+    events: dict[str, list[date]] = {}
+    confidence: dict[tuple[str, date], float] = {}
+    for row in run_markers(series, params, use_s1=use_s1).rows():
+        if row.marker == marker:
+            when = date.fromisoformat(row.main_date)
+            events.setdefault(row.parcel_id, []).append(when)
+            confidence[(row.parcel_id, when)] = row.confidence
+    return Predictions(marker, events, confidence, frozenset(series.parcel_ids.tolist()), source,
+                       f"parameters version {params.version} hash {params.hash[:12]}, {_sensors(use_s1)}",
+                       {"parameters_version": params.version, "parameters_hash": params.hash, "sentinel_1": use_s1})
+
+
+def stored_predictions(conn: psycopg.Connection, *, parcel_set_id: int, marker: str, source: str) -> Predictions:
+    """The events of *marker* stored for a parcel set, each parcel's from its current marker run.
+
+    A parcel's current run is the latest that computed it (``cbm.marker_parcel``), as for its traffic lights
+    and its audit report (:mod:`cbm_tasks.report.decisions`); parcels no run computed are not ``computed``.
+    """
+    from cbm_tasks.report import decisions
+
+    current = decisions.current_runs(conn, parcel_set_id=parcel_set_id)
+    names: dict[int, str] = dict(conn.execute("SELECT parcel_key, parcel_id FROM cbm.parcel WHERE parcel_set_id = %s "
+                              "AND parcel_key = ANY(%s)", (parcel_set_id, list(current))).fetchall())
+    by_run: dict[int, list[int]] = defaultdict(list)
+    for key, (run, _, _) in current.items():
+        by_run[run].append(key)
+    events: dict[str, list[date]] = {}
+    confidence: dict[tuple[str, date], float] = {}
+    runs = []
+    for run_id in sorted(by_run):
+        runs.append(decisions.marker_run(conn, run_id))
+        for event in decisions.events(conn, marker_run_id=run_id, parcel_keys=by_run[run_id]):
+            if event.marker == marker and event.main is not None and event.parcel_key in names:
+                parcel = str(names[event.parcel_key])
+                events.setdefault(parcel, []).append(event.main)
+                confidence[(parcel, event.main)] = event.confidence if event.confidence is not None else math.nan
+    hashes = sorted({run.params_hash[:12] for run in runs if run is not None and run.params_hash})
+    sensors = sorted({_sensors(run.use_s1) for run in runs if run is not None})
+    described = (f"stored events of marker run{'s' if len(by_run) > 1 else ''} "
+                 f"{', '.join(map(str, sorted(by_run))) or '- (none: run cbm markers run first)'}"
+                 + (f", parameters hash {', '.join(hashes)}" if hashes else "")
+                 + (f", {'; '.join(sensors)}" if sensors else ""))
+    return Predictions(marker, {parcel: sorted(dates) for parcel, dates in events.items()}, confidence,
+                       frozenset(str(name) for name in names.values()), source, described,
+                       {"marker_runs": sorted(by_run), "parameters_hash": [run.params_hash for run in runs
+                                                                           if run is not None]})
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,27 +120,23 @@ class MarkerValidation:
 
     Attributes:
         truth: the ground truth scored against.
+        predictions: the events scored.
         score: counts of the scoring (:class:`~cbm_tasks.markers.validation.Score`).
         intervals: figure -> (low, high) bootstrap interval (:func:`bootstrap_intervals`).
         lines: every hit, miss and false detection.
-        confidence: (parcel id, main date) -> confidence of each detected event.
-        unobserved: scored parcels the time series has no row of (their true events are misses).
-        params: the marker parameters of the run.
-        use_s1: whether Sentinel-1 was used.
+        unobserved: scored parcels the marker was not computed for (their true events are misses).
         tolerance_days: largest date difference of a hit.
     """
 
     truth: GroundTruth
+    predictions: Predictions
     score: Score
     intervals: dict[str, tuple[float, float]]
     lines: list[Match]
-    confidence: dict[tuple[str, date], float] = field(repr=False)
     unobserved: tuple[str, ...]
-    params: MarkerParams
-    use_s1: bool
     tolerance_days: int
 
-    def summary(self, series_name: str) -> str:
+    def summary(self) -> str:
         """The scores as text: counts, precision / recall / F1 with intervals, date error, negatives kept clean."""
         s, marker = self.score, self.truth.marker
 
@@ -69,13 +150,12 @@ class MarkerValidation:
 
         errors = [line.error_days for line in self.lines if line.error_days is not None]
         signed = f", mean signed {statistics.fmean(errors):+.1f}" if errors else ""
-        out = [f"{marker} marker of {series_name} against ground truth {self.truth.source}",
-               f"parameters version {self.params.version} hash {self.params.hash[:12]}, "
-               f"{'Sentinel-2, and Sentinel-1 where the series has it' if self.use_s1 else 'Sentinel-2 only'}"
-               + f"; a hit is within +-{self.tolerance_days} days (MODCiX: matched one to one per parcel)",
+        out = [f"{marker} marker of {self.predictions.source} against ground truth {self.truth.source}",
+               f"{self.predictions.described}; a hit is within +-{self.tolerance_days} days "
+               "(MODCiX: matched one to one per parcel)",
                f"parcels scored: {len(self.truth.parcels)}"
-               + (f" ({len(self.unobserved)} without any observation in the series: their true events count as missed)"
-                  if self.unobserved else ""),
+               + (f" ({len(self.unobserved)} without markers computed (no observation, or not in the parcel set): "
+                  "their true events count as missed)" if self.unobserved else ""),
                f"true events {s.tp + s.fn}, detected {s.tp + s.fp}: hits {s.tp}, missed {s.fn}, false {s.fp}",
                f"precision {figure('precision', s.precision)}",
                f"recall    {figure('recall', s.recall)}",
@@ -97,9 +177,8 @@ class MarkerValidation:
             return None if math.isnan(value) else round(value, 4)
 
         return {
-            "marker": self.truth.marker, "truth": self.truth.source, "parameters_version": self.params.version,
-            "parameters_hash": self.params.hash, "sentinel_1": self.use_s1,
-            "tolerance_days": self.tolerance_days, "parcels": len(self.truth.parcels),
+            "marker": self.truth.marker, "truth": self.truth.source, "events_of": self.predictions.source,
+            **self.predictions.provenance, "tolerance_days": self.tolerance_days, "parcels": len(self.truth.parcels),
             "parcels_without_observations": len(self.unobserved), "true_events": s.tp + s.fn,
             "detected": s.tp + s.fp, "hits": s.tp, "missed": s.fn, "false": s.fp,
             "precision": number(s.precision), "recall": number(s.recall),
@@ -114,10 +193,11 @@ class MarkerValidation:
         matches.csv has MATCH_COLUMNS, one line per hit, miss and false detection; scores.json :meth:`figures`.
         """
         out.mkdir(parents=True, exist_ok=True)
+        confidence = self.predictions.confidence
         rows = ((m.parcel_id, m.outcome, m.true_date.isoformat() if m.true_date else "",
                  m.predicted_date.isoformat() if m.predicted_date else "",
                  "" if m.error_days is None else m.error_days,
-                 "" if m.predicted_date is None else f"{self.confidence[(m.parcel_id, m.predicted_date)]:.3f}")
+                 "" if m.predicted_date is None else f"{confidence[(m.parcel_id, m.predicted_date)]:.3f}")
                 for m in self.lines)
         write_csv(out / "matches.csv", MATCH_COLUMNS, rows)
         scores = out / "scores.json"
@@ -127,30 +207,20 @@ class MarkerValidation:
         return out / "matches.csv", scores
 
 
-def validate_marker(series: SeriesTable, truth: GroundTruth, params: MarkerParams, *, use_s1: bool = True,
-                    tolerance_days: int = TOLERANCE_DAYS) -> MarkerValidation:
-    """Run the markers on *series* and score ``truth.marker``'s events against *truth*.
+def score(predictions: Predictions, truth: GroundTruth, *, tolerance_days: int = TOLERANCE_DAYS) -> MarkerValidation:
+    """Score *predictions* against *truth* (of the same marker) over the truth's parcels.
 
-    Args:
-        series: the time series (every parcel of it is computed; the truth's parcels are scored).
-        truth: ground truth of one marker (:func:`cbm_tasks.markers.truth.read_truth`).
-        params: marker parameters.
-        use_s1: use Sentinel-1 where the series has it (False: the Sentinel-2-only variant).
-        tolerance_days: largest date difference of a hit.
+    Raises:
+        ValueError: the two are of different markers.
     """
-    predicted: dict[str, list[date]] = {}
-    confidence: dict[tuple[str, date], float] = {}
-    for row in run_markers(series, params, use_s1=use_s1).rows():
-        when = date.fromisoformat(row.main_date)
-        if row.marker == truth.marker:
-            predicted.setdefault(row.parcel_id, []).append(when)
-            confidence[(row.parcel_id, when)] = row.confidence
-    events = truth.events
-    observed = set(series.parcel_ids.tolist())
+    if predictions.marker != truth.marker:
+        raise ValueError(f"events of {predictions.marker!r} scored against ground truth of {truth.marker!r}")
+    negatives = set(truth.negatives)
     return MarkerValidation(
-        truth, match_events(predicted, events, truth.parcels, tolerance_days=tolerance_days,
-                            negatives=set(truth.negatives)),
-        bootstrap_intervals(predicted, events, truth.parcels, negatives=truth.negatives,
+        truth, predictions,
+        match_events(predictions.events, truth.events, truth.parcels, tolerance_days=tolerance_days,
+                     negatives=negatives),
+        bootstrap_intervals(predictions.events, truth.events, truth.parcels, negatives=negatives,
                             tolerance_days=tolerance_days),
-        matches(predicted, events, truth.parcels, tolerance_days=tolerance_days), confidence,
-        tuple(parcel for parcel in truth.parcels if parcel not in observed), params, use_s1, tolerance_days)
+        matches(predictions.events, truth.events, truth.parcels, tolerance_days=tolerance_days),
+        tuple(parcel for parcel in truth.parcels if parcel not in predictions.computed), tolerance_days)
