@@ -16,9 +16,10 @@ from PIL import Image
 from psycopg import sql
 
 from cbm_tasks import cli
-from cbm_tasks.demo.run import _why_lights
+from cbm_tasks.demo.run import DemoSummary, _why_lights
 from cbm_tasks.demo.series_seed import seed_parcel_set
 from cbm_tasks.markers import plot as plot_module
+from cbm_tasks.pipeline.extract import AoiSummary
 from cbm_tasks.traffic_light import load_rules
 
 
@@ -220,7 +221,14 @@ def test_validate_scores_the_stored_events_as_the_exported_series(db_url: str, t
     assert "none: run cbm markers run first" in text and "parcels scored: 13 (13 without markers computed" in text
     assert cli.main(["markers", "run", "--aoi", "mk", "--year", "2018"]) == 0
     capsys.readouterr()
-    assert cli.main([*stored, "--out", str(tmp_path / "db")]) == 0
+    # the command the `make demo` summary shows, with the checks file filled in
+    demo = DemoSummary(aoi="mk", catalogue_root=Path(), summary=AoiSummary("mk", {}, 0, 0, 0, 0),
+                       catalogue_run=("c", "success"), extract_runs=(), markers_run=("m", "success"), lights={},
+                       url="http://127.0.0.1:8080", username="admin", password="-", year=2018)
+    (hint,) = [line for line in demo.lines() if line.startswith("score on checks")]
+    argv = [str(truth) if arg == "checks.csv" else arg for arg in hint.split("  (")[0].split()[3:]]
+    assert argv[:3] == ["cbm", "markers", "validate"] and argv[3:] == stored[2:]
+    assert cli.main([*argv[1:], "--out", str(tmp_path / "db")]) == 0
     text = capsys.readouterr().out
     assert "mowing marker of mk 2018 in the database" in text and "stored events of marker run 1" in text
     assert "parcels scored: 13 (1 without markers computed" in text

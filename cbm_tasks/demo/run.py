@@ -63,6 +63,7 @@ class DemoSummary:
     api: tuple[str, ...] = ()  # the REST API's URL, demo user and curl examples
     audit_report: Path | None = None
     why_lights: tuple[str, ...] = ()  # commands that explain a red light per scheme, and a yellow light rule by rule
+    year: int = 0  # the parcel set's year (0: not known)
 
     @property
     def ok(self) -> bool:
@@ -90,6 +91,8 @@ class DemoSummary:
             f"audit report       {self.audit_report or 'none (nothing extracted)'}"
             + ("  (lights, events and the images behind them)" if self.audit_report else ""),
             *[f"{'why this light' if i == 0 else '':19s}{line}" for i, line in enumerate(self.why_lights)],
+            *([f"score on checks    cbm markers validate --aoi {self.aoi} --year {self.year} --truth checks.csv  "
+               "(your field checks: parcel_id,date; precision, recall, F1)"] if self.year else []),
             f"Airflow UI         {self.url}/",
             f"  login            {self.username} / {self.password}  (stored in {self.password_file})",
             *self.api,
@@ -306,6 +309,7 @@ def run_demo(
         markers_run=(markers_id, str(markers_run["state"])), lights=lights, url=cfg.url,
         username=airflow_ctl.ADMIN_USER, password=airflow_ctl.admin_password(cfg), password_file=cfg.passwords_file,
         seconds=time.perf_counter() - t0, api=tuple(api_text), audit_report=report, why_lights=why_lights,
+        year=layout.year,
     )
     log.info("demo aoi=%s images_extracted=%d rows=%d runs_ok=%s seconds=%.1f", layout.aoi,
              summary.images_extracted, summary.parcel_obs_rows, result.ok, result.seconds)

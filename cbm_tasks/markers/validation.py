@@ -180,8 +180,15 @@ def bootstrap_intervals(predicted: Mapping[str, list[date]], truth: Mapping[str,
         counts[row] = (score.tp, score.fp, score.fn, score.negatives, score.negatives_clean)
     if not parcels:
         return {name: (math.nan, math.nan) for name in ("precision", "recall", "f1", "negatives_clean")}
-    draws = np.random.default_rng(seed).integers(0, len(parcels), (resamples, len(parcels)))
-    tp, fp, fn, neg, clean = counts[draws].sum(axis=1).T
+    # drawn in chunks of at most ~1 M parcel draws: a country's checks (10^5 parcels) fit in memory, and the
+    # stream of draws, so the intervals, are those of one draw of all resamples at once
+    rng, n = np.random.default_rng(seed), len(parcels)
+    sums = np.empty((resamples, counts.shape[1]))
+    chunk = max(1, 1_000_000 // n)
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        sums[start:start + size] = counts[rng.integers(0, n, (size, n))].sum(axis=1)
+    tp, fp, fn, neg, clean = sums.T
     with np.errstate(divide="ignore", invalid="ignore"):
         figures = {"precision": tp / (tp + fp), "recall": tp / (tp + fn), "f1": 2 * tp / (2 * tp + fp + fn),
                    "negatives_clean": clean / neg}
