@@ -165,3 +165,16 @@ def test_matches_agree_with_the_score_and_unmatched() -> None:
     missed, false = unmatched(predicted, truth, ["a", "b", "c"])
     assert missed == {"a": [date(2021, 7, 20)], "b": [date(2021, 6, 10)]}
     assert false == {"a": [date(2021, 9, 1)], "c": [date(2021, 6, 1)]}
+
+
+def test_parcel_ids_a_spreadsheet_wrote_as_floats_match_and_foreign_ids_are_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    series = write_rows(tmp_path / "series.csv", grass_rows("1234", [190]))
+    spreadsheet = _truth_file(tmp_path / "excel.csv", [["1234.0", doy_date(190).isoformat()]], ("parcel_id", "date"))
+    assert read_truth(spreadsheet).parcels == ("1234",)
+    assert main(["markers", "validate", "--timeseries", str(series), "--truth", str(spreadsheet)]) == 0
+    assert "hits 1, missed 0, false 0" in capsys.readouterr().out
+    other = _truth_file(tmp_path / "other.csv", [["AT-1234", doy_date(190).isoformat()]], ("parcel_id", "date"))
+    assert main(["markers", "validate", "--timeseries", str(series), "--truth", str(other)]) == 0
+    assert "WARNING: no parcel of the ground truth has markers: ids there look like 'AT-1234', in " in \
+        capsys.readouterr().out

@@ -156,6 +156,7 @@ class MarkerValidation:
                f"parcels scored: {len(self.truth.parcels)}"
                + (f" ({len(self.unobserved)} without markers computed (no observation, or not in the parcel set): "
                   "their true events count as missed)" if self.unobserved else ""),
+               *self._id_hint(),
                f"true events {s.tp + s.fn}, detected {s.tp + s.fp}: hits {s.tp}, missed {s.fn}, false {s.fp}",
                f"precision {figure('precision', s.precision)}",
                f"recall    {figure('recall', s.recall)}",
@@ -168,6 +169,15 @@ class MarkerValidation:
                        f"{figure('negatives_clean', s.negatives_clean / s.negatives, percent=True)}")
         out.append("intervals: 1000 bootstrap resamples of the parcels (seed 0)")
         return "\n".join(out) + "\n"
+
+    def _id_hint(self) -> list[str]:
+        """A warning when no parcel of the truth was computed although others were: the ids differ."""
+        if len(self.unobserved) < len(self.truth.parcels) or not self.predictions.computed:
+            return []
+        ours = ", ".join(repr(p) for p in sorted(self.predictions.computed)[:3])
+        theirs = ", ".join(repr(p) for p in self.truth.parcels[:3])
+        return [f"WARNING: no parcel of the ground truth has markers: ids there look like {theirs}, "
+                f"in {self.predictions.source} like {ours}"]
 
     def figures(self) -> dict[str, object]:
         """The scores as a JSON-ready mapping (undefined figures None)."""

@@ -2,7 +2,8 @@
 
 One CSV file (``.csv`` or ``.csv.gz``) with a header and one row per true event:
 
-* ``parcel_id`` (or JRC's ``ID``, ``PSEUDO_ID``, ``FIELD_ID``): the parcel id as in the time series;
+* ``parcel_id`` (or JRC's ``ID``, ``PSEUDO_ID``, ``FIELD_ID``): the parcel id as in the time series (an
+  integer id a spreadsheet wrote as ``123.0`` is read as ``123``);
 * ``date`` (or ``event_date``, ``activity_date``, ``event_start_date``): ``YYYY-MM-DD`` (a time after it is
   ignored) or ``DD/MM/YYYY`` (JRC's SALMS ``FOIinfo.csv``);
 * optional ``event`` (or ``marker``): the marker the row is about (``mowing``, ``harvest``, ...); rows of
@@ -56,6 +57,12 @@ def _column(header: list[str], names: tuple[str, ...]) -> str | None:
     return next((by_lower[name] for name in names if name in by_lower), None)
 
 
+def _parcel_id(text: str) -> str:
+    """The id as the series has it: spreadsheets write integer ids as ``123.0``."""
+    value = text.strip()
+    return value[:-2] if value.endswith(".0") and value[:-2].isdigit() else value
+
+
 def _parse_date(text: str, where: str) -> date:
     value = text.strip()
     try:
@@ -82,7 +89,7 @@ def _read_file(path: Path, marker: str) -> GroundTruth:
             for line, row in enumerate(rows, start=2):
                 if event_col is not None and (row.get(event_col) or marker).strip().lower() != marker:
                     continue
-                parcel = (row.get(parcel_col) or "").strip()
+                parcel = _parcel_id(row.get(parcel_col) or "")
                 if not parcel:
                     raise BadInputError(f"ground truth {path}: line {line}: column {parcel_col!r} is empty")
                 when = (row.get(date_col) or "").strip()
