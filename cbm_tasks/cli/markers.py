@@ -54,10 +54,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     plot = commands.add_parser("plot", help="draw one parcel's series and events to a PNG",
                                description="NDVI, S1 backscatter (dB) and coherence of one parcel; cloudy "
                                "observations grey, detected events marked.")
-    plot.add_argument("--timeseries", type=Path, metavar="FILE",
-                      help="time-series file (without it: --aoi and --year in the database)")
-    plot.add_argument("--aoi", help="database: AOI name")
-    plot.add_argument("--year", type=int, help="database: parcel-set year")
+    _series_arguments(plot, "time-series file (without it: --aoi and --year in the database)")
     plot.add_argument("--parcel", required=True, metavar="ID", help="parcel id")
     plot.add_argument("--out", required=True, type=Path, metavar="F.png", help="PNG file to write")
     plot.add_argument("--params", type=Path, metavar="FILE", help="marker parameters YAML")
@@ -77,11 +74,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "judged by the emergence marker's own tests. With --scheme S: why the parcel's traffic light of scheme S "
         "has its colour: per rule the window, the clear images, the longest gap (where, and why the images in it "
         "were not used) and the events with their confidence.")
-    explain.add_argument("--timeseries", type=Path, metavar="FILE",
-                         help="time-series file (without it: --aoi and --year in the database, with the parameters "
-                         "of the parcel's latest marker run)")
-    explain.add_argument("--aoi", help="database: AOI name")
-    explain.add_argument("--year", type=int, help="database: parcel-set year; file: only this calendar year")
+    _series_arguments(explain, "time-series file (without it: --aoi and --year in the database, with the parameters "
+                      "of the parcel's latest marker run)", "database: parcel-set year; file: only this calendar year")
     explain.add_argument("--parcel", required=True, metavar="ID", help="parcel id")
     explain.add_argument("--marker", choices=EXPLAINED_MARKERS, default="mowing",
                          help="mowing: every NDVI fall judged as a cut (default); harvest: every crop cycle judged as "
@@ -105,11 +99,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "precision, recall and F1 with 95 %% bootstrap intervals over the parcels, the date error and the share of "
         "checked negatives without a detection; --out DIR also writes matches.csv (every hit, miss and false "
         "detection) and scores.json.")
-    validate.add_argument("--timeseries", type=Path, metavar="FILE",
-                          help="time-series file (long format of 'cbm timeseries export'); without it: the events "
-                          "stored for --aoi and --year in the database, each parcel's from its current marker run")
-    validate.add_argument("--aoi", help="database: AOI name")
-    validate.add_argument("--year", type=int, help="database: parcel-set year")
+    _series_arguments(validate, "time-series file (long format of 'cbm timeseries export'); without it: the events "
+                      "stored for --aoi and --year in the database, each parcel's from its current marker run")
     validate.add_argument("--truth", type=Path, required=True, metavar="T",
                           help="ground-truth CSV file or survey folder")
     validate.add_argument("--marker", choices=EXPLAINED_MARKERS, default="mowing",
@@ -123,6 +114,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     validate.add_argument("--out", type=Path, metavar="DIR", help="also write DIR/matches.csv and DIR/scores.json")
     validate.set_defaults(func=_validate)
     markers_db.add_export(commands)
+
+
+def _series_arguments(parser: argparse.ArgumentParser, timeseries_help: str,
+                      year_help: str = "database: parcel-set year") -> None:
+    """``--timeseries FILE``, or ``--aoi`` and ``--year`` of a parcel set in the database."""
+    parser.add_argument("--timeseries", type=Path, metavar="FILE", help=timeseries_help)
+    parser.add_argument("--aoi", help="database: AOI name")
+    parser.add_argument("--year", type=int, help=year_help)
 
 
 def _run(args: argparse.Namespace) -> int:
