@@ -18,7 +18,7 @@ from cbm_tasks.ops import settings
 if TYPE_CHECKING:
     import psycopg
 
-    from cbm_tasks.markers.scoring import Predictions
+    from cbm_tasks.markers.validation import Predictions
 
 __all__ = ["add_export", "explain", "export", "plot", "run", "stored_predictions"]
 
@@ -55,7 +55,7 @@ def stored_predictions(args: argparse.Namespace) -> Predictions:
     """The stored events of ``--marker`` of the parcel set ``--aoi`` / ``--year`` (``cbm markers validate``)."""
     from cbm_tasks import db
     from cbm_tasks.aoi import find_parcel_set
-    from cbm_tasks.markers.scoring import stored_predictions as read_stored
+    from cbm_tasks.report.decisions import stored_predictions as read_stored
 
     _need_set(args, "validate")
     if args.params is not None or args.s2_only:

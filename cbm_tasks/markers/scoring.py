@@ -3,8 +3,8 @@
 ``cbm markers validate --timeseries FILE`` runs the markers exactly as ``cbm markers run`` does (the same
 engine, parameters and sensors: the events it scores are the events ``run`` writes; :func:`file_predictions`),
 ``--aoi A --year Y`` takes the events stored in the database, each parcel's from its current marker run
-(:func:`stored_predictions`: the events its traffic lights were decided on), and :func:`score` compares one
-marker's main dates with dated ground truth (:mod:`cbm_tasks.markers.truth`: field checks, surveys,
+(``report.decisions.stored_predictions``: the events its traffic lights were decided on), and :func:`score`
+compares one marker's main dates with dated ground truth (:mod:`cbm_tasks.markers.truth`: field checks, surveys,
 camera-verified plots) with the MODCiX protocol of :mod:`cbm_tasks.markers.validation`, with bootstrap
 intervals over the parcels. Before an agency trusts the shipped defaults (or its own parameter file) on its
 grasslands, it scores them here on a few hundred checked parcel-seasons of its own.
@@ -15,52 +15,29 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from cbm_tasks.markers.engine import run_markers
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable
 from cbm_tasks.markers.truth import GroundTruth
-from cbm_tasks.markers.validation import TOLERANCE_DAYS, Match, Score, bootstrap_intervals, match_events, matches
+from cbm_tasks.markers.validation import (
+    TOLERANCE_DAYS,
+    Match,
+    Predictions,
+    Score,
+    bootstrap_intervals,
+    match_events,
+    matches,
+    sensors_text,
+)
 from cbm_tasks.markers.writer import write_csv
 
-if TYPE_CHECKING:
-    import psycopg
-
-__all__ = ["MATCH_COLUMNS", "MarkerValidation", "Predictions", "file_predictions", "score", "stored_predictions"]
+__all__ = ["MATCH_COLUMNS", "MarkerValidation", "file_predictions", "score"]
 
 MATCH_COLUMNS = ("parcel_id", "outcome", "true_date", "predicted_date", "error_days", "confidence")
-
-
-@dataclass(frozen=True, slots=True)
-class Predictions:
-    """The detected events of one marker, and what detected them.
-
-    Attributes:
-        marker: the marker.
-        events: parcel id -> main dates of its events, sorted.
-        confidence: (parcel id, main date) -> the event's confidence.
-        computed: the parcels the marker was computed for (the series' parcels, or those with a marker run).
-        source: what was scored, for the summary (``FILE``, or ``AOI YEAR in the database``).
-        described: how the events were made (parameters, sensors; stored marker runs).
-        provenance: the same as JSON-ready fields.
-    """
-
-    marker: str
-    events: dict[str, list[date]]
-    confidence: dict[tuple[str, date], float] = field(repr=False)
-    computed: frozenset[str]
-    source: str
-    described: str
-    provenance: dict[str, Any]
-
-
-def _sensors(use_s1: bool) -> str:
-    return "Sentinel-2, and Sentinel-1 where the series has it" if use_s1 else "Sentinel-2 only"
 
 
 def file_predictions(series: SeriesTable, params: MarkerParams, marker: str, *, source: str,
@@ -74,44 +51,8 @@ def file_predictions(series: SeriesTable, params: MarkerParams, marker: str, *, 
             events.setdefault(row.parcel_id, []).append(when)
             confidence[(row.parcel_id, when)] = row.confidence
     return Predictions(marker, events, confidence, frozenset(series.parcel_ids.tolist()), source,
-                       f"parameters version {params.version} hash {params.hash[:12]}, {_sensors(use_s1)}",
+                       f"parameters version {params.version} hash {params.hash[:12]}, {sensors_text(use_s1)}",
                        {"parameters_version": params.version, "parameters_hash": params.hash, "sentinel_1": use_s1})
-
-
-def stored_predictions(conn: psycopg.Connection, *, parcel_set_id: int, marker: str, source: str) -> Predictions:
-    """The events of *marker* stored for a parcel set, each parcel's from its current marker run.
-
-    A parcel's current run is the latest that computed it (``cbm.marker_parcel``), as for its traffic lights
-    and its audit report (:mod:`cbm_tasks.report.decisions`); parcels no run computed are not ``computed``.
-    """
-    from cbm_tasks.report import decisions
-
-    current = decisions.current_runs(conn, parcel_set_id=parcel_set_id)
-    names: dict[int, str] = dict(conn.execute("SELECT parcel_key, parcel_id FROM cbm.parcel WHERE parcel_set_id = %s "
-                              "AND parcel_key = ANY(%s)", (parcel_set_id, list(current))).fetchall())
-    by_run: dict[int, list[int]] = defaultdict(list)
-    for key, (run, _, _) in current.items():
-        by_run[run].append(key)
-    events: dict[str, list[date]] = {}
-    confidence: dict[tuple[str, date], float] = {}
-    runs = []
-    for run_id in sorted(by_run):
-        runs.append(decisions.marker_run(conn, run_id))
-        for event in decisions.events(conn, marker_run_id=run_id, parcel_keys=by_run[run_id]):
-            if event.marker == marker and event.main is not None and event.parcel_key in names:
-                parcel = str(names[event.parcel_key])
-                events.setdefault(parcel, []).append(event.main)
-                confidence[(parcel, event.main)] = event.confidence if event.confidence is not None else math.nan
-    hashes = sorted({run.params_hash[:12] for run in runs if run is not None and run.params_hash})
-    sensors = sorted({_sensors(run.use_s1) for run in runs if run is not None})
-    described = (f"stored events of marker run{'s' if len(by_run) > 1 else ''} "
-                 f"{', '.join(map(str, sorted(by_run))) or '- (none: run cbm markers run first)'}"
-                 + (f", parameters hash {', '.join(hashes)}" if hashes else "")
-                 + (f", {'; '.join(sensors)}" if sensors else ""))
-    return Predictions(marker, {parcel: sorted(dates) for parcel, dates in events.items()}, confidence,
-                       frozenset(str(name) for name in names.values()), source, described,
-                       {"marker_runs": sorted(by_run), "parameters_hash": [run.params_hash for run in runs
-                                                                           if run is not None]})
 
 
 @dataclass(frozen=True, slots=True)

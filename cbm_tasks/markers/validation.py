@@ -15,12 +15,14 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 import numpy as np
 
-__all__ = ["TOLERANCE_DAYS", "Match", "Score", "bootstrap_intervals", "match_events", "matches", "unmatched"]
+__all__ = ["TOLERANCE_DAYS", "Match", "Predictions", "Score", "bootstrap_intervals", "match_events", "matches",
+           "sensors_text", "unmatched"]
 
 TOLERANCE_DAYS = 12  # MODCiX: a detected mowing within +-12 days of the true one is a hit
 
@@ -199,3 +201,31 @@ def bootstrap_intervals(predicted: Mapping[str, list[date]], truth: Mapping[str,
         out[name] = ((float(np.percentile(values, tail)), float(np.percentile(values, 100.0 - tail)))
                      if len(values) else (math.nan, math.nan))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Predictions:
+    """The detected events of one marker, and what detected them.
+
+    Attributes:
+        marker: the marker.
+        events: parcel id -> main dates of its events, sorted.
+        confidence: (parcel id, main date) -> the event's confidence.
+        computed: the parcels the marker was computed for (the series' parcels, or those with a marker run).
+        source: what was scored, for the summary (``FILE``, or ``AOI YEAR in the database``).
+        described: how the events were made (parameters, sensors; stored marker runs).
+        provenance: the same as JSON-ready fields.
+    """
+
+    marker: str
+    events: dict[str, list[date]]
+    confidence: dict[tuple[str, date], float] = field(repr=False)
+    computed: frozenset[str]
+    source: str
+    described: str
+    provenance: dict[str, Any]
+
+
+def sensors_text(use_s1: bool) -> str:
+    """The sensors of a run, as the summary names them."""
+    return "Sentinel-2, and Sentinel-1 where the series has it" if use_s1 else "Sentinel-2 only"

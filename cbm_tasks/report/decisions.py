@@ -1,5 +1,7 @@
 """The stored decisions of a parcel set: traffic lights, marker events and the runs behind them.
 
+``stored_predictions`` gives a set's events of one marker as ``cbm markers validate --aoi --year`` scores them.
+
 Reads ``cbm.traffic_light``, ``cbm.marker_run``, ``cbm.marker_parcel`` and ``cbm.marker_event``
 (``sql/007_markers.sql``, ``sql/011_marker_lineage.sql``). A parcel's current marker run is the
 latest run that computed it (``cbm.marker_parcel``); its events and its per-parcel lineage
@@ -8,14 +10,18 @@ latest run that computed it (``cbm.marker_parcel``); its events and its per-parc
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 import psycopg
 
+from cbm_tasks.markers.validation import Predictions, sensors_text
+
 __all__ = ["LightRecord", "MarkerEventRecord", "MarkerRunRecord", "current_runs", "events", "lights", "marker_run",
-           "scheme_markers"]
+           "scheme_markers", "stored_predictions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,3 +146,38 @@ def scheme_markers(conn: psycopg.Connection, lights: list[LightRecord]) -> set[s
         ([h for h, _ in pairs], [name for _, name in pairs]),
     ).fetchall()
     return {str(row[0]) for row in rows if row[0] is not None}
+
+
+def stored_predictions(conn: psycopg.Connection, *, parcel_set_id: int, marker: str, source: str) -> Predictions:
+    """The events of *marker* stored for a parcel set, each parcel's from its current marker run.
+
+    A parcel's current run is the latest that computed it (``cbm.marker_parcel``), as for its traffic lights
+    and its audit report; parcels no run computed are not ``computed`` (``cbm markers validate --aoi --year``).
+    """
+    current = current_runs(conn, parcel_set_id=parcel_set_id)
+    names: dict[int, str] = dict(conn.execute(
+        "SELECT parcel_key, parcel_id FROM cbm.parcel WHERE parcel_set_id = %s AND parcel_key = ANY(%s)",
+        (parcel_set_id, list(current))).fetchall())
+    by_run: dict[int, list[int]] = defaultdict(list)
+    for key, (run, _, _) in current.items():
+        by_run[run].append(key)
+    found: dict[str, list[date]] = {}
+    confidence: dict[tuple[str, date], float] = {}
+    runs = []
+    for run_id in sorted(by_run):
+        runs.append(marker_run(conn, run_id))
+        for event in events(conn, marker_run_id=run_id, parcel_keys=by_run[run_id]):
+            if event.marker == marker and event.main is not None and event.parcel_key in names:
+                parcel = str(names[event.parcel_key])
+                found.setdefault(parcel, []).append(event.main)
+                confidence[(parcel, event.main)] = event.confidence if event.confidence is not None else math.nan
+    hashes = sorted({run.params_hash[:12] for run in runs if run is not None and run.params_hash})
+    sensors = sorted({sensors_text(run.use_s1) for run in runs if run is not None})
+    described = (f"stored events of marker run{'s' if len(by_run) > 1 else ''} "
+                 f"{', '.join(map(str, sorted(by_run))) or '- (none: run cbm markers run first)'}"
+                 + (f", parameters hash {', '.join(hashes)}" if hashes else "")
+                 + (f", {'; '.join(sensors)}" if sensors else ""))
+    return Predictions(marker, {parcel: sorted(dates) for parcel, dates in found.items()}, confidence,
+                       frozenset(str(name) for name in names.values()), source, described,
+                       {"marker_runs": sorted(by_run), "parameters_hash": [run.params_hash for run in runs
+                                                                           if run is not None]})
