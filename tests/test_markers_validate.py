@@ -6,6 +6,7 @@ import csv
 import gzip
 import json
 import math
+import re
 from datetime import date
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from markers_series import doy_date, grass_rows, write_rows
 
 from cbm_tasks.cli import main
 from cbm_tasks.errors import BadInputError
+from cbm_tasks.markers.params import ParamsFileError, load_params, with_value
 from cbm_tasks.markers.truth import read_truth
 from cbm_tasks.markers.validation import bootstrap_intervals, match_events, matches, unmatched
 
@@ -178,3 +180,50 @@ def test_parcel_ids_a_spreadsheet_wrote_as_floats_match_and_foreign_ids_are_name
     assert main(["markers", "validate", "--timeseries", str(series), "--truth", str(other)]) == 0
     assert "WARNING: no parcel of the ground truth has markers: ids there look like 'AT-1234', in " in \
         capsys.readouterr().out
+
+
+def test_vary_scores_each_value_of_one_parameter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    series = write_rows(tmp_path / "series.csv", grass_rows("two_cuts", [150, 205], noise=0.005)
+                        + grass_rows("uncut", [], noise=0.005, seed=2))
+    truth = _truth_file(tmp_path / "truth.csv", [["two_cuts", doy_date(151).isoformat()],
+                                                 ["two_cuts", doy_date(204).isoformat()], ["uncut", ""]],
+                        ("parcel_id", "date"))
+    out = tmp_path / "out"
+    assert main(["markers", "validate", "--timeseries", str(series), "--truth", str(truth), "--vary",
+                 "mowing.season_end_doy=273,180", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "mowing.season_end_doy varied" in text
+    rows = _read(out / "vary.csv")
+    # 273 (30 September) is the default: its row is the main score, with the default parameters' hash
+    scores = json.loads((out / "scores.json").read_text())
+    assert rows[0]["parameters_hash"] == scores["parameters_hash"][:12]
+    assert rows[0]["hits"] == str(scores["hits"]) == "2"
+    # a season ending on 29 June leaves the July cut out
+    assert (rows[1]["detected"], rows[1]["hits"], rows[1]["missed"]) == ("1", "1", "1")
+    assert rows[1]["parameters_hash"] != rows[0]["parameters_hash"]
+
+
+@pytest.mark.parametrize(("vary", "message"), [
+    ("mowing.min_dorp=0.1", "no parameter 'mowing.min_dorp'"),
+    ("mowing.min_confidence=1.5", r"mowing.min_confidence must be a fraction, 0-1"),
+    ("mowing.min_confidence", "expected SECTION.KEY=V1,V2"),
+    ("mowing.min_confidence=a,b", "expected SECTION.KEY=V1,V2"),
+])
+def test_bad_vary_is_named_and_nothing_is_written(tmp_path: Path, vary: str, message: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    series = write_rows(tmp_path / "series.csv", grass_rows("A", [190]))
+    truth = _truth_file(tmp_path / "truth.csv", [["A", doy_date(190).isoformat()]], ("parcel_id", "date"))
+    assert main(["markers", "validate", "--timeseries", str(series), "--truth", str(truth), "--vary", vary,
+                 "--out", str(tmp_path / "out")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_with_value_hashes_as_a_file_stating_it(tmp_path: Path) -> None:
+    stated = tmp_path / "p.yaml"
+    stated.write_text("mowing:\n  min_spacing_days: 30\n  min_confidence: 0.45\n")
+    changed = with_value(with_value(load_params(), "mowing.min_spacing_days", 30.0), "mowing.min_confidence", 0.45)
+    assert changed.hash == load_params(stated).hash
+    assert changed.source == "defaults with mowing.min_spacing_days=30 with mowing.min_confidence=0.45"
+    with pytest.raises(ParamsFileError, match="no parameter 'nowhere'"):
+        with_value(load_params(), "nowhere", 1.0)

@@ -18,10 +18,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cbm_tasks.cli import markers_db
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers.explain import EXPLAINED_MARKERS
+
+if TYPE_CHECKING:
+    from cbm_tasks.markers.params import MarkerParams
+    from cbm_tasks.markers.scoring import MarkerValidation
 
 __all__ = ["register"]
 
@@ -111,6 +116,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                           help="file: ignore Sentinel-1 (the Sentinel-2-only variant)")
     validate.add_argument("--tolerance-days", type=int, default=12, metavar="N",
                           help="largest date difference of a hit (default 12, as MODCiX)")
+    validate.add_argument("--vary", metavar="SECTION.KEY=V1,V2,...",
+                          help="file: also score each of these values of one marker parameter (e.g. "
+                          "mowing.min_confidence=0.4,0.5,0.6): the trade-off of your own checks, row by row "
+                          "(with --out: DIR/vary.csv)")
     validate.add_argument("--out", type=Path, metavar="DIR", help="also write DIR/matches.csv and DIR/scores.json")
     validate.set_defaults(func=_validate)
     markers_db.add_export(commands)
@@ -162,6 +171,17 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_vary(text: str) -> tuple[str, list[float]]:
+    name, _, values = text.partition("=")
+    try:
+        numbers = [float(value) for value in values.split(",") if value.strip()]
+    except ValueError:
+        numbers = []
+    if not name.strip() or not numbers:
+        raise BadInputError(f"--vary {text!r}: expected SECTION.KEY=V1,V2,... (e.g. mowing.min_confidence=0.4,0.5)")
+    return name.strip(), numbers
+
+
 def _validate(args: argparse.Namespace) -> int:
     from cbm_tasks.markers.scoring import file_predictions, score
     from cbm_tasks.markers.truth import read_truth
@@ -170,22 +190,58 @@ def _validate(args: argparse.Namespace) -> int:
         raise BadInputError(f"--tolerance-days {args.tolerance_days}: must be 0 or more")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise BadInputError(f"--out {args.out}: exists and is not a folder")
+    if args.vary is not None and args.timeseries is None:
+        raise BadInputError("cbm markers validate --vary recomputes the markers: give --timeseries FILE")
     truth = read_truth(args.truth, args.marker)  # checked before the events are read or computed
     if args.timeseries is None:
-        predictions = markers_db.stored_predictions(args)
+        result = score(markers_db.stored_predictions(args), truth, tolerance_days=args.tolerance_days)
+        varied = []
     else:
-        from cbm_tasks.markers.params import load_params
+        from cbm_tasks.markers.params import load_params, with_value
         from cbm_tasks.markers.reader import read_series
 
         params = load_params(args.params)
-        predictions = file_predictions(read_series(args.timeseries), params, args.marker,
-                                       source=str(args.timeseries), use_s1=not args.s2_only)
-    result = score(predictions, truth, tolerance_days=args.tolerance_days)
+        name, values = _parse_vary(args.vary) if args.vary is not None else ("", [])
+        variants = [(value, with_value(params, name, value)) for value in values]  # all checked before any run
+        series = read_series(args.timeseries)
+
+        def scored(p: MarkerParams) -> MarkerValidation:
+            return score(file_predictions(series, p, args.marker, source=str(args.timeseries),
+                                          use_s1=not args.s2_only), truth, tolerance_days=args.tolerance_days)
+
+        result = scored(params)
+        varied = [(value, scored(p)) for value, p in variants]
     sys.stdout.write(result.summary())
+    if varied:
+        _write_variation(args, varied)
     if args.out is not None:
         matches_csv, scores = result.write(args.out)
         sys.stdout.write(f"{matches_csv}: every hit, miss and false detection; {scores}: the scores\n")
     return 0
+
+
+def _write_variation(args: argparse.Namespace, varied: list[tuple[float, MarkerValidation]]) -> None:
+    from cbm_tasks.markers.scoring import VARY_COLUMNS, variation_rows
+    from cbm_tasks.markers.writer import write_csv
+
+    rows = variation_rows(varied)
+
+    def cell(value: object) -> str:
+        return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    name = args.vary.partition("=")[0].strip()
+    sys.stdout.write(f"\n{name} varied (the rest as above; a value chosen on these checks must be scored on others "
+                     "before it is used):\n")
+    sys.stdout.write(f"  {name:>24s}  detected  hits  missed  false  precision  recall  F1 (95 % interval)  "
+                     "negatives clean\n")
+    for row in rows:
+        value, _, detected, hits, missed, false, precision, recall, f1, low, high, clean, _ = row
+        share = "-" if clean is None else f"{clean:.0%}"
+        sys.stdout.write(f"  {value:>24s}  {detected:>8}  {hits:>4}  {missed:>6}  {false:>5}  {cell(precision):>9}  "
+                         f"{cell(recall):>6}  {cell(f1)} ({cell(low)}-{cell(high)})  {share:>15}\n")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_csv(args.out / "vary.csv", VARY_COLUMNS, rows)
 
 
 def _explain(args: argparse.Namespace) -> int:

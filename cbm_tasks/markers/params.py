@@ -26,7 +26,7 @@ import yaml
 
 from cbm_tasks.errors import ConfigError
 
-__all__ = ["NEUTRAL", "MarkerParams", "ParamsFileError", "check_ranges", "default_params", "load_params"]
+__all__ = ["NEUTRAL", "MarkerParams", "ParamsFileError", "check_ranges", "default_params", "load_params", "with_value"]
 
 _DEFAULT_FILE = "marker_params.yaml"
 
@@ -201,3 +201,21 @@ def load_params(path: str | Path | None = None) -> MarkerParams:
             sections[name][key] = value
     check_ranges(sections, str(path))
     return MarkerParams(version, sections, str(path))
+
+
+def with_value(params: MarkerParams, name: str, value: float) -> MarkerParams:
+    """Return *params* with one value changed; *name* is ``section.key`` (``mowing.min_confidence``).
+
+    Raises:
+        ParamsFileError: no such section or key, or the value is outside its range (:func:`check_ranges`).
+    """
+    section, _, key = name.partition(".")
+    if section not in params.sections or key not in params.sections[section]:
+        known = ", ".join(f"{s}.{k}" for s, values in params.sections.items() for k in values)
+        raise ParamsFileError(f"marker parameters: no parameter {name!r}; known: {known}")
+    sections = {s: dict(values) for s, values in params.sections.items()}
+    keeps_int = isinstance(params.sections[section][key], int) and float(value).is_integer()
+    sections[section][key] = int(value) if keeps_int else float(value)  # the same hash as a file stating it
+    source = f"{params.source} with {name}={value:g}"
+    check_ranges(sections, source)
+    return MarkerParams(params.version, sections, source)

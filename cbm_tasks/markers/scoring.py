@@ -35,9 +35,11 @@ from cbm_tasks.markers.validation import (
 )
 from cbm_tasks.markers.writer import write_csv
 
-__all__ = ["MATCH_COLUMNS", "MarkerValidation", "file_predictions", "score"]
+__all__ = ["MATCH_COLUMNS", "VARY_COLUMNS", "MarkerValidation", "file_predictions", "score", "variation_rows"]
 
 MATCH_COLUMNS = ("parcel_id", "outcome", "true_date", "predicted_date", "error_days", "confidence")
+VARY_COLUMNS = ("value", "parameters_hash", "detected", "hits", "missed", "false", "precision", "recall", "f1",
+                "f1_low", "f1_high", "negatives_clean_share", "median_error_days")
 
 
 def file_predictions(series: SeriesTable, params: MarkerParams, marker: str, *, source: str,
@@ -175,3 +177,16 @@ def score(predictions: Predictions, truth: GroundTruth, *, tolerance_days: int =
                             tolerance_days=tolerance_days),
         matches(predictions.events, truth.events, truth.parcels, tolerance_days=tolerance_days),
         tuple(parcel for parcel in truth.parcels if parcel not in predictions.computed), tolerance_days)
+
+
+def variation_rows(results: list[tuple[float, MarkerValidation]]) -> list[tuple[object, ...]]:
+    """One row of VARY_COLUMNS per value of a varied parameter (``cbm markers validate --vary``)."""
+    rows: list[tuple[object, ...]] = []
+    for value, result in results:
+        f = result.figures()
+        negatives = result.score.negatives
+        rows.append((f"{value:g}", str(f["parameters_hash"])[:12], f["detected"], f["hits"], f["missed"], f["false"],
+                     f["precision"], f["recall"], f["f1"], *(round(v, 4) for v in result.intervals["f1"]),
+                     round(result.score.negatives_clean / negatives, 4) if negatives else None,
+                     f["median_error_days"]))
+    return rows
