@@ -232,13 +232,15 @@ def _write_variation(args: argparse.Namespace, varied: list[tuple[float, MarkerV
     name = args.vary.partition("=")[0].strip()
     sys.stdout.write(f"\n{name} varied (the rest as above; a value chosen on these checks must be scored on others "
                      "before it is used):\n")
-    sys.stdout.write(f"  {name:>24s}  detected  hits  missed  false  precision  recall  F1 (95 % interval)  "
+    width = max(len(name), 5)
+    sys.stdout.write(f"  {name:>{width}s}  detected  hits  missed  false  precision  recall  F1 (95 % interval)  "
                      "negatives clean\n")
     for row in rows:
         value, _, detected, hits, missed, false, precision, recall, f1, low, high, clean, _ = row
         share = "-" if clean is None else f"{clean:.0%}"
-        sys.stdout.write(f"  {value:>24s}  {detected:>8}  {hits:>4}  {missed:>6}  {false:>5}  {cell(precision):>9}  "
-                         f"{cell(recall):>6}  {cell(f1)} ({cell(low)}-{cell(high)})  {share:>15}\n")
+        sys.stdout.write(f"  {value:>{width}s}  {detected:>8}  {hits:>4}  {missed:>6}  {false:>5}  "
+                         f"{cell(precision):>9}  {cell(recall):>6}  {cell(f1)} ({cell(low)}-{cell(high)})  "
+                         f"{share:>15}\n")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         write_csv(args.out / "vary.csv", VARY_COLUMNS, rows)

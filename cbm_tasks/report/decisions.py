@@ -179,5 +179,5 @@ def stored_predictions(conn: psycopg.Connection, *, parcel_set_id: int, marker: 
                  + (f", {'; '.join(sensors)}" if sensors else ""))
     return Predictions(marker, {parcel: sorted(dates) for parcel, dates in found.items()}, confidence,
                        frozenset(str(name) for name in names.values()), source, described,
-                       {"marker_runs": sorted(by_run), "parameters_hash": [run.params_hash for run in runs
-                                                                           if run is not None]})
+                       {"marker_runs": sorted(by_run),
+                        "parameters_hashes": [run.params_hash for run in runs if run is not None]})
