@@ -246,3 +246,49 @@ def test_validate_scores_the_stored_events_as_the_exported_series(db_url: str, t
     # the file options do not apply to stored events
     assert cli.main([*stored, "--s2-only"]) == 2
     assert "--params and --s2-only apply to --timeseries only" in capsys.readouterr().err
+
+
+def test_validate_stored_lights_against_checks(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``validate --aoi --year --scheme``: the stored lights of the checked parcels, as the exported series gives."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        seeded = seed_parcel_set(conn, tmp_path, aoi="mk", year=2018, n_parcels=40, seed=8)
+    monkeypatch.setenv("CBM_DATABASE_URL", db_url)
+    (rule,) = load_rules().schemes["grassland_mowing"].rules
+    first, last = rule.window(2018)
+    checks = tmp_path / "checks.csv"
+    with checks.open("w", newline="") as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(["parcel_id", "compliant", "scheme"])
+        for parcel, events in sorted(seeded.truth.items()):
+            if seeded.crops[parcel] == "grassland":  # the parcels the scheme's lights are stored for
+                mown = any(first <= date(2018, 1, 1) + timedelta(days=doy - 1) <= last for doy, kind in events
+                           if kind == "mowing")
+                writer.writerow([parcel, "yes" if mown else "no", "grassland_mowing"])
+    stored = ["markers", "validate", "--aoi", "mk", "--year", "2018", "--truth", str(checks), "--scheme",
+              "grassland_mowing"]
+    assert cli.main(["markers", "run", "--aoi", "mk", "--year", "2018"]) == 0
+    capsys.readouterr()
+    assert cli.main([*stored, "--out", str(tmp_path / "db")]) == 0
+    text = capsys.readouterr().out
+    assert "grassland_mowing lights of mk 2018 in the database" in text and "compliant lit red" in text
+    db_lights = _read_csv(tmp_path / "db" / "lights.csv")
+    assert db_lights and {row["colour"] for row in db_lights} <= {"green", "yellow", "red"}  # every one is lit
+    with psycopg.connect(db_url) as conn:
+        stored_colours = dict(conn.execute(
+            "SELECT p.parcel_id, t.colour FROM cbm.traffic_light t JOIN cbm.parcel p USING (parcel_set_id, parcel_key) "
+            "WHERE t.scheme = 'grassland_mowing'").fetchall())
+    assert {row["parcel_id"]: row["colour"] for row in db_lights} == {
+        row["parcel_id"]: stored_colours[row["parcel_id"]] for row in db_lights}
+    # the exported series, as a file, gives the same lights
+    assert cli.main(["timeseries", "export", "--aoi", "mk", "--year", "2018", "--out", str(tmp_path / "s.csv")]) == 0
+    assert cli.main(["markers", "validate", "--timeseries", str(tmp_path / "s.csv"), "--truth", str(checks),
+                     "--scheme", "grassland_mowing", "--out", str(tmp_path / "file")]) == 0
+    assert _read_csv(tmp_path / "file" / "lights.csv") == db_lights
+    assert cli.main([*stored, "--rules", str(checks)]) == 2
+    assert "--rules applies to --timeseries only" in capsys.readouterr().err
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as stream:
+        return list(csv.DictReader(stream))

@@ -224,3 +224,26 @@ def test_validate_command_scores_the_real_sets_as_the_benchmark(tmp_path: Path) 
     with (tmp_path / "sk" / "matches.csv").open(newline="") as stream:
         outcomes = Counter(row["outcome"] for row in csv.DictReader(stream))
     assert outcomes == {"hit": 185, "false": 13, "missed": 32}
+
+
+def test_validate_lights_against_checks_derived_from_the_survey(tmp_path: Path) -> None:
+    """``cbm markers validate --scheme`` on the Slovak survey as check outcomes gives markers_eval's light table."""
+    (rule,) = load_rules().schemes["grassland_mowing"].rules
+    surveyed, truth = _slovak_truth()
+    checks = tmp_path / "checks.csv"
+    with checks.open("w", newline="") as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(["parcel_id", "compliant"])  # compliant: mown in the rule's window
+        for plot in sorted(surveyed):
+            first, last = rule.window(int(plot[-4:]))
+            mown = surveyed[plot] == "mown" and any(first <= when <= last for when in truth.get(plot, []))
+            writer.writerow([plot, "yes" if mown else "no"])
+    assert main(["markers", "validate", "--timeseries", str(shared_data("grassland_sk_train", "timeseries.csv.gz")),
+                 "--truth", str(checks), "--scheme", "grassland_mowing", "--s2-only", "--out", str(tmp_path)]) == 0
+    scores = json.loads((tmp_path / "light_scores.json").read_text())
+    # the rows "mown in the window" and "mown outside it" + "not mown" of the benchmark's light table
+    assert scores["compliant"] == {"green": 175, "yellow": 2, "red": 17, "none": 8}
+    assert scores["not_compliant"] == {"green": 6, "yellow": 0, "red": 38, "none": 0}
+    assert (scores["compliant_lit_red"]["count"], scores["compliant_lit_red"]["of"]) == (17, 194)
+    low, high = scores["compliant_lit_red"]["interval_95"]
+    assert low < 17 / 194 < high

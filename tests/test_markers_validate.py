@@ -18,6 +18,7 @@ from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers.params import ParamsFileError, load_params, with_value
 from cbm_tasks.markers.truth import read_truth
 from cbm_tasks.markers.validation import bootstrap_intervals, match_events, matches, unmatched
+from cbm_tasks.traffic_light.checks import Checks, read_checks, score_lights, wilson
 
 
 def _truth_file(path: Path, rows: list[list[str]], header: tuple[str, ...] = ("parcel_id", "date", "event")) -> Path:
@@ -227,3 +228,67 @@ def test_with_value_hashes_as_a_file_stating_it(tmp_path: Path) -> None:
     assert changed.source == "defaults with mowing.min_spacing_days=30 with mowing.min_confidence=0.45"
     with pytest.raises(ParamsFileError, match="no parameter 'nowhere'"):
         with_value(load_params(), "nowhere", 1.0)
+
+
+def test_read_checks(tmp_path: Path) -> None:
+    checks = _truth_file(tmp_path / "checks.csv", [
+        ["A", "Yes", "grassland_mowing", ""], ["B", "non-compliant", "grassland_mowing", "2021"],
+        ["B", "0", "grassland_mowing", "2021.0"],  # the same check again (a spreadsheet's year)
+        ["C", "1", "arable_harvest", ""],  # another scheme: not read
+        ["D", "no", "", ""],  # no scheme named: this one
+    ], ("ID", "compliant", "scheme", "season"))
+    read = read_checks(checks, "grassland_mowing")
+    assert read.outcomes == {("A", None): True, ("B", 2021): False, ("D", None): False}
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ([["A", "maybe"]], "line 2: column 'compliant': 'maybe' is not yes/no"),
+    ([["", "yes"]], "line 2: column 'parcel_id': empty"),
+    ([["A", "yes"], ["A", "no"]], "line 3: parcel 'A' is checked compliant and not compliant"),
+])
+def test_bad_checks_are_named(tmp_path: Path, rows: list[list[str]], message: str) -> None:
+    checks = _truth_file(tmp_path / "checks.csv", rows, ("parcel_id", "compliant"))
+    with pytest.raises(BadInputError, match=message):
+        read_checks(checks, "grassland_mowing")
+    with pytest.raises(BadInputError, match="needs a parcel column"):
+        read_checks(_truth_file(tmp_path / "other.csv", [["A", "yes"]], ("parcel_id", "mown")), "grassland_mowing")
+
+
+def test_wilson_interval() -> None:
+    low, high = wilson(0, 10)
+    assert low == 0 and high == pytest.approx(0.2775, abs=1e-4)  # the textbook value
+    low, high = wilson(17, 194)
+    assert low < 17 / 194 < high and high - low < 0.1
+    assert all(math.isnan(v) for v in wilson(0, 0))
+
+
+def test_score_lights_by_season() -> None:
+    lights = {("A", 2021): ("green", "EVENT_FOUND"), ("A", 2022): ("red", "NO_EVENT"), ("B", 2022): ("yellow", "GAP")}
+    checks = Checks("checks.csv", "s", {("A", 2022): True, ("B", None): False, ("C", None): True})
+    result = score_lights(lights, checks, source="f", described="d")
+    assert result.lines == [("A", 2022, True, "red", "NO_EVENT"), ("B", 2022, False, "yellow", "GAP"),
+                            ("C", None, True, "none", "")]
+    figures = result.figures()
+    assert figures["compliant_lit_red"]["count"] == 1 and figures["compliant_lit_red"]["of"] == 1
+    assert figures["yellow"]["count"] == 1 and figures["yellow"]["of"] == 2
+    with pytest.raises(BadInputError, match="parcel 'A' is lit in seasons 2021, 2022: give the check's season"):
+        score_lights(lights, Checks("checks.csv", "s", {("A", None): True}), source="f", described="d")
+
+
+def test_validate_lights_of_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    series = write_rows(tmp_path / "series.csv", grass_rows("cut", [190], noise=0.01)
+                        + grass_rows("uncut", [], noise=0.01, seed=3))
+    checks = _truth_file(tmp_path / "checks.csv", [["cut", "yes"], ["uncut", "yes"]], ("parcel_id", "compliant"))
+    out = tmp_path / "out"
+    assert main(["markers", "validate", "--timeseries", str(series), "--truth", str(checks), "--scheme",
+                 "grassland_mowing", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "compliant lit red: 1 of 2 lit = 50%" in text and "(a farmer wrongly accused)" in text
+    assert [(r["parcel_id"], r["colour"], r["reason"]) for r in _read(out / "lights.csv")] == [
+        ("cut", "green", "EVENT_FOUND"), ("uncut", "red", "NO_EVENT")]
+    assert json.loads((out / "light_scores.json").read_text())["compliant"] == {
+        "green": 1, "yellow": 0, "red": 1, "none": 0}
+    for extra, message in ((["--scheme", "no_such"], "no scheme 'no_such'"),
+                           (["--scheme", "grassland_mowing", "--marker", "mowing"], "--marker and --vary score")):
+        assert main(["markers", "validate", "--timeseries", str(series), "--truth", str(checks), *extra]) == 2
+        assert message in capsys.readouterr().err

@@ -108,8 +108,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       "stored for --aoi and --year in the database, each parcel's from its current marker run")
     validate.add_argument("--truth", type=Path, required=True, metavar="T",
                           help="ground-truth CSV file or survey folder")
-    validate.add_argument("--marker", choices=EXPLAINED_MARKERS, default="mowing",
-                          help="the marker scored (default mowing)")
+    validate.add_argument("--marker", choices=EXPLAINED_MARKERS,
+                          help="the marker whose events are scored (default mowing)")
+    validate.add_argument("--scheme", metavar="S",
+                          help="score the traffic lights of aid scheme S instead, against check outcomes (a CSV "
+                          "with parcel_id and compliant yes/no; optional scheme and season columns): how many "
+                          "compliant parcels are lit red, non-compliant ones green, and how many yellow")
+    validate.add_argument("--rules", type=Path, metavar="FILE", help="file, with --scheme: scheme rules YAML")
     validate.add_argument("--params", type=Path, metavar="FILE",
                           help="file: marker parameters YAML overriding the defaults")
     validate.add_argument("--s2-only", action="store_true",
@@ -192,6 +197,9 @@ def _validate(args: argparse.Namespace) -> int:
         raise BadInputError(f"--out {args.out}: exists and is not a folder")
     if args.vary is not None and args.timeseries is None:
         raise BadInputError("cbm markers validate --vary recomputes the markers: give --timeseries FILE")
+    if args.scheme is not None:
+        return _validate_lights(args)
+    args.marker = args.marker or "mowing"
     truth = read_truth(args.truth, args.marker)  # checked before the events are read or computed
     if args.timeseries is None:
         result = score(markers_db.stored_predictions(args), truth, tolerance_days=args.tolerance_days)
@@ -217,6 +225,36 @@ def _validate(args: argparse.Namespace) -> int:
     if args.out is not None:
         matches_csv, scores = result.write(args.out)
         sys.stdout.write(f"{matches_csv}: every hit, miss and false detection; {scores}: the scores\n")
+    return 0
+
+
+def _validate_lights(args: argparse.Namespace) -> int:
+    """``validate --scheme S``: the scheme's lights against check outcomes (cbm_tasks.traffic_light.checks)."""
+    from cbm_tasks.traffic_light.checks import file_lights, read_checks, score_lights
+
+    if args.marker is not None or args.vary is not None:
+        raise BadInputError("cbm markers validate --scheme scores lights: --marker and --vary score marker events")
+    checks = read_checks(args.truth, args.scheme)  # checked before the lights are read or computed
+    if args.timeseries is None:
+        if args.rules is not None:
+            raise BadInputError("cbm markers validate --aoi/--year scores the stored lights as their rules made them: "
+                                "--rules applies to --timeseries only")
+        lights, source, described = markers_db.stored_lights(args)
+    else:
+        from cbm_tasks.markers.params import load_params
+        from cbm_tasks.markers.reader import read_series
+        from cbm_tasks.traffic_light.rules import load_rules
+
+        rules, params = load_rules(args.rules), load_params(args.params)
+        lights = file_lights(read_series(args.timeseries), rules, params, args.scheme, use_s1=not args.s2_only)
+        source = str(args.timeseries)
+        described = (f"rules version {rules.version} (hash {rules.hash[:12]}), parameters version {params.version} "
+                     f"hash {params.hash[:12]}, {'Sentinel-2 only' if args.s2_only else 'Sentinel-2 and Sentinel-1'}")
+    result = score_lights(lights, checks, source=source, described=described)
+    sys.stdout.write(result.summary())
+    if args.out is not None:
+        lights_csv, scores = result.write(args.out)
+        sys.stdout.write(f"{lights_csv}: the light of every checked parcel-season; {scores}: the scores\n")
     return 0
 
 

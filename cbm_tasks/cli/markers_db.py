@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from cbm_tasks.markers.validation import Predictions
 
-__all__ = ["add_export", "explain", "export", "plot", "run", "stored_predictions"]
+__all__ = ["add_export", "explain", "export", "plot", "run", "stored_lights", "stored_predictions"]
 
 
 def _need_set(args: argparse.Namespace, action: str) -> None:
@@ -65,6 +65,22 @@ def stored_predictions(args: argparse.Namespace) -> Predictions:
         parcel_set = find_parcel_set(conn, aoi=args.aoi, year=args.year)
         return read_stored(conn, parcel_set_id=parcel_set.parcel_set_id, marker=args.marker,
                            source=f"{args.aoi} {args.year} in the database")
+
+
+def stored_lights(args: argparse.Namespace) -> tuple[dict[tuple[str, int | None], tuple[str, str]], str, str]:
+    """The stored lights of ``--scheme`` in ``--aoi`` / ``--year``, whose they are and how they were made."""
+    from cbm_tasks import db
+    from cbm_tasks.aoi import find_parcel_set
+    from cbm_tasks.report.decisions import stored_lights as read_stored
+
+    _need_set(args, "validate")
+    if args.params is not None or args.s2_only:
+        raise BadInputError("cbm markers validate --aoi/--year scores the stored lights as their runs made them: "
+                            "--params and --s2-only apply to --timeseries only")
+    with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
+        parcel_set = find_parcel_set(conn, aoi=args.aoi, year=args.year)
+        lights = read_stored(conn, parcel_set_id=parcel_set.parcel_set_id, scheme=args.scheme)
+    return lights, f"{args.aoi} {args.year} in the database", "the stored lights, each with its rules and marker run"
 
 
 def _parcel(conn: psycopg.Connection, args: argparse.Namespace) -> tuple[int, int]:

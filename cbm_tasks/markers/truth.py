@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import csv
 import gzip
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
 from cbm_tasks.errors import BadInputError
 
-__all__ = ["GroundTruth", "read_salms_truth", "read_survey_truth", "read_truth"]
+__all__ = ["PARCEL_COLUMNS", "GroundTruth", "csv_rows", "find_column", "parcel_id_text", "read_salms_truth",
+           "read_survey_truth", "read_truth"]
 
-_PARCEL_COLUMNS = ("parcel_id", "id", "pseudo_id", "field_id")
+PARCEL_COLUMNS = ("parcel_id", "id", "pseudo_id", "field_id")
 _DATE_COLUMNS = ("date", "event_date", "activity_date", "event_start_date")
 _EVENT_COLUMNS = ("event", "marker")
 
@@ -52,12 +55,13 @@ class GroundTruth:
     negatives: frozenset[str]
 
 
-def _column(header: list[str], names: tuple[str, ...]) -> str | None:
+def find_column(header: list[str], names: tuple[str, ...]) -> str | None:
+    """The first column of *header* named (case-insensitively) as one of *names*, in their order."""
     by_lower = {name.strip().lower(): name for name in header}
     return next((by_lower[name] for name in names if name in by_lower), None)
 
 
-def _parcel_id(text: str) -> str:
+def parcel_id_text(text: str) -> str:
     """The id as the series has it: spreadsheets write integer ids as ``123.0``."""
     value = text.strip()
     return value[:-2] if value.endswith(".0") and value[:-2].isdigit() else value
@@ -73,33 +77,44 @@ def _parse_date(text: str, where: str) -> date:
         raise BadInputError(f"{where}: cannot read date {text!r} (YYYY-MM-DD or DD/MM/YYYY)") from None
 
 
-def _read_file(path: Path, marker: str) -> GroundTruth:
+@contextmanager
+def csv_rows(path: Path, what: str) -> Iterator[csv.DictReader[str]]:
+    """Open a CSV (``.csv`` or ``.csv.gz``, a byte-order mark tolerated) for :class:`csv.DictReader`.
+
+    Raises:
+        BadInputError: the file cannot be opened or read ("*what* PATH: cannot read: ..."), raised where
+            the reading fails (at the open or while the rows are read).
+    """
     opener = gzip.open if path.name.endswith(".gz") else open
-    events: dict[str, set[date]] = {}
-    negatives: dict[str, int] = {}  # parcel -> line of its empty-date row
     try:
         with opener(path, "rt", newline="", encoding="utf-8-sig") as stream:
-            rows = csv.DictReader(stream)
-            header = list(rows.fieldnames or [])
-            parcel_col, date_col = _column(header, _PARCEL_COLUMNS), _column(header, _DATE_COLUMNS)
-            event_col = _column(header, _EVENT_COLUMNS)
-            if parcel_col is None or date_col is None:
-                raise BadInputError(f"ground truth {path}: needs a parcel column ({', '.join(_PARCEL_COLUMNS)}) and a "
-                                    f"date column ({', '.join(_DATE_COLUMNS)}); header: {header}")
-            for line, row in enumerate(rows, start=2):
-                if event_col is not None and (row.get(event_col) or marker).strip().lower() != marker:
-                    continue
-                parcel = _parcel_id(row.get(parcel_col) or "")
-                if not parcel:
-                    raise BadInputError(f"ground truth {path}: line {line}: column {parcel_col!r} is empty")
-                when = (row.get(date_col) or "").strip()
-                if when:
-                    events.setdefault(parcel, set()).add(
-                        _parse_date(when, f"ground truth {path}: line {line}: column {date_col!r}"))
-                else:
-                    negatives.setdefault(parcel, line)
+            yield csv.DictReader(stream)
     except (OSError, UnicodeDecodeError, EOFError, csv.Error) as err:
-        raise BadInputError(f"ground truth {path}: cannot read: {err}") from err
+        raise BadInputError(f"{what} {path}: cannot read: {err}") from err
+
+
+def _read_file(path: Path, marker: str) -> GroundTruth:
+    events: dict[str, set[date]] = {}
+    negatives: dict[str, int] = {}  # parcel -> line of its empty-date row
+    with csv_rows(path, "ground truth") as rows:
+        header = list(rows.fieldnames or [])
+        parcel_col, date_col = find_column(header, PARCEL_COLUMNS), find_column(header, _DATE_COLUMNS)
+        event_col = find_column(header, _EVENT_COLUMNS)
+        if parcel_col is None or date_col is None:
+            raise BadInputError(f"ground truth {path}: needs a parcel column ({', '.join(PARCEL_COLUMNS)}) and a "
+                                f"date column ({', '.join(_DATE_COLUMNS)}); header: {header}")
+        for line, row in enumerate(rows, start=2):
+            if event_col is not None and (row.get(event_col) or marker).strip().lower() != marker:
+                continue
+            parcel = parcel_id_text(row.get(parcel_col) or "")
+            if not parcel:
+                raise BadInputError(f"ground truth {path}: line {line}: column {parcel_col!r} is empty")
+            when = (row.get(date_col) or "").strip()
+            if when:
+                events.setdefault(parcel, set()).add(
+                    _parse_date(when, f"ground truth {path}: line {line}: column {date_col!r}"))
+            else:
+                negatives.setdefault(parcel, line)
     both = sorted(set(events) & set(negatives))
     if both:
         raise BadInputError(f"ground truth {path}: line {negatives[both[0]]}: parcel {both[0]!r} has no {marker} "

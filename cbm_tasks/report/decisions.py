@@ -1,6 +1,7 @@
 """The stored decisions of a parcel set: traffic lights, marker events and the runs behind them.
 
-``stored_predictions`` gives a set's events of one marker as ``cbm markers validate --aoi --year`` scores them.
+``stored_predictions`` and ``stored_lights`` give a set's events of one marker and lights of one scheme as
+``cbm markers validate --aoi --year`` scores them.
 
 Reads ``cbm.traffic_light``, ``cbm.marker_run``, ``cbm.marker_parcel`` and ``cbm.marker_event``
 (``sql/007_markers.sql``, ``sql/011_marker_lineage.sql``). A parcel's current marker run is the
@@ -21,7 +22,7 @@ import psycopg
 from cbm_tasks.markers.validation import Predictions, sensors_text
 
 __all__ = ["LightRecord", "MarkerEventRecord", "MarkerRunRecord", "current_runs", "events", "lights", "marker_run",
-           "scheme_markers", "stored_predictions"]
+           "scheme_markers", "stored_lights", "stored_predictions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,3 +182,12 @@ def stored_predictions(conn: psycopg.Connection, *, parcel_set_id: int, marker: 
                        frozenset(str(name) for name in names.values()), source, described,
                        {"marker_runs": sorted(by_run),
                         "parameters_hashes": [run.params_hash for run in runs if run is not None]})
+
+
+def stored_lights(conn: psycopg.Connection, *, parcel_set_id: int,
+                  scheme: str) -> dict[tuple[str, int | None], tuple[str, str]]:
+    """(parcel id, season) -> (colour, reason) of the stored lights of *scheme* in a parcel set."""
+    names: dict[int, str] = dict(conn.execute(
+        "SELECT parcel_key, parcel_id FROM cbm.parcel WHERE parcel_set_id = %s", (parcel_set_id,)).fetchall())
+    return {(str(names[light.parcel_key]), light.season): (light.colour, light.reason)
+            for light in lights(conn, parcel_set_id=parcel_set_id, scheme=scheme) if light.parcel_key in names}
