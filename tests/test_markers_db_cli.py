@@ -265,11 +265,19 @@ def test_validate_stored_lights_against_checks(db_url: str, tmp_path: Path, caps
                 mown = any(first <= date(2018, 1, 1) + timedelta(days=doy - 1) <= last for doy, kind in events
                            if kind == "mowing")
                 writer.writerow([parcel, "yes" if mown else "no", "grassland_mowing"])
-    stored = ["markers", "validate", "--aoi", "mk", "--year", "2018", "--truth", str(checks), "--scheme",
-              "grassland_mowing"]
+    stored = ["markers", "validate", "--aoi", "mk", "--year", "2018", "--scheme", "grassland_mowing", "--truth",
+              str(checks)]
     assert cli.main(["markers", "run", "--aoi", "mk", "--year", "2018"]) == 0
     capsys.readouterr()
-    assert cli.main([*stored, "--out", str(tmp_path / "db")]) == 0
+    # the command the `make demo` summary shows (the line after the dated one), with the checks file filled in
+    demo = DemoSummary(aoi="mk", catalogue_root=Path(), summary=AoiSummary("mk", {}, 0, 0, 0, 0),
+                       catalogue_run=("c", "success"), extract_runs=(), markers_run=("m", "success"), lights={},
+                       url="http://127.0.0.1:8080", username="admin", password="-", year=2018)
+    lines = demo.lines()
+    hint = lines[next(i for i, line in enumerate(lines) if line.startswith("score on checks")) + 1]
+    argv = [str(checks) if arg == "otsc.csv" else arg for arg in hint.split("  (")[0].split()]
+    assert argv[:3] == ["cbm", "markers", "validate"] and argv[1:] == stored
+    assert cli.main([*argv[1:], "--out", str(tmp_path / "db")]) == 0
     text = capsys.readouterr().out
     assert "grassland_mowing lights of mk 2018 in the database" in text and "compliant lit red" in text
     db_lights = _read_csv(tmp_path / "db" / "lights.csv")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,35 +53,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def stored_predictions(args: argparse.Namespace) -> Predictions:
-    """The stored events of ``--marker`` of the parcel set ``--aoi`` / ``--year`` (``cbm markers validate``)."""
+@contextmanager
+def _stored_set(args: argparse.Namespace, what: str) -> Iterator[tuple[psycopg.Connection, int]]:
+    """(connection, parcel set id) of ``--aoi`` / ``--year`` for ``cbm markers validate`` of stored *what*."""
     from cbm_tasks import db
     from cbm_tasks.aoi import find_parcel_set
-    from cbm_tasks.report.decisions import stored_predictions as read_stored
 
     _need_set(args, "validate")
     if args.params is not None or args.s2_only:
-        raise BadInputError("cbm markers validate --aoi/--year scores the stored events as their runs made them: "
+        raise BadInputError(f"cbm markers validate --aoi/--year scores the stored {what} as their runs made them: "
                             "--params and --s2-only apply to --timeseries only")
     with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
-        parcel_set = find_parcel_set(conn, aoi=args.aoi, year=args.year)
-        return read_stored(conn, parcel_set_id=parcel_set.parcel_set_id, marker=args.marker,
+        yield conn, find_parcel_set(conn, aoi=args.aoi, year=args.year).parcel_set_id
+
+
+def stored_predictions(args: argparse.Namespace) -> Predictions:
+    """The stored events of ``--marker`` of the parcel set ``--aoi`` / ``--year`` (``cbm markers validate``)."""
+    from cbm_tasks.report.decisions import stored_predictions as read_stored
+
+    with _stored_set(args, "events") as (conn, parcel_set_id):
+        return read_stored(conn, parcel_set_id=parcel_set_id, marker=args.marker,
                            source=f"{args.aoi} {args.year} in the database")
 
 
 def stored_lights(args: argparse.Namespace) -> tuple[dict[tuple[str, int | None], tuple[str, str]], str, str]:
     """The stored lights of ``--scheme`` in ``--aoi`` / ``--year``, whose they are and how they were made."""
-    from cbm_tasks import db
-    from cbm_tasks.aoi import find_parcel_set
     from cbm_tasks.report.decisions import stored_lights as read_stored
 
-    _need_set(args, "validate")
-    if args.params is not None or args.s2_only:
-        raise BadInputError("cbm markers validate --aoi/--year scores the stored lights as their runs made them: "
-                            "--params and --s2-only apply to --timeseries only")
-    with db.connect(settings.database_url(), autocommit=True, application_name="cbm markers") as conn:
-        parcel_set = find_parcel_set(conn, aoi=args.aoi, year=args.year)
-        lights = read_stored(conn, parcel_set_id=parcel_set.parcel_set_id, scheme=args.scheme)
+    with _stored_set(args, "lights") as (conn, parcel_set_id):
+        lights = read_stored(conn, parcel_set_id=parcel_set_id, scheme=args.scheme)
     return lights, f"{args.aoi} {args.year} in the database", "the stored lights, each with its rules and marker run"
 
 

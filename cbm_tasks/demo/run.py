@@ -92,7 +92,10 @@ class DemoSummary:
             + ("  (lights, events and the images behind them)" if self.audit_report else ""),
             *[f"{'why this light' if i == 0 else '':19s}{line}" for i, line in enumerate(self.why_lights)],
             *([f"score on checks    cbm markers validate --aoi {self.aoi} --year {self.year} --truth checks.csv  "
-               "(your field checks: parcel_id,date; precision, recall, F1)"] if self.year else []),
+               "(dated field checks, parcel_id,date: precision, recall, F1 of the mowings)",
+               f"{'':19s}cbm markers validate --aoi {self.aoi} --year {self.year} --scheme grassland_mowing "
+               "--truth otsc.csv  (check outcomes, parcel_id,compliant: compliant lit red, breaches lit green)"]
+              if self.year else []),
             f"Airflow UI         {self.url}/",
             f"  login            {self.username} / {self.password}  (stored in {self.password_file})",
             *self.api,
