@@ -28,9 +28,9 @@ from cbm_tasks.markers.validation import (
     Match,
     Predictions,
     Score,
-    bootstrap_intervals,
-    match_events,
+    bootstrap_lines,
     matches,
+    score_lines,
     sensors_text,
 )
 from cbm_tasks.markers.writer import write_csv
@@ -65,7 +65,7 @@ class MarkerValidation:
         truth: the ground truth scored against.
         predictions: the events scored.
         score: counts of the scoring (:class:`~cbm_tasks.markers.validation.Score`).
-        intervals: figure -> (low, high) bootstrap interval (:func:`bootstrap_intervals`).
+        intervals: figure -> (low, high) bootstrap interval (:func:`~cbm_tasks.markers.validation.bootstrap_intervals`).
         lines: every hit, miss and false detection.
         unobserved: scored parcels the marker was not computed for (their true events are misses).
         tolerance_days: largest date difference of a hit.
@@ -168,14 +168,11 @@ def score(predictions: Predictions, truth: GroundTruth, *, tolerance_days: int =
     """
     if predictions.marker != truth.marker:
         raise ValueError(f"events of {predictions.marker!r} scored against ground truth of {truth.marker!r}")
-    negatives = set(truth.negatives)
+    # one matching serves the score, its intervals and matches.csv (truth.parcels holds each parcel once)
+    lines = matches(predictions.events, truth.events, truth.parcels, tolerance_days=tolerance_days)
     return MarkerValidation(
-        truth, predictions,
-        match_events(predictions.events, truth.events, truth.parcels, tolerance_days=tolerance_days,
-                     negatives=negatives),
-        bootstrap_intervals(predictions.events, truth.events, truth.parcels, negatives=negatives,
-                            tolerance_days=tolerance_days),
-        matches(predictions.events, truth.events, truth.parcels, tolerance_days=tolerance_days),
+        truth, predictions, score_lines(lines, predictions.events, truth.parcels, negatives=truth.negatives),
+        bootstrap_lines(lines, predictions.events, truth.parcels, negatives=truth.negatives), lines,
         tuple(parcel for parcel in truth.parcels if parcel not in predictions.computed), tolerance_days)
 
 

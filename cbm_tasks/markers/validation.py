@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -21,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TOLERANCE_DAYS", "Match", "Predictions", "Score", "bootstrap_intervals", "match_events", "matches",
-           "sensors_text", "unmatched"]
+__all__ = ["TOLERANCE_DAYS", "Match", "Predictions", "Score", "bootstrap_intervals", "bootstrap_lines", "match_events",
+           "matches", "score_lines", "sensors_text", "unmatched"]
 
 TOLERANCE_DAYS = 12  # MODCiX: a detected mowing within +-12 days of the true one is a hit
 
@@ -82,19 +83,22 @@ def match_events(predicted: Mapping[str, list[date]], truth: Mapping[str, list[d
         tolerance_days: largest date difference of a hit.
         negatives: parcels known to have no event; the score counts those without any prediction.
     """
-    tp = fp = fn = 0
+    parcels = list(parcels)
+    return score_lines(matches(predicted, truth, parcels, tolerance_days=tolerance_days), predicted, parcels,
+                       negatives=negatives)
+
+
+def score_lines(lines: Iterable[Match], predicted: Mapping[str, list[date]], parcels: Iterable[str], *,
+                negatives: set[str] | frozenset[str] | None = None) -> Score:
+    """The :class:`Score` of the lines :func:`matches` gave for *parcels* (:func:`match_events` in two steps)."""
+    outcomes: Counter[str] = Counter()
     errors: list[int] = []
-    clean = 0
-    for parcel in parcels:
-        pred, true = list(predicted.get(parcel, [])), list(truth.get(parcel, []))
-        distances = _match(pred, true, tolerance_days)
-        errors.extend(distances.values())
-        tp += len(distances)
-        fp += len(pred) - len(distances)
-        fn += len(true) - len(distances)
-        if negatives is not None and parcel in negatives and not pred:
-            clean += 1
-    return Score(tp, fp, fn, tuple(errors), len(negatives or ()), clean)
+    for line in lines:
+        outcomes[line.outcome] += 1
+        if line.error_days is not None:
+            errors.append(abs(line.error_days))
+    clean = sum(1 for parcel in parcels if negatives is not None and parcel in negatives and not predicted.get(parcel))
+    return Score(outcomes["hit"], outcomes["false"], outcomes["missed"], tuple(errors), len(negatives or ()), clean)
 
 
 def unmatched(predicted: Mapping[str, list[date]], truth: Mapping[str, list[date]], parcels: Iterable[str], *,
@@ -174,12 +178,25 @@ def bootstrap_intervals(predicted: Mapping[str, list[date]], truth: Mapping[str,
     interval, and a figure undefined in every resample has (NaN, NaN).
     """
     parcels = list(parcels)
+    lines = matches(predicted, truth, dict.fromkeys(parcels), tolerance_days=tolerance_days)
+    return bootstrap_lines(lines, predicted, parcels, negatives=negatives, resamples=resamples, level=level,
+                           seed=seed)
+
+
+def bootstrap_lines(lines: Iterable[Match], predicted: Mapping[str, list[date]], parcels: Iterable[str], *,
+                    negatives: set[str] | frozenset[str] | None = None, resamples: int = 1000, level: float = 0.95,
+                    seed: int = 0) -> dict[str, tuple[float, float]]:
+    """:func:`bootstrap_intervals` of the lines :func:`matches` gave for *parcels* (each parcel once)."""
+    parcels = list(parcels)
     negatives = negatives or set()
+    per_parcel: dict[str, Counter[str]] = {}
+    for line in lines:
+        per_parcel.setdefault(line.parcel_id, Counter())[line.outcome] += 1
     counts = np.zeros((len(parcels), 5))  # tp, fp, fn, negative, negative without a detection
     for row, parcel in enumerate(parcels):
-        score = match_events(predicted, truth, [parcel], tolerance_days=tolerance_days,
-                             negatives={parcel} & set(negatives))
-        counts[row] = (score.tp, score.fp, score.fn, score.negatives, score.negatives_clean)
+        tally, negative = per_parcel.get(parcel, Counter()), parcel in negatives
+        counts[row] = (tally["hit"], tally["false"], tally["missed"], negative,
+                       negative and not predicted.get(parcel))
     if not parcels:
         return {name: (math.nan, math.nan) for name in ("precision", "recall", "f1", "negatives_clean")}
     # drawn in chunks of at most ~1 M parcel draws: a country's checks (10^5 parcels) fit in memory, and the
