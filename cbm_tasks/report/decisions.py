@@ -12,7 +12,6 @@ latest run that computed it (``cbm.marker_parcel``); its events and its per-parc
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -22,7 +21,7 @@ import psycopg
 from cbm_tasks.markers.validation import Predictions, sensors_text
 
 __all__ = ["LightRecord", "MarkerEventRecord", "MarkerRunRecord", "current_runs", "events", "lights", "marker_run",
-           "scheme_markers", "stored_lights", "stored_predictions"]
+           "parcel_names", "parcels_by_run", "scheme_markers", "stored_lights", "stored_predictions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +103,21 @@ def current_runs(conn: psycopg.Connection, *, parcel_set_id: int,
     return {int(key): (int(run), int(used), int(rejected)) for key, run, used, rejected in rows}
 
 
+def parcels_by_run(current: dict[int, tuple[int, int, int]]) -> dict[int, list[int]]:
+    """Marker run -> the keys (sorted) of the parcels it is current for, from :func:`current_runs`."""
+    by_run: dict[int, list[int]] = {}
+    for parcel_key, (run_id, _, _) in sorted(current.items()):
+        by_run.setdefault(run_id, []).append(parcel_key)
+    return by_run
+
+
+def parcel_names(conn: psycopg.Connection, *, parcel_set_id: int, keys: list[int] | None = None) -> dict[int, str]:
+    """Parcel key -> parcel id of a parcel set (of *keys* only, when given)."""
+    return dict(conn.execute(
+        "SELECT parcel_key, parcel_id FROM cbm.parcel WHERE parcel_set_id = %s "
+        "AND (%s::integer[] IS NULL OR parcel_key = ANY(%s::integer[]))", (parcel_set_id, keys, keys)).fetchall())
+
+
 def events(conn: psycopg.Connection, *, marker_run_id: int,
            parcel_keys: list[int] | None = None) -> list[MarkerEventRecord]:
     """Return the events of a marker run (of *parcel_keys* only, when given), by parcel, marker and seq."""
@@ -156,12 +170,8 @@ def stored_predictions(conn: psycopg.Connection, *, parcel_set_id: int, marker: 
     and its audit report; parcels no run computed are not ``computed`` (``cbm markers validate --aoi --year``).
     """
     current = current_runs(conn, parcel_set_id=parcel_set_id)
-    names: dict[int, str] = dict(conn.execute(
-        "SELECT parcel_key, parcel_id FROM cbm.parcel WHERE parcel_set_id = %s AND parcel_key = ANY(%s)",
-        (parcel_set_id, list(current))).fetchall())
-    by_run: dict[int, list[int]] = defaultdict(list)
-    for key, (run, _, _) in current.items():
-        by_run[run].append(key)
+    names = parcel_names(conn, parcel_set_id=parcel_set_id, keys=list(current))
+    by_run = parcels_by_run(current)
     found: dict[str, list[date]] = {}
     confidence: dict[tuple[str, date], float] = {}
     runs = []
@@ -187,7 +197,6 @@ def stored_predictions(conn: psycopg.Connection, *, parcel_set_id: int, marker: 
 def stored_lights(conn: psycopg.Connection, *, parcel_set_id: int,
                   scheme: str) -> dict[tuple[str, int | None], tuple[str, str]]:
     """(parcel id, season) -> (colour, reason) of the stored lights of *scheme* in a parcel set."""
-    names: dict[int, str] = dict(conn.execute(
-        "SELECT parcel_key, parcel_id FROM cbm.parcel WHERE parcel_set_id = %s", (parcel_set_id,)).fetchall())
+    names = parcel_names(conn, parcel_set_id=parcel_set_id)
     return {(str(names[light.parcel_key]), light.season): (light.colour, light.reason)
             for light in lights(conn, parcel_set_id=parcel_set_id, scheme=scheme) if light.parcel_key in names}

@@ -189,12 +189,8 @@ def verify_parcel_set(conn: psycopg.Connection, *, aoi: str, year: int, parcel_i
         current = decisions.current_runs(conn, parcel_set_id=set_id, parcel_key=key)
         if parcel_id is not None and not current:
             raise NotFoundError(f"parcel {parcel_id!r} ({aoi} {year}) has no marker run to verify")
-        names: dict[int, str] = dict(conn.execute(
-            "SELECT parcel_key, parcel_id FROM cbm.parcel WHERE parcel_set_id = %s AND parcel_key = ANY(%s)",
-            (set_id, list(current))).fetchall())
-        by_run: dict[int, list[int]] = {}
-        for parcel_key, (run_id, _, _) in sorted(current.items()):
-            by_run.setdefault(run_id, []).append(parcel_key)
+        names = decisions.parcel_names(conn, parcel_set_id=set_id, keys=list(current))
+        by_run = decisions.parcels_by_run(current)
         differences: list[Difference] = []
         n_events = n_lights = 0
         versions: set[str] = set()
