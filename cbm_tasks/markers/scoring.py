@@ -12,7 +12,6 @@ grasslands, it scores them here on a few hundred checked parcel-seasons of its o
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from cbm_tasks.markers.validation import (
     score_lines,
     sensors_text,
 )
-from cbm_tasks.markers.writer import write_csv
+from cbm_tasks.markers.writer import write_csv, write_json
 
 __all__ = ["MATCH_COLUMNS", "VARY_COLUMNS", "MarkerValidation", "file_predictions", "score", "variation_rows"]
 
@@ -154,9 +153,7 @@ class MarkerValidation:
                 for m in self.lines)
         write_csv(out / "matches.csv", MATCH_COLUMNS, rows)
         scores = out / "scores.json"
-        partial = scores.with_name(".scores.json.partial")
-        partial.write_text(json.dumps(self.figures(), indent=2) + "\n")
-        partial.replace(scores)
+        write_json(scores, self.figures())
         return out / "matches.csv", scores
 
 

@@ -1,4 +1,4 @@
-"""Write marker events and traffic lights as CSV files, whole or not at all.
+"""Write marker events and traffic lights as CSV files (and scores as JSON), whole or not at all.
 
 Files are written under a temporary name in the target folder and renamed when complete, so a
 failed run leaves no partial file and a re-run replaces the files. Rows come in a fixed order and
@@ -8,6 +8,7 @@ floats in a fixed format, so running twice on the same input gives byte-identica
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers.engine import EventRow
 
-__all__ = ["EVENT_COLUMNS", "LIGHT_COLUMNS", "read_crops", "write_csv", "write_events"]
+__all__ = ["EVENT_COLUMNS", "LIGHT_COLUMNS", "read_crops", "write_csv", "write_events", "write_json"]
 
 # contracts read by external checks: columns are only ever appended
 EVENT_COLUMNS = ("parcel_id", "marker", "seq", "start_date", "main_date", "end_date", "confidence", "value",
@@ -40,6 +41,16 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
     finally:
         partial.unlink(missing_ok=True)
     return n_rows
+
+
+def write_json(path: Path, document: Any) -> None:
+    """Write *document* as indented JSON to *path* atomically (as :func:`write_csv`)."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(json.dumps(document, indent=2) + "\n")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def write_events(path: Path, events: Iterable[EventRow]) -> int:

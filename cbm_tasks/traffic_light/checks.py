@@ -17,7 +17,6 @@ evaluated on every checked parcel, whatever its crop) or those stored for a parc
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -29,7 +28,7 @@ from cbm_tasks.markers.engine import run_markers
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable
 from cbm_tasks.markers.truth import PARCEL_COLUMNS, csv_rows, find_column, parcel_id_text
-from cbm_tasks.markers.writer import write_csv
+from cbm_tasks.markers.writer import write_csv, write_json
 from cbm_tasks.traffic_light.evaluate import evaluate_lights
 from cbm_tasks.traffic_light.rules import SchemeRules
 
@@ -181,9 +180,7 @@ class LightValidation:
                   ((p, "" if s is None else s, "yes" if c else "no", colour, reason)
                    for p, s, c, colour, reason in self.lines))
         scores = out / "light_scores.json"
-        partial = scores.with_name(".light_scores.json.partial")
-        partial.write_text(json.dumps(self.figures(), indent=2) + "\n")
-        partial.replace(scores)
+        write_json(scores, self.figures())
         return out / "lights.csv", scores
 
 
