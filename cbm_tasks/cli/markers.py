@@ -243,13 +243,14 @@ def _validate_lights(args: argparse.Namespace) -> int:
     else:
         from cbm_tasks.markers.params import load_params
         from cbm_tasks.markers.reader import read_series
+        from cbm_tasks.markers.validation import sensors_text
         from cbm_tasks.traffic_light.rules import load_rules
 
         rules, params = load_rules(args.rules), load_params(args.params)
         lights = file_lights(read_series(args.timeseries), rules, params, args.scheme, use_s1=not args.s2_only)
         source = str(args.timeseries)
         described = (f"rules version {rules.version} (hash {rules.hash[:12]}), parameters version {params.version} "
-                     f"hash {params.hash[:12]}, {'Sentinel-2 only' if args.s2_only else 'Sentinel-2 and Sentinel-1'}")
+                     f"hash {params.hash[:12]}, {sensors_text(not args.s2_only)}")
     result = score_lights(lights, checks, source=source, described=described)
     sys.stdout.write(result.summary())
     if args.out is not None:
