@@ -161,8 +161,8 @@ def read_survey_truth(folder: Path) -> tuple[dict[str, str], dict[str, list[date
         path = folder / name
         if not path.is_file():
             raise BadInputError(f"ground truth {path}: no such file")
-        with path.open(newline="") as stream:
-            for line, row in enumerate(csv.DictReader(stream), start=2):
+        with csv_rows(path, "ground truth") as rows:
+            for line, row in enumerate(rows, start=2):
                 try:
                     if name == "surveyed.csv":
                         surveyed[row["parcel_id"]] = row["survey"]
