@@ -38,7 +38,7 @@ from cbm_tasks.markers.mowing import detect_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable, day_to_date
 from cbm_tasks.markers.truth import read_salms_truth, read_survey_truth
-from cbm_tasks.markers.validation import TOLERANCE_DAYS, Score, bootstrap_intervals, match_events
+from cbm_tasks.markers.validation import TOLERANCE_DAYS, Score, bootstrap_lines, match_events, matches, score_lines
 from cbm_tasks.traffic_light import evaluate_lights, load_rules
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -178,8 +178,9 @@ def headline_intervals(data: Path, sets: list[str], params: MarkerParams, work: 
                   else data / "grassland_sk_train" / "timeseries.csv.gz")
         for variant, s1 in (("S2+S1", True), ("S2 only", False)):
             predicted = predict(series, params, use_s1=s1)
-            score = match_events(predicted, truth, parcels, negatives=negatives)
-            ci = bootstrap_intervals(predicted, truth, parcels, negatives=negatives)
+            lines = matches(predicted, truth, parcels)  # one matching for the score and its intervals
+            score = score_lines(lines, predicted, parcels, negatives=negatives)
+            ci = bootstrap_lines(lines, predicted, parcels, negatives=negatives)
             clean = (f"{score.negatives_clean / score.negatives:.0%} ({ci['negatives_clean'][0]:.0%}-"
                      f"{ci['negatives_clean'][1]:.0%})" if score.negatives else "-")
             rows.append(f"| {name.upper()} {variant} | {len(parcels)} | {score.f1:.2f} ({ci['f1'][0]:.2f}-"
