@@ -29,6 +29,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -38,7 +39,15 @@ from cbm_tasks.markers.mowing import detect_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable, day_to_date
 from cbm_tasks.markers.truth import read_salms_truth, read_survey_truth
-from cbm_tasks.markers.validation import TOLERANCE_DAYS, Score, bootstrap_lines, match_events, matches, score_lines
+from cbm_tasks.markers.validation import (
+    TOLERANCE_DAYS,
+    Match,
+    Score,
+    bootstrap_lines,
+    match_events,
+    matches,
+    score_lines,
+)
 from cbm_tasks.traffic_light import evaluate_lights, load_rules
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -74,10 +83,30 @@ def ground_truth(name: str, data: Path) -> tuple[dict[str, list[date]], list[str
     return truth, sorted(surveyed), {parcel for parcel, survey in surveyed.items() if survey == "not_mown"}
 
 
-def eval_salms(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
+@dataclass(frozen=True)
+class Headline:
+    """A headline score's matching, kept for its bootstrap intervals (matched once, as 'cbm markers validate')."""
+
+    label: str
+    predicted: dict[str, list[date]]
+    lines: list[Match]
+    parcels: list[str]
+    negatives: set[str]
+
+
+def _headline(label: str, predicted: dict[str, list[date]], truth: dict[str, list[date]], parcels: list[str],
+              negatives: set[str], headlines: list[Headline]) -> Score:
+    """Score *predicted* as :func:`match_events` does, and keep its matching in *headlines*."""
+    lines = matches(predicted, truth, parcels)
+    headlines.append(Headline(label, predicted, lines, parcels, negatives))
+    return score_lines(lines, predicted, parcels, negatives=negatives)
+
+
+def eval_salms(data: Path, params: MarkerParams, work: Path, headlines: list[Headline]) -> dict[str, Score]:
     truth, parcels, _ = ground_truth("salms", data)
     series = convert_salms(data / "salms_grassland", work / "salms.csv")
-    return {f"SALMS {name}": match_events(predict(series, params, use_s1=s1), truth, parcels)
+    return {f"SALMS {name}": _headline(f"SALMS {name}", predict(series, params, use_s1=s1), truth, parcels, set(),
+                                       headlines)
             for name, s1 in (("S2+S1", True), ("S2 only", False))}
 
 
@@ -131,7 +160,7 @@ def _by_plot_year(predicted: dict[str, list[date]]) -> dict[str, list[date]]:
     return out
 
 
-def eval_sk(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
+def eval_sk(data: Path, params: MarkerParams, work: Path, headlines: list[Headline]) -> dict[str, Score]:
     folder = data / "grassland_sk_train"
     surveyed, truth = read_survey_truth(folder)
     negatives = {parcel for parcel, survey in surveyed.items() if survey == "not_mown"}
@@ -144,7 +173,7 @@ def eval_sk(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
     observed = set(read_series(folder / "timeseries.csv.gz").parcel_ids.tolist())
     for name, s1 in (("S2+S1", True), ("S2 only", False)):
         predicted = predict(folder / "timeseries.csv.gz", params, use_s1=s1)
-        out[f"SK {name}"] = match_events(predicted, truth, parcels, negatives=negatives)
+        out[f"SK {name}"] = _headline(f"SK {name}", predicted, truth, parcels, negatives, headlines)
         mown = [p for p in parcels if surveyed[p] == "mown"]
         out[f"SK {name}, mown plot-years only"] = match_events(predicted, truth, mown)
         with_data = [p for p in parcels if p in observed]
@@ -169,23 +198,16 @@ def eval_sk(data: Path, params: MarkerParams, work: Path) -> dict[str, Score]:
     return out
 
 
-def headline_intervals(data: Path, sets: list[str], params: MarkerParams, work: Path) -> list[str]:
+def headline_intervals(headlines: list[Headline]) -> list[str]:
     """Table rows: 95 % bootstrap intervals (over parcels) of the headline scores of the real sets."""
     rows = []
-    for name in (n for n in ("salms", "sk") if n in sets):
-        truth, parcels, negatives = ground_truth(name, data)
-        series = (convert_salms(data / "salms_grassland", work / "salms_ci.csv") if name == "salms"
-                  else data / "grassland_sk_train" / "timeseries.csv.gz")
-        for variant, s1 in (("S2+S1", True), ("S2 only", False)):
-            predicted = predict(series, params, use_s1=s1)
-            lines = matches(predicted, truth, parcels)  # one matching for the score and its intervals
-            score = score_lines(lines, predicted, parcels, negatives=negatives)
-            ci = bootstrap_lines(lines, predicted, parcels, negatives=negatives)
-            clean = (f"{score.negatives_clean / score.negatives:.0%} ({ci['negatives_clean'][0]:.0%}-"
-                     f"{ci['negatives_clean'][1]:.0%})" if score.negatives else "-")
-            rows.append(f"| {name.upper()} {variant} | {len(parcels)} | {score.f1:.2f} ({ci['f1'][0]:.2f}-"
-                        f"{ci['f1'][1]:.2f}) | {score.recall:.2f} ({ci['recall'][0]:.2f}-{ci['recall'][1]:.2f}) | "
-                        f"{clean} |")
+    for h in headlines:
+        score = score_lines(h.lines, h.predicted, h.parcels, negatives=h.negatives)
+        ci = bootstrap_lines(h.lines, h.predicted, h.parcels, negatives=h.negatives)
+        clean = (f"{score.negatives_clean / score.negatives:.0%} ({ci['negatives_clean'][0]:.0%}-"
+                 f"{ci['negatives_clean'][1]:.0%})" if score.negatives else "-")
+        rows.append(f"| {h.label} | {len(h.parcels)} | {score.f1:.2f} ({ci['f1'][0]:.2f}-{ci['f1'][1]:.2f}) | "
+                    f"{score.recall:.2f} ({ci['recall'][0]:.2f}-{ci['recall'][1]:.2f}) | {clean} |")
     return rows
 
 
@@ -246,13 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     scores: dict[str, Score] = {}
+    headlines: list[Headline] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         sets = args.sets.split(",")
         if "salms" in sets:
-            scores.update(eval_salms(args.data, params, work))
+            scores.update(eval_salms(args.data, params, work, headlines))
         if "sk" in sets:
-            scores.update(eval_sk(args.data, params, work))
+            scores.update(eval_sk(args.data, params, work, headlines))
         if "synth" in sets:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from markers_synthetic import eval_synthetic  # heavier: builds the AOI and reduces its images
@@ -265,14 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for name, score in scores.items():
         print(score.row(name))
-    if "salms" in sets or "sk" in sets:
+    if headlines:
         print("\n95 % intervals of the headline scores (1000 bootstrap resamples of the parcels, seed 0; as "
               "'cbm markers validate' gives them)")
         print("| data | parcels | F1 | recall | not mown without mowing |")
         print("|---|---|---|---|---|")
-        with tempfile.TemporaryDirectory() as tmp:
-            for row in headline_intervals(args.data, sets, params, Path(tmp)):
-                print(row)
+        for row in headline_intervals(headlines):
+            print(row)
     grass: dict[str, Callable[[Path], Path]] = {
         "salms": lambda work: convert_salms(args.data / "salms_grassland", work / "salms.csv"),
         "sk": lambda work: args.data / "grassland_sk_train" / "timeseries.csv.gz"}
