@@ -88,9 +88,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          "emergence: every rise through the emergence threshold judged as an emergence")
     explain.add_argument("--scheme", metavar="S",
                          help="explain the traffic light of this aid scheme instead of a marker")
-    explain.add_argument("--params", type=Path, metavar="FILE", help="marker parameters YAML (file)")
-    explain.add_argument("--rules", type=Path, metavar="FILE", help="scheme rules YAML (file, with --scheme)")
-    explain.add_argument("--s2-only", action="store_true", help="ignore Sentinel-1, as a --s2-only run (file)")
+    _file_model_arguments(explain)
     explain.add_argument("--csv", type=Path, metavar="FILE",
                          help="also write the falls (the crop cycles, low observations, rises) to this CSV file")
     explain.set_defaults(func=_explain)
@@ -114,11 +112,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                           help="score the traffic lights of aid scheme S instead, against check outcomes (a CSV "
                           "with parcel_id and compliant yes/no; optional scheme and season columns): how many "
                           "compliant parcels are lit red, non-compliant ones green, and how many yellow")
-    validate.add_argument("--rules", type=Path, metavar="FILE", help="file, with --scheme: scheme rules YAML")
-    validate.add_argument("--params", type=Path, metavar="FILE",
-                          help="file: marker parameters YAML overriding the defaults")
-    validate.add_argument("--s2-only", action="store_true",
-                          help="file: ignore Sentinel-1 (the Sentinel-2-only variant)")
+    _file_model_arguments(validate)
     validate.add_argument("--tolerance-days", type=int, default=12, metavar="N",
                           help="largest date difference of a hit (default 12, as MODCiX)")
     validate.add_argument("--vary", metavar="SECTION.KEY=V1,V2,...",
@@ -128,6 +122,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     validate.add_argument("--out", type=Path, metavar="DIR", help="also write DIR/matches.csv and DIR/scores.json")
     validate.set_defaults(func=_validate)
     markers_db.add_export(commands)
+
+
+def _file_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--params``, ``--rules`` and ``--s2-only`` of a command that recomputes the markers of a file.
+
+    From the database the stored marker run's own parameters, rules and sensors apply.
+    """
+    parser.add_argument("--params", type=Path, metavar="FILE",
+                        help="file: marker parameters YAML overriding the defaults")
+    parser.add_argument("--rules", type=Path, metavar="FILE", help="file, with --scheme: scheme rules YAML")
+    parser.add_argument("--s2-only", action="store_true",
+                        help="file: ignore Sentinel-1, as a --s2-only run (the Sentinel-2-only variant)")
 
 
 def _series_arguments(parser: argparse.ArgumentParser, timeseries_help: str,
