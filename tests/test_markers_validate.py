@@ -16,9 +16,10 @@ from markers_series import doy_date, grass_rows, write_rows
 from cbm_tasks.cli import main
 from cbm_tasks.errors import BadInputError
 from cbm_tasks.markers.params import ParamsFileError, load_params, with_value
-from cbm_tasks.markers.truth import read_truth
-from cbm_tasks.markers.validation import bootstrap_intervals, match_events, matches, unmatched
-from cbm_tasks.traffic_light.checks import Checks, read_checks, score_lights, wilson
+from cbm_tasks.markers.scoring import score
+from cbm_tasks.markers.truth import GroundTruth, read_truth
+from cbm_tasks.markers.validation import Predictions, bootstrap_intervals, match_events, matches, unmatched, wilson
+from cbm_tasks.traffic_light.checks import Checks, read_checks, score_lights
 
 
 def _truth_file(path: Path, rows: list[list[str]], header: tuple[str, ...] = ("parcel_id", "date", "event")) -> Path:
@@ -155,6 +156,30 @@ def test_bootstrap_intervals() -> None:
     assert few["recall"][1] - few["recall"][0] >= intervals["recall"][1] - intervals["recall"][0]
     assert all(math.isnan(v) for v in few["negatives_clean"])  # no negative among them
     assert all(math.isnan(v) for v in bootstrap_intervals({}, {}, [])["f1"])
+
+
+def test_detections_by_confidence_say_how_often_each_tenth_was_right() -> None:
+    d = date(2021, 6, 1)
+    truth = GroundTruth("checks.csv", "mowing", {"a": [d], "b": [d], "c": [d]}, ("a", "b", "c", "d", "e"),
+                        frozenset({"d"}))
+    events = {"a": [d], "b": [date(2021, 7, 1)], "c": [d], "d": [d], "e": [d], "x": [d]}
+    confidence = {("a", d): 0.95, ("b", date(2021, 7, 1)): 0.62, ("c", d): 1.0, ("d", d): 0.6, ("e", d): math.nan,
+                  ("x", d): 0.55}  # x: not a scored parcel; e: a stored event without a confidence
+    predictions = Predictions("mowing", events, confidence, frozenset(events), "series.csv", "test", {})
+    result = score(predictions, truth)
+    # a and c (1.0 goes with the top tenth) are hits; b (dated a month off) and d (checked, not mown) are false
+    assert result.by_confidence() == [(0.6, 2, 0), (0.9, 2, 2)]
+    text = result.summary()
+    assert "detections by confidence: how many were hits" in text
+    assert "  0.6-0.7     0 of    2 =   0% (0%-66%)" in text and "  0.9-1.0     2 of    2 = 100% (34%-100%)" in text
+    assert result.figures()["by_confidence"] == [
+        {"confidence_from": 0.6, "confidence_to": 0.7, "detected": 2, "hits": 0, "hit_share": 0.0,
+         "hit_share_95": [0.0, 0.6576]},
+        {"confidence_from": 0.9, "confidence_to": 1.0, "detected": 2, "hits": 2, "hit_share": 1.0,
+         "hit_share_95": [0.3424, 1.0]}]
+    # no detection on a scored parcel: no table
+    empty = score(Predictions("mowing", {}, {}, frozenset("abcde"), "series.csv", "test", {}), truth)
+    assert empty.by_confidence() == [] and "detections by confidence" not in empty.summary()
 
 
 def test_matches_agree_with_the_score_and_unmatched() -> None:

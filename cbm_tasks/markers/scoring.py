@@ -31,6 +31,7 @@ from cbm_tasks.markers.validation import (
     matches,
     score_lines,
     sensors_text,
+    wilson,
 )
 from cbm_tasks.markers.writer import write_csv, write_json
 
@@ -109,8 +110,33 @@ class MarkerValidation:
             out.append(f"checked without {marker}: {s.negatives} parcel{'s' if s.negatives > 1 else ''}, "
                        f"{s.negatives_clean} of them without a detection = "
                        f"{figure('negatives_clean', s.negatives_clean / s.negatives, percent=True)}")
+        bins = self.by_confidence()
+        if bins:
+            out.append("detections by confidence: how many were hits (95 % Wilson interval)")
+            for low, detected, hits in bins:
+                share_low, share_high = wilson(hits, detected)
+                out.append(f"  {low:.1f}-{low + 0.1:.1f}  {hits:4d} of {detected:4d} = {hits / detected:4.0%} "
+                           f"({share_low:.0%}-{share_high:.0%})")
         out.append("intervals: 1000 bootstrap resamples of the parcels (seed 0)")
         return "\n".join(out) + "\n"
+
+    def by_confidence(self) -> list[tuple[float, int, int]]:
+        """(lower edge, detections, hits) of each tenth of confidence holding a detection on a scored parcel.
+
+        What a confidence means on these checks: the share of hits per tenth tells where to put the
+        ``min_confidence`` of a scheme rule (below it a found event lights yellow, LOW_CONFIDENCE).
+        """
+        counts: dict[int, list[int]] = {}
+        for line in self.lines:
+            if line.predicted_date is None:
+                continue
+            confidence = self.predictions.confidence[(line.parcel_id, line.predicted_date)]
+            if math.isnan(confidence):  # a stored event without a confidence
+                continue
+            tenth = min(math.floor(round(confidence * 10, 6)), 9)  # 1.0 goes with 0.9-1.0
+            counts.setdefault(tenth, [0, 0])[0] += 1
+            counts[tenth][1] += line.outcome == "hit"
+        return [(tenth / 10, detected, hits) for tenth, (detected, hits) in sorted(counts.items())]
 
     def _id_hint(self) -> list[str]:
         """A warning when no parcel of the truth was computed although others were: the ids differ."""
@@ -137,6 +163,10 @@ class MarkerValidation:
             "f1": number(s.f1) if s.tp + s.fp + s.fn else None, "median_error_days": number(s.median_error),
             "negatives": s.negatives, "negatives_clean": s.negatives_clean,
             "intervals_95": {name: [number(low), number(high)] for name, (low, high) in self.intervals.items()},
+            "by_confidence": [{"confidence_from": low, "confidence_to": round(low + 0.1, 1), "detected": detected,
+                               "hits": hits, "hit_share": number(hits / detected),
+                               "hit_share_95": [number(v) for v in wilson(hits, detected)]}
+                              for low, detected, hits in self.by_confidence()],
         }
 
     def write(self, out: Path) -> tuple[Path, Path]:

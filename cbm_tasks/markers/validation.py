@@ -23,9 +23,19 @@ from typing import Any
 import numpy as np
 
 __all__ = ["TOLERANCE_DAYS", "Match", "Predictions", "Score", "bootstrap_intervals", "bootstrap_lines", "match_events",
-           "matches", "score_lines", "sensors_text", "unmatched"]
+           "matches", "score_lines", "sensors_text", "unmatched", "wilson"]
 
 TOLERANCE_DAYS = 12  # MODCiX: a detected mowing within +-12 days of the true one is a hit
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (NaN, NaN) when *n* is 0."""
+    if n == 0:
+        return math.nan, math.nan
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True, slots=True)

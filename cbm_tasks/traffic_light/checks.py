@@ -28,12 +28,12 @@ from cbm_tasks.markers.engine import run_markers
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable
 from cbm_tasks.markers.truth import PARCEL_COLUMNS, csv_rows, find_column, parcel_id_text
+from cbm_tasks.markers.validation import wilson
 from cbm_tasks.markers.writer import write_csv, write_json
 from cbm_tasks.traffic_light.evaluate import evaluate_lights
 from cbm_tasks.traffic_light.rules import SchemeRules
 
-__all__ = ["CHECK_COLUMNS", "COLOURS", "Checks", "LightValidation", "file_lights", "read_checks", "score_lights",
-           "wilson"]
+__all__ = ["CHECK_COLUMNS", "COLOURS", "Checks", "LightValidation", "file_lights", "read_checks", "score_lights"]
 
 COLOURS = ("green", "yellow", "red", "none")  # "none": the checked parcel has no light of the scheme
 CHECK_COLUMNS = ("parcel_id", "season", "compliant", "colour", "reason")
@@ -97,16 +97,6 @@ def _season(text: str | None, where: str) -> int | None:
         return int(float(value))
     except ValueError:
         raise BadInputError(f"{where}: season {value!r} is not a year") from None
-
-
-def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion (NaN, NaN) when *n* is 0."""
-    if n == 0:
-        return math.nan, math.nan
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True, slots=True)
