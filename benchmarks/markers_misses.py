@@ -1,19 +1,10 @@
 """Where the mowing marker's misses and false detections come from, on the real ground-truth sets.
 
 For every true mowing date the shipped defaults miss (MODCiX matching, +-12 days, as
-``markers_eval.py``), the falls of NDVI between clear images within 12 days of it are judged by
-the marker's own tests (``cbm_tasks.markers.mowing_explain``), and the miss is put down to:
-
-* ``no observation in the series``, ``outside the mowing season`` (``season_start_doy`` ..
-  ``season_end_doy``);
-* ``no clear image within 12 days after``: clouds hid the cut;
-* ``no NDVI fall``: clear images around the date, but NDVI does not fall (the cut does not show,
-  or the recorded date is off by more than the tolerance);
-* ``a larger fall nearby won``: a fall that passed every test lost to a larger one within
-  ``min_spacing_days`` (often a haze drop the mask missed);
-* ``its fall is a mowing dated more than 12 days away``: found, but dated outside the tolerance
-  (a long gap between clear images, or a recorded date that is off);
-* otherwise the tests the largest fall failed (e.g. ``confidence below min_confidence``).
+``markers_eval.py``), the cause is named as ``cbm markers validate`` names it
+(``cbm_tasks.markers.miss_reasons``: the falls of NDVI near the date judged by the marker's own tests):
+no markers computed, outside the mowing season, no clear image within 12 days after, no NDVI fall,
+a larger fall nearby won, a mowing dated more than 12 days away, or the tests the largest fall failed.
 
 Every false detection is listed with its fall (drop, red ratio, confidence), on surveyed not-mown
 plot-years apart. Sentinel-2 only (the variant every agency can run) unless ``--s1``.
@@ -27,46 +18,19 @@ import argparse
 import sys
 import tempfile
 from collections import Counter
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 from markers_eval import DATA, predict
 
 from cbm_tasks.markers import load_params, read_series
 from cbm_tasks.markers.importers import convert_salms
-from cbm_tasks.markers.mowing_explain import MowingExplanation, StepVerdict, explain_mowing
+from cbm_tasks.markers.miss_reasons import miss_reason
+from cbm_tasks.markers.mowing_explain import StepVerdict, explain_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable
 from cbm_tasks.markers.truth import read_salms_truth, read_survey_truth
 from cbm_tasks.markers.validation import TOLERANCE_DAYS, unmatched
-
-
-def _near(steps: list[StepVerdict], when: date) -> list[StepVerdict]:
-    """Falls whose span (last high .. first low image) comes within the tolerance of *when*."""
-    lo, hi = (when - timedelta(days=TOLERANCE_DAYS)).isoformat(), (when + timedelta(days=TOLERANCE_DAYS)).isoformat()
-    return [s for s in steps if s.start_date <= hi and s.end_date >= lo]
-
-
-def miss_reason(explanation: MowingExplanation | None, when: date, params: MarkerParams) -> str:
-    """Why the true mowing of *when* was not found (module docstring)."""
-    if explanation is None:
-        return "no observation in the series"
-    doy = when.timetuple().tm_yday
-    if not params.get("mowing", "season_start_doy") <= doy <= params.get("mowing", "season_end_doy"):
-        return "outside the mowing season"
-    falls = _near(explanation.steps, when)
-    if not falls:
-        after = (when + timedelta(days=TOLERANCE_DAYS)).isoformat()
-        clear_after = [o for o in explanation.observations if o.used and when.isoformat() <= o.date <= after]
-        return "no NDVI fall" if clear_after else f"no clear image within {TOLERANCE_DAYS} days after"
-    largest = max(falls, key=lambda s: s.drop)
-    if largest.verdict.startswith("weaker than"):
-        return "a larger fall nearby won"
-    if largest.verdict == "mowing":
-        off = abs((date.fromisoformat(largest.main_date) - when).days)
-        return (f"its fall is a mowing dated more than {TOLERANCE_DAYS} days away" if off > TOLERANCE_DAYS else
-                "its fall is a mowing matched to another true date")
-    return largest.failed or largest.verdict
 
 
 def _fall_text(steps: list[StepVerdict], when: date) -> str:
@@ -89,7 +53,7 @@ def report(name: str, series: SeriesTable, truth: dict[str, list[date]], parcels
     lines = []
     for parcel, dates in missed.items():
         for when in dates:
-            reason = miss_reason(explained.get(parcel), when, params)
+            reason = miss_reason(explained.get(parcel), when, params, tolerance_days=TOLERANCE_DAYS)
             reasons[reason] += 1
             lines.append(f"    missed {parcel} {when}: {reason}")
     n_true = sum(len(truth.get(p, [])) for p in parcels)

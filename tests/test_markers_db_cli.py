@@ -19,6 +19,7 @@ from cbm_tasks import cli
 from cbm_tasks.demo.run import DemoSummary, _why_lights
 from cbm_tasks.demo.series_seed import seed_parcel_set
 from cbm_tasks.markers import plot as plot_module
+from cbm_tasks.markers.miss_reasons import NOT_COMPUTED
 from cbm_tasks.pipeline.extract import AoiSummary
 from cbm_tasks.traffic_light import load_rules
 
@@ -214,6 +215,9 @@ def test_validate_scores_the_stored_events_as_the_exported_series(db_url: str, t
                        if kind == "mowing"]
             writer.writerows([parcel, when, "mowing"] for when in mowings or [""])  # "": checked, not mown
         writer.writerow(["P9999999", "2018-06-01", "mowing"])  # not in the parcel set
+        # a declared cut the series does not show: a miss whose cause is judged from the parcel's own falls
+        mown = min(parcel for parcel, events in truth_of.items() if any(kind == "mowing" for _, kind in events))
+        writer.writerow([mown, "2018-04-10", "mowing"])
     stored = ["markers", "validate", "--aoi", "mk", "--year", "2018", "--truth", str(truth)]
     # before any marker run nothing is computed: every true mowing is missed, and the summary says to run first
     assert cli.main([*stored, "--out", str(tmp_path / "none")]) == 0
@@ -236,7 +240,12 @@ def test_validate_scores_the_stored_events_as_the_exported_series(db_url: str, t
     assert cli.main(["markers", "validate", "--timeseries", str(tmp_path / "s.csv"), "--truth", str(truth),
                      "--out", str(tmp_path / "file")]) == 0
     db_lines, file_lines = ((tmp_path / out / "matches.csv").read_text() for out in ("db", "file"))
-    assert db_lines == file_lines and db_lines.count("\n") > 10
+    assert db_lines == file_lines and db_lines.count("\n") > 10  # the causes of the misses included
+    with (tmp_path / "db" / "matches.csv").open(newline="") as stream:
+        causes = {(row["parcel_id"], row["true_date"]): row["reason"] for row in csv.DictReader(stream)
+                  if row["outcome"] == "missed"}
+    assert causes[("P9999999", "2018-06-01")] == NOT_COMPUTED
+    assert causes[(mown, "2018-04-10")] not in ("", NOT_COMPUTED)
     db_scores = json.loads((tmp_path / "db" / "scores.json").read_text())
     assert db_scores["marker_runs"] == [1] and db_scores["hits"] >= 8 and db_scores["parcels_without_observations"] == 1
     with psycopg.connect(db_url) as conn:  # every detection scored is a stored mowing of the parcel's current run

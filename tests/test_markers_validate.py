@@ -15,8 +15,10 @@ from markers_series import doy_date, grass_rows, write_rows
 
 from cbm_tasks.cli import main
 from cbm_tasks.errors import BadInputError
+from cbm_tasks.markers.miss_reasons import NOT_COMPUTED, miss_reason
+from cbm_tasks.markers.mowing_explain import MowingExplanation, ObservationVerdict, StepVerdict
 from cbm_tasks.markers.params import ParamsFileError, load_params, with_value
-from cbm_tasks.markers.scoring import score
+from cbm_tasks.markers.scoring import score, with_miss_reasons
 from cbm_tasks.markers.truth import GroundTruth, read_truth
 from cbm_tasks.markers.validation import Predictions, bootstrap_intervals, match_events, matches, unmatched, wilson
 from cbm_tasks.traffic_light.checks import Checks, read_checks, score_lights
@@ -60,6 +62,12 @@ def test_validate_counts_hits_misses_false_detections_and_clean_negatives(tmp_pa
         ("one_cut", "false", ""), ("one_cut", "missed", doy_date(230).isoformat()),
         ("two_cuts", "hit", doy_date(151).isoformat()), ("two_cuts", "hit", doy_date(204).isoformat()),
         ("unseen", "missed", doy_date(180).isoformat())]
+    # each miss with its cause: no clear image near the declared 230th day shows a fall; "unseen" has no series
+    assert {(r["parcel_id"], r["reason"]) for r in lines if r["outcome"] == "missed"} == {
+        ("one_cut", "no NDVI fall"), ("unseen", NOT_COMPUTED)}
+    assert all(r["reason"] == "" for r in lines if r["outcome"] != "missed")
+    assert f"missed, by cause (cbm markers explain --parcel ID shows the falls; matches.csv names each):\n" \
+           f"     1  no NDVI fall\n     1  {NOT_COMPUTED}\n" in text
     for row in lines:
         if row["outcome"] == "hit":  # error = predicted - true, within the tolerance, with the event's confidence
             error = (date.fromisoformat(row["predicted_date"]) - date.fromisoformat(row["true_date"])).days
@@ -68,6 +76,7 @@ def test_validate_counts_hits_misses_false_detections_and_clean_negatives(tmp_pa
     assert (scores["hits"], scores["missed"], scores["false"], scores["negatives"], scores["negatives_clean"],
             scores["parcels_without_observations"]) == (2, 2, 1, 1, 1, 1)
     assert scores["precision"] == pytest.approx(2 / 3, abs=1e-4) and scores["recall"] == pytest.approx(0.5)
+    assert scores["missed_by_cause"] == {"no NDVI fall": 1, NOT_COMPUTED: 1}
     low, high = scores["intervals_95"]["f1"]
     assert 0 <= low <= scores["f1"] <= high <= 1
     # the same run again gives the same files (seeded bootstrap, fixed order)
@@ -90,6 +99,42 @@ def test_validate_scores_other_markers_by_their_event_column(tmp_path: Path,
     assert text.startswith("harvest marker of ")
     assert "true events 1, detected 1: hits 1, missed 0, false 0" in text
     assert "checked without harvest: 1 parcel, 1 of them without a detection" in text
+    assert "missed, by cause" not in text  # causes are named for the mowing marker
+
+
+def test_a_miss_is_put_down_to_its_cause() -> None:
+    """miss_reason on constructed explanations: the first cause that holds, as validate names it."""
+    params = load_params()
+    june = date(2021, 6, 15)
+
+    def fall(start: str, end: str, main: str, drop: float, verdict: str, failed: str = "") -> StepVerdict:
+        return StepVerdict(start, end, main, 0.8, 0.8 - drop, 0.8, 0.8 - drop, drop, 1.5, math.nan, 0.9, verdict,
+                           failed)
+
+    def explained(steps: list[StepVerdict], clear: list[str]) -> MowingExplanation:
+        return MowingExplanation("p", params.hash, [ObservationVerdict(d, 0.8, 1.0, True, "") for d in clear], steps)
+
+    assert miss_reason(None, june, params, tolerance_days=12) == NOT_COMPUTED
+    assert miss_reason(explained([], []), date(2021, 1, 10), params, tolerance_days=12) == "outside the mowing season"
+    assert miss_reason(explained([], ["2021-05-20"]), june, params, tolerance_days=12) == \
+        "no clear image within 12 days after"
+    assert miss_reason(explained([], ["2021-06-20"]), june, params, tolerance_days=12) == "no NDVI fall"
+    far = fall("2021-07-20", "2021-07-25", "2021-07-22", 0.4, "mowing")  # out of reach of the tolerance
+    assert miss_reason(explained([far], ["2021-06-20"]), june, params, tolerance_days=12) == "no NDVI fall"
+    weak = fall("2021-06-10", "2021-06-17", "2021-06-14", 0.2, "not a cut", "red did not rise as at a cut")
+    assert miss_reason(explained([weak], []), june, params, tolerance_days=12) == "red did not rise as at a cut"
+    lost = fall("2021-06-12", "2021-06-17", "2021-06-14", 0.3, "weaker than the cut of 2021-06-29")
+    assert miss_reason(explained([weak, lost], []), june, params, tolerance_days=12) == "a larger fall nearby won"
+    late = fall("2021-06-20", "2021-07-10", "2021-07-01", 0.3, "mowing")  # a long gap dates it 16 days late
+    assert miss_reason(explained([late], []), june, params, tolerance_days=12) == \
+        "its fall is a mowing dated more than 12 days away"
+    assert miss_reason(explained([late], []), june, params, tolerance_days=20) == \
+        "its fall is a mowing matched to another true date"
+    # a miss of another marker has no cause to name
+    result = score(Predictions("harvest", {}, {}, frozenset(), "s.csv", "test", {}),
+                   GroundTruth("t.csv", "harvest", {"a": [june]}, ("a",), frozenset()))
+    with pytest.raises(ValueError, match="mowing marker, not 'harvest'"):
+        with_miss_reasons(result, lambda parcel: None)
 
 
 def test_truth_file_formats(tmp_path: Path) -> None:

@@ -194,7 +194,7 @@ def _parse_vary(text: str) -> tuple[str, list[float]]:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from cbm_tasks.markers.scoring import file_predictions, score
+    from cbm_tasks.markers.scoring import file_predictions, score, with_miss_reasons
     from cbm_tasks.markers.truth import read_truth
 
     if args.tolerance_days < 0:
@@ -209,6 +209,8 @@ def _validate(args: argparse.Namespace) -> int:
     truth = read_truth(args.truth, args.marker)  # checked before the events are read or computed
     if args.timeseries is None:
         result = score(markers_db.stored_predictions(args), truth, tolerance_days=args.tolerance_days)
+        if args.marker == "mowing":
+            result = markers_db.with_stored_miss_reasons(args, result)
         varied = []
     else:
         from cbm_tasks.markers.params import load_params, with_value
@@ -224,6 +226,11 @@ def _validate(args: argparse.Namespace) -> int:
                                           use_s1=not args.s2_only), truth, tolerance_days=args.tolerance_days)
 
         result = scored(params)
+        if args.marker == "mowing":
+            from cbm_tasks.markers.mowing_explain import explain_mowing
+
+            result = with_miss_reasons(result, lambda parcel: (
+                explain_mowing(series, parcel, params, use_s1=not args.s2_only), params))
         varied = [(value, scored(p)) for value, p in variants]
     sys.stdout.write(result.summary())
     if varied:

@@ -20,6 +20,9 @@ from cbm_tasks.ops import settings
 if TYPE_CHECKING:
     import psycopg
 
+    from cbm_tasks.markers.mowing_explain import MowingExplanation
+    from cbm_tasks.markers.params import MarkerParams
+    from cbm_tasks.markers.scoring import MarkerValidation
     from cbm_tasks.markers.validation import Predictions
 
 __all__ = ["add_export", "explain", "export", "plot", "run", "stored_lights", "stored_predictions"]
@@ -74,6 +77,30 @@ def stored_predictions(args: argparse.Namespace) -> Predictions:
     with _stored_set(args, "events") as (conn, parcel_set_id):
         return read_stored(conn, parcel_set_id=parcel_set_id, marker=args.marker,
                            source=f"{args.aoi} {args.year} in the database")
+
+
+def with_stored_miss_reasons(args: argparse.Namespace, result: MarkerValidation) -> MarkerValidation:
+    """*result* (the stored mowings of ``--aoi`` / ``--year``) with the cause of each miss.
+
+    Every parcel is judged with the parameters and sensors of its current marker run, as ``cbm markers explain
+    --aoi`` judges it.
+    """
+    from cbm_tasks.markers.scoring import with_miss_reasons
+    from cbm_tasks.report.explain import decision_params, explain_stored
+
+    with _stored_set(args, "events") as (conn, parcel_set_id):
+        names = sorted({parcel for parcel, _ in result.missed()})
+        keys = dict(conn.execute("SELECT parcel_id, parcel_key FROM cbm.parcel WHERE parcel_set_id = %s "
+                                 "AND parcel_id = ANY(%s)", (parcel_set_id, names)).fetchall())
+
+        def explain(parcel: str) -> tuple[MowingExplanation, MarkerParams] | None:
+            if parcel not in keys:
+                return None
+            explanation, run = explain_stored(conn, parcel_set_id=parcel_set_id, parcel_key=int(keys[parcel]),
+                                              parcel_id=parcel, year=args.year, marker="mowing")
+            return explanation, decision_params(run)[0]
+
+        return with_miss_reasons(result, explain)
 
 
 def stored_lights(args: argparse.Namespace) -> tuple[dict[tuple[str, int | None], tuple[str, str]], str, str]:

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
 from cbm_tasks.markers.engine import run_markers
+from cbm_tasks.markers.miss_reasons import miss_reasons
+from cbm_tasks.markers.mowing_explain import MowingExplanation
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable
 from cbm_tasks.markers.truth import GroundTruth
@@ -35,9 +39,10 @@ from cbm_tasks.markers.validation import (
 )
 from cbm_tasks.markers.writer import write_csv, write_json
 
-__all__ = ["MATCH_COLUMNS", "VARY_COLUMNS", "MarkerValidation", "file_predictions", "score", "variation_rows"]
+__all__ = ["MATCH_COLUMNS", "VARY_COLUMNS", "MarkerValidation", "file_predictions", "score", "variation_rows",
+           "with_miss_reasons"]
 
-MATCH_COLUMNS = ("parcel_id", "outcome", "true_date", "predicted_date", "error_days", "confidence")
+MATCH_COLUMNS = ("parcel_id", "outcome", "true_date", "predicted_date", "error_days", "confidence", "reason")
 VARY_COLUMNS = ("value", "parameters_hash", "detected", "hits", "missed", "false", "precision", "recall", "f1",
                 "f1_low", "f1_high", "negatives_clean_share", "median_error_days")
 
@@ -69,6 +74,7 @@ class MarkerValidation:
         lines: every hit, miss and false detection.
         unobserved: scored parcels the marker was not computed for (their true events are misses).
         tolerance_days: largest date difference of a hit.
+        miss_reasons: (parcel id, true date) -> why it was missed (mowing, :func:`with_miss_reasons`; else empty).
     """
 
     truth: GroundTruth
@@ -78,6 +84,7 @@ class MarkerValidation:
     lines: list[Match]
     unobserved: tuple[str, ...]
     tolerance_days: int
+    miss_reasons: dict[tuple[str, date], str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """The scores as text: counts, precision / recall / F1 with intervals, date error, negatives kept clean."""
@@ -110,6 +117,9 @@ class MarkerValidation:
             out.append(f"checked without {marker}: {s.negatives} parcel{'s' if s.negatives > 1 else ''}, "
                        f"{s.negatives_clean} of them without a detection = "
                        f"{figure('negatives_clean', s.negatives_clean / s.negatives, percent=True)}")
+        if self.miss_reasons:
+            out.append("missed, by cause (cbm markers explain --parcel ID shows the falls; matches.csv names each):")
+            out.extend(f"  {n:4d}  {reason}" for reason, n in self.missed_by_cause().items())
         bins = self.by_confidence()
         if bins:
             out.append("detections by confidence: how many were hits (95 % Wilson interval)")
@@ -119,6 +129,15 @@ class MarkerValidation:
                            f"({share_low:.0%}-{share_high:.0%})")
         out.append("intervals: 1000 bootstrap resamples of the parcels (seed 0)")
         return "\n".join(out) + "\n"
+
+    def missed(self) -> list[tuple[str, date]]:
+        """(parcel id, true date) of every missed true event."""
+        return [(line.parcel_id, line.true_date) for line in self.lines
+                if line.true_date is not None and line.predicted_date is None]
+
+    def missed_by_cause(self) -> dict[str, int]:
+        """Cause -> missed events, most common first (empty without :attr:`miss_reasons`)."""
+        return dict(Counter(self.miss_reasons.values()).most_common())
 
     def by_confidence(self) -> list[tuple[float, int, int]]:
         """(lower edge, detections, hits) of each tenth of confidence holding a detection on a scored parcel.
@@ -167,19 +186,22 @@ class MarkerValidation:
                                "hits": hits, "hit_share": number(hits / detected),
                                "hit_share_95": [number(v) for v in wilson(hits, detected)]}
                               for low, detected, hits in self.by_confidence()],
+            **({"missed_by_cause": self.missed_by_cause()} if self.miss_reasons else {}),
         }
 
     def write(self, out: Path) -> tuple[Path, Path]:
         """Write ``out/matches.csv`` and ``out/scores.json``, each whole or not at all; return their paths.
 
-        matches.csv has MATCH_COLUMNS, one line per hit, miss and false detection; scores.json :meth:`figures`.
+        matches.csv has MATCH_COLUMNS, one line per hit, miss (with its cause, where known) and false detection;
+        scores.json :meth:`figures`.
         """
         out.mkdir(parents=True, exist_ok=True)
         confidence = self.predictions.confidence
         rows = ((m.parcel_id, m.outcome, m.true_date.isoformat() if m.true_date else "",
                  m.predicted_date.isoformat() if m.predicted_date else "",
                  "" if m.error_days is None else m.error_days,
-                 "" if m.predicted_date is None else f"{confidence[(m.parcel_id, m.predicted_date)]:.3f}")
+                 "" if m.predicted_date is None else f"{confidence[(m.parcel_id, m.predicted_date)]:.3f}",
+                 self.miss_reasons.get((m.parcel_id, m.true_date), "") if m.true_date is not None else "")
                 for m in self.lines)
         write_csv(out / "matches.csv", MATCH_COLUMNS, rows)
         scores = out / "scores.json"
@@ -201,6 +223,24 @@ def score(predictions: Predictions, truth: GroundTruth, *, tolerance_days: int =
         truth, predictions, score_lines(lines, predictions.events, truth.parcels, negatives=truth.negatives),
         bootstrap_lines(lines, predictions.events, truth.parcels, negatives=truth.negatives), lines,
         tuple(parcel for parcel in truth.parcels if parcel not in predictions.computed), tolerance_days)
+
+
+def with_miss_reasons(result: MarkerValidation,
+                      explain: Callable[[str], tuple[MowingExplanation, MarkerParams] | None]) -> MarkerValidation:
+    """*result* (of the mowing marker) with the cause of each miss (:mod:`cbm_tasks.markers.miss_reasons`).
+
+    *explain(parcel id)*: the parcel's mowing explanation and the parameters that judged it, None for a parcel
+    without markers computed.
+
+    Raises:
+        ValueError: *result* scores another marker.
+    """
+    if result.truth.marker != "mowing":
+        raise ValueError(f"causes of misses are known for the mowing marker, not {result.truth.marker!r}")
+    computed = result.predictions.computed
+    reasons = miss_reasons(result.missed(), lambda parcel: explain(parcel) if parcel in computed else None,
+                           tolerance_days=result.tolerance_days)
+    return replace(result, miss_reasons=reasons)
 
 
 def variation_rows(results: list[tuple[float, MarkerValidation]]) -> list[tuple[object, ...]]:

@@ -1,0 +1,85 @@
+"""Why a true mowing was not found: the cause of each miss of a validation, from the marker's own tests.
+
+A recall says how many checked cuts were missed, not whether clouds or the marker missed them. For
+every missed date :func:`miss_reason` looks at the parcel's explanation (:func:`explain_mowing`, the
+mowing kernel's own step tests) and names the first of these that holds:
+
+* ``no markers computed``: the parcel has no observation (or is not in the parcel set);
+* ``outside the mowing season`` (``season_start_doy`` .. ``season_end_doy``);
+* ``no clear image within N days after``: clouds hid the cut;
+* ``no NDVI fall``: clear images around the date, but NDVI does not fall near it (the cut does not
+  show, or the recorded date is off by more than the tolerance);
+* ``a larger fall nearby won``: a fall that passed every test lost to a larger one within
+  ``min_spacing_days`` (often a haze drop the mask missed);
+* ``its fall is a mowing dated more than N days away`` (a long gap between clear images, or a
+  recorded date that is off), or ``matched to another true date``;
+* otherwise the tests the largest fall near the date failed (e.g. ``red did not rise as at a cut
+  (min_red_ratio)``): the parameter to look at, with ``cbm markers validate --vary``.
+
+"Near" is within the scoring tolerance of the date: the span of a fall (its last high and first low
+image) reaches into it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import date, timedelta
+
+from cbm_tasks.markers.mowing_explain import MowingExplanation, StepVerdict
+from cbm_tasks.markers.params import MarkerParams
+
+__all__ = ["NOT_COMPUTED", "miss_reason", "miss_reasons"]
+
+NOT_COMPUTED = "no markers computed (no observation, or not in the parcel set)"
+
+
+def _near(steps: list[StepVerdict], when: date, tolerance_days: int) -> list[StepVerdict]:
+    """Falls whose span (last high .. first low image) comes within the tolerance of *when*."""
+    lo = (when - timedelta(days=tolerance_days)).isoformat()
+    hi = (when + timedelta(days=tolerance_days)).isoformat()
+    return [s for s in steps if s.start_date <= hi and s.end_date >= lo]
+
+
+def miss_reason(explanation: MowingExplanation | None, when: date, params: MarkerParams, *,
+                tolerance_days: int) -> str:
+    """Why the true mowing of *when* was not found (module docstring); *explanation* None: no markers computed.
+
+    *params* are those that judged the parcel (its season bounds).
+    """
+    if explanation is None:
+        return NOT_COMPUTED
+    doy = when.timetuple().tm_yday
+    if not params.get("mowing", "season_start_doy") <= doy <= params.get("mowing", "season_end_doy"):
+        return "outside the mowing season"
+    falls = _near(explanation.steps, when, tolerance_days)
+    if not falls:
+        after = (when + timedelta(days=tolerance_days)).isoformat()
+        clear_after = [o for o in explanation.observations if o.used and when.isoformat() <= o.date <= after]
+        return "no NDVI fall" if clear_after else f"no clear image within {tolerance_days} days after"
+    largest = max(falls, key=lambda s: s.drop)
+    if largest.verdict.startswith("weaker than"):
+        return "a larger fall nearby won"
+    if largest.verdict == "mowing":
+        off = abs((date.fromisoformat(largest.main_date) - when).days)
+        return (f"its fall is a mowing dated more than {tolerance_days} days away" if off > tolerance_days else
+                "its fall is a mowing matched to another true date")
+    return largest.failed or largest.verdict
+
+
+def miss_reasons(missed: Iterable[tuple[str, date]],
+                 explain: Callable[[str], tuple[MowingExplanation, MarkerParams] | None], *,
+                 tolerance_days: int) -> dict[tuple[str, date], str]:
+    """(parcel id, true date) -> why it was missed, for every missed mowing.
+
+    *explain(parcel id)* gives the parcel's explanation with the parameters that judged it (None when
+    no markers were computed for it); it is asked once per parcel.
+    """
+    explained: dict[str, tuple[MowingExplanation, MarkerParams] | None] = {}
+    out = {}
+    for parcel, when in missed:
+        if parcel not in explained:
+            explained[parcel] = explain(parcel)
+        found = explained[parcel]
+        out[(parcel, when)] = (NOT_COMPUTED if found is None else
+                               miss_reason(found[0], when, found[1], tolerance_days=tolerance_days))
+    return out
