@@ -55,7 +55,7 @@ def test_validate_counts_hits_misses_false_detections_and_clean_negatives(tmp_pa
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "parcels scored: 4 (1 without markers computed" in text
-    assert "true events 4, detected 3: hits 2, missed 2, false 1" in text
+    assert "true events 4, detected 3: hits 2, missed 2, false 1 (0 on parcels checked without mowing; " in text
     assert "checked without mowing: 1 parcel, 1 of them without a detection" in text
     lines = _read(out / "matches.csv")
     assert [(r["parcel_id"], r["outcome"], r["true_date"]) for r in lines] == [
@@ -74,7 +74,7 @@ def test_validate_counts_hits_misses_false_detections_and_clean_negatives(tmp_pa
             assert int(row["error_days"]) == error and abs(error) <= 12 and 0.5 <= float(row["confidence"]) <= 1
     scores = json.loads((out / "scores.json").read_text())
     assert (scores["hits"], scores["missed"], scores["false"], scores["negatives"], scores["negatives_clean"],
-            scores["parcels_without_observations"]) == (2, 2, 1, 1, 1, 1)
+            scores["parcels_without_observations"], scores["false_on_negatives"]) == (2, 2, 1, 1, 1, 1, 0)
     assert scores["precision"] == pytest.approx(2 / 3, abs=1e-4) and scores["recall"] == pytest.approx(0.5)
     assert scores["missed_by_cause"] == {"no NDVI fall": 1, NOT_COMPUTED: 1}
     low, high = scores["intervals_95"]["f1"]

@@ -107,7 +107,9 @@ class MarkerValidation:
                + (f" ({len(self.unobserved)} without markers computed (no observation, or not in the parcel set): "
                   "their true events count as missed)" if self.unobserved else ""),
                *self._id_hint(),
-               f"true events {s.tp + s.fn}, detected {s.tp + s.fp}: hits {s.tp}, missed {s.fn}, false {s.fp}",
+               f"true events {s.tp + s.fn}, detected {s.tp + s.fp}: hits {s.tp}, missed {s.fn}, false {s.fp}"
+               + (f" ({self.false_on_negatives()} on parcels checked without {marker}; the others on parcels with "
+                  "other dates: a cut the checks did not record, or a false one)" if s.negatives and s.fp else ""),
                f"precision {figure('precision', s.precision)}",
                f"recall    {figure('recall', s.recall)}",
                f"F1        {figure('f1', s.f1 if s.tp + s.fp + s.fn else math.nan)}",
@@ -129,6 +131,10 @@ class MarkerValidation:
                            f"({share_low:.0%}-{share_high:.0%})")
         out.append("intervals: 1000 bootstrap resamples of the parcels (seed 0)")
         return "\n".join(out) + "\n"
+
+    def false_on_negatives(self) -> int:
+        """False detections on parcels checked and found without the event (the sure ones)."""
+        return sum(line.outcome == "false" and line.parcel_id in self.truth.negatives for line in self.lines)
 
     def missed(self) -> list[tuple[str, date]]:
         """(parcel id, true date) of every missed true event."""
@@ -180,7 +186,8 @@ class MarkerValidation:
             "detected": s.tp + s.fp, "hits": s.tp, "missed": s.fn, "false": s.fp,
             "precision": number(s.precision), "recall": number(s.recall),
             "f1": number(s.f1) if s.tp + s.fp + s.fn else None, "median_error_days": number(s.median_error),
-            "negatives": s.negatives, "negatives_clean": s.negatives_clean,
+            "false_on_negatives": self.false_on_negatives(), "negatives": s.negatives,
+            "negatives_clean": s.negatives_clean,
             "intervals_95": {name: [number(low), number(high)] for name, (low, high) in self.intervals.items()},
             "by_confidence": [{"confidence_from": low, "confidence_to": round(low + 0.1, 1), "detected": detected,
                                "hits": hits, "hit_share": number(hits / detected),
