@@ -246,6 +246,12 @@ def test_validate_scores_the_stored_events_as_the_exported_series(db_url: str, t
                   if row["outcome"] == "missed"}
     assert causes[("P9999999", "2018-06-01")] == NOT_COMPUTED
     assert causes[(mown, "2018-04-10")] not in ("", NOT_COMPUTED)
+    # a check of another season is not about the 2018 parcel set: left out, and said
+    with truth.open("a", newline="") as stream:
+        csv.writer(stream, lineterminator="\n").writerow([mown, "2017-06-20", "mowing"])
+    assert cli.main([*stored, "--out", str(tmp_path / "other")]) == 0
+    assert "(2018 only: 1 date of other years left out)" in capsys.readouterr().out
+    assert (tmp_path / "other" / "matches.csv").read_text() == db_lines
     db_scores = json.loads((tmp_path / "db" / "scores.json").read_text())
     assert db_scores["marker_runs"] == [1] and db_scores["hits"] >= 8 and db_scores["parcels_without_observations"] == 1
     with psycopg.connect(db_url) as conn:  # every detection scored is a stored mowing of the parcel's current run

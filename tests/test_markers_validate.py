@@ -102,6 +102,20 @@ def test_validate_scores_other_markers_by_their_event_column(tmp_path: Path,
     assert "missed, by cause" not in text  # causes are named for the mowing marker
 
 
+def test_truth_of_one_season() -> None:
+    """A parcel set is one season: the checks of other years are left out, and the source says so."""
+    truth = GroundTruth("checks.csv", "mowing", {"a": [date(2017, 6, 1), date(2018, 6, 1)], "b": [date(2017, 7, 1)]},
+                        ("a", "b", "c"), frozenset({"c"}))
+    season = truth.of_year(2018)
+    assert season.events == {"a": [date(2018, 6, 1)]} and season.parcels == ("a", "c")
+    assert season.negatives == {"c"} and season.source == "checks.csv (2018 only: 2 dates of other years left out)"
+    assert truth.of_year(2018).of_year(2018) == season
+    only = GroundTruth("checks.csv", "mowing", {"a": [date(2018, 6, 1)]}, ("a",), frozenset())
+    assert only.of_year(2018) is only  # nothing left out: the same truth, the same source
+    with pytest.raises(BadInputError, match="checks.csv: no mowing date of 2019"):
+        GroundTruth("checks.csv", "mowing", {"a": [date(2018, 6, 1)]}, ("a",), frozenset()).of_year(2019)
+
+
 def test_a_miss_is_put_down_to_its_cause() -> None:
     """miss_reason on constructed explanations: the first cause that holds, as validate names it."""
     params = load_params()

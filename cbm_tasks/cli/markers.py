@@ -207,7 +207,8 @@ def _validate(args: argparse.Namespace) -> int:
         return _validate_lights(args)
     args.marker = args.marker or "mowing"
     truth = read_truth(args.truth, args.marker)  # checked before the events are read or computed
-    if args.timeseries is None:
+    if args.timeseries is None:  # a parcel set is one season: checks of other years are not about it
+        truth = truth.of_year(args.year) if args.year is not None else truth
         result = score(markers_db.stored_predictions(args), truth, tolerance_days=args.tolerance_days)
         if args.marker == "mowing":
             result = markers_db.with_stored_miss_reasons(args, result)

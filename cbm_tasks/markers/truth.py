@@ -54,6 +54,26 @@ class GroundTruth:
     parcels: tuple[str, ...]
     negatives: frozenset[str]
 
+    def of_year(self, year: int) -> GroundTruth:
+        """The truth of season *year* (a parcel set's): dates of other years left out.
+
+        The parcels known only by such dates go too, and the source says how many dates were left out.
+        Checked negatives (no date) are taken as of *year*.
+
+        Raises:
+            BadInputError: nothing of *year* is left.
+        """
+        events = {parcel: kept for parcel, dates in self.events.items()
+                  if (kept := [when for when in dates if when.year == year])}
+        left_out = sum(map(len, self.events.values())) - sum(map(len, events.values()))
+        if not left_out:
+            return self
+        if not events and not self.negatives:
+            raise BadInputError(f"ground truth {self.source}: no {self.marker} date of {year} (the parcel set's year)")
+        return GroundTruth(f"{self.source} ({year} only: {left_out} date{'s' if left_out > 1 else ''} of other years "
+                           "left out)", self.marker, events, tuple(sorted(set(events) | self.negatives)),
+                           self.negatives)
+
 
 def find_column(header: list[str], names: tuple[str, ...]) -> str | None:
     """The first column of *header* named (case-insensitively) as one of *names*, in their order."""
