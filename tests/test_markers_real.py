@@ -225,12 +225,12 @@ def test_validate_command_scores_the_real_sets_as_the_benchmark(tmp_path: Path) 
     with (tmp_path / "sk" / "matches.csv").open(newline="") as stream:
         outcomes = Counter(row["outcome"] for row in csv.DictReader(stream))
     assert outcomes == {"hit": 185, "false": 13, "missed": 32}
-    # what a confidence means on the survey: 98 % of the detections of 0.9 or more are surveyed mowings, 70-92 %
-    # below (a lower bound: later mowings were often not recorded)
     # each miss with its cause, as benchmarks/markers_misses.py counts them
     causes = scores["missed_by_cause"]
     assert sum(causes.values()) == 32 and causes[NOT_COMPUTED] == 8 and causes["no NDVI fall"] == 1
     assert causes["no clear image within 12 days after"] == 1
+    # what a confidence means on the survey: 98 % of the detections of 0.9 or more are surveyed mowings, 70-92 %
+    # below (a lower bound: later mowings were often not recorded)
     assert [(b["confidence_from"], b["detected"], b["hits"]) for b in scores["by_confidence"]] == [
         (0.5, 12, 10), (0.6, 10, 7), (0.7, 19, 17), (0.8, 49, 45), (0.9, 108, 106)]
 

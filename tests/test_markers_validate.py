@@ -93,13 +93,17 @@ def test_validate_scores_other_markers_by_their_event_column(tmp_path: Path,
     # a cut of grass from NDVI 0.85 to 0.35 is also the end of a crop cycle to the harvest marker
     series = write_rows(tmp_path / "series.csv", grass_rows("one_cut", [190]) + grass_rows("uncut", []))
     truth = _truth_file(tmp_path / "truth.csv", [["one_cut", doy_date(190).isoformat(), "harvest"],
-                                                 ["uncut", "", "harvest"], ["uncut", "2021-06-01", "mowing"]])
-    assert main(["markers", "validate", "--timeseries", str(series), "--truth", str(truth), "--marker", "harvest"]) == 0
+                                                 ["uncut", "", "harvest"], ["uncut", "2021-06-01", "mowing"],
+                                                 ["one_cut", doy_date(290).isoformat(), "harvest"]])
+    assert main(["markers", "validate", "--timeseries", str(series), "--truth", str(truth), "--marker", "harvest",
+                 "--out", str(tmp_path / "out")]) == 0
     text = capsys.readouterr().out
     assert text.startswith("harvest marker of ")
-    assert "true events 1, detected 1: hits 1, missed 0, false 0" in text
+    assert "true events 2, detected 1: hits 1, missed 1, false 0" in text
     assert "checked without harvest: 1 parcel, 1 of them without a detection" in text
-    assert "missed, by cause" not in text  # causes are named for the mowing marker
+    # causes are named for the mowing marker only: the missed harvest has none
+    assert "missed, by cause" not in text
+    assert [r["reason"] for r in _read(tmp_path / "out" / "matches.csv") if r["outcome"] == "missed"] == [""]
 
 
 def test_truth_of_one_season() -> None:
