@@ -92,14 +92,16 @@ class Headline:
     lines: list[Match]
     parcels: list[str]
     negatives: set[str]
+    score: Score
 
 
 def _headline(label: str, predicted: dict[str, list[date]], truth: dict[str, list[date]], parcels: list[str],
               negatives: set[str], headlines: list[Headline]) -> Score:
     """Score *predicted* as :func:`match_events` does, and keep its matching in *headlines*."""
     lines = matches(predicted, truth, parcels)
-    headlines.append(Headline(label, predicted, lines, parcels, negatives))
-    return score_lines(lines, predicted, parcels, negatives=negatives)
+    score = score_lines(lines, predicted, parcels, negatives=negatives)
+    headlines.append(Headline(label, predicted, lines, parcels, negatives, score))
+    return score
 
 
 def eval_salms(data: Path, params: MarkerParams, work: Path, headlines: list[Headline]) -> dict[str, Score]:
@@ -202,8 +204,7 @@ def headline_intervals(headlines: list[Headline]) -> list[str]:
     """Table rows: 95 % bootstrap intervals (over parcels) of the headline scores of the real sets."""
     rows = []
     for h in headlines:
-        score = score_lines(h.lines, h.predicted, h.parcels, negatives=h.negatives)
-        ci = bootstrap_lines(h.lines, h.predicted, h.parcels, negatives=h.negatives)
+        score, ci = h.score, bootstrap_lines(h.lines, h.predicted, h.parcels, negatives=h.negatives)
         clean = (f"{score.negatives_clean / score.negatives:.0%} ({ci['negatives_clean'][0]:.0%}-"
                  f"{ci['negatives_clean'][1]:.0%})" if score.negatives else "-")
         rows.append(f"| {h.label} | {len(h.parcels)} | {score.f1:.2f} ({ci['f1'][0]:.2f}-{ci['f1'][1]:.2f}) | "
