@@ -242,8 +242,10 @@ def test_validate_scores_the_stored_events_as_the_exported_series(db_url: str, t
     db_lines, file_lines = ((tmp_path / out / "matches.csv").read_text() for out in ("db", "file"))
     assert db_lines == file_lines and db_lines.count("\n") > 10  # the causes of the misses included
     with (tmp_path / "db" / "matches.csv").open(newline="") as stream:
-        causes = {(row["parcel_id"], row["true_date"]): row["reason"] for row in csv.DictReader(stream)
-                  if row["outcome"] == "missed"}
+        rows = list(csv.DictReader(stream))
+    causes = {(row["parcel_id"], row["true_date"]): row["reason"] for row in rows if row["outcome"] == "missed"}
+    falls = [row["reason"] for row in rows if row["outcome"] == "false"]
+    assert falls and all(fall.startswith("fall ") for fall in falls)  # each false detection with its fall
     assert causes[("P9999999", "2018-06-01")] == NOT_COMPUTED
     assert causes[(mown, "2018-04-10")] not in ("", NOT_COMPUTED)
     # a check of another season is not about the 2018 parcel set: left out, and said

@@ -65,7 +65,14 @@ def test_validate_counts_hits_misses_false_detections_and_clean_negatives(tmp_pa
     # each miss with its cause: no clear image near the declared 230th day shows a fall; "unseen" has no series
     assert {(r["parcel_id"], r["reason"]) for r in lines if r["outcome"] == "missed"} == {
         ("one_cut", "no NDVI fall"), ("unseen", NOT_COMPUTED)}
-    assert all(r["reason"] == "" for r in lines if r["outcome"] != "missed")
+    assert all(r["reason"] == "" for r in lines if r["outcome"] == "hit")
+    # a false detection with the fall behind it: the two images, NDVI, drop and red ratio
+    (false,) = [r for r in lines if r["outcome"] == "false"]
+    day = r"\d{4}-\d\d-\d\d"
+    assert re.fullmatch(rf"fall {day} -> {day}: NDVI 0\.\d\d -> 0\.\d\d, drop 0\.\d\d, red x\d\.\d\d",
+                        false["reason"]), false["reason"]
+    start, end = re.findall(day, false["reason"])
+    assert start <= false["predicted_date"] <= end
     assert f"missed, by cause (cbm markers explain --parcel ID shows the falls; matches.csv names each):\n" \
            f"     1  no NDVI fall\n     1  {NOT_COMPUTED}\n" in text
     for row in lines:

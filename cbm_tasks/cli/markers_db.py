@@ -80,7 +80,7 @@ def stored_predictions(args: argparse.Namespace) -> Predictions:
 
 
 def with_stored_miss_reasons(args: argparse.Namespace, result: MarkerValidation) -> MarkerValidation:
-    """*result* (the stored mowings of ``--aoi`` / ``--year``) with the cause of each miss.
+    """*result* (the stored mowings of ``--aoi`` / ``--year``) with the causes of its misses and its false falls.
 
     Every parcel is judged with the parameters and sensors of its current marker run, as ``cbm markers explain
     --aoi`` judges it.
@@ -89,7 +89,7 @@ def with_stored_miss_reasons(args: argparse.Namespace, result: MarkerValidation)
     from cbm_tasks.report.explain import decision_params, explain_stored
 
     with _stored_set(args, "events") as (conn, parcel_set_id):
-        names = sorted({parcel for parcel, _ in result.missed()})
+        names = sorted({line.parcel_id for line in result.lines if line.outcome != "hit"})
         keys = dict(conn.execute("SELECT parcel_id, parcel_key FROM cbm.parcel WHERE parcel_set_id = %s "
                                  "AND parcel_id = ANY(%s)", (parcel_set_id, names)).fetchall())
 

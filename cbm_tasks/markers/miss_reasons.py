@@ -1,4 +1,4 @@
-"""Why a true mowing was not found: the cause of each miss of a validation, from the marker's own tests.
+"""Why a true mowing was not found, and what a false one was: a validation's lines read in the marker's own tests.
 
 A recall says how many checked cuts were missed, not whether clouds or the marker missed them. For
 every missed date :func:`miss_reason` looks at the parcel's explanation (:func:`explain_mowing`, the
@@ -18,6 +18,9 @@ mowing kernel's own step tests) and names the first of these that holds:
 
 "Near" is within the scoring tolerance of the date: the span of a fall (its last high and first low
 image) reaches into it.
+
+A false detection is shown by its fall (:func:`detection_fall`: the two images, NDVI, drop and red
+ratio), what an inspector looks at to tell a cut the checks did not record from grazing or haze.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from datetime import date, timedelta
 from cbm_tasks.markers.mowing_explain import MowingExplanation, StepVerdict
 from cbm_tasks.markers.params import MarkerParams
 
-__all__ = ["NOT_COMPUTED", "miss_reason", "miss_reasons"]
+__all__ = ["NOT_COMPUTED", "detection_fall", "explain_lines", "miss_reason"]
 
 NOT_COMPUTED = "no markers computed (no observation, or not in the parcel set)"
 
@@ -66,20 +69,37 @@ def miss_reason(explanation: MowingExplanation | None, when: date, params: Marke
     return largest.failed or largest.verdict
 
 
-def miss_reasons(missed: Iterable[tuple[str, date]],
-                 explain: Callable[[str], tuple[MowingExplanation, MarkerParams] | None], *,
-                 tolerance_days: int) -> dict[tuple[str, date], str]:
-    """(parcel id, true date) -> why it was missed, for every missed mowing.
+def detection_fall(explanation: MowingExplanation, when: date) -> str:
+    """The fall behind the detected mowing dated *when*: its images, NDVI, drop and red ratio ("" if none)."""
+    cut = next((s for s in explanation.steps if s.verdict == "mowing" and s.main_date == when.isoformat()), None)
+    if cut is None:
+        return ""
+    return (f"fall {cut.start_date} -> {cut.end_date}: NDVI {cut.ndvi_high:.2f} -> {cut.ndvi_low:.2f}, drop "
+            f"{cut.drop:.2f}, red x{cut.red_ratio:.2f}")
+
+
+def explain_lines(missed: Iterable[tuple[str, date]], false: Iterable[tuple[str, date]],
+                  explain: Callable[[str], tuple[MowingExplanation, MarkerParams] | None], *,
+                  tolerance_days: int) -> tuple[dict[tuple[str, date], str], dict[tuple[str, date], str]]:
+    """(parcel id, true date) -> why it was missed, and (parcel id, detected date) -> the fall of a false detection.
 
     *explain(parcel id)* gives the parcel's explanation with the parameters that judged it (None when
     no markers were computed for it); it is asked once per parcel.
     """
     explained: dict[str, tuple[MowingExplanation, MarkerParams] | None] = {}
-    out = {}
-    for parcel, when in missed:
+
+    def of(parcel: str) -> tuple[MowingExplanation, MarkerParams] | None:
         if parcel not in explained:
             explained[parcel] = explain(parcel)
-        found = explained[parcel]
-        out[(parcel, when)] = (NOT_COMPUTED if found is None else
-                               miss_reason(found[0], when, found[1], tolerance_days=tolerance_days))
-    return out
+        return explained[parcel]
+
+    reasons = {}
+    for parcel, when in missed:
+        found = of(parcel)
+        reasons[(parcel, when)] = (NOT_COMPUTED if found is None else
+                                   miss_reason(found[0], when, found[1], tolerance_days=tolerance_days))
+    falls = {}
+    for parcel, when in false:
+        found = of(parcel)
+        falls[(parcel, when)] = "" if found is None else detection_fall(found[0], when)
+    return reasons, falls

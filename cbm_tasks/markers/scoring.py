@@ -21,7 +21,7 @@ from datetime import date
 from pathlib import Path
 
 from cbm_tasks.markers.engine import run_markers
-from cbm_tasks.markers.miss_reasons import miss_reasons
+from cbm_tasks.markers.miss_reasons import explain_lines
 from cbm_tasks.markers.mowing_explain import MowingExplanation
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable
@@ -75,6 +75,7 @@ class MarkerValidation:
         unobserved: scored parcels the marker was not computed for (their true events are misses).
         tolerance_days: largest date difference of a hit.
         miss_reasons: (parcel id, true date) -> why it was missed (mowing, :func:`with_miss_reasons`; else empty).
+        false_falls: (parcel id, detected date) -> the fall behind a false detection (likewise).
     """
 
     truth: GroundTruth
@@ -85,6 +86,7 @@ class MarkerValidation:
     unobserved: tuple[str, ...]
     tolerance_days: int
     miss_reasons: dict[tuple[str, date], str] = field(default_factory=dict)
+    false_falls: dict[tuple[str, date], str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """The scores as text: counts, precision / recall / F1 with intervals, date error, negatives kept clean."""
@@ -199,8 +201,8 @@ class MarkerValidation:
     def write(self, out: Path) -> tuple[Path, Path]:
         """Write ``out/matches.csv`` and ``out/scores.json``, each whole or not at all; return their paths.
 
-        matches.csv has MATCH_COLUMNS, one line per hit, miss (with its cause, where known) and false detection;
-        scores.json :meth:`figures`.
+        matches.csv has MATCH_COLUMNS, one line per hit, miss (with its cause, where known) and false detection
+        (with its fall); scores.json :meth:`figures`.
         """
         out.mkdir(parents=True, exist_ok=True)
         confidence = self.predictions.confidence
@@ -208,7 +210,8 @@ class MarkerValidation:
                  m.predicted_date.isoformat() if m.predicted_date else "",
                  "" if m.error_days is None else m.error_days,
                  "" if m.predicted_date is None else f"{confidence[(m.parcel_id, m.predicted_date)]:.3f}",
-                 self.miss_reasons.get((m.parcel_id, m.true_date), "") if m.true_date is not None else "")
+                 self.miss_reasons.get((m.parcel_id, m.true_date), "") if m.true_date is not None else
+                 self.false_falls.get((m.parcel_id, m.predicted_date), "") if m.predicted_date is not None else "")
                 for m in self.lines)
         write_csv(out / "matches.csv", MATCH_COLUMNS, rows)
         scores = out / "scores.json"
@@ -234,7 +237,9 @@ def score(predictions: Predictions, truth: GroundTruth, *, tolerance_days: int =
 
 def with_miss_reasons(result: MarkerValidation,
                       explain: Callable[[str], tuple[MowingExplanation, MarkerParams] | None]) -> MarkerValidation:
-    """*result* (of the mowing marker) with the cause of each miss (:mod:`cbm_tasks.markers.miss_reasons`).
+    """*result* with the cause of each miss and the fall behind each false detection.
+
+    Of the mowing marker: :mod:`cbm_tasks.markers.miss_reasons` reads both in the marker's own tests.
 
     *explain(parcel id)*: the parcel's mowing explanation and the parameters that judged it, None for a parcel
     without markers computed.
@@ -245,9 +250,12 @@ def with_miss_reasons(result: MarkerValidation,
     if result.truth.marker != "mowing":
         raise ValueError(f"causes of misses are known for the mowing marker, not {result.truth.marker!r}")
     computed = result.predictions.computed
-    reasons = miss_reasons(result.missed(), lambda parcel: explain(parcel) if parcel in computed else None,
-                           tolerance_days=result.tolerance_days)
-    return replace(result, miss_reasons=reasons)
+    false = [(line.parcel_id, line.predicted_date) for line in result.lines
+             if line.true_date is None and line.predicted_date is not None]
+    reasons, falls = explain_lines(result.missed(), false,
+                                   lambda parcel: explain(parcel) if parcel in computed else None,
+                                   tolerance_days=result.tolerance_days)
+    return replace(result, miss_reasons=reasons, false_falls=falls)
 
 
 def variation_rows(results: list[tuple[float, MarkerValidation]]) -> list[tuple[object, ...]]:
