@@ -99,9 +99,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "ground truth: a CSV with parcel_id (or ID) and date (YYYY-MM-DD or DD/MM/YYYY; optional event column "
         "naming the marker; an empty date: checked, no such event), or a survey folder (surveyed.csv + truth.csv). "
         "MODCiX protocol: per parcel, detected and true dates matched one to one within the tolerance. Prints "
-        "precision, recall and F1 with 95 %% bootstrap intervals over the parcels, the date error and the share of "
-        "checked negatives without a detection; --out DIR also writes matches.csv (every hit, miss and false "
-        "detection) and scores.json.")
+        "precision, recall and F1 with 95 % bootstrap intervals over the parcels, the date error, the share of "
+        "checked negatives without a detection and, per tenth of confidence, how many detections were hits; for "
+        "mowing also the cause of each miss (no data, clouds, or the marker test that rejected the fall near "
+        "it). From the database only the dated checks of the parcel set's year count. --out DIR also writes "
+        "matches.csv (every hit, miss with its cause and false detection with its fall) and scores.json.")
     _series_arguments(validate, "time-series file (long format of 'cbm timeseries export'); without it: the events "
                       "stored for --aoi and --year in the database, each parcel's from its current marker run")
     validate.add_argument("--truth", type=Path, required=True, metavar="T",
@@ -238,7 +240,8 @@ def _validate(args: argparse.Namespace) -> int:
         _write_variation(args, varied)
     if args.out is not None:
         matches_csv, scores = result.write(args.out)
-        sys.stdout.write(f"{matches_csv}: every hit, miss and false detection; {scores}: the scores\n")
+        sys.stdout.write(f"{matches_csv}: every hit, miss and false detection (for mowing with its cause or fall); "
+                         f"{scores}: the scores\n")
     return 0
 
 
