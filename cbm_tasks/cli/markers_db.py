@@ -89,7 +89,7 @@ def with_stored_miss_reasons(args: argparse.Namespace, result: MarkerValidation)
     from cbm_tasks.report.explain import decision_params, explain_stored
 
     with _stored_set(args, "events") as (conn, parcel_set_id):
-        names = sorted({line.parcel_id for line in result.lines if line.outcome != "hit"})
+        names = sorted({parcel for parcel, _ in result.missed() + result.false()})
         keys = dict(conn.execute("SELECT parcel_id, parcel_key FROM cbm.parcel WHERE parcel_set_id = %s "
                                  "AND parcel_id = ANY(%s)", (parcel_set_id, names)).fetchall())
 

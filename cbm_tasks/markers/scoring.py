@@ -136,12 +136,17 @@ class MarkerValidation:
 
     def false_on_negatives(self) -> int:
         """False detections on parcels checked and found without the event (the sure ones)."""
-        return sum(line.outcome == "false" and line.parcel_id in self.truth.negatives for line in self.lines)
+        return sum(parcel in self.truth.negatives for parcel, _ in self.false())
 
     def missed(self) -> list[tuple[str, date]]:
         """(parcel id, true date) of every missed true event."""
         return [(line.parcel_id, line.true_date) for line in self.lines
                 if line.true_date is not None and line.predicted_date is None]
+
+    def false(self) -> list[tuple[str, date]]:
+        """(parcel id, detected date) of every false detection."""
+        return [(line.parcel_id, line.predicted_date) for line in self.lines
+                if line.true_date is None and line.predicted_date is not None]
 
     def missed_by_cause(self) -> dict[str, int]:
         """Cause -> missed events, most common first (empty without :attr:`miss_reasons`)."""
@@ -250,9 +255,7 @@ def with_miss_reasons(result: MarkerValidation,
     if result.truth.marker != "mowing":
         raise ValueError(f"causes of misses are known for the mowing marker, not {result.truth.marker!r}")
     computed = result.predictions.computed
-    false = [(line.parcel_id, line.predicted_date) for line in result.lines
-             if line.true_date is None and line.predicted_date is not None]
-    reasons, falls = explain_lines(result.missed(), false,
+    reasons, falls = explain_lines(result.missed(), result.false(),
                                    lambda parcel: explain(parcel) if parcel in computed else None,
                                    tolerance_days=result.tolerance_days)
     return replace(result, miss_reasons=reasons, false_falls=falls)
