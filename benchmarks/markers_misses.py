@@ -25,16 +25,16 @@ from markers_eval import DATA, predict
 
 from cbm_tasks.markers import load_params, read_series
 from cbm_tasks.markers.importers import convert_salms
-from cbm_tasks.markers.miss_reasons import miss_reason
-from cbm_tasks.markers.mowing_explain import StepVerdict, explain_mowing
+from cbm_tasks.markers.miss_reasons import detection_step, miss_reason
+from cbm_tasks.markers.mowing_explain import MowingExplanation, explain_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable
 from cbm_tasks.markers.truth import read_salms_truth, read_survey_truth
 from cbm_tasks.markers.validation import TOLERANCE_DAYS, unmatched
 
 
-def _fall_text(steps: list[StepVerdict], when: date) -> str:
-    cut = next((s for s in steps if s.verdict == "mowing" and s.main_date == when.isoformat()), None)
+def _fall_text(explanation: MowingExplanation, when: date) -> str:
+    cut = detection_step(explanation, when)
     if cut is None:
         return ""
     return (f"{cut.start_date} -> {cut.end_date} NDVI {cut.ndvi_high:.2f} -> {cut.ndvi_low:.2f}, drop {cut.drop:.2f}, "
@@ -69,7 +69,7 @@ def report(name: str, series: SeriesTable, truth: dict[str, list[date]], parcels
             kind = "not mown" if parcel in negatives else "mown"
             for when in dates:
                 found = explained[parcel]
-                print(f"    false  {parcel} ({kind}) {when}: {_fall_text(found.steps, when) if found else ''}")
+                print(f"    false  {parcel} ({kind}) {when}: {_fall_text(found, when) if found else ''}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from datetime import date, timedelta
 from cbm_tasks.markers.mowing_explain import MowingExplanation, StepVerdict
 from cbm_tasks.markers.params import MarkerParams
 
-__all__ = ["NOT_COMPUTED", "detection_fall", "explain_lines", "miss_reason"]
+__all__ = ["NOT_COMPUTED", "detection_fall", "detection_step", "explain_lines", "miss_reason"]
 
 NOT_COMPUTED = "no markers computed (no observation, or not in the parcel set)"
 
@@ -69,9 +69,14 @@ def miss_reason(explanation: MowingExplanation | None, when: date, params: Marke
     return largest.failed or largest.verdict
 
 
+def detection_step(explanation: MowingExplanation, when: date) -> StepVerdict | None:
+    """The fall the marker emitted as the mowing dated *when* (None: no such mowing)."""
+    return next((s for s in explanation.steps if s.verdict == "mowing" and s.main_date == when.isoformat()), None)
+
+
 def detection_fall(explanation: MowingExplanation, when: date) -> str:
     """The fall behind the detected mowing dated *when*: its images, NDVI, drop and red ratio ("" if none)."""
-    cut = next((s for s in explanation.steps if s.verdict == "mowing" and s.main_date == when.isoformat()), None)
+    cut = detection_step(explanation, when)
     if cut is None:
         return ""
     return (f"fall {cut.start_date} -> {cut.end_date}: NDVI {cut.ndvi_high:.2f} -> {cut.ndvi_low:.2f}, drop "
