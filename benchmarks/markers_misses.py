@@ -25,7 +25,7 @@ from markers_eval import DATA, predict
 
 from cbm_tasks.markers import load_params, read_series
 from cbm_tasks.markers.importers import convert_salms
-from cbm_tasks.markers.miss_reasons import detection_step, miss_reason
+from cbm_tasks.markers.miss_reasons import detection_fall, detection_step, miss_reason
 from cbm_tasks.markers.mowing_explain import MowingExplanation, explain_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable
@@ -35,10 +35,7 @@ from cbm_tasks.markers.validation import TOLERANCE_DAYS, unmatched
 
 def _fall_text(explanation: MowingExplanation, when: date) -> str:
     cut = detection_step(explanation, when)
-    if cut is None:
-        return ""
-    return (f"{cut.start_date} -> {cut.end_date} NDVI {cut.ndvi_high:.2f} -> {cut.ndvi_low:.2f}, drop {cut.drop:.2f}, "
-            f"red x{cut.red_ratio:.2f}, confidence {cut.confidence:.2f}")
+    return "" if cut is None else f"{detection_fall(explanation, when)}, confidence {cut.confidence:.2f}"
 
 
 def report(name: str, series: SeriesTable, truth: dict[str, list[date]], parcels: list[str], params: MarkerParams, *,
