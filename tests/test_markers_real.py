@@ -118,13 +118,15 @@ def test_noisy_coherence_adds_no_false_mowings_on_the_slovak_set() -> None:
 def test_no_slovak_grassland_is_ploughed() -> None:
     # none of the 492 Slovak meadow and pasture plot-years was ploughed: "permanent grassland: no ploughing" gives
     # no red light. Six whose first clear images after snow melt show brown litter (NDVI 0.18-0.25 with a soil-like
-    # BSI until May) have no green cover before it: inconclusive (yellow), not a ploughing
+    # BSI until May) have no green cover before it: inconclusive (yellow), not a ploughing. Four more since version 9
+    # (LR10_2021, LR18_2021, LR2_2022, LR44_2023): their litter of April-May is bright (blue > 0.12) and red, not
+    # flat as cloud (validity.min_soil_red_ratio), so it is used now and gives a bare run of low confidence
     series = read_series(shared_data("grassland_sk_train", "timeseries.csv.gz"))
     crops = {str(pid): "9120" for pid in series.parcel_ids}
     lights = [light for light in evaluate_lights(run_markers(series, PARAMS, use_s1=False), load_rules(),
                                                  crops=crops) if light.scheme == "permanent_grassland"]
     assert Counter((light.colour, light.reason) for light in lights) == {
-        ("green", "NO_EVENT"): 438, ("yellow", "GAP"): 34, ("yellow", "LOW_CONFIDENCE"): 20}
+        ("green", "NO_EVENT"): 435, ("yellow", "GAP"): 33, ("yellow", "LOW_CONFIDENCE"): 24}
 
 
 def test_grassland_mowing_light_against_the_survey() -> None:

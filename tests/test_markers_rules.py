@@ -2,7 +2,8 @@
 
 A cut is a sharp drop within one revisit followed by regrowth; grazing lowers NDVI slowly over
 several revisits; haze and thin cloud that the mask missed lower NDVI for one or two observations
-and carry a blue excess (haze index). See ``marker_params.yaml`` for the values and their sources.
+and carry a blue excess (haze index), while bright soil is redder than cloud. See ``marker_params.yaml``
+for the values and their sources.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from pathlib import Path
 import numpy as np
 from markers_series import write_rows
 
-from cbm_tasks.markers import load_params, prepare, read_series
+from cbm_tasks.markers import load_params, prepare, read_series, run_markers
 from cbm_tasks.markers.mowing import detect_mowing
-from cbm_tasks.markers.preprocess import haze_index
+from cbm_tasks.markers.params import MarkerParams
+from cbm_tasks.markers.preprocess import BRIGHT_BLUE, HAZE, REJECTIONS, haze_index, rejection_codes
 from cbm_tasks.markers.series import day_to_date
+from cbm_tasks.traffic_light import evaluate_lights, load_rules
 
 PARAMS = load_params()
 NIR = 0.30
@@ -172,3 +175,52 @@ def test_a_cut_in_a_long_gap_is_dated_within_the_regrowth_time(tmp_path: Path) -
     days = np.concatenate([np.arange(90, 171, 5), np.arange(185, 271, 5)])
     found, _ = _mowing(tmp_path, _rows(days, _grass(days, 182)))
     assert [(date.fromisoformat(d) - date(2020, 12, 31)).days for d in found] == [177]
+
+
+def _spectra_rows(spectra: Sequence[tuple[int, tuple[float, float, float, float]]]) -> list[list[object]]:
+    """S2 rows of parcel p in 2021: (day of year, (B02, B04, B08, B11)) each, all marked clear."""
+    when = [(date(2021, 1, 1) + timedelta(days=doy - 1)).isoformat() for doy, _ in spectra]
+    return [["p", day, "s2", band, f"{mean:.4f}", 1.0, ""] for day, (_, values) in zip(when, spectra, strict=True)
+            for band, mean in zip(("B02", "B04", "B08", "B11"), values, strict=True)]
+
+
+GRASS = (0.03, 0.035, 0.32, 0.20)
+LIGHT_SOIL = (0.15, 0.22, 0.27, 0.35)  # dry light soil, ploughed: bright in blue, redder still (red/blue 1.47)
+
+
+def _before_version_9() -> MarkerParams:
+    sections = {name: dict(values) for name, values in PARAMS.sections.items()}
+    del sections["validity"]["min_soil_red_ratio"]
+    return MarkerParams(8, sections, "version 8")
+
+
+def test_a_ploughing_on_bright_soil_is_soil_not_cloud(tmp_path: Path) -> None:
+    # permanent grassland ploughed in July on a light soil (blue 0.15 > max_blue_reflectance): its visible spectrum
+    # is red, not flat, so the observations are used and the ploughing is found with full confidence, a red light
+    # on "permanent grassland: no ploughing"; parameters before version 9 took the bright soil for cloud (no event)
+    spectra = [(doy, GRASS) for doy in range(100, 196, 5)] + [(doy, LIGHT_SOIL) for doy in range(200, 236, 5)]
+    series = read_series(write_rows(tmp_path / "s.csv", _spectra_rows(spectra)))
+
+    def bare(params: MarkerParams) -> list[tuple[str, float]]:
+        return [(row.start_date, row.confidence) for row in run_markers(series, params, use_s1=False).rows()
+                if row.marker == "bare_soil"]
+
+    assert bare(PARAMS) == [("2021-07-19", 1.0)]
+    assert bare(_before_version_9()) == []
+    assert prepare(series, _before_version_9()).s2.valid.sum() == 20
+    light = evaluate_lights(run_markers(series, PARAMS, use_s1=False), load_rules(), crops={"p": "9120"},
+                            aoi="t", year=2021)
+    assert {(lt.scheme, lt.colour, lt.reason) for lt in light if lt.scheme == "permanent_grassland"} == {
+        ("permanent_grassland", "red", "EVENT_IN_BANNED_PERIOD")}
+
+
+def test_white_cloud_and_snow_are_still_rejected(tmp_path: Path) -> None:
+    # a cloud the mask missed over grass (flat spectrum: red/blue 1.0) and snow (bluish) stay rejected by the blue
+    # test; haze over grass lifts blue most (red/blue < 1) and stays rejected by the haze index
+    cloud, snow, haze = (0.16, 0.16, 0.33, 0.25), (0.62, 0.58, 0.55, 0.05), (0.075, 0.065, 0.34, 0.21)
+    spectra = [(100, GRASS), (105, cloud), (110, GRASS), (115, snow), (120, GRASS), (125, haze), (130, GRASS)]
+    s2 = prepare(read_series(write_rows(tmp_path / "s.csv", _spectra_rows(spectra))), PARAMS).s2
+    assert s2.valid.tolist() == [True, False, True, False, True, False, True]
+    codes = rejection_codes(s2, PARAMS)
+    assert [REJECTIONS[c] for c in codes[[1, 3, 5]]] == [REJECTIONS[BRIGHT_BLUE], REJECTIONS[BRIGHT_BLUE],
+                                                        REJECTIONS[HAZE]]

@@ -58,6 +58,8 @@ NEUTRAL: dict[tuple[str, str], float] = {
     ("mowing", "coherence_noise_z"): 0.0,
     # version 8
     ("data", "overpass_seconds"): 0.0,
+    # version 9
+    ("validity", "min_soil_red_ratio"): 1e9,
 }
 
 

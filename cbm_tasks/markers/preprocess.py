@@ -14,7 +14,8 @@ Validity of an S2 observation (all must hold):
   -9999 and is taken as missing), or else the file's own NDVI (band ``NDVI``); NDVI >=
   ``validity.min_plausible_ndvi``;
   where B02 exists, B02 <= ``validity.max_blue_reflectance`` and the haze index (:func:`haze_index`,
-  HOT) <= ``validity.max_haze_index`` (haze the mask missed);
+  HOT) <= ``validity.max_haze_index`` (haze the mask missed), both tested only where the visible
+  spectrum is flat (B04 < ``validity.min_soil_red_ratio`` x B02: cloud, haze, snow; redder is soil);
 * not a cloud dip (:func:`cloud_dips`): a run of one or two low NDVI values whose next valid
   neighbour is back near the level before it, either faster than grass can regrow or with the blue
   excess of haze. A real mowing does not recover within days and has no blue excess, so it is kept.
@@ -262,9 +263,11 @@ def _validity_codes(bands: np.ndarray, ndvi: np.ndarray, clear: np.ndarray,
     haze = haze_index(blue, bands[:, 1], red_weight=params.get("validity", "haze_red_weight"))
     code = np.zeros(len(ndvi), np.int8)
     with np.errstate(invalid="ignore"):
+        # cloud, haze and snow are white or bluish; bright soil and straw are redder (marker_params.yaml)
+        white = ~(bands[:, 1] >= params.get("validity", "min_soil_red_ratio") * blue)
         tests = ((IMPLAUSIBLE, ndvi < params.get("validity", "min_plausible_ndvi")),
-                 (HAZE, haze > params.get("validity", "max_haze_index")),
-                 (BRIGHT_BLUE, blue > params.get("validity", "max_blue_reflectance")),
+                 (HAZE, (haze > params.get("validity", "max_haze_index")) & white),
+                 (BRIGHT_BLUE, (blue > params.get("validity", "max_blue_reflectance")) & white),
                  (CLOUDY, clear < params.get("validity", "min_clear_fraction")),
                  (NO_VALUE, ~np.isfinite(ndvi)))
     for reason, failed in tests:  # the last assignment wins: the list runs from the last test to the first
