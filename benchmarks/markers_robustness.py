@@ -1,0 +1,175 @@
+"""How the mowing marker's scores hold when the observations get worse (Slovak set, Sentinel-2 only).
+
+The development sets are one region's images with a good cloud score. An agency's parcels may lie under more
+cloud, and its mask may miss more of it, so the marker is scored here on the Slovak set degraded in seeded,
+documented ways (MODCiX matching within +-12 days, as ``markers_eval.py``):
+
+  images lost  each Sentinel-2 overpass of a plot-year is dropped with probability --lost (default 0.3):
+               fewer clear images and longer gaps, as in a cloudier region or season.
+  clouds missed  each clear observation (clear_fraction >= validity.min_clear_fraction) is, with probability
+               --hazed (default 0.1), seen through haze or thin cloud its mask missed, clear_fraction
+               unchanged: reflectance r -> (1 - a) r + a c (490 nm / wavelength), a ~ U(0.05, 0.3),
+               c ~ U(0.25, 0.5): a bright layer whose scattering falls with wavelength (Angstrom exponent 1).
+  no cloud mask  clear_fraction removed: every image is used unless the marker's own blue, haze and cloud-dip
+               tests reject it (exports without a cloud score or SCL).
+
+Each random degradation is drawn --draws times (seeds 0..N-1); whether an observation is dropped or hazed
+depends on the seed, the plot-year and the date only, so the file's row order does not matter. The table
+gives the mean and range over the draws. --vary SECTION.KEY=V1,V2,... scores each value under every
+condition: a parameter value earns its place when it helps under all of them, not on the unchanged set alone.
+
+Usage: python benchmarks/markers_robustness.py [--data DIR] [--params FILE] [--draws N] [--lost P] [--hazed P]
+                                               [--vary SECTION.KEY=V1,V2,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import random
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from markers_eval import DATA, predict
+
+from cbm_tasks.markers import load_params
+from cbm_tasks.markers.params import MarkerParams, with_value
+from cbm_tasks.markers.truth import read_survey_truth
+from cbm_tasks.markers.validation import TOLERANCE_DAYS, Score, match_events
+
+# centre wavelengths (micrometres) of the Sentinel-2 bands the Slovak set carries
+WAVELENGTH = {"B02": 0.49, "B03": 0.56, "B04": 0.665, "B05": 0.705, "B06": 0.74, "B07": 0.783, "B08": 0.842,
+              "B8A": 0.865, "B11": 1.61, "B12": 2.19}
+Row = list[str]
+Change = Callable[[dict[str, int], Row], Row | None]
+
+
+def _draw(seed: int, kind: str, parcel: str, when: str) -> random.Random:
+    """The random source of one observation: the same for every row (band) of it, whatever the row order."""
+    return random.Random(f"{seed}/{kind}/{parcel}/{when}")
+
+
+def images_lost(share: float, seed: int) -> Change:
+    """Drop each Sentinel-2 overpass with probability *share* (all its bands; Sentinel-1 rows stay)."""
+    def change(col: dict[str, int], row: Row) -> Row | None:
+        if row[col["source"]] != "s2":
+            return row
+        lost = _draw(seed, "lost", row[col["parcel_id"]], row[col["obs_time"]]).random() < share
+        return None if lost else row
+    return change
+
+
+def clouds_missed(share: float, seed: int, min_clear: float) -> Change:
+    """Haze a clear observation's reflectances with probability *share* (module docstring), its clear share kept."""
+    def change(col: dict[str, int], row: Row) -> Row | None:
+        clear = row[col["clear_fraction"]]
+        if row[col["source"]] != "s2" or not clear or float(clear) < min_clear:
+            return row
+        rng = _draw(seed, "hazed", row[col["parcel_id"]], row[col["obs_time"]])
+        hazed, a, c = rng.random() < share, rng.uniform(0.05, 0.3), rng.uniform(0.25, 0.5)
+        band = row[col["band"]]
+        if not hazed or band not in WAVELENGTH:
+            return row
+        out = list(row)
+        out[col["mean"]] = f"{(1 - a) * float(row[col['mean']]) + a * c * WAVELENGTH['B02'] / WAVELENGTH[band]:.6f}"
+        return out
+    return change
+
+
+def no_cloud_mask(col: dict[str, int], row: Row) -> Row | None:
+    """The row without its clear share."""
+    out = list(row)
+    out[col["clear_fraction"]] = ""
+    return out
+
+
+def degraded(series: Path, out: Path, change: Change) -> Path:
+    """Write the long CSV *series* (gzipped) to *out* with each row through *change* (None drops the row)."""
+    with gzip.open(series, "rt", newline="") as src, out.open("w", newline="") as dst:
+        rows: Iterator[Row] = csv.reader(src)
+        header = next(rows)
+        col = {name: i for i, name in enumerate(header)}
+        writer = csv.writer(dst, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(kept for row in rows if (kept := change(col, row)) is not None)
+    return out
+
+
+def conditions(params: MarkerParams, *, draws: int, lost: float, hazed: float) -> list[tuple[str, list[Change | None]]]:
+    """(label, one change per draw; None: the file as it is) of every condition scored."""
+    min_clear = float(params.sections["validity"]["min_clear_fraction"])
+    return [("as it is", [None]),
+            (f"images lost ({lost:.0%} of the overpasses)", [images_lost(lost, seed) for seed in range(draws)]),
+            (f"clouds missed ({hazed:.0%} of the clear images hazed)",
+             [clouds_missed(hazed, seed, min_clear) for seed in range(draws)]),
+            ("no cloud mask (clear_fraction removed)", [no_cloud_mask])]
+
+
+def score_conditions(series: Path, params_list: list[MarkerParams], work: Path, *, draws: int, lost: float,
+                     hazed: float) -> list[tuple[str, list[list[Score]]]]:
+    """Per condition, per parameter set, the score of each draw (each degraded file is written once)."""
+    surveyed, truth = read_survey_truth(series.parent)
+    negatives = {parcel for parcel, survey in surveyed.items() if survey == "not_mown"}
+    parcels = sorted(surveyed)
+    out = []
+    for label, changes in conditions(params_list[0], draws=draws, lost=lost, hazed=hazed):
+        per_params: list[list[Score]] = [[] for _ in params_list]
+        for change in changes:
+            path = series if change is None else degraded(series, work / "degraded.csv", change)
+            for scores, params in zip(per_params, params_list, strict=True):
+                scores.append(match_events(predict(path, params, use_s1=False), truth, parcels, negatives=negatives))
+        out.append((label, per_params))
+    return out
+
+
+def _span(values: list[float], fmt: str) -> str:
+    """The mean of *values* and, over several draws, their range: ``166 (160-174)``."""
+    mean = format(sum(values) / len(values), fmt)
+    return mean if len(values) == 1 else f"{mean} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
+def table_row(label: str, scores: list[Score]) -> str:
+    """One Markdown row: hits, false detections, P, R, F1 and clean negatives, mean (range) over the draws."""
+    return (f"| {label} | {len(scores)} | {_span([s.tp for s in scores], '.0f')} | "
+            f"{_span([s.fp for s in scores], '.0f')} | {_span([s.precision for s in scores], '.2f')} | "
+            f"{_span([s.recall for s in scores], '.2f')} | {_span([s.f1 for s in scores], '.2f')} | "
+            f"{_span([s.negatives_clean for s in scores], '.0f')} of {scores[0].negatives} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--params", type=Path)
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--lost", type=float, default=0.3)
+    parser.add_argument("--hazed", type=float, default=0.1)
+    parser.add_argument("--vary", metavar="SECTION.KEY=V1,V2,...")
+    args = parser.parse_args(argv)
+    if args.draws < 1 or not (0 <= args.lost <= 1 and 0 <= args.hazed <= 1):
+        parser.error("--draws must be 1 or more, --lost and --hazed shares in [0, 1]")
+    params = load_params(args.params)
+    labels, params_list = ["defaults" if args.params is None else str(args.params)], [params]
+    if args.vary:
+        name, _, values = args.vary.partition("=")
+        for value in (float(v) for v in values.split(",") if v.strip()):
+            labels.append(f"{name.strip()}={value:g}")
+            params_list.append(with_value(params, name.strip(), value))
+    series = args.data / "grassland_sk_train" / "timeseries.csv.gz"
+    with tempfile.TemporaryDirectory() as tmp:
+        results = score_conditions(series, params_list, Path(tmp), draws=args.draws, lost=args.lost, hazed=args.hazed)
+    print(f"mowing marker, Sentinel-2 only, on the Slovak survey degraded; parameters version {params.version} hash "
+          f"{params.hash[:12]}; a hit = within +-{TOLERANCE_DAYS} days; mean (range) over the draws "
+          f"(seeds 0-{args.draws - 1})")
+    print("| condition | draws | hits | false | precision | recall | F1 | not mown without mowing |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, per_params in results:
+        for name, scores in zip(labels, per_params, strict=True):
+            print(table_row(label if len(labels) == 1 else f"{label}, {name}", scores))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
