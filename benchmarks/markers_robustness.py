@@ -16,7 +16,8 @@ documented ways (MODCiX matching within +-12 days, as ``markers_eval.py``):
 Each random degradation is drawn --draws times (seeds 0..N-1); whether an observation is dropped or hazed
 depends on the seed, the plot-year and the date only, so the file's row order does not matter. The table
 gives the mean and range over the draws. --vary SECTION.KEY=V1,V2,... scores each value under every
-condition: a parameter value earns its place when it helps under all of them, not on the unchanged set alone.
+condition, and on the SALMS set as it is (S2+S1 and S2 only, the control rows): a parameter value earns its
+place when it helps under all of them, not on the unchanged Slovak set alone.
 
 Usage: python benchmarks/markers_robustness.py [--data DIR] [--params FILE] [--draws N] [--lost P] [--hazed P]
                                                [--vary SECTION.KEY=V1,V2,...]
@@ -33,9 +34,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from markers_eval import DATA, predict
+from markers_eval import DATA, ground_truth, predict
 
 from cbm_tasks.markers import load_params
+from cbm_tasks.markers.importers import convert_salms
 from cbm_tasks.markers.params import MarkerParams, with_value
 from cbm_tasks.markers.truth import read_survey_truth
 from cbm_tasks.markers.validation import TOLERANCE_DAYS, Score, match_events
@@ -125,6 +127,15 @@ def score_conditions(series: Path, params_list: list[MarkerParams], work: Path, 
     return out
 
 
+def score_salms(data: Path, params_list: list[MarkerParams], work: Path) -> list[tuple[str, list[list[Score]]]]:
+    """The other real set as it is (S2+S1 and S2 only), per parameter set: a value chosen here must not cost it."""
+    truth, parcels, _ = ground_truth("salms", data)
+    series = convert_salms(data / "salms_grassland", work / "salms.csv")
+    return [(f"SALMS as it is, {name} (control)",
+             [[match_events(predict(series, params, use_s1=s1), truth, parcels)] for params in params_list])
+            for name, s1 in (("S2+S1", True), ("S2 only", False))]
+
+
 def _span(values: list[float], fmt: str) -> str:
     """The mean of *values* and, over several draws, their range: ``166 (160-174)``."""
     mean = format(sum(values) / len(values), fmt)
@@ -133,10 +144,12 @@ def _span(values: list[float], fmt: str) -> str:
 
 def table_row(label: str, scores: list[Score]) -> str:
     """One Markdown row: hits, false detections, P, R, F1 and clean negatives, mean (range) over the draws."""
+    clean = (f"{_span([s.negatives_clean for s in scores], '.0f')} of {scores[0].negatives}" if scores[0].negatives
+             else "-")
     return (f"| {label} | {len(scores)} | {_span([s.tp for s in scores], '.0f')} | "
             f"{_span([s.fp for s in scores], '.0f')} | {_span([s.precision for s in scores], '.2f')} | "
             f"{_span([s.recall for s in scores], '.2f')} | {_span([s.f1 for s in scores], '.2f')} | "
-            f"{_span([s.negatives_clean for s in scores], '.0f')} of {scores[0].negatives} |")
+            f"{clean} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,9 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     series = args.data / "grassland_sk_train" / "timeseries.csv.gz"
     with tempfile.TemporaryDirectory() as tmp:
         results = score_conditions(series, params_list, Path(tmp), draws=args.draws, lost=args.lost, hazed=args.hazed)
-    print(f"mowing marker, Sentinel-2 only, on the Slovak survey degraded; parameters version {params.version} hash "
-          f"{params.hash[:12]}; a hit = within +-{TOLERANCE_DAYS} days; mean (range) over the draws "
-          f"(seeds 0-{args.draws - 1})")
+        results += score_salms(args.data, params_list, Path(tmp))
+    print(f"mowing marker on the Slovak survey degraded (Sentinel-2 only) and on SALMS as it is; parameters version "
+          f"{params.version} hash {params.hash[:12]}; a hit = within +-{TOLERANCE_DAYS} days; mean (range) over the "
+          f"draws (seeds 0-{args.draws - 1})")
     print("| condition | draws | hits | false | precision | recall | F1 | not mown without mowing |")
     print("|---|---|---|---|---|---|---|---|")
     for label, per_params in results:

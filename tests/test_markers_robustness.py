@@ -82,9 +82,13 @@ def test_the_table_starts_from_markers_eval_scores(capsys: pytest.CaptureFixture
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "condition" not in line]
     assert [line.split(" | ")[0][2:] for line in table] == [
         "as it is", "images lost (30% of the overpasses)", "clouds missed (10% of the clear images hazed)",
-        "no cloud mask (clear_fraction removed)"]
+        "no cloud mask (clear_fraction removed)", "SALMS as it is, S2+S1 (control)",
+        "SALMS as it is, S2 only (control)"]
     # the unchanged set: markers_eval.py's SK S2-only row (185 hits, 13 false, 32 of the 37 not-mown plot-years clean)
     assert table[0] == "| as it is | 1 | 185 | 13 | 0.93 | 0.85 | 0.89 | 32 of 37 |"
+    # the control rows: markers_eval.py's SALMS rows (8 and 7 of 17 dates found, 8 false each)
+    assert table[4:] == ["| SALMS as it is, S2+S1 (control) | 1 | 8 | 8 | 0.50 | 0.47 | 0.48 | - |",
+                         "| SALMS as it is, S2 only (control) | 1 | 7 | 8 | 0.47 | 0.41 | 0.44 | - |"]
     # fewer images: fewer hits; without the mask the marker's own cloud tests keep most of the scores
     hits = [int(line.split(" | ")[2].split()[0]) for line in table]
     assert hits[1] < hits[0] and hits[3] >= 0.9 * hits[0]
