@@ -177,6 +177,10 @@ def test_truth_file_formats(tmp_path: Path) -> None:
     truth = read_truth(packed)
     assert truth.events == {"A": [date(2021, 6, 30)]} and truth.parcels == ("A", "B")
     assert truth.negatives == frozenset({"B"})
+    # field surveys and camera plots name their parcels plot_id
+    plots = _truth_file(tmp_path / "plots.csv", [["P7", "2023-05-02"], ["P7", "2023-06-20"]],
+                        header=("plot_id", "date"))
+    assert read_truth(plots).events == {"P7": [date(2023, 5, 2), date(2023, 6, 20)]}
 
 
 @pytest.mark.parametrize(("rows", "header", "message"), [

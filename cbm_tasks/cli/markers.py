@@ -96,7 +96,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "validate", help="score a marker's events against your own ground truth (precision, recall, F1)",
         description="Run the markers on FILE as 'cbm markers run' does (or take the events stored for --aoi and "
         "--year, those the traffic lights were decided on) and score one marker's event dates against "
-        "ground truth: a CSV with parcel_id (or ID) and date (YYYY-MM-DD or DD/MM/YYYY; optional event column "
+        "ground truth: a CSV with parcel_id (or ID, plot_id) and date (YYYY-MM-DD or DD/MM/YYYY; optional event column "
         "naming the marker; an empty date: checked, no such event), or a survey folder (surveyed.csv + truth.csv). "
         "MODCiX protocol: per parcel, detected and true dates matched one to one within the tolerance. Prints "
         "precision, recall and F1 with 95 % bootstrap intervals over the parcels, the date error, the share of "

@@ -2,8 +2,8 @@
 
 One CSV file (``.csv`` or ``.csv.gz``) with a header and one row per true event:
 
-* ``parcel_id`` (or JRC's ``ID``, ``PSEUDO_ID``, ``FIELD_ID``): the parcel id as in the time series (an
-  integer id a spreadsheet wrote as ``123.0`` is read as ``123``);
+* ``parcel_id`` (or JRC's ``ID``, ``PSEUDO_ID``, ``FIELD_ID``, or ``plot_id`` of field surveys and camera
+  plots): the parcel id as in the time series (an integer id a spreadsheet wrote as ``123.0`` is read as ``123``);
 * ``date`` (or ``event_date``, ``activity_date``, ``event_start_date``): ``YYYY-MM-DD`` (a time after it is
   ignored) or ``DD/MM/YYYY`` (JRC's SALMS ``FOIinfo.csv``);
 * optional ``event`` (or ``marker``): the marker the row is about (``mowing``, ``harvest``, ...); rows of
@@ -31,7 +31,7 @@ from cbm_tasks.errors import BadInputError
 __all__ = ["PARCEL_COLUMNS", "GroundTruth", "csv_rows", "find_column", "parcel_id_text", "read_salms_truth",
            "read_survey_truth", "read_truth"]
 
-PARCEL_COLUMNS = ("parcel_id", "id", "pseudo_id", "field_id")
+PARCEL_COLUMNS = ("parcel_id", "id", "pseudo_id", "field_id", "plot_id")
 _DATE_COLUMNS = ("date", "event_date", "activity_date", "event_start_date")
 _EVENT_COLUMNS = ("event", "marker")
 
