@@ -38,8 +38,7 @@ from markers_eval import DATA, ground_truth, predict
 
 from cbm_tasks.markers import load_params
 from cbm_tasks.markers.importers import convert_salms
-from cbm_tasks.markers.params import MarkerParams, with_value
-from cbm_tasks.markers.truth import read_survey_truth
+from cbm_tasks.markers.params import MarkerParams, ParamsFileError, with_value
 from cbm_tasks.markers.validation import TOLERANCE_DAYS, Score, match_events
 
 # centre wavelengths (micrometres) of the Sentinel-2 bands the Slovak set carries
@@ -110,12 +109,11 @@ def conditions(params: MarkerParams, *, draws: int, lost: float, hazed: float) -
             ("no cloud mask (clear_fraction removed)", [no_cloud_mask])]
 
 
-def score_conditions(series: Path, params_list: list[MarkerParams], work: Path, *, draws: int, lost: float,
+def score_conditions(data: Path, params_list: list[MarkerParams], work: Path, *, draws: int, lost: float,
                      hazed: float) -> list[tuple[str, list[list[Score]]]]:
-    """Per condition, per parameter set, the score of each draw (each degraded file is written once)."""
-    surveyed, truth = read_survey_truth(series.parent)
-    negatives = {parcel for parcel, survey in surveyed.items() if survey == "not_mown"}
-    parcels = sorted(surveyed)
+    """Per condition, per parameter set, the score of each draw on the Slovak set (each file written once)."""
+    truth, parcels, negatives = ground_truth("sk", data)
+    series = data / "grassland_sk_train" / "timeseries.csv.gz"
     out = []
     for label, changes in conditions(params_list[0], draws=draws, lost=lost, hazed=hazed):
         per_params: list[list[Score]] = [[] for _ in params_list]
@@ -167,12 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     labels, params_list = ["defaults" if args.params is None else str(args.params)], [params]
     if args.vary:
         name, _, values = args.vary.partition("=")
-        for value in (float(v) for v in values.split(",") if v.strip()):
-            labels.append(f"{name.strip()}={value:g}")
-            params_list.append(with_value(params, name.strip(), value))
-    series = args.data / "grassland_sk_train" / "timeseries.csv.gz"
+        try:
+            for value in (float(v) for v in values.split(",") if v.strip()):
+                labels.append(f"{name.strip()}={value:g}")
+                params_list.append(with_value(params, name.strip(), value))
+        except (ValueError, ParamsFileError) as err:
+            parser.error(f"--vary {args.vary!r}: {err}")
+        if len(params_list) == 1:
+            parser.error(f"--vary {args.vary!r}: expected SECTION.KEY=V1,V2,...")
     with tempfile.TemporaryDirectory() as tmp:
-        results = score_conditions(series, params_list, Path(tmp), draws=args.draws, lost=args.lost, hazed=args.hazed)
+        results = score_conditions(args.data, params_list, Path(tmp), draws=args.draws, lost=args.lost,
+                                   hazed=args.hazed)
         results += score_salms(args.data, params_list, Path(tmp))
     print(f"mowing marker on the Slovak survey degraded (Sentinel-2 only) and on SALMS as it is; parameters version "
           f"{params.version} hash {params.hash[:12]}; a hit = within +-{TOLERANCE_DAYS} days; mean (range) over the "

@@ -92,3 +92,12 @@ def test_the_table_starts_from_markers_eval_scores(capsys: pytest.CaptureFixture
     # fewer images: fewer hits; without the mask the marker's own cloud tests keep most of the scores
     hits = [int(line.split(" | ")[2].split()[0]) for line in table]
     assert hits[1] < hits[0] and hits[3] >= 0.9 * hits[0]
+
+
+@pytest.mark.parametrize(("vary", "message"), [("mowing.no_such_key=1", "no parameter 'mowing.no_such_key'"),
+                                               ("mowing.min_drop=abc", "could not convert"),
+                                               ("mowing.min_drop=", "expected SECTION.KEY=V1,V2")])
+def test_a_bad_vary_is_named(vary: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        robustness.main(["--data", str(shared_data()), "--vary", vary])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
