@@ -25,17 +25,12 @@ from markers_eval import DATA, predict
 
 from cbm_tasks.markers import load_params, read_series
 from cbm_tasks.markers.importers import convert_salms
-from cbm_tasks.markers.miss_reasons import detection_fall, detection_step, miss_reason
-from cbm_tasks.markers.mowing_explain import MowingExplanation, explain_mowing
+from cbm_tasks.markers.miss_reasons import detection_step, explain_lines
+from cbm_tasks.markers.mowing_explain import explain_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable
 from cbm_tasks.markers.truth import read_salms_truth, read_survey_truth
 from cbm_tasks.markers.validation import TOLERANCE_DAYS, unmatched
-
-
-def _fall_text(explanation: MowingExplanation, when: date) -> str:
-    cut = detection_step(explanation, when)
-    return "" if cut is None else f"{detection_fall(explanation, when)}, confidence {cut.confidence:.2f}"
 
 
 def report(name: str, series: SeriesTable, truth: dict[str, list[date]], parcels: list[str], params: MarkerParams, *,
@@ -46,27 +41,25 @@ def report(name: str, series: SeriesTable, truth: dict[str, list[date]], parcels
     known = set(series.parcel_ids.tolist())
     explained = {p: explain_mowing(series, p, params, use_s1=use_s1) if p in known else None
                  for p in sorted(set(missed) | set(false))}
-    reasons: Counter[str] = Counter()
-    lines = []
-    for parcel, dates in missed.items():
-        for when in dates:
-            reason = miss_reason(explained.get(parcel), when, params, tolerance_days=TOLERANCE_DAYS)
-            reasons[reason] += 1
-            lines.append(f"    missed {parcel} {when}: {reason}")
+    reasons, falls = explain_lines(
+        [(p, when) for p, dates in missed.items() for when in dates],
+        [(p, when) for p, dates in false.items() for when in dates],
+        lambda parcel: None if explained[parcel] is None else (explained[parcel], params),
+        tolerance_days=TOLERANCE_DAYS)
     n_true = sum(len(truth.get(p, [])) for p in parcels)
-    n_missed = sum(map(len, missed.values()))
-    n_false = sum(map(len, false.values()))
-    print(f"{name}: {n_missed} of {n_true} true mowings missed, {n_false} false detections "
-          f"({sum(len(false[p]) for p in false if p in negatives)} on surveyed not-mown plot-years)")
-    for reason, n in reasons.most_common():
+    print(f"{name}: {len(reasons)} of {n_true} true mowings missed, {len(falls)} false detections "
+          f"({sum(parcel in negatives for parcel, _ in falls)} on surveyed not-mown plot-years)")
+    for reason, n in Counter(reasons.values()).most_common():
         print(f"  {n:4d}  {reason}")
     if show:
-        print("\n".join(lines))
-        for parcel, dates in false.items():
+        for (parcel, when), reason in reasons.items():
+            print(f"    missed {parcel} {when}: {reason}")
+        for (parcel, when), fall in falls.items():
             kind = "not mown" if parcel in negatives else "mown"
-            for when in dates:
-                found = explained[parcel]
-                print(f"    false  {parcel} ({kind}) {when}: {_fall_text(found, when) if found else ''}")
+            found = explained[parcel]
+            cut = None if found is None else detection_step(found, when)
+            text = "" if cut is None else f"{fall}, confidence {cut.confidence:.2f}"
+            print(f"    false  {parcel} ({kind}) {when}: {text}")
 
 
 def main(argv: list[str] | None = None) -> int:
