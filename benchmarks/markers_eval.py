@@ -106,7 +106,7 @@ def _headline(label: str, predicted: dict[str, list[date]], truth: dict[str, lis
 
 def eval_salms(data: Path, params: MarkerParams, work: Path, headlines: list[Headline]) -> dict[str, Score]:
     truth, parcels, _ = ground_truth("salms", data)
-    series = convert_salms(data / "salms_grassland", work / "salms.csv")
+    series = read_series(convert_salms(data / "salms_grassland", work / "salms.csv"))
     return {f"SALMS {name}": _headline(f"SALMS {name}", predict(series, params, use_s1=s1), truth, parcels, set(),
                                        headlines)
             for name, s1 in (("S2+S1", True), ("S2 only", False))}
@@ -172,9 +172,10 @@ def eval_sk(data: Path, params: MarkerParams, work: Path, headlines: list[Headli
     out = {}
     # some surveyed plot-years have no observation at all in the file (their images were no-data):
     # their dates count as misses above, and are left out in the "with observations" rows
-    observed = set(read_series(folder / "timeseries.csv.gz").parcel_ids.tolist())
+    series = read_series(folder / "timeseries.csv.gz")
+    observed = set(series.parcel_ids.tolist())
     for name, s1 in (("S2+S1", True), ("S2 only", False)):
-        predicted = predict(folder / "timeseries.csv.gz", params, use_s1=s1)
+        predicted = predict(series, params, use_s1=s1)
         out[f"SK {name}"] = _headline(f"SK {name}", predicted, truth, parcels, negatives, headlines)
         mown = [p for p in parcels if surveyed[p] == "mown"]
         out[f"SK {name}, mown plot-years only"] = match_events(predicted, truth, mown)

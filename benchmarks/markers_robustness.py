@@ -36,7 +36,7 @@ from pathlib import Path
 
 from markers_eval import DATA, ground_truth, predict
 
-from cbm_tasks.markers import load_params
+from cbm_tasks.markers import load_params, read_series
 from cbm_tasks.markers.importers import convert_salms
 from cbm_tasks.markers.params import MarkerParams, ParamsFileError, with_value
 from cbm_tasks.markers.validation import TOLERANCE_DAYS, Score, match_events
@@ -111,16 +111,16 @@ def conditions(params: MarkerParams, *, draws: int, lost: float, hazed: float) -
 
 def score_conditions(data: Path, params_list: list[MarkerParams], work: Path, *, draws: int, lost: float,
                      hazed: float) -> list[tuple[str, list[list[Score]]]]:
-    """Per condition, per parameter set, the score of each draw on the Slovak set (each file written once)."""
+    """Per condition, per parameter set, the score of each draw on the Slovak set (each file written and read once)."""
     truth, parcels, negatives = ground_truth("sk", data)
     series = data / "grassland_sk_train" / "timeseries.csv.gz"
     out = []
     for label, changes in conditions(params_list[0], draws=draws, lost=lost, hazed=hazed):
         per_params: list[list[Score]] = [[] for _ in params_list]
         for change in changes:
-            path = series if change is None else degraded(series, work / "degraded.csv", change)
+            table = read_series(series if change is None else degraded(series, work / "degraded.csv", change))
             for scores, params in zip(per_params, params_list, strict=True):
-                scores.append(match_events(predict(path, params, use_s1=False), truth, parcels, negatives=negatives))
+                scores.append(match_events(predict(table, params, use_s1=False), truth, parcels, negatives=negatives))
         out.append((label, per_params))
     return out
 
@@ -128,7 +128,7 @@ def score_conditions(data: Path, params_list: list[MarkerParams], work: Path, *,
 def score_salms(data: Path, params_list: list[MarkerParams], work: Path) -> list[tuple[str, list[list[Score]]]]:
     """The other real set as it is (S2+S1 and S2 only), per parameter set: a value chosen here must not cost it."""
     truth, parcels, _ = ground_truth("salms", data)
-    series = convert_salms(data / "salms_grassland", work / "salms.csv")
+    series = read_series(convert_salms(data / "salms_grassland", work / "salms.csv"))
     return [(f"SALMS as it is, {name} (control)",
              [[match_events(predict(series, params, use_s1=s1), truth, parcels)] for params in params_list])
             for name, s1 in (("S2+S1", True), ("S2 only", False))]
