@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from markers_params import recorded_params
 from markers_series import grass_rows, write_rows
 
 from cbm_tasks.cli import main
@@ -175,8 +176,7 @@ def test_parameters_recorded_by_an_older_version_recompute_as_they_did(tmp_path:
     # report, cbm audit verify) must not fail and must give the v2 result: the v3 rules are off.
     defaults = load_params()
     v3_keys = {("mowing", "min_moisture_drop"), ("mowing", "date_window_days")}
-    recorded = MarkerParams(2, {name: {k: v for k, v in values.items() if (name, k) not in v3_keys}
-                                for name, values in defaults.sections.items()}, "marker_run")
+    recorded = recorded_params(2, without=v3_keys, source="marker_run")
     off = tmp_path / "v2.yaml"
     off.write_text("version: 2\nmowing:\n  min_moisture_drop: 0\n  date_window_days: 999\n")
     as_v2 = load_params(off)

@@ -18,6 +18,7 @@ import psycopg
 import pyogrio
 import pytest
 import yaml
+from markers_params import recorded_params
 
 from cbm_tasks import lineage
 from cbm_tasks.demo.series_seed import SeededSet, add_s2_image, seed_parcel_set
@@ -25,7 +26,7 @@ from cbm_tasks.errors import BadInputError, ConfigError
 from cbm_tasks.markers import db_read
 from cbm_tasks.markers.engine import run_markers
 from cbm_tasks.markers.export import export_lights
-from cbm_tasks.markers.params import MarkerParams, default_params, load_params
+from cbm_tasks.markers.params import MarkerParams, load_params
 from cbm_tasks.markers.series import OVERPASS_SECONDS, SeriesTable
 from cbm_tasks.parcels.sets import import_parcels
 from cbm_tasks.pipeline.markers import lights_summary, run_parcel_set
@@ -365,6 +366,4 @@ def test_one_overpass_in_two_tiles_is_one_observation(db_url: str, seeded: Seede
 
 def v7_params() -> MarkerParams:
     """The shipped parameters without the keys of version 8, as a run of version 7 recorded them."""
-    sections = {name: dict(values) for name, values in default_params().sections.items()}
-    del sections["data"]["overpass_seconds"]
-    return MarkerParams(version=7, sections=sections, source="v7")
+    return recorded_params(7, without=[("data", "overpass_seconds")])

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import shared_data
 from markers_explained import bare_runs_detected, bare_runs_explained, emergences_detected, emergences_explained
+from markers_params import recorded_params
 from markers_series import grass_rows, write_rows
 
 from cbm_tasks import cli
@@ -26,7 +27,6 @@ from cbm_tasks.markers.harvest_explain import explain_harvest
 from cbm_tasks.markers.importers import convert_salms
 from cbm_tasks.markers.mowing import detect_mowing
 from cbm_tasks.markers.mowing_explain import explain_mowing
-from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable, day_to_date
 from cbm_tasks.traffic_light import evaluate_lights, load_rules
 
@@ -153,10 +153,9 @@ def test_bare_soil_without_green_cover_before_is_inconclusive(tmp_path: Path) ->
     assert lights[("ploughed", "permanent_grassland")] == ("red", "EVENT_IN_BANNED_PERIOD")
     assert lights[("snowy", "permanent_grassland")] == ("yellow", "LOW_CONFIDENCE")
     # parameters before version 6 had no cover test: the same run was a ploughing (recomputing old runs)
-    sections = {name: dict(values) for name, values in PARAMS.sections.items()}
-    for key in ("min_cover_ndvi", "cover_lookback_days", "no_cover_penalty"):
-        del sections["bare_soil"][key]
-    (run,) = explain_bare_soil(series, "snowy", MarkerParams(5, sections, "version 5")).runs
+    before_v6 = recorded_params(5, without=[("bare_soil", key) for key in ("min_cover_ndvi", "cover_lookback_days",
+                                                                         "no_cover_penalty")])
+    (run,) = explain_bare_soil(series, "snowy", before_v6).runs
     assert run.confidence == 0.85 and "cover" not in run.confidence_parts
 
 
@@ -167,9 +166,7 @@ def test_emergence_explanation_names_exactly_the_detected_emergences(tmp_path: P
         detected = emergences_detected(series)
         assert emergences_explained(series) == detected and detected
     # parameters before version 4 (every_cycle off): only the year's first emergence; later ones are named
-    sections = {name: dict(values) for name, values in PARAMS.sections.items()}
-    del sections["emergence"]["every_cycle"]
-    before_v4 = MarkerParams(3, sections, "version 3")
+    before_v4 = recorded_params(3, without=[("emergence", "every_cycle")])
     assert emergences_explained(slovak, before_v4) == emergences_detected(slovak, before_v4)
     failed = {c.failed for pid in slovak.parcel_ids for c in explain_emergence(slovak, str(pid), before_v4).crossings}
     assert any("after the year's first emergence" in f for f in failed)
@@ -197,10 +194,8 @@ def test_cli_explains_the_emergence_of_a_sown_crop(tmp_path: Path, capsys: pytes
 
 def test_harvest_explanation_needs_crop_cycles(tmp_path: Path) -> None:
     series = read_series(write_rows(tmp_path / "s.csv", grass_rows("p", [180])))
-    sections = {name: dict(values) for name, values in PARAMS.sections.items()}
-    sections["harvest"]["crop_cycles"] = 0
     with pytest.raises(BadInputError, match="version 4 or later"):
-        explain_harvest(series, "p", MarkerParams(3, sections, "version 3"))
+        explain_harvest(series, "p", recorded_params(3, values={("harvest", "crop_cycles"): 0}))
 
 
 @pytest.mark.parametrize("use_s1", [True, False], ids=["s2+s1", "s2-only"])

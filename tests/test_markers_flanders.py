@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import shared_data
 from markers_explained import bare_runs_detected, bare_runs_explained, emergences_detected, emergences_explained
+from markers_params import recorded_params
 from rasterio import features
 
 from cbm_tasks.demo.cube import CUBE_FILES, open_sensor_cube, polygonise_crop_types, read_parcel_raster
@@ -108,10 +109,7 @@ def test_the_calendar_year_peak_took_the_spring_low_for_the_harvest(
     # parameters before version 4 (crop_cycles absent = 0) recompute as they did: demo-0005's winter
     # cover (NDVI 0.86 in January) was the year's peak, and the low after its destruction in May the harvest
     series, _ = flemish_series
-    old = load_params()
-    sections = {name: dict(values) for name, values in old.sections.items()}
-    del sections["harvest"]["crop_cycles"]
-    before_v4 = MarkerParams(3, sections, "version 3")
+    before_v4 = recorded_params(3, without=[("harvest", "crop_cycles")])
     assert _harvests(series, before_v4)["demo-0005"] == [date(2018, 5, 30)]
 
 

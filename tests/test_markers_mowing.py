@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from markers_params import recorded_params
 from markers_series import doy_date, grass_rows, write_rows
 
 from cbm_tasks.markers import load_params, prepare, read_series
@@ -53,10 +54,8 @@ def test_max_events_counts_per_season(tmp_path: Path) -> None:
     assert len(got) == 7
     assert all(abs((np.datetime64(w) - g).astype(int)) <= 3 for w, g in zip(want, got, strict=True))
     # parameters before version 4 counted the whole series: the 4 strongest of the 7 cuts
-    sections = {name: dict(values) for name, values in PARAMS.sections.items()}
-    del sections["mowing"]["max_events_per_season"]
-    sections["mowing"]["max_events"] = 4  # as version 3 recorded it
-    before_v4 = MarkerParams(3, sections, "version 3")
+    before_v4 = recorded_params(3, without=[("mowing", "max_events_per_season")],
+                                values={("mowing", "max_events"): 4})  # as version 3 recorded it
     old = [r for r in run_markers(read_series(path), before_v4, use_s1=False).rows() if r.marker == "mowing"]
     assert len(old) == 4
 
@@ -69,10 +68,8 @@ def test_five_cuts_of_an_intensive_meadow_are_all_found(tmp_path: Path) -> None:
     assert len(got) == 5
     assert all(abs((np.datetime64(doy_date(w)) - g).astype(int)) <= 3 for w, g in zip(cuts, got, strict=True))
     # version 4 kept at most 4 cuts a season: the recorded parameters of such a run give its 4 again
-    sections = {name: dict(values) for name, values in PARAMS.sections.items()}
-    sections["mowing"]["max_events"] = 4
-    old = [r for r in run_markers(read_series(path), MarkerParams(4, sections, "version 4"), use_s1=False).rows()
-           if r.marker == "mowing"]
+    version_4 = recorded_params(4, values={("mowing", "max_events"): 4})
+    old = [r for r in run_markers(read_series(path), version_4, use_s1=False).rows() if r.marker == "mowing"]
     assert len(old) == 4
 
 
@@ -131,8 +128,7 @@ def test_coherence_rise_within_its_noise_is_no_support(tmp_path: Path) -> None:
     assert confidence == pytest.approx(s2_only)
     assert _mowing_dates(noisy)["p"][0][2] == "s2+coh"  # coherence was read, it did not support the cut
     # parameters before version 7 have no noise test: a recomputed old run gives the bonus as it did
-    old = MarkerParams(6, {**PARAMS.sections, "mowing": {k: v for k, v in PARAMS.sections["mowing"].items()
-                                                          if k != "coherence_noise_z"}}, "v6")
+    old = recorded_params(6, without=[("mowing", "coherence_noise_z")])
     confidence, rise, need = _s1_test(noisy, old)
     assert need == PARAMS.get("mowing", "min_coherence_rise") and confidence == pytest.approx(min(s2_only + bonus, 1.0))
 

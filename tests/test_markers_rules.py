@@ -13,6 +13,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
+from markers_params import recorded_params
 from markers_series import write_rows
 
 from cbm_tasks.markers import load_params, prepare, read_series, run_markers
@@ -188,16 +189,11 @@ GRASS = (0.03, 0.035, 0.32, 0.20)
 LIGHT_SOIL = (0.15, 0.22, 0.27, 0.35)  # dry light soil, ploughed: bright in blue, redder still (red/blue 1.47)
 
 
-def _before_version_9() -> MarkerParams:
-    sections = {name: dict(values) for name, values in PARAMS.sections.items()}
-    del sections["validity"]["min_soil_red_ratio"]
-    return MarkerParams(8, sections, "version 8")
-
-
 def test_a_ploughing_on_bright_soil_is_soil_not_cloud(tmp_path: Path) -> None:
     # permanent grassland ploughed in July on a light soil (blue 0.15 > max_blue_reflectance): its visible spectrum
     # is red, not flat, so the observations are used and the ploughing is found with full confidence, a red light
     # on "permanent grassland: no ploughing"; parameters before version 9 took the bright soil for cloud (no event)
+    before_v9 = recorded_params(8, without=[("validity", "min_soil_red_ratio")])
     spectra = [(doy, GRASS) for doy in range(100, 196, 5)] + [(doy, LIGHT_SOIL) for doy in range(200, 236, 5)]
     series = read_series(write_rows(tmp_path / "s.csv", _spectra_rows(spectra)))
 
@@ -206,8 +202,8 @@ def test_a_ploughing_on_bright_soil_is_soil_not_cloud(tmp_path: Path) -> None:
                 if row.marker == "bare_soil"]
 
     assert bare(PARAMS) == [("2021-07-19", 1.0)]
-    assert bare(_before_version_9()) == []
-    assert prepare(series, _before_version_9()).s2.valid.sum() == 20
+    assert bare(before_v9) == []
+    assert prepare(series, before_v9).s2.valid.sum() == 20
     light = evaluate_lights(run_markers(series, PARAMS, use_s1=False), load_rules(), crops={"p": "9120"},
                             aoi="t", year=2021)
     assert {(lt.scheme, lt.colour, lt.reason) for lt in light if lt.scheme == "permanent_grassland"} == {
