@@ -30,22 +30,21 @@ from cbm_tasks.markers.mowing_explain import explain_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import SeriesTable
 from cbm_tasks.markers.truth import read_salms_truth, read_survey_truth
-from cbm_tasks.markers.validation import TOLERANCE_DAYS, unmatched
+from cbm_tasks.markers.validation import TOLERANCE_DAYS, false_events, matches, missed_events
 
 
 def report(name: str, series: SeriesTable, truth: dict[str, list[date]], parcels: list[str], params: MarkerParams, *,
            use_s1: bool, negatives: set[str], show: bool) -> None:
     """Print the reasons of the misses and the false detections of one data set."""
     predicted = predict(series, params, use_s1=use_s1)
-    missed, false = unmatched(predicted, truth, parcels)
+    lines = matches(predicted, truth, parcels)
+    missed, false = missed_events(lines), false_events(lines)
     known = set(series.parcel_ids.tolist())
     explained = {p: explain_mowing(series, p, params, use_s1=use_s1) if p in known else None
-                 for p in sorted(set(missed) | set(false))}
-    reasons, falls = explain_lines(
-        [(p, when) for p, dates in missed.items() for when in dates],
-        [(p, when) for p, dates in false.items() for when in dates],
-        lambda parcel: None if explained[parcel] is None else (explained[parcel], params),
-        tolerance_days=TOLERANCE_DAYS)
+                 for p in sorted({parcel for parcel, _ in missed + false})}
+    reasons, falls = explain_lines(missed, false,
+                                   lambda parcel: None if explained[parcel] is None else (explained[parcel], params),
+                                   tolerance_days=TOLERANCE_DAYS)
     n_true = sum(len(truth.get(p, [])) for p in parcels)
     print(f"{name}: {len(reasons)} of {n_true} true mowings missed, {len(falls)} false detections "
           f"({sum(parcel in negatives for parcel, _ in falls)} on surveyed not-mown plot-years)")

@@ -32,7 +32,9 @@ from cbm_tasks.markers.validation import (
     Predictions,
     Score,
     bootstrap_lines,
+    false_events,
     matches,
+    missed_events,
     score_lines,
     sensors_text,
     wilson,
@@ -140,13 +142,11 @@ class MarkerValidation:
 
     def missed(self) -> list[tuple[str, date]]:
         """(parcel id, true date) of every missed true event."""
-        return [(line.parcel_id, line.true_date) for line in self.lines
-                if line.true_date is not None and line.predicted_date is None]
+        return missed_events(self.lines)
 
     def false(self) -> list[tuple[str, date]]:
         """(parcel id, detected date) of every false detection."""
-        return [(line.parcel_id, line.predicted_date) for line in self.lines
-                if line.true_date is None and line.predicted_date is not None]
+        return false_events(self.lines)
 
     def missed_by_cause(self) -> dict[str, int]:
         """Cause -> missed events, most common first (empty without :attr:`miss_reasons`)."""

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TOLERANCE_DAYS", "Match", "Predictions", "Score", "bootstrap_intervals", "bootstrap_lines", "match_events",
-           "matches", "score_lines", "sensors_text", "unmatched", "wilson"]
+__all__ = ["TOLERANCE_DAYS", "Match", "Predictions", "Score", "bootstrap_intervals", "bootstrap_lines", "false_events",
+           "match_events", "matches", "missed_events", "score_lines", "sensors_text", "unmatched", "wilson"]
 
 TOLERANCE_DAYS = 12  # MODCiX: a detected mowing within +-12 days of the true one is a hit
 
@@ -114,14 +114,26 @@ def score_lines(lines: Iterable[Match], predicted: Mapping[str, list[date]], par
 def unmatched(predicted: Mapping[str, list[date]], truth: Mapping[str, list[date]], parcels: Iterable[str], *,
               tolerance_days: int = TOLERANCE_DAYS) -> tuple[dict[str, list[date]], dict[str, list[date]]]:
     """Return the false negatives and the false positives of :func:`match_events`: parcel -> dates."""
+    lines = matches(predicted, truth, parcels, tolerance_days=tolerance_days)
     missed: dict[str, list[date]] = {}
     false: dict[str, list[date]] = {}
-    for line in matches(predicted, truth, parcels, tolerance_days=tolerance_days):
-        if line.predicted_date is None and line.true_date is not None:
-            missed.setdefault(line.parcel_id, []).append(line.true_date)
-        elif line.true_date is None and line.predicted_date is not None:
-            false.setdefault(line.parcel_id, []).append(line.predicted_date)
+    for parcel, when in missed_events(lines):
+        missed.setdefault(parcel, []).append(when)
+    for parcel, when in false_events(lines):
+        false.setdefault(parcel, []).append(when)
     return missed, false
+
+
+def missed_events(lines: Iterable[Match]) -> list[tuple[str, date]]:
+    """(parcel id, true date) of every missed true event among the lines :func:`matches` gave."""
+    return [(line.parcel_id, line.true_date) for line in lines
+            if line.true_date is not None and line.predicted_date is None]
+
+
+def false_events(lines: Iterable[Match]) -> list[tuple[str, date]]:
+    """(parcel id, detected date) of every false detection among the lines :func:`matches` gave."""
+    return [(line.parcel_id, line.predicted_date) for line in lines
+            if line.true_date is None and line.predicted_date is not None]
 
 
 def _match(pred: list[date], true: list[date], tolerance_days: int) -> dict[tuple[int, int], int]:
