@@ -93,12 +93,17 @@ def with_stored_miss_reasons(args: argparse.Namespace, result: MarkerValidation)
         keys = dict(conn.execute("SELECT parcel_id, parcel_key FROM cbm.parcel WHERE parcel_set_id = %s "
                                  "AND parcel_id = ANY(%s)", (parcel_set_id, names)).fetchall())
 
+        params_of_run: dict[int | None, MarkerParams] = {}  # parsed and hash-checked once per run, not per parcel
+
         def explain(parcel: str) -> tuple[MowingExplanation, MarkerParams] | None:
             if parcel not in keys:
                 return None
             explanation, run = explain_stored(conn, parcel_set_id=parcel_set_id, parcel_key=int(keys[parcel]),
                                               parcel_id=parcel, year=args.year, marker="mowing")
-            return explanation, decision_params(run)[0]
+            run_id = None if run is None else run.marker_run_id
+            if run_id not in params_of_run:
+                params_of_run[run_id] = decision_params(run)[0]
+            return explanation, params_of_run[run_id]
 
         return with_miss_reasons(result, explain)
 
