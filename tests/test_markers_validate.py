@@ -144,6 +144,9 @@ def test_a_miss_is_put_down_to_its_cause() -> None:
     assert miss_reason(explained([], ["2021-05-20"]), june, params, tolerance_days=12) == \
         "no clear image within 12 days after"
     assert miss_reason(explained([], ["2021-06-20"]), june, params, tolerance_days=12) == "no NDVI fall"
+    # a date in a year without any image of the parcel: a typo in the ground truth (2023 recorded as 2025)
+    assert miss_reason(explained([], ["2021-05-20", "2021-06-20"]), date(2025, 6, 15), params, tolerance_days=12) == \
+        "no image of the parcel in 2025 (its images 2021-05-20 .. 2021-06-20): is the recorded date right?"
     far = fall("2021-07-20", "2021-07-25", "2021-07-22", 0.4, "mowing")  # out of reach of the tolerance
     assert miss_reason(explained([far], ["2021-06-20"]), june, params, tolerance_days=12) == "no NDVI fall"
     weak = fall("2021-06-10", "2021-06-17", "2021-06-14", 0.2, "not a cut", "red did not rise as at a cut")

@@ -6,6 +6,8 @@ mowing kernel's own step tests) and names the first of these that holds:
 
 * ``no markers computed``: the parcel has no observation (or is not in the parcel set);
 * ``outside the mowing season`` (``season_start_doy`` .. ``season_end_doy``);
+* ``no image of the parcel in YEAR``: the date lies in a year the series does not cover (a typo in
+  the ground truth, such as 2025 for 2023, or a series cut short);
 * ``no clear image within N days after``: clouds hid the cut;
 * ``no NDVI fall``: clear images around the date, but NDVI does not fall near it (the cut does not
   show, or the recorded date is off by more than the tolerance);
@@ -54,6 +56,10 @@ def miss_reason(explanation: MowingExplanation | None, when: date, params: Marke
     doy = when.timetuple().tm_yday
     if not params.get("mowing", "season_start_doy") <= doy <= params.get("mowing", "season_end_doy"):
         return "outside the mowing season"
+    seen = [o.date for o in explanation.observations]
+    if seen and not any(d.startswith(f"{when.year:04d}-") for d in seen):
+        return (f"no image of the parcel in {when.year} (its images {min(seen)} .. {max(seen)}): "
+                "is the recorded date right?")
     falls = _near(explanation.steps, when, tolerance_days)
     if not falls:
         after = (when + timedelta(days=tolerance_days)).isoformat()
