@@ -12,6 +12,11 @@ documented ways (MODCiX matching within +-12 days, as ``markers_eval.py``):
                c ~ U(0.25, 0.5): a bright layer whose scattering falls with wavelength (Angstrom exponent 1).
   no cloud mask  clear_fraction removed: every image is used unless the marker's own blue, haze and cloud-dip
                tests reject it (exports without a cloud score or SCL).
+  edge mixing  each clear observation is, with probability --mixed (default 0.2), partly a bare neighbour's
+               signal: reflectance r -> (1 - m) r + m s, m ~ U(0.05, 0.25), s a dry loam's spectrum. Small plots
+               (a few 10 m pixels, as camera-observed sites) see their neighbour through the image's
+               co-registration error (Sentinel-2: ~5-10 m between dates) on some dates: NDVI falls and red rises,
+               as at a cut, for one image.
 
 Each random degradation is drawn --draws times (seeds 0..N-1); whether an observation is dropped or hazed
 depends on the seed, the plot-year and the date only, so the file's row order does not matter. The table
@@ -20,7 +25,7 @@ condition, and on the SALMS set as it is (S2+S1 and S2 only, the control rows): 
 place when it helps under all of them, not on the unchanged Slovak set alone.
 
 Usage: python benchmarks/markers_robustness.py [--data DIR] [--params FILE] [--draws N] [--lost P] [--hazed P]
-                                               [--vary SECTION.KEY=V1,V2,...]
+                                               [--mixed P] [--vary SECTION.KEY=V1,V2,...]
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ from cbm_tasks.markers.validation import TOLERANCE_DAYS, Score, match_events
 # centre wavelengths (micrometres) of the Sentinel-2 bands the Slovak set carries
 WAVELENGTH = {"B02": 0.49, "B03": 0.56, "B04": 0.665, "B05": 0.705, "B06": 0.74, "B07": 0.783, "B08": 0.842,
               "B8A": 0.865, "B11": 1.61, "B12": 2.19}
+# a bare, dry loam neighbour (field edge, track): surface reflectance per band, typical of Sentinel-2 L2A over
+# tilled soil (red above blue, NIR and SWIR above red; NDVI ~0.2)
+SOIL = {"B02": 0.07, "B03": 0.10, "B04": 0.13, "B05": 0.16, "B06": 0.18, "B07": 0.19, "B08": 0.21, "B8A": 0.22,
+        "B11": 0.30, "B12": 0.25}
 Row = list[str]
 Change = Callable[[dict[str, int], Row], Row | None]
 
@@ -80,6 +89,22 @@ def clouds_missed(share: float, seed: int, min_clear: float) -> Change:
     return change
 
 
+def edge_mixing(share: float, seed: int, min_clear: float) -> Change:
+    """Mix a clear observation's reflectances with a bare neighbour's with probability *share* (module docstring)."""
+    def change(col: dict[str, int], row: Row) -> Row | None:
+        clear = row[col["clear_fraction"]]
+        if row[col["source"]] != "s2" or not clear or float(clear) < min_clear or row[col["band"]] not in SOIL:
+            return row
+        rng = _draw(seed, "mixed", row[col["parcel_id"]], row[col["obs_time"]])
+        mixed, m = rng.random() < share, rng.uniform(0.05, 0.25)
+        if not mixed:
+            return row
+        out = list(row)
+        out[col["mean"]] = f"{(1 - m) * float(row[col['mean']]) + m * SOIL[row[col['band']]]:.6f}"
+        return out
+    return change
+
+
 def no_cloud_mask(col: dict[str, int], row: Row) -> Row | None:
     """The row without its clear share."""
     out = list(row)
@@ -99,23 +124,26 @@ def degraded(series: Path, out: Path, change: Change) -> Path:
     return out
 
 
-def conditions(params: MarkerParams, *, draws: int, lost: float, hazed: float) -> list[tuple[str, list[Change | None]]]:
+def conditions(params: MarkerParams, *, draws: int, lost: float, hazed: float,
+               mixed: float) -> list[tuple[str, list[Change | None]]]:
     """(label, one change per draw; None: the file as it is) of every condition scored."""
     min_clear = float(params.sections["validity"]["min_clear_fraction"])
     return [("as it is", [None]),
             (f"images lost ({lost:.0%} of the overpasses)", [images_lost(lost, seed) for seed in range(draws)]),
             (f"clouds missed ({hazed:.0%} of the clear images hazed)",
              [clouds_missed(hazed, seed, min_clear) for seed in range(draws)]),
-            ("no cloud mask (clear_fraction removed)", [no_cloud_mask])]
+            ("no cloud mask (clear_fraction removed)", [no_cloud_mask]),
+            (f"edge mixing ({mixed:.0%} of the clear images part bare neighbour)",
+             [edge_mixing(mixed, seed, min_clear) for seed in range(draws)])]
 
 
 def score_conditions(data: Path, params_list: list[MarkerParams], work: Path, *, draws: int, lost: float,
-                     hazed: float) -> list[tuple[str, list[list[Score]]]]:
+                     hazed: float, mixed: float) -> list[tuple[str, list[list[Score]]]]:
     """Per condition, per parameter set, the score of each draw on the Slovak set (each file written and read once)."""
     truth, parcels, negatives = ground_truth("sk", data)
     series = data / "grassland_sk_train" / "timeseries.csv.gz"
     out = []
-    for label, changes in conditions(params_list[0], draws=draws, lost=lost, hazed=hazed):
+    for label, changes in conditions(params_list[0], draws=draws, lost=lost, hazed=hazed, mixed=mixed):
         per_params: list[list[Score]] = [[] for _ in params_list]
         for change in changes:
             table = read_series(series if change is None else degraded(series, work / "degraded.csv", change))
@@ -157,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--lost", type=float, default=0.3)
     parser.add_argument("--hazed", type=float, default=0.1)
+    parser.add_argument("--mixed", type=float, default=0.2)
     parser.add_argument("--vary", metavar="SECTION.KEY=V1,V2,...")
     args = parser.parse_args(argv)
-    if args.draws < 1 or not (0 <= args.lost <= 1 and 0 <= args.hazed <= 1):
-        parser.error("--draws must be 1 or more, --lost and --hazed shares in [0, 1]")
+    if args.draws < 1 or not all(0 <= share <= 1 for share in (args.lost, args.hazed, args.mixed)):
+        parser.error("--draws must be 1 or more, --lost, --hazed and --mixed shares in [0, 1]")
     params = load_params(args.params)
     labels, params_list = ["defaults" if args.params is None else str(args.params)], [params]
     if args.vary:
@@ -175,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--vary {args.vary!r}: expected SECTION.KEY=V1,V2,...")
     with tempfile.TemporaryDirectory() as tmp:
         results = score_conditions(args.data, params_list, Path(tmp), draws=args.draws, lost=args.lost,
-                                   hazed=args.hazed)
+                                   hazed=args.hazed, mixed=args.mixed)
         results += score_salms(args.data, params_list, Path(tmp))
     print(f"mowing marker on the Slovak survey degraded (Sentinel-2 only) and on SALMS as it is; parameters version "
           f"{params.version} hash {params.hash[:12]}; a hit = within +-{TOLERANCE_DAYS} days; mean (range) over the "

@@ -238,15 +238,19 @@ def test_kernels_match_plain_references() -> None:
     ndvi = rng.uniform(0.1, 0.9, len(day))
     valid = rng.random(len(day)) > 0.2
     no_haze = np.full(len(day), np.nan)
-    got = _cloud_dip_kernel(offsets, day, ndvi, no_haze, valid, 0.03, 0.05, 25.0, 1, 0.01)
+    got = _cloud_dip_kernel(offsets, day, ndvi, no_haze, valid, 0.03, 0.05, 25.0, 1, 0.01, 0.0)
     want = _dip_reference(offsets, day, ndvi, valid, 0.03, 0.05, 25.0)
     np.testing.assert_array_equal(got, want)
     assert got.sum() > 3
     haze = rng.uniform(0.0, 0.04, len(day))
-    runs = _cloud_dip_kernel(offsets, day, ndvi, haze, valid, 0.03, 0.05, 25.0, 2, 0.01)
+    runs = _cloud_dip_kernel(offsets, day, ndvi, haze, valid, 0.03, 0.05, 25.0, 2, 0.01, 0.0)
     np.testing.assert_array_equal(runs, _cloud_dip_kernel.py_func(offsets, day, ndvi, haze, valid, 0.03, 0.05, 25.0,
-                                                                  2, 0.01))
+                                                                  2, 0.01, 0.0))
     assert runs.sum() > got.sum()  # two-observation runs and haze signatures add dips
+    week = _cloud_dip_kernel(offsets, day, ndvi, haze, valid, 0.03, 0.05, 25.0, 2, 0.01, 7.0)
+    np.testing.assert_array_equal(week, _cloud_dip_kernel.py_func(offsets, day, ndvi, haze, valid, 0.03, 0.05, 25.0,
+                                                                  2, 0.01, 7.0))
+    assert week.sum() >= runs.sum() and (week | ~runs).all()  # a fall undone within a week adds dips, drops none
     coh_day = np.sort(rng.uniform(0, 300, 60))
     coh = rng.uniform(0.1, 0.8, 60)
     for start in (50.0, 120.0, 200.0):

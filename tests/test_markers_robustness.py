@@ -71,6 +71,23 @@ def test_clouds_missed_hazes_clear_images_only_and_most_in_blue(tmp_path: Path) 
     assert _degrade(tmp_path, rows, robustness.clouds_missed(0.0, seed=0, min_clear=0.8)) == rows
 
 
+def test_edge_mixing_pulls_clear_images_towards_bare_soil(tmp_path: Path) -> None:
+    rows = _rows()
+    out = _degrade(tmp_path, rows, robustness.edge_mixing(1.0, seed=0, min_clear=0.8))
+    assert [r[5] for r in out] == [r[5] for r in rows]  # the mask does not see a neighbour
+    changed = {(o[0], o[1]) for o, r in zip(out, rows, strict=True) if o[4] != r[4]}
+    assert changed == {(r[0], r[1]) for r in rows if r[2] == "s2" and r[5] == "0.95"}
+    by_key = {(o[0], o[1], o[3]): float(o[4]) for o in out}
+    for plot, when in changed:
+        red, nir = by_key[plot, when, "B04"], by_key[plot, when, "B08"]
+        assert 0.04 < red <= 0.75 * 0.04 + 0.25 * 0.13 and 0.75 * 0.30 + 0.25 * 0.21 <= nir < 0.30  # m <= 0.25
+        assert (nir - red) / (nir + red) < 0.765  # NDVI falls and red rises, as at a cut: what the marker must bear
+    # the share holds (seeded), and a share of 0 changes nothing
+    some = _degrade(tmp_path, rows, robustness.edge_mixing(0.5, seed=1, min_clear=0.8))
+    assert 5 <= len({(o[0], o[1]) for o, r in zip(some, rows, strict=True) if o[4] != r[4]}) <= 35
+    assert _degrade(tmp_path, rows, robustness.edge_mixing(0.0, seed=0, min_clear=0.8)) == rows
+
+
 def test_no_cloud_mask_empties_the_clear_share_only(tmp_path: Path) -> None:
     rows = _rows()
     out = _degrade(tmp_path, rows, robustness.no_cloud_mask)
@@ -82,16 +99,19 @@ def test_the_table_starts_from_markers_eval_scores(capsys: pytest.CaptureFixture
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "condition" not in line]
     assert [line.split(" | ")[0][2:] for line in table] == [
         "as it is", "images lost (30% of the overpasses)", "clouds missed (10% of the clear images hazed)",
-        "no cloud mask (clear_fraction removed)", "SALMS as it is, S2+S1 (control)",
-        "SALMS as it is, S2 only (control)"]
-    # the unchanged set: markers_eval.py's SK S2-only row (185 hits, 13 false, 32 of the 37 not-mown plot-years clean)
-    assert table[0] == "| as it is | 1 | 185 | 13 | 0.93 | 0.85 | 0.89 | 32 of 37 |"
+        "no cloud mask (clear_fraction removed)", "edge mixing (20% of the clear images part bare neighbour)",
+        "SALMS as it is, S2+S1 (control)", "SALMS as it is, S2 only (control)"]
+    # the unchanged set: markers_eval.py's SK S2-only row (185 hits, 12 false, 32 of the 37 not-mown plot-years clean)
+    assert table[0] == "| as it is | 1 | 185 | 12 | 0.94 | 0.85 | 0.89 | 32 of 37 |"
     # the control rows: markers_eval.py's SALMS rows (8 and 7 of 17 dates found, 8 false each)
-    assert table[4:] == ["| SALMS as it is, S2+S1 (control) | 1 | 8 | 8 | 0.50 | 0.47 | 0.48 | - |",
+    assert table[5:] == ["| SALMS as it is, S2+S1 (control) | 1 | 8 | 8 | 0.50 | 0.47 | 0.48 | - |",
                          "| SALMS as it is, S2 only (control) | 1 | 7 | 8 | 0.47 | 0.41 | 0.44 | - |"]
     # fewer images: fewer hits; without the mask the marker's own cloud tests keep most of the scores
     hits = [int(line.split(" | ")[2].split()[0]) for line in table]
     assert hits[1] < hits[0] and hits[3] >= 0.9 * hits[0]
+    # a bare neighbour seen in single images makes false mowings (README: the marker's weak side)
+    false = [int(line.split(" | ")[3].split()[0]) for line in table]
+    assert false[4] > 2 * false[0]
 
 
 @pytest.mark.parametrize(("vary", "message"), [("mowing.no_such_key=1", "no parameter 'mowing.no_such_key'"),

@@ -60,6 +60,8 @@ NEUTRAL: dict[tuple[str, str], float] = {
     ("data", "overpass_seconds"): 0.0,
     # version 9
     ("validity", "min_soil_red_ratio"): 1e9,
+    # version 10
+    ("cloud_dip", "min_cut_low_days"): 0.0,
 }
 
 

@@ -47,7 +47,7 @@ REJECTIONS = {
     BRIGHT_BLUE: "blue above max_blue_reflectance (cloud or haze the mask missed)",
     HAZE: "haze index above max_haze_index (haze the mask missed)",
     IMPLAUSIBLE: "NDVI below min_plausible_ndvi (water, cloud or shadow)",
-    CLOUD_DIP: "cloud dip: back faster than grass regrows, or hazy",
+    CLOUD_DIP: "cloud dip: back faster than grass regrows (or within min_cut_low_days), or hazy",
 }
 
 
@@ -152,7 +152,7 @@ def _day_of_year(day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @njit(cache=True, nogil=True)
 def _cloud_dip_kernel(offsets: np.ndarray, day: np.ndarray, ndvi: np.ndarray, haze: np.ndarray, valid: np.ndarray,
                       max_regrowth_per_day: float, recovery_margin: float, max_span_days: float, max_run: int,
-                      min_haze_rise: float) -> np.ndarray:
+                      min_haze_rise: float, min_cut_low_days: float) -> np.ndarray:
     """Flag runs of 1..*max_run* low valid observations that the mask missed (see :func:`cloud_dips`)."""
     dip = np.zeros(len(day), np.bool_)
     idx = np.empty(len(day), np.int64)
@@ -190,7 +190,8 @@ def _cloud_dip_kernel(offsets: np.ndarray, day: np.ndarray, ndvi: np.ndarray, ha
                     break
                 if ndvi[after] < low:
                     continue  # still low: maybe a longer run, or a real drop
-                fast = (ndvi[after] - ndvi[lowest]) / max(day[after] - day[lowest], 1.0) > max_regrowth_per_day
+                back = day[after] - day[lowest]
+                fast = back <= min_cut_low_days or (ndvi[after] - ndvi[lowest]) / max(back, 1.0) > max_regrowth_per_day
                 hazy = haze_min - max(haze[previous], haze[after]) >= min_haze_rise  # False when any is NaN
                 if fast or hazy:
                     flagged = length
@@ -234,9 +235,10 @@ def cloud_dips(offsets: np.ndarray, day: np.ndarray, ndvi: np.ndarray, valid: np
     them lie more than ``recovery_margin`` below the observation before the run, the observation
     after it is back within ``recovery_margin`` of that level, the three span at most
     ``max_span_days``, and either the recovery is faster than grass regrows
-    (``max_regrowth_per_day``) or the run carries a haze signature (its haze index,
-    :func:`haze_index`, at least ``min_haze_rise`` above both neighbours). A real cut stays low for
-    weeks, so it is never a dip; a cloud right after a cut is not either (the level before it is low).
+    (``max_regrowth_per_day``) or comes within ``min_cut_low_days`` of the run's lowest observation,
+    or the run carries a haze signature (its haze index, :func:`haze_index`, at least
+    ``min_haze_rise`` above both neighbours). A real cut stays low for weeks, so it is never a dip; a
+    cloud right after a cut is not either (the level before it is low).
 
     Raises:
         ValueError: the arrays differ in length or offsets do not end at their length.
@@ -249,7 +251,8 @@ def cloud_dips(offsets: np.ndarray, day: np.ndarray, ndvi: np.ndarray, valid: np
                              haze.astype(np.float64), valid.astype(np.bool_),
                              params.get("cloud_dip", "max_regrowth_per_day"),
                              params.get("cloud_dip", "recovery_margin"), params.get("cloud_dip", "max_span_days"),
-                             int(params.get("cloud_dip", "max_run")), params.get("cloud_dip", "min_haze_rise"))
+                             int(params.get("cloud_dip", "max_run")), params.get("cloud_dip", "min_haze_rise"),
+                             params.get("cloud_dip", "min_cut_low_days"))
 
 
 def _validity_codes(bands: np.ndarray, ndvi: np.ndarray, clear: np.ndarray,
