@@ -36,7 +36,7 @@ import gzip
 import random
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from markers_eval import DATA, ground_truth, predict
@@ -72,37 +72,42 @@ def images_lost(share: float, seed: int) -> Change:
     return change
 
 
-def clouds_missed(share: float, seed: int, min_clear: float) -> Change:
-    """Haze a clear observation's reflectances with probability *share* (module docstring), its clear share kept."""
+Layer = Callable[[random.Random], tuple[float, Callable[[str], float]]]
+
+
+def _blended(kind: str, share: float, seed: int, min_clear: float, bands: Iterable[str], layer: Layer) -> Change:
+    """Blend a clear observation's reflectances r -> (1 - w) r + w t(band) with probability *share*.
+
+    *layer* draws, from the observation's random source, the weight w and the layer's reflectance t per band;
+    rows of other sources, of unclear observations and of bands not in *bands* stay as they are.
+    """
+    known = frozenset(bands)
+
     def change(col: dict[str, int], row: Row) -> Row | None:
-        clear = row[col["clear_fraction"]]
-        if row[col["source"]] != "s2" or not clear or float(clear) < min_clear:
+        clear, band = row[col["clear_fraction"]], row[col["band"]]
+        if row[col["source"]] != "s2" or not clear or float(clear) < min_clear or band not in known:
             return row
-        rng = _draw(seed, "hazed", row[col["parcel_id"]], row[col["obs_time"]])
-        hazed, a, c = rng.random() < share, rng.uniform(0.05, 0.3), rng.uniform(0.25, 0.5)
-        band = row[col["band"]]
-        if not hazed or band not in WAVELENGTH:
+        rng = _draw(seed, kind, row[col["parcel_id"]], row[col["obs_time"]])
+        if rng.random() >= share:
             return row
+        weight, target = layer(rng)
         out = list(row)
-        out[col["mean"]] = f"{(1 - a) * float(row[col['mean']]) + a * c * WAVELENGTH['B02'] / WAVELENGTH[band]:.6f}"
+        out[col["mean"]] = f"{(1 - weight) * float(row[col['mean']]) + weight * target(band):.6f}"
         return out
     return change
+
+
+def clouds_missed(share: float, seed: int, min_clear: float) -> Change:
+    """Haze a clear observation's reflectances with probability *share* (module docstring), its clear share kept."""
+    def haze(rng: random.Random) -> tuple[float, Callable[[str], float]]:
+        a, c = rng.uniform(0.05, 0.3), rng.uniform(0.25, 0.5)
+        return a, lambda band: c * WAVELENGTH["B02"] / WAVELENGTH[band]
+    return _blended("hazed", share, seed, min_clear, WAVELENGTH, haze)
 
 
 def edge_mixing(share: float, seed: int, min_clear: float) -> Change:
     """Mix a clear observation's reflectances with a bare neighbour's with probability *share* (module docstring)."""
-    def change(col: dict[str, int], row: Row) -> Row | None:
-        clear = row[col["clear_fraction"]]
-        if row[col["source"]] != "s2" or not clear or float(clear) < min_clear or row[col["band"]] not in SOIL:
-            return row
-        rng = _draw(seed, "mixed", row[col["parcel_id"]], row[col["obs_time"]])
-        mixed, m = rng.random() < share, rng.uniform(0.05, 0.25)
-        if not mixed:
-            return row
-        out = list(row)
-        out[col["mean"]] = f"{(1 - m) * float(row[col['mean']]) + m * SOIL[row[col['band']]]:.6f}"
-        return out
-    return change
+    return _blended("mixed", share, seed, min_clear, SOIL, lambda rng: (rng.uniform(0.05, 0.25), SOIL.__getitem__))
 
 
 def no_cloud_mask(col: dict[str, int], row: Row) -> Row | None:
