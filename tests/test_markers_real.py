@@ -19,6 +19,7 @@ import pyarrow.csv as pv
 import pyarrow.parquet as pq
 import pytest
 from conftest import shared_data
+from markers_params import recorded_params
 
 from cbm_tasks.cli import main
 from cbm_tasks.errors import BadInputError
@@ -109,8 +110,7 @@ def test_noisy_coherence_adds_no_false_mowings_on_the_slovak_set() -> None:
     path = shared_data("grassland_sk_train", "timeseries.csv.gz")
     score = _slovak_score(path, plot_years=True, use_s1=True)
     assert (score.tp, score.fp, score.fn, score.negatives_clean) == (185, 13, 32, 32)
-    v6 = MarkerParams(6, {**PARAMS.sections, "mowing": {k: v for k, v in PARAMS.sections["mowing"].items()
-                                                         if k != "coherence_noise_z"}}, "v6")
+    v6 = recorded_params(6, without=[("mowing", "coherence_noise_z")])
     before = _slovak_score(path, plot_years=True, use_s1=True, params=v6)
     assert (before.tp, before.fp, before.negatives_clean) == (185, 20, 31)
 
