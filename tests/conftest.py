@@ -37,10 +37,10 @@ def shared_data(*parts: str) -> Path:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the pipeline benchmark's test first, the Docker stack test last, and start building its images now.
+    """Run the pipeline benchmark's test first, the Docker stack tests last, and start their scenario now.
 
-    The build is minutes of downloads; overlapping it with the rest of the suite keeps
-    ``make test`` within its budget (ARCHITECTURE.md, Tests).
+    Building, starting and running the stack is minutes of downloads and waiting; overlapping it
+    with the rest of the suite keeps ``make test`` within its budget (ARCHITECTURE.md, Tests).
     """
     # the pipeline benchmark measures a fresh deployment: before the other Airflow tests leave runs
     # and asset events in the shared metadata database that could hold its cbm_extract run back
@@ -52,7 +52,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = [item for item in items if item.path.name != "test_docker_stack.py"] + docker
     import test_docker_stack
 
-    test_docker_stack.start_preparation()
+    test_docker_stack.start_scenario()
 
 
 @pytest.fixture(scope="session")

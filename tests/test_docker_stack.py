@@ -7,8 +7,9 @@ imported by the stack's ``cbm`` service, the DAGs started by the Airflow CLI in 
 container. One worker container is killed (SIGKILL) while it extracts an image: Airflow notices
 the missing heartbeat, the task is retried on the other worker, and every image ends
 ``extracted`` once. The rows are checked with psql in the PostGIS container; ``down -v`` removes
-everything at the end. Secrets: an env file generated here (mode 0600, under var/, removed at the
-end), never printed.
+everything at the end. All of it runs in a background thread while the rest of the suite runs
+(:class:`Scenario`); the two tests, last in the run, assert what it saw. Secrets: an env file
+generated here (mode 0600, under var/, removed at the end), never printed.
 
 Without a Docker engine (no docker.io installed, not root, dockerd fails here) the test is
 skipped with the reason; ``make test`` prints it.
@@ -25,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,12 +147,37 @@ def _wait_healthy(stack: Stack, *, timeout_s: float = 420) -> None:
         time.sleep(3)
 
 
-class Preparation:
-    """The slow half of the stack fixture, started in a thread when the suite is collected.
+@dataclass
+class StackSeen:
+    """What the scenario saw of the healthy stack, for test_stack_healthy_private_and_cached."""
 
-    The engine, the base images, ``docker-compose build`` and the demo data take minutes, mostly
-    downloads; ``tests/conftest.py`` moves this module's tests to the end of the run and starts
-    this at collection, so that the build overlaps the rest of the suite (ARCHITECTURE.md, Tests).
+    containers: list[dict[str, Any]]
+    scheduler_status: str
+    image_before: str  # the cbm-airflow image id, then after a second `docker-compose build`
+    image_after: str
+
+
+@dataclass
+class DemoSeen:
+    """What the scenario saw of the demo AOI run with a worker killed, for the demo test."""
+
+    run_states: list[str]
+    instances: dict[tuple[str, int], dict[str, Any]]
+    killed_host: str
+    killed_task: tuple[str, int]
+    statuses: list[list[str]]
+    per_image: list[list[str]]
+    duplicates: list[list[str]]
+
+
+class Scenario:
+    """The whole Docker scenario, run in a background thread from the suite's collection on.
+
+    Building the images, starting the stack and running the demo AOI in it take minutes, mostly
+    waiting (downloads, health checks, a dead worker's heartbeat timeout). ``tests/conftest.py``
+    starts this at collection, so that it overlaps the rest of the suite; the module's tests run
+    last and assert what it saw (ARCHITECTURE.md, Tests). A failure while building or starting
+    fails both tests; one in the demo fails the demo test only.
     """
 
     def __init__(self) -> None:
@@ -160,10 +185,12 @@ class Preparation:
         # right after it must not collide with it
         self.stack = Stack(env_file=VAR / f"{PROJECT}.env", port=int(os.environ.get("CBM_AIRFLOW_PORT", 0))
                            or _free_port(), timings={})
-        self.engine: docker_engine.Engine | None = None
         self.skip_reason: str | None = None
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="docker-stack-build", daemon=True)
+        self.demo_error: BaseException | None = None
+        self.stack_seen: StackSeen | None = None
+        self.demo_seen: DemoSeen | None = None
+        self._thread = threading.Thread(target=self._run, name="docker-stack-scenario", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -172,49 +199,46 @@ class Preparation:
         self._thread.join()
 
     def _run(self) -> None:
+        engine: docker_engine.Engine | None = None
         try:
             found = docker_engine.engine(VAR)
             if isinstance(found, str):
                 self.skip_reason = found
                 return
-            self.engine = found
-            stack, data_dir = self.stack, VAR / "data"
-            _write_env_file(stack.env_file, port=stack.port, data_dir=data_dir)
-            stack.compose("down", "--volumes", "--remove-orphans", timeout=180)  # leftovers of an interrupted run
-            t0 = time.monotonic()
-            _run([str(ROOT / "docker" / "local" / "build-images.sh")], timeout=1800)
-            stack.timings["base images"] = time.monotonic() - t0
-            t0 = time.monotonic()
-            stack.compose("build", timeout=3600)
-            stack.timings["compose build"] = time.monotonic() - t0
-            _run([str(Path(sys.executable).parent / "cbm"), "demo", "build", "--out", str(data_dir),
-                  "--max-products", str(N_PER_SENSOR)], timeout=600)
-        except BaseException as err:  # noqa: BLE001 - re-raised in the test's thread by the fixture
-            self.error = err
+            engine = found
+            try:
+                self._build()
+                self._up()
+                self.stack_seen = _look_at(self.stack)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the tests' thread by the fixture
+                self.error = err
+                return
+            try:
+                self.demo_seen = _demo_with_a_worker_killed(self.stack)
+            except BaseException as err:  # noqa: BLE001 - re-raised by the demo test
+                self.demo_error = err
+        finally:
+            if engine is not None:
+                self.stack.compose("down", "--volumes", "--remove-orphans", timeout=300, check=False)
+                (VAR / f"{PROJECT}-timings.json").write_text(json.dumps(self.stack.timings, indent=1))
+                engine.stop()
+            self.stack.env_file.unlink(missing_ok=True)
 
+    def _build(self) -> None:
+        stack, data_dir = self.stack, VAR / "data"
+        _write_env_file(stack.env_file, port=stack.port, data_dir=data_dir)
+        stack.compose("down", "--volumes", "--remove-orphans", timeout=180)  # leftovers of an interrupted run
+        t0 = time.monotonic()
+        _run([str(ROOT / "docker" / "local" / "build-images.sh")], timeout=1800)
+        stack.timings["base images"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        stack.compose("build", timeout=3600)
+        stack.timings["compose build"] = time.monotonic() - t0
+        _run([str(Path(sys.executable).parent / "cbm"), "demo", "build", "--out", str(data_dir),
+              "--max-products", str(N_PER_SENSOR)], timeout=600)
 
-_preparation: Preparation | None = None
-
-
-def start_preparation() -> None:
-    """Start building the stack in the background (once); called by tests/conftest.py at collection."""
-    global _preparation
-    if _preparation is None:
-        _preparation = Preparation()
-        _preparation.start()
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    start_preparation()  # a no-op when conftest started it; this module run alone starts it here
-    assert _preparation is not None
-    _preparation.wait()
-    engine, stack = _preparation.engine, _preparation.stack
-    try:
-        if _preparation.skip_reason:
-            pytest.skip(_preparation.skip_reason)
-        if _preparation.error is not None:
-            raise _preparation.error
+    def _up(self) -> None:
+        stack = self.stack
         t0 = time.monotonic()
         up = stack.compose("up", "-d", "--scale", "airflow-worker=2", timeout=900, check=False)
         if up.returncode != 0:
@@ -222,18 +246,49 @@ def stack() -> Iterator[Stack]:
             raise AssertionError(f"docker-compose up failed:\n{up.stderr[-3000:]}\n{logs[-8000:]}")
         _wait_healthy(stack)
         stack.timings["up until healthy"] = time.monotonic() - t0
-        yield stack
-    finally:
-        if engine is not None:
-            stack.compose("down", "--volumes", "--remove-orphans", timeout=300, check=False)
-            (VAR / f"{PROJECT}-timings.json").write_text(json.dumps(stack.timings, indent=1))
-            engine.stop()
-        stack.env_file.unlink(missing_ok=True)
 
 
-def test_stack_healthy_private_and_cached(stack: Stack) -> None:
+def _look_at(stack: Stack) -> StackSeen:
+    """The containers and the scheduler's health once the stack is healthy; the image id around a second build."""
+    containers = stack.containers()
+    scheduler = stack.api().request("GET", "monitor/health")["scheduler"]["status"]
+    image = "cbm-airflow:0.1.0"  # the compose default of CBM_AIRFLOW_IMAGE
+    before = _run(["docker", "image", "inspect", "--format", "{{.Id}}", image], timeout=60).stdout
+    t0 = time.monotonic()
+    stack.compose("build", timeout=600)
+    stack.timings["compose build (cached)"] = time.monotonic() - t0
+    after = _run(["docker", "image", "inspect", "--format", "{{.Id}}", image], timeout=60).stdout
+    return StackSeen(containers=containers, scheduler_status=str(scheduler), image_before=before, image_after=after)
+
+
+_scenario: Scenario | None = None
+
+
+def start_scenario() -> None:
+    """Start the scenario in the background (once); called by tests/conftest.py at collection."""
+    global _scenario
+    if _scenario is None:
+        _scenario = Scenario()
+        _scenario.start()
+
+
+@pytest.fixture(scope="module")
+def scenario() -> Scenario:
+    start_scenario()  # a no-op when conftest started it; this module run alone starts it here
+    assert _scenario is not None
+    _scenario.wait()
+    if _scenario.skip_reason:
+        pytest.skip(_scenario.skip_reason)
+    if _scenario.error is not None:
+        raise _scenario.error
+    return _scenario
+
+
+def test_stack_healthy_private_and_cached(scenario: Scenario) -> None:
+    seen = scenario.stack_seen
+    assert seen is not None
     running: dict[str, int] = {}
-    for container in stack.containers():
+    for container in seen.containers:
         service = container["Config"]["Labels"]["com.docker.compose.service"]
         if service == "airflow-init":
             continue
@@ -242,20 +297,15 @@ def test_stack_healthy_private_and_cached(stack: Stack) -> None:
         # published ports: the api-server's only, on 127.0.0.1 only
         bindings = [b for ports in (container["HostConfig"]["PortBindings"] or {}).values() for b in ports]
         if service == "airflow-apiserver":
-            assert bindings == [{"HostIp": "127.0.0.1", "HostPort": str(stack.port)}]
+            assert bindings == [{"HostIp": "127.0.0.1", "HostPort": str(scenario.stack.port)}]
         else:
             assert bindings == [], service
         networks = set(container["NetworkSettings"]["Networks"])
         assert networks == {f"{PROJECT}_default"}, service
     assert set(running) == SERVICES and running["airflow-worker"] == 2
-    assert stack.api().request("GET", "monitor/health")["scheduler"]["status"] == "healthy"
+    assert seen.scheduler_status == "healthy"
     # a second build changes nothing: every layer comes from the cache
-    image = "cbm-airflow:0.1.0"  # the compose default of CBM_AIRFLOW_IMAGE
-    before = _run(["docker", "image", "inspect", "--format", "{{.Id}}", image], timeout=60).stdout
-    t0 = time.monotonic()
-    stack.compose("build", timeout=600)
-    stack.timings["compose build (cached)"] = time.monotonic() - t0
-    assert _run(["docker", "image", "inspect", "--format", "{{.Id}}", image], timeout=60).stdout == before
+    assert seen.image_after == seen.image_before
 
 
 def _extract_instances(api: AirflowApi) -> list[dict[str, Any]]:
@@ -303,7 +353,8 @@ def _wait_extract_done(api: AirflowApi, *, timeout_s: float = 900) -> list[dict[
         time.sleep(3)
 
 
-def test_demo_aoi_through_the_containers_with_a_worker_killed(stack: Stack) -> None:
+def _demo_with_a_worker_killed(stack: Stack) -> DemoSeen:
+    """The demo AOI imported, polled and extracted in the stack, one worker killed while it extracts."""
     t0 = time.monotonic()
     stack.compose("run", "--rm", "--no-deps", "cbm", "parcels", "import",
                   "/opt/cbm/data/demo/parcels/demo_parcels_2018.gpkg", "--aoi", "demo", "--year", "2018")
@@ -319,29 +370,40 @@ def test_demo_aoi_through_the_containers_with_a_worker_killed(stack: Stack) -> N
     killed_host, killed_task = _kill_a_busy_worker(stack, api)
     runs = _wait_extract_done(api)
     stack.timings["demo AOI (import, poll, extract with a worker killed)"] = time.monotonic() - t0
-    assert [run["state"] for run in runs] == ["success"] * len(runs)
-
-    # the killed task was retried, on the surviving worker; one mapped task per batch of images over all runs
-    # (small images share a batch; a run started by a later asset event with nothing left to claim has only
-    # the unmapped placeholder, index -1)
+    # a run started by a later asset event with nothing left to claim has only the unmapped placeholder, index -1
     instances = {(ti["dag_run_id"], ti["map_index"]): ti for ti in _extract_instances(api) if ti["map_index"] >= 0}
-    assert 1 <= len(instances) <= 2 * N_PER_SENSOR
-    retried = instances[killed_task]
-    assert retried["state"] == "success" and retried["try_number"] >= 2
-    assert retried["hostname"] != killed_host
-    assert all(ti["state"] == "success" for ti in instances.values())
-
-    # the rows, read by psql in the PostGIS container: every image extracted, once
+    # the rows, read by psql in the PostGIS container
     statuses = stack.psql("SELECT s.status, count(*) FROM cbm.product_status s GROUP BY 1")
-    assert statuses == [["extracted", str(2 * N_PER_SENSOR)]]
     per_image = stack.psql(
         "SELECT p.product_id, (SELECT count(*) FROM cbm.parcel_obs o WHERE o.product_id = p.product_id), "
         "(SELECT count(*) FROM cbm.extraction e WHERE e.product_id = p.product_id), "
         "(SELECT count(*) FROM cbm.pipeline_run r WHERE r.step = 'extract' AND r.status = 'success' "
         "   AND r.params->>'product_id' = p.product_id::text) "
         "FROM cbm.product p ORDER BY 1")
-    assert len(per_image) == 2 * N_PER_SENSOR
-    assert all(int(obs) > 0 and extractions == "1" and successes == "1" for _, obs, extractions, successes in per_image)
     duplicates = stack.psql("SELECT count(*) FROM (SELECT 1 FROM cbm.parcel_obs "
                             "GROUP BY parcel_set_id, parcel_key, product_id HAVING count(*) > 1) d")
-    assert duplicates == [["0"]]
+    return DemoSeen(run_states=[run["state"] for run in runs], instances=instances, killed_host=killed_host,
+                    killed_task=killed_task, statuses=statuses, per_image=per_image, duplicates=duplicates)
+
+
+def test_demo_aoi_through_the_containers_with_a_worker_killed(scenario: Scenario) -> None:
+    if scenario.demo_error is not None:
+        raise scenario.demo_error
+    seen = scenario.demo_seen
+    assert seen is not None
+    assert seen.run_states == ["success"] * len(seen.run_states)
+
+    # the killed task was retried, on the surviving worker; one mapped task per batch of images over all runs
+    # (small images share a batch)
+    assert 1 <= len(seen.instances) <= 2 * N_PER_SENSOR
+    retried = seen.instances[seen.killed_task]
+    assert retried["state"] == "success" and retried["try_number"] >= 2
+    assert retried["hostname"] != seen.killed_host
+    assert all(ti["state"] == "success" for ti in seen.instances.values())
+
+    # every image extracted, once
+    assert seen.statuses == [["extracted", str(2 * N_PER_SENSOR)]]
+    assert len(seen.per_image) == 2 * N_PER_SENSOR
+    assert all(int(obs) > 0 and extractions == "1" and successes == "1"
+               for _, obs, extractions, successes in seen.per_image)
+    assert seen.duplicates == [["0"]]
