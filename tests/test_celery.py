@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ from airflow_testenv import free_port
 from cbm_tasks.catalogue.local import LocalCatalogue
 from cbm_tasks.demo import data as demo_data
 from cbm_tasks.errors import ServiceError
-from cbm_tasks.ops import airflow_ctl
+from cbm_tasks.ops import airflow_ctl, healthcheck, redis_broker
 from cbm_tasks.ops.airflow_api import AirflowApi
 from cbm_tasks.parcels import sets as parcel
 from cbm_tasks.pipeline.poll import poll_aoi
@@ -148,3 +149,10 @@ def test_extraction_on_two_celery_workers_survives_a_killed_worker(
     survivor_log = cfg.log_file(survivor).read_text(errors="replace")
     assert re.search(r"task_id='extract'.*try_number=2", survivor_log), "the retry did not run on the other worker"
     assert recovery_s < 300, f"the killed worker's image took {recovery_s:.0f} s to be extracted"
+
+    # the containers' health check of a worker (a ping over the broker): the survivor answers, the killed one not
+    broker = redis_broker.broker_url(cfg.redis_port, airflow_ctl.broker_password(cfg))
+    node = {name: f"cbm{name.removeprefix('celery-worker-')}@{socket.gethostname()}" for name in workers}
+    assert healthcheck.celery_worker(node[survivor], broker_url=broker) == f"Celery worker {node[survivor]} answers"
+    with pytest.raises(SystemExit, match=f"Celery worker {node[victim]} did not answer a ping within 3 s"):
+        healthcheck.celery_worker(node[victim], broker_url=broker, timeout_s=3)

@@ -172,7 +172,11 @@ def test_every_service_is_pinned_and_checked(model: dict[str, Any]) -> None:
     assert services["postgis"]["image"].startswith("postgis/postgis:15-3.")
     assert services["airflow-apiserver"]["healthcheck"]["test"][-1].endswith("/api/v2/monitor/health")
     assert services["airflow-scheduler"]["healthcheck"]["test"][-1] == "http://localhost:8974/health"
-    assert "--job-type TriggererJob" in services["airflow-triggerer"]["healthcheck"]["test"][-1]
+    # the cheap checks of cbm_tasks.ops.healthcheck (tests/test_healthcheck.py), each of its own component
+    check = ["CMD", "python", "-m", "cbm_tasks.ops.healthcheck"]
+    assert services["airflow-triggerer"]["healthcheck"]["test"] == [*check, "job", "TriggererJob"]
+    assert services["airflow-dag-processor"]["healthcheck"]["test"] == [*check, "job", "DagProcessorJob"]
+    assert services["airflow-worker"]["healthcheck"]["test"] == [*check, "celery-worker"]
     assert "pg_isready" in services["postgis"]["healthcheck"]["test"][-1]
     assert services["redis"]["profiles"] == ["celery"] and services["airflow-worker"]["profiles"] == ["celery"]
     assert services["cbm"]["profiles"] == ["tools"]
