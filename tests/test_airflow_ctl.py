@@ -166,6 +166,16 @@ def test_celery_deployment_config_broker_on_loopback_with_a_password(cfg: airflo
     assert cfg.components == airflow_ctl.COMPONENTS
 
 
+def test_each_celery_worker_has_its_own_node_name(cfg: airflow_ctl.AirflowConfig) -> None:
+    celery = dataclasses.replace(cfg, executor="celery", celery_workers=2)
+    argv = airflow_ctl._argv(celery, "celery-worker-2")
+    # Celery expands %h to this machine's name; a ping from outside names the worker the same way
+    assert argv[argv.index("--celery-hostname") + 1] == "cbm2@%h"
+    assert airflow_ctl.celery_node_name("celery-worker-2", socket.gethostname()) == f"cbm2@{socket.gethostname()}"
+    with pytest.raises(ValueError, match="'scheduler' is not a Celery worker component"):
+        airflow_ctl.celery_node_name("scheduler")
+
+
 def test_bad_celery_settings_are_refused(cfg: airflow_ctl.AirflowConfig) -> None:
     with pytest.raises(ConfigError, match="executor must be one of local, celery, got 'kubernetes'"):
         dataclasses.replace(cfg, executor="kubernetes")

@@ -152,7 +152,7 @@ def test_extraction_on_two_celery_workers_survives_a_killed_worker(
 
     # the containers' health check of a worker (a ping over the broker): the survivor answers, the killed one not
     broker = redis_broker.broker_url(cfg.redis_port, airflow_ctl.broker_password(cfg))
-    node = {name: f"cbm{name.removeprefix('celery-worker-')}@{socket.gethostname()}" for name in workers}
+    node = {name: airflow_ctl.celery_node_name(name, socket.gethostname()) for name in workers}
     assert healthcheck.celery_worker(node[survivor], broker_url=broker) == f"Celery worker {node[survivor]} answers"
     with pytest.raises(SystemExit, match=f"Celery worker {node[victim]} did not answer a ping within 3 s"):
         healthcheck.celery_worker(node[victim], broker_url=broker, timeout_s=3)

@@ -215,6 +215,17 @@ def _is_healthy(answer: dict[str, Any] | None) -> bool:
     return all((answer.get(part) or {}).get("status") == "healthy" for part in parts)
 
 
+def celery_node_name(component: str, host: str = "%h") -> str:
+    """The Celery node name of worker component ``celery-worker-<i>``: ``cbm<i>@<host>``.
+
+    The default host is Celery's own placeholder for this machine's name (expanded by the worker);
+    pass ``socket.gethostname()`` to address the worker from outside, e.g. in a ping.
+    """
+    if not component.startswith(_WORKER_PREFIX):
+        raise ValueError(f"{component!r} is not a Celery worker component ({_WORKER_PREFIX}<i>)")
+    return f"cbm{component.removeprefix(_WORKER_PREFIX)}@{host}"
+
+
 def _port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         return probe.connect_ex((host, port)) == 0
@@ -224,9 +235,8 @@ def _argv(cfg: AirflowConfig, component: str) -> list[str]:
     if component == "redis":
         return redis_broker.redis_argv(cfg.redis_dir / "redis.conf")
     if component.startswith(_WORKER_PREFIX):
-        number = component.removeprefix(_WORKER_PREFIX)
-        # its own Celery node name (cbm<i>@<host>) and slots; every worker serves the default queue
-        return [_airflow_bin(), "celery", "worker", "--celery-hostname", f"cbm{number}@%h",
+        # its own Celery node name and slots; every worker serves the default queue
+        return [_airflow_bin(), "celery", "worker", "--celery-hostname", celery_node_name(component),
                 "--queues", CELERY_QUEUE, "--concurrency", str(cfg.worker_concurrency), "--skip-serve-logs"]
     argv = [_airflow_bin(), component]
     if component in _SKIP_SERVE_LOGS:
