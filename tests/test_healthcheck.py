@@ -9,10 +9,12 @@ Docker stack test sees every container healthy through these checks.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import airflow_testenv
 import psycopg
@@ -121,3 +123,58 @@ def test_command_line_exit_codes(metadata_env: str) -> None:
     bad = subprocess.run([*argv[:3], "job", "LocalTaskJob"], env=env, capture_output=True, text=True, timeout=60,
                          check=False)
     assert bad.returncode == 2 and "invalid choice: 'LocalTaskJob'" in bad.stderr
+
+
+def test_settings_this_check_cannot_read_hand_over_to_airflows_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AIRFLOW__CORE__HOSTNAME_CALLABLE", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_SECRET",
+                 "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__BROKER_URL_CMD"):
+        monkeypatch.delenv(name, raising=False)
+    execs: list[list[str]] = []
+
+    def exec_instead(file: str, argv: list[str]) -> None:
+        execs.append(argv)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execvp", exec_instead)
+    airflow_jobs_check = ["airflow", "jobs", "check", "--job-type", "DagProcessorJob", "--local"]
+    # a database URL from a command or a secrets backend, another host name callable: Airflow's check
+    for name, value in (("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD", "cat /run/secrets/airflow-db"),
+                        ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_SECRET", "airflow-db"),
+                        ("AIRFLOW__CORE__HOSTNAME_CALLABLE", "socket.gethostname")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(SystemExit):
+            healthcheck.main(["job", "DagProcessorJob"])
+        assert execs.pop() == airflow_jobs_check
+        monkeypatch.delenv(name)
+    # the plain URL wins over the command, as in Airflow: this module answers itself
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite:////tmp/airflow.db")
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD", "cat /run/secrets/airflow-db")
+    with pytest.raises(SystemExit, match="this check reads PostgreSQL"):
+        healthcheck.main(["job", "DagProcessorJob"])
+    assert execs == []
+    # a broker URL from a command: Celery's own ping through Airflow's Celery app, of the same node
+    monkeypatch.setenv("AIRFLOW__CELERY__BROKER_URL_CMD", "cat /run/secrets/broker")
+    with pytest.raises(SystemExit):
+        healthcheck.main(["celery-worker", "cbm1@node-a", "--timeout", "5"])
+    assert execs.pop() == ["celery", "--app", "airflow.providers.celery.executors.celery_executor.app", "inspect",
+                           "ping", "--destination", "cbm1@node-a", "--timeout", "5"]
+
+
+def test_a_database_url_from_a_command_is_checked_by_airflow(metadata_env: str, tmp_path: Path) -> None:
+    """The hand-over for real: the URL only in ``..._CMD``; ``airflow jobs check`` reads it and answers."""
+    cfg = airflow_testenv.config()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
+    env["AIRFLOW_HOME"] = str(tmp_path)  # no airflow.cfg naming the database: only the command does
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD"] = (
+        f"printf %s {shlex.quote(cfg.cluster.sqlalchemy_url(cfg.metadata_db))}")
+    env["PATH"] = f"{os.path.dirname(sys.executable)}:{env.get('PATH', '')}"
+    argv = [sys.executable, "-m", "cbm_tasks.ops.healthcheck", "job", "TriggererJob"]
+    _job(metadata_env, "TriggererJob", age_s=1, host=healthcheck.host_name())
+    alive = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    _job(metadata_env, "TriggererJob", age_s=1, host=HOST)  # a triggerer of another host only
+    dead = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert (alive.returncode, dead.returncode) == (0, 1), (alive.stderr[-2000:], dead.stderr[-2000:])
+    assert "Found one alive job." in alive.stdout + alive.stderr
+    assert "No alive jobs found." in dead.stdout + dead.stderr

@@ -10,10 +10,14 @@ ask the same questions without importing Airflow:
   jobs check --job-type TYPE --local``: the same row of the metadata database's ``job`` table, the
   same thresholds (``[triggerer] triggerer_health_check_threshold``, ``[dag_processor]
   health_check_threshold``, ``[scheduler] scheduler_health_check_threshold``, from the environment
-  as Airflow reads them) and the host name of Airflow's default ``[core] hostname_callable``
-  (where the deployment sets another one, the check runs ``airflow jobs check`` instead).
+  as Airflow reads them) and the host name of Airflow's default ``[core] hostname_callable``.
+  Where the deployment sets another host name callable, or gives the database URL only through
+  ``..._CMD`` or ``..._SECRET`` (a command or secrets backend this module does not run), the check
+  runs ``airflow jobs check`` itself.
 * ``celery-worker [NODE]``: does the Celery worker NODE (default ``celery@<host name>``, Celery's
-  own default) answer a ping over the broker (``[celery] broker_url``) within the timeout?
+  own default) answer a ping over the broker (``[celery] broker_url``) within the timeout? With the
+  broker URL given only through ``..._CMD`` / ``..._SECRET``, Celery's own ping through Airflow's
+  Celery app runs instead.
 
 ``python -m cbm_tasks.ops.healthcheck job TriggererJob``: exit 0 and one line when healthy, exit 1
 and the reason otherwise (Docker keeps the line in the container's health log). The database
@@ -28,7 +32,7 @@ import socket
 import sys
 from datetime import UTC, datetime
 
-__all__ = ["celery_worker", "host_name", "job", "main"]
+__all__ = ["airflow_argv", "celery_worker", "host_name", "job", "main"]
 
 # Airflow's defaults of the thresholds (seconds), by job type: section, option, default
 _THRESHOLDS = {
@@ -40,6 +44,28 @@ _THRESHOLDS = {
 
 def _setting(section: str, option: str) -> str | None:
     return os.environ.get(f"AIRFLOW__{section.upper()}__{option.upper()}")
+
+
+def _only_indirect(section: str, option: str) -> bool:
+    """Airflow reads the setting from a command or a secrets backend only (not from the plain variable)."""
+    return not _setting(section, option) and bool(_setting(section, f"{option}_cmd")
+                                                  or _setting(section, f"{option}_secret"))
+
+
+def airflow_argv(check: str, target: str, timeout_s: float = 10) -> list[str] | None:
+    """Airflow's own check where this module cannot answer the same question; None where it can.
+
+    *check* is ``job`` (target: the job type) or ``celery-worker`` (target: the node name).
+    """
+    if check == "job":
+        callable_ = _setting("core", "hostname_callable")
+        if (callable_ and callable_ != "airflow.utils.net.getfqdn") or _only_indirect("database", "sql_alchemy_conn"):
+            return ["airflow", "jobs", "check", "--job-type", target, "--local"]
+        return None
+    if _only_indirect("celery", "broker_url"):
+        return ["celery", "--app", "airflow.providers.celery.executors.celery_executor.app", "inspect", "ping",
+                "--destination", target, "--timeout", f"{timeout_s:g}"]
+    return None
 
 
 def host_name() -> str:
@@ -117,15 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     worker_parser.add_argument("node", nargs="?", help="the worker's node name (default celery@<host name>)")
     worker_parser.add_argument("--timeout", type=float, default=10, help="seconds to wait for the answer")
     args = parser.parse_args(argv)
+    target = args.job_type if args.check == "job" else args.node or f"celery@{socket.gethostname()}"
+    delegate = airflow_argv(args.check, target, getattr(args, "timeout", 10))
+    if delegate:  # an argv list, never a shell: the job type is one of the parser's choices
+        os.execvp(delegate[0], delegate)  # noqa: S606
     if args.check == "job":
-        callable_ = _setting("core", "hostname_callable")
-        if callable_ and callable_ != "airflow.utils.net.getfqdn":
-            # another host name than ours: Airflow's own check knows it
-            # (a fixed argv; the job type is one of the parser's choices)
-            os.execvp("airflow", ["airflow", "jobs", "check", "--job-type", args.job_type, "--local"])  # noqa: S606
         sys.stdout.write(job(args.job_type) + "\n")
     else:
-        sys.stdout.write(celery_worker(args.node, timeout_s=args.timeout) + "\n")
+        sys.stdout.write(celery_worker(target, timeout_s=args.timeout) + "\n")
     return 0
 
 
