@@ -34,7 +34,7 @@ from cbm_tasks import __version__
 from cbm_tasks.errors import MigrationError
 from cbm_tasks.paths import REPO_ROOT
 
-__all__ = ["RunContext", "RunInput", "RunOutput", "close_abandoned_runs", "code_version", "finish_run",
+__all__ = ["RunContext", "RunInput", "RunOutput", "close_abandoned_runs", "code_version", "finish_failed", "finish_run",
            "params_hash", "record_io", "start_run"]
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,20 @@ def finish_run(conn: psycopg.Connection, pipeline_run_id: int, *, status: str, e
             "UPDATE cbm.pipeline_run SET status = %s, error = %s, finished_at = now() WHERE pipeline_run_id = %s",
             (status, error[-4000:] if error else None, pipeline_run_id),
         )
+
+
+def finish_failed(conn: psycopg.Connection, pipeline_run_id: int, err: BaseException | str) -> None:
+    """Record that a run failed with *err*, from the error handler that is about to re-raise it.
+
+    A database that fails too (the failure may be the lost connection itself) only logs a warning:
+    it must not replace the original error. The run stays ``running`` until the next
+    :func:`start_run` closes it as ``abandoned`` (its session is gone).
+    """
+    error = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    try:
+        finish_run(conn, pipeline_run_id, status="failed", error=error)
+    except psycopg.Error as db_err:
+        log.warning("could not record pipeline_run %d as failed: %s", pipeline_run_id, db_err)
 
 
 def record_io(conn: psycopg.Connection, pipeline_run_id: int, *, inputs: Sequence[RunInput] = (),

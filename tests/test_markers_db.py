@@ -20,10 +20,10 @@ import pytest
 import yaml
 from markers_params import recorded_params
 
-from cbm_tasks import lineage
+from cbm_tasks import db, lineage
 from cbm_tasks.demo.series_seed import SeededSet, add_s2_image, seed_parcel_set
-from cbm_tasks.errors import BadInputError, ConfigError
-from cbm_tasks.markers import db_read
+from cbm_tasks.errors import BadInputError, ConfigError, TransientError
+from cbm_tasks.markers import db_read, db_write
 from cbm_tasks.markers.engine import run_markers
 from cbm_tasks.markers.export import export_lights
 from cbm_tasks.markers.params import MarkerParams, load_params
@@ -367,3 +367,37 @@ def test_one_overpass_in_two_tiles_is_one_observation(db_url: str, seeded: Seede
 def v7_params() -> MarkerParams:
     """The shipped parameters without the keys of version 8, as a run of version 7 recorded them."""
     return recorded_params(7, without=[("data", "overpass_seconds")])
+
+
+def test_a_connection_lost_mid_run_writes_nothing_and_the_rerun_completes(
+        db_url: str, seeded: SeededSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection is killed while the run writes its second batch: the error says so, no row is half
+    written, the lost run is closed as abandoned, and the next incremental run computes every parcel."""
+    writes = []
+    write_batch = db_write.write_batch
+
+    def write_then_lose_the_connection(cur: psycopg.Cursor[Any], **kwargs: Any) -> Any:
+        writes.append(kwargs["marker_run_id"])
+        if len(writes) == 2:  # the first batch is written (uncommitted); the server drops the session now
+            with psycopg.connect(db_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (cur.connection.info.backend_pid,))
+        return write_batch(cur, **kwargs)
+
+    monkeypatch.setattr(db_write, "write_batch", write_then_lose_the_connection)
+    with pytest.raises(TransientError, match="lost the connection to PostGIS: terminating connection due to "
+                                             "administrator command"):
+        with db.connect(db_url, autocommit=True) as conn:
+            run_parcel_set(conn, CLI, aoi="mk", year=2018, batch_parcels=N_PARCELS // 4)
+    assert len(writes) == 2
+    assert _rows(db_url) == {"events": [], "lineage": [], "lights": [], "runs": []}
+    monkeypatch.undo()
+
+    with db.connect(db_url, autocommit=True) as conn:
+        again = run_parcel_set(conn, CLI, aoi="mk", year=2018, batch_parcels=N_PARCELS // 4)
+        rows = _rows(db_url)
+        runs = conn.execute("SELECT status, error FROM cbm.pipeline_run ORDER BY pipeline_run_id").fetchall()
+        full = run_parcel_set(conn, CLI, aoi="mk", year=2018, full=True)
+    assert again.parcels == full.parcels == N_PARCELS and again.lights == full.lights > 0
+    assert _rows(db_url) == rows  # the incremental rerun left what a full run gives
+    assert runs[0][0] == "abandoned" and "ended without closing the run" in runs[0][1]
+    assert runs[1] == ("success", None)

@@ -260,10 +260,7 @@ def extract_product(
     except BaseException as err:
         # BaseException: Airflow's execution timeout is one, and must not leave the run 'running'
         if run_id is not None:
-            try:
-                lineage.finish_run(conn, run_id, status="failed", error=f"{type(err).__name__}: {err}")
-            except psycopg.Error as db_err:  # a lost connection must not hide the original error
-                log.warning("could not record run %d of product_id=%d as failed: %s", run_id, product_id, db_err)
+            lineage.finish_failed(conn, run_id, err)  # a lost connection does not hide the original error
         raise
     if run_id is not None:
         lineage.record_io(conn, run_id, inputs=_lineage_inputs(product, product_id),

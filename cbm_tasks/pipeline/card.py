@@ -179,13 +179,6 @@ def _release(conn: psycopg.Connection, product_id: int, *, aoi: str, error: str,
         log.warning("could not record the failure of card product_id=%d aoi=%s: %s", product_id, aoi, err)
 
 
-def _finish(conn: psycopg.Connection, run_id: int, error: str) -> None:
-    try:
-        lineage.finish_run(conn, run_id, status="failed", error=error)
-    except psycopg.Error as err:
-        log.warning("could not close pipeline_run %d: %s", run_id, err)
-
-
 def process(
     conn: psycopg.Connection, store: Store, backend: CardBackend, product_id: int, *, aoi: str,
     run: lineage.RunContext, last_try: bool,
@@ -230,7 +223,7 @@ def process(
     except BadInputError as err:
         message = f"{type(err).__name__}: {err}"
         _release(conn, product_id, aoi=aoi, error=message, permanent=True)
-        _finish(conn, run_id, message)
+        lineage.finish_failed(conn, run_id, message)
         raise
     except BaseException as err:
         # BaseException: Airflow's execution timeout is one; the last try must not leave the
@@ -238,7 +231,7 @@ def process(
         message = f"{type(err).__name__}: {err}"
         if last_try:
             _release(conn, product_id, aoi=aoi, error=message, permanent=False)
-        _finish(conn, run_id, message)
+        lineage.finish_failed(conn, run_id, message)
         raise
     lineage.finish_run(conn, run_id, status="success")
     outcome = CardOutcome(aoi=aoi, product_id=product_id, key=job.key, location=record.location,

@@ -178,7 +178,7 @@ def run_parcel_set(conn: psycopg.Connection, run: lineage.RunContext, *, aoi: st
                                      use_s1=use_s1, batch_parcels=batch_parcels, pipeline_run_id=pipeline_run_id,
                                      t0=t0)
     except BaseException as err:  # also an execution timeout: the run row must not stay 'running'
-        lineage.finish_run(conn, pipeline_run_id, status="failed", error=f"{type(err).__name__}: {err}")
+        lineage.finish_failed(conn, pipeline_run_id, err)  # a lost connection does not hide the original error
         raise
     lineage.record_io(conn, pipeline_run_id, inputs=[
         lineage.RunInput("table", "cbm.parcel_obs", detail={"parcel_set_id": parcel_set.parcel_set_id}),
