@@ -199,14 +199,7 @@ def run_parcel_set(conn: psycopg.Connection, run: lineage.RunContext, *, aoi: st
 def _compute_and_write(conn: psycopg.Connection, *, aoi: str, year: int, parcel_set_id: int, scope: str,
                        scheme: str | None, rules: SchemeRules, document: dict[str, Any], params: MarkerParams,
                        use_s1: bool, batch_parcels: int, pipeline_run_id: int, t0: float) -> MarkersOutcome:
-    return _in_snapshot(conn, aoi=aoi, year=year, parcel_set_id=parcel_set_id, scope=scope, scheme=scheme,
-                        rules=rules, document=document, params=params, use_s1=use_s1, batch_parcels=batch_parcels,
-                        pipeline_run_id=pipeline_run_id, t0=t0)
-
-
-def _in_snapshot(conn: psycopg.Connection, *, aoi: str, year: int, parcel_set_id: int, scope: str,
-                 scheme: str | None, rules: SchemeRules, document: dict[str, Any], params: MarkerParams,
-                 use_s1: bool, batch_parcels: int, pipeline_run_id: int, t0: float) -> MarkersOutcome:
+    """Read, compute and write the parcels to compute in one transaction (see the module's docstring)."""
     colours = {"green": 0, "yellow": 0, "red": 0}
     n_events = n_lights = 0
     with conn.transaction(), conn.cursor() as cur:
