@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint db-start db-stop airflow-stop clean
+.PHONY: demo test install lint db-start db-stop airflow-stop
 
 # `cbm kernels warm` (also run at install) recompiles, once, a Numba kernel edited since: no run compiles
 demo: install
@@ -31,3 +31,7 @@ db-start: install
 
 db-stop:
 	$(BIN)/cbm db stop
+
+# the Airflow components `make demo` leaves running, with everything they started
+airflow-stop:
+	$(BIN)/cbm airflow stop

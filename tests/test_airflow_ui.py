@@ -83,6 +83,16 @@ def _wait_for_text(driver: webdriver.Chrome, *texts: str, timeout_s: float = 60)
         raise AssertionError(f"page {driver.current_url} never showed {texts}; it shows:\n{body[:2000]}") from None
 
 
+def _log_in(browser: webdriver.Chrome, airflow: airflow_ctl.AirflowConfig, password: str) -> None:
+    """Log into the Airflow UI as the admin, as a maintainer does: the login form, then away from it."""
+    browser.get(f"{airflow.url}/")
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.NAME, "username"))
+    browser.find_element(By.NAME, "username").send_keys(airflow_ctl.ADMIN_USER)
+    browser.find_element(By.NAME, "password").send_keys(password)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(browser, 60).until(lambda d: not d.find_elements(By.NAME, "password"))
+
+
 def test_maintainer_logs_in_and_sees_the_dags_and_a_successful_run(
     airflow: airflow_ctl.AirflowConfig, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
@@ -101,12 +111,7 @@ def test_maintainer_logs_in_and_sees_the_dags_and_a_successful_run(
     assert run["state"] == "success"
     assert api.task_states("cbm_extract", run_id)["claim"] == ["success"]
 
-    browser.get(f"{airflow.url}/")
-    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.NAME, "username"))
-    browser.find_element(By.NAME, "username").send_keys(airflow_ctl.ADMIN_USER)
-    browser.find_element(By.NAME, "password").send_keys(password)
-    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    WebDriverWait(browser, 60).until(lambda d: not d.find_elements(By.NAME, "password"))
+    _log_in(browser, airflow, password)
 
     browser.get(f"{airflow.url}/dags")
     dag_list = _wait_for_text(browser, "cbm_catalogue", "cbm_extract")
@@ -138,12 +143,7 @@ def test_parcel_audit_page_behind_login(airflow: airflow_ctl.AirflowConfig, brow
     assert requests.get(f"{airflow.url}/cbm-audit/plot.png?{query}", timeout=30).status_code == 401
 
     password = airflow_ctl.admin_password(airflow)
-    browser.get(f"{airflow.url}/")
-    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.NAME, "username"))
-    browser.find_element(By.NAME, "username").send_keys(airflow_ctl.ADMIN_USER)
-    browser.find_element(By.NAME, "password").send_keys(password)
-    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    WebDriverWait(browser, 60).until(lambda d: not d.find_elements(By.NAME, "password"))
+    _log_in(browser, airflow, password)
 
     # the menu entry opens the page inside the UI
     browser.get(f"{airflow.url}/plugin/cbm-audit")
