@@ -164,11 +164,10 @@ def test_settings_this_check_cannot_read_hand_over_to_airflows_own(
 
 def test_a_database_url_from_a_command_is_checked_by_airflow(metadata_env: str, tmp_path: Path) -> None:
     """The hand-over for real: the URL only in ``..._CMD``; ``airflow jobs check`` reads it and answers."""
-    cfg = airflow_testenv.config()
+    sqlalchemy_url = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]  # metadata_env's, moved into the command
     env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
     env["AIRFLOW_HOME"] = str(tmp_path)  # no airflow.cfg naming the database: only the command does
-    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD"] = (
-        f"printf %s {shlex.quote(cfg.cluster.sqlalchemy_url(cfg.metadata_db))}")
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD"] = f"printf %s {shlex.quote(sqlalchemy_url)}"
     env["PATH"] = f"{os.path.dirname(sys.executable)}:{env.get('PATH', '')}"
     argv = [sys.executable, "-m", "cbm_tasks.ops.healthcheck", "job", "TriggererJob"]
     _job(metadata_env, "TriggererJob", age_s=1, host=healthcheck.host_name())

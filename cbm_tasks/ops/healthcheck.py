@@ -78,6 +78,11 @@ def host_name() -> str:
     return next((canonical for *_, canonical, _ in addresses if canonical), name)
 
 
+def _default_node() -> str:
+    """Celery's own default node name of a worker on this machine (``celery@<host name>``)."""
+    return f"celery@{socket.gethostname()}"
+
+
 def _database_url() -> str:
     url = _setting("database", "sql_alchemy_conn")
     if not url:
@@ -120,7 +125,7 @@ def celery_worker(node: str | None = None, *, broker_url: str | None = None, tim
     url = broker_url or _setting("celery", "broker_url")
     if not url:
         raise SystemExit("unhealthy: AIRFLOW__CELERY__BROKER_URL is not set")
-    name = node or f"celery@{socket.gethostname()}"
+    name = node or _default_node()
     app = Celery("cbm-healthcheck", broker=url, set_as_current=False)
     try:
         answers = app.control.ping(destination=[name], timeout=timeout_s)
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     worker_parser.add_argument("node", nargs="?", help="the worker's node name (default celery@<host name>)")
     worker_parser.add_argument("--timeout", type=float, default=10, help="seconds to wait for the answer")
     args = parser.parse_args(argv)
-    target = args.job_type if args.check == "job" else args.node or f"celery@{socket.gethostname()}"
+    target = args.job_type if args.check == "job" else args.node or _default_node()
     delegate = airflow_argv(args.check, target, getattr(args, "timeout", 10))
     if delegate:  # an argv list, never a shell: the job type is one of the parser's choices
         os.execvp(delegate[0], delegate)  # noqa: S606
