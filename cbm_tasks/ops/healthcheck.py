@@ -42,6 +42,9 @@ _THRESHOLDS = {
 }
 
 
+_PING_TIMEOUT_S = 10.0  # how long a worker's ping answer is awaited (Docker's own check timeout is 30 s)
+
+
 def _setting(section: str, option: str) -> str | None:
     return os.environ.get(f"AIRFLOW__{section.upper()}__{option.upper()}")
 
@@ -52,7 +55,7 @@ def _only_indirect(section: str, option: str) -> bool:
                                                   or _setting(section, f"{option}_secret"))
 
 
-def airflow_argv(check: str, target: str, timeout_s: float = 10) -> list[str] | None:
+def airflow_argv(check: str, target: str, timeout_s: float = _PING_TIMEOUT_S) -> list[str] | None:
     """Airflow's own check where this module cannot answer the same question; None where it can.
 
     *check* is ``job`` (target: the job type) or ``celery-worker`` (target: the node name).
@@ -118,7 +121,7 @@ def job(job_type: str, *, hostname: str | None = None, now: datetime | None = No
     return f"{job_type} on host {host}: heartbeat {age:.0f} s ago"
 
 
-def celery_worker(node: str | None = None, *, broker_url: str | None = None, timeout_s: float = 10) -> str:
+def celery_worker(node: str | None = None, *, broker_url: str | None = None, timeout_s: float = _PING_TIMEOUT_S) -> str:
     """Why the Celery worker *node* is healthy; raises SystemExit with why not otherwise."""
     from celery import Celery
 
@@ -146,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     job_parser.add_argument("job_type", choices=sorted(_THRESHOLDS))
     worker_parser = checks.add_parser("celery-worker", help="the Celery worker answers a ping")
     worker_parser.add_argument("node", nargs="?", help="the worker's node name (default celery@<host name>)")
-    worker_parser.add_argument("--timeout", type=float, default=10, help="seconds to wait for the answer")
+    worker_parser.add_argument("--timeout", type=float, default=_PING_TIMEOUT_S, help="seconds to wait for the answer")
     args = parser.parse_args(argv)
     target = args.job_type if args.check == "job" else args.node or _default_node()
-    delegate = airflow_argv(args.check, target, getattr(args, "timeout", 10))
+    delegate = airflow_argv(args.check, target, getattr(args, "timeout", _PING_TIMEOUT_S))
     if delegate:  # an argv list, never a shell: the job type is one of the parser's choices
         os.execvp(delegate[0], delegate)  # noqa: S606
     if args.check == "job":
