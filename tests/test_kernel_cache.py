@@ -6,6 +6,7 @@ probe reads Numba's own counters (``dispatcher.stats``: a cache miss is a compil
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -21,6 +22,8 @@ from affine import Affine
 from test_extract_support import add_parcel_set, write_tif
 
 from cbm_tasks.extraction import kernels as extraction_kernels
+from cbm_tasks.extraction.valid_pixels import read_only_labels
+from cbm_tasks.extraction.zonal import zonal_stats
 from cbm_tasks.ops import airflow_config, kernel_cache
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -62,7 +65,11 @@ def test_an_extraction_after_the_warm_up_compiles_nothing(tmp_path: Path, db_url
     # all the extraction's calls (distinct argument types), and the markers' kernels besides
     extraction = {(name, tuple(numba.typeof(arg) for arg in args))
                   for name, _, args in extraction_kernels._signatures()}
-    assert signatures > len(extraction) >= 29
+    assert signatures > len(extraction) >= 20
+    # label rasters reach the kernels read-only, fresh or memory-mapped: one signature per band dtype, not two
+    label_types = {str(numba.typeof(args[0])) for name, _, args in extraction_kernels._signatures()
+                   if name.endswith(("_count_kernel", "_scatter_kernel"))}
+    assert label_types == {"readonly array(int32, 2d, C)"}
 
     parcels = [(f"p{i}", shapely.box(X0 + 20 * i, Y0 - 60, X0 + 20 * i + 20, Y0)) for i in range(4)]
     add_parcel_set(conn, aoi="warm", year=2018, srid=32631, parcels=parcels)
@@ -82,6 +89,49 @@ def test_an_extraction_after_the_warm_up_compiles_nothing(tmp_path: Path, db_url
         assert sum(s["hits"] for s in report["stats"].values()) >= 4, f"{run}: no kernel loaded from the cache"
     rows = conn.execute("SELECT count(*) FROM cbm.parcel_obs").fetchone()
     assert rows == (4,)
+
+
+WARM_PROBE = """
+import sys
+from cbm_tasks.ops.kernel_cache import warm_kernels
+done = warm_kernels(processes=int(sys.argv[1]))
+print(done.kernels, done.signatures, done.compiled, done.loaded)
+"""
+
+
+def test_the_warm_up_in_two_processes_loads_what_one_process_does() -> None:
+    _cbm("kernels", "warm")
+    one, two = (subprocess.run([sys.executable, "-c", WARM_PROBE, n], capture_output=True, text=True, timeout=600,
+                               cwd=PROJECT, check=True).stdout.split() for n in ("1", "2"))
+    assert one == two
+    kernels, signatures, compiled, loaded = map(int, one)
+    assert kernels >= 18 and compiled == 0 and loaded == signatures > 20
+
+
+def test_the_two_halves_of_the_warm_up_share_no_module() -> None:
+    # compiled in two processes at once: a kernel of one half calling one of the other would be compiled by both
+    halves = {half: {m for m in kernel_cache.kernel_modules() if m.split(".")[1] in packages}
+              for half, packages in kernel_cache._HALVES.items()}
+    assert set.union(*halves.values()) == set(kernel_cache.kernel_modules())
+    for half, packages in kernel_cache._HALVES.items():
+        for package in packages:
+            for path in (PROJECT / "cbm_tasks" / package).glob("*.py"):
+                imported = {node.module for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                            if isinstance(node, ast.ImportFrom) and node.module}
+                others = {m for name, modules in halves.items() if name != half for m in modules}
+                assert not imported & others, f"{path.name} imports kernels of another half: {imported & others}"
+
+
+def test_labels_go_to_the_kernels_as_a_read_only_view_and_stay_writable() -> None:
+    labels = np.array([[1, 1, 0], [2, 2, 2]], np.int32)
+    view = read_only_labels(labels)
+    assert np.shares_memory(view, labels) and not view.flags.writeable
+    assert read_only_labels(view) is view
+    values = np.array([[10, 20, 99], [1, 2, 3]], np.uint16)
+    stats = zonal_stats(labels, values, band="B04", nodata=None, n_labels=2)
+    assert stats.keys.tolist() == [1, 2] and stats.mean.tolist() == [15.0, 2.0]
+    assert labels.flags.writeable  # the caller's array is not changed
+    labels[0, 0] = 3
 
 
 def test_airflow_and_the_command_line_share_the_cache() -> None:

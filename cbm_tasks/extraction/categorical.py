@@ -21,7 +21,13 @@ import numpy as np
 from numba import njit, prange
 
 from cbm_tasks.errors import BandError
-from cbm_tasks.extraction.valid_pixels import check_band_grid, example_label_grids, nodata_in_dtype, threads_for
+from cbm_tasks.extraction.valid_pixels import (
+    check_band_grid,
+    example_labels,
+    nodata_in_dtype,
+    read_only_labels,
+    threads_for,
+)
 
 __all__ = ["ClassCounts", "class_counts", "warmup_signatures"]
 
@@ -71,6 +77,7 @@ def class_counts(
         raise ValueError(f"band {band}: n_classes must be >= 1, got {n_classes}")
     n_labels = int(labels.max(initial=0))
     has_nodata, nodata_value = nodata_in_dtype(nodata, values.dtype)
+    labels = read_only_labels(labels)
     with threads_for(labels.size):
         n_parts = max(1, min(numba.get_num_threads(), labels.shape[0]))
         counts, bad_value, bad_label = _class_count_kernel(
@@ -135,18 +142,17 @@ def warmup_signatures(class_dtypes: Sequence[np.dtype]) -> list[tuple[str, Any, 
     """Return ``(name, kernel, example arguments)`` for each kernel call :func:`class_counts` makes.
 
     The arguments are tiny arrays built as the wrapper builds them, so their Numba types are the
-    ones the extraction passes. Labels come writable (fresh from rasterisation) and read-only
-    (memory-mapped by the label cache): both are listed. Nothing is run
+    ones the extraction passes (labels read-only: ``read_only_labels``). Nothing is run
     (``cbm_tasks.extraction.preload`` explains why).
 
     Args:
         class_dtypes: band dtypes for ``class_counts``.
     """
-    writable, read_only = example_label_grids()
+    labels = example_labels()
     calls: list[tuple[str, Any, tuple[Any, ...]]] = []
     for dtype in map(np.dtype, class_dtypes):
         values = np.zeros((2, 2), dtype)
         has_nodata, nodata = nodata_in_dtype(0, dtype)
-        calls += [("categorical._class_count_kernel", _class_count_kernel,
-                   (labels, values, has_nodata, nodata, 1, 12, 1)) for labels in (writable, read_only)]
+        calls.append(("categorical._class_count_kernel", _class_count_kernel,
+                      (labels, values, has_nodata, nodata, 1, 12, 1)))
     return calls

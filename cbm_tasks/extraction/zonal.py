@@ -32,7 +32,13 @@ import numpy as np
 from numba import njit, prange
 
 from cbm_tasks.errors import BandError
-from cbm_tasks.extraction.valid_pixels import check_band_grid, example_label_grids, nodata_in_dtype, threads_for
+from cbm_tasks.extraction.valid_pixels import (
+    check_band_grid,
+    example_labels,
+    nodata_in_dtype,
+    read_only_labels,
+    threads_for,
+)
 
 __all__ = ["ParcelStats", "warmup_signatures", "zonal_stats"]
 
@@ -127,6 +133,7 @@ def zonal_stats(
     if n_labels < 0:
         raise ValueError(f"band {band}: n_labels must be >= 0, got {n_labels}")
     has_nodata, nodata_value = nodata_in_dtype(nodata, values.dtype)
+    labels = read_only_labels(labels)
     with threads_for(labels.size):
         n_parts = max(1, min(numba.get_num_threads(), labels.shape[0]))
         counts, bad = _count_kernel(labels, values, has_nodata, nodata_value, n_labels, n_parts)
@@ -309,14 +316,13 @@ def warmup_signatures(value_dtypes: Sequence[np.dtype]) -> list[tuple[str, Any, 
     """Return ``(name, kernel, example arguments)`` for each kernel call of :func:`zonal_stats`, to compile ahead.
 
     The arguments are tiny arrays built as :func:`zonal_stats` builds them, so their Numba types
-    are the ones the extraction passes. Labels come writable (fresh from rasterisation) and
-    read-only (memory-mapped by the label cache): both are listed. Nothing is run
+    are the ones the extraction passes (labels read-only: ``read_only_labels``). Nothing is run
     (``cbm_tasks.extraction.preload`` explains why).
 
     Args:
         value_dtypes: band dtypes for ``zonal_stats``.
     """
-    writable, read_only = example_label_grids()
+    labels = example_labels()
     calls: list[tuple[str, Any, tuple[Any, ...]]] = []
     n_labels, n_parts = 1, 1  # Python ints, as the wrapper passes them
     for dtype in map(np.dtype, value_dtypes):
@@ -326,11 +332,9 @@ def warmup_signatures(value_dtypes: Sequence[np.dtype]) -> list[tuple[str, Any, 
         offsets = np.zeros(n_labels + 2, np.int64)
         grouped = np.empty(0, dtype)
         radix_passes, bias = _RADIX.get(dtype, (0, 0))
-        for labels in (writable, read_only):
-            calls.append(("zonal._count_kernel", _count_kernel,
-                          (labels, values, has_nodata, nodata, n_labels, n_parts)))
-            calls.append(("zonal._scatter_kernel", _scatter_kernel,
-                          (labels, values, has_nodata, nodata, offsets, counts, grouped)))
+        calls.append(("zonal._count_kernel", _count_kernel, (labels, values, has_nodata, nodata, n_labels, n_parts)))
+        calls.append(("zonal._scatter_kernel", _scatter_kernel,
+                      (labels, values, has_nodata, nodata, offsets, counts, grouped)))
         calls.append(("zonal._reduce_kernel", _reduce_kernel,
                       (grouped, offsets, np.zeros(1, np.int32), radix_passes, bias, np.empty((1, 7), np.float64))))
     return calls

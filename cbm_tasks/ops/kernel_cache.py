@@ -1,7 +1,7 @@
 """Numba's on-disk cache of the project's kernels: one folder per installation, filled at install.
 
 Every kernel is ``@njit(cache=True)``: compiled once, its machine code is written to the cache
-and later processes load it (~ms) instead of compiling it again (~20 s for all of them). So
+and later processes load it (~ms) instead of compiling it again (a minute or more for all of them). So
 that the first extraction after an install does not compile, ``scripts/install.sh`` runs
 ``cbm kernels warm``, and every process that runs a kernel uses the same folder:
 
@@ -94,14 +94,16 @@ def kernel_modules() -> list[str]:
                   for path in (root / package).glob("*.py") if "\n@njit(" in path.read_text(encoding="utf-8"))
 
 
-def dispatchers() -> dict[str, Any]:
-    """Return every Numba kernel of the project by qualified name (``zonal._count_kernel``)."""
+def dispatchers(packages: tuple[str, ...] = KERNEL_PACKAGES) -> dict[str, Any]:
+    """Return every Numba kernel of the project (or of *packages*) by qualified name (``zonal._count_kernel``)."""
     import importlib
 
     from numba.core.registry import CPUDispatcher
 
     found: dict[str, Any] = {}
     for module_name in kernel_modules():
+        if module_name.split(".")[1] not in packages:
+            continue
         module = importlib.import_module(module_name)
         for name, value in vars(module).items():
             if isinstance(value, CPUDispatcher) and value.__module__ == module_name:
@@ -109,30 +111,57 @@ def dispatchers() -> dict[str, Any]:
     return found
 
 
-def warm_kernels() -> KernelWarmup:
+# The two halves of the warm-up, compiled in two processes on a machine of two or more CPUs (Numba
+# compiles on one thread). They share no kernel: Numba's cache of a kernel is one index file that a
+# process reads, extends and writes back, so two processes compiling one kernel for different
+# argument types could each write an index without the other's entry.
+_HALVES = {"extraction": ("extraction",), "markers": ("markers", "traffic_light")}
+
+
+def warm_kernels(*, processes: int | None = None) -> KernelWarmup:
     """Compile every kernel for the argument types the pipeline passes, into the cache; load what is there.
 
     The extraction kernels are compiled from their published signatures and not run
     (``cbm_tasks.extraction.kernels``); the markers and traffic-light kernels run once on a
     tiny in-memory series of two parcels (Sentinel-2, CARD backscatter and coherence, SCL
     counts), through the same functions as ``cbm markers run``, so that their types are the
-    pipeline's.
+    pipeline's. With two or more CPUs (*processes*, default: those this process may use) the
+    markers half is compiled in a second process meanwhile.
 
     Raises:
         ConfigError: the warm-up series gave no traffic light (the markers engine is broken).
     """
     folder = use_cache_dir()
     t0 = time.perf_counter()
-    from cbm_tasks.extraction.kernels import warm_kernels as warm_extraction
+    if (processes or len(os.sched_getaffinity(0))) < 2:
+        counts = [_warm_half("extraction"), _warm_half("markers")]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-    warm_extraction()
-    _run_markers_once()
-    kernels = dispatchers()
-    hits = sum(sum(d.stats.cache_hits.values()) for d in kernels.values())
-    misses = sum(sum(d.stats.cache_misses.values()) for d in kernels.values())
-    compiled = [d for d in kernels.values() if d.signatures]
-    return KernelWarmup(cache_dir=folder, kernels=len(compiled), signatures=sum(len(d.signatures) for d in compiled),
-                        compiled=int(misses), loaded=int(hits), seconds=time.perf_counter() - t0)
+        # spawn: a fork of this process would inherit Numba's threading layer, which the extraction
+        # half selects (cbm_tasks.extraction.preload says why a forked child must not run kernels then)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            markers = pool.submit(_warm_half, "markers")
+            counts = [_warm_half("extraction"), markers.result()]
+    kernels, signatures, compiled, loaded = (sum(part) for part in zip(*counts, strict=True))
+    return KernelWarmup(cache_dir=folder, kernels=kernels, signatures=signatures, compiled=compiled, loaded=loaded,
+                        seconds=time.perf_counter() - t0)
+
+
+def _warm_half(half: str) -> tuple[int, int, int, int]:
+    """Warm one half of the kernels (``_HALVES``); return its kernels, signatures, compiled and loaded."""
+    use_cache_dir()  # a spawned process: before Numba is imported
+    if half == "extraction":
+        from cbm_tasks.extraction.kernels import warm_kernels as warm_extraction
+
+        warm_extraction()
+    else:
+        _run_markers_once()
+    kernels = [d for d in dispatchers(_HALVES[half]).values() if d.signatures]
+    return (len(kernels), sum(len(d.signatures) for d in kernels),
+            int(sum(sum(d.stats.cache_misses.values()) for d in kernels)),
+            int(sum(sum(d.stats.cache_hits.values()) for d in kernels)))
 
 
 def _run_markers_once() -> None:
