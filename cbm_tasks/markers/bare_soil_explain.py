@@ -7,7 +7,7 @@ cloud shadow the mask missed). :func:`explain_bare_soil` lists every Sentinel-2 
 the soil line ``bare_soil.max_ndvi``: used and bare (with the run it belongs to), used but not bare
 (BSI says green or wet, not soil), or not used (with the validity test it failed; images the cloud
 mask or the blue test takes for clouds are only counted: they show the cloud, not the field). The runs are
-those of the marker's own compiled test (``crop_events._bare_runs``), so a run is listed exactly
+those of the marker's own compiled test (``crop_phases.bare_runs``), so a run is listed exactly
 when the marker emitted a bare soil event (tested on real plots, as ``mowing_explain`` is).
 """
 
@@ -19,7 +19,8 @@ from typing import TextIO
 
 import numpy as np
 
-from cbm_tasks.markers.crop_events import _bare_confidence, _bare_runs, _cover_before, bare_soil_index
+from cbm_tasks.markers.crop_events import bare_soil_index
+from cbm_tasks.markers.crop_phases import bare_confidence, bare_runs, cover_before
 from cbm_tasks.markers.mowing_explain import write_verdicts
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import BRIGHT_BLUE, CLOUDY, NO_VALUE, REJECTIONS, prepare, rejection_codes
@@ -137,12 +138,12 @@ def explain_bare_soil(series: SeriesTable, parcel_id: str, params: MarkerParams,
         if year is not None and this_year != year:
             continue
         idx = np.flatnonzero(s2.valid & (s2.year == this_year)).astype(np.int64)
-        m = _bare_runs(len(idx), idx, s2.ndvi, bsi, max_ndvi, min_bsi, k0s, k1s)
+        m = bare_runs(len(idx), idx, s2.ndvi, bsi, max_ndvi, min_bsi, k0s, k1s)
         for k0, k1 in zip(k0s[:m], k1s[:m], strict=True):
             rows = idx[k0:k1 + 1]
             tested = bool(np.isfinite(bsi[rows[0]]))
-            cover = _cover_before(rows[0], 0, s2.day, s2.ndvi, s2.valid, cover_ndvi, cover_days)
-            confidence = _bare_confidence(len(rows), tested, cover >= 0, penalty)
+            cover = cover_before(rows[0], 0, s2.day, s2.ndvi, s2.valid, cover_ndvi, cover_days)
+            confidence = bare_confidence(len(rows), tested, cover >= 0, penalty)
             parts = (f"{'one observation 0.60' if len(rows) == 1 else 'two or more observations 0.85'}"
                      f" + soil index {'0.15' if tested else '0.00 (no B02 and B11)'}")
             if cover < 0 and penalty:
@@ -164,7 +165,7 @@ def explain_bare_soil(series: SeriesTable, parcel_id: str, params: MarkerParams,
             verdict, reason = "bare soil", ""
         elif codes[r]:
             verdict, reason = "not used", REJECTIONS.get(int(codes[r]), "")
-        else:  # used and below the soil line, yet in no run (_bare_runs takes every used bare one): its BSI
+        else:  # used and below the soil line, yet in no run (bare_runs takes every used bare one): its BSI
             verdict, reason = "not bare soil", f"BSI below bare_soil.min_bsi {min_bsi:.2f}: green or wet, not soil"
         observations.append(LowObservation(day_to_date(s2.day[r]), float(s2.ndvi[r]), float(bsi[r]),
                                            float(s2.clear[r]), verdict, run_of.get(r, 0), reason))

@@ -39,6 +39,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from cbm_tasks.markers.crop_phases import (
+    bare_confidence,
+    bare_runs,
+    cover_before,
+    crossings,
+    cycle_ends,
+    emergence_confidence,
+    emergence_day,
+)
 from cbm_tasks.markers.mowing import EventArrays, empty_obs
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import S2Series
@@ -64,145 +73,6 @@ def _harvest(out_parcel: np.ndarray, out_marker: np.ndarray, out: np.ndarray, ou
     return n_out + 1
 
 
-# Why the end of a crop cycle is not a harvest, as bits of the mask _cycle_ends gives each end
-# (described in cbm_tasks.markers.harvest_explain)
-LOW_PEAK, SMALL_DROP, OUT_OF_PERIOD = 1, 2, 4
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _cycle_ends(n: int, idx: np.ndarray, doy: np.ndarray, ndvi: np.ndarray, min_peak: float, max_after: float,
-                min_drop: float, first_doy: float, last_doy: float, end_k: np.ndarray, end_peak: np.ndarray,
-                end_failed: np.ndarray) -> tuple[int, int]:
-    """The ends of the crop cycles of one parcel-year's valid observations ``idx[:n]``.
-
-    A cycle runs from a low observation (NDVI < *max_after*: soil, stubble) to its peak, the highest
-    NDVI since; the next low ends it and starts the next cycle. For each end ``j`` (of the returned
-    count): ``end_k[j]`` the low (position in *idx*), ``end_peak[j]`` the cycle's peak, ``end_failed[j]``
-    the tests it fails as a harvest (0: a harvest). Also returns the peak of the cycle still open.
-    """
-    m = 0
-    pk = 0
-    for k in range(1, n):
-        r = idx[k]
-        if ndvi[r] >= ndvi[idx[pk]]:
-            pk = k
-        elif ndvi[r] < max_after:
-            failed = 0
-            if ndvi[idx[pk]] < min_peak:
-                failed |= LOW_PEAK
-            if ndvi[idx[pk]] - ndvi[r] < min_drop:
-                failed |= SMALL_DROP
-            if not first_doy <= doy[r] <= last_doy:
-                failed |= OUT_OF_PERIOD
-            end_k[m], end_peak[m], end_failed[m] = k, pk, failed
-            m += 1
-            pk = k  # a low (soil, stubble) starts the next cycle
-    return m, pk
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _is_bare(ndvi: float, bsi: float, max_ndvi: float, min_bsi: float) -> bool:
-    """Bare soil: NDVI below the soil line, and BSI not below *min_bsi* where it can be computed (B02, B11)."""
-    return ndvi < max_ndvi and not (np.isfinite(bsi) and bsi < min_bsi)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _bare_runs(n: int, idx: np.ndarray, ndvi: np.ndarray, bsi: np.ndarray, max_ndvi: float, min_bsi: float,
-               run_k0: np.ndarray, run_k1: np.ndarray) -> int:
-    """The runs of consecutive bare observations among one parcel-year's valid observations ``idx[:n]``.
-
-    Run ``j`` (of the returned count) spans positions ``run_k0[j] .. run_k1[j]`` of *idx*.
-    """
-    m = 0
-    k = 0
-    while k < n:
-        if _is_bare(ndvi[idx[k]], bsi[idx[k]], max_ndvi, min_bsi):
-            run_k0[m] = k
-            while k + 1 < n and _is_bare(ndvi[idx[k + 1]], bsi[idx[k + 1]], max_ndvi, min_bsi):
-                k += 1
-            run_k1[m] = k
-            m += 1
-        k += 1
-    return m
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _cover_before(row: int, first_row: int, day: np.ndarray, ndvi: np.ndarray, valid: np.ndarray, min_ndvi: float,
-                  lookback_days: float) -> int:
-    """The latest valid row with NDVI >= *min_ndvi* within *lookback_days* before *row*; -1 when none.
-
-    Green cover before a bare run; it looks back across calendar years, not before *first_row*
-    (the parcel's first row).
-    """
-    for r in range(row - 1, first_row - 1, -1):
-        if day[row] - day[r] > lookback_days:
-            break
-        if valid[r] and ndvi[r] >= min_ndvi:
-            return r
-    return -1
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _bare_confidence(n_obs: int, bsi_tested: bool, covered: bool, no_cover_penalty: float) -> float:
-    """A bare run's confidence: 0.6 for one observation, 0.85 for more, +0.15 with a BSI; less a penalty without cover.
-
-    The soil index counts when the run's first observation had one; *no_cover_penalty* applies when
-    no green cover was seen before the run (:func:`_cover_before`).
-    """
-    return (0.6 if n_obs == 1 else 0.85) + (0.15 if bsi_tested else 0.0) - (0.0 if covered else no_cover_penalty)
-
-
-# Why an upward crossing of emergence.ndvi_threshold is not an emergence, as bits of the mask _crossings
-# gives each crossing (described in cbm_tasks.markers.emergence_explain)
-NO_BARE_BEFORE, OUT_OF_EMERGENCE_PERIOD, AFTER_FIRST = 1, 2, 4
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _crossings(n: int, idx: np.ndarray, doy: np.ndarray, ndvi: np.ndarray, bare_max: float, threshold: float,
-               first_doy: float, last_doy: float, every_cycle: bool, cross_k: np.ndarray,
-               cross_failed: np.ndarray) -> int:
-    """The upward crossings of *threshold* among one parcel-year's valid observations ``idx[:n]``.
-
-    Crossing ``j`` (of the returned count) is between positions ``cross_k[j] - 1`` and ``cross_k[j]``;
-    ``cross_failed[j]`` holds the tests it fails as an emergence (0: an emergence): no bare observation
-    (NDVI < *bare_max*) since the last emergence, outside the emergence period, or after the year's
-    first emergence when not *every_cycle*.
-    """
-    m = 0
-    seen_bare = False
-    done = False
-    for k in range(n):
-        r = idx[k]
-        if ndvi[r] < bare_max:
-            seen_bare = True
-        elif k > 0 and ndvi[r] >= threshold and ndvi[idx[k - 1]] < threshold:
-            failed = 0
-            if not seen_bare:
-                failed |= NO_BARE_BEFORE
-            if not first_doy <= doy[r] <= last_doy:
-                failed |= OUT_OF_EMERGENCE_PERIOD
-            if done:
-                failed |= AFTER_FIRST
-            cross_k[m], cross_failed[m] = k, failed
-            m += 1
-            if failed == 0:
-                seen_bare = False
-                done = not every_cycle
-    return m
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _emergence_day(day0: float, day1: float, ndvi0: float, ndvi1: float, threshold: float) -> float:
-    """The day NDVI crossed *threshold*, interpolated linearly between the observations around it."""
-    return day0 + (threshold - ndvi0) / max(ndvi1 - ndvi0, 1e-6) * (day1 - day0)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _emergence_confidence(gap_days: float) -> float:
-    """1 for a crossing between images at most 10 days apart, falling by 0.25 per 10 days more, at least 0.3."""
-    return min(max(1.0 - (gap_days - 10.0) / 40.0, 0.3), 1.0)
-
-
 @njit(cache=True, nogil=True)
 def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, year: np.ndarray,
                         ndvi: np.ndarray, bsi: np.ndarray, valid: np.ndarray,
@@ -224,12 +94,12 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
     out_obs = np.empty((cap, 3), np.int64)
     n_out = 0
     idx = np.empty(len(day), np.int64)
-    end_k = np.empty(len(day), np.int64)  # the ends of the crop cycles of one parcel-year (_cycle_ends)
+    end_k = np.empty(len(day), np.int64)  # the ends of the crop cycles of one parcel-year (cycle_ends)
     end_peak = np.empty(len(day), np.int64)
     end_failed = np.empty(len(day), np.int64)
-    run_k0 = np.empty(len(day), np.int64)  # the bare soil runs of one parcel-year (_bare_runs)
+    run_k0 = np.empty(len(day), np.int64)  # the bare soil runs of one parcel-year (bare_runs)
     run_k1 = np.empty(len(day), np.int64)
-    cross_k = np.empty(len(day), np.int64)  # its upward crossings of the emergence threshold (_crossings)
+    cross_k = np.empty(len(day), np.int64)  # its upward crossings of the emergence threshold (crossings)
     cross_failed = np.empty(len(day), np.int64)
     for parcel in range(len(offsets) - 1):
         lo = offsets[parcel]
@@ -316,7 +186,7 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                 out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = idx[k0], idx[peak_k], idx[k1]
                 n_out += 1
             # bare soil runs
-            for j in range(_bare_runs(n, idx, ndvi, bsi, bare_max, bare_bsi, run_k0, run_k1)):
+            for j in range(bare_runs(n, idx, ndvi, bsi, bare_max, bare_bsi, run_k0, run_k1)):
                 k0, k = run_k0[j], run_k1[j]
                 low = ndvi[idx[k0]]
                 for kk in range(k0 + 1, k + 1):
@@ -326,14 +196,14 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                 out[n_out, 0] = day[idx[k0]]
                 out[n_out, 1] = day[idx[k0]]
                 out[n_out, 2] = day[idx[k]]
-                covered = _cover_before(idx[k0], parcel_lo, day, ndvi, valid, cover_ndvi, cover_days) >= 0
-                out[n_out, 3] = _bare_confidence(k - k0 + 1, np.isfinite(bsi[idx[k0]]), covered, no_cover_penalty)
+                covered = cover_before(idx[k0], parcel_lo, day, ndvi, valid, cover_ndvi, cover_days) >= 0
+                out[n_out, 3] = bare_confidence(k - k0 + 1, np.isfinite(bsi[idx[k0]]), covered, no_cover_penalty)
                 out[n_out, 4] = low
                 out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = idx[k0], idx[k0], idx[k]
                 n_out += 1
             # harvest
             if cycles:
-                m, _ = _cycle_ends(n, idx, doy, ndvi, harv_peak, harv_after, harv_drop, harv_first, harv_last,
+                m, _ = cycle_ends(n, idx, doy, ndvi, harv_peak, harv_after, harv_drop, harv_first, harv_last,
                                    end_k, end_peak, end_failed)
                 for j in range(m):
                     if end_failed[j] == 0:
@@ -356,16 +226,16 @@ def _crop_events_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, y
                                              idx[k - 1], r, ndvi[idx[top]] - ndvi[r])
                             break
             # emergence: the first upward crossing after a bare observation (every_cycle: after each bare period)
-            for j in range(_crossings(n, idx, doy, ndvi, bare_max, emerg, emerg_first, emerg_last, every_cycle,
+            for j in range(crossings(n, idx, doy, ndvi, bare_max, emerg, emerg_first, emerg_last, every_cycle,
                                       cross_k, cross_failed)):
                 if cross_failed[j] == 0:
                     r0, r = idx[cross_k[j] - 1], idx[cross_k[j]]
                     out_parcel[n_out] = parcel
                     out_marker[n_out] = 3
                     out[n_out, 0] = day[r0]
-                    out[n_out, 1] = _emergence_day(day[r0], day[r], ndvi[r0], ndvi[r], emerg)
+                    out[n_out, 1] = emergence_day(day[r0], day[r], ndvi[r0], ndvi[r], emerg)
                     out[n_out, 2] = day[r]
-                    out[n_out, 3] = _emergence_confidence(day[r] - day[r0])
+                    out[n_out, 3] = emergence_confidence(day[r] - day[r0])
                     out[n_out, 4] = ndvi[r]
                     out_obs[n_out, 0], out_obs[n_out, 1], out_obs[n_out, 2] = r0, -1, r
                     n_out += 1

@@ -4,7 +4,7 @@ A scheme that asks for a sown crop (or a catch crop after the harvest, a soil-co
 emergence marker; the inspector asks which rises the series shows and why none counts: no bare
 soil before it (the field was green already), outside the emergence period, or not the year's
 first (parameters without ``emergence.every_cycle``). :func:`explain_emergence` answers with the
-marker's own compiled crossing test (``crop_events._crossings``), so a crossing is an
+marker's own compiled crossing test (``crop_phases.crossings``), so a crossing is an
 ``emergence`` exactly when the marker emitted one (tested on real plots, as ``mowing_explain`` is).
 """
 
@@ -16,8 +16,8 @@ from typing import TextIO
 
 import numpy as np
 
-from cbm_tasks.markers import crop_events
-from cbm_tasks.markers.crop_events import _crossings, _emergence_confidence, _emergence_day
+from cbm_tasks.markers import crop_phases
+from cbm_tasks.markers.crop_phases import emergence_confidence, emergence_day
 from cbm_tasks.markers.mowing_explain import failed_tests, write_verdicts
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import prepare
@@ -26,9 +26,9 @@ from cbm_tasks.markers.series import SeriesTable, day_to_date
 __all__ = ["CROSSING_TESTS", "CrossingVerdict", "EmergenceExplanation", "explain_emergence"]
 
 CROSSING_TESTS = {
-    crop_events.NO_BARE_BEFORE: "no bare soil (NDVI below bare_soil.max_ndvi) before it since the last emergence",
-    crop_events.OUT_OF_EMERGENCE_PERIOD: "outside the emergence period (emergence.first_doy .. last_doy)",
-    crop_events.AFTER_FIRST: "after the year's first emergence (emergence.every_cycle off)",
+    crop_phases.NO_BARE_BEFORE: "no bare soil (NDVI below bare_soil.max_ndvi) before it since the last emergence",
+    crop_phases.OUT_OF_EMERGENCE_PERIOD: "outside the emergence period (emergence.first_doy .. last_doy)",
+    crop_phases.AFTER_FIRST: "after the year's first emergence (emergence.every_cycle off)",
 }
 
 
@@ -100,14 +100,14 @@ def explain_emergence(series: SeriesTable, parcel_id: str, params: MarkerParams,
         if year is not None and this_year != year:
             continue
         idx = np.flatnonzero(s2.valid & (s2.year == this_year)).astype(np.int64)
-        m = _crossings(len(idx), idx, doy, s2.ndvi, bare_max, threshold, first, last, every_cycle, cross_k,
+        m = crop_phases.crossings(len(idx), idx, doy, s2.ndvi, bare_max, threshold, first, last, every_cycle, cross_k,
                        cross_failed)
         for k, failed in zip(cross_k[:m], cross_failed[:m], strict=True):
             r0, r = idx[k - 1], idx[k]
             crossings.append(CrossingVerdict(
                 day_to_date(s2.day[r0]), float(s2.ndvi[r0]), day_to_date(s2.day[r]), float(s2.ndvi[r]),
-                day_to_date(_emergence_day(s2.day[r0], s2.day[r], s2.ndvi[r0], s2.ndvi[r], threshold)),
-                float("nan") if failed else float(_emergence_confidence(s2.day[r] - s2.day[r0])),
+                day_to_date(emergence_day(s2.day[r0], s2.day[r], s2.ndvi[r0], s2.ndvi[r], threshold)),
+                float("nan") if failed else float(emergence_confidence(s2.day[r] - s2.day[r0])),
                 "not an emergence" if failed else "emergence",
                 failed_tests(CROSSING_TESTS, int(failed))))
     return EmergenceExplanation(str(parcel_id), params.hash, threshold, crossings)

@@ -4,7 +4,7 @@ A red light ``NO_EVENT`` on an arable scheme says that no harvest was found in i
 inspector asks which crop cycles the series shows and why none ended in a harvest (peak too low,
 drop too small, outside the harvest period, or a cycle that never ended because NDVI stayed above
 the stubble level). :func:`explain_harvest` answers with the harvest marker's own compiled cycle
-tests (``crop_events._cycle_ends``), so a cycle end is a ``harvest`` exactly when the marker
+tests (``crop_phases.cycle_ends``), so a cycle end is a ``harvest`` exactly when the marker
 emitted one (tested on real plots, as ``mowing_explain`` is for the mowing marker).
 """
 
@@ -17,8 +17,8 @@ from typing import TextIO
 import numpy as np
 
 from cbm_tasks.errors import BadInputError
-from cbm_tasks.markers import crop_events
-from cbm_tasks.markers.crop_events import _cycle_ends
+from cbm_tasks.markers import crop_phases
+from cbm_tasks.markers.crop_phases import cycle_ends
 from cbm_tasks.markers.mowing_explain import failed_tests, write_verdicts
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import prepare
@@ -27,9 +27,9 @@ from cbm_tasks.markers.series import SeriesTable, day_to_date
 __all__ = ["CYCLE_TESTS", "CycleVerdict", "HarvestExplanation", "explain_harvest"]
 
 CYCLE_TESTS = {
-    crop_events.LOW_PEAK: "the cycle's peak is below harvest.min_peak_ndvi (no crop grown)",
-    crop_events.SMALL_DROP: "the fall from the peak is below harvest.min_drop",
-    crop_events.OUT_OF_PERIOD: "outside the harvest period (harvest.first_doy .. last_doy)",
+    crop_phases.LOW_PEAK: "the cycle's peak is below harvest.min_peak_ndvi (no crop grown)",
+    crop_phases.SMALL_DROP: "the fall from the peak is below harvest.min_drop",
+    crop_phases.OUT_OF_PERIOD: "outside the harvest period (harvest.first_doy .. last_doy)",
 }
 
 
@@ -103,7 +103,7 @@ def explain_harvest(series: SeriesTable, parcel_id: str, params: MarkerParams, *
             continue
         idx = np.flatnonzero(s2.valid & (s2.year == this_year)).astype(np.int64)
         ends = np.empty((3, len(idx)), np.int64)
-        m, open_peak = _cycle_ends(len(idx), idx, doy, s2.ndvi, h["min_peak_ndvi"], h["max_ndvi_after"],
+        m, open_peak = cycle_ends(len(idx), idx, doy, s2.ndvi, h["min_peak_ndvi"], h["max_ndvi_after"],
                                    h["min_drop"], h["first_doy"], h["last_doy"], ends[0], ends[1], ends[2])
         for k, peak, failed in ends[:, :m].T:
             low, top = idx[k], idx[peak]
