@@ -161,13 +161,14 @@ class ParcelSetInfo:
     source_file: str
     source_layer: str | None
     imported_at: datetime
+    inner_buffer_m: int = 0  # the extraction reads the parcels shrunk by this (parcels.inner_buffer)
 
 
 def list_parcel_sets(conn: psycopg.Connection, *, aoi: str | None = None) -> list[ParcelSetInfo]:
     """Return the parcel sets, by AOI name and year; only those of *aoi* when given."""
     rows = conn.execute(
         "SELECT s.parcel_set_id, a.name, s.year, s.srid, s.version, s.n_parcels, s.source_file, s.source_layer, "
-        "s.imported_at FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) "
+        "s.imported_at, s.inner_buffer_m FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) "
         "WHERE %(aoi)s::text IS NULL OR a.name = %(aoi)s ORDER BY a.name, s.year",
         {"aoi": aoi},
     ).fetchall()

@@ -58,7 +58,7 @@ def test_light_commands_import_no_heavy_library(args: tuple[str, ...]) -> None:
 def test_commands_reading_the_database_import_only_psycopg(db_url: str) -> None:
     env = {"CBM_DATABASE_URL": db_url}
     status, modules, out = _run_cbm("parcels", "list", env=env)
-    assert (status, out) == (0, "aoi  year  set  parcels  srid  version  imported_at  source\nno parcel sets")
+    assert (status, out) == (0, "aoi  year  set  parcels  srid  buffer_m  version  imported_at  source\nno parcel sets")
     assert "psycopg" in modules and _heavy(modules) == []
     status, modules, out = _run_cbm("api", "user", "list", env=env)
     assert (status, out) == (0, "")

@@ -374,10 +374,10 @@ def test_cli_import_and_list(
     assert "rejected feature 3 (line): not a polygon (LineString)" in out
     assert main(["parcels", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:7] == ["aoi", "year", "set", "parcels", "srid", "version", "imported_at"]
-    assert [line.split()[:2] + line.split()[3:6] for line in lines[1:]] == [
-        ["dk", "2026", "100", "25832", "1"],
-        ["mixed", "2024", "3", "4326", "1"],
+    assert lines[0].split()[:8] == ["aoi", "year", "set", "parcels", "srid", "buffer_m", "version", "imported_at"]
+    assert [line.split()[:2] + line.split()[3:7] for line in lines[1:]] == [
+        ["dk", "2026", "100", "25832", "0", "1"],
+        ["mixed", "2024", "3", "4326", "0", "1"],
     ]
     assert main(["parcels", "import", str(dk), "--aoi", "dk", "--year", "2026", "--id-column", "Marknr"]) == 2
     err = capsys.readouterr().err

@@ -32,6 +32,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     imp.add_argument("--srid", type=int, help="EPSG code of the coordinates when the file declares no CRS")
     imp.add_argument("--reject-report", type=Path, metavar="FILE.csv", help="write rejected features to this CSV")
     imp.add_argument("--strict", action="store_true", help="fail when any feature is rejected")
+    imp.add_argument("--inner-buffer", type=int, metavar="METRES",
+                     help="extract from the parcels shrunk by this many metres, keeping edge pixels (mixed with the "
+                     "neighbour) out; 5-10 is usual for Sentinel-2. Default: the set's current buffer (0 when new). "
+                     "A parcel it would empty is extracted whole")
     imp.set_defaults(func=_import)
     listing = commands.add_parser("list", help="parcel sets per AOI and year")
     listing.add_argument("--aoi", help="only this AOI")
@@ -57,6 +61,7 @@ def _import(args: argparse.Namespace) -> int:
             srid=args.srid,
             strict=args.strict,
             reject_report=args.reject_report,
+            inner_buffer_m=args.inner_buffer,
         )
         requeued = requeue_incomplete(conn, aois=[report.aoi]) if report.version > 1 else []
     sys.stdout.write(
@@ -65,6 +70,9 @@ def _import(args: argparse.Namespace) -> int:
         f"{report.n_repaired} repaired, {report.n_rejected} rejected; "
         f"{report.n_new} new, {report.n_changed} changed, {report.n_removed} removed\n"
     )
+    if report.inner_buffer_m:
+        sys.stdout.write(f"inner buffer {report.inner_buffer_m} m: the extraction reads the parcels shrunk by it; "
+                         f"{report.n_unbuffered} parcels too small for it are extracted whole\n")
     for r in report.rejections[:20]:
         sys.stdout.write(f"  rejected feature {r.source_fid} ({r.parcel_id or 'no id'}): {r.reason}\n")
     if report.n_rejected > 20:
@@ -92,7 +100,7 @@ def _list(args: argparse.Namespace) -> int:
 
     with db.connect(settings.database_url()) as conn:
         sets = list_parcel_sets(conn, aoi=args.aoi)
-    header = ("aoi", "year", "set", "parcels", "srid", "version", "imported_at", "source")
+    header = ("aoi", "year", "set", "parcels", "srid", "buffer_m", "version", "imported_at", "source")
     rows = [
         (
             s.aoi,
@@ -100,6 +108,7 @@ def _list(args: argparse.Namespace) -> int:
             str(s.parcel_set_id),
             str(s.n_parcels),
             str(s.srid),
+            str(-s.inner_buffer_m) if s.inner_buffer_m else "0",
             str(s.version),
             s.imported_at.strftime("%Y-%m-%d %H:%M:%S%z"),
             s.source_file + (f" [{s.source_layer}]" if s.source_layer else ""),

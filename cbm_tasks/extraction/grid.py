@@ -67,8 +67,9 @@ WHERE p.parcel_set_id = %(set)s
   AND (%(keys)s::integer[] IS NULL OR p.parcel_key = ANY(%(keys)s::integer[]))
 ORDER BY p.parcel_key
 """
+# geom_inner: the parcel shrunk by its set's inner buffer (cbm_tasks.parcels.inner_buffer), where there is one
 _WINDOW_PARCELS = """
-SELECT p.parcel_key, ST_AsBinary(ST_Transform(p.geom, %(srid)s))
+SELECT p.parcel_key, ST_AsBinary(ST_Transform(coalesce(p.geom_inner, p.geom), %(srid)s))
 FROM cbm.parcel p
 WHERE p.parcel_set_id = %(set)s
   AND ST_Intersects(p.geom, ST_Transform(ST_Segmentize(

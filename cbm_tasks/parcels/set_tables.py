@@ -122,7 +122,7 @@ def delete_stale_rows(cur: psycopg.Cursor[TupleRow], set_id: int, stale_keys: Se
 _UPDATE_SET = """
 UPDATE cbm.parcel_set s
 SET srid = %(srid)s, version = %(version)s, source_file = %(source_file)s, source_layer = %(layer)s,
-    n_parcels = %(n)s, imported_at = now(),
+    n_parcels = %(n)s, imported_at = now(), inner_buffer_m = %(buffer)s,
     max_parcel_key = greatest(s.max_parcel_key,
                               (SELECT coalesce(max(parcel_key), 0) FROM cbm.parcel WHERE parcel_set_id = %(id)s)),
     -- the envelope is densified before the transform: a projected box's edges are curves in lon/lat
@@ -134,8 +134,9 @@ WHERE parcel_set_id = %(id)s
 """
 
 
-def update_set(cur: psycopg.Cursor[TupleRow], set_id: int, version: int, table: ParcelTable) -> None:
-    """Record the new version, source, parcel count, highest key and extent (EPSG:4326) on the set's row."""
+def update_set(cur: psycopg.Cursor[TupleRow], set_id: int, version: int, table: ParcelTable, *,
+               inner_buffer_m: int = 0) -> None:
+    """Record the new version, source, parcel count, highest key, extent (EPSG:4326) and inner buffer on the set."""
     cur.execute(
         _UPDATE_SET,
         {
@@ -145,11 +146,13 @@ def update_set(cur: psycopg.Cursor[TupleRow], set_id: int, version: int, table: 
             "layer": table.layer,
             "n": table.n_parcels,
             "id": set_id,
+            "buffer": inner_buffer_m,
         },
     )
 
 
-def record_import(cur: psycopg.Cursor[TupleRow], set_id: int, table: ParcelTable, *, strict: bool) -> int:
+def record_import(cur: psycopg.Cursor[TupleRow], set_id: int, table: ParcelTable, *, strict: bool,
+                  inner_buffer_m: int = 0) -> int:
     """Write the ``cbm.parcel_import`` record, options and counts, and its rejections; return the import id."""
     options = {
         "id_column": list(table.columns.id),
@@ -157,6 +160,7 @@ def record_import(cur: psycopg.Cursor[TupleRow], set_id: int, table: ParcelTable
         "crop_name_column": table.columns.crop_name,
         "srid": table.srid,
         "strict": strict,
+        "inner_buffer_m": inner_buffer_m,
     }
     row = cur.execute(
         "INSERT INTO cbm.parcel_import (parcel_set_id, source_file, source_layer, options, n_read, n_imported, "

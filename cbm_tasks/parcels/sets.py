@@ -25,6 +25,7 @@ import psycopg
 from cbm_tasks.aoi import ParcelSetInfo, ensure_aoi, list_parcel_sets
 from cbm_tasks.errors import MigrationError, ParcelImportError, TransientError
 from cbm_tasks.parcels.geometry import geometry_md5
+from cbm_tasks.parcels.inner_buffer import check_units, current_buffer, shrink
 from cbm_tasks.parcels.keys import KeyPlan, plan_keys
 from cbm_tasks.parcels.overlaps import (
     OverlapSummary,
@@ -70,6 +71,8 @@ class ImportReport:
     n_removed: int = 0  # ids of the previous set absent now
     n_stale_rows: int = 0  # time-series rows deleted (removed and changed parcels)
     overlaps: OverlapSummary = OverlapSummary()  # parcels whose areas overlap (cbm.parcel_overlap)
+    inner_buffer_m: int = 0  # the extraction reads the parcels shrunk by this (parcels.inner_buffer)
+    n_unbuffered: int = 0  # parcels the inner buffer would empty: extracted whole
 
 
 def import_parcels(
@@ -85,6 +88,7 @@ def import_parcels(
     srid: int | None = None,
     strict: bool = False,
     reject_report: str | Path | None = None,
+    inner_buffer_m: int | None = None,
 ) -> ImportReport:
     """Read a parcel register and make it the parcel set of *aoi* and *year*.
 
@@ -101,13 +105,16 @@ def import_parcels(
         srid: see ``read_parcels``.
         strict: fail the whole import when any feature is rejected.
         reject_report: CSV file to write the rejections to (written also when strict fails).
+        inner_buffer_m: extract from the parcels shrunk by this many metres (``parcels.inner_buffer``);
+            None keeps the set's buffer (0 for a new set).
 
     Returns:
         The import report.
 
     Raises:
         ParcelImportError: the file cannot be imported (see ``read_parcels``), a rejection
-            under *strict*, no parcel left, a bad AOI name or year, an SRID unknown to PostGIS.
+            under *strict*, no parcel left, a bad AOI name or year, an SRID unknown to PostGIS,
+            an inner buffer out of range or in a CRS not in metres or degrees.
     """
     _check_target(aoi, year)
     table = read_parcels(
@@ -120,7 +127,7 @@ def import_parcels(
     )
     if reject_report is not None:
         write_reject_report(reject_report, table.rejections)
-    return load_parcels(conn, table, aoi=aoi, year=year, strict=strict)
+    return load_parcels(conn, table, aoi=aoi, year=year, strict=strict, inner_buffer_m=inner_buffer_m)
 
 
 def _check_target(aoi: str, year: int) -> None:
@@ -131,7 +138,8 @@ def _check_target(aoi: str, year: int) -> None:
 
 
 def load_parcels(
-    conn: psycopg.Connection, table: ParcelTable, *, aoi: str, year: int, strict: bool = False
+    conn: psycopg.Connection, table: ParcelTable, *, aoi: str, year: int, strict: bool = False,
+    inner_buffer_m: int | None = None,
 ) -> ImportReport:
     """Replace the parcel set of *aoi*/*year* with *table*, atomically.
 
@@ -141,6 +149,7 @@ def load_parcels(
         aoi: AOI name, created when new.
         year: campaign year.
         strict: refuse the import when *table* has any rejection.
+        inner_buffer_m: see :func:`import_parcels`.
 
     Returns:
         The import report.
@@ -161,8 +170,8 @@ def load_parcels(
         raise ParcelImportError(f"{source}: no importable parcel ({table.n_read} features read, all rejected)")
     digests = geometry_md5(table.geometries)
     try:
-        set_id, version, import_id, plan, n_stale, overlaps = _replace_set(
-            conn, table, digests, aoi=aoi, year=year, strict=strict
+        set_id, version, import_id, plan, n_stale, overlaps, (buffer_m, n_unbuffered) = _replace_set(
+            conn, table, digests, aoi=aoi, year=year, strict=strict, inner_buffer_m=inner_buffer_m
         )
     except psycopg.OperationalError as err:
         raise TransientError(
@@ -188,6 +197,8 @@ def load_parcels(
         n_removed=plan.n_removed,
         n_stale_rows=n_stale,
         overlaps=overlaps,
+        inner_buffer_m=buffer_m,
+        n_unbuffered=n_unbuffered,
     )
     if overlaps.n_pairs:
         log.warning(
@@ -198,36 +209,47 @@ def load_parcels(
         )
     log.info(
         "imported parcels aoi=%s year=%d parcel_set=%d version=%d srid=%d read=%d imported=%d repaired=%d "
-        "rejected=%d new=%d changed=%d removed=%d stale_rows=%d file=%s seconds=%.2f",
+        "rejected=%d new=%d changed=%d removed=%d stale_rows=%d inner_buffer_m=%d unbuffered=%d file=%s "
+        "seconds=%.2f",
         aoi, year, set_id, version, table.srid, table.n_read, table.n_parcels, table.n_repaired,
-        len(table.rejections), plan.n_new, plan.n_changed, plan.n_removed, n_stale, source,
+        len(table.rejections), plan.n_new, plan.n_changed, plan.n_removed, n_stale, buffer_m, n_unbuffered, source,
         time.perf_counter() - t0,
     )  # fmt: skip
     return report
 
 
 def _replace_set(
-    conn: psycopg.Connection, table: ParcelTable, digests: Sequence[str], *, aoi: str, year: int, strict: bool
-) -> tuple[int, int, int, KeyPlan, int, OverlapSummary]:
-    """Swap the set's parcels in one transaction; return (set id, version, import id, plan, stale rows, overlaps)."""
+    conn: psycopg.Connection, table: ParcelTable, digests: Sequence[str], *, aoi: str, year: int, strict: bool,
+    inner_buffer_m: int | None,
+) -> tuple[int, int, int, KeyPlan, int, OverlapSummary, tuple[int, int]]:
+    """Swap the set's parcels in one transaction.
+
+    Returns:
+        (set id, version, import id, plan, stale rows, overlaps, (inner buffer, parcels extracted whole)).
+    """
     source = table.source_file
     with conn.transaction(), conn.cursor() as cur:
         if cur.execute("SELECT 1 FROM spatial_ref_sys WHERE srid = %s", (table.srid,)).fetchone() is None:
             raise ParcelImportError(f"{source}: SRID {table.srid} is not in PostGIS spatial_ref_sys")
         set_id, version, created = lock_set(cur, ensure_aoi(conn, aoi), year, table)
+        was_buffer = current_buffer(cur, set_id)
+        buffer_m = was_buffer if inner_buffer_m is None else inner_buffer_m
+        geographic = check_units(cur, table.srid, buffer_m, source=source)
         stored = cur.execute(
             "SELECT parcel_id, parcel_key, md5(ST_AsBinary(geom, 'NDR')) || ':' || ST_SRID(geom), geom_version "
             "FROM cbm.parcel WHERE parcel_set_id = %s",
             (set_id,),
         ).fetchall()
-        old = [(pid, key, digest) for pid, key, digest, _ in stored]
+        # another buffer changes every parcel's extraction geometry: each digest carries the buffer
+        old = [(pid, key, f"{digest}:b{was_buffer}") for pid, key, digest, _ in stored]
         old_since = {pid: int(since) for pid, _, _, since in stored}
         key_floor = cur.execute(
             "SELECT max_parcel_key FROM cbm.parcel_set WHERE parcel_set_id = %s", (set_id,)
         ).fetchone()
         if key_floor is None:  # the row is locked by lock_set: only a schema change removes it
             raise MigrationError(f"{source}: parcel set {set_id} has no max_parcel_key row; is the schema migrated?")
-        plan = plan_keys(old, table.parcel_ids, [f"{d}:{table.srid}" for d in digests], key_floor=int(key_floor[0]))
+        plan = plan_keys(old, table.parcel_ids, [f"{d}:{table.srid}:b{buffer_m}" for d in digests],
+                         key_floor=int(key_floor[0]))
         version = 1 if created else version + 1
         # the version each geometry dates from: images extracted before it lack exactly these parcels
         since = np.fromiter((version if fresh else old_since[pid] for pid, fresh in zip(table.parcel_ids, plan.fresh,
@@ -237,12 +259,16 @@ def _replace_set(
         was_overlapping = overlapping_keys(cur, set_id)
         cur.execute("DELETE FROM cbm.parcel WHERE parcel_set_id = %s", (set_id,))
         copy_parcels(cur, set_id, table, plan.keys, since)
+        n_unbuffered = shrink(cur, set_id, buffer_m, geographic=geographic)
+        # statistics of the rows just written, for the self-join that finds overlaps: without them (a first
+        # import, the table analysed while empty) PostgreSQL may join 100,000 parcels pair by pair (minutes)
+        cur.execute("ANALYZE cbm.parcel")
         n_stale = delete_stale_rows(cur, set_id, plan.stale_keys)
         overlaps = find_overlaps(cur, set_id)
         if not created:
             switched = sorted(was_overlapping ^ overlapping_keys(cur, set_id))
             date_neighbours(cur, set_id, version, [*old_neighbours, *switched, *neighbours_of(cur, set_id, switched)])
-        update_set(cur, set_id, version, table)
-        import_id = record_import(cur, set_id, table, strict=strict)
-    return set_id, version, import_id, plan, n_stale, overlaps
+        update_set(cur, set_id, version, table, inner_buffer_m=buffer_m)
+        import_id = record_import(cur, set_id, table, strict=strict, inner_buffer_m=buffer_m)
+    return set_id, version, import_id, plan, n_stale, overlaps, (buffer_m, n_unbuffered)
 
