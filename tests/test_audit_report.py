@@ -48,6 +48,7 @@ def test_parcel_report_html_and_pdf(seeded_db: tuple[psycopg.Connection, Seeded]
     crop, area = conn.execute("SELECT crop_code, area_m2 FROM cbm.parcel WHERE parcel_key = %s", (key,)).fetchone()
     assert f"Audit report: parcel {parcel_id}" in html and crop in html and f"{area / 10000:.2f} ha" in html
     assert '<svg class="map" id="outline"' in html and 'src="data:image/png;base64,' in html
+    assert "<th>pixels from</th><td>whole parcel (no inner buffer)</td>" in html
     lights = conn.execute("SELECT scheme, colour, reason, rule_id FROM cbm.traffic_light WHERE parcel_key = %s "
                           "ORDER BY scheme", (key,)).fetchall()
     lights_table = html[html.index('<table id="lights">'):html.index("</table>", html.index('<table id="lights">'))]
@@ -104,6 +105,26 @@ def test_parcel_report_html_and_pdf(seeded_db: tuple[psycopg.Connection, Seeded]
     keep.mkdir(exist_ok=True)
     for page in [*pages, files.html]:  # for a person to look at
         shutil.copy(page, keep / page.name)
+
+
+def test_report_says_which_outline_the_pixels_came_from(seeded_db: tuple[psycopg.Connection, Seeded],
+                                                        tmp_path: Path) -> None:
+    conn, seeded = seeded_db
+    shrunk, narrow = (r[0] for r in conn.execute("SELECT parcel_id FROM cbm.parcel ORDER BY parcel_key LIMIT 2"))
+    # the set as `cbm parcels import --inner-buffer 10` leaves it, one parcel too narrow for the buffer
+    conn.execute("UPDATE cbm.parcel_set SET inner_buffer_m = 10 WHERE parcel_set_id = %s", (seeded.parcel_set_id,))
+    conn.execute("UPDATE cbm.parcel SET geom_inner = cbm.inner_geometry(geom, 10, false) WHERE parcel_id = %s",
+                 (shrunk,))
+    (inner_ha,) = conn.execute("SELECT ST_Area(geom_inner) / 10000 FROM cbm.parcel WHERE parcel_id = %s",
+                               (shrunk,)).fetchone()
+    html = write_parcel_report(gather(conn, aoi=AOI, year=YEAR, parcel_id=shrunk), tmp_path / "a",
+                               pdf=False).html.read_text()
+    assert f"<th>pixels from</th><td>parcel shrunk by 10 m (dashed; {inner_ha:.2f} ha)</td>" in html
+    assert '<path id="inner" d="M' in html and "stroke-dasharray" in html
+    html = write_parcel_report(gather(conn, aoi=AOI, year=YEAR, parcel_id=narrow), tmp_path / "b",
+                               pdf=False).html.read_text()
+    assert "<td>whole parcel (too narrow for the 10 m inner buffer)</td>" in html
+    assert '<path id="inner"' not in html
 
 
 def test_report_of_an_arable_parcel_judges_its_crop_cycles(seeded_db: tuple[psycopg.Connection, Seeded],

@@ -59,6 +59,10 @@ class ParcelInfo:
     outline_path: str
     view_box: str
     srid: int
+    # its set's inner buffer, and the shrunk outline the statistics come from (None: the whole parcel)
+    inner_buffer_m: int = 0
+    inner_path: str | None = None
+    inner_area_m2: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,17 +119,21 @@ def _parcel(conn: psycopg.Connection, parcel_set_id: int, parcel_id: str, *, aoi
         "       ST_X(ST_Transform(ST_PointOnSurface(p.geom), 4326)), "
         "       ST_Y(ST_Transform(ST_PointOnSurface(p.geom), 4326)), "
         "       ST_AsSVG(p.geom, 0, 2), ST_XMin(p.geom), ST_YMax(p.geom), ST_XMax(p.geom) - ST_XMin(p.geom), "
-        "       ST_YMax(p.geom) - ST_YMin(p.geom), ST_SRID(p.geom) "
-        "FROM cbm.parcel p WHERE p.parcel_set_id = %s AND p.parcel_id = %s",
+        "       ST_YMax(p.geom) - ST_YMin(p.geom), ST_SRID(p.geom), s.inner_buffer_m, ST_AsSVG(p.geom_inner, 0, 2), "
+        "       CASE WHEN r.proj4text LIKE '%%+proj=longlat%%' THEN ST_Area(p.geom_inner::geography) "
+        "            ELSE ST_Area(p.geom_inner) END "
+        "FROM cbm.parcel p JOIN cbm.parcel_set s USING (parcel_set_id) "
+        "LEFT JOIN spatial_ref_sys r ON r.srid = s.srid "
+        "WHERE p.parcel_set_id = %s AND p.parcel_id = %s",
         (parcel_set_id, parcel_id),
     ).fetchone()
     if row is None:
         raise NotFoundError(f"parcel {parcel_id!r} is not in the {year} parcel set of AOI {aoi!r}")
-    key, crop_code, crop_name, area, lon, lat, path, xmin, ymax, width, height, srid = row
+    key, crop_code, crop_name, area, lon, lat, path, xmin, ymax, width, height, srid, buffer_m, inner, inner_area = row
     pad = max(width, height) * 0.08 or 1.0
     view_box = f"{xmin - pad:.2f} {-ymax - pad:.2f} {width + 2 * pad:.2f} {height + 2 * pad:.2f}"
     return ParcelInfo(parcel_id, int(key), crop_code, crop_name, float(area), float(lon), float(lat), str(path),
-                      view_box, int(srid))
+                      view_box, int(srid), int(buffer_m), inner, None if inner_area is None else float(inner_area))
 
 
 def _series_views(series: SeriesTable, parcel: ParcelInfo, params: MarkerParams, use_s1: bool,
