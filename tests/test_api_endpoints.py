@@ -44,8 +44,8 @@ def test_health_and_version_need_no_credentials(client: TestClient) -> None:
 
 def test_aois_lists_only_granted_parcel_sets(client: TestClient, world: World) -> None:
     body = client.get("/v1/aois", auth=world.basic("ann")).json()
-    sets = [(s["aoi"], s["year"], s["n_parcels"], s["srid"]) for s in body["parcel_sets"]]
-    assert sets == [("alpha", 2018, 6, 32631)]
+    sets = [(s["aoi"], s["year"], s["n_parcels"], s["srid"], s["inner_buffer_m"]) for s in body["parcel_sets"]]
+    assert sets == [("alpha", 2018, 6, 32631, 0)]  # statistics from the whole parcels
     west, south, east, north = body["parcel_sets"][0]["bbox"]
     assert 2.999 < west < east < 3.01 and 51.0 < south < north < 51.01
 

@@ -21,6 +21,8 @@ import shapely
 from affine import Affine
 from test_extract_support import write_tif
 
+from cbm_tasks.api.auth import Principal
+from cbm_tasks.api.queries import aoi_parcel_sets
 from cbm_tasks.errors import ParcelImportError
 from cbm_tasks.parcels.sets import import_parcels
 from cbm_tasks.pipeline.files import extract_file
@@ -80,6 +82,9 @@ def test_the_extraction_reads_the_shrunk_parcels_and_a_new_buffer_extracts_again
                           "ORDER BY 1").fetchall()
     # the declared geometry stays; the field is 80 x 80 m inside, the strip too narrow to keep any
     assert shapes == [("field", 10000, 6400, 10), ("strip", 1400, None, 10)]
+    # an analyst sees it in the API's list of parcel sets
+    (listed_set,) = aoi_parcel_sets(conn, Principal("ann", 1, frozenset({"edges"})))
+    assert (listed_set["aoi"], listed_set["inner_buffer_m"]) == ("edges", 10)
     conn.commit()
 
     store = open_store(StoreConfig())

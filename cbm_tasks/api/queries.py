@@ -101,15 +101,18 @@ def require_grant(principal: Principal, aoi: str) -> None:
 
 
 def aoi_parcel_sets(conn: psycopg.Connection, principal: Principal) -> list[dict[str, Any]]:
-    """Return the parcel sets (AOI, year, parcels, CRS, lon/lat extent) of the granted AOIs."""
+    """Return the parcel sets (AOI, year, parcels, CRS, lon/lat extent, inner buffer) of the granted AOIs.
+
+    ``inner_buffer_m``: the statistics come from the parcels shrunk by it (``parcels.inner_buffer``).
+    """
     rows = conn.execute(
         "SELECT a.name, s.year, s.n_parcels, s.srid, ST_XMin(s.extent), ST_YMin(s.extent), ST_XMax(s.extent), "
-        "ST_YMax(s.extent) FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) "
+        "ST_YMax(s.extent), s.inner_buffer_m FROM cbm.parcel_set s JOIN cbm.aoi a USING (aoi_id) "
         "WHERE a.name = ANY(%s) ORDER BY a.name, s.year",
         (sorted(principal.aois),),
     ).fetchall()
     return [{"aoi": r[0], "year": r[1], "n_parcels": r[2], "srid": r[3],
-             "bbox": None if r[4] is None else [r[4], r[5], r[6], r[7]]} for r in rows]
+             "bbox": None if r[4] is None else [r[4], r[5], r[6], r[7]], "inner_buffer_m": r[8]} for r in rows]
 
 
 def _geometry_sql(geometry: str | None) -> sql.Composable:
