@@ -34,8 +34,13 @@ __all__ = ["CACHE_ENV", "KernelWarmup", "cache_dir", "dispatchers", "kernel_modu
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "NUMBA_CACHE_DIR"
-# the packages whose modules hold @njit kernels; kernel_modules() finds those modules
-KERNEL_PACKAGES = ("extraction", "markers", "traffic_light")
+# The packages whose modules hold @njit kernels (kernel_modules() finds those modules), in the two halves of
+# the warm-up, compiled in two processes on a machine of two or more CPUs (Numba compiles on one thread).
+# They share no kernel: Numba's cache of a kernel is one index file that a process reads, extends and
+# writes back, so two processes compiling one kernel for different argument types could each write an
+# index without the other's entry.
+_HALVES = {"extraction": ("extraction",), "markers": ("markers", "traffic_light")}
+KERNEL_PACKAGES = tuple(package for packages in _HALVES.values() for package in packages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +114,6 @@ def dispatchers(packages: tuple[str, ...] = KERNEL_PACKAGES) -> dict[str, Any]:
             if isinstance(value, CPUDispatcher) and value.__module__ == module_name:
                 found[f"{module_name.rsplit('.', 1)[-1]}.{name}"] = value
     return found
-
-
-# The two halves of the warm-up, compiled in two processes on a machine of two or more CPUs (Numba
-# compiles on one thread). They share no kernel: Numba's cache of a kernel is one index file that a
-# process reads, extends and writes back, so two processes compiling one kernel for different
-# argument types could each write an index without the other's entry.
-_HALVES = {"extraction": ("extraction",), "markers": ("markers", "traffic_light")}
 
 
 def warm_kernels(*, processes: int | None = None) -> KernelWarmup:

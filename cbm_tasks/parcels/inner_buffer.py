@@ -27,8 +27,14 @@ __all__ = ["MAX_INNER_BUFFER_M", "check_units", "current_buffer", "shrink"]
 MAX_INNER_BUFFER_M = 100  # as the CHECK on cbm.parcel_set.inner_buffer_m: beyond it most parcels would vanish
 
 
-def check_units(cur: psycopg.Cursor[TupleRow], srid: int, metres: int, *, source: str) -> bool:
+def check_units(proj4text: str, srid: int, metres: int, *, source: str) -> bool:
     """Refuse a buffer the set's CRS cannot measure in metres (a CRS in feet, say), or out of range.
+
+    Args:
+        proj4text: the CRS's PROJ definition (``spatial_ref_sys``, looked up once by the import).
+        srid: its EPSG code, for the message.
+        metres: the buffer.
+        source: the register, for the message.
 
     Returns:
         Whether the CRS is lon/lat (buffered on the spheroid).
@@ -38,13 +44,11 @@ def check_units(cur: psycopg.Cursor[TupleRow], srid: int, metres: int, *, source
     """
     if not 0 <= metres <= MAX_INNER_BUFFER_M:
         raise ParcelImportError(f"{source}: inner buffer {metres} m is outside 0..{MAX_INNER_BUFFER_M} m")
-    row = cur.execute("SELECT proj4text FROM spatial_ref_sys WHERE srid = %s", (srid,)).fetchone()
-    proj = str(row[0] or "") if row else ""
-    geographic = "+proj=longlat" in proj
-    if metres and not geographic and "+units=m " not in f"{proj} ":
+    geographic = "+proj=longlat" in proj4text
+    if metres and not geographic and "+units=m " not in f"{proj4text} ":
         raise ParcelImportError(
             f"{source}: an inner buffer of {metres} m needs a CRS in metres or degrees; EPSG:{srid} is in "
-            f"other units ({proj.strip() or 'no PROJ definition'}): reproject the register first"
+            f"other units ({proj4text.strip() or 'no PROJ definition'}): reproject the register first"
         )
     return geographic
 

@@ -229,12 +229,13 @@ def _replace_set(
     """
     source = table.source_file
     with conn.transaction(), conn.cursor() as cur:
-        if cur.execute("SELECT 1 FROM spatial_ref_sys WHERE srid = %s", (table.srid,)).fetchone() is None:
+        crs = cur.execute("SELECT proj4text FROM spatial_ref_sys WHERE srid = %s", (table.srid,)).fetchone()
+        if crs is None:
             raise ParcelImportError(f"{source}: SRID {table.srid} is not in PostGIS spatial_ref_sys")
         set_id, version, created = lock_set(cur, ensure_aoi(conn, aoi), year, table)
         was_buffer = current_buffer(cur, set_id)
         buffer_m = was_buffer if inner_buffer_m is None else inner_buffer_m
-        geographic = check_units(cur, table.srid, buffer_m, source=source)
+        geographic = check_units(str(crs[0] or ""), table.srid, buffer_m, source=source)
         stored = cur.execute(
             "SELECT parcel_id, parcel_key, md5(ST_AsBinary(geom, 'NDR')) || ':' || ST_SRID(geom), geom_version "
             "FROM cbm.parcel WHERE parcel_set_id = %s",
