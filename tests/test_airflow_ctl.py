@@ -52,6 +52,35 @@ def test_config_file_has_the_deployment_settings_and_is_private(cfg: airflow_ctl
     assert dict(tuned["cbm"]) == {"retry_delay_seconds": "5", "claim_lease_seconds": "20"}
 
 
+# a task process as Airflow's LocalExecutor makes it: the forkserver's preload imported, then the task
+# runner's start-up, which loads every plugin for its listeners
+_TASK_START = """
+import configparser, importlib, json, sys
+parsed = configparser.ConfigParser(interpolation=None)
+parsed.read(sys.argv[1])
+for name in parsed["scheduler"]["mp_forkserver_preload"].split(","):
+    importlib.import_module(name)
+from airflow.sdk.listener import get_listener_manager
+before = set(sys.modules)
+get_listener_manager()
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_the_forkserver_preload_holds_what_the_plugins_import(cfg: airflow_ctl.AirflowConfig) -> None:
+    # every task process loads the plugins: what they import and the forkserver has not is paid per task
+    # (FastAPI and Airflow's API security: ~4 s of CPU each time). Only the plugin files may be new.
+    project = Path(__file__).resolve().parents[1]
+    deployment = dataclasses.replace(cfg, project=project)
+    path = airflow_ctl.write_config(deployment)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
+    env |= airflow_ctl.environment(deployment)
+    out = subprocess.run([sys.executable, "-c", _TASK_START, str(path)], env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    loaded = json.loads(out.splitlines()[-1])
+    assert set(loaded) == {p.stem for p in (project / "plugins").glob("*.py")}, loaded
+
+
 def test_secrets_and_password_are_generated_once(cfg: airflow_ctl.AirflowConfig) -> None:
     airflow_ctl.write_config(cfg)
     first = (cfg.home / "secrets.json").read_text()

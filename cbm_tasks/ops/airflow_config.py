@@ -52,9 +52,18 @@ __all__ = [
 
 EXTRACT_POOL = "cbm_extract"
 CARD_POOL = "cbm_card"
-_PRELOAD = ("airflow.executors.local_executor", "airflow.sdk.execution_time.task_runner",
-            "cbm_tasks.pipeline.extract", "cbm_tasks.pipeline.poll", "cbm_tasks.store", "cbm_tasks.catalogue.clients",
-            "cbm_tasks.extraction.preload")
+# Imported once by the LocalExecutor's forkserver ([scheduler] mp_forkserver_preload); every task process
+# forked from it inherits them. What the tasks run: the task runner, the pipeline, the extraction's kernels.
+_TASK_MODULES = ("airflow.executors.local_executor", "airflow.sdk.execution_time.task_runner",
+                 "cbm_tasks.pipeline.extract", "cbm_tasks.pipeline.poll", "cbm_tasks.store",
+                 "cbm_tasks.catalogue.clients", "cbm_tasks.extraction.preload")
+# What the files in plugins/ import: the task runner loads every plugin in every task process (for
+# their listeners), and these imports (FastAPI, Airflow's API security, the OpenLineage plugin) cost
+# about 4 s of CPU per task when not inherited (benchmarks/pipeline_bench.py --quick: a task's
+# overhead 3.6 -> 1.3 s). tests/test_preload.py fails when a plugin imports something not listed.
+_PLUGIN_MODULES = ("cbm_tasks.api.app", "airflow.api_fastapi.core_api.security",
+                   "airflow.providers.openlineage.plugins.openlineage", "jinja2")
+_PRELOAD = _TASK_MODULES + _PLUGIN_MODULES
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 CELERY_QUEUE = "default"  # Airflow's [operators] default_queue: every worker serves it
