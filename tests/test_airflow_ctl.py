@@ -195,6 +195,24 @@ def test_celery_deployment_config_broker_on_loopback_with_a_password(cfg: airflo
     assert cfg.components == airflow_ctl.COMPONENTS
 
 
+def test_celery_workers_preload_what_the_forkserver_does(cfg: airflow_ctl.AirflowConfig) -> None:
+    # Celery imports its `imports` in a worker's main process before forking the pool; Airflow's own
+    # Celery app must still have the deployment's broker (the written module extends Airflow's defaults)
+    celery = dataclasses.replace(cfg, project=Path(__file__).resolve().parents[1], executor="celery", redis_port=16399)
+    parsed = configparser.ConfigParser(interpolation=None)
+    parsed.read(airflow_ctl.write_config(celery))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
+    env |= airflow_ctl.environment(celery)
+    script = ("import json\nfrom airflow.providers.celery.executors.celery_executor import app\n"
+              "print(json.dumps([list(app.conf.imports), app.conf.broker_url, app.conf.worker_prefetch_multiplier]))")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                         check=True).stdout
+    imports, broker, prefetch = json.loads(out.splitlines()[-1])
+    forkserver = parsed["scheduler"]["mp_forkserver_preload"].split(",")
+    assert imports == [name for name in forkserver if name != "airflow.executors.local_executor"]
+    assert broker == f"redis://:{airflow_ctl.broker_password(celery)}@127.0.0.1:16399/0" and prefetch == 1
+
+
 def test_each_celery_worker_has_its_own_node_name(cfg: airflow_ctl.AirflowConfig) -> None:
     celery = dataclasses.replace(cfg, executor="celery", celery_workers=2)
     argv = airflow_ctl._argv(celery, "celery-worker-2")

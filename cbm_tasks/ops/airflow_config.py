@@ -54,16 +54,26 @@ EXTRACT_POOL = "cbm_extract"
 CARD_POOL = "cbm_card"
 # Imported once by the LocalExecutor's forkserver ([scheduler] mp_forkserver_preload); every task process
 # forked from it inherits them. What the tasks run: the task runner, the pipeline, the extraction's kernels.
-_TASK_MODULES = ("airflow.executors.local_executor", "airflow.sdk.execution_time.task_runner",
-                 "cbm_tasks.pipeline.extract", "cbm_tasks.pipeline.poll", "cbm_tasks.store",
-                 "cbm_tasks.catalogue.clients", "cbm_tasks.extraction.preload")
+_TASK_MODULES = ("airflow.sdk.execution_time.task_runner", "cbm_tasks.pipeline.extract", "cbm_tasks.pipeline.poll",
+                 "cbm_tasks.store", "cbm_tasks.catalogue.clients", "cbm_tasks.extraction.preload")
 # What the files in plugins/ import: the task runner loads every plugin in every task process (for
 # their listeners), and these imports (FastAPI, Airflow's API security, the OpenLineage plugin) cost
 # about 4 s of CPU per task when not inherited (benchmarks/pipeline_bench.py --quick: a task's
 # overhead 3.6 -> 1.3 s). tests/test_preload.py fails when a plugin imports something not listed.
 _PLUGIN_MODULES = ("cbm_tasks.api.app", "airflow.api_fastapi.core_api.security",
                    "airflow.providers.openlineage.plugins.openlineage", "jinja2")
-_PRELOAD = _TASK_MODULES + _PLUGIN_MODULES
+_PRELOAD = ("airflow.executors.local_executor", *_TASK_MODULES, *_PLUGIN_MODULES)
+# The Celery workers' preload: Celery imports the modules of its `imports` setting in a worker's main
+# process before it forks the pool, and each task process (forked from a pool process) inherits them.
+# Airflow takes a Celery configuration only as a whole dict ([celery] celery_config_options), so the
+# deployment writes a module holding Airflow's defaults plus `imports` in AIRFLOW_HOME/config, which
+# Airflow puts on every component's sys.path (cbm_tasks itself never imports Airflow).
+_CELERY_CONFIG_MODULE = "cbm_celery_config"
+_CELERY_CONFIG_SOURCE = f"""# written by `cbm airflow start` (cbm_tasks.ops.airflow_config); edits are overwritten
+from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+
+CELERY_CONFIG = {{**DEFAULT_CELERY_CONFIG, "imports": {[*_TASK_MODULES, *_PLUGIN_MODULES]!r}}}
+"""
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 CELERY_QUEUE = "default"  # Airflow's [operators] default_queue: every worker serves it
@@ -332,6 +342,7 @@ def _celery_settings(cfg: AirflowConfig, redis_password: str) -> dict[str, dict[
             "worker_prefetch_multiplier": "1",
             "task_acks_late": "True",
             "pool": "prefork",
+            "celery_config_options": f"{_CELERY_CONFIG_MODULE}.CELERY_CONFIG",
         },
         # an unacknowledged message (its worker died) goes back to the queue after this long; the
         # scheduler has long failed and re-queued the task by then (task_instance_heartbeat_timeout)
@@ -359,6 +370,8 @@ def write_config(cfg: AirflowConfig) -> Path:
     write_private(path, "\n".join(lines) + "\n")
     if cfg.executor == "celery":
         redis_broker.write_redis_config(cfg.redis_dir, port=cfg.redis_port, password=broker_password(cfg))
+        (cfg.home / "config").mkdir(exist_ok=True)
+        (cfg.home / "config" / f"{_CELERY_CONFIG_MODULE}.py").write_text(_CELERY_CONFIG_SOURCE)
     return path
 
 
