@@ -127,3 +127,11 @@ def test_a_buffer_the_crs_cannot_measure_in_metres_is_refused(conn: psycopg.Conn
                         "WHERE a.name IN ('feet', 'far')").fetchone() == (0,)
     # without a buffer the register in feet imports as before
     assert import_parcels(conn, feet, aoi="feet", year=2018).inner_buffer_m == 0
+
+
+def test_one_definition_tells_a_geographic_crs(conn: psycopg.Connection) -> None:
+    # cbm.srid_is_geographic: the overlaps, the buffer's unit check, the report's areas and the API's distances
+    asked = {srid: conn.execute("SELECT cbm.srid_is_geographic(%s)", (srid,)).fetchone()
+             for srid in (4326, 4258, 32631, 3035, 2227, 999999)}
+    # WGS 84 and ETRS89 in degrees; UTM, LAEA Europe and a CRS in feet projected; an unknown SRID not geographic
+    assert asked == {4326: (True,), 4258: (True,), 32631: (False,), 3035: (False,), 2227: (False,), 999999: (False,)}

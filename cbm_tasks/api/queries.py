@@ -234,8 +234,7 @@ def peers(conn: psycopg.Connection, ps: ParcelSet, key: int, *, distance_m: floa
         NotFoundError: no parcel *key*.
     """
     parcel_by_key(conn, ps, key)
-    lonlat = conn.execute("SELECT coalesce(bool_or(proj4text LIKE '%%+proj=longlat%%'), false) FROM spatial_ref_sys "
-                          "WHERE srid = %s", (ps.srid,)).fetchone()
+    lonlat = conn.execute("SELECT cbm.srid_is_geographic(%s)", (ps.srid,)).fetchone()
     geographic = bool(lonlat and lonlat[0])  # distances of a lon/lat set in metres need geography
     dist = "ST_Distance(p.geom::geography, me.geom::geography)" if geographic else "ST_Distance(p.geom, me.geom)"
     within = ("ST_DWithin(p.geom::geography, me.geom::geography, %(d)s)" if geographic

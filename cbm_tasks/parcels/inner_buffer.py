@@ -22,41 +22,31 @@ from psycopg.rows import TupleRow
 
 from cbm_tasks.errors import ParcelImportError
 
-__all__ = ["MAX_INNER_BUFFER_M", "check_units", "current_buffer", "shrink"]
+__all__ = ["MAX_INNER_BUFFER_M", "check_units", "shrink"]
 
 MAX_INNER_BUFFER_M = 100  # as the CHECK on cbm.parcel_set.inner_buffer_m: beyond it most parcels would vanish
 
 
-def check_units(proj4text: str, srid: int, metres: int, *, source: str) -> bool:
+def check_units(proj4text: str, srid: int, metres: int, *, geographic: bool, source: str) -> None:
     """Refuse a buffer the set's CRS cannot measure in metres (a CRS in feet, say), or out of range.
 
     Args:
         proj4text: the CRS's PROJ definition (``spatial_ref_sys``, looked up once by the import).
         srid: its EPSG code, for the message.
         metres: the buffer.
+        geographic: the CRS is lon/lat (``cbm.srid_is_geographic``: buffered on the spheroid).
         source: the register, for the message.
-
-    Returns:
-        Whether the CRS is lon/lat (buffered on the spheroid).
 
     Raises:
         ParcelImportError: *metres* outside 0..MAX_INNER_BUFFER_M, or a projected CRS whose unit is not the metre.
     """
     if not 0 <= metres <= MAX_INNER_BUFFER_M:
         raise ParcelImportError(f"{source}: inner buffer {metres} m is outside 0..{MAX_INNER_BUFFER_M} m")
-    geographic = "+proj=longlat" in proj4text
     if metres and not geographic and "+units=m " not in f"{proj4text} ":
         raise ParcelImportError(
             f"{source}: an inner buffer of {metres} m needs a CRS in metres or degrees; EPSG:{srid} is in "
             f"other units ({proj4text.strip() or 'no PROJ definition'}): reproject the register first"
         )
-    return geographic
-
-
-def current_buffer(cur: psycopg.Cursor[TupleRow], set_id: int) -> int:
-    """The inner buffer (metres) the set's parcels were imported with; 0 for a new set."""
-    row = cur.execute("SELECT inner_buffer_m FROM cbm.parcel_set WHERE parcel_set_id = %s", (set_id,)).fetchone()
-    return int(row[0]) if row else 0
 
 
 def shrink(cur: psycopg.Cursor[TupleRow], set_id: int, metres: int, *, geographic: bool) -> int:

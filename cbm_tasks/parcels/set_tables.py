@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import psycopg
@@ -22,13 +23,23 @@ from cbm_tasks.aoi import id_limit_error
 from cbm_tasks.errors import MigrationError, ParcelImportError, TransientError
 from cbm_tasks.parcels.read import ParcelTable
 
-__all__ = ["copy_parcels", "delete_stale_rows", "lock_set", "record_import", "update_set"]
+__all__ = ["LockedSet", "copy_parcels", "delete_stale_rows", "lock_set", "record_import", "update_set"]
 
 _COPY_CHUNK = 10_000  # geometries converted to EWKB at a time
 
 
-def lock_set(cur: psycopg.Cursor[TupleRow], aoi_id: int, year: int, table: ParcelTable) -> tuple[int, int, bool]:
-    """Return (parcel_set_id, version, created) with the set's row locked until commit."""
+class LockedSet(NamedTuple):
+    """A parcel set's row, locked until commit: what an import needs of it."""
+
+    set_id: int
+    version: int  # the version of its current parcels (a new set: the column default, replaced by 1)
+    created: bool  # the row was inserted by this import
+    max_parcel_key: int  # the highest key ever given in the set: new parcels get keys above it
+    inner_buffer_m: int  # the buffer its parcels were imported with (0 for a new set)
+
+
+def lock_set(cur: psycopg.Cursor[TupleRow], aoi_id: int, year: int, table: ParcelTable) -> LockedSet:
+    """Return the set's row (inserted if new), locked until commit."""
     # look up first: INSERT ... ON CONFLICT draws a (smallint) id even when the set exists
     exists = cur.execute(
         "SELECT 1 FROM cbm.parcel_set WHERE aoi_id = %s AND year = %s", (aoi_id, year)
@@ -46,15 +57,16 @@ def lock_set(cur: psycopg.Cursor[TupleRow], aoi_id: int, year: int, table: Parce
                                  what=f"the parcel set of AOI id {aoi_id} for {year}") from err
         created = row is not None
     locked = cur.execute(
-        "SELECT parcel_set_id, version FROM cbm.parcel_set WHERE aoi_id = %s AND year = %s FOR UPDATE",
+        "SELECT parcel_set_id, version, max_parcel_key, inner_buffer_m FROM cbm.parcel_set "
+        "WHERE aoi_id = %s AND year = %s FOR UPDATE",
         (aoi_id, year),
     ).fetchone()
     if locked is None:  # neither inserted nor there: a concurrent transaction deleted it
         raise TransientError(f"parcel set of AOI id {aoi_id} and {year}: deleted by another transaction meanwhile")
-    set_id, version = int(locked[0]), int(locked[1])
+    row = LockedSet(int(locked[0]), int(locked[1]), created, int(locked[2]), int(locked[3]))
     if created:
-        cur.execute("SELECT cbm.ensure_parcel_set_partitions(%s::smallint)", (set_id,))
-    return set_id, version, created
+        cur.execute("SELECT cbm.ensure_parcel_set_partitions(%s::smallint)", (row.set_id,))
+    return row
 
 
 class _EwkbDumper(Dumper):

@@ -23,9 +23,9 @@ import psycopg
 
 # the listing lives with the AOI look-ups (light: `cbm parcels list` loads no pandas); kept importable here
 from cbm_tasks.aoi import ParcelSetInfo, ensure_aoi, list_parcel_sets
-from cbm_tasks.errors import MigrationError, ParcelImportError, TransientError
+from cbm_tasks.errors import ParcelImportError, TransientError
 from cbm_tasks.parcels.geometry import geometry_md5
-from cbm_tasks.parcels.inner_buffer import check_units, current_buffer, shrink
+from cbm_tasks.parcels.inner_buffer import check_units, shrink
 from cbm_tasks.parcels.keys import KeyPlan, plan_keys
 from cbm_tasks.parcels.overlaps import (
     OverlapSummary,
@@ -170,9 +170,7 @@ def load_parcels(
         raise ParcelImportError(f"{source}: no importable parcel ({table.n_read} features read, all rejected)")
     digests = geometry_md5(table.geometries)
     try:
-        set_id, version, import_id, plan, n_stale, overlaps, (buffer_m, n_unbuffered) = _replace_set(
-            conn, table, digests, aoi=aoi, year=year, strict=strict, inner_buffer_m=inner_buffer_m
-        )
+        done = _replace_set(conn, table, digests, aoi=aoi, year=year, strict=strict, inner_buffer_m=inner_buffer_m)
     except psycopg.OperationalError as err:
         raise TransientError(
             f"{source}: lost the database connection during the import; it was rolled back unless the loss "
@@ -180,6 +178,7 @@ def load_parcels(
         ) from err
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as err:
         raise ParcelImportError(f"{source}: PostGIS refused the parcels (nothing was changed): {err}") from err
+    set_id, plan = done.set_id, done.plan
     report = ImportReport(
         parcel_set_id=set_id,
         aoi=aoi,
@@ -190,16 +189,17 @@ def load_parcels(
         n_repaired=table.n_repaired,
         n_rejected=len(table.rejections),
         rejections=table.rejections,
-        version=version,
-        import_id=import_id,
+        version=done.version,
+        import_id=done.import_id,
         n_new=plan.n_new,
         n_changed=plan.n_changed,
         n_removed=plan.n_removed,
-        n_stale_rows=n_stale,
-        overlaps=overlaps,
-        inner_buffer_m=buffer_m,
-        n_unbuffered=n_unbuffered,
+        n_stale_rows=done.n_stale_rows,
+        overlaps=done.overlaps,
+        inner_buffer_m=done.inner_buffer_m,
+        n_unbuffered=done.n_unbuffered,
     )
+    overlaps = done.overlaps
     if overlaps.n_pairs:
         log.warning(
             "parcel set %d (%s %d) has %d overlapping parcel pairs (%d parcels, %.1f m2 shared, %d slivers); "
@@ -211,31 +211,44 @@ def load_parcels(
         "imported parcels aoi=%s year=%d parcel_set=%d version=%d srid=%d read=%d imported=%d repaired=%d "
         "rejected=%d new=%d changed=%d removed=%d stale_rows=%d inner_buffer_m=%d unbuffered=%d file=%s "
         "seconds=%.2f",
-        aoi, year, set_id, version, table.srid, table.n_read, table.n_parcels, table.n_repaired,
-        len(table.rejections), plan.n_new, plan.n_changed, plan.n_removed, n_stale, buffer_m, n_unbuffered, source,
+        aoi, year, set_id, done.version, table.srid, table.n_read, table.n_parcels, table.n_repaired,
+        len(table.rejections), plan.n_new, plan.n_changed, plan.n_removed, done.n_stale_rows, done.inner_buffer_m,
+        done.n_unbuffered, source,
         time.perf_counter() - t0,
     )  # fmt: skip
     return report
 
 
+@dataclass(frozen=True, slots=True)
+class _Replaced:
+    """What the transaction of an import wrote."""
+
+    set_id: int
+    version: int
+    import_id: int
+    plan: KeyPlan
+    n_stale_rows: int  # time-series and marker rows of retired or changed parcels removed
+    overlaps: OverlapSummary
+    inner_buffer_m: int
+    n_unbuffered: int  # parcels the buffer would have emptied: extracted whole
+
+
 def _replace_set(
     conn: psycopg.Connection, table: ParcelTable, digests: Sequence[str], *, aoi: str, year: int, strict: bool,
     inner_buffer_m: int | None,
-) -> tuple[int, int, int, KeyPlan, int, OverlapSummary, tuple[int, int]]:
-    """Swap the set's parcels in one transaction.
-
-    Returns:
-        (set id, version, import id, plan, stale rows, overlaps, (inner buffer, parcels extracted whole)).
-    """
+) -> _Replaced:
+    """Swap the set's parcels in one transaction."""
     source = table.source_file
     with conn.transaction(), conn.cursor() as cur:
-        crs = cur.execute("SELECT proj4text FROM spatial_ref_sys WHERE srid = %s", (table.srid,)).fetchone()
+        crs = cur.execute("SELECT proj4text, cbm.srid_is_geographic(srid) FROM spatial_ref_sys WHERE srid = %s",
+                          (table.srid,)).fetchone()
         if crs is None:
             raise ParcelImportError(f"{source}: SRID {table.srid} is not in PostGIS spatial_ref_sys")
-        set_id, version, created = lock_set(cur, ensure_aoi(conn, aoi), year, table)
-        was_buffer = current_buffer(cur, set_id)
+        locked = lock_set(cur, ensure_aoi(conn, aoi), year, table)
+        set_id, version, created, was_buffer = locked.set_id, locked.version, locked.created, locked.inner_buffer_m
         buffer_m = was_buffer if inner_buffer_m is None else inner_buffer_m
-        geographic = check_units(str(crs[0] or ""), table.srid, buffer_m, source=source)
+        geographic = bool(crs[1])
+        check_units(str(crs[0] or ""), table.srid, buffer_m, geographic=geographic, source=source)
         stored = cur.execute(
             "SELECT parcel_id, parcel_key, md5(ST_AsBinary(geom, 'NDR')) || ':' || ST_SRID(geom), geom_version "
             "FROM cbm.parcel WHERE parcel_set_id = %s",
@@ -244,13 +257,8 @@ def _replace_set(
         # another buffer changes every parcel's extraction geometry: each digest carries the buffer
         old = [(pid, key, f"{digest}:b{was_buffer}") for pid, key, digest, _ in stored]
         old_since = {pid: int(since) for pid, _, _, since in stored}
-        key_floor = cur.execute(
-            "SELECT max_parcel_key FROM cbm.parcel_set WHERE parcel_set_id = %s", (set_id,)
-        ).fetchone()
-        if key_floor is None:  # the row is locked by lock_set: only a schema change removes it
-            raise MigrationError(f"{source}: parcel set {set_id} has no max_parcel_key row; is the schema migrated?")
         plan = plan_keys(old, table.parcel_ids, [f"{d}:{table.srid}:b{buffer_m}" for d in digests],
-                         key_floor=int(key_floor[0]))
+                         key_floor=locked.max_parcel_key)
         version = 1 if created else version + 1
         # the version each geometry dates from: images extracted before it lack exactly these parcels
         since = np.fromiter((version if fresh else old_since[pid] for pid, fresh in zip(table.parcel_ids, plan.fresh,
@@ -271,5 +279,5 @@ def _replace_set(
             date_neighbours(cur, set_id, version, [*old_neighbours, *switched, *neighbours_of(cur, set_id, switched)])
         update_set(cur, set_id, version, table, inner_buffer_m=buffer_m)
         import_id = record_import(cur, set_id, table, strict=strict, inner_buffer_m=buffer_m)
-    return set_id, version, import_id, plan, n_stale, overlaps, (buffer_m, n_unbuffered)
+    return _Replaced(set_id, version, import_id, plan, n_stale, overlaps, buffer_m, n_unbuffered)
 

@@ -120,10 +120,9 @@ def _parcel(conn: psycopg.Connection, parcel_set_id: int, parcel_id: str, *, aoi
         "       ST_Y(ST_Transform(ST_PointOnSurface(p.geom), 4326)), "
         "       ST_AsSVG(p.geom, 0, 2), ST_XMin(p.geom), ST_YMax(p.geom), ST_XMax(p.geom) - ST_XMin(p.geom), "
         "       ST_YMax(p.geom) - ST_YMin(p.geom), ST_SRID(p.geom), s.inner_buffer_m, ST_AsSVG(p.geom_inner, 0, 2), "
-        "       CASE WHEN r.proj4text LIKE '%%+proj=longlat%%' THEN ST_Area(p.geom_inner::geography) "
+        "       CASE WHEN cbm.srid_is_geographic(s.srid) THEN ST_Area(p.geom_inner::geography) "
         "            ELSE ST_Area(p.geom_inner) END "
         "FROM cbm.parcel p JOIN cbm.parcel_set s USING (parcel_set_id) "
-        "LEFT JOIN spatial_ref_sys r ON r.srid = s.srid "
         "WHERE p.parcel_set_id = %s AND p.parcel_id = %s",
         (parcel_set_id, parcel_id),
     ).fetchone()
