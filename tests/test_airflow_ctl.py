@@ -15,6 +15,7 @@ import pytest
 
 from cbm_tasks.errors import ConfigError, ServiceError
 from cbm_tasks.ops import airflow_ctl
+from cbm_tasks.ops.airflow_config import FORKSERVER_PRELOAD
 from cbm_tasks.ops.cluster import ClusterConfig
 
 
@@ -50,35 +51,6 @@ def test_config_file_has_the_deployment_settings_and_is_private(cfg: airflow_ctl
     tuned = configparser.ConfigParser(interpolation=None)
     tuned.read(airflow_ctl.write_config(dataclasses.replace(cfg, retry_delay_s=5, claim_lease_s=20)))
     assert dict(tuned["cbm"]) == {"retry_delay_seconds": "5", "claim_lease_seconds": "20"}
-
-
-# a task process as Airflow's LocalExecutor makes it: the forkserver's preload imported, then the task
-# runner's start-up, which loads every plugin for its listeners
-_TASK_START = """
-import configparser, importlib, json, sys
-parsed = configparser.ConfigParser(interpolation=None)
-parsed.read(sys.argv[1])
-for name in parsed["scheduler"]["mp_forkserver_preload"].split(","):
-    importlib.import_module(name)
-from airflow.sdk.listener import get_listener_manager
-before = set(sys.modules)
-get_listener_manager()
-print(json.dumps(sorted(set(sys.modules) - before)))
-"""
-
-
-def test_the_forkserver_preload_holds_what_the_plugins_import(cfg: airflow_ctl.AirflowConfig) -> None:
-    # every task process loads the plugins: what they import and the forkserver has not is paid per task
-    # (FastAPI and Airflow's API security: ~4 s of CPU each time). Only the plugin files may be new.
-    project = Path(__file__).resolve().parents[1]
-    deployment = dataclasses.replace(cfg, project=project)
-    path = airflow_ctl.write_config(deployment)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
-    env |= airflow_ctl.environment(deployment)
-    out = subprocess.run([sys.executable, "-c", _TASK_START, str(path)], env=env, capture_output=True, text=True,
-                         timeout=300, check=True).stdout
-    loaded = json.loads(out.splitlines()[-1])
-    assert set(loaded) == {p.stem for p in (project / "plugins").glob("*.py")}, loaded
 
 
 def test_secrets_and_password_are_generated_once(cfg: airflow_ctl.AirflowConfig) -> None:
@@ -195,21 +167,39 @@ def test_celery_deployment_config_broker_on_loopback_with_a_password(cfg: airflo
     assert cfg.components == airflow_ctl.COMPONENTS
 
 
-def test_celery_workers_preload_what_the_forkserver_does(cfg: airflow_ctl.AirflowConfig) -> None:
-    # Celery imports its `imports` in a worker's main process before forking the pool; Airflow's own
-    # Celery app must still have the deployment's broker (the written module extends Airflow's defaults)
-    celery = dataclasses.replace(cfg, project=Path(__file__).resolve().parents[1], executor="celery", redis_port=16399)
-    parsed = configparser.ConfigParser(interpolation=None)
-    parsed.read(airflow_ctl.write_config(celery))
+# A task process as Airflow makes it: the preload imported (by the LocalExecutor's forkserver, or by a
+# Celery worker before it forks its pool), then the task runner's start-up, which loads every plugin for
+# its listeners; last, what Airflow's Celery app is configured with.
+_TASK_START = """
+import configparser, importlib, json, sys
+parsed = configparser.ConfigParser(interpolation=None)
+parsed.read(sys.argv[1])
+for name in parsed["scheduler"]["mp_forkserver_preload"].split(","):
+    importlib.import_module(name)
+from airflow.sdk.listener import get_listener_manager
+before = set(sys.modules)
+get_listener_manager()
+plugins = sorted(set(sys.modules) - before)
+from airflow.providers.celery.executors.celery_executor import app
+print(json.dumps([plugins, list(app.conf.imports), app.conf.broker_url, app.conf.worker_prefetch_multiplier]))
+"""
+
+
+def test_task_processes_inherit_what_the_plugins_import(cfg: airflow_ctl.AirflowConfig) -> None:
+    # what the plugins import and the preload lacks is paid by every task (FastAPI and Airflow's API
+    # security: ~4 s of CPU each time): after the preload only the plugin files themselves may be new
+    project = Path(__file__).resolve().parents[1]
+    celery = dataclasses.replace(cfg, project=project, executor="celery", redis_port=16399)
+    path = airflow_ctl.write_config(celery)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
     env |= airflow_ctl.environment(celery)
-    script = ("import json\nfrom airflow.providers.celery.executors.celery_executor import app\n"
-              "print(json.dumps([list(app.conf.imports), app.conf.broker_url, app.conf.worker_prefetch_multiplier]))")
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
-                         check=True).stdout
-    imports, broker, prefetch = json.loads(out.splitlines()[-1])
-    forkserver = parsed["scheduler"]["mp_forkserver_preload"].split(",")
-    assert imports == [name for name in forkserver if name != "airflow.executors.local_executor"]
+    out = subprocess.run([sys.executable, "-c", _TASK_START, str(path)], env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    plugins, imports, broker, prefetch = json.loads(out.splitlines()[-1])
+    assert set(plugins) == {p.stem for p in (project / "plugins").glob("*.py")}, plugins
+    # Celery workers import the same before forking their pool; the written module keeps Airflow's
+    # Celery defaults with the deployment's broker
+    assert imports == [name for name in FORKSERVER_PRELOAD if name != "airflow.executors.local_executor"]
     assert broker == f"redis://:{airflow_ctl.broker_password(celery)}@127.0.0.1:16399/0" and prefetch == 1
 
 

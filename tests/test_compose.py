@@ -28,6 +28,7 @@ from psycopg.conninfo import make_conninfo
 
 from cbm_tasks import db
 from cbm_tasks.ops import cluster
+from cbm_tasks.ops.airflow_config import CELERY_CONFIG_MODULE, FORKSERVER_PRELOAD
 from cbm_tasks.store import StoreConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,6 +225,10 @@ def test_airflow_settings_match_the_deployment(model: dict[str, Any]) -> None:
             assert env[shared] == envs["airflow-apiserver"][shared], (name, shared)
         volumes = [str(v["target"] if isinstance(v, dict) else v.split(":")[1]) for v in services[name]["volumes"]]
         assert {"/opt/cbm/dags", "/opt/cbm/plugins", "/opt/airflow/logs", "/opt/cbm/var"} <= set(volumes), name
+        # task start-up as the local deployment's (ARCHITECTURE.md): the same preload for both executors
+        assert env["AIRFLOW__SCHEDULER__MP_START_METHOD"] == "forkserver", name
+        assert env["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"].split(",") == list(FORKSERVER_PRELOAD), name
+        assert env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] == f"{CELERY_CONFIG_MODULE}.CELERY_CONFIG", name
     assert envs["airflow-scheduler"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert envs["airflow-worker"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     postgis = json.loads(envs["airflow-scheduler"]["AIRFLOW_CONN_CBM_POSTGIS"])

@@ -155,6 +155,7 @@ class StackSeen:
     scheduler_status: str
     image_before: str  # the cbm-airflow image id, then after a second `docker-compose build`
     image_after: str
+    worker_logs: str  # of the Celery workers since their start
 
 
 @dataclass
@@ -258,7 +259,9 @@ def _look_at(stack: Stack) -> StackSeen:
     stack.compose("build", timeout=600)
     stack.timings["compose build (cached)"] = time.monotonic() - t0
     after = _run(["docker", "image", "inspect", "--format", "{{.Id}}", image], timeout=60).stdout
-    return StackSeen(containers=containers, scheduler_status=str(scheduler), image_before=before, image_after=after)
+    workers = stack.compose("logs", "--no-color", "airflow-worker", timeout=120).stdout
+    return StackSeen(containers=containers, scheduler_status=str(scheduler), image_before=before, image_after=after,
+                     worker_logs=workers)
 
 
 _scenario: Scenario | None = None
@@ -306,6 +309,9 @@ def test_stack_healthy_private_and_cached(scenario: Scenario) -> None:
     assert seen.scheduler_status == "healthy"
     # a second build changes nothing: every layer comes from the cache
     assert seen.image_after == seen.image_before
+    # each worker loaded the kernels (from the image's cache) before forking its pool: Celery's `imports`
+    # of the image's cbm_celery_config module, so every task process inherits them
+    assert seen.worker_logs.count("numba kernels preloaded") == 2, seen.worker_logs[-3000:]
 
 
 def _extract_instances(api: AirflowApi) -> list[dict[str, Any]]:

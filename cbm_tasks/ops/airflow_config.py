@@ -38,8 +38,10 @@ __all__ = [
     "ADMIN_USER",
     "AIRFLOW_COMPONENTS",
     "CARD_POOL",
+    "CELERY_CONFIG_MODULE",
     "EXECUTORS",
     "EXTRACT_POOL",
+    "FORKSERVER_PRELOAD",
     "AirflowConfig",
     "admin_password",
     "broker_password",
@@ -47,6 +49,7 @@ __all__ = [
     "environment",
     "export_lines",
     "record_deployment",
+    "write_celery_config",
     "write_config",
 ]
 
@@ -59,17 +62,18 @@ _TASK_MODULES = ("airflow.sdk.execution_time.task_runner", "cbm_tasks.pipeline.e
 # What the files in plugins/ import: the task runner loads every plugin in every task process (for
 # their listeners), and these imports (FastAPI, Airflow's API security, the OpenLineage plugin) cost
 # about 4 s of CPU per task when not inherited (benchmarks/pipeline_bench.py --quick: a task's
-# overhead 3.6 -> 1.3 s). tests/test_preload.py fails when a plugin imports something not listed.
+# overhead 3.6 -> 1.3 s). tests/test_airflow_ctl.py fails when a plugin imports something not listed.
 _PLUGIN_MODULES = ("cbm_tasks.api.app", "airflow.api_fastapi.core_api.security",
                    "airflow.providers.openlineage.plugins.openlineage", "jinja2")
-_PRELOAD = ("airflow.executors.local_executor", *_TASK_MODULES, *_PLUGIN_MODULES)
+FORKSERVER_PRELOAD = ("airflow.executors.local_executor", *_TASK_MODULES, *_PLUGIN_MODULES)
 # The Celery workers' preload: Celery imports the modules of its `imports` setting in a worker's main
 # process before it forks the pool, and each task process (forked from a pool process) inherits them.
 # Airflow takes a Celery configuration only as a whole dict ([celery] celery_config_options), so the
 # deployment writes a module holding Airflow's defaults plus `imports` in AIRFLOW_HOME/config, which
-# Airflow puts on every component's sys.path (cbm_tasks itself never imports Airflow).
-_CELERY_CONFIG_MODULE = "cbm_celery_config"
-_CELERY_CONFIG_SOURCE = f"""# written by `cbm airflow start` (cbm_tasks.ops.airflow_config); edits are overwritten
+# Airflow puts on every component's sys.path (cbm_tasks itself never imports Airflow); the Docker
+# image carries the same module (docker/Dockerfile).
+CELERY_CONFIG_MODULE = "cbm_celery_config"
+_CELERY_CONFIG_SOURCE = f"""# written by cbm_tasks.ops.airflow_config.write_celery_config; edits are overwritten
 from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
 
 CELERY_CONFIG = {{**DEFAULT_CELERY_CONFIG, "imports": {[*_TASK_MODULES, *_PLUGIN_MODULES]!r}}}
@@ -313,7 +317,7 @@ def _settings(cfg: AirflowConfig) -> dict[str, dict[str, str]]:
             # (numba, rasterio, GDAL, psycopg): every task process forked from a worker inherits
             # them instead of spending ~2 s importing them again
             "mp_start_method": "forkserver",
-            "mp_forkserver_preload": ",".join(_PRELOAD),
+            "mp_forkserver_preload": ",".join(FORKSERVER_PRELOAD),
         },
         # new DAG files show up within a minute instead of five
         "dag_processor": {"refresh_interval": "60"},
@@ -342,7 +346,7 @@ def _celery_settings(cfg: AirflowConfig, redis_password: str) -> dict[str, dict[
             "worker_prefetch_multiplier": "1",
             "task_acks_late": "True",
             "pool": "prefork",
-            "celery_config_options": f"{_CELERY_CONFIG_MODULE}.CELERY_CONFIG",
+            "celery_config_options": f"{CELERY_CONFIG_MODULE}.CELERY_CONFIG",
         },
         # an unacknowledged message (its worker died) goes back to the queue after this long; the
         # scheduler has long failed and re-queued the task by then (task_instance_heartbeat_timeout)
@@ -370,8 +374,19 @@ def write_config(cfg: AirflowConfig) -> Path:
     write_private(path, "\n".join(lines) + "\n")
     if cfg.executor == "celery":
         redis_broker.write_redis_config(cfg.redis_dir, port=cfg.redis_port, password=broker_password(cfg))
-        (cfg.home / "config").mkdir(exist_ok=True)
-        (cfg.home / "config" / f"{_CELERY_CONFIG_MODULE}.py").write_text(_CELERY_CONFIG_SOURCE)
+        write_celery_config(cfg.home / "config")
+    return path
+
+
+def write_celery_config(folder: Path) -> Path:
+    """Write the Celery configuration module (Airflow's defaults plus the workers' preload) into *folder*.
+
+    *folder* is ``$AIRFLOW_HOME/config``, on every Airflow component's ``sys.path``; ``[celery]
+    celery_config_options`` names ``CELERY_CONFIG_MODULE.CELERY_CONFIG``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{CELERY_CONFIG_MODULE}.py"
+    path.write_text(_CELERY_CONFIG_SOURCE)
     return path
 
 
