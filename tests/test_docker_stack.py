@@ -4,7 +4,8 @@ The steps are the commands of the README's "Docker" section, in its order: the b
 Debian (``docker/local/build-images.sh``: no registry is reachable here), ``docker-compose build``,
 ``up`` with the ``celery`` profile and two workers, the demo data mounted read-only, the parcels
 imported by the stack's ``cbm`` service, the DAGs started by the Airflow CLI in the api-server
-container. One worker container is killed (SIGKILL) while it extracts an image: Airflow notices
+container. One worker container is killed (SIGKILL) while it extracts an image (its write held back by
+a lock the test takes on the parcel sets, so the kill lands mid-extraction however fast that is): Airflow notices
 the missing heartbeat, the task is retried on the other worker, and every image ends
 ``extracted`` once. The rows are checked with psql in the PostGIS container; ``down -v`` removes
 everything at the end. All of it runs in a background thread while the rest of the suite runs
@@ -18,6 +19,7 @@ skipped with the reason; ``make test`` prints it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,7 @@ LOCAL_IMAGES = {  # what docker/local/build-images.sh makes (the compose default
     "CBM_POSTGIS_IMAGE": "cbm-postgis:bookworm",
     "CBM_REDIS_IMAGE": "cbm-redis:bookworm",
 }
+_BLOCKER = "cbm-test-lock"  # application name of the psql session that holds the parcel sets
 SERVICES = {"postgis", "redis", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
             "airflow-triggerer", "airflow-worker"}
 
@@ -59,17 +63,48 @@ class Stack:
     port: int
     timings: dict[str, float]
 
-    def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = ["docker-compose", "--project-name", PROJECT, "--project-directory", str(ROOT),
+    def argv(self, *args: str) -> list[str]:
+        """The compose command line with *args*."""
+        return ["docker-compose", "--project-name", PROJECT, "--project-directory", str(ROOT),
                 "--file", str(ROOT / "docker-compose.yml"), "--env-file", str(self.env_file),
                 "--profile", "celery", *args]
-        return _run(argv, timeout=timeout, check=check)
+
+    def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return _run(self.argv(*args), timeout=timeout, check=check)
 
     def psql(self, query: str) -> list[list[str]]:
         """Rows of *query* run by psql in the PostGIS container, in the CbM database."""
         out = self.compose("exec", "-T", "postgis", "psql", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-U", "postgres",
                            "-d", "cbm", "-At", "-F", "|", "-c", query, timeout=60).stdout
         return [line.split("|") for line in out.splitlines() if line]
+
+    @contextlib.contextmanager
+    def parcel_sets_locked(self, *, timeout_s: float = 120) -> Iterator[None]:
+        """Hold every cbm.parcel_set row FOR UPDATE (a psql session in the PostGIS container) inside the block.
+
+        An extraction's write waits on this lock (FOR SHARE on its parcel set): its task is caught
+        mid-extraction, holding its image's lease, however fast the extraction is.
+        """
+        session = subprocess.Popen(
+            self.argv("exec", "-T", "-e", f"PGAPPNAME={_BLOCKER}", "postgis", "psql", "--no-psqlrc", "-v",
+                      "ON_ERROR_STOP=1", "-U", "postgres", "-d", "cbm", "-c",
+                      "BEGIN; SELECT 1 FROM cbm.parcel_set FOR UPDATE; SELECT pg_sleep(1800); COMMIT;"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + timeout_s
+            # the rows are locked once the session sleeps
+            while self.psql(f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{_BLOCKER}' "
+                            "AND wait_event = 'PgSleep'") != [["1"]]:
+                assert session.poll() is None, f"the lock session ended (exit {session.returncode})"
+                assert time.monotonic() < deadline, f"the parcel sets were not locked within {timeout_s:.0f} s"
+                time.sleep(1)
+            yield
+        finally:
+            self.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{_BLOCKER}'")
+            try:
+                session.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                session.kill()
 
     def api(self) -> AirflowApi:
         username, password = "admin", _env_value(self.env_file, "_AIRFLOW_WWW_USER_PASSWORD")
@@ -371,9 +406,9 @@ def _demo_with_a_worker_killed(stack: Stack) -> DemoSeen:
     api.request("POST", "variables", body={"key": "cbm_catalogue", "value": catalogue})
     api.set_paused("cbm_catalogue", paused=False)
     api.set_paused("cbm_extract", paused=False)
-    api.trigger("cbm_catalogue", conf=WINDOW)
-
-    killed_host, killed_task = _kill_a_busy_worker(stack, api)
+    with stack.parcel_sets_locked():  # a worker is caught mid-extraction however fast it extracts
+        api.trigger("cbm_catalogue", conf=WINDOW)
+        killed_host, killed_task = _kill_a_busy_worker(stack, api)
     runs = _wait_extract_done(api)
     stack.timings["demo AOI (import, poll, extract with a worker killed)"] = time.monotonic() - t0
     # a run started by a later asset event with nothing left to claim has only the unmapped placeholder, index -1
