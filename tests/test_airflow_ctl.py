@@ -15,7 +15,7 @@ import pytest
 
 from cbm_tasks.errors import ConfigError, ServiceError
 from cbm_tasks.ops import airflow_ctl
-from cbm_tasks.ops.airflow_config import FORKSERVER_PRELOAD
+from cbm_tasks.ops.airflow_config import FORKSERVER_PRELOAD, process_environment
 from cbm_tasks.ops.cluster import ClusterConfig
 
 
@@ -191,10 +191,8 @@ def test_task_processes_inherit_what_the_plugins_import(cfg: airflow_ctl.Airflow
     project = Path(__file__).resolve().parents[1]
     celery = dataclasses.replace(cfg, project=project, executor="celery", redis_port=16399)
     path = airflow_ctl.write_config(celery)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
-    env |= airflow_ctl.environment(celery)
-    out = subprocess.run([sys.executable, "-c", _TASK_START, str(path)], env=env, capture_output=True, text=True,
-                         timeout=300, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", _TASK_START, str(path)], env=process_environment(celery),
+                         capture_output=True, text=True, timeout=300, check=True).stdout
     plugins, imports, broker, prefetch = json.loads(out.splitlines()[-1])
     assert set(plugins) == {p.stem for p in (project / "plugins").glob("*.py")}, plugins
     # Celery workers import the same before forking their pool; the written module keeps Airflow's

@@ -48,6 +48,7 @@ __all__ = [
     "default_config",
     "environment",
     "export_lines",
+    "process_environment",
     "record_deployment",
     "write_celery_config",
     "write_config",
@@ -65,7 +66,8 @@ _TASK_MODULES = ("airflow.sdk.execution_time.task_runner", "cbm_tasks.pipeline.e
 # overhead 3.6 -> 1.3 s). tests/test_airflow_ctl.py fails when a plugin imports something not listed.
 _PLUGIN_MODULES = ("cbm_tasks.api.app", "airflow.api_fastapi.core_api.security",
                    "airflow.providers.openlineage.plugins.openlineage", "jinja2")
-FORKSERVER_PRELOAD = ("airflow.executors.local_executor", *_TASK_MODULES, *_PLUGIN_MODULES)
+_TASK_PRELOAD = (*_TASK_MODULES, *_PLUGIN_MODULES)
+FORKSERVER_PRELOAD = ("airflow.executors.local_executor", *_TASK_PRELOAD)
 # The Celery workers' preload: Celery imports the modules of its `imports` setting in a worker's main
 # process before it forks the pool, and each task process (forked from a pool process) inherits them.
 # Airflow takes a Celery configuration only as a whole dict ([celery] celery_config_options), so the
@@ -76,7 +78,7 @@ CELERY_CONFIG_MODULE = "cbm_celery_config"
 _CELERY_CONFIG_SOURCE = f"""# written by cbm_tasks.ops.airflow_config.write_celery_config; edits are overwritten
 from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
 
-CELERY_CONFIG = {{**DEFAULT_CELERY_CONFIG, "imports": {[*_TASK_MODULES, *_PLUGIN_MODULES]!r}}}
+CELERY_CONFIG = {{**DEFAULT_CELERY_CONFIG, "imports": {list(_TASK_PRELOAD)!r}}}
 """
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
@@ -416,6 +418,16 @@ def environment(cfg: AirflowConfig) -> dict[str, str]:
         # the forkserver's preload and every task load the kernels `cbm kernels warm` compiled at install
         kernel_cache.CACHE_ENV: str(kernel_cache.cache_dir()),
     }
+
+
+def process_environment(cfg: AirflowConfig) -> dict[str, str]:
+    """Return the environment to start an Airflow process of this deployment with.
+
+    This process's environment without its own Airflow settings (``AIRFLOW__*``, connections,
+    variables: another deployment's would override ``airflow.cfg``), plus :func:`environment`.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
+    return env | environment(cfg) | {"PYTHONUNBUFFERED": "1"}
 
 
 def export_lines(cfg: AirflowConfig) -> list[str]:

@@ -38,6 +38,7 @@ from cbm_tasks.ops.airflow_config import (
     default_config,
     environment,
     export_lines,
+    process_environment,
     record_deployment,
     write_config,
 )
@@ -88,13 +89,6 @@ class ComponentStatus:
 
 
 
-def _process_env(cfg: AirflowConfig) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
-    env.update(environment(cfg))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def _airflow_bin() -> str:
     return str(Path(sys.executable).parent / "airflow")
 
@@ -107,7 +101,7 @@ def airflow_cli(cfg: AirflowConfig, args: list[str], *, timeout_s: float = 300) 
     """
     argv = [_airflow_bin(), *args]
     try:
-        result = subprocess.run(argv, env=_process_env(cfg), capture_output=True, text=True, check=True,
+        result = subprocess.run(argv, env=process_environment(cfg), capture_output=True, text=True, check=True,
                                 timeout=timeout_s, cwd=cfg.home)
     except subprocess.CalledProcessError as err:
         raise ServiceError(f"`airflow {' '.join(args[:3])}` failed (exit {err.returncode}): "
@@ -322,7 +316,7 @@ def start(cfg: AirflowConfig, *, timeout_s: float = 300, migrate: bool = True) -
         write_config(cfg)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     record_deployment(cfg)
-    env = _process_env(cfg)
+    env = process_environment(cfg)
     deadline = time.monotonic() + timeout_s
     if cfg.executor == "celery":
         _start_broker(cfg, env, deadline)

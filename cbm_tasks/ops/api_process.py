@@ -75,8 +75,7 @@ def serve_in_airflow(cfg: AirflowConfig, *, timeout_s: float = 240) -> Iterator[
     Raises:
         ServiceError: the api-server exited or did not serve the API in time (with the end of its log).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
-    env |= airflow_config.environment(cfg) | {"PYTHONUNBUFFERED": "1"}
+    env = airflow_config.process_environment(cfg)
     url = f"{cfg.url}/cbm"
     with _running([str(_BIN / "airflow"), "api-server", "--host", cfg.host, "--port", str(cfg.port)], env=env,
                   log_path=cfg.home / f"api-server-{cfg.port}.log", cwd=cfg.home, ready_url=f"{url}/version",
