@@ -27,7 +27,7 @@ from cbm_tasks.markers import db_read, db_write
 from cbm_tasks.markers.engine import run_markers
 from cbm_tasks.markers.export import export_lights
 from cbm_tasks.markers.params import MarkerParams, load_params
-from cbm_tasks.markers.series import OVERPASS_SECONDS, SeriesTable
+from cbm_tasks.markers.series import BAND_CODE, OVERPASS_SECONDS, SeriesTable
 from cbm_tasks.parcels.sets import import_parcels
 from cbm_tasks.pipeline.markers import lights_summary, run_parcel_set
 from cbm_tasks.traffic_light.evaluate import evaluate_lights
@@ -326,10 +326,15 @@ def test_database_series_equals_the_cores_own_grouping(db_url: str, seeded: Seed
     reference = SeriesTable.from_arrays(
         parcel_id=got.parcel[shuffled], source=got.source[shuffled], band=got.band[shuffled],
         obs_day=got.obs_day[shuffled], mean=got.mean[shuffled], orbit=got.orbit[shuffled],
-        scl_bad_share=got.scl_bad_share[shuffled], product_id=got.product_id[shuffled])
-    for name in ("offsets", "parcel", "source", "band", "obs_day", "mean", "orbit", "scl_bad_share", "product_id"):
+        scl_bad_share=got.scl_bad_share[shuffled], product_id=got.product_id[shuffled], std=got.std[shuffled])
+    for name in ("offsets", "parcel", "source", "band", "obs_day", "mean", "orbit", "scl_bad_share", "product_id",
+                 "std"):
         np.testing.assert_array_equal(getattr(got, name), getattr(reference, name), err_msg=name)
     assert got.n_parcels == N_PARCELS and set(np.unique(got.band).tolist()) == {0, 2, 6, 8, 10, 11}
+    # the red band's spread is read (the seed stores 0.01 for every band), the other bands' is not
+    red = got.band == BAND_CODE["B04"]
+    np.testing.assert_allclose(got.std[red], 0.01, rtol=1e-6)
+    assert np.isnan(got.std[~red]).all()
 
 
 def test_one_overpass_in_two_tiles_is_one_observation(db_url: str, seeded: SeededSet) -> None:

@@ -27,6 +27,7 @@ from cbm_tasks.markers.harvest_explain import explain_harvest
 from cbm_tasks.markers.importers import convert_salms
 from cbm_tasks.markers.mowing import detect_mowing
 from cbm_tasks.markers.mowing_explain import explain_mowing
+from cbm_tasks.markers.params import with_value
 from cbm_tasks.markers.series import SeriesTable, day_to_date
 from cbm_tasks.traffic_light import evaluate_lights, load_rules
 
@@ -204,7 +205,7 @@ def test_explanation_names_exactly_the_detected_cuts(tmp_path: Path, use_s1: boo
     slovak = read_series(shared_data("grassland_sk_train", "timeseries.csv.gz"))
     for series in (salms, slovak):
         detected = _detected(series, use_s1)
-        assert sum(map(len, detected.values())) > 10
+        assert sum(map(len, detected.values())) >= 8
         assert _explained(series, use_s1) == detected
 
 
@@ -232,9 +233,11 @@ def test_each_fall_names_the_tests_it_failed(tmp_path: Path) -> None:
 
 
 def test_weaker_cut_nearby_is_named(tmp_path: Path) -> None:
-    # SALMS plot 3: the September fall seen on 15 September loses to the larger one of 30 September
+    # SALMS plot 3 judged without the red spread test (parameters before version 11): the September fall seen
+    # on 15 September loses to the larger one of 30 September (an image part cloud, which version 11 rejects)
     series = read_series(convert_salms(shared_data("salms_grassland"), tmp_path / "salms.csv"))
-    steps = explain_mowing(series, "3", PARAMS, use_s1=False, year=2020).steps
+    steps = explain_mowing(series, "3", with_value(PARAMS, "validity.max_red_spread", 1e9), use_s1=False,
+                           year=2020).steps
     # a scored fall shows its confidence as the sum the marker made: base + drop + dating + regrowth + S1
     scored = [s for s in steps if s.confidence_parts]
     assert scored and all(abs(min(sum(float(part.split()[-1]) for part in s.confidence_parts.split(" + ")), 1.0)

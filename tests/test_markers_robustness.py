@@ -103,9 +103,9 @@ def test_the_table_starts_from_markers_eval_scores(capsys: pytest.CaptureFixture
         "SALMS as it is, S2+S1 (control)", "SALMS as it is, S2 only (control)"]
     # the unchanged set: markers_eval.py's SK S2-only row (185 hits, 12 false, 32 of the 37 not-mown plot-years clean)
     assert table[0] == "| as it is | 1 | 185 | 12 | 0.94 | 0.85 | 0.89 | 32 of 37 |"
-    # the control rows: markers_eval.py's SALMS rows (8 and 7 of 17 dates found, 8 false each)
-    assert table[5:] == ["| SALMS as it is, S2+S1 (control) | 1 | 8 | 8 | 0.50 | 0.47 | 0.48 | - |",
-                         "| SALMS as it is, S2 only (control) | 1 | 7 | 8 | 0.47 | 0.41 | 0.44 | - |"]
+    # the control rows: markers_eval.py's SALMS rows (10 and 8 of 17 dates found, 2 false each)
+    assert table[5:] == ["| SALMS as it is, S2+S1 (control) | 1 | 10 | 2 | 0.83 | 0.59 | 0.69 | - |",
+                         "| SALMS as it is, S2 only (control) | 1 | 8 | 2 | 0.80 | 0.47 | 0.59 | - |"]
     # fewer images: fewer hits; without the mask the marker's own cloud tests keep most of the scores
     hits = [int(line.split(" | ")[2].split()[0]) for line in table]
     assert hits[1] < hits[0] and hits[3] >= 0.9 * hits[0]

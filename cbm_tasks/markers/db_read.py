@@ -1,11 +1,12 @@
 """Read a parcel set's time series from PostGIS into the markers' in-memory form, fast.
 
 The database keeps one row per (parcel, image) with all band statistics in one ``real[]``
-(``cbm.parcel_obs``, see ``sql/006_timeseries.sql``). The markers need four S2 band means, the
-S1 VV / VH means and the share of unusable SCL pixels. For each band layout (the extraction's
-``bands``), one ``COPY (SELECT parcel_key, product_id, stats[i], ...) TO STDOUT (FORMAT BINARY)``
-sends exactly those values as fixed-width rows, which NumPy reads with one ``frombuffer``: no
-Python object per row. SCL class counts are reduced to (bad, total) pixel sums in the same way.
+(``cbm.parcel_obs``, see ``sql/006_timeseries.sql``). The markers need four S2 band means and the
+red band's spread (std), the S1 VV / VH means and the share of unusable SCL pixels. For each band
+layout (the extraction's ``bands``), one
+``COPY (SELECT parcel_key, product_id, stats[i], ...) TO STDOUT (FORMAT BINARY)`` sends exactly
+those values as fixed-width rows, which NumPy reads with one ``frombuffer``: no Python object per row.
+SCL class counts are reduced to (bad, total) pixel sums in the same way.
 
 :func:`read_parcel_series` returns a :class:`DbSeries`: the :class:`SeriesTable` of the markers
 core (parcel ids are the set's parcel keys as strings) plus which image each S2 / S1 observation
@@ -41,7 +42,8 @@ log = logging.getLogger(__name__)
 # bands the markers use, per source (others are not read at all)
 _WANTED = {"s2": ("B02", "B04", "B08", "B11"), "bs": ("VV", "VH"), "c6": ("VV", "VH"), "c12": ("VV", "VH")}
 _SCL_CLASSES = 12  # Sentinel-2 scene classification values 0..11
-_MEAN = 2  # position of the mean in each band's 8-value block of parcel_obs.stats
+_MEAN, _STD = 2, 3  # positions of the mean and the std in each band's 8-value block of parcel_obs.stats
+_RED = BAND_CODE["B04"]
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 
 
@@ -159,7 +161,11 @@ def _key_filter(parcel_keys: np.ndarray | None, whole_range: bool) -> tuple[sql.
 
 def _read_band_means(conn: psycopg.Connection, parcel_set_id: int, products: list[ProductInfo],
                      parcel_keys: np.ndarray | None, whole_range: bool) -> list[tuple[np.ndarray, ...]]:
-    """Return [(parcel_key, product_id, band_code, mean)] per band layout."""
+    """Return [(parcel_key, product_id, band_code, mean, std)] per band layout.
+
+    The spread (std) is read for the red band only, the one the markers judge it on
+    (``validity.max_red_spread``); the other bands' is NaN.
+    """
     layouts: dict[tuple[tuple[int, int], ...], list[int]] = {}
     for product in products:
         wanted = tuple((product.bands.index(name), BAND_CODE[name])
@@ -169,13 +175,17 @@ def _read_band_means(conn: psycopg.Connection, parcel_set_id: int, products: lis
     key_sql, key_params = _key_filter(parcel_keys, whole_range)
     parts: list[tuple[np.ndarray, ...]] = []
     for wanted, product_ids in layouts.items():
-        means = [sql.SQL("coalesce(stats[{}], 'NaN')").format(sql.Literal(position * 8 + _MEAN))
-                 for position, _ in wanted]
+        values = [sql.SQL("coalesce(stats[{}], 'NaN')").format(sql.Literal(position * 8 + _MEAN))
+                  for position, _ in wanted]
+        spread = [k for k, (_, band_code) in enumerate(wanted) if band_code == _RED]
+        values += [sql.SQL("coalesce(stats[{}], 'NaN')").format(sql.Literal(wanted[k][0] * 8 + _STD)) for k in spread]
         source = sql.SQL("cbm.parcel_obs WHERE parcel_set_id = %s AND product_id = ANY(%s::integer[])") + key_sql
-        columns = _copy_binary(conn, means, source, [parcel_set_id, product_ids, *key_params], "f" * len(wanted))
+        columns = _copy_binary(conn, values, source, [parcel_set_id, product_ids, *key_params], "f" * len(values))
         n = len(columns[0])
         for k, (_, band_code) in enumerate(wanted):
-            parts.append((columns[0], columns[1], np.full(n, band_code, np.int8), columns[2 + k].astype(np.float64)))
+            std = (columns[2 + len(wanted)].astype(np.float64) if k in spread else np.full(n, np.nan))
+            parts.append((columns[0], columns[1], np.full(n, band_code, np.int8), columns[2 + k].astype(np.float64),
+                          std))
     return parts
 
 
@@ -231,10 +241,10 @@ def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products
     parts = _read_band_means(conn, parcel_set_id, products, keys, whole_range)
     scl_key, scl_share = _read_scl_share(conn, parcel_set_id, products, keys, whole_range)
     if parts:
-        row_key, row_product, band, mean = (np.concatenate(column) for column in zip(*parts, strict=True))
+        row_key, row_product, band, mean, std = (np.concatenate(column) for column in zip(*parts, strict=True))
     else:
         row_key, row_product = np.zeros(0, np.int32), np.zeros(0, np.int32)
-        band, mean = np.zeros(0, np.int8), np.zeros(0)
+        band, mean, std = np.zeros(0, np.int8), np.zeros(0), np.zeros(0)
     slot, source_of, orbit_of, day_of = _product_slots(products, overpass_seconds)
     ids = np.array(sorted(by_id), dtype=np.int32)
     product_index = np.searchsorted(ids, row_product)
@@ -245,7 +255,7 @@ def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products
     sort_key = (parcel_index << 36) | (group << 12) | (band.astype(np.int64) << 8) | sub
     order = np.argsort(sort_key, kind="stable")
     sort_key, row_product, product_index = sort_key[order], row_product[order], product_index[order]
-    band, mean, parcel_index = band[order], mean[order], parcel_index[order]
+    band, mean, std, parcel_index = band[order], mean[order], std[order], parcel_index[order]
     source = source_of[product_index]
     scl = np.full(len(row_key), np.nan)
     if len(scl_key):
@@ -265,7 +275,8 @@ def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products
         parcel_ids=keys.astype(str), offsets=group_offsets(parcel, len(keys)), parcel=parcel,
         source=source[keep].astype(np.int8), band=band[keep].astype(np.int8),
         obs_day=day_of[product_index[keep]], mean=mean[keep], clear_fraction=np.full(int(keep.sum()), np.nan),
-        orbit=orbit_of[product_index[keep]], scl_bad_share=scl[keep], product_id=row_product[keep].astype(np.int64))
+        orbit=orbit_of[product_index[keep]], scl_bad_share=scl[keep], product_id=row_product[keep].astype(np.int64),
+        std=std[keep])
     obs_product = row_product[first]
     log.info("markers read parcel_set=%d parcels=%d rows=%d observations=%d images=%d seconds=%.2f",
              parcel_set_id, len(keys), len(row_key), len(first), len(np.unique(obs_product)),

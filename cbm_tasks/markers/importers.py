@@ -5,8 +5,8 @@ ec-jrc/cbm: one folder ``tsdir`` with ``<ID>_s2_ts.csv``, ``<ID>_s1_coh6_ts.csv`
 ground truth ``gtdir/FOIinfo.csv``) into a file :func:`cbm_tasks.markers.reader.read_series` reads,
 with the SCL histogram columns (``hist.0`` .. ``hist.11``) as the ``_classes`` companion.
 
-What is converted: S2 B02..B12 band means (reflectance) with their SCL class counts, and the
-6-day coherence VV / VH (``c6``, dated at the acquisition the SALMS file gives). The SALMS
+What is converted: S2 B02..B12 band means (reflectance) and spreads (std) with their SCL class counts, and
+the 6-day coherence VV / VH (``c6``, dated at the acquisition the SALMS file gives). The SALMS
 backscatter files hold ratios (``s1_bs_rAD``), not backscatter, and are left out.
 
 Their ground truth is read by :mod:`cbm_tasks.markers.truth`.
@@ -36,6 +36,12 @@ def _salms_time(text: str, where: str) -> str:
     raise BadInputError(f"SALMS file {where}: cannot read date {text!r}")
 
 
+def _std(record: dict[str, str]) -> str:
+    """The band's spread over the parcel (``STD.DEV``), empty where the file says NA (a single pixel)."""
+    value = record.get("STD.DEV", "")
+    return "" if value.upper() in ("", "NA", "NAN") else value
+
+
 def convert_salms(salms_dir: Path, out: Path) -> Path:
     """Write the SALMS series of every parcel in ``salms_dir/tsdir`` to *out* (``.csv`` or ``.csv.gz``).
 
@@ -58,7 +64,7 @@ def convert_salms(salms_dir: Path, out: Path) -> Path:
     with opener(out, "wt", newline="") as main_stream, opener(classes, "wt", newline="") as class_stream:
         rows = csv.writer(main_stream, lineterminator="\n")
         class_rows = csv.writer(class_stream, lineterminator="\n")
-        rows.writerow(["parcel_id", "obs_time", "source", "band", "mean", "count"])
+        rows.writerow(["parcel_id", "obs_time", "source", "band", "mean", "count", "std"])
         class_rows.writerow(["parcel_id", "obs_time", "product_id", "band", "class", "count"])
         for parcel in parcels:
             s2_file = tsdir / f"{parcel}_s2_ts.csv"
@@ -68,7 +74,7 @@ def convert_salms(salms_dir: Path, out: Path) -> Path:
                     if record.get("band") not in _S2_BANDS:
                         continue
                     when = _salms_time(record["date"], str(s2_file))
-                    rows.writerow([parcel, when, "s2", record["band"], record["MEAN"], record["count"]])
+                    rows.writerow([parcel, when, "s2", record["band"], record["MEAN"], record["count"], _std(record)])
                     if when not in seen:
                         seen.add(when)
                         for scl_class in range(12):
@@ -82,5 +88,5 @@ def convert_salms(salms_dir: Path, out: Path) -> Path:
                         band = record.get("band", "").removeprefix("s1_coh6_")
                         if band in ("VV", "VH"):
                             rows.writerow([parcel, _salms_time(record["date"], str(coh_file)), "c6", band,
-                                           record["MEAN"], record["count"]])
+                                           record["MEAN"], record["count"], _std(record)])
     return out

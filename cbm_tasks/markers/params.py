@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -62,6 +63,9 @@ NEUTRAL: dict[tuple[str, str], float] = {
     ("validity", "min_soil_red_ratio"): 1e9,
     # version 10
     ("cloud_dip", "min_cut_low_days"): 0.0,
+    # version 11
+    ("validity", "max_red_spread"): 1e9,
+    ("validity", "red_spread_factor"): 0.0,
 }
 
 
@@ -151,6 +155,15 @@ def check_ranges(sections: Mapping[str, Mapping[str, float]], source: str) -> No
                                   f"{section}.{last} ({values[last]!r})")
 
 
+# YAML 1.1 (PyYAML) reads 1e9 and 1.0e9 as strings: its floats need a dot and a signed exponent (1.0e+9)
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _exponent_number(value: object) -> object:
+    """*value*, or the float a string in exponent notation spells (``1e9``: how the comments write "off")."""
+    return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()) else value
+
+
 def _parse(text: str, source: str) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(text)
@@ -200,6 +213,7 @@ def load_params(path: str | Path | None = None) -> MarkerParams:
             if key not in sections[name]:
                 raise ParamsFileError(f"marker parameters {path}: unknown key {name}.{key}; known: "
                                       f"{', '.join(sorted(sections[name]))}")
+            value = _exponent_number(value)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ParamsFileError(f"marker parameters {path}: {name}.{key} must be a number, got {value!r}")
             sections[name][key] = value

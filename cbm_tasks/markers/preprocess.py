@@ -16,6 +16,9 @@ Validity of an S2 observation (all must hold):
   where B02 exists, B02 <= ``validity.max_blue_reflectance`` and the haze index (:func:`haze_index`,
   HOT) <= ``validity.max_haze_index`` (haze the mask missed), both tested only where the visible
   spectrum is flat (B04 < ``validity.min_soil_red_ratio`` x B02: cloud, haze, snow; redder is soil);
+* where the input gives the red band's spread over the parcel (``std`` of B04), it is at most
+  ``validity.max_red_spread`` or ``validity.red_spread_factor`` x the parcel's median spread, whichever
+  is higher (a cloud or its edge over part of the parcel, which the mask missed);
 * not a cloud dip (:func:`cloud_dips`): a run of one or two low NDVI values whose next valid
   neighbour is back near the level before it, either faster than grass can regrow or with the blue
   excess of haze. A real mowing does not recover within days and has no blue excess, so it is kept.
@@ -40,7 +43,7 @@ _S2_BANDS = ("B02", "B04", "B08", "B11")
 log = logging.getLogger(__name__)
 
 # Why an S2 observation is not used (0: used), the first test it fails in this order
-NO_VALUE, CLOUDY, BRIGHT_BLUE, HAZE, IMPLAUSIBLE, CLOUD_DIP = range(1, 7)
+NO_VALUE, CLOUDY, BRIGHT_BLUE, HAZE, IMPLAUSIBLE, CLOUD_DIP, PART_CLOUD = range(1, 8)
 REJECTIONS = {
     NO_VALUE: "no red or NIR value",
     CLOUDY: "clear share below min_clear_fraction (cloud, shadow, snow)",
@@ -48,6 +51,7 @@ REJECTIONS = {
     HAZE: "haze index above max_haze_index (haze the mask missed)",
     IMPLAUSIBLE: "NDVI below min_plausible_ndvi (water, cloud or shadow)",
     CLOUD_DIP: "cloud dip: back faster than grass regrows (or within min_cut_low_days), or hazy",
+    PART_CLOUD: "red spread over the parcel above max_red_spread and its usual spread (part cloud the mask missed)",
 }
 
 
@@ -64,6 +68,7 @@ class S2Series:
         ndvi: float64 (n,).
         ndmi: float64 (n,), moisture index (:func:`moisture_index`), NaN without B11.
         clear: float64 (n,), clear share used (NaN when unknown).
+        red_spread: float64 (n,), standard deviation of B04 over the parcel's pixels (NaN when unknown).
         valid: bool (n,), usable for markers.
         cloud_dip: bool (n,), rejected as a dip the cloud mask missed.
         product: int64 (n,), the image of the observation (its first band row's), -1 when unknown.
@@ -77,6 +82,7 @@ class S2Series:
     ndvi: np.ndarray
     ndmi: np.ndarray
     clear: np.ndarray
+    red_spread: np.ndarray
     valid: np.ndarray
     cloud_dip: np.ndarray
     product: np.ndarray
@@ -119,10 +125,13 @@ class PreparedSeries:
         return len(self.parcel_ids)
 
 
-def _pivot(series: SeriesTable, mask: np.ndarray, bands: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+def _pivot(series: SeriesTable, mask: np.ndarray, bands: tuple[str, ...],
+           spread_band: str = "B04") -> tuple[np.ndarray, ...]:
     """Rows of *mask* -> one row per observation, in (parcel, time) order as the table is sorted.
 
-    The table's order (parcel, time, source, orbit, band) keeps the rows of one observation together.
+    Returns (parcel, orbit, day, the means of *bands*, first row of each observation in *rows*, rows,
+    the spread (std) of *spread_band*). The table's order (parcel, time, source, orbit, band) keeps the
+    rows of one observation together.
     """
     rows = np.flatnonzero(mask)
     parcel, orbit, day = series.parcel[rows], series.orbit[rows], series.obs_day[rows]
@@ -138,8 +147,11 @@ def _pivot(series: SeriesTable, mask: np.ndarray, bands: tuple[str, ...]) -> tup
     columns = band_column[series.band[rows]]
     keep = columns >= 0
     values[obs[keep], columns[keep]] = series.mean[rows][keep]
+    spread = np.full(n_obs, np.nan)
+    of_band = series.band[rows] == BAND_CODE[spread_band]
+    spread[obs[of_band]] = series.std[rows][of_band]
     first = np.flatnonzero(new)
-    return parcel[first], orbit[first], day[first], values, first, rows
+    return parcel[first], orbit[first], day[first], values, first, rows, spread
 
 
 def _day_of_year(day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -255,8 +267,8 @@ def cloud_dips(offsets: np.ndarray, day: np.ndarray, ndvi: np.ndarray, valid: np
                              params.get("cloud_dip", "min_cut_low_days"))
 
 
-def _validity_codes(bands: np.ndarray, ndvi: np.ndarray, clear: np.ndarray,
-                    params: MarkerParams) -> tuple[np.ndarray, np.ndarray]:
+def _validity_codes(bands: np.ndarray, ndvi: np.ndarray, clear: np.ndarray, red_spread: np.ndarray,
+                    offsets: np.ndarray, params: MarkerParams) -> tuple[np.ndarray, np.ndarray]:
     """Return (validity code per observation, the haze index the test used).
 
     The code is 0 (valid) or the first validity test the observation fails (``REJECTIONS``, cloud dips
@@ -275,19 +287,39 @@ def _validity_codes(bands: np.ndarray, ndvi: np.ndarray, clear: np.ndarray,
                  (NO_VALUE, ~np.isfinite(ndvi)))
     for reason, failed in tests:  # the last assignment wins: the list runs from the last test to the first
         code[failed] = reason
+    # the spread is judged against the parcel's usual one, of the observations every other test passed
+    limit = params.get("validity", "red_spread_factor") * _parcel_medians(offsets, red_spread, code == 0)
+    with np.errstate(invalid="ignore"):
+        code[(code == 0) & (red_spread > np.maximum(params.get("validity", "max_red_spread"), limit))] = PART_CLOUD
     return code, haze
+
+
+@njit(cache=True, nogil=True)
+def _parcel_medians_kernel(offsets: np.ndarray, values: np.ndarray, use: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(values))
+    for p in range(len(offsets) - 1):
+        lo, hi = offsets[p], offsets[p + 1]
+        chosen = values[lo:hi][use[lo:hi] & np.isfinite(values[lo:hi])]
+        if len(chosen):
+            out[lo:hi] = np.median(chosen)
+    return out
+
+
+def _parcel_medians(offsets: np.ndarray, values: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """Per row, the median of its parcel's finite *values* in rows of *use* (0 where the parcel has none)."""
+    return _parcel_medians_kernel(offsets.astype(np.int64), values.astype(np.float64), use.astype(np.bool_))
 
 
 def rejection_codes(s2: S2Series, params: MarkerParams) -> np.ndarray:
     """Return per S2 observation why it is not used (a ``REJECTIONS`` key), 0 where it is used."""
-    code, _ = _validity_codes(s2.bands, s2.ndvi, s2.clear, params)
+    code, _ = _validity_codes(s2.bands, s2.ndvi, s2.clear, s2.red_spread, s2.offsets, params)
     code[(code == 0) & s2.cloud_dip] = CLOUD_DIP
     return code
 
 
 def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     mask = series.source == SOURCE_CODE["s2"]
-    parcel, _, day, pivoted, first, rows = _pivot(series, mask, (*_S2_BANDS, "NDVI", "B8A"))
+    parcel, _, day, pivoted, first, rows, red_spread = _pivot(series, mask, (*_S2_BANDS, "NDVI", "B8A"))
     values, given_ndvi = np.ascontiguousarray(pivoted[:, :4]), pivoted[:, 4]
     # the narrow NIR band (20 m) where a file has no B08: exports at 20 m carry B8A only
     values[:, 2] = np.where(np.isnan(values[:, 2]), pivoted[:, 5], values[:, 2])
@@ -310,19 +342,19 @@ def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     # a file's own NDVI stands in where it has no red or NIR (exports of the index alone); the red and
     # moisture tests of a cut, and the haze test, then have nothing to judge and pass
     ndvi = np.where(np.isfinite(ndvi), ndvi, given_ndvi)
-    code, haze = _validity_codes(values, ndvi, clear, params)
-    valid = code == 0
     offsets = group_offsets(parcel, series.n_parcels)
+    code, haze = _validity_codes(values, ndvi, clear, red_spread, offsets, params)
+    valid = code == 0
     dip = cloud_dips(offsets, day, ndvi, valid, params=params, haze=haze)
     doy, year = _day_of_year(day)
-    return S2Series(offsets, day, doy, year, values, ndvi, moisture_index(nir, values[:, 3]), clear, valid & ~dip, dip,
-                    series.product_id[rows[first]])
+    return S2Series(offsets, day, doy, year, values, ndvi, moisture_index(nir, values[:, 3]), clear, red_spread,
+                    valid & ~dip, dip, series.product_id[rows[first]])
 
 
 def _s1(series: SeriesTable, sources: tuple[str, ...], *, to_db: bool) -> S1Series:
     codes = [SOURCE_CODE[name] for name in sources]
     mask = np.isin(series.source, codes)
-    parcel, orbit, day, values, first, rows = _pivot(series, mask, ("VV", "VH"))
+    parcel, orbit, day, values, first, rows, _ = _pivot(series, mask, ("VV", "VH"))
     interval = np.where(series.source[rows][first] == SOURCE_CODE["c12"], 12.0,
                         np.where(series.source[rows][first] == SOURCE_CODE["c6"], 6.0, 0.0))
     if to_db:

@@ -9,7 +9,9 @@ read with that separator, and a leading BOM is skipped; numbers always take a de
 * optional: ``clear_fraction`` (share of clear pixels, 0-1; stated on any row of an S2 observation,
   even an SCL row, it holds for the whole observation), ``orbit`` (S1 relative orbit),
   ``product_id`` (integer image id: the events name the images that show them),
-  ``count, std, min, max, p25, p50, p75`` (read and not needed by the markers).
+  ``std`` (the band's standard deviation over the parcel's pixels, >= 0: a red band spread far above
+  the parcel's usual one marks an image part cloud, ``validity.max_red_spread``),
+  ``count, min, max, p25, p50, p75`` (read and not needed by the markers).
 
 ``source`` is ``s2 | bs | c6 | c12`` or a catalogue product type (S2MSI2A, CARD-BS, CARD-COH6,
 CARD-COH12), and Sentinel-2 L2A by other tools' names too (``sentinel-2-l2a``, ``S2_L2A``, ...); band
@@ -61,7 +63,7 @@ log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("parcel_id", "obs_time", "source", "band", "mean")
 _TYPES = {"parcel_id": pa.string(), "obs_time": pa.string(), "source": pa.string(), "band": pa.string(),
           "mean": pa.float64(), "clear_fraction": pa.float64(), "orbit": pa.float64(),
-          "product_id": pa.float64(), "count": pa.float64(), "class": pa.float64()}
+          "product_id": pa.float64(), "count": pa.float64(), "class": pa.float64(), "std": pa.float64()}
 _CLASS_COLUMNS = ("parcel_id", "obs_time", "band", "class", "count")
 
 
@@ -208,6 +210,18 @@ def _check_units(name: str, source: np.ndarray, band: np.ndarray, mean: np.ndarr
                               "wants coherence 0-1")
 
 
+def _checked(name: str, table: pa.Table, column: str, low: float, high: float, expected: str) -> np.ndarray | None:
+    """Return the optional float *column* (None when absent); a value outside [low, high] is an error (NaN passes)."""
+    if column not in table.column_names:
+        return None
+    values: np.ndarray = table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = np.flatnonzero(~np.isnan(values) & ((values < low) | (values > high)))
+    if len(bad):
+        raise SeriesFileError(f"time-series file {name}: line {int(bad[0]) + 2}, column {column!r}: expected "
+                              f"{expected}, got {values[bad[0]]}")
+    return values
+
+
 def _codes(name: str, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (source code, band code, usable) per row; unknown sources and bands get usable False."""
     source_column = table.column("source").combine_chunks().dictionary_encode()
@@ -322,13 +336,14 @@ def series_from_arrow(band_stats: pa.Table, class_counts: pa.Table | None = None
 
     Args:
         band_stats: columns ``parcel_id, obs_time, source, band, mean`` (+ optional
-            ``clear_fraction``, ``orbit``, ``product_id``); ``obs_time`` a timestamp or ISO 8601 strings.
+            ``clear_fraction``, ``orbit``, ``product_id``, ``std``); ``obs_time`` a timestamp or ISO 8601 strings.
         class_counts: ``parcel_id, obs_time, band, class, count`` (S2 SCL), or None.
         name: the input's name in messages (file path or ``aoi/year``).
 
     Raises:
         SeriesFileError: a required column is missing or empty, ``clear_fraction`` is outside
-            [0, 1], no row has a known source and band, or the values are in other units.
+            [0, 1], a ``std`` is negative, no row has a known source and band, or the values are in
+            other units.
     """
     missing = [column for column in REQUIRED_COLUMNS if column not in band_stats.column_names]
     if missing:
@@ -342,12 +357,9 @@ def series_from_arrow(band_stats: pa.Table, class_counts: pa.Table | None = None
     obs_us = band_stats.column("obs_time").cast(pa.int64()).to_numpy()
     mean = band_stats.column("mean").to_numpy(zero_copy_only=False).astype(np.float64)
     columns = band_stats.column_names
-    clear = (band_stats.column("clear_fraction").to_numpy(zero_copy_only=False).astype(np.float64)
-             if "clear_fraction" in columns else np.full(len(mean), np.nan))
-    bad_clear = np.flatnonzero(~np.isnan(clear) & ((clear < 0.0) | (clear > 1.0)))
-    if len(bad_clear):
-        raise SeriesFileError(f"time-series file {name}: line {int(bad_clear[0]) + 2}, column 'clear_fraction': "
-                              f"expected a value in [0, 1], got {clear[bad_clear[0]]}")
+    clear = _checked(name, band_stats, "clear_fraction", 0.0, 1.0, "a value in [0, 1]")
+    clear = np.full(len(mean), np.nan) if clear is None else clear
+    std = _checked(name, band_stats, "std", 0.0, np.inf, "a standard deviation >= 0")
     orbit = (np.nan_to_num(band_stats.column("orbit").to_numpy(zero_copy_only=False).astype(np.float64), nan=-1.0)
              if "orbit" in columns else np.full(len(mean), -1.0))
     product_id = _product_ids(name, band_stats) if "product_id" in columns else None
@@ -361,7 +373,8 @@ def series_from_arrow(band_stats: pa.Table, class_counts: pa.Table | None = None
         parcel_id=parcel_code[usable], source=source[usable], band=band[usable],
         obs_day=obs_us[usable] / 86_400e6, mean=mean[usable], clear_fraction=clear[usable],
         orbit=orbit[usable], scl_bad_share=scl[usable],
-        product_id=None if product_id is None else product_id[usable], parcel_names=names)
+        product_id=None if product_id is None else product_id[usable], parcel_names=names,
+        std=None if std is None else std[usable])
 
 
 def _product_ids(name: str, band_stats: pa.Table) -> np.ndarray:

@@ -113,6 +113,8 @@ class SeriesTable:
             for the S2 observation of this row, NaN when no class counts were given.
         product_id: int64 (n,), the image (catalogue product id) of the row, -1 when not given;
             events name the images of their observations by it (``MarkerResult.products``).
+        std: float64 (n,), standard deviation of the band over the parcel's pixels (its spread), NaN
+            when not given; the markers use the red band's (``validity.max_red_spread``).
     """
 
     parcel_ids: np.ndarray
@@ -126,10 +128,12 @@ class SeriesTable:
     orbit: np.ndarray
     scl_bad_share: np.ndarray
     product_id: np.ndarray
+    std: np.ndarray
 
     def __post_init__(self) -> None:
         n = len(self.parcel)
-        for name in ("source", "band", "obs_day", "mean", "clear_fraction", "orbit", "scl_bad_share", "product_id"):
+        for name in ("source", "band", "obs_day", "mean", "clear_fraction", "orbit", "scl_bad_share", "product_id",
+                     "std"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"SeriesTable.{name} has {len(getattr(self, name))} rows, parcel has {n}")
         if len(self.offsets) != len(self.parcel_ids) + 1:
@@ -161,13 +165,14 @@ class SeriesTable:
                            parcel=np.zeros(rows.stop - rows.start, self.parcel.dtype), source=self.source[rows],
                            band=self.band[rows], obs_day=self.obs_day[rows], mean=self.mean[rows],
                            clear_fraction=self.clear_fraction[rows], orbit=self.orbit[rows],
-                           scl_bad_share=self.scl_bad_share[rows], product_id=self.product_id[rows])
+                           scl_bad_share=self.scl_bad_share[rows], product_id=self.product_id[rows],
+                           std=self.std[rows])
 
     @classmethod
     def from_arrays(cls, *, parcel_id: np.ndarray, source: np.ndarray, band: np.ndarray, obs_day: np.ndarray,
                     mean: np.ndarray, clear_fraction: np.ndarray | None = None, orbit: np.ndarray | None = None,
                     scl_bad_share: np.ndarray | None = None, product_id: np.ndarray | None = None,
-                    parcel_names: np.ndarray | None = None) -> SeriesTable:
+                    parcel_names: np.ndarray | None = None, std: np.ndarray | None = None) -> SeriesTable:
         """Build a table from unsorted row arrays (source and band as codes of SOURCE_CODE / BAND_CODE).
 
         Parcel ids may be strings or integers (e.g. the database's parcel keys: much faster to
@@ -179,14 +184,15 @@ class SeriesTable:
         row. Duplicated (parcel, source, orbit, overpass, band) rows are reduced to the first one with
         a value, so a file listing an observation twice, or once per overlapping tile, counts it
         once. Parcel keys must be below 2^21 distinct values per table (batch a country by parcel
-        ranges). ``product_id`` (integer image ids, -1 or None when unknown) is carried along and
-        not used for grouping.
+        ranges). ``product_id`` (integer image ids, -1 or None when unknown) and ``std`` (the band's
+        spread over the parcel, NaN or None when unknown) are carried along and not used for grouping.
         """
         n = len(parcel_id)
         clear_fraction = np.full(n, np.nan) if clear_fraction is None else clear_fraction.astype(np.float64)
         orbit = np.full(n, -1, np.int32) if orbit is None else orbit.astype(np.int32)
         scl_bad_share = np.full(n, np.nan) if scl_bad_share is None else scl_bad_share.astype(np.float64)
         product_id = np.full(n, -1, np.int64) if product_id is None else product_id.astype(np.int64)
+        std = np.full(n, np.nan) if std is None else std.astype(np.float64)
         if parcel_names is not None:
             present = np.bincount(parcel_id, minlength=len(parcel_names)) > 0
             parcel = (np.cumsum(present) - 1)[parcel_id]
@@ -236,6 +242,7 @@ class SeriesTable:
             orbit=orbit[order],
             scl_bad_share=scl_bad_share[order],
             product_id=product_id[order],
+            std=std[order],
         )
 
 
