@@ -73,7 +73,7 @@ def read_crops(path: Path, *, column: str = "crop_code") -> dict[str, str]:
     Raises:
         BadInputError: the file cannot be read or lacks the columns.
     """
-    from cbm_tasks.markers.reader import read_table  # the reader's CSV/Parquet handling and errors
+    from cbm_tasks.markers.table_file import read_table  # the reader's CSV/Parquet handling and errors
 
     table = read_table(path, ("parcel_id", column))
     crops: dict[str, str] = {}
