@@ -55,6 +55,7 @@ def test_a_part_cloudy_image_is_not_a_cut(tmp_path: Path) -> None:
     (image,) = [o for o in explain_mowing(series, "p", PARAMS, use_s1=False, year=2021).observations
                 if o.date == doy_date(PART_CLOUDY_DOY).isoformat()]
     assert not image.used and image.reason.startswith("red spread over the parcel above max_red_spread")
+    assert image.reason.endswith(": red std 0.080, the parcel's usual 0.004")
 
 
 def test_an_uneven_parcel_is_judged_by_its_own_spread(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from cbm_tasks.markers.crop_events import bare_soil_index
 from cbm_tasks.markers.crop_phases import bare_confidence, bare_runs, cover_before
 from cbm_tasks.markers.mowing_explain import write_verdicts
 from cbm_tasks.markers.params import MarkerParams
-from cbm_tasks.markers.preprocess import BRIGHT_BLUE, CLOUDY, NO_VALUE, REJECTIONS, prepare, rejection_codes
+from cbm_tasks.markers.preprocess import BRIGHT_BLUE, CLOUDY, NO_VALUE, prepare, rejection_codes, rejection_reasons
 from cbm_tasks.markers.series import SeriesTable, day_to_date
 
 __all__ = ["BareRun", "BareSoilExplanation", "LowObservation", "explain_bare_soil"]
@@ -131,6 +131,7 @@ def explain_bare_soil(series: SeriesTable, parcel_id: str, params: MarkerParams,
                                                                                  "no_cover_penalty"))
     bsi = bare_soil_index(s2.bands)
     codes = rejection_codes(s2, params)
+    reasons = rejection_reasons(s2, codes)
     run_of: dict[int, int] = {}  # S2 row -> run number
     runs: list[BareRun] = []
     k0s, k1s = np.empty(len(s2.day), np.int64), np.empty(len(s2.day), np.int64)
@@ -164,7 +165,7 @@ def explain_bare_soil(series: SeriesTable, parcel_id: str, params: MarkerParams,
         if r in run_of:
             verdict, reason = "bare soil", ""
         elif codes[r]:
-            verdict, reason = "not used", REJECTIONS.get(int(codes[r]), "")
+            verdict, reason = "not used", reasons[r]
         else:  # used and below the soil line, yet in no run (bare_runs takes every used bare one): its BSI
             verdict, reason = "not bare soil", f"BSI below bare_soil.min_bsi {min_bsi:.2f}: green or wet, not soil"
         observations.append(LowObservation(day_to_date(s2.day[r]), float(s2.ndvi[r]), float(bsi[r]),

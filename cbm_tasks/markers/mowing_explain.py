@@ -8,7 +8,7 @@ explanation cannot drift from the decision: a step is reported as ``mowing`` exa
 detector emitted it (checked by the tests on every parcel of the development sets).
 
 It also lists the S2 observations that were not used, with the first validity test each failed
-(:data:`cbm_tasks.markers.preprocess.REJECTIONS`), because a cut is often missed where clouds hid it.
+(:func:`cbm_tasks.markers.preprocess.rejection_reasons`), because a cut is often missed where clouds hid it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from cbm_tasks.markers import mowing
 from cbm_tasks.markers.coherence import coherence_noise
 from cbm_tasks.markers.mowing import _P, _judge_step, _packed, _s2_inputs, _score_step, detect_mowing
 from cbm_tasks.markers.params import MarkerParams
-from cbm_tasks.markers.preprocess import REJECTIONS, prepare, rejection_codes
+from cbm_tasks.markers.preprocess import prepare, rejection_codes, rejection_reasons
 from cbm_tasks.markers.series import SeriesTable, day_to_date
 from cbm_tasks.markers.writer import write_csv
 
@@ -183,8 +183,9 @@ def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
     prepared = prepare(series.one_parcel(parcel_id), params)
     s2, coh = prepared.s2, prepared.coherence
     codes = rejection_codes(s2, params)
+    reasons = rejection_reasons(s2, codes)
     observations = [ObservationVerdict(day_to_date(s2.day[r]), float(s2.ndvi[r]), float(s2.clear[r]), codes[r] == 0,
-                                       REJECTIONS.get(int(codes[r]), ""))
+                                       reasons[r])
                     for r in range(len(s2.day)) if _in_season(s2.day[r], s2.doy[r], year, params)]
     events = detect_mowing(prepared, params, use_s1=use_s1)
     kept = {(float(start), float(end)) for start, end in zip(events.start, events.end, strict=True)}

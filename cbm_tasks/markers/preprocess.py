@@ -36,7 +36,7 @@ from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.series import BAND_CODE, BANDS, SOURCE_CODE, SeriesTable, group_offsets
 
 __all__ = ["REJECTIONS", "PreparedSeries", "S1Series", "S2Series", "cloud_dips", "haze_index", "moisture_index",
-           "prepare", "rejection_codes"]
+           "prepare", "rejection_codes", "rejection_reasons"]
 
 _S2_BANDS = ("B02", "B04", "B08", "B11")
 
@@ -315,6 +315,17 @@ def rejection_codes(s2: S2Series, params: MarkerParams) -> np.ndarray:
     code, _ = _validity_codes(s2.bands, s2.ndvi, s2.clear, s2.red_spread, s2.offsets, params)
     code[(code == 0) & s2.cloud_dip] = CLOUD_DIP
     return code
+
+
+def rejection_reasons(s2: S2Series, codes: np.ndarray) -> list[str]:
+    """Per S2 observation the text of its ``REJECTIONS`` code ('' where used), with the figures of the spread test.
+
+    *codes* are :func:`rejection_codes`'; an image rejected as part cloud names its red spread and the
+    parcel's usual one (the median over the images every other validity test passed, as the test took it).
+    """
+    usual = _parcel_medians(s2.offsets, s2.red_spread, np.isin(codes, (0, PART_CLOUD, CLOUD_DIP)))
+    return [f"{REJECTIONS[PART_CLOUD]}: red std {s2.red_spread[r]:.3f}, the parcel's usual {usual[r]:.3f}"
+            if code == PART_CLOUD else REJECTIONS.get(int(code), "") for r, code in enumerate(codes)]
 
 
 def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
