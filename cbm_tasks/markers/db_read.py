@@ -177,13 +177,14 @@ def _read_band_means(conn: psycopg.Connection, parcel_set_id: int, products: lis
     for wanted, product_ids in layouts.items():
         values = [sql.SQL("coalesce(stats[{}], 'NaN')").format(sql.Literal(position * 8 + _MEAN))
                   for position, _ in wanted]
-        spread = [k for k, (_, band_code) in enumerate(wanted) if band_code == _RED]
-        values += [sql.SQL("coalesce(stats[{}], 'NaN')").format(sql.Literal(wanted[k][0] * 8 + _STD)) for k in spread]
+        red = next((k for k, (_, band_code) in enumerate(wanted) if band_code == _RED), None)
+        if red is not None:  # its spread: the last value
+            values.append(sql.SQL("coalesce(stats[{}], 'NaN')").format(sql.Literal(wanted[red][0] * 8 + _STD)))
         source = sql.SQL("cbm.parcel_obs WHERE parcel_set_id = %s AND product_id = ANY(%s::integer[])") + key_sql
         columns = _copy_binary(conn, values, source, [parcel_set_id, product_ids, *key_params], "f" * len(values))
         n = len(columns[0])
         for k, (_, band_code) in enumerate(wanted):
-            std = (columns[2 + len(wanted)].astype(np.float64) if k in spread else np.full(n, np.nan))
+            std = columns[-1].astype(np.float64) if k == red else np.full(n, np.nan)
             parts.append((columns[0], columns[1], np.full(n, band_code, np.int8), columns[2 + k].astype(np.float64),
                           std))
     return parts
