@@ -1,7 +1,7 @@
 """Mowing and harvest scores on the seeded synthetic AOI (``cbm demo build --synthetic``), for markers_eval.py.
 
-The AOI is built into a temporary folder; each image is reduced to per-parcel means (all pixels
-of the parcel, as the extraction engine does) and SCL class counts, written in the export's long
+The AOI is built into a temporary folder; each image is reduced to per-parcel means and standard
+deviations (all pixels of the parcel, as the extraction engine does) and SCL class counts, written in the export's long
 format with its ``_classes`` companion, and read back through the file path the CLI uses.
 Ground truth: the mowing dates of the grassland parcels, every other parcel (maize, wheat, bare)
 must have none; the harvest dates of the maize and wheat parcels.
@@ -38,7 +38,7 @@ def synthetic_series(work: Path, *, n_parcels: int,
     labels_by_grid: dict[tuple[int, int, tuple[float, ...]], np.ndarray] = {}
     with series.open("w", newline="") as main_stream, classes.open("w", newline="") as class_stream:
         rows, class_rows = csv.writer(main_stream, lineterminator="\n"), csv.writer(class_stream, lineterminator="\n")
-        rows.writerow(["parcel_id", "obs_time", "source", "band", "mean"])
+        rows.writerow(["parcel_id", "obs_time", "source", "band", "mean", "std"])
         class_rows.writerow(["parcel_id", "obs_time", "product_id", "band", "class", "count"])
         for item in sorted(layout.catalogue_root.glob("*/*/*.json")):
             meta = json.loads(item.read_text())
@@ -65,10 +65,13 @@ def synthetic_series(work: Path, *, n_parcels: int,
                     continue
                 data = np.asarray(values)[inside].astype(np.float64) * scale
                 sums = np.bincount(lab, weights=data, minlength=len(parcel_ids) + 1)
+                squares = np.bincount(lab, weights=data * data, minlength=len(parcel_ids) + 1)
                 n = np.bincount(lab, minlength=len(parcel_ids) + 1)
                 for key_, name in enumerate(parcel_ids, start=1):
                     if n[key_]:
-                        rows.writerow([name, when, source, tif.stem, f"{sums[key_] / n[key_]:.6g}"])
+                        mean = sums[key_] / n[key_]
+                        std = np.sqrt(max(squares[key_] / n[key_] - mean * mean, 0.0))  # population, as extracted
+                        rows.writerow([name, when, source, tif.stem, f"{mean:.6g}", f"{std:.6g}"])
     truth: dict[str, dict[str, list[date]]] = {"mowing": {}, "harvest": {}}
     assert layout.ground_truth_file is not None
     with layout.ground_truth_file.open(newline="") as stream:
