@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from markers_series import HEADER, doy_date, grass_rows, reflectance, write_rows
 from cbm_tasks.markers import load_params, read_series, run_markers
 from cbm_tasks.markers.mowing_explain import explain_mowing
 from cbm_tasks.markers.reader import SeriesFileError
+from cbm_tasks.markers.series import BAND_CODE
 
 PARAMS = load_params()
 PART_CLOUDY_DOY = 180
@@ -88,3 +90,22 @@ def test_exponent_notation_switches_a_test_off(tmp_path: Path) -> None:
     params = load_params(tmp_path / "p.yaml")
     assert (params.get("validity", "max_red_spread"), params.get("validity", "red_spread_factor")) == (1e9, 25.0)
     assert len(_mowings(tmp_path, _rows(spread=0.004, part_cloud_spread=0.08), params)) == 1
+
+
+def test_the_synthetic_aois_series_carry_the_spread_of_its_part_clouds(tmp_path: Path) -> None:
+    # markers_eval's synthetic row: the images reduced as the extraction does, spread included; the AOI's round
+    # clouds cover parts of parcels, and those images spread far above the parcels' usual
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from markers_synthetic import synthetic_series
+
+    from cbm_tasks.markers.preprocess import PART_CLOUD, prepare, rejection_codes
+
+    path, truth, parcel_ids = synthetic_series(tmp_path, n_parcels=60)
+    series = read_series(path)
+    red = series.band == BAND_CODE["B04"]
+    assert np.isfinite(series.std[red]).all() and (series.std[red] >= 0).all()
+    s2 = prepare(series, PARAMS).s2
+    codes = rejection_codes(s2, PARAMS)
+    assert (codes == PART_CLOUD).sum() >= 5
+    assert (s2.red_spread[codes == PART_CLOUD] > PARAMS.get("validity", "max_red_spread")).all()
+    assert truth["mowing"] and set(truth["mowing"]) <= set(parcel_ids)
