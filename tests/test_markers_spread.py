@@ -76,11 +76,15 @@ def test_parameters_before_version_11_use_every_image(tmp_path: Path) -> None:
     assert len(_mowings(tmp_path, _rows(spread=0.004, part_cloud_spread=0.08), old)) == 1
 
 
-def test_a_negative_spread_names_its_line(tmp_path: Path) -> None:
+def test_a_negative_or_infinite_spread_names_its_line(tmp_path: Path) -> None:
     rows = _rows(spread=0.004, part_cloud_spread=0.08)
     rows[3][-1] = -0.01
     path = write_rows(tmp_path / "s.csv", rows, [*HEADER, "std"])
-    with pytest.raises(SeriesFileError, match=r"s\.csv: line 5, column 'std': expected a standard deviation >= 0"):
+    with pytest.raises(SeriesFileError, match=r"s\.csv: line 5, column 'std': expected a finite standard deviation"):
+        read_series(path)
+    rows[3][-1] = "inf"
+    path = write_rows(tmp_path / "s.csv", rows, [*HEADER, "std"])
+    with pytest.raises(SeriesFileError, match=r"s\.csv: line 5, column 'std': .* got inf"):
         read_series(path)
 
 

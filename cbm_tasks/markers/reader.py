@@ -251,7 +251,7 @@ def series_from_arrow(band_stats: pa.Table, class_counts: pa.Table | None = None
     columns = band_stats.column_names
     clear = _checked(name, band_stats, "clear_fraction", 0.0, 1.0, "a value in [0, 1]")
     clear = np.full(len(mean), np.nan) if clear is None else clear
-    std = _checked(name, band_stats, "std", 0.0, np.inf, "a standard deviation >= 0")
+    std = _checked(name, band_stats, "std", 0.0, np.finfo(np.float64).max, "a finite standard deviation >= 0")
     orbit = (np.nan_to_num(band_stats.column("orbit").to_numpy(zero_copy_only=False).astype(np.float64), nan=-1.0)
              if "orbit" in columns else np.full(len(mean), -1.0))
     product_id = _product_ids(name, band_stats) if "product_id" in columns else None
