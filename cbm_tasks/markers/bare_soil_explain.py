@@ -23,7 +23,7 @@ from cbm_tasks.markers.crop_events import bare_soil_index
 from cbm_tasks.markers.crop_phases import bare_confidence, bare_runs, cover_before
 from cbm_tasks.markers.mowing_explain import write_verdicts
 from cbm_tasks.markers.params import MarkerParams
-from cbm_tasks.markers.preprocess import BRIGHT_BLUE, CLOUDY, NO_VALUE, prepare, rejection_codes, rejection_reasons
+from cbm_tasks.markers.preprocess import BRIGHT_BLUE, CLOUDY, NO_VALUE, prepare, rejection_reasons
 from cbm_tasks.markers.series import SeriesTable, day_to_date
 
 __all__ = ["BareRun", "BareSoilExplanation", "LowObservation", "explain_bare_soil"]
@@ -130,8 +130,7 @@ def explain_bare_soil(series: SeriesTable, parcel_id: str, params: MarkerParams,
     cover_ndvi, cover_days, penalty = (params.get("bare_soil", key) for key in ("min_cover_ndvi", "cover_lookback_days",
                                                                                  "no_cover_penalty"))
     bsi = bare_soil_index(s2.bands)
-    codes = rejection_codes(s2, params)
-    reasons = rejection_reasons(s2, codes)
+    codes, reasons = rejection_reasons(s2, params)
     run_of: dict[int, int] = {}  # S2 row -> run number
     runs: list[BareRun] = []
     k0s, k1s = np.empty(len(s2.day), np.int64), np.empty(len(s2.day), np.int64)

@@ -25,7 +25,7 @@ from cbm_tasks.markers import mowing
 from cbm_tasks.markers.coherence import coherence_noise
 from cbm_tasks.markers.mowing import _P, _judge_step, _packed, _s2_inputs, _score_step, detect_mowing
 from cbm_tasks.markers.params import MarkerParams
-from cbm_tasks.markers.preprocess import prepare, rejection_codes, rejection_reasons
+from cbm_tasks.markers.preprocess import prepare, rejection_reasons
 from cbm_tasks.markers.series import SeriesTable, day_to_date
 from cbm_tasks.markers.writer import write_csv
 
@@ -182,8 +182,7 @@ def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
     """
     prepared = prepare(series.one_parcel(parcel_id), params)
     s2, coh = prepared.s2, prepared.coherence
-    codes = rejection_codes(s2, params)
-    reasons = rejection_reasons(s2, codes)
+    codes, reasons = rejection_reasons(s2, params)
     observations = [ObservationVerdict(day_to_date(s2.day[r]), float(s2.ndvi[r]), float(s2.clear[r]), codes[r] == 0,
                                        reasons[r])
                     for r in range(len(s2.day)) if _in_season(s2.day[r], s2.doy[r], year, params)]

@@ -126,12 +126,12 @@ class PreparedSeries:
 
 
 def _pivot(series: SeriesTable, mask: np.ndarray, bands: tuple[str, ...],
-           spread_band: str = "B04") -> tuple[np.ndarray, ...]:
+           spread_band: str | None = None) -> tuple[np.ndarray, ...]:
     """Rows of *mask* -> one row per observation, in (parcel, time) order as the table is sorted.
 
     Returns (parcel, orbit, day, the means of *bands*, first row of each observation in *rows*, rows,
-    the spread (std) of *spread_band*). The table's order (parcel, time, source, orbit, band) keeps the
-    rows of one observation together.
+    the spread (std) of *spread_band*, empty without one). The table's order (parcel, time, source,
+    orbit, band) keeps the rows of one observation together.
     """
     rows = np.flatnonzero(mask)
     parcel, orbit, day = series.parcel[rows], series.orbit[rows], series.obs_day[rows]
@@ -147,9 +147,10 @@ def _pivot(series: SeriesTable, mask: np.ndarray, bands: tuple[str, ...],
     columns = band_column[series.band[rows]]
     keep = columns >= 0
     values[obs[keep], columns[keep]] = series.mean[rows][keep]
-    spread = np.full(n_obs, np.nan)
-    of_band = series.band[rows] == BAND_CODE[spread_band]
-    spread[obs[of_band]] = series.std[rows][of_band]
+    spread = np.full(n_obs if spread_band else 0, np.nan)
+    if spread_band:
+        of_band = series.band[rows] == BAND_CODE[spread_band]
+        spread[obs[of_band]] = series.std[rows][of_band]
     first = np.flatnonzero(new)
     return parcel[first], orbit[first], day[first], values, first, rows, spread
 
@@ -268,11 +269,12 @@ def cloud_dips(offsets: np.ndarray, day: np.ndarray, ndvi: np.ndarray, valid: np
 
 
 def _validity_codes(bands: np.ndarray, ndvi: np.ndarray, clear: np.ndarray, red_spread: np.ndarray,
-                    offsets: np.ndarray, params: MarkerParams) -> tuple[np.ndarray, np.ndarray]:
-    """Return (validity code per observation, the haze index the test used).
+                    offsets: np.ndarray, params: MarkerParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (validity code per observation, the haze index the test used, the parcel's usual red spread).
 
     The code is 0 (valid) or the first validity test the observation fails (``REJECTIONS``, cloud dips
-    apart); *bands* holds B02, B04, B08, B11.
+    apart); *bands* holds B02, B04, B08, B11. The usual spread is the median red std of the parcel's
+    observations every other test passed (0 where it has none), which the spread test compares with.
     """
     blue = bands[:, 0]
     haze = haze_index(blue, bands[:, 1], red_weight=params.get("validity", "haze_red_weight"))
@@ -288,10 +290,11 @@ def _validity_codes(bands: np.ndarray, ndvi: np.ndarray, clear: np.ndarray, red_
     for reason, failed in tests:  # the last assignment wins: the list runs from the last test to the first
         code[failed] = reason
     # the spread is judged against the parcel's usual one, of the observations every other test passed
-    limit = params.get("validity", "red_spread_factor") * _parcel_medians(offsets, red_spread, code == 0)
+    usual = _parcel_medians(offsets, red_spread, code == 0)
+    limit = np.maximum(params.get("validity", "max_red_spread"), params.get("validity", "red_spread_factor") * usual)
     with np.errstate(invalid="ignore"):
-        code[(code == 0) & (red_spread > np.maximum(params.get("validity", "max_red_spread"), limit))] = PART_CLOUD
-    return code, haze
+        code[(code == 0) & (red_spread > limit)] = PART_CLOUD
+    return code, haze, usual
 
 
 @njit(cache=True, nogil=True)
@@ -310,27 +313,30 @@ def _parcel_medians(offsets: np.ndarray, values: np.ndarray, use: np.ndarray) ->
     return _parcel_medians_kernel(offsets.astype(np.int64), values.astype(np.float64), use.astype(np.bool_))
 
 
+def _rejections(s2: S2Series, params: MarkerParams) -> tuple[np.ndarray, np.ndarray]:
+    code, _, usual = _validity_codes(s2.bands, s2.ndvi, s2.clear, s2.red_spread, s2.offsets, params)
+    code[(code == 0) & s2.cloud_dip] = CLOUD_DIP
+    return code, usual
+
+
 def rejection_codes(s2: S2Series, params: MarkerParams) -> np.ndarray:
     """Return per S2 observation why it is not used (a ``REJECTIONS`` key), 0 where it is used."""
-    code, _ = _validity_codes(s2.bands, s2.ndvi, s2.clear, s2.red_spread, s2.offsets, params)
-    code[(code == 0) & s2.cloud_dip] = CLOUD_DIP
-    return code
+    return _rejections(s2, params)[0]
 
 
-def rejection_reasons(s2: S2Series, codes: np.ndarray) -> list[str]:
-    """Per S2 observation the text of its ``REJECTIONS`` code ('' where used), with the figures of the spread test.
+def rejection_reasons(s2: S2Series, params: MarkerParams) -> tuple[np.ndarray, list[str]]:
+    """Return :func:`rejection_codes` and per observation its text ('' where used), with the spread test's figures.
 
-    *codes* are :func:`rejection_codes`'; an image rejected as part cloud names its red spread and the
-    parcel's usual one (the median over the images every other validity test passed, as the test took it).
+    An image rejected as part cloud names its red spread and the parcel's usual one, as the test compared them.
     """
-    usual = _parcel_medians(s2.offsets, s2.red_spread, np.isin(codes, (0, PART_CLOUD, CLOUD_DIP)))
-    return [f"{REJECTIONS[PART_CLOUD]}: red std {s2.red_spread[r]:.3f}, the parcel's usual {usual[r]:.3f}"
-            if code == PART_CLOUD else REJECTIONS.get(int(code), "") for r, code in enumerate(codes)]
+    codes, usual = _rejections(s2, params)
+    return codes, [f"{REJECTIONS[PART_CLOUD]}: red std {s2.red_spread[r]:.3f}, the parcel's usual {usual[r]:.3f}"
+                   if code == PART_CLOUD else REJECTIONS.get(int(code), "") for r, code in enumerate(codes)]
 
 
 def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     mask = series.source == SOURCE_CODE["s2"]
-    parcel, _, day, pivoted, first, rows, red_spread = _pivot(series, mask, (*_S2_BANDS, "NDVI", "B8A"))
+    parcel, _, day, pivoted, first, rows, red_spread = _pivot(series, mask, (*_S2_BANDS, "NDVI", "B8A"), "B04")
     values, given_ndvi = np.ascontiguousarray(pivoted[:, :4]), pivoted[:, 4]
     # the narrow NIR band (20 m) where a file has no B08: exports at 20 m carry B8A only
     values[:, 2] = np.where(np.isnan(values[:, 2]), pivoted[:, 5], values[:, 2])
@@ -354,7 +360,7 @@ def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     # moisture tests of a cut, and the haze test, then have nothing to judge and pass
     ndvi = np.where(np.isfinite(ndvi), ndvi, given_ndvi)
     offsets = group_offsets(parcel, series.n_parcels)
-    code, haze = _validity_codes(values, ndvi, clear, red_spread, offsets, params)
+    code, haze, _ = _validity_codes(values, ndvi, clear, red_spread, offsets, params)
     valid = code == 0
     dip = cloud_dips(offsets, day, ndvi, valid, params=params, haze=haze)
     doy, year = _day_of_year(day)
