@@ -13,11 +13,13 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 from markers_params import recorded_params
 from markers_series import write_rows
 
 from cbm_tasks.markers import load_params, prepare, read_series, run_markers
 from cbm_tasks.markers.mowing import detect_mowing
+from cbm_tasks.markers.mowing_explain import explain_mowing
 from cbm_tasks.markers.params import MarkerParams
 from cbm_tasks.markers.preprocess import BRIGHT_BLUE, HAZE, REJECTIONS, haze_index, rejection_codes
 from cbm_tasks.markers.series import day_to_date
@@ -197,6 +199,30 @@ def test_a_cut_in_a_long_gap_is_dated_within_the_regrowth_time(tmp_path: Path) -
     days = np.concatenate([np.arange(90, 171, 5), np.arange(185, 271, 5)])
     found, _ = _mowing(tmp_path, _rows(days, _grass(days, 182)))
     assert [(date.fromisoformat(d) - date(2020, 12, 31)).days for d in found] == [177]
+
+
+def test_a_cut_seen_across_a_long_gap_is_found_by_its_red_rise(tmp_path: Path) -> None:
+    # clouds from doy 235 to 260 (a 25-day gap) hide a late-summer cut; no regrowth follows (autumn). The fall
+    # (NDVI 0.82 -> 0.64) alone scores below min_confidence: the drop is small, the date imprecise, no regrowth.
+    # Red tripled across the gap (bare stubble) is the cut signature that version 12 counts as evidence
+    days = np.concatenate([np.arange(90, 236, 5), np.arange(260, 301, 5)])
+    ndvi = np.where(days < 250, _grass(days, None), 0.64)
+    stubble = np.where(days < 250, 0.03, 0.09)
+    found, _ = _mowing(tmp_path, _rows(days, ndvi, red=stubble))
+    assert len(found) == 1 and 240 <= _doy_of(found[0]) <= 260
+    # the same fall with red unchanged (a canopy browning or shaded) stays below min_confidence
+    found, _ = _mowing(tmp_path, _rows(days, ndvi, red=np.full(len(days), 0.03)))
+    assert found == []
+    # version 11 (no red term) left the cut below min_confidence; explain names the parts of the confidence
+    v11 = recorded_params(11, without=[("mowing", "weight_red"), ("mowing", "full_red_ratio")])
+    prepared = prepare(read_series(write_rows(tmp_path / "s.csv", _rows(days, ndvi, red=stubble))), v11)
+    assert len(detect_mowing(prepared, v11, use_s1=False).main) == 0
+    (step,) = [s for s in explain_mowing(read_series(tmp_path / "s.csv"), "p", PARAMS).steps if s.verdict == "mowing"]
+    assert step.red_ratio == pytest.approx(3.0) and "red 0.20 + S1 0.00" in step.confidence_parts
+
+
+def _doy_of(when: str) -> int:
+    return (date.fromisoformat(when) - date(2020, 12, 31)).days
 
 
 def _spectra_rows(spectra: Sequence[tuple[int, tuple[float, float, float, float]]]) -> list[list[object]]:

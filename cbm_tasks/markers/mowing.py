@@ -19,8 +19,9 @@ Method (S2, per parcel, valid observations only; ``mowing`` section of the param
    ``strong_drop``) + ``weight_bracket`` x (1 for a bracket of <= 6 days down to 0 at
    ``max_bracket_days``) + ``weight_recovery`` x (1 when NDVI rises again by ``min_recovery``
    within ``recovery_window_days`` - Sinergise's drop-and-recovery test; 0.5 when no later
-   observation can tell) + ``s1_bonus`` when Sentinel-1 coherence rises after the cut (short,
-   stable grass: Tamm 2016, Sen4CAP L4B coherence test) by ``min_coherence_rise`` and by
+   observation can tell) + ``weight_red`` x (the red rise from ``min_red_ratio`` to ``full_red_ratio``:
+   the cut signature as evidence, across long gaps too) + ``s1_bonus`` when Sentinel-1 coherence
+   rises after the cut (short, stable grass: Tamm 2016, Sen4CAP L4B coherence test) by ``min_coherence_rise`` and by
    ``coherence_noise_z`` standard errors of the rise, from the parcel's own coherence scatter (the
    coherence of a small parcel is noisy: a rise within its noise is no support).
 
@@ -125,6 +126,8 @@ class _P(IntEnum):
     max_events_per_season = 31
     max_step_days = 32
     coherence_noise_z = 33
+    weight_red = 34
+    full_red_ratio = 35
 
 
 _PARAM_ORDER = tuple(member.name for member in _P)
@@ -202,12 +205,13 @@ def _judge_step(k: int, n: int, idx: np.ndarray, day: np.ndarray, doy: np.ndarra
 
 
 # _score_step's answer: failed tests, confidence, main day, sources, three coherence rows, the confidence's
-# four parts, the coherence rise and the rise it had to reach
-_StepScore = tuple[int, float, float, int, int, int, int, float, float, float, float, float, float]
+# five parts, the coherence rise and the rise it had to reach
+_StepScore = tuple[int, float, float, int, int, int, int, float, float, float, float, float, float, float]
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: np.ndarray, after: float,
+def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: np.ndarray, red: np.ndarray,
+                after: float,
                 drop: float, main: float, coh_day: np.ndarray, coh_vv: np.ndarray, coh_interval: np.ndarray,
                 coh_lo: int, coh_hi: int, coh_noise: float,
                 p: np.ndarray) -> _StepScore:
@@ -215,8 +219,8 @@ def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: 
 
     Returns (failed tests NO_RECOVERY / LOW_CONFIDENCE, confidence, main date (refined by coherence
     inside a long gap), sources bitmask, coherence rows: dating pair, first pair after, last pair before,
-    the confidence's parts before their weights: drop, dating (bracket), regrowth, and the S1 bonus given; and
-    the coherence rise with the rise it had to reach (NaN without coherence on both sides).
+    the confidence's parts before their weights: drop, dating (bracket), regrowth, red rise, and the S1 bonus
+    given; and the coherence rise with the rise it had to reach (NaN without coherence on both sides).
 
     The rise must reach ``min_coherence_rise`` and ``coherence_noise_z`` standard errors of itself, from the
     parcel's own pair scatter *coh_noise* (``coherence_noise``; NaN: only the absolute floor).
@@ -224,6 +228,13 @@ def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: 
     t0, t1 = day[idx[k - 1]], day[idx[k]]
     c_drop = min(max((drop - p[_P.min_drop]) / max(p[_P.strong_drop] - p[_P.min_drop], 1e-6), 0.0), 1.0)
     c_bracket = min(max((p[_P.max_bracket_days] - (t1 - t0)) / max(p[_P.max_bracket_days] - 6.0, 1e-6), 0.0), 1.0)
+    # the cut signature in red as evidence, not only as _judge_step's gate: the rise beyond the gate's
+    # factor, up to full_red_ratio (why: marker_params.yaml, weight_red; NaN red, NDVI-only input: none)
+    red_ratio = max(red[idx[k]], red[idx[b]]) / red[idx[k - 1]]
+    c_red = 0.0
+    red_floor = max(p[_P.min_red_ratio], 1.0)
+    if np.isfinite(red_ratio) and p[_P.full_red_ratio] > red_floor:
+        c_red = min(max((red_ratio - red_floor) / (p[_P.full_red_ratio] - red_floor), 0.0), 1.0)
     c_rec = 0.5
     low_day = day[idx[b]]
     for j in range(b + 1, n):
@@ -237,7 +248,7 @@ def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: 
     if c_rec == 0.0 and p[_P.require_recovery] > 0.0:
         failed |= NO_RECOVERY  # a drop that stays down is senescence, drought, ploughing or harvest
     confidence = (p[_P.base_confidence] + p[_P.weight_drop] * c_drop + p[_P.weight_bracket] * c_bracket
-                  + p[_P.weight_recovery] * c_rec)
+                  + p[_P.weight_recovery] * c_rec + p[_P.weight_red] * c_red)
     sources = 1
     s1_date_row, s1_support_row, s1_baseline_row = -1, -1, -1
     rise, last_before, first_after, n_before, n_after = coherence_rise(
@@ -260,7 +271,7 @@ def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: 
         failed |= LOW_CONFIDENCE
     s1_part = p[_P.s1_bonus] if s1_support_row >= 0 else 0.0
     return (failed, min(confidence, 1.0), main, sources, s1_date_row, s1_support_row, s1_baseline_row, c_drop,
-            c_bracket, c_rec, s1_part, rise, need)
+            c_bracket, c_rec, c_red, s1_part, rise, need)
 
 
 @njit(cache=True, nogil=True)
@@ -301,8 +312,8 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
                 continue
             drop = before - after
             (failed, confidence, main, sources, s1_date_row, s1_support_row, s1_baseline_row,
-             _, _, _, _, _, _) = _score_step(
-                k, b, n, idx, day, ndvi, after, drop, main, coh_day, coh_vv, coh_interval, coh_offsets[parcel],
+             _, _, _, _, _, _, _) = _score_step(
+                k, b, n, idx, day, ndvi, red, after, drop, main, coh_day, coh_vv, coh_interval, coh_offsets[parcel],
                 coh_offsets[parcel + 1], coh_noise, p)
             if failed:
                 continue

@@ -72,9 +72,10 @@ class StepVerdict:
     ``confidence`` NaN when a test failed before it was scored; ``verdict`` ``mowing``, ``not a cut``,
     ``weaker than the cut of YYYY-MM-DD`` or ``over max_events``; ``failed`` the tests not passed;
     ``confidence_parts`` its sum as the marker made it (``base 0.20 + drop 0.14 + dating 0.05 +
-    regrowth 0.12 + S1 0.00 (coherence +0.03 < 0.11)``: the weighted drop size, date precision (the gap
-    between the two images), regrowth after the fall and Sentinel-1 coherence support, with the rise of VV
-    coherence and the rise it had to reach where coherence exists), empty when not scored.
+    regrowth 0.12 + red 0.08 + S1 0.00 (coherence +0.03 < 0.11)``: the weighted drop size, date precision
+    (the gap between the two images), regrowth after the fall, the rise of red (the cut signature) and
+    Sentinel-1 coherence support, with the rise of VV coherence and the rise it had to reach where
+    coherence exists), empty when not scored.
     """
 
     start_date: str
@@ -203,12 +204,12 @@ def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
             continue
         confidence, parts = np.nan, ""
         if not failed:
-            failed, confidence, main, _, _, _, _, c_drop, c_bracket, c_rec, s1_part, rise, need = _score_step(
-                k, b, len(idx), idx, s2.day, s2.ndvi, after, before - after, main, coh.day, coh.vv, coh.interval_days,
-                0, coh_hi, coh_noise, p)
+            failed, confidence, main, _, _, _, _, c_drop, c_bracket, c_rec, c_red, s1_part, rise, need = _score_step(
+                k, b, len(idx), idx, s2.day, s2.ndvi, red, after, before - after, main, coh.day, coh.vv,
+                coh.interval_days, 0, coh_hi, coh_noise, p)
             parts = (f"base {p[_P.base_confidence]:.2f} + drop {p[_P.weight_drop] * c_drop:.2f} + dating "
                      f"{p[_P.weight_bracket] * c_bracket:.2f} + regrowth {p[_P.weight_recovery] * c_rec:.2f} + "
-                     f"S1 {s1_part:.2f}{_coherence_note(rise, need)}")
+                     f"red {p[_P.weight_red] * c_red:.2f} + S1 {s1_part:.2f}{_coherence_note(rise, need)}")
         if failed:
             verdict = "not a cut"
         elif (float(s2.day[high]), float(s2.day[low])) in kept:

@@ -66,6 +66,9 @@ NEUTRAL: dict[tuple[str, str], float] = {
     # version 11
     ("validity", "max_red_spread"): 1e9,
     ("validity", "red_spread_factor"): 0.0,
+    # version 12
+    ("mowing", "weight_red"): 0.0,
+    ("mowing", "full_red_ratio"): 3.0,
 }
 
 
@@ -112,7 +115,7 @@ class MarkerParams:
 _FLAGS = frozenset({"require_recovery", "max_events_per_season", "crop_cycles", "every_cycle"})
 _FRACTIONS = frozenset({"min_clear_fraction", "max_blue_reflectance", "min_step_share", "max_pre_decline_share",
                         "min_relative_drop", "weight_drop", "weight_bracket", "weight_recovery", "base_confidence",
-                        "s1_bonus", "min_confidence", "no_cover_penalty"})
+                        "s1_bonus", "weight_red", "min_confidence", "no_cover_penalty"})
 _INDICES = frozenset({"min_bsi", "ndvi_threshold"})  # normalised differences, -1..1, like every *ndvi* key
 _AT_LEAST_ONE = frozenset({"max_events", "max_run"})
 # (section, first, last): the first must not exceed the last (periods, and the two ends of a scale)
