@@ -143,6 +143,7 @@ def test_bad_series_and_params_write_nothing(tmp_path: Path) -> None:
     ("harvest:\n  crop_cycles: 2\n", r"harvest\.crop_cycles must be 0 or 1, got 2"),
     ("bare_soil:\n  max_ndvi: 25\n", r"bare_soil\.max_ndvi must be an index value, -1 to 1, got 25"),
     ("mowing:\n  max_events: 0\n", r"mowing\.max_events must be at least 1, got 0"),
+    ("mowing:\n  full_red_ratio: 1.2\n", r"mowing\.min_red_ratio \(1\.3\) is above mowing\.full_red_ratio \(1\.2\)"),
 ])
 def test_params_out_of_range_are_named_and_write_nothing(tmp_path: Path, text: str, error: str) -> None:
     """A mis-scaled threshold (percent for a fraction, reflectance x 10000 ...) is an error, not a silent change."""

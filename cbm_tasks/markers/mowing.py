@@ -21,9 +21,9 @@ Method (S2, per parcel, valid observations only; ``mowing`` section of the param
    within ``recovery_window_days`` - Sinergise's drop-and-recovery test; 0.5 when no later
    observation can tell) + ``weight_red`` x (the red rise from ``min_red_ratio`` to ``full_red_ratio``:
    the cut signature as evidence, across long gaps too) + ``s1_bonus`` when Sentinel-1 coherence
-   rises after the cut (short, stable grass: Tamm 2016, Sen4CAP L4B coherence test) by ``min_coherence_rise`` and by
-   ``coherence_noise_z`` standard errors of the rise, from the parcel's own coherence scatter (the
-   coherence of a small parcel is noisy: a rise within its noise is no support).
+   rises after the cut (short, stable grass: Tamm 2016, Sen4CAP L4B coherence test) by
+   ``min_coherence_rise`` and by ``coherence_noise_z`` standard errors of the rise, from the parcel's
+   own coherence scatter (the coherence of a small parcel is noisy: a rise within its noise is no support).
 
 The kernel returns flat arrays (one row per event) and, per event, the rows of the observations
 that prove it (``EventArrays.obs``): the last high and the first low S2 observation, the coherence
@@ -211,9 +211,8 @@ _StepScore = tuple[int, float, float, int, int, int, int, float, float, float, f
 
 @njit(cache=True, nogil=True, inline="always")
 def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: np.ndarray, red: np.ndarray,
-                after: float,
-                drop: float, main: float, coh_day: np.ndarray, coh_vv: np.ndarray, coh_interval: np.ndarray,
-                coh_lo: int, coh_hi: int, coh_noise: float,
+                after: float, drop: float, main: float, coh_day: np.ndarray, coh_vv: np.ndarray,
+                coh_interval: np.ndarray, coh_lo: int, coh_hi: int, coh_noise: float,
                 p: np.ndarray) -> _StepScore:
     """Confidence of a candidate cut (see the module's method, point 4) and its S1 support.
 

@@ -118,10 +118,12 @@ _FRACTIONS = frozenset({"min_clear_fraction", "max_blue_reflectance", "min_step_
                         "s1_bonus", "weight_red", "min_confidence", "no_cover_penalty"})
 _INDICES = frozenset({"min_bsi", "ndvi_threshold"})  # normalised differences, -1..1, like every *ndvi* key
 _AT_LEAST_ONE = frozenset({"max_events", "max_run"})
-# (section, first, last): the first must not exceed the last (periods, and the two ends of a scale)
-_ORDERED = (("mowing", "season_start_doy", "season_end_doy"), ("harvest", "first_doy", "last_doy"),
-            ("emergence", "first_doy", "last_doy"), ("mowing", "min_drop", "strong_drop"),
-            ("data", "good_gap_days", "max_gap_days"))
+# (section, first, last, word): the first must not exceed the last (periods, and the two ends of a scale: a
+# red rise of full_red_ratio below the gate's min_red_ratio would switch the red part of a cut's confidence off)
+_ORDERED = (("mowing", "season_start_doy", "season_end_doy", "is after"),
+            ("harvest", "first_doy", "last_doy", "is after"), ("emergence", "first_doy", "last_doy", "is after"),
+            ("mowing", "min_drop", "strong_drop", "is above"), ("data", "good_gap_days", "max_gap_days", "is above"),
+            ("mowing", "min_red_ratio", "full_red_ratio", "is above"))
 
 
 def _range_error(key: str, value: float) -> str | None:
@@ -151,10 +153,10 @@ def check_ranges(sections: Mapping[str, Mapping[str, float]], source: str) -> No
             problem = _range_error(key, float(value))
             if problem:
                 raise ParamsFileError(f"marker parameters {source}: {section}.{key} {problem}, got {value!r}")
-    for section, first, last in _ORDERED:
+    for section, first, last, word in _ORDERED:
         values = sections.get(section, {})
         if first in values and last in values and values[first] > values[last]:
-            raise ParamsFileError(f"marker parameters {source}: {section}.{first} ({values[first]!r}) is after "
+            raise ParamsFileError(f"marker parameters {source}: {section}.{first} ({values[first]!r}) {word} "
                                   f"{section}.{last} ({values[last]!r})")
 
 
