@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -255,6 +256,10 @@ def test_cli_explains_a_file_and_writes_csv(tmp_path: Path, capsys: pytest.Captu
                      "--csv", str(out_csv)]) == 0
     text = capsys.readouterr().out
     assert "parcel p: " in text and "not used: clear share below" in text and text.count(": mowing") == 2
+    # a cut's line says how sure it is, part by part, as a fall below min_confidence does
+    cuts = [line for line in text.splitlines() if ": mowing" in line]
+    assert all(re.search(r": mowing \(base 0\.20 \+ drop [\d.]+ \+ dating [\d.]+ \+ regrowth [\d.]+ \+ red [\d.]+ "
+                         r"\+ S1 0\.00\)$", line) for line in cuts), cuts
     with out_csv.open(newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [r["verdict"] for r in rows].count("mowing") == 2 and {r["parcel_id"] for r in rows} == {"p"}

@@ -113,8 +113,10 @@ class MowingExplanation:
         stream.write(f"{len(self.steps)} falls of NDVI between used observations:\n")
         for s in self.steps:
             confidence = "" if np.isnan(s.confidence) else f" confidence {s.confidence:.2f}"
-            failed = f" ({s.failed}{' = ' + s.confidence_parts if 'min_confidence' in s.failed else ''})" \
-                if s.failed else ""
+            if s.failed:
+                failed = f" ({s.failed}{' = ' + s.confidence_parts if 'min_confidence' in s.failed else ''})"
+            else:  # a cut, or one the spacing or the count removed: how sure, part by part
+                failed = f" ({s.confidence_parts})" if s.confidence_parts else ""
             stream.write(f"  {s.start_date} -> {s.end_date}  NDVI {s.ndvi_high:.2f} -> {s.ndvi_low:.2f}  drop "
                          f"{s.drop:.2f} ({s.before:.2f} -> {s.after:.2f})  {_red_text(s.red_ratio)}{confidence}: "
                          f"{s.verdict}{failed}\n")
