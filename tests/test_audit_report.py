@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from audit_seed import AOI, YEAR, Seeded, seed
+from markupsafe import escape
 from matplotlib.image import imread
 
 from cbm_tasks import lineage
@@ -83,6 +84,10 @@ def test_parcel_report_html_and_pdf(seeded_db: tuple[psycopg.Connection, Seeded]
     mown = [str(main) for marker, main in events if marker == "mowing"]
     assert mown and [s.main_date for s in audit.mowing_falls if s.verdict == "mowing"] == sorted(mown)
     assert falls.count("<b>mowing</b>") == len(mown) and all(s.start_date in falls for s in audit.mowing_falls)
+    # a cut's row says how sure it is, part by part (drop, dating, regrowth, red rise, S1), as the command line does
+    cuts = [s for s in audit.mowing_falls if s.verdict == "mowing"]
+    assert all(s.confidence_parts and f'<b>mowing</b><span class="small"> ({escape(s.confidence_parts)})</span>'
+               in falls for s in cuts)
     # every product of the parcel's series, each with its extraction run
     products = conn.execute("SELECT DISTINCT pr.name FROM cbm.parcel_obs o JOIN cbm.product pr USING (product_id) "
                             "WHERE o.parcel_key = %s", (key,)).fetchall()
