@@ -140,11 +140,12 @@ _PARAM_ORDER = tuple(member.name for member in _P)
 
 @njit(cache=True, nogil=True, inline="always")
 def _judge_step(k: int, n: int, idx: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: np.ndarray,
-                red: np.ndarray, ndmi: np.ndarray, p: np.ndarray) -> tuple[int, float, float, int, float]:
+                red: np.ndarray, ndmi: np.ndarray, p: np.ndarray) -> tuple[int, float, float, int, float, float]:
     """Tests of the step from valid observation ``idx[k - 1]`` to ``idx[k]`` as a cut.
 
     Returns (mask of the failed tests, 0 for a candidate; level before; level after; position in
-    *idx* of the lowest observation after; main date).
+    *idx* of the lowest observation after; main date; the red ratio of the fall the red test judged,
+    which :func:`_score_step` also weighs: NaN without red).
     """
     high, low = ndvi[idx[k - 1]], ndvi[idx[k]]
     step = high - low
@@ -201,7 +202,7 @@ def _judge_step(k: int, n: int, idx: np.ndarray, day: np.ndarray, doy: np.ndarra
         failed |= BARE_AFTER
     if not p[_P.season_start_doy] <= main_doy <= p[_P.season_end_doy]:
         failed |= OUT_OF_SEASON
-    return failed, before, after, b, main
+    return failed, before, after, b, main, red_low / red[idx[k - 1]]
 
 
 # _score_step's answer: failed tests, confidence, main day, sources, three coherence rows, the confidence's
@@ -210,7 +211,7 @@ _StepScore = tuple[int, float, float, int, int, int, int, float, float, float, f
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: np.ndarray, red: np.ndarray,
+def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: np.ndarray, red_ratio: float,
                 after: float, drop: float, main: float, coh_day: np.ndarray, coh_vv: np.ndarray,
                 coh_interval: np.ndarray, coh_lo: int, coh_hi: int, coh_noise: float,
                 p: np.ndarray) -> _StepScore:
@@ -229,7 +230,6 @@ def _score_step(k: int, b: int, n: int, idx: np.ndarray, day: np.ndarray, ndvi: 
     c_bracket = min(max((p[_P.max_bracket_days] - (t1 - t0)) / max(p[_P.max_bracket_days] - 6.0, 1e-6), 0.0), 1.0)
     # the cut signature in red as evidence, not only as _judge_step's gate: the rise beyond the gate's
     # factor, up to full_red_ratio (why: marker_params.yaml, weight_red; NaN red, NDVI-only input: none)
-    red_ratio = max(red[idx[k]], red[idx[b]]) / red[idx[k - 1]]
     c_red = 0.0
     red_floor = max(p[_P.min_red_ratio], 1.0)
     if np.isfinite(red_ratio) and p[_P.full_red_ratio] > red_floor:
@@ -306,14 +306,14 @@ def _mowing_kernel(offsets: np.ndarray, day: np.ndarray, doy: np.ndarray, ndvi: 
             t0, t1 = day[idx[k - 1]], day[idx[k]]
             if step < p[_P.min_step] or t1 - t0 > p[_P.max_step_days]:
                 continue  # the cheap tests first: most steps are not drops
-            failed, before, after, b, main = _judge_step(k, n, idx, day, doy, ndvi, red, ndmi, p)
+            failed, before, after, b, main, red_ratio = _judge_step(k, n, idx, day, doy, ndvi, red, ndmi, p)
             if failed:
                 continue
             drop = before - after
             (failed, confidence, main, sources, s1_date_row, s1_support_row, s1_baseline_row,
              _, _, _, _, _, _, _) = _score_step(
-                k, b, n, idx, day, ndvi, red, after, drop, main, coh_day, coh_vv, coh_interval, coh_offsets[parcel],
-                coh_offsets[parcel + 1], coh_noise, p)
+                k, b, n, idx, day, ndvi, red_ratio, after, drop, main, coh_day, coh_vv, coh_interval,
+                coh_offsets[parcel], coh_offsets[parcel + 1], coh_noise, p)
             if failed:
                 continue
             cand[n_cand, 0] = t0

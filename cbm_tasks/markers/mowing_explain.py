@@ -201,13 +201,14 @@ def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
         high, low = idx[k - 1], idx[k]
         if s2.ndvi[high] - s2.ndvi[low] < min(_MIN_FALL, p[_P.min_step]):
             continue
-        failed, before, after, b, main = _judge_step(k, len(idx), idx, s2.day, doy, s2.ndvi, red, s2.ndmi, p)
+        failed, before, after, b, main, red_ratio = _judge_step(k, len(idx), idx, s2.day, doy, s2.ndvi, red, s2.ndmi,
+                                                                p)
         if failed & mowing.OUT_OF_SEASON or not _in_year(main, year):
             continue
         confidence, parts = np.nan, ""
         if not failed:
             failed, confidence, main, _, _, _, _, c_drop, c_bracket, c_rec, c_red, s1_part, rise, need = _score_step(
-                k, b, len(idx), idx, s2.day, s2.ndvi, red, after, before - after, main, coh.day, coh.vv,
+                k, b, len(idx), idx, s2.day, s2.ndvi, red_ratio, after, before - after, main, coh.day, coh.vv,
                 coh.interval_days, 0, coh_hi, coh_noise, p)
             parts = (f"base {p[_P.base_confidence]:.2f} + drop {p[_P.weight_drop] * c_drop:.2f} + dating "
                      f"{p[_P.weight_bracket] * c_bracket:.2f} + regrowth {p[_P.weight_recovery] * c_rec:.2f} + "
