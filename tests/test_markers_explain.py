@@ -210,6 +210,24 @@ def test_explanation_names_exactly_the_detected_cuts(tmp_path: Path, use_s1: boo
         assert _explained(series, use_s1) == detected
 
 
+def test_a_fall_shows_the_red_rise_its_red_test_judged(tmp_path: Path) -> None:
+    # cut on doy 180; the first image after it sees the swath still green (NDVI 0.6, red x1.23), the next,
+    # within the settling days, the stubble (red x5): the red test takes the higher, so must the explanation
+    rows = grass_rows("p", [180])
+    for row in rows:
+        if row[1] == "2021-06-29":
+            row[4] = "0.03000" if row[3] == "B04" else "0.12000"
+    red = {row[1]: float(row[4]) for row in rows if row[3] == "B04"}  # type: ignore[arg-type]
+    explanation = explain_mowing(read_series(write_rows(tmp_path / "s.csv", rows)), "p", PARAMS, year=2021)
+    cut = next(s for s in explanation.steps if s.end_date == "2021-06-29")
+    assert cut.verdict == "mowing" and cut.failed == ""
+    assert red["2021-06-29"] / red["2021-06-24"] < PARAMS.get("mowing", "min_red_ratio")
+    assert cut.red_ratio == pytest.approx(red["2021-07-04"] / red["2021-06-24"]) and cut.red_ratio > 4
+    out = io.StringIO()
+    explanation.write(out)
+    assert f"red x{cut.red_ratio:.2f} confidence" in out.getvalue()
+
+
 def test_each_fall_names_the_tests_it_failed(tmp_path: Path) -> None:
     # a grass plot cut on doy 180; a fall on doy 240 in which red falls with NIR (shadow-like; three images
     # long, so not a cloud dip); a cloudy image on doy 150

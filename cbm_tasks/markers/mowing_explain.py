@@ -67,10 +67,12 @@ class StepVerdict:
     """One fall of NDVI between two consecutive used observations, judged as a cut.
 
     ``before`` and ``after`` are the levels the drop is measured between (highest within the
-    look-back, lowest within the settling days); ``red_ratio`` the red reflectance of the low over
-    the high observation; ``ndmi_change`` the moisture index change (NaN without B11);
-    ``confidence`` NaN when a test failed before it was scored; ``verdict`` ``mowing``, ``not a cut``,
-    ``weaker than the cut of YYYY-MM-DD`` or ``over max_events``; ``failed`` the tests not passed;
+    look-back, lowest within the settling days); ``red_ratio`` the red rise the red test judged and the
+    confidence weighs: the red reflectance of the first low observation, or of the lowest within the
+    settling days where that is higher, over the high observation's (NaN without red); ``ndmi_change``
+    the moisture index change (NaN without B11); ``confidence`` NaN when a test failed before it was
+    scored; ``verdict`` ``mowing``, ``not a cut``, ``weaker than the cut of YYYY-MM-DD`` or ``over
+    max_events``; ``failed`` the tests not passed;
     ``confidence_parts`` its sum as the marker made it (``base 0.20 + drop 0.14 + dating 0.05 +
     regrowth 0.12 + red 0.08 + S1 0.00 (coherence +0.03 < 0.11)``: the weighted drop size, date precision
     (the gap between the two images), regrowth after the fall, the rise of red (the cut signature) and
@@ -139,10 +141,6 @@ def _cell(value: object) -> object:
     if isinstance(value, float):
         return "" if np.isnan(value) else f"{value:.4f}"
     return value
-
-
-def _ratio(low: float, high: float) -> float:
-    return float(low / high) if high > 0 else float("nan")
 
 
 def _coherence_note(rise: float, need: float) -> str:
@@ -223,7 +221,7 @@ def explain_mowing(series: SeriesTable, parcel_id: str, params: MarkerParams, *,
         steps.append(StepVerdict(
             day_to_date(s2.day[high]), day_to_date(s2.day[low]), day_to_date(main), float(s2.ndvi[high]),
             float(s2.ndvi[low]), float(before), float(after), float(before - after),
-            _ratio(s2.bands[low, 1], s2.bands[high, 1]), float(s2.ndmi[low] - s2.ndmi[high]), float(confidence),
+            float(red_ratio), float(s2.ndmi[low] - s2.ndmi[high]), float(confidence),
             verdict, failed_tests(STEP_TESTS, failed), parts))
     return MowingExplanation(str(parcel_id), params.hash, observations, steps)
 
