@@ -337,6 +337,23 @@ def test_database_series_equals_the_cores_own_grouping(db_url: str, seeded: Seed
     assert np.isnan(got.std[~red]).all()
 
 
+def test_the_read_raises_work_mem_for_its_transaction_only(db_url: str, seeded: SeededSet) -> None:
+    """The images' arrays are aggregated in memory, not spilled to disk: work_mem up for the read's transaction."""
+    keys = np.arange(1, N_PARCELS + 1, dtype=np.int32)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        products = db_read.read_products(conn, seeded.parcel_set_id)
+        before = conn.execute("SHOW work_mem").fetchone()
+        for session, during in ((None, db_read.READ_WORK_MEM), ("1GB", "1GB")):  # raised, never lowered
+            if session:
+                conn.execute("SET work_mem = '1GB'")
+            with conn.transaction():
+                db_read.read_parcel_series(conn, parcel_set_id=seeded.parcel_set_id, products=products,
+                                           parcel_keys=keys)
+                assert conn.execute("SHOW work_mem").fetchone() == (during,)
+            assert conn.execute("SHOW work_mem").fetchone() == (session or before[0],)  # type: ignore[index]
+    assert before != (db_read.READ_WORK_MEM,)
+
+
 def test_one_overpass_in_two_tiles_is_one_observation(db_url: str, seeded: SeededSet) -> None:
     """Two tiles of one datatake, dated 17 s apart (STAC dates each tile): a parcel in both is seen once."""
     with psycopg.connect(db_url, autocommit=True) as conn:
