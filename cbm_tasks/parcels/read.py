@@ -1,13 +1,13 @@
-"""Reading parcel registers: GeoPackage, shapefile (also zipped), GeoJSON, FlatGeobuf, GeoParquet.
+"""Reading parcel registers: GeoPackage, shapefile, GeoJSON, FlatGeobuf, GML, GeoParquet, also zipped.
 
-OGR formats are read through pyogrio's Arrow interface (a ``.zip`` is opened through
-``/vsizip/``); GeoParquet through pyarrow, because the bundled GDAL has no Parquet driver.
+OGR formats are read through pyogrio's Arrow interface (a ``.zip`` through ``/vsizip/``, at the
+register's place in the archive: :mod:`cbm_tasks.parcels.archive`); GeoParquet through pyarrow,
+because the bundled GDAL has no Parquet driver.
 Only the columns that are needed are read. The source CRS is kept: no reprojection.
 
-Columns are found case-insensitively from candidate lists that cover the national
-registers we meet (NL BRP, Flanders, Austria INSPIRE, Denmark, Finland, fiboa); see
-:data:`ID_CANDIDATES`. A parcel id may combine several columns (Denmark numbers fields
-within an application: ``Journalnr,Marknr``); the values are then joined with ``/``.
+Columns are found case-insensitively from candidate lists that cover the national registers
+(:mod:`cbm_tasks.parcels.columns`). A parcel id may combine several columns (Denmark numbers
+fields within an application: ``Journalnr,Marknr``); the values are then joined with ``/``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import pyogrio.errors
 import pyproj
 
 from cbm_tasks.errors import ParcelImportError
+from cbm_tasks.parcels.archive import register_in
 from cbm_tasks.parcels.columns import ParcelColumns, choose_columns, id_values, text_values
 from cbm_tasks.parcels.geometry import MAX_AREA_CHANGE, clean_geometries, parcel_areas_m2
 
@@ -80,7 +81,8 @@ class ParcelTable:
 
 @dataclass(frozen=True, slots=True)
 class _Source:
-    path: Path
+    path: Path | str  # a file, or a GDAL /vsizip/ path into an archive (parcels.archive)
+    shown: str  # the name messages give it
     layer: str | None
     fields: tuple[str, ...]  # readable columns, including a named GeoPackage fid column
     crs: str | dict[str, Any] | None
@@ -100,7 +102,7 @@ def read_parcels(
     """Read, validate and clean the parcels of a vector file.
 
     Args:
-        path: GeoPackage, shapefile (.shp or zipped), GeoJSON, FlatGeobuf or GeoParquet file.
+        path: GeoPackage, shapefile, GeoJSON, FlatGeobuf, GML or GeoParquet file, or a zip archive of one.
         layer: layer to read; needed only when the file has several polygon layers.
         id_column: parcel id column (or several, comma-separated); None = auto-detect.
         crop_code_column: None = auto-detect; "-" = the file has none.
@@ -117,17 +119,17 @@ def read_parcels(
         ParcelImportError: missing or unreadable file, no or conflicting CRS, unknown or
             ambiguous columns, duplicate parcel ids. Every message names the file.
     """
-    source = _open(Path(path).absolute(), layer)
-    name = str(source.path)
-    srid_out, crs = resolve_srid(source.crs, srid=srid, source=name)
-    columns = choose_columns(
-        source.fields,
-        id_column=id_column,
-        crop_code_column=crop_code_column,
-        crop_name_column=crop_name_column,
-        source=name,
-    )
-    values, wkb = _read_columns(source, columns.all())
+    with register_in(Path(path).absolute()) as (dataset, name):
+        source = _open(dataset, layer, name)
+        srid_out, crs = resolve_srid(source.crs, srid=srid, source=name)
+        columns = choose_columns(
+            source.fields,
+            id_column=id_column,
+            crop_code_column=crop_code_column,
+            crop_name_column=crop_name_column,
+            source=name,
+        )
+        values, wkb = _read_columns(source, columns.all())
     parcel_ids = id_values([values[c] for c in columns.id])
     _check_unique(parcel_ids, columns, name)
     cleaned = clean_geometries(wkb, max_area_change=max_area_change)
@@ -223,15 +225,15 @@ def _epsg_crs(srid: int, source: str) -> pyproj.CRS:
         raise ParcelImportError(f"{source}: srid {srid} is not an EPSG code known to PROJ") from err
 
 
-def _open(path: Path, layer: str | None) -> _Source:
-    if not path.exists():
-        raise ParcelImportError(f"parcel file {path} does not exist")
-    if path.suffix.lower() in _PARQUET_SUFFIXES:
-        return _open_geoparquet(path, layer)
+def _open(path: Path | str, layer: str | None, shown: str) -> _Source:
+    if isinstance(path, Path) and not path.exists():
+        raise ParcelImportError(f"parcel file {shown} does not exist")
+    if isinstance(path, Path) and path.suffix.lower() in _PARQUET_SUFFIXES:
+        return _open_geoparquet(path, layer, shown)
     try:
         layers = pyogrio.list_layers(path)
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as err:
-        raise ParcelImportError(f"{path}: not a vector format GDAL can read: {err}") from err
+        raise ParcelImportError(f"{shown}: not a vector format GDAL can read: {err}") from err
     names = [str(n) for n, _ in layers]
     if layer is None:
         polygonal = [str(n) for n, kind in layers if kind is not None and "Polygon" in str(kind)]
@@ -240,64 +242,64 @@ def _open(path: Path, layer: str | None) -> _Source:
         elif len(polygonal) == 1:
             layer = polygonal[0]
         else:
-            raise ParcelImportError(f"{path}: several layers ({', '.join(names)}); choose one with --layer")
+            raise ParcelImportError(f"{shown}: several layers ({', '.join(names)}); choose one with --layer")
     elif layer not in names:
-        raise ParcelImportError(f"{path}: no layer {layer!r}; layers are: {', '.join(names)}")
+        raise ParcelImportError(f"{shown}: no layer {layer!r}; layers are: {', '.join(names)}")
     try:
         info = pyogrio.read_info(path, layer=layer)
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as err:
-        raise ParcelImportError(f"{path}: cannot read layer {layer!r}: {err}") from err
+        raise ParcelImportError(f"{shown}: cannot read layer {layer!r}: {err}") from err
     if info["geometry_type"] is None:
-        raise ParcelImportError(f"{path}: layer {layer!r} has no geometry column")
+        raise ParcelImportError(f"{shown}: layer {layer!r} has no geometry column")
     fields = tuple(str(f) for f in info["fields"])
     fid_column = str(info.get("fid_column") or "") or None
     if fid_column in fields:  # GeoJSON reports a property "id" as fid column too
         fid_column = None
     if fid_column is not None:  # a GeoPackage primary key is a real, stored column
         fields = (fid_column, *fields)
-    return _Source(path, layer, fields, info["crs"], fid_column)
+    return _Source(path, shown, layer, fields, info["crs"], fid_column)
 
 
-def _open_geoparquet(path: Path, layer: str | None) -> _Source:
+def _open_geoparquet(path: Path, layer: str | None, shown: str) -> _Source:
     if layer is not None:
-        raise ParcelImportError(f"{path}: a GeoParquet file has no layers; drop --layer")
-    geo = _geo_metadata(path)
+        raise ParcelImportError(f"{shown}: a GeoParquet file has no layers; drop --layer")
+    geo = _geo_metadata(path, shown)
     primary = geo["primary_column"]
     meta = geo["columns"][primary]
     if meta.get("encoding", "WKB").upper() != "WKB":
         raise ParcelImportError(
-            f"{path}: geometry column {primary!r} has encoding {meta['encoding']!r}; only WKB is supported"
+            f"{shown}: geometry column {primary!r} has encoding {meta['encoding']!r}; only WKB is supported"
         )
     # GeoParquet: an absent "crs" means OGC:CRS84, an explicit null means unknown
     crs = meta["crs"] if "crs" in meta else "OGC:CRS84"
     fields = tuple(name for name in pq.read_schema(path).names if name != primary)
-    return _Source(path, None, fields, crs)
+    return _Source(path, shown, None, fields, crs)
 
 
-def _geo_metadata(path: Path) -> dict[str, Any]:
+def _geo_metadata(path: Path, shown: str) -> dict[str, Any]:
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as err:
-        raise ParcelImportError(f"{path}: not a readable Parquet file: {err}") from err
+        raise ParcelImportError(f"{shown}: not a readable Parquet file: {err}") from err
     raw = (schema.metadata or {}).get(b"geo")
     if raw is None:
-        raise ParcelImportError(f"{path}: a Parquet file without GeoParquet 'geo' metadata")
+        raise ParcelImportError(f"{shown}: a Parquet file without GeoParquet 'geo' metadata")
     try:
         geo: dict[str, Any] = json.loads(raw)
         geo["columns"][geo["primary_column"]]
     except (ValueError, KeyError, TypeError) as err:
-        raise ParcelImportError(f"{path}: malformed GeoParquet 'geo' metadata: {err}") from err
+        raise ParcelImportError(f"{shown}: malformed GeoParquet 'geo' metadata: {err}") from err
     return geo
 
 
 def _read_columns(source: _Source, columns: Sequence[str]) -> tuple[dict[str, list[Any]], list[bytes | None]]:
     """Return {column: values} and the WKB of every feature, in source order."""
-    if source.path.suffix.lower() in _PARQUET_SUFFIXES:
-        primary = _geo_metadata(source.path)["primary_column"]
+    if isinstance(source.path, Path) and source.path.suffix.lower() in _PARQUET_SUFFIXES:
+        primary = _geo_metadata(source.path, source.shown)["primary_column"]
         try:
             table = pq.read_table(source.path, columns=[*columns, primary])
         except (pa.ArrowException, OSError) as err:
-            raise ParcelImportError(f"{source.path}: cannot read: {err}") from err
+            raise ParcelImportError(f"{source.shown}: cannot read: {err}") from err
         geometry = primary
     else:
         wanted = [c for c in columns if c != source.fid_column]
@@ -309,7 +311,7 @@ def _read_columns(source: _Source, columns: Sequence[str]) -> tuple[dict[str, li
                 return_fids=len(wanted) < len(columns),
             )
         except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, pyogrio.errors.FieldError) as err:
-            raise ParcelImportError(f"{source.path}: cannot read layer {source.layer!r}: {err}") from err
+            raise ParcelImportError(f"{source.shown}: cannot read layer {source.layer!r}: {err}") from err
         geometry = meta["geometry_name"] or "wkb_geometry"
     values = {c: table[c].to_pylist() for c in columns}
     return values, table[geometry].to_pylist()
