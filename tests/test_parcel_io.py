@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import struct
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import shapely
 from conftest import shared_data
 
+from cbm_tasks.errors import ParcelImportError
 from cbm_tasks.parcels.columns import ParcelColumns, choose_columns, id_values, text_values
 from cbm_tasks.parcels.geometry import clean_geometries, geometry_md5, parcel_areas_m2
 from cbm_tasks.parcels.keys import plan_keys
@@ -31,6 +33,43 @@ def test_columns_are_detected_in_every_shared_register(name: str) -> None:
     assert table.columns == DETECTED[name]
     assert (table.n_read, table.n_parcels, table.rejections) == (100, 100, ())
     assert all(code is not None for code in table.crop_codes)
+
+
+# The columns of registers that are not in the shared data (as published: fiboa's test extracts), and
+# which the detection must take: a claimed area's id, the national crop code before EuroCrops' harmonised
+# one, the crop name where there is one
+NATIONAL = {
+    "cz": ("ID_UZ, JI, ID_SZR, ICO, DPB_ID, DPB_CTVERE, DPB_ZKOD, DPB_VYMERA, ROK, EKO, KULTURAKOD, ZAKRES_ID, "
+           "OP_ID, PLODINA_ID, PLOD_NAZE, DEKL_VYM", ParcelColumns(("ZAKRES_ID",), "PLODINA_ID", "PLOD_NAZE")),
+    "sk": ("KODKD, ZKODKD, PARCELA, PCUV, VYMERA, Shape_Leng, Shape_Area, LOKALITA_N, KULTURA_SK, KULTURA_NA, "
+           "PLODINA, SUBJEKT_NA", None),  # no crop code: an error naming the option
+    "si (EuroCrops)": ("ID, GERK_PID, SIFRA_KMRS, AREA, RASTLINA, CROP_LAT_E, COLOR, EC_NUTS3, EC_trans_n, "
+                       "EC_hcat_n, EC_hcat_c", ParcelColumns(("ID",), "SIFRA_KMRS", "RASTLINA")),
+    "lv (EuroCrops)": ("OBJECTID, PERIOD_COD, PARCEL_ID, PRODUCT_CO, AID_FORMS, AREA_DECLA, PRODUCT_DE, "
+                       "EC_trans_n, EC_hcat_n, EC_hcat_c", ParcelColumns(("PARCEL_ID",), "PRODUCT_CO", "PRODUCT_DE")),
+    "es (SIGPAC)": ("dn_oid, provincia, municipio, poligono, parcela, recinto, uso_sigpac, dn_surface",
+                    ParcelColumns(("dn_oid",), "uso_sigpac", None)),
+    "be_wal": ("fid, OBJECTID, CAMPAGNE, CULT_COD, CULT_NOM, GROUPE_CULT, SURF_HA",
+               ParcelColumns(("OBJECTID",), "CULT_COD", "CULT_NOM")),
+    "ie (INSPIRE GML)": ("gml_id, name, localId, namespace, identifier, crop_code, crop_name",
+                         ParcelColumns(("localId",), "crop_code", "crop_name")),
+    "ro (EuroCrops)": ("id, COUNTRYCOD, LC_CLASS, LC_MAPCODE, LC_CLASS_N, EC_hcat_n, EC_hcat_c",
+                       ParcelColumns(("id",), "LC_MAPCODE", "LC_CLASS_N")),
+    "hr": ("id, land_use_id, home_name, area, perim, slope", ParcelColumns(("id",), "land_use_id", None)),
+}
+
+
+@pytest.mark.parametrize("country", sorted(NATIONAL))
+def test_columns_of_other_national_registers_are_detected(country: str) -> None:
+    fields, expected = NATIONAL[country]
+    names = [f.strip() for f in fields.split(",")]
+    detect = {"id_column": None, "crop_code_column": None, "crop_name_column": None, "source": country}
+    if expected is None:
+        with pytest.raises(ParcelImportError, match=f"{re.escape(country)}: no crop code column found among: "
+                                                    r"KODKD, .* name it with --crop-code-column"):
+            choose_columns(names, **detect)
+    else:
+        assert choose_columns(names, **detect) == expected
 
 
 def test_dk_crop_names_keep_their_letters() -> None:

@@ -4,12 +4,15 @@ Auto-detection walks tiers of candidate names (compared case-insensitively): gen
 first, then the national schemes, then the bare ``id``. The first tier with a match wins;
 two matches in the same tier are ambiguous and the user must choose. An explicit column
 name is matched exactly, else case-insensitively. ``"-"`` declares that the file has no such
-column (crop code and crop name only; a parcel id is always needed).
+column (crop code and crop name only; a parcel id is always needed). A crop code that is not
+found is an error (the scheme rules map crop codes); a crop name that is not found, beside a
+crop code that is, is only a warning.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,19 +31,42 @@ __all__ = [
     "text_values",
 ]
 
+log = logging.getLogger(__name__)
+
 NO_COLUMN = "-"
 ID_SEPARATOR = "/"
 
-# Each tier is a tuple of candidates; a candidate is one column or a combination of columns.
+# Each tier is a tuple of candidates; a candidate is one column or a combination of columns. The
+# national names are the columns the registers publish their parcel (or claimed crop area) id and
+# declared crop in, as the fiboa converters read them; shapefiles cut names to 10 characters, so
+# both spellings are listed where they differ. Names that other registers use for something else
+# (a field block, a row number) stay in a later tier than the registers' own.
 ID_CANDIDATES: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("parcel_id",), ("parcelid",), ("id_parcel",), ("field_id",)),
     (
         ("ref_id",),  # Flanders, Landbouwgebruikspercelen
         ("geo_id",),  # Austria, INSPIRE Schlaege
+        ("rfl_id",),  # Austria, INSPIRE Referenzen (reference parcels)
         ("journalnr", "marknr"),  # Denmark, Marker: Marknr counts fields within one application
         ("peruslohkotunnus", "lohkonumero"),  # Finland, base parcel + plant parcel number
+        ("zakres_id",),  # Czechia, LPIS claimed areas (ZAKRES)
+        ("kodkd",),  # Slovakia, LPIS land part code
+        ("phbident",),  # Bulgaria, physical block
+        ("dn_oid",),  # Spain, SIGPAC recinto (every region's export)
+        ("id_recinto",),  # Spain, Andalusia
+        ("pollu_id",),  # Estonia
+        ("nma_id",),  # Lithuania
+        ("osa_id",),  # Portugal
+        ("fbi_kurz",),  # Germany, Thuringia
+        ("csbid",),  # USA, USDA crop sequence boundaries
+        ("uniqueid",),  # USA, California statewide crop mapping
+        ("polygon_uuid",),  # Japan, field polygons
+        ("cropfield",),  # Italy
     ),
-    (("id",),),  # fiboa; NL BRP (the GeoPackage key)
+    (("flik",), ("localid",)),  # field blocks (Schleswig-Holstein, Luxembourg); INSPIRE's local id (Ireland, Wallonia)
+    (("identifier",),),  # Germany, Saarland
+    (("id",),),  # fiboa; NL BRP (the GeoPackage key); Slovenia, Croatia
+    (("objectid",),),  # an ESRI row number: the id of last resort (Belgium, Wallonia)
 )
 CROP_CODE_CANDIDATES: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("crop_code",), ("cropcode",), ("crop:code",)),
@@ -51,7 +77,24 @@ CROP_CODE_CANDIDATES: tuple[tuple[tuple[str, ...], ...], ...] = (
         ("afgkode",),  # Denmark
         ("kasvikoodi",),  # Finland
         ("code_cultu",),  # France RPG
+        ("plodina_id",),  # Czechia
+        ("cult_cod",),  # Belgium, Wallonia (SIGEC)
+        ("sifra_kmrs",),  # Slovenia
+        ("product_code",), ("product_co",),  # Latvia
+        ("taotletud_kultuur",), ("taotletud_",),  # Estonia (requested crop)
+        ("lc_mapcode",),  # Romania
+        ("uso_sigpac",), ("cd_uso",), ("cultivo_co",),  # Spain: SIGPAC use; Andalusia; Canary Islands
+        ("cul_codigo",),  # Portugal
+        ("grdkod_mar",),  # Sweden
+        ("land_use_id",),  # Croatia
+        ("lnf_code",),  # Switzerland
+        ("nc_festg",),  # Germany, Lower Saxony
+        ("bodennutzu",),  # Germany, Mecklenburg-Western Pomerania
+        ("original_code",),  # Italy
+        ("main_crop",),  # USA, California
     ),
+    (("ec_hcat_c",), ("crop_id",)),  # EuroCrops' harmonised code (beside a national one, that one wins)
+    (("code",),),  # Germany, Brandenburg and North Rhine-Westphalia (a bare "code": last)
 )
 CROP_NAME_CANDIDATES: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("crop_name",), ("cropname",), ("crop:name",)),
@@ -61,7 +104,20 @@ CROP_NAME_CANDIDATES: tuple[tuple[tuple[str, ...], ...], ...] = (
         ("snar_bezeichnung",),
         ("afgroede",),
         ("kasvikoodi_selite_fi",),
+        ("plod_naze",),  # Czechia
+        ("plodina",),  # Slovakia
+        ("cult_nom",),  # Belgium, Wallonia
+        ("rastlina",),  # Slovenia
+        ("product_description",), ("product_de",),  # Latvia
+        ("lc_class_n",),  # Romania
+        ("usageeng",),  # Bulgaria (English)
+        ("cultiu",),  # Spain, Catalonia
+        ("cultivo_na",),  # Spain, Canary Islands
+        ("nutzung",),  # Switzerland
+        ("code_txt",), ("code_bez",),  # Germany, North Rhine-Westphalia; Brandenburg
+        ("grupe",),  # Lithuania
     ),
+    (("ec_hcat_n",),),  # EuroCrops' harmonised name
 )
 
 
@@ -103,11 +159,18 @@ def choose_columns(
         ids = tuple(_resolve(fields, part.strip(), "--id-column", source) for part in id_column.split(","))
     else:
         ids = _detect(fields, ID_CANDIDATES, "parcel id", "--id-column", source, optional=False)
-    return ParcelColumns(
-        id=ids,
-        crop_code=_optional(fields, crop_code_column, CROP_CODE_CANDIDATES, "crop code", "--crop-code-column", source),
-        crop_name=_optional(fields, crop_name_column, CROP_NAME_CANDIDATES, "crop name", "--crop-name-column", source),
-    )
+    crop_code = _optional(fields, crop_code_column, CROP_CODE_CANDIDATES, "crop code", "--crop-code-column", source)
+    try:
+        crop_name = _optional(fields, crop_name_column, CROP_NAME_CANDIDATES, "crop name", "--crop-name-column",
+                              source)
+    except ParcelImportError:
+        if crop_name_column is not None or crop_code is None:
+            raise
+        # the code is what the scheme rules map; a register without the crop's name is imported without it
+        log.warning("%s: no crop name column found among %s; imported without crop names (--crop-name-column "
+                    "names one)", source, ", ".join(fields))
+        crop_name = None
+    return ParcelColumns(id=ids, crop_code=crop_code, crop_name=crop_name)
 
 
 def _optional(
