@@ -266,6 +266,13 @@ def test_jrc_info_lists_the_granted_aois_with_working_examples(client: TestClien
     assert set(client.get("/query/info?aoi=beta", auth=root).json()["aois"]) == {"beta"}
     assert client.get("/query/info?aoi=beta", auth=world.basic("ann")).status_code == 403
     assert client.get("/query/info").status_code == 401
+    # JRC's /query/options: the granted AOIs and their years as strings, the latest first
+    assert client.get("/query/options", auth=root).json() == {
+        "aois": {"alpha": {"desc": "alpha", "year": ["2018"]}, "beta": {"desc": "beta", "year": ["2018"]}}}
+    assert client.get("/query/options", auth=world.basic("ann")).json() == {
+        "aois": {"alpha": {"desc": "alpha", "year": ["2018"]}}}
+    assert client.get("/query/options", auth=world.basic("eve")).json() == {"aois": {}}
+    assert client.get("/query/options").status_code == 401
 
 
 def test_chip_png_and_geotiff_cut_around_the_parcel(client: TestClient, world: World) -> None:

@@ -321,6 +321,22 @@ def info(
     })
 
 
+@router.get("/options", summary="The granted AOIs with their description and parcel-set years (JRC)")
+def options(user: CurrentUser, ctx: Context) -> Response:
+    """JRC's ``config/options.json`` answer, from the database: ``{"aois": {name: {"desc", "year"}}}``.
+
+    Years are strings, the latest first, as JRC's file lists them; ``desc`` is the AOI's description
+    (its name where it has none).
+    """
+    with ctx.connection() as conn:
+        sets = queries.aoi_parcel_sets(conn, user)
+        descriptions = queries.aoi_descriptions(conn, sorted({s["aoi"] for s in sets}))
+    aois = {name: {"desc": descriptions.get(name) or name,
+                   "year": [str(s["year"]) for s in reversed(sets) if s["aoi"] == name]}
+            for name in sorted({s["aoi"] for s in sets})}
+    return json_response({"aois": aois})
+
+
 @router.get("/weatherTimeSeries", summary="Not served: this deployment holds no weather series (JRC)")
 def weather_time_series(user: CurrentUser) -> Response:
     return nothing("weatherTimeSeries: this deployment holds no weather data (JRC's meteo grids are not part of "

@@ -115,6 +115,12 @@ def aoi_parcel_sets(conn: psycopg.Connection, principal: Principal) -> list[dict
              "bbox": None if r[4] is None else [r[4], r[5], r[6], r[7]], "inner_buffer_m": r[8]} for r in rows]
 
 
+def aoi_descriptions(conn: psycopg.Connection, names: list[str]) -> dict[str, str | None]:
+    """Return the description of each AOI of *names* (callers pass granted AOIs only)."""
+    rows = conn.execute("SELECT name, description FROM cbm.aoi WHERE name = ANY(%s)", (names,)).fetchall()
+    return {str(name): description for name, description in rows}
+
+
 def _geometry_sql(geometry: str | None) -> sql.Composable:
     if geometry == "wgs84":
         return sql.SQL("ST_AsGeoJSON(ST_Transform(p.geom, 4326), 7)")
