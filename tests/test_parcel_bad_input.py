@@ -183,17 +183,18 @@ def test_missing_and_ambiguous_columns(baseline: psycopg.Connection, tmp_path: P
         match=r"nameless\.geojson: no parcel id column found among: naam, crop_code; name it with --id-column",
     ):
         import_parcels(baseline, nameless, aoi="nl", year=2023)
-    codeless = geojson(tmp_path / "codeless.geojson", [({"naam": "x", "gewas": "gras"}, square())])
-    with pytest.raises(ParcelImportError, match=r"codeless\.geojson: no crop code column found among: naam, gewas; "
-                                                r"name it with --crop-code-column \(or --crop-code-column - when"):
-        import_parcels(baseline, codeless, aoi="nl", year=2023, id_column="naam")  # the rules map crop codes
     with pytest.raises(ParcelImportError, match=r"column 'naam_nl' given as --crop-name-column does not exist"):
         import_parcels(baseline, nameless, aoi="nl", year=2023, id_column="naam", crop_name_column="naam_nl")
-    # a crop code without the crop's name is imported, with a warning (rolled back by the fixture)
+    # a crop column not found is a warning: the parcels are imported without (rolled back by the fixture)
     report = import_parcels(baseline, nameless, aoi="nameless", year=2023, id_column="naam")
     assert report.n_imported == 1 and baseline.execute(
         "SELECT parcel_id, crop_code, crop_name FROM cbm.parcel WHERE parcel_set_id = %s", (report.parcel_set_id,)
     ).fetchall() == [("x", "1", None)]
+    codeless = geojson(tmp_path / "codeless.geojson", [({"naam": "x", "gewas": "gras"}, square())])
+    report = import_parcels(baseline, codeless, aoi="codeless", year=2023, id_column="naam")
+    assert report.columns is not None and (report.columns.crop_code, report.columns.crop_name) == (None, "gewas")
+    with pytest.raises(ParcelImportError, match=r"codeless\.geojson: column 'teelt' given as --crop-code-column"):
+        import_parcels(baseline, codeless, aoi="codeless2", year=2023, id_column="naam", crop_code_column="teelt")
     both = geojson(tmp_path / "both.geojson", [({"REF_ID": 1, "GEO_ID": 2, "crop_code": "1"}, square())])
     with pytest.raises(ParcelImportError, match=r"both\.geojson: ambiguous parcel id column: REF_ID or GEO_ID"):
         import_parcels(baseline, both, aoi="nl", year=2023)

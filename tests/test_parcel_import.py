@@ -365,8 +365,20 @@ def test_cli_import_and_list(
     dk = shared_data("parcels", "dk_2026_shp.zip")
     args = ["parcels", "import", str(dk), "--aoi", "dk", "--year", "2026", "--reject-report", str(report_csv)]
     assert main(args) == 0
-    assert "100 of 100 parcels imported, 0 repaired, 0 rejected; 100 new" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "100 of 100 parcels imported, 0 repaired, 0 rejected; 100 new" in out
+    assert "columns: parcel id Journalnr,Marknr, crop code Afgkode, crop name Afgroede\n" in out
     assert report_csv.read_text().strip() == "source_fid,parcel_id,reason"
+    # a register of field blocks, without crops: imported, and the maintainer told what that means
+    blocks = tmp_path / "blocks.geojson"
+    ring = [[9.5, 54.2], [9.501, 54.2], [9.501, 54.201], [9.5, 54.2]]
+    blocks.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {"FLIK": "DESHLI0123456789"},
+        "geometry": {"type": "Polygon", "coordinates": [ring]}}]}))
+    assert main(["parcels", "import", str(blocks), "--aoi", "blocks", "--year", "2024"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 1 parcels imported" in out and "columns: parcel id FLIK, crop code -, crop name -\n" in out
+    assert "warning: no crop code column found: the parcels are extracted, but no aid scheme applies" in out
     mixed = write_mixed_geojson(tmp_path / "mixed.geojson")
     assert main(["parcels", "import", str(mixed), "--aoi", "mixed", "--year", "2024"]) == 0
     out = capsys.readouterr().out
@@ -376,6 +388,7 @@ def test_cli_import_and_list(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:8] == ["aoi", "year", "set", "parcels", "srid", "buffer_m", "version", "imported_at"]
     assert [line.split()[:2] + line.split()[3:7] for line in lines[1:]] == [
+        ["blocks", "2024", "1", "4326", "0", "1"],
         ["dk", "2026", "100", "25832", "0", "1"],
         ["mixed", "2024", "3", "4326", "0", "1"],
     ]
@@ -383,7 +396,8 @@ def test_cli_import_and_list(
     err = capsys.readouterr().err
     assert "dk_2026_shp.zip" in err and "occur more than once" in err and "'1-0'" in err
     with psycopg.connect(db_url) as check:
-        assert [(s.aoi, s.version, s.n_parcels) for s in list_parcel_sets(check)] == [("dk", 1, 100), ("mixed", 1, 3)]
+        assert [(s.aoi, s.version, s.n_parcels) for s in list_parcel_sets(check)] == [
+            ("blocks", 1, 1), ("dk", 1, 100), ("mixed", 1, 3)]
 
 
 def test_concurrent_imports_of_a_new_set_serialise(db_url: str) -> None:

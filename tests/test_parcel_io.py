@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import struct
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 import shapely
 from conftest import shared_data
 
-from cbm_tasks.errors import ParcelImportError
 from cbm_tasks.parcels.columns import ParcelColumns, choose_columns, id_values, text_values
 from cbm_tasks.parcels.geometry import clean_geometries, geometry_md5, parcel_areas_m2
 from cbm_tasks.parcels.keys import plan_keys
@@ -42,7 +40,7 @@ NATIONAL = {
     "cz": ("ID_UZ, JI, ID_SZR, ICO, DPB_ID, DPB_CTVERE, DPB_ZKOD, DPB_VYMERA, ROK, EKO, KULTURAKOD, ZAKRES_ID, "
            "OP_ID, PLODINA_ID, PLOD_NAZE, DEKL_VYM", ParcelColumns(("ZAKRES_ID",), "PLODINA_ID", "PLOD_NAZE")),
     "sk": ("KODKD, ZKODKD, PARCELA, PCUV, VYMERA, Shape_Leng, Shape_Area, LOKALITA_N, KULTURA_SK, KULTURA_NA, "
-           "PLODINA, SUBJEKT_NA", None),  # no crop code: an error naming the option
+           "PLODINA, SUBJEKT_NA", ParcelColumns(("KODKD",), None, "PLODINA")),  # crop names only
     "si (EuroCrops)": ("ID, GERK_PID, SIFRA_KMRS, AREA, RASTLINA, CROP_LAT_E, COLOR, EC_NUTS3, EC_trans_n, "
                        "EC_hcat_n, EC_hcat_c", ParcelColumns(("ID",), "SIFRA_KMRS", "RASTLINA")),
     "lv (EuroCrops)": ("OBJECTID, PERIOD_COD, PARCEL_ID, PRODUCT_CO, AID_FORMS, AREA_DECLA, PRODUCT_DE, "
@@ -56,6 +54,10 @@ NATIONAL = {
     "ro (EuroCrops)": ("id, COUNTRYCOD, LC_CLASS, LC_MAPCODE, LC_CLASS_N, EC_hcat_n, EC_hcat_c",
                        ParcelColumns(("id",), "LC_MAPCODE", "LC_CLASS_N")),
     "hr": ("id, land_use_id, home_name, area, perim, slope", ParcelColumns(("id",), "land_use_id", None)),
+    "se": ("arslager, blockid, skiftesbet, grdkod_mar, grdkod_und, ansokt_are, faststalld",
+           ParcelColumns(("blockid", "skiftesbet"), "grdkod_mar", None)),
+    "es (Catalonia)": ("fid, campanya, provincia, comarca, municipi, idmun, grup, cultiu, seca_regad, varietat, ha",
+                       ParcelColumns(("fid",), None, "cultiu")),  # the GeoPackage's key: no other id
 }
 
 
@@ -64,12 +66,7 @@ def test_columns_of_other_national_registers_are_detected(country: str) -> None:
     fields, expected = NATIONAL[country]
     names = [f.strip() for f in fields.split(",")]
     detect = {"id_column": None, "crop_code_column": None, "crop_name_column": None, "source": country}
-    if expected is None:
-        with pytest.raises(ParcelImportError, match=f"{re.escape(country)}: no crop code column found among: "
-                                                    r"KODKD, .* name it with --crop-code-column"):
-            choose_columns(names, **detect)
-    else:
-        assert choose_columns(names, **detect) == expected
+    assert choose_columns(names, **detect) == expected
 
 
 def test_dk_crop_names_keep_their_letters() -> None:

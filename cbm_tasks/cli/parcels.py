@@ -70,6 +70,13 @@ def _import(args: argparse.Namespace) -> int:
         f"{report.n_repaired} repaired, {report.n_rejected} rejected; "
         f"{report.n_new} new, {report.n_changed} changed, {report.n_removed} removed\n"
     )
+    if report.columns is not None:
+        columns = report.columns
+        sys.stdout.write(f"columns: parcel id {','.join(columns.id)}, crop code {columns.crop_code or '-'}, "
+                         f"crop name {columns.crop_name or '-'}\n")
+        if columns.crop_code is None and args.crop_code_column != NO_COLUMN:
+            sys.stdout.write("warning: no crop code column found: the parcels are extracted, but no aid scheme "
+                             "applies to a parcel without a crop code (--crop-code-column names it)\n")
     if report.inner_buffer_m:
         sys.stdout.write(f"inner buffer {report.inner_buffer_m} m: the extraction reads the parcels shrunk by it; "
                          f"{report.n_unbuffered} parcels too small for it are extracted whole\n")

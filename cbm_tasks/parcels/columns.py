@@ -4,9 +4,10 @@ Auto-detection walks tiers of candidate names (compared case-insensitively): gen
 first, then the national schemes, then the bare ``id``. The first tier with a match wins;
 two matches in the same tier are ambiguous and the user must choose. An explicit column
 name is matched exactly, else case-insensitively. ``"-"`` declares that the file has no such
-column (crop code and crop name only; a parcel id is always needed). A crop code that is not
-found is an error (the scheme rules map crop codes); a crop name that is not found, beside a
-crop code that is, is only a warning.
+column (crop code and crop name only; a parcel id is always needed). A crop code or name column
+that is not found is a warning, and the parcels are imported without (a register of field blocks
+has no crops; no scheme rule applies to a parcel without a crop code); a column named but absent,
+or two that qualify, are errors.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ ID_CANDIDATES: tuple[tuple[tuple[str, ...], ...], ...] = (
         ("rfl_id",),  # Austria, INSPIRE Referenzen (reference parcels)
         ("journalnr", "marknr"),  # Denmark, Marker: Marknr counts fields within one application
         ("peruslohkotunnus", "lohkonumero"),  # Finland, base parcel + plant parcel number
+        ("blockid", "skiftesbet"),  # Sweden: field (skifte) designation within its block
+        ("t_id",),  # Switzerland, the INTERLIS object id of a land use area
         ("zakres_id",),  # Czechia, LPIS claimed areas (ZAKRES)
         ("kodkd",),  # Slovakia, LPIS land part code
         ("phbident",),  # Bulgaria, physical block
@@ -67,6 +70,7 @@ ID_CANDIDATES: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("identifier",),),  # Germany, Saarland
     (("id",),),  # fiboa; NL BRP (the GeoPackage key); Slovenia, Croatia
     (("objectid",),),  # an ESRI row number: the id of last resort (Belgium, Wallonia)
+    (("fid",),),  # a GeoPackage's own key, or a feature number property (Catalonia, NL reference parcels)
 )
 CROP_CODE_CANDIDATES: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("crop_code",), ("cropcode",), ("crop:code",)),
@@ -153,24 +157,20 @@ def choose_columns(
         source: file name for messages.
 
     Raises:
-        ParcelImportError: a given column does not exist, or detection finds none or several.
+        ParcelImportError: a given column does not exist, detection finds several, or no parcel id.
     """
     if id_column is not None:
         ids = tuple(_resolve(fields, part.strip(), "--id-column", source) for part in id_column.split(","))
+    elif (detected := _detect(fields, ID_CANDIDATES, "parcel id", "--id-column", source)) is not None:
+        ids = detected
     else:
-        ids = _detect(fields, ID_CANDIDATES, "parcel id", "--id-column", source, optional=False)
-    crop_code = _optional(fields, crop_code_column, CROP_CODE_CANDIDATES, "crop code", "--crop-code-column", source)
-    try:
-        crop_name = _optional(fields, crop_name_column, CROP_NAME_CANDIDATES, "crop name", "--crop-name-column",
-                              source)
-    except ParcelImportError:
-        if crop_name_column is not None or crop_code is None:
-            raise
-        # the code is what the scheme rules map; a register without the crop's name is imported without it
-        log.warning("%s: no crop name column found among %s; imported without crop names (--crop-name-column "
-                    "names one)", source, ", ".join(fields))
-        crop_name = None
-    return ParcelColumns(id=ids, crop_code=crop_code, crop_name=crop_name)
+        raise ParcelImportError(f"{source}: no parcel id column found among: {', '.join(fields)}; "
+                                "name it with --id-column")
+    return ParcelColumns(
+        id=ids,
+        crop_code=_optional(fields, crop_code_column, CROP_CODE_CANDIDATES, "crop code", "--crop-code-column", source),
+        crop_name=_optional(fields, crop_name_column, CROP_NAME_CANDIDATES, "crop name", "--crop-name-column", source),
+    )
 
 
 def _optional(
@@ -185,7 +185,14 @@ def _optional(
         return None
     if given is not None:
         return _resolve(fields, given, option, source)
-    return _detect(fields, tiers, what, option, source, optional=True)[0]
+    found = _detect(fields, tiers, what, option, source)
+    if found is None:
+        # a register without crops (field blocks, reference parcels) is a parcel set still: its parcels
+        # are extracted, only no scheme rule applies to a parcel without a crop code (the import says so)
+        log.warning("%s: no %s column found among %s; imported without (%s names one)", source, what,
+                    ", ".join(fields), option)
+        return None
+    return found[0]
 
 
 def _resolve(fields: Sequence[str], given: str, option: str, source: str) -> str:
@@ -205,9 +212,8 @@ def _detect(
     what: str,
     option: str,
     source: str,
-    *,
-    optional: bool,
-) -> tuple[str, ...]:
+) -> tuple[str, ...] | None:
+    """The columns of the first tier with a match (None: no tier matches); two in a tier are an error."""
     by_name: dict[str, list[str]] = {}
     for field in fields:
         by_name.setdefault(field.casefold(), []).append(field)
@@ -220,8 +226,7 @@ def _detect(
             choices = " or ".join(",".join(names) for names in spelled)
             raise ParcelImportError(f"{source}: ambiguous {what} column: {choices} all qualify; choose with {option}")
         return spelled[0]
-    hint = f" (or {option} {NO_COLUMN} when the file has no {what})" if optional else ""
-    raise ParcelImportError(f"{source}: no {what} column found among: {', '.join(fields)}; name it with {option}{hint}")
+    return None
 
 
 def _text(value: Any) -> str | None:

@@ -24,6 +24,7 @@ import psycopg
 # the listing lives with the AOI look-ups (light: `cbm parcels list` loads no pandas); kept importable here
 from cbm_tasks.aoi import ParcelSetInfo, ensure_aoi, list_parcel_sets
 from cbm_tasks.errors import ParcelImportError, TransientError
+from cbm_tasks.parcels.columns import ParcelColumns
 from cbm_tasks.parcels.geometry import geometry_md5
 from cbm_tasks.parcels.inner_buffer import check_units, shrink
 from cbm_tasks.parcels.keys import KeyPlan, plan_keys
@@ -73,6 +74,7 @@ class ImportReport:
     overlaps: OverlapSummary = OverlapSummary()  # parcels whose areas overlap (cbm.parcel_overlap)
     inner_buffer_m: int = 0  # the extraction reads the parcels shrunk by this (parcels.inner_buffer)
     n_unbuffered: int = 0  # parcels the inner buffer would empty: extracted whole
+    columns: ParcelColumns | None = None  # the file's columns read as parcel id, crop code, crop name
 
 
 def import_parcels(
@@ -198,6 +200,7 @@ def load_parcels(
         overlaps=done.overlaps,
         inner_buffer_m=done.inner_buffer_m,
         n_unbuffered=done.n_unbuffered,
+        columns=table.columns,
     )
     overlaps = done.overlaps
     if overlaps.n_pairs:
