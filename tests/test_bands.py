@@ -120,6 +120,24 @@ def test_geotiff_without_descriptions_and_scl(tmp_path: Path) -> None:
     assert (band.categorical, band.n_classes) == (True, 12)
 
 
+def test_a_one_band_file_without_description_is_the_band_its_name_names(tmp_path: Path) -> None:
+    # a product's bands as one file each (CDSE, Earth Search, JRC's chips): the markers need B04 and B08 by name
+    named = {"T33UWP_20240601T100031_B04_10m.tif": "B04", "B8A.tif": "B8A", "nir.tif": "B08",
+             "S2A_MSIL2A_20240601.B11.tif": "B11", "S1A_IW_GRDH_20240601_VH.tif": "VH", "coh_VV_VH.tif": "b1",
+             "image_2024.tif": "b1"}
+    for file_name, band in named.items():
+        tif = write_tif(tmp_path / file_name, np.ones((4, 4), np.uint16), transform=TRANSFORM)
+        assert [b.name for b in bands.raster_file_bands(str(tif), store=STORE)] == [band], file_name
+    scl = write_tif(tmp_path / "T33UWP_20240601T100031_SCL_20m.tif", np.ones((4, 4), np.uint8), transform=TRANSFORM)
+    (band,) = bands.raster_file_bands(str(scl), store=STORE)
+    assert (band.name, band.categorical, band.n_classes) == ("SCL", True, 12)
+    # a description wins, and a file of several bands is not named by its file
+    described = write_tif(tmp_path / "B04.tif", np.ones((4, 4), np.uint16), transform=TRANSFORM, descriptions=["red"])
+    assert [b.name for b in bands.raster_file_bands(str(described), store=STORE)] == ["red"]
+    two = write_tif(tmp_path / "B08_pair.tif", np.ones((2, 4, 4), np.uint16), transform=TRANSFORM)
+    assert [b.name for b in bands.raster_file_bands(str(two), store=STORE)] == ["b1", "b2"]
+
+
 def test_missing_and_corrupt_files(tmp_path: Path) -> None:
     with pytest.raises(BandError, match="missing.tif does not exist"):
         bands.raster_file_bands(str(tmp_path / "missing.tif"), store=STORE)

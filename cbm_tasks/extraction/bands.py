@@ -3,7 +3,8 @@
 Bands come from the catalogue record's ``attributes["bands"]`` (local catalogue, STAC), used
 as given (:func:`bands_from_descriptors`), or from a single raster file (GeoTIFF/COG, single
 or multi-band, e.g. CARD coherence with VV and VH): band names from the band descriptions
-(else ``b1..bn``), nodata, scale and offset from the file (:func:`raster_file_bands`).
+(else, for a one-band file, the band its name names, else ``b1..bn``), nodata, scale and offset
+from the file (:func:`raster_file_bands`).
 Sentinel-2 SAFE folders are read by ``s2_safe``; ``sources.product_bands`` picks the reader.
 
 Physical value = DN * scale + offset; ``nodata`` DNs are excluded. Nothing is assumed: a
@@ -13,8 +14,10 @@ value the product does not document is 1 (scale), 0 (offset) or None (nodata).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 import rasterio
@@ -138,10 +141,32 @@ def _band_number(tags: Mapping[str, str], *keys: str) -> float | None:
     return None
 
 
+# Band files are named after their band: CDSE and SAFE ``T33UWP_20240601T100031_B04_10m.jp2``, Earth Search
+# ``B04.tif`` or (STAC common names) ``red.tif``, JRC's chips ``<product>.B04.tif``, CARD ``..._VV.tif``
+_BAND_TOKEN = re.compile(r"B(?:0[1-9]|1[0-2]|8A)|SCL|VV|VH", re.IGNORECASE)
+_COMMON_NAMES = {"coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05", "rededge2": "B06",
+                 "rededge3": "B07", "nir": "B08", "nir08": "B8A", "nir09": "B09", "swir16": "B11", "swir22": "B12",
+                 "scl": "SCL"}
+
+
+def band_from_file_name(href: str) -> str | None:
+    """The band a file's name names (``B04``, ``B8A``, ``SCL``, ``VV``; ``red`` -> ``B04``), None if none or several.
+
+    A one-band GeoTIFF without a band description would otherwise be ``b1``, and the markers would not
+    know its red from its NIR when a product's bands come as one file each.
+    """
+    stem = PurePosixPath(href.split("?", 1)[0]).name.rsplit(".", 1)[0]
+    found = {token.upper() if _BAND_TOKEN.fullmatch(token) else _COMMON_NAMES.get(token.lower())
+             for token in re.split(r"[._\-\s]+", stem)}
+    found.discard(None)
+    return found.pop() if len(found) == 1 else None
+
+
 def raster_file_bands(href: str, *, store: RasterStore, product: str | None = None) -> tuple[BandSource, ...]:
     """Return every band of a single raster file (GeoTIFF/COG), in file order.
 
-    Names: band descriptions, else ``b1..bn``; a band named SCL is categorical (12 classes).
+    Names: band descriptions, else, for a one-band file, the band its file name names
+    (:func:`band_from_file_name`), else ``b1..bn``; a band named SCL is categorical (12 classes).
     Nodata: the file's nodata value. Scale/offset: GDAL's band scale/offset, else the band
     tags ``scale_factor``/``add_offset``.
 
@@ -158,7 +183,8 @@ def raster_file_bands(href: str, *, store: RasterStore, product: str | None = No
         bands = []
         resolution = abs(float(dataset.transform.a)) if dataset.crs is not None else None
         for index in range(1, dataset.count + 1):
-            name = dataset.descriptions[index - 1] or f"b{index}"
+            name = dataset.descriptions[index - 1] or (
+                band_from_file_name(href) if dataset.count == 1 else None) or f"b{index}"
             tags = dataset.tags(index)
             scale, offset = float(dataset.scales[index - 1]), float(dataset.offsets[index - 1])
             if scale == 1.0 and offset == 0.0:
