@@ -28,11 +28,15 @@ from pathlib import Path, PurePosixPath
 
 from cbm_tasks.errors import ParcelImportError
 
-__all__ = ["register_in"]
+__all__ = ["is_parquet", "register_in"]
 
 _FILE_SUFFIXES = (".shp", ".gpkg", ".geojson", ".json", ".fgb", ".gml", ".sqlite", ".parquet", ".geoparquet")
-_PARQUET_SUFFIXES = (".parquet", ".geoparquet")
 _SECONDARY_SUFFIXES = (".json", ".gml")
+
+
+def is_parquet(path: Path | str) -> bool:
+    """Whether *path* (a file, or a member of an archive) is a (Geo)Parquet file, which pyarrow reads, not GDAL."""
+    return PurePosixPath(path).suffix.lower() in (".parquet", ".geoparquet")
 
 
 @contextmanager
@@ -53,7 +57,7 @@ def register_in(path: Path) -> Iterator[tuple[Path | str, str]]:
     datasets = _datasets(names)
     if not datasets:
         yield path, str(path)  # GDAL says what the archive is not
-    elif len(datasets) == 1 and PurePosixPath(datasets[0]).suffix.lower() in _PARQUET_SUFFIXES:
+    elif len(datasets) == 1 and is_parquet(datasets[0]):
         with tempfile.TemporaryDirectory(prefix="cbm-register-") as scratch:
             target = Path(scratch) / PurePosixPath(datasets[0]).name
             with zipfile.ZipFile(path) as archive, archive.open(datasets[0]) as src, target.open("wb") as dst:

@@ -28,7 +28,7 @@ import pyogrio.errors
 import pyproj
 
 from cbm_tasks.errors import ParcelImportError
-from cbm_tasks.parcels.archive import register_in
+from cbm_tasks.parcels.archive import is_parquet, register_in
 from cbm_tasks.parcels.columns import ParcelColumns, choose_columns, id_values, text_values
 from cbm_tasks.parcels.geometry import MAX_AREA_CHANGE, clean_geometries, parcel_areas_m2
 
@@ -36,7 +36,6 @@ __all__ = ["ParcelTable", "Rejection", "read_parcels", "resolve_srid", "write_re
 
 log = logging.getLogger(__name__)
 
-_PARQUET_SUFFIXES = (".parquet", ".geoparquet")
 _LOGGED_REJECTIONS = 20  # one WARNING each; the rest are counted
 
 
@@ -228,7 +227,7 @@ def _epsg_crs(srid: int, source: str) -> pyproj.CRS:
 def _open(path: Path | str, layer: str | None, shown: str) -> _Source:
     if isinstance(path, Path) and not path.exists():
         raise ParcelImportError(f"parcel file {shown} does not exist")
-    if isinstance(path, Path) and path.suffix.lower() in _PARQUET_SUFFIXES:
+    if isinstance(path, Path) and is_parquet(path):
         return _open_geoparquet(path, layer, shown)
     try:
         layers = pyogrio.list_layers(path)
@@ -294,7 +293,7 @@ def _geo_metadata(path: Path, shown: str) -> dict[str, Any]:
 
 def _read_columns(source: _Source, columns: Sequence[str]) -> tuple[dict[str, list[Any]], list[bytes | None]]:
     """Return {column: values} and the WKB of every feature, in source order."""
-    if isinstance(source.path, Path) and source.path.suffix.lower() in _PARQUET_SUFFIXES:
+    if isinstance(source.path, Path) and is_parquet(source.path):
         primary = _geo_metadata(source.path, source.shown)["primary_column"]
         try:
             table = pq.read_table(source.path, columns=[*columns, primary])
