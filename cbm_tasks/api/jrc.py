@@ -330,10 +330,10 @@ def options(user: CurrentUser, ctx: Context) -> Response:
     """
     with ctx.connection() as conn:
         sets = queries.aoi_parcel_sets(conn, user)
-        descriptions = queries.aoi_descriptions(conn, sorted({s["aoi"] for s in sets}))
+        names = sorted({s["aoi"] for s in sets})
+        descriptions = queries.aoi_descriptions(conn, names)
     aois = {name: {"desc": descriptions.get(name) or name,
-                   "year": [str(s["year"]) for s in reversed(sets) if s["aoi"] == name]}
-            for name in sorted({s["aoi"] for s in sets})}
+                   "year": [str(s["year"]) for s in reversed(sets) if s["aoi"] == name]} for name in names}
     return json_response({"aois": aois})
 
 
