@@ -66,6 +66,33 @@ def test_extract_cli_registers_the_file(cli_db: psycopg.Connection, tmp_path: Pa
     assert counts["cbm.parcel_obs"] == 4 and counts["cbm.parcel_class_counts"] == 3 and counts["cbm.product"] == 1
 
 
+def test_sentinel2_digital_numbers_need_their_scale(cli_db: psycopg.Connection, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # a red band as ESA delivers it, one file without a scale: uint16, reflectance x 10000 + 1000
+    # (processing baseline 04.00); stored as it is, the markers would read 1,500 for 0.05
+    dn = np.full((8, 10), 1500, np.uint16)
+    image = write_tif(tmp_path / "T31UDS_20180601T103021_B04_10m.tif", dn, transform=TRANSFORM, nodata=0)
+    base = ["extract", str(image), "--aoi", "cli", "--year", "2018", "--product-type", "S2MSI2A"]
+    before = row_counts(cli_db)
+    assert cli.main(base) == 2
+    error = capsys.readouterr().err
+    assert f"image {image.resolve()}: band B04 of this S2MSI2A image hold Sentinel-2 digital numbers" in error
+    assert "--scale 0.0001 --offset -0.1" in error
+    assert cli.main([*base, "--scale", "0"]) == 2
+    assert "--scale must be a finite number other than 0, got 0.0" in capsys.readouterr().err
+    assert row_counts(cli_db) == before  # nothing registered
+    assert cli.main([*base, "--scale", "0.0001", "--offset", "-0.1"]) == 0
+    means = cli_db.execute("SELECT stats[2] FROM cbm.parcel_obs ORDER BY parcel_key").fetchall()
+    np.testing.assert_allclose([m for (m,) in means], [0.05] * 4, rtol=1e-5)
+    bands = cli_db.execute("SELECT attributes -> 'bands' FROM cbm.product").fetchone()
+    assert bands is not None and [(b["name"], b["scale"], b["offset"]) for b in bands[0]] == [("B04", 1e-4, -0.1)]
+    assert cli.main(base) == 0  # a re-run decodes as the image was registered
+    assert cli_db.execute("SELECT stats[2] FROM cbm.parcel_obs ORDER BY parcel_key").fetchall() == means
+    assert cli.main([*base, "--scale", "0.0001"]) == 2
+    error = capsys.readouterr().err
+    assert "is registered (product" in error and "B04 x 0.0001 -0.1" in error and "registered decoding is kept" in error
+
+
 def test_acquisition_time_from_the_file(cli_db: psycopg.Connection, tmp_path: Path) -> None:
     image = _image(tmp_path, "tagged.tif", seed=2, tags={"TIFFTAG_DATETIME": "2018:07:09 11:00:00"})
     assert cli.main(["extract", str(image), "--aoi", "cli", "--year", "2018"]) == 0

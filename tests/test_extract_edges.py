@@ -145,3 +145,18 @@ def test_file_extracted_for_a_catalogued_product(conn: psycopg.Connection, image
     assert row_counts(conn)["cbm.product"] == 1  # the local copy is not registered as a product of its own
     keys = {parcel_id: key for key, (parcel_id, _) in enumerate(PARCELS, start=1)}
     np.testing.assert_allclose(obs_rows(conn, product_id)[keys["hole"]], _expected("hole"), rtol=1e-6)
+
+
+def test_local_copy_decodes_as_its_catalogue_record(conn: psycopg.Connection, tmp_path: Path) -> None:
+    # a COG whose scale, offset and nodata are in the STAC item only (Earth Search), downloaded and
+    # extracted under its catalogue product: it decodes as the record says, not as raw numbers
+    add_parcel_set(conn, aoi="edges", year=2018, srid=32631, parcels=PARCELS)
+    copy = write_tif(tmp_path / "B04.tif", DN, transform=TRANSFORM)  # no nodata, scale, offset or description
+    remote = [{"name": "B04", "href": "s3://eodata/elsewhere/B04.tif", "nodata": 0, "scale": SCALE, "offset": OFFSET}]
+    product_id = add_product(conn, aoi="edges", name="S2X_20180601", location="s3://eodata/elsewhere",
+                             acquired_at=WHEN, bands=remote)
+    extract_file(conn, STORE, copy, aoi="edges", year=2018, product_id=product_id)
+    keys = {parcel_id: key for key, (parcel_id, _) in enumerate(PARCELS, start=1)}
+    got = obs_rows(conn, product_id)
+    assert keys["all-nodata"] not in got  # nodata 0 from the record
+    np.testing.assert_allclose(got[keys["hole"]], _expected("hole"), rtol=1e-6)

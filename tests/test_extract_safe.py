@@ -6,12 +6,14 @@ from datetime import UTC, datetime
 
 import numpy as np
 import psycopg
+import pytest
 import rasterio
 import rasterio.features
 import shapely
 from conftest import shared_data
 from test_extract_support import add_parcel_set, obs_rows
 
+from cbm_tasks.errors import BadInputError
 from cbm_tasks.pipeline.files import extract_file
 from cbm_tasks.store import StoreConfig, open_store
 
@@ -63,3 +65,11 @@ def test_safe_extraction_applies_the_boa_offset(conn: psycopg.Connection) -> Non
         mask20 = rasterio.features.geometry_mask([geom], out_shape=scl.shape, transform=t20, invert=True)
         classes = scl[mask20 & (scl != 0)]
         assert class_counts[key] == np.bincount(classes, minlength=12).tolist()
+
+
+def test_a_safe_folder_takes_no_scale_from_the_user(conn: psycopg.Connection) -> None:
+    safe = shared_data("s2_l2a_safe", SAFE)
+    add_parcel_set(conn, aoi="ireland", year=2022, srid=32629, parcels=PARCELS)
+    with pytest.raises(BadInputError, match=r"SAFE folder states the scale and offset of its bands"):
+        extract_file(conn, STORE, safe, aoi="ireland", year=2022, scale=1e-4, offset=-0.1)
+    assert conn.execute("SELECT count(*) FROM cbm.product").fetchone() == (0,)

@@ -11,9 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from markers_series import grass_rows, write_rows
+from markers_series import HEADER, grass_rows, write_rows
 
 from cbm_tasks.markers import load_params, prepare, run_markers
+from cbm_tasks.markers.preprocess import NO_VALUE, rejection_codes
 from cbm_tasks.markers.reader import SeriesFileError, classes_file, read_series, scl_bad_share_from_counts
 from cbm_tasks.markers.series import BAND_CODE, SOURCE_CODE, SeriesTable
 
@@ -392,3 +393,24 @@ def test_times_with_zone_offsets_are_converted_to_utc(tmp_path: Path) -> None:
             ["a", "2021-05-01T10:00:00Z", "s2", "B08", 0.3, 0.9, ""]]
     series = read_series(write_rows(tmp_path / "tz.csv", rows))
     assert series.obs_day.tolist() == [18748 + 10 / 24] * 2
+
+
+def test_an_image_in_digital_numbers_is_missing_and_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # one image of the season extracted without its scale (reflectance x 10000): its blue would reject
+    # it as cloud and its NDVI would lack the offset; it is missing, and the log names the image
+    rows = [[*row[:5], row[5], row[6], 100 + k // 2] for k, row in enumerate(grass_rows("p", [180]))]
+    raw_day = (date(2021, 1, 1) + timedelta(days=200 - 1)).isoformat()
+    for row in rows:
+        if row[1] == raw_day:
+            row[4] = f"{float(str(row[4])) * 10000:.0f}"
+    path = write_rows(tmp_path / "s.csv", rows, header=[*HEADER, "product_id"])
+    series = read_series(path)  # one image of many: the file's median is reflectance, it is read
+    with caplog.at_level(logging.WARNING, logger="cbm_tasks.markers.preprocess"):
+        prepared = prepare(series, load_params())
+    raw_image = next(int(row[7]) for row in rows if row[1] == raw_day)
+    assert f"1 observations taken as missing (images {raw_image})" in caplog.text and "--scale 0.0001" in caplog.text
+    index = int(np.flatnonzero(prepared.s2.product == raw_image)[0])
+    assert np.isnan(prepared.s2.ndvi[index]) and not prepared.s2.valid[index]
+    assert int(rejection_codes(prepared.s2, load_params())[index]) == NO_VALUE
+    assert int((~prepared.s2.valid).sum()) == 1  # the others are reflectance and used
+    assert "mowing" in {row.marker for row in run_markers(series, load_params(), use_s1=False).rows()}

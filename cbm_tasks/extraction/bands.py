@@ -13,6 +13,7 @@ value the product does not document is 1 (scale), 0 (offset) or None (nodata).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -20,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+import numpy as np
 import rasterio
 
 from cbm_tasks.errors import BandError
 from cbm_tasks.extraction.raster_io import RasterStore, open_raster
 
-__all__ = ["CATEGORICAL_BANDS", "SCL_CLASSES", "BandSource", "bands_from_descriptors", "raster_file_bands"]
+__all__ = ["CATEGORICAL_BANDS", "SCL_CLASSES", "BandSource", "bands_from_descriptors", "digital_number_bands",
+           "raster_file_bands", "with_decoding"]
 
 SCL_CLASSES = 12  # Sentinel-2 scene classification: 0 no data .. 11 snow
 # bands counted per class rather than measured, by name: their number of classes
@@ -67,6 +70,12 @@ class BandSource:
             )
         if self.categorical and (self.n_classes is None or self.n_classes < 1):
             raise BandError(f"band {self.name} in {self.href}: a categorical band needs n_classes >= 1")
+
+    def descriptor(self) -> dict[str, Any]:
+        """Return the band as a catalogue descriptor (the inverse of :func:`bands_from_descriptors`)."""
+        return {"name": self.name, "href": self.href, "band": self.band_index, "nodata": self.nodata,
+                "scale": self.scale, "offset": self.offset, "resolution_m": self.resolution_m,
+                "categorical": self.categorical, "n_classes": self.n_classes}
 
     def params(self) -> dict[str, Any]:
         """Return the decoding parameters as stored in cbm.extraction.params (JSON)."""
@@ -200,3 +209,57 @@ def raster_file_bands(href: str, *, store: RasterStore, product: str | None = No
             ))
     _check_unique(bands, href)
     return tuple(bands)
+
+
+def with_decoding(bands: Sequence[BandSource], *, scale: float | None = None, offset: float | None = None,
+                  like: Sequence[Mapping[str, Any]] = ()) -> tuple[BandSource, ...]:
+    """Return *bands* with the decoding of their measurements completed.
+
+    *scale* and *offset* (given by the user: ``cbm extract --scale/--offset``) replace those of every
+    measurement band; categorical bands (SCL) keep theirs. Else a band the file leaves undecoded
+    (scale 1, offset 0; nodata None) takes them from the catalogue descriptor of the same name in
+    *like*: a local copy of a catalogued product decodes as the product does (Earth Search's COGs
+    carry their scale and offset in the STAC item only).
+
+    Raises:
+        BandError: a scale that is zero or not finite, an offset that is not finite.
+    """
+    known = {str(desc.get("name")): desc for desc in like if isinstance(desc, Mapping)}
+    out = []
+    for band in bands:
+        if band.categorical:
+            out.append(band)
+            continue
+        new_scale, new_offset, nodata = band.scale, band.offset, band.nodata
+        desc = known.get(band.name)
+        if desc is not None and (band.scale, band.offset) == (1.0, 0.0):
+            new_scale = float(1.0 if desc.get("scale") is None else desc["scale"])
+            new_offset = float(desc.get("offset") or 0.0)
+        if desc is not None and nodata is None:
+            nodata = _nodata(desc.get("nodata"))
+        new_scale = new_scale if scale is None else scale
+        new_offset = new_offset if offset is None else offset
+        out.append(dataclasses.replace(band, scale=new_scale, offset=new_offset, nodata=nodata))
+    return tuple(out)
+
+
+# Sentinel-2's reflectance bands: every ESA product (L1C, L2A) stores them as integers, reflectance x 10000
+_S2_REFLECTANCE = re.compile(r"B(?:0[1-9]|1[0-2]|8A)", re.IGNORECASE)
+
+
+def digital_number_bands(bands: Sequence[BandSource], *, store: RasterStore, product: str | None = None) -> list[str]:
+    """Return the names of the Sentinel-2 reflectance bands held as integers without a scale (digital numbers).
+
+    Their statistics would be stored as DNs (x 10000, and without the offset of processing baseline
+    04.00 and later), which the markers cannot read as reflectance.
+    """
+    undecoded = [band for band in bands if not band.categorical and _S2_REFLECTANCE.fullmatch(band.name)
+                 and (band.scale, band.offset) == (1.0, 0.0)]
+    found = []
+    for href in dict.fromkeys(band.href for band in undecoded):
+        with rasterio.Env(**store.rasterio_env()), open_raster(href, store=store, product=product) as dataset:
+            dtypes = dataset.dtypes
+        found += [band.name for band in undecoded
+                  if band.href == href and band.band_index <= len(dtypes)
+                  and np.issubdtype(np.dtype(dtypes[band.band_index - 1]), np.integer)]
+    return found

@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit
 
 from cbm_tasks.markers.params import MarkerParams
-from cbm_tasks.markers.series import BAND_CODE, BANDS, SOURCE_CODE, SeriesTable, group_offsets
+from cbm_tasks.markers.series import BAND_CODE, BANDS, MAX_REFLECTANCE, SOURCE_CODE, SeriesTable, group_offsets
 
 __all__ = ["REJECTIONS", "PreparedSeries", "S1Series", "S2Series", "cloud_dips", "haze_index", "moisture_index",
            "prepare", "rejection_codes", "rejection_reasons"]
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 # Why an S2 observation is not used (0: used), the first test it fails in this order
 NO_VALUE, CLOUDY, BRIGHT_BLUE, HAZE, IMPLAUSIBLE, CLOUD_DIP, PART_CLOUD = range(1, 8)
 REJECTIONS = {
-    NO_VALUE: "no red or NIR value",
+    NO_VALUE: "no red or NIR value (missing, a no-data fill <= 0, or above 2: not reflectance)",
     CLOUDY: "clear share below min_clear_fraction (cloud, shadow, snow)",
     BRIGHT_BLUE: "blue above max_blue_reflectance (cloud or haze the mask missed)",
     HAZE: "haze index above max_haze_index (haze the mask missed)",
@@ -345,10 +345,21 @@ def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     # NDVI ~0 and the fall to it a ploughing; as missing, the observation is not used (NO_VALUE).
     with np.errstate(invalid="ignore"):
         fill = values <= 0.0
+        # a mean above MAX_REFLECTANCE is no reflectance: an image extracted as digital numbers (x 10000)
+        # without its scale. Read as values, its blue would reject it as cloud and its NDVI lack the
+        # offset; the whole observation is missing (NO_VALUE), and the log names the images.
+        raw = (values > MAX_REFLECTANCE).any(axis=1)
     if fill.any():
         log.warning("Sentinel-2 band means <= 0 taken as no data: %d of %d band values (%d observations)",
                     int(fill.sum()), int(np.isfinite(values).sum()), int(fill.any(axis=1).sum()))
         values[fill] = np.nan
+    if raw.any():
+        images = [str(i) for i in np.unique(series.product_id[rows[first]][raw]) if i >= 0]
+        named = f" (images {', '.join(images[:10])}{' ...' if len(images) > 10 else ''})" if images else ""
+        log.warning("Sentinel-2 band means above %g are not reflectance (digital numbers extracted without a "
+                    "scale?): %d observations taken as missing%s; extract them again with --scale 0.0001 and the "
+                    "offset of their processing baseline", MAX_REFLECTANCE, int(raw.sum()), named)
+        values[raw] = np.nan
     clear_given = series.clear_fraction[rows][first]
     scl_bad = series.scl_bad_share[rows][first]
     # the reader gave every row of an observation the clear_fraction stated on any of its rows

@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 from cbm_tasks.markers.obs_time import UTC_TIME, SeriesFileError, utc_times
 from cbm_tasks.markers.series import (
     BAND_CODE,
+    MAX_REFLECTANCE,
     PRODUCT_TYPES,
     SCL_BAD_CLASSES,
     SOURCE_CODE,
@@ -90,7 +91,7 @@ def _check_units(name: str, source: np.ndarray, band: np.ndarray, mean: np.ndarr
     if not -1.0 <= ndvi_median <= 1.0:
         raise SeriesFileError(f"time-series file {name}: NDVI outside -1..1 (median {ndvi_median:.4g}); "
                               "the format wants the index itself, not scaled (e.g. x 10000)")
-    if s2 > 2.0:
+    if s2 > MAX_REFLECTANCE:
         raise SeriesFileError(f"time-series file {name}: Sentinel-2 means look like digital numbers (median "
                               f"{s2:.4g}); the format wants surface reflectance 0-1 (DN / 10000, after "
                               "BOA_ADD_OFFSET for processing baseline 04.00 and later)")

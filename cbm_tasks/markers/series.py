@@ -29,6 +29,7 @@ from cbm_tasks.errors import NotFoundError
 __all__ = [
     "BANDS",
     "BAND_CODE",
+    "MAX_REFLECTANCE",
     "OVERPASS_SECONDS",
     "PRODUCT_TYPES",
     "SCL_BAD_CLASSES",
@@ -81,6 +82,9 @@ SCL_BAD_CLASSES = (0, 1, 3, 8, 9, 10, 11)
 # (ARCHITECTURE.md). The shipped marker parameters' data.overpass_seconds, which the database read
 # takes from a run's parameters (0 for runs before version 8, so that they recompute as they ran).
 OVERPASS_SECONDS = 600
+# Surface reflectance is 0-1 (a bright cloud or snow a little above 1): a Sentinel-2 band mean above
+# this is in other units, digital numbers (reflectance x 10000) from an image extracted without its scale.
+MAX_REFLECTANCE = 2.0
 
 _EPOCH = np.datetime64("1970-01-01", "D")
 

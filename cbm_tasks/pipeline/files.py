@@ -16,10 +16,12 @@ from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.catalogue.registry import ProductStatus
 from cbm_tasks.errors import BadInputError, TransientError
+from cbm_tasks.extraction.bands import digital_number_bands, raster_file_bands, with_decoding
 from cbm_tasks.extraction.extract import ExtractionResult, extract_image
 from cbm_tasks.extraction.label_cache import LabelCache
 from cbm_tasks.extraction.raster_io import RasterStore, raster_acquired_at
-from cbm_tasks.extraction.s2_safe import read_safe_metadata
+from cbm_tasks.extraction.s2_safe import is_safe, read_safe_metadata
+from cbm_tasks.extraction.sources import product_bands
 from cbm_tasks.store.base import is_remote, local_path
 
 __all__ = ["SEASON_TOLERANCE", "check_season", "extract_file"]
@@ -87,6 +89,55 @@ def _file_product(store: RasterStore, uri: str, *, obs_time: datetime | None, pr
                    processing_baseline=baseline, footprint_wkt=footprint)
 
 
+def _decoded(store: RasterStore, product: Product, *, scale: float | None, offset: float | None,
+             like: list[dict[str, object]] | None = None) -> Product:
+    """*product* (a raster file) with the decoding of its bands settled: the file's, *like*'s, or the user's.
+
+    The bands are given as descriptors in the product's attributes when the file alone does not say how
+    they decode (user's *scale*/*offset*, or the catalogue descriptors *like* of the product it is a
+    copy of); a registered image keeps them, so that a re-run decodes it the same way.
+
+    Raises:
+        BadInputError: scale or offset for a SAFE folder; Sentinel-2 reflectance left as digital numbers.
+    """
+    if is_safe(product.location, store=store):
+        if scale is not None or offset is not None:
+            raise BadInputError(f"image {product.location}: a SAFE folder states the scale and offset of its bands "
+                                "(QUANTIFICATION_VALUE, BOA_ADD_OFFSET); --scale and --offset are for raster files")
+        return product
+    bands = with_decoding(raster_file_bands(product.location, store=store, product=product.name),
+                          scale=scale, offset=offset, like=like or ())
+    if product.product_type.upper().startswith("S2"):
+        raw = digital_number_bands(bands, store=store, product=product.name)
+        if raw:
+            raise BadInputError(
+                f"image {product.location}: band{'s' if len(raw) > 1 else ''} {', '.join(raw)} of this "
+                f"{product.product_type} image hold Sentinel-2 digital numbers (integers, reflectance x 10000) and "
+                "the file states no scale: give --scale 0.0001 --offset -0.1 (processing baseline 04.00 and later, "
+                "acquired from 25 January 2022) or --scale 0.0001 --offset 0 (earlier), so that the statistics "
+                "are reflectance as the markers read them")
+    if scale is None and offset is None and not like:
+        return product  # the file says it all: read as it is at extraction
+    return replace(product, attributes={**product.attributes, "bands": [band.descriptor() for band in bands]})
+
+
+def _check_registered_decoding(store: RasterStore, product: Product, product_id: int, *, scale: float | None,
+                               offset: float | None) -> None:
+    """Refuse --scale/--offset that differ from how a registered image decodes (its record is kept)."""
+    if scale is None and offset is None:
+        return
+    registered = {band.name: (band.scale, band.offset) for band in product_bands(product, store=store)
+                  if not band.categorical}
+    wanted = {band.name: (band.scale, band.offset) for band in with_decoding(
+        raster_file_bands(product.location, store=store, product=product.name), scale=scale, offset=offset)
+        if not band.categorical}
+    if registered != wanted:
+        shown = ", ".join(f"{name} x {s:g} {o:+g}" for name, (s, o) in sorted(registered.items()))
+        raise BadInputError(f"image {product.uid} is registered (product {product_id}) decoding its bands as "
+                            f"{shown}; --scale/--offset say otherwise and the registered decoding is kept: give the "
+                            "same or none")
+
+
 def extract_file(
     conn: psycopg.Connection,
     store: RasterStore,
@@ -98,6 +149,8 @@ def extract_file(
     product_id: int | None = None,
     product_type: str | None = None,
     label_cache: LabelCache | None = None,
+    scale: float | None = None,
+    offset: float | None = None,
 ) -> ExtractionResult:
     """Extract one image file or SAFE folder (``cbm extract``) for the parcels of *aoi* in *year*.
 
@@ -118,11 +171,18 @@ def extract_file(
         product_id: an existing catalogue product the rows belong to.
         product_type: product type of a newly registered image (``--product-type``).
         label_cache: as for :func:`extract_product`.
+        scale: physical = DN * scale + offset for every measurement band of a raster file
+            (``--scale``), for files that do not state it; recorded with a newly registered
+            image. Without it a band decodes as the file states, and a local copy of a
+            catalogued product (*product_id*) as the catalogue's band descriptors say where
+            the file is silent.
+        offset: see *scale* (``--offset``).
 
     Raises:
         BadInputError: no acquisition time and no *obs_time*; an acquisition time outside the
-            season of *year* (:func:`check_season`); an *obs_time* that differs from the one
-            the image was registered with.
+            season of *year* (:func:`check_season`); an *obs_time* or a *scale*/*offset* that
+            differs from the one the image was registered with; Sentinel-2 reflectance bands
+            held as digital numbers without a scale; *scale*/*offset* for a SAFE folder.
         ProductNotFoundError: *product_id* is not in the catalogue.
         NotFoundError, BandError, CorruptProductError: as :func:`extract_product`; the
             database is left unchanged.
@@ -134,13 +194,18 @@ def extract_file(
         with conn.transaction():
             catalogued = registry.get_product(conn, product_id)
         attributes = {k: v for k, v in catalogued.attributes.items() if k != "bands"}
-        product = replace(catalogued, location=uri, attributes=attributes)
+        product = _decoded(store, replace(catalogued, location=uri, attributes=attributes), scale=scale,
+                           offset=offset, like=list(catalogued.attributes.get("bands") or []))
         return extract_image(conn, store, product, product_id=product_id, aoi=aoi, year=year,
                              label_cache=label_cache)
     with conn.transaction():
         known = conn.execute("SELECT product_id FROM cbm.product WHERE uid = %s", (uri,)).fetchone()
         product = (registry.get_product(conn, int(known[0])) if known is not None
                    else _file_product(store, uri, obs_time=obs_time, product_type=product_type))
+    if known is None:
+        product = _decoded(store, product, scale=scale, offset=offset)
+    else:
+        _check_registered_decoding(store, product, int(known[0]), scale=scale, offset=offset)
     if known is not None and obs_time is not None and _utc(obs_time) != product.acquired_at:
         raise BadInputError(
             f"image {uri} is registered (product {known[0]}) with acquisition time "
