@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,32 @@ def test_sentinel2_digital_numbers_need_their_scale(cli_db: psycopg.Connection, 
     assert cli_db.execute("SELECT stats[2] FROM cbm.parcel_obs ORDER BY parcel_key").fetchall() == means
     assert cli.main([*base, "--scale", "0.0001"]) == 2
     error = capsys.readouterr().err
-    assert "is registered (product" in error and "B04 x 0.0001 -0.1" in error and "registered decoding is kept" in error
+    assert "is registered (product" in error and "B04 x 0.0001 -0.1" in error and "registered reading is kept" in error
+
+
+def test_a_stack_without_band_descriptions_is_named_by_the_user(cli_db: psycopg.Connection, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # a stack as other tools write it (b1..b5, digital numbers, SCL last, no scale): without names the
+    # markers would find no red or NIR in it
+    stack = np.stack([np.full((8, 10), value, np.uint16) for value in (300, 600, 400, 3500, 4)])
+    image = write_tif(tmp_path / "stack_20180601.tif", stack, transform=TRANSFORM)
+    base = ["extract", str(image), "--aoi", "cli", "--year", "2018", "--product-type", "S2MSI2A"]
+    assert cli.main([*base, "--bands", "B02,B03,red"]) == 2
+    assert f"image {image.resolve()}: --bands names 3 bands, the file has 5 (b1, b2, b3, b4, b5)" in \
+        capsys.readouterr().err
+    assert cli.main([*base, "--bands", "B02,,B04"]) == 2
+    assert "--bands must name every band" in capsys.readouterr().err
+    assert cli.main([*base, "--bands", "b2,B3,red,nir,scl", "--scale", "0.0001"]) == 0
+    bands, class_bands = cli_db.execute("SELECT bands, class_bands FROM cbm.extraction").fetchone()
+    assert (bands, class_bands) == (["B02", "B03", "B04", "B08"], ["SCL"])
+    red = cli_db.execute("SELECT DISTINCT round(stats[18]::numeric, 4) FROM cbm.parcel_obs").fetchall()
+    assert red == [(Decimal("0.04"),)]  # B04's mean, the third band's block of 8
+    counts = cli_db.execute("SELECT counts[5] FROM cbm.parcel_class_counts").fetchall()
+    assert counts and all(n > 0 for (n,) in counts)  # class 4 (vegetation) counted
+    assert cli.main(base) == 0  # a re-run reads the bands as registered
+    assert cli_db.execute("SELECT bands FROM cbm.extraction").fetchone() == (["B02", "B03", "B04", "B08"],)
+    assert cli.main([*base, "--bands", "B02,B03,B04,B8A,SCL", "--scale", "0.0001"]) == 2
+    assert "--bands/--scale/--offset say otherwise" in capsys.readouterr().err
 
 
 def test_acquisition_time_from_the_file(cli_db: psycopg.Connection, tmp_path: Path) -> None:

@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--product-id", type=int, help="store the rows under this catalogue product")
     parser.add_argument("--product-type", help="product type of a newly registered image (default UNKNOWN, "
                         "S2MSI2A for a SAFE folder), e.g. CARD-BS, CARD-COH6")
+    parser.add_argument("--bands", help="names of the file's bands in file order, comma-separated (e.g. "
+                        "B02,B03,B04,B08,SCL), for a file whose band descriptions are absent or other; recorded with "
+                        "the image")
     parser.add_argument("--scale", type=float, help="physical = DN * scale + offset for every band but SCL, for a "
                         "file that does not state it (e.g. 0.0001 for Sentinel-2 reflectance); recorded with the image")
     parser.add_argument("--offset", type=float, help="see --scale (e.g. -0.1 for Sentinel-2 L2A of processing "
@@ -49,6 +52,15 @@ def _obs_time(text: str | None) -> datetime | None:
         raise BadInputError(f"--obs-time must be ISO 8601 (e.g. 2018-04-05T10:50:31Z), got {text!r}") from err
 
 
+def _band_names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise BadInputError(f"--bands must name every band, comma-separated (e.g. B02,B03,B04,B08), got {text!r}")
+    return names
+
+
 def _decoding(scale: float | None, offset: float | None) -> None:
     if scale is not None and not (math.isfinite(scale) and scale != 0):
         raise BadInputError(f"--scale must be a finite number other than 0, got {scale}")
@@ -63,11 +75,12 @@ def _extract(args: argparse.Namespace) -> int:
 
     obs_time = _obs_time(args.obs_time)
     _decoding(args.scale, args.offset)
+    bands = _band_names(args.bands)
     store = open_store(settings.store_config())
     with db.connect(settings.database_url()) as conn:
         result = extract_file(conn, store, args.image, aoi=args.aoi, year=args.year, obs_time=obs_time,
                               product_id=args.product_id, product_type=args.product_type,
-                              label_cache=settings.label_cache(), scale=args.scale, offset=args.offset)
+                              label_cache=settings.label_cache(), bands=bands, scale=args.scale, offset=args.offset)
     sys.stdout.write(
         f"product {result.product_id}: {result.n_parcels} parcels, {result.n_rows} statistics rows, "
         f"{result.n_bands} bands, parcel set {result.parcel_set_id}, {result.seconds:.2f} s\n"

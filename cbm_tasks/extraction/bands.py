@@ -27,8 +27,8 @@ import rasterio
 from cbm_tasks.errors import BandError
 from cbm_tasks.extraction.raster_io import RasterStore, open_raster
 
-__all__ = ["CATEGORICAL_BANDS", "SCL_CLASSES", "BandSource", "bands_from_descriptors", "digital_number_bands",
-           "raster_file_bands", "with_decoding"]
+__all__ = ["CATEGORICAL_BANDS", "SCL_CLASSES", "BandSource", "bands_from_descriptors", "canonical_band",
+           "digital_number_bands", "raster_file_bands", "renamed", "with_decoding"]
 
 SCL_CLASSES = 12  # Sentinel-2 scene classification: 0 no data .. 11 snow
 # bands counted per class rather than measured, by name: their number of classes
@@ -209,6 +209,37 @@ def raster_file_bands(href: str, *, store: RasterStore, product: str | None = No
             ))
     _check_unique(bands, href)
     return tuple(bands)
+
+
+def canonical_band(name: str) -> str:
+    """A band name as the markers read it: ``b4``, ``B4`` and ``red`` are ``B04``, ``vv`` is ``VV``; others as given."""
+    text = name.strip()
+    upper = text.upper()
+    if re.fullmatch(r"B[1-9]", upper):
+        return f"B0{upper[1]}"
+    if _BAND_TOKEN.fullmatch(upper):
+        return upper
+    return _COMMON_NAMES.get(text.lower(), text)
+
+
+def renamed(bands: Sequence[BandSource], names: Sequence[str], *, image: str) -> tuple[BandSource, ...]:
+    """Return a file's *bands* (in file order) under the user's *names* (``cbm extract --bands``).
+
+    Names are made canonical (:func:`canonical_band`); a band named SCL is categorical.
+
+    Raises:
+        BandError: not one name per band, or a name given twice.
+    """
+    if len(names) != len(bands):
+        raise BandError(f"image {image}: --bands names {len(names)} band{'s' if len(names) != 1 else ''}, the file "
+                        f"has {len(bands)} ({', '.join(band.name for band in bands)})")
+    out = []
+    for band, given in zip(bands, names, strict=True):
+        name = canonical_band(given)
+        n_classes = CATEGORICAL_BANDS.get(name.upper())
+        out.append(dataclasses.replace(band, name=name, categorical=n_classes is not None, n_classes=n_classes))
+    _check_unique(out, image)
+    return tuple(out)
 
 
 def with_decoding(bands: Sequence[BandSource], *, scale: float | None = None, offset: float | None = None,

@@ -16,7 +16,7 @@ from cbm_tasks.catalogue import registry
 from cbm_tasks.catalogue.product import Product
 from cbm_tasks.catalogue.registry import ProductStatus
 from cbm_tasks.errors import BadInputError, TransientError
-from cbm_tasks.extraction.bands import digital_number_bands, raster_file_bands, with_decoding
+from cbm_tasks.extraction.bands import BandSource, digital_number_bands, raster_file_bands, renamed, with_decoding
 from cbm_tasks.extraction.extract import ExtractionResult, extract_image
 from cbm_tasks.extraction.label_cache import LabelCache
 from cbm_tasks.extraction.raster_io import RasterStore, raster_acquired_at
@@ -89,24 +89,35 @@ def _file_product(store: RasterStore, uri: str, *, obs_time: datetime | None, pr
                    processing_baseline=baseline, footprint_wkt=footprint)
 
 
-def _decoded(store: RasterStore, product: Product, *, scale: float | None, offset: float | None,
-             like: list[dict[str, object]] | None = None) -> Product:
-    """*product* (a raster file) with the decoding of its bands settled: the file's, *like*'s, or the user's.
+def _file_bands(store: RasterStore, product: Product, *, names: list[str] | None, scale: float | None,
+                offset: float | None, like: list[dict[str, object]] | None = None) -> tuple[BandSource, ...]:
+    """The bands of a raster file as the user's options and the catalogue record *like* complete them."""
+    bands = raster_file_bands(product.location, store=store, product=product.name)
+    if names:
+        bands = renamed(bands, names, image=product.location)
+    return with_decoding(bands, scale=scale, offset=offset, like=like or ())
 
-    The bands are given as descriptors in the product's attributes when the file alone does not say how
-    they decode (user's *scale*/*offset*, or the catalogue descriptors *like* of the product it is a
-    copy of); a registered image keeps them, so that a re-run decodes it the same way.
+
+def _decoded(store: RasterStore, product: Product, *, names: list[str] | None, scale: float | None,
+             offset: float | None, like: list[dict[str, object]] | None = None) -> Product:
+    """*product* (a raster file) with its bands settled: the file's, *like*'s, or the user's names and decoding.
+
+    The bands are given as descriptors in the product's attributes when the file alone does not say
+    what they are (the user's *names*, *scale*, *offset*, or the catalogue descriptors *like* of the
+    product it is a copy of); a registered image keeps them, so that a re-run reads it the same way.
 
     Raises:
-        BadInputError: scale or offset for a SAFE folder; Sentinel-2 reflectance left as digital numbers.
+        BadInputError: band names, scale or offset for a SAFE folder; Sentinel-2 reflectance left as
+            digital numbers.
+        BandError: not one name per band of the file, or a name twice.
     """
     if is_safe(product.location, store=store):
-        if scale is not None or offset is not None:
-            raise BadInputError(f"image {product.location}: a SAFE folder states the scale and offset of its bands "
-                                "(QUANTIFICATION_VALUE, BOA_ADD_OFFSET); --scale and --offset are for raster files")
+        if names or scale is not None or offset is not None:
+            raise BadInputError(f"image {product.location}: a SAFE folder names its bands and states their scale "
+                                "and offset (QUANTIFICATION_VALUE, BOA_ADD_OFFSET); --bands, --scale and --offset "
+                                "are for raster files")
         return product
-    bands = with_decoding(raster_file_bands(product.location, store=store, product=product.name),
-                          scale=scale, offset=offset, like=like or ())
+    bands = _file_bands(store, product, names=names, scale=scale, offset=offset, like=like)
     if product.product_type.upper().startswith("S2"):
         raw = digital_number_bands(bands, store=store, product=product.name)
         if raw:
@@ -116,26 +127,25 @@ def _decoded(store: RasterStore, product: Product, *, scale: float | None, offse
                 "the file states no scale: give --scale 0.0001 --offset -0.1 (processing baseline 04.00 and later, "
                 "acquired from 25 January 2022) or --scale 0.0001 --offset 0 (earlier), so that the statistics "
                 "are reflectance as the markers read them")
-    if scale is None and offset is None and not like:
+    if not names and scale is None and offset is None and not like:
         return product  # the file says it all: read as it is at extraction
     return replace(product, attributes={**product.attributes, "bands": [band.descriptor() for band in bands]})
 
 
-def _check_registered_decoding(store: RasterStore, product: Product, product_id: int, *, scale: float | None,
-                               offset: float | None) -> None:
-    """Refuse --scale/--offset that differ from how a registered image decodes (its record is kept)."""
-    if scale is None and offset is None:
+def _check_registered_bands(store: RasterStore, product: Product, product_id: int, *, names: list[str] | None,
+                            scale: float | None, offset: float | None) -> None:
+    """Refuse --bands/--scale/--offset that differ from how a registered image reads (its record is kept)."""
+    if not names and scale is None and offset is None:
         return
     registered = {band.name: (band.scale, band.offset) for band in product_bands(product, store=store)
                   if not band.categorical}
-    wanted = {band.name: (band.scale, band.offset) for band in with_decoding(
-        raster_file_bands(product.location, store=store, product=product.name), scale=scale, offset=offset)
-        if not band.categorical}
+    wanted = {band.name: (band.scale, band.offset) for band in _file_bands(
+        store, product, names=names, scale=scale, offset=offset) if not band.categorical}
     if registered != wanted:
         shown = ", ".join(f"{name} x {s:g} {o:+g}" for name, (s, o) in sorted(registered.items()))
-        raise BadInputError(f"image {product.uid} is registered (product {product_id}) decoding its bands as "
-                            f"{shown}; --scale/--offset say otherwise and the registered decoding is kept: give the "
-                            "same or none")
+        raise BadInputError(f"image {product.uid} is registered (product {product_id}) reading its bands as "
+                            f"{shown}; --bands/--scale/--offset say otherwise and the registered reading is kept: "
+                            "give the same or none")
 
 
 def extract_file(
@@ -149,6 +159,7 @@ def extract_file(
     product_id: int | None = None,
     product_type: str | None = None,
     label_cache: LabelCache | None = None,
+    bands: list[str] | None = None,
     scale: float | None = None,
     offset: float | None = None,
 ) -> ExtractionResult:
@@ -171,6 +182,8 @@ def extract_file(
         product_id: an existing catalogue product the rows belong to.
         product_type: product type of a newly registered image (``--product-type``).
         label_cache: as for :func:`extract_product`.
+        bands: the names of a raster file's bands in file order (``--bands``), for a file whose
+            band descriptions are absent or other; recorded with a newly registered image.
         scale: physical = DN * scale + offset for every measurement band of a raster file
             (``--scale``), for files that do not state it; recorded with a newly registered
             image. Without it a band decodes as the file states, and a local copy of a
@@ -182,7 +195,8 @@ def extract_file(
         BadInputError: no acquisition time and no *obs_time*; an acquisition time outside the
             season of *year* (:func:`check_season`); an *obs_time* or a *scale*/*offset* that
             differs from the one the image was registered with; Sentinel-2 reflectance bands
-            held as digital numbers without a scale; *scale*/*offset* for a SAFE folder.
+            held as digital numbers without a scale; *bands*/*scale*/*offset* for a SAFE folder.
+        BandError: *bands* does not name every band of the file once.
         ProductNotFoundError: *product_id* is not in the catalogue.
         NotFoundError, BandError, CorruptProductError: as :func:`extract_product`; the
             database is left unchanged.
@@ -194,8 +208,8 @@ def extract_file(
         with conn.transaction():
             catalogued = registry.get_product(conn, product_id)
         attributes = {k: v for k, v in catalogued.attributes.items() if k != "bands"}
-        product = _decoded(store, replace(catalogued, location=uri, attributes=attributes), scale=scale,
-                           offset=offset, like=list(catalogued.attributes.get("bands") or []))
+        product = _decoded(store, replace(catalogued, location=uri, attributes=attributes), names=bands,
+                           scale=scale, offset=offset, like=list(catalogued.attributes.get("bands") or []))
         return extract_image(conn, store, product, product_id=product_id, aoi=aoi, year=year,
                              label_cache=label_cache)
     with conn.transaction():
@@ -203,9 +217,9 @@ def extract_file(
         product = (registry.get_product(conn, int(known[0])) if known is not None
                    else _file_product(store, uri, obs_time=obs_time, product_type=product_type))
     if known is None:
-        product = _decoded(store, product, scale=scale, offset=offset)
+        product = _decoded(store, product, names=bands, scale=scale, offset=offset)
     else:
-        _check_registered_decoding(store, product, int(known[0]), scale=scale, offset=offset)
+        _check_registered_bands(store, product, int(known[0]), names=bands, scale=scale, offset=offset)
     if known is not None and obs_time is not None and _utc(obs_time) != product.acquired_at:
         raise BadInputError(
             f"image {uri} is registered (product {known[0]}) with acquisition time "
