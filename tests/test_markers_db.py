@@ -337,6 +337,24 @@ def test_database_series_equals_the_cores_own_grouping(db_url: str, seeded: Seed
     assert np.isnan(got.std[~red]).all()
 
 
+def test_bands_named_as_other_tools_name_them_are_read(db_url: str, seeded: SeededSet) -> None:
+    """Images extracted from files whose band descriptions say B2, red or nir (Earth Engine, STAC asset keys)."""
+    keys = np.arange(1, N_PARCELS + 1, dtype=np.int32)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        products = db_read.read_products(conn, seeded.parcel_set_id)
+        before = db_read.read_parcel_series(conn, parcel_set_id=seeded.parcel_set_id, products=products,
+                                            parcel_keys=keys).series
+        updated = conn.execute("UPDATE cbm.extraction SET bands = %s WHERE bands = %s",
+                               (["B2", "red", "nir", "swir16"], ["B02", "B04", "B08", "B11"])).rowcount
+        assert updated == sum(p.source == "s2" for p in products) > 0
+        renamed = db_read.read_products(conn, seeded.parcel_set_id)
+        after = db_read.read_parcel_series(conn, parcel_set_id=seeded.parcel_set_id, products=renamed,
+                                           parcel_keys=keys).series
+    assert {p.bands for p in renamed if p.source == "s2"} == {("B02", "B04", "B08", "B11")}
+    for name in ("offsets", "band", "obs_day", "mean", "std", "scl_bad_share"):
+        np.testing.assert_array_equal(getattr(after, name), getattr(before, name), err_msg=name)
+
+
 def test_the_read_raises_work_mem_for_its_transaction_only(db_url: str, seeded: SeededSet) -> None:
     """The images' arrays are aggregated in memory, not spilled to disk: work_mem up for the read's transaction."""
     keys = np.arange(1, N_PARCELS + 1, dtype=np.int32)

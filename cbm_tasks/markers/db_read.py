@@ -32,6 +32,7 @@ from cbm_tasks.markers.series import (
     SCL_BAD_CLASSES,
     SOURCE_CODE,
     SeriesTable,
+    band_name,
     group_offsets,
 )
 
@@ -104,7 +105,9 @@ def read_products(conn: psycopg.Connection, parcel_set_id: int) -> list[ProductI
             log.warning("markers: product %s of type %s is not a marker input (known: %s); skipped",
                         product_id, product_type, ", ".join(PRODUCT_TYPES))
             continue
-        products.append(ProductInfo(int(product_id), source, float(day), int(orbit), tuple(bands), int(scl)))
+        # bands as the file named them: B4 or red (Earth Engine, STAC asset keys) is the markers' B04
+        products.append(ProductInfo(int(product_id), source, float(day), int(orbit),
+                                    tuple(band_name(str(b)) for b in bands), int(scl)))
     return products
 
 
