@@ -17,7 +17,9 @@ read with that separator, and a leading BOM is skipped; numbers always take a de
 CARD-COH12), and Sentinel-2 L2A by other tools' names too (``sentinel-2-l2a``, ``S2_L2A``, ...); band
 names are case-insensitive, ``B4`` means ``B04``, STAC's asset names (``red``, ``nir``, ``swir16``, ...)
 the bands they name and JRC's ``VVb``/``VVc`` (backscatter, coherence) ``VV``; ``NDVI`` is read too
-(used where an image has no red or NIR).
+(used where an image has no red or NIR). A wide table, one column per band (``B04``, ``B4_mean``,
+``B04_std``, ``NDVI``, ...) and no ``band``/``mean`` columns, is read as the long one
+(:mod:`cbm_tasks.markers.wide`).
 Values are physical units
 (S2 reflectance 0-1, S1 linear backscatter, coherence 0-1): a file in other units (digital numbers,
 dB) is an error.
@@ -51,7 +53,8 @@ from cbm_tasks.markers.series import (
     band_name,
     source_name,
 )
-from cbm_tasks.markers.table_file import classes_file, read_table
+from cbm_tasks.markers.table_file import classes_file, read_table, require_columns
+from cbm_tasks.markers.wide import is_wide, long_from_wide
 
 __all__ = ["REQUIRED_COLUMNS", "SeriesFileError", "classes_file", "read_series", "read_table",
            "scl_bad_share_from_counts", "series_from_arrow"]
@@ -298,7 +301,11 @@ def read_series(path: str | Path) -> SeriesTable:
     """
     t0 = time.perf_counter()
     path = Path(path)
-    table = read_table(path, REQUIRED_COLUMNS)
+    table = read_table(path, ("parcel_id", "obs_time"))
+    if is_wide(table.column_names):
+        table = long_from_wide(table, str(path))
+    else:
+        require_columns(path, table, REQUIRED_COLUMNS, hint=" (or one column per band: B04, B08, ...)")
     companion = classes_file(path)
     classes = read_table(companion, _CLASS_COLUMNS) if companion.is_file() else None
     series = series_from_arrow(table, classes, name=str(path))

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from cbm_tasks.markers.obs_time import UTC_TIME, SeriesFileError, utc_times
 
-__all__ = ["COLUMN_TYPES", "classes_file", "read_table"]
+__all__ = ["COLUMN_TYPES", "classes_file", "read_table", "require_columns"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,14 @@ def _read_csv(path: Path, types: dict[str, pa.DataType], *, strings_only: bool =
         )
 
 
+def require_columns(path: Path, table: pa.Table, required: tuple[str, ...], *, hint: str = "") -> None:
+    """Raise :class:`SeriesFileError` naming the *required* columns *table* lacks (and *hint*)."""
+    missing = [column for column in required if column not in table.column_names]
+    if missing:
+        raise SeriesFileError(f"time-series file {path}: line 1: missing column(s) {', '.join(missing)}; "
+                              f"required: {', '.join(required)}; found: {', '.join(table.column_names)}{hint}")
+
+
 def read_table(path: Path, required: tuple[str, ...]) -> pa.Table:
     """Read a CSV / gzipped CSV / Parquet file into an Arrow table with the known columns typed.
 
@@ -114,10 +122,7 @@ def read_table(path: Path, required: tuple[str, ...]) -> pa.Table:
             raise SeriesFileError(f"time-series file {path}: extension must be .csv, .csv.gz or .parquet")
     except (pa.ArrowInvalid, OSError, EOFError, UnicodeDecodeError) as err:
         raise SeriesFileError(f"time-series file {path}: cannot read: {err}") from err
-    missing = [column for column in required if column not in table.column_names]
-    if missing:
-        raise SeriesFileError(f"time-series file {path}: line 1: missing column(s) {', '.join(missing)}; "
-                              f"required: {', '.join(required)}; found: {', '.join(table.column_names)}")
+    require_columns(path, table, required)
     if "obs_time" in table.column_names and table.column("obs_time").type != UTC_TIME:
         table = table.set_column(table.column_names.index("obs_time"), "obs_time", utc_times(path, table))
     for column in table.column_names:
