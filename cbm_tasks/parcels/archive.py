@@ -50,19 +50,20 @@ def register_in(path: Path) -> Iterator[tuple[Path | str, str]]:
         yield path, str(path)
         return
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+        archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as err:
         raise ParcelImportError(f"{path}: not a readable zip archive: {err}") from err
-    datasets = _datasets(names)
+    with archive:
+        datasets = _datasets(archive.namelist())
+        if len(datasets) == 1 and is_parquet(datasets[0]):  # pyarrow reads files: copied out, removed after
+            with tempfile.TemporaryDirectory(prefix="cbm-register-") as scratch:
+                target = Path(scratch) / PurePosixPath(datasets[0]).name
+                with archive.open(datasets[0]) as src, target.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                yield target, f"{path}/{datasets[0]}"
+            return
     if not datasets:
         yield path, str(path)  # GDAL says what the archive is not
-    elif len(datasets) == 1 and is_parquet(datasets[0]):
-        with tempfile.TemporaryDirectory(prefix="cbm-register-") as scratch:
-            target = Path(scratch) / PurePosixPath(datasets[0]).name
-            with zipfile.ZipFile(path) as archive, archive.open(datasets[0]) as src, target.open("wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            yield target, f"{path}/{datasets[0]}"
     elif len(datasets) == 1:
         yield f"/vsizip/{path}/{datasets[0]}", f"{path}/{datasets[0]}"
     elif len({PurePosixPath(d).parent for d in datasets}) == 1 and all(d.lower().endswith(".shp") for d in datasets):

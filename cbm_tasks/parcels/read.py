@@ -86,6 +86,7 @@ class _Source:
     fields: tuple[str, ...]  # readable columns, including a named GeoPackage fid column
     crs: str | dict[str, Any] | None
     fid_column: str | None = None
+    geometry: str | None = None  # a GeoParquet file's primary geometry column
 
 
 def read_parcels(
@@ -272,7 +273,7 @@ def _open_geoparquet(path: Path, layer: str | None, shown: str) -> _Source:
     # GeoParquet: an absent "crs" means OGC:CRS84, an explicit null means unknown
     crs = meta["crs"] if "crs" in meta else "OGC:CRS84"
     fields = tuple(name for name in pq.read_schema(path).names if name != primary)
-    return _Source(path, shown, None, fields, crs)
+    return _Source(path, shown, None, fields, crs, geometry=primary)
 
 
 def _geo_metadata(path: Path, shown: str) -> dict[str, Any]:
@@ -293,13 +294,12 @@ def _geo_metadata(path: Path, shown: str) -> dict[str, Any]:
 
 def _read_columns(source: _Source, columns: Sequence[str]) -> tuple[dict[str, list[Any]], list[bytes | None]]:
     """Return {column: values} and the WKB of every feature, in source order."""
-    if isinstance(source.path, Path) and is_parquet(source.path):
-        primary = _geo_metadata(source.path, source.shown)["primary_column"]
+    if source.geometry is not None:  # GeoParquet (_open_geoparquet)
         try:
-            table = pq.read_table(source.path, columns=[*columns, primary])
+            table = pq.read_table(source.path, columns=[*columns, source.geometry])
         except (pa.ArrowException, OSError) as err:
             raise ParcelImportError(f"{source.shown}: cannot read: {err}") from err
-        geometry = primary
+        geometry = source.geometry
     else:
         wanted = [c for c in columns if c != source.fid_column]
         try:
