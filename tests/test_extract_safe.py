@@ -70,6 +70,6 @@ def test_safe_extraction_applies_the_boa_offset(conn: psycopg.Connection) -> Non
 def test_a_safe_folder_takes_no_scale_from_the_user(conn: psycopg.Connection) -> None:
     safe = shared_data("s2_l2a_safe", SAFE)
     add_parcel_set(conn, aoi="ireland", year=2022, srid=32629, parcels=PARCELS)
-    with pytest.raises(BadInputError, match=r"SAFE folder states the scale and offset of its bands"):
+    with pytest.raises(BadInputError, match=r"a SAFE folder names its bands and states their scale and offset"):
         extract_file(conn, STORE, safe, aoi="ireland", year=2022, scale=1e-4, offset=-0.1)
     assert conn.execute("SELECT count(*) FROM cbm.product").fetchone() == (0,)
