@@ -90,6 +90,22 @@ def test_crops_select_schemes(tmp_path: Path) -> None:
                       ("cut", "permanent_grassland", "green"), ("uncut", "arable_harvest", "red")]
 
 
+def test_crop_prefixes_map_a_hierarchy_of_codes(tmp_path: Path) -> None:
+    # EuroCrops' HCAT and WorldCereal's legend group their codes by prefix: one key per group
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES + '    crops: {"33*": [mown], "3301*": [], "330102": [mown], "*": [mown]}\n')
+    loaded = load_rules(rules)
+    assert loaded.schemes_for("3302010100") == ("mown",)  # "33*"
+    assert loaded.schemes_for("3301010100") == ()  # the longer prefix "3301*" wins
+    assert loaded.schemes_for("330102") == ("mown",)  # the code's own key wins over any prefix
+    assert loaded.schemes_for("9999") == ("mown",)  # "*": any crop code
+    assert loaded.schemes_for(None) == ("mown",)  # no crop: unknown_crop, not "*"
+    demo = load_rules()  # the shipped demo AOI maps the WorldCereal legend's groups
+    assert [demo.schemes_for(code, aoi="demo") for code in ("1110", "4351", "4420", "7910", "9120", "3510")] == [
+        ("arable_harvest",), ("arable_harvest",), (), ("forage_cut",), ("grassland_mowing", "permanent_grassland"),
+        ()]
+
+
 @pytest.mark.parametrize(("text", "message"), [
     (RULES.replace("marker: mowing", "marker: grazing"), r"rules\.yaml, scheme mown, rule 1 \(id R1\): unknown "
                                                           r"marker 'grazing'"),
@@ -98,6 +114,7 @@ def test_crops_select_schemes(tmp_path: Path) -> None:
     (RULES.replace('"08-31"', '"05-01"'), r"\(id R1\): window ends \(05-01\) before it starts \(06-01\)"),
     (RULES.replace("require: present", "require: often"), r"\(id R1\): require must be one of present, absent"),
     (RULES.replace("unknown_crop: [mown]", "unknown_crop: [grazed]"), r"crop_schemes.default: unknown scheme"),
+    (RULES + '    crops: {"3*3": [mown]}\n', r"crop_schemes.default: crop '3\*3': '\*' may only end a code"),
     ("schemes: [", r"rules\.yaml: not valid YAML"),
     (RULES.replace("min_confidence: 0.5}", "min_confidence: 0.5, min_events: 0}"), r"\(id R1\): min_events must be an"),
     (RULES.replace("min_confidence: 0.5}", "min_confidence: 0.5, max_events: 2}"), r"\(id R1\): max_events applies to "

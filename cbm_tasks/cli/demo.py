@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--synthetic adds a seeded synthetic AOI",
     )
     build.add_argument("--out", type=Path, help="output folder (default: <project>/var/demo)")
-    build.add_argument("--cube-dir", type=Path, help="folder of the WorldCereal 31UDS NetCDF cube")
+    build.add_argument("--cube-dir", type=Path, help="folder of a WorldCereal training cube (NetCDF; default the "
+                       "shared 31UDS chip)")
     build.add_argument("--max-products", type=int, help="only the first N dates of each sensor")
     build.add_argument("--synthetic", action="store_true", help="also build the synthetic AOI")
     build.add_argument("--synthetic-parcels", type=int, default=3000, metavar="N", help="(default 3000)")
@@ -39,16 +40,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--out", type=Path, help="demo data folder (default: <project>/var/demo)")
     run.add_argument("--port", type=int, help="Airflow UI port on 127.0.0.1 (default: $CBM_AIRFLOW_PORT or 8080)")
     run.add_argument("--max-products", type=int, help="only the first N dates of each sensor (quick runs)")
+    run.add_argument("--cube-dir", type=Path, help="folder of a WorldCereal training cube (NetCDF; default the "
+                     "shared 31UDS chip): its chip, register and dates become the demo AOI")
     run.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the runs (default 3600)")
     run.set_defaults(func=_run)
 
 
 def _build(args: argparse.Namespace) -> int:
-    from cbm_tasks.demo.data import build_demo  # xarray, rasterio: only when data is built
+    from cbm_tasks.demo.data import build_demo, demo_folder  # xarray, rasterio: only when data is built
     from cbm_tasks.demo.synthetic import build_synthetic
 
     out: Path = args.out or settings.project_dir() / "var" / "demo"
-    layouts = [build_demo(out / "demo", cube_dir=args.cube_dir, max_products=args.max_products)]
+    layouts = [build_demo(demo_folder(out, args.cube_dir), cube_dir=args.cube_dir, max_products=args.max_products)]
     if args.synthetic:
         layouts.append(
             build_synthetic(
@@ -64,7 +67,7 @@ def _describe(layout: DemoLayout) -> str:
     lines = [
         f"aoi {layout.aoi} (year {layout.year})",
         f"  catalogue root  {layout.catalogue_root}  ({layout.n_s2} S2 L2A, {layout.n_s1} S1 CARD-BS products)",
-        f"  parcels         {layout.parcels_file}  ({layout.n_parcels} parcels, EPSG:32631)",
+        f"  parcels         {layout.parcels_file}  ({layout.n_parcels} parcels)",
     ]
     if layout.ground_truth_file is not None:
         lines.append(f"  ground truth    {layout.ground_truth_file}")
@@ -75,6 +78,7 @@ def _describe(layout: DemoLayout) -> str:
 def _run(args: argparse.Namespace) -> int:
     from cbm_tasks.demo.run import run_demo  # starts services: imported only when asked for
 
-    summary = run_demo(out_dir=args.out, port=args.port, max_products=args.max_products, timeout_s=args.timeout)
+    summary = run_demo(out_dir=args.out, port=args.port, max_products=args.max_products, timeout_s=args.timeout,
+                       cube_dir=args.cube_dir)
     sys.stdout.write("\n".join(summary.lines()) + "\n")
     return 0 if summary.ok else 1

@@ -1,10 +1,13 @@
-"""Read the WorldCereal training cube of chip 31UDS (shared/data/worldcereal_31UDS) into plain arrays.
+"""Read a WorldCereal training cube (the demo's: shared/data/worldcereal_31UDS) into plain arrays.
 
-The cube holds four NetCDF files on one 640 m x 640 m chip in EPSG:32631: Sentinel-2 L2A at 10 m
-and 20 m (reflectance x 10000, ``_FillValue`` 0, SCL in the 20 m file), Sentinel-1 GRD ascending at
-20 m (backscatter in dB x 10000 as int32, ``_FillValue`` 0) and ``OUTPUT_POLY-110``, the Flemish
-parcel register of 2018 rasterised to crop-type (``CT``), land-cover (``LC``) and irrigation
-(``IRR``) codes of the WorldCereal legend on the 10 m grid.
+A cube is a folder of NetCDF files on one chip (640 m x 640 m in the shared one, EPSG:32631):
+Sentinel-2 L2A at 10 m and 20 m (reflectance x 10000, ``_FillValue`` 0, SCL in the 20 m file),
+Sentinel-1 GRD ascending and/or descending at 20 m (backscatter in dB x 10000 as int32,
+``_FillValue`` 0) and ``OUTPUT_POLY-*``, the parcel register rasterised to crop-type (``CT``),
+land-cover (``LC``) and irrigation (``IRR``) codes of the WorldCereal legend on the 10 m grid
+(the Flemish register of 2018 in the shared one). :func:`find_cube` finds the files of any chip
+by their names (``S2_L2A_10m_<location>_<epsg>_<start>_<end>.nc``, ...): a chip may lack a sensor
+(WorldCereal's cubes of some locations have no 10 m Sentinel-2 file).
 
 This module only reads and checks; :mod:`cbm_tasks.demo.data` writes the local catalogue.
 """
@@ -27,16 +30,19 @@ from cbm_tasks.errors import CorruptProductError, GridMismatchError
 __all__ = [
     "CT_NAMES",
     "CUBE_FILES",
+    "CubeFiles",
     "CubeGrid",
     "LC_NAMES",
     "RasterParcel",
     "SensorCube",
+    "crop_name",
+    "find_cube",
     "open_sensor_cube",
     "polygonise_crop_types",
     "read_parcel_raster",
 ]
 
-# File name of each part of the cube (chip 00002806639B424A).
+# File name of each part of the shared cube (chip 00002806639B424A); other chips: find_cube.
 CUBE_FILES = {
     "S2_10m": "S2_L2A_10m_00002806639B424A_32631_2017-08-01_2018-11-30.nc",
     "S2_20m": "S2_L2A_20m_00002806639B424A_32631_2017-08-01_2018-11-30.nc",
@@ -44,8 +50,8 @@ CUBE_FILES = {
     "POLY": "OUTPUT_POLY-110_10m_00002806639B424A_32631_2017-08-01_2018-11-30.nc",
 }
 
-# WorldCereal crop-type (CT) and land-cover (LC) legend, the codes that occur on this chip
-# (names as in the WorldCereal reference-data module legend).
+# WorldCereal crop-type (CT) and land-cover (LC) legend: the codes that occur on the shared chip, and
+# the groups of the legend's hierarchy (a code's name is its own, else its group's: crop_name)
 CT_NAMES = {
     1200: "Maize",
     2130: "Cabbages",
@@ -53,7 +59,66 @@ CT_NAMES = {
     7900: "Other leguminous crops",
     9120: "Permanent grass crops",
 }
+_CT_GROUPS = {
+    1000: "Cereals", 1100: "Wheat", 1110: "Winter wheat", 1120: "Spring wheat", 1500: "Barley",
+    1300: "Rice", 1400: "Sorghum", 1510: "Winter barley", 1520: "Spring barley", 1600: "Rye", 1700: "Oats",
+    1800: "Millets", 1910: "Winter cereal", 1920: "Spring cereal", 2000: "Vegetables and melons",
+    3000: "Fruit and nuts", 4000: "Oilseed crops", 4350: "Rapeseed", 4380: "Sunflower", 5000: "Root/tuber crops",
+    6000: "Beverage and spice crops", 7000: "Leguminous crops", 8000: "Sugar crops", 8100: "Sugar beet",
+    9000: "Other crops", 9100: "Grasses and other fodder crops", 9110: "Temporary grass crops",
+    9700: "Alfalfa", 9998: "Mixed cropping",
+}
 LC_NAMES = {11: "Annual cropland", 13: "Grassland", 60: "Built up / urban", 99: "No cropland"}
+
+
+def crop_name(code: int) -> str:
+    """The WorldCereal name of crop-type *code*: its own, else its group's (1234 -> 1230, 1200, 1000), else ''."""
+    for candidate in (code, code // 10 * 10, code // 100 * 100, code // 1000 * 1000):
+        name = CT_NAMES.get(candidate) or _CT_GROUPS.get(candidate)
+        if name:
+            return name
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class CubeFiles:
+    """The files of one cube (:func:`find_cube`); a sensor the chip lacks is None (or no S1 file)."""
+
+    folder: Path
+    parcels: Path  # OUTPUT_POLY-*: the rasterised register
+    s2_10m: Path | None
+    s2_20m: Path | None
+    s1: tuple[tuple[Path, str], ...]  # (file, orbit direction: ascending / descending)
+
+
+def find_cube(folder: Path) -> CubeFiles:
+    """Find the files of the WorldCereal cube in *folder* by their names.
+
+    Raises:
+        CorruptProductError: no such folder, no parcel raster (``OUTPUT_*.nc``), no sensor file,
+            or two files of one kind (the message names them).
+    """
+    if not folder.is_dir():
+        raise CorruptProductError(f"cube folder {folder} does not exist")
+
+    def one(pattern: str) -> Path | None:
+        found = sorted(folder.glob(pattern))
+        if len(found) > 1:
+            raise CorruptProductError(f"cube folder {folder}: {len(found)} files {pattern} "
+                                      f"({', '.join(f.name for f in found)}); one cube per folder")
+        return found[0] if found else None
+
+    parcels = one("OUTPUT_*.nc")
+    s2_10m, s2_20m = one("S2_L2A_10m_*.nc"), one("S2_L2A_20m_*.nc")
+    s1 = tuple((path, direction) for direction in ("ascending", "descending")
+               if (path := one(f"S1_GRD-{direction.upper()}_*.nc")) is not None)
+    if parcels is None:
+        raise CorruptProductError(f"cube folder {folder}: no parcel raster OUTPUT_*.nc (the register on the "
+                                  "chip's grid)")
+    if s2_10m is None and s2_20m is None and not s1:
+        raise CorruptProductError(f"cube folder {folder}: no sensor file (S2_L2A_10m_*.nc, S2_L2A_20m_*.nc, "
+                                  "S1_GRD-ASCENDING_*.nc, S1_GRD-DESCENDING_*.nc)")
+    return CubeFiles(folder, parcels, s2_10m, s2_20m, s1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +293,7 @@ def polygonise_crop_types(
         RasterParcel(
             parcel_id=f"demo-{index:04d}",
             crop_code=code,
-            crop_name=CT_NAMES.get(code, ""),
+            crop_name=crop_name(code),
             lc_code=lc_code,
             lc_name=LC_NAMES.get(lc_code, ""),
             n_pixels=n_pixels,

@@ -1,9 +1,9 @@
 """``cbm demo run``: the whole pipeline on the built-in demo AOI, through the real Airflow deployment.
 
 Steps: start the local PostGIS and migrate it; build the demo data (idempotent); import the demo
-parcels (AOI ``demo``, 2018) unless already imported from the same file; start Airflow; point the
-``demo`` AOI at the local catalogue (Variable ``cbm_catalogue``); unpause and trigger
-``cbm_catalogue`` over 2017-08..2018-11 through the REST API; wait for it and for the
+parcels (AOI ``demo``, 2018 for the shared cube) unless already imported from the same file; start
+Airflow; point the ``demo`` AOI at the local catalogue (Variable ``cbm_catalogue``); unpause and trigger
+``cbm_catalogue`` over the cube's dates (2017-08..2018-11) through the REST API; wait for it and for the
 ``cbm_extract`` runs its asset event starts; then run ``cbm_markers`` over the demo parcel set
 (markers and traffic lights; it also follows ``cbm_parcel_stats`` by itself) and wait for it;
 report from the database (lights per scheme, colour and reason) and from Airflow.
@@ -36,11 +36,10 @@ from cbm_tasks.parcels import sets as parcel
 from cbm_tasks.pipeline import extract as pipeline
 from cbm_tasks.pipeline import markers as markers_pipeline
 
-__all__ = ["DEMO_WINDOW", "DemoSummary", "run_demo"]
+__all__ = ["DemoSummary", "run_demo"]
 
 log = logging.getLogger(__name__)
 
-DEMO_WINDOW = ("2017-08-01", "2018-11-30")  # the dates of the WorldCereal 31UDS cube
 _DAGS = ("cbm_catalogue", "cbm_extract", "cbm_markers", "cbm_audit")  # cbm_audit: run reports of cbm_markers
 
 
@@ -248,6 +247,7 @@ def run_demo(
     max_products: int | None = None,
     timeout_s: float = 3600,
     airflow: airflow_ctl.AirflowConfig | None = None,
+    cube_dir: Path | None = None,
 ) -> DemoSummary:
     """Run the pipeline on the demo AOI through Airflow and return what it did.
 
@@ -257,6 +257,7 @@ def run_demo(
         max_products: build only the first N dates per sensor (quick runs); None = all.
         timeout_s: how long to wait for the DAG runs.
         airflow: the deployment to use; default :func:`cbm_tasks.ops.airflow_ctl.default_config`.
+        cube_dir: the WorldCereal cube to build the demo from; default the shared 31UDS chip.
 
     Raises:
         ServiceError: Airflow did not start, a DAG did not parse, or the runs did not finish
@@ -266,8 +267,8 @@ def run_demo(
     deadline = time.monotonic() + timeout_s
     cfg = airflow or airflow_ctl.default_config(port=port)
     url = _prepare_database()
-    layout = demo_data.build_demo((out_dir or settings.project_dir() / "var" / "demo") / "demo",
-                                  max_products=max_products)
+    out = out_dir or settings.project_dir() / "var" / "demo"
+    layout = demo_data.build_demo(demo_data.demo_folder(out, cube_dir), cube_dir=cube_dir, max_products=max_products)
     _import_parcels(url, layout)
     airflow_ctl.start(cfg)
     api = AirflowApi(cfg.url, username=airflow_ctl.ADMIN_USER, password=airflow_ctl.admin_password(cfg))
@@ -275,10 +276,11 @@ def run_demo(
     api.wait_for_dags(_DAGS)
     for dag_id in _DAGS:
         api.set_paused(dag_id, paused=False)
-    run_id = api.trigger("cbm_catalogue", conf={"aoi": layout.aoi, "start": DEMO_WINDOW[0], "end": DEMO_WINDOW[1]})
+    start, end = layout.window  # the cube's dates (2017-08-01 .. 2018-11-30 for the shared one)
+    run_id = api.trigger("cbm_catalogue", conf={"aoi": layout.aoi, "start": start, "end": end})
     # the run polls the demo AOI only: other AOIs of the cluster (and their catalogues) are not waited on
     log.info("waiting for cbm_catalogue run_id=%s: poll of aoi=%s in %s..%s (progress every 30 s)", run_id,
-             layout.aoi, *DEMO_WINDOW)
+             layout.aoi, start, end)
     catalogue_run = api.wait_for_run("cbm_catalogue", run_id, timeout_s=max(deadline - time.monotonic(), 1))
     if catalogue_run["state"] != "success":
         raise ServiceError(f"cbm_catalogue run {run_id} failed: tasks {api.task_states('cbm_catalogue', run_id)}; "

@@ -231,7 +231,13 @@ def evaluate_lights(result: MarkerResult, rules: SchemeRules, *, crops: Mapping[
     t0 = time.perf_counter()
     n_parcels = len(result.parcel_ids)
     parcel_ids = [str(p) for p in result.parcel_ids]
-    schemes_of = [sorted(rules.schemes_for(None if crops is None else crops.get(pid), aoi=aoi)) for pid in parcel_ids]
+    by_crop: dict[str | None, list[str]] = {}  # a country has ~10^6 parcels and ~10^2 crop codes
+    schemes_of = []
+    for pid in parcel_ids:
+        crop = None if crops is None else crops.get(pid)
+        if crop not in by_crop:
+            by_crop[crop] = sorted(rules.schemes_for(crop, aoi=aoi))
+        schemes_of.append(by_crop[crop])
     owner, years = _seasons(result, year)
     event_offsets = group_offsets(result.parcel, n_parcels)
     unique_years = np.unique(years)

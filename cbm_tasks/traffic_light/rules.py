@@ -96,11 +96,21 @@ class SchemeRules:
     hash: str
 
     def schemes_for(self, crop_code: str | None, *, aoi: str | None = None) -> tuple[str, ...]:
-        """Return the schemes of a parcel with *crop_code* (None: unknown) in *aoi*."""
+        """Return the schemes of a parcel with *crop_code* (None: unknown) in *aoi*.
+
+        A crop key ending in ``*`` is a prefix (``"33*"``: every code that starts with 33, as
+        hierarchical codes such as EuroCrops' HCAT group their crops; ``"*"`` any code): the code's
+        own key wins, then the longest prefix.
+        """
         key = aoi if aoi is not None and aoi in self.crop_schemes else "default"
         if crop_code is None or crop_code == "":
             return self.unknown_crop.get(key, ())
-        return self.crop_schemes.get(key, {}).get(str(crop_code), ())
+        crops = self.crop_schemes.get(key, {})
+        code = str(crop_code)
+        if code in crops:
+            return crops[code]
+        prefixes = [k for k in crops if k.endswith("*") and code.startswith(k[:-1])]
+        return crops[max(prefixes, key=len)] if prefixes else ()
 
 
 def _month_day(value: Any, where: str) -> tuple[int, int]:
@@ -192,6 +202,9 @@ def _parse(loaded: Any, source: str) -> SchemeRules:
         if not isinstance(mapping, dict):
             raise RulesFileError(f"{where}: must be a mapping with crops and unknown_crop")
         names_by_crop = {str(code): tuple(names) for code, names in (mapping.get("crops") or {}).items()}
+        for code in names_by_crop:
+            if "*" in code[:-1]:
+                raise RulesFileError(f"{where}: crop {code!r}: '*' may only end a code (a prefix: \"33*\")")
         unknown = tuple(mapping.get("unknown_crop") or ())
         for names in (*names_by_crop.values(), unknown):
             for scheme in names:
