@@ -79,6 +79,10 @@ def test_sentinel2_digital_numbers_need_their_scale(cli_db: psycopg.Connection, 
     error = capsys.readouterr().err
     assert f"image {image.resolve()}: band B04 of this S2MSI2A image hold Sentinel-2 digital numbers" in error
     assert "--scale 0.0001 --offset -0.1" in error
+    gee = write_tif(tmp_path / "gee_20180601.tif", np.stack([dn, dn]), transform=TRANSFORM, nodata=0,
+                    descriptions=["B4", "B8"])  # Earth Engine's names of an S2_SR export, DNs as uint16
+    assert cli.main(["extract", str(gee), *base[2:]]) == 2
+    assert "bands B4, B8 of this S2MSI2A image hold Sentinel-2 digital numbers" in capsys.readouterr().err
     assert cli.main([*base, "--scale", "0"]) == 2
     assert "--scale must be a finite number other than 0, got 0.0" in capsys.readouterr().err
     assert row_counts(cli_db) == before  # nothing registered

@@ -284,8 +284,8 @@ def digital_number_bands(bands: Sequence[BandSource], *, store: RasterStore, pro
     Their statistics would be stored as DNs (x 10000, and without the offset of processing baseline
     04.00 and later), which the markers cannot read as reflectance.
     """
-    undecoded = [band for band in bands if not band.categorical and _S2_REFLECTANCE.fullmatch(band.name)
-                 and (band.scale, band.offset) == (1.0, 0.0)]
+    undecoded = [band for band in bands if not band.categorical and _S2_REFLECTANCE.fullmatch(canonical_band(band.name))
+                 and (band.scale, band.offset) == (1.0, 0.0)]  # B4 and red too (Earth Engine, STAC asset keys)
     found = []
     for href in dict.fromkeys(band.href for band in undecoded):
         with rasterio.Env(**store.rasterio_env()), open_raster(href, store=store, product=product) as dataset:
