@@ -77,7 +77,7 @@ def test_sentinel2_digital_numbers_need_their_scale(cli_db: psycopg.Connection, 
     before = row_counts(cli_db)
     assert cli.main(base) == 2
     error = capsys.readouterr().err
-    assert f"image {image.resolve()}: band B04 of this S2MSI2A image hold Sentinel-2 digital numbers" in error
+    assert f"image {image.resolve()}: band B04 of this S2MSI2A image holds Sentinel-2 digital numbers" in error
     assert "--scale 0.0001 --offset -0.1" in error
     gee = write_tif(tmp_path / "gee_20180601.tif", np.stack([dn, dn]), transform=TRANSFORM, nodata=0,
                     descriptions=["B4", "B8"])  # Earth Engine's names of an S2_SR export, DNs as uint16

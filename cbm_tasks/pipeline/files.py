@@ -123,7 +123,8 @@ def _decoded(store: RasterStore, product: Product, *, names: list[str] | None, s
         if raw:
             raise BadInputError(
                 f"image {product.location}: band{'s' if len(raw) > 1 else ''} {', '.join(raw)} of this "
-                f"{product.product_type} image hold Sentinel-2 digital numbers (integers, reflectance x 10000) and "
+                f"{product.product_type} image hold{'' if len(raw) > 1 else 's'} Sentinel-2 digital numbers "
+                "(integers, reflectance x 10000) and "
                 "the file states no scale: give --scale 0.0001 --offset -0.1 (processing baseline 04.00 and later, "
                 "acquired from 25 January 2022) or --scale 0.0001 --offset 0 (earlier), so that the statistics "
                 "are reflectance as the markers read them")
