@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("--aoi", required=True, help="AOI name")
     export.add_argument("--year", required=True, type=int, help="year of the parcel set")
     export.add_argument("--out", required=True, type=Path, metavar="FILE", help="FILE.csv or FILE.parquet")
+    export.add_argument("--wide", action="store_true", help="one row per parcel and image, a column per band "
+                        "(<band> its mean, <band>_std): parcel_id, obs_time, product_id, source, B02, B02_std, ...")
     export.set_defaults(func=_export)
 
 
@@ -35,6 +37,6 @@ def _export(args: argparse.Namespace) -> int:
     from cbm_tasks.timeseries.export import export_time_series
 
     with db.connect(settings.database_url()) as conn:
-        result = export_time_series(conn, aoi=args.aoi, year=args.year, out=args.out)
+        result = export_time_series(conn, aoi=args.aoi, year=args.year, out=args.out, wide=args.wide)
     sys.stdout.write(f"{result.path}: {result.n_rows} rows; {result.classes_path}: {result.n_class_rows} rows\n")
     return 0

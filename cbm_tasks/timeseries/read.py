@@ -31,6 +31,7 @@ __all__ = [
     "iter_class_counts",
     "parcel_time_series",
     "read_time_series",
+    "table_of_rows",
 ]
 
 BAND_STATS_COLUMNS = ("parcel_id", "obs_time", "product_id", "source", "band",
@@ -162,7 +163,8 @@ def iter_class_counts(conn: psycopg.Connection, *, parcel_set_id: int,
     yield from _iter_batches(conn, _CLASS_COUNTS_EXPORT, parcel_set_id, batch_rows)
 
 
-def _table(batch: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
+def table_of_rows(batch: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
+    """Rows of a query as an Arrow table of *schema* (column for column; NaN becomes null)."""
     columns = list(zip(*batch, strict=True))
     arrays = [pa.array(column, type=field.type, from_pandas=True)  # from_pandas: NaN -> null
               for column, field in zip(columns, schema, strict=True)]
@@ -173,14 +175,14 @@ def band_stats_batches(conn: psycopg.Connection, *, parcel_set_id: int,
                        batch_rows: int = 50_000) -> Iterator[pa.Table]:
     """Yield the band statistics of a parcel set as Arrow tables of BAND_STATS_SCHEMA, *batch_rows* at a time."""
     for batch in iter_band_stats(conn, parcel_set_id=parcel_set_id, batch_rows=batch_rows):
-        yield _table(batch, BAND_STATS_SCHEMA)
+        yield table_of_rows(batch, BAND_STATS_SCHEMA)
 
 
 def class_counts_batches(conn: psycopg.Connection, *, parcel_set_id: int,
                          batch_rows: int = 50_000) -> Iterator[pa.Table]:
     """Yield the class counts of a parcel set as Arrow tables of CLASS_COUNTS_SCHEMA, *batch_rows* at a time."""
     for batch in iter_class_counts(conn, parcel_set_id=parcel_set_id, batch_rows=batch_rows):
-        yield _table(batch, CLASS_COUNTS_SCHEMA)
+        yield table_of_rows(batch, CLASS_COUNTS_SCHEMA)
 
 
 def read_time_series(conn: psycopg.Connection, *, aoi: str, year: int) -> TimeSeries:
