@@ -355,6 +355,32 @@ def test_bands_named_as_other_tools_name_them_are_read(db_url: str, seeded: Seed
         np.testing.assert_array_equal(getattr(after, name), getattr(before, name), err_msg=name)
 
 
+def test_the_narrow_nir_and_a_files_ndvi_stand_in_as_the_file_reader_takes_them(db_url: str,
+                                                                               seeded: SeededSet) -> None:
+    """An image extracted at 20 or 60 m has B8A but no B08; an NDVI-only image has neither red nor NIR."""
+    keys = np.arange(1, N_PARCELS + 1, dtype=np.int32)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        products = db_read.read_products(conn, seeded.parcel_set_id)
+        narrow, index_only, both = [p.product_id for p in products if p.source == "s2"][3:6]
+        before = db_read.read_parcel_series(conn, parcel_set_id=seeded.parcel_set_id, products=products,
+                                            parcel_keys=keys).series
+        conn.execute("UPDATE cbm.extraction SET bands = array_replace(bands, 'B08', 'B8A') WHERE product_id = %s",
+                     (narrow,))
+        conn.execute("UPDATE cbm.extraction SET bands = array_replace(array_replace(bands, 'B04', 'NDVI'), 'B08', "
+                     "'b8') WHERE product_id = %s", (index_only,))
+        conn.execute("UPDATE cbm.extraction SET bands = array_replace(bands, 'B11', 'B8A') WHERE product_id = %s",
+                     (both,))
+        after = db_read.read_parcel_series(conn, parcel_set_id=seeded.parcel_set_id,
+                                           products=db_read.read_products(conn, seeded.parcel_set_id),
+                                           parcel_keys=keys).series
+    for product, band, was in ((narrow, "B8A", "B08"), (index_only, "NDVI", "B04")):
+        got, old = after.product_id == product, before.product_id == product
+        assert set(after.band[got].tolist()) >= {BAND_CODE[band]} and BAND_CODE[was] not in after.band[got]
+        np.testing.assert_array_equal(after.mean[got & (after.band == BAND_CODE[band])],
+                                      before.mean[old & (before.band == BAND_CODE[was])])
+    assert BAND_CODE["B8A"] not in after.band[after.product_id == both]  # read only where B08 is missing
+
+
 def test_the_read_raises_work_mem_for_its_transaction_only(db_url: str, seeded: SeededSet) -> None:
     """The images' arrays are aggregated in memory, not spilled to disk: work_mem up for the read's transaction."""
     keys = np.arange(1, N_PARCELS + 1, dtype=np.int32)

@@ -1,9 +1,9 @@
 """Read a parcel set's time series from PostGIS into the markers' in-memory form, fast.
 
 The database keeps one row per (parcel, image) with all band statistics in one ``real[]``
-(``cbm.parcel_obs``, see ``sql/006_timeseries.sql``). The markers need four S2 band means and the
-red band's spread (std), the S1 VV / VH means and the share of unusable SCL pixels. For each band
-layout (the extraction's ``bands``), one
+(``cbm.parcel_obs``, see ``sql/006_timeseries.sql``). The markers need four S2 band means (B8A where
+an image has no B08, its NDVI where it has no red or NIR) and the red band's spread (std), the S1
+VV / VH means and the share of unusable SCL pixels. For each band layout (the extraction's ``bands``), one
 ``COPY (SELECT parcel_key, product_id, stats[i], ...) TO STDOUT (FORMAT BINARY)`` sends exactly
 those values as fixed-width rows, which NumPy reads with one ``frombuffer``: no Python object per row.
 SCL class counts are reduced to (bad, total) pixel sums in the same way.
@@ -168,6 +168,22 @@ def _key_filter(parcel_keys: np.ndarray | None, whole_range: bool) -> tuple[sql.
             [lo, hi, parcel_keys.astype(np.int64).tolist()])
 
 
+def _wanted(product: ProductInfo) -> tuple[str, ...]:
+    """The bands to read of *product*: the markers' own, and what stands in for a missing one.
+
+    B8A for a missing B08 (an image extracted at 20 or 60 m has no B08), a file's NDVI for a missing
+    red or NIR, as in the file reader (``preprocess`` takes them so).
+    """
+    names = _WANTED[product.source]
+    if product.source != "s2":
+        return names
+    if "B08" not in product.bands:
+        names = (*names, "B8A")
+    if "B04" not in product.bands or not {"B08", "B8A"} & set(product.bands):
+        names = (*names, "NDVI")
+    return names
+
+
 def _read_band_means(conn: psycopg.Connection, parcel_set_id: int, products: list[ProductInfo],
                      parcel_keys: np.ndarray | None, whole_range: bool) -> list[tuple[np.ndarray, ...]]:
     """Return [(parcel_key, product_id, band_code, mean, std)] per band layout.
@@ -178,7 +194,7 @@ def _read_band_means(conn: psycopg.Connection, parcel_set_id: int, products: lis
     layouts: dict[tuple[tuple[int, int], ...], list[int]] = {}
     for product in products:
         wanted = tuple((product.bands.index(name), BAND_CODE[name])
-                       for name in _WANTED[product.source] if name in product.bands)
+                       for name in _wanted(product) if name in product.bands)
         if wanted:
             layouts.setdefault(wanted, []).append(product.product_id)
     key_sql, key_params = _key_filter(parcel_keys, whole_range)
