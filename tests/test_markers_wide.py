@@ -88,3 +88,6 @@ def test_bad_cells_are_named_by_their_line(tmp_path: Path) -> None:
                                               r"column per band: B04, B08, ...\)"):
         read_series(write_rows(tmp_path / "n.csv", [["p", "2021-06-06", 0.05]],
                                header=["parcel_id", "obs_time", "greenness"]))
+    with pytest.raises(SeriesFileError, match=r"s.csv: line 1: missing column\(s\) source, band, mean"):
+        read_series(write_rows(tmp_path / "s.csv", [["p", "2021-06-06", 0.05]],
+                               header=["parcel_id", "obs_time", "B04_std"]))  # a spread without its mean

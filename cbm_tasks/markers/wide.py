@@ -59,8 +59,9 @@ def _band_column(column: str) -> tuple[str, str, str | None] | None:
 
 
 def is_wide(columns: list[str]) -> bool:
-    """Whether a table with these columns is wide: no ``band`` and ``mean`` columns, and a band column."""
-    return "band" not in columns and "mean" not in columns and any(_band_column(c) for c in columns)
+    """Whether a table with these columns is wide: no ``band`` and ``mean`` columns, and a band's mean column."""
+    return "band" not in columns and "mean" not in columns and any(
+        (found := _band_column(c)) is not None and found[1] == "mean" for c in columns)
 
 
 def _check_per_image(name: str, table: pa.Table) -> None:
