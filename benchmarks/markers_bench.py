@@ -12,8 +12,10 @@ for later runs (``--reseed`` rebuilds it). Then:
   (binary COPY -> SeriesTable), markers (Numba), traffic lights, database write (binary COPY).
 
 Reported: parcel-seasons per second (wall), and per core: the benchmark process's CPU time plus
-the PostgreSQL backend's (both run at once on this 2-core machine). The peer is the goal of
-issue 9: 2,000 parcel-seasons/s per core.
+the PostgreSQL backend's (both run at once on this 2-core machine), and the machine's busy CPU time
+over the run (/proc/stat), which also counts what the backend's own figure cannot: the parallel
+workers PostgreSQL may start for a query, and whatever else runs. The per-core figure judged is the
+lower of the two. The peer is the goal of issue 9: 2,000 parcel-seasons/s per core.
 
     .venv/bin/python benchmarks/markers_bench.py [--parcels 100000] [--reseed]
 """
@@ -54,6 +56,13 @@ def _backend_cpu(conn: psycopg.Connection) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_cpu() -> float:
+    """Busy CPU seconds of the whole machine since boot (all processes: /proc/stat, less idle and iowait)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _own_cpu() -> float:
@@ -140,15 +149,17 @@ def main() -> int:
     best = 0.0
     for k in range(args.runs):
         with db.connect(url, autocommit=True) as conn:
-            cpu0, backend0, t0 = _own_cpu(), _backend_cpu(conn), time.perf_counter()
+            cpu0, backend0, machine0, t0 = _own_cpu(), _backend_cpu(conn), _machine_cpu(), time.perf_counter()
             outcome = run_parcel_set(conn, lineage.RunContext(step="markers-bench"), aoi=AOI, year=YEAR,
                                      full=True, batch_parcels=args.batch)
             wall = time.perf_counter() - t0
             cpu = _own_cpu() - cpu0 + _backend_cpu(conn) - backend0
-        rate, per_core = n_parcels / wall, n_parcels / cpu
+            machine = _machine_cpu() - machine0
+        rate, per_core = n_parcels / wall, n_parcels / max(cpu, machine)
         best = max(best, per_core)
-        print(f"  run {k + 1}: {wall:6.1f} s wall, {cpu:6.1f} s CPU (python + postgres): {rate:7.0f} parcel-seasons/s, "
-              f"{per_core:7.0f} per core; {outcome.events} events, {outcome.lights} lights")
+        print(f"  run {k + 1}: {wall:6.1f} s wall, {cpu:6.1f} s CPU (python + postgres), {machine:6.1f} s (machine): "
+              f"{rate:7.0f} parcel-seasons/s, {per_core:7.0f} per core; {outcome.events} events, "
+              f"{outcome.lights} lights")
     times = _steps(url, min(args.batch, n_parcels))
     total = sum(times.values())
     n_batch = min(args.batch, n_parcels)

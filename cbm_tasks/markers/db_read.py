@@ -6,7 +6,8 @@ an image has no B08, its NDVI where it has no red or NIR) and the red band's spr
 VV / VH means and the share of unusable SCL pixels. For each band layout (the extraction's ``bands``), one
 ``COPY (SELECT parcel_key, product_id, stats[i], ...) TO STDOUT (FORMAT BINARY)`` sends exactly
 those values as fixed-width rows, which NumPy reads with one ``frombuffer``: no Python object per row.
-SCL class counts are reduced to (bad, total) pixel sums in the same way.
+SCL class counts are reduced to (bad, total) pixel sums in the same way. The rows come image by image;
+:func:`cbm_tasks.markers.db_order.series_order` puts them parcel by parcel in one linear pass.
 
 :func:`read_parcel_series` returns a :class:`DbSeries`: the :class:`SeriesTable` of the markers
 core (parcel ids are the set's parcel keys as strings) plus which image each S2 / S1 observation
@@ -25,6 +26,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from cbm_tasks.markers.db_order import series_order
 from cbm_tasks.markers.series import (
     BAND_CODE,
     OVERPASS_SECONDS,
@@ -112,19 +114,22 @@ def read_products(conn: psycopg.Connection, parcel_set_id: int) -> list[ProductI
 
 
 def _array(buffer: bytes, at: int, kind: str) -> tuple[np.ndarray, int]:
-    """Parse one binary array field (int4[] or float4[], no NULL element) at *at*; return (values, next offset)."""
+    """Parse one binary array field (int4[] or float4[], no NULL element) at *at*; return (values, next offset).
+
+    float4 values come as float64, the markers' type, in the one conversion from network byte order.
+    """
     length = int.from_bytes(buffer[at:at + 4], "big", signed=True)
     if length < 0:
         raise psycopg.DataError("binary COPY: NULL array")
     ndim = int.from_bytes(buffer[at + 4:at + 8], "big")
     if ndim == 0:
-        return np.zeros(0, np.int32 if kind == "i" else np.float32), at + 4 + length
+        return np.zeros(0, np.int32 if kind == "i" else np.float64), at + 4 + length
     count = int.from_bytes(buffer[at + 16:at + 20], "big")
     items = np.frombuffer(buffer, dtype=np.dtype([("len", ">i4"), ("value", f">{kind}4")]), count=count,
                           offset=at + 24)
     if np.any(items["len"] != 4):
         raise psycopg.DataError("binary COPY: NULL element in an array")
-    return items["value"].astype(np.int32 if kind == "i" else np.float32), at + 4 + length
+    return items["value"].astype(np.int32 if kind == "i" else np.float64), at + 4 + length
 
 
 def _copy_binary(conn: psycopg.Connection, values: Sequence[sql.Composable], source: sql.Composable,
@@ -209,15 +214,15 @@ def _read_band_means(conn: psycopg.Connection, parcel_set_id: int, products: lis
         columns = _copy_binary(conn, values, source, [parcel_set_id, product_ids, *key_params], "f" * len(values))
         n = len(columns[0])
         for k, (_, band_code) in enumerate(wanted):
-            std = columns[-1].astype(np.float64) if k == red else np.full(n, np.nan)
-            parts.append((columns[0], columns[1], np.full(n, band_code, np.int8), columns[2 + k].astype(np.float64),
-                          std))
+            std = columns[-1].astype(np.float64, copy=False) if k == red else np.full(n, np.nan)
+            parts.append((columns[0], columns[1], np.full(n, band_code, np.int8),
+                          columns[2 + k].astype(np.float64, copy=False), std))
     return parts
 
 
 def _read_scl_share(conn: psycopg.Connection, parcel_set_id: int, products: list[ProductInfo],
-                    parcel_keys: np.ndarray | None, whole_range: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Return (sorted key parcel_key << 32 | product_id, share of unusable SCL pixels)."""
+                    parcel_keys: np.ndarray | None, whole_range: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (parcel_key, product_id, share of unusable SCL pixels) of every S2 observation with SCL counts."""
     by_band: dict[int, list[int]] = {}
     for product in products:
         if product.source == "s2" and product.scl_band:
@@ -226,20 +231,17 @@ def _read_scl_share(conn: psycopg.Connection, parcel_set_id: int, products: list
     total = sql.SQL(" + ").join(sql.SQL("coalesce(counts[{}], 0)").format(sql.Literal(c + 1))
                                 for c in range(_SCL_CLASSES))
     bad = sql.SQL(" + ").join(sql.SQL("coalesce(counts[{}], 0)").format(sql.Literal(c + 1)) for c in SCL_BAD_CLASSES)
-    keys, shares = [], []
+    keys, images, shares = [np.zeros(0, np.int32)], [np.zeros(0, np.int32)], [np.zeros(0)]
     for class_band, product_ids in by_band.items():
         source = sql.SQL("cbm.parcel_class_counts WHERE parcel_set_id = %s AND class_band = %s "
                          "AND product_id = ANY(%s::integer[])") + key_sql
         key, image, n_bad, n_total = _copy_binary(conn, [bad, total], source,
                                                     [parcel_set_id, class_band, product_ids, *key_params], "ii")
-        keys.append((key.astype(np.int64) << 32) | image.astype(np.int64))
+        keys.append(key)
+        images.append(image)
         with np.errstate(invalid="ignore", divide="ignore"):
             shares.append(np.where(n_total > 0, n_bad / np.maximum(n_total, 1), np.nan))
-    if not keys:
-        return np.zeros(0, np.int64), np.zeros(0)
-    key, share = np.concatenate(keys), np.concatenate(shares)
-    order = np.argsort(key, kind="stable")
-    return key[order], share[order]
+    return np.concatenate(keys), np.concatenate(images), np.concatenate(shares)
 
 
 def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products: list[ProductInfo],
@@ -264,57 +266,47 @@ def read_parcel_series(conn: psycopg.Connection, *, parcel_set_id: int, products
     """
     t0 = time.perf_counter()
     keys = np.asarray(parcel_keys, dtype=np.int32)
-    by_id = {product.product_id: product for product in products}
     conn.execute("SELECT set_config('work_mem', %s, true) "
                  "WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes(%s)", (READ_WORK_MEM, READ_WORK_MEM))
     parts = _read_band_means(conn, parcel_set_id, products, keys, whole_range)
-    scl_key, scl_share = _read_scl_share(conn, parcel_set_id, products, keys, whole_range)
+    scl_key, scl_product, scl_share = _read_scl_share(conn, parcel_set_id, products, keys, whole_range)
     if parts:
         row_key, row_product, band, mean, std = (np.concatenate(column) for column in zip(*parts, strict=True))
     else:
         row_key, row_product = np.zeros(0, np.int32), np.zeros(0, np.int32)
         band, mean, std = np.zeros(0, np.int8), np.zeros(0), np.zeros(0)
     slot, source_of, orbit_of, day_of = _product_slots(products, overpass_seconds)
-    ids = np.array(sorted(by_id), dtype=np.int32)
-    product_index = np.searchsorted(ids, row_product)
-    if len(keys) and int(keys[-1]) - int(keys[0]) + 1 == len(keys):  # a full run's batch: keys without holes
-        parcel_index = row_key.astype(np.int64) - int(keys[0])
-    else:
-        parcel_index = np.searchsorted(keys, row_key).astype(np.int64)
-    # one int64 sort key in the order of SeriesTable: parcel, then time, source, orbit (the image's
-    # group), band, and last the product-id order of images that share time, source and orbit
-    group, sub = slot[product_index] >> 8, slot[product_index] & 0xFF
-    sort_key = (parcel_index << 36) | (group << 12) | (band.astype(np.int64) << 8) | sub
-    order = np.argsort(sort_key, kind="stable")
-    sort_key, row_product, product_index = sort_key[order], row_product[order], product_index[order]
-    band, mean, std, parcel_index = band[order], mean[order], std[order], parcel_index[order]
-    source = source_of[product_index]
-    scl = np.full(len(row_key), np.nan)
-    if len(scl_key):
-        combined = (keys[parcel_index].astype(np.int64) << 32) | row_product.astype(np.int64)
-        position = np.clip(np.searchsorted(scl_key, combined), 0, len(scl_key) - 1)
-        found = (scl_key[position] == combined) & (source == SOURCE_CODE["s2"])
-        scl[found] = scl_share[position[found]]
-    # lineage: one entry per (parcel, image) read, by parcel and product id
-    _, first = np.unique((parcel_index << 32) | row_product.astype(np.int64), return_index=True)
-    # the same observation from two images (overlapping tiles of one datatake) counts once, as in
-    # SeriesTable.from_arrays: rows equal in (parcel, source, orbit, overpass, band) after the first go
-    without_sub = sort_key >> 8
-    keep = np.ones(len(sort_key), bool)
-    keep[1:] = without_sub[1:] != without_sub[:-1]
-    parcel = parcel_index[keep].astype(np.int32)
+    ids = np.array(sorted(product.product_id for product in products), dtype=np.int32)
+    # rows in the order of SeriesTable: parcel, then time, source, orbit (the image's overpass), band, and last
+    # the product-id order of the images of one overpass, of which only the first counts (as in
+    # SeriesTable.from_arrays: overlapping tiles of one datatake); with each S2 row's SCL share and the lineage
+    row_parcel, row_image = _parcel_index(keys, row_key), np.searchsorted(ids, row_product).astype(np.int64)
+    rows, scl, obs_parcel, obs_image = series_order(
+        row_parcel, row_image, band, len(keys), slot, source_of == SOURCE_CODE["s2"], len(BAND_CODE),
+        _parcel_index(keys, scl_key), np.searchsorted(ids, scl_product).astype(np.int64), scl_share)
+    image, parcel = row_image[rows], row_parcel[rows].astype(np.int32)
     series = SeriesTable(
         parcel_ids=keys.astype(str), offsets=group_offsets(parcel, len(keys)), parcel=parcel,
-        source=source[keep].astype(np.int8), band=band[keep].astype(np.int8),
-        obs_day=day_of[product_index[keep]], mean=mean[keep], clear_fraction=np.full(int(keep.sum()), np.nan),
-        orbit=orbit_of[product_index[keep]], scl_bad_share=scl[keep], product_id=row_product[keep].astype(np.int64),
-        std=std[keep])
-    obs_product = row_product[first]
+        source=source_of[image], band=band[rows], obs_day=day_of[image], mean=mean[rows],
+        clear_fraction=np.full(len(rows), np.nan), orbit=orbit_of[image], scl_bad_share=scl,
+        product_id=ids[image].astype(np.int64), std=std[rows])
+    obs_product = ids[obs_image]
     log.info("markers read parcel_set=%d parcels=%d rows=%d observations=%d images=%d seconds=%.2f",
-             parcel_set_id, len(keys), len(row_key), len(first), len(np.unique(obs_product)),
+             parcel_set_id, len(keys), len(row_key), len(obs_image), len(np.unique(obs_product)),
              time.perf_counter() - t0)
-    return DbSeries(series, keys, parcel_index[first].astype(np.int32), obs_product, day_of[product_index[first]],
-                    source[first] == SOURCE_CODE["s2"], np.unique(obs_product))
+    return DbSeries(series, keys, obs_parcel.astype(np.int32), obs_product, day_of[obs_image],
+                    source_of[obs_image] == SOURCE_CODE["s2"], np.unique(obs_product))
+
+
+def _parcel_index(keys: np.ndarray, parcel_key: np.ndarray) -> np.ndarray:
+    """Index into the sorted *keys* of every *parcel_key* (each one of them: the query asked for those only)."""
+    if len(keys) and int(keys[-1]) - int(keys[0]) + 1 == len(keys):  # a full run's batch: keys without holes
+        index = parcel_key.astype(np.int64) - int(keys[0])
+    else:
+        index = np.searchsorted(keys, parcel_key).astype(np.int64)
+    if len(index) and (index.min() < 0 or index.max() >= len(keys)):  # the order's kernel indexes with it
+        raise psycopg.DataError("markers read: the database answered a parcel the batch did not ask for")
+    return index
 
 
 def _product_slots(products: list[ProductInfo],

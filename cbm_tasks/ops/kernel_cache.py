@@ -167,6 +167,7 @@ def _run_markers_once() -> None:
     import pyarrow as pa
 
     from cbm_tasks.markers.bare_soil_explain import explain_bare_soil
+    from cbm_tasks.markers.db_order import series_order
     from cbm_tasks.markers.emergence_explain import explain_emergence
     from cbm_tasks.markers.engine import run_markers
     from cbm_tasks.markers.harvest_explain import explain_harvest
@@ -213,3 +214,9 @@ def _run_markers_once() -> None:
         explain_harvest(series, "1", params)
         explain_bare_soil(series, "1", params)
         explain_emergence(series, "1", params)
+    # the database read's ordering of a batch (markers.db_read), with the argument types it passes
+    rows, *_ = series_order(np.array([1, 0], np.int64), np.array([0, 0], np.int64), np.array([2, 2], np.int8), 2,
+                            np.array([0], np.int64), np.array([True]), 13, np.array([0], np.int64),
+                            np.array([0], np.int64), np.array([0.5]))
+    if rows.tolist() != [1, 0]:
+        raise ConfigError(f"kernel warm-up: the database read's row order is {rows.tolist()}, not [1, 0]")
