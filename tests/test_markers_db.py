@@ -30,6 +30,7 @@ from cbm_tasks.markers.params import MarkerParams, load_params
 from cbm_tasks.markers.series import BAND_CODE, OVERPASS_SECONDS, SeriesTable
 from cbm_tasks.parcels.sets import import_parcels
 from cbm_tasks.pipeline.markers import lights_summary, run_parcel_set
+from cbm_tasks.traffic_light import evaluate
 from cbm_tasks.traffic_light.evaluate import evaluate_lights
 from cbm_tasks.traffic_light.rules import load_rules
 
@@ -467,3 +468,36 @@ def test_a_connection_lost_mid_run_writes_nothing_and_the_rerun_completes(
     assert _rows(db_url) == rows  # the incremental rerun left what a full run gives
     assert runs[0][0] == "abandoned" and "ended without closing the run" in runs[0][1]
     assert runs[1] == ("success", None)
+
+
+def test_lights_are_written_as_they_were_decided(db_url: str, seeded: SeededSet) -> None:
+    """The lights' own binary COPY encoder: texts of any script, a gap of NaN or infinity, NULL where none."""
+    rules = load_rules(None)
+    lights = [evaluate.TrafficLight("3", "grassland_mowing", "green", "EVENT_FOUND", "GM-MOW-1", 2018, 2, 11, 17.5),
+              evaluate.TrafficLight("4", "grassland_mowing", "yellow", "NO_DATA ünïcode ÉTÉ", "GM-MOW-1", 2018, 0, 0,
+                                    float("nan")),
+              evaluate.TrafficLight("5", "permanent_grassland", "green", "NO_EVENT", "PG-NOPLOUGH-1", 2018, 0, 30,
+                                    float("inf"))]
+    with psycopg.connect(db_url) as conn:
+        with conn.cursor() as cur:
+            run_id = db_write.start_marker_run(cur, parcel_set_id=seeded.parcel_set_id, params=load_params(None),
+                                               code_version="test", use_s1=True, scope="full", pipeline_run_id=None)
+            db_write.record_rules(cur, rules, {"test": True})
+            for pipeline_run_id in (None, 2**40):
+                cur.execute("DELETE FROM cbm.traffic_light")
+                if pipeline_run_id is not None:
+                    cur.execute("INSERT INTO cbm.pipeline_run (pipeline_run_id, step, code_version) "
+                                "OVERRIDING SYSTEM VALUE VALUES (%s, 'markers', 'test')", (pipeline_run_id,))
+                assert db_write._copy_lights(cur, parcel_set_id=seeded.parcel_set_id, marker_run_id=run_id,
+                                             pipeline_run_id=pipeline_run_id, rules=rules, lights=lights) == 3
+                rows = cur.execute(
+                    "SELECT parcel_key, scheme, colour, reason, marker_run_ids, pipeline_run_id, rule_id, "
+                    "rules_version, rules_hash, season, event_seq, n_clear_obs, longest_gap_days::text, event_marker "
+                    "FROM cbm.traffic_light ORDER BY parcel_key").fetchall()
+                assert rows == [
+                    (3, "grassland_mowing", "green", "EVENT_FOUND", [run_id], pipeline_run_id, "GM-MOW-1",
+                     rules.version, rules.hash, 2018, 2, 11, "17.5", "mowing"),
+                    (4, "grassland_mowing", "yellow", "NO_DATA ünïcode ÉTÉ", [run_id], pipeline_run_id, "GM-MOW-1",
+                     rules.version, rules.hash, 2018, 0, 0, "NaN", None),
+                    (5, "permanent_grassland", "green", "NO_EVENT", [run_id], pipeline_run_id, "PG-NOPLOUGH-1",
+                     rules.version, rules.hash, 2018, 0, 30, "Infinity", None)]
