@@ -362,7 +362,7 @@ def test_the_narrow_nir_and_a_files_ndvi_stand_in_as_the_file_reader_takes_them(
     keys = np.arange(1, N_PARCELS + 1, dtype=np.int32)
     with psycopg.connect(db_url, autocommit=True) as conn:
         products = db_read.read_products(conn, seeded.parcel_set_id)
-        narrow, index_only, both = [p.product_id for p in products if p.source == "s2"][3:6]
+        narrow, index_only, both, index_beside = [p.product_id for p in products if p.source == "s2"][3:7]
         before = db_read.read_parcel_series(conn, parcel_set_id=seeded.parcel_set_id, products=products,
                                             parcel_keys=keys).series
         conn.execute("UPDATE cbm.extraction SET bands = array_replace(bands, 'B08', 'B8A') WHERE product_id = %s",
@@ -371,6 +371,8 @@ def test_the_narrow_nir_and_a_files_ndvi_stand_in_as_the_file_reader_takes_them(
                      "'b8') WHERE product_id = %s", (index_only,))
         conn.execute("UPDATE cbm.extraction SET bands = array_replace(bands, 'B11', 'B8A') WHERE product_id = %s",
                      (both,))
+        conn.execute("UPDATE cbm.extraction SET bands = array_replace(bands, 'B11', 'NDVI') WHERE product_id = %s",
+                     (index_beside,))
         after = db_read.read_parcel_series(conn, parcel_set_id=seeded.parcel_set_id,
                                            products=db_read.read_products(conn, seeded.parcel_set_id),
                                            parcel_keys=keys).series
@@ -380,6 +382,8 @@ def test_the_narrow_nir_and_a_files_ndvi_stand_in_as_the_file_reader_takes_them(
         np.testing.assert_array_equal(after.mean[got & (after.band == BAND_CODE[band])],
                                       before.mean[old & (before.band == BAND_CODE[was])])
     assert BAND_CODE["B8A"] not in after.band[after.product_id == both]  # read only where B08 is missing
+    # an image's own NDVI is read beside its red and NIR (the markers prefer it: data.file_ndvi, version 13)
+    assert {BAND_CODE[b] for b in ("B04", "B08", "NDVI")} <= set(after.band[after.product_id == index_beside].tolist())
 
 
 def test_the_read_raises_work_mem_for_its_transaction_only(db_url: str, seeded: SeededSet) -> None:

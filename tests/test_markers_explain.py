@@ -252,11 +252,12 @@ def test_each_fall_names_the_tests_it_failed(tmp_path: Path) -> None:
 
 
 def test_weaker_cut_nearby_is_named(tmp_path: Path) -> None:
-    # SALMS plot 3 judged without the red spread test (parameters before version 11): the September fall seen
-    # on 15 September loses to the larger one of 30 September (an image part cloud, which version 11 rejects)
+    # SALMS plot 3 judged without the red spread test (parameters before version 11) and on the NDVI of its band
+    # means (before version 13): the September fall seen on 15 September loses to the larger one of 30 September
+    # (an image part cloud, which version 11 rejects)
     series = read_series(convert_salms(shared_data("salms_grassland"), tmp_path / "salms.csv"))
-    steps = explain_mowing(series, "3", with_value(PARAMS, "validity.max_red_spread", 1e9), use_s1=False,
-                           year=2020).steps
+    params = with_value(with_value(PARAMS, "validity.max_red_spread", 1e9), "data.file_ndvi", 0)
+    steps = explain_mowing(series, "3", params, use_s1=False, year=2020).steps
     # a scored fall shows its confidence as the sum the marker made: base + drop + dating + regrowth + S1
     scored = [s for s in steps if s.confidence_parts]
     assert scored and all(abs(min(sum(float(part.split()[-1]) for part in s.confidence_parts.split(" + ")), 1.0)

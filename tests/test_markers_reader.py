@@ -14,6 +14,7 @@ import pytest
 from markers_series import HEADER, grass_rows, write_rows
 
 from cbm_tasks.markers import load_params, prepare, run_markers
+from cbm_tasks.markers.params import with_value
 from cbm_tasks.markers.preprocess import NO_VALUE, rejection_codes
 from cbm_tasks.markers.reader import SeriesFileError, classes_file, read_series, scl_bad_share_from_counts
 from cbm_tasks.markers.series import BAND_CODE, SOURCE_CODE, SeriesTable
@@ -128,10 +129,13 @@ def test_a_file_of_ndvi_alone_is_read_and_its_cuts_found(tmp_path: Path) -> None
     mowing = [e.main_date for e in run_markers(index, params, use_s1=False).rows() if e.marker == "mowing"]
     assert mowing == [e.main_date for e in run_markers(bands, params, use_s1=False).rows() if e.marker == "mowing"]
     assert len(mowing) == 2
-    # beside the bands, the bands' own NDVI is used (the file's may be rounded, or of other bands)
+    # beside the bands, the file's own NDVI is used (data.file_ndvi, version 13: the mean of the pixels' NDVI, as
+    # JRC and Sen4CAP extract it); with data.file_ndvi 0 (versions before 13) that of the band means
     skewed = [[*r[:4], "0.1", *r[5:]] for r in index_rows]
     both = read_series(write_rows(tmp_path / "both.csv", rows + skewed))
-    np.testing.assert_array_equal(prepare(both, params).s2.ndvi, prepare(bands, params).s2.ndvi)
+    assert np.all(prepare(both, params).s2.ndvi == 0.1)
+    np.testing.assert_array_equal(prepare(both, with_value(params, "data.file_ndvi", 0)).s2.ndvi,
+                                  prepare(bands, params).s2.ndvi)
     # an index scaled to integers is named, not read as values of 0.8e4
     scaled = [[*r[:4], f"{float(str(r[4])) * 10000:.0f}", *r[5:]] for r in index_rows]
     with pytest.raises(SeriesFileError, match=r"NDVI outside -1\.\.1 \(median 7\d\d\d\)"):
@@ -414,3 +418,19 @@ def test_an_image_in_digital_numbers_is_missing_and_named(tmp_path: Path, caplog
     assert int(rejection_codes(prepared.s2, load_params())[index]) == NO_VALUE
     assert int((~prepared.s2.valid).sum()) == 1  # the others are reflectance and used
     assert "mowing" in {row.marker for row in run_markers(series, load_params(), use_s1=False).rows()}
+
+
+def test_an_ndvi_beside_the_bands_outside_its_range_is_not_used(caplog: pytest.LogCaptureFixture) -> None:
+    # the database path has no reader to refuse a scaled index (an NDVI image extracted as x 10000 integers)
+    days = np.repeat(np.arange(18_000.0, 18_100.0, 5.0), 3)
+    n = len(days)
+    band = np.tile([BAND_CODE["B04"], BAND_CODE["B08"], BAND_CODE["NDVI"]], n // 3)
+    mean = np.tile([0.04, 0.36, 8000.0], n // 3)
+    mean[5] = 0.5  # one image's NDVI in range: that one is the file's
+    series = SeriesTable.from_arrays(parcel_id=np.zeros(n, np.int64), source=np.full(n, SOURCE_CODE["s2"]),
+                                     band=band, obs_day=days, mean=mean)
+    with caplog.at_level("WARNING"):
+        ndvi = prepare(series, load_params()).s2.ndvi
+    np.testing.assert_allclose(np.delete(ndvi, 1), 0.8)  # (0.36 - 0.04) / (0.36 + 0.04) of the band means
+    assert ndvi[1] == 0.5
+    assert "NDVI values outside [-1, 1] are no NDVI (scaled by an export?): 19 observations" in caplog.text

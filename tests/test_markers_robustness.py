@@ -103,9 +103,9 @@ def test_the_table_starts_from_markers_eval_scores(capsys: pytest.CaptureFixture
         "SALMS as it is, S2+S1 (control)", "SALMS as it is, S2 only (control)"]
     # the unchanged set: markers_eval.py's SK S2-only row (186 hits, 15 false, 32 of the 37 not-mown plot-years clean)
     assert table[0] == "| as it is | 1 | 186 | 15 | 0.93 | 0.86 | 0.89 | 32 of 37 |"
-    # the control rows: markers_eval.py's SALMS rows (11 and 9 of 17 dates found, 2 false each)
-    assert table[5:] == ["| SALMS as it is, S2+S1 (control) | 1 | 11 | 2 | 0.85 | 0.65 | 0.73 | - |",
-                         "| SALMS as it is, S2 only (control) | 1 | 9 | 2 | 0.82 | 0.53 | 0.64 | - |"]
+    # the control rows: markers_eval.py's SALMS rows (14 of 17 dates found, 2 false, with S1 or without)
+    assert table[5:] == ["| SALMS as it is, S2+S1 (control) | 1 | 14 | 2 | 0.88 | 0.82 | 0.85 | - |",
+                         "| SALMS as it is, S2 only (control) | 1 | 14 | 2 | 0.88 | 0.82 | 0.85 | - |"]
     # fewer images: fewer hits; without the mask the marker's own cloud tests keep most of the scores
     hits = [int(line.split(" | ")[2].split()[0]) for line in table]
     assert hits[1] < hits[0] and hits[3] >= 0.9 * hits[0]

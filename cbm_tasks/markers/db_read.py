@@ -2,7 +2,7 @@
 
 The database keeps one row per (parcel, image) with all band statistics in one ``real[]``
 (``cbm.parcel_obs``, see ``sql/006_timeseries.sql``). The markers need four S2 band means (B8A where
-an image has no B08, its NDVI where it has no red or NIR) and the red band's spread (std), the S1
+an image has no B08, its NDVI where it has one) and the red band's spread (std), the S1
 VV / VH means and the share of unusable SCL pixels. For each band layout (the extraction's ``bands``), one
 ``COPY (SELECT parcel_key, product_id, stats[i], ...) TO STDOUT (FORMAT BINARY)`` sends exactly
 those values as fixed-width rows, which NumPy reads with one ``frombuffer``: no Python object per row.
@@ -176,17 +176,15 @@ def _key_filter(parcel_keys: np.ndarray | None, whole_range: bool) -> tuple[sql.
 def _wanted(product: ProductInfo) -> tuple[str, ...]:
     """The bands to read of *product*: the markers' own, and what stands in for a missing one.
 
-    B8A for a missing B08 (an image extracted at 20 or 60 m has no B08), a file's NDVI for a missing
-    red or NIR, as in the file reader (``preprocess`` takes them so).
+    B8A for a missing B08 (an image extracted at 20 or 60 m has no B08); the image's own NDVI wherever it
+    has one, as in the file reader (``preprocess`` takes them so: ``data.file_ndvi``).
     """
     names = _WANTED[product.source]
     if product.source != "s2":
         return names
     if "B08" not in product.bands:
         names = (*names, "B8A")
-    if "B04" not in product.bands or not {"B08", "B8A"} & set(product.bands):
-        names = (*names, "NDVI")
-    return names
+    return (*names, "NDVI") if "NDVI" in product.bands else names
 
 
 def _read_band_means(conn: psycopg.Connection, parcel_set_id: int, products: list[ProductInfo],

@@ -81,6 +81,14 @@ def convert_salms(salms_dir: Path, out: Path) -> Path:
                             count = int(float(record.get(f"hist.{scl_class}") or 0))
                             if count:
                                 class_rows.writerow([parcel, when, "", "SCL", scl_class, count])
+            # SALMS's own NDVI per parcel (the mean of its pixels' NDVI), which the markers prefer (data.file_ndvi)
+            idx_file = tsdir / f"{parcel}_s2_idx_ts.csv"
+            if idx_file.is_file():
+                with idx_file.open(newline="") as stream:
+                    for record in csv.DictReader(stream):
+                        if record.get("band") == "NDVI":
+                            rows.writerow([parcel, _salms_time(record["date"], str(idx_file)), "s2", "NDVI",
+                                           record["MEAN"], record["count"], _std(record)])
             coh_file = tsdir / f"{parcel}_s1_coh6_ts.csv"
             if coh_file.is_file():
                 with coh_file.open(newline="") as stream:

@@ -69,6 +69,8 @@ NEUTRAL: dict[tuple[str, str], float] = {
     # version 12
     ("mowing", "weight_red"): 0.0,
     ("mowing", "full_red_ratio"): 3.0,
+    # version 13
+    ("data", "file_ndvi"): 0.0,
 }
 
 

@@ -11,8 +11,9 @@ Validity of an S2 observation (all must hold):
   1 - the share of unusable SCL classes (no data, saturated, cloud shadow, cloud medium / high,
   cirrus, snow); an observation with neither is taken as clear;
 * B04 and B08 (or, without B08, B8A) present and above 0 (a band mean <= 0 is a no-data fill such as
-  -9999 and is taken as missing), or else the file's own NDVI (band ``NDVI``); NDVI >=
-  ``validity.min_plausible_ndvi``;
+  -9999 and is taken as missing), or else the file's own NDVI (band ``NDVI``, in [-1, 1]); NDVI >=
+  ``validity.min_plausible_ndvi``. NDVI is the file's own where it gives one (``data.file_ndvi``: the mean
+  of the parcel's pixel NDVI), else that of the band means;
   where B02 exists, B02 <= ``validity.max_blue_reflectance`` and the haze index (:func:`haze_index`,
   HOT) <= ``validity.max_haze_index`` (haze the mask missed), both tested only where the visible
   spectrum is flat (B04 < ``validity.min_soil_red_ratio`` x B02: cloud, haze, snow; redder is soil);
@@ -367,9 +368,17 @@ def _s2(series: SeriesTable, params: MarkerParams) -> S2Series:
     red, nir = values[:, 1], values[:, 2]
     with np.errstate(invalid="ignore", divide="ignore"):
         ndvi = (nir - red) / (nir + red)
-    # a file's own NDVI stands in where it has no red or NIR (exports of the index alone); the red and
-    # moisture tests of a cut, and the haze test, then have nothing to judge and pass
-    ndvi = np.where(np.isfinite(ndvi), ndvi, given_ndvi)
+    # a file's own NDVI (the mean of the parcel's pixel NDVI, as JRC and Sen4CAP extract it) is used where given
+    # (data.file_ndvi; before version 13 only where red or NIR is missing: exports of the index alone, where the
+    # red and moisture tests of a cut, and the haze test, have nothing to judge and pass)
+    with np.errstate(invalid="ignore"):
+        scaled = np.abs(given_ndvi) > 1.0
+    if scaled.any():
+        log.warning("NDVI values outside [-1, 1] are no NDVI (scaled by an export?): %d observations' NDVI not used",
+                    int(scaled.sum()))
+        given_ndvi = np.where(scaled, np.nan, given_ndvi)
+    take_given = np.isfinite(given_ndvi) & ((params.get("data", "file_ndvi") > 0.0) | ~np.isfinite(ndvi))
+    ndvi = np.where(take_given, given_ndvi, ndvi)
     offsets = group_offsets(parcel, series.n_parcels)
     code, haze, _ = _validity_codes(values, ndvi, clear, red_spread, offsets, params)
     valid = code == 0
