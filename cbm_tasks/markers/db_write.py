@@ -169,7 +169,8 @@ class _Texts(dict[str | None, bytes]):
     """A text field of the binary COPY format (length, UTF-8) per value, encoded once; None is NULL."""
 
     def __missing__(self, text: str | None) -> bytes:
-        encoded = _NULL if text is None else struct.pack(">i", len(text.encode())) + text.encode()
+        utf8 = None if text is None else text.encode()
+        encoded = _NULL if utf8 is None else struct.pack(">i", len(utf8)) + utf8
         self[text] = encoded
         return encoded
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -82,19 +83,19 @@ def convert_salms(salms_dir: Path, out: Path) -> Path:
                             if count:
                                 class_rows.writerow([parcel, when, "", "SCL", scl_class, count])
             # SALMS's own NDVI per parcel (the mean of its pixels' NDVI), which the markers prefer (data.file_ndvi)
-            idx_file = tsdir / f"{parcel}_s2_idx_ts.csv"
-            if idx_file.is_file():
-                with idx_file.open(newline="") as stream:
-                    for record in csv.DictReader(stream):
-                        if record.get("band") == "NDVI":
-                            rows.writerow([parcel, _salms_time(record["date"], str(idx_file)), "s2", "NDVI",
-                                           record["MEAN"], record["count"], _std(record)])
-            coh_file = tsdir / f"{parcel}_s1_coh6_ts.csv"
-            if coh_file.is_file():
-                with coh_file.open(newline="") as stream:
-                    for record in csv.DictReader(stream):
-                        band = record.get("band", "").removeprefix("s1_coh6_")
-                        if band in ("VV", "VH"):
-                            rows.writerow([parcel, _salms_time(record["date"], str(coh_file)), "c6", band,
-                                           record["MEAN"], record["count"], _std(record)])
+            rows.writerows(_band_rows(tsdir / f"{parcel}_s2_idx_ts.csv", parcel, "s2", {"NDVI": "NDVI"}))
+            rows.writerows(_band_rows(tsdir / f"{parcel}_s1_coh6_ts.csv", parcel, "c6",
+                                      {"s1_coh6_VV": "VV", "s1_coh6_VH": "VH", "VV": "VV", "VH": "VH"}))
     return out
+
+
+def _band_rows(path: Path, parcel: str, source: str, bands: dict[str, str]) -> Iterator[list[str]]:
+    """The long-format rows of a SALMS statistics file (none when it is absent): its *bands* (SALMS name: ours)."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as stream:
+        for record in csv.DictReader(stream):
+            band = bands.get(record.get("band", ""))
+            if band is not None:
+                yield [parcel, _salms_time(record["date"], str(path)), source, band, record["MEAN"], record["count"],
+                       _std(record)]
